@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install everything the demo and the tests need on a Debian 12 host (root).
+# Idempotent: a second run only checks and returns in a few seconds.
+#
+#  - host packages: mmdebstrap (to build the trixie root), cpio, fio (host
+#    baseline), nvme-cli, liburing headers are not needed (io-uring crate is
+#    pure Rust).
+#  - a Debian trixie root under $LEAPIO_CACHE/trixie with QEMU >= 10.1 from
+#    trixie-backports (the vfio-user-pci client), the guest kernel and the
+#    guest tools (busybox, fio, nvme-cli) that vm-images/build.sh packs into an
+#    initramfs.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+need_root
+
+host_pkgs=(mmdebstrap cpio fio xz-utils zstd)
+missing=()
+for p in "${host_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing host packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+root="$LEAPIO_CACHE/trixie"
+stamp="$root/.leapio-ready-v1"
+if [[ ! -f $stamp ]]; then
+    log "building the Debian trixie root in $root (QEMU from trixie-backports, guest kernel and tools)"
+    rm -rf "$root" "$root.tmp"
+    mkdir -p "$LEAPIO_CACHE"
+    mmdebstrap --variant=apt --quiet \
+        --components=main \
+        --include=ca-certificates \
+        --setup-hook='mkdir -p "$1/etc/apt/sources.list.d"' \
+        --customize-hook='echo "deb http://deb.debian.org/debian trixie-backports main" > "$1/etc/apt/sources.list.d/backports.list"' \
+        --customize-hook='chroot "$1" apt-get update -qq' \
+        --customize-hook='chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t trixie-backports qemu-system-x86 qemu-utils' \
+        --customize-hook='chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-image-cloud-amd64 busybox-static fio nvme-cli' \
+        trixie "$root.tmp" http://deb.debian.org/debian
+    mv "$root.tmp" "$root"
+    touch "$stamp"
+fi
+qemu_version=$(chroot "$root" qemu-system-x86_64 --version | head -1)
+log "QEMU in $root: $qemu_version"
+chroot "$root" qemu-system-x86_64 -device help 2>/dev/null | grep -q vfio-user-pci \
+    || die "QEMU in $root has no vfio-user-pci device"
