@@ -1,1 +1,19 @@
-//! placeholder
+//! NVMe structures as they appear in guest memory and on the wire.
+//!
+//! Everything here is a `#[repr(C)]` zerocopy type with explicit little-endian
+//! fields and a compile-time size check, so it can be copied out of guest
+//! memory (or a network buffer) and validated without trusting its contents.
+//! References: NVM Express Base Specification 1.4 / 2.0 and the NVM Command
+//! Set Specification.
+
+pub mod cmd;
+pub mod identify;
+pub mod log;
+pub mod regs;
+pub mod status;
+
+pub use cmd::{AdminOpcode, Cqe, IoOpcode, Sqe};
+pub use status::Status;
+
+/// Little-endian integer types used by every structure in this crate.
+pub use zerocopy::little_endian::{U16 as Le16, U32 as Le32, U64 as Le64};
