@@ -1,1 +1,52 @@
-//! placeholder
+//! LeapIO address translation service (ATS).
+//!
+//! Guest RAM reaches `socp` as file descriptors (vfio-user `DMA_MAP`). A
+//! [`Domain`] (one per VM) mmaps them and publishes immutable [`Snapshot`]s of
+//! its regions; pollers translate guest-physical addresses through a snapshot
+//! without locks, and walk NVMe PRPs into host iovecs with [`prp::map_prps`].
+//!
+//! # Lifetime rules (read these)
+//!
+//! - Host pointers and iovecs are valid only while the [`Snapshot`] they came
+//!   from is alive: keep the `Arc<Snapshot>` with a request until its I/O has
+//!   completed.
+//! - [`Domain::unmap`] publishes a new snapshot and then waits until no
+//!   snapshot containing the removed memory is held anywhere, so pollers must
+//!   refresh their cached snapshot when [`Domain::generation`] changes, and
+//!   the thread calling unmap must not hold a snapshot itself.
+//! - Guest memory is shared with a guest that may change it at any time: it is
+//!   only accessed through volatile copies and atomics, never through Rust
+//!   references. Copy a command (or a PRP list) out once, then validate and
+//!   use the copy.
+//!
+//! # Why vm-memory, and where not
+//!
+//! The mmap lifecycle ([`vm_memory::MmapRegion`]: `MAP_SHARED` of the fd at
+//! an offset with the mapping's protection, munmap on drop) and every access
+//! to guest memory (bounds-checked [`vm_memory::VolatileSlice`] volatile
+//! copies and atomics) come from vm-memory, so this crate has almost no
+//! `unsafe` of its own (only the memfd helper in [`testing`]). The region
+//! table is our own rather than `GuestMemoryMmap`/`GuestMemoryAtomic`:
+//! vfio-user needs fd-less mappings that are recorded but never accessible,
+//! per-region read/write permissions checked on every access, unmapping of
+//! single regions with a drain that waits on reference counts (no RCU guard in
+//! vm-memory gives that), and a translate path that neither locks nor
+//! allocates (a binary search over a sorted `Vec`).
+
+#![warn(missing_docs)]
+
+mod domain;
+mod error;
+mod mapping;
+pub mod prp;
+mod snapshot;
+pub mod testing;
+mod types;
+
+pub use domain::Domain;
+pub use error::AtsError;
+pub use snapshot::Snapshot;
+pub use types::{Access, Prot, RegionInfo};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+//! Per-VM translation domains: the mutable side (map/unmap) that publishes
+//! immutable [`Snapshot`]s.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use vm_memory::MmapRegion;
+
+use crate::mapping::{map_fd, MAP_ALIGN};
+use crate::snapshot::{Region, Snapshot};
+use crate::{AtsError, Prot};
+
+/// The guest-physical address space of one VM (one vfio-user connection).
+///
+/// Writers (the vfio-user control thread) call [`map`](Domain::map) and
+/// [`unmap`](Domain::unmap); readers (pollers) take [`snapshot`](Domain::snapshot)s
+/// and translate through them without locks.
+#[derive(Debug)]
+pub struct Domain {
+    current: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+    /// Serialises writers; readers never take it.
+    writer: Mutex<()>,
+}
+
+impl Default for Domain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Domain {
+    /// An empty domain at generation 0.
+    pub fn new() -> Domain {
+        Domain {
+            current: ArcSwap::from_pointee(Snapshot::new(0, Vec::new())),
+            generation: AtomicU64::new(0),
+            writer: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded state is `current`, which is always consistent (it is
+        // replaced atomically), so a poisoned lock is harmless.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publish `regions` as the next snapshot. Call with the writer lock held.
+    fn publish(&self, regions: Vec<Region>) -> u64 {
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        self.current
+            .store(Arc::new(Snapshot::new(generation, regions)));
+        // After the store: a poller that sees the new generation finds (at
+        // least) the new snapshot.
+        self.generation.store(generation, Ordering::Release);
+        generation
+    }
+
+    /// Add a mapping of guest-physical `[gpa, gpa+size)`.
+    ///
+    /// With `fd`, the file is mmapped `MAP_SHARED` at `file_offset` with
+    /// `prot` and the fd is kept open until the mapping is released. Without
+    /// `fd` (QEMU maps ROM and the device's own BAR that way) or with
+    /// [`Prot::NONE`], the mapping is only recorded: unmap matches it, but it
+    /// is never translatable.
+    ///
+    /// Errors: `size == 0` or a wrapping range ([`AtsError::InvalidRange`]),
+    /// `gpa`/`size`/`file_offset` not 4 KiB aligned ([`AtsError::Unaligned`]),
+    /// overlap with an existing mapping ([`AtsError::Overlap`]), a file too
+    /// short for the range ([`AtsError::FileTooShort`]), mmap failures.
+    pub fn map(
+        &self,
+        gpa: u64,
+        size: u64,
+        fd: Option<OwnedFd>,
+        file_offset: u64,
+        prot: Prot,
+    ) -> Result<(), AtsError> {
+        if size == 0 || gpa.checked_add(size).is_none() {
+            return Err(AtsError::InvalidRange { gpa, size });
+        }
+        let offset_unaligned = fd.is_some() && file_offset % MAP_ALIGN != 0;
+        if gpa % MAP_ALIGN != 0 || size % MAP_ALIGN != 0 || offset_unaligned {
+            return Err(AtsError::Unaligned {
+                gpa,
+                size,
+                file_offset,
+            });
+        }
+        // Fail fast on overlap before paying for an mmap; checked again under
+        // the lock below.
+        check_overlap(self.current.load().regions_raw(), gpa, size)?;
+        let mem = match fd {
+            Some(fd) if !prot.is_none() => {
+                Some(Arc::new(map_fd(gpa, size, fd, file_offset, prot)?))
+            }
+            _ => None,
+        };
+        let region = Region {
+            gpa,
+            size,
+            prot,
+            file_offset: if mem.is_some() { file_offset } else { 0 },
+            mem,
+        };
+        let _guard = self.lock();
+        let cur = self.current.load_full();
+        let regions = cur.regions_raw();
+        let idx = check_overlap(regions, gpa, size)?;
+        let mut next = Vec::with_capacity(regions.len() + 1);
+        next.extend_from_slice(&regions[..idx]);
+        next.push(region);
+        next.extend_from_slice(&regions[idx..]);
+        let generation = self.publish(next);
+        tracing::debug!(gpa, size, %prot, generation, "ats: mapped");
+        Ok(())
+    }
+
+    /// Remove the mappings inside `[gpa, gpa+size)`: one mapping matched
+    /// exactly (as vfio-user does), or several whole mappings. A range that
+    /// cuts a mapping is refused ([`AtsError::PartialUnmap`]) and nothing is
+    /// removed; a range with no mapping is [`AtsError::UnknownMapping`].
+    ///
+    /// The new snapshot is published first; then this call waits, up to
+    /// `drain_timeout`, until no snapshot that contains the removed memory is
+    /// held anywhere. When it returns `Ok`, the memory is unmapped and its fd
+    /// closed: nothing can access it any more. On timeout it returns
+    /// [`AtsError::Busy`]: the mappings are already gone from new snapshots
+    /// and the memory is released when the last holder drops its snapshot.
+    ///
+    /// The caller must not hold a snapshot of this domain itself (it would
+    /// wait for itself until the timeout). Pollers must refresh their cached
+    /// snapshot when [`generation`](Domain::generation) changes, and requests
+    /// in flight keep theirs until they complete, so `drain_timeout` should
+    /// cover the longest I/O.
+    pub fn unmap(&self, gpa: u64, size: u64, drain_timeout: Duration) -> Result<(), AtsError> {
+        let end = gpa
+            .checked_add(size)
+            .filter(|_| size != 0)
+            .ok_or(AtsError::InvalidRange { gpa, size })?;
+        let removed = {
+            let _guard = self.lock();
+            let cur = self.current.load_full();
+            let regions = cur.regions_raw();
+            let mut keep = Vec::with_capacity(regions.len());
+            let mut removed = Vec::new();
+            for r in regions {
+                if r.end() <= gpa || r.gpa >= end {
+                    keep.push(r.clone());
+                } else if r.gpa >= gpa && r.end() <= end {
+                    removed.push(r.clone());
+                } else {
+                    return Err(AtsError::PartialUnmap {
+                        gpa,
+                        size,
+                        map_gpa: r.gpa,
+                        map_size: r.size,
+                    });
+                }
+            }
+            if removed.is_empty() {
+                return Err(AtsError::UnknownMapping { gpa, size });
+            }
+            let generation = self.publish(keep);
+            tracing::debug!(
+                gpa,
+                size,
+                count = removed.len(),
+                generation,
+                "ats: unmapped"
+            );
+            removed
+        };
+        self.drain(removed, gpa, size, drain_timeout)
+    }
+
+    /// Remove every mapping (controller reset, connection closed). Same
+    /// draining rules as [`unmap`](Domain::unmap). Ok when there was none.
+    pub fn unmap_all(&self, drain_timeout: Duration) -> Result<(), AtsError> {
+        let removed = {
+            let _guard = self.lock();
+            let cur = self.current.load_full();
+            if cur.is_empty() {
+                return Ok(());
+            }
+            let removed = cur.regions_raw().to_vec();
+            let generation = self.publish(Vec::new());
+            tracing::debug!(count = removed.len(), generation, "ats: unmapped all");
+            removed
+        };
+        self.drain(removed, 0, u64::MAX, drain_timeout)
+    }
+
+    /// Wait until the host memory of `removed` is referenced only by us, then
+    /// release it (munmap + close on drop).
+    fn drain(
+        &self,
+        removed: Vec<Region>,
+        gpa: u64,
+        size: u64,
+        timeout: Duration,
+    ) -> Result<(), AtsError> {
+        // Every snapshot that contains a region holds a strong count on its
+        // memory, whatever its generation; nobody holds a Weak. So once a
+        // count reaches 1 (ours) it can never rise again.
+        let mut mems: Vec<Arc<MmapRegion>> = removed.into_iter().filter_map(|r| r.mem).collect();
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(20);
+        let mut yields = 0u32;
+        loop {
+            // Arc::get_mut succeeds only when we hold the last reference; it
+            // synchronises (acquire) with the holders' drops.
+            mems.retain_mut(|m| Arc::get_mut(m).is_none());
+            if mems.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    gpa,
+                    size,
+                    ?timeout,
+                    still_held = mems.len(),
+                    "ats: unmap drain timed out; memory released when the last snapshot drops"
+                );
+                return Err(AtsError::Busy { gpa, size, timeout });
+            }
+            if yields < 16 {
+                yields += 1;
+                thread::yield_now();
+            } else {
+                thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// The current snapshot, as a counted `Arc` (unmap's drain relies on the
+    /// count: drop it promptly, or refresh it when the generation changes).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Generation of the latest published snapshot; bumped by every
+    /// successful map/unmap. A cheap atomic load for pollers to compare with
+    /// [`Snapshot::generation`] of their cached snapshot.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// Index at which `[gpa, gpa+size)` goes in `regions`, or the overlap error.
+fn check_overlap(regions: &[Region], gpa: u64, size: u64) -> Result<usize, AtsError> {
+    let end = gpa + size;
+    let idx = regions.partition_point(|r| r.gpa < gpa);
+    let neighbours = [idx.checked_sub(1), Some(idx)];
+    for r in neighbours
+        .into_iter()
+        .flatten()
+        .filter_map(|i| regions.get(i))
+    {
+        if r.gpa < end && gpa < r.end() {
+            return Err(AtsError::Overlap {
+                gpa,
+                size,
+                existing_gpa: r.gpa,
+                existing_size: r.size,
+            });
+        }
+    }
+    Ok(idx)
+}
