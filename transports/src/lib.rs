@@ -1,1 +1,341 @@
-//! placeholder
+//! Storage backends for LeapIO: move bytes between host iovecs (which point
+//! into guest RAM) and storage, behind one non-blocking submit/poll API.
+//!
+//! Backends know nothing about NVMe or vfio-user. A [`Backend`] describes one
+//! storage object (its [`Geometry`] and [`Features`]) and hands out one
+//! [`BackendQueue`] per poller thread. A queue accepts [`IoRequest`]s with
+//! [`BackendQueue::submit`], pushes them to the kernel with
+//! [`BackendQueue::kick`] and reports [`Completion`]s from
+//! [`BackendQueue::poll`] / [`BackendQueue::drain`].
+//!
+//! Backends:
+//! - [`BackendSpec::Ram`]: an anonymous shared mapping; requests complete at
+//!   submit time and are reported by the next poll.
+//! - [`BackendSpec::File`]: a regular file or a block device driven by one
+//!   io_uring per queue, with O_DIRECT when the filesystem and the buffers
+//!   allow it.
+//!
+//! Request rules common to every backend (checked by `submit`, violations
+//! return [`SubmitError::Invalid`] and queue nothing):
+//! - `offset` and `len` are multiples of [`Geometry::block_size`] and the
+//!   range lies inside the device (`Flush` ignores `offset`, needs `len == 0`);
+//! - for `Read`/`Write`/`WriteFua` the iovec lengths add up to `len` and
+//!   there are at most [`MAX_IOVECS`] of them; other kinds carry no iovecs;
+//! - a zero-length request succeeds without touching storage.
+
+mod file;
+mod file_queue;
+mod ram;
+mod spec;
+mod sys;
+mod uring;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use file::FileBackend;
+pub use ram::RamBackend;
+pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
+
+/// Most iovecs one request may carry (the kernel's `UIO_MAXIOV`).
+pub const MAX_IOVECS: usize = 1024;
+
+/// Smallest and largest block size a backend accepts (powers of two only).
+pub const MIN_BLOCK_SIZE: u32 = 512;
+/// See [`MIN_BLOCK_SIZE`].
+pub const MAX_BLOCK_SIZE: u32 = 64 * 1024;
+
+/// Size of the storage object as the guest should see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes per logical block (a power of two, 512..=65536).
+    pub block_size: u32,
+    /// Number of logical blocks.
+    pub num_blocks: u64,
+}
+
+impl Geometry {
+    /// Capacity in bytes (`block_size * num_blocks`).
+    pub fn size_bytes(&self) -> u64 {
+        u64::from(self.block_size).saturating_mul(self.num_blocks)
+    }
+}
+
+/// What the backend can do beyond reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// Completed writes may sit in a volatile cache until a `Flush`
+    /// (the guest should send flushes).
+    pub volatile_write_cache: bool,
+    /// `IoKind::WriteZeroes` is supported.
+    pub write_zeroes: bool,
+    /// `IoKind::Deallocate` is supported (and later reads return zeroes).
+    pub deallocate: bool,
+}
+
+/// What a request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    /// Storage -> iovecs.
+    Read,
+    /// iovecs -> storage.
+    Write,
+    /// iovecs -> storage; the data reaches stable storage before completion.
+    WriteFua,
+    /// Everything completed before this flush reaches stable storage.
+    Flush,
+    /// The range reads back as zeroes.
+    WriteZeroes,
+    /// The range may be released; later reads return zeroes.
+    Deallocate,
+}
+
+impl IoKind {
+    /// Whether requests of this kind carry data in iovecs.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoKind::Read | IoKind::Write | IoKind::WriteFua)
+    }
+}
+
+/// One I/O request. The iovecs are copied at submit time; the memory they
+/// point to must stay valid until the request completes (see
+/// [`BackendQueue::submit`]).
+pub struct IoRequest<'a> {
+    /// Caller's cookie, returned in the [`Completion`].
+    pub tag: u64,
+    /// What to do.
+    pub kind: IoKind,
+    /// Byte offset into the device.
+    pub offset: u64,
+    /// Length in bytes; 0 for `Flush`.
+    pub len: u64,
+    /// Host buffers; empty for `Flush`, `WriteZeroes` and `Deallocate`.
+    pub iov: &'a [libc::iovec],
+}
+
+impl fmt::Debug for IoRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoRequest")
+            .field("tag", &self.tag)
+            .field("kind", &self.kind)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("iovecs", &self.iov.len())
+            .finish()
+    }
+}
+
+/// A failed I/O: the (positive) errno the kernel or the backend reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoError {
+    /// Positive errno value (`libc::EIO`, `libc::ENOSPC`...).
+    pub errno: i32,
+}
+
+impl IoError {
+    /// Error from a positive errno value.
+    pub const fn from_errno(errno: i32) -> Self {
+        IoError { errno }
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (errno {})",
+            std::io::Error::from_raw_os_error(self.errno),
+            self.errno
+        )
+    }
+}
+
+impl std::error::Error for IoError {}
+
+/// A finished request.
+#[derive(Debug)]
+pub struct Completion {
+    /// The request's tag.
+    pub tag: u64,
+    /// `Ok` when the whole transfer (never a short one) or operation succeeded.
+    pub result: Result<(), IoError>,
+}
+
+/// Why a request was not queued. Nothing is queued when `submit` fails.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue already holds `depth` requests: poll, then retry.
+    #[error("queue full: poll for completions, then retry")]
+    Full,
+    /// The request itself is wrong (range past the end, iovec total != len...).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+}
+
+/// Errors opening, configuring or flushing a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A backend spec string could not be parsed.
+    #[error("invalid backend spec '{spec}': {reason}")]
+    Spec {
+        /// The string given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A system call on a backing file or device failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done ("cannot open", "cannot stat"...).
+        what: &'static str,
+        /// The file or device.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backing object cannot be used as configured (size, block size, type).
+    #[error("{0}")]
+    Config(String),
+    /// Anonymous memory for a RAM backend could not be mapped.
+    #[error("cannot map {size} bytes of anonymous memory")]
+    Map {
+        /// Bytes requested.
+        size: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// io_uring set-up or submission failed.
+    #[error("io_uring {what}")]
+    Uring {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A synchronous flush failed.
+    #[error("flush of {target} failed")]
+    Flush {
+        /// The backend's description.
+        target: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One storage object. Shared by all pollers (`Arc<dyn Backend>`).
+pub trait Backend: Send + Sync {
+    /// Size as the guest should see it.
+    fn geometry(&self) -> Geometry;
+    /// Optional capabilities.
+    fn features(&self) -> Features;
+    /// One submission/completion queue per poller thread (each gets its own
+    /// io_uring). `depth` (>= 1) is the most requests in flight at once.
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError>;
+    /// Synchronous flush of everything written so far (shutdown, controller
+    /// shutdown notification).
+    fn flush(&self) -> Result<(), TransportError>;
+    /// Human-readable description, e.g.
+    /// `file:/var/lib/x.img (1 GiB, 512 B blocks, O_DIRECT)`.
+    fn describe(&self) -> String;
+}
+
+/// A per-poller queue of requests. Not shared between threads (but may move
+/// between them).
+pub trait BackendQueue: Send {
+    /// Queue one request; non-blocking. Nothing is half-submitted on error.
+    ///
+    /// The request is not guaranteed to reach the kernel before
+    /// [`kick`](Self::kick) (or the next `poll`/`drain`).
+    ///
+    /// # Safety
+    ///
+    /// Every iovec must stay valid (and, for reads, writable) until
+    /// `poll()`/`drain()` returns this tag's completion. The iovec array
+    /// itself is copied and may be dropped when `submit` returns.
+    unsafe fn submit(&mut self, req: &IoRequest<'_>) -> Result<(), SubmitError>;
+    /// Push queued submissions to the kernel (one `io_uring_enter` for a batch).
+    fn kick(&mut self) -> Result<(), TransportError>;
+    /// Non-blocking: append finished requests to `out`, return how many.
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
+    /// Requests submitted whose completion has not been returned yet.
+    fn in_flight(&self) -> usize;
+    /// Wait (up to `timeout`) until everything in flight completed, appending
+    /// completions; returns how many were appended.
+    fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize;
+}
+
+/// Open the backend a spec names.
+pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn Backend>, TransportError> {
+    Ok(match spec {
+        BackendSpec::Ram { size, block_size } => Arc::new(RamBackend::new(*size, *block_size)?),
+        BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),
+    })
+}
+
+/// Checks shared by every backend (see the crate docs for the rules).
+pub(crate) fn validate(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), SubmitError> {
+    if req.kind == IoKind::Flush {
+        if req.len != 0 {
+            return Err(SubmitError::Invalid("flush with a non-zero length"));
+        }
+        if !req.iov.is_empty() {
+            return Err(SubmitError::Invalid("flush with iovecs"));
+        }
+        return Ok(());
+    }
+    let bs = u64::from(geometry.block_size);
+    if req.offset % bs != 0 || req.len % bs != 0 {
+        return Err(SubmitError::Invalid(
+            "offset or length not a multiple of the block size",
+        ));
+    }
+    let end = req
+        .offset
+        .checked_add(req.len)
+        .ok_or(SubmitError::Invalid("range overflows"))?;
+    if end > geometry.size_bytes() {
+        return Err(SubmitError::Invalid("range past the end of the device"));
+    }
+    if req.kind.has_data() {
+        if req.iov.len() > MAX_IOVECS {
+            return Err(SubmitError::Invalid("more than 1024 iovecs"));
+        }
+        let mut total: u64 = 0;
+        for v in req.iov {
+            total = total
+                .checked_add(v.iov_len as u64)
+                .ok_or(SubmitError::Invalid("iovec lengths overflow"))?;
+            if v.iov_base.is_null() && v.iov_len != 0 {
+                return Err(SubmitError::Invalid("null iovec base"));
+            }
+        }
+        if total != req.len {
+            return Err(SubmitError::Invalid(
+                "iovec lengths do not add up to the request length",
+            ));
+        }
+    } else if !req.iov.is_empty() {
+        return Err(SubmitError::Invalid(
+            "iovecs given for a request that carries no data",
+        ));
+    }
+    Ok(())
+}
+
+/// "1 GiB", "64 MiB", "1536 KiB", "1000 B": exact binary units.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 5] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10), ("B", 0)];
+    for (name, shift) in UNITS {
+        let unit = 1u64 << shift;
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{} {name}", bytes >> shift);
+        }
+    }
+    format!("{bytes} B")
+}

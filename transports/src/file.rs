@@ -1,0 +1,313 @@
+//! The file / block-device backend: opening, geometry, direct-I/O detection.
+//! The per-poller queue lives in `file_queue.rs`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::file_queue::FileQueue;
+use crate::sys::{self, DioAlign, Mapping};
+use crate::{
+    human_size, Backend, BackendQueue, Features, Geometry, TransportError, AUTO_BLOCK_SIZE,
+    DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+};
+
+/// Size of the shared read-only zero buffer used to emulate WriteZeroes.
+pub(crate) const ZERO_BUF_LEN: usize = 64 * 1024;
+
+/// Most requests one queue may have in flight (io_uring's IORING_MAX_ENTRIES).
+pub const MAX_QUEUE_DEPTH: u32 = 32768;
+
+/// A regular file or a block device driven through io_uring.
+pub struct FileBackend {
+    inner: Arc<FileInner>,
+}
+
+/// State shared by the backend and all its queues.
+pub(crate) struct FileInner {
+    pub(crate) path: PathBuf,
+    file: File,
+    direct: Option<File>,
+    /// Why there is no O_DIRECT fd.
+    direct_note: Option<String>,
+    /// Direct-I/O alignment: buffer addresses / offsets and lengths.
+    dio_mem_align: u64,
+    dio_offset_align: u64,
+    pub(crate) geometry: Geometry,
+    block_device: bool,
+    /// Shared source of zeroes for WriteZeroes emulation.
+    zeroes: Mapping,
+    /// Set once the filesystem rejected FALLOC_FL_PUNCH_HOLE / ZERO_RANGE.
+    pub(crate) punch_hole_unsupported: AtomicBool,
+    pub(crate) zero_range_unsupported: AtomicBool,
+    /// Set once an O_DIRECT transfer was refused with EINVAL despite our
+    /// alignment checks (the alignment was a guess): later I/O goes buffered.
+    pub(crate) direct_refused: AtomicBool,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TransportError + 'a {
+    move |source| TransportError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl FileBackend {
+    /// Open a regular file or a block device read-write.
+    ///
+    /// `block_size` is [`AUTO_BLOCK_SIZE`] (the device's logical block size,
+    /// 512 for files) or a power of two from 512 to 65536; for block devices
+    /// it must be a multiple of the logical block size. A size that is not a
+    /// multiple of the block size is rounded down (the tail is never used).
+    pub fn open(path: &Path, block_size: u32) -> Result<Self, TransportError> {
+        if block_size != AUTO_BLOCK_SIZE
+            && (!block_size.is_power_of_two()
+                || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size))
+        {
+            return Err(TransportError::Config(format!(
+                "{}: block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}",
+                path.display()
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err("cannot open", path))?;
+        let meta = file.metadata().map_err(io_err("cannot stat", path))?;
+        let file_type = meta.file_type();
+        let block_device = file_type.is_block_device();
+        let (raw_size, logical_block_size) = if block_device {
+            let size = sys::block_device_size(file.as_fd())
+                .map_err(io_err("BLKGETSIZE64 failed on", path))?;
+            let lbs = sys::block_device_logical_block_size(file.as_fd())
+                .map_err(io_err("BLKSSZGET failed on", path))?;
+            (size, lbs)
+        } else if file_type.is_file() {
+            (meta.len(), DEFAULT_BLOCK_SIZE)
+        } else {
+            return Err(TransportError::Config(format!(
+                "{} is neither a regular file nor a block device",
+                path.display()
+            )));
+        };
+
+        let block_size = if block_size == AUTO_BLOCK_SIZE {
+            logical_block_size
+        } else {
+            block_size
+        };
+        if block_device && (logical_block_size == 0 || block_size % logical_block_size != 0) {
+            return Err(TransportError::Config(format!(
+                "{}: block size {block_size} is not a multiple of the device's logical block size {logical_block_size}",
+                path.display()
+            )));
+        }
+        let bs = u64::from(block_size);
+        let num_blocks = raw_size / bs;
+        if num_blocks == 0 {
+            return Err(TransportError::Config(format!(
+                "{} is {raw_size} bytes, smaller than one {block_size}-byte block",
+                path.display()
+            )));
+        }
+        if raw_size % bs != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                size = raw_size,
+                block_size,
+                unused = raw_size % bs,
+                "size is not a multiple of the block size; the tail is not used"
+            );
+        }
+
+        let (direct, direct_note, dio_mem_align, dio_offset_align) =
+            open_direct(path, block_device, logical_block_size);
+
+        let zeroes = Mapping::zeroes(ZERO_BUF_LEN).map_err(|source| TransportError::Map {
+            size: ZERO_BUF_LEN as u64,
+            source,
+        })?;
+
+        let backend = FileBackend {
+            inner: Arc::new(FileInner {
+                path: path.to_owned(),
+                file,
+                direct,
+                direct_note,
+                dio_mem_align,
+                dio_offset_align,
+                geometry: Geometry {
+                    block_size,
+                    num_blocks,
+                },
+                block_device,
+                zeroes,
+                punch_hole_unsupported: AtomicBool::new(false),
+                zero_range_unsupported: AtomicBool::new(false),
+                direct_refused: AtomicBool::new(false),
+            }),
+        };
+        tracing::info!(backend = %backend.describe(), "opened file backend");
+        Ok(backend)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner_for_tests(&self) -> &Arc<FileInner> {
+        &self.inner
+    }
+
+    /// Whether transfers with suitably aligned buffers bypass the page cache.
+    pub fn direct_io(&self) -> bool {
+        self.inner.direct.is_some()
+    }
+
+    /// Direct-I/O alignment `(buffer address, offset and length)` in bytes,
+    /// when O_DIRECT is in use. Callers that want zero-copy direct I/O keep
+    /// their buffers aligned to these.
+    pub fn direct_io_alignment(&self) -> Option<(u64, u64)> {
+        self.inner
+            .direct
+            .as_ref()
+            .map(|_| (self.inner.dio_mem_align, self.inner.dio_offset_align))
+    }
+}
+
+/// Open the O_DIRECT fd and work out its alignment. Never fails: without
+/// direct I/O every transfer goes through the page cache.
+fn open_direct(
+    path: &Path,
+    block_device: bool,
+    logical_block_size: u32,
+) -> (Option<File>, Option<String>, u64, u64) {
+    let direct = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
+        .open(path);
+    let direct = match direct {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::info!(path = %path.display(), error = %e, "O_DIRECT refused; using buffered I/O only");
+            return (None, Some(format!("O_DIRECT refused: {e}")), 0, 0);
+        }
+    };
+    let fallback = u64::from(if block_device {
+        logical_block_size
+    } else {
+        512
+    })
+    .max(512);
+    match sys::dio_alignment(direct.as_fd()) {
+        DioAlign::Known { mem, offset } => (Some(direct), None, u64::from(mem), u64::from(offset)),
+        DioAlign::Unknown => (Some(direct), None, fallback, fallback),
+        DioAlign::Unsupported => {
+            tracing::info!(path = %path.display(), "filesystem reports no direct I/O support; using buffered I/O only");
+            (
+                None,
+                Some("filesystem reports no direct I/O support".to_owned()),
+                0,
+                0,
+            )
+        }
+    }
+}
+
+impl FileInner {
+    pub(crate) fn buffered_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// The O_DIRECT fd, unless there is none or it turned out unusable.
+    pub(crate) fn direct_fd(&self) -> Option<RawFd> {
+        if self.direct_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.direct.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Whether a transfer at `offset` through `iovs` meets the direct-I/O
+    /// alignment (offset, every base and every length).
+    pub(crate) fn direct_ok(&self, offset: u64, iovs: &[libc::iovec]) -> bool {
+        if self.direct_fd().is_none() {
+            return false;
+        }
+        let (mem, off) = (self.dio_mem_align, self.dio_offset_align);
+        offset % off == 0
+            && iovs
+                .iter()
+                .all(|v| (v.iov_base as usize as u64) % mem == 0 && (v.iov_len as u64) % off == 0)
+    }
+
+    pub(crate) fn zero_buffer(&self) -> *const u8 {
+        self.zeroes.as_ptr()
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!("file:{} (", self.path.display());
+        if self.block_device {
+            s.push_str("block device, ");
+        }
+        s.push_str(&format!(
+            "{}, {} B blocks, ",
+            human_size(self.geometry.size_bytes()),
+            self.geometry.block_size
+        ));
+        match (&self.direct, &self.direct_note) {
+            (Some(_), _) if !self.direct_refused.load(Ordering::Relaxed) => s.push_str(&format!(
+                "O_DIRECT, alignment {}/{})",
+                self.dio_mem_align, self.dio_offset_align
+            )),
+            (Some(_), _) => s.push_str("buffered: O_DIRECT transfers refused by the kernel)"),
+            (None, note) => s.push_str(&format!(
+                "buffered: {})",
+                note.as_deref().unwrap_or("no O_DIRECT")
+            )),
+        }
+        s
+    }
+}
+
+impl Backend for FileBackend {
+    fn geometry(&self) -> Geometry {
+        self.inner.geometry
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            volatile_write_cache: true,
+            write_zeroes: true,
+            deallocate: true,
+        }
+    }
+
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+        if depth == 0 || depth > MAX_QUEUE_DEPTH {
+            return Err(TransportError::Config(format!(
+                "queue depth {depth} for {} is not between 1 and {MAX_QUEUE_DEPTH}",
+                self.inner.path.display()
+            )));
+        }
+        Ok(Box::new(FileQueue::new(Arc::clone(&self.inner), depth)?))
+    }
+
+    fn flush(&self) -> Result<(), TransportError> {
+        self.inner
+            .file
+            .sync_data()
+            .map_err(|source| TransportError::Flush {
+                target: self.describe(),
+                source,
+            })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}

@@ -1,0 +1,191 @@
+//! The RAM backend: an anonymous shared mapping shared by all queues.
+//! Requests are carried out at submit time and reported by the next poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sys::{page_size, Mapping};
+use crate::{
+    human_size, validate, Backend, BackendQueue, Completion, Features, Geometry, IoKind, IoRequest,
+    SubmitError, TransportError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+};
+
+/// Most requests a RAM queue holds before `submit` says `Full`.
+const MAX_RAM_DEPTH: u32 = 1 << 20;
+
+/// Volatile storage in anonymous memory (contents start as zeroes).
+pub struct RamBackend {
+    mem: Arc<Mapping>,
+    geometry: Geometry,
+}
+
+impl RamBackend {
+    /// `size` bytes (a non-zero multiple of `block_size`, a power of two from
+    /// 512 to 65536). Pages are allocated on first write.
+    pub fn new(size: u64, block_size: u32) -> Result<Self, TransportError> {
+        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+        {
+            return Err(TransportError::Config(format!(
+                "ram: block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
+            )));
+        }
+        let bs = u64::from(block_size);
+        if size == 0 || size % bs != 0 {
+            return Err(TransportError::Config(format!(
+                "ram: size {size} is not a non-zero multiple of the block size {block_size}"
+            )));
+        }
+        let len = usize::try_from(size).map_err(|_| {
+            TransportError::Config(format!(
+                "ram: size {size} does not fit in the address space"
+            ))
+        })?;
+        let mem = Mapping::anonymous_shared(len)
+            .map_err(|source| TransportError::Map { size, source })?;
+        Ok(RamBackend {
+            mem: Arc::new(mem),
+            geometry: Geometry {
+                block_size,
+                num_blocks: size / bs,
+            },
+        })
+    }
+}
+
+impl Backend for RamBackend {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            volatile_write_cache: false,
+            write_zeroes: true,
+            deallocate: true,
+        }
+    }
+
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+        if depth == 0 || depth > MAX_RAM_DEPTH {
+            return Err(TransportError::Config(format!(
+                "ram: queue depth {depth} is not between 1 and {MAX_RAM_DEPTH}"
+            )));
+        }
+        Ok(Box::new(RamQueue {
+            mem: Arc::clone(&self.mem),
+            geometry: self.geometry,
+            depth: depth as usize,
+            done: Vec::with_capacity(depth as usize),
+        }))
+    }
+
+    fn flush(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ram ({}, {} B blocks, volatile)",
+            human_size(self.geometry.size_bytes()),
+            self.geometry.block_size
+        )
+    }
+}
+
+struct RamQueue {
+    mem: Arc<Mapping>,
+    geometry: Geometry,
+    depth: usize,
+    /// Finished requests not yet returned by poll.
+    done: Vec<Completion>,
+}
+
+impl RamQueue {
+    /// Zero `[offset, offset + len)` of the mapping (already range-checked).
+    /// Deallocate also gives whole pages back to the kernel.
+    fn zero(&self, offset: usize, len: usize, release: bool) {
+        let base = self.mem.as_ptr();
+        let end = offset + len;
+        if release {
+            let page = page_size();
+            let first = offset.next_multiple_of(page);
+            let last = end - end % page;
+            if last > first && self.mem.discard_pages(first, last - first).is_ok() {
+                // SAFETY: [offset, first) and [last, end) lie inside the
+                // mapping (range checked by `validate`). Only raw pointers are
+                // used, so a concurrent poller touching the same bytes cannot
+                // create aliasing references.
+                unsafe {
+                    std::ptr::write_bytes(base.add(offset), 0, first - offset);
+                    std::ptr::write_bytes(base.add(last), 0, end - last);
+                }
+                return;
+            }
+        }
+        // SAFETY: [offset, end) lies inside the mapping (range checked by
+        // `validate`); raw-pointer writes only, see above.
+        unsafe { std::ptr::write_bytes(base.add(offset), 0, len) };
+    }
+}
+
+impl BackendQueue for RamQueue {
+    unsafe fn submit(&mut self, req: &IoRequest<'_>) -> Result<(), SubmitError> {
+        validate(req, self.geometry)?;
+        if self.done.len() >= self.depth {
+            return Err(SubmitError::Full);
+        }
+        // `validate` checked offset + len <= the mapping's length, a usize.
+        let offset =
+            usize::try_from(req.offset).map_err(|_| SubmitError::Invalid("range overflows"))?;
+        let len = usize::try_from(req.len).map_err(|_| SubmitError::Invalid("range overflows"))?;
+        debug_assert!(offset + len <= self.mem.len());
+        let base = self.mem.as_ptr();
+        match req.kind {
+            IoKind::Read | IoKind::Write | IoKind::WriteFua => {
+                let mut pos = offset;
+                for v in req.iov {
+                    let dev = base.wrapping_add(pos);
+                    let host = v.iov_base.cast::<u8>();
+                    if req.kind == IoKind::Read {
+                        // SAFETY: the device range lies inside the mapping
+                        // (`validate`: iovec lengths add up to len and the
+                        // range fits); the caller guarantees `host` is valid
+                        // for writes of iov_len bytes. Guest memory and our
+                        // private mapping never overlap.
+                        unsafe { std::ptr::copy_nonoverlapping(dev, host, v.iov_len) };
+                    } else {
+                        // SAFETY: as above, with `host` valid for reads.
+                        unsafe { std::ptr::copy_nonoverlapping(host, dev, v.iov_len) };
+                    }
+                    pos += v.iov_len;
+                }
+            }
+            IoKind::Flush => {}
+            IoKind::WriteZeroes => self.zero(offset, len, false),
+            IoKind::Deallocate => self.zero(offset, len, true),
+        }
+        self.done.push(Completion {
+            tag: req.tag,
+            result: Ok(()),
+        });
+        Ok(())
+    }
+
+    fn kick(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let n = self.done.len();
+        out.append(&mut self.done);
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+
+    fn drain(&mut self, out: &mut Vec<Completion>, _timeout: Duration) -> usize {
+        self.poll(out)
+    }
+}

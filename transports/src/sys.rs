@@ -1,0 +1,189 @@
+//! Thin safe wrappers over the system calls the backends need besides
+//! io_uring: anonymous mappings, block-device ioctls and `statx`.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+
+/// An anonymous mapping, unmapped on drop.
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it has no thread
+// affinity. Users of `as_ptr` are responsible for synchronising their accesses.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`; `&Mapping` only exposes the base pointer and length.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// `len` bytes of zeroed memory, shared (so it stays shared with any
+    /// future child process) and not reserved against swap, so large sparse
+    /// RAM disks cost only the pages actually written.
+    pub(crate) fn anonymous_shared(len: usize) -> io::Result<Self> {
+        Self::map(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
+    }
+
+    /// `len` bytes of read-only zeroes (every page is the kernel's zero page).
+    pub(crate) fn zeroes(len: usize) -> io::Result<Self> {
+        Self::map(
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
+    }
+
+    fn map(len: usize, prot: libc::c_int, flags: libc::c_int) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses;
+        // it cannot alias any existing Rust object.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Give back the pages of `[offset, offset + len)` (both page aligned and
+    /// inside the mapping); they read back as zeroes afterwards.
+    pub(crate) fn discard_pages(&self, offset: usize, len: usize) -> io::Result<()> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.len);
+        if end.is_none() || offset % page_size() != 0 || len % page_size() != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: the range lies inside our own mapping (checked above);
+        // MADV_REMOVE on shared anonymous memory only replaces its contents by
+        // zeroes, it does not unmap anything.
+        let rc =
+            unsafe { libc::madvise(self.ptr.as_ptr().add(offset).cast(), len, libc::MADV_REMOVE) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len describe a mapping we created and nobody else unmaps.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
+}
+
+// BLKGETSIZE64 = _IOR(0x12, 114, u64) from linux/fs.h (libc does not export
+// it). The "read" direction bits differ between ioctl layouts.
+#[cfg(not(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+#[cfg(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+const BLKGETSIZE64: libc::c_ulong = 0x4008_1272;
+
+/// Size in bytes of the block device behind `fd`.
+pub(crate) fn block_device_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to
+    // a live local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Logical block size of the block device behind `fd`.
+pub(crate) fn block_device_logical_block_size(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points to a
+    // live local.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::BLKSSZGET as _,
+            &mut size as *mut libc::c_int,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Direct-I/O alignment of an open file, from `statx(STATX_DIOALIGN)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DioAlign {
+    /// The kernel does not report it (old kernel or filesystem).
+    Unknown,
+    /// The kernel says this file does not support direct I/O.
+    Unsupported,
+    /// Buffer addresses must be multiples of `mem`, offsets and lengths
+    /// multiples of `offset`.
+    Known { mem: u32, offset: u32 },
+}
+
+pub(crate) fn dio_alignment(fd: BorrowedFd<'_>) -> DioAlign {
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: empty path + AT_EMPTY_PATH makes statx look at `fd`; the result
+    // is written into `stx`, a live local of the right type.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return DioAlign::Unknown;
+    }
+    if stx.stx_dio_offset_align == 0 || stx.stx_dio_mem_align == 0 {
+        return DioAlign::Unsupported;
+    }
+    DioAlign::Known {
+        mem: stx.stx_dio_mem_align,
+        offset: stx.stx_dio_offset_align,
+    }
+}
