@@ -68,7 +68,7 @@ impl Domain {
     /// [`Prot::NONE`], the mapping is only recorded: unmap matches it, but it
     /// is never translatable.
     ///
-    /// Errors: `size == 0` or a wrapping range ([`AtsError::InvalidRange`]),
+    /// Errors: `size == 0` or `gpa + size > u64::MAX` ([`AtsError::InvalidRange`]),
     /// `gpa`/`size`/`file_offset` not 4 KiB aligned ([`AtsError::Unaligned`]),
     /// overlap with an existing mapping ([`AtsError::Overlap`]), a file too
     /// short for the range ([`AtsError::FileTooShort`]), mmap failures.
@@ -273,4 +273,246 @@ fn check_overlap(regions: &[Region], gpa: u64, size: u64) -> Result<usize, AtsEr
         }
     }
     Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::Domain;
+    use crate::testing::memfd;
+    use crate::tests::{is_mapped, map_ram, unique_name};
+    use crate::{Access, AtsError, Prot};
+
+    const K4: u64 = 4096;
+    const T: Duration = Duration::from_secs(5);
+
+    fn gpas(d: &Domain) -> Vec<(u64, u64)> {
+        d.snapshot().regions().map(|r| (r.gpa, r.size)).collect()
+    }
+
+    #[test]
+    fn map_validation() {
+        let d = Domain::new();
+        let fd = || Some(memfd(&unique_name("v"), 0x10000).unwrap());
+        let rw = Prot::READ_WRITE;
+        assert!(matches!(
+            d.map(0x1000, 0, fd(), 0, rw),
+            Err(AtsError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            d.map(u64::MAX - 0xfff, 0x2000, None, 0, rw),
+            Err(AtsError::InvalidRange { .. })
+        ));
+        for (gpa, size, off) in [(0x1001, K4, 0), (0x1000, 0x1800, 0), (0x1000, K4, 0x200)] {
+            assert!(
+                matches!(
+                    d.map(gpa, size, fd(), off, rw),
+                    Err(AtsError::Unaligned { .. })
+                ),
+                "{gpa:#x} {size:#x} {off:#x}"
+            );
+        }
+        // Past the end of the file (would SIGBUS), and an offset beyond off_t.
+        assert!(matches!(
+            d.map(0, 0x2_0000, fd(), 0, rw),
+            Err(AtsError::FileTooShort { .. })
+        ));
+        assert!(matches!(
+            d.map(0, K4, fd(), 0x10000, rw),
+            Err(AtsError::FileTooShort { .. })
+        ));
+        assert!(matches!(
+            d.map(0, K4, fd(), u64::MAX & !0xfff, rw),
+            Err(AtsError::FileTooShort { .. })
+        ));
+        // Nothing was mapped, no generation was used.
+        assert_eq!(d.generation(), 0);
+        assert!(d.snapshot().is_empty());
+
+        // The last page below 2^64 cannot be mapped (the end must be representable).
+        assert!(matches!(
+            d.map(u64::MAX - 0xfff, K4, None, 0, rw),
+            Err(AtsError::InvalidRange { .. })
+        ));
+        d.map(u64::MAX - 0x1fff, K4, None, 0, rw).unwrap();
+        assert_eq!(d.generation(), 1);
+    }
+
+    #[test]
+    fn overlap_rules() {
+        let d = Domain::new();
+        map_ram(&d, 0x10_0000, 0x10_0000, Prot::READ_WRITE);
+        d.map(0x40_0000, 0x1_0000, None, 0, Prot::READ).unwrap();
+        let g = d.generation();
+        for (gpa, size) in [
+            (0x10_0000, 0x10_0000),  // same
+            (0x0f_f000, 0x2000),     // over the start
+            (0x1f_f000, 0x2000),     // over the end
+            (0x12_0000, 0x1000),     // inside
+            (0x00_0000, 0x100_0000), // around both
+            (0x40_f000, 0x1000),     // the fd-less one counts too
+        ] {
+            assert!(
+                matches!(
+                    d.map(gpa, size, None, 0, Prot::READ),
+                    Err(AtsError::Overlap { .. })
+                ),
+                "{gpa:#x}+{size:#x}"
+            );
+            let fd = memfd(&unique_name("o"), size).unwrap();
+            assert!(matches!(
+                d.map(gpa, size, Some(fd), 0, Prot::READ),
+                Err(AtsError::Overlap { .. })
+            ));
+        }
+        assert_eq!(d.generation(), g);
+        // Adjacent on both sides is fine.
+        map_ram(&d, 0x0f_f000, 0x1000, Prot::READ);
+        map_ram(&d, 0x20_0000, 0x1000, Prot::READ);
+        assert_eq!(
+            gpas(&d),
+            vec![
+                (0x0f_f000, 0x1000),
+                (0x10_0000, 0x10_0000),
+                (0x20_0000, 0x1000),
+                (0x40_0000, 0x1_0000)
+            ]
+        );
+        assert_eq!(d.generation(), g + 2);
+        assert_eq!(d.snapshot().generation(), g + 2);
+    }
+
+    #[test]
+    fn unmap_rules() {
+        let d = Domain::new();
+        let a = map_ram(&d, 0x10_0000, 0x1_0000, Prot::READ_WRITE);
+        let b = map_ram(&d, 0x11_0000, 0x1_0000, Prot::READ_WRITE);
+        let c = map_ram(&d, 0x20_0000, 0x1_0000, Prot::READ_WRITE);
+        d.map(0x30_0000, 0x1_0000, None, 0, Prot::READ).unwrap();
+        assert!(is_mapped(&a) && is_mapped(&b) && is_mapped(&c));
+        let g = d.generation();
+
+        assert!(matches!(
+            d.unmap(0x50_0000, 0x1000, T),
+            Err(AtsError::UnknownMapping { .. })
+        ));
+        assert!(matches!(
+            d.unmap(0x10_0000, 0, T),
+            Err(AtsError::InvalidRange { .. })
+        ));
+        // Cutting a map (its first half, or one map and half of the next).
+        assert!(matches!(
+            d.unmap(0x10_0000, 0x8000, T),
+            Err(AtsError::PartialUnmap {
+                map_gpa: 0x10_0000,
+                ..
+            })
+        ));
+        assert!(matches!(
+            d.unmap(0x10_0000, 0x1_8000, T),
+            Err(AtsError::PartialUnmap {
+                map_gpa: 0x11_0000,
+                ..
+            })
+        ));
+        assert_eq!(d.generation(), g);
+        assert_eq!(gpas(&d).len(), 4);
+
+        // Exact match.
+        d.unmap(0x20_0000, 0x1_0000, T).unwrap();
+        assert!(!is_mapped(&c));
+        assert!(matches!(
+            d.snapshot().translate(0x20_0000, 1, Access::Read),
+            Err(AtsError::OutOfRange { .. })
+        ));
+        // Several whole maps (and a gap) at once.
+        d.unmap(0x0f_0000, 0x3_0000, T).unwrap();
+        assert!(!is_mapped(&a) && !is_mapped(&b));
+        // fd-less map.
+        d.unmap(0x30_0000, 0x1_0000, T).unwrap();
+        assert!(d.snapshot().is_empty());
+        assert_eq!(d.generation(), g + 3);
+        // The range can be mapped again.
+        let a2 = map_ram(&d, 0x10_0000, 0x2_0000, Prot::READ);
+        assert!(is_mapped(&a2));
+        d.map(0x50_0000, 0x1000, None, 0, Prot::READ).unwrap();
+        d.unmap_all(T).unwrap();
+        assert!(!is_mapped(&a2));
+        assert!(d.snapshot().is_empty());
+        d.unmap_all(T).unwrap();
+    }
+
+    #[test]
+    fn unmap_waits_for_snapshot_holders() {
+        let d = Arc::new(Domain::new());
+        let name = map_ram(&d, 0x10_0000, 0x1_0000, Prot::READ_WRITE);
+        let held = d.snapshot();
+        // A later, unrelated map: the holder's snapshot is now an *older*
+        // generation than the one unmap replaces, and must be waited for too.
+        map_ram(&d, 0x80_0000, 0x1000, Prot::READ);
+        let released = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let holder = {
+            let released = released.clone();
+            thread::spawn(move || {
+                held.write_obj(0x10_0000, &7u64).unwrap();
+                tx.send(()).unwrap();
+                thread::sleep(Duration::from_millis(300));
+                // Still usable while held, even though unmap has started.
+                assert_eq!(held.read_obj::<u64>(0x10_0000).unwrap(), 7);
+                released.store(true, Ordering::SeqCst);
+                drop(held);
+            })
+        };
+        rx.recv().unwrap();
+        let start = Instant::now();
+        d.unmap(0x10_0000, 0x1_0000, T).unwrap();
+        assert!(
+            released.load(Ordering::SeqCst),
+            "unmap returned while the memory was held"
+        );
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(!is_mapped(&name));
+        holder.join().unwrap();
+    }
+
+    #[test]
+    fn unmap_times_out_busy_and_memory_outlives_it() {
+        let d = Domain::new();
+        let name = map_ram(&d, 0x10_0000, 0x1_0000, Prot::READ_WRITE);
+        let other = map_ram(&d, 0x20_0000, 0x1000, Prot::READ_WRITE);
+        let held = d.snapshot();
+        let start = Instant::now();
+        let timeout = Duration::from_millis(100);
+        let r = d.unmap(0x10_0000, 0x1_0000, timeout);
+        assert!(
+            matches!(r, Err(AtsError::Busy { gpa: 0x10_0000, .. })),
+            "{r:?}"
+        );
+        assert!(start.elapsed() >= timeout);
+        // Gone from new snapshots, still valid in the held one.
+        assert!(d.snapshot().translate(0x10_0000, 1, Access::Read).is_err());
+        assert!(is_mapped(&name));
+        held.write_obj(0x10_0008, &1u32).unwrap();
+        // Released by the last holder.
+        drop(held);
+        assert!(!is_mapped(&name));
+        assert!(is_mapped(&other));
+    }
+
+    #[test]
+    fn snapshot_unaffected_regions_do_not_block_unmap() {
+        let d = Domain::new();
+        map_ram(&d, 0x10_0000, 0x1000, Prot::READ_WRITE);
+        // A snapshot taken before the region existed does not hold it.
+        let early = d.snapshot();
+        map_ram(&d, 0x20_0000, 0x1000, Prot::READ_WRITE);
+        d.unmap(0x20_0000, 0x1000, Duration::from_millis(1))
+            .unwrap();
+        assert!(early.translate(0x10_0000, 1, Access::Read).is_ok());
+    }
 }

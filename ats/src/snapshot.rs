@@ -248,3 +248,200 @@ impl Snapshot {
             .map_err(AtsError::Volatile)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+    use crate::testing::memfd;
+    use crate::tests::{host, map_ram, unique_name};
+    use crate::{Access, AtsError, Domain, Prot};
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn translate_inside_and_across_region_edges() {
+        let d = Domain::new();
+        map_ram(&d, MB, MB, Prot::READ_WRITE);
+        map_ram(&d, 2 * MB, MB, Prot::READ_WRITE); // contiguous in GPA
+        map_ram(&d, 4 * MB, MB, Prot::READ_WRITE); // after a gap
+        let s = d.snapshot();
+
+        let p = s.translate(MB, 4096, Access::Read).unwrap();
+        let q = s.translate(MB + 0x10, 8, Access::Write).unwrap();
+        assert_eq!(q.addr(), p.addr() + 0x10);
+        // The last byte of a region, and the whole region.
+        s.translate(2 * MB - 1, 1, Access::Read).unwrap();
+        s.translate(MB, MB, Access::Read).unwrap();
+
+        // Crossing into the next region (even a contiguous one) is not one region.
+        assert!(matches!(
+            s.translate(2 * MB - 4, 8, Access::Read),
+            Err(AtsError::OutOfRange { .. })
+        ));
+        // Before the first region, in the gap, past the end, at the top of the space.
+        for gpa in [0, MB - 1, 3 * MB, 5 * MB, u64::MAX] {
+            assert!(
+                matches!(
+                    s.translate(gpa, 1, Access::Read),
+                    Err(AtsError::OutOfRange { .. })
+                ),
+                "{gpa:#x}"
+            );
+        }
+        assert!(matches!(
+            s.translate(u64::MAX - 1, 4, Access::Read),
+            Err(AtsError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            s.translate(MB, 0, Access::Read),
+            Err(AtsError::ZeroLength { .. })
+        ));
+        assert!(matches!(
+            s.translate(MB, MB + 1, Access::Read),
+            Err(AtsError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn byte_copies_span_contiguous_regions_only() {
+        let d = Domain::new();
+        map_ram(&d, MB, MB, Prot::READ_WRITE);
+        map_ram(&d, 2 * MB, MB, Prot::READ_WRITE);
+        map_ram(&d, 4 * MB, MB, Prot::READ_WRITE);
+        let s = d.snapshot();
+
+        let data: Vec<u8> = (0..=255u8).collect();
+        s.write_bytes(2 * MB - 100, &data).unwrap();
+        let mut back = vec![0u8; 256];
+        s.read_bytes(2 * MB - 100, &mut back).unwrap();
+        assert_eq!(back, data);
+        // Each half landed in its own region.
+        let mut tail = [0u8; 156];
+        s.read_bytes(2 * MB, &mut tail).unwrap();
+        assert_eq!(&tail[..], &data[100..]);
+
+        // Across the gap: refused, and the write does not touch the first region.
+        let before = s.read_obj::<[u8; 16]>(3 * MB - 16).unwrap();
+        assert!(matches!(
+            s.write_bytes(3 * MB - 16, &[0xaa; 32]),
+            Err(AtsError::OutOfRange { gpa, .. }) if gpa == 3 * MB
+        ));
+        assert_eq!(s.read_obj::<[u8; 16]>(3 * MB - 16).unwrap(), before);
+        assert!(s.read_bytes(3 * MB - 16, &mut [0u8; 32]).is_err());
+        // Empty copies are no-ops, even outside RAM.
+        s.read_bytes(0, &mut []).unwrap();
+        s.write_bytes(0, &[]).unwrap();
+    }
+
+    #[derive(Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+    #[repr(C)]
+    struct Cqe {
+        dw0: u32,
+        dw1: u32,
+        sq_head: u16,
+        sq_id: u16,
+        cid: u16,
+        status: u16,
+    }
+
+    #[test]
+    fn read_write_obj_and_file_offsets() {
+        let d = Domain::new();
+        // One memfd mapped twice: at 1 MiB (file offset 0) and at 8 MiB
+        // (file offset 64 KiB). Both views must see the same bytes.
+        let name = unique_name("alias");
+        let fd = memfd(&name, MB).unwrap();
+        let fd2 = fd.try_clone().unwrap();
+        d.map(MB, MB, Some(fd), 0, Prot::READ_WRITE).unwrap();
+        d.map(8 * MB, 0x1_0000, Some(fd2), 0x1_0000, Prot::READ)
+            .unwrap();
+        let s = d.snapshot();
+
+        let cqe = Cqe {
+            dw0: 0x1122_3344,
+            dw1: 5,
+            sq_head: 7,
+            sq_id: 1,
+            cid: 0xbeef,
+            status: 1,
+        };
+        // Unaligned on purpose.
+        s.write_obj(MB + 0x1_0003, &cqe).unwrap();
+        assert_eq!(s.read_obj::<Cqe>(MB + 0x1_0003).unwrap(), cqe);
+        assert_eq!(s.read_obj::<Cqe>(8 * MB + 3).unwrap(), cqe);
+        assert_eq!(s.read_obj::<u32>(8 * MB + 3).unwrap(), 0x1122_3344);
+        // Read-only alias refuses writes.
+        assert!(matches!(
+            s.write_obj(8 * MB, &1u32),
+            Err(AtsError::Permission {
+                access: Access::Write,
+                ..
+            })
+        ));
+        // An object that straddles the end of RAM.
+        assert!(s.read_obj::<Cqe>(2 * MB - 8).is_err());
+    }
+
+    #[test]
+    fn permissions_and_fd_less_maps() {
+        let d = Domain::new();
+        map_ram(&d, 0x10_0000, 0x1_0000, Prot::READ);
+        map_ram(&d, 0x20_0000, 0x1_0000, Prot::WRITE);
+        map_ram(&d, 0x30_0000, 0x1_0000, Prot::NONE);
+        d.map(0x40_0000, 0x1_0000, None, 0, Prot::READ_WRITE)
+            .unwrap();
+        let s = d.snapshot();
+
+        s.translate(0x10_0000, 8, Access::Read).unwrap();
+        assert!(matches!(
+            s.translate(0x10_0000, 8, Access::Write),
+            Err(AtsError::Permission { .. })
+        ));
+        s.translate(0x20_0000, 8, Access::Write).unwrap();
+        assert!(matches!(
+            s.translate(0x20_0000, 8, Access::Read),
+            Err(AtsError::Permission { .. })
+        ));
+        for gpa in [0x30_0000, 0x40_0000] {
+            for a in [Access::Read, Access::Write] {
+                assert!(matches!(
+                    s.translate(gpa + 8, 8, a),
+                    Err(AtsError::NotTranslatable { gpa: g }) if g == gpa + 8
+                ));
+            }
+        }
+        assert!(s.read_obj::<u64>(0x40_0000).is_err());
+        let infos: Vec<_> = s.regions().collect();
+        assert_eq!(infos.len(), 4);
+        assert!(infos[0].translatable && !infos[2].translatable && !infos[3].translatable);
+    }
+
+    #[test]
+    fn atomics() {
+        let d = Domain::new();
+        map_ram(&d, MB, 0x1000, Prot::READ_WRITE);
+        map_ram(&d, 2 * MB, 0x1000, Prot::READ);
+        let s = d.snapshot();
+        s.store_u32_release(MB + 0x40, 0xdead_beef).unwrap();
+        assert_eq!(s.load_u32_acquire(MB + 0x40).unwrap(), 0xdead_beef);
+        assert_eq!(s.read_obj::<u32>(MB + 0x40).unwrap(), 0xdead_beef);
+        s.load_u32_acquire(2 * MB).unwrap();
+        for gpa in [MB + 1, MB + 2, MB + 0x43] {
+            assert!(matches!(
+                s.load_u32_acquire(gpa),
+                Err(AtsError::Misaligned { align: 4, .. })
+            ));
+            assert!(s.store_u32_release(gpa, 0).is_err());
+        }
+        assert!(matches!(
+            s.store_u32_release(2 * MB, 1),
+            Err(AtsError::Permission { .. })
+        ));
+        assert!(matches!(
+            s.load_u32_acquire(MB + 0x1000),
+            Err(AtsError::OutOfRange { .. })
+        ));
+        assert_eq!(host(&s, MB + 0x40) % 4, 0);
+    }
+}
