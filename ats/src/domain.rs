@@ -326,7 +326,7 @@ mod tests {
             Err(AtsError::FileTooShort { .. })
         ));
         assert!(matches!(
-            d.map(0, K4, fd(), u64::MAX & !0xfff, rw),
+            d.map(0, K4, fd(), !0xfff, rw),
             Err(AtsError::FileTooShort { .. })
         ));
         // Nothing was mapped, no generation was used.

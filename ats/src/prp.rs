@@ -268,3 +268,387 @@ fn push(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use zerocopy::little_endian::U64;
+
+    use super::{map_prps, PrpError, PrpField, PrpLimits};
+    use crate::tests::{host, map_ram};
+    use crate::{Access, AtsError, Domain, Prot, Snapshot};
+
+    /// Guest RAM: 8 MiB at 16 MiB.
+    const B: u64 = 0x100_0000;
+    const RAM: u64 = 8 << 20;
+    const P: u64 = 0x1000;
+
+    fn setup() -> (Domain, Arc<Snapshot>) {
+        let d = Domain::new();
+        map_ram(&d, B, RAM, Prot::READ_WRITE);
+        let s = d.snapshot();
+        (d, s)
+    }
+
+    fn lim(page_size: u64) -> PrpLimits {
+        PrpLimits {
+            page_size,
+            max_transfer: 16 << 20,
+        }
+    }
+
+    fn write_list(s: &Snapshot, gpa: u64, entries: &[u64]) {
+        for (i, e) in entries.iter().enumerate() {
+            s.write_obj(gpa + 8 * i as u64, &U64::new(*e)).unwrap();
+        }
+    }
+
+    /// Walk and return the iovecs as (address, length).
+    fn run(
+        s: &Snapshot,
+        prp1: u64,
+        prp2: u64,
+        len: u64,
+        limits: &PrpLimits,
+    ) -> Result<Vec<(usize, usize)>, PrpError> {
+        let mut out = vec![libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 99,
+        }];
+        let r = map_prps(s, prp1, prp2, len, limits, Access::Write, &mut out);
+        if r.is_err() {
+            assert!(out.is_empty(), "iovecs left behind on error");
+        }
+        r.map(|()| out.iter().map(|v| (v.iov_base.addr(), v.iov_len)).collect())
+    }
+
+    /// Expected iovecs of guest-physical pieces (each inside one region).
+    fn pieces(s: &Snapshot, p: &[(u64, u64)]) -> Vec<(usize, usize)> {
+        p.iter()
+            .map(|&(gpa, len)| (host(s, gpa), usize::try_from(len).unwrap()))
+            .collect()
+    }
+
+    fn offset_err(r: Result<Vec<(usize, usize)>, PrpError>) -> (PrpField, u64) {
+        match r {
+            Err(PrpError::OffsetInvalid { field, entry }) => (field, entry),
+            other => panic!("expected OffsetInvalid, got {other:?}"),
+        }
+    }
+
+    fn translation_err(r: Result<Vec<(usize, usize)>, PrpError>) -> (u64, AtsError) {
+        match r {
+            Err(PrpError::Translation { gpa, source }) => (gpa, source),
+            other => panic!("expected Translation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_page_with_offset() {
+        let (_d, s) = setup();
+        let l = lim(P);
+        // PRP2 is garbage and must be ignored.
+        let junk = 0xdead_beef_0007;
+        assert_eq!(
+            run(&s, B + 0x104, junk, 0x200, &l).unwrap(),
+            pieces(&s, &[(B + 0x104, 0x200)])
+        );
+        // Up to the exact end of PRP1's page.
+        assert_eq!(
+            run(&s, B + 0x100, junk, 0xf00, &l).unwrap(),
+            pieces(&s, &[(B + 0x100, 0xf00)])
+        );
+        assert_eq!(run(&s, B, junk, P, &l).unwrap(), pieces(&s, &[(B, P)]));
+        // PRP1 not dword aligned.
+        assert_eq!(
+            offset_err(run(&s, B + 0x102, 0, 8, &l)),
+            (PrpField::Prp1, B + 0x102)
+        );
+        // PRP1 outside RAM, or running past its end.
+        assert_eq!(translation_err(run(&s, 0x1000, 0, 8, &l)).0, 0x1000);
+        assert_eq!(translation_err(run(&s, B + RAM, 0, 8, &l)).0, B + RAM);
+    }
+
+    #[test]
+    fn exactly_two_pages() {
+        let (_d, s) = setup();
+        let l = lim(P);
+        assert_eq!(
+            run(&s, B + 0x800, B + 0x5000, 0x1000, &l).unwrap(),
+            pieces(&s, &[(B + 0x800, 0x800), (B + 0x5000, 0x800)])
+        );
+        assert_eq!(
+            run(&s, B, B + 0x5000, 0x2000, &l).unwrap(),
+            pieces(&s, &[(B, P), (B + 0x5000, P)])
+        );
+        // Contiguous pages merge into one iovec.
+        assert_eq!(
+            run(&s, B + 0x800, B + 0x1000, 0x1000, &l).unwrap(),
+            pieces(&s, &[(B + 0x800, 0x1000)])
+        );
+        // PRP2 must be a page address here.
+        assert_eq!(
+            offset_err(run(&s, B, B + 0x5008, 0x2000, &l)),
+            (PrpField::Prp2Page, B + 0x5008)
+        );
+        assert_eq!(
+            offset_err(run(&s, B + 4, B + 0x5004, 0x1000, &l)),
+            (PrpField::Prp2Page, B + 0x5004)
+        );
+        // PRP2 outside RAM.
+        assert_eq!(translation_err(run(&s, B, 0x5000, 0x2000, &l)).0, 0x5000);
+    }
+
+    #[test]
+    fn prp_list() {
+        let (_d, s) = setup();
+        let l = lim(P);
+        let list = B + 0x10_0000;
+        let pages = [B + 0x9000, B + 0x3000, B + 0x7000, B + 0x2_0000];
+        let len = 0xe00 + 3 * P + 0x123;
+        let want = pieces(
+            &s,
+            &[
+                (B + 0x200, 0xe00),
+                (pages[0], P),
+                (pages[1], P),
+                (pages[2], P),
+                (pages[3], 0x123),
+            ],
+        );
+        // One garbage entry after the needed ones: it must not be read.
+        let mut entries = pages.to_vec();
+        entries.push(0xbad0_0001);
+        write_list(&s, list, &entries);
+        assert_eq!(run(&s, B + 0x200, list, len, &l).unwrap(), want);
+
+        // A list pointer with a (qword aligned) offset.
+        write_list(&s, list + 0x18, &pages);
+        assert_eq!(run(&s, B + 0x200, list + 0x18, len, &l).unwrap(), want);
+        assert_eq!(
+            offset_err(run(&s, B + 0x200, list + 4, len, &l)),
+            (PrpField::Prp2List, list + 4)
+        );
+
+        // Consecutive pages merge: 1 + 3 pages -> one iovec.
+        write_list(&s, list, &[B + 0x1000, B + 0x2000, B + 0x3000]);
+        assert_eq!(
+            run(&s, B, list, 4 * P, &l).unwrap(),
+            pieces(&s, &[(B, 4 * P)])
+        );
+
+        // An entry with an offset.
+        write_list(&s, list, &[B + 0x1000, B + 0x2010, B + 0x3000]);
+        assert_eq!(
+            offset_err(run(&s, B, list, 4 * P, &l)),
+            (PrpField::ListEntry, B + 0x2010)
+        );
+        // An entry outside RAM (and one at the first page past its end).
+        for bad in [0x2000, B + RAM, !0xfff] {
+            write_list(&s, list, &[B + 0x1000, bad, B + 0x3000]);
+            assert_eq!(translation_err(run(&s, B, list, 4 * P, &l)).0, bad);
+        }
+        // The list itself outside RAM, or running out of it.
+        assert_eq!(translation_err(run(&s, B, 0x8000, 4 * P, &l)).0, 0x8000);
+    }
+
+    #[test]
+    fn chained_lists() {
+        let (_d, s) = setup();
+        let l = lim(P);
+        // First list starts 0x10 before the end of its page: 2 slots, the
+        // second of which points to the next list page.
+        let l1 = B + 0x10_0000;
+        let l2 = B + 0x20_0000;
+        let d = [B + 0x5000, B + 0x9000, B + 0x7000, B + 0xb000];
+        write_list(&s, l1 + 0xff0, &[d[0], l2]);
+        write_list(&s, l2, &d[1..]);
+        let want = pieces(&s, &[(B, P), (d[0], P), (d[1], P), (d[2], P), (d[3], 8)]);
+        assert_eq!(run(&s, B, l1 + 0xff0, 4 * P + 8, &l).unwrap(), want);
+        // Exactly as many entries as slots: the last slot is data, not a pointer.
+        write_list(&s, l1 + 0xff0, &[d[0], d[1]]);
+        assert_eq!(
+            run(&s, B, l1 + 0xff0, 3 * P, &l).unwrap(),
+            pieces(&s, &[(B, P), (d[0], P), (d[1], P)])
+        );
+        // Next-list pointer with an offset, or outside RAM.
+        write_list(&s, l1 + 0xff0, &[d[0], l2 + 8]);
+        assert_eq!(
+            offset_err(run(&s, B, l1 + 0xff0, 4 * P, &l)),
+            (PrpField::NextList, l2 + 8)
+        );
+        write_list(&s, l1 + 0xff0, &[d[0], 0x4000]);
+        assert_eq!(translation_err(run(&s, B, l1 + 0xff0, 4 * P, &l)).0, 0x4000);
+
+        // Full list pages: 600 entries = 511 + chain, then 89.
+        let data = |i: u64| B + 0x30_0000 + 2 * i * P; // never contiguous
+        let full: Vec<u64> = (0..511).map(data).chain([l2]).collect();
+        write_list(&s, l1, &full);
+        let rest: Vec<u64> = (511..600).map(data).collect();
+        write_list(&s, l2, &rest);
+        let len = P + 600 * P;
+        let got = run(&s, B, l1, len, &l).unwrap();
+        let mut want = vec![(B, P)];
+        want.extend((0..600).map(|i| (data(i), P)));
+        assert_eq!(got, pieces(&s, &want));
+    }
+
+    #[test]
+    fn cyclic_list_terminates() {
+        let (_d, s) = setup();
+        let l = lim(P);
+        let list = B + 0x10_0000;
+        let data = B + 0x5000;
+        // 511 data entries, the last slot points back to the same page; PRP2
+        // points at that last slot, so the walk starts by chaining to itself.
+        let mut entries = vec![data; 511];
+        entries.push(list);
+        write_list(&s, list, &entries);
+        let n = 1500;
+        let got = run(&s, B, list + 0xff8, P + n * P, &l).unwrap();
+        assert_eq!(got.len(), 1 + 1500);
+        assert_eq!(got.iter().map(|v| v.1 as u64).sum::<u64>(), P + n * P);
+        assert!(got[1..]
+            .iter()
+            .all(|&(a, n)| a == host(&s, data) && n == 0x1000));
+    }
+
+    #[test]
+    fn length_limits() {
+        let (_d, s) = setup();
+        let l = PrpLimits {
+            page_size: P,
+            max_transfer: 128 * 1024,
+        };
+        assert!(matches!(
+            run(&s, B, B + P, 128 * 1024 + 1, &l),
+            Err(PrpError::TooLarge {
+                len: 131_073,
+                max: 131_072
+            })
+        ));
+        assert!(matches!(run(&s, B, 0, 0, &l), Err(PrpError::ZeroLength)));
+        for page_size in [0, 512, 0x3000] {
+            let bad = PrpLimits {
+                page_size,
+                max_transfer: 1 << 20,
+            };
+            assert!(matches!(
+                run(&s, B, 0, 8, &bad),
+                Err(PrpError::InvalidPageSize { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn large_memory_page_size() {
+        let (_d, s) = setup();
+        let ps = 0x1_0000;
+        let l = lim(ps);
+        assert_eq!(
+            run(&s, B + 0x1_0100, B + 0x5_0000, 0x1_0000, &l).unwrap(),
+            pieces(&s, &[(B + 0x1_0100, 0xff00), (B + 0x5_0000, 0x100)])
+        );
+        // 4 KiB aligned is not enough with 64 KiB pages.
+        assert_eq!(
+            offset_err(run(&s, B, B + 0x5_1000, 0x2_0000, &l)),
+            (PrpField::Prp2Page, B + 0x5_1000)
+        );
+        let list = B + 0x10_0000;
+        write_list(&s, list, &[B + 0x3_0000, B + 0x4_1000]);
+        assert_eq!(
+            offset_err(run(&s, B, list, 0x3_0000, &l)),
+            (PrpField::ListEntry, B + 0x4_1000)
+        );
+        write_list(&s, list, &[B + 0x3_0000, B + 0x4_0000]);
+        assert_eq!(
+            run(&s, B, list, 0x3_0000, &l).unwrap(),
+            pieces(&s, &[(B, ps), (B + 0x3_0000, 2 * ps)])
+        );
+    }
+
+    #[test]
+    fn page_across_contiguous_regions() {
+        // One 64 KiB memory page made of two maps (separate memfds) that are
+        // contiguous in guest-physical space.
+        let d = Domain::new();
+        map_ram(&d, 0x10_0000, 0x8000, Prot::READ_WRITE);
+        map_ram(&d, 0x10_8000, 0x8000, Prot::READ_WRITE);
+        let s = d.snapshot();
+        let got = run(&s, 0x10_0000, 0, 0x1_0000, &lim(0x1_0000)).unwrap();
+        let (a, b) = (host(&s, 0x10_0000), host(&s, 0x10_8000));
+        if a + 0x8000 == b {
+            assert_eq!(got, vec![(a, 0x1_0000)]);
+        } else {
+            assert_eq!(got, vec![(a, 0x8000), (b, 0x8000)]);
+        }
+    }
+
+    #[test]
+    fn list_running_out_of_ram() {
+        // With 64 KiB pages a list page can be longer than the RAM region.
+        let d = Domain::new();
+        map_ram(&d, 0x10_0000, 0x9000, Prot::READ_WRITE);
+        map_ram(&d, 0x20_0000, 0x1_0000, Prot::READ_WRITE);
+        let s = d.snapshot();
+        let list = 0x10_8ff8;
+        write_list(&s, list, &[0x20_0000]);
+        let (gpa, source) = translation_err(run(&s, 0x20_0000, list, 0x4_0000, &lim(0x1_0000)));
+        assert_eq!(gpa, list);
+        assert!(
+            matches!(source, AtsError::OutOfRange { gpa: 0x10_9000, .. }),
+            "{source:?}"
+        );
+    }
+
+    #[test]
+    fn permissions() {
+        let d = Domain::new();
+        map_ram(&d, 0x10_0000, 0x1_0000, Prot::READ); // data (read-only)
+        map_ram(&d, 0x20_0000, 0x1_0000, Prot::WRITE); // data (write-only)
+        map_ram(&d, 0x30_0000, 0x1_0000, Prot::READ_WRITE); // lists
+        d.map(0x40_0000, 0x1_0000, None, 0, Prot::READ_WRITE)
+            .unwrap();
+        let s = d.snapshot();
+        let l = lim(P);
+        let mut out = Vec::new();
+        let mut walk =
+            |prp1, prp2, len, access| map_prps(&s, prp1, prp2, len, &l, access, &mut out);
+
+        // Device writes (NVMe Read) into read-only memory: refused.
+        walk(0x10_0000, 0, 8, Access::Read).unwrap();
+        assert!(matches!(
+            walk(0x10_0000, 0, 8, Access::Write),
+            Err(PrpError::Translation {
+                gpa: 0x10_0000,
+                source: AtsError::Permission { .. }
+            })
+        ));
+        walk(0x20_0000, 0, 8, Access::Write).unwrap();
+        assert!(walk(0x20_0000, 0, 8, Access::Read).is_err());
+        // fd-less memory is never a DMA target.
+        assert!(matches!(
+            walk(0x40_0000, 0, 8, Access::Read),
+            Err(PrpError::Translation {
+                source: AtsError::NotTranslatable { .. },
+                ..
+            })
+        ));
+        // A list in write-only memory cannot be read, even for a device write.
+        write_list(&s, 0x30_0000, &[0x20_1000, 0x20_2000]);
+        walk(0x20_0000, 0x30_0000, 3 * P, Access::Write).unwrap();
+        s.write_obj(0x20_8000, &U64::new(0x20_1000)).unwrap();
+        s.write_obj(0x20_8008, &U64::new(0x20_2000)).unwrap();
+        assert!(matches!(
+            walk(0x20_0000, 0x20_8000, 3 * P, Access::Write),
+            Err(PrpError::Translation {
+                gpa: 0x20_8000,
+                source: AtsError::Permission {
+                    access: Access::Read,
+                    ..
+                }
+            })
+        ));
+    }
+}
