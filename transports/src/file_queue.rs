@@ -55,7 +55,21 @@ struct Slot {
     direct: bool,
 }
 
+/// Counters for tests and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct QueueStats {
+    /// Read/write submissions through the O_DIRECT fd.
+    pub(crate) direct: u64,
+    /// Read/write submissions through the buffered fd.
+    pub(crate) buffered: u64,
+    /// Submissions with RWF_DSYNC.
+    pub(crate) fua: u64,
+    /// Submissions continuing a short transfer or retrying after a fallback.
+    pub(crate) resubmits: u64,
+}
+
 pub(crate) struct FileQueue {
+    pub(crate) stats: QueueStats,
     backend: Arc<FileInner>,
     ring: Ring,
     slots: Box<[Slot]>,
@@ -91,6 +105,7 @@ impl FileQueue {
             .unwrap_or(usize::MAX)
             .saturating_mul(2);
         Ok(FileQueue {
+            stats: QueueStats::default(),
             backend,
             ring,
             slots,
@@ -147,12 +162,31 @@ impl FileQueue {
 
     /// Push the SQE for the slot's next step.
     fn issue(&mut self, idx: u32) -> Result<(), SqFull> {
+        self.push_sqe(idx)?;
+        let slot = &self.slots[idx as usize];
+        if matches!(slot.op, Op::Read | Op::Write { .. } | Op::WriteZeroBuf) {
+            if slot.direct {
+                self.stats.direct += 1;
+            } else {
+                self.stats.buffered += 1;
+            }
+        }
+        if slot.op == (Op::Write { fua: true }) {
+            self.stats.fua += 1;
+        }
+        Ok(())
+    }
+
+    fn push_sqe(&mut self, idx: u32) -> Result<(), SqFull> {
         let be = &self.backend;
         let slot = &mut self.slots[idx as usize];
         let user_data = u64::from(idx);
-        let fd = match (slot.direct, be.direct_fd()) {
-            (true, Some(fd)) => fd,
-            _ => be.buffered_fd(),
+        let fd = match be.direct_fd() {
+            Some(fd) if slot.direct => fd,
+            _ => {
+                slot.direct = false;
+                be.buffered_fd()
+            }
         };
         match slot.op {
             Op::Idle => Ok(()),
@@ -219,9 +253,12 @@ impl FileQueue {
                 }
                 slot.first = 0;
                 slot.direct = be.direct_ok(slot.offset, &slot.iovs);
-                let fd = match (slot.direct, be.direct_fd()) {
-                    (true, Some(fd)) => fd,
-                    _ => be.buffered_fd(),
+                let fd = match be.direct_fd() {
+                    Some(fd) if slot.direct => fd,
+                    _ => {
+                        slot.direct = false;
+                        be.buffered_fd()
+                    }
                 };
                 let count = u32::try_from(slot.iovs.len()).unwrap_or(u32::MAX);
                 // SAFETY: the iovec array lives in the slot (untouched until
@@ -238,6 +275,7 @@ impl FileQueue {
     /// Issue the slot's next step; a refused push (cannot happen: the SQ has
     /// room for every slot) fails the request rather than losing it.
     fn reissue(&mut self, idx: u32, out: &mut Vec<Completion>) {
+        self.stats.resubmits += 1;
         if self.issue(idx).is_err() {
             tracing::error!("io_uring submission queue unexpectedly full; failing request");
             self.complete(idx, Err(IoError::from_errno(libc::EAGAIN)), out);

@@ -339,3 +339,6 @@ pub(crate) fn human_size(bytes: u64) -> String {
     }
     format!("{bytes} B")
 }
+
+#[cfg(test)]
+mod tests;
