@@ -245,6 +245,16 @@ impl Domain {
         self.current.load_full()
     }
 
+    /// Replace `cached` with the current snapshot if the domain changed since
+    /// it was taken; returns whether it did. The usual poller loop call.
+    pub fn refresh(&self, cached: &mut Arc<Snapshot>) -> bool {
+        if cached.generation() == self.generation() {
+            return false;
+        }
+        *cached = self.snapshot();
+        true
+    }
+
     /// Generation of the latest published snapshot; bumped by every
     /// successful map/unmap. A cheap atomic load for pollers to compare with
     /// [`Snapshot::generation`] of their cached snapshot.
@@ -450,7 +460,8 @@ mod tests {
     fn unmap_waits_for_snapshot_holders() {
         let d = Arc::new(Domain::new());
         let name = map_ram(&d, 0x10_0000, 0x1_0000, Prot::READ_WRITE);
-        let held = d.snapshot();
+        let mut held = d.snapshot();
+        assert!(!d.refresh(&mut held));
         // A later, unrelated map: the holder's snapshot is now an *older*
         // generation than the one unmap replaces, and must be waited for too.
         map_ram(&d, 0x80_0000, 0x1000, Prot::READ);
@@ -502,6 +513,33 @@ mod tests {
         drop(held);
         assert!(!is_mapped(&name));
         assert!(is_mapped(&other));
+    }
+
+    #[test]
+    fn pollers_refreshing_on_generation_let_unmap_finish() {
+        let d = Arc::new(Domain::new());
+        let name = map_ram(&d, 0x10_0000, 0x1_0000, Prot::READ_WRITE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let pollers: Vec<_> = (0..2)
+            .map(|_| {
+                let (d, stop) = (d.clone(), stop.clone());
+                thread::spawn(move || {
+                    let mut snap = d.snapshot();
+                    while !stop.load(Ordering::Relaxed) {
+                        d.refresh(&mut snap);
+                        let _ = snap.read_obj::<u64>(0x10_0000);
+                        thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(20));
+        d.unmap(0x10_0000, 0x1_0000, T).unwrap();
+        assert!(!is_mapped(&name));
+        stop.store(true, Ordering::Relaxed);
+        for p in pollers {
+            p.join().unwrap();
+        }
     }
 
     #[test]

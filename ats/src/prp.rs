@@ -602,6 +602,106 @@ mod tests {
         );
     }
 
+    /// Deterministic xorshift, for the randomised test below.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn random_prps_stay_inside_guest_memory() {
+        // Two RAM regions with a gap, a read-only one and an fd-less one;
+        // random PRPs, lists and lengths biased towards their edges. Every
+        // success must describe exactly `len` bytes inside regions that allow
+        // the access; nothing may panic.
+        let d = Domain::new();
+        map_ram(&d, 0x10_0000, 0x4_0000, Prot::READ_WRITE);
+        map_ram(&d, 0x20_0000, 0x2_0000, Prot::READ_WRITE);
+        map_ram(&d, 0x22_0000, 0x1_0000, Prot::READ);
+        d.map(0x30_0000, 0x1_0000, None, 0, Prot::READ_WRITE)
+            .unwrap();
+        let s = d.snapshot();
+        let allowed: Vec<(usize, usize, Prot)> = s
+            .regions()
+            .filter(|r| r.translatable)
+            .map(|r| {
+                let base = host(&s, r.gpa);
+                (base, base + usize::try_from(r.size).unwrap(), r.prot)
+            })
+            .collect();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let addr = |rng: &mut Rng| -> u64 {
+            let bases: [u64; 7] = [
+                0x10_0000, 0x14_0000, 0x20_0000, 0x22_0000, 0x23_0000, 0x30_0000, 0,
+            ];
+            let b = bases[usize::try_from(rng.below(7)).unwrap()];
+            let off = match rng.below(4) {
+                0 => rng.below(0x10) * 0x1000,
+                1 => rng.below(0x4_0000) & !7,
+                2 => rng.below(0x100),
+                _ => 0x1000 * rng.below(0x40),
+            };
+            b.wrapping_add(off)
+                .wrapping_sub(if rng.below(4) == 0 { 0x1000 } else { 0 })
+        };
+        let (mut ok, mut errs) = (0, 0);
+        let mut out = Vec::new();
+        for _ in 0..4000 {
+            // Fill a few list slots with random entries (some chain pointers).
+            for _ in 0..8 {
+                let at = addr(&mut rng) & !7;
+                let _ = s.write_obj(at, &U64::new(addr(&mut rng)));
+            }
+            let ps = [0x1000, 0x2000, 0x1_0000][usize::try_from(rng.below(3)).unwrap()];
+            let limits = PrpLimits {
+                page_size: ps,
+                max_transfer: 0x4_0000,
+            };
+            let len = match rng.below(3) {
+                0 => rng.below(0x2000),
+                1 => rng.below(0x4_1000),
+                _ => ps * rng.below(8),
+            };
+            let access = if rng.below(2) == 0 {
+                Access::Read
+            } else {
+                Access::Write
+            };
+            let (p1, p2) = (addr(&mut rng), addr(&mut rng));
+            match map_prps(&s, p1, p2, len, &limits, access, &mut out) {
+                Ok(()) => {
+                    ok += 1;
+                    let total: usize = out.iter().map(|v| v.iov_len).sum();
+                    assert_eq!(total as u64, len);
+                    for v in &out {
+                        let (a, e) = (v.iov_base.addr(), v.iov_base.addr() + v.iov_len);
+                        assert!(v.iov_len > 0);
+                        assert!(
+                            allowed
+                                .iter()
+                                .any(|&(lo, hi, prot)| lo <= a && e <= hi && prot.allows(access)),
+                            "iovec {a:#x}..{e:#x} outside allowed memory"
+                        );
+                    }
+                }
+                Err(_) => {
+                    errs += 1;
+                    assert!(out.is_empty());
+                }
+            }
+        }
+        // The generator must exercise both outcomes.
+        assert!(ok > 200 && errs > 200, "ok {ok} errs {errs}");
+    }
+
     #[test]
     fn permissions() {
         let d = Domain::new();
