@@ -27,6 +27,12 @@ pub struct Domain {
     writer: Mutex<()>,
 }
 
+// Compile-time check: a domain is shared by the control thread and the pollers.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Domain>();
+};
+
 impl Default for Domain {
     fn default() -> Self {
         Self::new()

@@ -19,6 +19,35 @@
 //!   references. Copy a command (or a PRP list) out once, then validate and
 //!   use the copy.
 //!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use leapio_ats::prp::{map_prps, PrpLimits};
+//! use leapio_ats::{testing::memfd, Access, Domain, Prot};
+//!
+//! let domain = Domain::new();
+//! // vfio-user DMA_MAP: 1 MiB of guest RAM at guest-physical 1 MiB.
+//! let ram = memfd(c"guest-ram", 1 << 20)?;
+//! domain.map(0x10_0000, 1 << 20, Some(ram), 0, Prot::READ_WRITE)?;
+//!
+//! let mut snap = domain.snapshot(); // a poller caches this...
+//! domain.refresh(&mut snap); // ...and refreshes it on every loop
+//! snap.write_obj(0x10_0000, &0x1234u32)?;
+//! assert_eq!(snap.read_obj::<u32>(0x10_0000)?, 0x1234);
+//!
+//! // An NVMe Read of 512 bytes into PRP1 = 0x10_0200: the device writes guest memory.
+//! let limits = PrpLimits { page_size: 4096, max_transfer: 128 << 10 };
+//! let mut iov = Vec::new();
+//! map_prps(&snap, 0x10_0200, 0, 512, &limits, Access::Write, &mut iov)?;
+//! assert_eq!((iov.len(), iov[0].iov_len), (1, 512));
+//!
+//! // DMA_UNMAP: waits until every snapshot holding the region is dropped.
+//! drop(snap);
+//! domain.unmap(0x10_0000, 1 << 20, Duration::from_secs(1))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Why vm-memory, and where not
 //!
 //! The mmap lifecycle ([`vm_memory::MmapRegion`]: `MAP_SHARED` of the fd at
