@@ -74,12 +74,20 @@ impl FileBackend {
                 path.display()
             )));
         }
+        // A block device is opened exclusively (O_EXCL), so a mounted or
+        // otherwise claimed device is refused instead of corrupted. The check
+        // before open is only a hint: the type is re-checked on the open fd.
+        let exclusive = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | if exclusive { libc::O_EXCL } else { 0 })
             .open(path)
-            .map_err(io_err("cannot open", path))?;
+            .map_err(if exclusive {
+                io_err("cannot open exclusively (mounted or in use?)", path)
+            } else {
+                io_err("cannot open", path)
+            })?;
         let meta = file.metadata().map_err(io_err("cannot stat", path))?;
         let file_type = meta.file_type();
         let block_device = file_type.is_block_device();

@@ -41,6 +41,15 @@ enum Op {
     Nop,
 }
 
+/// `pwritev2` flags for a write step: FUA writes carry RWF_DSYNC, so the
+/// data (and the metadata needed to read it) is stable before completion.
+fn rw_flags(op: Op) -> i32 {
+    match op {
+        Op::Write { fua: true } => libc::RWF_DSYNC,
+        _ => 0,
+    }
+}
+
 struct Slot {
     tag: u64,
     op: Op,
@@ -220,8 +229,7 @@ impl FileQueue {
                             .push_readv(fd, iovs.as_ptr(), count, slot.offset, user_data)
                     }
                 } else {
-                    let fua = slot.op == (Op::Write { fua: true });
-                    let flags = if fua { libc::RWF_DSYNC } else { 0 };
+                    let flags = rw_flags(slot.op);
                     // SAFETY: as for reads; the buffers are valid by the
                     // `submit` contract.
                     unsafe {
@@ -489,6 +497,13 @@ pub(crate) mod tests {
         let backend = FileBackend::open(f.path(), 512).unwrap();
         let q = FileQueue::new(Arc::clone(backend.inner_for_tests()), 4).unwrap();
         (f, q)
+    }
+
+    #[test]
+    fn only_fua_writes_are_dsync() {
+        assert_eq!(rw_flags(Op::Write { fua: true }), libc::RWF_DSYNC);
+        assert_eq!(rw_flags(Op::Write { fua: false }), 0);
+        assert_eq!(rw_flags(Op::WriteZeroBuf), 0);
     }
 
     #[test]

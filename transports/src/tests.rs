@@ -300,10 +300,10 @@ fn flush_completes_on_every_backend() {
     ram.flush().unwrap();
 }
 
-/// Fill 256 KiB with a pattern, zero [32K, 32K+len0) with WriteZeroes and
-/// deallocate [160K, 160K+len1), then check every byte through the queue and
+/// Fill 256 KiB with a pattern, zero a range with WriteZeroes and deallocate
+/// another, then check every byte through the queue and
 /// (for files) through another fd.
-fn zero_and_deallocate(q: &mut dyn BackendQueue, path: Option<&Path>) {
+fn zero_and_deallocate(q: &mut dyn BackendQueue, bs: u64, path: Option<&Path>) {
     let total = 256 * 1024;
     let data = pattern(total, 11);
     let mut src = Buf::new(total, 4096);
@@ -311,8 +311,9 @@ fn zero_and_deallocate(q: &mut dyn BackendQueue, path: Option<&Path>) {
     let iov = src.iovs(&[(0, total)]);
     rw(q, IoKind::Write, 0, &iov).unwrap();
 
-    let (z0, zlen) = (32 * 1024 + 512, 70 * 1024);
-    let (d0, dlen) = (160 * 1024 + 1536, 40 * 1024 + 512);
+    // Ranges with edges that are block- but not page-aligned (for bs < 4K).
+    let (z0, zlen) = (32 * 1024 + bs, 64 * 1024 + 2 * bs);
+    let (d0, dlen) = (160 * 1024 + 3 * bs, 40 * 1024 + bs);
     op(q, IoKind::WriteZeroes, z0, zlen).unwrap();
     op(q, IoKind::Deallocate, d0, dlen).unwrap();
 
@@ -338,7 +339,7 @@ fn zero_and_deallocate(q: &mut dyn BackendQueue, path: Option<&Path>) {
 fn write_zeroes_and_deallocate_on_ram() {
     let backend = open_backend(&"ram:1M".parse().unwrap()).unwrap();
     let mut q = backend.open_queue(4).unwrap();
-    zero_and_deallocate(q.as_mut(), None);
+    zero_and_deallocate(q.as_mut(), 512, None);
 }
 
 #[test]
@@ -347,7 +348,7 @@ fn write_zeroes_and_deallocate_on_file() {
     let backend = FileBackend::open(f.path(), 512).unwrap();
     assert!(backend.features().write_zeroes && backend.features().deallocate);
     let mut q = file_queue(&backend, 4);
-    zero_and_deallocate(&mut q, Some(f.path()));
+    zero_and_deallocate(&mut q, 512, Some(f.path()));
 }
 
 #[test]
@@ -358,7 +359,7 @@ fn write_zeroes_and_deallocate_emulated_by_writes() {
     inner.punch_hole_unsupported.store(true, Ordering::Relaxed);
     inner.zero_range_unsupported.store(true, Ordering::Relaxed);
     let mut q = file_queue(&backend, 4);
-    zero_and_deallocate(&mut q, Some(f.path()));
+    zero_and_deallocate(&mut q, 512, Some(f.path()));
     assert!(q.stats.buffered + q.stats.direct >= 4);
 
     // A range spanning several 1 MiB zero-buffer writes.
@@ -384,7 +385,7 @@ fn write_zeroes_on_tmpfs_falls_back() {
     let f = temp_file_in(shm, 1 << 20);
     let backend = FileBackend::open(f.path(), 512).unwrap();
     let mut q = file_queue(&backend, 4);
-    zero_and_deallocate(&mut q, Some(f.path()));
+    zero_and_deallocate(&mut q, 512, Some(f.path()));
     eprintln!(
         "{}: zero range unsupported {}, punch hole unsupported {}",
         backend.describe(),
@@ -735,4 +736,49 @@ fn ram_deallocate_releases_whole_pages_and_zeroes_edges() {
     assert!(got[..512].iter().all(|&b| b == 0xCC));
     assert!(got[512..512 + 5 * 4096].iter().all(|&b| b == 0));
     assert!(got[512 + 5 * 4096..].iter().all(|&b| b == 0xCC));
+}
+
+/// Runs against a real block device named by `LEAPIO_TEST_BLOCK_DEVICE`
+/// (DESTROYS ITS DATA), e.g. a loop device:
+/// `dev=$(losetup -f --show img) LEAPIO_TEST_BLOCK_DEVICE=$dev cargo test -p leapio-transports -- --ignored`
+#[test]
+#[ignore = "needs a scratch block device in LEAPIO_TEST_BLOCK_DEVICE"]
+fn block_device() {
+    let Some(dev) = std::env::var_os("LEAPIO_TEST_BLOCK_DEVICE") else {
+        eprintln!("LEAPIO_TEST_BLOCK_DEVICE not set: skipped");
+        return;
+    };
+    let path = Path::new(&dev);
+    let backend = FileBackend::open(path, AUTO_BLOCK_SIZE).unwrap();
+    eprintln!("{}", backend.describe());
+    assert!(backend.describe().contains("block device"));
+    let g = backend.geometry();
+    let size = {
+        use std::io::Seek;
+        std::fs::File::open(path)
+            .unwrap()
+            .seek(std::io::SeekFrom::End(0))
+            .unwrap()
+    };
+    assert_eq!(g.size_bytes(), size - size % u64::from(g.block_size));
+    // A second exclusive open is refused.
+    let e = FileBackend::open(path, AUTO_BLOCK_SIZE)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("exclusively"), "{e}");
+
+    let mut q = file_queue(&backend, 8);
+    scattered_round_trip(&mut q, 1);
+    let mut src = Buf::new(65536, 4096);
+    src.bytes_mut().copy_from_slice(&pattern(65536, 1));
+    let iov = src.iovs(&[(0, 65536)]);
+    rw(&mut q, IoKind::WriteFua, 1 << 20, &iov).unwrap();
+    assert_eq!(read_back(&mut q, 1 << 20, 65536), pattern(65536, 1));
+    if backend.direct_io() {
+        assert!(q.stats.direct >= 2, "{:?}", q.stats);
+    }
+    op(&mut q, IoKind::Flush, 0, 0).unwrap();
+    zero_and_deallocate(&mut q, u64::from(g.block_size), None);
+    backend.flush().unwrap();
 }
