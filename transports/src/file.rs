@@ -268,10 +268,16 @@ impl FileInner {
             self.geometry.block_size
         ));
         match (&self.direct, &self.direct_note) {
-            (Some(_), _) if !self.direct_refused.load(Ordering::Relaxed) => s.push_str(&format!(
-                "O_DIRECT, alignment {}/{})",
-                self.dio_mem_align, self.dio_offset_align
-            )),
+            (Some(_), _) if !self.direct_refused.load(Ordering::Relaxed) => {
+                if self.dio_mem_align == self.dio_offset_align {
+                    s.push_str(&format!("O_DIRECT, {} B alignment)", self.dio_offset_align));
+                } else {
+                    s.push_str(&format!(
+                        "O_DIRECT, {} B buffer / {} B offset alignment)",
+                        self.dio_mem_align, self.dio_offset_align
+                    ));
+                }
+            }
             (Some(_), _) => s.push_str("buffered: O_DIRECT transfers refused by the kernel)"),
             (None, note) => s.push_str(&format!(
                 "buffered: {})",

@@ -22,6 +22,21 @@
 //! - for `Read`/`Write`/`WriteFua` the iovec lengths add up to `len` and
 //!   there are at most [`MAX_IOVECS`] of them; other kinds carry no iovecs;
 //! - a zero-length request succeeds without touching storage.
+//!
+//! Things callers must know:
+//! - `submit` copies the iovec array; the memory it points to must stay valid
+//!   until the tag's completion has been returned (the `submit` contract).
+//! - File queues only hand work to the kernel in `kick`, `poll` and `drain`;
+//!   RAM queues finish requests inside `submit`. Always `poll` after `kick`.
+//! - `in_flight` counts requests whose completion has not been returned yet
+//!   (RAM: finished but not yet polled); `submit` says `Full` at `depth`.
+//! - Completions come back in any order; a transfer is only `Ok` when every
+//!   byte moved. Errors carry the errno (`EIO`, `ENOSPC`, `EFAULT`...).
+//! - `Flush` covers writes that completed before it was submitted.
+//! - Dropping a file queue with requests in flight waits (up to 10 s) for
+//!   them, so guest memory is not written after the drop returns.
+//! - Block devices are opened with O_EXCL: a mounted or claimed device is
+//!   refused.
 
 mod file;
 mod file_queue;
@@ -35,7 +50,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use file::FileBackend;
+pub use file::{FileBackend, MAX_QUEUE_DEPTH};
 pub use ram::RamBackend;
 pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
 
