@@ -1,1 +1,120 @@
-fn main() {}
+//! `socp`: serve virtual NVMe controllers over vfio-user.
+
+use clap::Parser;
+use socp::config::CtrlSpec;
+use socp::runtime::Runtime;
+use socp::server::start_controller;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serve virtual NVMe controllers to stock hypervisors over vfio-user.
+///
+/// Each --ctrl is one PCI NVMe controller at a vfio-user socket, with one or
+/// more namespaces. Attach it with QEMU >= 10.1:
+///
+///   -object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem
+///   -device '{"driver":"vfio-user-pci","socket":{"path":"/run/leapio/vm0.sock","type":"unix"}}'
+///
+/// or cloud-hypervisor: --memory shared=on --user-device socket=/run/leapio/vm0.sock
+#[derive(Parser, Debug)]
+#[command(name = "socp", version, verbatim_doc_comment)]
+struct Args {
+    /// A controller: sock=PATH,ns=BACKEND[,ns=BACKEND...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    ///
+    /// BACKEND is ram:SIZE (e.g. ram:256M) or file:PATH (a regular file or a
+    /// block device; add :bs=4096 style options as documented by the
+    /// transports crate). Namespaces get NSIDs 1, 2, ... in order.
+    /// io-queues: I/O queue pairs offered (default 32); queue-entries: max
+    /// entries per queue (default 1024); mdts: max transfer 4 KiB << N
+    /// (default 5 = 128 KiB).
+    #[arg(
+        long = "ctrl",
+        required = true,
+        value_name = "SPEC",
+        verbatim_doc_comment
+    )]
+    ctrls: Vec<CtrlSpec>,
+
+    /// Poller threads running the I/O queues.
+    #[arg(long, default_value_t = 1)]
+    pollers: usize,
+
+    /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("socp: cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    let rt = match Runtime::start(args.pollers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("socp: starting pollers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut served = Vec::new();
+    let mut failed = false;
+    for (i, spec) in args.ctrls.iter().enumerate() {
+        match start_controller(i, spec, &rt, stop.clone()) {
+            Ok(s) => served.push(s),
+            Err(e) => {
+                eprintln!("socp: {e}");
+                failed = true;
+                break;
+            }
+        }
+    }
+    if failed {
+        stop.store(true, Ordering::Release);
+    }
+    tracing::info!(
+        controllers = served.len(),
+        pollers = rt.pollers(),
+        "socp running"
+    );
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    // Control threads first: they reset their controllers, which needs the
+    // pollers to drain the queues.
+    let mut backends = Vec::new();
+    for s in served {
+        if s.thread.join().is_err() {
+            tracing::error!(ctrl = %s.sock, "control thread panicked");
+        }
+        backends.extend(s.backends);
+    }
+    rt.shutdown();
+    for b in &backends {
+        if let Err(e) = b.flush() {
+            tracing::error!("flushing {}: {e}", b.describe());
+            failed = true;
+        }
+    }
+    tracing::info!("stopped");
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

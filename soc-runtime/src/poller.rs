@@ -1,0 +1,739 @@
+//! A poller thread: run-to-completion processing of the I/O queue pairs it
+//! owns, for any number of controllers. Each loop it takes queue changes
+//! from its mailbox, reaps backend completions and posts them, then fetches
+//! new commands from the submission queues (reading doorbells from shared
+//! memory), validates them and submits them to the namespaces' backends.
+//! Busy, it never sleeps; idle, it backs off so a guest vCPU sharing the core
+//! still runs.
+
+use crate::io::{self, Op, Plan};
+use leapio_ats::prp::PrpLimits;
+use leapio_ats::Snapshot;
+use leapio_nvme::cmd::AsyncEvent;
+use leapio_nvme::{IoOpcode, Status};
+use leapio_transports::{Backend, BackendQueue, Completion, IoKind, IoRequest, SubmitError};
+use leapio_vmm_shim::queue::{CqRing, SqRing};
+use leapio_vmm_shim::{CqSetup, CtrlShared, SqSetup};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A controller as the pollers see it.
+pub struct CtrlCtx {
+    pub id: u64,
+    pub shared: Arc<CtrlShared>,
+    /// Backends by namespace index (NSID - 1).
+    pub backends: Vec<Arc<dyn Backend>>,
+}
+
+/// Requests from the control path.
+pub enum PollerMsg {
+    AddCq {
+        ctrl: Arc<CtrlCtx>,
+        setup: CqSetup,
+        ack: Sender<Result<(), Status>>,
+    },
+    AddSq {
+        ctrl: Arc<CtrlCtx>,
+        setup: SqSetup,
+        ack: Sender<Result<(), Status>>,
+    },
+    /// Stop fetching from the SQ; ack once its commands all completed.
+    DelSq {
+        ctrl: u64,
+        qid: u16,
+        ack: Sender<()>,
+    },
+    DelCq {
+        ctrl: u64,
+        qid: u16,
+        ack: Sender<()>,
+    },
+}
+
+/// In-flight requests per backend queue.
+const BACKEND_DEPTH: u32 = 1024;
+/// How long to keep spinning after the last piece of work.
+const SPIN: Duration = Duration::from_micros(200);
+/// Longest idle sleep.
+const MAX_SLEEP: Duration = Duration::from_millis(1);
+
+struct SqState {
+    ring: SqRing,
+    in_flight: u32,
+    commands: u64,
+    /// The doorbell held an invalid value; reported, waiting for a valid one.
+    bad_doorbell: bool,
+    deleting: Option<Sender<()>>,
+}
+
+struct CqState {
+    ring: CqRing,
+    /// Completions promised to commands in flight.
+    reserved: u32,
+    bad_doorbell: bool,
+    needs_irq: bool,
+}
+
+struct CtrlState {
+    ctx: Arc<CtrlCtx>,
+    snap: Arc<Snapshot>,
+    sqs: Vec<Option<SqState>>,
+    cqs: Vec<Option<CqState>>,
+    /// One backend queue per namespace.
+    nsq: Vec<Box<dyn BackendQueue>>,
+}
+
+/// A command in flight.
+struct Slot {
+    ctrl: usize,
+    sqid: u16,
+    cqid: u16,
+    cid: u16,
+    nsid: u32,
+    opcode: u8,
+    bytes: u64,
+    /// Backend operations still outstanding.
+    remaining: u32,
+    status: Status,
+    /// Keeps the guest memory the request points into mapped.
+    _snap: Arc<Snapshot>,
+}
+
+/// Prepared backend operations that found their queue full.
+struct Deferred {
+    slot: usize,
+    ns: usize,
+    op: Op,
+    iov: Vec<libc::iovec>,
+}
+
+pub struct Poller {
+    index: usize,
+    rx: Receiver<PollerMsg>,
+    stop: Arc<AtomicBool>,
+    ctrls: Vec<CtrlState>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    deferred: VecDeque<Deferred>,
+    iov: Vec<libc::iovec>,
+    done: Vec<Completion>,
+    /// A queue was deleted: look for controllers without queues.
+    gc_pending: bool,
+}
+
+impl Poller {
+    pub fn new(index: usize, rx: Receiver<PollerMsg>, stop: Arc<AtomicBool>) -> Poller {
+        Poller {
+            index,
+            rx,
+            stop,
+            ctrls: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            deferred: VecDeque::new(),
+            iov: Vec::with_capacity(64),
+            done: Vec::with_capacity(256),
+            gc_pending: false,
+        }
+    }
+
+    /// Run until `stop` is set, then finish what is in flight.
+    pub fn run(mut self) {
+        let mut last_work = Instant::now();
+        let mut sleep = Duration::from_micros(10);
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut work = self.mailbox();
+            for c in 0..self.ctrls.len() {
+                work |= self.poll_ctrl(c);
+            }
+            if self.gc_pending {
+                self.gc_ctrls();
+            }
+            if work {
+                last_work = Instant::now();
+                sleep = Duration::from_micros(10);
+            } else if last_work.elapsed() > SPIN {
+                std::thread::sleep(sleep);
+                sleep = (sleep * 2).min(MAX_SLEEP);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        self.shutdown();
+    }
+
+    fn mailbox(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(msg) = self.rx.try_recv() {
+            any = true;
+            match msg {
+                PollerMsg::AddCq { ctrl, setup, ack } => {
+                    let r = self.add_cq(ctrl, setup);
+                    let _ = ack.send(r);
+                }
+                PollerMsg::AddSq { ctrl, setup, ack } => {
+                    let r = self.add_sq(ctrl, setup);
+                    let _ = ack.send(r);
+                }
+                PollerMsg::DelSq { ctrl, qid, ack } => {
+                    let found = self
+                        .ctrl_index(ctrl)
+                        .and_then(|c| sq_mut(&mut self.ctrls[c], qid));
+                    match found {
+                        Some(sq) => sq.deleting = Some(ack),
+                        None => {
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+                PollerMsg::DelCq { ctrl, qid, ack } => {
+                    self.gc_pending = true;
+                    if let Some(c) = self.ctrl_index(ctrl) {
+                        if let Some(slot) = self.ctrls[c].cqs.get_mut(usize::from(qid)) {
+                            *slot = None;
+                        }
+                    }
+                    let _ = ack.send(());
+                }
+            }
+        }
+        any
+    }
+
+    fn ctrl_index(&self, id: u64) -> Option<usize> {
+        self.ctrls.iter().position(|c| c.ctx.id == id)
+    }
+
+    fn ctrl_for(&mut self, ctx: Arc<CtrlCtx>) -> Result<usize, Status> {
+        if let Some(i) = self.ctrl_index(ctx.id) {
+            return Ok(i);
+        }
+        let mut nsq = Vec::with_capacity(ctx.backends.len());
+        for b in &ctx.backends {
+            match b.open_queue(BACKEND_DEPTH) {
+                Ok(q) => nsq.push(q),
+                Err(e) => {
+                    tracing::error!(ctrl = %ctx.shared.name, "opening a backend queue for {}: {e}", b.describe());
+                    return Err(Status::INTERNAL_ERROR);
+                }
+            }
+        }
+        let snap = ctx.shared.domain.snapshot();
+        self.ctrls.push(CtrlState {
+            ctx,
+            snap,
+            sqs: Vec::new(),
+            cqs: Vec::new(),
+            nsq,
+        });
+        Ok(self.ctrls.len() - 1)
+    }
+
+    fn add_cq(&mut self, ctx: Arc<CtrlCtx>, s: CqSetup) -> Result<(), Status> {
+        let c = self.ctrl_for(ctx)?;
+        let ctrl = &mut self.ctrls[c];
+        let i = usize::from(s.qid);
+        if ctrl.cqs.len() <= i {
+            ctrl.cqs.resize_with(i + 1, || None);
+        }
+        ctrl.cqs[i] = Some(CqState {
+            ring: CqRing::new(s.qid, s.gpa, s.entries, s.vector, s.ien),
+            reserved: 0,
+            bad_doorbell: false,
+            needs_irq: false,
+        });
+        tracing::debug!(poller = self.index, ctrl = %ctrl.ctx.shared.name, qid = s.qid, entries = s.entries, vector = s.vector, "I/O completion queue created");
+        Ok(())
+    }
+
+    fn add_sq(&mut self, ctx: Arc<CtrlCtx>, s: SqSetup) -> Result<(), Status> {
+        let c = self.ctrl_for(ctx)?;
+        let ctrl = &mut self.ctrls[c];
+        if ctrl
+            .cqs
+            .get(usize::from(s.cqid))
+            .is_none_or(|q| q.is_none())
+        {
+            return Err(Status::COMPLETION_QUEUE_INVALID);
+        }
+        let i = usize::from(s.qid);
+        if ctrl.sqs.len() <= i {
+            ctrl.sqs.resize_with(i + 1, || None);
+        }
+        ctrl.sqs[i] = Some(SqState {
+            ring: SqRing::new(s.qid, s.cqid, s.gpa, s.entries),
+            in_flight: 0,
+            commands: 0,
+            bad_doorbell: false,
+            deleting: None,
+        });
+        tracing::debug!(poller = self.index, ctrl = %ctrl.ctx.shared.name, qid = s.qid, cqid = s.cqid, entries = s.entries, "I/O submission queue created");
+        Ok(())
+    }
+
+    /// Drop controllers that have no queues left (closes their backend queues).
+    fn gc_ctrls(&mut self) {
+        self.gc_pending = false;
+        let busy: Vec<bool> = (0..self.ctrls.len())
+            .map(|c| self.slots.iter().flatten().any(|s| s.ctrl == c))
+            .collect();
+        let mut c = 0;
+        let mut removed = false;
+        while c < self.ctrls.len() {
+            let st = &self.ctrls[c];
+            let empty = st.sqs.iter().all(Option::is_none) && st.cqs.iter().all(Option::is_none);
+            if empty && busy[c] {
+                self.gc_pending = true;
+            }
+            if empty && !busy[c] && !removed {
+                self.ctrls.remove(c);
+                // Slot indexes of later controllers shift: fix them up.
+                for s in self.slots.iter_mut().flatten() {
+                    if s.ctrl > c {
+                        s.ctrl -= 1;
+                    }
+                }
+                removed = true;
+            } else {
+                c += 1;
+            }
+        }
+    }
+
+    /// One pass over a controller: completions, then new commands.
+    fn poll_ctrl(&mut self, c: usize) -> bool {
+        let mut work = false;
+        {
+            let ctrl = &mut self.ctrls[c];
+            if ctrl.ctx.shared.domain.generation() != ctrl.snap.generation() {
+                ctrl.snap = ctrl.ctx.shared.domain.snapshot();
+            }
+        }
+        work |= self.reap(c);
+        work |= self.retry_deferred();
+        if self.ctrls[c].ctx.shared.fatal.load(Ordering::Acquire) {
+            self.finish_deletes(c);
+            return work;
+        }
+        self.update_cq_heads(c);
+        let nsq = self.ctrls[c].sqs.len();
+        for qid in 1..nsq {
+            work |= self.fetch_sq(c, qid);
+        }
+        for q in &mut self.ctrls[c].nsq {
+            if q.kick().is_err() {
+                tracing::error!("backend submission failed");
+            }
+        }
+        self.finish_deletes(c);
+        self.raise_irqs(c);
+        work
+    }
+
+    fn update_cq_heads(&mut self, c: usize) {
+        let ctrl = &mut self.ctrls[c];
+        let shared = &ctrl.ctx.shared;
+        let shadow = shared.shadow.load_full();
+        for cq in ctrl.cqs.iter_mut().flatten() {
+            let qid = cq.ring.qid;
+            let head = match &shadow {
+                Some(sh) => {
+                    let h = ctrl
+                        .snap
+                        .load_u32_acquire(sh.cq_head(qid))
+                        .unwrap_or(cq.ring.head);
+                    let _ = ctrl.snap.store_u32_release(sh.cq_event(qid), h);
+                    h
+                }
+                None => shared.doorbells.cq_head(qid),
+            };
+            match cq.ring.update_head(head) {
+                Ok(()) => cq.bad_doorbell = false,
+                Err(e) => {
+                    if !cq.bad_doorbell {
+                        cq.bad_doorbell = true;
+                        tracing::warn!(ctrl = %shared.name, "{e}");
+                        shared.post_event(AsyncEvent::dw0(
+                            AsyncEvent::TYPE_ERROR,
+                            AsyncEvent::INFO_INVALID_DOORBELL_VALUE,
+                            0x01,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetch and start commands from one SQ.
+    fn fetch_sq(&mut self, c: usize, qid: usize) -> bool {
+        let ctrl = &mut self.ctrls[c];
+        let Some(sq) = ctrl.sqs[qid].as_mut() else {
+            return false;
+        };
+        if sq.deleting.is_some() {
+            return false;
+        }
+        let shared = ctrl.ctx.shared.clone();
+        let sqid = sq.ring.qid;
+        let tail = match shared.shadow.load().as_deref() {
+            Some(sh) => match ctrl.snap.load_u32_acquire(sh.sq_tail(sqid)) {
+                Ok(t) => {
+                    let _ = ctrl.snap.store_u32_release(sh.sq_event(sqid), t);
+                    t
+                }
+                Err(_) => shared.doorbells.sq_tail(sqid),
+            },
+            None => shared.doorbells.sq_tail(sqid),
+        };
+        if let Err(e) = sq.ring.check_tail(tail) {
+            if !sq.bad_doorbell {
+                sq.bad_doorbell = true;
+                tracing::warn!(ctrl = %shared.name, "{e}");
+                shared.post_event(AsyncEvent::dw0(
+                    AsyncEvent::TYPE_ERROR,
+                    AsyncEvent::INFO_INVALID_DOORBELL_VALUE,
+                    0x01,
+                ));
+            }
+            return false;
+        }
+        sq.bad_doorbell = false;
+        let cqid = sq.ring.cqid;
+        let mut n = sq.ring.pending(tail);
+        if n == 0 {
+            return false;
+        }
+        let limits = PrpLimits {
+            page_size: shared.page_size(),
+            max_transfer: shared.mdts_bytes,
+        };
+        let mut work = false;
+        while n > 0 {
+            let ctrl = &mut self.ctrls[c];
+            let Some(cq) = ctrl.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) else {
+                break;
+            };
+            if cq.ring.free() <= cq.reserved {
+                break;
+            }
+            let Some(sq) = ctrl.sqs[qid].as_mut() else {
+                break;
+            };
+            let sqe = match sq.ring.fetch(&ctrl.snap) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(ctrl = %shared.name, qid = sqid, "submission queue memory unreadable: {e}");
+                    shared.fatal.store(true, Ordering::Release);
+                    break;
+                }
+            };
+            n -= 1;
+            work = true;
+            sq.in_flight += 1;
+            sq.commands += 1;
+            cq.reserved += 1;
+            let snap = ctrl.snap.clone();
+            let nsid = sqe.nsid.get();
+            let slot = self.alloc_slot(Slot {
+                ctrl: c,
+                sqid,
+                cqid,
+                cid: sqe.cid.get(),
+                nsid,
+                opcode: sqe.opcode,
+                bytes: 0,
+                remaining: 0,
+                status: Status::SUCCESS,
+                _snap: snap,
+            });
+            let Some(ns) = shared.namespace(nsid) else {
+                self.complete_slot(slot, Status::INVALID_NAMESPACE);
+                continue;
+            };
+            let ns_index = usize::try_from(nsid - 1).unwrap_or(0);
+            self.iov.clear();
+            let plan = io::plan(&self.ctrls[c].snap, &sqe, ns, &limits, &mut self.iov);
+            match plan {
+                Plan::Complete(status) => self.complete_slot(slot, status),
+                Plan::Single(op) => {
+                    if let Some(s) = self.slots[slot].as_mut() {
+                        s.remaining = 1;
+                        s.bytes = op.len;
+                    }
+                    let iov = std::mem::take(&mut self.iov);
+                    self.submit(slot, ns_index, op, &iov);
+                    self.iov = iov;
+                }
+                Plan::Multi(ops) => {
+                    if let Some(s) = self.slots[slot].as_mut() {
+                        s.remaining = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+                    }
+                    for op in ops {
+                        self.submit(slot, ns_index, op, &[]);
+                    }
+                }
+            }
+        }
+        work
+    }
+
+    fn alloc_slot(&mut self, s: Slot) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(s);
+                i
+            }
+            None => {
+                self.slots.push(Some(s));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn submit(&mut self, slot: usize, ns: usize, op: Op, iov: &[libc::iovec]) {
+        let Some(c) = self.slots[slot].as_ref().map(|s| s.ctrl) else {
+            return;
+        };
+        let Some(q) = self.ctrls[c].nsq.get_mut(ns) else {
+            self.op_done(slot, Err(Status::INTERNAL_ERROR));
+            return;
+        };
+        let req = IoRequest {
+            tag: slot as u64,
+            kind: op.kind,
+            offset: op.offset,
+            len: op.len,
+            iov,
+        };
+        // SAFETY: the iovecs point into guest memory of the snapshot the slot
+        // holds until this tag completes, and came from the ats translation of
+        // the guest's own regions.
+        match unsafe { q.submit(&req) } {
+            Ok(()) => {}
+            Err(SubmitError::Full) => self.deferred.push_back(Deferred {
+                slot,
+                ns,
+                op,
+                iov: iov.to_vec(),
+            }),
+            Err(e) => {
+                tracing::error!("backend refused a validated request: {e}");
+                self.op_done(slot, Err(Status::INTERNAL_ERROR));
+            }
+        }
+    }
+
+    fn retry_deferred(&mut self) -> bool {
+        let mut any = false;
+        for _ in 0..self.deferred.len() {
+            let Some(d) = self.deferred.pop_front() else {
+                break;
+            };
+            let Some(c) = self.slots[d.slot].as_ref().map(|s| s.ctrl) else {
+                continue;
+            };
+            let Some(q) = self.ctrls[c].nsq.get_mut(d.ns) else {
+                continue;
+            };
+            let req = IoRequest {
+                tag: d.slot as u64,
+                kind: d.op.kind,
+                offset: d.op.offset,
+                len: d.op.len,
+                iov: &d.iov,
+            };
+            // SAFETY: as in submit(): the slot still holds the snapshot.
+            match unsafe { q.submit(&req) } {
+                Ok(()) => any = true,
+                Err(SubmitError::Full) => {
+                    self.deferred.push_front(d);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("backend refused a validated request: {e}");
+                    self.op_done(d.slot, Err(Status::INTERNAL_ERROR));
+                }
+            }
+        }
+        any
+    }
+
+    /// Collect backend completions for controller `c`.
+    fn reap(&mut self, c: usize) -> bool {
+        let mut done = std::mem::take(&mut self.done);
+        done.clear();
+        for q in &mut self.ctrls[c].nsq {
+            q.poll(&mut done);
+        }
+        let any = !done.is_empty();
+        for comp in done.drain(..) {
+            let Ok(slot) = usize::try_from(comp.tag) else {
+                continue;
+            };
+            let result = comp.result.map_err(|e| {
+                let kind =
+                    self.slots
+                        .get(slot)
+                        .and_then(Option::as_ref)
+                        .map_or(IoKind::Write, |s| {
+                            if s.opcode == IoOpcode::READ {
+                                IoKind::Read
+                            } else {
+                                IoKind::Write
+                            }
+                        });
+                io::backend_status(kind, e.errno)
+            });
+            self.op_done(slot, result);
+        }
+        self.done = done;
+        any
+    }
+
+    fn op_done(&mut self, slot: usize, result: Result<(), Status>) {
+        let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Err(st) = result {
+            if s.status.is_success() {
+                s.status = st;
+            }
+        }
+        s.remaining = s.remaining.saturating_sub(1);
+        if s.remaining == 0 {
+            let status = s.status;
+            self.complete_slot(slot, status);
+        }
+    }
+
+    /// Post the completion of a command and free its slot.
+    fn complete_slot(&mut self, slot: usize, status: Status) {
+        let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(slot);
+        let ctrl = &mut self.ctrls[s.ctrl];
+        let shared = &ctrl.ctx.shared;
+        let counters = &shared.counters;
+        if status.is_success() {
+            match s.opcode {
+                IoOpcode::READ => {
+                    counters.read_commands.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .read_sectors
+                        .fetch_add(s.bytes / 512, Ordering::Relaxed);
+                }
+                IoOpcode::WRITE => {
+                    counters.write_commands.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .write_sectors
+                        .fetch_add(s.bytes / 512, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        } else {
+            if status.sct() == 2 {
+                counters.media_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.log_error(s.sqid, s.cid, status, s.nsid, 0);
+        }
+        let sq_head = match ctrl
+            .sqs
+            .get_mut(usize::from(s.sqid))
+            .and_then(Option::as_mut)
+        {
+            Some(sq) => {
+                sq.in_flight = sq.in_flight.saturating_sub(1);
+                sq.ring.head
+            }
+            None => 0,
+        };
+        let Some(cq) = ctrl
+            .cqs
+            .get_mut(usize::from(s.cqid))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        cq.reserved = cq.reserved.saturating_sub(1);
+        if cq
+            .ring
+            .post(&ctrl.snap, s.sqid, sq_head, s.cid, status, 0)
+            .is_err()
+        {
+            tracing::error!(ctrl = %shared.name, qid = s.cqid, "completion queue memory not writable");
+            shared.fatal.store(true, Ordering::Release);
+            return;
+        }
+        cq.needs_irq = true;
+    }
+
+    fn raise_irqs(&mut self, c: usize) {
+        let ctrl = &mut self.ctrls[c];
+        for cq in ctrl.cqs.iter_mut().flatten() {
+            if cq.needs_irq {
+                cq.needs_irq = false;
+                if cq.ring.ien {
+                    ctrl.ctx.shared.irqs.trigger(cq.ring.vector);
+                }
+            }
+        }
+    }
+
+    /// Finish SQ deletions whose commands have all completed.
+    fn finish_deletes(&mut self, c: usize) {
+        let ctrl = &mut self.ctrls[c];
+        for slot in ctrl.sqs.iter_mut() {
+            let ready = slot
+                .as_ref()
+                .is_some_and(|sq| sq.deleting.is_some() && sq.in_flight == 0);
+            if ready {
+                if let Some(sq) = slot.take() {
+                    tracing::info!(ctrl = %ctrl.ctx.shared.name, qid = sq.ring.qid, commands = sq.commands, "I/O submission queue deleted");
+                    if let Some(ack) = sq.deleting {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stop: wait for everything in flight and post its completions.
+    fn shutdown(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
+            let _ = self.retry_deferred();
+            for c in 0..self.ctrls.len() {
+                for q in &mut self.ctrls[c].nsq {
+                    let _ = q.kick();
+                }
+                self.reap(c);
+                self.raise_irqs(c);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for ctrl in &self.ctrls {
+            for sq in ctrl.sqs.iter().flatten() {
+                tracing::info!(ctrl = %ctrl.ctx.shared.name, qid = sq.ring.qid, commands = sq.commands, "I/O submission queue at exit");
+            }
+        }
+        // Answer pending deletions so nobody waits on us.
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                PollerMsg::AddCq { ack, .. } | PollerMsg::AddSq { ack, .. } => {
+                    let _ = ack.send(Err(Status::INTERNAL_ERROR));
+                }
+                PollerMsg::DelSq { ack, .. } | PollerMsg::DelCq { ack, .. } => {
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+}
+
+fn sq_mut(ctrl: &mut CtrlState, qid: u16) -> Option<&mut SqState> {
+    ctrl.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut)
+}

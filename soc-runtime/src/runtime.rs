@@ -1,0 +1,192 @@
+//! The runtime: poller threads, and the per-controller hand-off of I/O
+//! queues from the controller (control thread) to a poller.
+
+use crate::poller::{CtrlCtx, Poller, PollerMsg};
+use leapio_nvme::Status;
+use leapio_transports::Backend;
+use leapio_vmm_shim::{CqSetup, CtrlShared, IoQueues, SqSetup};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long the control path waits for a poller to finish a queue deletion.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The poller threads.
+pub struct Runtime {
+    senders: Vec<Mutex<Sender<PollerMsg>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+    next_poller: AtomicUsize,
+    next_ctrl: AtomicU64,
+}
+
+impl Runtime {
+    /// Start `n` pollers (at least one).
+    pub fn start(n: usize) -> io::Result<Arc<Runtime>> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..n.max(1) {
+            let (tx, rx) = channel();
+            let st = stop.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("socp-poller-{i}"))
+                .spawn(move || Poller::new(i, rx, st).run())?;
+            senders.push(Mutex::new(tx));
+            threads.push(t);
+        }
+        Ok(Arc::new(Runtime {
+            senders,
+            threads: Mutex::new(threads),
+            stop,
+            next_poller: AtomicUsize::new(0),
+            next_ctrl: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn pollers(&self) -> usize {
+        self.senders.len()
+    }
+
+    fn send(&self, poller: usize, msg: PollerMsg) -> bool {
+        match self.senders.get(poller).and_then(|s| s.lock().ok()) {
+            Some(tx) => tx.send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The queue handler for one controller.
+    pub fn queues_for(
+        self: &Arc<Runtime>,
+        shared: Arc<CtrlShared>,
+        backends: Vec<Arc<dyn Backend>>,
+    ) -> RuntimeQueues {
+        let id = self.next_ctrl.fetch_add(1, Ordering::Relaxed);
+        RuntimeQueues {
+            rt: self.clone(),
+            ctx: Arc::new(CtrlCtx {
+                id,
+                shared,
+                backends,
+            }),
+            cq_poller: BTreeMap::new(),
+            sq_poller: BTreeMap::new(),
+        }
+    }
+
+    /// Stop the pollers after they finish what is in flight.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Ok(mut t) = self.threads.lock() {
+            for h in t.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// [`IoQueues`] for one controller: each completion queue (and the
+/// submission queues that post to it) lives on one poller.
+pub struct RuntimeQueues {
+    rt: Arc<Runtime>,
+    ctx: Arc<CtrlCtx>,
+    cq_poller: BTreeMap<u16, usize>,
+    sq_poller: BTreeMap<u16, usize>,
+}
+
+impl IoQueues for RuntimeQueues {
+    fn create_cq(&mut self, cq: CqSetup) -> Result<(), Status> {
+        let p = self.rt.next_poller.fetch_add(1, Ordering::Relaxed) % self.rt.pollers();
+        let (ack, rx) = channel();
+        if !self.rt.send(
+            p,
+            PollerMsg::AddCq {
+                ctrl: self.ctx.clone(),
+                setup: cq,
+                ack,
+            },
+        ) {
+            return Err(Status::INTERNAL_ERROR);
+        }
+        let r = rx
+            .recv_timeout(DELETE_TIMEOUT)
+            .unwrap_or(Err(Status::INTERNAL_ERROR));
+        if r.is_ok() {
+            self.cq_poller.insert(cq.qid, p);
+        }
+        r
+    }
+
+    fn create_sq(&mut self, sq: SqSetup) -> Result<(), Status> {
+        let Some(&p) = self.cq_poller.get(&sq.cqid) else {
+            return Err(Status::COMPLETION_QUEUE_INVALID);
+        };
+        let (ack, rx) = channel();
+        if !self.rt.send(
+            p,
+            PollerMsg::AddSq {
+                ctrl: self.ctx.clone(),
+                setup: sq,
+                ack,
+            },
+        ) {
+            return Err(Status::INTERNAL_ERROR);
+        }
+        let r = rx
+            .recv_timeout(DELETE_TIMEOUT)
+            .unwrap_or(Err(Status::INTERNAL_ERROR));
+        if r.is_ok() {
+            self.sq_poller.insert(sq.qid, p);
+        }
+        r
+    }
+
+    fn delete_sq(&mut self, qid: u16) {
+        let Some(p) = self.sq_poller.remove(&qid) else {
+            return;
+        };
+        let (ack, rx) = channel();
+        if self.rt.send(
+            p,
+            PollerMsg::DelSq {
+                ctrl: self.ctx.id,
+                qid,
+                ack,
+            },
+        ) && rx.recv_timeout(DELETE_TIMEOUT).is_err()
+        {
+            tracing::error!(ctrl = %self.ctx.shared.name, qid, "submission queue deletion timed out: backend I/O still in flight");
+        }
+    }
+
+    fn delete_cq(&mut self, qid: u16) {
+        let Some(p) = self.cq_poller.remove(&qid) else {
+            return;
+        };
+        let (ack, rx) = channel();
+        if self.rt.send(
+            p,
+            PollerMsg::DelCq {
+                ctrl: self.ctx.id,
+                qid,
+                ack,
+            },
+        ) && rx.recv_timeout(DELETE_TIMEOUT).is_err()
+        {
+            tracing::error!(ctrl = %self.ctx.shared.name, qid, "completion queue deletion timed out");
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        for b in &self.ctx.backends {
+            b.flush()
+                .map_err(|e| io::Error::other(format!("{}: {e}", b.describe())))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! Serving controllers: one control thread per controller accepts the
+//! hypervisor's vfio-user connection and runs the protocol and the admin
+//! queue; I/O queues go to the runtime's pollers.
+
+use crate::config::CtrlSpec;
+use crate::runtime::Runtime;
+use leapio_transports::{open_backend, Backend};
+use leapio_vmm_shim::controller::namespace_ids;
+use leapio_vmm_shim::vfio_user::{serve, Listener};
+use leapio_vmm_shim::{ControllerConfig, NamespaceInfo, NvmeController};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("namespace {nsid} of {sock}: {source}")]
+    Backend {
+        sock: String,
+        nsid: u32,
+        source: leapio_transports::TransportError,
+    },
+    #[error("controller {sock}: {source}")]
+    Controller {
+        sock: String,
+        source: std::io::Error,
+    },
+    #[error("listening on {sock}: {source}")]
+    Listen {
+        sock: String,
+        source: leapio_vmm_shim::vfio_user::ServerError,
+    },
+}
+
+/// A controller being served.
+pub struct Served {
+    pub sock: String,
+    pub backends: Vec<Arc<dyn Backend>>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Open the backends, build the controller, bind its socket and start its
+/// control thread.
+pub fn start_controller(
+    index: usize,
+    spec: &CtrlSpec,
+    rt: &Arc<Runtime>,
+    stop: Arc<AtomicBool>,
+) -> Result<Served, ServeError> {
+    let sock = spec.sock.display().to_string();
+    let serial = spec
+        .serial
+        .clone()
+        .unwrap_or_else(|| format!("LEAPIO{index:04}"));
+    let mut backends = Vec::new();
+    let mut namespaces = Vec::new();
+    for (i, ns) in spec.namespaces.iter().enumerate() {
+        let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let b = open_backend(ns).map_err(|source| ServeError::Backend {
+            sock: sock.clone(),
+            nsid,
+            source,
+        })?;
+        let g = b.geometry();
+        let f = b.features();
+        let (nguid, eui64, uuid) = namespace_ids(&serial, nsid);
+        tracing::info!(ctrl = %sock, nsid, "namespace {nsid}: {}", b.describe());
+        namespaces.push(NamespaceInfo {
+            nsid,
+            block_size: g.block_size,
+            num_blocks: g.num_blocks,
+            volatile_write_cache: f.volatile_write_cache,
+            write_zeroes: f.write_zeroes,
+            deallocate: f.deallocate,
+            nguid,
+            eui64,
+            uuid,
+        });
+        backends.push(b);
+    }
+    let cfg = ControllerConfig {
+        serial: serial.clone(),
+        subnqn: format!("nqn.2026-11.io.leapio:{serial}"),
+        cntlid: 1,
+        max_io_queues: spec.io_queues,
+        max_queue_entries: spec.queue_entries,
+        mdts: spec.mdts,
+        ..ControllerConfig::default()
+    };
+    let rt2 = rt.clone();
+    let bk = backends.clone();
+    let mut ctrl = NvmeController::new(cfg, namespaces, move |shared| {
+        Box::new(rt2.queues_for(shared, bk))
+    })
+    .map_err(|source| ServeError::Controller {
+        sock: sock.clone(),
+        source,
+    })?;
+    let listener = Listener::bind(&spec.sock).map_err(|source| ServeError::Listen {
+        sock: sock.clone(),
+        source,
+    })?;
+    tracing::info!(ctrl = %sock, serial, "listening for a vfio-user client");
+    let name = sock.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("socp-ctrl-{index}"))
+        .spawn(move || {
+            loop {
+                match listener.accept(&stop) {
+                    Ok(Some(stream)) => {
+                        tracing::info!(ctrl = %name, "client connected");
+                        if let Err(e) = serve(stream, &mut ctrl, &stop) {
+                            tracing::warn!(ctrl = %name, "connection ended: {e}");
+                        } else {
+                            tracing::info!(ctrl = %name, "client disconnected");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(ctrl = %name, "accept failed: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+            }
+            drop(listener);
+            tracing::info!(ctrl = %name, "stopped");
+        })
+        .map_err(|source| ServeError::Controller {
+            sock: sock.clone(),
+            source,
+        })?;
+    Ok(Served {
+        sock,
+        backends,
+        thread,
+    })
+}

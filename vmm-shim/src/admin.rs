@@ -1,0 +1,571 @@
+//! Admin command set.
+
+use crate::controller::{ring_mapped, CqSetup, NvmeController, SqSetup};
+use crate::shared::ShadowDoorbells;
+use leapio_ats::{Access, Snapshot};
+use leapio_nvme::cmd::FeatureId;
+use leapio_nvme::identify::{
+    put_ascii, Cns, IdentifyController, IdentifyNamespace, LbaFormat, NidHeader, NidType,
+    LPA_CMD_EFFECTS, OACS_DBBUF, ONCS_DSM, ONCS_WRITE_ZEROES,
+};
+use leapio_nvme::log::{
+    u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog, CSE_CSUPP, CSE_LBCC,
+};
+use leapio_nvme::regs::Cc;
+use leapio_nvme::{AdminOpcode, IoOpcode, Sqe, Status};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use zerocopy::{FromZeros, IntoBytes};
+
+/// Asynchronous Event Request Limit (0's based): 4 outstanding.
+pub const AERL: u8 = 3;
+/// Abort Command Limit (0's based).
+const ACL: u8 = 3;
+/// Result of one admin command: None means it stays outstanding (AER).
+type Outcome = Option<(Status, u32)>;
+
+fn done(s: Status) -> Outcome {
+    Some((s, 0))
+}
+
+impl NvmeController {
+    pub(crate) fn execute_admin(&mut self, snap: &Snapshot, sqe: &Sqe) -> Outcome {
+        if sqe.fuse() != 0 || sqe.psdt() != 0 {
+            // No fused operations and no SGLs (SGLS = 0).
+            return done(Status::INVALID_FIELD);
+        }
+        match sqe.opcode {
+            AdminOpcode::IDENTIFY => done(self.identify(snap, sqe)),
+            AdminOpcode::GET_LOG_PAGE => done(self.get_log_page(snap, sqe)),
+            AdminOpcode::GET_FEATURES => self.get_features(sqe),
+            AdminOpcode::SET_FEATURES => self.set_features(sqe),
+            AdminOpcode::CREATE_CQ => done(self.create_cq(sqe)),
+            AdminOpcode::CREATE_SQ => done(self.create_sq(sqe)),
+            AdminOpcode::DELETE_SQ => done(self.delete_sq(sqe)),
+            AdminOpcode::DELETE_CQ => done(self.delete_cq(sqe)),
+            AdminOpcode::ASYNC_EVENT_REQUEST => {
+                if self.aers.len() > usize::from(AERL) {
+                    return done(Status::ASYNC_EVENT_LIMIT_EXCEEDED);
+                }
+                self.aers.push_back(sqe.cid.get());
+                None
+            }
+            // Commands are never aborted: dword 0 bit 0 set says so.
+            AdminOpcode::ABORT => Some((Status::SUCCESS, 1)),
+            AdminOpcode::KEEP_ALIVE => done(Status::SUCCESS),
+            AdminOpcode::DOORBELL_BUFFER_CONFIG => done(self.doorbell_buffer_config(snap, sqe)),
+            _ => done(Status::INVALID_OPCODE),
+        }
+    }
+
+    fn identify(&self, snap: &Snapshot, sqe: &Sqe) -> Status {
+        let cns = (sqe.cdw10.get() & 0xff) as u8;
+        let csi = (sqe.cdw11.get() >> 24) as u8;
+        let nsid = sqe.nsid.get();
+        let nn = u32::try_from(self.shared.namespaces.len()).unwrap_or(u32::MAX);
+        let mut page = [0u8; 4096];
+        match cns {
+            Cns::NAMESPACE => {
+                if nsid == 0 || (nsid > nn && nsid != u32::MAX) {
+                    return Status::INVALID_NAMESPACE;
+                }
+                if nsid != u32::MAX {
+                    page.copy_from_slice(self.identify_namespace(nsid).as_bytes());
+                }
+            }
+            Cns::CONTROLLER => page.copy_from_slice(self.identify_controller().as_bytes()),
+            Cns::ACTIVE_NAMESPACES => {
+                if nsid >= 0xffff_fffe {
+                    return Status::INVALID_NAMESPACE;
+                }
+                for (slot, ns) in page
+                    .chunks_exact_mut(4)
+                    .zip(self.shared.namespaces.iter().filter(|n| n.nsid > nsid))
+                {
+                    slot.copy_from_slice(&ns.nsid.to_le_bytes());
+                }
+            }
+            Cns::NS_DESCRIPTORS => {
+                let Some(ns) = self.shared.namespace(nsid) else {
+                    return Status::INVALID_NAMESPACE;
+                };
+                let mut at = 0usize;
+                let mut put = |kind: u8, id: &[u8]| {
+                    let h = NidHeader {
+                        nidt: kind,
+                        nidl: u8::try_from(id.len()).unwrap_or(0),
+                        rsvd: 0.into(),
+                    };
+                    page[at..at + 4].copy_from_slice(h.as_bytes());
+                    page[at + 4..at + 4 + id.len()].copy_from_slice(id);
+                    at += 4 + id.len();
+                };
+                put(NidType::EUI64, &ns.eui64);
+                put(NidType::NGUID, &ns.nguid);
+                put(NidType::UUID, &ns.uuid);
+                put(NidType::CSI, &[0]);
+            }
+            Cns::CS_CONTROLLER if csi == 0 => {
+                // NVM command set controller data: all limits "not reported".
+            }
+            Cns::CS_ACTIVE_NAMESPACES if csi == 0 => {
+                if nsid >= 0xffff_fffe {
+                    return Status::INVALID_NAMESPACE;
+                }
+                for (slot, ns) in page
+                    .chunks_exact_mut(4)
+                    .zip(self.shared.namespaces.iter().filter(|n| n.nsid > nsid))
+                {
+                    slot.copy_from_slice(&ns.nsid.to_le_bytes());
+                }
+            }
+            _ => return Status::INVALID_FIELD,
+        }
+        match self.copy_to_guest(snap, sqe, &page) {
+            Ok(()) => Status::SUCCESS,
+            Err(s) => s,
+        }
+    }
+
+    pub(crate) fn identify_controller(&self) -> IdentifyController {
+        let mut id = IdentifyController::zeroed();
+        let any_vwc = self
+            .shared
+            .namespaces
+            .iter()
+            .any(|n| n.volatile_write_cache);
+        let all_wz = !self.shared.namespaces.is_empty()
+            && self.shared.namespaces.iter().all(|n| n.write_zeroes);
+        let all_dsm = !self.shared.namespaces.is_empty()
+            && self.shared.namespaces.iter().all(|n| n.deallocate);
+        id.vid = crate::pci::VENDOR_ID.into();
+        id.ssvid = crate::pci::VENDOR_ID.into();
+        put_ascii(&mut id.sn, &self.cfg.serial);
+        put_ascii(&mut id.mn, &self.cfg.model);
+        put_ascii(&mut id.fr, &self.cfg.firmware);
+        id.rab = 6;
+        id.ieee = [0x4c, 0x45, 0x00];
+        id.mdts = self.cfg.mdts;
+        id.cntlid = self.cfg.cntlid.into();
+        id.ver = leapio_nvme::regs::VERSION_1_4.into();
+        // Controller type: I/O controller.
+        id.cntrltype = 1;
+        id.oacs = OACS_DBBUF.into();
+        id.acl = ACL;
+        id.aerl = AERL;
+        // One read-only firmware slot.
+        id.frmw = 0x3;
+        id.lpa = LPA_CMD_EFFECTS;
+        id.elpe = u8::try_from(crate::shared::ERROR_LOG_ENTRIES - 1).unwrap_or(0);
+        id.npss = 0;
+        id.wctemp = 343.into();
+        id.cctemp = 373.into();
+        id.sqes = 0x66;
+        id.cqes = 0x44;
+        id.nn = u32::try_from(self.shared.namespaces.len())
+            .unwrap_or(0)
+            .into();
+        let mut oncs = 0u16;
+        if all_dsm {
+            oncs |= ONCS_DSM;
+        }
+        if all_wz {
+            oncs |= ONCS_WRITE_ZEROES;
+        }
+        id.oncs = oncs.into();
+        // VWC present; flush with the broadcast NSID not supported (10b).
+        id.vwc = if any_vwc { 0x1 | (0x2 << 1) } else { 0 };
+        id.sgls = 0.into();
+        let nqn = self.cfg.subnqn.as_bytes();
+        let n = nqn.len().min(255);
+        id.subnqn[..n].copy_from_slice(&nqn[..n]);
+        id.psd[0].mp = 2500.into();
+        id
+    }
+
+    pub(crate) fn identify_namespace(&self, nsid: u32) -> IdentifyNamespace {
+        let mut id = IdentifyNamespace::zeroed();
+        let Some(ns) = self.shared.namespace(nsid) else {
+            return id;
+        };
+        id.nsze = ns.num_blocks.into();
+        id.ncap = ns.num_blocks.into();
+        id.nuse = ns.num_blocks.into();
+        // Bit 0: thin provisioning when deallocate is supported.
+        id.nsfeat = u8::from(ns.deallocate);
+        id.nlbaf = 0;
+        id.flbas = 0;
+        // Deallocated blocks read as zeroes; Write Zeroes may deallocate.
+        id.dlfeat = if ns.deallocate { 0x1 | (1 << 3) } else { 0 };
+        id.lbaf[0] = LbaFormat {
+            ms: 0.into(),
+            lbads: u8::try_from(ns.block_size.trailing_zeros()).unwrap_or(9),
+            rp: 0,
+        };
+        id.nguid = ns.nguid;
+        id.eui64 = ns.eui64;
+        id
+    }
+
+    fn get_log_page(&self, snap: &Snapshot, sqe: &Sqe) -> Status {
+        let cdw10 = sqe.cdw10.get();
+        let lid = (cdw10 & 0xff) as u8;
+        let numd = u64::from(cdw10 >> 16) | (u64::from(sqe.cdw11.get() & 0xffff) << 16);
+        let len = (numd + 1) * 4;
+        let offset = u64::from(sqe.cdw12.get()) | (u64::from(sqe.cdw13.get()) << 32);
+        if offset % 4 != 0 || len > self.shared.mdts_bytes {
+            return Status::INVALID_FIELD;
+        }
+        let log: Vec<u8> = match lid {
+            LogId::ERROR => {
+                let (_, entries) = self.shared.error_log();
+                let mut v = vec![0u8; crate::shared::ERROR_LOG_ENTRIES * 64];
+                for (slot, e) in v.chunks_exact_mut(64).zip(entries) {
+                    slot.copy_from_slice(e.as_bytes());
+                }
+                v
+            }
+            LogId::SMART => {
+                let nsid = sqe.nsid.get();
+                if nsid != 0 && nsid != u32::MAX && self.shared.namespace(nsid).is_none() {
+                    return Status::INVALID_NAMESPACE;
+                }
+                self.smart_log().as_bytes().to_vec()
+            }
+            LogId::FW_SLOT => {
+                let mut fw = FwSlotLog::new_zeroed();
+                fw.afi = 1;
+                put_ascii(&mut fw.frs[0], &self.cfg.firmware);
+                fw.as_bytes().to_vec()
+            }
+            LogId::CHANGED_NS_LIST => vec![0u8; 4096],
+            LogId::CMD_EFFECTS => self.effects_log().as_bytes().to_vec(),
+            _ => return Status::INVALID_LOG_PAGE,
+        };
+        let Ok(start) = usize::try_from(offset) else {
+            return Status::INVALID_FIELD;
+        };
+        if start >= log.len() {
+            return Status::INVALID_FIELD;
+        }
+        let Ok(len) = usize::try_from(len) else {
+            return Status::INVALID_FIELD;
+        };
+        let mut out = vec![0u8; len];
+        let n = (log.len() - start).min(len);
+        out[..n].copy_from_slice(&log[start..start + n]);
+        match self.copy_to_guest(snap, sqe, &out) {
+            Ok(()) => Status::SUCCESS,
+            Err(s) => s,
+        }
+    }
+
+    fn smart_log(&self) -> SmartLog {
+        let c = &self.shared.counters;
+        let mut s = SmartLog::new_zeroed();
+        s.temperature = 308.into();
+        s.avail_spare = 100;
+        s.spare_thresh = 10;
+        // Data units are thousands of 512-byte units, rounded up.
+        s.data_units_read = u128_field(u128::from(
+            c.read_sectors.load(Ordering::Relaxed).div_ceil(1000),
+        ));
+        s.data_units_written = u128_field(u128::from(
+            c.write_sectors.load(Ordering::Relaxed).div_ceil(1000),
+        ));
+        s.host_reads = u128_field(u128::from(c.read_commands.load(Ordering::Relaxed)));
+        s.host_writes = u128_field(u128::from(c.write_commands.load(Ordering::Relaxed)));
+        s.power_cycles = u128_field(1);
+        s.media_errors = u128_field(u128::from(c.media_errors.load(Ordering::Relaxed)));
+        s.num_err_log_entries = u128_field(u128::from(self.shared.error_log().0));
+        s
+    }
+
+    fn effects_log(&self) -> CmdEffectsLog {
+        let mut e = CmdEffectsLog::new_zeroed();
+        for op in [
+            AdminOpcode::DELETE_SQ,
+            AdminOpcode::CREATE_SQ,
+            AdminOpcode::GET_LOG_PAGE,
+            AdminOpcode::DELETE_CQ,
+            AdminOpcode::CREATE_CQ,
+            AdminOpcode::IDENTIFY,
+            AdminOpcode::ABORT,
+            AdminOpcode::SET_FEATURES,
+            AdminOpcode::GET_FEATURES,
+            AdminOpcode::ASYNC_EVENT_REQUEST,
+            AdminOpcode::KEEP_ALIVE,
+            AdminOpcode::DOORBELL_BUFFER_CONFIG,
+        ] {
+            e.acs[usize::from(op)] = CSE_CSUPP.into();
+        }
+        e.iocs[usize::from(IoOpcode::FLUSH)] = CSE_CSUPP.into();
+        e.iocs[usize::from(IoOpcode::READ)] = CSE_CSUPP.into();
+        for op in [
+            IoOpcode::WRITE,
+            IoOpcode::WRITE_ZEROES,
+            IoOpcode::DATASET_MANAGEMENT,
+        ] {
+            e.iocs[usize::from(op)] = (CSE_CSUPP | CSE_LBCC).into();
+        }
+        e
+    }
+
+    fn any_vwc(&self) -> bool {
+        self.shared
+            .namespaces
+            .iter()
+            .any(|n| n.volatile_write_cache)
+    }
+
+    fn queue_counts(&self) -> (u16, u16) {
+        self.features
+            .queues_granted
+            .unwrap_or((self.cfg.max_io_queues, self.cfg.max_io_queues))
+    }
+
+    fn get_features(&self, sqe: &Sqe) -> Outcome {
+        let fid = (sqe.cdw10.get() & 0xff) as u8;
+        let sel = (sqe.cdw10.get() >> 8) & 0x7;
+        let f = &self.features;
+        let current = match fid {
+            FeatureId::ARBITRATION => f.arbitration,
+            FeatureId::POWER_MANAGEMENT => f.power_state,
+            FeatureId::TEMPERATURE_THRESHOLD => {
+                // Threshold select: only the composite sensor, over-temperature.
+                if f.temp_threshold == 0 {
+                    343
+                } else {
+                    f.temp_threshold
+                }
+            }
+            FeatureId::ERROR_RECOVERY => f.error_recovery,
+            FeatureId::VOLATILE_WRITE_CACHE if self.any_vwc() => u32::from(f.volatile_write_cache),
+            FeatureId::NUMBER_OF_QUEUES => {
+                let (s, c) = self.queue_counts();
+                u32::from(s - 1) | (u32::from(c - 1) << 16)
+            }
+            FeatureId::INTERRUPT_COALESCING => f.coalescing,
+            FeatureId::INTERRUPT_VECTOR_CONFIG => {
+                let iv = (sqe.cdw11.get() & 0xffff) as u16;
+                if iv >= self.shared.irqs.count() {
+                    return done(Status::INVALID_FIELD);
+                }
+                f.vector_config.get(&iv).copied().unwrap_or(u32::from(iv))
+            }
+            FeatureId::WRITE_ATOMICITY => f.write_atomicity,
+            FeatureId::ASYNC_EVENT_CONFIG => f.async_event_config,
+            FeatureId::KEEP_ALIVE_TIMER => f.keep_alive,
+            _ => return done(Status::INVALID_FIELD),
+        };
+        let dw0 = match sel {
+            0 | 2 => current,
+            1 => match fid {
+                FeatureId::NUMBER_OF_QUEUES => current,
+                FeatureId::VOLATILE_WRITE_CACHE => 0,
+                FeatureId::TEMPERATURE_THRESHOLD => 343,
+                _ => 0,
+            },
+            // Supported capabilities: changeable, not saveable.
+            3 => 1 << 2,
+            _ => return done(Status::INVALID_FIELD),
+        };
+        Some((Status::SUCCESS, dw0))
+    }
+
+    fn set_features(&mut self, sqe: &Sqe) -> Outcome {
+        let fid = (sqe.cdw10.get() & 0xff) as u8;
+        let save = sqe.cdw10.get() & (1 << 31) != 0;
+        if save {
+            return done(Status::FEATURE_NOT_SAVEABLE);
+        }
+        let v = sqe.cdw11.get();
+        let f = &mut self.features;
+        match fid {
+            FeatureId::ARBITRATION => f.arbitration = v,
+            FeatureId::POWER_MANAGEMENT => {
+                if v & 0x1f != 0 {
+                    return done(Status::INVALID_FIELD);
+                }
+                f.power_state = v;
+            }
+            FeatureId::TEMPERATURE_THRESHOLD => f.temp_threshold = v & 0xffff,
+            FeatureId::ERROR_RECOVERY => f.error_recovery = v,
+            FeatureId::VOLATILE_WRITE_CACHE => {
+                if !self
+                    .shared
+                    .namespaces
+                    .iter()
+                    .any(|n| n.volatile_write_cache)
+                {
+                    return done(Status::INVALID_FIELD);
+                }
+                // The cache stays on: the backends' caches are what the
+                // host flushes; reporting "on" keeps the host flushing.
+                f.volatile_write_cache = v & 1 != 0;
+            }
+            FeatureId::NUMBER_OF_QUEUES => {
+                let nsqr = v & 0xffff;
+                let ncqr = v >> 16;
+                if nsqr == 0xffff || ncqr == 0xffff {
+                    return done(Status::INVALID_FIELD);
+                }
+                if !self.sqs.is_empty() || !self.cqs.is_empty() {
+                    return done(Status::COMMAND_SEQUENCE_ERROR);
+                }
+                let max = u32::from(self.cfg.max_io_queues);
+                let s = u16::try_from((nsqr + 1).min(max)).unwrap_or(1);
+                let c = u16::try_from((ncqr + 1).min(max)).unwrap_or(1);
+                f.queues_granted = Some((s, c));
+                return Some((Status::SUCCESS, u32::from(s - 1) | (u32::from(c - 1) << 16)));
+            }
+            FeatureId::INTERRUPT_COALESCING => f.coalescing = v & 0xffff,
+            FeatureId::INTERRUPT_VECTOR_CONFIG => {
+                let iv = (v & 0xffff) as u16;
+                if iv >= self.shared.irqs.count() {
+                    return done(Status::INVALID_FIELD);
+                }
+                f.vector_config.insert(iv, v & 0x1_ffff);
+            }
+            FeatureId::WRITE_ATOMICITY => f.write_atomicity = v & 1,
+            FeatureId::ASYNC_EVENT_CONFIG => f.async_event_config = v,
+            FeatureId::KEEP_ALIVE_TIMER => f.keep_alive = v,
+            _ => return done(Status::INVALID_FIELD),
+        }
+        done(Status::SUCCESS)
+    }
+
+    fn max_entries(&self) -> u32 {
+        self.cfg.max_queue_entries
+    }
+
+    fn create_cq(&mut self, sqe: &Sqe) -> Status {
+        let qid = (sqe.cdw10.get() & 0xffff) as u16;
+        let entries = (sqe.cdw10.get() >> 16) + 1;
+        let pc = sqe.cdw11.get() & 1 != 0;
+        let ien = sqe.cdw11.get() & 2 != 0;
+        let vector = (sqe.cdw11.get() >> 16) as u16;
+        let gpa = sqe.prp1.get();
+        let (_, ncq) = self.queue_counts();
+        if qid == 0 || qid > ncq || self.cqs.contains_key(&qid) {
+            return Status::INVALID_QUEUE_IDENTIFIER;
+        }
+        if entries < 2 || entries > self.max_entries() {
+            return Status::INVALID_QUEUE_SIZE;
+        }
+        if vector >= self.shared.irqs.count() {
+            return Status::INVALID_INTERRUPT_VECTOR;
+        }
+        if !pc || Cc(self.cc).iocqes() != 4 {
+            return Status::INVALID_FIELD;
+        }
+        if gpa % self.shared.page_size() != 0 {
+            return Status::PRP_OFFSET_INVALID;
+        }
+        let setup = CqSetup {
+            qid,
+            gpa,
+            entries,
+            vector,
+            ien,
+        };
+        if !ring_mapped(&self.shared, gpa, u64::from(entries) * 16, Access::Write) {
+            return Status::INVALID_FIELD;
+        }
+        match self.io.create_cq(setup) {
+            Ok(()) => {
+                self.cqs.insert(qid, setup);
+                Status::SUCCESS
+            }
+            Err(s) => s,
+        }
+    }
+
+    fn create_sq(&mut self, sqe: &Sqe) -> Status {
+        let qid = (sqe.cdw10.get() & 0xffff) as u16;
+        let entries = (sqe.cdw10.get() >> 16) + 1;
+        let pc = sqe.cdw11.get() & 1 != 0;
+        let cqid = (sqe.cdw11.get() >> 16) as u16;
+        let gpa = sqe.prp1.get();
+        let (nsq, _) = self.queue_counts();
+        if qid == 0 || qid > nsq || self.sqs.contains_key(&qid) {
+            return Status::INVALID_QUEUE_IDENTIFIER;
+        }
+        if cqid == 0 || !self.cqs.contains_key(&cqid) {
+            return Status::COMPLETION_QUEUE_INVALID;
+        }
+        if entries < 2 || entries > self.max_entries() {
+            return Status::INVALID_QUEUE_SIZE;
+        }
+        if !pc || Cc(self.cc).iosqes() != 6 {
+            return Status::INVALID_FIELD;
+        }
+        if gpa % self.shared.page_size() != 0 {
+            return Status::PRP_OFFSET_INVALID;
+        }
+        if !ring_mapped(&self.shared, gpa, u64::from(entries) * 64, Access::Read) {
+            return Status::INVALID_FIELD;
+        }
+        let setup = SqSetup {
+            qid,
+            cqid,
+            gpa,
+            entries,
+        };
+        match self.io.create_sq(setup) {
+            Ok(()) => {
+                self.sqs.insert(qid, setup);
+                Status::SUCCESS
+            }
+            Err(s) => s,
+        }
+    }
+
+    fn delete_sq(&mut self, sqe: &Sqe) -> Status {
+        let qid = (sqe.cdw10.get() & 0xffff) as u16;
+        if qid == 0 || !self.sqs.contains_key(&qid) {
+            return Status::INVALID_QUEUE_IDENTIFIER;
+        }
+        self.io.delete_sq(qid);
+        self.sqs.remove(&qid);
+        Status::SUCCESS
+    }
+
+    fn delete_cq(&mut self, sqe: &Sqe) -> Status {
+        let qid = (sqe.cdw10.get() & 0xffff) as u16;
+        if qid == 0 || !self.cqs.contains_key(&qid) {
+            return Status::INVALID_QUEUE_IDENTIFIER;
+        }
+        if self.sqs.values().any(|s| s.cqid == qid) {
+            return Status::INVALID_QUEUE_DELETION;
+        }
+        self.io.delete_cq(qid);
+        self.cqs.remove(&qid);
+        Status::SUCCESS
+    }
+
+    fn doorbell_buffer_config(&mut self, snap: &Snapshot, sqe: &Sqe) -> Status {
+        let dbs = sqe.prp1.get();
+        let eis = sqe.prp2.get();
+        let ps = self.shared.page_size();
+        if dbs == 0 || eis == 0 || dbs % ps != 0 || eis % ps != 0 {
+            return Status::INVALID_FIELD;
+        }
+        if snap.translate(dbs, ps, Access::Write).is_err()
+            || snap.translate(eis, ps, Access::Write).is_err()
+        {
+            return Status::INVALID_FIELD;
+        }
+        let shadow = ShadowDoorbells { dbs, eis };
+        // Queues that already exist carry on from their current doorbell
+        // values: seed the shadow buffer with them.
+        for &qid in self.sqs.keys() {
+            let _ = snap.store_u32_release(shadow.sq_tail(qid), self.shared.doorbells.sq_tail(qid));
+        }
+        for &qid in self.cqs.keys() {
+            let _ = snap.store_u32_release(shadow.cq_head(qid), self.shared.doorbells.cq_head(qid));
+        }
+        self.shared.shadow.store(Some(Arc::new(shadow)));
+        Status::SUCCESS
+    }
+}

@@ -1,0 +1,160 @@
+//! The doorbell page: BAR0 offset 0x1000, backed by a 4 KiB memfd that the
+//! hypervisor maps straight into the guest (a sparse mmap area), so doorbell
+//! writes never trap. The runtime polls it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Size of the doorbell page.
+pub const DOORBELL_PAGE_SIZE: usize = 4096;
+/// Doorbell stride is 4 bytes (CAP.DSTRD = 0): SQ y tail at 8*y, CQ y head at 8*y + 4.
+pub const MAX_QUEUE_PAIRS: u16 = 512;
+const _: () = assert!(MAX_QUEUE_PAIRS as usize * 8 == DOORBELL_PAGE_SIZE);
+
+/// A shared-memory page of 32-bit doorbell registers.
+pub struct Doorbells {
+    file: File,
+    base: NonNull<AtomicU32>,
+}
+
+// SAFETY: the mapping is owned by this struct and only accessed through
+// atomics; it stays valid for the struct's lifetime.
+unsafe impl Send for Doorbells {}
+// SAFETY: as above: all access is atomic.
+unsafe impl Sync for Doorbells {}
+
+impl Doorbells {
+    pub fn new() -> io::Result<Doorbells> {
+        // SAFETY: memfd_create with a valid NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"leapio-doorbells".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(DOORBELL_PAGE_SIZE as u64)?;
+        // SAFETY: mapping a fresh 4 KiB shared file mapping; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                DOORBELL_PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast::<AtomicU32>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Doorbells { file, base })
+    }
+
+    /// The memfd the hypervisor maps (sparse mmap area of BAR0).
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    fn reg(&self, index: usize) -> Option<&AtomicU32> {
+        if index >= DOORBELL_PAGE_SIZE / 4 {
+            return None;
+        }
+        // SAFETY: index is inside the 4 KiB page mapped for our lifetime,
+        // 4-byte aligned (page-aligned base), and only accessed atomically.
+        Some(unsafe { &*self.base.as_ptr().add(index) })
+    }
+
+    /// Submission queue `qid` tail doorbell.
+    pub fn sq_tail(&self, qid: u16) -> u32 {
+        self.reg(usize::from(qid) * 2)
+            .map_or(0, |r| r.load(Ordering::Acquire))
+    }
+
+    /// Completion queue `qid` head doorbell.
+    pub fn cq_head(&self, qid: u16) -> u32 {
+        self.reg(usize::from(qid) * 2 + 1)
+            .map_or(0, |r| r.load(Ordering::Acquire))
+    }
+
+    /// Store a doorbell by byte offset within the page (a trapped write,
+    /// when the hypervisor could not map the page).
+    pub fn write_offset(&self, offset: u64, value: u32) {
+        if offset % 4 == 0 {
+            if let Some(r) = usize::try_from(offset / 4).ok().and_then(|i| self.reg(i)) {
+                r.store(value, Ordering::Release);
+            }
+        }
+    }
+
+    /// Load a doorbell by byte offset within the page.
+    pub fn read_offset(&self, offset: u64) -> u32 {
+        if offset % 4 != 0 {
+            return 0;
+        }
+        usize::try_from(offset / 4)
+            .ok()
+            .and_then(|i| self.reg(i))
+            .map_or(0, |r| r.load(Ordering::Acquire))
+    }
+
+    /// Zero every doorbell (controller reset).
+    pub fn clear(&self) {
+        for i in 0..DOORBELL_PAGE_SIZE / 4 {
+            if let Some(r) = self.reg(i) {
+                r.store(0, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for Doorbells {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in new().
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), DOORBELL_PAGE_SIZE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_through_a_second_mapping_are_seen() {
+        let db = Doorbells::new().unwrap();
+        // The hypervisor's view: map the same fd again.
+        // SAFETY: mapping the memfd again, checked below.
+        let other = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                DOORBELL_PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                db.fd(),
+                0,
+            )
+        };
+        assert_ne!(other, libc::MAP_FAILED);
+        let regs = other.cast::<u32>();
+        // SAFETY: writing inside the 4 KiB mapping.
+        unsafe {
+            regs.add(2 * 3).write_volatile(17);
+            regs.add(2 * 3 + 1).write_volatile(9);
+        }
+        assert_eq!(db.sq_tail(3), 17);
+        assert_eq!(db.cq_head(3), 9);
+        db.write_offset(8, 5);
+        assert_eq!(db.sq_tail(1), 5);
+        assert_eq!(db.read_offset(8), 5);
+        db.clear();
+        assert_eq!(db.sq_tail(3), 0);
+        // SAFETY: unmapping our test mapping.
+        unsafe { libc::munmap(other, DOORBELL_PAGE_SIZE) };
+    }
+}
