@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Size of the doorbell page.
 pub const DOORBELL_PAGE_SIZE: usize = 4096;
+/// Offset of the doorbell page in the memfd (and in BAR0).
+pub const DOORBELL_FILE_OFFSET: u64 = 0x1000;
 /// Doorbell stride is 4 bytes (CAP.DSTRD = 0): SQ y tail at 8*y, CQ y head at 8*y + 4.
 pub const MAX_QUEUE_PAIRS: u16 = 512;
 const _: () = assert!(MAX_QUEUE_PAIRS as usize * 8 == DOORBELL_PAGE_SIZE);
@@ -35,8 +37,11 @@ impl Doorbells {
         }
         // SAFETY: fd was just created and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(DOORBELL_PAGE_SIZE as u64)?;
-        // SAFETY: mapping a fresh 4 KiB shared file mapping; the result is checked.
+        // The hypervisor maps region offset + area offset of the file, so the
+        // page sits at file offset 0x1000, where it sits in BAR0; the first
+        // page of the file is never mapped.
+        file.set_len(DOORBELL_FILE_OFFSET + DOORBELL_PAGE_SIZE as u64)?;
+        // SAFETY: mapping 4 KiB of a fresh shared file that is long enough; the result is checked.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -44,7 +49,7 @@ impl Doorbells {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
-                0,
+                DOORBELL_FILE_OFFSET as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -137,7 +142,7 @@ mod tests {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 db.fd(),
-                0,
+                DOORBELL_FILE_OFFSET as libc::off_t,
             )
         };
         assert_ne!(other, libc::MAP_FAILED);
