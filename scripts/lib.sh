@@ -35,3 +35,84 @@ wait_for_socket() {
     done
     return 1
 }
+
+# ---- socp (the runtime under test) ----
+SOCP_BIN=${SOCP_BIN:-$LEAPIO_REPO/target/release/socp}
+SOCP_PID=''
+SOCP_LOG=''
+
+# start_socp LOG ARGS...: start socp in the background (stderr to LOG) and
+# wait for the socket of every --ctrl sock=PATH to appear (30 s).
+start_socp() {
+    SOCP_LOG=$1
+    shift
+    [[ -x $SOCP_BIN ]] || die "socp binary not found at $SOCP_BIN (cargo build --release -p socp)"
+    local a socks=() s
+    for a in "$@"; do
+        if [[ $a == sock=* ]]; then
+            s=${a#sock=}
+            socks+=("${s%%,*}")
+        fi
+    done
+    mkdir -p "$LEAPIO_RUN"
+    for s in "${socks[@]}"; do rm -f "$s"; done
+    RUST_LOG=${RUST_LOG:-info} "$SOCP_BIN" "$@" 2> "$SOCP_LOG" &
+    SOCP_PID=$!
+    for s in "${socks[@]}"; do
+        if ! wait_for_socket "$s" 30 "$SOCP_PID"; then
+            local why="did not create $s within 30 s"
+            kill -0 "$SOCP_PID" 2>/dev/null || why="exited before creating $s"
+            log "socp $why; its stderr ($SOCP_LOG):"
+            tail -n 20 "$SOCP_LOG" | sed 's/^/    socp| /' >&2
+            stop_socp >/dev/null 2>&1 || true
+            return 1
+        fi
+    done
+}
+
+# stop_socp: SIGTERM, wait up to 15 s, then SIGKILL. Returns 0 when socp was
+# still running and exited with status 0 by itself; otherwise prints why.
+stop_socp() {
+    [[ -n $SOCP_PID ]] || return 0
+    local pid=$SOCP_PID rc=0 i=0
+    SOCP_PID=''
+    if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || rc=$?
+        log "socp had already exited (status $rc) before it was stopped; see $SOCP_LOG"
+        return 1
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((i < 150)); do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        log "socp did not exit within 15 s of SIGTERM (killed); see $SOCP_LOG"
+        return 1
+    fi
+    wait "$pid" 2>/dev/null || rc=$?
+    if ((rc != 0)); then
+        log "socp exited with status $rc after SIGTERM; see $SOCP_LOG"
+        return 1
+    fi
+}
+
+# socp_tail N: last lines of socp's stderr, indented, on stderr
+socp_tail() {
+    [[ -n $SOCP_LOG && -f $SOCP_LOG ]] || return 0
+    log "last lines of socp's stderr ($SOCP_LOG):"
+    tail -n "${1:-20}" "$SOCP_LOG" | sed 's/^/    socp| /' >&2
+}
+
+# guest_tail LOG N: last console lines of a guest, indented, on stderr
+guest_tail() {
+    [[ -f $1 ]] || return 0
+    log "last lines of the guest console ($1):"
+    tr -d '\r' < "$1" | tail -n "${2:-20}" | sed 's/^/    guest| /' >&2
+}
+
+# python3 for parsing guest output (installed by setup-host.sh)
+PY=${PY:-/usr/bin/python3}
+guestlog() { "$PY" "$LEAPIO_REPO/scripts/guestlog.py" "$@"; }

@@ -11,6 +11,7 @@
 #                        the root (/run/leapio/vm0.sock) or its host path
 #                        ($LEAPIO_ROOT/run/leapio/vm0.sock)
 #        nvme:FILE       QEMU's emulated NVMe on FILE (cache=none, io_uring)
+#        nvme-ns:FILE    one more namespace on the previous nvme: controller
 #        virtio:FILE     virtio-blk on FILE (cache=none, io_uring)
 #                        FILE must live under $LEAPIO_ROOT (host or root path)
 #   --append 'k=v ...'   extra kernel command line (leapio.runtime=10 ...)
@@ -94,7 +95,7 @@ pick_accel() {
     if kvm_node; then
         log "probing KVM once (tiny guest, 40 s limit; the verdict is cached in $verdict_file)"
         probe_log=$LEAPIO_CACHE/logs/kvm-probe.log
-        if "$0" --accel kvm --job probe --timeout 40 --log "$probe_log" --quiet >/dev/null 2>&1 \
+        if bash "${BASH_SOURCE[0]}" --accel kvm --job probe --timeout 40 --log "$probe_log" --quiet >/dev/null 2>&1 \
             && grep -q '@@LEAPIO PROBE-OK' "$probe_log"; then
             v=kvm
         else
@@ -137,17 +138,23 @@ for d in "${disks[@]}"; do
         [[ -S $LEAPIO_ROOT$rpath ]] || die "no vfio-user socket at $LEAPIO_ROOT$rpath (is socp running?)"
         args+=(-device "{\"driver\":\"vfio-user-pci\",\"id\":\"vfu$i\",\"socket\":{\"path\":\"$rpath\",\"type\":\"unix\"}}")
         ;;
-    nvme | virtio)
+    nvme | nvme-ns | virtio)
         [[ -e $LEAPIO_ROOT$rpath ]] || die "disk file $LEAPIO_ROOT$rpath not found (it must live under $LEAPIO_ROOT)"
         args+=(-drive "file=$rpath,if=none,id=drv$i,format=raw,cache=none,aio=io_uring")
         if [[ $kind == nvme ]]; then
-            args+=(-device "nvme,drive=drv$i,serial=qemu-nvme-$i")
+            last_nvme=nvme$i nsid=1
+            args+=(-device "nvme,id=$last_nvme,serial=qemu-nvme-$i"
+                -device "nvme-ns,drive=drv$i,bus=$last_nvme,nsid=$nsid")
+        elif [[ $kind == nvme-ns ]]; then
+            [[ -n ${last_nvme:-} ]] || die "--disk nvme-ns: needs an nvme: disk before it"
+            nsid=$((nsid + 1))
+            args+=(-device "nvme-ns,drive=drv$i,bus=$last_nvme,nsid=$nsid")
         else
             args+=(-device "virtio-blk-pci,drive=drv$i,num-queues=2")
             ((i)) || dev=/dev/vda
         fi
         ;;
-    *) die "bad --disk kind $kind (vfio-user, nvme or virtio)" ;;
+    *) die "bad --disk kind $kind (vfio-user, nvme, nvme-ns or virtio)" ;;
     esac
     i=$((i + 1))
 done

@@ -14,7 +14,7 @@ set -euo pipefail
 
 need_root
 
-host_pkgs=(mmdebstrap cpio fio xz-utils zstd)
+host_pkgs=(mmdebstrap cpio fio xz-utils zstd python3)
 missing=()
 for p in "${host_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -47,13 +47,11 @@ start=$(now)
 work=$(mktemp -d "$images/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 st=$work/root
-mkdir -p "$st"/{usr/bin,usr/sbin,usr/lib,usr/lib64,proc,sys,dev,tmp,run,etc,root,mnt} "$st/lib/modules"
+mkdir -p "$st"/{usr/bin,usr/sbin,usr/lib/modules,usr/lib64,proc,sys,dev,tmp,run,etc,root,mnt}
 ln -s usr/bin "$st/bin"
 ln -s usr/sbin "$st/sbin"
 ln -s usr/lib "$st/lib"
 ln -s usr/lib64 "$st/lib64"
-rmdir "$st/lib/modules" 2>/dev/null || true
-mkdir -p "$st/usr/lib/modules"
 
 # copy_file PATH: copy a file of the root (following symlinks) to the staging
 # tree at its canonical directory, keeping the file name it was asked by

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The LeapIO demo: a stock Linux guest (QEMU >= 10.1, vfio-user-pci) runs its
+# own nvme driver, nvme-cli and fio on a virtual NVMe controller served by
+# socp from a 1 GiB file on the host.
+#
+# usage: bash scripts/demo.sh [--json] [--runtime SEC] [--timeout SEC]
+#   --json         the last line of stdout is one JSON object:
+#                  {"accel","model","namespaces","fio":[{name,iops,bw_kib_s,
+#                   clat_p99_us,errors}],"verify":"ok"|"<reason>", ...}
+#   --runtime SEC  length of the timed 4k randread phase (default 5)
+#   --timeout SEC  hard limit for the guest run (default 420)
+#   LEAPIO_ACCEL=auto|kvm|tcg chooses the accelerator (default auto).
+#
+# Steps: setup-host.sh, cargo build --release -p socp, vm-images/build.sh,
+# backing file, socp in the background, one guest boot running the `info` and
+# `fio` jobs, summary; socp and QEMU are always stopped on exit.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+json=0 runtime=5 timeout=420
+while (($#)); do
+    case $1 in
+    --json) json=1 ;;
+    --runtime) runtime=$2; shift ;;
+    --timeout) timeout=$2; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "demo.sh: unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+need_root
+cd "$LEAPIO_REPO"
+t0=$(now)
+
+fail() { # stage message
+    log "demo FAILED at stage '$1': $2"
+    if ((json)); then
+        printf '{"verify":"demo failed at stage %s: %s"}\n' "$1" "${2//\"/\'}"
+    fi
+    exit 1
+}
+trap 'stop_socp >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT TERM
+
+log "[1/5] host set-up (setup-host.sh)"
+bash scripts/setup-host.sh >&2 || fail setup-host "scripts/setup-host.sh failed"
+
+log "[2/5] building socp (cargo build --release -p socp)"
+command -v cargo >/dev/null 2>&1 || fail build "cargo not found: install Rust (https://rustup.rs) and put cargo in PATH"
+cargo build --release -p socp >&2 || fail build "cargo build --release -p socp failed"
+
+log "[3/5] guest image (vm-images/build.sh)"
+bash vm-images/build.sh >/dev/null || fail image "vm-images/build.sh failed"
+
+log "[4/5] starting socp on a 1 GiB file"
+disk=$LEAPIO_DATA/demo-disk.img
+[[ -f $disk ]] || truncate -s 1G "$disk"
+logs=$LEAPIO_CACHE/logs/demo
+mkdir -p "$logs"
+sock=$LEAPIO_RUN/demo0.sock
+start_socp "$logs/socp.log" --ctrl "sock=$sock,ns=file:$disk" \
+    || fail socp "socp did not start (see $logs/socp.log)"
+log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
+
+log "[5/5] booting the guest: info + fio jobs (LEAPIO_ACCEL=${LEAPIO_ACCEL:-auto})"
+glog=$logs/guest.log
+grc=0
+bash scripts/run-guest.sh --job info,fio --disk "vfio-user:$sock" --log "$glog" \
+    --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
+socp_alive=1
+kill -0 "$SOCP_PID" 2>/dev/null || socp_alive=0
+stop_rc=0
+stop_socp || stop_rc=1
+accel=$(sed -n 's/^accel=//p' "$glog.meta")
+
+# the virtual controller, as the guest's nvme-cli saw it
+for b in nvme-list id-ctrl id-ns-1; do
+    if text=$(guestlog block "$glog" info "$b"); then
+        echo "---- guest: $(case $b in nvme-list) echo 'nvme list' ;; id-ctrl) echo 'nvme id-ctrl /dev/nvme0 (first lines)' ;; *) echo 'nvme id-ns /dev/nvme0n1 (first lines)' ;; esac) ----"
+        case $b in
+        nvme-list) echo "$text" ;;
+        *) echo "$text" | head -n 16 ;;
+        esac
+    fi
+done
+echo "---- summary ----"
+guestlog summary "$glog" --accel "$accel" || true
+echo "  total      : $(elapsed "$t0") s (guest run $(sed -n 's/^wall_s=//p' "$glog.meta") s)"
+
+why=''
+case $grc in
+0) ;;
+124) why="guest timed out after ${timeout}s" ;;
+1) why="a guest job failed: $(guestlog results "$glog" | grep -v ' ok' | tr '\n' ';')" ;;
+*) why="guest did not finish (QEMU exit, see $glog.stderr)" ;;
+esac
+((socp_alive)) || why="${why:+$why; }socp died during the run"
+if [[ -n $why ]]; then
+    guest_tail "$glog" 25
+    socp_tail 25
+    if ((json)); then
+        guestlog summary "$glog" --json --accel "$accel" \
+            | "$PY" -c 'import json,sys; o=json.loads(sys.stdin.read() or "{}"); o["verify"]=sys.argv[1]; print(json.dumps(o,separators=(",",":")))' "$why"
+    fi
+    log "demo FAILED: $why"
+    exit 1
+fi
+((stop_rc == 0)) || log "warning: socp did not stop cleanly on SIGTERM (see above)"
+if ((json)); then
+    guestlog summary "$glog" --json --accel "$accel" --wall "$(elapsed "$t0")" || exit 1
+else
+    log "demo OK"
+fi

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# End-to-end tests: each test starts socp, boots the stock-Linux guest against
+# it over vfio-user and asserts on what the guest printed.
+#
+# usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
+#   tests: identify fio_verify reset reboot two_namespaces (default: all)
+#   --target qemu  run the same guest jobs against QEMU's emulated NVMe instead
+#                  of socp (checks the harness itself; socp-specific checks
+#                  are skipped)
+#   LEAPIO_ACCEL=auto|kvm|tcg (default auto); LEAPIO_E2E_TIMEOUT per boot
+#   (default 300 s).
+# Prints one line per test, then exactly "N passed, M failed"; exits non-zero
+# if any test failed. Logs: $LEAPIO_CACHE/logs/e2e/<test>.{guest,socp}.log
+# Expects target/release/socp and the guest image (scripts/test.sh builds
+# both; vm-images/build.sh is run here too, it is quick when cached).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+target=socp
+tests=()
+while (($#)); do
+    case $1 in
+    --target) target=$2; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) die "e2e.sh: unknown option $1" ;;
+    *) tests+=("$1") ;;
+    esac
+    shift
+done
+[[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
+((${#tests[@]})) || tests=(identify fio_verify reset reboot two_namespaces)
+need_root
+cd "$LEAPIO_REPO"
+boot_timeout=${LEAPIO_E2E_TIMEOUT:-300}
+
+bash vm-images/build.sh >/dev/null || die "vm-images/build.sh failed"
+[[ $target == qemu ]] || [[ -x $SOCP_BIN ]] || die "no $SOCP_BIN: run cargo build --release -p socp first"
+logs=$LEAPIO_CACHE/logs/e2e
+mkdir -p "$logs"
+disk=$LEAPIO_DATA/e2e-disk.img
+disk_mib=1024
+trap 'stop_socp >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT TERM
+
+# ---- helpers for the tests ----
+REASON=''
+GLOG=''
+# boot NAME JOBS NSSPEC... [-- run-guest options]: start the target with the
+# namespaces (file:PATH or ram:SIZE), boot the guest with JOBS; sets GLOG.
+# Fails (sets REASON) when the target or the guest run fails.
+boot() {
+    local name=$1 jobs=$2 grc=0 ns
+    shift 2
+    local nss=() extra=()
+    while (($#)); do
+        if [[ $1 == -- ]]; then
+            shift
+            extra=("$@")
+            break
+        fi
+        nss+=("$1")
+        shift
+    done
+    GLOG=$logs/$name.guest.log
+    local disks=()
+    if [[ $target == socp ]]; then
+        local spec="sock=$LEAPIO_RUN/e2e.sock"
+        for ns in "${nss[@]}"; do spec+=",ns=$ns"; done
+        if ! start_socp "$logs/$name.socp.log" --ctrl "$spec"; then
+            REASON="socp did not start (see $logs/$name.socp.log)"
+            return 1
+        fi
+        disks=(--disk "vfio-user:$LEAPIO_RUN/e2e.sock")
+    else
+        local kind=nvme i=0
+        for ns in "${nss[@]}"; do
+            local f=${ns#file:}
+            if [[ $ns == ram:* ]]; then
+                f=$LEAPIO_DATA/e2e-ram$i.img
+                rm -f "$f"
+                truncate -s "${ns#ram:}" "$f"
+            fi
+            disks+=(--disk "$kind:$f")
+            kind=nvme-ns
+            i=$((i + 1))
+        done
+    fi
+    bash scripts/run-guest.sh --quiet --job "$jobs" "${disks[@]}" --log "$GLOG" \
+        --timeout "$boot_timeout" "${extra[@]}" || grc=$?
+    local alive=1 stopped=0
+    if [[ $target == socp ]]; then
+        kill -0 "$SOCP_PID" 2>/dev/null || alive=0
+        stop_socp 2>>"$GLOG.harness" || stopped=$?
+    fi
+    case $grc in
+    0) REASON='' ;;
+    124) REASON="guest timed out after ${boot_timeout}s" ;;
+    1) REASON="guest job failed: $(guestlog results "$GLOG" | grep -v ' ok' | head -3 | tr '\n' ';')" ;;
+    *) REASON="guest did not finish (QEMU exit; $GLOG.stderr: $(head -c 300 "$GLOG.stderr" | tr '\n' ' '))" ;;
+    esac
+    if ((!alive)); then
+        REASON="socp died during the test${REASON:+; $REASON}"
+        return 1
+    fi
+    if ((stopped)); then
+        REASON="${REASON:+$REASON; }socp did not stop cleanly on SIGTERM ($(tail -1 "$GLOG.harness"))"
+        return 1
+    fi
+    [[ -z $REASON ]]
+}
+
+# expect COND MESSAGE: record a failed assertion
+expect() {
+    if ! eval "$1"; then
+        REASON="${REASON:+$REASON; }$2"
+        return 1
+    fi
+}
+info_field() { guestlog info "$GLOG" | "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+fresh_disk() { rm -f "$disk"; truncate -s "${disk_mib}M" "$disk"; }
+
+# ---- the tests ----
+test_identify() {
+    fresh_disk
+    boot identify info "file:$disk" || return 1
+    local model nns size lba hwq vid
+    model=$(info_field 'd["model"]') nns=$(info_field 'len(d["namespaces"])')
+    size=$(info_field 'd["namespaces"][0]["size_bytes"] if d["namespaces"] else 0')
+    lba=$(info_field 'd["namespaces"][0]["lba_bytes"] if d["namespaces"] else 0')
+    hwq=$(info_field 'd["hw_queues"]') vid=$(info_field 'd["vid"]')
+    local ok=0
+    expect '[[ -n $model ]]' "id-ctrl shows no model number" || ok=1
+    if [[ $target == socp ]]; then
+        expect '[[ $vid != 6966 && $model != "QEMU NVMe Ctrl" ]]' "id-ctrl shows QEMU's controller, not ours (vid $vid, model $model)" || ok=1
+    fi
+    expect '[[ $nns == 1 ]]' "expected 1 namespace, guest sees $nns" || ok=1
+    expect '[[ $size == $((disk_mib << 20)) ]]' "namespace 1 is $size bytes, backing file is $((disk_mib << 20))" || ok=1
+    expect '[[ $lba == 512 || $lba == 4096 ]]' "odd LBA size $lba" || ok=1
+    expect '[[ $hwq == 2 ]]' "guest uses $hwq I/O queues, expected 2 (one per vCPU)" || ok=1
+    ((ok == 0)) && DETAIL="model '$model', 1 ns of $((size >> 20)) MiB, ${lba}-byte LBAs, $hwq I/O queues"
+    return $ok
+}
+
+test_fio_verify() {
+    fresh_disk
+    boot fio_verify fio "file:$disk" -- --append "leapio.runtime=3 leapio.size=32" || return 1
+    local q errs used
+    q=$(guestlog queues "$GLOG")
+    errs=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(sum(json.loads(l)["errors"] or 0 for l in sys.stdin))')
+    used=$(echo "$q" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for v in d.values() if v > 0))')
+    local ok=0
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $used -ge 2 ]]' "only $used I/O queue(s) completed I/O during the verified write (interrupt deltas $q)" || ok=1
+    ((ok == 0)) && DETAIL="write+verify, verify_only and randread clean; queue interrupts $q"
+    return $ok
+}
+
+test_reset() {
+    fresh_disk
+    boot reset reset "file:$disk" -- --append "leapio.size=32" || return 1
+    grep -aq '@@LEAPIO RESET-DONE state=live' "$GLOG" || { REASON="no RESET-DONE marker"; return 1; }
+    DETAIL="I/O, nvme reset, controller live again, old data verified, new I/O verified"
+}
+
+test_reboot() {
+    fresh_disk
+    local nonce
+    nonce=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+    boot reboot reboot "file:$disk" -- --allow-reboot --append "leapio.nonce=$nonce leapio.size=32" || return 1
+    local boots
+    boots=$(grep -ac '@@LEAPIO BOOT' "$GLOG")
+    expect '[[ $boots == 2 ]]' "guest booted $boots times, expected 2" || return 1
+    expect "grep -aq '@@LEAPIO REBOOT-SECOND-BOOT $nonce' '$GLOG'" "second boot did not find the magic block" || return 1
+    DETAIL="wrote data, reboot -f, controller came back after the reset, data verified"
+}
+
+test_two_namespaces() {
+    fresh_disk
+    boot two_namespaces info ram:256M "file:$disk" -- --append "leapio.nscount=2" || return 1
+    local nns s1 s2
+    nns=$(info_field 'len(d["namespaces"])')
+    s1=$(info_field 'd["namespaces"][0]["size_bytes"] if len(d["namespaces"]) > 0 else 0')
+    s2=$(info_field 'd["namespaces"][1]["size_bytes"] if len(d["namespaces"]) > 1 else 0')
+    local ok=0
+    expect '[[ $nns == 2 ]]' "guest sees $nns namespaces, expected 2" || ok=1
+    expect '[[ $s1 == $((256 << 20)) ]]' "namespace 1 (ram:256M) is $s1 bytes" || ok=1
+    expect '[[ $s2 == $((disk_mib << 20)) ]]' "namespace 2 (file) is $s2 bytes" || ok=1
+    ((ok == 0)) && DETAIL="nsid 1 ram 256 MiB, nsid 2 file $disk_mib MiB, both visible in nvme list"
+    return $ok
+}
+
+passed=0 failed=0 t_all=$(now)
+log "e2e: target $target, tests: ${tests[*]} (logs in $logs)"
+for t in "${tests[@]}"; do
+    declare -F "test_$t" >/dev/null || die "unknown test $t"
+    REASON='' DETAIL=''
+    t0=$(now)
+    rm -f "$logs/$t".*
+    if "test_$t"; then
+        printf 'PASS %-16s %6ss  %s\n' "$t" "$(elapsed "$t0")" "$DETAIL"
+        passed=$((passed + 1))
+    else
+        printf 'FAIL %-16s %6ss  %s\n' "$t" "$(elapsed "$t0")" "${REASON:-failed}"
+        [[ -n $GLOG ]] && guest_tail "$GLOG" 12
+        [[ $target == socp ]] && socp_tail 12
+        failed=$((failed + 1))
+    fi
+    GLOG='' SOCP_LOG=''
+done
+log "e2e took $(elapsed "$t_all") s (accel: $(sed -n 's/^accel=//p' "$LEAPIO_CACHE"/logs/e2e/*.guest.log.meta 2>/dev/null | sort -u | tr '\n' ' '))"
+echo "$passed passed, $failed failed"
+((failed == 0))
