@@ -1,0 +1,121 @@
+//! "Guest RAM": a memfd mapped into this process, with a bump allocator of
+//! guest-physical addresses.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+/// Guest memory at guest-physical address `base`.
+pub struct GuestMem {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    size: u64,
+    base: u64,
+    next: u64,
+}
+
+// SAFETY: the mapping is owned by this struct; accesses copy bytes with
+// volatile semantics and the struct is only used by one thread at a time.
+unsafe impl Send for GuestMem {}
+
+impl GuestMem {
+    pub fn new(base: u64, size: u64) -> io::Result<GuestMem> {
+        let fd = leapio_ats::testing::memfd(c"leapio-guest-ram", size)?;
+        let len = usize::try_from(size).map_err(|_| io::Error::other("size too large"))?;
+        // SAFETY: mapping the whole fresh memfd shared; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(GuestMem {
+            fd,
+            ptr,
+            size,
+            base,
+            next: base,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Allocate `len` bytes aligned to `align` (a power of two); zeroed.
+    pub fn alloc(&mut self, len: u64, align: u64) -> u64 {
+        let gpa = (self.next + align - 1) & !(align - 1);
+        assert!(gpa + len <= self.base + self.size, "guest RAM exhausted");
+        self.next = gpa + len;
+        self.fill(gpa, len, 0);
+        gpa
+    }
+
+    fn host(&self, gpa: u64, len: u64) -> *mut u8 {
+        assert!(
+            gpa >= self.base && gpa + len <= self.base + self.size,
+            "gpa {gpa:#x}+{len} outside guest RAM"
+        );
+        let off = usize::try_from(gpa - self.base).unwrap_or(usize::MAX);
+        // SAFETY: bounds checked above: the offset is inside the mapping.
+        unsafe { self.ptr.as_ptr().add(off) }
+    }
+
+    pub fn write(&self, gpa: u64, data: &[u8]) {
+        let p = self.host(gpa, data.len() as u64);
+        // SAFETY: inside our mapping (host() checks bounds); the controller
+        // may access the same memory concurrently, as real DMA would.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+    }
+
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) {
+        let p = self.host(gpa, buf.len() as u64);
+        // SAFETY: as in write().
+        unsafe { std::ptr::copy_nonoverlapping(p.cast_const(), buf.as_mut_ptr(), buf.len()) };
+    }
+
+    pub fn fill(&self, gpa: u64, len: u64, byte: u8) {
+        let p = self.host(gpa, len);
+        // SAFETY: as in write().
+        unsafe { std::ptr::write_bytes(p, byte, usize::try_from(len).unwrap_or(0)) };
+    }
+
+    pub fn read_u32_volatile(&self, gpa: u64) -> u32 {
+        let p = self.host(gpa, 4).cast::<u32>();
+        // SAFETY: inside the mapping; the controller writes it concurrently.
+        unsafe { p.read_volatile() }
+    }
+
+    pub fn read_vec(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.read(gpa, &mut v);
+        v
+    }
+}
+
+impl Drop for GuestMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly our mapping.
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                usize::try_from(self.size).unwrap_or(0),
+            )
+        };
+    }
+}
