@@ -24,7 +24,7 @@ pub enum ConfigError {
 impl FromStr for CtrlSpec {
     type Err = ConfigError;
 
-    /// `sock=PATH,ns=BACKEND[,ns=BACKEND...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
+    /// `sock=PATH,ns=BACKEND[,bs=N][,ns=BACKEND...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| ConfigError::Invalid {
             spec: s.to_string(),
@@ -36,13 +36,28 @@ impl FromStr for CtrlSpec {
         let mut queue_entries = 1024u32;
         let mut mdts = 5u8;
         let mut serial = None;
+        let mut last_ns: Option<String> = None;
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(bad(format!("'{part}' is not key=value")));
             };
             match key {
                 "sock" => sock = Some(PathBuf::from(value)),
-                "ns" => namespaces.push(value.parse::<BackendSpec>().map_err(|e| bad(format!("namespace '{value}': {e}")))?),
+                "ns" => {
+                    namespaces.push(value.parse::<BackendSpec>().map_err(|e| bad(format!("namespace '{value}': {e}")))?);
+                    last_ns = Some(value.to_string());
+                }
+                "bs" => {
+                    // Block size of the namespace just before it.
+                    let Some(ns) = last_ns.take() else {
+                        return Err(bad("bs= must follow an ns=".into()));
+                    };
+                    let full = format!("{ns},bs={value}");
+                    let spec = full.parse::<BackendSpec>().map_err(|e| bad(format!("namespace '{full}': {e}")))?;
+                    if let Some(last) = namespaces.last_mut() {
+                        *last = spec;
+                    }
+                }
                 "io-queues" => {
                     io_queues = value.parse().ok().filter(|n| (1..=511).contains(n)).ok_or_else(|| bad(format!("io-queues must be 1..=511, got '{value}'")))?
                 }
@@ -93,6 +108,26 @@ mod tests {
         assert_eq!(c.queue_entries, 256);
         assert_eq!(c.mdts, 6);
         assert_eq!(c.serial.as_deref(), Some("AB12"));
+        let c: CtrlSpec = "sock=/s,ns=ram:64M,bs=4096,ns=ram:1M".parse().unwrap();
+        assert_eq!(
+            c.namespaces[0],
+            BackendSpec::Ram {
+                size: 64 << 20,
+                block_size: 4096
+            }
+        );
+        assert_eq!(
+            c.namespaces[1],
+            BackendSpec::Ram {
+                size: 1 << 20,
+                block_size: 512
+            }
+        );
+        let e = "sock=/s,bs=4096,ns=ram:1M"
+            .parse::<CtrlSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bs= must follow an ns="), "{e}");
     }
 
     #[test]

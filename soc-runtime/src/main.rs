@@ -21,11 +21,12 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "socp", version, verbatim_doc_comment)]
 struct Args {
-    /// A controller: sock=PATH,ns=BACKEND[,ns=BACKEND...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    /// A controller: sock=PATH,ns=BACKEND[,bs=N][,ns=BACKEND[,bs=N]...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
     ///
     /// BACKEND is ram:SIZE (e.g. ram:256M) or file:PATH (a regular file or a
-    /// block device; add :bs=4096 style options as documented by the
-    /// transports crate). Namespaces get NSIDs 1, 2, ... in order.
+    /// block device). A bs=N right after an ns= sets that namespace's LBA
+    /// size (512..65536; files default to 512, block devices to their
+    /// logical block size). Namespaces get NSIDs 1, 2, ... in order.
     /// io-queues: I/O queue pairs offered (default 32); queue-entries: max
     /// entries per queue (default 1024); mdts: max transfer 4 KiB << N
     /// (default 5 = 128 KiB).
@@ -44,6 +45,18 @@ struct Args {
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+/// An error and its sources, joined with ": ".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 fn main() -> ExitCode {
@@ -77,7 +90,7 @@ fn main() -> ExitCode {
         match start_controller(i, spec, &rt, stop.clone()) {
             Ok(s) => served.push(s),
             Err(e) => {
-                eprintln!("socp: {e}");
+                eprintln!("socp: {}", error_chain(&e));
                 failed = true;
                 break;
             }
@@ -85,12 +98,13 @@ fn main() -> ExitCode {
     }
     if failed {
         stop.store(true, Ordering::Release);
+    } else {
+        tracing::info!(
+            controllers = served.len(),
+            pollers = rt.pollers(),
+            "socp running"
+        );
     }
-    tracing::info!(
-        controllers = served.len(),
-        pollers = rt.pollers(),
-        "socp running"
-    );
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -14,18 +14,18 @@ use std::thread::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("namespace {nsid} of {sock}: {source}")]
+    #[error("namespace {nsid} of {sock}")]
     Backend {
         sock: String,
         nsid: u32,
         source: leapio_transports::TransportError,
     },
-    #[error("controller {sock}: {source}")]
+    #[error("controller {sock}")]
     Controller {
         sock: String,
         source: std::io::Error,
     },
-    #[error("listening on {sock}: {source}")]
+    #[error("listening on {sock}")]
     Listen {
         sock: String,
         source: leapio_vmm_shim::vfio_user::ServerError,
