@@ -56,7 +56,7 @@ start_socp() {
     done
     mkdir -p "$LEAPIO_RUN"
     for s in "${socks[@]}"; do rm -f "$s"; done
-    RUST_LOG=${RUST_LOG:-info} "$SOCP_BIN" "$@" 2> "$SOCP_LOG" &
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$SOCP_BIN" "$@" 2> "$SOCP_LOG" &
     SOCP_PID=$!
     for s in "${socks[@]}"; do
         if ! wait_for_socket "$s" 30 "$SOCP_PID"; then

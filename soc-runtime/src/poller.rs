@@ -152,7 +152,9 @@ impl Poller {
             if self.gc_pending {
                 self.gc_ctrls();
             }
-            if work {
+            // Commands in flight on a backend count as work: never sleep on them.
+            let in_flight = self.slots.len() != self.free.len();
+            if work || in_flight {
                 last_work = Instant::now();
                 sleep = Duration::from_micros(10);
             } else if last_work.elapsed() > SPIN {
