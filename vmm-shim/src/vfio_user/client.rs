@@ -360,9 +360,7 @@ impl Client {
             let count = len_u32(chunk.len());
             let at = offset
                 .checked_add(done as u64)
-                .ok_or_else(|| ClientError::Remote {
-                    errno: libc::EINVAL,
-                })?;
+                .ok_or(ClientError::Invalid("offset + length overflows"))?;
             let req = wire::RegionAccess {
                 offset: at.into(),
                 region: index.into(),
@@ -395,9 +393,7 @@ impl Client {
         for chunk in data.chunks(step) {
             let at = offset
                 .checked_add(done as u64)
-                .ok_or_else(|| ClientError::Remote {
-                    errno: libc::EINVAL,
-                })?;
+                .ok_or(ClientError::Invalid("offset + length overflows"))?;
             let req = wire::RegionAccess {
                 offset: at.into(),
                 region: index.into(),

@@ -306,6 +306,9 @@ pub enum ClientError {
     /// The server's reply does not follow the protocol.
     #[error("bad reply from the server: {0}")]
     Protocol(String),
+    /// The request cannot be expressed (e.g. offset + length overflows).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
     /// The server's VERSION reply is not a version we speak.
     #[error("server speaks vfio-user {major}.{minor}, we speak {VERSION_MAJOR}.{VERSION_MINOR}")]
     Version {
