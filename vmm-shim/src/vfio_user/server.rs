@@ -413,14 +413,18 @@ impl Conn<'_> {
         }
     }
 
-    fn warn(&mut self, msg: &Msg, what: &str, errno: Errno) {
-        if self.limiter.allow() {
-            tracing::warn!(
-                command = msg.command(),
-                msg_id = msg.hdr.msg_id.get(),
-                errno,
-                "vfio-user: {what}"
-            );
+    /// Log a peer-triggered event, rate-limited. Failed commands are normal
+    /// (QEMU probes the ERR irq index, for one) and go to debug; protocol
+    /// oddities to warn.
+    fn log(&mut self, msg: &Msg, what: &str, errno: Errno, warn: bool) {
+        if !self.limiter.allow() {
+            return;
+        }
+        let (command, msg_id) = (msg.command(), msg.hdr.msg_id.get());
+        if warn {
+            tracing::warn!(command, msg_id, errno, "vfio-user: {what}");
+        } else {
+            tracing::debug!(command, msg_id, errno, "vfio-user: {what}");
         }
     }
 
@@ -432,7 +436,7 @@ impl Conn<'_> {
             wire::FLAG_TYPE_COMMAND => self.dispatch(&mut msg),
             wire::FLAG_TYPE_REPLY => {
                 // We never send commands, so nothing waits for this.
-                self.warn(&msg, "unsolicited reply ignored", 0);
+                self.log(&msg, "unsolicited reply ignored", 0, true);
                 return Ok(());
             }
             _ => Err(EINVAL),
@@ -443,7 +447,7 @@ impl Conn<'_> {
             Ok((payload, fds)) => (wire::FLAG_TYPE_REPLY, 0, payload, fds),
             Err(errno) => {
                 let errno = if errno > 0 { errno } else { EINVAL };
-                self.warn(&msg, "command failed", errno);
+                self.log(&msg, "command failed", errno, no_reply);
                 (
                     wire::FLAG_TYPE_REPLY | wire::FLAG_ERROR,
                     errno,
@@ -459,7 +463,7 @@ impl Conn<'_> {
             msg.hdr.msg_id.get(),
             msg.command(),
             msg_flags,
-            u32::try_from(errno).unwrap_or(0),
+            u32::try_from(errno).unwrap_or(libc::EINVAL.unsigned_abs()),
             &[&payload],
         );
         self.send(&out, &fds, stop)

@@ -1315,3 +1315,23 @@ fn listener_bind_accept_and_cleanup() {
     drop(listener);
     assert!(!path.exists(), "the socket file outlived the listener");
 }
+
+#[test]
+fn header_layout_is_little_endian_as_specified() {
+    let msg = wire::message(0x0102, cmd::DEVICE_GET_REGION_INFO, 0x21, 22, &[&[0xaa; 4]]);
+    assert_eq!(
+        msg,
+        [2, 1, 5, 0, 20, 0, 0, 0, 0x21, 0, 0, 0, 22, 0, 0, 0, 0xaa, 0xaa, 0xaa, 0xaa]
+    );
+    let set = wire::IrqSet {
+        argsz: 20.into(),
+        flags: 0x24.into(),
+        index: 2.into(),
+        start: 3.into(),
+        count: 4.into(),
+    };
+    assert_eq!(
+        set.as_bytes(),
+        [20, 0, 0, 0, 0x24, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]
+    );
+}
