@@ -15,6 +15,7 @@
 # backing file, socp in the background, one guest boot running the `info` and
 # `fio` jobs, summary; socp and QEMU are always stopped on exit.
 set -euo pipefail
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 json=0 runtime=5 timeout=420

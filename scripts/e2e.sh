@@ -13,7 +13,10 @@
 # if any test failed. Logs: $LEAPIO_CACHE/logs/e2e/<test>.{guest,socp}.log
 # Expects target/release/socp and the guest image (scripts/test.sh builds
 # both; vm-images/build.sh is run here too, it is quick when cached).
+# expect takes conditions in single quotes on purpose (evaluated later)
+# shellcheck disable=SC2016
 set -euo pipefail
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 target=socp

@@ -7,6 +7,9 @@ usage: guestlog.py COMMAND LOG [args]
   info LOG                    controller/namespace summary as JSON
   fio LOG [JOB]               fio phases as JSON lines
   queues LOG                  per-queue interrupt deltas of the fio job, JSON
+  bench-table - ACCEL RUNTIME [--json]
+                              table and ratios of bench-guest.sh results
+                              (JSON lines on stdin, one per target)
   summary LOG [--json] [--accel A] [--wall S]
                               the demo's readable summary, or (with --json)
                               one JSON object on the last line
@@ -201,11 +204,39 @@ def summary(path, as_json, accel, wall):
     return 0 if verify == "ok" else 1
 
 
+def bench_table(accel, runtime, as_json):
+    rows = [json.loads(line) for line in sys.stdin if line.strip()]
+    by = {r["target"]: r for r in rows}
+    print(f"fio 4k randread QD32, libaio direct, {runtime}s, accel {accel}")
+    print(f"  {'target':<8} {'IOPS':>10} {'p99 us':>10} {'boot->fio s':>12} {'errors':>7}")
+    for r in rows:
+        p99 = r.get("clat_p99_us") or 0
+        print(f"  {r['target']:<8} {r['iops']:>10.0f} {p99:>10.0f} "
+              f"{r.get('boot_to_fio_s', float('nan')):>12.1f} {r['errors']:>7}")
+    ratios = {}
+    if "socp" in by:
+        for other in ("nvme", "virtio"):
+            o = by.get(other)
+            if not o or not o["iops"]:
+                continue
+            s, op99 = by["socp"], o.get("clat_p99_us")
+            ratio = {"iops": round(s["iops"] / o["iops"], 2),
+                     "p99": round(s["clat_p99_us"] / op99, 2) if op99 and s.get("clat_p99_us") else None}
+            ratios[f"socp/{other}"] = ratio
+            print(f"  socp/{other}: IOPS x{ratio['iops']}, p99 x{ratio['p99']}")
+    if as_json:
+        print(json.dumps({"accel": accel, "runtime_s": int(runtime), "results": rows,
+                          "ratios": ratios}, separators=(",", ":")))
+    return 0
+
+
 def main(argv):
     if len(argv) < 3 or argv[1] in ("-h", "--help"):
         print(__doc__)
         return 2
     cmd, path = argv[1], argv[2]
+    if cmd == "bench-table":
+        return bench_table(argv[3], argv[4], "--json" in argv[5:])
     events, blocks = parse(path)
     if cmd == "results":
         for r in results(events):

@@ -1,4 +1,5 @@
 # Shared helpers for the project's shell scripts. Source it; do not run it.
+# shellcheck shell=bash disable=SC2034
 LEAPIO_CACHE=${LEAPIO_CACHE:-/var/cache/leapio}
 log() { printf '[leapio] %s\n' "$*" >&2; }
 die() { printf '[leapio] error: %s\n' "$*" >&2; exit 1; }

@@ -31,6 +31,7 @@
 # uses KVM if it printed its marker, else TCG; the verdict is cached in
 # $LEAPIO_CACHE/accel.verdict per host kernel + QEMU + guest kernel.
 set -euo pipefail
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0
@@ -114,6 +115,7 @@ tcg) ;;
 esac
 
 # ---- QEMU command line ----
+# shellcheck disable=SC2054 # commas belong to QEMU options
 args=(qemu-system-x86_64 -nodefaults -no-user-config -name leapio-guest
     -object memory-backend-memfd,id=mem,size=1G,share=on
     -machine q35,memory-backend=mem -m 1G -smp 2
@@ -165,6 +167,7 @@ args+=(-append "console=ttyS0 quiet panic=-1 leapio.job=$jobs leapio.dev=$dev $a
 meta=$log.meta
 : > "$meta"
 qemu_pid='' watch_pid=''
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
     [[ -n $qemu_pid ]] && kill -TERM "$qemu_pid" 2>/dev/null
     [[ -n $watch_pid ]] && kill "$watch_pid" 2>/dev/null

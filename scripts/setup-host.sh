@@ -10,6 +10,7 @@
 #    guest tools (busybox, fio, nvme-cli) that vm-images/build.sh packs into an
 #    initramfs.
 set -euo pipefail
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need_root
@@ -31,6 +32,8 @@ if [[ ! -f $stamp ]]; then
     log "building the Debian trixie root in $root (QEMU from trixie-backports, guest kernel and tools)"
     rm -rf "$root" "$root.tmp"
     mkdir -p "$LEAPIO_CACHE"
+    # the hooks are run by mmdebstrap, which sets $1
+    # shellcheck disable=SC2016
     mmdebstrap --variant=apt --quiet \
         --components=main \
         --include=ca-certificates \

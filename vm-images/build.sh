@@ -15,6 +15,7 @@
 # and prints the host path of that file on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../scripts/lib.sh
 . "$here/../scripts/lib.sh"
 
 need_root

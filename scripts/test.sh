@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# THE test command (CI runs it through .ci/run, as root, in a fresh clone):
+#   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, cargo test
+#   (nextest if installed), cargo build --release -p socp, scripts/e2e.sh.
+# Stops at the first failing stage and names it.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+need_root
+cd "$LEAPIO_REPO"
+t0=$(now)
+
+stage() { # name command...
+    local name=$1 s rc=0
+    shift
+    s=$(now)
+    log "==== stage: $name"
+    "$@" || rc=$?
+    if ((rc != 0)); then
+        log "==== FAILED stage: $name (exit $rc, after $(elapsed "$s") s)"
+        exit "$rc"
+    fi
+    log "==== ok: $name ($(elapsed "$s") s)"
+}
+
+stage setup-host bash scripts/setup-host.sh
+command -v cargo >/dev/null 2>&1 \
+    || die "cargo not found: install the Rust toolchain (https://rustup.rs; rustfmt and clippy components) and put ~/.cargo/bin in PATH"
+stage fmt cargo fmt --all -- --check
+stage clippy cargo clippy --workspace --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    stage test cargo nextest run --workspace
+else
+    stage test cargo test --workspace
+fi
+stage build-socp cargo build --release -p socp
+stage e2e bash scripts/e2e.sh
+log "all stages passed in $(elapsed "$t0") s"
