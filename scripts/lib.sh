@@ -117,3 +117,10 @@ guest_tail() {
 # python3 for parsing guest output (installed by setup-host.sh)
 PY=${PY:-/usr/bin/python3}
 guestlog() { "$PY" "$LEAPIO_REPO/scripts/guestlog.py" "$@"; }
+
+# cargo installed by rustup lives in ~/.cargo/bin, often not in root's PATH
+# under CI or sudo: use it when it is there.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+    PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
+    export PATH
+fi
