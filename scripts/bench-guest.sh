@@ -32,7 +32,7 @@ done
 need_root
 cd "$LEAPIO_REPO"
 bash vm-images/build.sh >/dev/null || die "vm-images/build.sh failed"
-trap 'stop_socp >/dev/null 2>&1 || true' EXIT
+trap 'stop_guest; stop_socp >/dev/null 2>&1 || true' EXIT
 trap 'exit 130' INT TERM
 
 logs=$LEAPIO_CACHE/logs/bench
@@ -71,7 +71,7 @@ for t in ${only//,/ }; do
     *) die "unknown target $t (socp, nvme, virtio)" ;;
     esac
     rc=0
-    bash scripts/run-guest.sh --quiet --accel "$accel" --job bench "${d[@]}" --log "$glog" \
+    run_guest --quiet --accel "$accel" --job bench "${d[@]}" --log "$glog" \
         --timeout $((runtime + 240)) --append "leapio.runtime=$runtime leapio.size=$size_mib" || rc=$?
     if [[ $t == socp ]]; then
         stop_socp || log "warning: socp did not stop cleanly"

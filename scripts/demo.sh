@@ -40,7 +40,7 @@ fail() { # stage message
     fi
     exit 1
 }
-trap 'stop_socp >/dev/null 2>&1 || true' EXIT
+trap 'stop_guest; stop_socp >/dev/null 2>&1 || true' EXIT
 trap 'exit 130' INT TERM
 
 log "[1/5] host set-up (setup-host.sh)"
@@ -66,7 +66,7 @@ log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
 log "[5/5] booting the guest: info + fio jobs (LEAPIO_ACCEL=${LEAPIO_ACCEL:-auto})"
 glog=$logs/guest.log
 grc=0
-bash scripts/run-guest.sh --job info,fio --disk "vfio-user:$sock" --log "$glog" \
+run_guest --job info,fio --disk "vfio-user:$sock" --log "$glog" \
     --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
 socp_alive=1
 kill -0 "$SOCP_PID" 2>/dev/null || socp_alive=0

@@ -42,7 +42,7 @@ logs=$LEAPIO_CACHE/logs/e2e
 mkdir -p "$logs"
 disk=$LEAPIO_DATA/e2e-disk.img
 disk_mib=1024
-trap 'stop_socp >/dev/null 2>&1 || true' EXIT
+trap 'stop_guest; stop_socp >/dev/null 2>&1 || true' EXIT
 trap 'exit 130' INT TERM
 
 # ---- helpers for the tests ----
@@ -88,7 +88,7 @@ boot() {
             i=$((i + 1))
         done
     fi
-    bash scripts/run-guest.sh --quiet --job "$jobs" "${disks[@]}" --log "$GLOG" \
+    run_guest --quiet --job "$jobs" "${disks[@]}" --log "$GLOG" \
         --timeout "$boot_timeout" "${extra[@]}" || grc=$?
     local alive=1 stopped=0
     if [[ $target == socp ]]; then

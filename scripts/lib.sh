@@ -124,3 +124,22 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/c
     PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
     export PATH
 fi
+
+# run_guest ARGS...: scripts/run-guest.sh in the background, waited for, so
+# that a signal to the caller can stop it (stop_guest in the caller's trap)
+# instead of leaving QEMU running until its timeout.
+GUEST_PID=''
+run_guest() {
+    local rc=0
+    bash "$LEAPIO_REPO/scripts/run-guest.sh" "$@" &
+    GUEST_PID=$!
+    wait "$GUEST_PID" || rc=$?
+    GUEST_PID=''
+    return "$rc"
+}
+stop_guest() {
+    [[ -n $GUEST_PID ]] || return 0
+    kill -TERM "$GUEST_PID" 2>/dev/null || true
+    wait "$GUEST_PID" 2>/dev/null || true
+    GUEST_PID=''
+}
