@@ -433,6 +433,7 @@ impl Driver {
     }
 
     /// A Read or Write command for `nlb` blocks at `slba` into/from `buf`.
+    #[allow(clippy::too_many_arguments)]
     pub fn rw_sqe(
         &mut self,
         opcode: u8,
@@ -449,7 +450,7 @@ impl Driver {
             nsid: nsid.into(),
             prp1: prp1.into(),
             prp2: prp2.into(),
-            cdw10: (slba as u32).into(),
+            cdw10: ((slba & 0xffff_ffff) as u32).into(),
             cdw11: ((slba >> 32) as u32).into(),
             cdw12: (nlb - 1).into(),
             ..Default::default()
@@ -544,5 +545,244 @@ pub fn create_sq(qid: u16, gpa: u64, entries: u32, cqid: u16) -> Sqe {
         cdw10: (u32::from(qid) | ((entries - 1) << 16)).into(),
         cdw11: (0x1 | (u32::from(cqid) << 16)).into(),
         ..Default::default()
+    }
+}
+
+// ---- Fast path, for benchmarks ------------------------------------------
+
+/// Create I/O Completion Queue with interrupts enabled or not (`ien`);
+/// [`create_cq`] always enables them.
+pub fn create_cq_ien(qid: u16, gpa: u64, entries: u32, vector: u16, ien: bool) -> Sqe {
+    let mut sqe = create_cq(qid, gpa, entries, vector);
+    if !ien {
+        sqe.cdw11 = (sqe.cdw11.get() & !0x2).into();
+    }
+    sqe
+}
+
+/// PRP1/PRP2 for a buffer of `len` bytes at `gpa`, writing a PRP list into
+/// the page at `list` when the buffer spans more than two pages (the caller
+/// allocated it; it is untouched otherwise). For buffers whose PRPs never
+/// change: build them once, reuse them for every command.
+pub fn write_prps(mem: &GuestMem, gpa: u64, len: u64, list: u64) -> (u64, u64) {
+    let first = PAGE - (gpa % PAGE);
+    if len <= first {
+        return (gpa, 0);
+    }
+    let rest = len - first;
+    let second = gpa - (gpa % PAGE) + PAGE;
+    if rest <= PAGE {
+        return (gpa, second);
+    }
+    let pages = rest.div_ceil(PAGE);
+    assert!(pages <= PAGE / 8, "one-page PRP lists only");
+    for i in 0..pages {
+        mem.write(list + i * 8, &(second + i * PAGE).to_le_bytes());
+    }
+    (gpa, list)
+}
+
+/// Where a queue pair's host-side cursors stand (to hand a queue back and
+/// forth between [`Driver`]'s slow path and a [`FastQueue`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueCursor {
+    pub sq_tail: u32,
+    pub cq_head: u32,
+    pub phase: bool,
+}
+
+/// Direct access to one I/O queue pair for benchmarks, in the spirit of
+/// SPDK's `spdk_nvme_qpair`: the caller writes SQEs with CIDs of its
+/// choosing (e.g. its slot indexes), rings the SQ doorbell once per batch,
+/// and reaps every posted completion with one CQ doorbell write. No system
+/// call and no allocation on this path: only stores and loads in the shared
+/// guest RAM and doorbell page.
+pub struct FastQueue<'a> {
+    mem: &'a GuestMem,
+    doorbells: NonNull<u32>,
+    pub qid: u16,
+    sq_gpa: u64,
+    cq_gpa: u64,
+    entries: u32,
+    sq_tail: u32,
+    /// The tail the controller last saw through the doorbell.
+    rung_tail: u32,
+    /// SQ head as the controller last reported it in a CQE.
+    sq_head: u32,
+    cq_head: u32,
+    phase: bool,
+}
+
+impl<'a> FastQueue<'a> {
+    /// A queue pair over `mem` whose doorbells live in the page at
+    /// `doorbells` (NVMe layout, stride 4: SQ tail at `2 * qid`, CQ head at
+    /// `2 * qid + 1`), starting from `cursor`.
+    ///
+    /// # Safety
+    /// `doorbells` must point to a page mapped read-write for at least `'a`,
+    /// and `qid` must be below 512 so both doorbells lie inside it.
+    pub unsafe fn from_raw(
+        mem: &'a GuestMem,
+        doorbells: NonNull<u32>,
+        qid: u16,
+        sq_gpa: u64,
+        cq_gpa: u64,
+        entries: u32,
+        cursor: QueueCursor,
+    ) -> FastQueue<'a> {
+        assert!(qid < 512, "doorbell outside the page");
+        FastQueue {
+            mem,
+            doorbells,
+            qid,
+            sq_gpa,
+            cq_gpa,
+            entries,
+            sq_tail: cursor.sq_tail,
+            rung_tail: cursor.sq_tail,
+            sq_head: cursor.sq_tail,
+            cq_head: cursor.cq_head,
+            phase: cursor.phase,
+        }
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// Commands that can be pushed before the SQ is full, as far as the
+    /// completions reaped so far tell (the controller reports its SQ head in
+    /// every CQE).
+    pub fn sq_space(&self) -> u32 {
+        let used = (self.sq_tail + self.entries - self.sq_head) % self.entries;
+        self.entries - 1 - used
+    }
+
+    /// Write `sqe` (its CID included) at the SQ tail without ringing; false
+    /// if the SQ is full.
+    pub fn push(&mut self, sqe: &Sqe) -> bool {
+        if self.sq_space() == 0 {
+            return false;
+        }
+        let gpa = self.sq_gpa + u64::from(self.sq_tail) * 64;
+        self.mem.write(gpa, zerocopy::IntoBytes::as_bytes(sqe));
+        self.sq_tail += 1;
+        if self.sq_tail == self.entries {
+            self.sq_tail = 0;
+        }
+        true
+    }
+
+    /// Publish every pushed command with one SQ tail doorbell write (none if
+    /// nothing was pushed since the last ring).
+    pub fn ring(&mut self) {
+        if self.sq_tail == self.rung_tail {
+            return;
+        }
+        self.rung_tail = self.sq_tail;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        self.store_doorbell(usize::from(self.qid) * 2, self.sq_tail);
+    }
+
+    /// Hand every completion the controller has posted to `f`, up to `max`,
+    /// then write the new CQ head once. Returns how many were reaped.
+    pub fn reap(&mut self, max: usize, mut f: impl FnMut(&Cqe)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let gpa = self.cq_gpa + u64::from(self.cq_head) * 16;
+            let dw3 = self.mem.read_u32_volatile(gpa + 12);
+            if (dw3 >> 16) & 1 != u32::from(self.phase) {
+                break;
+            }
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            let mut bytes = [0u8; 16];
+            self.mem.read(gpa, &mut bytes);
+            let cqe = Cqe::read_from_bytes(&bytes).unwrap_or_default();
+            self.sq_head = u32::from(cqe.sq_head.get()) % self.entries;
+            self.cq_head += 1;
+            if self.cq_head == self.entries {
+                self.cq_head = 0;
+                self.phase = !self.phase;
+            }
+            n += 1;
+            f(&cqe);
+        }
+        if n > 0 {
+            self.store_doorbell(usize::from(self.qid) * 2 + 1, self.cq_head);
+        }
+        n
+    }
+
+    /// The host-side cursors, to give the queue back with
+    /// [`Driver::set_cursor`].
+    pub fn cursor(&self) -> QueueCursor {
+        QueueCursor {
+            sq_tail: self.sq_tail,
+            cq_head: self.cq_head,
+            phase: self.phase,
+        }
+    }
+
+    fn store_doorbell(&self, index: usize, value: u32) {
+        // SAFETY: `from_raw`'s contract: the page is mapped for 'a and
+        // index <= 2 * 511 + 1 lies inside it.
+        unsafe { self.doorbells.as_ptr().add(index).write_volatile(value) };
+    }
+}
+
+impl Driver {
+    /// Create I/O CQ then SQ `qid` like [`Driver::create_queue_pair`], with
+    /// interrupts on the CQ enabled or not (`ien`); benchmarks that poll
+    /// turn them off, as SPDK's perf does.
+    pub fn create_queue_pair_ien(
+        &mut self,
+        qid: u16,
+        entries: u32,
+        vector: u16,
+        ien: bool,
+    ) -> Result<(), DriverError> {
+        let cq = self.mem.alloc(u64::from(entries) * 16, PAGE);
+        let sq = self.mem.alloc(u64::from(entries) * 64, PAGE);
+        let c = self.admin(create_cq_ien(qid, cq, entries, vector, ien))?;
+        Self::check("create I/O completion queue", &c)?;
+        let c = self.admin(create_sq(qid, sq, entries, qid))?;
+        Self::check("create I/O submission queue", &c)?;
+        self.queues
+            .insert(qid, QueuePair::new(qid, sq, cq, entries, vector));
+        Ok(())
+    }
+
+    /// Fast-path access to queue `qid` (see [`FastQueue`]), starting where
+    /// the slow path left it. The driver's own cursors for `qid` go stale
+    /// while it is in use: hand them back with [`Driver::set_cursor`].
+    pub fn fast_queue(&self, qid: u16) -> Option<FastQueue<'_>> {
+        let q = self.queues.get(&qid)?;
+        let cursor = QueueCursor {
+            sq_tail: q.sq_tail,
+            cq_head: q.cq_head,
+            phase: q.phase,
+        };
+        // SAFETY: the doorbell page is mapped for as long as the driver
+        // lives, which outlives the borrow; qid < 512 is asserted inside.
+        Some(unsafe {
+            FastQueue::from_raw(
+                &self.mem,
+                self.doorbells,
+                qid,
+                q.sq_gpa,
+                q.cq_gpa,
+                q.entries,
+                cursor,
+            )
+        })
+    }
+
+    /// Take back the cursors of a queue after fast-path use.
+    pub fn set_cursor(&mut self, qid: u16, c: QueueCursor) {
+        if let Some(q) = self.queues.get_mut(&qid) {
+            q.sq_tail = c.sq_tail;
+            q.cq_head = c.cq_head;
+            q.phase = c.phase;
+        }
     }
 }
