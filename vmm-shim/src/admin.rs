@@ -472,6 +472,8 @@ impl NvmeController {
         if !ring_mapped(&self.shared, gpa, u64::from(entries) * 16, Access::Write) {
             return Status::INVALID_FIELD;
         }
+        // A deleted queue's last head may still sit in the doorbell page.
+        self.shared.doorbells.reset_cq(qid);
         match self.io.create_cq(setup) {
             Ok(()) => {
                 self.cqs.insert(qid, setup);
@@ -512,6 +514,8 @@ impl NvmeController {
             gpa,
             entries,
         };
+        // A deleted queue's last tail may still sit in the doorbell page.
+        self.shared.doorbells.reset_sq(qid);
         match self.io.create_sq(setup) {
             Ok(()) => {
                 self.sqs.insert(qid, setup);

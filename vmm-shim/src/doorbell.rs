@@ -107,6 +107,21 @@ impl Doorbells {
             .map_or(0, |r| r.load(Ordering::Acquire))
     }
 
+    /// Zero the tail doorbell of submission queue `qid`: the queue is being
+    /// created and its tail starts at 0, whatever a deleted queue `qid` left.
+    pub fn reset_sq(&self, qid: u16) {
+        if let Some(r) = self.reg(usize::from(qid) * 2) {
+            r.store(0, Ordering::Release);
+        }
+    }
+
+    /// Zero the head doorbell of completion queue `qid` (see [`Doorbells::reset_sq`]).
+    pub fn reset_cq(&self, qid: u16) {
+        if let Some(r) = self.reg(usize::from(qid) * 2 + 1) {
+            r.store(0, Ordering::Release);
+        }
+    }
+
     /// Zero every doorbell (controller reset).
     pub fn clear(&self) {
         for i in 0..DOORBELL_PAGE_SIZE / 4 {
@@ -157,8 +172,12 @@ mod tests {
         db.write_offset(8, 5);
         assert_eq!(db.sq_tail(1), 5);
         assert_eq!(db.read_offset(8), 5);
+        db.reset_sq(3);
+        assert_eq!((db.sq_tail(3), db.cq_head(3)), (0, 9));
+        db.reset_cq(3);
+        assert_eq!(db.cq_head(3), 0);
         db.clear();
-        assert_eq!(db.sq_tail(3), 0);
+        assert_eq!(db.sq_tail(1), 0);
         // SAFETY: unmapping our test mapping.
         unsafe { libc::munmap(other, DOORBELL_PAGE_SIZE) };
     }
