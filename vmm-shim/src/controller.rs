@@ -6,13 +6,14 @@
 use crate::doorbell::{Doorbells, DOORBELL_PAGE_SIZE, MAX_QUEUE_PAIRS};
 use crate::irq::Interrupts;
 use crate::pci::{self, ConfigSpace};
-use crate::queue::{CqRing, SqRing};
+use crate::queue::{CqRing, InvalidDoorbell, SqRing};
 use crate::shared::{CtrlShared, NamespaceInfo};
 use crate::vfio_user::{
     Device, DeviceInfo, DmaMap, DmaUnmap, Errno, IrqAction, IrqData, IrqInfo, RegionInfo,
     RegionMmap, SetIrqs,
 };
 use leapio_ats::{Access, Prot};
+use leapio_nvme::cmd::AsyncEvent;
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
 use leapio_nvme::{Sqe, Status};
 use std::collections::{BTreeMap, VecDeque};
@@ -122,6 +123,9 @@ pub(crate) struct Features {
 pub(crate) struct AdminQueue {
     pub sq: SqRing,
     pub cq: CqRing,
+    /// An invalid doorbell value was reported; waiting for a valid one.
+    pub bad_sq_doorbell: bool,
+    pub bad_cq_doorbell: bool,
 }
 
 /// A virtual NVMe controller served over vfio-user.
@@ -347,6 +351,8 @@ impl NvmeController {
         self.admin = Some(AdminQueue {
             sq: SqRing::new(0, 0, self.asq, asqs),
             cq: CqRing::new(0, self.acq, acqs, 0, true),
+            bad_sq_doorbell: false,
+            bad_cq_doorbell: false,
         });
         self.csts = csts::RDY;
         tracing::info!(ctrl = %self.shared.name, page_size, asqs, acqs, "controller enabled");
@@ -406,19 +412,17 @@ impl NvmeController {
         }
         let snap = self.shared.domain.snapshot();
         let mut posted = false;
+        // An invalid doorbell value is an asynchronous event (reported once
+        // until a valid value arrives), as on I/O queues: the queue waits for
+        // a valid value, outstanding AERs still complete.
         let head = self.shared.doorbells.cq_head(0);
-        if let Err(e) = adm.cq.update_head(head) {
-            self.fatal(format_args!("admin {e}"));
-            self.admin = Some(adm);
-            return;
-        }
+        let cq_bad = adm.cq.update_head(head).err();
+        self.admin_doorbell_error(&mut adm.bad_cq_doorbell, cq_bad);
         let tail = self.shared.doorbells.sq_tail(0);
-        if let Err(e) = adm.sq.check_tail(tail) {
-            self.fatal(format_args!("admin {e}"));
-            self.admin = Some(adm);
-            return;
-        }
-        while adm.sq.head != tail && adm.cq.free() > 0 {
+        let sq_bad = adm.sq.check_tail(tail).err();
+        let fetch = sq_bad.is_none();
+        self.admin_doorbell_error(&mut adm.bad_sq_doorbell, sq_bad);
+        while fetch && adm.sq.head != tail && adm.cq.free() > 0 {
             let sqe = match adm.sq.fetch(&snap) {
                 Ok(s) => s,
                 Err(e) => {
@@ -468,6 +472,22 @@ impl NvmeController {
         }
         if self.admin.is_none() && Cc(self.cc).en() && self.csts & csts::RDY != 0 {
             self.admin = Some(adm);
+        }
+    }
+
+    fn admin_doorbell_error(&self, reported: &mut bool, err: Option<InvalidDoorbell>) {
+        match err {
+            None => *reported = false,
+            Some(e) if !*reported => {
+                *reported = true;
+                tracing::warn!(ctrl = %self.shared.name, "admin {e}");
+                self.shared.post_event(AsyncEvent::dw0(
+                    AsyncEvent::TYPE_ERROR,
+                    AsyncEvent::INFO_INVALID_DOORBELL_VALUE,
+                    0x01,
+                ));
+            }
+            Some(_) => {}
         }
     }
 
