@@ -4,13 +4,16 @@
 //! fields and a compile-time size check, so it can be copied out of guest
 //! memory (or a network buffer) and validated without trusting its contents.
 //! References: NVM Express Base Specification 1.4 / 2.0 and the NVM Command
-//! Set Specification.
+//! Set Specification, NVMe over Fabrics 1.1 and the NVMe/TCP Transport
+//! Specification 1.0.
 
 pub mod cmd;
+pub mod fabrics;
 pub mod identify;
 pub mod log;
 pub mod regs;
 pub mod status;
+pub mod tcp;
 
 pub use cmd::{AdminOpcode, Cqe, IoOpcode, Sqe};
 pub use status::Status;
