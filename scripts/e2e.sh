@@ -210,6 +210,6 @@ for t in "${tests[@]}"; do
     fi
     GLOG='' SOCP_LOG=''
 done
-log "e2e took $(elapsed "$t_all") s (accel: $(sed -n 's/^accel=//p' "$LEAPIO_CACHE"/logs/e2e/*.guest.log.meta 2>/dev/null | sort -u | tr '\n' ' '))"
+log "e2e took $(elapsed "$t_all") s (accel: $(sed -n 's/^accel=//p' "$LEAPIO_CACHE"/logs/e2e/*.guest.log.meta 2>/dev/null | sort -u | paste -sd' '))"
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -2,8 +2,9 @@
 # Install everything the demo and the tests need on a Debian 12 host (root).
 # Idempotent: a second run only checks and returns in a few seconds.
 #
-#  - host packages: mmdebstrap (to build the trixie root), cpio, fio (host
-#    baseline), nvme-cli, liburing headers are not needed (io-uring crate is
+#  - host packages: mmdebstrap (to build the trixie root), cpio, zstd and
+#    xz-utils (guest initramfs), fio (host baseline), python3 (parses the
+#    guest's output); liburing headers are not needed (io-uring crate is
 #    pure Rust).
 #  - a Debian trixie root under $LEAPIO_CACHE/trixie with QEMU >= 10.1 from
 #    trixie-backports (the vfio-user-pci client), the guest kernel and the
