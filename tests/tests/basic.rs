@@ -1,6 +1,9 @@
 //! A well-behaved host against socp, no VM: bring-up, identify, I/O on
 //! several queues and namespaces, interrupts, reset.
 
+// Test data patterns deliberately wrap byte values.
+#![allow(clippy::cast_possible_truncation)]
+
 use leapio_nvme::identify::get_ascii;
 use leapio_nvme::regs::{csts, offset};
 use leapio_nvme::{AdminOpcode, IoOpcode, Sqe, Status};
