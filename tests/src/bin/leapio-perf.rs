@@ -176,6 +176,14 @@ fn drive(
     setup: &Setup,
     target_cpu: Option<&mut ThreadCpu>,
 ) -> Result<(Outcome, bool), PerfError> {
+    if let Some(c) = cfg.cpu {
+        stats::pin_thread(0, c)
+            .map_err(|e| PerfError::Setup(format!("pinning the harness to CPU {c}: {e}")))?;
+    }
+    if let (Some(c), Some(t)) = (cfg.target_cpu, target_cpu.as_deref()) {
+        t.pin(c)
+            .map_err(|e| PerfError::Setup(format!("pinning the target to CPU {c}: {e}")))?;
+    }
     let p = params(cfg, setup.lba_size)?;
     let units = setup.range_blocks / u64::from(p.blocks_per_io);
     if units == 0 {
@@ -412,6 +420,8 @@ struct Report {
     time_s: f64,
     warmup_s: f64,
     irq: bool,
+    harness_pinned_cpu: Option<usize>,
+    target_pinned_cpu: Option<usize>,
     nsid: u32,
     lba_size: u32,
     range_bytes: u64,
@@ -461,6 +471,8 @@ impl Report {
             time_s: window,
             warmup_s: secs(cfg.warmup_ns),
             irq: cfg.irq,
+            harness_pinned_cpu: cfg.cpu,
+            target_pinned_cpu: cfg.target_cpu.filter(|_| !s.target_threads.is_empty()),
             nsid: cfg.nsid,
             lba_size: s.lba_size,
             range_bytes: s.range_blocks * u64::from(s.lba_size),
@@ -538,6 +550,14 @@ fn print_text(r: &Report) {
         if r.irq { "interrupts on" } else { "polled CQs" },
         if r.verify { ", verifying" } else { "" }
     );
+    if r.harness_pinned_cpu.is_some() || r.target_pinned_cpu.is_some() {
+        let cpu = |c: Option<usize>| c.map_or("any CPU".into(), |c| format!("CPU {c}"));
+        println!(
+            "  harness on {}, target on {}",
+            cpu(r.harness_pinned_cpu),
+            cpu(r.target_pinned_cpu)
+        );
+    }
     let l = &r.latency;
     println!(
         "  {:>12} {:>10} | latency us: {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -125,6 +125,17 @@ pub struct Args {
     #[arg(long)]
     pub prefill: bool,
 
+    /// Pin the harness thread to this CPU (like spdk_nvme_perf's core mask).
+    #[arg(long, value_name = "CPU")]
+    pub cpu: Option<usize>,
+
+    /// Pin the target's threads to this CPU: the null controller, the
+    /// pollers of --spawn, or with --socp-pid those of that socp. Two
+    /// spinning threads sharing a core wait for each other's time slices:
+    /// pin them apart on a busy machine.
+    #[arg(long, value_name = "CPU")]
+    pub target_cpu: Option<usize>,
+
     /// Seed of the random offsets and of the --verify pattern.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -195,6 +206,8 @@ pub struct Config {
     pub irq: bool,
     pub verify: bool,
     pub prefill: bool,
+    pub cpu: Option<usize>,
+    pub target_cpu: Option<usize>,
     pub seed: u64,
     pub json: bool,
 }
@@ -271,6 +284,9 @@ impl Config {
         if a.nsid == 0 || a.nsid == u32::MAX {
             return Err(format!("--nsid {} is not a namespace ID", a.nsid));
         }
+        if a.target_cpu.is_some() && matches!(target, Target::Sock { pid: None, .. }) {
+            return Err("--target-cpu with --sock needs --socp-pid".into());
+        }
         if let Some(r) = a.range {
             if r < a.io_size {
                 return Err(format!("--range {r} is smaller than one I/O"));
@@ -291,6 +307,8 @@ impl Config {
             irq: a.irq,
             verify: a.verify,
             prefill: a.prefill || (a.verify && a.workload.read_pct(a.rwmixread) > 0),
+            cpu: a.cpu,
+            target_cpu: a.target_cpu,
             seed: a.seed,
             json: a.json,
         })
@@ -383,6 +401,7 @@ mod tests {
         ])
         .unwrap();
         assert!(c.prefill, "--verify with reads prefills");
+        assert_eq!((c.cpu, c.target_cpu), (Some(1), Some(0)));
         assert_eq!(
             c.target,
             Target::Spawn {
@@ -436,6 +455,7 @@ mod tests {
             &["--spawn", "sock=/x,ns=ram:1M"],         // socket is ours
             &["--spawn", "ns=ram:1M", "--pollers", "0"],
             &["--null", "-w", "trim"],
+            &["--sock", "/s", "--target-cpu", "0"], // whose threads?
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -96,6 +96,8 @@ pub fn parse_schedstat(s: &str) -> Option<u64> {
 }
 
 struct ThreadFiles {
+    /// Thread ID (0: the calling thread).
+    tid: libc::pid_t,
     stat: File,
     schedstat: Option<File>,
 }
@@ -130,7 +132,13 @@ impl ThreadCpu {
             let Ok(stat) = File::open(path.join("stat")) else {
                 continue;
             };
+            let tid = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(-1);
             threads.push(ThreadFiles {
+                tid,
                 stat,
                 schedstat: File::open(path.join("schedstat")).ok(),
             });
@@ -150,6 +158,7 @@ impl ThreadCpu {
         let path = Path::new("/proc/thread-self");
         Ok(ThreadCpu {
             threads: vec![ThreadFiles {
+                tid: 0,
                 stat: File::open(path.join("stat"))?,
                 schedstat: File::open(path.join("schedstat")).ok(),
             }],
@@ -161,6 +170,14 @@ impl ThreadCpu {
 
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Run every thread on CPU `cpu` only.
+    pub fn pin(&self, cpu: usize) -> io::Result<()> {
+        for t in &self.threads {
+            pin_thread(t.tid, cpu)?;
+        }
+        Ok(())
     }
 
     /// CPU time of all the threads, summed (threads that exited count zero).
@@ -184,6 +201,26 @@ impl ThreadCpu {
         }
         sum
     }
+}
+
+/// Restrict thread `tid` (0: the calling thread) to CPU `cpu`.
+pub fn pin_thread(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
+    if tid < 0 {
+        return Err(io::Error::other("no such thread"));
+    }
+    // SAFETY: cpu_set_t is plain data: all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::other(format!("CPU {cpu} out of range")));
+    }
+    // SAFETY: cpu is below the set's capacity (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: passes a valid set of the size given; no memory is retained.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn read_at<'b>(f: &File, buf: &'b mut [u8]) -> Option<&'b str> {
