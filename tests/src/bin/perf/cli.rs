@@ -398,6 +398,10 @@ mod tests {
             "2",
             "--verify",
             "--json",
+            "--cpu",
+            "1",
+            "--target-cpu",
+            "0",
         ])
         .unwrap();
         assert!(c.prefill, "--verify with reads prefills");
