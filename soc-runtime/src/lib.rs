@@ -7,9 +7,11 @@
 //! - [`poller`]: the data path.
 //! - [`io`]: NVM command validation and translation into backend requests.
 //! - [`server`]: per-controller control threads.
+//! - [`tcp_target`]: the NVMe/TCP target (`--tcp-target`).
 
 pub mod config;
 pub mod io;
 pub mod poller;
 pub mod runtime;
 pub mod server;
+pub mod tcp_target;

@@ -4,6 +4,7 @@ use clap::Parser;
 use socp::config::CtrlSpec;
 use socp::runtime::Runtime;
 use socp::server::start_controller;
+use socp::tcp_target::{TcpTarget, TcpTargetSpec};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,11 +33,23 @@ struct Args {
     /// (default 5 = 128 KiB).
     #[arg(
         long = "ctrl",
-        required = true,
+        required_unless_present = "tcp_targets",
         value_name = "SPEC",
         verbatim_doc_comment
     )]
     ctrls: Vec<CtrlSpec>,
+
+    /// Export namespaces over NVMe/TCP: listen=IP:PORT,nqn=NQN,ns=BACKEND[,bs=N][,ns=...][,allow=HOSTNQN...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    ///
+    /// Linux hosts attach with `nvme connect -t tcp -a IP -s PORT -n NQN`;
+    /// `nvme discover` works against the same address. Without allow= any
+    /// host may connect.
+    #[arg(long = "tcp-target", value_name = "SPEC", verbatim_doc_comment)]
+    tcp_targets: Vec<TcpTargetSpec>,
+
+    /// Poller threads per NVMe/TCP target.
+    #[arg(long, default_value_t = 1)]
+    tcp_pollers: usize,
 
     /// Poller threads running the I/O queues.
     #[arg(long, default_value_t = 1)]
@@ -96,6 +109,19 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mut targets = Vec::new();
+    if !failed {
+        for (i, spec) in args.tcp_targets.iter().enumerate() {
+            match TcpTarget::start(i, spec, args.tcp_pollers, stop.clone()) {
+                Ok(t) => targets.push(t),
+                Err(e) => {
+                    eprintln!("socp: {}", error_chain(&e));
+                    failed = true;
+                    break;
+                }
+            }
+        }
+    }
     if failed {
         stop.store(true, Ordering::Release);
     } else {
@@ -117,6 +143,9 @@ fn main() -> ExitCode {
             tracing::error!(ctrl = %s.sock, "control thread panicked");
         }
         backends.extend(s.backends);
+    }
+    for t in targets {
+        backends.extend(t.join());
     }
     rt.shutdown();
     for b in &backends {

@@ -650,6 +650,17 @@ impl PduParser {
         !self.buf.is_empty()
     }
 
+    /// The header bytes of the PDU being received (or of the one that
+    /// caused a fatal error), to quote in a TermReq: at most HLEN bytes.
+    pub fn partial_header(&self) -> &[u8] {
+        let hlen = self
+            .buf
+            .first()
+            .and_then(|&t| header_len(t))
+            .map_or(8, usize::from);
+        &self.buf[..self.buf.len().min(hlen)]
+    }
+
     /// Hand a finished PDU's buffer back for reuse.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
         if self.buf.is_empty()
@@ -838,12 +849,14 @@ impl PduParser {
             let expected = crc32c(&buf[..hlen]);
             let got = read_le32(&buf[hlen..hlen + 4]);
             if expected != got {
+                self.buf = buf;
                 return Err(self.fail(PduError::HeaderDigest { expected, got }));
             }
         }
         if let PduHeader::H2cData(d) | PduHeader::C2hData(d) = &header {
             let actual = u32::try_from(data.len()).unwrap_or(u32::MAX);
             if d.datal.get() != actual {
+                self.buf = buf;
                 return Err(self.fail(PduError::DataLength {
                     pdu_type: t,
                     datal: d.datal.get(),

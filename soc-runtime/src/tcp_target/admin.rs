@@ -1,0 +1,544 @@
+//! Admin commands and properties of a fabrics controller: Identify pages
+//! with the fabrics fields, Get Log Page (with the Discovery log page on the
+//! discovery controller), Get/Set Features, Keep Alive, AER and the
+//! Property Get/Set that stand in for the PCI register file.
+
+use super::ctrl::{Controller, Subsystem};
+use leapio_nvme::cmd::FeatureId;
+use leapio_nvme::fabrics::{
+    put_nqn, Disc, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyFabrics, PropertyCmd, Sgls,
+    DISCOVERY_NQN, LID_DISCOVERY,
+};
+use leapio_nvme::identify::{
+    put_ascii, Cns, IdentifyController, IdentifyNamespace, LbaFormat, NidHeader, NidType,
+    LPA_CMD_EFFECTS, ONCS_DSM, ONCS_WRITE_ZEROES,
+};
+use leapio_nvme::log::{
+    u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog, CSE_CSUPP, CSE_LBCC,
+};
+use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
+use leapio_nvme::{AdminOpcode, IoOpcode, Sqe, Status};
+use std::sync::atomic::Ordering;
+use zerocopy::{FromZeros, IntoBytes};
+
+/// Asynchronous Event Request Limit (0's based).
+pub const AERL: u8 = 3;
+/// Keep Alive Support granularity: 100 ms units, 10 = 1 s.
+const KAS: u16 = 10;
+/// Firmware revision reported.
+const FIRMWARE: &str = "0.1";
+
+/// Per-controller admin state kept by the admin queue's connection.
+#[derive(Default)]
+pub struct AdminState {
+    /// Outstanding Asynchronous Event Requests (CIDs).
+    pub aers: Vec<u16>,
+    async_event_config: u32,
+    arbitration: u32,
+    power_state: u32,
+    temp_threshold: u32,
+    error_recovery: u32,
+    write_atomicity: u32,
+    volatile_write_cache: Option<bool>,
+}
+
+/// What an admin command did.
+pub enum Reply {
+    /// Complete with this status and dword 0; `data` goes to the host first.
+    Done {
+        status: Status,
+        dw0: u32,
+        data: Vec<u8>,
+    },
+    /// Stays outstanding (Asynchronous Event Request).
+    Held,
+}
+
+fn done(status: Status) -> Reply {
+    Reply::Done {
+        status,
+        dw0: 0,
+        data: Vec::new(),
+    }
+}
+
+fn data(page: Vec<u8>) -> Reply {
+    Reply::Done {
+        status: Status::SUCCESS,
+        dw0: 0,
+        data: page,
+    }
+}
+
+/// Run one admin command (never a Fabrics command). `xfer_len` is the
+/// length of the command's data buffer.
+pub fn execute(
+    sub: &Subsystem,
+    ctrl: &Controller,
+    st: &mut AdminState,
+    sqe: &Sqe,
+    xfer_len: u32,
+) -> Reply {
+    if !ctrl.ready() && sqe.opcode != AdminOpcode::KEEP_ALIVE {
+        // The controller must be enabled through Property Set first.
+        return done(Status::COMMAND_SEQUENCE_ERROR);
+    }
+    match sqe.opcode {
+        AdminOpcode::IDENTIFY => identify(sub, ctrl, sqe),
+        AdminOpcode::GET_LOG_PAGE => get_log_page(sub, ctrl, sqe, xfer_len),
+        AdminOpcode::GET_FEATURES => get_features(sub, ctrl, st, sqe),
+        AdminOpcode::SET_FEATURES => set_features(sub, ctrl, st, sqe),
+        AdminOpcode::KEEP_ALIVE => done(Status::SUCCESS),
+        AdminOpcode::ASYNC_EVENT_REQUEST => {
+            if st.aers.len() > usize::from(AERL) {
+                return done(Status::ASYNC_EVENT_LIMIT_EXCEEDED);
+            }
+            st.aers.push(sqe.cid.get());
+            Reply::Held
+        }
+        // Nothing is ever aborted: dword 0 bit 0 says so.
+        AdminOpcode::ABORT => Reply::Done {
+            status: Status::SUCCESS,
+            dw0: 1,
+            data: Vec::new(),
+        },
+        _ => done(Status::INVALID_OPCODE),
+    }
+}
+
+fn identify(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe) -> Reply {
+    let cns = (sqe.cdw10.get() & 0xff) as u8;
+    let csi = (sqe.cdw11.get() >> 24) as u8;
+    let nsid = sqe.nsid.get();
+    if ctrl.discovery && cns != Cns::CONTROLLER {
+        return done(Status::INVALID_FIELD);
+    }
+    let nn = u32::try_from(sub.namespaces.len()).unwrap_or(u32::MAX);
+    let mut page = vec![0u8; 4096];
+    match cns {
+        Cns::CONTROLLER => page.copy_from_slice(identify_controller(sub, ctrl).as_bytes()),
+        Cns::NAMESPACE => {
+            if nsid == 0 || (nsid > nn && nsid != u32::MAX) {
+                return done(Status::INVALID_NAMESPACE);
+            }
+            if nsid != u32::MAX {
+                page.copy_from_slice(identify_namespace(sub, nsid).as_bytes());
+            }
+        }
+        Cns::ACTIVE_NAMESPACES | Cns::CS_ACTIVE_NAMESPACES => {
+            if cns == Cns::CS_ACTIVE_NAMESPACES && csi != 0 {
+                return done(Status::INVALID_FIELD);
+            }
+            if nsid >= 0xffff_fffe {
+                return done(Status::INVALID_NAMESPACE);
+            }
+            for (slot, ns) in page
+                .chunks_exact_mut(4)
+                .zip(sub.namespaces.iter().filter(|n| n.nsid > nsid))
+            {
+                slot.copy_from_slice(&ns.nsid.to_le_bytes());
+            }
+        }
+        Cns::NS_DESCRIPTORS => {
+            let Some((_, ns)) = sub.namespace(nsid) else {
+                return done(Status::INVALID_NAMESPACE);
+            };
+            let mut at = 0usize;
+            for (kind, id) in [
+                (NidType::EUI64, &ns.eui64[..]),
+                (NidType::NGUID, &ns.nguid[..]),
+                (NidType::UUID, &ns.uuid[..]),
+                (NidType::CSI, &[0u8][..]),
+            ] {
+                let h = NidHeader {
+                    nidt: kind,
+                    nidl: u8::try_from(id.len()).unwrap_or(0),
+                    rsvd: 0.into(),
+                };
+                page[at..at + 4].copy_from_slice(h.as_bytes());
+                page[at + 4..at + 4 + id.len()].copy_from_slice(id);
+                at += 4 + id.len();
+            }
+        }
+        // NVM command set controller data: all limits "not reported".
+        Cns::CS_CONTROLLER if csi == 0 => {}
+        _ => return done(Status::INVALID_FIELD),
+    }
+    data(page)
+}
+
+/// Identify Controller of an I/O or discovery controller over NVMe/TCP.
+pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyController {
+    let mut id = IdentifyController::zeroed();
+    let l = &sub.limits;
+    id.vid = leapio_vmm_shim::pci::VENDOR_ID.into();
+    id.ssvid = leapio_vmm_shim::pci::VENDOR_ID.into();
+    put_ascii(&mut id.sn, &sub.serial);
+    put_ascii(
+        &mut id.mn,
+        if ctrl.discovery {
+            "LeapIO NVMe/TCP discovery"
+        } else {
+            "LeapIO NVMe/TCP"
+        },
+    );
+    put_ascii(&mut id.fr, FIRMWARE);
+    id.rab = 6;
+    id.ieee = [0x4c, 0x45, 0x00];
+    id.mdts = l.mdts;
+    id.cntlid = ctrl.cntlid.into();
+    id.ver = VERSION_1_4.into();
+    // 1: I/O controller, 2: discovery controller.
+    id.cntrltype = if ctrl.discovery { 2 } else { 1 };
+    id.acl = 3;
+    id.aerl = AERL;
+    id.frmw = 0x3;
+    // Commands Supported and Effects; extended data for Get Log Page.
+    id.lpa = LPA_CMD_EFFECTS | (1 << 2);
+    id.kas = KAS.into();
+    id.sqes = 0x66;
+    id.cqes = 0x44;
+    id.maxcmd = u16::try_from(l.queue_entries).unwrap_or(u16::MAX).into();
+    let nss = &sub.namespaces;
+    if !ctrl.discovery {
+        id.nn = u32::try_from(nss.len()).unwrap_or(0).into();
+        let mut oncs = 0u16;
+        if !nss.is_empty() && nss.iter().all(|n| n.deallocate) {
+            oncs |= ONCS_DSM;
+        }
+        if !nss.is_empty() && nss.iter().all(|n| n.write_zeroes) {
+            oncs |= ONCS_WRITE_ZEROES;
+        }
+        id.oncs = oncs.into();
+        if nss.iter().any(|n| n.volatile_write_cache) {
+            // VWC present; flush with the broadcast NSID not supported (10b).
+            id.vwc = 0x1 | (0x2 << 1);
+        }
+    }
+    id.sgls = (Sgls::SUPPORTED | Sgls::OFFSET | Sgls::TRANSPORT_DATA_BLOCK).into();
+    let nqn = if ctrl.discovery {
+        DISCOVERY_NQN
+    } else {
+        sub.nqn.as_str()
+    };
+    put_nqn(&mut id.subnqn, nqn);
+    let mut f = IdentifyFabrics::new_zeroed();
+    f.ioccsz = ((64 + l.in_capsule) / 16).into();
+    f.iorcsz = 1.into();
+    f.icdoff = 0.into();
+    f.fcatt = 0;
+    f.msdbd = 1;
+    id.fabrics.copy_from_slice(f.as_bytes());
+    id.psd[0].mp = 2500.into();
+    id
+}
+
+fn identify_namespace(sub: &Subsystem, nsid: u32) -> IdentifyNamespace {
+    let mut id = IdentifyNamespace::zeroed();
+    let Some((_, ns)) = sub.namespace(nsid) else {
+        return id;
+    };
+    id.nsze = ns.num_blocks.into();
+    id.ncap = ns.num_blocks.into();
+    id.nuse = ns.num_blocks.into();
+    id.nsfeat = u8::from(ns.deallocate);
+    id.dlfeat = if ns.deallocate { 0x1 | (1 << 3) } else { 0 };
+    id.lbaf[0] = LbaFormat {
+        ms: 0.into(),
+        lbads: u8::try_from(ns.block_size.trailing_zeros()).unwrap_or(9),
+        rp: 0,
+    };
+    id.nguid = ns.nguid;
+    id.eui64 = ns.eui64;
+    id
+}
+
+fn get_log_page(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe, xfer_len: u32) -> Reply {
+    let cdw10 = sqe.cdw10.get();
+    let lid = (cdw10 & 0xff) as u8;
+    let numd = u64::from(cdw10 >> 16) | (u64::from(sqe.cdw11.get() & 0xffff) << 16);
+    let len = (numd + 1) * 4;
+    let off = u64::from(sqe.cdw12.get()) | (u64::from(sqe.cdw13.get()) << 32);
+    if off % 4 != 0 || len > u64::from(sub.limits.mdts_bytes()) {
+        return done(Status::INVALID_FIELD);
+    }
+    if len > u64::from(xfer_len) {
+        return done(leapio_nvme::fabrics::FabricsStatus::DATA_SGL_LENGTH_INVALID);
+    }
+    let log: Vec<u8> = match lid {
+        LID_DISCOVERY if ctrl.discovery => discovery_log(sub, ctrl),
+        _ if ctrl.discovery => return done(Status::INVALID_LOG_PAGE),
+        LogId::ERROR => vec![0u8; 64],
+        LogId::SMART => {
+            let nsid = sqe.nsid.get();
+            if nsid != 0 && nsid != u32::MAX && sub.namespace(nsid).is_none() {
+                return done(Status::INVALID_NAMESPACE);
+            }
+            let mut s = SmartLog::new_zeroed();
+            s.temperature = 308.into();
+            s.avail_spare = 100;
+            s.spare_thresh = 10;
+            s.power_cycles = u128_field(1);
+            s.as_bytes().to_vec()
+        }
+        LogId::FW_SLOT => {
+            let mut fw = FwSlotLog::new_zeroed();
+            fw.afi = 1;
+            put_ascii(&mut fw.frs[0], FIRMWARE);
+            fw.as_bytes().to_vec()
+        }
+        LogId::CHANGED_NS_LIST => vec![0u8; 4096],
+        LogId::CMD_EFFECTS => effects_log().as_bytes().to_vec(),
+        _ => return done(Status::INVALID_LOG_PAGE),
+    };
+    let (Ok(start), Ok(len)) = (usize::try_from(off), usize::try_from(len)) else {
+        return done(Status::INVALID_FIELD);
+    };
+    if start > log.len() {
+        return done(Status::INVALID_FIELD);
+    }
+    let mut out = vec![0u8; len];
+    let n = (log.len() - start).min(len);
+    out[..n].copy_from_slice(&log[start..start + n]);
+    data(out)
+}
+
+/// The Discovery log page: one entry for the subsystem, if this host may
+/// connect to it.
+pub fn discovery_log(sub: &Subsystem, ctrl: &Controller) -> Vec<u8> {
+    let mut entries = Vec::new();
+    if sub.host_allowed(&ctrl.hostnqn) {
+        let mut e = DiscoveryLogEntry::zeroed();
+        e.trtype = Disc::TRTYPE_TCP;
+        e.adrfam = if sub.listen.is_ipv4() {
+            Disc::ADRFAM_IPV4
+        } else {
+            Disc::ADRFAM_IPV6
+        };
+        e.subtype = Disc::SUBTYPE_NVME;
+        e.treq = Disc::TREQ_NOT_SPECIFIED;
+        e.portid = 1.into();
+        e.cntlid = leapio_nvme::fabrics::CNTLID_DYNAMIC.into();
+        e.asqsz = 32.into();
+        put_nqn(&mut e.trsvcid, &sub.listen.port().to_string());
+        put_nqn(&mut e.subnqn, &sub.nqn);
+        put_nqn(&mut e.traddr, &sub.listen.ip().to_string());
+        // TSAS for TCP: SECTYPE 0, no security.
+        entries.push(e);
+    }
+    let mut h = DiscoveryLogHeader::zeroed();
+    h.genctr = 1.into();
+    h.numrec = u64::try_from(entries.len()).unwrap_or(0).into();
+    h.recfmt = 0.into();
+    let mut v = h.as_bytes().to_vec();
+    for e in &entries {
+        v.extend_from_slice(e.as_bytes());
+    }
+    v
+}
+
+fn effects_log() -> CmdEffectsLog {
+    let mut e = CmdEffectsLog::new_zeroed();
+    for op in [
+        AdminOpcode::GET_LOG_PAGE,
+        AdminOpcode::IDENTIFY,
+        AdminOpcode::ABORT,
+        AdminOpcode::SET_FEATURES,
+        AdminOpcode::GET_FEATURES,
+        AdminOpcode::ASYNC_EVENT_REQUEST,
+        AdminOpcode::KEEP_ALIVE,
+    ] {
+        e.acs[usize::from(op)] = CSE_CSUPP.into();
+    }
+    e.iocs[usize::from(IoOpcode::FLUSH)] = CSE_CSUPP.into();
+    e.iocs[usize::from(IoOpcode::READ)] = CSE_CSUPP.into();
+    for op in [
+        IoOpcode::WRITE,
+        IoOpcode::WRITE_ZEROES,
+        IoOpcode::DATASET_MANAGEMENT,
+    ] {
+        e.iocs[usize::from(op)] = (CSE_CSUPP | CSE_LBCC).into();
+    }
+    e
+}
+
+fn any_vwc(sub: &Subsystem) -> bool {
+    sub.namespaces.iter().any(|n| n.volatile_write_cache)
+}
+
+/// I/O queues granted (1-based).
+pub fn queues_granted(sub: &Subsystem, ctrl: &Controller) -> u16 {
+    let g = ctrl.queues_granted.load(Ordering::Acquire);
+    u16::try_from(g.min(u32::from(sub.limits.max_io_queues))).unwrap_or(1)
+}
+
+fn get_features(sub: &Subsystem, ctrl: &Controller, st: &AdminState, sqe: &Sqe) -> Reply {
+    let fid = (sqe.cdw10.get() & 0xff) as u8;
+    let sel = (sqe.cdw10.get() >> 8) & 0x7;
+    let current = match fid {
+        FeatureId::KEEP_ALIVE_TIMER => ctrl.kato_ms.load(Ordering::Acquire),
+        FeatureId::ASYNC_EVENT_CONFIG => st.async_event_config,
+        _ if ctrl.discovery => return done(Status::INVALID_FIELD),
+        FeatureId::ARBITRATION => st.arbitration,
+        FeatureId::POWER_MANAGEMENT => st.power_state,
+        FeatureId::TEMPERATURE_THRESHOLD => {
+            if st.temp_threshold == 0 {
+                343
+            } else {
+                st.temp_threshold
+            }
+        }
+        FeatureId::ERROR_RECOVERY => st.error_recovery,
+        FeatureId::VOLATILE_WRITE_CACHE if any_vwc(sub) => {
+            u32::from(st.volatile_write_cache.unwrap_or(true))
+        }
+        FeatureId::NUMBER_OF_QUEUES => {
+            let n = u32::from(queues_granted(sub, ctrl) - 1);
+            n | (n << 16)
+        }
+        FeatureId::WRITE_ATOMICITY => st.write_atomicity,
+        _ => return done(Status::INVALID_FIELD),
+    };
+    let dw0 = match sel {
+        0 | 2 => current,
+        1 => match fid {
+            FeatureId::NUMBER_OF_QUEUES => current,
+            FeatureId::TEMPERATURE_THRESHOLD => 343,
+            FeatureId::VOLATILE_WRITE_CACHE => 1,
+            _ => 0,
+        },
+        // Supported capabilities: changeable, not saveable.
+        3 => 1 << 2,
+        _ => return done(Status::INVALID_FIELD),
+    };
+    Reply::Done {
+        status: Status::SUCCESS,
+        dw0,
+        data: Vec::new(),
+    }
+}
+
+fn set_features(sub: &Subsystem, ctrl: &Controller, st: &mut AdminState, sqe: &Sqe) -> Reply {
+    let fid = (sqe.cdw10.get() & 0xff) as u8;
+    if sqe.cdw10.get() & (1 << 31) != 0 {
+        return done(Status::FEATURE_NOT_SAVEABLE);
+    }
+    let v = sqe.cdw11.get();
+    match fid {
+        FeatureId::KEEP_ALIVE_TIMER => ctrl.kato_ms.store(v, Ordering::Release),
+        FeatureId::ASYNC_EVENT_CONFIG => st.async_event_config = v,
+        _ if ctrl.discovery => return done(Status::INVALID_FIELD),
+        FeatureId::ARBITRATION => st.arbitration = v,
+        FeatureId::POWER_MANAGEMENT => {
+            if v & 0x1f != 0 {
+                return done(Status::INVALID_FIELD);
+            }
+            st.power_state = v;
+        }
+        FeatureId::TEMPERATURE_THRESHOLD => st.temp_threshold = v & 0xffff,
+        FeatureId::ERROR_RECOVERY => st.error_recovery = v,
+        FeatureId::VOLATILE_WRITE_CACHE if any_vwc(sub) => {
+            // Writes keep going through the backends' caches; "enabled"
+            // keeps the host sending flushes.
+            st.volatile_write_cache = Some(v & 1 != 0);
+        }
+        FeatureId::NUMBER_OF_QUEUES => {
+            let nsqr = v & 0xffff;
+            let ncqr = v >> 16;
+            if nsqr == 0xffff || ncqr == 0xffff {
+                return done(Status::INVALID_FIELD);
+            }
+            if ctrl.io_queue_count() != 0 {
+                return done(Status::COMMAND_SEQUENCE_ERROR);
+            }
+            let max = u32::from(sub.limits.max_io_queues);
+            let n = (nsqr.min(ncqr) + 1).min(max);
+            ctrl.queues_granted.store(n, Ordering::Release);
+            return Reply::Done {
+                status: Status::SUCCESS,
+                dw0: (n - 1) | ((n - 1) << 16),
+                data: Vec::new(),
+            };
+        }
+        FeatureId::WRITE_ATOMICITY => st.write_atomicity = v & 1,
+        _ => return done(Status::INVALID_FIELD),
+    }
+    done(Status::SUCCESS)
+}
+
+/// CAP as a fabrics controller reports it.
+pub fn cap(sub: &Subsystem) -> u64 {
+    Cap {
+        mqes: sub.limits.queue_entries,
+        cqr: true,
+        // 7.5 s to become ready (we are ready at once).
+        timeout: 15,
+        dstrd: 0,
+        mpsmin: 0,
+        mpsmax: 0,
+    }
+    .to_u64()
+}
+
+/// What a Property Set asked the connection to do besides answering.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PropertyEffect {
+    None,
+    /// CC.EN went 1 -> 0: I/O queues are gone.
+    Reset,
+}
+
+/// Property Get: (status, value).
+pub fn property_get(sub: &Subsystem, ctrl: &Controller, cmd: &PropertyCmd) -> (Status, u64) {
+    let Some(size) = cmd.size() else {
+        return (Status::INVALID_FIELD, 0);
+    };
+    let off = u64::from(cmd.offset.get());
+    let v = match (off, size) {
+        (offset::CAP, 8) => cap(sub),
+        (offset::VS, 4) => u64::from(VERSION_1_4),
+        (offset::CC, 4) => u64::from(ctrl.cc.load(Ordering::Acquire)),
+        (offset::CSTS, 4) => u64::from(ctrl.csts.load(Ordering::Acquire)),
+        (offset::NSSR, 4) => 0,
+        _ => return (Status::INVALID_FIELD, 0),
+    };
+    (Status::SUCCESS, v)
+}
+
+/// Property Set: only CC is writable.
+pub fn property_set(
+    sub: &Subsystem,
+    ctrl: &Controller,
+    cmd: &PropertyCmd,
+) -> (Status, PropertyEffect) {
+    if cmd.size() != Some(4) || u64::from(cmd.offset.get()) != offset::CC {
+        return (Status::INVALID_FIELD, PropertyEffect::None);
+    }
+    let new = Cc(u32::try_from(cmd.value.get() & 0xffff_ffff).unwrap_or(0));
+    let old = Cc(ctrl.cc.swap(new.0, Ordering::AcqRel));
+    let mut effect = PropertyEffect::None;
+    if new.en() && !old.en() {
+        if new.css() != 0 || new.mps() != 0 {
+            ctrl.csts.store(csts::CFS, Ordering::Release);
+        } else {
+            ctrl.csts.store(csts::RDY, Ordering::Release);
+        }
+    } else if !new.en() && old.en() {
+        ctrl.reset();
+        effect = PropertyEffect::Reset;
+    }
+    if new.shn() != 0 && old.shn() == 0 {
+        // Shutdown: make what was written durable, then report it done.
+        for b in &sub.backends {
+            if let Err(e) = b.flush() {
+                tracing::warn!("flushing {} at shutdown: {e}", b.describe());
+            }
+        }
+        let c = ctrl.csts.load(Ordering::Acquire) & !csts::SHST_MASK;
+        ctrl.csts.store(c | csts::SHST_COMPLETE, Ordering::Release);
+    } else if new.shn() == 0 && old.shn() != 0 {
+        let c = ctrl.csts.load(Ordering::Acquire) & !csts::SHST_MASK;
+        ctrl.csts.store(c, Ordering::Release);
+    }
+    (Status::SUCCESS, effect)
+}

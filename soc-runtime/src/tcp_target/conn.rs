@@ -1,0 +1,712 @@
+//! One NVMe/TCP connection (one queue): ICReq/ICResp, command capsules,
+//! R2T/H2CData, C2HData, responses and TermReqs.
+
+use super::admin::{self, AdminState, PropertyEffect, Reply};
+use super::ctrl::Controller;
+use super::io_cmd::{self, Xfer};
+use super::poller::{Iov, OpOutcome, PendingOp, Poller};
+use crate::io::{Op, Plan};
+use leapio_nvme::fabrics::{
+    connect_data_off, connect_invalid_dw0, connect_off, ConnectCmd, ConnectData, FabricsStatus,
+    FcType, PropertyCmd, DISCOVERY_NQN, FABRICS_OPCODE,
+};
+use leapio_nvme::tcp::{
+    data_off, icreq_off, layout, seal, write_pdu, DataHdr, Digests, Fes, IcReq, IcResp, Layout,
+    ParserConfig, Pdu, PduError, PduFlags, PduHeader, PduParser, PduType, R2t, Role, TermReq,
+};
+use leapio_nvme::{Cqe, Sqe, Status};
+use leapio_transports::IoKind;
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// How long a connection being terminated may take to flush its TermReq.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Waiting for the ICReq until the deadline.
+    AwaitIcReq {
+        deadline: Instant,
+    },
+    Ready,
+    /// Flushing what is queued (a TermReq, a Disconnect response), then close.
+    Closing {
+        deadline: Instant,
+    },
+}
+
+/// The queue this connection became with its Connect command.
+pub(super) struct Binding {
+    pub qid: u16,
+    pub ctrl: Arc<Controller>,
+    /// Controller epoch at connect (I/O queues close when it changes).
+    pub epoch: u64,
+    /// Entries in the submission queue (SQSIZE + 1).
+    pub entries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for H2CData: bytes received so far.
+    AwaitData { received: u32 },
+    /// Backend operations outstanding.
+    Backend { remaining: u32 },
+}
+
+/// A command being served.
+pub(super) struct Cmd {
+    sqe: Sqe,
+    xfer: Xfer,
+    stage: Stage,
+    /// Host data (writes) or the C2HData PDU being filled (reads).
+    buf: Vec<u8>,
+    /// Where the read data sits in `buf`, and its length.
+    read_layout: Option<(Layout, usize)>,
+    kind: IoKind,
+    /// First failure; the command completes with it.
+    status: Status,
+}
+
+impl Cmd {
+    pub(super) fn in_backend(&self) -> u32 {
+        match self.stage {
+            Stage::Backend { remaining } => remaining,
+            Stage::AwaitData { .. } => 0,
+        }
+    }
+    pub(super) fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+pub(super) struct Conn {
+    pub sock: TcpStream,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    pub parser: PduParser,
+    pub dg: Digests,
+    /// Data alignment the host asked for (HPDA), in bytes.
+    host_align: usize,
+    pub tx: VecDeque<Vec<u8>>,
+    pub tx_off: usize,
+    /// EPOLLOUT is armed.
+    pub want_out: bool,
+    pub bind: Option<Binding>,
+    sqhd: u32,
+    /// Commands by transfer tag (index).
+    pub cmds: Vec<Option<Cmd>>,
+    pub admin: Option<AdminState>,
+    pub last_keep_alive: Instant,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, peer: SocketAddr, p: &Poller) -> Conn {
+        let l = p.sub.limits;
+        Conn {
+            sock,
+            peer,
+            phase: Phase::AwaitIcReq {
+                deadline: Instant::now() + l.icreq_timeout,
+            },
+            parser: PduParser::new(ParserConfig {
+                role: Role::Controller,
+                digests: Digests::default(),
+                max_capsule_data: l.in_capsule,
+                max_data: l.maxh2cdata,
+            }),
+            dg: Digests::default(),
+            host_align: 4,
+            tx: VecDeque::new(),
+            tx_off: 0,
+            want_out: false,
+            bind: None,
+            sqhd: 0,
+            cmds: Vec::new(),
+            admin: None,
+            last_keep_alive: Instant::now(),
+        }
+    }
+
+    pub fn closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    pub fn tx_pending(&self) -> bool {
+        !self.tx.is_empty()
+    }
+
+    /// Queue a C2HTermReq quoting `hdr` and stop serving this connection.
+    pub fn terminate(&mut self, fes: u16, fei: u32, hdr: &[u8]) {
+        if self.closing() {
+            return;
+        }
+        let t = TermReq::new(PduType::C2H_TERM_REQ, fes, fei);
+        let quote = &hdr[..hdr.len().min(128)];
+        let mut out = Vec::new();
+        write_pdu(&mut out, t.as_bytes(), quote, Digests::default(), 4);
+        self.tx.push_back(out);
+        self.phase = Phase::Closing {
+            deadline: Instant::now() + CLOSE_LINGER,
+        };
+    }
+
+    fn fatal(&mut self, e: &PduError, hdr: &[u8]) {
+        tracing::warn!(peer = %self.peer, "terminating NVMe/TCP connection: {e}");
+        if let Some((fes, fei)) = e.fes() {
+            self.terminate(fes, fei, hdr);
+        }
+    }
+
+    fn qid(&self) -> u16 {
+        self.bind.as_ref().map_or(0, |b| b.qid)
+    }
+
+    /// Queue a response capsule.
+    fn respond(&mut self, cid: u16, status: Status, dw0: u32) {
+        self.respond64(cid, status, u64::from(dw0));
+    }
+
+    /// Queue a response capsule whose dwords 0 and 1 hold `value`.
+    fn respond64(&mut self, cid: u16, status: Status, value: u64) {
+        let mut r = leapio_nvme::tcp::CapsuleResp::new();
+        r.cqe = Cqe {
+            dw0: u32::try_from(value & 0xffff_ffff).unwrap_or(0).into(),
+            dw1: u32::try_from(value >> 32).unwrap_or(0).into(),
+            sq_head: u16::try_from(self.sqhd).unwrap_or(0).into(),
+            sq_id: self.qid().into(),
+            cid: cid.into(),
+            status: (status.field() << 1).into(),
+        };
+        let mut out = Vec::with_capacity(28);
+        write_pdu(&mut out, r.as_bytes(), &[], self.dg, self.host_align);
+        self.tx.push_back(out);
+    }
+
+    /// Queue a C2HData PDU with all of `data`.
+    fn send_data(&mut self, cid: u16, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut h = DataHdr::new(PduType::C2H_DATA);
+        h.ch.flags = PduFlags::DATA_LAST;
+        h.cccid = cid.into();
+        h.datal = u32::try_from(data.len()).unwrap_or(0).into();
+        let mut out = Vec::new();
+        write_pdu(&mut out, h.as_bytes(), data, self.dg, self.host_align);
+        self.tx.push_back(out);
+    }
+
+    fn free_index(&mut self) -> Option<usize> {
+        let max = self
+            .bind
+            .as_ref()
+            .map_or(32, |b| usize::try_from(b.entries).unwrap_or(32));
+        if let Some(i) = self.cmds.iter().position(Option::is_none) {
+            return Some(i);
+        }
+        if self.cmds.len() < max {
+            self.cmds.push(None);
+            return Some(self.cmds.len() - 1);
+        }
+        None
+    }
+}
+
+impl Poller {
+    /// Handle one parser result.
+    pub(super) fn on_parsed(&mut self, slot: usize, conn: &mut Conn, r: Result<Pdu, PduError>) {
+        match r {
+            Ok(pdu) => self.on_pdu(slot, conn, pdu),
+            Err(PduError::DataDigest { header, .. }) => {
+                self.on_data_digest_error(slot, conn, &header)
+            }
+            Err(e) => {
+                let hdr = conn.parser_header();
+                conn.fatal(&e, &hdr);
+            }
+        }
+    }
+
+    fn on_pdu(&mut self, slot: usize, conn: &mut Conn, pdu: Pdu) {
+        let ready = conn.phase == Phase::Ready;
+        match pdu.header {
+            PduHeader::IcReq(req) => self.on_icreq(conn, &req, pdu.header_bytes()),
+            PduHeader::H2cTermReq(t) => {
+                tracing::warn!(
+                    peer = %conn.peer,
+                    fes = t.fes.get(),
+                    fei = t.fei.get(),
+                    "host terminated the connection"
+                );
+                conn.phase = Phase::Closing {
+                    deadline: Instant::now(),
+                };
+            }
+            _ if !ready => {
+                conn.fatal_seq(pdu.header_bytes());
+            }
+            PduHeader::CapsuleCmd(c) => {
+                let sqe = c.sqe;
+                self.on_capsule(slot, conn, &sqe, pdu.data());
+            }
+            PduHeader::H2cData(d) => {
+                let hdr = pdu.header_bytes().to_vec();
+                self.on_h2c_data(slot, conn, &d, pdu.data(), &hdr);
+            }
+            // The parser only hands out host-to-controller types.
+            _ => conn.fatal_seq(pdu.header_bytes()),
+        }
+        conn.parser.recycle(pdu.into_buffer());
+    }
+
+    fn on_icreq(&mut self, conn: &mut Conn, req: &IcReq, hdr: &[u8]) {
+        if !matches!(conn.phase, Phase::AwaitIcReq { .. }) {
+            conn.fatal_seq(hdr);
+            return;
+        }
+        if req.pfv.get() != 0 {
+            tracing::warn!(peer = %conn.peer, pfv = req.pfv.get(), "unsupported PDU format version");
+            conn.terminate(Fes::UNSUPPORTED_PARAMETER, icreq_off::PFV, hdr);
+            return;
+        }
+        if req.hpda > 31 {
+            conn.terminate(Fes::UNSUPPORTED_PARAMETER, icreq_off::HPDA, hdr);
+            return;
+        }
+        let dg = Digests::from_dgst(req.dgst);
+        let l = self.sub.limits;
+        let mut resp = IcResp::new();
+        resp.pfv = 0.into();
+        resp.cpda = 0;
+        resp.dgst = dg.to_dgst();
+        resp.maxh2cdata = l.maxh2cdata.into();
+        let mut out = Vec::with_capacity(128);
+        write_pdu(&mut out, resp.as_bytes(), &[], Digests::default(), 4);
+        conn.tx.push_back(out);
+        conn.dg = dg;
+        conn.host_align = (usize::from(req.hpda) + 1) * 4;
+        conn.parser.set_config(ParserConfig {
+            role: Role::Controller,
+            digests: dg,
+            max_capsule_data: l.in_capsule,
+            max_data: l.maxh2cdata,
+        });
+        conn.phase = Phase::Ready;
+        tracing::debug!(peer = %conn.peer, ?dg, hpda = req.hpda, "ICReq accepted");
+    }
+
+    fn on_data_digest_error(&mut self, slot: usize, conn: &mut Conn, header: &PduHeader) {
+        tracing::warn!(peer = %conn.peer, "data digest error");
+        match header {
+            PduHeader::CapsuleCmd(c) => {
+                conn.advance_sqhd();
+                conn.respond(c.sqe.cid.get(), FabricsStatus::TRANSIENT_TRANSPORT_ERROR, 0);
+            }
+            PduHeader::H2cData(d) => {
+                // Account for the data, fail the command when it is all in.
+                let hdr = d.as_bytes().to_vec();
+                let len = usize::try_from(d.datal.get()).unwrap_or(0);
+                let zeros = vec![0u8; len];
+                if let Some(Some(cmd)) = conn.cmds.get_mut(usize::from(d.ttag.get())) {
+                    cmd.status = FabricsStatus::TRANSIENT_TRANSPORT_ERROR;
+                }
+                self.on_h2c_data(slot, conn, d, &zeros, &hdr);
+            }
+            _ => conn.terminate(Fes::PDU_SEQUENCE_ERROR, 0, header_bytes(header)),
+        }
+    }
+
+    fn on_capsule(&mut self, slot: usize, conn: &mut Conn, sqe: &Sqe, data: &[u8]) {
+        conn.advance_sqhd();
+        let cid = sqe.cid.get();
+        if conn.cmds.iter().flatten().any(|c| c.sqe.cid.get() == cid) {
+            conn.respond(cid, Status::COMMAND_ID_CONFLICT, 0);
+            return;
+        }
+        let max_len = if conn.qid() == 0 {
+            // Admin commands: the largest log or identify page we serve.
+            self.sub.limits.mdts_bytes().max(8192)
+        } else {
+            self.sub.limits.mdts_bytes()
+        };
+        let xfer = match io_cmd::parse_xfer(sqe, data.len(), max_len) {
+            Ok(x) => x,
+            Err(s) => {
+                conn.respond(cid, s, 0);
+                return;
+            }
+        };
+        let Some(idx) = conn.free_index() else {
+            // More commands outstanding than the queue has entries.
+            conn.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        };
+        let mut cmd = Cmd {
+            sqe: *sqe,
+            xfer,
+            stage: Stage::Backend { remaining: 0 },
+            buf: Vec::new(),
+            read_layout: None,
+            kind: IoKind::Flush,
+            status: Status::SUCCESS,
+        };
+        match xfer {
+            Xfer::InCapsule { offset, len } => {
+                cmd.buf = data[offset..offset + len].to_vec();
+            }
+            Xfer::H2c { len } => {
+                cmd.buf = vec![0u8; len];
+                cmd.stage = Stage::AwaitData { received: 0 };
+                let mut r = R2t::new();
+                r.cccid = cid.into();
+                r.ttag = u16::try_from(idx).unwrap_or(0).into();
+                r.r2to = 0.into();
+                r.r2tl = u32::try_from(len).unwrap_or(0).into();
+                let mut out = Vec::with_capacity(28);
+                write_pdu(&mut out, r.as_bytes(), &[], conn.dg, conn.host_align);
+                conn.tx.push_back(out);
+                conn.cmds[idx] = Some(cmd);
+                return;
+            }
+            Xfer::None | Xfer::C2h { .. } => {}
+        }
+        conn.cmds[idx] = Some(cmd);
+        self.dispatch(slot, conn, idx);
+    }
+
+    fn on_h2c_data(&mut self, slot: usize, conn: &mut Conn, d: &DataHdr, data: &[u8], hdr: &[u8]) {
+        let idx = usize::from(d.ttag.get());
+        let Some(Some(cmd)) = conn.cmds.get_mut(idx) else {
+            conn.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::TTAG, hdr);
+            return;
+        };
+        let Stage::AwaitData { received } = cmd.stage else {
+            conn.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::TTAG, hdr);
+            return;
+        };
+        if cmd.sqe.cid.get() != d.cccid.get() {
+            conn.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::CCCID, hdr);
+            return;
+        }
+        let total = u32::try_from(cmd.buf.len()).unwrap_or(0);
+        let off = d.datao.get();
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        if off != received || off.checked_add(len).is_none_or(|end| end > total) {
+            conn.terminate(Fes::DATA_OUT_OF_RANGE, data_off::DATAO, hdr);
+            return;
+        }
+        let start = usize::try_from(off).unwrap_or(0);
+        cmd.buf[start..start + data.len()].copy_from_slice(data);
+        let received = received + len;
+        cmd.stage = Stage::AwaitData { received };
+        if received == total {
+            cmd.stage = Stage::Backend { remaining: 0 };
+            self.dispatch(slot, conn, idx);
+        }
+    }
+
+    /// The command at `idx` has all its data: run it.
+    fn dispatch(&mut self, slot: usize, conn: &mut Conn, idx: usize) {
+        let Some(cmd) = conn.cmds[idx].as_ref() else {
+            return;
+        };
+        let sqe = cmd.sqe;
+        let cid = sqe.cid.get();
+        if !cmd.status.is_success() {
+            let s = cmd.status;
+            conn.cmds[idx] = None;
+            conn.respond(cid, s, 0);
+            return;
+        }
+        if sqe.opcode == FABRICS_OPCODE {
+            let (status, value) = self.fabrics(conn, idx);
+            conn.cmds[idx] = None;
+            conn.respond64(cid, status, value);
+            if sqe.as_bytes()[4] == FcType::DISCONNECT && status.is_success() {
+                conn.phase = Phase::Closing {
+                    deadline: Instant::now() + CLOSE_LINGER,
+                };
+            }
+            return;
+        }
+        let Some(bind) = conn.bind.as_ref() else {
+            conn.cmds[idx] = None;
+            conn.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        };
+        if bind.qid == 0 {
+            let ctrl = bind.ctrl.clone();
+            let xfer_len = cmd.xfer.c2h_len();
+            let st = conn.admin.get_or_insert_with(AdminState::default);
+            let reply = admin::execute(&self.sub, &ctrl, st, &sqe, xfer_len);
+            if sqe.opcode == leapio_nvme::AdminOpcode::KEEP_ALIVE {
+                conn.last_keep_alive = Instant::now();
+            }
+            conn.cmds[idx] = None;
+            match reply {
+                Reply::Held => {}
+                Reply::Done { status, dw0, data } => {
+                    if status.is_success() {
+                        let n = data.len().min(usize::try_from(xfer_len).unwrap_or(0));
+                        conn.send_data(cid, &data[..n]);
+                    }
+                    conn.respond(cid, status, dw0);
+                }
+            }
+            return;
+        }
+        self.dispatch_io(slot, conn, idx);
+    }
+
+    fn dispatch_io(&mut self, slot: usize, conn: &mut Conn, idx: usize) {
+        let Some(cmd) = conn.cmds[idx].as_mut() else {
+            return;
+        };
+        let cid = cmd.sqe.cid.get();
+        let (ns, plan) = io_cmd::plan(&self.sub, &cmd.sqe, &cmd.xfer, &cmd.buf);
+        let ops: Vec<Op> = match plan {
+            Plan::Complete(s) => {
+                conn.cmds[idx] = None;
+                conn.respond(cid, s, 0);
+                return;
+            }
+            Plan::Single(op) => vec![op],
+            Plan::Multi(ops) => ops,
+        };
+        let first = ops[0];
+        cmd.kind = first.kind;
+        let mut iov = None;
+        if first.kind == IoKind::Read {
+            let len = usize::try_from(first.len).unwrap_or(0);
+            let l = layout(PduType::C2H_DATA, len, conn.dg, conn.host_align);
+            cmd.buf = vec![0u8; l.plen];
+            cmd.read_layout = Some((l, len));
+            iov = Some(Iov(libc::iovec {
+                iov_base: cmd.buf[l.pdo..].as_mut_ptr().cast(),
+                iov_len: len,
+            }));
+        } else if first.kind.has_data() {
+            let len = usize::try_from(first.len).unwrap_or(0);
+            iov = Some(Iov(libc::iovec {
+                iov_base: cmd.buf.as_mut_ptr().cast(),
+                iov_len: len.min(cmd.buf.len()),
+            }));
+        }
+        let n = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        cmd.stage = Stage::Backend { remaining: n };
+        let tag = self.tag(slot, idx);
+        for op in ops {
+            self.pending.push_back(PendingOp {
+                tag,
+                ns,
+                op,
+                iov: if op.kind.has_data() { iov } else { None },
+            });
+        }
+        self.submit_pending();
+    }
+
+    /// A backend operation of command `idx` finished.
+    pub(super) fn op_done(&mut self, conn: &mut Conn, idx: usize, outcome: OpOutcome) {
+        let Some(Some(cmd)) = conn.cmds.get_mut(idx) else {
+            return;
+        };
+        let status = outcome.status(cmd.kind);
+        let Stage::Backend { remaining } = cmd.stage else {
+            return;
+        };
+        let remaining = remaining.saturating_sub(1);
+        cmd.stage = Stage::Backend { remaining };
+        if !status.is_success() && cmd.status.is_success() {
+            cmd.status = status;
+        }
+        if remaining > 0 {
+            return;
+        }
+        let Some(cmd) = conn.cmds[idx].take() else {
+            return;
+        };
+        let cid = cmd.sqe.cid.get();
+        if let (Some((_, len)), true) = (cmd.read_layout, cmd.status.is_success()) {
+            // The data is already in place after the header room: fill in
+            // the C2HData header, seal it and send the buffer as it is.
+            let mut buf = cmd.buf;
+            let mut h = DataHdr::new(PduType::C2H_DATA);
+            h.ch.flags = PduFlags::DATA_LAST;
+            h.cccid = cid.into();
+            h.datal = u32::try_from(len).unwrap_or(0).into();
+            buf[..24].copy_from_slice(h.as_bytes());
+            seal(&mut buf, len, conn.dg);
+            conn.tx.push_back(buf);
+        }
+        conn.respond(cid, cmd.status, 0);
+    }
+
+    fn fabrics(&mut self, conn: &mut Conn, idx: usize) -> (Status, u64) {
+        let Some(cmd) = conn.cmds[idx].as_ref() else {
+            return (Status::INTERNAL_ERROR, 0);
+        };
+        let sqe = cmd.sqe;
+        let fctype = sqe.as_bytes()[4];
+        match fctype {
+            FcType::CONNECT => {
+                if conn.bind.is_some() {
+                    return (Status::COMMAND_SEQUENCE_ERROR, 0);
+                }
+                let buf = cmd.buf.clone();
+                let (s, dw0) = self.connect(conn, &sqe, &buf);
+                (s, u64::from(dw0))
+            }
+            FcType::PROPERTY_GET | FcType::PROPERTY_SET => {
+                let Some(b) = conn.bind.as_ref() else {
+                    return (Status::COMMAND_SEQUENCE_ERROR, 0);
+                };
+                if b.qid != 0 {
+                    return (Status::INVALID_FIELD, 0);
+                }
+                let ctrl = b.ctrl.clone();
+                let Ok(p) = PropertyCmd::read_from_bytes(sqe.as_bytes()) else {
+                    return (Status::INTERNAL_ERROR, 0);
+                };
+                if fctype == FcType::PROPERTY_GET {
+                    // The value goes in dwords 0 and 1 of the response.
+                    admin::property_get(&self.sub, &ctrl, &p)
+                } else {
+                    let (s, effect) = admin::property_set(&self.sub, &ctrl, &p);
+                    if effect == PropertyEffect::Reset {
+                        tracing::info!(peer = %conn.peer, cntlid = ctrl.cntlid, "controller reset");
+                        conn.admin = Some(AdminState::default());
+                    }
+                    (s, 0)
+                }
+            }
+            FcType::DISCONNECT => {
+                if conn.bind.is_none() {
+                    return (Status::COMMAND_SEQUENCE_ERROR, 0);
+                }
+                (Status::SUCCESS, 0)
+            }
+            _ => (Status::INVALID_OPCODE, 0),
+        }
+    }
+
+    fn connect(&mut self, conn: &mut Conn, sqe: &Sqe, buf: &[u8]) -> (Status, u32) {
+        let invalid = |in_data: bool, off: u16| {
+            (
+                FabricsStatus::CONNECT_INVALID_PARAMETERS,
+                connect_invalid_dw0(in_data, off),
+            )
+        };
+        let Ok(c) = ConnectCmd::read_from_bytes(sqe.as_bytes()) else {
+            return (Status::INTERNAL_ERROR, 0);
+        };
+        if c.recfmt.get() != 0 {
+            return (FabricsStatus::CONNECT_INCOMPATIBLE_FORMAT, 0);
+        }
+        let Some(Ok(data)) = buf.get(..1024).map(ConnectData::read_from_bytes) else {
+            return (FabricsStatus::DATA_SGL_LENGTH_INVALID, 0);
+        };
+        let Some(subnqn) = data.subnqn() else {
+            return invalid(true, connect_data_off::SUBNQN);
+        };
+        let Some(hostnqn) = data.hostnqn() else {
+            return invalid(true, connect_data_off::HOSTNQN);
+        };
+        let discovery = subnqn == DISCOVERY_NQN;
+        if !discovery && subnqn != self.sub.nqn {
+            tracing::warn!(peer = %conn.peer, subnqn, "connect to an unknown subsystem");
+            return invalid(true, connect_data_off::SUBNQN);
+        }
+        if !discovery && !self.sub.host_allowed(hostnqn) {
+            tracing::warn!(peer = %conn.peer, hostnqn, "host not allowed");
+            return (
+                FabricsStatus::CONNECT_INVALID_HOST,
+                connect_invalid_dw0(true, connect_data_off::HOSTNQN),
+            );
+        }
+        let entries = u32::from(c.sqsize.get()) + 1;
+        if entries < 2 || entries > self.sub.limits.queue_entries {
+            return invalid(false, connect_off::SQSIZE);
+        }
+        let qid = c.qid.get();
+        let ctrl = if qid == 0 {
+            let Some(ctrl) =
+                self.sub
+                    .create_controller(discovery, hostnqn, data.hostid, c.kato.get())
+            else {
+                return (FabricsStatus::CONNECT_CONTROLLER_BUSY, 0);
+            };
+            conn.admin = Some(AdminState::default());
+            conn.last_keep_alive = Instant::now();
+            tracing::info!(
+                peer = %conn.peer, cntlid = ctrl.cntlid, hostnqn, subnqn,
+                kato_ms = c.kato.get(), "admin queue connected"
+            );
+            ctrl
+        } else {
+            if discovery {
+                return invalid(false, connect_off::QID);
+            }
+            let Some(ctrl) = self
+                .sub
+                .controller(data.cntlid.get())
+                .filter(|x| x.hostnqn == hostnqn && x.hostid == data.hostid && !x.is_dead())
+            else {
+                return invalid(true, connect_data_off::CNTLID);
+            };
+            if !ctrl.ready() {
+                return (Status::COMMAND_SEQUENCE_ERROR, 0);
+            }
+            if qid > admin::queues_granted(&self.sub, &ctrl) || !ctrl.claim_qid(qid) {
+                return invalid(false, connect_off::QID);
+            }
+            tracing::debug!(peer = %conn.peer, cntlid = ctrl.cntlid, qid, entries, "I/O queue connected");
+            ctrl
+        };
+        let cntlid = ctrl.cntlid;
+        conn.bind = Some(Binding {
+            qid,
+            epoch: ctrl.epoch.load(Ordering::Acquire),
+            ctrl,
+            entries,
+        });
+        conn.sqhd %= entries;
+        (Status::SUCCESS, u32::from(cntlid))
+    }
+}
+
+impl Conn {
+    fn advance_sqhd(&mut self) {
+        let entries = self
+            .bind
+            .as_ref()
+            .map_or(u32::from(u16::MAX), |b| b.entries);
+        self.sqhd = (self.sqhd + 1) % entries;
+    }
+
+    /// The header of the PDU being parsed (for TermReq data), if known.
+    fn parser_header(&self) -> Vec<u8> {
+        self.parser.partial_header().to_vec()
+    }
+
+    fn fatal_seq(&mut self, hdr: &[u8]) {
+        tracing::warn!(peer = %self.peer, "PDU out of sequence");
+        self.terminate(Fes::PDU_SEQUENCE_ERROR, 0, hdr);
+    }
+}
+
+fn header_bytes(h: &PduHeader) -> &[u8] {
+    match h {
+        PduHeader::IcReq(x) => x.as_bytes(),
+        PduHeader::IcResp(x) => x.as_bytes(),
+        PduHeader::H2cTermReq(x) | PduHeader::C2hTermReq(x) => x.as_bytes(),
+        PduHeader::CapsuleCmd(x) => x.as_bytes(),
+        PduHeader::CapsuleResp(x) => x.as_bytes(),
+        PduHeader::H2cData(x) | PduHeader::C2hData(x) => x.as_bytes(),
+        PduHeader::R2t(x) => x.as_bytes(),
+    }
+}

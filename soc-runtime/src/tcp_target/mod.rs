@@ -1,0 +1,175 @@
+//! NVMe/TCP target: export namespaces over standard NVMe/TCP (NVMe over
+//! Fabrics 1.1, NVMe/TCP Transport 1.0) so that Linux's `nvme connect -t
+//! tcp` (or any NVMe/TCP host) can use them.
+//!
+//! - [`config`]: the `--tcp-target` specification.
+//! - `ctrl`: the subsystem and its dynamic controllers (shared by pollers).
+//! - `poller`: poller threads, each an epoll loop over non-blocking sockets
+//!   with its own backend queues (no thread per connection).
+//! - `conn`: one connection = one NVMe queue: ICReq/ICResp, capsules,
+//!   R2T/H2CData, C2HData, TermReqs.
+//! - `admin`: admin commands, properties and the discovery log page.
+//! - `io_cmd`: SGL decoding and NVM command planning.
+//!
+//! A discovery controller (`nqn.2014-08.org.nvmexpress.discovery`) answers
+//! on the same listener with one log entry for the subsystem (for hosts on
+//! the allow list). Peer mistakes end that connection with a C2HTermReq;
+//! nothing else is disturbed.
+
+mod admin;
+pub mod config;
+mod conn;
+mod ctrl;
+mod epoll;
+mod io_cmd;
+mod poller;
+#[cfg(test)]
+mod tests;
+
+pub use config::TcpTargetSpec;
+
+use leapio_transports::{open_backend, Backend, TransportError};
+use leapio_vmm_shim::controller::namespace_ids;
+use leapio_vmm_shim::NamespaceInfo;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TcpTargetError {
+    #[error("namespace {nsid} of {nqn}")]
+    Backend {
+        nqn: String,
+        nsid: u32,
+        #[source]
+        source: TransportError,
+    },
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting target poller {index}")]
+    Poller {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running target.
+pub struct TcpTarget {
+    /// Address actually bound (port 0 in the spec picks one).
+    pub local_addr: SocketAddr,
+    pub nqn: String,
+    pub backends: Vec<Arc<dyn Backend>>,
+    threads: Vec<JoinHandle<()>>,
+    sub: Arc<ctrl::Subsystem>,
+}
+
+impl TcpTarget {
+    /// Open the namespaces, bind the listener and start `pollers` threads.
+    pub fn start(
+        index: usize,
+        spec: &TcpTargetSpec,
+        pollers: usize,
+        stop: Arc<AtomicBool>,
+    ) -> Result<TcpTarget, TcpTargetError> {
+        let serial = spec
+            .serial
+            .clone()
+            .unwrap_or_else(|| format!("LEAPIOTCP{index:04}"));
+        let mut backends = Vec::new();
+        let mut namespaces = Vec::new();
+        for (i, ns) in spec.namespaces.iter().enumerate() {
+            let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let b = open_backend(ns).map_err(|source| TcpTargetError::Backend {
+                nqn: spec.nqn.clone(),
+                nsid,
+                source,
+            })?;
+            let g = b.geometry();
+            let f = b.features();
+            let (nguid, eui64, uuid) = namespace_ids(&serial, nsid);
+            tracing::info!(nqn = %spec.nqn, nsid, "namespace {nsid}: {}", b.describe());
+            namespaces.push(NamespaceInfo {
+                nsid,
+                block_size: g.block_size,
+                num_blocks: g.num_blocks,
+                volatile_write_cache: f.volatile_write_cache,
+                write_zeroes: f.write_zeroes,
+                deallocate: f.deallocate,
+                nguid,
+                eui64,
+                uuid,
+            });
+            backends.push(b);
+        }
+        let listen_err = |source| TcpTargetError::Listen {
+            addr: spec.listen,
+            source,
+        };
+        let listener = TcpListener::bind(spec.listen).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let local_addr = listener.local_addr().map_err(listen_err)?;
+        let listener = Arc::new(listener);
+        let sub = Arc::new(ctrl::Subsystem::new(
+            spec,
+            serial,
+            local_addr,
+            namespaces,
+            backends.clone(),
+        ));
+        let mut threads = Vec::new();
+        for p in 0..pollers.max(1) {
+            let perr = |source| TcpTargetError::Poller { index: p, source };
+            let mut nsq = Vec::new();
+            for (i, b) in backends.iter().enumerate() {
+                let q = b.open_queue(poller::BACKEND_DEPTH).map_err(|source| {
+                    TcpTargetError::Backend {
+                        nqn: spec.nqn.clone(),
+                        nsid: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                        source,
+                    }
+                })?;
+                nsq.push(q);
+            }
+            let poller = poller::Poller::new(p, sub.clone(), listener.clone(), nsq, stop.clone())
+                .map_err(perr)?;
+            let t = std::thread::Builder::new()
+                .name(format!("socp-tcp-{index}.{p}"))
+                .spawn(move || poller.run())
+                .map_err(perr)?;
+            threads.push(t);
+        }
+        tracing::info!(
+            nqn = %spec.nqn, addr = %local_addr, pollers = threads.len(),
+            hosts = if spec.allow.is_empty() { "any".to_string() } else { spec.allow.join(" ") },
+            "NVMe/TCP target listening"
+        );
+        Ok(TcpTarget {
+            local_addr,
+            nqn: spec.nqn.clone(),
+            backends,
+            threads,
+            sub,
+        })
+    }
+
+    /// Controllers currently alive (admin queues connected).
+    pub fn controllers(&self) -> usize {
+        self.sub.controller_count()
+    }
+
+    /// Wait for the pollers (after `stop` was set).
+    pub fn join(self) -> Vec<Arc<dyn Backend>> {
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!(nqn = %self.nqn, "target poller panicked");
+            }
+        }
+        self.backends
+    }
+}

@@ -1,0 +1,519 @@
+//! A target poller thread: non-blocking sockets in one epoll set, run to
+//! completion. Each loop it accepts connections (every poller watches the
+//! shared listener; whoever wins `accept` serves the connection), reads and
+//! handles PDUs, submits backend work on its own backend queues, reaps
+//! completions, writes queued PDUs and does the timed checks (ICReq
+//! timeout, keep-alive timeout, controllers torn down elsewhere).
+
+use super::conn::{Conn, Phase};
+use super::ctrl::Subsystem;
+use super::epoll::Epoll;
+use crate::io::{backend_status, Op};
+use leapio_nvme::Status;
+use leapio_transports::{BackendQueue, Completion, IoRequest, SubmitError};
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: u64 = u64::MAX;
+/// Requests in flight per backend queue.
+pub(super) const BACKEND_DEPTH: u32 = 256;
+/// Reads per connection per loop (fairness).
+const READS_PER_LOOP: usize = 4;
+/// Longest epoll sleep when idle.
+const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// Timed checks period.
+const TICK: Duration = Duration::from_millis(10);
+/// Most connections one poller serves.
+const MAX_CONNS: usize = 4096;
+
+/// A backend operation not yet accepted by its queue.
+pub(super) struct PendingOp {
+    pub tag: u64,
+    pub ns: usize,
+    pub op: Op,
+    pub iov: Option<Iov>,
+}
+
+/// An iovec into a command's buffer, owned by this poller.
+#[derive(Clone, Copy)]
+pub(super) struct Iov(pub libc::iovec);
+
+// SAFETY: the pointer refers to a heap buffer owned by a command of the
+// same poller; it is only dereferenced by that poller's backend queues.
+unsafe impl Send for Iov {}
+
+/// How one backend operation ended.
+pub(super) enum OpOutcome {
+    Ok,
+    Errno(i32),
+    Failed(Status),
+}
+
+impl OpOutcome {
+    pub fn status(&self, kind: leapio_transports::IoKind) -> Status {
+        match self {
+            OpOutcome::Ok => Status::SUCCESS,
+            OpOutcome::Errno(e) => backend_status(kind, *e),
+            OpOutcome::Failed(s) => *s,
+        }
+    }
+}
+
+/// Buffers of a closed connection's commands still in the backend: kept
+/// until their completions arrive so the backend never writes freed memory.
+struct Orphan {
+    remaining: u32,
+    _buf: Vec<u8>,
+}
+
+pub(super) struct Poller {
+    pub index: usize,
+    pub sub: Arc<Subsystem>,
+    listener: Arc<TcpListener>,
+    epoll: Epoll,
+    conns: Vec<Option<Conn>>,
+    gens: Vec<u16>,
+    free: Vec<usize>,
+    nsq: Vec<Box<dyn BackendQueue>>,
+    pub pending: VecDeque<PendingOp>,
+    orphans: HashMap<u64, Orphan>,
+    completions: Vec<Completion>,
+    scratch: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    last_tick: Instant,
+}
+
+impl Poller {
+    pub fn new(
+        index: usize,
+        sub: Arc<Subsystem>,
+        listener: Arc<TcpListener>,
+        nsq: Vec<Box<dyn BackendQueue>>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Poller> {
+        let epoll = Epoll::new()?;
+        epoll.add(listener.as_raw_fd(), LISTENER, false)?;
+        Ok(Poller {
+            index,
+            sub,
+            listener,
+            epoll,
+            conns: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            nsq,
+            pending: VecDeque::new(),
+            orphans: HashMap::new(),
+            completions: Vec::new(),
+            scratch: vec![0u8; 128 * 1024],
+            stop,
+            last_tick: Instant::now(),
+        })
+    }
+
+    /// Backend tag of command `idx` of the connection in `slot`.
+    pub fn tag(&self, slot: usize, idx: usize) -> u64 {
+        let s = u64::try_from(slot).unwrap_or(0);
+        let g = u64::from(self.gens.get(slot).copied().unwrap_or(0));
+        let i = u64::try_from(idx).unwrap_or(0) & 0xffff;
+        (s << 32) | (g << 16) | i
+    }
+
+    fn untag(tag: u64) -> (usize, u16, usize) {
+        let slot = usize::try_from(tag >> 32).unwrap_or(usize::MAX);
+        let g = u16::try_from((tag >> 16) & 0xffff).unwrap_or(0);
+        let i = usize::try_from(tag & 0xffff).unwrap_or(0);
+        (slot, g, i)
+    }
+
+    pub fn run(mut self) {
+        let mut events = Vec::with_capacity(64);
+        while !self.stop.load(Ordering::Acquire) {
+            let busy = !self.pending.is_empty()
+                || self.nsq.iter().any(|q| q.in_flight() > 0)
+                || self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .any(|c| c.tx_pending() && !c.want_out);
+            let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
+            events.clear();
+            if let Err(e) = self.epoll.wait(wait, &mut events) {
+                tracing::error!(poller = self.index, "epoll_wait: {e}");
+                std::thread::sleep(IDLE_WAIT);
+            }
+            for &(token, ev) in &events {
+                if token == LISTENER {
+                    self.accept();
+                    continue;
+                }
+                let Ok(slot) = usize::try_from(token) else {
+                    continue;
+                };
+                if ev & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
+                    != 0
+                {
+                    self.readable(slot);
+                }
+            }
+            self.submit_pending();
+            for q in &mut self.nsq {
+                if let Err(e) = q.kick() {
+                    tracing::error!(poller = self.index, "backend kick: {e}");
+                }
+            }
+            self.reap();
+            self.flush_all();
+            if self.last_tick.elapsed() >= TICK {
+                self.last_tick = Instant::now();
+                self.tick();
+            }
+        }
+        self.shutdown();
+    }
+
+    fn accept(&mut self) {
+        for _ in 0..16 {
+            match self.listener.accept() {
+                Ok((sock, peer)) => {
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = sock.set_nodelay(true);
+                    let live = self.conns.iter().flatten().count();
+                    if live >= MAX_CONNS {
+                        tracing::warn!(%peer, "too many connections, refusing");
+                        continue;
+                    }
+                    let conn = Conn::new(sock, peer, self);
+                    let slot = match self.free.pop() {
+                        Some(s) => s,
+                        None => {
+                            self.conns.push(None);
+                            self.gens.push(0);
+                            self.conns.len() - 1
+                        }
+                    };
+                    let token = u64::try_from(slot).unwrap_or(0);
+                    if let Err(e) = self.epoll.add(conn.sock.as_raw_fd(), token, false) {
+                        tracing::error!(%peer, "epoll add: {e}");
+                        self.free.push(slot);
+                        continue;
+                    }
+                    tracing::debug!(poller = self.index, %peer, slot, "connection accepted");
+                    self.conns[slot] = Some(conn);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(poller = self.index, "accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn readable(&mut self, slot: usize) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut closed = false;
+        'reads: for _ in 0..READS_PER_LOOP {
+            if conn.closing() {
+                break;
+            }
+            let n = match conn.sock.read(&mut scratch) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(peer = %conn.peer, "read: {e}");
+                    closed = true;
+                    break;
+                }
+            };
+            let mut off = 0;
+            while off < n {
+                let (used, r) = conn.parser.feed(&scratch[off..n]);
+                off += used;
+                match r {
+                    Ok(None) => {}
+                    Ok(Some(pdu)) => self.on_parsed(slot, &mut conn, Ok(pdu)),
+                    Err(e) => self.on_parsed(slot, &mut conn, Err(e)),
+                }
+                if conn.closing() {
+                    break 'reads;
+                }
+                if used == 0 {
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+        if closed {
+            // Still answer what can be answered? The peer is gone: no.
+            tracing::debug!(peer = %conn.peer, "peer closed the connection");
+            self.conns[slot] = Some(conn);
+            self.close(slot);
+            return;
+        }
+        self.conns[slot] = Some(conn);
+    }
+
+    /// Hand queued operations to their backend queues.
+    pub fn submit_pending(&mut self) {
+        let mut n = self.pending.len();
+        while n > 0 {
+            n -= 1;
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(q) = self.nsq.get_mut(p.ns) else {
+                self.fail_op(p.tag, Status::INTERNAL_ERROR);
+                continue;
+            };
+            let iov: Vec<libc::iovec> = p.iov.into_iter().map(|v| v.0).collect();
+            let req = IoRequest {
+                tag: p.tag,
+                kind: p.op.kind,
+                offset: p.op.offset,
+                len: p.op.len,
+                iov: &iov,
+            };
+            // SAFETY: the iovec points into the command's buffer, which is
+            // owned by the command until its last completion is reaped; if
+            // the connection closes first the buffer moves to `orphans`
+            // (heap memory does not move) and is only dropped after that.
+            match unsafe { q.submit(&req) } {
+                Ok(()) => {}
+                Err(SubmitError::Full) => {
+                    self.pending.push_front(p);
+                    break;
+                }
+                Err(SubmitError::Invalid(why)) => {
+                    tracing::warn!(poller = self.index, "backend refused a request: {why}");
+                    self.fail_op(p.tag, Status::INTERNAL_ERROR);
+                }
+            }
+        }
+    }
+
+    fn fail_op(&mut self, tag: u64, status: Status) {
+        self.complete_tag(tag, OpOutcome::Failed(status));
+    }
+
+    fn reap(&mut self) {
+        let mut done = std::mem::take(&mut self.completions);
+        for q in &mut self.nsq {
+            q.poll(&mut done);
+        }
+        for c in done.drain(..) {
+            let outcome = match c.result {
+                Ok(()) => OpOutcome::Ok,
+                Err(e) => OpOutcome::Errno(e.errno),
+            };
+            self.complete_tag(c.tag, outcome);
+        }
+        self.completions = done;
+    }
+
+    fn complete_tag(&mut self, tag: u64, outcome: OpOutcome) {
+        let (slot, gen, idx) = Self::untag(tag);
+        let live =
+            self.gens.get(slot) == Some(&gen) && matches!(self.conns.get(slot), Some(Some(_)));
+        if live {
+            let Some(mut conn) = self.conns[slot].take() else {
+                return;
+            };
+            self.op_done(&mut conn, idx, outcome);
+            self.conns[slot] = Some(conn);
+            return;
+        }
+        if let Some(o) = self.orphans.get_mut(&tag) {
+            o.remaining = o.remaining.saturating_sub(1);
+            if o.remaining == 0 {
+                self.orphans.remove(&tag);
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if !conn.tx_pending() {
+                if conn.closing() {
+                    self.close(slot);
+                }
+                continue;
+            }
+            match flush(conn) {
+                Ok(blocked) => {
+                    if blocked != conn.want_out {
+                        conn.want_out = blocked;
+                        let token = u64::try_from(slot).unwrap_or(0);
+                        let _ = self.epoll.modify(conn.sock.as_raw_fd(), token, blocked);
+                    }
+                    if !conn.tx_pending() && conn.closing() {
+                        self.close(slot);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %conn.peer, "write: {e}");
+                    self.close(slot);
+                }
+            }
+        }
+    }
+
+    /// Timed checks.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            match conn.phase {
+                Phase::AwaitIcReq { deadline } if now >= deadline => {
+                    tracing::warn!(peer = %conn.peer, "no ICReq in time");
+                    let hdr = conn.parser.partial_header().to_vec();
+                    conn.terminate(leapio_nvme::tcp::Fes::PDU_SEQUENCE_ERROR, 0, &hdr);
+                    continue;
+                }
+                Phase::Closing { deadline } if now >= deadline => {
+                    self.close(slot);
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(b) = conn.bind.as_ref() else {
+                continue;
+            };
+            if b.ctrl.is_dead() || b.epoch != b.ctrl.epoch.load(Ordering::Acquire) && b.qid != 0 {
+                tracing::debug!(peer = %conn.peer, qid = b.qid, "controller gone, closing queue");
+                self.close(slot);
+                continue;
+            }
+            if b.qid == 0 {
+                let kato = b.ctrl.kato_ms.load(Ordering::Acquire);
+                if kato > 0
+                    && now.duration_since(conn.last_keep_alive)
+                        > Duration::from_millis(u64::from(kato))
+                {
+                    tracing::warn!(
+                        peer = %conn.peer, cntlid = b.ctrl.cntlid, kato_ms = kato,
+                        "keep-alive timeout: tearing the controller down"
+                    );
+                    self.sub.remove_controller(&b.ctrl);
+                    self.close(slot);
+                }
+            }
+        }
+    }
+
+    /// Drop a connection: its queue and (admin queue) its controller go
+    /// away; backend work in flight keeps its buffers until it completes.
+    fn close(&mut self, slot: usize) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.epoll.delete(conn.sock.as_raw_fd());
+        let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+        // Operations never submitted: forget them.
+        let base = self.tag(slot, 0) & !0xffff;
+        let mut unsent: HashMap<u64, u32> = HashMap::new();
+        self.pending.retain(|p| {
+            if p.tag & !0xffff == base {
+                *unsent.entry(p.tag).or_default() += 1;
+                false
+            } else {
+                true
+            }
+        });
+        for (idx, cmd) in conn.cmds.drain(..).enumerate() {
+            let Some(cmd) = cmd else {
+                continue;
+            };
+            let tag = base | u64::try_from(idx).unwrap_or(0);
+            let remaining = cmd
+                .in_backend()
+                .saturating_sub(unsent.get(&tag).copied().unwrap_or(0));
+            if remaining > 0 {
+                self.orphans.insert(
+                    tag,
+                    Orphan {
+                        remaining,
+                        _buf: cmd.into_buffer(),
+                    },
+                );
+            }
+        }
+        if let Some(b) = conn.bind.take() {
+            if b.qid == 0 {
+                tracing::info!(peer = %conn.peer, cntlid = b.ctrl.cntlid, "admin queue closed, controller removed");
+                self.sub.remove_controller(&b.ctrl);
+            } else if b.epoch == b.ctrl.epoch.load(Ordering::Acquire) {
+                b.ctrl.release_qid(b.qid);
+            }
+        }
+        if let Some(g) = self.gens.get_mut(slot) {
+            *g = g.wrapping_add(1);
+        }
+        self.free.push(slot);
+        tracing::debug!(poller = self.index, peer = %conn.peer, "connection closed");
+    }
+
+    fn shutdown(&mut self) {
+        for slot in 0..self.conns.len() {
+            self.close(slot);
+        }
+        let mut out = Vec::new();
+        for q in &mut self.nsq {
+            q.drain(&mut out, Duration::from_secs(10));
+        }
+        self.orphans.clear();
+    }
+}
+
+/// Write queued PDUs; Ok(true) when the socket would block with data left.
+fn flush(conn: &mut Conn) -> std::io::Result<bool> {
+    while !conn.tx.is_empty() {
+        let mut slices = Vec::with_capacity(16);
+        for (i, b) in conn.tx.iter().take(16).enumerate() {
+            slices.push(IoSlice::new(if i == 0 { &b[conn.tx_off..] } else { b }));
+        }
+        match conn.sock.write_vectored(&slices) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                while n > 0 {
+                    let Some(front) = conn.tx.front() else {
+                        break;
+                    };
+                    let left = front.len() - conn.tx_off;
+                    if n >= left {
+                        n -= left;
+                        conn.tx.pop_front();
+                        conn.tx_off = 0;
+                    } else {
+                        conn.tx_off += n;
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
