@@ -74,7 +74,10 @@ struct CqState {
     /// Completions promised to commands in flight.
     reserved: u32,
     bad_doorbell: bool,
-    needs_irq: bool,
+    /// The CQ head when the last interrupt was sent, while the host has not
+    /// consumed anything since: the host's handler is yet to run and will
+    /// see every entry posted meanwhile, so no new interrupt is needed.
+    irq_head: Option<u32>,
 }
 
 struct CtrlState {
@@ -245,7 +248,7 @@ impl Poller {
             ring: CqRing::new(s.qid, s.gpa, s.entries, s.vector, s.ien),
             reserved: 0,
             bad_doorbell: false,
-            needs_irq: false,
+            irq_head: None,
         });
         tracing::debug!(poller = self.index, ctrl = %ctrl.ctx.shared.name, qid = s.qid, entries = s.entries, vector = s.vector, "I/O completion queue created");
         Ok(())
@@ -668,19 +671,24 @@ impl Poller {
         {
             tracing::error!(ctrl = %shared.name, qid = s.cqid, "completion queue memory not writable");
             shared.fatal.store(true, Ordering::Release);
-            return;
         }
-        cq.needs_irq = true;
     }
 
+    /// Adaptive interrupts (as SPDK's vfio-user target does): a CQ with
+    /// entries the host has not consumed gets an interrupt unless one is
+    /// already outstanding, i.e. sent while the head stood where it stands
+    /// now. When the host moves the head and entries remain, it gets
+    /// another. So a busy host is not interrupted once per completion, and
+    /// an idle one is interrupted at once.
     fn raise_irqs(&mut self, c: usize) {
         let ctrl = &mut self.ctrls[c];
         for cq in ctrl.cqs.iter_mut().flatten() {
-            if cq.needs_irq {
-                cq.needs_irq = false;
-                if cq.ring.ien {
-                    ctrl.ctx.shared.irqs.trigger(cq.ring.vector);
-                }
+            if !cq.ring.ien || cq.ring.used() == 0 {
+                continue;
+            }
+            if cq.irq_head != Some(cq.ring.head) {
+                cq.irq_head = Some(cq.ring.head);
+                ctrl.ctx.shared.irqs.trigger(cq.ring.vector);
             }
         }
     }
