@@ -18,6 +18,8 @@
 #   --log FILE           serial console log (default $LEAPIO_CACHE/logs/...)
 #   --timeout SEC        hard limit for the whole run (default 300)
 #   --allow-reboot       let a guest reboot restart it (the `reboot` job)
+#   --nic                QEMU user networking (virtio-net); the host's
+#                        loopback is 10.0.2.2 from the guest (the `tcp` job)
 #   --accel MODE         auto|kvm|tcg (default $LEAPIO_ACCEL or auto)
 #   --quiet              no progress messages
 #
@@ -34,7 +36,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0
+jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0
 accel=${LEAPIO_ACCEL:-auto}
 while (($#)); do
     case $1 in
@@ -44,6 +46,7 @@ while (($#)); do
     --log) log=$2; shift ;;
     --timeout) timeout=$2; shift ;;
     --allow-reboot) allow_reboot=1 ;;
+    --nic) nic=1 ;;
     --accel) accel=$2; shift ;;
     --quiet) quiet=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -128,6 +131,8 @@ else
     args+=(-accel tcg -cpu max)
 fi
 ((allow_reboot)) || args+=(-no-reboot)
+# shellcheck disable=SC2054 # commas belong to QEMU options
+((nic)) && args+=(-nic user,model=virtio-net-pci)
 
 dev=/dev/nvme0n1
 i=0

@@ -91,6 +91,13 @@ done
 # virtio_blk (module in the cloud kernel; its dependencies are built in)
 xz -dc "$LEAPIO_ROOT"/lib/modules/"$kver"/kernel/drivers/block/virtio_blk.ko.xz > "$st/usr/lib/modules/virtio_blk.ko"
 
+# NVMe/TCP host job (`tcp`): virtio-net for QEMU user networking, and the
+# fabrics host modules (all modules in the cloud kernel), in load order
+for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net \
+    drivers/nvme/host/nvme-fabrics drivers/nvme/host/nvme-tcp; do
+    xz -dc "$LEAPIO_ROOT/lib/modules/$kver/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
+done
+
 install -m 0755 "$here/init" "$st/init"
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$st/etc/passwd"
 printf 'root:x:0:\n' > "$st/etc/group"
