@@ -6,7 +6,7 @@ use leapio_transports::Backend;
 use leapio_vmm_shim::NamespaceInfo;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -40,6 +40,10 @@ pub struct Subsystem {
     pub allow: Vec<String>,
     pub limits: Limits,
     ctrls: Mutex<Ctrls>,
+    /// Connections open, on all pollers.
+    pub connections: AtomicUsize,
+    /// Commands of closed connections whose backend I/O is still running.
+    pub orphans: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -75,6 +79,8 @@ impl Subsystem {
                 by_id: HashMap::new(),
                 next: 1,
             }),
+            connections: AtomicUsize::new(0),
+            orphans: AtomicUsize::new(0),
         }
     }
 

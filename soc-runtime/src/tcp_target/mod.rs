@@ -163,6 +163,16 @@ impl TcpTarget {
         self.sub.controller_count()
     }
 
+    /// Connections open, and commands of closed connections whose backend
+    /// I/O has not completed yet (their buffers are held until it has).
+    pub fn connections(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.sub.connections.load(Ordering::Acquire),
+            self.sub.orphans.load(Ordering::Acquire),
+        )
+    }
+
     /// Wait for the pollers (after `stop` was set).
     pub fn join(self) -> Vec<Arc<dyn Backend>> {
         for t in self.threads {

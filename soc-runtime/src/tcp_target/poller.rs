@@ -207,6 +207,7 @@ impl Poller {
                     }
                     tracing::debug!(poller = self.index, %peer, slot, "connection accepted");
                     self.conns[slot] = Some(conn);
+                    self.sub.connections.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -342,6 +343,7 @@ impl Poller {
             o.remaining = o.remaining.saturating_sub(1);
             if o.remaining == 0 {
                 self.orphans.remove(&tag);
+                self.sub.orphans.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -449,6 +451,7 @@ impl Poller {
                 .in_backend()
                 .saturating_sub(unsent.get(&tag).copied().unwrap_or(0));
             if remaining > 0 {
+                self.sub.orphans.fetch_add(1, Ordering::AcqRel);
                 self.orphans.insert(
                     tag,
                     Orphan {
@@ -470,6 +473,7 @@ impl Poller {
             *g = g.wrapping_add(1);
         }
         self.free.push(slot);
+        self.sub.connections.fetch_sub(1, Ordering::AcqRel);
         tracing::debug!(poller = self.index, peer = %conn.peer, "connection closed");
     }
 
@@ -481,7 +485,9 @@ impl Poller {
         for q in &mut self.nsq {
             q.drain(&mut out, Duration::from_secs(10));
         }
+        let n = self.orphans.len();
         self.orphans.clear();
+        self.sub.orphans.fetch_sub(n, Ordering::AcqRel);
     }
 }
 

@@ -737,7 +737,7 @@ fn silent_host_times_out() {
 fn keep_alive_timeout_tears_the_controller_down() {
     let tgt = Target::start("");
     let (_live_a, mut live_q) = healthy(&tgt);
-    let (mut a, cntlid) = Host::admin(tgt.addr, Digests::default(), NQN, 300);
+    let (mut a, cntlid) = Host::admin(tgt.addr, Digests::default(), NQN, 1000);
     let mut q = Host::new(tgt.addr, Digests::default());
     assert!(q
         .connect(1, cntlid, NQN, HOST, 0)
@@ -746,7 +746,7 @@ fn keep_alive_timeout_tears_the_controller_down() {
     assert_eq!(tgt.controllers(), 2);
     // Keep-alives hold it up...
     for _ in 0..4 {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
         let sqe = Sqe {
             opcode: AdminOpcode::KEEP_ALIVE,
             ..Default::default()
@@ -803,5 +803,14 @@ fn hosts_vanishing_mid_command_leak_nothing() {
         drop(q);
         drop(a);
         tgt.wait_controllers(0);
+        let t0 = Instant::now();
+        while tgt.t.as_ref().unwrap().connections() != (0, 0) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "connections/orphans left: {:?}",
+                tgt.t.as_ref().unwrap().connections()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
