@@ -225,9 +225,6 @@ impl Poller {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut closed = false;
         'reads: for _ in 0..READS_PER_LOOP {
-            if conn.closing() {
-                break;
-            }
             let n = match conn.sock.read(&mut scratch) {
                 Ok(0) => {
                     closed = true;
@@ -242,6 +239,11 @@ impl Poller {
                     break;
                 }
             };
+            if conn.closing() {
+                // Terminated: input is discarded (reading it keeps the
+                // level-triggered epoll from waking us again and again).
+                continue;
+            }
             let mut off = 0;
             while off < n {
                 let (used, r) = conn.parser.feed(&scratch[off..n]);
