@@ -317,7 +317,9 @@ md = ["# Benchmarks", "",
       "the guest and the hypervisor over vfio-user, polls its completion queues "
       "(no interrupts unless said) and measures latency from SQE write to CQE "
       "seen. *target CPU* is the on-CPU time of socp's `socp-poller-*` threads "
-      "(from /proc/PID/task/*/schedstat; for fio, fio's own usr+sys), *harness "
+      "and of the io_uring workers (`iou-wrk-*`) the kernel runs for them "
+      "(from /proc/PID/task/*/schedstat; for fio, fio's own usr+sys, which "
+      "leaves out its io_uring workers), *harness "
       "CPU* that of leapio-perf's I/O thread, both per I/O. Pollers busy-poll: "
       "their CPU per I/O falls as the load rises.", "",
       "## Machine", "",

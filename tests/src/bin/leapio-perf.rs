@@ -29,8 +29,10 @@ use std::path::Path;
 use std::process::ExitCode;
 use workload::OpGen;
 
-/// Name prefix of socp's poller threads.
-const POLLER_PREFIX: &str = "socp-poller";
+/// Name prefixes of the threads doing socp's I/O work: its pollers, and the
+/// io_uring workers the kernel runs for them (`iou-wrk-*` when a request is
+/// punted to io-wq, `iou-sqp-*` for SQPOLL rings).
+const SOCP_THREADS: [&str; 3] = ["socp-poller", "iou-wrk", "iou-sqp"];
 /// Guest-physical addresses the driver keeps free at the bottom.
 const LOW_GPA: u64 = 0x10000;
 
@@ -118,7 +120,6 @@ struct Setup {
     detail: String,
     lba_size: u32,
     range_blocks: u64,
-    target_threads: Vec<String>,
 }
 
 fn run(cfg: &Config) -> Result<Report, PerfError> {
@@ -237,14 +238,14 @@ impl CpuSource {
     fn open(self) -> Result<Option<ThreadCpu>, PerfError> {
         let t = match self {
             CpuSource::None => return Ok(None),
-            CpuSource::Pid(p) => ThreadCpu::open(Some(p), POLLER_PREFIX).map_err(|e| {
+            CpuSource::Pid(p) => ThreadCpu::open(Some(p), &SOCP_THREADS).map_err(|e| {
                 PerfError::Setup(format!("reading the threads of socp pid {p}: {e}"))
             })?,
-            CpuSource::ThisProcess => ThreadCpu::open(None, POLLER_PREFIX)?,
+            CpuSource::ThisProcess => ThreadCpu::open(None, &SOCP_THREADS)?,
         };
-        if t.names().is_empty() {
+        if t.is_empty() {
             eprintln!(
-                "leapio-perf: warning: no {POLLER_PREFIX}* thread found: target CPU not measured"
+                "leapio-perf: warning: no socp-poller-* thread found: target CPU not measured"
             );
             return Ok(None);
         }
@@ -313,7 +314,6 @@ fn run_ctrl(
         detail,
         lba_size,
         range_blocks,
-        target_threads: cpu.as_ref().map_or_else(Vec::new, |c| c.names().to_vec()),
     };
     let (out, prefilled, cursors) = {
         let mut queues = Vec::new();
@@ -369,13 +369,12 @@ fn run_null(cfg: &Config) -> Result<Report, PerfError> {
     let lba_size = 512;
     let range = cfg.range.unwrap_or(1 << 30);
     let target = NullTarget::start(&mem, doorbells, &rings)?;
-    let mut cpu = ThreadCpu::open(None, null::THREAD_PREFIX)?;
+    let mut cpu = ThreadCpu::open(None, &[null::THREAD_PREFIX])?;
     let setup = Setup {
         target: "null".into(),
         detail: "zero-work controller thread in-process".into(),
         lba_size,
         range_blocks: range / u64::from(lba_size),
-        target_threads: cpu.names().to_vec(),
     };
     let start = QueueCursor {
         sq_tail: 0,
@@ -472,7 +471,7 @@ impl Report {
             warmup_s: secs(cfg.warmup_ns),
             irq: cfg.irq,
             harness_pinned_cpu: cfg.cpu,
-            target_pinned_cpu: cfg.target_cpu.filter(|_| !s.target_threads.is_empty()),
+            target_pinned_cpu: cfg.target_cpu.filter(|_| o.target_cpu.is_some()),
             nsid: cfg.nsid,
             lba_size: s.lba_size,
             range_bytes: s.range_blocks * u64::from(s.lba_size),
@@ -484,7 +483,7 @@ impl Report {
             iops: o.ios as f64 / window,
             mib_s: o.bytes as f64 / window / f64::from(1u32 << 20),
             latency: LatencySummary::of(&o.hist),
-            target_threads: s.target_threads.clone(),
+            target_threads: o.target_threads.clone(),
             target_cpu_s: o.target_cpu.map(|c| secs(c.total_ns)),
             target_user_s: o.target_cpu.map(|c| secs(c.user_ns)),
             target_sys_s: o.target_cpu.map(|c| secs(c.sys_ns)),

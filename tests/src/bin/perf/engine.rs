@@ -92,6 +92,8 @@ pub struct Outcome {
     /// CQEs whose CID names no slot in flight.
     pub stray: u64,
     pub target_cpu: Option<CpuTimes>,
+    /// The threads whose CPU `target_cpu` sums.
+    pub target_threads: Vec<String>,
     pub harness_cpu: CpuTimes,
     /// Open loop: I/Os issued in the window, and the largest backlog of
     /// due-but-unissued I/Os seen.
@@ -296,7 +298,11 @@ pub fn run(
         if !t.recording && now >= warm_end {
             t.recording = true;
             measure_start = now;
-            cpu0 = target_cpu.as_deref_mut().map(ThreadCpu::sample);
+            cpu0 = target_cpu.as_deref_mut().map(|c| {
+                // New io_uring workers: a directory read, once.
+                let _ = c.rescan();
+                c.sample()
+            });
             me0 = harness_cpu.sample();
             issued_at_warm_end = pacer.as_ref().map_or(0, Pacer::issued);
         }
@@ -350,9 +356,12 @@ pub fn run(
         }
     }
     let stop = clock.now();
-    let target_cpu = match (target_cpu, cpu0) {
-        (Some(c), Some(c0)) => Some(c.sample().since(c0)),
-        _ => None,
+    let (target_cpu, target_threads) = match (target_cpu, cpu0) {
+        (Some(c), Some(c0)) => {
+            let _ = c.rescan();
+            (Some(c.sample().since(c0)), c.names())
+        }
+        _ => (None, Vec::new()),
     };
     let harness = harness_cpu.sample().since(me0);
     let issued = pacer.as_ref().map_or(0, Pacer::issued) - issued_at_warm_end;
@@ -380,6 +389,7 @@ pub fn run(
         first_mismatch: t.first_mismatch,
         stray: t.stray,
         target_cpu,
+        target_threads,
         harness_cpu: harness,
         issued,
         max_backlog,

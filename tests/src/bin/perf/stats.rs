@@ -98,78 +98,111 @@ pub fn parse_schedstat(s: &str) -> Option<u64> {
 struct ThreadFiles {
     /// Thread ID (0: the calling thread).
     tid: libc::pid_t,
+    name: String,
     stat: File,
     schedstat: Option<File>,
+    /// The last figures read (kept once the thread has exited).
+    last: CpuTimes,
 }
 
-/// The threads of a process whose names start with a prefix, followed
-/// through their /proc files.
+/// The threads of a process whose names start with given prefixes,
+/// followed through their /proc files. Threads that appear later (socp's
+/// io_uring workers, `iou-wrk-*`, start when the kernel first punts a
+/// request to them) are picked up by [`ThreadCpu::rescan`]; threads that
+/// exit keep the CPU time last read.
 pub struct ThreadCpu {
+    dir: Option<String>,
+    prefixes: Vec<String>,
     threads: Vec<ThreadFiles>,
-    names: Vec<String>,
     tick_ns: u64,
     buf: [u8; 1024],
 }
 
 impl ThreadCpu {
-    /// Threads of `pid` (None: this process) named `prefix*`.
-    pub fn open(pid: Option<u32>, prefix: &str) -> io::Result<ThreadCpu> {
+    /// Threads of `pid` (None: this process) named `prefix*` for any of
+    /// `prefixes`.
+    pub fn open(pid: Option<u32>, prefixes: &[&str]) -> io::Result<ThreadCpu> {
         let dir = match pid {
             Some(p) => format!("/proc/{p}/task"),
             None => "/proc/self/task".to_owned(),
         };
-        let mut threads = Vec::new();
-        let mut names = Vec::new();
-        for e in std::fs::read_dir(&dir)? {
-            let path = e?.path();
-            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-                continue; // exited meanwhile
-            };
-            let comm = comm.trim_end();
-            if !comm.starts_with(prefix) {
-                continue;
-            }
-            let Ok(stat) = File::open(path.join("stat")) else {
-                continue;
-            };
-            let tid = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(-1);
-            threads.push(ThreadFiles {
-                tid,
-                stat,
-                schedstat: File::open(path.join("schedstat")).ok(),
-            });
-            names.push(comm.to_owned());
-        }
-        names.sort();
-        Ok(ThreadCpu {
-            threads,
-            names,
+        let mut t = ThreadCpu {
+            dir: Some(dir),
+            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            threads: Vec::new(),
             tick_ns: tick_ns(),
             buf: [0; 1024],
-        })
+        };
+        t.rescan()?;
+        Ok(t)
     }
 
     /// The calling thread only.
     pub fn current_thread() -> io::Result<ThreadCpu> {
         let path = Path::new("/proc/thread-self");
         Ok(ThreadCpu {
+            dir: None,
+            prefixes: Vec::new(),
             threads: vec![ThreadFiles {
                 tid: 0,
+                name: "self".to_owned(),
                 stat: File::open(path.join("stat"))?,
                 schedstat: File::open(path.join("schedstat")).ok(),
+                last: CpuTimes::default(),
             }],
-            names: vec!["self".to_owned()],
             tick_ns: tick_ns(),
             buf: [0; 1024],
         })
     }
 
-    pub fn names(&self) -> &[String] {
-        &self.names
+    /// Look for matching threads that started since the last scan
+    /// (allocates: call it outside the I/O loop's steady state).
+    pub fn rescan(&mut self) -> io::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        for e in std::fs::read_dir(dir)? {
+            let path = e?.path();
+            let Some(tid) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            if self.threads.iter().any(|t| t.tid == tid) {
+                continue;
+            }
+            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                continue; // exited meanwhile
+            };
+            let comm = comm.trim_end();
+            if !self.prefixes.iter().any(|p| comm.starts_with(p.as_str())) {
+                continue;
+            }
+            let Ok(stat) = File::open(path.join("stat")) else {
+                continue;
+            };
+            self.threads.push(ThreadFiles {
+                tid,
+                name: comm.to_owned(),
+                stat,
+                schedstat: File::open(path.join("schedstat")).ok(),
+                last: CpuTimes::default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Names of the threads followed, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.threads.iter().map(|t| t.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
     }
 
     /// Run every thread on CPU `cpu` only.
@@ -180,16 +213,18 @@ impl ThreadCpu {
         Ok(())
     }
 
-    /// CPU time of all the threads, summed (threads that exited count zero).
+    /// CPU time of all the threads, summed (no allocation).
     pub fn sample(&mut self) -> CpuTimes {
         let mut sum = CpuTimes::default();
-        for t in &self.threads {
+        for t in &mut self.threads {
             let mut c = CpuTimes::default();
+            let mut ok = false;
             if let Some(s) = read_at(&t.stat, &mut self.buf) {
                 if let Some((_, u, s)) = parse_stat(s) {
                     c.user_ns = u * self.tick_ns;
                     c.sys_ns = s * self.tick_ns;
                     c.total_ns = c.user_ns + c.sys_ns;
+                    ok = true;
                 }
             }
             if let Some(f) = &t.schedstat {
@@ -197,7 +232,10 @@ impl ThreadCpu {
                     c.total_ns = ns;
                 }
             }
-            sum.add(c);
+            if ok {
+                t.last = c;
+            }
+            sum.add(t.last);
         }
         sum
     }
@@ -289,7 +327,12 @@ mod tests {
         let b = me.sample();
         assert!(b.total_ns >= a.total_ns);
         assert_eq!(b.since(a).total_ns, b.total_ns - a.total_ns);
-        let all = ThreadCpu::open(None, "").unwrap();
-        assert!(!all.names().is_empty());
+        let mut all = ThreadCpu::open(None, &[""]).unwrap();
+        assert!(!all.is_empty());
+        let n = all.names().len();
+        all.rescan().unwrap();
+        assert!(all.names().len() >= n, "no thread counted twice or lost");
+        let none = ThreadCpu::open(None, &["no-such-thread-"]).unwrap();
+        assert!(none.is_empty());
     }
 }
