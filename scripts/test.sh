@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command (CI runs it through .ci/run, as root, in a fresh clone):
 #   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, cargo test
-#   (nextest if installed), cargo build --release -p socp, scripts/e2e.sh.
+#   (nextest if installed), cargo build --release -p socp, scripts/e2e.sh,
+#   scripts/e2e-tcp.sh.
 # Stops at the first failing stage and names it.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -35,4 +36,5 @@ else
 fi
 stage build-socp cargo build --release -p socp
 stage e2e bash scripts/e2e.sh
+stage e2e-tcp bash scripts/e2e-tcp.sh
 log "all stages passed in $(elapsed "$t0") s"
