@@ -55,6 +55,10 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     pollers: usize,
 
+    /// Pin poller i to the i-th CPU of this list (e.g. 2,3), cycling.
+    #[arg(long, value_delimiter = ',', value_name = "CPUS")]
+    poller_cpus: Vec<usize>,
+
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let rt = match Runtime::start(args.pollers) {
+    let rt = match Runtime::start_pinned(args.pollers, &args.poller_cpus) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("socp: starting pollers: {e}");

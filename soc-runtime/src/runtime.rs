@@ -28,15 +28,30 @@ pub struct Runtime {
 impl Runtime {
     /// Start `n` pollers (at least one).
     pub fn start(n: usize) -> io::Result<Arc<Runtime>> {
+        Runtime::start_pinned(n, &[])
+    }
+
+    /// Start `n` pollers, poller i pinned to `cpus[i % cpus.len()]` (no
+    /// pinning when `cpus` is empty).
+    pub fn start_pinned(n: usize, cpus: &[usize]) -> io::Result<Arc<Runtime>> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for i in 0..n.max(1) {
             let (tx, rx) = channel();
             let st = stop.clone();
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             let t = std::thread::Builder::new()
                 .name(format!("socp-poller-{i}"))
-                .spawn(move || Poller::new(i, rx, st).run())?;
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        match pin_to_cpu(cpu) {
+                            Ok(()) => tracing::info!(poller = i, cpu, "poller pinned"),
+                            Err(e) => tracing::warn!(poller = i, cpu, "cannot pin poller: {e}"),
+                        }
+                    }
+                    Poller::new(i, rx, st).run()
+                })?;
             senders.push(Mutex::new(tx));
             threads.push(t);
         }
@@ -88,6 +103,23 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Pin the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::other(format!("cpu {cpu} out of range")));
+    }
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: cpu is below CPU_SETSIZE, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: a valid set of the size we pass, for the calling thread (0).
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// [`IoQueues`] for one controller: each completion queue (and the
