@@ -14,6 +14,8 @@
 //! - [`BackendSpec::File`]: a regular file or a block device driven by one
 //!   io_uring per queue, with O_DIRECT when the filesystem and the buffers
 //!   allow it.
+//! - [`BackendSpec::NvmeTcp`]: a namespace of a remote NVMe/TCP subsystem,
+//!   one non-blocking TCP connection per queue (see [`nvme_tcp`]).
 //!
 //! Request rules common to every backend (checked by `submit`, violations
 //! return [`SubmitError::Invalid`] and queue nothing):
@@ -40,6 +42,7 @@
 
 mod file;
 mod file_queue;
+pub mod nvme_tcp;
 mod ram;
 mod spec;
 mod sys;
@@ -51,6 +54,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::{FileBackend, MAX_QUEUE_DEPTH};
+pub use nvme_tcp::{NvmeTcpBackend, NvmeTcpSpec};
 pub use ram::RamBackend;
 pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
 
@@ -232,6 +236,15 @@ pub enum TransportError {
         #[source]
         source: std::io::Error,
     },
+    /// An NVMe/TCP target could not be used.
+    #[error("nvme-tcp target {target}")]
+    NvmeTcp {
+        /// The backend spec.
+        target: String,
+        /// What went wrong.
+        #[source]
+        source: nvme_tcp::NvmeTcpError,
+    },
     /// A synchronous flush failed.
     #[error("flush of {target} failed")]
     Flush {
@@ -290,6 +303,7 @@ pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn Backend>, TransportErr
     Ok(match spec {
         BackendSpec::Ram { size, block_size } => Arc::new(RamBackend::new(*size, *block_size)?),
         BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),
+        BackendSpec::NvmeTcp(spec) => Arc::new(NvmeTcpBackend::open(spec)?),
     })
 }
 

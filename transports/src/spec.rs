@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::nvme_tcp::NvmeTcpSpec;
 use crate::{TransportError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
 /// Block size of RAM backends and regular files when the spec names none.
@@ -21,6 +22,10 @@ pub const AUTO_BLOCK_SIZE: u32 = 0;
 ///   K, M, G or T (`64M`, `1G`); N defaults to 512.
 /// - `file:PATH[,bs=N]`: a regular file or a block device; without `bs` the
 ///   block size is the device's logical block size (512 for files).
+///
+/// - `nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&hdgst=1&ddgst=1...]`:
+///   a namespace of a remote NVMe/TCP subsystem (see [`NvmeTcpSpec`]); its
+///   block size is the remote namespace's.
 ///
 /// Block sizes are powers of two from 512 to 65536.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +44,8 @@ pub enum BackendSpec {
         /// Bytes per block, or [`AUTO_BLOCK_SIZE`].
         block_size: u32,
     },
+    /// A namespace of a remote NVMe/TCP subsystem.
+    NvmeTcp(NvmeTcpSpec),
 }
 
 impl fmt::Display for BackendSpec {
@@ -58,6 +65,7 @@ impl fmt::Display for BackendSpec {
                 }
                 Ok(())
             }
+            BackendSpec::NvmeTcp(spec) => write!(f, "{spec}"),
         }
     }
 }
@@ -141,7 +149,10 @@ fn split_options(body: &str) -> Result<(&str, Option<u32>), String> {
 
 fn parse_spec(s: &str) -> Result<BackendSpec, String> {
     let Some((kind, body)) = s.split_once(':') else {
-        return Err("expected 'ram:SIZE[,bs=N]' or 'file:PATH[,bs=N]'".to_owned());
+        return Err(
+            "expected 'ram:SIZE[,bs=N]', 'file:PATH[,bs=N]' or 'nvme-tcp:HOST:PORT/SUBNQN[?...]'"
+                .to_owned(),
+        );
     };
     match kind.trim() {
         "ram" => {
@@ -172,7 +183,10 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
                 block_size: bs.unwrap_or(AUTO_BLOCK_SIZE),
             })
         }
-        other => Err(format!("unknown backend type '{other}' (known: ram, file)")),
+        "nvme-tcp" => crate::nvme_tcp::parse_spec(body).map(BackendSpec::NvmeTcp),
+        other => Err(format!(
+            "unknown backend type '{other}' (known: ram, file, nvme-tcp)"
+        )),
     }
 }
 

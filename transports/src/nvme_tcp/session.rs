@@ -1,0 +1,425 @@
+//! The admin side of a remote controller: bring-up (Connect, CAP/VS, CC.EN,
+//! CSTS.RDY, Identify, Number of Queues), the keep-alive timer thread, and
+//! the connection of I/O queues (re-creating the controller when the target
+//! lost it).
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use leapio_nvme::cmd::FeatureId;
+use leapio_nvme::fabrics::IdentifyFabrics;
+use leapio_nvme::identify::{
+    Cns, IdentifyController, IdentifyNamespace, ONCS_DSM, ONCS_WRITE_ZEROES,
+};
+use leapio_nvme::regs::{csts, offset};
+use leapio_nvme::{AdminOpcode, IoOpcode, Sqe};
+use zerocopy::FromBytes;
+
+use super::spec::NvmeTcpSpec;
+use super::sync_conn::{wait_until, Negotiated, SyncConn};
+use super::NvmeTcpError;
+use crate::{Features, Geometry, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+
+/// Admin queue entries we ask for.
+const ADMIN_SQSIZE: u16 = 31;
+
+/// What bring-up learnt about the controller and namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Info {
+    pub geometry: Geometry,
+    pub features: Features,
+    /// Most write data sent in-capsule (0: none).
+    pub in_capsule: u32,
+    /// Most bytes in one command (MDTS), `u32::MAX` when unlimited.
+    pub max_transfer: u32,
+    /// I/O queues the controller granted.
+    pub io_queues: u16,
+    /// Most entries in an I/O queue (CAP.MQES + 1).
+    pub max_entries: u32,
+}
+
+struct Admin {
+    conn: Option<SyncConn>,
+    cntlid: u16,
+}
+
+/// One remote controller as seen by this backend.
+pub(super) struct Session {
+    spec: NvmeTcpSpec,
+    hostid: [u8; 16],
+    info: Info,
+    admin: Mutex<Admin>,
+    cntlid: AtomicU16,
+    /// I/O queue IDs in use (index qid - 1).
+    qids: Mutex<Vec<bool>>,
+    stopping: AtomicBool,
+    wake: Condvar,
+    wake_lock: Mutex<()>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Session {
+    pub fn open(spec: &NvmeTcpSpec) -> Result<Arc<Session>, NvmeTcpError> {
+        let hostid = host_id(&spec.hostnqn);
+        let (conn, cntlid, info) = bring_up(spec, hostid)?;
+        let s = Arc::new(Session {
+            spec: spec.clone(),
+            hostid,
+            info,
+            cntlid: AtomicU16::new(cntlid),
+            admin: Mutex::new(Admin {
+                conn: Some(conn),
+                cntlid,
+            }),
+            qids: Mutex::new(vec![false; usize::from(info.io_queues)]),
+            stopping: AtomicBool::new(false),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(()),
+            timer: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&s);
+        let period = if spec.kato.is_zero() {
+            Duration::from_secs(5)
+        } else {
+            (spec.kato / 2).max(Duration::from_millis(50))
+        };
+        let t = std::thread::Builder::new()
+            .name("nvme-tcp-ka".into())
+            .spawn(move || keep_alive_loop(&weak, period))
+            .map_err(|source| NvmeTcpError::Io { source })?;
+        *lock(&s.timer) = Some(t);
+        tracing::info!(
+            target_addr = %spec.host_port(), subnqn = %spec.subnqn, cntlid,
+            block_size = info.geometry.block_size, blocks = info.geometry.num_blocks,
+            io_queues = info.io_queues, in_capsule = info.in_capsule,
+            "NVMe/TCP controller connected"
+        );
+        Ok(s)
+    }
+
+    pub fn spec(&self) -> &NvmeTcpSpec {
+        &self.spec
+    }
+
+    pub fn info(&self) -> Info {
+        self.info
+    }
+
+    pub fn cntlid(&self) -> u16 {
+        self.cntlid.load(Ordering::Relaxed)
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Stop the keep-alive thread and close the admin queue.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        {
+            let _g = lock(&self.wake_lock);
+            self.wake.notify_all();
+        }
+        if let Some(t) = lock(&self.timer).take() {
+            let _ = t.join();
+        }
+        if let Some(c) = lock(&self.admin).conn.take() {
+            c.shutdown();
+        }
+    }
+
+    pub fn alloc_qid(&self) -> Option<u16> {
+        let mut q = lock(&self.qids);
+        let i = q.iter().position(|used| !used)?;
+        q[i] = true;
+        u16::try_from(i + 1).ok()
+    }
+
+    pub fn free_qid(&self, qid: u16) {
+        if let Some(u) = lock(&self.qids).get_mut(usize::from(qid).wrapping_sub(1)) {
+            *u = false;
+        }
+    }
+
+    /// The admin queue, re-created (new controller) when it is gone or does
+    /// not answer a Keep Alive.
+    fn live_admin(&self) -> Result<MutexGuard<'_, Admin>, NvmeTcpError> {
+        if self.stopping() {
+            return Err(NvmeTcpError::Unusable("backend closed".into()));
+        }
+        let mut a = lock(&self.admin);
+        if let Some(c) = a.conn.as_mut() {
+            if keep_alive(c).is_ok() {
+                return Ok(a);
+            }
+            tracing::warn!(subnqn = %self.spec.subnqn, "admin queue lost");
+            a.conn = None;
+        }
+        self.reconnect_admin(&mut a)?;
+        Ok(a)
+    }
+
+    fn reconnect_admin(&self, a: &mut Admin) -> Result<(), NvmeTcpError> {
+        let (conn, cntlid, info) = bring_up(&self.spec, self.hostid)?;
+        if info.geometry != self.info.geometry {
+            conn.shutdown();
+            return Err(NvmeTcpError::Unusable(format!(
+                "namespace changed on reconnect: {:?} -> {:?}",
+                self.info.geometry, info.geometry
+            )));
+        }
+        tracing::info!(subnqn = %self.spec.subnqn, cntlid, "admin queue re-established");
+        a.conn = Some(conn);
+        a.cntlid = cntlid;
+        self.cntlid.store(cntlid, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Connect I/O queue `qid` with `entries` entries; the stream is
+    /// non-blocking.
+    pub fn connect_io(
+        &self,
+        qid: u16,
+        entries: u32,
+    ) -> Result<(TcpStream, Negotiated), NvmeTcpError> {
+        let mut a = self.live_admin()?;
+        let mut c = SyncConn::open(&self.spec, self.spec.connect_timeout)?;
+        let sqsize = u16::try_from(entries.saturating_sub(1)).unwrap_or(u16::MAX);
+        match c.connect(&self.spec, self.hostid, qid, a.cntlid, sqsize) {
+            Ok(_) => c.into_stream(),
+            Err(e) => {
+                // Most likely the controller is gone: re-create it next time.
+                if let Some(old) = a.conn.take() {
+                    old.shutdown();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Flush through the admin path: a short-lived I/O queue.
+    pub fn flush_sync(&self) -> Result<(), NvmeTcpError> {
+        let qid = self
+            .alloc_qid()
+            .ok_or_else(|| NvmeTcpError::Unusable("no I/O queue free for a flush".into()))?;
+        let r = (|| {
+            let a = self.live_admin()?;
+            let mut c = SyncConn::open(&self.spec, self.spec.connect_timeout)?;
+            c.connect(&self.spec, self.hostid, qid, a.cntlid, 1)?;
+            drop(a);
+            let sqe = Sqe {
+                opcode: IoOpcode::FLUSH,
+                nsid: self.spec.nsid.into(),
+                ..Default::default()
+            };
+            c.command_ok("Flush", sqe, &[], 0)?;
+            c.shutdown();
+            Ok(())
+        })();
+        self.free_qid(qid);
+        r
+    }
+
+    fn sleep(&self, d: Duration) {
+        let g = lock(&self.wake_lock);
+        if !self.stopping() {
+            let _ = self.wake.wait_timeout(g, d);
+        }
+    }
+}
+
+fn keep_alive_loop(weak: &std::sync::Weak<Session>, period: Duration) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(s) = weak.upgrade() else { return };
+        if s.stopping() {
+            return;
+        }
+        let ok = {
+            let mut a = lock(&s.admin);
+            match a.conn.as_mut().map(keep_alive) {
+                Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    tracing::warn!(subnqn = %s.spec.subnqn, "keep alive failed: {e}");
+                    if let Some(c) = a.conn.take() {
+                        c.shutdown();
+                    }
+                    s.reconnect_admin(&mut a).is_ok()
+                }
+                None => s.reconnect_admin(&mut a).is_ok(),
+            }
+        };
+        let wait = if ok {
+            backoff = Duration::from_millis(100);
+            period
+        } else {
+            let w = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            w.min(period)
+        };
+        s.sleep(wait);
+    }
+}
+
+fn keep_alive(c: &mut SyncConn) -> Result<(), NvmeTcpError> {
+    let sqe = Sqe {
+        opcode: AdminOpcode::KEEP_ALIVE,
+        ..Default::default()
+    };
+    c.command_ok("Keep Alive", sqe, &[], 0).map(|_| ())
+}
+
+fn identify(c: &mut SyncConn, cns: u8, nsid: u32) -> Result<Vec<u8>, NvmeTcpError> {
+    let sqe = Sqe {
+        opcode: AdminOpcode::IDENTIFY,
+        nsid: nsid.into(),
+        cdw10: u32::from(cns).into(),
+        ..Default::default()
+    };
+    let (_, d) = c.command_ok("Identify", sqe, &[], 4096)?;
+    Ok(d)
+}
+
+/// Admin Connect, enable, Identify; returns the connection, CNTLID and info.
+fn bring_up(spec: &NvmeTcpSpec, hostid: [u8; 16]) -> Result<(SyncConn, u16, Info), NvmeTcpError> {
+    let mut c = SyncConn::open(spec, spec.connect_timeout)?;
+    let cntlid = c.connect(
+        spec,
+        hostid,
+        0,
+        leapio_nvme::fabrics::CNTLID_DYNAMIC,
+        ADMIN_SQSIZE,
+    )?;
+    let cap = c.prop_get(prop(offset::CAP), true)?;
+    let vs = c.prop_get(prop(offset::VS), false)?;
+    let mqes = u32::try_from(cap & 0xffff).unwrap_or(0) + 1;
+    let to = Duration::from_millis(500 * ((cap >> 24) & 0xff).max(1));
+    // CC: EN, CSS NVM, MPS 4 KiB, IOSQES 64 B, IOCQES 16 B.
+    let cc = 1 | (6 << 16) | (4 << 20);
+    c.prop_set(prop(offset::CC), cc)?;
+    let deadline = Instant::now() + to.min(Duration::from_secs(30));
+    let ready = wait_until(deadline, || {
+        let st = c.prop_get(prop(offset::CSTS), false)?;
+        if st & u64::from(csts::CFS) != 0 {
+            return Err(NvmeTcpError::Unusable("controller fatal status".into()));
+        }
+        Ok(st & u64::from(csts::RDY) != 0)
+    })?;
+    if !ready {
+        return Err(NvmeTcpError::Timeout("CSTS.RDY"));
+    }
+    let idc = identify(&mut c, Cns::CONTROLLER, 0)?;
+    let idc = IdentifyController::read_from_bytes(&idc[..])
+        .map_err(|_| NvmeTcpError::Protocol("short Identify Controller".into()))?;
+    let nn = idc.nn.get();
+    if spec.nsid > nn {
+        return Err(NvmeTcpError::Unusable(format!(
+            "namespace {} does not exist (the subsystem has {nn})",
+            spec.nsid
+        )));
+    }
+    let idn = identify(&mut c, Cns::NAMESPACE, spec.nsid)?;
+    let idn = IdentifyNamespace::read_from_bytes(&idn[..])
+        .map_err(|_| NvmeTcpError::Protocol("short Identify Namespace".into()))?;
+    let nsze = idn.nsze.get();
+    if nsze == 0 {
+        return Err(NvmeTcpError::Unusable(format!(
+            "namespace {} is not active",
+            spec.nsid
+        )));
+    }
+    let fmt = usize::from(idn.flbas & 0xf) | (usize::from(idn.flbas >> 5 & 0x3) << 4);
+    let lbaf = idn
+        .lbaf
+        .get(fmt)
+        .ok_or_else(|| NvmeTcpError::Unusable(format!("LBA format {fmt} out of range")))?;
+    if lbaf.ms.get() != 0 {
+        return Err(NvmeTcpError::Unusable(
+            "namespaces with metadata are not supported".into(),
+        ));
+    }
+    let block_size = 1u32.checked_shl(u32::from(lbaf.lbads)).unwrap_or(0);
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(NvmeTcpError::Unusable(format!(
+            "LBA data size 2^{} is not supported",
+            lbaf.lbads
+        )));
+    }
+    let fab = IdentifyFabrics::read_from_bytes(&idc.fabrics[..])
+        .map_err(|_| NvmeTcpError::Protocol("Identify fabrics area".into()))?;
+    let in_capsule = if fab.icdoff.get() == 0 {
+        (fab.ioccsz.get().saturating_mul(16)).saturating_sub(64)
+    } else {
+        0
+    };
+    let max_transfer = if idc.mdts == 0 {
+        u32::MAX
+    } else {
+        4096u32.checked_shl(u32::from(idc.mdts)).unwrap_or(u32::MAX)
+    };
+    let oncs = idc.oncs.get();
+    // Number of Queues: ask for what the spec allows, take what is granted.
+    let want = u32::from(spec.queues.max(1) - 1);
+    let sqe = Sqe {
+        opcode: AdminOpcode::SET_FEATURES,
+        cdw10: u32::from(FeatureId::NUMBER_OF_QUEUES).into(),
+        cdw11: (want | (want << 16)).into(),
+        ..Default::default()
+    };
+    let io_queues = match c.command_ok("Set Features (Number of Queues)", sqe, &[], 0) {
+        Ok((cqe, _)) => {
+            let d = cqe.dw0.get();
+            u16::try_from((d & 0xffff).min(d >> 16) + 1).unwrap_or(u16::MAX)
+        }
+        Err(_) => 1,
+    }
+    .min(spec.queues.max(1));
+    let info = Info {
+        geometry: Geometry {
+            block_size,
+            num_blocks: nsze,
+        },
+        features: Features {
+            volatile_write_cache: idc.vwc & 1 != 0,
+            write_zeroes: oncs & ONCS_WRITE_ZEROES != 0,
+            deallocate: oncs & ONCS_DSM != 0,
+        },
+        in_capsule,
+        max_transfer,
+        io_queues,
+        max_entries: mqes,
+    };
+    tracing::debug!(
+        cntlid,
+        vs = format_args!("{vs:#x}"),
+        ?info,
+        "NVMe/TCP bring-up"
+    );
+    Ok((c, cntlid, info))
+}
+
+fn prop(off: u64) -> u32 {
+    u32::try_from(off).unwrap_or(0)
+}
+
+/// A stable host identifier derived from the host NQN (FNV-1a), so the
+/// target sees the same host after a reconnect.
+fn host_id(hostnqn: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (i as u64);
+        for b in hostnqn.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        chunk.copy_from_slice(&h.to_le_bytes());
+    }
+    out
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,307 @@
+//! `nvme-tcp:HOST:PORT/SUBNQN[?key=value&key=value...]`: a namespace of a
+//! remote NVMe/TCP subsystem.
+//!
+//! Keys (all optional):
+//! - `nsid=N` namespace to use (default 1);
+//! - `hostnqn=NQN` our host NQN (default [`DEFAULT_HOSTNQN`]);
+//! - `queues=N` most I/O queues (= TCP connections) to open (default 8);
+//! - `qd=N` most commands in flight per I/O queue (default 128);
+//! - `hdgst=0|1`, `ddgst=0|1` request header / data digests (default 0);
+//! - `kato=MS` keep-alive timeout announced to the target (default 10000);
+//! - `retry=MS` how long a command waits for a lost connection to come back
+//!   before it fails with ETIMEDOUT (default 30000);
+//! - `timeout=MS` connect/handshake timeout of one attempt (default 3000).
+//!
+//! No commas anywhere, so the spec fits in socp's comma-separated
+//! `--ctrl ...,ns=BACKEND,...` lists. IPv6 hosts go in brackets:
+//! `nvme-tcp:[::1]:4420/nqn...`.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Host NQN used when the spec names none.
+pub const DEFAULT_HOSTNQN: &str = "nqn.2026-11.io.leapio:host";
+
+/// Where the remote namespace is and how to talk to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NvmeTcpSpec {
+    /// Host name or IP address (IPv6 without brackets).
+    pub addr: String,
+    /// TCP port.
+    pub port: u16,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Our host NQN.
+    pub hostnqn: String,
+    /// Namespace ID.
+    pub nsid: u32,
+    /// Most I/O queues (TCP connections) opened.
+    pub queues: u16,
+    /// Most commands in flight per I/O queue.
+    pub queue_depth: u32,
+    /// Request header digests.
+    pub hdgst: bool,
+    /// Request data digests.
+    pub ddgst: bool,
+    /// Keep-alive timeout announced in the admin Connect (0 disables).
+    pub kato: Duration,
+    /// How long a command waits for a lost connection to be re-established.
+    pub retry: Duration,
+    /// Time limit of one connection attempt (TCP connect + handshake).
+    pub connect_timeout: Duration,
+}
+
+impl NvmeTcpSpec {
+    /// `HOST:PORT` as `ToSocketAddrs` wants it.
+    pub fn host_port(&self) -> String {
+        if self.addr.contains(':') {
+            format!("[{}]:{}", self.addr, self.port)
+        } else {
+            format!("{}:{}", self.addr, self.port)
+        }
+    }
+}
+
+impl fmt::Display for NvmeTcpSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nvme-tcp:{}/{}", self.host_port(), self.subnqn)?;
+        let mut sep = '?';
+        let mut opt = |f: &mut fmt::Formatter<'_>, k: &str, v: String| {
+            let r = write!(f, "{sep}{k}={v}");
+            sep = '&';
+            r
+        };
+        let d = defaults();
+        if self.nsid != d.nsid {
+            opt(f, "nsid", self.nsid.to_string())?;
+        }
+        if self.hostnqn != d.hostnqn {
+            opt(f, "hostnqn", self.hostnqn.clone())?;
+        }
+        if self.queues != d.queues {
+            opt(f, "queues", self.queues.to_string())?;
+        }
+        if self.queue_depth != d.queue_depth {
+            opt(f, "qd", self.queue_depth.to_string())?;
+        }
+        if self.hdgst {
+            opt(f, "hdgst", "1".into())?;
+        }
+        if self.ddgst {
+            opt(f, "ddgst", "1".into())?;
+        }
+        for (k, v, dv) in [
+            ("kato", self.kato, d.kato),
+            ("retry", self.retry, d.retry),
+            ("timeout", self.connect_timeout, d.connect_timeout),
+        ] {
+            if v != dv {
+                opt(f, k, v.as_millis().to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn defaults() -> NvmeTcpSpec {
+    NvmeTcpSpec {
+        addr: String::new(),
+        port: 4420,
+        subnqn: String::new(),
+        hostnqn: DEFAULT_HOSTNQN.to_owned(),
+        nsid: 1,
+        queues: 8,
+        queue_depth: 128,
+        hdgst: false,
+        ddgst: false,
+        kato: Duration::from_secs(10),
+        retry: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(3),
+    }
+}
+
+/// An NQN as the base specification allows it ("nqn." prefix, at most 223
+/// bytes, printable ASCII), and without the characters the spec syntax uses.
+fn check_nqn(what: &str, s: &str) -> Result<(), String> {
+    if !s.starts_with("nqn.")
+        || s.len() > 223
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b'?' | b'&' | b'/'))
+    {
+        return Err(format!(
+            "{what} '{s}' is not an NQN (nqn.YYYY-MM.domain:name, at most 223 printable characters, no , ? & /)"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_num<T: std::str::FromStr + PartialOrd + fmt::Display>(
+    key: &str,
+    v: &str,
+    min: T,
+    max: T,
+) -> Result<T, String> {
+    match v.parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(format!(
+            "{key} must be a number from {min} to {max}, got '{v}'"
+        )),
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "on" | "true" | "yes" => Ok(true),
+        "0" | "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{key} must be 0 or 1, got '{v}'")),
+    }
+}
+
+/// Parse what follows `nvme-tcp:`.
+pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
+    const SHAPE: &str = "expected 'nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&queues=N&hdgst=1&ddgst=1&kato=MS&retry=MS&timeout=MS]'";
+    if let Some((_, opt)) = body.split_once(',') {
+        if opt.starts_with("bs=") {
+            return Err("bs= cannot be set: the block size comes from the remote namespace".into());
+        }
+        return Err(format!("unexpected ',{opt}' ({SHAPE})"));
+    }
+    let (target, query) = match body.split_once('?') {
+        Some((t, q)) => (t, Some(q)),
+        None => (body, None),
+    };
+    let Some((hostport, subnqn)) = target.split_once('/') else {
+        return Err(format!("no '/SUBNQN' after the address ({SHAPE})"));
+    };
+    let (addr, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let Some((a, p)) = rest.split_once("]:") else {
+            return Err(format!("address '{hostport}' is not [IPV6]:PORT"));
+        };
+        (a, p)
+    } else {
+        let Some((a, p)) = hostport.rsplit_once(':') else {
+            return Err(format!("address '{hostport}' has no :PORT ({SHAPE})"));
+        };
+        if a.contains(':') {
+            return Err(format!(
+                "address '{hostport}': put IPv6 addresses in brackets, [::1]:4420"
+            ));
+        }
+        (a, p)
+    };
+    if addr.is_empty() {
+        return Err("host is empty".into());
+    }
+    let port: u16 = match p_port(port) {
+        Some(p) => p,
+        None => return Err(format!("port '{port}' is not a number from 1 to 65535")),
+    };
+    check_nqn("subsystem NQN", subnqn)?;
+    if subnqn == "nqn.2014-08.org.nvmexpress.discovery" {
+        return Err("the discovery subsystem has no namespaces: name an NVM subsystem".into());
+    }
+    let mut s = NvmeTcpSpec {
+        addr: addr.to_owned(),
+        port,
+        subnqn: subnqn.to_owned(),
+        ..defaults()
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("option '{part}' is not key=value"));
+        };
+        if seen.contains(&k) {
+            return Err(format!("option '{k}' given twice"));
+        }
+        seen.push(k);
+        let ms = |v: &str, min: u64| parse_num(k, v, min, 3_600_000).map(Duration::from_millis);
+        match k {
+            "nsid" => s.nsid = parse_num(k, v, 1, 0xffff_fffe)?,
+            "hostnqn" => {
+                check_nqn("hostnqn", v)?;
+                s.hostnqn = v.to_owned();
+            }
+            "queues" => s.queues = parse_num(k, v, 1, 1024)?,
+            "qd" => s.queue_depth = parse_num(k, v, 1, 1023)?,
+            "hdgst" => s.hdgst = parse_bool(k, v)?,
+            "ddgst" => s.ddgst = parse_bool(k, v)?,
+            "kato" => s.kato = ms(v, 0)?,
+            "retry" => s.retry = ms(v, 0)?,
+            "timeout" => s.connect_timeout = ms(v, 1)?,
+            "bs" => {
+                return Err(
+                    "bs cannot be set: the block size comes from the remote namespace".into(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown option '{other}' (known: nsid, hostnqn, queues, qd, hdgst, ddgst, kato, retry, timeout)"
+                ))
+            }
+        }
+    }
+    Ok(s)
+}
+
+fn p_port(p: &str) -> Option<u16> {
+    p.parse::<u16>().ok().filter(|&p| p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_round_trips() {
+        let s = parse("127.0.0.1:4420/nqn.2026-11.io.leapio:tgt0").unwrap();
+        assert_eq!(s.addr, "127.0.0.1");
+        assert_eq!(s.port, 4420);
+        assert_eq!(s.subnqn, "nqn.2026-11.io.leapio:tgt0");
+        assert_eq!(s.nsid, 1);
+        assert!(!s.hdgst && !s.ddgst);
+        assert_eq!(
+            s.to_string(),
+            "nvme-tcp:127.0.0.1:4420/nqn.2026-11.io.leapio:tgt0"
+        );
+        let text = "127.0.0.1:4421/nqn.a:b?nsid=2&hostnqn=nqn.x:h&qd=64&hdgst=1&ddgst=1&retry=500";
+        let s = parse(text).unwrap();
+        assert_eq!(
+            (s.nsid, s.queue_depth, s.hdgst, s.ddgst),
+            (2, 64, true, true)
+        );
+        assert_eq!(s.hostnqn, "nqn.x:h");
+        assert_eq!(s.retry, Duration::from_millis(500));
+        assert_eq!(s.to_string(), format!("nvme-tcp:{text}"));
+        let s = parse("[::1]:4420/nqn.a:b").unwrap();
+        assert_eq!(s.addr, "::1");
+        assert_eq!(s.host_port(), "[::1]:4420");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        for (text, want) in [
+            ("127.0.0.1:4420", "no '/SUBNQN'"),
+            ("127.0.0.1/nqn.a:b", "no :PORT"),
+            ("127.0.0.1:0/nqn.a:b", "port '0'"),
+            ("127.0.0.1:x/nqn.a:b", "port 'x'"),
+            ("::1:4420/nqn.a:b", "brackets"),
+            (":4420/nqn.a:b", "host is empty"),
+            ("h:1/foo", "subsystem NQN 'foo'"),
+            ("h:1/nqn.2014-08.org.nvmexpress.discovery", "discovery"),
+            ("h:1/nqn.a:b?nsid=0", "nsid must be"),
+            ("h:1/nqn.a:b?qd=0", "qd must be"),
+            ("h:1/nqn.a:b?hdgst=2", "hdgst must be 0 or 1"),
+            ("h:1/nqn.a:b?colour=red", "unknown option 'colour'"),
+            ("h:1/nqn.a:b?nsid", "not key=value"),
+            ("h:1/nqn.a:b?nsid=1&nsid=2", "given twice"),
+            ("h:1/nqn.a:b?hostnqn=bad", "hostnqn 'bad'"),
+            ("h:1/nqn.a:b,bs=4096", "bs= cannot be set"),
+            ("h:1/nqn.a:b?bs=4096", "bs cannot be set"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+}
