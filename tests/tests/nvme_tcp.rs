@@ -1,0 +1,447 @@
+//! The NVMe/TCP host backend (`nvme-tcp:...`) against socp's NVMe/TCP target
+//! on 127.0.0.1: geometry, data integrity with and without digests, flush,
+//! write zeroes, deallocate, a target that restarts mid-I/O, a target that
+//! never comes back, and a socp controller whose namespace is remote.
+
+// Test data patterns deliberately wrap byte values.
+#![allow(clippy::cast_possible_truncation)]
+
+use leapio_tests::server::TestServer;
+use leapio_tests::Driver;
+use leapio_transports::{
+    open_backend, Backend, BackendQueue, BackendSpec, Completion, IoKind, IoRequest,
+};
+use socp::tcp_target::{TcpTarget, TcpTargetSpec};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NQN: &str = "nqn.2026-11.io.leapio:tgt0";
+
+struct Target {
+    t: Option<TcpTarget>,
+    stop: Arc<AtomicBool>,
+    port: u16,
+}
+
+impl Target {
+    fn start(port: u16, ns: &str) -> Target {
+        let spec: TcpTargetSpec = format!("listen=127.0.0.1:{port},nqn={NQN},ns={ns}")
+            .parse()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let t0 = Instant::now();
+        // The old listener's port may take a moment to be free again.
+        let t = loop {
+            match TcpTarget::start(0, &spec, 1, stop.clone()) {
+                Ok(t) => break t,
+                Err(e) if t0.elapsed() < Duration::from_secs(5) => {
+                    eprintln!("target start: {e}, retrying");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("target start: {e}"),
+            }
+        };
+        let port = t.local_addr.port();
+        Target {
+            t: Some(t),
+            stop,
+            port,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.t.take() {
+            t.join();
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn host_spec(port: u16, opts: &str) -> BackendSpec {
+    format!("nvme-tcp:127.0.0.1:{port}/{NQN}{opts}")
+        .parse()
+        .unwrap()
+}
+
+/// A tiny xorshift generator: reproducible "random" offsets and sizes.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (seed as u8).wrapping_add((i >> 9) as u8))
+        .collect()
+}
+
+/// Runs requests on one queue and waits for them.
+struct Host {
+    q: Box<dyn BackendQueue>,
+    done: HashMap<u64, Completion>,
+}
+
+impl Host {
+    fn new(b: &Arc<dyn Backend>, depth: u32) -> Host {
+        Host {
+            q: b.open_queue(depth).unwrap(),
+            done: HashMap::new(),
+        }
+    }
+
+    /// Submit (retrying while full) without waiting.
+    fn submit(&mut self, tag: u64, kind: IoKind, offset: u64, buf: &mut [u8]) {
+        let iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        let data = kind.has_data();
+        let req = IoRequest {
+            tag,
+            kind,
+            offset,
+            len: if kind == IoKind::Flush {
+                0
+            } else {
+                buf.len() as u64
+            },
+            iov: if data { &iov } else { &[] },
+        };
+        let t0 = Instant::now();
+        loop {
+            // SAFETY: every buffer passed here outlives the wait for its tag.
+            match unsafe { self.q.submit(&req) } {
+                Ok(()) => break,
+                Err(leapio_transports::SubmitError::Full) => {
+                    assert!(t0.elapsed() < Duration::from_secs(60), "queue stays full");
+                    self.q.kick().unwrap();
+                    self.reap();
+                }
+                Err(e) => panic!("submit {req:?}: {e}"),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut out = Vec::new();
+        self.q.poll(&mut out);
+        for c in out {
+            self.done.insert(c.tag, c);
+        }
+    }
+
+    /// Wait for every tag in `tags`; returns their results.
+    fn wait(&mut self, tags: &[u64], limit: Duration) -> Vec<Result<(), i32>> {
+        self.q.kick().unwrap();
+        let t0 = Instant::now();
+        while tags.iter().any(|t| !self.done.contains_key(t)) {
+            assert!(
+                t0.elapsed() < limit,
+                "requests did not complete within {limit:?}"
+            );
+            self.q.kick().unwrap();
+            self.reap();
+            std::thread::yield_now();
+        }
+        tags.iter()
+            .map(|t| self.done.remove(t).unwrap().result.map_err(|e| e.errno))
+            .collect()
+    }
+
+    fn io(&mut self, kind: IoKind, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
+        self.submit(u64::MAX, kind, offset, buf);
+        self.wait(&[u64::MAX], Duration::from_secs(30))[0]
+    }
+}
+
+const SECS: Duration = Duration::from_secs(30);
+
+/// Random writes of 4k..128k (non-overlapping within a batch, many in flight),
+/// mirrored in `shadow`, then everything read back.
+fn write_read_verify(h: &mut Host, shadow: &mut [u8], rng: &mut Rng, batches: usize) {
+    let size = shadow.len() as u64;
+    for batch in 0..batches {
+        let mut bufs: Vec<(u64, Vec<u8>)> = Vec::new();
+        while bufs.len() < 24 {
+            let len = 4096 * (1 + rng.below(32));
+            let off = rng.below((size - len) / 4096) * 4096;
+            if bufs
+                .iter()
+                .any(|(o, b)| off < o + b.len() as u64 && *o < off + len)
+            {
+                continue;
+            }
+            bufs.push((off, pattern(rng.next(), len as usize)));
+        }
+        let tags: Vec<u64> = (0..bufs.len() as u64).collect();
+        for (i, (off, b)) in bufs.iter_mut().enumerate() {
+            let kind = if i % 5 == 0 {
+                IoKind::WriteFua
+            } else {
+                IoKind::Write
+            };
+            h.submit(i as u64, kind, *off, b);
+        }
+        for r in h.wait(&tags, SECS) {
+            assert_eq!(r, Ok(()), "batch {batch}: write failed");
+        }
+        for (off, b) in &bufs {
+            let o = *off as usize;
+            shadow[o..o + b.len()].copy_from_slice(b);
+        }
+        // Read back the batch and as many random other ranges.
+        let mut reads: Vec<(u64, Vec<u8>)> = bufs
+            .iter()
+            .map(|(o, b)| (*o, vec![0xeeu8; b.len()]))
+            .collect();
+        for _ in 0..8 {
+            let len = 4096 * (1 + rng.below(32));
+            let off = rng.below((size - len) / 4096) * 4096;
+            reads.push((off, vec![0xeeu8; len as usize]));
+        }
+        let tags: Vec<u64> = (0..reads.len() as u64).collect();
+        for (i, (off, b)) in reads.iter_mut().enumerate() {
+            h.submit(i as u64, IoKind::Read, *off, b);
+        }
+        for r in h.wait(&tags, SECS) {
+            assert_eq!(r, Ok(()), "batch {batch}: read failed");
+        }
+        for (off, b) in &reads {
+            let o = *off as usize;
+            assert!(
+                b[..] == shadow[o..o + b.len()],
+                "batch {batch}: data mismatch at {off} (+{})",
+                b.len()
+            );
+        }
+    }
+}
+
+fn geometry_and_data(opts: &str) {
+    let tgt = Target::start(0, "ram:32M");
+    let b = open_backend(&host_spec(tgt.port, opts)).unwrap();
+    let g = b.geometry();
+    assert_eq!(g.block_size, 512);
+    assert_eq!(g.num_blocks, (32 << 20) / 512);
+    let f = b.features();
+    assert!(f.write_zeroes && f.deallocate, "{f:?}");
+    assert!(
+        b.describe().contains("nvme-tcp 127.0.0.1"),
+        "{}",
+        b.describe()
+    );
+    let mut h = Host::new(&b, 64);
+    let mut shadow = vec![0u8; 32 << 20];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    write_read_verify(&mut h, &mut shadow, &mut rng, 12);
+    // Flush.
+    assert_eq!(h.io(IoKind::Flush, 0, &mut []), Ok(()));
+    b.flush().unwrap();
+    // Write zeroes and deallocate read back as zeroes.
+    let mut junk = pattern(7, 256 << 10);
+    // 256 KiB is over the target's 128 KiB MDTS: two writes.
+    let (a, bb) = junk.split_at_mut(128 << 10);
+    assert_eq!(h.io(IoKind::Write, 1 << 20, a), Ok(()));
+    assert_eq!(h.io(IoKind::Write, (1 << 20) + (128 << 10), bb), Ok(()));
+    let mut big = vec![0u8; 256 << 10];
+    let req = IoRequest {
+        tag: 1,
+        kind: IoKind::Write,
+        offset: 0,
+        len: 256 << 10,
+        iov: &[libc::iovec {
+            iov_base: big.as_mut_ptr().cast(),
+            iov_len: big.len(),
+        }],
+    };
+    // SAFETY: refused at submit, nothing is queued.
+    let e = unsafe { h.q.submit(&req) }.unwrap_err().to_string();
+    assert!(e.contains("MDTS"), "{e}");
+    let mut z = vec![0u8; 64 << 10];
+    assert_eq!(h.io(IoKind::WriteZeroes, 1 << 20, &mut z), Ok(()));
+    assert_eq!(
+        h.io(IoKind::Deallocate, (1 << 20) + (128 << 10), &mut z),
+        Ok(())
+    );
+    let mut back = vec![0xeeu8; 256 << 10];
+    let (a, bb) = back.split_at_mut(128 << 10);
+    assert_eq!(h.io(IoKind::Read, 1 << 20, a), Ok(()));
+    assert_eq!(h.io(IoKind::Read, (1 << 20) + (128 << 10), bb), Ok(()));
+    assert!(back[..64 << 10].iter().all(|&x| x == 0), "write zeroes");
+    assert!(back[64 << 10..128 << 10] == junk[64 << 10..128 << 10]);
+    assert!(
+        back[128 << 10..192 << 10].iter().all(|&x| x == 0),
+        "deallocate"
+    );
+    assert!(back[192 << 10..] == junk[192 << 10..]);
+    // Out of range is refused at submit.
+    let mut one = vec![0u8; 4096];
+    let req = IoRequest {
+        tag: 1,
+        kind: IoKind::Read,
+        offset: 32 << 20,
+        len: 4096,
+        iov: &[libc::iovec {
+            iov_base: one.as_mut_ptr().cast(),
+            iov_len: 4096,
+        }],
+    };
+    // SAFETY: refused at submit, nothing is queued.
+    assert!(unsafe { h.q.submit(&req) }.is_err());
+}
+
+#[test]
+fn geometry_and_data_without_digests() {
+    geometry_and_data("");
+}
+
+#[test]
+fn geometry_and_data_with_digests() {
+    geometry_and_data("?hdgst=1&ddgst=1&qd=32");
+}
+
+#[test]
+fn several_queues_share_one_controller() {
+    let tgt = Target::start(0, "ram:8M");
+    let b = open_backend(&host_spec(tgt.port, "?queues=3")).unwrap();
+    let mut hs: Vec<Host> = (0..3).map(|_| Host::new(&b, 16)).collect();
+    assert!(b.open_queue(16).is_err(), "a fourth queue is refused");
+    for (i, h) in hs.iter_mut().enumerate() {
+        let mut d = pattern(i as u64, 8192);
+        assert_eq!(h.io(IoKind::Write, i as u64 * 8192, &mut d), Ok(()));
+    }
+    for i in 0..3 {
+        let mut back = vec![0u8; 8192];
+        let h = &mut hs[(i + 1) % 3];
+        assert_eq!(h.io(IoKind::Read, i as u64 * 8192, &mut back), Ok(()));
+        assert!(back == pattern(i as u64, 8192));
+    }
+    drop(hs);
+    // Queue IDs are given back.
+    let _q = b.open_queue(16).unwrap();
+}
+
+#[test]
+fn target_restart_mid_io_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ns.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let ns = format!("file:{}", img.display());
+    let mut tgt = Target::start(0, &ns);
+    let port = tgt.port;
+    let b = open_backend(&host_spec(port, "?kato=2000&retry=20000")).unwrap();
+    let mut h = Host::new(&b, 32);
+    let mut shadow = vec![0u8; 16 << 20];
+    let mut rng = Rng(12345);
+    write_read_verify(&mut h, &mut shadow, &mut rng, 2);
+    // Writes in flight while the target goes away and comes back.
+    let mut bufs: Vec<(u64, Vec<u8>)> = (0..32u64)
+        .map(|i| (i * (256 << 10), pattern(1000 + i, 128 << 10)))
+        .collect();
+    for (i, (off, buf)) in bufs.iter_mut().enumerate() {
+        h.submit(i as u64, IoKind::Write, *off, buf);
+    }
+    h.q.kick().unwrap();
+    h.reap();
+    let pending = h.q.in_flight();
+    eprintln!("{pending} of 32 writes in flight when the target stops");
+    assert!(pending > 0, "the restart must catch writes in flight");
+    tgt.shutdown();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(300) {
+        h.reap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let tgt2 = Target::start(port, &ns);
+    let tags: Vec<u64> = (0..32).collect();
+    for r in h.wait(&tags, SECS) {
+        assert_eq!(r, Ok(()), "write across the restart");
+    }
+    for (off, buf) in &bufs {
+        let o = *off as usize;
+        shadow[o..o + buf.len()].copy_from_slice(buf);
+    }
+    // Everything acknowledged reads back, on the new connection.
+    let mut back = vec![0u8; 16 << 20];
+    for chunk in 0..(16 << 20) / (128 << 10) {
+        let o = chunk * (128 << 10);
+        assert_eq!(
+            h.io(IoKind::Read, o as u64, &mut back[o..o + (128 << 10)]),
+            Ok(())
+        );
+    }
+    assert!(back == shadow, "data after the restart");
+    write_read_verify(&mut h, &mut shadow, &mut rng, 2);
+    drop(h);
+    drop(b);
+    drop(tgt2);
+}
+
+#[test]
+fn target_that_never_returns_fails_io_within_the_deadline() {
+    let mut tgt = Target::start(0, "ram:4M");
+    let b = open_backend(&host_spec(tgt.port, "?retry=1000&timeout=200")).unwrap();
+    let mut h = Host::new(&b, 8);
+    let mut d = pattern(1, 4096);
+    assert_eq!(h.io(IoKind::Write, 0, &mut d), Ok(()));
+    tgt.shutdown();
+    let t0 = Instant::now();
+    let mut bufs: Vec<Vec<u8>> = (0..4).map(|_| vec![0u8; 4096]).collect();
+    for (i, buf) in bufs.iter_mut().enumerate() {
+        h.submit(i as u64, IoKind::Read, i as u64 * 4096, buf);
+    }
+    let rs = h.wait(&[0, 1, 2, 3], Duration::from_secs(10));
+    let took = t0.elapsed();
+    for r in rs {
+        assert_eq!(r, Err(libc::ETIMEDOUT));
+    }
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // New requests fail too, instead of hanging.
+    assert_eq!(h.io(IoKind::Write, 0, &mut d), Err(libc::ETIMEDOUT));
+}
+
+#[test]
+fn socp_controller_with_a_remote_namespace() {
+    let tgt = Target::start(0, "ram:16M");
+    let srv = TestServer::start(
+        &[&format!(
+            "ns=nvme-tcp:127.0.0.1:{}/{NQN}?qd=64,io-queues=2",
+            tgt.port
+        )],
+        1,
+    );
+    let mut d = Driver::bring_up(srv.sock(0), 64 << 20, 2, 64).unwrap();
+    let ns = d.identify_namespace(1).unwrap();
+    assert_eq!(ns.nsze.get(), (16 << 20) / 512);
+    let mut rng = Rng(777);
+    for i in 0..40u64 {
+        let len = 4096 * (1 + rng.below(32)) as usize;
+        let slba = rng.below(((16 << 20) - len as u64) / 512);
+        let data = pattern(i, len);
+        let q = 1 + (i % 2) as u16;
+        let c = d.write_blocks(q, 1, slba, 512, &data).unwrap();
+        Driver::check("write", &c).unwrap();
+        let (c, back) = d.read_blocks(3 - q, 1, slba, 512, len as u64).unwrap();
+        Driver::check("read", &c).unwrap();
+        assert!(back == data, "mismatch at slba {slba} (+{len})");
+    }
+}
