@@ -178,7 +178,11 @@ socp_down() {
 note machine "nproc $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); kernel $(uname -r); $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo)"
 note load "$(cut -d' ' -f1-3 /proc/loadavg)"
 note git "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-note pinning "${BENCH_CPUS:+target (socp poller / null controller) on CPU $tcpu, harness (leapio-perf I/O thread / fio) on CPU $hcpu}${BENCH_CPUS:-no pinning}"
+if [[ -n $BENCH_CPUS ]]; then
+    note pinning "target (socp poller / null controller) on CPU $tcpu, harness (leapio-perf I/O thread / fio) on CPU $hcpu"
+else
+    note pinning "no CPU pinning (BENCH_CPUS empty)"
+fi
 note settings "BENCH_SECONDS=$BENCH_SECONDS BENCH_WARMUP=$BENCH_WARMUP BENCH_SWEEP_SECONDS=$BENCH_SWEEP_SECONDS BENCH_RAM_SIZE=$BENCH_RAM_SIZE BENCH_FILE_SIZE=$BENCH_FILE_SIZE"
 
 # ---- (a) RAM: socp vs null ------------------------------------------------
@@ -224,9 +228,9 @@ for place in tmpfs disk; do
     direct=1
     if ! dd if="$f" of=/dev/null bs=4k count=1 iflag=direct status=none 2>/dev/null; then
         direct=0
-        note "direct:$place" "O_DIRECT refused on $dir ($(stat -f -c %T "$dir")): fio runs with --direct=0 and socp falls back to buffered I/O"
+        note "direct:$place" "O_DIRECT refused on $dir ($(findmnt -no FSTYPE -T "$dir" 2>/dev/null || stat -f -c %T "$dir")): fio runs with --direct=0 and socp falls back to buffered I/O"
     else
-        note "direct:$place" "O_DIRECT works on $dir ($(stat -f -c %T "$dir")): fio --direct=1; socp opens the file O_DIRECT"
+        note "direct:$place" "O_DIRECT works on $dir ($(findmnt -no FSTYPE -T "$dir" 2>/dev/null || stat -f -c %T "$dir")): fio --direct=1; socp opens the file O_DIRECT"
     fi
     socp_up "$place" "ns=file:$f"
     for qd in 1 32; do
