@@ -13,7 +13,7 @@ use leapio_nvme::cmd::AsyncEvent;
 use leapio_nvme::{IoOpcode, Status};
 use leapio_transports::{Backend, BackendQueue, Completion, IoKind, IoRequest, SubmitError};
 use leapio_vmm_shim::queue::{CqRing, SqRing};
-use leapio_vmm_shim::{CqSetup, CtrlShared, SqSetup};
+use leapio_vmm_shim::{CqSetup, CtrlShared, ShadowDoorbells, SqSetup};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -59,6 +59,10 @@ const BACKEND_DEPTH: u32 = 1024;
 const SPIN: Duration = Duration::from_micros(200);
 /// Longest idle sleep.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
+/// Busy loops between mailbox checks.
+const MAILBOX_EVERY: u64 = 64;
+/// Idle loops between clock reads.
+const CLOCK_EVERY: u32 = 64;
 
 struct SqState {
     ring: SqRing,
@@ -125,6 +129,8 @@ pub struct Poller {
     done: Vec<Completion>,
     /// A queue was deleted: look for controllers without queues.
     gc_pending: bool,
+    /// Submission queues waiting for their commands before deletion.
+    deletes_pending: usize,
 }
 
 impl Poller {
@@ -140,15 +146,25 @@ impl Poller {
             iov: Vec::with_capacity(64),
             done: Vec::with_capacity(256),
             gc_pending: false,
+            deletes_pending: 0,
         }
     }
 
     /// Run until `stop` is set, then finish what is in flight.
     pub fn run(mut self) {
-        let mut last_work = Instant::now();
         let mut sleep = Duration::from_micros(10);
+        let mut loops: u64 = 0;
+        let mut idle_loops: u32 = 0;
+        let mut idle_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
-            let mut work = self.mailbox();
+            loops = loops.wrapping_add(1);
+            // The mailbox (queue creation/deletion) is checked every few
+            // loops while busy, every loop when idle.
+            let mut work = if idle_loops > 0 || loops % MAILBOX_EVERY == 0 {
+                self.mailbox()
+            } else {
+                false
+            };
             for c in 0..self.ctrls.len() {
                 work |= self.poll_ctrl(c);
             }
@@ -158,13 +174,22 @@ impl Poller {
             // Commands in flight on a backend count as work: never sleep on them.
             let in_flight = self.slots.len() != self.free.len();
             if work || in_flight {
-                last_work = Instant::now();
+                idle_loops = 0;
+                idle_since = None;
                 sleep = Duration::from_micros(10);
-            } else if last_work.elapsed() > SPIN {
+                continue;
+            }
+            idle_loops = idle_loops.saturating_add(1);
+            // Reading the clock costs as much as a loop: look at it only
+            // now and then while spinning.
+            if idle_loops % CLOCK_EVERY != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > SPIN {
                 std::thread::sleep(sleep);
                 sleep = (sleep * 2).min(MAX_SLEEP);
-            } else {
-                std::hint::spin_loop();
             }
         }
         self.shutdown();
@@ -188,7 +213,10 @@ impl Poller {
                         .ctrl_index(ctrl)
                         .and_then(|c| sq_mut(&mut self.ctrls[c], qid));
                     match found {
-                        Some(sq) => sq.deleting = Some(ack),
+                        Some(sq) => {
+                            sq.deleting = Some(ack);
+                            self.deletes_pending += 1;
+                        }
                         None => {
                             let _ = ack.send(());
                         }
@@ -323,10 +351,11 @@ impl Poller {
             self.finish_deletes(c);
             return work;
         }
-        self.update_cq_heads(c);
+        let shadow = self.ctrls[c].ctx.shared.shadow.get();
+        self.update_cq_heads(c, shadow);
         let nsq = self.ctrls[c].sqs.len();
         for qid in 1..nsq {
-            work |= self.fetch_sq(c, qid);
+            work |= self.fetch_sq(c, qid, shadow);
         }
         for q in &mut self.ctrls[c].nsq {
             if q.kick().is_err() {
@@ -338,10 +367,9 @@ impl Poller {
         work
     }
 
-    fn update_cq_heads(&mut self, c: usize) {
+    fn update_cq_heads(&mut self, c: usize, shadow: Option<ShadowDoorbells>) {
         let ctrl = &mut self.ctrls[c];
         let shared = &ctrl.ctx.shared;
-        let shadow = shared.shadow.load_full();
         for cq in ctrl.cqs.iter_mut().flatten() {
             let qid = cq.ring.qid;
             let head = match &shadow {
@@ -350,7 +378,9 @@ impl Poller {
                         .snap
                         .load_u32_acquire(sh.cq_head(qid))
                         .unwrap_or(cq.ring.head);
-                    let _ = ctrl.snap.store_u32_release(sh.cq_event(qid), h);
+                    if h != cq.ring.head {
+                        let _ = ctrl.snap.store_u32_release(sh.cq_event(qid), h);
+                    }
                     h
                 }
                 None => shared.doorbells.cq_head(qid),
@@ -373,7 +403,7 @@ impl Poller {
     }
 
     /// Fetch and start commands from one SQ.
-    fn fetch_sq(&mut self, c: usize, qid: usize) -> bool {
+    fn fetch_sq(&mut self, c: usize, qid: usize, shadow: Option<ShadowDoorbells>) -> bool {
         let ctrl = &mut self.ctrls[c];
         let Some(sq) = ctrl.sqs[qid].as_mut() else {
             return false;
@@ -381,16 +411,13 @@ impl Poller {
         if sq.deleting.is_some() {
             return false;
         }
-        let shared = ctrl.ctx.shared.clone();
+        let shared = &ctrl.ctx.shared;
         let sqid = sq.ring.qid;
-        let tail = match shared.shadow.load().as_deref() {
-            Some(sh) => match ctrl.snap.load_u32_acquire(sh.sq_tail(sqid)) {
-                Ok(t) => {
-                    let _ = ctrl.snap.store_u32_release(sh.sq_event(sqid), t);
-                    t
-                }
-                Err(_) => shared.doorbells.sq_tail(sqid),
-            },
+        let tail = match shadow {
+            Some(sh) => ctrl
+                .snap
+                .load_u32_acquire(sh.sq_tail(sqid))
+                .unwrap_or_else(|_| shared.doorbells.sq_tail(sqid)),
             None => shared.doorbells.sq_tail(sqid),
         };
         if let Err(e) = sq.ring.check_tail(tail) {
@@ -411,6 +438,12 @@ impl Poller {
         if n == 0 {
             return false;
         }
+        if let Some(sh) = shadow {
+            // EventIdx: the host need not ring the MMIO doorbell for entries
+            // up to what we have seen (we poll the shadow anyway).
+            let _ = ctrl.snap.store_u32_release(sh.sq_event(sqid), tail);
+        }
+        let shared = shared.clone();
         let limits = PrpLimits {
             page_size: shared.page_size(),
             max_transfer: shared.mdts_bytes,
@@ -532,6 +565,9 @@ impl Poller {
     }
 
     fn retry_deferred(&mut self) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
         let mut any = false;
         for _ in 0..self.deferred.len() {
             let Some(d) = self.deferred.pop_front() else {
@@ -695,6 +731,9 @@ impl Poller {
 
     /// Finish SQ deletions whose commands have all completed.
     fn finish_deletes(&mut self, c: usize) {
+        if self.deletes_pending == 0 {
+            return;
+        }
         let ctrl = &mut self.ctrls[c];
         for slot in ctrl.sqs.iter_mut() {
             let ready = slot
@@ -702,6 +741,7 @@ impl Poller {
                 .is_some_and(|sq| sq.deleting.is_some() && sq.in_flight == 0);
             if ready {
                 if let Some(sq) = slot.take() {
+                    self.deletes_pending = self.deletes_pending.saturating_sub(1);
                     tracing::info!(ctrl = %ctrl.ctx.shared.name, qid = sq.ring.qid, commands = sq.commands, "I/O submission queue deleted");
                     if let Some(ack) = sq.deleting {
                         let _ = ack.send(());

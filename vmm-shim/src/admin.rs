@@ -14,7 +14,6 @@ use leapio_nvme::log::{
 use leapio_nvme::regs::Cc;
 use leapio_nvme::{AdminOpcode, IoOpcode, Sqe, Status};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use zerocopy::{FromZeros, IntoBytes};
 
 /// Asynchronous Event Request Limit (0's based): 4 outstanding.
@@ -569,7 +568,7 @@ impl NvmeController {
         for &qid in self.cqs.keys() {
             let _ = snap.store_u32_release(shadow.cq_head(qid), self.shared.doorbells.cq_head(qid));
         }
-        self.shared.shadow.store(Some(Arc::new(shadow)));
+        self.shared.shadow.set(Some(shadow));
         Status::SUCCESS
     }
 }

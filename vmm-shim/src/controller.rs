@@ -383,7 +383,7 @@ impl NvmeController {
         self.admin = None;
         self.aers.clear();
         self.features = Features::default();
-        self.shared.shadow.store(None);
+        self.shared.shadow.set(None);
         self.shared.clear_events();
         self.shared.doorbells.clear();
         self.shared.irqs.clear_pending();

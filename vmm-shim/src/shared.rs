@@ -5,7 +5,6 @@
 
 use crate::doorbell::Doorbells;
 use crate::irq::Interrupts;
-use arc_swap::ArcSwapOption;
 use leapio_ats::Domain;
 use leapio_nvme::log::ErrorLogEntry;
 use leapio_nvme::Status;
@@ -26,6 +25,39 @@ pub struct NamespaceInfo {
     pub nguid: [u8; 16],
     pub eui64: [u8; 8],
     pub uuid: [u8; 16],
+}
+
+/// The current shadow doorbell configuration: two atomics so that pollers
+/// read it every loop for the price of two plain loads. `dbs == 0` means
+/// none (Doorbell Buffer Config refuses address 0).
+#[derive(Default)]
+pub struct ShadowConfig {
+    dbs: AtomicU64,
+    eis: AtomicU64,
+}
+
+impl ShadowConfig {
+    pub fn get(&self) -> Option<ShadowDoorbells> {
+        let dbs = self.dbs.load(Ordering::Acquire);
+        if dbs == 0 {
+            return None;
+        }
+        Some(ShadowDoorbells {
+            dbs,
+            eis: self.eis.load(Ordering::Acquire),
+        })
+    }
+
+    pub fn set(&self, v: Option<ShadowDoorbells>) {
+        match v {
+            Some(s) => {
+                self.dbs.store(0, Ordering::Release);
+                self.eis.store(s.eis, Ordering::Release);
+                self.dbs.store(s.dbs, Ordering::Release);
+            }
+            None => self.dbs.store(0, Ordering::Release),
+        }
+    }
 }
 
 /// Shadow doorbell and EventIdx buffers (Doorbell Buffer Config).
@@ -72,7 +104,7 @@ pub struct CtrlShared {
     pub page_size: AtomicU64,
     /// Maximum data transfer size in bytes.
     pub mdts_bytes: u64,
-    pub shadow: ArcSwapOption<ShadowDoorbells>,
+    pub shadow: ShadowConfig,
     /// Controller Fatal Status: the runtime could not go on (e.g. a queue's
     /// memory was unmapped under it).
     pub fatal: AtomicBool,
@@ -106,7 +138,7 @@ impl CtrlShared {
             namespaces,
             page_size: AtomicU64::new(4096),
             mdts_bytes,
-            shadow: ArcSwapOption::empty(),
+            shadow: ShadowConfig::default(),
             fatal: AtomicBool::new(false),
             counters: Counters::default(),
             events: Mutex::new(VecDeque::new()),
