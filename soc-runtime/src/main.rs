@@ -55,6 +55,14 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     pollers: usize,
 
+    /// When a poller has only backend I/O (file, block device) pending and
+    /// the guests are quiet, sleep in io_uring up to this many microseconds
+    /// instead of spinning (0 = always spin). Helps when pollers share
+    /// cores with the kernel's I/O completion work; costs up to this much
+    /// latency on a new submission while waiting.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    io_wait_us: u64,
+
     /// Pin poller i to the i-th CPU of this list (e.g. 2,3), cycling.
     #[arg(long, value_delimiter = ',', value_name = "CPUS")]
     poller_cpus: Vec<usize>,
@@ -94,7 +102,8 @@ fn main() -> ExitCode {
         }
     }
 
-    let rt = match Runtime::start_pinned(args.pollers, &args.poller_cpus) {
+    let io_wait = (args.io_wait_us > 0).then(|| Duration::from_micros(args.io_wait_us));
+    let rt = match Runtime::start_with(args.pollers, &args.poller_cpus, io_wait) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("socp: starting pollers: {e}");

@@ -59,6 +59,8 @@ const BACKEND_DEPTH: u32 = 1024;
 const SPIN: Duration = Duration::from_micros(200);
 /// Longest idle sleep.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
+/// Loops with only backend I/O pending before an `io_wait` poller blocks.
+const WAIT_AFTER_LOOPS: u32 = 32;
 /// Busy loops between mailbox checks.
 const MAILBOX_EVERY: u64 = 64;
 /// Idle loops between clock reads.
@@ -131,6 +133,9 @@ pub struct Poller {
     gc_pending: bool,
     /// Submission queues waiting for their commands before deletion.
     deletes_pending: usize,
+    /// Block in the backend (up to this long) while only backend I/O is
+    /// pending, instead of spinning.
+    io_wait: Option<Duration>,
 }
 
 impl Poller {
@@ -147,6 +152,7 @@ impl Poller {
             done: Vec::with_capacity(256),
             gc_pending: false,
             deletes_pending: 0,
+            io_wait: None,
         }
     }
 
@@ -156,6 +162,7 @@ impl Poller {
         let mut loops: u64 = 0;
         let mut idle_loops: u32 = 0;
         let mut idle_since: Option<Instant> = None;
+        let mut waiting_loops: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
             loops = loops.wrapping_add(1);
             // The mailbox (queue creation/deletion) is checked every few
@@ -171,12 +178,24 @@ impl Poller {
             if self.gc_pending {
                 self.gc_ctrls();
             }
-            // Commands in flight on a backend count as work: never sleep on them.
+            // Commands in flight on a backend count as work: never sleep on
+            // them, except (with `io_wait`) in the kernel until the backend
+            // completes something, once the guest has gone quiet.
             let in_flight = self.slots.len() != self.free.len();
             if work || in_flight {
                 idle_loops = 0;
                 idle_since = None;
                 sleep = Duration::from_micros(10);
+                if work {
+                    waiting_loops = 0;
+                } else {
+                    waiting_loops = waiting_loops.saturating_add(1);
+                    if let Some(t) = self.io_wait {
+                        if waiting_loops >= WAIT_AFTER_LOOPS {
+                            self.wait_backend(t);
+                        }
+                    }
+                }
                 continue;
             }
             idle_loops = idle_loops.saturating_add(1);
@@ -193,6 +212,22 @@ impl Poller {
             }
         }
         self.shutdown();
+    }
+
+    /// With `io_wait`: block instead of spinning while waiting on a backend.
+    pub fn with_io_wait(mut self, io_wait: Option<Duration>) -> Poller {
+        self.io_wait = io_wait;
+        self
+    }
+
+    /// Sleep in the first backend queue that has requests in flight.
+    fn wait_backend(&mut self, timeout: Duration) {
+        for ctrl in &mut self.ctrls {
+            if let Some(q) = ctrl.nsq.iter_mut().find(|q| q.in_flight() > 0) {
+                q.wait_completion(timeout);
+                return;
+            }
+        }
     }
 
     fn mailbox(&mut self) -> bool {

@@ -28,12 +28,18 @@ pub struct Runtime {
 impl Runtime {
     /// Start `n` pollers (at least one).
     pub fn start(n: usize) -> io::Result<Arc<Runtime>> {
-        Runtime::start_pinned(n, &[])
+        Runtime::start_with(n, &[], None)
     }
 
     /// Start `n` pollers, poller i pinned to `cpus[i % cpus.len()]` (no
-    /// pinning when `cpus` is empty).
-    pub fn start_pinned(n: usize, cpus: &[usize]) -> io::Result<Arc<Runtime>> {
+    /// pinning when `cpus` is empty); with `io_wait`, a poller that only
+    /// waits on backend I/O sleeps in the kernel (up to that long) instead
+    /// of spinning.
+    pub fn start_with(
+        n: usize,
+        cpus: &[usize],
+        io_wait: Option<Duration>,
+    ) -> io::Result<Arc<Runtime>> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::new();
         let mut threads = Vec::new();
@@ -50,7 +56,7 @@ impl Runtime {
                             Err(e) => tracing::warn!(poller = i, cpu, "cannot pin poller: {e}"),
                         }
                     }
-                    Poller::new(i, rx, st).run()
+                    Poller::new(i, rx, st).with_io_wait(io_wait).run()
                 })?;
             senders.push(Mutex::new(tx));
             threads.push(t);

@@ -21,10 +21,19 @@ impl TestServer {
     /// One controller per spec string (without `sock=`: sockets are
     /// created in a fresh directory), served by `pollers` pollers.
     pub fn start(specs: &[&str], pollers: usize) -> TestServer {
+        TestServer::start_with(specs, pollers, None)
+    }
+
+    /// As [`TestServer::start`], with the pollers' `io_wait` setting.
+    pub fn start_with(
+        specs: &[&str],
+        pollers: usize,
+        io_wait: Option<std::time::Duration>,
+    ) -> TestServer {
         let dir =
             std::env::temp_dir().join(format!("leapio-test-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let rt = Runtime::start(pollers).expect("pollers");
+        let rt = Runtime::start_with(pollers, &[], io_wait).expect("pollers");
         let stop = Arc::new(AtomicBool::new(false));
         let mut served = Vec::new();
         let mut sockets = Vec::new();

@@ -446,6 +446,15 @@ impl BackendQueue for FileQueue {
         self.slots.len() - self.free.len()
     }
 
+    fn wait_completion(&mut self, timeout: Duration) {
+        if self.in_flight() == 0 {
+            return;
+        }
+        if let Err(e) = self.ring.wait(timeout) {
+            tracing::error!(error = %e, "io_uring wait failed");
+        }
+    }
+
     fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         let mut n = self.reap(out);

@@ -296,6 +296,13 @@ pub trait BackendQueue: Send {
     /// Wait (up to `timeout`) until everything in flight completed, appending
     /// completions; returns how many were appended.
     fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize;
+    /// Block for up to `timeout` until a request completes (it may return
+    /// early, e.g. on a signal). For pollers whose core is shared with the
+    /// kernel's own I/O completion work: sleeping in the kernel lets that
+    /// work run. Backends that complete inline return at once.
+    fn wait_completion(&mut self, timeout: Duration) {
+        let _ = timeout;
+    }
 }
 
 /// Open the backend a spec names.

@@ -27,7 +27,19 @@ impl Ring {
     /// A ring with at least `entries` SQ entries (and twice as many CQ entries,
     /// so completions of `entries` requests in flight never overflow).
     pub(crate) fn new(entries: u32) -> io::Result<Self> {
-        let ring = IoUring::new(entries.max(1).next_power_of_two())?;
+        let entries = entries.max(1).next_power_of_two();
+        // Cooperative task running: completions are not pushed to us with an
+        // interrupt (IPI) while the poller spins in user space; the kernel
+        // flags them and our next io_uring_enter runs them in a batch.
+        // Kernels before 5.19 refuse the flags: fall back to a plain ring.
+        let ring = match IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
+            Ok(r) => r,
+            Err(_) => IoUring::new(entries)?,
+        };
         let mut probe = Probe::new();
         let fallocate = match ring.submitter().register_probe(&mut probe) {
             Ok(()) => probe.is_supported(opcode::Fallocate::CODE),
@@ -135,7 +147,7 @@ impl Ring {
     /// Hand everything pushed to the kernel. Transient refusals (EAGAIN,
     /// EBUSY) leave the entries queued for the next call and report `Ok`.
     pub(crate) fn submit(&mut self) -> io::Result<()> {
-        if !self.unsubmitted {
+        if !self.unsubmitted && !self.ring.submission().taskrun() {
             return Ok(());
         }
         loop {
@@ -178,6 +190,12 @@ impl Ring {
     /// Append every available completion to `out` as `(user_data, result)`
     /// (`result` is the syscall's return value or a negated errno).
     pub(crate) fn reap_into(&mut self, out: &mut Vec<(u64, i32)>) {
+        if self.ring.submission().taskrun() {
+            // Completions are waiting as task work: one enter runs them.
+            if let Err(e) = self.submit() {
+                tracing::error!(error = %e, "io_uring enter failed");
+            }
+        }
         out.extend(
             self.ring
                 .completion()

@@ -138,7 +138,9 @@ fn run(cfg: &Config) -> Result<Report, PerfError> {
             format!("sock=/x,{spec}")
                 .parse::<socp::config::CtrlSpec>()
                 .map_err(|e| PerfError::Setup(format!("--spawn {spec}: {e}")))?;
-            let srv = TestServer::start(&[spec.as_str()], *pollers);
+            let io_wait =
+                (cfg.io_wait_us > 0).then(|| std::time::Duration::from_micros(cfg.io_wait_us));
+            let srv = TestServer::start_with(&[spec.as_str()], *pollers, io_wait);
             let detail = format!("in-process, {spec}, {pollers} poller(s)");
             run_ctrl(cfg, srv.sock(0), CpuSource::ThisProcess, "socp", detail)
         }

@@ -136,6 +136,11 @@ pub struct Args {
     #[arg(long, value_name = "CPU")]
     pub target_cpu: Option<usize>,
 
+    /// With --spawn: socp's --io-wait-us (pollers with only backend I/O
+    /// pending sleep in io_uring up to this long instead of spinning).
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub io_wait_us: u64,
+
     /// Seed of the random offsets and of the --verify pattern.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -208,6 +213,7 @@ pub struct Config {
     pub prefill: bool,
     pub cpu: Option<usize>,
     pub target_cpu: Option<usize>,
+    pub io_wait_us: u64,
     pub seed: u64,
     pub json: bool,
 }
@@ -309,6 +315,7 @@ impl Config {
             prefill: a.prefill || (a.verify && a.workload.read_pct(a.rwmixread) > 0),
             cpu: a.cpu,
             target_cpu: a.target_cpu,
+            io_wait_us: a.io_wait_us,
             seed: a.seed,
             json: a.json,
         })
