@@ -20,6 +20,9 @@
 #   --allow-reboot       let a guest reboot restart it (the `reboot` job)
 #   --nic                QEMU user networking (virtio-net); the host's
 #                        loopback is 10.0.2.2 from the guest (the `tcp` job)
+#   --hostfwd RULE       repeatable, implies --nic: forward a host port into
+#                        the guest, e.g. tcp:127.0.0.1:14420-:4420 (the
+#                        guest is 10.0.2.15; the `nvmet` job)
 #   --accel MODE         auto|kvm|tcg (default $LEAPIO_ACCEL or auto)
 #   --quiet              no progress messages
 #
@@ -36,7 +39,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0
+jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0 fwd=''
 accel=${LEAPIO_ACCEL:-auto}
 while (($#)); do
     case $1 in
@@ -47,6 +50,7 @@ while (($#)); do
     --timeout) timeout=$2; shift ;;
     --allow-reboot) allow_reboot=1 ;;
     --nic) nic=1 ;;
+    --hostfwd) nic=1 fwd+=",hostfwd=$2"; shift ;;
     --accel) accel=$2; shift ;;
     --quiet) quiet=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -132,7 +136,7 @@ else
 fi
 ((allow_reboot)) || args+=(-no-reboot)
 # shellcheck disable=SC2054 # commas belong to QEMU options
-((nic)) && args+=(-nic user,model=virtio-net-pci)
+((nic)) && args+=(-nic "user,model=virtio-net-pci$fwd")
 
 dev=/dev/nvme0n1
 i=0

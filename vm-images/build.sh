@@ -2,7 +2,8 @@
 # Build the guest initramfs from the Debian trixie root made by
 # scripts/setup-host.sh: busybox-static (+ applet symlinks), fio and nvme-cli
 # with the shared libraries they load (resolved with ldd inside the root, plus
-# ld.so), virtio_blk.ko (for the virtio-blk baseline) and vm-images/init.
+# ld.so), virtio_blk.ko (for the virtio-blk baseline), the NVMe/TCP host and
+# target modules (jobs `tcp`, `nvmet`) and vm-images/init.
 #
 # Reproducible: sorted file list, mtimes fixed to 0, owner 0:0, `cpio
 # --reproducible`, deterministic zstd. Cached: the output name carries a hash
@@ -95,6 +96,13 @@ xz -dc "$LEAPIO_ROOT"/lib/modules/"$kver"/kernel/drivers/block/virtio_blk.ko.xz 
 # fabrics host modules (all modules in the cloud kernel), in load order
 for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net \
     drivers/nvme/host/nvme-fabrics drivers/nvme/host/nvme-tcp; do
+    xz -dc "$LEAPIO_ROOT/lib/modules/$kver/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
+done
+
+# NVMe/TCP target job (`nvmet`): Linux's target (configfs, nvmet, nvmet-tcp)
+# and brd for its RAM namespace (all modules in the cloud kernel)
+for m in fs/configfs/configfs drivers/nvme/target/nvmet drivers/nvme/target/nvmet-tcp \
+    drivers/block/brd; do
     xz -dc "$LEAPIO_ROOT/lib/modules/$kver/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
 done
 
