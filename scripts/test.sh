@@ -37,4 +37,5 @@ fi
 stage build-socp cargo build --release -p socp
 stage e2e bash scripts/e2e.sh
 stage e2e-tcp bash scripts/e2e-tcp.sh
+stage e2e-tcp-host bash scripts/e2e-tcp-host.sh
 log "all stages passed in $(elapsed "$t0") s"
