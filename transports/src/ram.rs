@@ -1,4 +1,5 @@
-//! The RAM backend: an anonymous shared mapping shared by all queues.
+//! The RAM backend: one private anonymous mapping (huge pages where the
+//! host allows them) shared by all queues of this process.
 //! Requests are carried out at submit time and reported by the next poll.
 
 use std::sync::Arc;
@@ -40,7 +41,7 @@ impl RamBackend {
                 "ram: size {size} does not fit in the address space"
             ))
         })?;
-        let mem = Mapping::anonymous_shared(len)
+        let mem = Mapping::anonymous(len)
             .map_err(|source| TransportError::Map { size, source })?;
         Ok(RamBackend {
             mem: Arc::new(mem),

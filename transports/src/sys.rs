@@ -18,15 +18,21 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// `len` bytes of zeroed memory, shared (so it stays shared with any
-    /// future child process) and not reserved against swap, so large sparse
-    /// RAM disks cost only the pages actually written.
-    pub(crate) fn anonymous_shared(len: usize) -> io::Result<Self> {
-        Self::map(
+    /// `len` bytes of zeroed private anonymous memory, not reserved against
+    /// swap, so large sparse RAM disks cost only the pages actually written.
+    /// Private rather than shared so that transparent huge pages apply (they
+    /// usually do not for shmem): random 4 KiB accesses across a large RAM
+    /// disk then cost far fewer TLB misses.
+    pub(crate) fn anonymous(len: usize) -> io::Result<Self> {
+        let m = Self::map(
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        )
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )?;
+        // A hint only: THP may be disabled on this host.
+        // SAFETY: advising our own fresh mapping, exactly its range.
+        unsafe { libc::madvise(m.ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+        Ok(m)
     }
 
     /// `len` bytes of read-only zeroes (every page is the kernel's zero page).
@@ -69,10 +75,10 @@ impl Mapping {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         // SAFETY: the range lies inside our own mapping (checked above);
-        // MADV_REMOVE on shared anonymous memory only replaces its contents by
-        // zeroes, it does not unmap anything.
+        // MADV_DONTNEED on private anonymous memory only replaces its contents
+        // by zeroes (fresh pages on the next touch); it does not unmap anything.
         let rc =
-            unsafe { libc::madvise(self.ptr.as_ptr().add(offset).cast(), len, libc::MADV_REMOVE) };
+            unsafe { libc::madvise(self.ptr.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
