@@ -47,7 +47,9 @@ pub fn plan(
     }
 }
 
-fn lba_range(sqe: &Sqe, ns: &NamespaceInfo) -> Result<(u64, u64), Status> {
+/// Byte offset and length of a read/write-style command's LBA range, or
+/// LBA Out of Range (overflow included).
+pub fn lba_range(sqe: &Sqe, ns: &NamespaceInfo) -> Result<(u64, u64), Status> {
     let slba = sqe.slba();
     let nlb = u64::from(sqe.nlb());
     match slba.checked_add(nlb) {
@@ -128,31 +130,38 @@ fn plan_inner(
             let mut buf = [0u8; MAX_DSM_RANGES * 16];
             let bytes = &mut buf[..nr * 16];
             copy_from_prps(snap, sqe.prp1.get(), sqe.prp2.get(), bytes, *limits)?;
-            let bs = u64::from(ns.block_size);
-            let mut ops = Vec::with_capacity(nr);
-            for chunk in bytes.chunks_exact(16) {
-                let r = DsmRange::read_from_bytes(chunk).map_err(|_| Status::INTERNAL_ERROR)?;
-                let nlb = u64::from(r.nlb.get());
-                if nlb == 0 {
-                    continue;
-                }
-                match r.slba.get().checked_add(nlb) {
-                    Some(end) if end <= ns.num_blocks => {}
-                    _ => return Err(Status::LBA_OUT_OF_RANGE),
-                }
-                ops.push(Op {
-                    kind: IoKind::Deallocate,
-                    offset: r.slba.get() * bs,
-                    len: nlb * bs,
-                });
-            }
-            if ops.is_empty() {
-                return Ok(Plan::Complete(Status::SUCCESS));
-            }
-            Ok(Plan::Multi(ops))
+            dsm_deallocate_plan(bytes, ns)
         }
         _ => Err(Status::INVALID_OPCODE),
     }
+}
+
+/// The deallocate operations of a Dataset Management command whose 16-byte
+/// ranges are in `ranges`: each range is checked against the namespace;
+/// empty ranges are skipped.
+pub fn dsm_deallocate_plan(ranges: &[u8], ns: &NamespaceInfo) -> Result<Plan, Status> {
+    let bs = u64::from(ns.block_size);
+    let mut ops = Vec::with_capacity(ranges.len() / 16);
+    for chunk in ranges.chunks_exact(16) {
+        let r = DsmRange::read_from_bytes(chunk).map_err(|_| Status::INTERNAL_ERROR)?;
+        let nlb = u64::from(r.nlb.get());
+        if nlb == 0 {
+            continue;
+        }
+        match r.slba.get().checked_add(nlb) {
+            Some(end) if end <= ns.num_blocks => {}
+            _ => return Err(Status::LBA_OUT_OF_RANGE),
+        }
+        ops.push(Op {
+            kind: IoKind::Deallocate,
+            offset: r.slba.get() * bs,
+            len: nlb * bs,
+        });
+    }
+    if ops.is_empty() {
+        return Ok(Plan::Complete(Status::SUCCESS));
+    }
+    Ok(Plan::Multi(ops))
 }
 
 /// NVMe status for a failed backend operation.

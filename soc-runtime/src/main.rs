@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use socp::config::CtrlSpec;
+use socp::error_chain;
 use socp::runtime::Runtime;
 use socp::server::start_controller;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
@@ -70,18 +71,6 @@ struct Args {
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
-}
-
-/// An error and its sources, joined with ": ".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn main() -> ExitCode {

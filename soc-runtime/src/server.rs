@@ -4,7 +4,7 @@
 
 use crate::config::CtrlSpec;
 use crate::runtime::Runtime;
-use leapio_transports::{open_backend, Backend};
+use leapio_transports::{open_backend, Backend, BackendSpec, TransportError};
 use leapio_vmm_shim::controller::namespace_ids;
 use leapio_vmm_shim::vfio_user::{serve, Listener};
 use leapio_vmm_shim::{ControllerConfig, NamespaceInfo, NvmeController};
@@ -39,32 +39,27 @@ pub struct Served {
     pub thread: JoinHandle<()>,
 }
 
-/// Open the backends, build the controller, bind its socket and start its
-/// control thread.
-pub fn start_controller(
-    index: usize,
-    spec: &CtrlSpec,
-    rt: &Arc<Runtime>,
-    stop: Arc<AtomicBool>,
-) -> Result<Served, ServeError> {
-    let sock = spec.sock.display().to_string();
-    let serial = spec
-        .serial
-        .clone()
-        .unwrap_or_else(|| format!("LEAPIO{index:04}"));
+/// A front end's namespaces: their backends and how they are presented,
+/// both in NSID order.
+pub type Namespaces = (Vec<Arc<dyn Backend>>, Vec<NamespaceInfo>);
+
+/// Open the backends of a controller's (or target's) namespaces, in NSID
+/// order, and describe them as the controller presents them. A failure
+/// names the NSID.
+pub fn open_namespaces(
+    specs: &[BackendSpec],
+    serial: &str,
+    owner: &str,
+) -> Result<Namespaces, (u32, TransportError)> {
     let mut backends = Vec::new();
     let mut namespaces = Vec::new();
-    for (i, ns) in spec.namespaces.iter().enumerate() {
+    for (i, ns) in specs.iter().enumerate() {
         let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let b = open_backend(ns).map_err(|source| ServeError::Backend {
-            sock: sock.clone(),
-            nsid,
-            source,
-        })?;
+        let b = open_backend(ns).map_err(|e| (nsid, e))?;
         let g = b.geometry();
         let f = b.features();
-        let (nguid, eui64, uuid) = namespace_ids(&serial, nsid);
-        tracing::info!(ctrl = %sock, nsid, "namespace {nsid}: {}", b.describe());
+        let (nguid, eui64, uuid) = namespace_ids(serial, nsid);
+        tracing::info!(owner, nsid, "namespace {nsid}: {}", b.describe());
         namespaces.push(NamespaceInfo {
             nsid,
             block_size: g.block_size,
@@ -78,6 +73,30 @@ pub fn start_controller(
         });
         backends.push(b);
     }
+    Ok((backends, namespaces))
+}
+
+/// Open the backends, build the controller, bind its socket and start its
+/// control thread.
+pub fn start_controller(
+    index: usize,
+    spec: &CtrlSpec,
+    rt: &Arc<Runtime>,
+    stop: Arc<AtomicBool>,
+) -> Result<Served, ServeError> {
+    let sock = spec.sock.display().to_string();
+    let serial = spec
+        .serial
+        .clone()
+        .unwrap_or_else(|| format!("LEAPIO{index:04}"));
+    let (backends, namespaces) =
+        open_namespaces(&spec.namespaces, &serial, &sock).map_err(|(nsid, source)| {
+            ServeError::Backend {
+                sock: sock.clone(),
+                nsid,
+                source,
+            }
+        })?;
     let cfg = ControllerConfig {
         serial: serial.clone(),
         subnqn: format!("nqn.2026-11.io.leapio:{serial}"),

@@ -41,8 +41,7 @@ impl RamBackend {
                 "ram: size {size} does not fit in the address space"
             ))
         })?;
-        let mem = Mapping::anonymous(len)
-            .map_err(|source| TransportError::Map { size, source })?;
+        let mem = Mapping::anonymous(len).map_err(|source| TransportError::Map { size, source })?;
         Ok(RamBackend {
             mem: Arc::new(mem),
             geometry: Geometry {

@@ -77,8 +77,13 @@ impl Mapping {
         // SAFETY: the range lies inside our own mapping (checked above);
         // MADV_DONTNEED on private anonymous memory only replaces its contents
         // by zeroes (fresh pages on the next touch); it does not unmap anything.
-        let rc =
-            unsafe { libc::madvise(self.ptr.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
+        let rc = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(offset).cast(),
+                len,
+                libc::MADV_DONTNEED,
+            )
+        };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -5,14 +5,12 @@ use crate::shared::ShadowDoorbells;
 use leapio_ats::{Access, Snapshot};
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::identify::{
-    put_ascii, Cns, IdentifyController, IdentifyNamespace, LbaFormat, NidHeader, NidType,
-    LPA_CMD_EFFECTS, OACS_DBBUF, ONCS_DSM, ONCS_WRITE_ZEROES,
+    put_ascii, Cns, IdentifyController, IdentifyNamespace, NidHeader, NidType, LPA_CMD_EFFECTS,
+    OACS_DBBUF,
 };
-use leapio_nvme::log::{
-    u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog, CSE_CSUPP, CSE_LBCC,
-};
+use leapio_nvme::log::{u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog};
 use leapio_nvme::regs::Cc;
-use leapio_nvme::{AdminOpcode, IoOpcode, Sqe, Status};
+use leapio_nvme::{AdminOpcode, Sqe, Status};
 use std::sync::atomic::Ordering;
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -128,15 +126,6 @@ impl NvmeController {
 
     pub(crate) fn identify_controller(&self) -> IdentifyController {
         let mut id = IdentifyController::zeroed();
-        let any_vwc = self
-            .shared
-            .namespaces
-            .iter()
-            .any(|n| n.volatile_write_cache);
-        let all_wz = !self.shared.namespaces.is_empty()
-            && self.shared.namespaces.iter().all(|n| n.write_zeroes);
-        let all_dsm = !self.shared.namespaces.is_empty()
-            && self.shared.namespaces.iter().all(|n| n.deallocate);
         id.vid = crate::pci::VENDOR_ID.into();
         id.ssvid = crate::pci::VENDOR_ID.into();
         put_ascii(&mut id.sn, &self.cfg.serial);
@@ -161,19 +150,7 @@ impl NvmeController {
         id.cctemp = 373.into();
         id.sqes = 0x66;
         id.cqes = 0x44;
-        id.nn = u32::try_from(self.shared.namespaces.len())
-            .unwrap_or(0)
-            .into();
-        let mut oncs = 0u16;
-        if all_dsm {
-            oncs |= ONCS_DSM;
-        }
-        if all_wz {
-            oncs |= ONCS_WRITE_ZEROES;
-        }
-        id.oncs = oncs.into();
-        // VWC present; flush with the broadcast NSID not supported (10b).
-        id.vwc = if any_vwc { 0x1 | (0x2 << 1) } else { 0 };
+        crate::identify::set_namespace_fields(&mut id, &self.shared.namespaces);
         id.sgls = 0.into();
         let nqn = self.cfg.subnqn.as_bytes();
         let n = nqn.len().min(255);
@@ -183,27 +160,10 @@ impl NvmeController {
     }
 
     pub(crate) fn identify_namespace(&self, nsid: u32) -> IdentifyNamespace {
-        let mut id = IdentifyNamespace::zeroed();
-        let Some(ns) = self.shared.namespace(nsid) else {
-            return id;
-        };
-        id.nsze = ns.num_blocks.into();
-        id.ncap = ns.num_blocks.into();
-        id.nuse = ns.num_blocks.into();
-        // Bit 0: thin provisioning when deallocate is supported.
-        id.nsfeat = u8::from(ns.deallocate);
-        id.nlbaf = 0;
-        id.flbas = 0;
-        // Deallocated blocks read as zeroes; Write Zeroes may deallocate.
-        id.dlfeat = if ns.deallocate { 0x1 | (1 << 3) } else { 0 };
-        id.lbaf[0] = LbaFormat {
-            ms: 0.into(),
-            lbads: u8::try_from(ns.block_size.trailing_zeros()).unwrap_or(9),
-            rp: 0,
-        };
-        id.nguid = ns.nguid;
-        id.eui64 = ns.eui64;
-        id
+        match self.shared.namespace(nsid) {
+            Some(ns) => crate::identify::namespace_page(ns),
+            None => IdentifyNamespace::zeroed(),
+        }
     }
 
     fn get_log_page(&self, snap: &Snapshot, sqe: &Sqe) -> Status {
@@ -281,8 +241,7 @@ impl NvmeController {
     }
 
     fn effects_log(&self) -> CmdEffectsLog {
-        let mut e = CmdEffectsLog::new_zeroed();
-        for op in [
+        crate::identify::effects_log(&[
             AdminOpcode::DELETE_SQ,
             AdminOpcode::CREATE_SQ,
             AdminOpcode::GET_LOG_PAGE,
@@ -295,19 +254,7 @@ impl NvmeController {
             AdminOpcode::ASYNC_EVENT_REQUEST,
             AdminOpcode::KEEP_ALIVE,
             AdminOpcode::DOORBELL_BUFFER_CONFIG,
-        ] {
-            e.acs[usize::from(op)] = CSE_CSUPP.into();
-        }
-        e.iocs[usize::from(IoOpcode::FLUSH)] = CSE_CSUPP.into();
-        e.iocs[usize::from(IoOpcode::READ)] = CSE_CSUPP.into();
-        for op in [
-            IoOpcode::WRITE,
-            IoOpcode::WRITE_ZEROES,
-            IoOpcode::DATASET_MANAGEMENT,
-        ] {
-            e.iocs[usize::from(op)] = (CSE_CSUPP | CSE_LBCC).into();
-        }
-        e
+        ])
     }
 
     fn any_vwc(&self) -> bool {

@@ -10,14 +10,11 @@ use leapio_nvme::fabrics::{
     DISCOVERY_NQN, LID_DISCOVERY,
 };
 use leapio_nvme::identify::{
-    put_ascii, Cns, IdentifyController, IdentifyNamespace, LbaFormat, NidHeader, NidType,
-    LPA_CMD_EFFECTS, ONCS_DSM, ONCS_WRITE_ZEROES,
+    put_ascii, Cns, IdentifyController, IdentifyNamespace, NidHeader, NidType, LPA_CMD_EFFECTS,
 };
-use leapio_nvme::log::{
-    u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog, CSE_CSUPP, CSE_LBCC,
-};
+use leapio_nvme::log::{u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
-use leapio_nvme::{AdminOpcode, IoOpcode, Sqe, Status};
+use leapio_nvme::{AdminOpcode, Sqe, Status};
 use std::sync::atomic::Ordering;
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -199,21 +196,8 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
     id.sqes = 0x66;
     id.cqes = 0x44;
     id.maxcmd = u16::try_from(l.queue_entries).unwrap_or(u16::MAX).into();
-    let nss = &sub.namespaces;
     if !ctrl.discovery {
-        id.nn = u32::try_from(nss.len()).unwrap_or(0).into();
-        let mut oncs = 0u16;
-        if !nss.is_empty() && nss.iter().all(|n| n.deallocate) {
-            oncs |= ONCS_DSM;
-        }
-        if !nss.is_empty() && nss.iter().all(|n| n.write_zeroes) {
-            oncs |= ONCS_WRITE_ZEROES;
-        }
-        id.oncs = oncs.into();
-        if nss.iter().any(|n| n.volatile_write_cache) {
-            // VWC present; flush with the broadcast NSID not supported (10b).
-            id.vwc = 0x1 | (0x2 << 1);
-        }
+        leapio_vmm_shim::identify::set_namespace_fields(&mut id, &sub.namespaces);
     }
     id.sgls = (Sgls::SUPPORTED | Sgls::OFFSET | Sgls::TRANSPORT_DATA_BLOCK).into();
     let nqn = if ctrl.discovery {
@@ -234,23 +218,10 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
 }
 
 fn identify_namespace(sub: &Subsystem, nsid: u32) -> IdentifyNamespace {
-    let mut id = IdentifyNamespace::zeroed();
-    let Some((_, ns)) = sub.namespace(nsid) else {
-        return id;
-    };
-    id.nsze = ns.num_blocks.into();
-    id.ncap = ns.num_blocks.into();
-    id.nuse = ns.num_blocks.into();
-    id.nsfeat = u8::from(ns.deallocate);
-    id.dlfeat = if ns.deallocate { 0x1 | (1 << 3) } else { 0 };
-    id.lbaf[0] = LbaFormat {
-        ms: 0.into(),
-        lbads: u8::try_from(ns.block_size.trailing_zeros()).unwrap_or(9),
-        rp: 0,
-    };
-    id.nguid = ns.nguid;
-    id.eui64 = ns.eui64;
-    id
+    match sub.namespace(nsid) {
+        Some((_, ns)) => leapio_vmm_shim::identify::namespace_page(ns),
+        None => IdentifyNamespace::zeroed(),
+    }
 }
 
 fn get_log_page(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe, xfer_len: u32) -> Reply {
@@ -338,8 +309,7 @@ pub fn discovery_log(sub: &Subsystem, ctrl: &Controller) -> Vec<u8> {
 }
 
 fn effects_log() -> CmdEffectsLog {
-    let mut e = CmdEffectsLog::new_zeroed();
-    for op in [
+    leapio_vmm_shim::identify::effects_log(&[
         AdminOpcode::GET_LOG_PAGE,
         AdminOpcode::IDENTIFY,
         AdminOpcode::ABORT,
@@ -347,19 +317,7 @@ fn effects_log() -> CmdEffectsLog {
         AdminOpcode::GET_FEATURES,
         AdminOpcode::ASYNC_EVENT_REQUEST,
         AdminOpcode::KEEP_ALIVE,
-    ] {
-        e.acs[usize::from(op)] = CSE_CSUPP.into();
-    }
-    e.iocs[usize::from(IoOpcode::FLUSH)] = CSE_CSUPP.into();
-    e.iocs[usize::from(IoOpcode::READ)] = CSE_CSUPP.into();
-    for op in [
-        IoOpcode::WRITE,
-        IoOpcode::WRITE_ZEROES,
-        IoOpcode::DATASET_MANAGEMENT,
-    ] {
-        e.iocs[usize::from(op)] = (CSE_CSUPP | CSE_LBCC).into();
-    }
-    e
+    ])
 }
 
 fn any_vwc(sub: &Subsystem) -> bool {

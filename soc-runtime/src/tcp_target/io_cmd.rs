@@ -4,15 +4,16 @@
 //! path (a buffer filled from the network instead of guest PRPs).
 
 use super::ctrl::Subsystem;
+use crate::io::lba_range;
 use crate::io::{Op, Plan};
-use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
+use leapio_nvme::cmd::{DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
 use leapio_nvme::fabrics::{
     FabricsStatus, SglDescriptor, FABRICS_OPCODE, SGL_IN_CAPSULE, SGL_TRANSPORT_DATA_BLOCK,
 };
 use leapio_nvme::{IoOpcode, Sqe, Status};
 use leapio_transports::IoKind;
 use leapio_vmm_shim::NamespaceInfo;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 /// How a command's data moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,17 +112,6 @@ pub fn parse_xfer(sqe: &Sqe, in_capsule: usize, max_len: u32) -> Result<Xfer, St
     }
 }
 
-fn lba_range(sqe: &Sqe, ns: &NamespaceInfo) -> Result<(u64, u64), Status> {
-    let slba = sqe.slba();
-    let nlb = u64::from(sqe.nlb());
-    match slba.checked_add(nlb) {
-        Some(end) if end <= ns.num_blocks => {}
-        _ => return Err(Status::LBA_OUT_OF_RANGE),
-    }
-    let bs = u64::from(ns.block_size);
-    Ok((slba * bs, nlb * bs))
-}
-
 /// Validate an NVM command and plan its backend work. Returns the
 /// namespace index with the plan. Data commands' buffers: `buf` holds the
 /// host's data (writes, DSM ranges).
@@ -200,28 +190,7 @@ fn plan_inner(
             if sqe.cdw11.get() & DSM_ATTR_DEALLOCATE == 0 {
                 return Ok(Plan::Complete(Status::SUCCESS));
             }
-            let bs = u64::from(ns.block_size);
-            let mut ops = Vec::with_capacity(nr);
-            for chunk in buf[..nr * 16].chunks_exact(16) {
-                let r = DsmRange::read_from_bytes(chunk).map_err(|_| Status::INTERNAL_ERROR)?;
-                let nlb = u64::from(r.nlb.get());
-                if nlb == 0 {
-                    continue;
-                }
-                match r.slba.get().checked_add(nlb) {
-                    Some(end) if end <= ns.num_blocks => {}
-                    _ => return Err(Status::LBA_OUT_OF_RANGE),
-                }
-                ops.push(Op {
-                    kind: IoKind::Deallocate,
-                    offset: r.slba.get() * bs,
-                    len: nlb * bs,
-                });
-            }
-            if ops.is_empty() {
-                return Ok(Plan::Complete(Status::SUCCESS));
-            }
-            Ok(Plan::Multi(ops))
+            crate::io::dsm_deallocate_plan(&buf[..nr * 16], ns)
         }
         _ => Err(Status::INVALID_OPCODE),
     }

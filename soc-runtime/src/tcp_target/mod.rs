@@ -28,9 +28,7 @@ mod tests;
 
 pub use config::TcpTargetSpec;
 
-use leapio_transports::{open_backend, Backend, TransportError};
-use leapio_vmm_shim::controller::namespace_ids;
-use leapio_vmm_shim::NamespaceInfo;
+use leapio_transports::{Backend, TransportError};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -81,32 +79,14 @@ impl TcpTarget {
             .serial
             .clone()
             .unwrap_or_else(|| format!("LEAPIOTCP{index:04}"));
-        let mut backends = Vec::new();
-        let mut namespaces = Vec::new();
-        for (i, ns) in spec.namespaces.iter().enumerate() {
-            let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let b = open_backend(ns).map_err(|source| TcpTargetError::Backend {
-                nqn: spec.nqn.clone(),
-                nsid,
-                source,
-            })?;
-            let g = b.geometry();
-            let f = b.features();
-            let (nguid, eui64, uuid) = namespace_ids(&serial, nsid);
-            tracing::info!(nqn = %spec.nqn, nsid, "namespace {nsid}: {}", b.describe());
-            namespaces.push(NamespaceInfo {
-                nsid,
-                block_size: g.block_size,
-                num_blocks: g.num_blocks,
-                volatile_write_cache: f.volatile_write_cache,
-                write_zeroes: f.write_zeroes,
-                deallocate: f.deallocate,
-                nguid,
-                eui64,
-                uuid,
-            });
-            backends.push(b);
-        }
+        let (backends, namespaces) =
+            crate::server::open_namespaces(&spec.namespaces, &serial, &spec.nqn).map_err(
+                |(nsid, source)| TcpTargetError::Backend {
+                    nqn: spec.nqn.clone(),
+                    nsid,
+                    source,
+                },
+            )?;
         let listen_err = |source| TcpTargetError::Listen {
             addr: spec.listen,
             source,

@@ -140,7 +140,8 @@ fn run(cfg: &Config) -> Result<Report, PerfError> {
                 .map_err(|e| PerfError::Setup(format!("--spawn {spec}: {e}")))?;
             let io_wait =
                 (cfg.io_wait_us > 0).then(|| std::time::Duration::from_micros(cfg.io_wait_us));
-            let srv = TestServer::start_with(&[spec.as_str()], *pollers, io_wait);
+            let srv = TestServer::try_start(&[spec.as_str()], *pollers, io_wait)
+                .map_err(|e| PerfError::Setup(format!("--spawn {spec}: {e}")))?;
             let detail = format!("in-process, {spec}, {pollers} poller(s)");
             run_ctrl(cfg, srv.sock(0), CpuSource::ThisProcess, "socp", detail)
         }
