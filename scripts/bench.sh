@@ -160,10 +160,11 @@ print(json.dumps(dict(
 
 # socp_up NAME CTRL-SPEC: start socp (one poller) serving one controller at
 # $work/NAME.sock; sets SOCK and prints socp's command line into the report.
-socp_up() {
+socp_up() { # name spec [extra socp args...]
     local name=$1 spec=$2
+    shift 2
     SOCK=$work/$name.sock
-    local args=(--pollers 1 --ctrl "sock=$SOCK,$spec")
+    local args=(--pollers 1 "$@" --ctrl "sock=$SOCK,$spec")
     start_socp "$work/socp-$name.log" "${args[@]}" || die "socp did not start"
     note "socp:$name" "$(shown "$SOCP_BIN" "${args[@]}")"
     local ns
@@ -236,6 +237,16 @@ for place in tmpfs disk; do
     for qd in 1 32; do
         perf "file-$place" "socp QD$qd" --sock "$SOCK" --socp-pid "$SOCP_PID" -q "$qd" -o 4k -w randread
         fio_run "file-$place" "fio QD$qd" "$f" "$qd" "$direct"
+    done
+    socp_down
+    # The same with nobody spinning, as fio: socp's poller sleeps in io_uring
+    # while only backend I/O is pending (--io-wait-us), the harness sleeps on
+    # the CQ interrupt (--irq-wait). On 2 cores, spinning threads take the
+    # CPU the kernel needs to complete the I/O (and the hypervisor steals
+    # time from a VM whose vCPUs never idle).
+    socp_up "$place-sleep" "ns=file:$f" --io-wait-us 100
+    for qd in 1 32; do
+        perf "file-$place" "socp QD$qd, sleeping" --sock "$SOCK" --socp-pid "$SOCP_PID" -q "$qd" -o 4k -w randread --irq-wait
     done
     socp_down
     rm -f "$f"
@@ -371,21 +382,22 @@ md += ["", "Commands:", "", commands(a_rows, [notes.get("socp:ram", ""), notes.g
 # (b)
 md += ["## (b) File backend, 4 KiB randread: socp vs host fio (io_uring) on the same file", ""]
 for place in ("tmpfs", "disk"):
-    rows = [get("file-" + place, l) for l in ("socp QD1", "fio QD1", "socp QD32", "fio QD32")]
+    rows = [get("file-" + place, l) for l in ("socp QD1", "socp QD1, sleeping", "fio QD1",
+                                                "socp QD32", "socp QD32, sleeping", "fio QD32")]
     md += ["### " + ("file in tmpfs" if place == "tmpfs" else "file on disk"), "",
            "- " + notes.get("direct:" + place, ""),
            "- socp: " + notes.get("socp-ns:" + place, "?"), "", table(rows), ""]
-    for qd in (1, 32):
-        s, fi = get("file-" + place, "socp QD%d" % qd), get("file-" + place, "fio QD%d" % qd)
+    for qd, variant in ((1, ""), (1, ", sleeping"), (32, ""), (32, ", sleeping")):
+        s, fi = get("file-" + place, "socp QD%d%s" % (qd, variant)), get("file-" + place, "fio QD%d" % qd)
         if s and fi:
-            md.append("- QD{}: socp/fio IOPS **{}**, p50 {} us, p99 {} us, "
+            md.append("- QD{}{}: socp/fio IOPS **{}**, p50 {} us, p99 {} us, "
                       "CPU/IO socp poller {} us vs fio {} us".format(
-                          qd, f(ratio(s["iops"], fi["iops"]), "{:.1%}"),
+                          qd, variant, f(ratio(s["iops"], fi["iops"]), "{:.1%}"),
                           f(delta(s, fi, "p50_us"), "{:+.2f}"),
                           f(delta(s, fi, "p99_us"), "{:+.2f}"),
                           f(s.get("target_cpu_us_per_io"), "{:.3f}"),
                           f(fi.get("target_cpu_us_per_io"), "{:.3f}")))
-    md += ["", "Commands:", "", commands(rows, [notes.get("socp:" + place, "")]), ""]
+    md += ["", "Commands:", "", commands(rows, [notes.get("socp:" + place, ""), notes.get("socp:" + place + "-sleep", "")]), ""]
 
 # (c)
 sweep = [r for r in runs if r["scenario"] == "sweep"]

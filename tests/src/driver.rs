@@ -492,6 +492,11 @@ impl Driver {
         Ok((c, out))
     }
 
+    /// The eventfd of MSI-X vector `vector` (to block on it).
+    pub fn irq_fd(&self, vector: u16) -> Option<std::os::fd::RawFd> {
+        self.irqs.get(usize::from(vector)).map(|f| f.as_raw_fd())
+    }
+
     /// Interrupts delivered on `vector` since the last call.
     pub fn take_irqs(&self, vector: u16) -> u64 {
         let Some(f) = self.irqs.get(usize::from(vector)) else {

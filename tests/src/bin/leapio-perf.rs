@@ -325,7 +325,11 @@ fn run_ctrl(
             let fq = d
                 .fast_queue(qid)
                 .ok_or_else(|| PerfError::Setup(format!("queue {qid} vanished")))?;
-            queues.push(Queue::new(fq, s));
+            let mut q = Queue::new(fq, s);
+            if cfg.irq_wait {
+                q.irq_fd = d.irq_fd(qid);
+            }
+            queues.push(q);
         }
         let (out, prefilled) = drive(cfg, &d.mem, &mut queues, &setup, cpu.as_mut())?;
         let cursors: Vec<(u16, QueueCursor)> =

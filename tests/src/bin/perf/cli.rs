@@ -112,6 +112,13 @@ pub struct Args {
     #[arg(long)]
     pub irq: bool,
 
+    /// Implies --irq: when no completion is waiting, block on the queues'
+    /// interrupt eventfds (as a guest's driver sleeps) instead of spinning.
+    /// On a machine with few cores, a spinning harness takes the CPU the
+    /// kernel needs to complete the backend's I/O.
+    #[arg(long)]
+    pub irq_wait: bool,
+
     /// Data integrity: writes carry a pattern made of their LBA and --seed,
     /// reads check it. With reads in the workload, the range is first
     /// written sequentially (not timed).
@@ -209,6 +216,7 @@ pub struct Config {
     pub nsid: u32,
     pub range: Option<u64>,
     pub irq: bool,
+    pub irq_wait: bool,
     pub verify: bool,
     pub prefill: bool,
     pub cpu: Option<usize>,
@@ -310,7 +318,8 @@ impl Config {
             rate: a.rate,
             nsid: a.nsid,
             range: a.range,
-            irq: a.irq,
+            irq: a.irq || a.irq_wait,
+            irq_wait: a.irq_wait,
             verify: a.verify,
             prefill: a.prefill || (a.verify && a.workload.read_pct(a.rwmixread) > 0),
             cpu: a.cpu,

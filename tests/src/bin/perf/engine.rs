@@ -43,6 +43,8 @@ pub struct Queue<'a> {
     pub fq: FastQueue<'a>,
     pub slots: Vec<Slot>,
     free: Vec<u16>,
+    /// The CQ's interrupt eventfd, when the loop blocks on interrupts.
+    pub irq_fd: Option<std::os::fd::RawFd>,
 }
 
 impl<'a> Queue<'a> {
@@ -54,6 +56,7 @@ impl<'a> Queue<'a> {
         let n = u16::try_from(slots.len()).expect("at most 65535 slots");
         Queue {
             fq,
+            irq_fd: None,
             slots,
             free: (0..n).rev().collect(),
         }
@@ -176,7 +179,9 @@ impl Ctx<'_> {
     /// Reap queue `q`: account each completion (timestamped once per batch,
     /// right after the first CQE was seen) and free its slot.
     fn reap(&mut self, q: &mut Queue<'_>, clock: &Clock, t: &mut Tally) -> usize {
-        let Queue { fq, slots, free } = q;
+        let Queue {
+            fq, slots, free, ..
+        } = q;
         let mut now = 0u64;
         let mem = self.mem;
         let (verify, seed, lba_size, io_len) =
@@ -311,8 +316,11 @@ pub fn run(
         }
         match pacer.as_mut() {
             None => {
+                let mut reaped = 0;
                 for q in queues.iter_mut() {
-                    if cx.reap(q, &clock, &mut t) == 0 {
+                    let n = cx.reap(q, &clock, &mut t);
+                    reaped += n;
+                    if n == 0 {
                         continue;
                     }
                     let now = clock.now();
@@ -321,6 +329,9 @@ pub fn run(
                         cx.issue(q, cid, op, now);
                     }
                     q.fq.ring();
+                }
+                if reaped == 0 {
+                    wait_irqs(queues);
                 }
             }
             Some(pacer) => {
@@ -464,4 +475,32 @@ pub fn prefill(
         }
     }
     (t.errors, t.first_error)
+}
+
+/// Block (up to 1 ms) until one of the queues' interrupt eventfds fires,
+/// then clear them. Queues without an eventfd: return at once.
+fn wait_irqs(queues: &[Queue<'_>]) {
+    let mut fds: Vec<libc::pollfd> = queues
+        .iter()
+        .filter_map(|q| q.irq_fd)
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    if fds.is_empty() {
+        return;
+    }
+    let n = libc::nfds_t::try_from(fds.len()).unwrap_or(0);
+    // SAFETY: fds is a valid array of n pollfd structs for the call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), n, 1) };
+    if r <= 0 {
+        return;
+    }
+    for p in fds.iter().filter(|p| p.revents & libc::POLLIN != 0) {
+        let mut b = [0u8; 8];
+        // SAFETY: reading 8 bytes into a local buffer from an eventfd.
+        let _ = unsafe { libc::read(p.fd, b.as_mut_ptr().cast(), 8) };
+    }
 }
