@@ -10,6 +10,7 @@
 # usage: bash scripts/bench-guest.sh [--runtime SEC] [--only socp,nvme,virtio] [--json]
 #   --runtime  fio runtime per target (default 15)
 #   --pollers  socp --pollers (default 1)
+#   --socp-args 'ARGS'  more socp options (e.g. '--io-wait-us 100')
 #   --json     the last line is a JSON object with the figures
 #   LEAPIO_ACCEL=auto|kvm|tcg (default auto). Under TCG the figures measure
 #   the emulator more than the storage path: compare them only with each other.
@@ -17,12 +18,13 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-runtime=15 only=socp,nvme,virtio json=0 pollers=1
+runtime=15 only=socp,nvme,virtio json=0 pollers=1 socp_args=''
 while (($#)); do
     case $1 in
     --runtime) runtime=$2; shift ;;
     --only) only=$2; shift ;;
     --pollers) pollers=$2; shift ;;
+    --socp-args) socp_args=$2; shift ;;
     --json) json=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "bench-guest.sh: unknown option $1" ;;
@@ -62,7 +64,8 @@ for t in ${only//,/ }; do
     glog=$logs/$t.guest.log
     case $t in
     socp)
-        start_socp "$logs/socp.log" --pollers "$pollers" --ctrl "sock=$LEAPIO_RUN/bench.sock,ns=file:$disk" \
+        # shellcheck disable=SC2086 # socp_args is a list of options
+        start_socp "$logs/socp.log" --pollers "$pollers" $socp_args --ctrl "sock=$LEAPIO_RUN/bench.sock,ns=file:$disk" \
             || die "socp did not start (see $logs/socp.log)"
         d=(--disk "vfio-user:$LEAPIO_RUN/bench.sock")
         ;;
