@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How long the control path waits for a poller to finish a queue deletion.
-const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the control path waits for a poller to answer (a queue deletion
+/// waits for the queue's commands to complete).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The poller threads.
 pub struct Runtime {
@@ -137,22 +138,29 @@ pub struct RuntimeQueues {
     sq_poller: BTreeMap<u16, usize>,
 }
 
+impl RuntimeQueues {
+    /// Send poller `p` a message carrying a fresh acknowledgement channel
+    /// and wait for the answer; None if the poller is gone or did not answer
+    /// within [`ACK_TIMEOUT`].
+    fn ask<T>(&self, p: usize, msg: impl FnOnce(Sender<T>) -> PollerMsg) -> Option<T> {
+        let (ack, rx) = channel();
+        if !self.rt.send(p, msg(ack)) {
+            return None;
+        }
+        rx.recv_timeout(ACK_TIMEOUT).ok()
+    }
+}
+
 impl IoQueues for RuntimeQueues {
     fn create_cq(&mut self, cq: CqSetup) -> Result<(), Status> {
         let p = self.rt.next_poller.fetch_add(1, Ordering::Relaxed) % self.rt.pollers();
-        let (ack, rx) = channel();
-        if !self.rt.send(
-            p,
-            PollerMsg::AddCq {
-                ctrl: self.ctx.clone(),
+        let ctrl = self.ctx.clone();
+        let r = self
+            .ask(p, |ack| PollerMsg::AddCq {
+                ctrl,
                 setup: cq,
                 ack,
-            },
-        ) {
-            return Err(Status::INTERNAL_ERROR);
-        }
-        let r = rx
-            .recv_timeout(DELETE_TIMEOUT)
+            })
             .unwrap_or(Err(Status::INTERNAL_ERROR));
         if r.is_ok() {
             self.cq_poller.insert(cq.qid, p);
@@ -164,19 +172,13 @@ impl IoQueues for RuntimeQueues {
         let Some(&p) = self.cq_poller.get(&sq.cqid) else {
             return Err(Status::COMPLETION_QUEUE_INVALID);
         };
-        let (ack, rx) = channel();
-        if !self.rt.send(
-            p,
-            PollerMsg::AddSq {
-                ctrl: self.ctx.clone(),
+        let ctrl = self.ctx.clone();
+        let r = self
+            .ask(p, |ack| PollerMsg::AddSq {
+                ctrl,
                 setup: sq,
                 ack,
-            },
-        ) {
-            return Err(Status::INTERNAL_ERROR);
-        }
-        let r = rx
-            .recv_timeout(DELETE_TIMEOUT)
+            })
             .unwrap_or(Err(Status::INTERNAL_ERROR));
         if r.is_ok() {
             self.sq_poller.insert(sq.qid, p);
@@ -188,15 +190,10 @@ impl IoQueues for RuntimeQueues {
         let Some(p) = self.sq_poller.remove(&qid) else {
             return;
         };
-        let (ack, rx) = channel();
-        if self.rt.send(
-            p,
-            PollerMsg::DelSq {
-                ctrl: self.ctx.id,
-                qid,
-                ack,
-            },
-        ) && rx.recv_timeout(DELETE_TIMEOUT).is_err()
+        let ctrl = self.ctx.id;
+        if self
+            .ask(p, |ack| PollerMsg::DelSq { ctrl, qid, ack })
+            .is_none()
         {
             tracing::error!(ctrl = %self.ctx.shared.name, qid, "submission queue deletion timed out: backend I/O still in flight");
         }
@@ -206,15 +203,10 @@ impl IoQueues for RuntimeQueues {
         let Some(p) = self.cq_poller.remove(&qid) else {
             return;
         };
-        let (ack, rx) = channel();
-        if self.rt.send(
-            p,
-            PollerMsg::DelCq {
-                ctrl: self.ctx.id,
-                qid,
-                ack,
-            },
-        ) && rx.recv_timeout(DELETE_TIMEOUT).is_err()
+        let ctrl = self.ctx.id;
+        if self
+            .ask(p, |ack| PollerMsg::DelCq { ctrl, qid, ack })
+            .is_none()
         {
             tracing::error!(ctrl = %self.ctx.shared.name, qid, "completion queue deletion timed out");
         }
