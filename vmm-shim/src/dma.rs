@@ -15,6 +15,22 @@ pub fn prp_status(e: &PrpError) -> Status {
     }
 }
 
+/// The guest buffer of `len` bytes at PRP1/PRP2 as host iovecs, or the
+/// NVMe status for PRPs that cannot be used.
+fn guest_iovecs(
+    snap: &Snapshot,
+    prp1: u64,
+    prp2: u64,
+    len: usize,
+    limits: PrpLimits,
+    access: Access,
+) -> Result<Vec<libc::iovec>, Status> {
+    let mut iov = Vec::new();
+    map_prps(snap, prp1, prp2, len as u64, &limits, access, &mut iov)
+        .map_err(|e| prp_status(&e))?;
+    Ok(iov)
+}
+
 /// Copy `data` into the guest buffer at PRP1/PRP2.
 pub fn copy_to_prps(
     snap: &Snapshot,
@@ -23,17 +39,7 @@ pub fn copy_to_prps(
     data: &[u8],
     limits: PrpLimits,
 ) -> Result<(), Status> {
-    let mut iov = Vec::new();
-    map_prps(
-        snap,
-        prp1,
-        prp2,
-        data.len() as u64,
-        &limits,
-        Access::Write,
-        &mut iov,
-    )
-    .map_err(|e| prp_status(&e))?;
+    let iov = guest_iovecs(snap, prp1, prp2, data.len(), limits, Access::Write)?;
     let mut done = 0usize;
     for v in &iov {
         let n = v.iov_len.min(data.len() - done);
@@ -56,17 +62,7 @@ pub fn copy_from_prps(
     buf: &mut [u8],
     limits: PrpLimits,
 ) -> Result<(), Status> {
-    let mut iov = Vec::new();
-    map_prps(
-        snap,
-        prp1,
-        prp2,
-        buf.len() as u64,
-        &limits,
-        Access::Read,
-        &mut iov,
-    )
-    .map_err(|e| prp_status(&e))?;
+    let iov = guest_iovecs(snap, prp1, prp2, buf.len(), limits, Access::Read)?;
     let mut done = 0usize;
     for v in &iov {
         let n = v.iov_len.min(buf.len() - done);

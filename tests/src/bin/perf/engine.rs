@@ -129,6 +129,24 @@ struct Tally {
     stray: u64,
 }
 
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: new_histogram(),
+            recording: false,
+            ios: 0,
+            reads: 0,
+            writes: 0,
+            errors: 0,
+            first_error: None,
+            verified_blocks: 0,
+            mismatches: 0,
+            first_mismatch: None,
+            stray: 0,
+        }
+    }
+}
+
 /// Everything the loop shares between queues.
 struct Ctx<'m> {
     mem: &'m GuestMem,
@@ -138,7 +156,20 @@ struct Ctx<'m> {
     io_len: usize,
 }
 
-impl Ctx<'_> {
+impl<'m> Ctx<'m> {
+    /// `scratch`: whether reads are checked (a buffer of one I/O to compare).
+    fn new(mem: &'m GuestMem, p: Params, scratch: bool) -> Ctx<'m> {
+        let io_len = usize::try_from(p.io_size).expect("I/O size fits in memory");
+        let lba_size = usize::try_from(p.lba_size).expect("LBA size fits in memory");
+        Ctx {
+            mem,
+            scratch: vec![0u8; if scratch { io_len } else { 0 }],
+            lba_size,
+            io_len,
+            p,
+        }
+    }
+
     fn sqe(&self, s: &Slot, cid: u16) -> Sqe {
         let (lo, hi) = split_u64(s.slba);
         Sqe {
@@ -252,28 +283,9 @@ pub fn run(
     target_cpu: Option<&mut ThreadCpu>,
     harness_cpu: &mut ThreadCpu,
 ) -> Outcome {
-    let io_len = usize::try_from(p.io_size).expect("I/O size fits in memory");
-    let lba_size = usize::try_from(p.lba_size).expect("LBA size fits in memory");
-    let mut cx = Ctx {
-        mem,
-        scratch: vec![0u8; if p.verify { io_len } else { 0 }],
-        lba_size,
-        io_len,
-        p,
-    };
-    let mut t = Tally {
-        hist: new_histogram(),
-        recording: false,
-        ios: 0,
-        reads: 0,
-        writes: 0,
-        errors: 0,
-        first_error: None,
-        verified_blocks: 0,
-        mismatches: 0,
-        first_mismatch: None,
-        stray: 0,
-    };
+    let verify = p.verify;
+    let mut cx = Ctx::new(mem, p, verify);
+    let mut t = Tally::new();
     let mut target_cpu = target_cpu;
     let clock = Clock(Instant::now());
     let t0 = clock.now();
@@ -418,29 +430,9 @@ pub fn prefill(
     p: Params,
     units: u64,
 ) -> (u64, Option<(Cqe, Op)>) {
-    let io_len = usize::try_from(p.io_size).expect("I/O size fits in memory");
-    let lba_size = usize::try_from(p.lba_size).expect("LBA size fits in memory");
     let bpi = u64::from(p.blocks_per_io);
-    let mut cx = Ctx {
-        mem,
-        scratch: vec![0u8; io_len],
-        lba_size,
-        io_len,
-        p,
-    };
-    let mut t = Tally {
-        hist: new_histogram(),
-        recording: false,
-        ios: 0,
-        reads: 0,
-        writes: 0,
-        errors: 0,
-        first_error: None,
-        verified_blocks: 0,
-        mismatches: 0,
-        first_mismatch: None,
-        stray: 0,
-    };
+    let mut cx = Ctx::new(mem, p, true);
+    let mut t = Tally::new();
     let clock = Clock(Instant::now());
     let mut next = 0u64;
     let mut last_progress = clock.now();
