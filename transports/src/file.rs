@@ -47,6 +47,12 @@ pub(crate) struct FileInner {
     /// Set once an O_DIRECT transfer was refused with EINVAL despite our
     /// alignment checks (the alignment was a guess): later I/O goes buffered.
     pub(crate) direct_refused: AtomicBool,
+    /// Run transfers as plain system calls on the poller instead of through
+    /// io_uring: set for files on a memory filesystem that refuses
+    /// non-blocking I/O, which io_uring would hand one by one to a kernel
+    /// worker thread (a thread switch per request, on the poller's CPU) only
+    /// to do the same memory copy.
+    pub(crate) inline: bool,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TransportError + 'a {
@@ -138,6 +144,11 @@ impl FileBackend {
         let (direct, direct_note, dio_mem_align, dio_offset_align) =
             open_direct(path, block_device, logical_block_size);
 
+        let inline = sys::on_memory_fs(file.as_fd()) && {
+            let mut probe = vec![0u8; block_size as usize];
+            sys::nowait_unsupported(file.as_fd(), probe.as_mut_ptr(), probe.len())
+        };
+
         let zeroes = Mapping::zeroes(ZERO_BUF_LEN).map_err(|source| TransportError::Map {
             size: ZERO_BUF_LEN as u64,
             source,
@@ -160,6 +171,7 @@ impl FileBackend {
                 punch_hole_unsupported: AtomicBool::new(false),
                 zero_range_unsupported: AtomicBool::new(false),
                 direct_refused: AtomicBool::new(false),
+                inline,
             }),
         };
         tracing::info!(backend = %backend.describe(), "opened file backend");
@@ -283,6 +295,11 @@ impl FileInner {
                 "buffered: {})",
                 note.as_deref().unwrap_or("no O_DIRECT")
             )),
+        }
+        if self.inline {
+            s.push_str(
+                " [memory filesystem without non-blocking I/O: transfers run on the poller]",
+            );
         }
         s
     }

@@ -50,6 +50,84 @@ fn rw_flags(op: Op) -> i32 {
     }
 }
 
+/// One system call a request step makes.
+enum Step {
+    Nop,
+    Fdatasync(libc::c_int),
+    Fallocate {
+        fd: libc::c_int,
+        mode: libc::c_int,
+        offset: u64,
+        len: u64,
+    },
+    Rw {
+        write: bool,
+        fd: libc::c_int,
+        iov: *const libc::iovec,
+        count: u32,
+        offset: u64,
+        flags: i32,
+    },
+}
+
+impl Step {
+    /// Make the call now; returns what the io_uring CQE would carry (the
+    /// call's result or a negated errno).
+    ///
+    /// # Safety
+    /// For `Rw`, `iov` must name `count` iovecs whose buffers are valid for
+    /// the transfer (writable for reads).
+    unsafe fn run(&self) -> i32 {
+        fn result(r: libc::ssize_t) -> i32 {
+            if r < 0 {
+                -std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+            } else {
+                i32::try_from(r).unwrap_or(i32::MAX)
+            }
+        }
+        match *self {
+            Step::Nop => 0,
+            // SAFETY: plain fd calls; a stale fd yields an error.
+            Step::Fdatasync(fd) => result(unsafe { libc::fdatasync(fd) } as libc::ssize_t),
+            Step::Fallocate {
+                fd,
+                mode,
+                offset,
+                len,
+            } => {
+                let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+                    return -libc::EINVAL;
+                };
+                // SAFETY: as above.
+                result(unsafe { libc::fallocate64(fd, mode, offset, len) } as libc::ssize_t)
+            }
+            Step::Rw {
+                write,
+                fd,
+                iov,
+                count,
+                offset,
+                flags,
+            } => {
+                let Ok(offset) = i64::try_from(offset) else {
+                    return -libc::EINVAL;
+                };
+                let count = libc::c_int::try_from(count).unwrap_or(libc::c_int::MAX);
+                // SAFETY: the caller's contract covers `iov` and its buffers.
+                result(unsafe {
+                    if write {
+                        libc::pwritev2(fd, iov, count, offset, flags)
+                    } else {
+                        libc::preadv2(fd, iov, count, offset, flags)
+                    }
+                })
+            }
+        }
+    }
+}
+
 struct Slot {
     tag: u64,
     op: Op,
@@ -84,6 +162,8 @@ pub(crate) struct FileQueue {
     slots: Box<[Slot]>,
     free: Vec<u32>,
     cqes: Vec<(u64, i32)>,
+    /// Results of steps run inline (see `FileInner::inline`), not yet reaped.
+    inline_done: Vec<(u64, i32)>,
 }
 
 // SAFETY: the raw pointers in the slots' iovecs point into caller memory that
@@ -120,6 +200,7 @@ impl FileQueue {
             slots,
             free,
             cqes: Vec::with_capacity(cq_capacity),
+            inline_done: Vec::with_capacity(cq_capacity),
         })
     }
 
@@ -186,10 +267,10 @@ impl FileQueue {
         Ok(())
     }
 
-    fn push_sqe(&mut self, idx: u32) -> Result<(), SqFull> {
+    /// Work out the system call for the slot's next step.
+    fn prepare(&mut self, idx: u32) -> Step {
         let be = &self.backend;
         let slot = &mut self.slots[idx as usize];
-        let user_data = u64::from(idx);
         let fd = match be.direct_fd() {
             Some(fd) if slot.direct => fd,
             _ => {
@@ -198,50 +279,30 @@ impl FileQueue {
             }
         };
         match slot.op {
-            Op::Idle => Ok(()),
-            Op::Nop => self.ring.push_nop(user_data),
-            Op::Flush => self.ring.push_fdatasync(be.buffered_fd(), user_data),
-            Op::ZeroRange => self.ring.push_fallocate(
-                be.buffered_fd(),
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                slot.offset,
-                slot.remaining,
-                user_data,
-            ),
-            Op::PunchHole => self.ring.push_fallocate(
-                be.buffered_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                slot.offset,
-                slot.remaining,
-                user_data,
-            ),
+            Op::Idle | Op::Nop => Step::Nop,
+            Op::Flush => Step::Fdatasync(be.buffered_fd()),
+            Op::ZeroRange => Step::Fallocate {
+                fd: be.buffered_fd(),
+                mode: libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                offset: slot.offset,
+                len: slot.remaining,
+            },
+            Op::PunchHole => Step::Fallocate {
+                fd: be.buffered_fd(),
+                mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset: slot.offset,
+                len: slot.remaining,
+            },
             Op::Read | Op::Write { .. } => {
                 let iovs = &slot.iovs[slot.first..];
-                // At most MAX_IOVECS (checked by `validate`).
-                let count = u32::try_from(iovs.len()).unwrap_or(u32::MAX);
-                if slot.op == Op::Read {
-                    // SAFETY: `iovs` lives in the slot, which is neither
-                    // touched nor freed until this completion is reaped (the
-                    // queue drains before dropping, see Drop); the buffers it
-                    // names are valid and writable by the `submit` contract.
-                    unsafe {
-                        self.ring
-                            .push_readv(fd, iovs.as_ptr(), count, slot.offset, user_data)
-                    }
-                } else {
-                    let flags = rw_flags(slot.op);
-                    // SAFETY: as for reads; the buffers are valid by the
-                    // `submit` contract.
-                    unsafe {
-                        self.ring.push_writev(
-                            fd,
-                            iovs.as_ptr(),
-                            count,
-                            slot.offset,
-                            flags,
-                            user_data,
-                        )
-                    }
+                Step::Rw {
+                    write: slot.op != Op::Read,
+                    fd,
+                    iov: iovs.as_ptr(),
+                    // At most MAX_IOVECS (checked by `validate`).
+                    count: u32::try_from(iovs.len()).unwrap_or(u32::MAX),
+                    offset: slot.offset,
+                    flags: rw_flags(slot.op),
                 }
             }
             Op::WriteZeroBuf => {
@@ -268,13 +329,61 @@ impl FileQueue {
                         be.buffered_fd()
                     }
                 };
-                let count = u32::try_from(slot.iovs.len()).unwrap_or(u32::MAX);
-                // SAFETY: the iovec array lives in the slot (untouched until
-                // this completion is reaped); it names the backend's read-only
-                // zero mapping, which the queue keeps alive through its Arc.
+                Step::Rw {
+                    write: true,
+                    fd,
+                    iov: slot.iovs.as_ptr(),
+                    count: u32::try_from(slot.iovs.len()).unwrap_or(u32::MAX),
+                    offset: slot.offset,
+                    flags: 0,
+                }
+            }
+        }
+    }
+
+    /// Start the slot's next step: an SQE on the ring, or (for an inline
+    /// backend) the system call itself, whose result `reap` picks up.
+    fn push_sqe(&mut self, idx: u32) -> Result<(), SqFull> {
+        let step = self.prepare(idx);
+        let user_data = u64::from(idx);
+        if self.backend.inline {
+            // SAFETY: `prepare` built the step from the slot's iovecs, which
+            // name buffers valid by the `submit` contract (or the backend's
+            // zero mapping); the call finishes before we return.
+            let res = unsafe { step.run() };
+            self.inline_done.push((user_data, res));
+            return Ok(());
+        }
+        match step {
+            Step::Nop => self.ring.push_nop(user_data),
+            Step::Fdatasync(fd) => self.ring.push_fdatasync(fd, user_data),
+            Step::Fallocate {
+                fd,
+                mode,
+                offset,
+                len,
+            } => self.ring.push_fallocate(fd, mode, offset, len, user_data),
+            Step::Rw {
+                write,
+                fd,
+                iov,
+                count,
+                offset,
+                flags,
+            } => {
+                // SAFETY: the iovec array lives in the slot, which is neither
+                // touched nor freed until this completion is reaped (the
+                // queue drains before dropping, see Drop); the buffers it
+                // names are valid (and writable for reads) by the `submit`
+                // contract, or are the backend's zero mapping, kept alive by
+                // our Arc.
                 unsafe {
-                    self.ring
-                        .push_writev(fd, slot.iovs.as_ptr(), count, slot.offset, 0, user_data)
+                    if write {
+                        self.ring
+                            .push_writev(fd, iov, count, offset, flags, user_data)
+                    } else {
+                        self.ring.push_readv(fd, iov, count, offset, user_data)
+                    }
                 }
             }
         }
@@ -407,10 +516,17 @@ impl FileQueue {
         let before = out.len();
         let mut cqes = std::mem::take(&mut self.cqes);
         self.ring.reap_into(&mut cqes);
-        for &(user_data, res) in &cqes {
-            self.on_cqe(user_data, res, out);
+        loop {
+            // Steps run inline; handling them may run further steps.
+            cqes.append(&mut self.inline_done);
+            if cqes.is_empty() {
+                break;
+            }
+            for &(user_data, res) in &cqes {
+                self.on_cqe(user_data, res, out);
+            }
+            cqes.clear();
         }
-        cqes.clear();
         self.cqes = cqes;
         if self.ring.has_unsubmitted() {
             if let Err(e) = self.ring.submit() {
@@ -447,7 +563,7 @@ impl BackendQueue for FileQueue {
     }
 
     fn wait_completion(&mut self, timeout: Duration) {
-        if self.in_flight() == 0 {
+        if self.in_flight() == 0 || !self.inline_done.is_empty() {
             return;
         }
         if let Err(e) = self.ring.wait(timeout) {

@@ -198,3 +198,39 @@ pub(crate) fn dio_alignment(fd: BorrowedFd<'_>) -> DioAlign {
         offset: stx.stx_dio_offset_align,
     }
 }
+
+/// Filesystems whose files live in memory: a read or write is a copy to or
+/// from the page cache and never waits for a device.
+const MEMORY_FS_MAGIC: [libc::c_long; 2] = [
+    0x0102_1994, // TMPFS_MAGIC (tmpfs, /dev/shm)
+    0x8584_58f6, // RAMFS_MAGIC
+];
+
+/// Whether `fd` is a file on a memory filesystem (tmpfs, ramfs).
+pub(crate) fn on_memory_fs(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the duration of the call; `st` is a valid
+    // out-pointer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    let magic = st.f_type as libc::c_long;
+    MEMORY_FS_MAGIC.contains(&magic)
+}
+
+/// Whether the file refuses non-blocking reads (`RWF_NOWAIT` fails with
+/// EOPNOTSUPP). io_uring cannot try such a file inline and hands every
+/// request on it to a kernel worker thread. `buf` must hold `len` bytes;
+/// the probe reads at most that much from offset 0.
+pub(crate) fn nowait_unsupported(fd: BorrowedFd<'_>, buf: *mut u8, len: usize) -> bool {
+    let iov = libc::iovec {
+        iov_base: buf.cast(),
+        iov_len: len,
+    };
+    // SAFETY: `iov` names `len` writable bytes (the caller's contract); the
+    // fd is open for the duration of the call.
+    let r = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP)
+}

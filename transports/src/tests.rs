@@ -377,12 +377,7 @@ fn write_zeroes_and_deallocate_emulated_by_writes() {
 #[test]
 fn write_zeroes_on_tmpfs_falls_back() {
     // tmpfs has no FALLOC_FL_ZERO_RANGE (and may refuse O_DIRECT).
-    let shm = Path::new("/dev/shm");
-    if !shm.is_dir() {
-        eprintln!("no /dev/shm: skipped");
-        return;
-    }
-    let f = temp_file_in(shm, 1 << 20);
+    let Some(f) = shm_file(1 << 20) else { return };
     let backend = FileBackend::open(f.path(), 512).unwrap();
     let mut q = file_queue(&backend, 4);
     zero_and_deallocate(&mut q, 512, Some(f.path()));
@@ -398,6 +393,86 @@ fn write_zeroes_on_tmpfs_falls_back() {
             .punch_hole_unsupported
             .load(Ordering::Relaxed)
     );
+}
+
+/// A file on tmpfs, or None (with a note) where /dev/shm is missing.
+fn shm_file(size: usize) -> Option<tempfile::NamedTempFile> {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm: skipped");
+        return None;
+    }
+    Some(temp_file_in(shm, size))
+}
+
+#[test]
+fn tmpfs_file_runs_inline_exactly_when_io_uring_would_punt() {
+    use std::os::fd::AsFd;
+    let Some(f) = shm_file(1 << 20) else { return };
+    let backend = FileBackend::open(f.path(), 512).unwrap();
+    assert!(crate::sys::on_memory_fs(f.as_file().as_fd()));
+    let mut probe = vec![0u8; 512];
+    let punts = crate::sys::nowait_unsupported(f.as_file().as_fd(), probe.as_mut_ptr(), 512);
+    assert_eq!(backend.inner_for_tests().inline, punts);
+    // A file on a disk filesystem is never inline.
+    let disk = temp_file(4096);
+    if !crate::sys::on_memory_fs(disk.as_file().as_fd()) {
+        assert!(
+            !FileBackend::open(disk.path(), 512)
+                .unwrap()
+                .inner_for_tests()
+                .inline
+        );
+    }
+    eprintln!("{}", backend.describe());
+
+    let mut q = file_queue(&backend, 8);
+    scattered_round_trip(&mut q, 0);
+    scattered_round_trip(&mut q, 3);
+    op(&mut q, IoKind::Flush, 0, 0).expect("flush");
+    zero_and_deallocate(&mut q, 512, Some(f.path()));
+
+    // Several requests in flight at once each complete once, with their tag.
+    let mut bufs: Vec<Buf> = (0..6).map(|_| Buf::new(4096, 4096)).collect();
+    for (i, b) in (1u8..).zip(bufs.iter_mut()) {
+        b.bytes_mut().fill(i);
+        let iov = b.iovs(&[(0, 4096)]);
+        let req = IoRequest {
+            tag: 99 + u64::from(i),
+            kind: IoKind::WriteFua,
+            offset: 65536 + 4096 * (u64::from(i) - 1),
+            len: 4096,
+            iov: &iov,
+        };
+        // SAFETY: the buffers outlive the drain below.
+        unsafe { q.submit(&req) }.unwrap();
+    }
+    q.kick().unwrap();
+    let mut out = Vec::new();
+    q.drain(&mut out, WAIT);
+    let mut tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (100..106).collect::<Vec<_>>());
+    assert!(out.iter().all(|c| c.result.is_ok()));
+    for i in 0..6u8 {
+        let got = read_back(&mut q, 65536 + 4096 * u64::from(i), 4096);
+        assert!(got.iter().all(|&b| b == i + 1));
+    }
+
+    // The file shrinks under us: a read past its new end fails, never
+    // succeeds with stale or missing bytes.
+    f.as_file().set_len(8192).unwrap();
+    let mut buf = Buf::new(4096, 4096);
+    let iov = buf.iovs(&[(0, 4096)]);
+    let err = rw(&mut q, IoKind::Read, 65536, &iov).unwrap_err();
+    assert_eq!(err, IoError::from_errno(libc::EIO));
+    // And bad buffers are reported with their errno.
+    let iov = [libc::iovec {
+        iov_base: 8usize as *mut libc::c_void,
+        iov_len: 512,
+    }];
+    let err = rw(&mut q, IoKind::Read, 0, &iov).unwrap_err();
+    assert_eq!(err, IoError::from_errno(libc::EFAULT));
 }
 
 #[test]
