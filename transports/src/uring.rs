@@ -203,6 +203,11 @@ impl Ring {
         );
     }
 
+    /// SQEs pushed but not yet handed to the kernel.
+    pub(crate) fn pending(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
     pub(crate) fn has_unsubmitted(&self) -> bool {
         self.unsubmitted
     }
