@@ -11,6 +11,8 @@
 #   --runtime  fio runtime per target (default 15)
 #   --pollers  socp --pollers (default 1)
 #   --socp-args 'ARGS'  more socp options (e.g. '--io-wait-us 100')
+#   --smp N    guest vCPUs (default 2). On a 2-core host, 1 leaves socp's
+#              poller a core of its own, as on a DPU
 #   --json     the last line is a JSON object with the figures
 #   LEAPIO_ACCEL=auto|kvm|tcg (default auto). Under TCG the figures measure
 #   the emulator more than the storage path: compare them only with each other.
@@ -18,13 +20,14 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-runtime=15 only=socp,nvme,virtio json=0 pollers=1 socp_args=''
+runtime=15 only=socp,nvme,virtio json=0 pollers=1 socp_args='' smp=2
 while (($#)); do
     case $1 in
     --runtime) runtime=$2; shift ;;
     --only) only=$2; shift ;;
     --pollers) pollers=$2; shift ;;
     --socp-args) socp_args=$2; shift ;;
+    --smp) smp=$2; shift ;;
     --json) json=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "bench-guest.sh: unknown option $1" ;;
@@ -74,7 +77,7 @@ for t in ${only//,/ }; do
     *) die "unknown target $t (socp, nvme, virtio)" ;;
     esac
     rc=0
-    run_guest --quiet --accel "$accel" --job bench "${d[@]}" --log "$glog" \
+    run_guest --quiet --accel "$accel" --smp "$smp" --job bench "${d[@]}" --log "$glog" \
         --timeout $((runtime + 240)) --append "leapio.runtime=$runtime leapio.size=$size_mib" || rc=$?
     if [[ $t == socp ]]; then
         stop_socp || log "warning: socp did not stop cleanly"
@@ -85,8 +88,18 @@ for t in ${only//,/ }; do
     fi
     b2f=$(sed -n 's/^boot_to_fio_s=//p' "$glog.meta")
     line=$(guestlog fio "$glog" bench | head -1)
-    results+=("$("$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); d["target"]=sys.argv[2]; d["boot_to_fio_s"]=float(sys.argv[3] or "nan"); print(json.dumps(d))' "$line" "$t" "$b2f")")
-    log "$t: $(echo "$line" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.0f IOPS, p99 %s us" % (d["iops"], d["clat_p99_us"]))'), boot-to-fio ${b2f}s"
+    # disk interrupts in the guest over the fio run (ramp included)
+    irqs=$(sed -n 's/.*@@LEAPIO BENCH-IRQS \([0-9]*\).*/\1/p' "$glog" | tail -1)
+    results+=("$("$PY" -c '
+import json, sys
+d = json.loads(sys.argv[1])
+d["target"] = sys.argv[2]
+d["boot_to_fio_s"] = float(sys.argv[3] or "nan")
+d["vcpus"] = int(sys.argv[6])
+if sys.argv[4]:
+    d["irqs_per_io"] = int(sys.argv[4]) / max(d["iops"] * (float(sys.argv[5]) + 1), 1)
+print(json.dumps(d))' "$line" "$t" "$b2f" "$irqs" "$runtime" "$smp")")
+    log "$t: $(echo "${results[-1]}" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print("%.0f IOPS, p99 %s us, %s interrupts per I/O" % (d["iops"], d["clat_p99_us"], "%.2f" % d["irqs_per_io"] if "irqs_per_io" in d else "?"))'), boot-to-fio ${b2f}s"
 done
 
 jflag=()

@@ -236,17 +236,19 @@ for place in tmpfs disk; do
     socp_up "$place" "ns=file:$f"
     for qd in 1 32; do
         perf "file-$place" "socp QD$qd" --sock "$SOCK" --socp-pid "$SOCP_PID" -q "$qd" -o 4k -w randread
+        # A guest's driver, like fio, sleeps until the completion interrupt:
+        # the harness does the same (--irq-wait) while socp's poller spins.
+        perf "file-$place" "socp QD$qd, harness on interrupts" --sock "$SOCK" --socp-pid "$SOCP_PID" -q "$qd" -o 4k -w randread --irq-wait
         fio_run "file-$place" "fio QD$qd" "$f" "$qd" "$direct"
     done
     socp_down
-    # The same with nobody spinning, as fio: socp's poller sleeps in io_uring
-    # while only backend I/O is pending (--io-wait-us), the harness sleeps on
-    # the CQ interrupt (--irq-wait). On 2 cores, spinning threads take the
-    # CPU the kernel needs to complete the I/O (and the hypervisor steals
-    # time from a VM whose vCPUs never idle).
+    # Nobody spinning, as fio: socp's poller also sleeps in io_uring while
+    # only backend I/O is pending (--io-wait-us). On 2 cores, two spinning
+    # threads take the CPU the kernel needs to complete the I/O, and the
+    # hypervisor steals time from a VM whose vCPUs never idle.
     socp_up "$place-sleep" "ns=file:$f" --io-wait-us 100
     for qd in 1 32; do
-        perf "file-$place" "socp QD$qd, sleeping" --sock "$SOCK" --socp-pid "$SOCP_PID" -q "$qd" -o 4k -w randread --irq-wait
+        perf "file-$place" "socp QD$qd, nobody spins" --sock "$SOCK" --socp-pid "$SOCP_PID" -q "$qd" -o 4k -w randread --irq-wait
     done
     socp_down
     rm -f "$f"
@@ -260,15 +262,19 @@ elif [[ ! -f scripts/bench-guest.sh ]]; then
 elif [[ $(id -u) -ne 0 ]]; then
     note guest "skipped: scripts/bench-guest.sh needs root"
 else
-    gcmd=(bash scripts/bench-guest.sh --runtime "$BENCH_GUEST_SECONDS" --json)
-    log "guest: ${gcmd[*]}"
-    if "${gcmd[@]}" > "$work/guest.out" 2> "$work/guest.err"; then
-        note guest-cmd "${gcmd[*]}"
-        note guest-table "$(sed '$d' "$work/guest.out")"
-        note guest-json "$(tail -n 1 "$work/guest.out")"
-    else
-        note guest "failed: \`${gcmd[*]}\`: $(grep -E 'IOPS|error' "$work/guest.err" | tail -n 5 | sed 's/^/  /' || true)"
-    fi
+    # 2 vCPUs share the 2 host cores with socp's poller; 1 vCPU leaves the
+    # poller (or QEMU's device emulation) a core of its own.
+    for smp in 2 1; do
+        gcmd=(bash scripts/bench-guest.sh --runtime "$BENCH_GUEST_SECONDS" --smp "$smp" --json)
+        log "guest: ${gcmd[*]}"
+        if "${gcmd[@]}" > "$work/guest.out" 2> "$work/guest.err"; then
+            note "guest-cmd-$smp" "${gcmd[*]}"
+            note "guest-table-$smp" "$(sed '$d' "$work/guest.out")"
+            note "guest-json-$smp" "$(tail -n 1 "$work/guest.out")"
+        else
+            note "guest-$smp" "failed: \`${gcmd[*]}\`: $(grep -E 'IOPS|error' "$work/guest.err" | tail -n 5 | sed 's/^/  /' || true)"
+        fi
+    done
 fi
 
 note duration "$(elapsed "$start") s"
@@ -382,12 +388,13 @@ md += ["", "Commands:", "", commands(a_rows, [notes.get("socp:ram", ""), notes.g
 # (b)
 md += ["## (b) File backend, 4 KiB randread: socp vs host fio (io_uring) on the same file", ""]
 for place in ("tmpfs", "disk"):
-    rows = [get("file-" + place, l) for l in ("socp QD1", "socp QD1, sleeping", "fio QD1",
-                                                "socp QD32", "socp QD32, sleeping", "fio QD32")]
+    variants = ("", ", harness on interrupts", ", nobody spins")
+    rows = [get("file-" + place, l) for qd in (1, 32)
+            for l in ["socp QD%d%s" % (qd, v) for v in variants] + ["fio QD%d" % qd]]
     md += ["### " + ("file in tmpfs" if place == "tmpfs" else "file on disk"), "",
            "- " + notes.get("direct:" + place, ""),
            "- socp: " + notes.get("socp-ns:" + place, "?"), "", table(rows), ""]
-    for qd, variant in ((1, ""), (1, ", sleeping"), (32, ""), (32, ", sleeping")):
+    for qd, variant in ((qd, v) for qd in (1, 32) for v in variants):
         s, fi = get("file-" + place, "socp QD%d%s" % (qd, variant)), get("file-" + place, "fio QD%d" % qd)
         if s and fi:
             md.append("- QD{}{}: socp/fio IOPS **{}**, p50 {} us, p99 {} us, "
@@ -419,10 +426,12 @@ md += ["", "Commands (QD varies):", "",
 
 # (d)
 md += ["## (d) In a guest: socp vs QEMU nvme vs virtio-blk", ""]
-if "guest-table" in notes:
-    md += ["`" + notes.get("guest-cmd", "") + "`", "", "```", notes["guest-table"], "```", ""]
-else:
-    md += [notes.get("guest", "not run"), ""]
+for smp in ("2", "1"):
+    md += ["### %s vCPU%s" % (smp, "s" if smp != "1" else ""), ""]
+    if "guest-table-" + smp in notes:
+        md += ["`" + notes.get("guest-cmd-" + smp, "") + "`", "", "```", notes["guest-table-" + smp], "```", ""]
+    else:
+        md += [notes.get("guest-" + smp, notes.get("guest", "not run")), ""]
 
 md += ["Raw figures of every run, with their commands: `bench-results.jsonl`.", ""]
 open(os.path.join(out, "benchmarks.md"), "w").write("\n".join(md))

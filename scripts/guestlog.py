@@ -207,12 +207,16 @@ def summary(path, as_json, accel, wall):
 def bench_table(accel, runtime, as_json):
     rows = [json.loads(line) for line in sys.stdin if line.strip()]
     by = {r["target"]: r for r in rows}
-    print(f"fio 4k randread QD32, libaio direct, {runtime}s, accel {accel}")
-    print(f"  {'target':<8} {'IOPS':>10} {'p99 us':>10} {'boot->fio s':>12} {'errors':>7}")
+    smp = rows[0].get("vcpus") if rows else None
+    print(f"fio 4k randread QD32, libaio direct, {runtime}s, accel {accel}"
+          + (f", {smp} vCPU(s)" if smp else ""))
+    print(f"  {'target':<8} {'IOPS':>10} {'p99 us':>10} {'boot->fio s':>12} {'errors':>7} {'IRQs/IO':>8}")
     for r in rows:
         p99 = r.get("clat_p99_us") or 0
+        irqs = r.get("irqs_per_io")
         print(f"  {r['target']:<8} {r['iops']:>10.0f} {p99:>10.0f} "
-              f"{r.get('boot_to_fio_s', float('nan')):>12.1f} {r['errors']:>7}")
+              f"{r.get('boot_to_fio_s', float('nan')):>12.1f} {r['errors']:>7} "
+              f"{'-' if irqs is None else format(irqs, '.2f'):>8}")
     ratios = {}
     if "socp" in by:
         for other in ("nvme", "virtio"):

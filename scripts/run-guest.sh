@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Boot the LeapIO test guest once: QEMU (from the trixie root, chrooted) with
-# guest RAM in a shared memfd, 2 vCPUs, no display or network, the serial
+# guest RAM in a shared memfd, 2 vCPUs (--smp), no display or network, the serial
 # console captured to a log file, the kernel + initramfs of vm-images/build.sh,
 # and the guest jobs given with --job. Always under a hard timeout.
 #
@@ -24,6 +24,7 @@
 #                        the guest, e.g. tcp:127.0.0.1:14420-:4420 (the
 #                        guest is 10.0.2.15; the `nvmet` job)
 #   --accel MODE         auto|kvm|tcg (default $LEAPIO_ACCEL or auto)
+#   --smp N              vCPUs (default 2)
 #   --quiet              no progress messages
 #
 # Results: the serial log, QEMU's stderr in LOG.stderr, and LOG.meta with
@@ -39,7 +40,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0 fwd=''
+jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0 fwd='' smp=2
 accel=${LEAPIO_ACCEL:-auto}
 while (($#)); do
     case $1 in
@@ -52,12 +53,14 @@ while (($#)); do
     --nic) nic=1 ;;
     --hostfwd) nic=1 fwd+=",hostfwd=$2"; shift ;;
     --accel) accel=$2; shift ;;
+    --smp) smp=$2; shift ;;
     --quiet) quiet=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "run-guest.sh: unknown option $1 (see --help)" ;;
     esac
     shift
 done
+[[ $smp =~ ^[1-9][0-9]*$ ]] || die "run-guest.sh: --smp wants a vCPU count, not '$smp'"
 need_root
 say() { ((quiet)) || log "$@"; }
 
@@ -125,7 +128,7 @@ esac
 # shellcheck disable=SC2054 # commas belong to QEMU options
 args=(qemu-system-x86_64 -nodefaults -no-user-config -name leapio-guest
     -object memory-backend-memfd,id=mem,size=1G,share=on
-    -machine q35,memory-backend=mem -m 1G -smp 2
+    -machine q35,memory-backend=mem -m 1G -smp "$smp"
     -display none -monitor none
     -chardev stdio,id=con,signal=off -serial chardev:con
     -kernel "$KERNEL" -initrd "$INITRD")
