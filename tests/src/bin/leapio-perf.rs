@@ -124,7 +124,7 @@ struct Setup {
 
 fn run(cfg: &Config) -> Result<Report, PerfError> {
     match &cfg.target {
-        Target::Null => run_null(cfg),
+        Target::Null { copy } => run_null(cfg, *copy),
         Target::Sock { path, pid } => {
             let cpu = pid.map(CpuSource::Pid).unwrap_or(CpuSource::None);
             let detail = match pid {
@@ -354,7 +354,7 @@ fn run_ctrl(
     Ok(Report::new(cfg, &setup, &out, prefilled))
 }
 
-fn run_null(cfg: &Config) -> Result<Report, PerfError> {
+fn run_null(cfg: &Config, copy: bool) -> Result<Report, PerfError> {
     let entries = queue_entries(cfg.qd);
     let mut mem = GuestMem::new(0, guest_mem_size(cfg))?;
     mem.alloc(LOW_GPA, 1);
@@ -375,11 +375,16 @@ fn run_null(cfg: &Config) -> Result<Report, PerfError> {
         .collect();
     let lba_size = 512;
     let range = cfg.range.unwrap_or(1 << 30);
-    let target = NullTarget::start(&mem, doorbells, &rings)?;
+    let copy_area = copy.then_some(range);
+    let target = NullTarget::start(&mem, doorbells, &rings, copy_area)?;
     let mut cpu = ThreadCpu::open(None, &[null::THREAD_PREFIX])?;
     let setup = Setup {
-        target: "null".into(),
-        detail: "zero-work controller thread in-process".into(),
+        target: if copy { "null-copy" } else { "null" }.into(),
+        detail: if copy {
+            format!("controller thread in-process that only copies data to/from a {range}-byte RAM area")
+        } else {
+            "zero-work controller thread in-process".into()
+        },
         lba_size,
         range_blocks: range / u64::from(lba_size),
     };

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 ///   --spawn SPEC    start socp in this process, e.g. --spawn ns=ram:1G
 ///   --null          a zero-work controller thread over the same shared-memory
 ///                   queues: the harness's own cost, to subtract
+///   --null-copy     the null controller plus the data copy of a RAM disk of
+///                   --range bytes: the floor of any RAM backend on this machine
 ///
 /// Examples:
 ///   leapio-perf --spawn ns=ram:1G -q 1 -o 4k -w randread -t 10
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 ///   leapio-perf --spawn ns=ram:1G --rate 100000 -q 32   (open loop)
 #[derive(Parser, Debug, Clone)]
 #[command(name = "leapio-perf", version, verbatim_doc_comment)]
-#[command(group(ArgGroup::new("target").required(true).args(["sock", "spawn", "null"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["sock", "spawn", "null", "null_copy"])))]
 pub struct Args {
     /// vfio-user socket of a running socp controller.
     #[arg(long, value_name = "PATH")]
@@ -46,6 +48,12 @@ pub struct Args {
     /// memory queues themselves.
     #[arg(long)]
     pub null: bool,
+
+    /// The null controller, but reads and writes copy their data between the
+    /// guest buffers and a private RAM area of --range bytes (as socp's RAM
+    /// backend does), and nothing else. I/O sizes up to 8 KiB (PRP1+PRP2).
+    #[arg(long)]
+    pub null_copy: bool,
 
     /// Outstanding I/Os per queue.
     #[arg(
@@ -196,9 +204,18 @@ impl Pattern {
 /// Which controller to drive.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Target {
-    Sock { path: PathBuf, pid: Option<u32> },
-    Spawn { spec: String, pollers: usize },
-    Null,
+    Sock {
+        path: PathBuf,
+        pid: Option<u32>,
+    },
+    Spawn {
+        spec: String,
+        pollers: usize,
+    },
+    /// `copy`: move the data too (--null-copy).
+    Null {
+        copy: bool,
+    },
 }
 
 /// Checked settings.
@@ -264,7 +281,7 @@ impl Config {
                 pollers: a.pollers,
             }
         } else {
-            Target::Null
+            Target::Null { copy: a.null_copy }
         };
         if a.queue_depth == 0 || a.queue_depth >= MAX_QUEUE_ENTRIES {
             return Err(format!(
@@ -292,8 +309,11 @@ impl Config {
                 return Err(format!("--rate {r} is not between 1 and 1e9 IOPS"));
             }
         }
-        if a.verify && target == Target::Null {
+        if a.verify && matches!(target, Target::Null { .. }) {
             return Err("--verify needs a controller that stores data (not --null)".into());
+        }
+        if a.null_copy && a.io_size > 8192 {
+            return Err("--null-copy handles I/O sizes up to 8k (PRP1 and PRP2)".into());
         }
         if a.nsid == 0 || a.nsid == u32::MAX {
             return Err(format!("--nsid {} is not a namespace ID", a.nsid));
@@ -380,9 +400,20 @@ mod tests {
     }
 
     #[test]
+    fn null_copy_is_a_null_target_that_moves_data() {
+        let c = parse(&["--null-copy", "--range", "8M"]).unwrap();
+        assert_eq!(c.target, Target::Null { copy: true });
+        assert_eq!(c.range, Some(8 << 20));
+        let e = parse(&["--null-copy", "-o", "16k"]).unwrap_err();
+        assert!(e.contains("up to 8k"), "{e}");
+        assert!(parse(&["--null-copy", "--verify"]).is_err());
+        assert!(parse(&["--null-copy", "--null"]).is_err());
+    }
+
+    #[test]
     fn defaults_and_spdk_spellings() {
         let c = parse(&["--null"]).unwrap();
-        assert_eq!(c.target, Target::Null);
+        assert_eq!(c.target, Target::Null { copy: false });
         assert_eq!((c.qd, c.io_size, c.queues), (1, 4096, 1));
         assert_eq!(c.pattern, Pattern::Randread);
         assert_eq!(c.read_pct, 100);

@@ -4,6 +4,10 @@
 //! ordering, like socp). Run against it, the harness measures its own cost
 //! and that of moving cache lines between two cores: what socp adds on top
 //! is the difference.
+//!
+//! With a copy area (`--null-copy`) reads and writes also move their data
+//! between the guest buffers and a private RAM area, as socp's RAM backend
+//! does, and the thread does nothing else: the floor of any RAM disk here.
 
 use leapio_tests::driver::PAGE;
 use leapio_tests::GuestMem;
@@ -61,6 +65,7 @@ impl NullTarget {
         mem: &GuestMem,
         doorbell_gpa: u64,
         queues: &[NullQueue],
+        copy_area: Option<u64>,
     ) -> io::Result<NullTarget> {
         let len =
             usize::try_from(mem.size()).map_err(|_| io::Error::other("guest RAM too large"))?;
@@ -105,14 +110,15 @@ impl NullTarget {
                 phase: true,
             })
             .collect();
+        let area = copy_area.map(CopyArea::new).transpose()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (m, st, db_off) = (map.clone(), stop.clone(), off(doorbell_gpa));
+        let (m, st, db_off, base) = (map.clone(), stop.clone(), off(doorbell_gpa), mem.base());
         let (up, running) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("{THREAD_PREFIX}-0"))
             .spawn(move || {
                 let _ = up.send(());
-                serve(&m, db_off, rings, &st);
+                serve(&m, db_off, rings, &st, area.as_ref().map(|a| (a, base)));
             })?;
         // Named by now: CPU accounting finds it by name.
         let _ = running.recv();
@@ -139,6 +145,99 @@ impl Drop for NullTarget {
     }
 }
 
+/// The RAM disk of `--null-copy`: private anonymous memory (huge pages if
+/// the kernel gives them), written once so that reads copy real pages.
+struct CopyArea {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain memory owned by this value, used by one thread at a time.
+unsafe impl Send for CopyArea {}
+
+impl CopyArea {
+    fn new(len: u64) -> io::Result<CopyArea> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("copy area too large"))?;
+        // SAFETY: a fresh anonymous mapping; result checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        // SAFETY: our own fresh mapping of `len` bytes.
+        unsafe {
+            libc::madvise(p, len, libc::MADV_HUGEPAGE);
+            std::ptr::write_bytes(ptr.as_ptr(), 0xA5, len);
+        }
+        Ok(CopyArea { ptr, len })
+    }
+}
+
+impl Drop for CopyArea {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly our own mapping.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Copy the data of the read or write `sqe` (offset in the guest mapping)
+/// between the guest buffers named by PRP1/PRP2 and the copy area. Returns
+/// the CQE status field (0, or Data Transfer Error for buffers outside the
+/// mapping).
+fn copy_data(map: &Mapping, guest_base: u64, sqe: usize, area: &CopyArea) -> u32 {
+    let base = map.ptr.as_ptr();
+    // SAFETY: `sqe` is a checked offset of a 64-byte entry in the mapping.
+    let rd = |o: usize| unsafe { base.add(sqe + o).cast::<u64>().read_volatile() };
+    let opcode = rd(0) & 0xff;
+    let write = match opcode {
+        0x01 => true,
+        0x02 => false,
+        _ => return 0,
+    };
+    let (prp1, prp2, slba, nlb) = (rd(24), rd(32), rd(40), rd(48) & 0xffff);
+    let len = (nlb + 1) * 512;
+    let area_len = area.len as u64;
+    let mut at = (slba * 512) % area_len;
+    if at + len > area_len {
+        at = 0;
+    }
+    let first = len.min(PAGE - prp1 % PAGE);
+    let mut done = 0;
+    for (gpa, n) in [(prp1, first), (prp2, len - first)] {
+        if n == 0 {
+            continue;
+        }
+        let off = gpa.wrapping_sub(guest_base);
+        if n > PAGE || off.checked_add(n).is_none_or(|e| e > map.len as u64) {
+            return 0x4 << 1; // Data Transfer Error, phase bit excluded
+        }
+        // In bounds (checked above); the host leaves a buffer alone while
+        // its command is outstanding, and the area is ours.
+        #[allow(clippy::cast_possible_truncation)]
+        let (g, a, n) = (off as usize, (at + done) as usize, n as usize);
+        // SAFETY: both ranges lie inside their mappings (checked above).
+        unsafe {
+            if write {
+                std::ptr::copy_nonoverlapping(base.add(g), area.ptr.as_ptr().add(a), n);
+            } else {
+                std::ptr::copy_nonoverlapping(area.ptr.as_ptr().add(a), base.add(g), n);
+            }
+        }
+        done += n as u64;
+    }
+    0
+}
+
 struct Ring {
     qid: u32,
     /// Byte offsets in the mapping.
@@ -150,7 +249,13 @@ struct Ring {
     phase: bool,
 }
 
-fn serve(map: &Mapping, db: usize, mut rings: Vec<Ring>, stop: &AtomicBool) {
+fn serve(
+    map: &Mapping,
+    db: usize,
+    mut rings: Vec<Ring>,
+    stop: &AtomicBool,
+    copy: Option<(&CopyArea, u64)>,
+) {
     let base = map.ptr.as_ptr();
     // Every offset below was checked to lie in the mapping, which outlives
     // this thread, and ring indexes are reduced modulo the ring size. The
@@ -180,13 +285,17 @@ fn serve(map: &Mapping, db: usize, mut rings: Vec<Ring>, stop: &AtomicBool) {
                 }
                 let sqe = r.sq + r.head as usize * 64;
                 let cid = load(sqe) >> 16;
+                let status = match copy {
+                    Some((area, guest_base)) => copy_data(map, guest_base, sqe, area),
+                    None => 0,
+                };
                 r.head = (r.head + 1) % r.entries;
                 let cqe = r.cq + r.cq_tail as usize * 16;
                 store(cqe, 0);
                 store(cqe + 4, 0);
                 store(cqe + 8, r.head | (r.qid << 16));
                 fence(Ordering::Release);
-                store(cqe + 12, cid | (u32::from(r.phase) << 16));
+                store(cqe + 12, cid | ((u32::from(r.phase) | status) << 16));
                 r.cq_tail += 1;
                 if r.cq_tail == r.entries {
                     r.cq_tail = 0;
