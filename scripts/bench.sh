@@ -78,8 +78,9 @@ PERF=$LEAPIO_REPO/target/release/leapio-perf
 work=$(mktemp -d /tmp/leapio-bench.XXXXXX)
 results=$work/results.jsonl
 : > "$results"
-files=()
+files=() spin=''
 cleanup() {
+    [[ -z $spin ]] || kill "$spin" 2> /dev/null || true
     stop_socp >/dev/null 2>&1 || true
     rm -f "${files[@]}"
     rm -rf "$work"
@@ -248,6 +249,16 @@ for place in tmpfs disk; do
         fio_run "file-$place" "fio QD$qd" "$f" "$qd" "$direct"
     done
     socp_down
+    # fio again while a plain busy loop holds the target CPU, as socp's
+    # spinning poller does: what a busy second vCPU costs on this machine.
+    if [[ -n $BENCH_CPUS ]]; then
+        taskset -c "$tcpu" sh -c 'while :; do :; done' &
+        spin=$!
+        fio_run "file-$place" "fio QD32, CPU $tcpu busy" "$f" 32 "$direct"
+        kill "$spin"
+        wait "$spin" 2> /dev/null || true
+        spin=''
+    fi
     # Nobody spinning, as fio: socp's poller also sleeps in io_uring while
     # only backend I/O is pending (--io-wait-us). On 2 cores, two spinning
     # threads take the CPU the kernel needs to complete the I/O, and the
@@ -409,6 +420,8 @@ for place in ("tmpfs", "disk"):
     variants = ("", ", harness on interrupts", ", nobody spins")
     rows = [get("file-" + place, l) for qd in (1, 32)
             for l in ["socp QD%d%s" % (qd, v) for v in variants] + ["fio QD%d" % qd]]
+    busy = [r for r in runs if r["scenario"] == "file-" + place and r["label"].startswith("fio QD32, CPU ")]
+    rows += busy
     md += ["### " + ("file in tmpfs" if place == "tmpfs" else "file on disk"), "",
            "- " + notes.get("direct:" + place, ""),
            "- socp: " + notes.get("socp-ns:" + place, "?"), "", table(rows), ""]
@@ -422,6 +435,14 @@ for place in ("tmpfs", "disk"):
                           f(delta(s, fi, "p99_us"), "{:+.2f}"),
                           f(s.get("target_cpu_us_per_io"), "{:.3f}"),
                           f(fi.get("target_cpu_us_per_io"), "{:.3f}")))
+    for b in busy:
+        s = get("file-" + place, "socp QD32, harness on interrupts")
+        fi = get("file-" + place, "fio QD32")
+        if s and fi:
+            md.append("- {}: {} IOPS = {} of fio on an idle machine; socp QD32 with the harness "
+                      "on interrupts = **{}** of it".format(
+                          b["label"], f(b["iops"], "{:,.0f}"), f(ratio(b["iops"], fi["iops"]), "{:.1%}"),
+                          f(ratio(s["iops"], b["iops"]), "{:.1%}")))
     md += ["", "Commands:", "", commands(rows, [notes.get("socp:" + place, ""), notes.get("socp:" + place + "-sleep", "")]), ""]
 
 # (c)

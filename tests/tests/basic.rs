@@ -134,3 +134,68 @@ fn shutdown_notification_completes() {
     let st = d.reg32(offset::CSTS).unwrap();
     assert_eq!(st & csts::SHST_MASK, csts::SHST_COMPLETE);
 }
+
+#[test]
+fn features_keep_what_the_host_sets_and_refuse_what_they_cannot() {
+    use leapio_nvme::cmd::FeatureId;
+    let srv = TestServer::start(&["ns=ram:4M,io-queues=4"], 1);
+    let mut d = Driver::connect(srv.sock(0), MEM).unwrap();
+    d.enable(32).unwrap();
+    let mut feat = |set: bool, cdw10: u32, cdw11: u32| {
+        let c = d
+            .admin(Sqe {
+                opcode: if set {
+                    AdminOpcode::SET_FEATURES
+                } else {
+                    AdminOpcode::GET_FEATURES
+                },
+                cdw10: cdw10.into(),
+                cdw11: cdw11.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        (c.status_field(), c.dw0.get())
+    };
+    let ok = |r: (Status, u32)| {
+        assert!(r.0.same_code(Status::SUCCESS), "{:?} (dw0 {:#x})", r.0, r.1);
+        r.1
+    };
+    let tt = u32::from(FeatureId::TEMPERATURE_THRESHOLD);
+    assert_eq!(ok(feat(false, tt, 0)), 343, "default threshold 343 K");
+    ok(feat(true, tt, 350));
+    assert_eq!(ok(feat(false, tt, 0)), 350, "current");
+    assert_eq!(ok(feat(false, tt | (1 << 8), 0)), 343, "SEL=default");
+    assert_eq!(
+        ok(feat(false, tt | (3 << 8), 0)),
+        1 << 2,
+        "changeable, not saveable"
+    );
+    let (st, _) = feat(true, tt | (1 << 31), 300);
+    assert!(st.same_code(Status::FEATURE_NOT_SAVEABLE), "{st:?}");
+    assert_eq!(ok(feat(false, tt, 0)), 350, "a refused set changes nothing");
+    // A RAM namespace has no volatile write cache: the feature does not exist.
+    let vwc = u32::from(FeatureId::VOLATILE_WRITE_CACHE);
+    let (st, _) = feat(false, vwc, 0);
+    assert!(st.same_code(Status::INVALID_FIELD), "{st:?}");
+    // Only power state 0 exists.
+    let (st, _) = feat(true, u32::from(FeatureId::POWER_MANAGEMENT), 2);
+    assert!(st.same_code(Status::INVALID_FIELD), "{st:?}");
+    // An interrupt vector past the MSI-X table.
+    let (st, _) = feat(false, u32::from(FeatureId::INTERRUPT_VECTOR_CONFIG), 4000);
+    assert!(st.same_code(Status::INVALID_FIELD), "{st:?}");
+    // An unknown feature.
+    let (st, _) = feat(false, 0x7f, 0);
+    assert!(st.same_code(Status::INVALID_FIELD), "{st:?}");
+    // Number of Queues: granted up to io-queues, and fixed once queues exist.
+    assert_eq!(d.set_queue_count(8).unwrap(), (4, 4));
+    d.create_queue_pair(1, 16, 1).unwrap();
+    let c = d
+        .admin(Sqe {
+            opcode: AdminOpcode::SET_FEATURES,
+            cdw10: u32::from(FeatureId::NUMBER_OF_QUEUES).into(),
+            cdw11: 0x0001_0001.into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(c.status_field().same_code(Status::COMMAND_SEQUENCE_ERROR));
+}

@@ -1,6 +1,7 @@
 //! Admin command set.
 
 use crate::controller::{ring_mapped, CqSetup, NvmeController, SqSetup};
+use crate::features;
 use crate::shared::ShadowDoorbells;
 use leapio_ats::{Access, Snapshot};
 use leapio_nvme::cmd::FeatureId;
@@ -271,22 +272,10 @@ impl NvmeController {
     }
 
     fn get_features(&self, sqe: &Sqe) -> Outcome {
-        let fid = (sqe.cdw10.get() & 0xff) as u8;
-        let sel = (sqe.cdw10.get() >> 8) & 0x7;
+        let cdw10 = sqe.cdw10.get();
+        let fid = features::fid(cdw10);
         let f = &self.features;
         let current = match fid {
-            FeatureId::ARBITRATION => f.arbitration,
-            FeatureId::POWER_MANAGEMENT => f.power_state,
-            FeatureId::TEMPERATURE_THRESHOLD => {
-                // Threshold select: only the composite sensor, over-temperature.
-                if f.temp_threshold == 0 {
-                    343
-                } else {
-                    f.temp_threshold
-                }
-            }
-            FeatureId::ERROR_RECOVERY => f.error_recovery,
-            FeatureId::VOLATILE_WRITE_CACHE if self.any_vwc() => u32::from(f.volatile_write_cache),
             FeatureId::NUMBER_OF_QUEUES => {
                 let (s, c) = self.queue_counts();
                 u32::from(s - 1) | (u32::from(c - 1) << 16)
@@ -299,57 +288,29 @@ impl NvmeController {
                 }
                 f.vector_config.get(&iv).copied().unwrap_or(u32::from(iv))
             }
-            FeatureId::WRITE_ATOMICITY => f.write_atomicity,
-            FeatureId::ASYNC_EVENT_CONFIG => f.async_event_config,
             FeatureId::KEEP_ALIVE_TIMER => f.keep_alive,
-            _ => return done(Status::INVALID_FIELD),
-        };
-        let dw0 = match sel {
-            0 | 2 => current,
-            1 => match fid {
-                FeatureId::NUMBER_OF_QUEUES => current,
-                FeatureId::VOLATILE_WRITE_CACHE => 0,
-                FeatureId::TEMPERATURE_THRESHOLD => 343,
-                _ => 0,
+            _ => match f.common.get(fid, self.any_vwc()) {
+                Some(Ok(v)) => v,
+                Some(Err(status)) => return done(status),
+                None => return done(Status::INVALID_FIELD),
             },
-            // Supported capabilities: changeable, not saveable.
-            3 => 1 << 2,
-            _ => return done(Status::INVALID_FIELD),
         };
-        Some((Status::SUCCESS, dw0))
+        match features::select(cdw10, current) {
+            Ok(dw0) => Some((Status::SUCCESS, dw0)),
+            Err(status) => done(status),
+        }
     }
 
     fn set_features(&mut self, sqe: &Sqe) -> Outcome {
-        let fid = (sqe.cdw10.get() & 0xff) as u8;
-        let save = sqe.cdw10.get() & (1 << 31) != 0;
-        if save {
+        let cdw10 = sqe.cdw10.get();
+        let fid = features::fid(cdw10);
+        if features::wants_save(cdw10) {
             return done(Status::FEATURE_NOT_SAVEABLE);
         }
         let v = sqe.cdw11.get();
+        let vwc = self.any_vwc();
         let f = &mut self.features;
         match fid {
-            FeatureId::ARBITRATION => f.arbitration = v,
-            FeatureId::POWER_MANAGEMENT => {
-                if v & 0x1f != 0 {
-                    return done(Status::INVALID_FIELD);
-                }
-                f.power_state = v;
-            }
-            FeatureId::TEMPERATURE_THRESHOLD => f.temp_threshold = v & 0xffff,
-            FeatureId::ERROR_RECOVERY => f.error_recovery = v,
-            FeatureId::VOLATILE_WRITE_CACHE => {
-                if !self
-                    .shared
-                    .namespaces
-                    .iter()
-                    .any(|n| n.volatile_write_cache)
-                {
-                    return done(Status::INVALID_FIELD);
-                }
-                // The cache stays on: the backends' caches are what the
-                // host flushes; reporting "on" keeps the host flushing.
-                f.volatile_write_cache = v & 1 != 0;
-            }
             FeatureId::NUMBER_OF_QUEUES => {
                 let nsqr = v & 0xffff;
                 let ncqr = v >> 16;
@@ -363,22 +324,26 @@ impl NvmeController {
                 let s = u16::try_from((nsqr + 1).min(max)).unwrap_or(1);
                 let c = u16::try_from((ncqr + 1).min(max)).unwrap_or(1);
                 f.queues_granted = Some((s, c));
-                return Some((Status::SUCCESS, u32::from(s - 1) | (u32::from(c - 1) << 16)));
+                Some((Status::SUCCESS, u32::from(s - 1) | (u32::from(c - 1) << 16)))
             }
-            FeatureId::INTERRUPT_COALESCING => f.coalescing = v & 0xffff,
+            FeatureId::INTERRUPT_COALESCING => {
+                f.coalescing = v & 0xffff;
+                done(Status::SUCCESS)
+            }
             FeatureId::INTERRUPT_VECTOR_CONFIG => {
                 let iv = (v & 0xffff) as u16;
                 if iv >= self.shared.irqs.count() {
                     return done(Status::INVALID_FIELD);
                 }
                 f.vector_config.insert(iv, v & 0x1_ffff);
+                done(Status::SUCCESS)
             }
-            FeatureId::WRITE_ATOMICITY => f.write_atomicity = v & 1,
-            FeatureId::ASYNC_EVENT_CONFIG => f.async_event_config = v,
-            FeatureId::KEEP_ALIVE_TIMER => f.keep_alive = v,
-            _ => return done(Status::INVALID_FIELD),
+            FeatureId::KEEP_ALIVE_TIMER => {
+                f.keep_alive = v;
+                done(Status::SUCCESS)
+            }
+            _ => done(f.common.set(fid, v, vwc).unwrap_or(Status::INVALID_FIELD)),
         }
-        done(Status::SUCCESS)
     }
 
     fn max_entries(&self) -> u32 {

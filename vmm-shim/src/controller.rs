@@ -4,6 +4,7 @@
 //! queues to the runtime through [`IoQueues`].
 
 use crate::doorbell::{Doorbells, DOORBELL_PAGE_SIZE, MAX_QUEUE_PAIRS};
+use crate::features::CommonFeatures;
 use crate::irq::Interrupts;
 use crate::pci::{self, ConfigSpace};
 use crate::queue::{CqRing, InvalidDoorbell, SqRing};
@@ -106,17 +107,12 @@ pub trait IoQueues: Send {
 /// Mutable feature values (Get/Set Features).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Features {
-    pub arbitration: u32,
-    pub power_state: u32,
-    pub temp_threshold: u32,
-    pub error_recovery: u32,
-    pub volatile_write_cache: bool,
+    /// The values every controller kind keeps the same way.
+    pub common: CommonFeatures,
     /// Granted (submission, completion) I/O queue counts, once set.
     pub queues_granted: Option<(u16, u16)>,
     pub coalescing: u32,
     pub vector_config: BTreeMap<u16, u32>,
-    pub write_atomicity: u32,
-    pub async_event_config: u32,
     pub keep_alive: u32,
 }
 

@@ -16,6 +16,7 @@ mod admin;
 pub mod controller;
 pub mod dma;
 pub mod doorbell;
+pub mod features;
 pub mod identify;
 pub mod irq;
 pub mod pci;

@@ -15,6 +15,7 @@ use leapio_nvme::identify::{
 use leapio_nvme::log::{u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
 use leapio_nvme::{AdminOpcode, Sqe, Status};
+use leapio_vmm_shim::features::{self, CommonFeatures};
 use std::sync::atomic::Ordering;
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -30,13 +31,7 @@ const FIRMWARE: &str = "0.1";
 pub struct AdminState {
     /// Outstanding Asynchronous Event Requests (CIDs).
     pub aers: Vec<u16>,
-    async_event_config: u32,
-    arbitration: u32,
-    power_state: u32,
-    temp_threshold: u32,
-    error_recovery: u32,
-    write_atomicity: u32,
-    volatile_write_cache: Option<bool>,
+    features: CommonFeatures,
 }
 
 /// What an admin command did.
@@ -331,97 +326,75 @@ pub fn queues_granted(sub: &Subsystem, ctrl: &Controller) -> u16 {
 }
 
 fn get_features(sub: &Subsystem, ctrl: &Controller, st: &AdminState, sqe: &Sqe) -> Reply {
-    let fid = (sqe.cdw10.get() & 0xff) as u8;
-    let sel = (sqe.cdw10.get() >> 8) & 0x7;
+    let cdw10 = sqe.cdw10.get();
+    let fid = features::fid(cdw10);
     let current = match fid {
         FeatureId::KEEP_ALIVE_TIMER => ctrl.kato_ms.load(Ordering::Acquire),
-        FeatureId::ASYNC_EVENT_CONFIG => st.async_event_config,
+        FeatureId::ASYNC_EVENT_CONFIG => st.features.async_event_config(),
+        // A discovery controller has only the two above.
         _ if ctrl.discovery => return done(Status::INVALID_FIELD),
-        FeatureId::ARBITRATION => st.arbitration,
-        FeatureId::POWER_MANAGEMENT => st.power_state,
-        FeatureId::TEMPERATURE_THRESHOLD => {
-            if st.temp_threshold == 0 {
-                343
-            } else {
-                st.temp_threshold
-            }
-        }
-        FeatureId::ERROR_RECOVERY => st.error_recovery,
-        FeatureId::VOLATILE_WRITE_CACHE if any_vwc(sub) => {
-            u32::from(st.volatile_write_cache.unwrap_or(true))
-        }
         FeatureId::NUMBER_OF_QUEUES => {
             let n = u32::from(queues_granted(sub, ctrl) - 1);
             n | (n << 16)
         }
-        FeatureId::WRITE_ATOMICITY => st.write_atomicity,
-        _ => return done(Status::INVALID_FIELD),
-    };
-    let dw0 = match sel {
-        0 | 2 => current,
-        1 => match fid {
-            FeatureId::NUMBER_OF_QUEUES => current,
-            FeatureId::TEMPERATURE_THRESHOLD => 343,
-            FeatureId::VOLATILE_WRITE_CACHE => 1,
-            _ => 0,
+        _ => match st.features.get(fid, any_vwc(sub)) {
+            Some(Ok(v)) => v,
+            Some(Err(status)) => return done(status),
+            None => return done(Status::INVALID_FIELD),
         },
-        // Supported capabilities: changeable, not saveable.
-        3 => 1 << 2,
-        _ => return done(Status::INVALID_FIELD),
     };
-    Reply::Done {
-        status: Status::SUCCESS,
-        dw0,
-        data: Vec::new(),
+    match features::select(cdw10, current) {
+        Ok(dw0) => Reply::Done {
+            status: Status::SUCCESS,
+            dw0,
+            data: Vec::new(),
+        },
+        Err(status) => done(status),
     }
 }
 
 fn set_features(sub: &Subsystem, ctrl: &Controller, st: &mut AdminState, sqe: &Sqe) -> Reply {
-    let fid = (sqe.cdw10.get() & 0xff) as u8;
-    if sqe.cdw10.get() & (1 << 31) != 0 {
+    let cdw10 = sqe.cdw10.get();
+    let fid = features::fid(cdw10);
+    if features::wants_save(cdw10) {
         return done(Status::FEATURE_NOT_SAVEABLE);
     }
     let v = sqe.cdw11.get();
     match fid {
-        FeatureId::KEEP_ALIVE_TIMER => ctrl.kato_ms.store(v, Ordering::Release),
-        FeatureId::ASYNC_EVENT_CONFIG => st.async_event_config = v,
-        _ if ctrl.discovery => return done(Status::INVALID_FIELD),
-        FeatureId::ARBITRATION => st.arbitration = v,
-        FeatureId::POWER_MANAGEMENT => {
-            if v & 0x1f != 0 {
-                return done(Status::INVALID_FIELD);
-            }
-            st.power_state = v;
+        FeatureId::KEEP_ALIVE_TIMER => {
+            ctrl.kato_ms.store(v, Ordering::Release);
+            done(Status::SUCCESS)
         }
-        FeatureId::TEMPERATURE_THRESHOLD => st.temp_threshold = v & 0xffff,
-        FeatureId::ERROR_RECOVERY => st.error_recovery = v,
-        FeatureId::VOLATILE_WRITE_CACHE if any_vwc(sub) => {
-            // Writes keep going through the backends' caches; "enabled"
-            // keeps the host sending flushes.
-            st.volatile_write_cache = Some(v & 1 != 0);
-        }
-        FeatureId::NUMBER_OF_QUEUES => {
-            let nsqr = v & 0xffff;
-            let ncqr = v >> 16;
-            if nsqr == 0xffff || ncqr == 0xffff {
-                return done(Status::INVALID_FIELD);
-            }
-            if ctrl.io_queue_count() != 0 {
-                return done(Status::COMMAND_SEQUENCE_ERROR);
-            }
-            let max = u32::from(sub.limits.max_io_queues);
-            let n = (nsqr.min(ncqr) + 1).min(max);
-            ctrl.queues_granted.store(n, Ordering::Release);
-            return Reply::Done {
-                status: Status::SUCCESS,
-                dw0: (n - 1) | ((n - 1) << 16),
-                data: Vec::new(),
-            };
-        }
-        FeatureId::WRITE_ATOMICITY => st.write_atomicity = v & 1,
-        _ => return done(Status::INVALID_FIELD),
+        // A discovery controller has only Keep Alive and Asynchronous Event
+        // Configuration.
+        _ if ctrl.discovery && fid != FeatureId::ASYNC_EVENT_CONFIG => done(Status::INVALID_FIELD),
+        FeatureId::NUMBER_OF_QUEUES => set_queue_count(sub, ctrl, v),
+        _ => done(
+            st.features
+                .set(fid, v, any_vwc(sub))
+                .unwrap_or(Status::INVALID_FIELD),
+        ),
     }
-    done(Status::SUCCESS)
+}
+
+/// Set Features, Number of Queues: one count for both kinds of queue.
+fn set_queue_count(sub: &Subsystem, ctrl: &Controller, v: u32) -> Reply {
+    let nsqr = v & 0xffff;
+    let ncqr = v >> 16;
+    if nsqr == 0xffff || ncqr == 0xffff {
+        return done(Status::INVALID_FIELD);
+    }
+    if ctrl.io_queue_count() != 0 {
+        return done(Status::COMMAND_SEQUENCE_ERROR);
+    }
+    let max = u32::from(sub.limits.max_io_queues);
+    let n = (nsqr.min(ncqr) + 1).min(max);
+    ctrl.queues_granted.store(n, Ordering::Release);
+    Reply::Done {
+        status: Status::SUCCESS,
+        dw0: (n - 1) | ((n - 1) << 16),
+        data: Vec::new(),
+    }
 }
 
 /// CAP as a fabrics controller reports it.
