@@ -89,10 +89,34 @@ struct CqState {
 struct CtrlState {
     ctx: Arc<CtrlCtx>,
     snap: Arc<Snapshot>,
+    /// Commands in flight that point into `snap`'s memory.
+    snap_users: u32,
+    /// Earlier snapshots that commands still in flight point into, with
+    /// their counts: each is dropped (letting a DMA unmap finish) when its
+    /// last command completes. Counting here instead of cloning the Arc
+    /// per command keeps locked instructions off the I/O path.
+    retired: Vec<(Arc<Snapshot>, u32)>,
     sqs: Vec<Option<SqState>>,
     cqs: Vec<Option<CqState>>,
     /// One backend queue per namespace.
     nsq: Vec<Box<dyn BackendQueue>>,
+}
+
+impl CtrlState {
+    /// A command that pointed into the snapshot of generation `gen` is done.
+    fn release_snapshot(&mut self, gen: u64) {
+        if gen == self.snap.generation() {
+            self.snap_users = self.snap_users.saturating_sub(1);
+            return;
+        }
+        if let Some(i) = self.retired.iter().position(|(s, _)| s.generation() == gen) {
+            self.retired[i].1 -= 1;
+            if self.retired[i].1 == 0 {
+                // Its memory may now be unmapped.
+                self.retired.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// A command in flight.
@@ -107,8 +131,9 @@ struct Slot {
     /// Backend operations still outstanding.
     remaining: u32,
     status: Status,
-    /// Keeps the guest memory the request points into mapped.
-    _snap: Arc<Snapshot>,
+    /// Generation of the snapshot whose memory the request points into
+    /// (kept mapped by its controller's `snap_users` / `retired` count).
+    snap_gen: u64,
 }
 
 /// Prepared backend operations that found their queue full.
@@ -293,6 +318,8 @@ impl Poller {
         self.ctrls.push(CtrlState {
             ctx,
             snap,
+            snap_users: 0,
+            retired: Vec::new(),
             sqs: Vec::new(),
             cqs: Vec::new(),
             nsq,
@@ -377,7 +404,11 @@ impl Poller {
         {
             let ctrl = &mut self.ctrls[c];
             if ctrl.ctx.shared.domain.generation() != ctrl.snap.generation() {
-                ctrl.snap = ctrl.ctx.shared.domain.snapshot();
+                let old = std::mem::replace(&mut ctrl.snap, ctrl.ctx.shared.domain.snapshot());
+                if ctrl.snap_users > 0 {
+                    ctrl.retired.push((old, ctrl.snap_users));
+                }
+                ctrl.snap_users = 0;
             }
         }
         work |= self.reap(c);
@@ -508,7 +539,8 @@ impl Poller {
             sq.in_flight += 1;
             sq.commands += 1;
             cq.reserved += 1;
-            let snap = ctrl.snap.clone();
+            ctrl.snap_users += 1;
+            let snap_gen = ctrl.snap.generation();
             let nsid = sqe.nsid.get();
             let slot = self.alloc_slot(Slot {
                 ctrl: c,
@@ -520,7 +552,7 @@ impl Poller {
                 bytes: 0,
                 remaining: 0,
                 status: Status::SUCCESS,
-                _snap: snap,
+                snap_gen,
             });
             let Some(ns) = shared.namespace(nsid) else {
                 self.complete_slot(slot, Status::INVALID_NAMESPACE);
@@ -692,6 +724,7 @@ impl Poller {
         };
         self.free.push(slot);
         let ctrl = &mut self.ctrls[s.ctrl];
+        ctrl.release_snapshot(s.snap_gen);
         let shared = &ctrl.ctx.shared;
         let counters = &shared.counters;
         if status.is_success() {
