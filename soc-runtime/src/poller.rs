@@ -13,6 +13,7 @@ use leapio_nvme::cmd::AsyncEvent;
 use leapio_nvme::{IoOpcode, Status};
 use leapio_transports::{Backend, BackendQueue, Completion, IoKind, IoRequest, SubmitError};
 use leapio_vmm_shim::queue::{CqRing, SqRing};
+use leapio_vmm_shim::shared::CounterShard;
 use leapio_vmm_shim::{CqSetup, CtrlShared, ShadowDoorbells, SqSetup};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +97,8 @@ struct CtrlState {
     /// last command completes. Counting here instead of cloning the Arc
     /// per command keeps locked instructions off the I/O path.
     retired: Vec<(Arc<Snapshot>, u32)>,
+    /// This poller's I/O counts for the controller (single writer).
+    counts: Arc<CounterShard>,
     sqs: Vec<Option<SqState>>,
     cqs: Vec<Option<CqState>>,
     /// One backend queue per namespace.
@@ -315,11 +318,13 @@ impl Poller {
             }
         }
         let snap = ctx.shared.domain.snapshot();
+        let counts = ctx.shared.counters.shard();
         self.ctrls.push(CtrlState {
             ctx,
             snap,
             snap_users: 0,
             retired: Vec::new(),
+            counts,
             sqs: Vec::new(),
             cqs: Vec::new(),
             nsq,
@@ -384,7 +389,8 @@ impl Poller {
                 self.gc_pending = true;
             }
             if empty && !busy[c] && !removed {
-                self.ctrls.remove(c);
+                let st = self.ctrls.remove(c);
+                st.ctx.shared.counters.retire(&st.counts);
                 // Slot indexes of later controllers shift: fix them up.
                 for s in self.slots.iter_mut().flatten() {
                     if s.ctrl > c {
@@ -729,18 +735,8 @@ impl Poller {
         let counters = &shared.counters;
         if status.is_success() {
             match s.opcode {
-                IoOpcode::READ => {
-                    counters.read_commands.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .read_sectors
-                        .fetch_add(s.bytes / 512, Ordering::Relaxed);
-                }
-                IoOpcode::WRITE => {
-                    counters.write_commands.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .write_sectors
-                        .fetch_add(s.bytes / 512, Ordering::Relaxed);
-                }
+                IoOpcode::READ => ctrl.counts.add_read(s.bytes / 512),
+                IoOpcode::WRITE => ctrl.counts.add_write(s.bytes / 512),
                 _ => {}
             }
         } else {

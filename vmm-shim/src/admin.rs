@@ -222,19 +222,16 @@ impl NvmeController {
 
     fn smart_log(&self) -> SmartLog {
         let c = &self.shared.counters;
+        let io = c.io();
         let mut s = SmartLog::new_zeroed();
         s.temperature = 308.into();
         s.avail_spare = 100;
         s.spare_thresh = 10;
         // Data units are thousands of 512-byte units, rounded up.
-        s.data_units_read = u128_field(u128::from(
-            c.read_sectors.load(Ordering::Relaxed).div_ceil(1000),
-        ));
-        s.data_units_written = u128_field(u128::from(
-            c.write_sectors.load(Ordering::Relaxed).div_ceil(1000),
-        ));
-        s.host_reads = u128_field(u128::from(c.read_commands.load(Ordering::Relaxed)));
-        s.host_writes = u128_field(u128::from(c.write_commands.load(Ordering::Relaxed)));
+        s.data_units_read = u128_field(u128::from(io.read_sectors.div_ceil(1000)));
+        s.data_units_written = u128_field(u128::from(io.write_sectors.div_ceil(1000)));
+        s.host_reads = u128_field(u128::from(io.read_commands));
+        s.host_writes = u128_field(u128::from(io.write_commands));
         s.power_cycles = u128_field(1);
         s.media_errors = u128_field(u128::from(c.media_errors.load(Ordering::Relaxed)));
         s.num_err_log_entries = u128_field(u128::from(self.shared.error_log().0));

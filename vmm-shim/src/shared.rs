@@ -10,7 +10,7 @@ use leapio_nvme::log::ErrorLogEntry;
 use leapio_nvme::Status;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What the controller tells the guest about one namespace.
 #[derive(Clone, Debug)]
@@ -82,15 +82,101 @@ impl ShadowDoorbells {
     }
 }
 
-/// Per-controller counters (SMART log, statistics at exit).
+/// Per-controller counters (SMART log). The I/O counts live in shards, one
+/// per poller serving the controller: each shard has a single writer, which
+/// adds with a plain load and store instead of a locked read-modify-write
+/// per I/O; readers sum the shards.
 #[derive(Default)]
 pub struct Counters {
-    pub read_commands: AtomicU64,
-    pub write_commands: AtomicU64,
-    /// In units of 512 bytes.
-    pub read_sectors: AtomicU64,
-    pub write_sectors: AtomicU64,
+    shards: Mutex<Shards>,
     pub media_errors: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shards {
+    live: Vec<Arc<CounterShard>>,
+    /// What retired shards had counted.
+    retired: IoCounts,
+}
+
+/// One poller's I/O counts for one controller (see [`Counters`]).
+#[derive(Default)]
+pub struct CounterShard {
+    read_commands: AtomicU64,
+    write_commands: AtomicU64,
+    /// In units of 512 bytes.
+    read_sectors: AtomicU64,
+    write_sectors: AtomicU64,
+}
+
+/// Totals over every shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounts {
+    pub read_commands: u64,
+    pub write_commands: u64,
+    /// In units of 512 bytes.
+    pub read_sectors: u64,
+    pub write_sectors: u64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+impl CounterShard {
+    /// A completed read of `sectors` 512-byte units. Only the shard's owner
+    /// may call this (a second writer would lose counts).
+    pub fn add_read(&self, sectors: u64) {
+        bump(&self.read_commands, 1);
+        bump(&self.read_sectors, sectors);
+    }
+
+    /// A completed write; see [`add_read`](Self::add_read).
+    pub fn add_write(&self, sectors: u64) {
+        bump(&self.write_commands, 1);
+        bump(&self.write_sectors, sectors);
+    }
+}
+
+impl Counters {
+    /// A new shard for one writer (a poller taking on the controller).
+    pub fn shard(&self) -> Arc<CounterShard> {
+        let shard = Arc::new(CounterShard::default());
+        self.lock().live.push(Arc::clone(&shard));
+        shard
+    }
+
+    /// The shard's writer is done with it: fold its counts into the totals.
+    pub fn retire(&self, shard: &Arc<CounterShard>) {
+        let mut shards = self.lock();
+        if let Some(i) = shards.live.iter().position(|s| Arc::ptr_eq(s, shard)) {
+            let s = shards.live.swap_remove(i);
+            let r = &mut shards.retired;
+            r.read_commands += s.read_commands.load(Ordering::Relaxed);
+            r.write_commands += s.write_commands.load(Ordering::Relaxed);
+            r.read_sectors += s.read_sectors.load(Ordering::Relaxed);
+            r.write_sectors += s.write_sectors.load(Ordering::Relaxed);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shards> {
+        self.shards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The I/O counts so far, over every shard.
+    pub fn io(&self) -> IoCounts {
+        let shards = self.lock();
+        let mut t = shards.retired;
+        for s in &shards.live {
+            t.read_commands += s.read_commands.load(Ordering::Relaxed);
+            t.write_commands += s.write_commands.load(Ordering::Relaxed);
+            t.read_sectors += s.read_sectors.load(Ordering::Relaxed);
+            t.write_sectors += s.write_sectors.load(Ordering::Relaxed);
+        }
+        t
+    }
 }
 
 /// Everything the pollers need from a controller.
