@@ -44,6 +44,9 @@ impl Runtime {
         let stop = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::new();
         let mut threads = Vec::new();
+        // The kernel's io_uring workers must not queue behind a spinning
+        // poller on its own CPU.
+        leapio_transports::keep_workers_off(cpus);
         for i in 0..n.max(1) {
             let (tx, rx) = channel();
             let st = stop.clone();

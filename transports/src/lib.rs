@@ -57,6 +57,7 @@ pub use file::{FileBackend, MAX_QUEUE_DEPTH};
 pub use nvme_tcp::{NvmeTcpBackend, NvmeTcpSpec};
 pub use ram::RamBackend;
 pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
+pub use uring::keep_workers_off;
 
 /// Most iovecs one request may carry (the kernel's `UIO_MAXIOV`).
 pub const MAX_IOVECS: usize = 1024;

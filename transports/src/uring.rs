@@ -6,9 +6,53 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
+
+/// CPUs that pinned pollers own (see [`keep_workers_off`]).
+static POLLER_CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+
+/// Keep io_uring's worker threads off `cpus` (the CPUs socp's pollers are
+/// pinned to), for every ring created from now on. The kernel runs a
+/// request that cannot start without blocking (a buffered write that must
+/// allocate, a file without non-blocking support) on a worker thread that
+/// by default may only run where the submitting poller may: on its pinned
+/// CPU, where it waits for the spinning poller's time slice to run out.
+/// Set once per process; later calls are ignored.
+pub fn keep_workers_off(cpus: &[usize]) {
+    let _ = POLLER_CPUS.set(cpus.to_vec());
+}
+
+/// The CPUs the process may run on minus the pollers' own, or None when
+/// no poller is pinned or nothing would be left.
+fn worker_cpus() -> Option<libc::cpu_set_t> {
+    let reserved = POLLER_CPUS.get().filter(|c| !c.is_empty())?;
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // The process's (main thread's) affinity: pollers pin themselves, the
+    // process as a whole keeps what it was started with.
+    // SAFETY: a valid out-pointer of the size we pass.
+    let r = unsafe {
+        libc::sched_getaffinity(
+            libc::getpid(),
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut set,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    for &cpu in reserved {
+        if cpu < libc::CPU_SETSIZE as usize {
+            // SAFETY: in range, checked above.
+            unsafe { libc::CPU_CLR(cpu, &mut set) };
+        }
+    }
+    // SAFETY: reading a valid set.
+    (unsafe { libc::CPU_COUNT(&set) } > 0).then_some(set)
+}
 
 /// The SQ had no room (cannot happen while the ring has at least as many SQ
 /// entries as the caller has requests in flight).
@@ -47,6 +91,12 @@ impl Ring {
             Err(_) => false,
         };
         let ext_arg = ring.params().is_feature_ext_arg();
+        if let Some(set) = worker_cpus() {
+            // Kernels before 5.14 lack it: workers then stay where they are.
+            if let Err(e) = ring.submitter().register_iowq_aff(&set) {
+                tracing::debug!(error = %e, "io_uring worker affinity not set");
+            }
+        }
         Ok(Ring {
             ring,
             unsubmitted: false,
@@ -210,5 +260,76 @@ impl Ring {
 
     pub(crate) fn has_unsubmitted(&self) -> bool {
         self.unsubmitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    /// Allowed CPUs of every io_uring worker thread of this process.
+    fn worker_affinities() -> Vec<String> {
+        let mut out = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("iou-wrk") {
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                if let Some(l) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
+                    out.push(l.split_whitespace().nth(1).unwrap_or("").to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn workers_stay_off_the_pollers_cpus() {
+        let Some(set) = ({
+            keep_workers_off(&[0]);
+            worker_cpus()
+        }) else {
+            eprintln!("only CPU 0 available: skipped");
+            return;
+        };
+        // SAFETY: reading a valid set.
+        assert!(!unsafe { libc::CPU_ISSET(0, &set) });
+        // A file without non-blocking reads (tmpfs) sends every read to a
+        // worker thread.
+        let Ok(mut f) = tempfile::NamedTempFile::new_in("/dev/shm") else {
+            eprintln!("no /dev/shm: skipped");
+            return;
+        };
+        f.write_all(&[7u8; 4096]).unwrap();
+        let mut ring = Ring::new(4).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: iov and buf outlive the wait below.
+        unsafe { ring.push_readv(f.as_file().as_raw_fd(), &iov, 1, 0, 1) }.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            ring.wait(Duration::from_millis(10)).unwrap();
+            ring.reap_into(&mut got);
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(got, vec![(1, 4096)]);
+        assert!(buf.iter().all(|&b| b == 7));
+        let workers = worker_affinities();
+        if workers.is_empty() {
+            eprintln!("no worker thread was needed (tmpfs reads do not block here)");
+        }
+        eprintln!("worker CPUs: {workers:?}");
+        for cpus in &workers {
+            assert!(
+                !cpus.split(',').any(|r| r.split('-').next() == Some("0")),
+                "worker allowed on CPU 0: {cpus}"
+            );
+        }
     }
 }
