@@ -181,10 +181,15 @@ unsafe impl Send for FileQueue {}
 
 impl FileQueue {
     pub(crate) fn new(backend: Arc<FileInner>, depth: u32) -> Result<Self, TransportError> {
-        let ring = Ring::new(depth).map_err(|source| TransportError::Uring {
+        let mut ring = Ring::new(depth).map_err(|source| TransportError::Uring {
             what: "setup",
             source,
         })?;
+        if !backend.inline {
+            let mut fds = vec![backend.buffered_fd()];
+            fds.extend(backend.direct_fd());
+            ring.register_files(&fds);
+        }
         let slots = (0..depth)
             .map(|_| Slot {
                 tag: 0,
@@ -649,6 +654,11 @@ pub(crate) mod tests {
         if q.backend.inline {
             return; // no ring in use
         }
+        // The SQEs name the files registered with the ring.
+        assert_eq!(
+            q.ring.registered_files(),
+            1 + usize::from(q.backend.direct_fd().is_some())
+        );
         let mut buf = vec![0u8; 4096 * SUBMIT_BATCH];
         let mut out = Vec::new();
         for (i, chunk) in buf.chunks_mut(4096).enumerate() {

@@ -54,6 +54,23 @@ fn worker_cpus() -> Option<libc::cpu_set_t> {
     (unsafe { libc::CPU_COUNT(&set) } > 0).then_some(set)
 }
 
+/// How an SQE names its file.
+#[derive(Clone, Copy)]
+enum File {
+    Raw(RawFd),
+    Fixed(u32),
+}
+
+/// Build an SQE with `$op::new(file, args...)` for either kind of file.
+macro_rules! with_file {
+    ($file:expr, $build:expr) => {
+        match $file {
+            File::Raw(fd) => $build(types::Fd(fd)),
+            File::Fixed(i) => $build(types::Fixed(i)),
+        }
+    };
+}
+
 /// The SQ had no room (cannot happen while the ring has at least as many SQ
 /// entries as the caller has requests in flight).
 #[derive(Debug)]
@@ -61,6 +78,9 @@ pub(crate) struct SqFull;
 
 pub(crate) struct Ring {
     ring: IoUring,
+    /// Files registered with the ring (`files[i]` is fixed file `i`): SQEs
+    /// naming them skip the per-request file lookup and reference count.
+    files: Vec<RawFd>,
     /// SQEs pushed but not yet accepted by the kernel.
     unsubmitted: bool,
     ext_arg: bool,
@@ -99,10 +119,32 @@ impl Ring {
         }
         Ok(Ring {
             ring,
+            files: Vec::new(),
             unsubmitted: false,
             ext_arg,
             fallocate,
         })
+    }
+
+    /// Register `fds` as the ring's fixed files; SQEs for them then name
+    /// the registered slot. A kernel that refuses keeps the plain fds.
+    pub(crate) fn register_files(&mut self, fds: &[RawFd]) {
+        match self.ring.submitter().register_files(fds) {
+            Ok(()) => self.files = fds.to_vec(),
+            Err(e) => tracing::debug!(error = %e, "io_uring fixed files not registered"),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn registered_files(&self) -> usize {
+        self.files.len()
+    }
+
+    fn file(&self, fd: RawFd) -> File {
+        match self.files.iter().position(|&f| f == fd) {
+            Some(i) => File::Fixed(u32::try_from(i).unwrap_or(u32::MAX)),
+            None => File::Raw(fd),
+        }
     }
 
     /// Whether the kernel supports IORING_OP_FALLOCATE.
@@ -134,10 +176,10 @@ impl Ring {
         offset: u64,
         user_data: u64,
     ) -> Result<(), SqFull> {
-        let entry = opcode::Readv::new(types::Fd(fd), iov, iovcnt)
+        let entry = with_file!(self.file(fd), |f| opcode::Readv::new(f, iov, iovcnt)
             .offset(offset)
-            .build()
-            .user_data(user_data);
+            .build())
+        .user_data(user_data);
         self.push(entry)
     }
 
@@ -155,20 +197,20 @@ impl Ring {
         rw_flags: i32,
         user_data: u64,
     ) -> Result<(), SqFull> {
-        let entry = opcode::Writev::new(types::Fd(fd), iov, iovcnt)
+        let entry = with_file!(self.file(fd), |f| opcode::Writev::new(f, iov, iovcnt)
             .offset(offset)
             .rw_flags(rw_flags)
-            .build()
-            .user_data(user_data);
+            .build())
+        .user_data(user_data);
         self.push(entry)
     }
 
     /// Queue an `fdatasync`.
     pub(crate) fn push_fdatasync(&mut self, fd: RawFd, user_data: u64) -> Result<(), SqFull> {
-        let entry = opcode::Fsync::new(types::Fd(fd))
+        let entry = with_file!(self.file(fd), |f| opcode::Fsync::new(f)
             .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(user_data);
+            .build())
+        .user_data(user_data);
         self.push(entry)
     }
 
@@ -181,11 +223,11 @@ impl Ring {
         len: u64,
         user_data: u64,
     ) -> Result<(), SqFull> {
-        let entry = opcode::Fallocate::new(types::Fd(fd), len)
+        let entry = with_file!(self.file(fd), |f| opcode::Fallocate::new(f, len)
             .offset(offset)
             .mode(mode)
-            .build()
-            .user_data(user_data);
+            .build())
+        .user_data(user_data);
         self.push(entry)
     }
 
