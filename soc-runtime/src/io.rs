@@ -95,29 +95,8 @@ fn plan_inner(
             .map_err(|e| prp_status(&e))?;
             Ok(Plan::Single(Op { kind, offset, len }))
         }
-        IoOpcode::FLUSH => {
-            if ns.volatile_write_cache {
-                Ok(Plan::Single(Op {
-                    kind: IoKind::Flush,
-                    offset: 0,
-                    len: 0,
-                }))
-            } else {
-                Ok(Plan::Complete(Status::SUCCESS))
-            }
-        }
-        IoOpcode::WRITE_ZEROES => {
-            if !ns.write_zeroes {
-                return Err(Status::INVALID_OPCODE);
-            }
-            let (offset, len) = lba_range(sqe, ns)?;
-            let kind = if sqe.cdw12.get() & WRITE_ZEROES_DEAC != 0 && ns.deallocate {
-                IoKind::Deallocate
-            } else {
-                IoKind::WriteZeroes
-            };
-            Ok(Plan::Single(Op { kind, offset, len }))
-        }
+        IoOpcode::FLUSH => Ok(flush_plan(ns)),
+        IoOpcode::WRITE_ZEROES => write_zeroes_plan(sqe, ns),
         IoOpcode::DATASET_MANAGEMENT => {
             if !ns.deallocate {
                 return Err(Status::INVALID_OPCODE);
@@ -134,6 +113,34 @@ fn plan_inner(
         }
         _ => Err(Status::INVALID_OPCODE),
     }
+}
+
+/// Flush: a backend flush where completed writes may sit in a volatile
+/// cache, else nothing to do.
+pub fn flush_plan(ns: &NamespaceInfo) -> Plan {
+    if ns.volatile_write_cache {
+        Plan::Single(Op {
+            kind: IoKind::Flush,
+            offset: 0,
+            len: 0,
+        })
+    } else {
+        Plan::Complete(Status::SUCCESS)
+    }
+}
+
+/// Write Zeroes (a deallocate when DEAC is set and the namespace can).
+pub fn write_zeroes_plan(sqe: &Sqe, ns: &NamespaceInfo) -> Result<Plan, Status> {
+    if !ns.write_zeroes {
+        return Err(Status::INVALID_OPCODE);
+    }
+    let (offset, len) = lba_range(sqe, ns)?;
+    let kind = if sqe.cdw12.get() & WRITE_ZEROES_DEAC != 0 && ns.deallocate {
+        IoKind::Deallocate
+    } else {
+        IoKind::WriteZeroes
+    };
+    Ok(Plan::Single(Op { kind, offset, len }))
 }
 
 /// The deallocate operations of a Dataset Management command whose 16-byte

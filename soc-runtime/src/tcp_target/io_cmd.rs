@@ -5,8 +5,8 @@
 
 use super::ctrl::Subsystem;
 use crate::io::lba_range;
-use crate::io::{Op, Plan};
-use leapio_nvme::cmd::{DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
+use crate::io::{flush_plan, write_zeroes_plan, Op, Plan};
+use leapio_nvme::cmd::DSM_ATTR_DEALLOCATE;
 use leapio_nvme::fabrics::{
     FabricsStatus, SglDescriptor, FABRICS_OPCODE, SGL_IN_CAPSULE, SGL_TRANSPORT_DATA_BLOCK,
 };
@@ -158,27 +158,8 @@ fn plan_inner(
             };
             Ok(Plan::Single(Op { kind, offset, len }))
         }
-        IoOpcode::FLUSH => Ok(if ns.volatile_write_cache {
-            Plan::Single(Op {
-                kind: IoKind::Flush,
-                offset: 0,
-                len: 0,
-            })
-        } else {
-            Plan::Complete(Status::SUCCESS)
-        }),
-        IoOpcode::WRITE_ZEROES => {
-            if !ns.write_zeroes {
-                return Err(Status::INVALID_OPCODE);
-            }
-            let (offset, len) = lba_range(sqe, ns)?;
-            let kind = if sqe.cdw12.get() & WRITE_ZEROES_DEAC != 0 && ns.deallocate {
-                IoKind::Deallocate
-            } else {
-                IoKind::WriteZeroes
-            };
-            Ok(Plan::Single(Op { kind, offset, len }))
-        }
+        IoOpcode::FLUSH => Ok(flush_plan(ns)),
+        IoOpcode::WRITE_ZEROES => write_zeroes_plan(sqe, ns),
         IoOpcode::DATASET_MANAGEMENT => {
             if !ns.deallocate {
                 return Err(Status::INVALID_OPCODE);
