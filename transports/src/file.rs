@@ -252,6 +252,18 @@ impl FileInner {
         self.direct.as_ref().map(AsRawFd::as_raw_fd)
     }
 
+    /// The fd for a transfer that wants O_DIRECT if `direct`; clears
+    /// `direct` when there is no usable O_DIRECT fd.
+    pub(crate) fn fd_for(&self, direct: &mut bool) -> RawFd {
+        match self.direct_fd() {
+            Some(fd) if *direct => fd,
+            _ => {
+                *direct = false;
+                self.buffered_fd()
+            }
+        }
+    }
+
     /// Whether a transfer at `offset` through `iovs` meets the direct-I/O
     /// alignment (offset, every base and every length).
     pub(crate) fn direct_ok(&self, offset: u64, iovs: &[libc::iovec]) -> bool {

@@ -284,13 +284,7 @@ impl FileQueue {
     fn prepare(&mut self, idx: u32) -> Step {
         let be = &self.backend;
         let slot = &mut self.slots[idx as usize];
-        let fd = match be.direct_fd() {
-            Some(fd) if slot.direct => fd,
-            _ => {
-                slot.direct = false;
-                be.buffered_fd()
-            }
-        };
+        let fd = be.fd_for(&mut slot.direct);
         match slot.op {
             Op::Idle | Op::Nop => Step::Nop,
             Op::Flush => Step::Fdatasync(be.buffered_fd()),
@@ -335,13 +329,7 @@ impl FileQueue {
                 }
                 slot.first = 0;
                 slot.direct = be.direct_ok(slot.offset, &slot.iovs);
-                let fd = match be.direct_fd() {
-                    Some(fd) if slot.direct => fd,
-                    _ => {
-                        slot.direct = false;
-                        be.buffered_fd()
-                    }
-                };
+                let fd = be.fd_for(&mut slot.direct);
                 Step::Rw {
                     write: true,
                     fd,

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
-/// CPUs that pinned pollers own (see [`keep_workers_off`]).
-static POLLER_CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+/// Where io_uring worker threads may run (see [`keep_workers_off`]); None:
+/// where the kernel puts them.
+static WORKER_CPUS: OnceLock<Option<libc::cpu_set_t>> = OnceLock::new();
 
 /// Keep io_uring's worker threads off `cpus` (the CPUs socp's pollers are
 /// pinned to), for every ring created from now on. The kernel runs a
@@ -22,13 +23,15 @@ static POLLER_CPUS: OnceLock<Vec<usize>> = OnceLock::new();
 /// CPU, where it waits for the spinning poller's time slice to run out.
 /// Set once per process; later calls are ignored.
 pub fn keep_workers_off(cpus: &[usize]) {
-    let _ = POLLER_CPUS.set(cpus.to_vec());
+    let _ = WORKER_CPUS.set(cpus_except(cpus));
 }
 
-/// The CPUs the process may run on minus the pollers' own, or None when
-/// no poller is pinned or nothing would be left.
-fn worker_cpus() -> Option<libc::cpu_set_t> {
-    let reserved = POLLER_CPUS.get().filter(|c| !c.is_empty())?;
+/// The CPUs the process may run on minus `reserved`, or None when nothing
+/// is reserved or nothing would be left.
+fn cpus_except(reserved: &[usize]) -> Option<libc::cpu_set_t> {
+    if reserved.is_empty() {
+        return None;
+    }
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // The process's (main thread's) affinity: pollers pin themselves, the
@@ -111,7 +114,7 @@ impl Ring {
             Err(_) => false,
         };
         let ext_arg = ring.params().is_feature_ext_arg();
-        if let Some(set) = worker_cpus() {
+        if let Some(set) = WORKER_CPUS.get().copied().flatten() {
             // Kernels before 5.14 lack it: workers then stay where they are.
             if let Err(e) = ring.submitter().register_iowq_aff(&set) {
                 tracing::debug!(error = %e, "io_uring worker affinity not set");
@@ -328,10 +331,8 @@ mod tests {
 
     #[test]
     fn workers_stay_off_the_pollers_cpus() {
-        let Some(set) = ({
-            keep_workers_off(&[0]);
-            worker_cpus()
-        }) else {
+        keep_workers_off(&[0]);
+        let Some(set) = WORKER_CPUS.get().copied().flatten() else {
             eprintln!("only CPU 0 available: skipped");
             return;
         };

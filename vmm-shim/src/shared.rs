@@ -123,7 +123,26 @@ fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
+impl IoCounts {
+    fn add(&mut self, other: IoCounts) {
+        self.read_commands += other.read_commands;
+        self.write_commands += other.write_commands;
+        self.read_sectors += other.read_sectors;
+        self.write_sectors += other.write_sectors;
+    }
+}
+
 impl CounterShard {
+    /// The counts so far.
+    fn counts(&self) -> IoCounts {
+        IoCounts {
+            read_commands: self.read_commands.load(Ordering::Relaxed),
+            write_commands: self.write_commands.load(Ordering::Relaxed),
+            read_sectors: self.read_sectors.load(Ordering::Relaxed),
+            write_sectors: self.write_sectors.load(Ordering::Relaxed),
+        }
+    }
+
     /// A completed read of `sectors` 512-byte units. Only the shard's owner
     /// may call this (a second writer would lose counts).
     pub fn add_read(&self, sectors: u64) {
@@ -151,11 +170,7 @@ impl Counters {
         let mut shards = self.lock();
         if let Some(i) = shards.live.iter().position(|s| Arc::ptr_eq(s, shard)) {
             let s = shards.live.swap_remove(i);
-            let r = &mut shards.retired;
-            r.read_commands += s.read_commands.load(Ordering::Relaxed);
-            r.write_commands += s.write_commands.load(Ordering::Relaxed);
-            r.read_sectors += s.read_sectors.load(Ordering::Relaxed);
-            r.write_sectors += s.write_sectors.load(Ordering::Relaxed);
+            shards.retired.add(s.counts());
         }
     }
 
@@ -170,10 +185,7 @@ impl Counters {
         let shards = self.lock();
         let mut t = shards.retired;
         for s in &shards.live {
-            t.read_commands += s.read_commands.load(Ordering::Relaxed);
-            t.write_commands += s.write_commands.load(Ordering::Relaxed);
-            t.read_sectors += s.read_sectors.load(Ordering::Relaxed);
-            t.write_sectors += s.write_sectors.load(Ordering::Relaxed);
+            t.add(s.counts());
         }
         t
     }
