@@ -309,17 +309,16 @@ impl NvmeController {
         let f = &mut self.features;
         match fid {
             FeatureId::NUMBER_OF_QUEUES => {
-                let nsqr = v & 0xffff;
-                let ncqr = v >> 16;
-                if nsqr == 0xffff || ncqr == 0xffff {
-                    return done(Status::INVALID_FIELD);
-                }
+                let (nsq, ncq) = match features::queue_counts_requested(v) {
+                    Ok(n) => n,
+                    Err(status) => return done(status),
+                };
                 if !self.sqs.is_empty() || !self.cqs.is_empty() {
                     return done(Status::COMMAND_SEQUENCE_ERROR);
                 }
                 let max = u32::from(self.cfg.max_io_queues);
-                let s = u16::try_from((nsqr + 1).min(max)).unwrap_or(1);
-                let c = u16::try_from((ncqr + 1).min(max)).unwrap_or(1);
+                let s = u16::try_from(nsq.min(max)).unwrap_or(1);
+                let c = u16::try_from(ncq.min(max)).unwrap_or(1);
                 f.queues_granted = Some((s, c));
                 Some((Status::SUCCESS, u32::from(s - 1) | (u32::from(c - 1) << 16)))
             }

@@ -38,6 +38,17 @@ pub fn select(cdw10: u32, current: u32) -> Result<u32, Status> {
     }
 }
 
+/// Set Features, Number of Queues: the (submission, completion) queue
+/// counts CDW11 asks for (1-based), or Invalid Field for 65536 (NSQR or
+/// NCQR of 0xFFFF).
+pub fn queue_counts_requested(cdw11: u32) -> Result<(u32, u32), Status> {
+    let (nsqr, ncqr) = (cdw11 & 0xffff, cdw11 >> 16);
+    if nsqr == 0xffff || ncqr == 0xffff {
+        return Err(Status::INVALID_FIELD);
+    }
+    Ok((nsqr + 1, ncqr + 1))
+}
+
 /// The feature values kept the same way by every controller.
 #[derive(Clone, Debug)]
 pub struct CommonFeatures {
@@ -171,6 +182,15 @@ mod tests {
         let nq = u32::from(FeatureId::NUMBER_OF_QUEUES);
         assert_eq!(select(nq | (1 << 8), 0x0003_0003), Ok(0x0003_0003));
         assert!(wants_save(1 << 31) && !wants_save(0xff));
+        assert_eq!(queue_counts_requested(0x0003_0001), Ok((2, 4)));
+        assert_eq!(
+            queue_counts_requested(0xffff_0000),
+            Err(Status::INVALID_FIELD)
+        );
+        assert_eq!(
+            queue_counts_requested(0x0000_ffff),
+            Err(Status::INVALID_FIELD)
+        );
         assert_eq!(fid(0x8000_0107), 7);
     }
 }

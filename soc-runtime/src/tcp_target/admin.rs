@@ -379,16 +379,15 @@ fn set_features(sub: &Subsystem, ctrl: &Controller, st: &mut AdminState, sqe: &S
 
 /// Set Features, Number of Queues: one count for both kinds of queue.
 fn set_queue_count(sub: &Subsystem, ctrl: &Controller, v: u32) -> Reply {
-    let nsqr = v & 0xffff;
-    let ncqr = v >> 16;
-    if nsqr == 0xffff || ncqr == 0xffff {
-        return done(Status::INVALID_FIELD);
-    }
+    let (nsq, ncq) = match features::queue_counts_requested(v) {
+        Ok(n) => n,
+        Err(status) => return done(status),
+    };
     if ctrl.io_queue_count() != 0 {
         return done(Status::COMMAND_SEQUENCE_ERROR);
     }
     let max = u32::from(sub.limits.max_io_queues);
-    let n = (nsqr.min(ncqr) + 1).min(max);
+    let n = nsq.min(ncq).min(max);
     ctrl.queues_granted.store(n, Ordering::Release);
     Reply::Done {
         status: Status::SUCCESS,
