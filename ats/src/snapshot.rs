@@ -83,6 +83,22 @@ impl Snapshot {
         self.regions.iter().map(Region::info)
     }
 
+    /// The mapped regions with the file each one maps (None for fd-less
+    /// ones), to hand the same memory to another process.
+    pub fn region_files(
+        &self,
+    ) -> impl Iterator<Item = (RegionInfo, Option<std::os::fd::BorrowedFd<'_>>)> + '_ {
+        use std::os::fd::AsFd;
+        self.regions.iter().map(|r| {
+            let fd = r
+                .mem
+                .as_deref()
+                .and_then(|m| m.file_offset())
+                .map(|f| f.file().as_fd());
+            (r.info(), fd)
+        })
+    }
+
     /// Whether there is no mapping at all.
     pub fn is_empty(&self) -> bool {
         self.regions.is_empty()

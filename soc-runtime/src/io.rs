@@ -4,10 +4,10 @@
 use leapio_ats::prp::{map_prps, PrpLimits};
 use leapio_ats::{Access, Snapshot};
 use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
+use leapio_nvme::controller::NamespaceInfo;
+use leapio_nvme::guest::dma::{copy_from_prps, prp_status};
 use leapio_nvme::{IoOpcode, Sqe, Status};
 use leapio_transports::IoKind;
-use leapio_vmm_shim::dma::{copy_from_prps, prp_status};
-use leapio_vmm_shim::NamespaceInfo;
 use zerocopy::FromBytes;
 
 /// One backend operation of a command.

@@ -1,19 +1,29 @@
-//! `socp`, the LeapIO SoC runtime: serves virtual NVMe controllers over
-//! vfio-user and runs their I/O queues on poller threads against the
-//! namespaces' backends.
+//! `socp`, the LeapIO SoC runtime: the data plane. It serves the I/O queues
+//! of the host-driver's NVMe controllers over a link (the host-driver in
+//! another process, or embedded in this one for the all-in-one `socp`), on
+//! poller threads against the namespaces' backends, and exports namespaces
+//! over NVMe/TCP.
 //!
 //! - [`config`]: the `--ctrl` specification.
+//! - [`link_client`]: the runtime's end of the link.
+//! - [`embedded`]: the all-in-one deployment (host-driver in-process).
+//! - [`ctrl`]: a controller as the runtime sees it.
 //! - [`runtime`]: poller threads and the hand-off of queues to them.
 //! - [`poller`]: the data path.
 //! - [`io`]: NVM command validation and translation into backend requests.
-//! - [`server`]: per-controller control threads.
+//! - [`namespaces`]: opening backends.
+//! - [`crash`]: test hooks that kill the runtime at exact points.
 //! - [`tcp_target`]: the NVMe/TCP target (`--tcp-target`).
 
 pub mod config;
+pub mod crash;
+pub mod ctrl;
+pub mod embedded;
 pub mod io;
+pub mod link_client;
+pub mod namespaces;
 pub mod poller;
 pub mod runtime;
-pub mod server;
 pub mod tcp_target;
 
 /// An error and its sources, joined with ": " (our error types do not

@@ -1,20 +1,39 @@
-//! `socp`: serve virtual NVMe controllers over vfio-user.
+//! `socp`: the LeapIO runtime.
 
 use clap::Parser;
 use socp::config::CtrlSpec;
+use socp::crash::{self, CrashAt};
+use socp::ctrl::Namespace;
+use socp::embedded::Embedded;
 use socp::error_chain;
+use socp::link_client::LinkClient;
+use socp::namespaces::open_served;
 use socp::runtime::Runtime;
-use socp::server::start_controller;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Serve virtual NVMe controllers to stock hypervisors over vfio-user.
+/// The LeapIO runtime: serves the I/O queues of virtual NVMe controllers.
 ///
-/// Each --ctrl is one PCI NVMe controller at a vfio-user socket, with one or
-/// more namespaces. Attach it with QEMU >= 10.1:
+/// Split (the LeapIO deployment): a host-driver (leapio-hostd) owns each
+/// VM's vfio-user connection, PCI function and admin queue; socp, in
+/// another process, container or SoC, polls the guests' queues through the
+/// memory the host-driver exports, and can be restarted or upgraded while
+/// the guests keep their disks:
+///
+///   leapio-hostd --link unix:/run/leapio/hostd.sock --ctrl name=vm0,sock=/run/leapio/vm0.sock
+///   socp --link unix:/run/leapio/hostd.sock --ctrl name=vm0,ns=file:/srv/vm0.img
+///
+/// All-in-one (the host-driver embedded, linked in-process):
+///
+///   socp --ctrl sock=/run/leapio/vm0.sock,ns=file:/srv/vm0.img
+///
+/// Either way QEMU >= 10.1 attaches the controller with
 ///
 ///   -object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem
 ///   -device '{"driver":"vfio-user-pci","socket":{"path":"/run/leapio/vm0.sock","type":"unix"}}'
@@ -23,22 +42,24 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "socp", version, verbatim_doc_comment)]
 struct Args {
-    /// A controller: sock=PATH,ns=BACKEND[,bs=N][,ns=BACKEND[,bs=N]...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    /// A controller: [name=NAME,][sock=PATH,]ns=BACKEND[,bs=N][,ns=BACKEND[,bs=N]...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
     ///
-    /// BACKEND is ram:SIZE (e.g. ram:256M) or file:PATH (a regular file or a
-    /// block device). A bs=N right after an ns= sets that namespace's LBA
-    /// size (512..65536; files default to 512, block devices to their
-    /// logical block size). Namespaces get NSIDs 1, 2, ... in order.
-    /// io-queues: I/O queue pairs offered (default 32); queue-entries: max
-    /// entries per queue (default 1024); mdts: max transfer 4 KiB << N
-    /// (default 5 = 128 KiB).
-    #[arg(
-        long = "ctrl",
-        required_unless_present = "tcp_targets",
-        value_name = "SPEC",
-        verbatim_doc_comment
-    )]
+    /// With --link: name= is the host-driver's controller to serve (the
+    /// limits and serial are the host-driver's). All-in-one: sock= is the
+    /// vfio-user socket the hypervisor connects to.
+    /// BACKEND is ram:SIZE (e.g. ram:256M), file:PATH (a regular file or a
+    /// block device) or nvme-tcp:HOST:PORT/SUBNQN[?options]. A bs=N right
+    /// after an ns= sets that namespace's LBA size (512..65536). Namespaces
+    /// get NSIDs 1, 2, ... in order. io-queues: I/O queue pairs offered
+    /// (default 32); queue-entries: max entries per queue (default 1024);
+    /// mdts: max transfer 4 KiB << N (default 5 = 128 KiB).
+    #[arg(long = "ctrl", value_name = "SPEC", verbatim_doc_comment)]
     ctrls: Vec<CtrlSpec>,
+
+    /// Serve the controllers of a separate host-driver: unix:PATH of its
+    /// link socket. Without it, socp embeds the host-driver.
+    #[arg(long, value_name = "unix:PATH")]
+    link: Option<LinkAddr>,
 
     /// Export namespaces over NVMe/TCP: listen=IP:PORT,nqn=NQN,ns=BACKEND[,bs=N][,ns=...][,allow=HOSTNQN...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
     ///
@@ -68,9 +89,39 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_name = "CPUS")]
     poller_cpus: Vec<usize>,
 
+    /// With --link: how long to keep trying to reach the host-driver.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    link_timeout: u64,
+
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
+
+    /// Test hook: kill this process (SIGKILL) the N-th time the queue
+    /// protocol reaches POINT (sqe-fetched, inflight-recorded,
+    /// completion-recorded, cqe-written, cqe-posted).
+    #[arg(long, value_name = "POINT:N", hide = true)]
+    crash_at: Option<CrashAt>,
+}
+
+/// `unix:PATH`.
+#[derive(Clone, Debug)]
+struct LinkAddr(PathBuf);
+
+impl FromStr for LinkAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some(p) if !p.is_empty() => Ok(LinkAddr(PathBuf::from(p))),
+            _ => Err(format!("expected unix:PATH, got '{s}'")),
+        }
+    }
+}
+
+/// What this process serves, kept to re-attach after the link drops.
+struct Served {
+    name: String,
+    namespaces: Vec<Arc<Namespace>>,
 }
 
 fn main() -> ExitCode {
@@ -82,84 +133,217 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("socp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+fn run(args: Args) -> Result<(), String> {
+    if args.ctrls.is_empty() && args.tcp_targets.is_empty() {
+        return Err("nothing to serve: give --ctrl or --tcp-target (see --help)".into());
+    }
+    for c in &args.ctrls {
+        match (&args.link, &c.sock, &c.name) {
+            (Some(_), Some(_), _) => {
+                return Err(format!(
+                    "controller {}: sock= belongs to the host-driver with --link (give name=)",
+                    c.ctrl_name()
+                ))
+            }
+            (Some(_), None, None) => return Err("with --link each --ctrl needs name=".into()),
+            (Some(_), _, _) if !c.host_keys.is_empty() => return Err(format!(
+                "controller {}: {} are set on the host-driver (leapio-hostd --ctrl) with --link",
+                c.ctrl_name(),
+                c.host_keys.join(", ")
+            )),
+            (None, None, _) => {
+                return Err(format!(
+                    "controller {}: all-in-one needs sock=PATH (or give --link)",
+                    c.ctrl_name()
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = args.crash_at {
+        crash::arm(c);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("socp: cannot install signal handler: {e}");
-            return ExitCode::FAILURE;
-        }
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
-
     let io_wait = (args.io_wait_us > 0).then(|| Duration::from_micros(args.io_wait_us));
-    let rt = match Runtime::start_with(args.pollers, &args.poller_cpus, io_wait) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("socp: starting pollers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let rt = Runtime::start_with(args.pollers, &args.poller_cpus, io_wait)
+        .map_err(|e| format!("starting pollers: {e}"))?;
     let mut served = Vec::new();
-    let mut failed = false;
-    for (i, spec) in args.ctrls.iter().enumerate() {
-        match start_controller(i, spec, &rt, stop.clone()) {
-            Ok(s) => served.push(s),
-            Err(e) => {
-                eprintln!("socp: {}", error_chain(&e));
-                failed = true;
-                break;
-            }
-        }
+    for c in &args.ctrls {
+        let name = c.ctrl_name();
+        let namespaces = open_served(&c.namespaces, &name).map_err(|(nsid, e)| {
+            rt.shutdown();
+            format!("controller {name}: namespace {nsid}: {}", error_chain(&e))
+        })?;
+        served.push(Served { name, namespaces });
     }
     let mut targets = Vec::new();
-    if !failed {
-        for (i, spec) in args.tcp_targets.iter().enumerate() {
-            match TcpTarget::start(i, spec, args.tcp_pollers, stop.clone()) {
-                Ok(t) => targets.push(t),
-                Err(e) => {
-                    eprintln!("socp: {}", error_chain(&e));
-                    failed = true;
-                    break;
-                }
+    for (i, spec) in args.tcp_targets.iter().enumerate() {
+        match TcpTarget::start(i, spec, args.tcp_pollers, stop.clone()) {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                rt.shutdown();
+                return Err(error_chain(&e));
             }
         }
     }
-    if failed {
-        stop.store(true, Ordering::Release);
-    } else {
-        tracing::info!(
-            controllers = served.len(),
-            pollers = rt.pollers(),
-            "socp running"
-        );
+    let result = match &args.link {
+        Some(addr) => serve_split(
+            &addr.0,
+            &rt,
+            &served,
+            &stop,
+            Duration::from_secs(args.link_timeout),
+        ),
+        None => serve_all_in_one(&args.ctrls, &rt, &served, &stop),
+    };
+    stop.store(true, Ordering::Release);
+    let mut flush_failed = false;
+    for t in targets {
+        for b in t.join() {
+            if let Err(e) = b.flush() {
+                tracing::error!("flushing {}: {e}", b.describe());
+                flush_failed = true;
+            }
+        }
     }
+    rt.shutdown();
+    for s in &served {
+        for n in &s.namespaces {
+            if let Err(e) = n.backend.flush() {
+                tracing::error!("flushing {}: {e}", n.backend.describe());
+                flush_failed = true;
+            }
+        }
+    }
+    tracing::info!("stopped");
+    result?;
+    if flush_failed {
+        return Err("flushing backends failed (see above)".into());
+    }
+    Ok(())
+}
+
+/// Attach every controller and wait for the answers.
+fn attach_all(client: &LinkClient, served: &[Served], stop: &AtomicBool) -> Result<(), String> {
+    let waits: Vec<_> = served
+        .iter()
+        .map(|s| (s.name.clone(), client.attach(&s.name, s.namespaces.clone())))
+        .collect();
+    for (name, rx) in waits {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(())) => break,
+                Ok(Err(why)) => return Err(format!("controller {name}: {why}")),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if !stop.load(Ordering::Acquire) => {}
+                Err(_) => return Err(format!("controller {name}: no answer from the host-driver")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serve the controllers of the host-driver at `path`; reconnect if the
+/// link drops; on SIGTERM let go of everything cleanly (handover).
+fn serve_split(
+    path: &std::path::Path,
+    rt: &Arc<Runtime>,
+    served: &[Served],
+    stop: &Arc<AtomicBool>,
+    link_timeout: Duration,
+) -> Result<(), String> {
+    let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
+    let mut first = true;
+    while !stop.load(Ordering::Acquire) {
+        let sock = connect(path, link_timeout, stop)?;
+        let (client, reader) = LinkClient::connect(sock, rt.clone(), &software)
+            .map_err(|e| format!("link {}: {}", path.display(), error_chain(&e)))?;
+        match attach_all(&client, served, stop) {
+            Ok(()) => {}
+            Err(e) if first => return Err(e),
+            Err(e) => tracing::error!("{e}"),
+        }
+        first = false;
+        tracing::info!(host = %client.host(), controllers = served.len(), pollers = rt.pollers(), "socp running (split)");
+        while !stop.load(Ordering::Acquire) && !reader.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stop.load(Ordering::Acquire) {
+            tracing::info!("stopping: letting go of every controller");
+            client.detach_all();
+            drop(client);
+            return Ok(());
+        }
+        let _ = reader.join();
+        tracing::warn!("link to the host-driver lost: reconnecting");
+    }
+    Ok(())
+}
+
+/// Connect to the host-driver's link socket, retrying until `timeout`.
+fn connect(
+    path: &std::path::Path,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<UnixStream, String> {
+    let deadline = Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline || stop.load(Ordering::Acquire) => {
+                return Err(format!(
+                    "cannot reach the host-driver at {}: {e}",
+                    path.display()
+                ))
+            }
+            Err(e) => {
+                if !said {
+                    tracing::info!(path = %path.display(), "waiting for the host-driver: {e}");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The all-in-one socp: the host-driver in this process, linked over a
+/// socket pair.
+fn serve_all_in_one(
+    specs: &[CtrlSpec],
+    rt: &Arc<Runtime>,
+    served: &[Served],
+    stop: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let opened = served
+        .iter()
+        .map(|s| (s.name.clone(), s.namespaces.clone()))
+        .collect();
+    let mut e = Embedded::start_with(specs, rt, opened)?;
+    tracing::info!(
+        controllers = served.len(),
+        pollers = rt.pollers(),
+        "socp running"
+    );
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("stopping");
-    // Control threads first: they reset their controllers, which needs the
-    // pollers to drain the queues.
-    let mut backends = Vec::new();
-    for s in served {
-        if s.thread.join().is_err() {
-            tracing::error!(ctrl = %s.sock, "control thread panicked");
-        }
-        backends.extend(s.backends);
-    }
-    for t in targets {
-        backends.extend(t.join());
-    }
-    rt.shutdown();
-    for b in &backends {
-        if let Err(e) = b.flush() {
-            tracing::error!("flushing {}: {e}", b.describe());
-            failed = true;
-        }
-    }
-    tracing::info!("stopped");
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    e.shutdown();
+    Ok(())
 }

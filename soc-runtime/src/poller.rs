@@ -5,40 +5,43 @@
 //! memory), validates them and submits them to the namespaces' backends.
 //! Busy, it never sleeps; idle, it backs off so a guest vCPU sharing the core
 //! still runs.
+//!
+//! Every command is recorded in the queue-state area from the moment it
+//! leaves its submission queue until its completion is posted, in the order
+//! `leapio_link::qstate` describes, so that a runtime that replaces this
+//! one after a crash finds what to post and what to run again.
 
+use crate::crash::{self, Point};
+use crate::ctrl::CtrlCtx;
 use crate::io::{self, Op, Plan};
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::Snapshot;
+use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
+use leapio_link::{CqSetup, Shadow, SqSetup};
 use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::{IoOpcode, Status};
-use leapio_transports::{Backend, BackendQueue, Completion, IoKind, IoRequest, SubmitError};
-use leapio_vmm_shim::queue::{CqRing, SqRing};
-use leapio_vmm_shim::shared::CounterShard;
-use leapio_vmm_shim::{CqSetup, CtrlShared, ShadowDoorbells, SqSetup};
+use leapio_nvme::guest::queue::{CqRing, SqRing};
+use leapio_nvme::{IoOpcode, Sqe, Status};
+use leapio_transports::{BackendQueue, Completion, IoKind, IoRequest, SubmitError};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A controller as the pollers see it.
-pub struct CtrlCtx {
-    pub id: u64,
-    pub shared: Arc<CtrlShared>,
-    /// Backends by namespace index (NSID - 1).
-    pub backends: Vec<Arc<dyn Backend>>,
-}
-
 /// Requests from the control path.
 pub enum PollerMsg {
+    /// Serve a completion queue; with `resume`, take it over from the
+    /// queue-state area (a previous runtime served it).
     AddCq {
         ctrl: Arc<CtrlCtx>,
         setup: CqSetup,
+        resume: bool,
         ack: Sender<Result<(), Status>>,
     },
     AddSq {
         ctrl: Arc<CtrlCtx>,
         setup: SqSetup,
+        resume: bool,
         ack: Sender<Result<(), Status>>,
     },
     /// Stop fetching from the SQ; ack once its commands all completed.
@@ -69,6 +72,9 @@ const CLOCK_EVERY: u32 = 64;
 
 struct SqState {
     ring: SqRing,
+    journal: SqJournal,
+    /// Commands taken from the queue since it was created.
+    consumed: u64,
     in_flight: u32,
     commands: u64,
     /// The doorbell held an invalid value; reported, waiting for a valid one.
@@ -78,13 +84,24 @@ struct SqState {
 
 struct CqState {
     ring: CqRing,
+    journal: CqJournal,
+    /// Completions posted since the queue was created.
+    posted: u64,
+    /// Queue-state slots not in use.
+    free_slots: Vec<u32>,
     /// Completions promised to commands in flight.
     reserved: u32,
+    /// Commands a previous runtime took, to run again once their
+    /// submission queue is resumed.
+    rerun: Vec<Rerun>,
     bad_doorbell: bool,
     /// The CQ head when the last interrupt was sent, while the host has not
     /// consumed anything since: the host's handler is yet to run and will
     /// see every entry posted meanwhile, so no new interrupt is needed.
     irq_head: Option<u32>,
+    /// Raise the interrupt at the next chance whatever the head says (a
+    /// resumed queue: the guest may have missed one).
+    irq_kick: bool,
 }
 
 struct CtrlState {
@@ -97,12 +114,12 @@ struct CtrlState {
     /// last command completes. Counting here instead of cloning the Arc
     /// per command keeps locked instructions off the I/O path.
     retired: Vec<(Arc<Snapshot>, u32)>,
-    /// This poller's I/O counts for the controller (single writer).
-    counts: Arc<CounterShard>,
     sqs: Vec<Option<SqState>>,
     cqs: Vec<Option<CqState>>,
-    /// One backend queue per namespace.
-    nsq: Vec<Box<dyn BackendQueue>>,
+    /// One backend queue per namespace (index NSID - 1), opened on first
+    /// use; `ns_gen` is the namespace table generation they follow.
+    nsq: Vec<Option<Box<dyn BackendQueue>>>,
+    ns_gen: u64,
 }
 
 impl CtrlState {
@@ -127,6 +144,8 @@ struct Slot {
     ctrl: usize,
     sqid: u16,
     cqid: u16,
+    /// Its record in the completion queue's queue-state slots.
+    jslot: u32,
     cid: u16,
     nsid: u32,
     opcode: u8,
@@ -251,7 +270,7 @@ impl Poller {
     /// Sleep in the first backend queue that has requests in flight.
     fn wait_backend(&mut self, timeout: Duration) {
         for ctrl in &mut self.ctrls {
-            if let Some(q) = ctrl.nsq.iter_mut().find(|q| q.in_flight() > 0) {
+            if let Some(q) = ctrl.nsq.iter_mut().flatten().find(|q| q.in_flight() > 0) {
                 q.wait_completion(timeout);
                 return;
             }
@@ -263,12 +282,22 @@ impl Poller {
         while let Ok(msg) = self.rx.try_recv() {
             any = true;
             match msg {
-                PollerMsg::AddCq { ctrl, setup, ack } => {
-                    let r = self.add_cq(ctrl, setup);
+                PollerMsg::AddCq {
+                    ctrl,
+                    setup,
+                    resume,
+                    ack,
+                } => {
+                    let r = self.add_cq(ctrl, setup, resume);
                     let _ = ack.send(r);
                 }
-                PollerMsg::AddSq { ctrl, setup, ack } => {
-                    let r = self.add_sq(ctrl, setup);
+                PollerMsg::AddSq {
+                    ctrl,
+                    setup,
+                    resume,
+                    ack,
+                } => {
+                    let r = self.add_sq(ctrl, setup, resume);
                     let _ = ack.send(r);
                 }
                 PollerMsg::DelSq { ctrl, qid, ack } => {
@@ -303,54 +332,111 @@ impl Poller {
         self.ctrls.iter().position(|c| c.ctx.id == id)
     }
 
-    fn ctrl_for(&mut self, ctx: Arc<CtrlCtx>) -> Result<usize, Status> {
+    fn ctrl_for(&mut self, ctx: Arc<CtrlCtx>) -> usize {
         if let Some(i) = self.ctrl_index(ctx.id) {
-            return Ok(i);
+            return i;
         }
-        let mut nsq = Vec::with_capacity(ctx.backends.len());
-        for b in &ctx.backends {
-            match b.open_queue(BACKEND_DEPTH) {
-                Ok(q) => nsq.push(q),
-                Err(e) => {
-                    tracing::error!(ctrl = %ctx.shared.name, "opening a backend queue for {}: {e}", b.describe());
-                    return Err(Status::INTERNAL_ERROR);
-                }
-            }
-        }
-        let snap = ctx.shared.domain.snapshot();
-        let counts = ctx.shared.counters.shard();
+        let snap = ctx.domain.snapshot();
         self.ctrls.push(CtrlState {
             ctx,
             snap,
             snap_users: 0,
             retired: Vec::new(),
-            counts,
             sqs: Vec::new(),
             cqs: Vec::new(),
-            nsq,
+            nsq: Vec::new(),
+            ns_gen: u64::MAX,
         });
-        Ok(self.ctrls.len() - 1)
+        self.ctrls.len() - 1
     }
 
-    fn add_cq(&mut self, ctx: Arc<CtrlCtx>, s: CqSetup) -> Result<(), Status> {
-        let c = self.ctrl_for(ctx)?;
+    fn add_cq(&mut self, ctx: Arc<CtrlCtx>, s: CqSetup, resume: bool) -> Result<(), Status> {
+        let Some(journal) = CqJournal::new(ctx.qstate.clone(), s.qid) else {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER);
+        };
+        let c = self.ctrl_for(ctx);
         let ctrl = &mut self.ctrls[c];
+        let mut ring = CqRing::new(s.qid, s.gpa, s.entries, s.vector, s.ien);
+        let mut cq = CqState {
+            ring: ring.clone(),
+            free_slots: (0..journal.capacity(s.entries)).rev().collect(),
+            journal,
+            posted: 0,
+            reserved: 0,
+            rerun: Vec::new(),
+            bad_doorbell: false,
+            irq_head: None,
+            irq_kick: false,
+        };
+        if resume {
+            let qstate = ctrl.ctx.qstate.clone();
+            let consumed = |sqid: u16| {
+                SqJournal::new(qstate.clone(), sqid)
+                    .and_then(|j| j.resume())
+                    .filter(|r| r.cqid == s.qid)
+                    .map(|r| r.consumed)
+            };
+            let Some(rec) = cq.journal.recover(consumed) else {
+                tracing::error!(ctrl = %ctrl.ctx.name, qid = s.qid, "resumed completion queue has no state");
+                return Err(Status::INTERNAL_ERROR);
+            };
+            if rec.size != s.entries || rec.head >= s.entries {
+                tracing::error!(ctrl = %ctrl.ctx.name, qid = s.qid, size = rec.size, head = rec.head, "resumed completion queue state does not match the queue");
+                return Err(Status::INTERNAL_ERROR);
+            }
+            let size = u64::from(s.entries);
+            ring.tail = u32::try_from(rec.posted % size).unwrap_or(0);
+            ring.phase = (rec.posted / size) % 2 == 0;
+            ring.head = rec.head;
+            cq.posted = rec.posted;
+            cq.free_slots = rec.free.clone();
+            cq.reserved = u32::try_from(rec.rerun.len()).unwrap_or(u32::MAX);
+            // Completions recorded but maybe not seen: post them again, at
+            // the positions they were given (the same entry, the same phase).
+            for u in &rec.unposted {
+                if ring.free() == 0 {
+                    tracing::error!(ctrl = %ctrl.ctx.name, qid = s.qid, "resumed completion queue full");
+                    return Err(Status::INTERNAL_ERROR);
+                }
+                let status = Status::from_field(u.status_field);
+                if ring
+                    .post(
+                        &ctrl.snap,
+                        u.sqid,
+                        u32::from(u.sq_head),
+                        u.cid,
+                        status,
+                        u.dw0,
+                    )
+                    .is_err()
+                {
+                    tracing::error!(ctrl = %ctrl.ctx.name, qid = s.qid, "resumed completion queue memory not writable");
+                    return Err(Status::INTERNAL_ERROR);
+                }
+                cq.posted += 1;
+                cq.journal.posted(cq.posted);
+                cq.journal.free(u.slot);
+                cq.free_slots.push(u.slot);
+            }
+            tracing::info!(ctrl = %ctrl.ctx.name, qid = s.qid, posted = rec.posted, reposted = rec.unposted.len(), rerun = rec.rerun.len(), refetch = rec.refetch, "completion queue resumed");
+            cq.rerun = rec.rerun;
+            cq.ring = ring;
+            cq.irq_kick = true;
+        }
         let i = usize::from(s.qid);
         if ctrl.cqs.len() <= i {
             ctrl.cqs.resize_with(i + 1, || None);
         }
-        ctrl.cqs[i] = Some(CqState {
-            ring: CqRing::new(s.qid, s.gpa, s.entries, s.vector, s.ien),
-            reserved: 0,
-            bad_doorbell: false,
-            irq_head: None,
-        });
-        tracing::debug!(poller = self.index, ctrl = %ctrl.ctx.shared.name, qid = s.qid, entries = s.entries, vector = s.vector, "I/O completion queue created");
+        ctrl.cqs[i] = Some(cq);
+        tracing::debug!(poller = self.index, ctrl = %ctrl.ctx.name, qid = s.qid, entries = s.entries, vector = s.vector, "I/O completion queue created");
         Ok(())
     }
 
-    fn add_sq(&mut self, ctx: Arc<CtrlCtx>, s: SqSetup) -> Result<(), Status> {
-        let c = self.ctrl_for(ctx)?;
+    fn add_sq(&mut self, ctx: Arc<CtrlCtx>, s: SqSetup, resume: bool) -> Result<(), Status> {
+        let Some(journal) = SqJournal::new(ctx.qstate.clone(), s.qid) else {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER);
+        };
+        let c = self.ctrl_for(ctx);
         let ctrl = &mut self.ctrls[c];
         if ctrl
             .cqs
@@ -359,19 +445,71 @@ impl Poller {
         {
             return Err(Status::COMPLETION_QUEUE_INVALID);
         }
+        let mut ring = SqRing::new(s.qid, s.cqid, s.gpa, s.entries);
+        let mut consumed = 0;
+        if resume {
+            match journal.resume() {
+                Some(r) if r.size == s.entries && r.cqid == s.cqid => {
+                    consumed = r.consumed;
+                    ring.head = u32::try_from(r.consumed % u64::from(s.entries)).unwrap_or(0);
+                }
+                other => {
+                    tracing::error!(ctrl = %ctrl.ctx.name, qid = s.qid, state = ?other, "resumed submission queue state does not match the queue");
+                    return Err(Status::INTERNAL_ERROR);
+                }
+            }
+        }
         let i = usize::from(s.qid);
         if ctrl.sqs.len() <= i {
             ctrl.sqs.resize_with(i + 1, || None);
         }
         ctrl.sqs[i] = Some(SqState {
-            ring: SqRing::new(s.qid, s.cqid, s.gpa, s.entries),
+            ring,
+            journal,
+            consumed,
             in_flight: 0,
             commands: 0,
             bad_doorbell: false,
             deleting: None,
         });
-        tracing::debug!(poller = self.index, ctrl = %ctrl.ctx.shared.name, qid = s.qid, cqid = s.cqid, entries = s.entries, "I/O submission queue created");
+        if resume {
+            self.rerun(c, s.qid, s.cqid);
+        }
+        let ctrl = &self.ctrls[c];
+        tracing::debug!(poller = self.index, ctrl = %ctrl.ctx.name, qid = s.qid, cqid = s.cqid, entries = s.entries, "I/O submission queue created");
         Ok(())
+    }
+
+    /// Run again the commands a previous runtime took from SQ `sqid` and
+    /// never completed visibly (their copies are in the queue-state area).
+    fn rerun(&mut self, c: usize, sqid: u16, cqid: u16) {
+        let Some(cq) = cq_mut(&mut self.ctrls[c], cqid) else {
+            return;
+        };
+        let (mine, others): (Vec<Rerun>, Vec<Rerun>) = std::mem::take(&mut cq.rerun)
+            .into_iter()
+            .partition(|r| r.sqid == sqid);
+        cq.rerun = others;
+        if mine.is_empty() {
+            return;
+        }
+        tracing::info!(ctrl = %self.ctrls[c].ctx.name, sqid, commands = mine.len(), "running again the commands the previous runtime had in flight");
+        let limits = self.limits(c);
+        for r in mine {
+            if let Some(sq) = sq_mut(&mut self.ctrls[c], sqid) {
+                sq.in_flight += 1;
+                sq.commands += 1;
+            }
+            self.start(c, sqid, cqid, r.slot, &r.sqe, &limits);
+        }
+    }
+
+    fn limits(&self, c: usize) -> PrpLimits {
+        let ctx = &self.ctrls[c].ctx;
+        PrpLimits {
+            page_size: ctx.page_size(),
+            max_transfer: ctx.mdts_bytes,
+        }
     }
 
     /// Drop controllers that have no queues left (closes their backend queues).
@@ -389,8 +527,7 @@ impl Poller {
                 self.gc_pending = true;
             }
             if empty && !busy[c] && !removed {
-                let st = self.ctrls.remove(c);
-                st.ctx.shared.counters.retire(&st.counts);
+                self.ctrls.remove(c);
                 // Slot indexes of later controllers shift: fix them up.
                 for s in self.slots.iter_mut().flatten() {
                     if s.ctrl > c {
@@ -409,8 +546,8 @@ impl Poller {
         let mut work = false;
         {
             let ctrl = &mut self.ctrls[c];
-            if ctrl.ctx.shared.domain.generation() != ctrl.snap.generation() {
-                let old = std::mem::replace(&mut ctrl.snap, ctrl.ctx.shared.domain.snapshot());
+            if ctrl.ctx.domain.generation() != ctrl.snap.generation() {
+                let old = std::mem::replace(&mut ctrl.snap, ctrl.ctx.domain.snapshot());
                 if ctrl.snap_users > 0 {
                     ctrl.retired.push((old, ctrl.snap_users));
                 }
@@ -419,17 +556,17 @@ impl Poller {
         }
         work |= self.reap(c);
         work |= self.retry_deferred();
-        if self.ctrls[c].ctx.shared.fatal.load(Ordering::Acquire) {
+        if self.ctrls[c].ctx.fatal.load(Ordering::Acquire) {
             self.finish_deletes(c);
             return work;
         }
-        let shadow = self.ctrls[c].ctx.shared.shadow.get();
+        let shadow = self.ctrls[c].ctx.shadow.get();
         self.update_cq_heads(c, shadow);
         let nsq = self.ctrls[c].sqs.len();
         for qid in 1..nsq {
             work |= self.fetch_sq(c, qid, shadow);
         }
-        for q in &mut self.ctrls[c].nsq {
+        for q in self.ctrls[c].nsq.iter_mut().flatten() {
             if q.kick().is_err() {
                 tracing::error!("backend submission failed");
             }
@@ -439,9 +576,9 @@ impl Poller {
         work
     }
 
-    fn update_cq_heads(&mut self, c: usize, shadow: Option<ShadowDoorbells>) {
+    fn update_cq_heads(&mut self, c: usize, shadow: Option<Shadow>) {
         let ctrl = &mut self.ctrls[c];
-        let shared = &ctrl.ctx.shared;
+        let ctx = &ctrl.ctx;
         for cq in ctrl.cqs.iter_mut().flatten() {
             let qid = cq.ring.qid;
             let head = match &shadow {
@@ -455,15 +592,21 @@ impl Poller {
                     }
                     h
                 }
-                None => shared.doorbells.cq_head(qid),
+                None => ctx.doorbells.cq_head(qid),
             };
+            if head == cq.ring.head {
+                continue;
+            }
             match cq.ring.update_head(head) {
-                Ok(()) => cq.bad_doorbell = false,
+                Ok(()) => {
+                    cq.bad_doorbell = false;
+                    cq.journal.head(head);
+                }
                 Err(e) => {
                     if !cq.bad_doorbell {
                         cq.bad_doorbell = true;
-                        tracing::warn!(ctrl = %shared.name, "{e}");
-                        shared.post_event(AsyncEvent::dw0(
+                        tracing::warn!(ctrl = %ctx.name, "{e}");
+                        ctx.post_event(AsyncEvent::dw0(
                             AsyncEvent::TYPE_ERROR,
                             AsyncEvent::INFO_INVALID_DOORBELL_VALUE,
                             0x01,
@@ -474,121 +617,175 @@ impl Poller {
         }
     }
 
-    /// Fetch and start commands from one SQ.
-    fn fetch_sq(&mut self, c: usize, qid: usize, shadow: Option<ShadowDoorbells>) -> bool {
+    /// The tail doorbell of SQ `sqid`, checked; None if nothing to do.
+    fn sq_tail(&mut self, c: usize, qid: usize, shadow: Option<Shadow>) -> Option<u32> {
         let ctrl = &mut self.ctrls[c];
-        let Some(sq) = ctrl.sqs[qid].as_mut() else {
-            return false;
-        };
+        let sq = ctrl.sqs[qid].as_mut()?;
         if sq.deleting.is_some() {
-            return false;
+            return None;
         }
-        let shared = &ctrl.ctx.shared;
+        let ctx = &ctrl.ctx;
         let sqid = sq.ring.qid;
         let tail = match shadow {
             Some(sh) => ctrl
                 .snap
                 .load_u32_acquire(sh.sq_tail(sqid))
-                .unwrap_or_else(|_| shared.doorbells.sq_tail(sqid)),
-            None => shared.doorbells.sq_tail(sqid),
+                .unwrap_or_else(|_| ctx.doorbells.sq_tail(sqid)),
+            None => ctx.doorbells.sq_tail(sqid),
         };
         if let Err(e) = sq.ring.check_tail(tail) {
             if !sq.bad_doorbell {
                 sq.bad_doorbell = true;
-                tracing::warn!(ctrl = %shared.name, "{e}");
-                shared.post_event(AsyncEvent::dw0(
+                tracing::warn!(ctrl = %ctx.name, "{e}");
+                ctx.post_event(AsyncEvent::dw0(
                     AsyncEvent::TYPE_ERROR,
                     AsyncEvent::INFO_INVALID_DOORBELL_VALUE,
                     0x01,
                 ));
             }
-            return false;
+            return None;
         }
         sq.bad_doorbell = false;
-        let cqid = sq.ring.cqid;
-        let mut n = sq.ring.pending(tail);
-        if n == 0 {
-            return false;
+        if sq.ring.pending(tail) == 0 {
+            return None;
         }
         if let Some(sh) = shadow {
             // EventIdx: the host need not ring the MMIO doorbell for entries
             // up to what we have seen (we poll the shadow anyway).
             let _ = ctrl.snap.store_u32_release(sh.sq_event(sqid), tail);
         }
-        let shared = shared.clone();
-        let limits = PrpLimits {
-            page_size: shared.page_size(),
-            max_transfer: shared.mdts_bytes,
+        Some(tail)
+    }
+
+    /// Fetch and start commands from one SQ, as many as its CQ has room for.
+    fn fetch_sq(&mut self, c: usize, qid: usize, shadow: Option<Shadow>) -> bool {
+        let Some(tail) = self.sq_tail(c, qid, shadow) else {
+            return false;
         };
+        let limits = self.limits(c);
         let mut work = false;
-        while n > 0 {
+        loop {
             let ctrl = &mut self.ctrls[c];
+            let Some(sq) = ctrl.sqs[qid].as_mut() else {
+                break;
+            };
+            if sq.ring.head == tail {
+                break;
+            }
+            let (sqid, cqid) = (sq.ring.qid, sq.ring.cqid);
             let Some(cq) = ctrl.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) else {
                 break;
             };
             if cq.ring.free() <= cq.reserved {
                 break;
             }
-            let Some(sq) = ctrl.sqs[qid].as_mut() else {
+            let Some(jslot) = cq.free_slots.pop() else {
                 break;
             };
             let sqe = match sq.ring.fetch(&ctrl.snap) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(ctrl = %shared.name, qid = sqid, "submission queue memory unreadable: {e}");
-                    shared.fatal.store(true, Ordering::Release);
+                    cq.free_slots.push(jslot);
+                    ctrl.ctx
+                        .set_fatal(format!("submission queue {sqid} memory unreadable: {e}"));
                     break;
                 }
             };
-            n -= 1;
-            work = true;
+            crash::at(Point::SqeFetched);
+            cq.journal.begin(jslot, sqid, sq.consumed, &sqe);
+            crash::at(Point::InflightRecorded);
+            sq.consumed += 1;
+            sq.journal.consumed(sq.consumed);
             sq.in_flight += 1;
             sq.commands += 1;
             cq.reserved += 1;
-            ctrl.snap_users += 1;
-            let snap_gen = ctrl.snap.generation();
-            let nsid = sqe.nsid.get();
-            let slot = self.alloc_slot(Slot {
-                ctrl: c,
-                sqid,
-                cqid,
-                cid: sqe.cid.get(),
-                nsid,
-                opcode: sqe.opcode,
-                bytes: 0,
-                remaining: 0,
-                status: Status::SUCCESS,
-                snap_gen,
-            });
-            let Some(ns) = shared.namespace(nsid) else {
-                self.complete_slot(slot, Status::INVALID_NAMESPACE);
-                continue;
-            };
-            let ns_index = usize::try_from(nsid - 1).unwrap_or(0);
-            self.iov.clear();
-            let plan = io::plan(&self.ctrls[c].snap, &sqe, ns, &limits, &mut self.iov);
-            match plan {
-                Plan::Complete(status) => self.complete_slot(slot, status),
-                Plan::Single(op) => {
-                    if let Some(s) = self.slots[slot].as_mut() {
-                        s.remaining = 1;
-                        s.bytes = op.len;
-                    }
-                    let iov = std::mem::take(&mut self.iov);
-                    self.submit(slot, ns_index, op, &iov);
-                    self.iov = iov;
+            work = true;
+            self.start(c, sqid, cqid, jslot, &sqe, &limits);
+        }
+        work
+    }
+
+    /// Start one command taken from SQ `sqid` (recorded in queue-state slot
+    /// `jslot` of CQ `cqid`): validate it, translate its PRPs, submit it.
+    fn start(&mut self, c: usize, sqid: u16, cqid: u16, jslot: u32, sqe: &Sqe, limits: &PrpLimits) {
+        let ctrl = &mut self.ctrls[c];
+        ctrl.snap_users += 1;
+        let snap_gen = ctrl.snap.generation();
+        let nsid = sqe.nsid.get();
+        let slot = self.alloc_slot(Slot {
+            ctrl: c,
+            sqid,
+            cqid,
+            jslot,
+            cid: sqe.cid.get(),
+            nsid,
+            opcode: sqe.opcode,
+            bytes: 0,
+            remaining: 0,
+            status: Status::SUCCESS,
+            snap_gen,
+        });
+        let table = self.ctrls[c].ctx.namespaces.load();
+        let Some(ns) = table.get(nsid) else {
+            self.complete_slot(slot, Status::INVALID_NAMESPACE);
+            return;
+        };
+        let ns_index = usize::try_from(nsid - 1).unwrap_or(0);
+        if !self.backend_queue(c, ns_index, &table) {
+            self.complete_slot(slot, Status::INTERNAL_ERROR);
+            return;
+        }
+        self.iov.clear();
+        let plan = io::plan(&self.ctrls[c].snap, sqe, &ns.info, limits, &mut self.iov);
+        match plan {
+            Plan::Complete(status) => self.complete_slot(slot, status),
+            Plan::Single(op) => {
+                if let Some(s) = self.slots[slot].as_mut() {
+                    s.remaining = 1;
+                    s.bytes = op.len;
                 }
-                Plan::Multi(ops) => {
-                    if let Some(s) = self.slots[slot].as_mut() {
-                        s.remaining = u32::try_from(ops.len()).unwrap_or(u32::MAX);
-                    }
-                    for op in ops {
-                        self.submit(slot, ns_index, op, &[]);
-                    }
+                let iov = std::mem::take(&mut self.iov);
+                self.submit(slot, ns_index, op, &iov);
+                self.iov = iov;
+            }
+            Plan::Multi(ops) => {
+                if let Some(s) = self.slots[slot].as_mut() {
+                    s.remaining = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+                }
+                for op in ops {
+                    self.submit(slot, ns_index, op, &[]);
                 }
             }
         }
-        work
+    }
+
+    /// Make sure this poller has a backend queue for namespace index `ns`
+    /// (opened the first time a command needs it).
+    fn backend_queue(&mut self, c: usize, ns: usize, table: &crate::ctrl::NsTable) -> bool {
+        let ctrl = &mut self.ctrls[c];
+        if ctrl.nsq.get(ns).is_some_and(Option::is_some) && ctrl.ns_gen == table.generation {
+            return true;
+        }
+        ctrl.ns_gen = table.generation;
+        if ctrl.nsq.len() < table.entries.len() {
+            ctrl.nsq.resize_with(table.entries.len(), || None);
+        }
+        if ctrl.nsq[ns].is_some() {
+            return true;
+        }
+        let Some(Some(n)) = table.entries.get(ns) else {
+            return false;
+        };
+        match n.backend.open_queue(BACKEND_DEPTH) {
+            Ok(q) => {
+                ctrl.nsq[ns] = Some(q);
+                true
+            }
+            Err(e) => {
+                tracing::error!(ctrl = %ctrl.ctx.name, "opening a backend queue for {}: {e}", n.backend.describe());
+                false
+            }
+        }
     }
 
     fn alloc_slot(&mut self, s: Slot) -> usize {
@@ -608,7 +805,7 @@ impl Poller {
         let Some(c) = self.slots[slot].as_ref().map(|s| s.ctrl) else {
             return;
         };
-        let Some(q) = self.ctrls[c].nsq.get_mut(ns) else {
+        let Some(Some(q)) = self.ctrls[c].nsq.get_mut(ns) else {
             self.op_done(slot, Err(Status::INTERNAL_ERROR));
             return;
         };
@@ -649,7 +846,7 @@ impl Poller {
             let Some(c) = self.slots[d.slot].as_ref().map(|s| s.ctrl) else {
                 continue;
             };
-            let Some(q) = self.ctrls[c].nsq.get_mut(d.ns) else {
+            let Some(Some(q)) = self.ctrls[c].nsq.get_mut(d.ns) else {
                 continue;
             };
             let req = IoRequest {
@@ -679,7 +876,7 @@ impl Poller {
     fn reap(&mut self, c: usize) -> bool {
         let mut done = std::mem::take(&mut self.done);
         done.clear();
-        for q in &mut self.ctrls[c].nsq {
+        for q in self.ctrls[c].nsq.iter_mut().flatten() {
             q.poll(&mut done);
         }
         let any = !done.is_empty();
@@ -723,7 +920,8 @@ impl Poller {
         }
     }
 
-    /// Post the completion of a command and free its slot.
+    /// Post the completion of a command and free its slot: recorded in the
+    /// queue-state area first, then written to the guest.
     fn complete_slot(&mut self, slot: usize, status: Status) {
         let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
@@ -731,20 +929,7 @@ impl Poller {
         self.free.push(slot);
         let ctrl = &mut self.ctrls[s.ctrl];
         ctrl.release_snapshot(s.snap_gen);
-        let shared = &ctrl.ctx.shared;
-        let counters = &shared.counters;
-        if status.is_success() {
-            match s.opcode {
-                IoOpcode::READ => ctrl.counts.add_read(s.bytes / 512),
-                IoOpcode::WRITE => ctrl.counts.add_write(s.bytes / 512),
-                _ => {}
-            }
-        } else {
-            if status.sct() == 2 {
-                counters.media_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            shared.log_error(s.sqid, s.cid, status, s.nsid, 0);
-        }
+        let ctx = &ctrl.ctx;
         let sq_head = match ctrl
             .sqs
             .get_mut(usize::from(s.sqid))
@@ -763,15 +948,37 @@ impl Poller {
         else {
             return;
         };
+        if status.is_success() {
+            match s.opcode {
+                IoOpcode::READ => cq.journal.add_read(s.bytes / 512),
+                IoOpcode::WRITE => cq.journal.add_write(s.bytes / 512),
+                _ => {}
+            }
+        } else {
+            if status.sct() == 2 {
+                cq.journal.add_media_error();
+            }
+            ctx.log_error(s.sqid, s.cid, status, s.nsid, 0);
+        }
         cq.reserved = cq.reserved.saturating_sub(1);
+        let head = u16::try_from(sq_head).unwrap_or(0);
+        cq.journal
+            .complete(s.jslot, cq.posted, status.field(), 0, head);
+        crash::at(Point::CompletionRecorded);
         if cq
             .ring
             .post(&ctrl.snap, s.sqid, sq_head, s.cid, status, 0)
             .is_err()
         {
-            tracing::error!(ctrl = %shared.name, qid = s.cqid, "completion queue memory not writable");
-            shared.fatal.store(true, Ordering::Release);
+            ctx.set_fatal(format!("completion queue {} memory not writable", s.cqid));
+            return;
         }
+        crash::at(Point::CqeWritten);
+        cq.posted += 1;
+        cq.journal.posted(cq.posted);
+        crash::at(Point::CqePosted);
+        cq.journal.free(s.jslot);
+        cq.free_slots.push(s.jslot);
     }
 
     /// Adaptive interrupts (as SPDK's vfio-user target does): a CQ with
@@ -783,12 +990,21 @@ impl Poller {
     fn raise_irqs(&mut self, c: usize) {
         let ctrl = &mut self.ctrls[c];
         for cq in ctrl.cqs.iter_mut().flatten() {
-            if !cq.ring.ien || cq.ring.used() == 0 {
+            if !cq.ring.ien {
+                continue;
+            }
+            if cq.irq_kick {
+                cq.irq_kick = false;
+                cq.irq_head = Some(cq.ring.head);
+                ctrl.ctx.irqs.trigger(cq.ring.vector);
+                continue;
+            }
+            if cq.ring.used() == 0 {
                 continue;
             }
             if cq.irq_head != Some(cq.ring.head) {
                 cq.irq_head = Some(cq.ring.head);
-                ctrl.ctx.shared.irqs.trigger(cq.ring.vector);
+                ctrl.ctx.irqs.trigger(cq.ring.vector);
             }
         }
     }
@@ -806,7 +1022,7 @@ impl Poller {
             if ready {
                 if let Some(sq) = slot.take() {
                     self.deletes_pending = self.deletes_pending.saturating_sub(1);
-                    tracing::info!(ctrl = %ctrl.ctx.shared.name, qid = sq.ring.qid, commands = sq.commands, "I/O submission queue deleted");
+                    tracing::info!(ctrl = %ctrl.ctx.name, qid = sq.ring.qid, commands = sq.commands, "I/O submission queue deleted");
                     if let Some(ack) = sq.deleting {
                         let _ = ack.send(());
                     }
@@ -821,7 +1037,7 @@ impl Poller {
         while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
             let _ = self.retry_deferred();
             for c in 0..self.ctrls.len() {
-                for q in &mut self.ctrls[c].nsq {
+                for q in self.ctrls[c].nsq.iter_mut().flatten() {
                     let _ = q.kick();
                 }
                 self.reap(c);
@@ -831,7 +1047,7 @@ impl Poller {
         }
         for ctrl in &self.ctrls {
             for sq in ctrl.sqs.iter().flatten() {
-                tracing::info!(ctrl = %ctrl.ctx.shared.name, qid = sq.ring.qid, commands = sq.commands, "I/O submission queue at exit");
+                tracing::info!(ctrl = %ctrl.ctx.name, qid = sq.ring.qid, commands = sq.commands, "I/O submission queue at exit");
             }
         }
         // Answer pending deletions so nobody waits on us.
@@ -850,4 +1066,8 @@ impl Poller {
 
 fn sq_mut(ctrl: &mut CtrlState, qid: u16) -> Option<&mut SqState> {
     ctrl.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut)
+}
+
+fn cq_mut(ctrl: &mut CtrlState, qid: u16) -> Option<&mut CqState> {
+    ctrl.cqs.get_mut(usize::from(qid)).and_then(Option::as_mut)
 }

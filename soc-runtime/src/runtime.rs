@@ -1,10 +1,10 @@
 //! The runtime: poller threads, and the per-controller hand-off of I/O
-//! queues from the controller (control thread) to a poller.
+//! queues (as the host-driver creates and deletes them) to a poller.
 
-use crate::poller::{CtrlCtx, Poller, PollerMsg};
+use crate::ctrl::CtrlCtx;
+use crate::poller::{Poller, PollerMsg};
+use leapio_link::{CqSetup, SqSetup};
 use leapio_nvme::Status;
-use leapio_transports::Backend;
-use leapio_vmm_shim::{CqSetup, CtrlShared, IoQueues, SqSetup};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +24,11 @@ pub struct Runtime {
     stop: Arc<AtomicBool>,
     next_poller: AtomicUsize,
     next_ctrl: AtomicU64,
+}
+
+/// A controller id unique in this process.
+pub fn next_ctrl_id(rt: &Runtime) -> u64 {
+    rt.next_ctrl.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Runtime {
@@ -86,22 +91,18 @@ impl Runtime {
     }
 
     /// The queue handler for one controller.
-    pub fn queues_for(
-        self: &Arc<Runtime>,
-        shared: Arc<CtrlShared>,
-        backends: Vec<Arc<dyn Backend>>,
-    ) -> RuntimeQueues {
-        let id = self.next_ctrl.fetch_add(1, Ordering::Relaxed);
-        RuntimeQueues {
+    pub fn queues_for(self: &Arc<Runtime>, ctx: Arc<CtrlCtx>) -> CtrlQueues {
+        CtrlQueues {
             rt: self.clone(),
-            ctx: Arc::new(CtrlCtx {
-                id,
-                shared,
-                backends,
-            }),
+            ctx,
             cq_poller: BTreeMap::new(),
             sq_poller: BTreeMap::new(),
         }
+    }
+
+    /// Whether the pollers are stopping (or stopped).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
     }
 
     /// Stop the pollers after they finish what is in flight.
@@ -132,16 +133,16 @@ fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// [`IoQueues`] for one controller: each completion queue (and the
-/// submission queues that post to it) lives on one poller.
-pub struct RuntimeQueues {
+/// One controller's I/O queues on the pollers: each completion queue (and
+/// the submission queues that post to it) lives on one poller.
+pub struct CtrlQueues {
     rt: Arc<Runtime>,
     ctx: Arc<CtrlCtx>,
     cq_poller: BTreeMap<u16, usize>,
     sq_poller: BTreeMap<u16, usize>,
 }
 
-impl RuntimeQueues {
+impl CtrlQueues {
     /// Send poller `p` a message carrying a fresh acknowledgement channel
     /// and wait for the answer; None if the poller is gone or did not answer
     /// within [`ACK_TIMEOUT`].
@@ -154,14 +155,27 @@ impl RuntimeQueues {
     }
 }
 
-impl IoQueues for RuntimeQueues {
-    fn create_cq(&mut self, cq: CqSetup) -> Result<(), Status> {
+impl CtrlQueues {
+    pub fn ctx(&self) -> &Arc<CtrlCtx> {
+        &self.ctx
+    }
+
+    /// Queue ids (CQs, SQs) placed on pollers.
+    pub fn queue_count(&self) -> (usize, usize) {
+        (self.cq_poller.len(), self.sq_poller.len())
+    }
+
+    pub fn create_cq(&mut self, cq: CqSetup, resume: bool) -> Result<(), Status> {
+        if self.cq_poller.contains_key(&cq.qid) {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER);
+        }
         let p = self.rt.next_poller.fetch_add(1, Ordering::Relaxed) % self.rt.pollers();
         let ctrl = self.ctx.clone();
         let r = self
             .ask(p, |ack| PollerMsg::AddCq {
                 ctrl,
                 setup: cq,
+                resume,
                 ack,
             })
             .unwrap_or(Err(Status::INTERNAL_ERROR));
@@ -171,15 +185,19 @@ impl IoQueues for RuntimeQueues {
         r
     }
 
-    fn create_sq(&mut self, sq: SqSetup) -> Result<(), Status> {
+    pub fn create_sq(&mut self, sq: SqSetup, resume: bool) -> Result<(), Status> {
         let Some(&p) = self.cq_poller.get(&sq.cqid) else {
             return Err(Status::COMPLETION_QUEUE_INVALID);
         };
+        if self.sq_poller.contains_key(&sq.qid) {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER);
+        }
         let ctrl = self.ctx.clone();
         let r = self
             .ask(p, |ack| PollerMsg::AddSq {
                 ctrl,
                 setup: sq,
+                resume,
                 ack,
             })
             .unwrap_or(Err(Status::INTERNAL_ERROR));
@@ -189,36 +207,59 @@ impl IoQueues for RuntimeQueues {
         r
     }
 
-    fn delete_sq(&mut self, qid: u16) {
+    /// Delete SQ `qid`; returns false if its commands did not finish in
+    /// time (they are still running on a backend).
+    pub fn delete_sq(&mut self, qid: u16) -> bool {
         let Some(p) = self.sq_poller.remove(&qid) else {
-            return;
+            return true;
         };
         let ctrl = self.ctx.id;
         if self
             .ask(p, |ack| PollerMsg::DelSq { ctrl, qid, ack })
             .is_none()
         {
-            tracing::error!(ctrl = %self.ctx.shared.name, qid, "submission queue deletion timed out: backend I/O still in flight");
+            tracing::error!(ctrl = %self.ctx.name, qid, "submission queue deletion timed out: backend I/O still in flight");
+            return false;
         }
+        true
     }
 
-    fn delete_cq(&mut self, qid: u16) {
+    pub fn delete_cq(&mut self, qid: u16) -> bool {
         let Some(p) = self.cq_poller.remove(&qid) else {
-            return;
+            return true;
         };
         let ctrl = self.ctx.id;
         if self
             .ask(p, |ack| PollerMsg::DelCq { ctrl, qid, ack })
             .is_none()
         {
-            tracing::error!(ctrl = %self.ctx.shared.name, qid, "completion queue deletion timed out");
+            tracing::error!(ctrl = %self.ctx.name, qid, "completion queue deletion timed out");
+            return false;
         }
+        true
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        for b in &self.ctx.backends {
-            b.flush()
-                .map_err(|e| io::Error::other(format!("{}: {e}", b.describe())))?;
+    /// Delete every queue (SQs first).
+    pub fn delete_all(&mut self) -> bool {
+        let sqs: Vec<u16> = self.sq_poller.keys().copied().collect();
+        let cqs: Vec<u16> = self.cq_poller.keys().copied().collect();
+        let mut ok = true;
+        for q in sqs {
+            ok &= self.delete_sq(q);
+        }
+        for q in cqs {
+            ok &= self.delete_cq(q);
+        }
+        ok
+    }
+
+    /// Make every completed write durable.
+    pub fn flush(&self) -> io::Result<()> {
+        let table = self.ctx.namespaces.load();
+        for n in table.entries.iter().flatten() {
+            n.backend
+                .flush()
+                .map_err(|e| io::Error::other(format!("{}: {e}", n.backend.describe())))?;
         }
         Ok(())
     }

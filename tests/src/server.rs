@@ -1,21 +1,20 @@
-//! Start `socp` controllers in-process for tests, with a handle that stops
-//! them.
+//! Start `socp` controllers in-process for tests (the all-in-one
+//! deployment: host-driver and runtime linked over a socket pair), with a
+//! handle that stops them.
 
 use socp::config::CtrlSpec;
-use socp::error_chain;
+use socp::embedded::Embedded;
 use socp::runtime::Runtime;
-use socp::server::{start_controller, Served};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Running controllers and their pollers; stops everything on drop.
 pub struct TestServer {
     pub dir: PathBuf,
     pub sockets: Vec<PathBuf>,
-    stop: Arc<AtomicBool>,
     rt: Arc<Runtime>,
-    served: Vec<Served>,
+    embedded: Embedded,
 }
 
 impl TestServer {
@@ -45,43 +44,37 @@ impl TestServer {
         pollers: usize,
         io_wait: Option<std::time::Duration>,
     ) -> Result<TestServer, String> {
-        let dir =
-            std::env::temp_dir().join(format!("leapio-test-{}-{}", std::process::id(), unique()));
+        let dir = test_dir();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let rt = Runtime::start_with(pollers, &[], io_wait)
             .map_err(|e| format!("starting pollers: {e}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut served = Vec::new();
+        let mut parsed = Vec::new();
         let mut sockets = Vec::new();
-        let fail =
-            |e: String, rt: &Arc<Runtime>, stop: &Arc<AtomicBool>, served: &mut Vec<Served>| {
-                stop.store(true, Ordering::Release);
-                for s in served.drain(..) {
-                    let _ = s.thread.join();
-                }
-                rt.shutdown();
-                let _ = std::fs::remove_dir_all(&dir);
-                e
-            };
         for (i, s) in specs.iter().enumerate() {
             let sock = dir.join(format!("c{i}.sock"));
-            let spec: CtrlSpec = match format!("sock={},{s}", sock.display()).parse() {
-                Ok(spec) => spec,
-                Err(e) => return Err(fail(format!("{e}"), &rt, &stop, &mut served)),
-            };
-            match start_controller(i, &spec, &rt, stop.clone()) {
-                Ok(c) => served.push(c),
-                Err(e) => return Err(fail(error_chain(&e), &rt, &stop, &mut served)),
+            match format!("sock={},{s}", sock.display()).parse::<CtrlSpec>() {
+                Ok(spec) => parsed.push(spec),
+                Err(e) => {
+                    rt.shutdown();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e.to_string());
+                }
             }
             sockets.push(sock);
         }
-        Ok(TestServer {
-            dir,
-            sockets,
-            stop,
-            rt,
-            served,
-        })
+        match Embedded::start(&parsed, &rt) {
+            Ok(embedded) => Ok(TestServer {
+                dir,
+                sockets,
+                rt,
+                embedded,
+            }),
+            Err(e) => {
+                rt.shutdown();
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
     }
 
     pub fn sock(&self, i: usize) -> &std::path::Path {
@@ -91,13 +84,15 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for s in self.served.drain(..) {
-            let _ = s.thread.join();
-        }
+        self.embedded.shutdown();
         self.rt.shutdown();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A fresh directory for one test's sockets and files.
+pub fn test_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("leapio-test-{}-{}", std::process::id(), unique()))
 }
 
 fn unique() -> u64 {

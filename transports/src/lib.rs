@@ -272,6 +272,12 @@ pub trait Backend: Send + Sync {
     /// Human-readable description, e.g.
     /// `file:/var/lib/x.img (1 GiB, 512 B blocks, O_DIRECT)`.
     fn describe(&self) -> String;
+    /// Whether the data outlives this process (a file, a device, a remote
+    /// target; not process memory): only then can another runtime take
+    /// the namespace over after this one stops.
+    fn persistent(&self) -> bool {
+        true
+    }
 }
 
 /// A per-poller queue of requests. Not shared between threads (but may move

@@ -90,6 +90,10 @@ impl Backend for RamBackend {
             self.geometry.block_size
         )
     }
+
+    fn persistent(&self) -> bool {
+        false
+    }
 }
 
 struct RamQueue {

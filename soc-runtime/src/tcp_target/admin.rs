@@ -5,6 +5,7 @@
 
 use super::ctrl::{Controller, Subsystem};
 use leapio_nvme::cmd::FeatureId;
+use leapio_nvme::controller::features::{self, CommonFeatures};
 use leapio_nvme::fabrics::{
     put_nqn, Disc, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyFabrics, PropertyCmd, Sgls,
     DISCOVERY_NQN, LID_DISCOVERY,
@@ -15,7 +16,6 @@ use leapio_nvme::identify::{
 use leapio_nvme::log::{u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
 use leapio_nvme::{AdminOpcode, Sqe, Status};
-use leapio_vmm_shim::features::{self, CommonFeatures};
 use std::sync::atomic::Ordering;
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -192,7 +192,7 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
     id.cqes = 0x44;
     id.maxcmd = u16::try_from(l.queue_entries).unwrap_or(u16::MAX).into();
     if !ctrl.discovery {
-        leapio_vmm_shim::identify::set_namespace_fields(&mut id, &sub.namespaces);
+        leapio_nvme::controller::identify::set_namespace_fields(&mut id, &sub.namespaces);
     }
     id.sgls = (Sgls::SUPPORTED | Sgls::OFFSET | Sgls::TRANSPORT_DATA_BLOCK).into();
     let nqn = if ctrl.discovery {
@@ -214,7 +214,7 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
 
 fn identify_namespace(sub: &Subsystem, nsid: u32) -> IdentifyNamespace {
     match sub.namespace(nsid) {
-        Some((_, ns)) => leapio_vmm_shim::identify::namespace_page(ns),
+        Some((_, ns)) => leapio_nvme::controller::identify::namespace_page(ns),
         None => IdentifyNamespace::zeroed(),
     }
 }
@@ -304,7 +304,7 @@ pub fn discovery_log(sub: &Subsystem, ctrl: &Controller) -> Vec<u8> {
 }
 
 fn effects_log() -> CmdEffectsLog {
-    leapio_vmm_shim::identify::effects_log(&[
+    leapio_nvme::controller::identify::effects_log(&[
         AdminOpcode::GET_LOG_PAGE,
         AdminOpcode::IDENTIFY,
         AdminOpcode::ABORT,

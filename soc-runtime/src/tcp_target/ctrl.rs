@@ -1,9 +1,9 @@
 //! The exported subsystem and its controllers (shared by all pollers).
 
 use super::config::TcpTargetSpec;
+use leapio_nvme::controller::NamespaceInfo;
 use leapio_nvme::regs::csts;
 use leapio_transports::Backend;
-use leapio_vmm_shim::NamespaceInfo;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

@@ -80,7 +80,7 @@ impl TcpTarget {
             .clone()
             .unwrap_or_else(|| format!("LEAPIOTCP{index:04}"));
         let (backends, namespaces) =
-            crate::server::open_namespaces(&spec.namespaces, &serial, &spec.nqn).map_err(
+            crate::namespaces::open_namespaces(&spec.namespaces, &serial, &spec.nqn).map_err(
                 |(nsid, source)| TcpTargetError::Backend {
                     nqn: spec.nqn.clone(),
                     nsid,

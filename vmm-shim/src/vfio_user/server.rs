@@ -104,14 +104,28 @@ impl Listener {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
+            if let Some(s) = self.accept_timeout(STOP_POLL_INTERVAL)? {
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for a client (`None` if none came). The
+    /// returned stream is blocking.
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<UnixStream>, ServerError> {
+        let mut waited = false;
+        loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     stream.set_nonblocking(false).map_err(ServerError::Accept)?;
                     return Ok(Some(stream));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    poll_fd(self.listener.as_fd(), false, STOP_POLL_INTERVAL)
-                        .map_err(ServerError::Accept)?;
+                    if waited {
+                        return Ok(None);
+                    }
+                    waited = true;
+                    poll_fd(self.listener.as_fd(), false, timeout).map_err(ServerError::Accept)?;
                 }
                 Err(e)
                     if matches!(

@@ -1,84 +1,90 @@
-//! MSI-X vectors: one eventfd per vector (from SET_IRQS), per-vector mask and
-//! pending bits. Pollers trigger vectors without taking locks.
+//! MSI-X vectors: one eventfd per vector (from the hypervisor's SET_IRQS),
+//! with the mask and pending bits in the queue-state area so that the
+//! host-driver (which the hypervisor tells about masks) and the runtime
+//! (which raises the interrupts) see the same state. Triggering takes no
+//! lock.
 
+use crate::qstate::QueueState;
 use arc_swap::ArcSwapOption;
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-#[derive(Default)]
-struct Vector {
-    fd: ArcSwapOption<File>,
-    masked: AtomicBool,
-    pending: AtomicBool,
-}
-
-/// The controller's interrupt vectors.
+/// A controller's interrupt vectors, as one side of the link sees them:
+/// both sides hold the eventfds (the runtime receives them over the link).
 pub struct Interrupts {
-    vectors: Box<[Vector]>,
+    fds: Box<[ArcSwapOption<File>]>,
+    state: Arc<QueueState>,
 }
 
 impl Interrupts {
-    pub fn new(count: u16) -> Interrupts {
+    pub fn new(count: u16, state: Arc<QueueState>) -> Interrupts {
         Interrupts {
-            vectors: (0..count).map(|_| Vector::default()).collect(),
+            fds: (0..usize::from(count).min(crate::qstate::MAX_VECTORS))
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
+            state,
         }
     }
 
     pub fn count(&self) -> u16 {
-        u16::try_from(self.vectors.len()).unwrap_or(u16::MAX)
+        u16::try_from(self.fds.len()).unwrap_or(u16::MAX)
     }
 
     /// Signal vector `v`; if it is masked or has no eventfd, remember it as pending.
     pub fn trigger(&self, v: u16) {
-        let Some(vec) = self.vectors.get(usize::from(v)) else {
+        let Some(fd) = self.fds.get(usize::from(v)) else {
             return;
         };
-        if vec.masked.load(Ordering::Acquire) {
-            vec.pending.store(true, Ordering::Release);
+        if self.state.irq_masked(v) {
+            self.state.set_irq_pending(v, true);
             return;
         }
-        match vec.fd.load().as_ref() {
+        match fd.load().as_ref() {
             Some(f) => signal(f),
-            None => vec.pending.store(true, Ordering::Release),
+            None => self.state.set_irq_pending(v, true),
         }
+    }
+
+    /// The eventfd of vector `v`, if any (to pass over the link).
+    pub fn eventfd(&self, v: u16) -> Option<Arc<File>> {
+        self.fds.get(usize::from(v)).and_then(|f| f.load_full())
     }
 
     /// Attach (or with None detach) the eventfd of vector `v`.
     pub fn set_eventfd(&self, v: u16, fd: Option<File>) {
-        if let Some(vec) = self.vectors.get(usize::from(v)) {
-            vec.fd.store(fd.map(Arc::new));
-            self.deliver_pending(vec);
+        if let Some(slot) = self.fds.get(usize::from(v)) {
+            slot.store(fd.map(Arc::new));
+            self.deliver_pending(v);
         }
     }
 
     pub fn set_masked(&self, v: u16, masked: bool) {
-        if let Some(vec) = self.vectors.get(usize::from(v)) {
-            vec.masked.store(masked, Ordering::Release);
+        if usize::from(v) < self.fds.len() {
+            self.state.set_irq_masked(v, masked);
             if !masked {
-                self.deliver_pending(vec);
+                self.deliver_pending(v);
             }
         }
     }
 
-    fn deliver_pending(&self, vec: &Vector) {
-        if vec.masked.load(Ordering::Acquire) {
+    fn deliver_pending(&self, v: u16) {
+        if self.state.irq_masked(v) {
             return;
         }
-        if let Some(f) = vec.fd.load().as_ref() {
-            if vec.pending.swap(false, Ordering::AcqRel) {
-                signal(f);
+        if let Some(f) = self.fds.get(usize::from(v)).and_then(|f| f.load_full()) {
+            if self.state.take_irq_pending(v) {
+                signal(&f);
             }
         }
     }
 
     /// Pending bit array (MSI-X PBA), one bit per vector.
     pub fn pending_bits(&self) -> Vec<u64> {
-        let mut bits = vec![0u64; self.vectors.len().div_ceil(64)];
-        for (i, v) in self.vectors.iter().enumerate() {
-            if v.pending.load(Ordering::Acquire) {
-                bits[i / 64] |= 1 << (i % 64);
+        let mut bits = vec![0u64; self.fds.len().div_ceil(64)];
+        for v in 0..self.count() {
+            if self.state.irq_pending(v) {
+                bits[usize::from(v) / 64] |= 1 << (v % 64);
             }
         }
         bits
@@ -86,17 +92,17 @@ impl Interrupts {
 
     /// Drop every eventfd and clear masks and pending bits (client gone or reset).
     pub fn clear(&self) {
-        for v in self.vectors.iter() {
-            v.fd.store(None);
-            v.masked.store(false, Ordering::Release);
-            v.pending.store(false, Ordering::Release);
+        for v in 0..self.count() {
+            self.fds[usize::from(v)].store(None);
+            self.state.set_irq_masked(v, false);
+            self.state.set_irq_pending(v, false);
         }
     }
 
     /// Clear pending bits only (controller reset keeps the hypervisor's wiring).
     pub fn clear_pending(&self) {
-        for v in self.vectors.iter() {
-            v.pending.store(false, Ordering::Release);
+        for v in 0..self.count() {
+            self.state.set_irq_pending(v, false);
         }
     }
 }
@@ -131,7 +137,7 @@ mod tests {
 
     #[test]
     fn masked_vectors_deliver_on_unmask() {
-        let irqs = Interrupts::new(4);
+        let irqs = Interrupts::new(4, Arc::new(QueueState::create(1, 2).unwrap()));
         let fd = eventfd();
         irqs.set_eventfd(1, Some(fd.try_clone().unwrap()));
         irqs.trigger(1);

@@ -1,8 +1,8 @@
 //! Submission and completion rings in guest memory. Used by the admin queue
 //! (control thread) and by the runtime's pollers for I/O queues.
 
+use crate::{Cqe, Sqe, Status};
 use leapio_ats::{AtsError, Snapshot};
-use leapio_nvme::{Cqe, Sqe, Status};
 use zerocopy::IntoBytes;
 
 /// Size of a submission queue entry (CC.IOSQES = 6).

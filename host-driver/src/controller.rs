@@ -1,25 +1,29 @@
 //! The NVMe controller as a vfio-user device: PCI config space, the BAR0
 //! register file (CAP/VS/CC/CSTS/AQA/ASQ/ACQ), enable/disable/reset/shutdown,
-//! the admin queue (polled from the control thread) and the hand-off of I/O
-//! queues to the runtime through [`IoQueues`].
+//! the admin queue (polled from the control thread), and the hand-off of I/O
+//! queues, memory and interrupts to the runtime through its [`RuntimePort`].
 
-use crate::doorbell::{Doorbells, DOORBELL_PAGE_SIZE, MAX_QUEUE_PAIRS};
-use crate::features::CommonFeatures;
-use crate::irq::Interrupts;
-use crate::pci::{self, ConfigSpace};
-use crate::queue::{CqRing, InvalidDoorbell, SqRing};
-use crate::shared::{CtrlShared, NamespaceInfo};
-use crate::vfio_user::{
+use crate::port::{CqSetup, PortEvent, RuntimePort, SqSetup};
+use crate::shared::CtrlShared;
+use leapio_ats::{Access, Prot};
+use leapio_link::doorbells::{Doorbells, DOORBELL_PAGE_SIZE, MAX_QUEUE_PAIRS};
+use leapio_link::qstate::QueueState;
+use leapio_link::{NsDecl, Shadow};
+use leapio_nvme::cmd::AsyncEvent;
+use leapio_nvme::controller::features::CommonFeatures;
+use leapio_nvme::guest::queue::{CqRing, InvalidDoorbell, SqRing};
+use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
+use leapio_nvme::{Sqe, Status};
+use leapio_vmm_shim::pci::{self, ConfigSpace};
+use leapio_vmm_shim::vfio_user::{
     Device, DeviceInfo, DmaMap, DmaUnmap, Errno, IrqAction, IrqData, IrqInfo, RegionInfo,
     RegionMmap, SetIrqs,
 };
-use leapio_ats::{Access, Prot};
-use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
-use leapio_nvme::{Sqe, Status};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,37 +77,6 @@ impl Default for ControllerConfig {
     }
 }
 
-/// An I/O completion queue the guest created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CqSetup {
-    pub qid: u16,
-    pub gpa: u64,
-    pub entries: u32,
-    pub vector: u16,
-    pub ien: bool,
-}
-
-/// An I/O submission queue the guest created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SqSetup {
-    pub qid: u16,
-    pub cqid: u16,
-    pub gpa: u64,
-    pub entries: u32,
-}
-
-/// The runtime side of I/O queues. The controller validates every request
-/// before calling these; deletions return only when the runtime no longer
-/// touches the queue and every command fetched from it has completed.
-pub trait IoQueues: Send {
-    fn create_cq(&mut self, cq: CqSetup) -> Result<(), Status>;
-    fn create_sq(&mut self, sq: SqSetup) -> Result<(), Status>;
-    fn delete_sq(&mut self, qid: u16);
-    fn delete_cq(&mut self, qid: u16);
-    /// Make every completed write durable (shutdown notification).
-    fn flush(&mut self) -> io::Result<()>;
-}
-
 /// Mutable feature values (Get/Set Features).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Features {
@@ -128,7 +101,13 @@ pub(crate) struct AdminQueue {
 pub struct NvmeController {
     pub(crate) cfg: ControllerConfig,
     pub(crate) shared: Arc<CtrlShared>,
-    pub(crate) io: Box<dyn IoQueues>,
+    pub(crate) port: RuntimePort,
+    /// The namespaces as runtimes declared them (None until the first
+    /// runtime attaches).
+    pub(crate) ns_decls: Option<Vec<NsDecl>>,
+    /// A runtime waiting to be admitted (the previous one is not fenced).
+    pub(crate) waiting_attach: Option<(Arc<crate::link::RuntimeLink>, Vec<NsDecl>)>,
+    pub(crate) shadow: Option<Shadow>,
     pci: ConfigSpace,
     msix_table: Vec<u8>,
     pub(crate) cc: u32,
@@ -145,12 +124,12 @@ pub struct NvmeController {
 }
 
 impl NvmeController {
-    /// Build a controller. `make_io` receives the shared state and returns
-    /// the runtime's queue handler.
+    /// Build controller `name`; its runtime's messages arrive on `events`.
+    /// It has no namespaces until a runtime attaches and declares them.
     pub fn new(
+        name: &str,
         cfg: ControllerConfig,
-        namespaces: Vec<NamespaceInfo>,
-        make_io: impl FnOnce(Arc<CtrlShared>) -> Box<dyn IoQueues>,
+        events: Receiver<PortEvent>,
     ) -> io::Result<NvmeController> {
         if cfg.max_io_queues == 0 || cfg.max_io_queues >= MAX_QUEUE_PAIRS {
             return Err(io::Error::other(format!(
@@ -167,18 +146,25 @@ impl NvmeController {
         }
         let vectors = cfg.max_io_queues + 1;
         let mdts_bytes = 4096u64 << cfg.mdts;
+        let qstate = Arc::new(QueueState::create(
+            cfg.max_io_queues,
+            cfg.max_queue_entries,
+        )?);
         let shared = Arc::new(CtrlShared::new(
-            cfg.serial.clone(),
+            name.to_string(),
             Doorbells::new()?,
-            Interrupts::new(vectors),
-            namespaces,
+            qstate,
+            vectors,
             mdts_bytes,
         ));
-        let io = make_io(shared.clone());
+        let port = RuntimePort::new(shared.clone(), events);
         Ok(NvmeController {
             cfg,
             shared,
-            io,
+            port,
+            ns_decls: None,
+            waiting_attach: None,
+            shadow: None,
             pci: ConfigSpace::new(vectors),
             msix_table: vec![0; usize::from(vectors) * 16],
             cc: 0,
@@ -196,6 +182,16 @@ impl NvmeController {
 
     pub fn shared(&self) -> &Arc<CtrlShared> {
         &self.shared
+    }
+
+    pub fn serial(&self) -> &str {
+        &self.cfg.serial
+    }
+
+    /// The controller is being removed: let its runtime go (the hypervisor's
+    /// connection, if any, has already ended and reset it).
+    pub fn release(&mut self, reason: &str) {
+        self.port.detach(reason);
     }
 
     pub(crate) fn cap(&self) -> Cap {
@@ -351,13 +347,14 @@ impl NvmeController {
             bad_cq_doorbell: false,
         });
         self.csts = csts::RDY;
+        self.port.state(true, None);
         tracing::info!(ctrl = %self.shared.name, page_size, asqs, acqs, "controller enabled");
     }
 
     fn shutdown(&mut self) {
         self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
-        if let Err(e) = self.io.flush() {
-            tracing::error!(ctrl = %self.shared.name, "flush on shutdown failed: {e}");
+        if let Err(e) = self.port.flush() {
+            tracing::error!(ctrl = %self.shared.name, "flush on shutdown: {e}");
         }
         self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
         tracing::info!(ctrl = %self.shared.name, "shutdown complete");
@@ -365,26 +362,45 @@ impl NvmeController {
 
     /// Controller reset (CC.EN 1 -> 0): delete every I/O queue, drop the
     /// admin queue, outstanding AERs, features and shadow doorbells.
-    pub fn reset_controller(&mut self) {
+    ///
+    /// A queue the runtime could not be made to let go of (it is gone but
+    /// not fenced) stays: the controller then keeps CSTS.RDY set, as a
+    /// controller that has not finished its reset, and the next reset
+    /// tries again.
+    pub fn reset_controller(&mut self) -> bool {
+        let mut ok = true;
         let sqids: Vec<u16> = self.sqs.keys().copied().collect();
         for qid in sqids {
-            self.io.delete_sq(qid);
+            if self.port.delete_sq(qid).is_ok() {
+                self.sqs.remove(&qid);
+            } else {
+                ok = false;
+            }
         }
-        self.sqs.clear();
         let cqids: Vec<u16> = self.cqs.keys().copied().collect();
         for qid in cqids {
-            self.io.delete_cq(qid);
+            if self.sqs.values().all(|s| s.cqid != qid) && self.port.delete_cq(qid).is_ok() {
+                self.cqs.remove(&qid);
+            } else {
+                ok = false;
+            }
         }
-        self.cqs.clear();
         self.admin = None;
         self.aers.clear();
         self.features = Features::default();
-        self.shared.shadow.set(None);
+        self.shadow = None;
+        self.port.reset();
+        self.port.state(false, None);
         self.shared.clear_events();
         self.shared.doorbells.clear();
         self.shared.irqs.clear_pending();
-        self.shared.fatal.store(false, Ordering::Release);
-        self.csts &= csts::SHST_MASK;
+        if ok {
+            self.shared.fatal.store(false, Ordering::Release);
+            self.csts &= csts::SHST_MASK;
+        } else {
+            tracing::error!(ctrl = %self.shared.name, "reset incomplete: queues kept until the previous runtime is fenced");
+        }
+        ok
     }
 
     /// Full reset: as a power cycle of the function.
@@ -402,6 +418,8 @@ impl NvmeController {
         let Some(mut adm) = self.admin.take() else {
             return;
         };
+        // An I/O queue operation may have had to detach a runtime; nothing
+        // here depends on one.
         if self.shared.fatal.load(Ordering::Acquire) {
             self.admin = Some(adm);
             return;
@@ -499,7 +517,7 @@ impl NvmeController {
         sqe: &Sqe,
         data: &[u8],
     ) -> Result<(), Status> {
-        crate::dma::copy_to_prps(
+        leapio_nvme::guest::dma::copy_to_prps(
             snap,
             sqe.prp1.get(),
             sqe.prp2.get(),
@@ -532,7 +550,7 @@ impl Device for NvmeController {
                 read: true,
                 write: true,
                 mmap: Some(RegionMmap {
-                    fd: self.shared.doorbells.fd(),
+                    fd: self.shared.doorbells.fd().as_raw_fd(),
                     file_offset: 0,
                     areas: vec![(offset::DOORBELLS, DOORBELL_PAGE_SIZE as u64)],
                 }),
@@ -640,10 +658,22 @@ impl Device for NvmeController {
         self.shared.domain.map(map.iova, map.size, map.fd, map.file_offset, prot).map_err(|e| {
             tracing::warn!(ctrl = %self.shared.name, iova = format_args!("{:#x}", map.iova), size = map.size, "DMA_MAP refused: {e}");
             libc::EINVAL
-        })
+        })?;
+        // The runtime maps the same file descriptor.
+        let snap = self.shared.domain.snapshot();
+        if let Some((info, fd)) = snap.region_files().find(|(r, _)| r.gpa == map.iova) {
+            self.port.map(&info, fd);
+        }
+        Ok(())
     }
 
     fn dma_unmap(&mut self, unmap: DmaUnmap) -> Result<(), Errno> {
+        // The runtime first: once it answers, nothing in flight points
+        // into the memory.
+        if !self.port.unmap(unmap.iova, unmap.size, unmap.all) {
+            tracing::warn!(ctrl = %self.shared.name, iova = format_args!("{:#x}", unmap.iova), size = unmap.size, "DMA_UNMAP: the runtime still uses the memory");
+            return Err(libc::EBUSY);
+        }
         let r = if unmap.all {
             self.shared.domain.unmap_all(UNMAP_DRAIN_TIMEOUT)
         } else {
@@ -677,6 +707,9 @@ impl Device for NvmeController {
                 for v in 0..irqs.count() {
                     irqs.set_eventfd(v, None);
                 }
+                let n = irqs.count();
+                self.port.irqs(0, n);
+                return Ok(());
             }
             (IrqAction::Trigger, IrqData::None) => vecs.for_each(|v| irqs.trigger(v)),
             (IrqAction::Trigger, IrqData::Bool(b)) => {
@@ -688,6 +721,10 @@ impl Device for NvmeController {
                 for (v, fd) in vecs.zip(fds) {
                     irqs.set_eventfd(v, fd.map(std::fs::File::from));
                 }
+                let first = u16::try_from(req.start).unwrap_or(0);
+                let count = u16::try_from(req.count).unwrap_or(0);
+                self.port.irqs(first, count);
+                return Ok(());
             }
             (IrqAction::Mask, IrqData::None) => vecs.for_each(|v| irqs.set_masked(v, true)),
             (IrqAction::Unmask, IrqData::None) => vecs.for_each(|v| irqs.set_masked(v, false)),
@@ -713,6 +750,7 @@ impl Device for NvmeController {
     }
 
     fn tick(&mut self) {
+        self.port_events();
         self.poll_admin();
     }
 
@@ -728,7 +766,12 @@ impl Device for NvmeController {
         tracing::info!(ctrl = %self.shared.name, "client disconnected: resetting the controller and dropping guest memory");
         self.reset_all();
         self.shared.irqs.clear();
+        let n = self.shared.irqs.count();
+        self.port.irqs(0, n);
         self.pci.reset();
+        if !self.port.unmap(0, u64::MAX, true) {
+            tracing::error!(ctrl = %self.shared.name, "dropping guest memory: the runtime still uses it");
+        }
         if let Err(e) = self.shared.domain.unmap_all(UNMAP_DRAIN_TIMEOUT) {
             tracing::error!(ctrl = %self.shared.name, "dropping guest memory: {e}");
         }
@@ -742,24 +785,4 @@ pub(crate) fn ring_mapped(shared: &CtrlShared, gpa: u64, bytes: u64, access: Acc
         .snapshot()
         .translate(gpa, bytes, access)
         .is_ok()
-}
-
-/// Deterministic unique identifiers for a namespace from a controller serial.
-pub fn namespace_ids(serial: &str, nsid: u32) -> ([u8; 16], [u8; 8], [u8; 16]) {
-    // FNV-1a over the serial and nsid, expanded: stable across runs.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in serial.bytes().chain(nsid.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let h2 = h.rotate_left(29).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(nsid);
-    let mut nguid = [0u8; 16];
-    nguid[..8].copy_from_slice(&h.to_be_bytes());
-    nguid[8..].copy_from_slice(&h2.to_be_bytes());
-    let mut eui = [0u8; 8];
-    eui.copy_from_slice(&h2.to_be_bytes());
-    let mut uuid = nguid;
-    uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4 layout
-    uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
-    (nguid, eui, uuid)
 }

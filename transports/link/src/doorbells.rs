@@ -2,10 +2,9 @@
 //! hypervisor maps straight into the guest (a sparse mmap area), so doorbell
 //! writes never trap. The runtime polls it.
 
-use std::fs::File;
+use crate::shm::{SharedMem, ShmError};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::ptr::NonNull;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Size of the doorbell page.
@@ -17,52 +16,42 @@ pub const MAX_QUEUE_PAIRS: u16 = 512;
 const _: () = assert!(MAX_QUEUE_PAIRS as usize * 8 == DOORBELL_PAGE_SIZE);
 
 /// A shared-memory page of 32-bit doorbell registers.
+#[derive(Debug)]
 pub struct Doorbells {
-    file: File,
-    base: NonNull<AtomicU32>,
+    mem: SharedMem,
 }
 
-// SAFETY: the mapping is owned by this struct and only accessed through
-// atomics; it stays valid for the struct's lifetime.
-unsafe impl Send for Doorbells {}
-// SAFETY: as above: all access is atomic.
-unsafe impl Sync for Doorbells {}
-
 impl Doorbells {
+    /// A new doorbell page (the host-driver's). The memfd is sealed against
+    /// resizing: the hypervisor and the runtime map it too.
     pub fn new() -> io::Result<Doorbells> {
-        // SAFETY: memfd_create with a valid NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(c"leapio-doorbells".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just created and is owned by nobody else.
-        let file = unsafe { File::from_raw_fd(fd) };
         // The hypervisor maps region offset + area offset of the file, so the
         // page sits at file offset 0x1000, where it sits in BAR0; the first
         // page of the file is never mapped.
-        file.set_len(DOORBELL_FILE_OFFSET + DOORBELL_PAGE_SIZE as u64)?;
-        // SAFETY: mapping 4 KiB of a fresh shared file that is long enough; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                DOORBELL_PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                DOORBELL_FILE_OFFSET as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = NonNull::new(ptr.cast::<AtomicU32>())
-            .ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Doorbells { file, base })
+        let mem = SharedMem::create(
+            c"leapio-doorbells",
+            DOORBELL_FILE_OFFSET + DOORBELL_PAGE_SIZE as u64,
+            DOORBELL_FILE_OFFSET,
+            DOORBELL_PAGE_SIZE,
+        )?;
+        Ok(Doorbells { mem })
     }
 
-    /// The memfd the hypervisor maps (sparse mmap area of BAR0).
-    pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    /// Map the doorbell page the host-driver sent (the runtime's view).
+    pub fn open(fd: OwnedFd) -> Result<Doorbells, ShmError> {
+        let mem = SharedMem::open(
+            fd,
+            DOORBELL_FILE_OFFSET,
+            DOORBELL_PAGE_SIZE,
+            "doorbell page",
+        )?;
+        Ok(Doorbells { mem })
+    }
+
+    /// The memfd the hypervisor maps (sparse mmap area of BAR0) and the
+    /// runtime receives.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.mem.fd()
     }
 
     fn reg(&self, index: usize) -> Option<&AtomicU32> {
@@ -71,7 +60,7 @@ impl Doorbells {
         }
         // SAFETY: index is inside the 4 KiB page mapped for our lifetime,
         // 4-byte aligned (page-aligned base), and only accessed atomically.
-        Some(unsafe { &*self.base.as_ptr().add(index) })
+        Some(unsafe { &*self.mem.as_ptr().cast::<AtomicU32>().add(index) })
     }
 
     /// Submission queue `qid` tail doorbell.
@@ -132,15 +121,6 @@ impl Doorbells {
     }
 }
 
-impl Drop for Doorbells {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping created in new().
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), DOORBELL_PAGE_SIZE);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +136,7 @@ mod tests {
                 DOORBELL_PAGE_SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                db.fd(),
+                std::os::fd::AsRawFd::as_raw_fd(&db.fd()),
                 DOORBELL_FILE_OFFSET as libc::off_t,
             )
         };

@@ -1,10 +1,11 @@
 //! Admin command set.
 
-use crate::controller::{ring_mapped, CqSetup, NvmeController, SqSetup};
-use crate::features;
-use crate::shared::ShadowDoorbells;
+use crate::controller::{ring_mapped, NvmeController};
+use crate::port::{CqSetup, SqSetup};
 use leapio_ats::{Access, Snapshot};
+use leapio_link::Shadow;
 use leapio_nvme::cmd::FeatureId;
+use leapio_nvme::controller::features;
 use leapio_nvme::identify::{
     put_ascii, Cns, IdentifyController, IdentifyNamespace, NidHeader, NidType, LPA_CMD_EFFECTS,
     OACS_DBBUF,
@@ -12,7 +13,6 @@ use leapio_nvme::identify::{
 use leapio_nvme::log::{u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog};
 use leapio_nvme::regs::Cc;
 use leapio_nvme::{AdminOpcode, Sqe, Status};
-use std::sync::atomic::Ordering;
 use zerocopy::{FromZeros, IntoBytes};
 
 /// Asynchronous Event Request Limit (0's based): 4 outstanding.
@@ -60,7 +60,8 @@ impl NvmeController {
         let cns = (sqe.cdw10.get() & 0xff) as u8;
         let csi = (sqe.cdw11.get() >> 24) as u8;
         let nsid = sqe.nsid.get();
-        let nn = u32::try_from(self.shared.namespaces.len()).unwrap_or(u32::MAX);
+        let namespaces = self.shared.namespaces();
+        let nn = u32::try_from(namespaces.len()).unwrap_or(u32::MAX);
         let mut page = [0u8; 4096];
         match cns {
             Cns::NAMESPACE => {
@@ -78,7 +79,7 @@ impl NvmeController {
                 }
                 for (slot, ns) in page
                     .chunks_exact_mut(4)
-                    .zip(self.shared.namespaces.iter().filter(|n| n.nsid > nsid))
+                    .zip(namespaces.iter().filter(|n| n.nsid > nsid))
                 {
                     slot.copy_from_slice(&ns.nsid.to_le_bytes());
                 }
@@ -112,7 +113,7 @@ impl NvmeController {
                 }
                 for (slot, ns) in page
                     .chunks_exact_mut(4)
-                    .zip(self.shared.namespaces.iter().filter(|n| n.nsid > nsid))
+                    .zip(namespaces.iter().filter(|n| n.nsid > nsid))
                 {
                     slot.copy_from_slice(&ns.nsid.to_le_bytes());
                 }
@@ -127,8 +128,8 @@ impl NvmeController {
 
     pub(crate) fn identify_controller(&self) -> IdentifyController {
         let mut id = IdentifyController::zeroed();
-        id.vid = crate::pci::VENDOR_ID.into();
-        id.ssvid = crate::pci::VENDOR_ID.into();
+        id.vid = leapio_vmm_shim::pci::VENDOR_ID.into();
+        id.ssvid = leapio_vmm_shim::pci::VENDOR_ID.into();
         put_ascii(&mut id.sn, &self.cfg.serial);
         put_ascii(&mut id.mn, &self.cfg.model);
         put_ascii(&mut id.fr, &self.cfg.firmware);
@@ -146,12 +147,14 @@ impl NvmeController {
         id.frmw = 0x3;
         id.lpa = LPA_CMD_EFFECTS;
         id.elpe = u8::try_from(crate::shared::ERROR_LOG_ENTRIES - 1).unwrap_or(0);
+        // Namespace Attribute Notices: namespaces come and go with runtimes.
+        id.oaes = (1u32 << 8).into();
         id.npss = 0;
         id.wctemp = 343.into();
         id.cctemp = 373.into();
         id.sqes = 0x66;
         id.cqes = 0x44;
-        crate::identify::set_namespace_fields(&mut id, &self.shared.namespaces);
+        leapio_nvme::controller::identify::set_namespace_fields(&mut id, &self.shared.namespaces());
         id.sgls = 0.into();
         let nqn = self.cfg.subnqn.as_bytes();
         let n = nqn.len().min(255);
@@ -162,7 +165,7 @@ impl NvmeController {
 
     pub(crate) fn identify_namespace(&self, nsid: u32) -> IdentifyNamespace {
         match self.shared.namespace(nsid) {
-            Some(ns) => crate::identify::namespace_page(ns),
+            Some(ns) => leapio_nvme::controller::identify::namespace_page(&ns),
             None => IdentifyNamespace::zeroed(),
         }
     }
@@ -198,7 +201,19 @@ impl NvmeController {
                 put_ascii(&mut fw.frs[0], &self.cfg.firmware);
                 fw.as_bytes().to_vec()
             }
-            LogId::CHANGED_NS_LIST => vec![0u8; 4096],
+            LogId::CHANGED_NS_LIST => {
+                let mut v = vec![0u8; 4096];
+                let changed = self.shared.take_changed_namespaces();
+                if changed.len() > 1024 {
+                    // More than the list holds: FFFFFFFFh in the first entry.
+                    v[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+                } else {
+                    for (slot, n) in v.chunks_exact_mut(4).zip(changed) {
+                        slot.copy_from_slice(&n.to_le_bytes());
+                    }
+                }
+                v
+            }
             LogId::CMD_EFFECTS => self.effects_log().as_bytes().to_vec(),
             _ => return Status::INVALID_LOG_PAGE,
         };
@@ -221,8 +236,7 @@ impl NvmeController {
     }
 
     fn smart_log(&self) -> SmartLog {
-        let c = &self.shared.counters;
-        let io = c.io();
+        let io = self.shared.io_counts(self.cqs.keys().copied());
         let mut s = SmartLog::new_zeroed();
         s.temperature = 308.into();
         s.avail_spare = 100;
@@ -233,13 +247,13 @@ impl NvmeController {
         s.host_reads = u128_field(u128::from(io.read_commands));
         s.host_writes = u128_field(u128::from(io.write_commands));
         s.power_cycles = u128_field(1);
-        s.media_errors = u128_field(u128::from(c.media_errors.load(Ordering::Relaxed)));
+        s.media_errors = u128_field(u128::from(io.media_errors));
         s.num_err_log_entries = u128_field(u128::from(self.shared.error_log().0));
         s
     }
 
     fn effects_log(&self) -> CmdEffectsLog {
-        crate::identify::effects_log(&[
+        leapio_nvme::controller::identify::effects_log(&[
             AdminOpcode::DELETE_SQ,
             AdminOpcode::CREATE_SQ,
             AdminOpcode::GET_LOG_PAGE,
@@ -257,7 +271,7 @@ impl NvmeController {
 
     fn any_vwc(&self) -> bool {
         self.shared
-            .namespaces
+            .namespaces()
             .iter()
             .any(|n| n.volatile_write_cache)
     }
@@ -381,7 +395,7 @@ impl NvmeController {
         }
         // A deleted queue's last head may still sit in the doorbell page.
         self.shared.doorbells.reset_cq(qid);
-        match self.io.create_cq(setup) {
+        match self.port.create_cq(setup, false) {
             Ok(()) => {
                 self.cqs.insert(qid, setup);
                 Status::SUCCESS
@@ -423,7 +437,7 @@ impl NvmeController {
         };
         // A deleted queue's last tail may still sit in the doorbell page.
         self.shared.doorbells.reset_sq(qid);
-        match self.io.create_sq(setup) {
+        match self.port.create_sq(setup, false) {
             Ok(()) => {
                 self.sqs.insert(qid, setup);
                 Status::SUCCESS
@@ -437,9 +451,13 @@ impl NvmeController {
         if qid == 0 || !self.sqs.contains_key(&qid) {
             return Status::INVALID_QUEUE_IDENTIFIER;
         }
-        self.io.delete_sq(qid);
-        self.sqs.remove(&qid);
-        Status::SUCCESS
+        match self.port.delete_sq(qid) {
+            Ok(()) => {
+                self.sqs.remove(&qid);
+                Status::SUCCESS
+            }
+            Err(s) => s,
+        }
     }
 
     fn delete_cq(&mut self, sqe: &Sqe) -> Status {
@@ -450,9 +468,13 @@ impl NvmeController {
         if self.sqs.values().any(|s| s.cqid == qid) {
             return Status::INVALID_QUEUE_DELETION;
         }
-        self.io.delete_cq(qid);
-        self.cqs.remove(&qid);
-        Status::SUCCESS
+        match self.port.delete_cq(qid) {
+            Ok(()) => {
+                self.cqs.remove(&qid);
+                Status::SUCCESS
+            }
+            Err(s) => s,
+        }
     }
 
     fn doorbell_buffer_config(&mut self, snap: &Snapshot, sqe: &Sqe) -> Status {
@@ -467,7 +489,7 @@ impl NvmeController {
         {
             return Status::INVALID_FIELD;
         }
-        let shadow = ShadowDoorbells { dbs, eis };
+        let shadow = Shadow { dbs, eis };
         // Queues that already exist carry on from their current doorbell
         // values: seed the shadow buffer with them.
         for &qid in self.sqs.keys() {
@@ -476,7 +498,8 @@ impl NvmeController {
         for &qid in self.cqs.keys() {
             let _ = snap.store_u32_release(shadow.cq_head(qid), self.shared.doorbells.cq_head(qid));
         }
-        self.shared.shadow.set(Some(shadow));
+        self.shadow = Some(shadow);
+        self.port.state(true, Some(shadow));
         Status::SUCCESS
     }
 }

@@ -1,4 +1,12 @@
-//! NVMe structures as they appear in guest memory and on the wire.
+//! The NVMe interface as the VM sees it.
+//!
+//! - Wire and in-memory structures ([`cmd`], [`regs`], [`identify`], [`log`],
+//!   [`status`], [`fabrics`], [`tcp`]).
+//! - [`guest`]: rings and PRP-described buffers in guest memory.
+//! - [`controller`]: what every controller front end presents the same way
+//!   (namespaces, Identify data, features, the effects log).
+//!
+//! The structures:
 //!
 //! Everything here is a `#[repr(C)]` zerocopy type with explicit little-endian
 //! fields and a compile-time size check, so it can be copied out of guest
@@ -8,7 +16,9 @@
 //! Specification 1.0.
 
 pub mod cmd;
+pub mod controller;
 pub mod fabrics;
+pub mod guest;
 pub mod identify;
 pub mod log;
 pub mod regs;

@@ -2,12 +2,12 @@
 //! command set, shared by every front end that presents namespaces (the
 //! vfio-user controller, the NVMe/TCP target).
 
-use crate::shared::NamespaceInfo;
-use leapio_nvme::identify::{
+use super::NamespaceInfo;
+use crate::identify::{
     IdentifyController, IdentifyNamespace, LbaFormat, ONCS_DSM, ONCS_WRITE_ZEROES,
 };
-use leapio_nvme::log::{CmdEffectsLog, CSE_CSUPP, CSE_LBCC};
-use leapio_nvme::IoOpcode;
+use crate::log::{CmdEffectsLog, CSE_CSUPP, CSE_LBCC};
+use crate::IoOpcode;
 use zerocopy::FromZeros;
 
 /// Identify Namespace (CNS 00h) for `ns`.

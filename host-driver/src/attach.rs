@@ -1,0 +1,361 @@
+//! Admitting a runtime to a controller, and what runtimes report about it
+//! later (namespaces added or removed, detaching, dying).
+//!
+//! A runtime declares the namespaces it serves. The first runtime's
+//! declaration becomes the controller's namespaces; a later one (after a
+//! restart or an upgrade) must declare the same ones with the same
+//! geometry, or it is refused: the guest would see its disks change under
+//! it. A namespace whose data did not survive its runtime (RAM) cannot be
+//! taken over at all.
+
+use crate::controller::NvmeController;
+use crate::link::RuntimeLink;
+use crate::port::PortEvent;
+use leapio_link::{NsDecl, ToRuntime};
+use leapio_nvme::cmd::AsyncEvent;
+use leapio_nvme::controller::{namespace_ids, NamespaceInfo};
+use leapio_nvme::regs::csts;
+use std::sync::Arc;
+
+/// Most namespaces per controller.
+pub const MAX_NAMESPACES: u32 = 1024;
+/// Changed Namespace List log page.
+const LOG_CHANGED_NS: u8 = 0x04;
+/// Asynchronous Event Configuration bit for Namespace Attribute Notices.
+const AEC_NS_ATTR: u32 = 1 << 8;
+
+/// Check one declaration on its own.
+fn check_decl(d: &NsDecl) -> Result<(), String> {
+    if d.nsid == 0 || d.nsid > MAX_NAMESPACES {
+        return Err(format!("NSID {} out of range 1..={MAX_NAMESPACES}", d.nsid));
+    }
+    if !d.block_size.is_power_of_two() || !(512..=65536).contains(&d.block_size) {
+        return Err(format!(
+            "namespace {}: block size {} is not a power of two in 512..=65536",
+            d.nsid, d.block_size
+        ));
+    }
+    if d.num_blocks == 0 || d.num_blocks.checked_mul(u64::from(d.block_size)).is_none() {
+        return Err(format!(
+            "namespace {}: {} blocks of {} bytes",
+            d.nsid, d.num_blocks, d.block_size
+        ));
+    }
+    Ok(())
+}
+
+/// The NSIDs that change if a controller with namespaces `old` (None: it
+/// never had a runtime) takes `new`, or why it must not.
+pub fn namespace_changes(old: Option<&[NsDecl]>, new: &[NsDecl]) -> Result<Vec<u32>, String> {
+    for d in new {
+        check_decl(d)?;
+    }
+    if new.windows(2).any(|w| w[0].nsid >= w[1].nsid) {
+        return Err("namespaces must be declared once each, in NSID order".into());
+    }
+    let Some(old) = old else {
+        return Ok(new.iter().map(|d| d.nsid).collect());
+    };
+    let mut changed = Vec::new();
+    for o in old {
+        let Some(n) = new.iter().find(|n| n.nsid == o.nsid) else {
+            return Err(format!(
+                "namespace {} ({}) is not declared: the guest has it; remove it first",
+                o.nsid, o.describe
+            ));
+        };
+        if !o.persistent {
+            return Err(format!(
+                "namespace {} ({}) is volatile: its data did not survive the previous runtime",
+                o.nsid, o.describe
+            ));
+        }
+        if (n.block_size, n.num_blocks) != (o.block_size, o.num_blocks) {
+            return Err(format!(
+                "namespace {} is {} blocks of {} bytes for the guest, the runtime declares {} of {} ({})",
+                o.nsid, o.num_blocks, o.block_size, n.num_blocks, n.block_size, n.describe
+            ));
+        }
+        if (n.volatile_write_cache, n.write_zeroes, n.deallocate)
+            != (o.volatile_write_cache, o.write_zeroes, o.deallocate)
+        {
+            changed.push(o.nsid);
+        }
+    }
+    changed.extend(
+        new.iter()
+            .filter(|n| old.iter().all(|o| o.nsid != n.nsid))
+            .map(|n| n.nsid),
+    );
+    changed.sort_unstable();
+    Ok(changed)
+}
+
+impl NvmeController {
+    /// Take what the link readers reported; admit a runtime that waited
+    /// for its predecessor to be fenced.
+    pub(crate) fn port_events(&mut self) {
+        while let Ok(ev) = self.port.events.try_recv() {
+            match ev {
+                PortEvent::Attach { link, namespaces } => self.attach_request(link, namespaces),
+                PortEvent::Detached { link } => self.port.runtime_gone(link, true),
+                PortEvent::Lost { link } => {
+                    if self
+                        .waiting_attach
+                        .as_ref()
+                        .is_some_and(|(l, _)| l.id == link)
+                    {
+                        self.waiting_attach = None;
+                    }
+                    self.port.runtime_gone(link, false);
+                }
+                PortEvent::NsAdd { link, ns } => self.ns_change(link, Some(ns), None),
+                PortEvent::NsRemove { link, nsid } => self.ns_change(link, None, Some(nsid)),
+            }
+        }
+        if let Some((link, ns)) = self.waiting_attach.take() {
+            if link.is_closed() {
+                return;
+            }
+            if self.port.try_fence() {
+                self.admit(link, ns);
+            } else {
+                self.waiting_attach = Some((link, ns));
+            }
+        }
+    }
+
+    fn refuse(&self, link: &RuntimeLink, reason: String) {
+        tracing::warn!(ctrl = %self.shared.name, runtime = %link.describe(), "attach refused: {reason}");
+        let _ = link.send(
+            &ToRuntime::AttachRefused {
+                ctrl: self.shared.name.clone(),
+                reason,
+            },
+            &[],
+        );
+    }
+
+    fn attach_request(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>) {
+        if let Some(cur) = self.port.runtime() {
+            let why = if cur.id == link.id {
+                "this runtime already serves it".to_string()
+            } else {
+                format!("{} serves it", cur.describe())
+            };
+            self.refuse(&link, why);
+            return;
+        }
+        if let Err(why) = namespace_changes(self.ns_decls.as_deref(), &namespaces) {
+            self.refuse(&link, why);
+            return;
+        }
+        if !self.port.try_fence() {
+            let prev = self
+                .port
+                .fencing()
+                .map(|l| l.describe())
+                .unwrap_or_default();
+            let reason = format!("waiting for the previous runtime, {prev}, to exit");
+            tracing::info!(ctrl = %self.shared.name, runtime = %link.describe(), "{reason}");
+            let _ = link.send(
+                &ToRuntime::AttachWaiting {
+                    ctrl: self.shared.name.clone(),
+                    reason,
+                },
+                &[],
+            );
+            if let Some((older, _)) = self.waiting_attach.replace((link, namespaces)) {
+                self.refuse(&older, "a newer runtime asked to attach".into());
+            }
+            return;
+        }
+        self.admit(link, namespaces);
+    }
+
+    /// Hand the controller to `link`: its memory, interrupts, state and
+    /// queues (resumed from the queue-state area).
+    fn admit(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>) {
+        let changed = match namespace_changes(self.ns_decls.as_deref(), &namespaces) {
+            Ok(c) => c,
+            Err(why) => return self.refuse(&link, why),
+        };
+        let epoch = self.shared.qstate.next_epoch();
+        let attached = ToRuntime::Attached {
+            ctrl: self.shared.name.clone(),
+            config: self.link_config(),
+            epoch,
+        };
+        let fds = [self.shared.doorbells.fd(), self.shared.qstate.fd()];
+        if let Err(e) = link.send(&attached, &fds) {
+            tracing::warn!(ctrl = %self.shared.name, runtime = %link.describe(), "attach failed: {e}");
+            return;
+        }
+        self.adopt_namespaces(namespaces, &changed);
+        self.port.set_attached(link.clone());
+        let enabled = self.csts & csts::RDY != 0 && self.admin.is_some();
+        self.port.state(enabled, self.shadow);
+        let snap = self.shared.domain.snapshot();
+        for (info, fd) in snap.region_files() {
+            self.port.map(&info, fd);
+        }
+        drop(snap);
+        let vectors = self.shared.irqs.count();
+        self.port.irqs(0, vectors);
+        let (ncq, nsq) = (self.cqs.len(), self.sqs.len());
+        let cqs: Vec<_> = self.cqs.values().copied().collect();
+        let sqs: Vec<_> = self.sqs.values().copied().collect();
+        let mut failed = None;
+        for cq in cqs {
+            if let Err(s) = self.port.create_cq(cq, true) {
+                failed = Some(format!("CQ {}: {s}", cq.qid));
+            }
+        }
+        for sq in sqs {
+            if let Err(s) = self.port.create_sq(sq, true) {
+                failed = Some(format!("SQ {}: {s}", sq.qid));
+            }
+        }
+        if let Some(why) = failed {
+            tracing::error!(ctrl = %self.shared.name, runtime = %link.describe(), "resuming queues failed ({why}): controller fatal");
+            self.shared
+                .fatal
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        if self.port.runtime().is_some() {
+            tracing::info!(ctrl = %self.shared.name, runtime = %link.describe(), epoch, completion_queues = ncq, submission_queues = nsq, "runtime attached");
+        }
+    }
+
+    fn link_config(&self) -> leapio_link::CtrlConfig {
+        leapio_link::CtrlConfig {
+            serial: self.cfg.serial.clone(),
+            max_io_queues: self.cfg.max_io_queues,
+            max_queue_entries: self.cfg.max_queue_entries,
+            mdts_bytes: self.shared.mdts_bytes,
+            vectors: self.shared.irqs.count(),
+        }
+    }
+
+    /// Present `decls` to the guest; tell it (Namespace Attribute Changed)
+    /// about the NSIDs in `changed` if it is running and asked to know.
+    fn adopt_namespaces(&mut self, decls: Vec<NsDecl>, changed: &[u32]) {
+        let infos = decls
+            .iter()
+            .map(|d| {
+                let (nguid, eui64, uuid) = namespace_ids(&self.cfg.serial, d.nsid);
+                NamespaceInfo {
+                    nsid: d.nsid,
+                    block_size: d.block_size,
+                    num_blocks: d.num_blocks,
+                    volatile_write_cache: d.volatile_write_cache,
+                    write_zeroes: d.write_zeroes,
+                    deallocate: d.deallocate,
+                    nguid,
+                    eui64,
+                    uuid,
+                }
+            })
+            .collect();
+        for d in &decls {
+            if changed.contains(&d.nsid) {
+                tracing::info!(ctrl = %self.shared.name, nsid = d.nsid, blocks = d.num_blocks, block_size = d.block_size, "namespace {}: {}", d.nsid, d.describe);
+            }
+        }
+        self.ns_decls = Some(decls);
+        self.shared.set_namespaces(infos, changed);
+        if changed.is_empty() || self.admin.is_none() {
+            return;
+        }
+        if self.features.common.async_event_config() & AEC_NS_ATTR != 0 {
+            self.shared
+                .post_event(AsyncEvent::dw0(AsyncEvent::TYPE_NOTICE, 0, LOG_CHANGED_NS));
+        }
+    }
+
+    /// The serving runtime added (`add`) or removed (`remove`) a namespace.
+    fn ns_change(&mut self, link: u64, add: Option<NsDecl>, remove: Option<u32>) {
+        if self.port.runtime().is_none_or(|l| l.id != link) {
+            return;
+        }
+        let mut decls = self.ns_decls.clone().unwrap_or_default();
+        if let Some(nsid) = remove {
+            decls.retain(|d| d.nsid != nsid);
+        }
+        if let Some(ns) = add {
+            decls.retain(|d| d.nsid != ns.nsid);
+            decls.push(ns);
+            decls.sort_by_key(|d| d.nsid);
+        }
+        let nsid = remove.unwrap_or(0);
+        let changed: Vec<u32> = match namespace_changes(None, &decls) {
+            Ok(_) => {
+                let old = self.ns_decls.clone().unwrap_or_default();
+                let mut c: Vec<u32> = decls
+                    .iter()
+                    .filter(|d| !old.contains(d))
+                    .map(|d| d.nsid)
+                    .collect();
+                if nsid != 0 {
+                    c.push(nsid);
+                }
+                c
+            }
+            Err(why) => {
+                tracing::warn!(ctrl = %self.shared.name, "namespace change refused: {why}");
+                return;
+            }
+        };
+        if remove.is_some() {
+            tracing::info!(ctrl = %self.shared.name, nsid, "namespace removed");
+        }
+        self.adopt_namespaces(decls, &changed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(nsid: u32, blocks: u64, persistent: bool) -> NsDecl {
+        NsDecl {
+            nsid,
+            block_size: 512,
+            num_blocks: blocks,
+            volatile_write_cache: true,
+            write_zeroes: true,
+            deallocate: true,
+            persistent,
+            describe: format!("test {nsid}"),
+        }
+    }
+
+    #[test]
+    fn a_later_runtime_must_declare_the_same_namespaces() {
+        let first = vec![ns(1, 100, true), ns(2, 200, true)];
+        assert_eq!(namespace_changes(None, &first).unwrap(), vec![1, 2]);
+        assert_eq!(
+            namespace_changes(Some(&first), &first).unwrap(),
+            Vec::<u32>::new()
+        );
+        // A third one is new.
+        let more = vec![ns(1, 100, true), ns(2, 200, true), ns(3, 8, true)];
+        assert_eq!(namespace_changes(Some(&first), &more).unwrap(), vec![3]);
+        // Lying about the size, forgetting one, a volatile one, bad input.
+        let e = namespace_changes(Some(&first), &[ns(1, 100, true), ns(2, 201, true)]);
+        assert!(e.unwrap_err().contains("namespace 2 is 200 blocks"));
+        let e = namespace_changes(Some(&first), &[ns(1, 100, true)]);
+        assert!(e
+            .unwrap_err()
+            .contains("namespace 2 (test 2) is not declared"));
+        let vol = vec![ns(1, 100, false)];
+        let e = namespace_changes(Some(&vol), &vol);
+        assert!(e.unwrap_err().contains("volatile"));
+        assert!(namespace_changes(None, &[ns(0, 1, true)]).is_err());
+        assert!(namespace_changes(None, &[ns(2, 1, true), ns(1, 1, true)]).is_err());
+        let mut odd = ns(1, 1, true);
+        odd.block_size = 1000;
+        assert!(namespace_changes(None, &[odd]).is_err());
+        assert!(namespace_changes(None, &[ns(1, u64::MAX, true)]).is_err());
+    }
+}

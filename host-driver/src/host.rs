@@ -1,0 +1,472 @@
+//! The host-driver: its controllers (one per VM, each with its vfio-user
+//! socket and control thread) and the runtimes connected to it over links.
+//! Controllers are added and removed while it runs.
+
+use crate::controller::{ControllerConfig, NvmeController};
+use crate::link::{Peer, RuntimeLink};
+use crate::port::PortEvent;
+use crate::shared::CtrlShared;
+use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use leapio_link::{frame, LinkError, ToHost, ToRuntime};
+use leapio_nvme::Status;
+use leapio_vmm_shim::vfio_user::{serve, Listener};
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a runtime has to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle control thread looks at its runtime's messages.
+const IDLE_TICK: Duration = Duration::from_millis(20);
+
+/// A controller to serve: `name` is what runtimes attach to, `sock` where
+/// the hypervisor connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostCtrlSpec {
+    pub name: String,
+    pub sock: PathBuf,
+    pub serial: Option<String>,
+    pub io_queues: u16,
+    pub queue_entries: u32,
+    pub mdts: u8,
+}
+
+impl HostCtrlSpec {
+    /// A controller with the default limits.
+    pub fn new(name: &str, sock: &Path) -> HostCtrlSpec {
+        let d = ControllerConfig::default();
+        HostCtrlSpec {
+            name: name.to_string(),
+            sock: sock.to_path_buf(),
+            serial: None,
+            io_queues: d.max_io_queues,
+            queue_entries: d.max_queue_entries,
+            mdts: d.mdts,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("a controller named {0} exists already")]
+    Exists(String),
+    #[error("no controller named {0}")]
+    NoSuchController(String),
+    #[error("controller {name}: bad name (letters, digits, '-', '_', '.'; at most 64)")]
+    BadName { name: String },
+    #[error("controller {name}")]
+    Controller {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("controller {name}: listening on {sock}")]
+    Listen {
+        name: String,
+        sock: String,
+        #[source]
+        source: leapio_vmm_shim::vfio_user::ServerError,
+    },
+    #[error("link socket {path}")]
+    LinkListen {
+        path: String,
+        #[source]
+        source: leapio_vmm_shim::vfio_user::ServerError,
+    },
+    #[error("starting a thread")]
+    Thread(#[source] std::io::Error),
+}
+
+struct CtrlEntry {
+    sock: PathBuf,
+    shared: Arc<CtrlShared>,
+    events: Sender<PortEvent>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What `status` reports about one controller.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CtrlStatus {
+    pub name: String,
+    pub sock: String,
+    pub namespaces: usize,
+    /// The link id of the runtime serving it (0: none).
+    pub runtime: u64,
+}
+
+/// The host-driver.
+pub struct HostDriver {
+    software: String,
+    stop: Arc<AtomicBool>,
+    ctrls: Mutex<BTreeMap<String, CtrlEntry>>,
+    links: Mutex<Vec<Arc<RuntimeLink>>>,
+    next_link: AtomicU64,
+    next_index: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl HostDriver {
+    /// A host-driver with no controllers; `software` names it to runtimes
+    /// ("leapio-hostd 0.1.0").
+    pub fn new(software: &str) -> Arc<HostDriver> {
+        Arc::new(HostDriver {
+            software: software.to_string(),
+            stop: Arc::new(AtomicBool::new(false)),
+            ctrls: Mutex::new(BTreeMap::new()),
+            links: Mutex::new(Vec::new()),
+            next_link: AtomicU64::new(1),
+            next_index: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Serve a new controller: bind its vfio-user socket and start its
+    /// control thread. It has no namespaces until a runtime attaches.
+    pub fn add_controller(&self, spec: &HostCtrlSpec) -> Result<(), HostError> {
+        if !valid_name(&spec.name) {
+            return Err(HostError::BadName {
+                name: spec.name.clone(),
+            });
+        }
+        if lock(&self.ctrls).contains_key(&spec.name) {
+            return Err(HostError::Exists(spec.name.clone()));
+        }
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed);
+        let serial = spec
+            .serial
+            .clone()
+            .unwrap_or_else(|| format!("LEAPIO{index:04}"));
+        let cfg = ControllerConfig {
+            subnqn: format!("nqn.2026-11.io.leapio:{serial}"),
+            serial,
+            cntlid: 1,
+            max_io_queues: spec.io_queues,
+            max_queue_entries: spec.queue_entries,
+            mdts: spec.mdts,
+            ..ControllerConfig::default()
+        };
+        let (tx, rx) = channel();
+        let name = spec.name.clone();
+        let mut ctrl =
+            NvmeController::new(&name, cfg, rx).map_err(|source| HostError::Controller {
+                name: name.clone(),
+                source,
+            })?;
+        let listener = Listener::bind(&spec.sock).map_err(|source| HostError::Listen {
+            name: name.clone(),
+            sock: spec.sock.display().to_string(),
+            source,
+        })?;
+        let shared = ctrl.shared().clone();
+        let serial = ctrl.serial().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("hostd-{name}"))
+            .spawn(move || control_thread(listener, &mut ctrl, &st))
+            .map_err(HostError::Thread)?;
+        tracing::info!(ctrl = %spec.name, sock = %spec.sock.display(), serial, "controller added: waiting for a runtime and a vfio-user client");
+        lock(&self.ctrls).insert(
+            spec.name.clone(),
+            CtrlEntry {
+                sock: spec.sock.clone(),
+                shared,
+                events: tx,
+                stop,
+                thread: Some(thread),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stop serving a controller: its client is disconnected (the guest
+    /// loses the device), its runtime is asked to let go.
+    pub fn remove_controller(&self, name: &str) -> Result<(), HostError> {
+        let entry = lock(&self.ctrls)
+            .remove(name)
+            .ok_or_else(|| HostError::NoSuchController(name.to_string()))?;
+        stop_entry(name, entry);
+        Ok(())
+    }
+
+    /// The controllers, by name.
+    pub fn status(&self) -> Vec<CtrlStatus> {
+        lock(&self.ctrls)
+            .iter()
+            .map(|(name, e)| CtrlStatus {
+                name: name.clone(),
+                sock: e.sock.display().to_string(),
+                namespaces: e.shared.namespaces().len(),
+                runtime: e.shared.runtime.load(Ordering::Acquire),
+            })
+            .collect()
+    }
+
+    /// Accept runtimes on the Unix socket `path` (mode 0600).
+    pub fn listen(self: &Arc<Self>, path: &Path) -> Result<(), HostError> {
+        let listener = Listener::bind(path).map_err(|source| HostError::LinkListen {
+            path: path.display().to_string(),
+            source,
+        })?;
+        restrict_socket(path);
+        let me = self.clone();
+        let t = std::thread::Builder::new()
+            .name("hostd-link".into())
+            .spawn(move || {
+                while !me.stop.load(Ordering::Acquire) {
+                    match listener.accept_timeout(Duration::from_millis(100)) {
+                        Ok(Some(sock)) => match Peer::of(&sock) {
+                            Ok(peer) => me.start_link(sock, peer),
+                            Err(e) => tracing::warn!("runtime connection without credentials: {e}"),
+                        },
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!("accepting runtimes: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+            .map_err(HostError::Thread)?;
+        lock(&self.threads).push(t);
+        tracing::info!(path = %path.display(), "accepting runtimes");
+        Ok(())
+    }
+
+    /// The in-process carrier: a socket pair whose other end this
+    /// host-driver serves; the returned end is the runtime's.
+    pub fn connect_in_process(self: &Arc<Self>) -> std::io::Result<UnixStream> {
+        let (ours, theirs) = UnixStream::pair()?;
+        self.start_link(ours, Peer::InProcess);
+        Ok(theirs)
+    }
+
+    fn start_link(self: &Arc<Self>, sock: UnixStream, peer: Peer) {
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let link = match sock.try_clone().and_then(|w| RuntimeLink::new(id, peer, w)) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                tracing::error!("runtime link: {e}");
+                return;
+            }
+        };
+        lock(&self.links).push(link.clone());
+        let me = self.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("hostd-link-{id}"))
+            .spawn(move || me.serve_link(sock, link));
+        match t {
+            Ok(t) => lock(&self.threads).push(t),
+            Err(e) => tracing::error!("runtime link: starting its thread: {e}"),
+        }
+    }
+
+    /// Read one runtime's messages until its link ends.
+    fn serve_link(&self, sock: UnixStream, link: Arc<RuntimeLink>) {
+        let end = self.read_link(&sock, &link);
+        match &end {
+            Err(LinkError::Protocol(why)) => link.kill(&format!("protocol violation: {why}")),
+            Err(LinkError::Closed) => link.close("closed by the runtime"),
+            Err(e) => link.close(&e.to_string()),
+            Ok(()) => link.close("host-driver stopping"),
+        }
+        for e in lock(&self.ctrls).values() {
+            let _ = e.events.send(PortEvent::Lost { link: link.id });
+        }
+        lock(&self.links).retain(|l| l.id != link.id);
+    }
+
+    fn read_link(&self, sock: &UnixStream, link: &Arc<RuntimeLink>) -> Result<(), LinkError> {
+        sock.set_read_timeout(Some(HELLO_TIMEOUT))
+            .map_err(LinkError::Io)?;
+        let (hello, _) = frame::recv::<ToHost>(sock).map_err(|e| match e {
+            LinkError::Timeout(_) => LinkError::Protocol("no Hello in time".into()),
+            e => e,
+        })?;
+        let ToHost::Hello {
+            major,
+            minor,
+            software,
+        } = hello
+        else {
+            return Err(LinkError::Protocol(
+                "the first message must be Hello".into(),
+            ));
+        };
+        link.set_software(&software);
+        if let Err(reason) = check_version(major, minor, &software, &self.software) {
+            tracing::error!(runtime = %link.describe(), "runtime refused: {reason}");
+            let _ = link.send(&ToRuntime::Refused { reason }, &[]);
+            return Ok(());
+        }
+        link.send(
+            &ToRuntime::Welcome {
+                major: PROTOCOL_MAJOR,
+                minor: PROTOCOL_MINOR,
+                software: self.software.clone(),
+            },
+            &[],
+        )?;
+        tracing::info!(link = link.id, runtime = %link.describe(), "runtime connected");
+        sock.set_read_timeout(None).map_err(LinkError::Io)?;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let (msg, _fds) = frame::recv::<ToHost>(sock)?;
+            self.dispatch(link, msg)?;
+        }
+    }
+
+    fn dispatch(&self, link: &Arc<RuntimeLink>, msg: ToHost) -> Result<(), LinkError> {
+        let id = link.id;
+        let ctrls = lock(&self.ctrls);
+        // Reports count only from the runtime that serves the controller.
+        let serving = |ctrl: &str| {
+            ctrls
+                .get(ctrl)
+                .filter(|e| e.shared.runtime.load(Ordering::Acquire) == id)
+                .map(|e| &e.shared)
+        };
+        let forward = |ctrl: &str, ev: PortEvent| {
+            if let Some(e) = ctrls.get(ctrl) {
+                let _ = e.events.send(ev);
+            }
+        };
+        match msg {
+            ToHost::Hello { .. } => return Err(LinkError::Protocol("a second Hello".into())),
+            ToHost::Attach { ctrl, namespaces } => match ctrls.get(&ctrl) {
+                Some(e) => {
+                    let _ = e.events.send(PortEvent::Attach {
+                        link: link.clone(),
+                        namespaces,
+                    });
+                }
+                None => {
+                    let known: Vec<&str> = ctrls.keys().map(String::as_str).collect();
+                    let reason = format!(
+                        "no controller named {ctrl} on this host-driver (it has: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    );
+                    drop(ctrls);
+                    tracing::warn!(runtime = %link.describe(), "attach refused: {reason}");
+                    link.send(&ToRuntime::AttachRefused { ctrl, reason }, &[])?;
+                }
+            },
+            ToHost::Detach { ctrl } => forward(&ctrl, PortEvent::Detached { link: id }),
+            ToHost::NsAdd { ctrl, ns } => forward(&ctrl, PortEvent::NsAdd { link: id, ns }),
+            ToHost::NsRemove { ctrl, nsid } => {
+                forward(&ctrl, PortEvent::NsRemove { link: id, nsid })
+            }
+            ToHost::Ack { req, status } => {
+                if !link.acked(req, status) {
+                    tracing::debug!(link = id, req, "acknowledgement nobody waits for (late)");
+                }
+            }
+            ToHost::Event { ctrl, dw0 } => {
+                if let Some(s) = serving(&ctrl) {
+                    s.post_event(dw0);
+                }
+            }
+            ToHost::Error {
+                ctrl,
+                sqid,
+                cid,
+                status,
+                nsid,
+                lba,
+            } => {
+                if let Some(s) = serving(&ctrl) {
+                    s.log_error(sqid, cid, Status::from_field(status), nsid, lba);
+                }
+            }
+            ToHost::Fatal { ctrl, reason } => {
+                if let Some(s) = serving(&ctrl) {
+                    tracing::error!(ctrl, runtime = %link.describe(), "controller fatal status: {reason}");
+                    s.fatal.store(true, Ordering::Release);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop: remove every controller (runtimes are asked to let go), close
+    /// the links.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        let ctrls = std::mem::take(&mut *lock(&self.ctrls));
+        for (name, e) in ctrls {
+            stop_entry(&name, e);
+        }
+        for l in lock(&self.links).iter() {
+            l.close("host-driver stopping");
+        }
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn stop_entry(name: &str, mut e: CtrlEntry) {
+    e.stop.store(true, Ordering::Release);
+    if let Some(t) = e.thread.take() {
+        if t.join().is_err() {
+            tracing::error!(ctrl = name, "control thread panicked");
+        }
+    }
+    tracing::info!(ctrl = name, "controller removed");
+}
+
+/// Sockets the host-driver creates are for root (or the owner) only.
+pub fn restrict_socket(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), "cannot restrict socket permissions: {e}");
+    }
+}
+
+/// One controller's thread: wait for the hypervisor, serve it, repeat;
+/// meanwhile take the runtime's messages. On stop, let the runtime go.
+fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBool) {
+    use leapio_vmm_shim::vfio_user::Device;
+    let name = ctrl.shared().name.clone();
+    while !stop.load(Ordering::Acquire) {
+        match listener.accept_timeout(IDLE_TICK) {
+            Ok(Some(stream)) => {
+                tracing::info!(ctrl = %name, "vfio-user client connected");
+                match serve(stream, ctrl, stop) {
+                    Ok(()) => tracing::info!(ctrl = %name, "vfio-user client disconnected"),
+                    Err(e) => tracing::warn!(ctrl = %name, "vfio-user connection ended: {e}"),
+                }
+            }
+            Ok(None) => ctrl.tick(),
+            Err(e) => {
+                tracing::error!(ctrl = %name, "accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    ctrl.release("controller removed");
+}

@@ -1,0 +1,297 @@
+//! The host-driver's end of one link: a runtime connected to it. Sends
+//! messages and waits for acknowledgements; knows who the peer is (its
+//! process, through `SO_PEERCRED` and a pidfd) so that it can be *fenced*:
+//! a runtime that is gone must also be unable to touch guest memory before
+//! a successor is admitted or the guest's memory and queues are released.
+
+use leapio_link::frame;
+use leapio_link::{LinkError, ToRuntime};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a send may block on a runtime that does not read its socket.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who is at the other end.
+#[derive(Debug)]
+pub enum Peer {
+    /// A thread of this process (the all-in-one `socp`): it cannot die
+    /// without us, so it is fenced as soon as its link is closed.
+    InProcess,
+    /// Another process on this host.
+    Process {
+        pid: i32,
+        /// None when the kernel gave none (the process was already gone).
+        pidfd: Option<OwnedFd>,
+    },
+}
+
+impl Peer {
+    /// The peer of an accepted connection: its process (SO_PEERCRED), with
+    /// a pidfd (SO_PEERPIDFD where the kernel has it, else pidfd_open).
+    pub fn of(sock: &UnixStream) -> io::Result<Peer> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = socklen_of::<libc::ucred>();
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if cred.pid == std::process::id() as i32 {
+            return Ok(Peer::InProcess);
+        }
+        Ok(Peer::Process {
+            pid: cred.pid,
+            pidfd: peer_pidfd(sock).or_else(|| pidfd_open(cred.pid)),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Peer::InProcess => "in-process runtime".into(),
+            Peer::Process { pid, .. } => format!("runtime pid {pid}"),
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Peer::InProcess => None,
+            Peer::Process { pid, .. } => Some(*pid),
+        }
+    }
+}
+
+fn socklen_of<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(0)
+}
+
+/// SO_PEERPIDFD (Linux 6.5).
+fn peer_pidfd(sock: &UnixStream) -> Option<OwnedFd> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut fd: libc::c_int = -1;
+    let mut len = socklen_of::<libc::c_int>();
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel gave us a new descriptor.
+    (r == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a new descriptor from the kernel.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One connected runtime.
+pub struct RuntimeLink {
+    pub id: u64,
+    pub peer: Peer,
+    /// What the runtime said it is (its Hello).
+    software: Mutex<String>,
+    sock: UnixStream,
+    write: Mutex<()>,
+    pending: Mutex<HashMap<u64, SyncSender<Result<u16, LinkError>>>>,
+    next_req: AtomicU64,
+    closed: AtomicBool,
+    killed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl RuntimeLink {
+    /// Wrap the write side of a connection (the reader runs elsewhere on a
+    /// clone of the socket).
+    pub fn new(id: u64, peer: Peer, sock: UnixStream) -> io::Result<RuntimeLink> {
+        sock.set_write_timeout(Some(SEND_TIMEOUT))?;
+        Ok(RuntimeLink {
+            id,
+            peer,
+            software: Mutex::new(String::from("runtime")),
+            sock,
+            write: Mutex::new(()),
+            pending: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_software(&self, s: &str) {
+        *lock(&self.software) = s.chars().take(128).collect();
+    }
+
+    /// "socp 0.1.0, runtime pid 1234".
+    pub fn describe(&self) -> String {
+        format!("{} ({})", lock(&self.software), self.peer.describe())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Send one message. A runtime that does not take it within
+    /// [`SEND_TIMEOUT`] is treated as broken (the link is closed).
+    pub fn send(&self, msg: &ToRuntime, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {
+        if self.is_closed() {
+            return Err(LinkError::Closed);
+        }
+        let _w = lock(&self.write);
+        let r = frame::send(&self.sock, msg, fds);
+        if let Err(e) = &r {
+            if !matches!(e, LinkError::Protocol(_)) {
+                self.close(&format!("sending failed: {e}"));
+            }
+        }
+        r
+    }
+
+    /// Send a request built around a fresh request number and wait up to
+    /// `timeout` for its acknowledgement (an NVMe status field, 0 = done).
+    pub fn request(
+        &self,
+        what: &str,
+        build: impl FnOnce(u64) -> ToRuntime,
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<u16, LinkError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        lock(&self.pending).insert(req, tx);
+        if let Err(e) = self.send(&build(req), fds) {
+            lock(&self.pending).remove(&req);
+            return Err(e);
+        }
+        let r = match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Timeout(format!(
+                "the runtime to acknowledge {what}"
+            ))),
+        };
+        lock(&self.pending).remove(&req);
+        r
+    }
+
+    /// An acknowledgement arrived; false if nobody waits for it.
+    pub fn acked(&self, req: u64, status: u16) -> bool {
+        match lock(&self.pending).remove(&req) {
+            Some(tx) => tx.send(Ok(status)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Close the link (both directions): the reader sees the end, every
+    /// waiting request fails.
+    pub fn close(&self, why: &str) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            tracing::info!(link = self.id, runtime = %self.describe(), "link closed: {why}");
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        for (_, tx) in lock(&self.pending).drain() {
+            let _ = tx.send(Err(LinkError::Closed));
+        }
+    }
+
+    /// Fence a runtime that broke the protocol or stopped answering: close
+    /// the link and kill its process (SIGKILL through the pidfd), so that
+    /// it cannot write into guest memory after we give that memory back.
+    pub fn kill(&self, why: &str) {
+        self.close(why);
+        if let Peer::Process { pid, pidfd } = &self.peer {
+            if self.killed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            tracing::error!(
+                link = self.id,
+                pid,
+                "fencing the runtime: {why}; killing it"
+            );
+            if let Some(fd) = pidfd {
+                // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+        }
+    }
+
+    /// Whether the runtime can no longer touch guest memory: its link is
+    /// closed and (for a process) the process has exited, all threads
+    /// included. Waits up to `wait`.
+    pub fn fenced(&self, wait: Duration) -> bool {
+        if !self.is_closed() {
+            return false;
+        }
+        match &self.peer {
+            Peer::InProcess => true,
+            // Without a pidfd the process was gone when it connected... or
+            // we could not tell: only its disappearance from /proc says.
+            Peer::Process { pid, pidfd: None } => {
+                let deadline = Instant::now() + wait;
+                loop {
+                    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        return true;
+                    }
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Peer::Process {
+                pidfd: Some(fd), ..
+            } => {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+                // SAFETY: one valid pollfd.
+                let r = unsafe { libc::poll(&mut p, 1, ms) };
+                r > 0
+            }
+        }
+    }
+}
+
+impl Drop for RuntimeLink {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}

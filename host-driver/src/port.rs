@@ -1,0 +1,435 @@
+//! A controller's side of its runtime: whether a runtime serves it, and the
+//! requests the control plane makes of it (queues, memory, interrupts).
+//!
+//! The queue-state area is updated here before and after the runtime is
+//! told, so that it always describes the queues the guest has: a runtime
+//! that attaches later (or replaces one that died) finds them there.
+//!
+//! While no runtime is attached the controller keeps working: the admin
+//! queue answers, queues are created and deleted in the queue-state area
+//! only, and the guest's I/O waits in its submission queues. A runtime that
+//! is gone must be *fenced* (unable to touch guest memory any more) before
+//! the host-driver releases memory or queues it may still write: see
+//! [`RuntimeLink::fenced`].
+
+use crate::link::RuntimeLink;
+use crate::shared::CtrlShared;
+use leapio_ats::RegionInfo;
+pub use leapio_link::{CqSetup, SqSetup};
+use leapio_link::{LinkError, NsDecl, Shadow, ToRuntime};
+use leapio_nvme::Status;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long queue creation, maps and state changes wait for the runtime.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a queue deletion waits: the runtime first lets the queue's
+/// commands finish on their backends.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for a runtime that is gone to have exited.
+pub const FENCE_WAIT: Duration = Duration::from_secs(10);
+
+/// What the link readers tell a controller.
+pub enum PortEvent {
+    /// A runtime asks to serve the controller.
+    Attach {
+        link: Arc<RuntimeLink>,
+        namespaces: Vec<NsDecl>,
+    },
+    /// The runtime let go of the controller (everything it took is done).
+    Detached {
+        link: u64,
+    },
+    /// The link closed (the runtime died, or broke the protocol).
+    Lost {
+        link: u64,
+    },
+    NsAdd {
+        link: u64,
+        ns: NsDecl,
+    },
+    NsRemove {
+        link: u64,
+        nsid: u32,
+    },
+}
+
+enum Attachment {
+    /// No runtime, nothing to fence.
+    None,
+    Attached(Arc<RuntimeLink>),
+    /// The runtime is gone but not yet known to be unable to write.
+    Fencing(Arc<RuntimeLink>),
+}
+
+/// The controller's runtime, as its control thread sees it.
+pub struct RuntimePort {
+    shared: Arc<CtrlShared>,
+    state: Attachment,
+    pub(crate) events: Receiver<PortEvent>,
+}
+
+impl RuntimePort {
+    pub fn new(shared: Arc<CtrlShared>, events: Receiver<PortEvent>) -> RuntimePort {
+        RuntimePort {
+            shared,
+            state: Attachment::None,
+            events,
+        }
+    }
+
+    /// The runtime serving the controller, if one is attached.
+    pub fn runtime(&self) -> Option<&Arc<RuntimeLink>> {
+        match &self.state {
+            Attachment::Attached(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// A runtime that is gone and not fenced yet.
+    pub fn fencing(&self) -> Option<&Arc<RuntimeLink>> {
+        match &self.state {
+            Attachment::Fencing(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_attached(&mut self, link: Arc<RuntimeLink>) {
+        self.shared
+            .runtime
+            .store(link.id, std::sync::atomic::Ordering::Release);
+        self.state = Attachment::Attached(link);
+    }
+
+    /// The runtime `link` let go cleanly, or its link was lost.
+    pub(crate) fn runtime_gone(&mut self, link: u64, clean: bool) {
+        let Attachment::Attached(l) = &self.state else {
+            return;
+        };
+        if l.id != link {
+            return;
+        }
+        self.shared
+            .runtime
+            .store(0, std::sync::atomic::Ordering::Release);
+        let l = l.clone();
+        if clean {
+            tracing::info!(ctrl = %self.shared.name, runtime = %l.describe(), "runtime detached");
+            self.state = Attachment::None;
+        } else {
+            tracing::warn!(ctrl = %self.shared.name, runtime = %l.describe(), "runtime lost: the guest's I/O waits for a new one");
+            self.state = Attachment::Fencing(l);
+        }
+    }
+
+    /// A request to the runtime failed: a runtime that does not answer in
+    /// time is killed (it may still be writing guest memory), one whose
+    /// link closed is waited for.
+    fn failed(&mut self, what: &str, e: &LinkError) {
+        if let Attachment::Attached(l) = &self.state {
+            let l = l.clone();
+            match e {
+                LinkError::Closed => l.close(&format!("{what}: link closed")),
+                _ => l.kill(&format!("{what}: {e}")),
+            }
+            self.runtime_gone(l.id, false);
+        }
+    }
+
+    /// Make sure no runtime that is gone can still write guest memory:
+    /// wait for it to exit (killing it if it lingers). False if it could
+    /// not be fenced (the caller must not release what it may touch).
+    pub fn fence(&mut self) -> bool {
+        let Attachment::Fencing(l) = &self.state else {
+            return true;
+        };
+        let l = l.clone();
+        if !l.fenced(FENCE_WAIT) {
+            l.kill("it closed its link but did not exit");
+            if !l.fenced(FENCE_WAIT) {
+                tracing::error!(ctrl = %self.shared.name, runtime = %l.describe(), "the previous runtime has not exited: guest memory and queues it may still write are kept");
+                return false;
+            }
+        }
+        tracing::info!(ctrl = %self.shared.name, runtime = %l.describe(), "previous runtime fenced (exited)");
+        self.state = Attachment::None;
+        true
+    }
+
+    /// Fenced already? (Non-blocking; used to admit a new runtime.)
+    pub fn try_fence(&mut self) -> bool {
+        match &self.state {
+            Attachment::Fencing(l) if l.fenced(Duration::ZERO) => {
+                tracing::info!(ctrl = %self.shared.name, runtime = %l.describe(), "previous runtime fenced (exited)");
+                self.state = Attachment::None;
+                true
+            }
+            Attachment::Fencing(_) => false,
+            _ => true,
+        }
+    }
+
+    fn ask(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        build: impl FnOnce(u64) -> ToRuntime,
+    ) -> Option<u16> {
+        let l = self.runtime()?.clone();
+        match l.request(what, build, &[], timeout) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.failed(what, &e);
+                None
+            }
+        }
+    }
+
+    fn tell(&mut self, what: &str, msg: &ToRuntime, fds: &[BorrowedFd<'_>]) {
+        let Some(l) = self.runtime().cloned() else {
+            return;
+        };
+        if let Err(e) = l.send(msg, fds) {
+            self.failed(what, &e);
+        }
+    }
+
+    fn name(&self) -> String {
+        self.shared.name.clone()
+    }
+
+    /// The guest created completion queue `cq` (validated).
+    pub fn create_cq(&mut self, cq: CqSetup, resume: bool) -> Result<(), Status> {
+        if !resume && !self.shared.qstate.init_cq(cq.qid, cq.entries) {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER);
+        }
+        let ctrl = self.name();
+        let status = self.ask(&format!("creation of CQ {}", cq.qid), ACK_TIMEOUT, |req| {
+            ToRuntime::CreateCq {
+                req,
+                ctrl,
+                setup: cq,
+                resume,
+            }
+        });
+        match status {
+            Some(s) if s != 0 && !resume => {
+                self.shared.qstate.clear_cq(cq.qid);
+                Err(Status::from_field(s))
+            }
+            Some(s) if s != 0 => Err(Status::from_field(s)),
+            // Done, or no runtime: the queue is in the queue-state area and
+            // the next runtime resumes it.
+            _ => Ok(()),
+        }
+    }
+
+    /// The guest created submission queue `sq` (validated).
+    pub fn create_sq(&mut self, sq: SqSetup, resume: bool) -> Result<(), Status> {
+        if !resume && !self.shared.qstate.init_sq(sq.qid, sq.entries, sq.cqid) {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER);
+        }
+        let ctrl = self.name();
+        let status = self.ask(&format!("creation of SQ {}", sq.qid), ACK_TIMEOUT, |req| {
+            ToRuntime::CreateSq {
+                req,
+                ctrl,
+                setup: sq,
+                resume,
+            }
+        });
+        match status {
+            Some(s) if s != 0 && !resume => {
+                self.shared.qstate.clear_sq(sq.qid);
+                Err(Status::from_field(s))
+            }
+            Some(s) if s != 0 => Err(Status::from_field(s)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Delete submission queue `qid`: once this returns Ok, nothing touches
+    /// it any more and every command taken from it has completed (or, with
+    /// no runtime, was dropped: the guest deleted its queue).
+    pub fn delete_sq(&mut self, qid: u16) -> Result<(), Status> {
+        let ctrl = self.name();
+        self.ask(&format!("deletion of SQ {qid}"), DRAIN_TIMEOUT, |req| {
+            ToRuntime::DeleteSq { req, ctrl, qid }
+        });
+        if !self.fence() {
+            return Err(Status::INTERNAL_ERROR);
+        }
+        let dropped = self.shared.qstate.clear_sq(qid);
+        if dropped > 0 {
+            tracing::info!(ctrl = %self.shared.name, qid, dropped, "submission queue deleted with commands no runtime finished");
+        }
+        Ok(())
+    }
+
+    /// Delete completion queue `qid` (its submission queues are gone).
+    pub fn delete_cq(&mut self, qid: u16) -> Result<(), Status> {
+        let ctrl = self.name();
+        self.ask(&format!("deletion of CQ {qid}"), DRAIN_TIMEOUT, |req| {
+            ToRuntime::DeleteCq { req, ctrl, qid }
+        });
+        if !self.fence() {
+            return Err(Status::INTERNAL_ERROR);
+        }
+        let counts = self.shared.qstate.clear_cq(qid);
+        self.shared.retire_counts(counts);
+        Ok(())
+    }
+
+    /// Guest memory was mapped (after the host-driver's own domain took
+    /// it): returns once the runtime can translate it.
+    pub fn map(&mut self, r: &RegionInfo, fd: Option<BorrowedFd<'_>>) {
+        let Some(l) = self.runtime().cloned() else {
+            return;
+        };
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        let has_fd = !fds.is_empty();
+        let ctrl = self.name();
+        let answer = l.request(
+            "a memory map",
+            |req| ToRuntime::Map {
+                req,
+                ctrl,
+                gpa: r.gpa,
+                size: r.size,
+                file_offset: r.file_offset,
+                read: r.prot.read,
+                write: r.prot.write,
+                fd: has_fd,
+            },
+            &fds,
+            ACK_TIMEOUT,
+        );
+        match answer {
+            Ok(0) => {}
+            Ok(s) => {
+                tracing::warn!(ctrl = %self.shared.name, gpa = format_args!("{:#x}", r.gpa), "the runtime could not map guest memory ({})", Status::from_field(s));
+            }
+            Err(e) => self.failed("a memory map", &e),
+        }
+    }
+
+    /// Guest memory is going away: returns once the runtime no longer
+    /// points into it. False if that cannot be made sure.
+    pub fn unmap(&mut self, gpa: u64, size: u64, all: bool) -> bool {
+        let ctrl = self.name();
+        let answer = self.ask(
+            "an unmap",
+            crate::controller::UNMAP_DRAIN_TIMEOUT + ACK_TIMEOUT,
+            |req| ToRuntime::Unmap {
+                req,
+                ctrl,
+                gpa,
+                size,
+                all,
+            },
+        );
+        if answer.is_some_and(|s| s != 0) {
+            // The runtime still has I/O on it after its own drain timeout.
+            return false;
+        }
+        self.fence()
+    }
+
+    /// The eventfds of vectors `first..first + count` changed.
+    pub fn irqs(&mut self, first: u16, count: u16) {
+        if self.runtime().is_none() {
+            return;
+        }
+        let end = first.saturating_add(count).min(self.shared.irqs.count());
+        let mut v = first;
+        while v < end {
+            let chunk = u16::try_from(leapio_link::frame::MAX_FDS).unwrap_or(1);
+            let chunk_end = end.min(v.saturating_add(chunk));
+            let files: Vec<_> = (v..chunk_end)
+                .map(|i| self.shared.irqs.eventfd(i))
+                .collect();
+            let has_fd = files.iter().map(Option::is_some).collect();
+            let fds: Vec<BorrowedFd<'_>> = files.iter().flatten().map(|f| f.as_fd()).collect();
+            let msg = ToRuntime::Irqs {
+                ctrl: self.name(),
+                first: v,
+                has_fd,
+            };
+            self.tell("interrupt eventfds", &msg, &fds);
+            v = chunk_end;
+        }
+    }
+
+    /// Controller state for the runtime: enabled, page size, shadow doorbells.
+    pub fn state(&mut self, enabled: bool, shadow: Option<Shadow>) {
+        let msg = ToRuntime::State {
+            ctrl: self.name(),
+            enabled,
+            page_size: self.shared.page_size(),
+            shadow,
+        };
+        self.tell("controller state", &msg, &[]);
+    }
+
+    /// The controller was reset (its queues are already deleted).
+    pub fn reset(&mut self) {
+        let msg = ToRuntime::Reset { ctrl: self.name() };
+        self.tell("a reset", &msg, &[]);
+    }
+
+    /// Shutdown notification: make completed writes durable.
+    pub fn flush(&mut self) -> Result<(), String> {
+        if self.runtime().is_none() {
+            return Err("no runtime attached: writes completed by an earlier runtime are only as durable as its host's page cache".into());
+        }
+        let ctrl = self.name();
+        match self.ask("a flush", DRAIN_TIMEOUT, |req| ToRuntime::Flush {
+            req,
+            ctrl,
+        }) {
+            Some(0) => Ok(()),
+            Some(s) => Err(format!(
+                "the runtime's flush failed ({})",
+                Status::from_field(s)
+            )),
+            None => Err("the runtime did not answer the flush".into()),
+        }
+    }
+
+    /// Ask the runtime to let go of the controller (removal): it drains
+    /// and detaches; a runtime that does not is cut off.
+    pub fn detach(&mut self, reason: &str) {
+        let Some(l) = self.runtime().cloned() else {
+            return;
+        };
+        let msg = ToRuntime::Detach {
+            ctrl: self.name(),
+            reason: reason.to_string(),
+        };
+        if l.send(&msg, &[]).is_err() {
+            self.runtime_gone(l.id, false);
+            return;
+        }
+        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(PortEvent::Detached { link }) if link == l.id => {
+                    self.runtime_gone(link, true);
+                    return;
+                }
+                Ok(PortEvent::Lost { link }) if link == l.id => {
+                    self.runtime_gone(link, false);
+                    return;
+                }
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.failed(
+            "detaching",
+            &LinkError::Timeout("the runtime to detach".into()),
+        );
+    }
+}

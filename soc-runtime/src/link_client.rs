@@ -1,0 +1,517 @@
+//! The runtime's end of the link: it says who it is, attaches the
+//! controllers it serves (declaring their namespaces), and then does what
+//! the host-driver asks: map and unmap guest memory, wire interrupts,
+//! create and delete I/O queues on the pollers (resuming them from the
+//! queue-state area when a previous runtime served them).
+//!
+//! Threads: one reader (this link's messages, routed by controller), one
+//! writer (everything the runtime sends, from a bounded outbox, so that no
+//! poller ever blocks on the socket), and one worker per controller, which
+//! runs that controller's requests in order (a slow queue deletion on one
+//! VM does not hold up another's).
+
+use crate::ctrl::{CtrlCtx, Namespace, NsTable};
+use crate::runtime::{next_ctrl_id, CtrlQueues, Runtime};
+use leapio_ats::Prot;
+use leapio_link::doorbells::Doorbells;
+use leapio_link::proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use leapio_link::qstate::QueueState;
+use leapio_link::{frame, LinkError, NsDecl, ToHost, ToRuntime};
+use leapio_nvme::Status;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Reports queued for the host-driver before new ones are dropped.
+const OUTBOX: usize = 4096;
+/// How long the host-driver has to answer Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to drain a queue's commands when letting go of a controller.
+pub const UNMAP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What happened to an attach request.
+pub type AttachResult = Result<(), String>;
+
+enum Work {
+    Msg(ToRuntime, Vec<OwnedFd>),
+    /// Let go of the controller: drain, then tell the host-driver (unless
+    /// the link is gone).
+    Stop {
+        tell_host: bool,
+    },
+}
+
+/// A controller's worker thread and its mailbox.
+type Worker = (Sender<Work>, JoinHandle<()>);
+
+struct Pending {
+    namespaces: Vec<Arc<Namespace>>,
+    reply: Option<Sender<AttachResult>>,
+}
+
+/// A connected link.
+pub struct LinkClient {
+    rt: Arc<Runtime>,
+    outbox: SyncSender<ToHost>,
+    pending: Mutex<HashMap<String, Pending>>,
+    workers: Mutex<HashMap<String, Worker>>,
+    host: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The declaration of a namespace the runtime serves.
+pub fn declare(ns: &Namespace) -> NsDecl {
+    NsDecl {
+        nsid: ns.info.nsid,
+        block_size: ns.info.block_size,
+        num_blocks: ns.info.num_blocks,
+        volatile_write_cache: ns.info.volatile_write_cache,
+        write_zeroes: ns.info.write_zeroes,
+        deallocate: ns.info.deallocate,
+        persistent: ns.backend.persistent(),
+        describe: ns.backend.describe(),
+    }
+}
+
+impl LinkClient {
+    /// Say Hello on `sock` and start the reader and writer. `software`
+    /// names this runtime ("socp 0.1.0").
+    pub fn connect(
+        sock: UnixStream,
+        rt: Arc<Runtime>,
+        software: &str,
+    ) -> Result<(Arc<LinkClient>, JoinHandle<LinkError>), LinkError> {
+        sock.set_read_timeout(Some(WELCOME_TIMEOUT))
+            .map_err(LinkError::Io)?;
+        frame::send(
+            &sock,
+            &ToHost::Hello {
+                major: PROTOCOL_MAJOR,
+                minor: PROTOCOL_MINOR,
+                software: software.to_string(),
+            },
+            &[],
+        )?;
+        let host = match frame::recv::<ToRuntime>(&sock)? {
+            (
+                ToRuntime::Welcome {
+                    major,
+                    minor,
+                    software: host,
+                },
+                _,
+            ) => {
+                leapio_link::proto::check_version(major, minor, &host, software)
+                    .map_err(LinkError::Protocol)?;
+                host
+            }
+            (ToRuntime::Refused { reason }, _) => {
+                return Err(LinkError::Protocol(format!(
+                    "refused by the host-driver: {reason}"
+                )))
+            }
+            (other, _) => {
+                return Err(LinkError::Protocol(format!(
+                    "expected Welcome, got {other:?}"
+                )))
+            }
+        };
+        sock.set_read_timeout(None).map_err(LinkError::Io)?;
+        tracing::info!(host = %host, "link up");
+        let (tx, rx) = sync_channel(OUTBOX);
+        let writer = sock.try_clone().map_err(LinkError::Io)?;
+        std::thread::Builder::new()
+            .name("socp-link-tx".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(LinkError::Io)?;
+        let client = Arc::new(LinkClient {
+            rt,
+            outbox: tx,
+            pending: Mutex::new(HashMap::new()),
+            workers: Mutex::new(HashMap::new()),
+            host,
+        });
+        let me = client.clone();
+        let reader = std::thread::Builder::new()
+            .name("socp-link-rx".into())
+            .spawn(move || me.read_loop(sock))
+            .map_err(LinkError::Io)?;
+        Ok((client, reader))
+    }
+
+    /// The host-driver's name for itself.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Ask to serve controller `ctrl` with `namespaces`; the answer comes
+    /// on the returned channel (Err says why the host-driver refused).
+    pub fn attach(&self, ctrl: &str, namespaces: Vec<Arc<Namespace>>) -> Receiver<AttachResult> {
+        let (tx, rx) = channel();
+        if lock(&self.workers).contains_key(ctrl) || lock(&self.pending).contains_key(ctrl) {
+            let _ = tx.send(Err(format!(
+                "controller {ctrl} is already served or being attached"
+            )));
+            return rx;
+        }
+        let decls = namespaces.iter().map(|n| declare(n)).collect();
+        lock(&self.pending).insert(
+            ctrl.to_string(),
+            Pending {
+                namespaces,
+                reply: Some(tx.clone()),
+            },
+        );
+        if self
+            .outbox
+            .send(ToHost::Attach {
+                ctrl: ctrl.to_string(),
+                namespaces: decls,
+            })
+            .is_err()
+        {
+            lock(&self.pending).remove(ctrl);
+            let _ = tx.send(Err("the link is down".into()));
+        }
+        rx
+    }
+
+    /// Let go of `ctrl`: drain its queues, tell the host-driver.
+    pub fn detach(&self, ctrl: &str) -> bool {
+        let w = lock(&self.workers).remove(ctrl);
+        match w {
+            Some((tx, h)) => {
+                let _ = tx.send(Work::Stop { tell_host: true });
+                let _ = h.join();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Let go of every controller (graceful stop or handover).
+    pub fn detach_all(&self) {
+        let names: Vec<String> = lock(&self.workers).keys().cloned().collect();
+        for n in names {
+            self.detach(&n);
+        }
+    }
+
+    /// The controllers being served.
+    pub fn served(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.workers).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Tell the host-driver about a namespace added to or removed from a
+    /// served controller.
+    pub fn report(&self, msg: ToHost) -> bool {
+        self.outbox.send(msg).is_ok()
+    }
+
+    fn read_loop(self: Arc<Self>, sock: UnixStream) -> LinkError {
+        let end = loop {
+            let (msg, fds) = match frame::recv::<ToRuntime>(&sock) {
+                Ok(m) => m,
+                Err(e) => break e,
+            };
+            if let Err(e) = self.route(msg, fds) {
+                break e;
+            }
+        };
+        match &end {
+            LinkError::Closed => tracing::warn!("link closed by the host-driver"),
+            e => tracing::error!("link failed: {e}"),
+        }
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+        // Nothing more will come: stop serving (the host-driver has gone,
+        // and with it the guests' devices).
+        let workers: Vec<_> = lock(&self.workers).drain().collect();
+        for (_, (tx, h)) in workers {
+            let _ = tx.send(Work::Stop { tell_host: false });
+            let _ = h.join();
+        }
+        for (ctrl, p) in lock(&self.pending).drain() {
+            if let Some(r) = p.reply {
+                let _ = r.send(Err(format!("{ctrl}: the link went down")));
+            }
+        }
+        end
+    }
+
+    fn route(&self, msg: ToRuntime, fds: Vec<OwnedFd>) -> Result<(), LinkError> {
+        match msg {
+            ToRuntime::Welcome { .. } | ToRuntime::Refused { .. } => {
+                Err(LinkError::Protocol("a second Welcome".into()))
+            }
+            ToRuntime::Attached {
+                ctrl,
+                config,
+                epoch,
+            } => {
+                let mut fds = fds.into_iter();
+                let (Some(db), Some(qs)) = (fds.next(), fds.next()) else {
+                    return Err(LinkError::Protocol(
+                        "Attached without its descriptors".into(),
+                    ));
+                };
+                let Some(p) = lock(&self.pending).remove(&ctrl) else {
+                    return Err(LinkError::Protocol(format!(
+                        "Attached for {ctrl}, never asked"
+                    )));
+                };
+                let r = self.start_worker(&ctrl, &config, epoch, db, qs, p.namespaces);
+                if let Err(why) = &r {
+                    tracing::error!(ctrl, "cannot serve: {why}");
+                }
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(r);
+                }
+                Ok(())
+            }
+            ToRuntime::AttachRefused { ctrl, reason } => {
+                tracing::error!(ctrl, "the host-driver refused to attach: {reason}");
+                if let Some(p) = lock(&self.pending).remove(&ctrl) {
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(Err(reason));
+                    }
+                }
+                Ok(())
+            }
+            ToRuntime::AttachWaiting { ctrl, reason } => {
+                tracing::info!(ctrl, "attach waits: {reason}");
+                Ok(())
+            }
+            ToRuntime::Detach { ctrl, reason } => {
+                tracing::info!(ctrl, "the host-driver asks to let go: {reason}");
+                if let Some((tx, h)) = lock(&self.workers).remove(&ctrl) {
+                    let _ = tx.send(Work::Stop { tell_host: true });
+                    // Draining may take a while: not on the reader.
+                    let _ = std::thread::Builder::new()
+                        .name("socp-detach".into())
+                        .spawn(move || {
+                            let _ = h.join();
+                        });
+                }
+                Ok(())
+            }
+            other => {
+                let ctrl = other.ctrl().unwrap_or_default().to_string();
+                match lock(&self.workers).get(&ctrl) {
+                    Some((tx, _)) => {
+                        let _ = tx.send(Work::Msg(other, fds));
+                    }
+                    None => {
+                        tracing::warn!(ctrl, "message for a controller this runtime does not serve")
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn start_worker(
+        &self,
+        ctrl: &str,
+        config: &leapio_link::CtrlConfig,
+        epoch: u64,
+        db: OwnedFd,
+        qs: OwnedFd,
+        namespaces: Vec<Arc<Namespace>>,
+    ) -> AttachResult {
+        let doorbells = Doorbells::open(db).map_err(|e| e.to_string())?;
+        let qstate = Arc::new(QueueState::open(qs).map_err(|e| e.to_string())?);
+        let mut table = NsTable {
+            generation: 1,
+            entries: Vec::new(),
+        };
+        for n in namespaces {
+            let i = usize::try_from(n.info.nsid.saturating_sub(1)).unwrap_or(0);
+            if table.entries.len() <= i {
+                table.entries.resize_with(i + 1, || None);
+            }
+            table.entries[i] = Some(n);
+        }
+        let ctx = Arc::new(CtrlCtx::new(
+            next_ctrl_id(&self.rt),
+            ctrl.to_string(),
+            doorbells,
+            qstate,
+            config.vectors,
+            config.mdts_bytes,
+            table,
+            self.outbox.clone(),
+        ));
+        let queues = self.rt.queues_for(ctx);
+        let (tx, rx) = channel();
+        let outbox = self.outbox.clone();
+        let name = ctrl.to_string();
+        let h = std::thread::Builder::new()
+            .name(format!("socp-{ctrl}"))
+            .spawn(move || worker(queues, rx, outbox))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(ctrl = %name, epoch, host = %self.host, "attached: serving its I/O queues");
+        lock(&self.workers).insert(name, (tx, h));
+        Ok(())
+    }
+}
+
+fn write_loop(sock: UnixStream, rx: Receiver<ToHost>) {
+    while let Ok(msg) = rx.recv() {
+        if let Err(e) = frame::send(&sock, &msg, &[]) {
+            tracing::warn!("link: sending to the host-driver failed: {e}");
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// One controller's requests, in order.
+fn worker(mut q: CtrlQueues, rx: Receiver<Work>, outbox: SyncSender<ToHost>) {
+    let name = q.ctx().name.clone();
+    let ack = |req: u64, status: u16| {
+        let _ = outbox.send(ToHost::Ack { req, status });
+    };
+    while let Ok(w) = rx.recv() {
+        let (msg, fds) = match w {
+            Work::Msg(m, f) => (m, f),
+            Work::Stop { tell_host } => {
+                // Every command taken is completed and posted once the
+                // pollers let go of the queues; the queue-state area then
+                // says so for whoever comes next.
+                let drained = q.delete_all();
+                if !drained {
+                    tracing::error!(ctrl = %name, "commands still running on a backend while letting go");
+                }
+                if tell_host && drained {
+                    let _ = outbox.send(ToHost::Detach { ctrl: name.clone() });
+                }
+                tracing::info!(ctrl = %name, "detached");
+                return;
+            }
+        };
+        handle(&mut q, msg, fds, &ack);
+    }
+}
+
+fn handle(q: &mut CtrlQueues, msg: ToRuntime, fds: Vec<OwnedFd>, ack: &impl Fn(u64, u16)) {
+    let ctx = q.ctx().clone();
+    let status = |r: Result<(), Status>| r.err().map_or(0, |s| s.field());
+    match msg {
+        ToRuntime::State {
+            page_size, shadow, ..
+        } => {
+            ctx.page_size
+                .store(page_size, std::sync::atomic::Ordering::Relaxed);
+            ctx.shadow.set(shadow);
+        }
+        ToRuntime::Map {
+            req,
+            gpa,
+            size,
+            file_offset,
+            read,
+            write,
+            ..
+        } => {
+            let prot = Prot { read, write };
+            match ctx
+                .domain
+                .map(gpa, size, fds.into_iter().next(), file_offset, prot)
+            {
+                Ok(()) => ack(req, 0),
+                Err(e) => {
+                    tracing::warn!(ctrl = %ctx.name, gpa = format_args!("{gpa:#x}"), size, "cannot map guest memory: {e}");
+                    ack(req, Status::INTERNAL_ERROR.field());
+                }
+            }
+        }
+        ToRuntime::Unmap {
+            req,
+            gpa,
+            size,
+            all,
+            ..
+        } => {
+            let r = if all {
+                ctx.domain.unmap_all(UNMAP_DRAIN_TIMEOUT)
+            } else {
+                ctx.domain.unmap(gpa, size, UNMAP_DRAIN_TIMEOUT)
+            };
+            let s = match r {
+                Ok(()) | Err(leapio_ats::AtsError::UnknownMapping { .. }) => 0,
+                Err(e) => {
+                    tracing::warn!(ctrl = %ctx.name, gpa = format_args!("{gpa:#x}"), size, "unmap: {e}");
+                    Status::INTERNAL_ERROR.field()
+                }
+            };
+            ack(req, s);
+        }
+        ToRuntime::Irqs { first, has_fd, .. } => {
+            let mut fds = fds.into_iter();
+            for (i, has) in has_fd.iter().enumerate() {
+                let v = first.saturating_add(u16::try_from(i).unwrap_or(u16::MAX));
+                let fd = if *has {
+                    fds.next().map(std::fs::File::from)
+                } else {
+                    None
+                };
+                ctx.irqs.set_eventfd(v, fd);
+            }
+        }
+        ToRuntime::CreateCq {
+            req, setup, resume, ..
+        } => ack(req, status(q.create_cq(setup, resume))),
+        ToRuntime::CreateSq {
+            req, setup, resume, ..
+        } => ack(req, status(q.create_sq(setup, resume))),
+        ToRuntime::DeleteSq { req, qid, .. } => {
+            let ok = q.delete_sq(qid);
+            ack(
+                req,
+                if ok {
+                    0
+                } else {
+                    Status::INTERNAL_ERROR.field()
+                },
+            );
+        }
+        ToRuntime::DeleteCq { req, qid, .. } => {
+            let ok = q.delete_cq(qid);
+            ack(
+                req,
+                if ok {
+                    0
+                } else {
+                    Status::INTERNAL_ERROR.field()
+                },
+            );
+        }
+        ToRuntime::Reset { .. } => {
+            ctx.fatal.store(false, std::sync::atomic::Ordering::Release);
+            ctx.shadow.set(None);
+        }
+        ToRuntime::Flush { req, .. } => match q.flush() {
+            Ok(()) => ack(req, 0),
+            Err(e) => {
+                tracing::error!(ctrl = %ctx.name, "flush failed: {e}");
+                ack(req, Status::INTERNAL_ERROR.field());
+            }
+        },
+        // Routed by the reader, never here.
+        ToRuntime::Detach { .. }
+        | ToRuntime::Welcome { .. }
+        | ToRuntime::Refused { .. }
+        | ToRuntime::Attached { .. }
+        | ToRuntime::AttachRefused { .. }
+        | ToRuntime::AttachWaiting { .. } => {}
+    }
+}

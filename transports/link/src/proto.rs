@@ -1,0 +1,289 @@
+//! The link's messages. They are control-plane only (queue creation, memory
+//! maps, attach): no message is sent per I/O. Each is one JSON object with a
+//! `type` tag, framed by [`crate::frame`]; file descriptors travel beside
+//! it, in the order the message says.
+//!
+//! Requests that need an answer carry a `req` number; the answer is an
+//! [`ToHost::Ack`] with the same number.
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version. A different major version is refused by both sides;
+/// minor versions only add messages or optional fields.
+pub const PROTOCOL_MAJOR: u16 = 1;
+pub const PROTOCOL_MINOR: u16 = 0;
+
+/// A namespace as the runtime declares it: what the host-driver needs to
+/// answer Identify. The host-driver derives the unique identifiers (NGUID,
+/// EUI-64, UUID) from the controller's serial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsDecl {
+    pub nsid: u32,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub volatile_write_cache: bool,
+    pub write_zeroes: bool,
+    pub deallocate: bool,
+    /// The data outlives the runtime process (a file, a block device, a
+    /// remote target); a RAM namespace does not.
+    pub persistent: bool,
+    /// What backs it, for logs ("file /srv/vm0.img").
+    pub describe: String,
+}
+
+/// The controller's limits, sent with [`ToRuntime::Attached`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtrlConfig {
+    pub serial: String,
+    pub max_io_queues: u16,
+    pub max_queue_entries: u32,
+    pub mdts_bytes: u64,
+    pub vectors: u16,
+}
+
+/// Shadow doorbell buffers (Doorbell Buffer Config), guest-physical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shadow {
+    pub dbs: u64,
+    pub eis: u64,
+}
+
+impl Shadow {
+    /// Shadow SQ `qid` tail doorbell (guest-physical).
+    pub fn sq_tail(&self, qid: u16) -> u64 {
+        self.dbs + u64::from(qid) * 8
+    }
+    /// Shadow CQ `qid` head doorbell.
+    pub fn cq_head(&self, qid: u16) -> u64 {
+        self.dbs + u64::from(qid) * 8 + 4
+    }
+    /// EventIdx of SQ `qid`.
+    pub fn sq_event(&self, qid: u16) -> u64 {
+        self.eis + u64::from(qid) * 8
+    }
+    /// EventIdx of CQ `qid`.
+    pub fn cq_event(&self, qid: u16) -> u64 {
+        self.eis + u64::from(qid) * 8 + 4
+    }
+}
+
+/// An I/O completion queue the guest created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CqSetup {
+    pub qid: u16,
+    pub gpa: u64,
+    pub entries: u32,
+    pub vector: u16,
+    pub ien: bool,
+}
+
+/// An I/O submission queue the guest created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqSetup {
+    pub qid: u16,
+    pub cqid: u16,
+    pub gpa: u64,
+    pub entries: u32,
+}
+
+/// Runtime -> host-driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToHost {
+    /// First message: who is speaking.
+    Hello {
+        major: u16,
+        minor: u16,
+        software: String,
+    },
+    /// Serve controller `ctrl` with these namespaces (NSIDs 1..).
+    Attach {
+        ctrl: String,
+        namespaces: Vec<NsDecl>,
+    },
+    /// The runtime no longer touches `ctrl`'s memory: every command it
+    /// took is completed and posted (graceful stop or handover).
+    Detach { ctrl: String },
+    /// A namespace was added on the runtime side.
+    NsAdd { ctrl: String, ns: NsDecl },
+    /// A namespace was removed on the runtime side (its I/O has drained).
+    NsRemove { ctrl: String, nsid: u32 },
+    /// Answer to request `req`: `status` is an NVMe status field (0 = done).
+    Ack { req: u64, status: u16 },
+    /// An asynchronous event for the guest (completion dword 0 of an AER).
+    Event { ctrl: String, dw0: u32 },
+    /// A failed command, for the error information log.
+    Error {
+        ctrl: String,
+        sqid: u16,
+        cid: u16,
+        status: u16,
+        nsid: u32,
+        lba: u64,
+    },
+    /// The runtime cannot go on with `ctrl` (Controller Fatal Status).
+    Fatal { ctrl: String, reason: String },
+}
+
+/// Host-driver -> runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToRuntime {
+    Welcome {
+        major: u16,
+        minor: u16,
+        software: String,
+    },
+    /// The link is refused (version): the host-driver closes it.
+    Refused {
+        reason: String,
+    },
+    /// `ctrl` is the runtime's. Two fds: the doorbell page memfd and the
+    /// queue-state area memfd. What the controller already has follows:
+    /// [`ToRuntime::State`], maps, interrupts, queues (with `resume`).
+    Attached {
+        ctrl: String,
+        config: CtrlConfig,
+        epoch: u64,
+    },
+    /// `ctrl` is not the runtime's (no such controller, namespaces that
+    /// do not match, another runtime serves it).
+    AttachRefused {
+        ctrl: String,
+        reason: String,
+    },
+    /// The attach waits (the previous runtime has not exited yet).
+    AttachWaiting {
+        ctrl: String,
+        reason: String,
+    },
+    /// Controller state: enabled, memory page size (CC.MPS), shadow doorbells.
+    State {
+        ctrl: String,
+        enabled: bool,
+        page_size: u64,
+        shadow: Option<Shadow>,
+    },
+    /// Guest memory `[gpa, gpa+size)`; with `fd`, one descriptor follows
+    /// (mapped at `file_offset`), else the range is recorded, never
+    /// accessed (ROM, the device's own BAR). Answered once the runtime can
+    /// translate it: the guest may use the memory as soon as its
+    /// hypervisor's DMA_MAP returns.
+    Map {
+        req: u64,
+        ctrl: String,
+        gpa: u64,
+        size: u64,
+        file_offset: u64,
+        read: bool,
+        write: bool,
+        fd: bool,
+    },
+    /// Remove guest memory; answer once nothing in flight points into it.
+    Unmap {
+        req: u64,
+        ctrl: String,
+        gpa: u64,
+        size: u64,
+        all: bool,
+    },
+    /// Interrupt eventfds for vectors `first..`: `has_fd[i]` says whether a
+    /// descriptor follows for vector `first + i` (false detaches it).
+    Irqs {
+        ctrl: String,
+        first: u16,
+        has_fd: Vec<bool>,
+    },
+    CreateCq {
+        req: u64,
+        ctrl: String,
+        setup: CqSetup,
+        /// The queue existed before this runtime attached: recover it from
+        /// the queue-state area.
+        resume: bool,
+    },
+    CreateSq {
+        req: u64,
+        ctrl: String,
+        setup: SqSetup,
+        resume: bool,
+    },
+    /// Stop fetching; answer once every command taken is completed and posted.
+    DeleteSq {
+        req: u64,
+        ctrl: String,
+        qid: u16,
+    },
+    DeleteCq {
+        req: u64,
+        ctrl: String,
+        qid: u16,
+    },
+    /// The controller was reset (every queue is already deleted).
+    Reset {
+        ctrl: String,
+    },
+    /// Make every completed write durable (shutdown notification).
+    Flush {
+        req: u64,
+        ctrl: String,
+    },
+    /// Let go of `ctrl` (it is being removed, or another runtime takes
+    /// over): drain, then send [`ToHost::Detach`].
+    Detach {
+        ctrl: String,
+        reason: String,
+    },
+}
+
+impl ToRuntime {
+    /// The controller a message is about, if any.
+    pub fn ctrl(&self) -> Option<&str> {
+        use ToRuntime::*;
+        match self {
+            Welcome { .. } | Refused { .. } => None,
+            Attached { ctrl, .. }
+            | AttachRefused { ctrl, .. }
+            | AttachWaiting { ctrl, .. }
+            | State { ctrl, .. }
+            | Map { ctrl, .. }
+            | Unmap { ctrl, .. }
+            | Irqs { ctrl, .. }
+            | CreateCq { ctrl, .. }
+            | CreateSq { ctrl, .. }
+            | DeleteSq { ctrl, .. }
+            | DeleteCq { ctrl, .. }
+            | Reset { ctrl }
+            | Flush { ctrl, .. }
+            | Detach { ctrl, .. } => Some(ctrl),
+        }
+    }
+
+    /// How many file descriptors travel with this message.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            ToRuntime::Attached { .. } => 2,
+            ToRuntime::Map { fd: true, .. } => 1,
+            ToRuntime::Irqs { has_fd, .. } => has_fd.iter().filter(|b| **b).count(),
+            _ => 0,
+        }
+    }
+}
+
+impl ToHost {
+    /// How many file descriptors travel with this message (none today).
+    pub fn fd_count(&self) -> usize {
+        0
+    }
+}
+
+/// Whether a peer speaking `major.minor` (as `software`) can talk to us
+/// (`ours`, e.g. "leapio-hostd 0.1.0"); the error says why not.
+pub fn check_version(major: u16, minor: u16, software: &str, ours: &str) -> Result<(), String> {
+    if major != PROTOCOL_MAJOR {
+        return Err(format!(
+            "{software} speaks link protocol {major}.{minor}, {ours} speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}: upgrade one of them"
+        ));
+    }
+    Ok(())
+}
