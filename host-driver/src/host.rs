@@ -470,3 +470,93 @@ fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBo
     }
     ctrl.release("controller removed");
 }
+
+impl std::str::FromStr for HostCtrlSpec {
+    type Err = String;
+
+    /// `name=NAME,sock=PATH[,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: String| format!("controller spec '{s}': {why}");
+        let mut name = None;
+        let mut sock = None;
+        let mut spec = HostCtrlSpec::new("", Path::new(""));
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(bad(format!("'{part}' is not key=value")));
+            };
+            let num = |lo: u64, hi: u64| {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (lo..=hi).contains(n))
+                    .ok_or_else(|| bad(format!("{key} must be {lo}..={hi}, got '{value}'")))
+            };
+            match key {
+                "name" => name = Some(value.to_string()),
+                "sock" => sock = Some(PathBuf::from(value)),
+                "io-queues" => spec.io_queues = u16::try_from(num(1, 511)?).unwrap_or(1),
+                "queue-entries" => spec.queue_entries = u32::try_from(num(2, 4096)?).unwrap_or(2),
+                "mdts" => spec.mdts = u8::try_from(num(1, 10)?).unwrap_or(1),
+                "serial" => {
+                    if value.is_empty()
+                        || value.len() > 20
+                        || !value.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(bad(format!(
+                            "serial must be 1-20 printable ASCII characters, got '{value}'"
+                        )));
+                    }
+                    spec.serial = Some(value.to_string());
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown key '{other}' (expected name, sock, io-queues, queue-entries, mdts, serial)"
+                    )))
+                }
+            }
+        }
+        spec.sock = sock.ok_or_else(|| bad("missing sock=PATH".into()))?;
+        spec.name = match name {
+            Some(n) => n,
+            None => spec
+                .sock
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .ok_or_else(|| bad("missing name=NAME".into()))?,
+        };
+        if !valid_name(&spec.name) {
+            return Err(bad(format!(
+                "name must be 1-64 letters, digits, '-', '_' or '.', got '{}'",
+                spec.name
+            )));
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_specs() {
+        let s: HostCtrlSpec = "name=vm0,sock=/run/x.sock,io-queues=4,mdts=6,serial=AB"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.io_queues, s.mdts, s.serial.as_deref()),
+            ("vm0", 4, 6, Some("AB"))
+        );
+        let s: HostCtrlSpec = "sock=/run/leapio/vm7.sock".parse().unwrap();
+        assert_eq!(s.name, "vm7");
+        for (bad, why) in [
+            ("name=a", "missing sock"),
+            ("sock=/x,io-queues=0", "io-queues must be 1..=511"),
+            ("sock=/x,color=red", "unknown key 'color'"),
+            ("name=a b,sock=/x", "name must be"),
+        ] {
+            let e = bad.parse::<HostCtrlSpec>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

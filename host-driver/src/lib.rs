@@ -26,3 +26,16 @@ pub mod shared;
 pub use attach::namespace_changes;
 pub use controller::{ControllerConfig, NvmeController};
 pub use host::{HostCtrlSpec, HostDriver, HostError};
+
+/// An error and its sources, joined with ": " (our error types do not
+/// repeat their source in their own message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

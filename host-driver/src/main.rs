@@ -1,1 +1,95 @@
-fn main() {}
+//! `leapio-hostd`: the LeapIO host-driver.
+
+use clap::Parser;
+use leapio_host_driver::{error_chain as chain, HostCtrlSpec, HostDriver};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The LeapIO host-driver: the host side of a split deployment.
+///
+/// Per VM it owns the hypervisor's vfio-user connection, the PCI NVMe
+/// function and its admin queue; a runtime (socp) in another process,
+/// container or SoC serves the I/O queues through the guest memory,
+/// doorbells and queue state this process exports over a link. The
+/// runtime can die, restart or be upgraded while the guest keeps its disk:
+/// the guest's I/O waits, and the new runtime finishes what the old one
+/// left (nothing is lost, nothing completes twice).
+///
+///   leapio-hostd --link unix:/run/leapio/hostd.sock --ctrl name=vm0,sock=/run/leapio/vm0.sock
+///   socp --link unix:/run/leapio/hostd.sock --ctrl name=vm0,ns=file:/srv/vm0.img
+///   qemu-system-x86_64 ... -device '{"driver":"vfio-user-pci","socket":{"path":"/run/leapio/vm0.sock","type":"unix"}}'
+#[derive(Parser, Debug)]
+#[command(name = "leapio-hostd", version, verbatim_doc_comment)]
+struct Args {
+    /// Where runtimes connect: unix:PATH (created with mode 0600).
+    #[arg(long, value_name = "unix:PATH")]
+    link: String,
+
+    /// A controller: name=NAME,sock=PATH[,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    ///
+    /// sock is the vfio-user socket the hypervisor connects to; a runtime
+    /// attaches to NAME and declares the namespaces. io-queues: I/O queue
+    /// pairs offered (default 32); queue-entries: max entries per queue
+    /// (default 1024); mdts: max transfer 4 KiB << N (default 5).
+    #[arg(long = "ctrl", value_name = "SPEC", verbatim_doc_comment)]
+    ctrls: Vec<HostCtrlSpec>,
+
+    /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leapio-hostd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let link = args
+        .link
+        .strip_prefix("unix:")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("--link: expected unix:PATH, got '{}'", args.link))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    let host = HostDriver::new(&format!("leapio-hostd {}", env!("CARGO_PKG_VERSION")));
+    let started = (|| {
+        for c in &args.ctrls {
+            host.add_controller(c).map_err(|e| chain(&e))?;
+        }
+        host.listen(&link).map_err(|e| chain(&e))
+    })();
+    if let Err(e) = started {
+        host.shutdown();
+        return Err(e);
+    }
+    tracing::info!(controllers = args.ctrls.len(), link = %link.display(), "leapio-hostd running");
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    host.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+

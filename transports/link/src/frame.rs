@@ -259,7 +259,7 @@ mod tests {
     fn bad_frames_are_protocol_violations() {
         for bytes in [
             raw_header(0x1234, 2, 0).to_vec(),
-            raw_header(MAGIC, (MAX_BODY + 1) as u32, 0).to_vec(),
+            raw_header(MAGIC, (1 << 20) + 1, 0).to_vec(),
             [&raw_header(MAGIC, 2, 3)[..], b"{}"].concat(),
             [&raw_header(MAGIC, 5, 0)[..], b"hello"].concat(),
             [&raw_header(MAGIC, 17, 0)[..], b"{\"type\":\"nosuch\"}"].concat(),
