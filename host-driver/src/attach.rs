@@ -97,7 +97,11 @@ impl NvmeController {
     pub(crate) fn port_events(&mut self) {
         while let Ok(ev) = self.port.events.try_recv() {
             match ev {
-                PortEvent::Attach { link, namespaces } => self.attach_request(link, namespaces),
+                PortEvent::Attach {
+                    link,
+                    namespaces,
+                    handover,
+                } => self.attach_request(link, namespaces, handover),
                 PortEvent::Detached { link } => self.port.runtime_gone(link, true),
                 PortEvent::Lost { link } => {
                     if self
@@ -136,15 +140,29 @@ impl NvmeController {
         );
     }
 
-    fn attach_request(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>) {
-        if let Some(cur) = self.port.runtime() {
-            let why = if cur.id == link.id {
-                "this runtime already serves it".to_string()
-            } else {
-                format!("{} serves it", cur.describe())
-            };
-            self.refuse(&link, why);
-            return;
+    fn attach_request(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>, handover: bool) {
+        if let Some(cur) = self.port.runtime().cloned() {
+            if cur.id == link.id {
+                self.refuse(&link, "this runtime already serves it".into());
+                return;
+            }
+            if !handover {
+                self.refuse(
+                    &link,
+                    format!(
+                        "{} serves it (attach with handover to take over)",
+                        cur.describe()
+                    ),
+                );
+                return;
+            }
+            if let Err(why) = namespace_changes(self.ns_decls.as_deref(), &namespaces) {
+                self.refuse(&link, why);
+                return;
+            }
+            tracing::info!(ctrl = %self.shared.name, old = %cur.describe(), new = %link.describe(), "handover: asking the serving runtime to let go");
+            self.port
+                .detach(&format!("handover to {}", link.describe()));
         }
         if let Err(why) = namespace_changes(self.ns_decls.as_deref(), &namespaces) {
             self.refuse(&link, why);

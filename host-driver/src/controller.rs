@@ -130,6 +130,7 @@ impl NvmeController {
         name: &str,
         cfg: ControllerConfig,
         events: Receiver<PortEvent>,
+        timeouts: crate::port::Timeouts,
     ) -> io::Result<NvmeController> {
         if cfg.max_io_queues == 0 || cfg.max_io_queues >= MAX_QUEUE_PAIRS {
             return Err(io::Error::other(format!(
@@ -157,7 +158,7 @@ impl NvmeController {
             vectors,
             mdts_bytes,
         ));
-        let port = RuntimePort::new(shared.clone(), events);
+        let port = RuntimePort::new(shared.clone(), events, timeouts);
         Ok(NvmeController {
             cfg,
             shared,

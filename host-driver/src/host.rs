@@ -4,7 +4,7 @@
 
 use crate::controller::{ControllerConfig, NvmeController};
 use crate::link::{Peer, RuntimeLink};
-use crate::port::PortEvent;
+use crate::port::{PortEvent, Timeouts};
 use crate::shared::CtrlShared;
 use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::{frame, LinkError, ToHost, ToRuntime};
@@ -109,6 +109,7 @@ pub struct HostDriver {
     next_link: AtomicU64,
     next_index: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    timeouts: Mutex<Timeouts>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,7 +135,13 @@ impl HostDriver {
             next_link: AtomicU64::new(1),
             next_index: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
+            timeouts: Mutex::new(Timeouts::default()),
         })
+    }
+
+    /// How long controllers added from now on wait for their runtime.
+    pub fn set_timeouts(&self, t: Timeouts) {
+        *lock(&self.timeouts) = t;
     }
 
     /// Serve a new controller: bind its vfio-user socket and start its
@@ -165,9 +172,11 @@ impl HostDriver {
         let (tx, rx) = channel();
         let name = spec.name.clone();
         let mut ctrl =
-            NvmeController::new(&name, cfg, rx).map_err(|source| HostError::Controller {
-                name: name.clone(),
-                source,
+            NvmeController::new(&name, cfg, rx, *lock(&self.timeouts)).map_err(|source| {
+                HostError::Controller {
+                    name: name.clone(),
+                    source,
+                }
             })?;
         let listener = Listener::bind(&spec.sock).map_err(|source| HostError::Listen {
             name: name.clone(),
@@ -352,11 +361,16 @@ impl HostDriver {
         };
         match msg {
             ToHost::Hello { .. } => return Err(LinkError::Protocol("a second Hello".into())),
-            ToHost::Attach { ctrl, namespaces } => match ctrls.get(&ctrl) {
+            ToHost::Attach {
+                ctrl,
+                namespaces,
+                handover,
+            } => match ctrls.get(&ctrl) {
                 Some(e) => {
                     let _ = e.events.send(PortEvent::Attach {
                         link: link.clone(),
                         namespaces,
+                        handover,
                     });
                 }
                 None => {

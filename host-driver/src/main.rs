@@ -92,4 +92,3 @@ fn run(args: &Args) -> Result<(), String> {
     tracing::info!("stopped");
     Ok(())
 }
-

@@ -23,13 +23,28 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long queue creation, maps and state changes wait for the runtime.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a queue deletion waits: the runtime first lets the queue's
-/// commands finish on their backends.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait for a runtime that is gone to have exited.
-pub const FENCE_WAIT: Duration = Duration::from_secs(10);
+/// How long the host-driver waits for a runtime. A runtime that does not
+/// answer in time is fenced (killed): it may still be writing guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Queue creation, memory maps.
+    pub ack: Duration,
+    /// Queue deletion, flush, letting go: the runtime first lets the
+    /// queue's commands finish on their backends.
+    pub drain: Duration,
+    /// A runtime that is gone must have exited within this.
+    pub fence: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            ack: Duration::from_secs(5),
+            drain: Duration::from_secs(30),
+            fence: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What the link readers tell a controller.
 pub enum PortEvent {
@@ -37,6 +52,7 @@ pub enum PortEvent {
     Attach {
         link: Arc<RuntimeLink>,
         namespaces: Vec<NsDecl>,
+        handover: bool,
     },
     /// The runtime let go of the controller (everything it took is done).
     Detached {
@@ -68,14 +84,20 @@ enum Attachment {
 pub struct RuntimePort {
     shared: Arc<CtrlShared>,
     state: Attachment,
+    timeouts: Timeouts,
     pub(crate) events: Receiver<PortEvent>,
 }
 
 impl RuntimePort {
-    pub fn new(shared: Arc<CtrlShared>, events: Receiver<PortEvent>) -> RuntimePort {
+    pub fn new(
+        shared: Arc<CtrlShared>,
+        events: Receiver<PortEvent>,
+        timeouts: Timeouts,
+    ) -> RuntimePort {
         RuntimePort {
             shared,
             state: Attachment::None,
+            timeouts,
             events,
         }
     }
@@ -146,9 +168,9 @@ impl RuntimePort {
             return true;
         };
         let l = l.clone();
-        if !l.fenced(FENCE_WAIT) {
+        if !l.fenced(self.timeouts.fence) {
             l.kill("it closed its link but did not exit");
-            if !l.fenced(FENCE_WAIT) {
+            if !l.fenced(self.timeouts.fence) {
                 tracing::error!(ctrl = %self.shared.name, runtime = %l.describe(), "the previous runtime has not exited: guest memory and queues it may still write are kept");
                 return false;
             }
@@ -187,6 +209,17 @@ impl RuntimePort {
         }
     }
 
+    /// A runtime that says it could not drain a queue (its commands are
+    /// stuck on a backend) may still write into it: fence it.
+    fn undrained(&mut self, what: &str, answer: Option<u16>) {
+        if answer.is_some_and(|s| s != 0) {
+            self.failed(
+                what,
+                &LinkError::Timeout("the queue's commands to finish".into()),
+            );
+        }
+    }
+
     fn tell(&mut self, what: &str, msg: &ToRuntime, fds: &[BorrowedFd<'_>]) {
         let Some(l) = self.runtime().cloned() else {
             return;
@@ -206,7 +239,8 @@ impl RuntimePort {
             return Err(Status::INVALID_QUEUE_IDENTIFIER);
         }
         let ctrl = self.name();
-        let status = self.ask(&format!("creation of CQ {}", cq.qid), ACK_TIMEOUT, |req| {
+        let t = self.timeouts.ack;
+        let status = self.ask(&format!("creation of CQ {}", cq.qid), t, |req| {
             ToRuntime::CreateCq {
                 req,
                 ctrl,
@@ -232,7 +266,8 @@ impl RuntimePort {
             return Err(Status::INVALID_QUEUE_IDENTIFIER);
         }
         let ctrl = self.name();
-        let status = self.ask(&format!("creation of SQ {}", sq.qid), ACK_TIMEOUT, |req| {
+        let t = self.timeouts.ack;
+        let status = self.ask(&format!("creation of SQ {}", sq.qid), t, |req| {
             ToRuntime::CreateSq {
                 req,
                 ctrl,
@@ -255,9 +290,10 @@ impl RuntimePort {
     /// no runtime, was dropped: the guest deleted its queue).
     pub fn delete_sq(&mut self, qid: u16) -> Result<(), Status> {
         let ctrl = self.name();
-        self.ask(&format!("deletion of SQ {qid}"), DRAIN_TIMEOUT, |req| {
-            ToRuntime::DeleteSq { req, ctrl, qid }
-        });
+        let t = self.timeouts.drain;
+        let what = format!("deletion of SQ {qid}");
+        let answer = self.ask(&what, t, |req| ToRuntime::DeleteSq { req, ctrl, qid });
+        self.undrained(&what, answer);
         if !self.fence() {
             return Err(Status::INTERNAL_ERROR);
         }
@@ -271,9 +307,10 @@ impl RuntimePort {
     /// Delete completion queue `qid` (its submission queues are gone).
     pub fn delete_cq(&mut self, qid: u16) -> Result<(), Status> {
         let ctrl = self.name();
-        self.ask(&format!("deletion of CQ {qid}"), DRAIN_TIMEOUT, |req| {
-            ToRuntime::DeleteCq { req, ctrl, qid }
-        });
+        let t = self.timeouts.drain;
+        let what = format!("deletion of CQ {qid}");
+        let answer = self.ask(&what, t, |req| ToRuntime::DeleteCq { req, ctrl, qid });
+        self.undrained(&what, answer);
         if !self.fence() {
             return Err(Status::INTERNAL_ERROR);
         }
@@ -304,7 +341,7 @@ impl RuntimePort {
                 fd: has_fd,
             },
             &fds,
-            ACK_TIMEOUT,
+            self.timeouts.ack,
         );
         match answer {
             Ok(0) => {}
@@ -321,7 +358,7 @@ impl RuntimePort {
         let ctrl = self.name();
         let answer = self.ask(
             "an unmap",
-            crate::controller::UNMAP_DRAIN_TIMEOUT + ACK_TIMEOUT,
+            crate::controller::UNMAP_DRAIN_TIMEOUT + self.timeouts.ack,
             |req| ToRuntime::Unmap {
                 req,
                 ctrl,
@@ -385,10 +422,8 @@ impl RuntimePort {
             return Err("no runtime attached: writes completed by an earlier runtime are only as durable as its host's page cache".into());
         }
         let ctrl = self.name();
-        match self.ask("a flush", DRAIN_TIMEOUT, |req| ToRuntime::Flush {
-            req,
-            ctrl,
-        }) {
+        let t = self.timeouts.drain;
+        match self.ask("a flush", t, |req| ToRuntime::Flush { req, ctrl }) {
             Some(0) => Ok(()),
             Some(s) => Err(format!(
                 "the runtime's flush failed ({})",
@@ -412,7 +447,7 @@ impl RuntimePort {
             self.runtime_gone(l.id, false);
             return;
         }
-        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+        let deadline = std::time::Instant::now() + self.timeouts.drain;
         while std::time::Instant::now() < deadline {
             match self.events.recv_timeout(Duration::from_millis(50)) {
                 Ok(PortEvent::Detached { link }) if link == l.id => {

@@ -88,3 +88,17 @@ fn fire(p: Point) {
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
+
+static HANG_DELETES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Test hook: never answer queue deletions (a runtime the host-driver must
+/// fence).
+pub fn arm_hang_deletes() {
+    HANG_DELETES.store(true, Ordering::Release);
+    tracing::warn!("test hook armed: queue deletions will never be answered");
+}
+
+/// Whether queue deletions are to be left unanswered.
+pub fn hang_deletes() -> bool {
+    HANG_DELETES.load(Ordering::Acquire)
+}

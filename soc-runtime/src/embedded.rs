@@ -91,7 +91,7 @@ impl Embedded {
         let waits: Vec<_> = served
             .into_iter()
             .map(|(name, ns)| {
-                let rx = client.attach(&name, ns);
+                let rx = client.attach(&name, ns, false);
                 (name, rx)
             })
             .collect();

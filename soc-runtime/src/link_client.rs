@@ -153,7 +153,12 @@ impl LinkClient {
 
     /// Ask to serve controller `ctrl` with `namespaces`; the answer comes
     /// on the returned channel (Err says why the host-driver refused).
-    pub fn attach(&self, ctrl: &str, namespaces: Vec<Arc<Namespace>>) -> Receiver<AttachResult> {
+    pub fn attach(
+        &self,
+        ctrl: &str,
+        namespaces: Vec<Arc<Namespace>>,
+        handover: bool,
+    ) -> Receiver<AttachResult> {
         let (tx, rx) = channel();
         if lock(&self.workers).contains_key(ctrl) || lock(&self.pending).contains_key(ctrl) {
             let _ = tx.send(Err(format!(
@@ -174,6 +179,7 @@ impl LinkClient {
             .send(ToHost::Attach {
                 ctrl: ctrl.to_string(),
                 namespaces: decls,
+                handover,
             })
             .is_err()
         {
@@ -473,6 +479,8 @@ fn handle(q: &mut CtrlQueues, msg: ToRuntime, fds: Vec<OwnedFd>, ack: &impl Fn(u
         ToRuntime::CreateSq {
             req, setup, resume, ..
         } => ack(req, status(q.create_sq(setup, resume))),
+        ToRuntime::DeleteSq { .. } | ToRuntime::DeleteCq { .. } if crate::crash::hang_deletes() => {
+        }
         ToRuntime::DeleteSq { req, qid, .. } => {
             let ok = q.delete_sq(qid);
             ack(

@@ -89,6 +89,11 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_name = "CPUS")]
     poller_cpus: Vec<usize>,
 
+    /// With --link: take the controllers over from the runtime serving them
+    /// now (it drains and lets go; an upgrade in place).
+    #[arg(long, requires = "link")]
+    handover: bool,
+
     /// With --link: how long to keep trying to reach the host-driver.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     link_timeout: u64,
@@ -102,6 +107,10 @@ struct Args {
     /// completion-recorded, cqe-written, cqe-posted).
     #[arg(long, value_name = "POINT:N", hide = true)]
     crash_at: Option<CrashAt>,
+
+    /// Test hook: never answer the host-driver's queue deletions.
+    #[arg(long, hide = true)]
+    test_hang_deletes: bool,
 }
 
 /// `unix:PATH`.
@@ -155,11 +164,13 @@ fn run(args: Args) -> Result<(), String> {
                 ))
             }
             (Some(_), None, None) => return Err("with --link each --ctrl needs name=".into()),
-            (Some(_), _, _) if !c.host_keys.is_empty() => return Err(format!(
+            (Some(_), _, _) if !c.host_keys.is_empty() => {
+                return Err(format!(
                 "controller {}: {} are set on the host-driver (leapio-hostd --ctrl) with --link",
                 c.ctrl_name(),
                 c.host_keys.join(", ")
-            )),
+            ))
+            }
             (None, None, _) => {
                 return Err(format!(
                     "controller {}: all-in-one needs sock=PATH (or give --link)",
@@ -171,6 +182,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     if let Some(c) = args.crash_at {
         crash::arm(c);
+    }
+    if args.test_hang_deletes {
+        crash::arm_hang_deletes();
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -207,6 +221,7 @@ fn run(args: Args) -> Result<(), String> {
             &served,
             &stop,
             Duration::from_secs(args.link_timeout),
+            args.handover,
         ),
         None => serve_all_in_one(&args.ctrls, &rt, &served, &stop),
     };
@@ -238,10 +253,20 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 /// Attach every controller and wait for the answers.
-fn attach_all(client: &LinkClient, served: &[Served], stop: &AtomicBool) -> Result<(), String> {
+fn attach_all(
+    client: &LinkClient,
+    served: &[Served],
+    handover: bool,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let waits: Vec<_> = served
         .iter()
-        .map(|s| (s.name.clone(), client.attach(&s.name, s.namespaces.clone())))
+        .map(|s| {
+            (
+                s.name.clone(),
+                client.attach(&s.name, s.namespaces.clone(), handover),
+            )
+        })
         .collect();
     for (name, rx) in waits {
         loop {
@@ -265,6 +290,7 @@ fn serve_split(
     served: &[Served],
     stop: &Arc<AtomicBool>,
     link_timeout: Duration,
+    handover: bool,
 ) -> Result<(), String> {
     let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
     let mut first = true;
@@ -272,7 +298,7 @@ fn serve_split(
         let sock = connect(path, link_timeout, stop)?;
         let (client, reader) = LinkClient::connect(sock, rt.clone(), &software)
             .map_err(|e| format!("link {}: {}", path.display(), error_chain(&e)))?;
-        match attach_all(&client, served, stop) {
+        match attach_all(&client, served, handover && first, stop) {
             Ok(()) => {}
             Err(e) if first => return Err(e),
             Err(e) => tracing::error!("{e}"),
@@ -281,6 +307,10 @@ fn serve_split(
         tracing::info!(host = %client.host(), controllers = served.len(), pollers = rt.pollers(), "socp running (split)");
         while !stop.load(Ordering::Acquire) && !reader.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
+            if !served.is_empty() && client.served().is_empty() {
+                tracing::info!("every controller was handed over or removed: exiting");
+                return Ok(());
+            }
         }
         if stop.load(Ordering::Acquire) {
             tracing::info!("stopping: letting go of every controller");

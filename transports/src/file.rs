@@ -84,16 +84,25 @@ impl FileBackend {
         // otherwise claimed device is refused instead of corrupted. The check
         // before open is only a hint: the type is re-checked on the open fd.
         let exclusive = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | if exclusive { libc::O_EXCL } else { 0 })
-            .open(path)
-            .map_err(if exclusive {
-                io_err("cannot open exclusively (mounted or in use?)", path)
-            } else {
-                io_err("cannot open", path)
-            })?;
+        let file = wait_for_claim(path, || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC | if exclusive { libc::O_EXCL } else { 0 })
+                .open(path)
+                .map(Some)
+                .or_else(|e| match e.raw_os_error() {
+                    // Another exclusive opener, maybe a runtime that is
+                    // still finishing its I/O: wait for it.
+                    Some(libc::EBUSY) if exclusive => Ok(None),
+                    _ => Err(e),
+                })
+        })
+        .map_err(if exclusive {
+            io_err("cannot open exclusively (mounted or in use?)", path)
+        } else {
+            io_err("cannot open", path)
+        })?;
         let meta = file.metadata().map_err(io_err("cannot stat", path))?;
         let file_type = meta.file_type();
         let block_device = file_type.is_block_device();
@@ -143,6 +152,7 @@ impl FileBackend {
 
         let (direct, direct_note, dio_mem_align, dio_offset_align) =
             open_direct(path, block_device, logical_block_size);
+        claim(path, &file, direct.as_ref())?;
 
         let inline = sys::on_memory_fs(file.as_fd()) && {
             let mut probe = vec![0u8; block_size as usize];
@@ -197,6 +207,65 @@ impl FileBackend {
             .as_ref()
             .map(|_| (self.inner.dio_mem_align, self.inner.dio_offset_align))
     }
+}
+
+/// How long opening waits for another process to let go of the file.
+pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Run `attempt` until it gives a value or an error, for up to
+/// [`CLAIM_WAIT`] while it says "someone else holds it" (`Ok(None)`).
+fn wait_for_claim<T>(
+    path: &Path,
+    mut attempt: impl FnMut() -> io::Result<Option<T>>,
+) -> io::Result<T> {
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    let mut said = false;
+    loop {
+        if let Some(v) = attempt()? {
+            return Ok(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "still in use by another process after {} s (another runtime serving it, or one that stopped and whose I/O has not finished)",
+                    CLAIM_WAIT.as_secs()
+                ),
+            ));
+        }
+        if !said {
+            tracing::info!(path = %path.display(), "in use by another process: waiting for it to let go");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Claim the file for this process: an exclusive open-file-description
+/// lock first (granted only once every other process's descriptions of it
+/// are gone, including the kernel's references for I/O still in flight
+/// after a runtime was killed), then shared locks on both of our
+/// descriptions, so that a successor waits for both. This is the fence
+/// that keeps a dead runtime's late writes from landing after its
+/// successor's.
+fn claim(path: &Path, file: &File, direct: Option<&File>) -> Result<(), TransportError> {
+    let locked = wait_for_claim(path, || match sys::ofd_lock(file.as_fd(), true) {
+        Ok(true) => Ok(Some(true)),
+        Ok(false) => Ok(None),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EINVAL)) => {
+            tracing::warn!(path = %path.display(), error = %e, "the filesystem does not lock files: nothing keeps two runtimes from serving it at once");
+            Ok(Some(false))
+        }
+        Err(e) => Err(e),
+    })
+    .map_err(io_err("cannot claim", path))?;
+    if locked {
+        sys::ofd_lock(file.as_fd(), false).map_err(io_err("cannot lock", path))?;
+        if let Some(d) = direct {
+            sys::ofd_lock(d.as_fd(), false).map_err(io_err("cannot lock", path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Open the O_DIRECT fd and work out its alignment. Never fails: without

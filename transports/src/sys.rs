@@ -234,3 +234,26 @@ pub(crate) fn nowait_unsupported(fd: BorrowedFd<'_>, buf: *mut u8, len: usize) -
     let r = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
     r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP)
 }
+
+/// Set an open-file-description lock on the whole file (`F_OFD_SETLK`):
+/// `write` for an exclusive lock, else shared. Such a lock belongs to the
+/// open file description, not the process: it is released only when the
+/// last reference to the description goes, which includes the kernel's own
+/// references for I/O still in flight (io_uring requests, its registered
+/// files). `Ok(false)`: another description holds a conflicting lock.
+pub(crate) fn ofd_lock(fd: BorrowedFd<'_>, write: bool) -> io::Result<bool> {
+    // SAFETY: flock is plain data; zeroed is "whole file from offset 0".
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl with a valid fd and a pointer to a flock we own.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}

@@ -857,3 +857,30 @@ fn block_device() {
     zero_and_deallocate(&mut q, u64::from(g.block_size), None);
     backend.flush().unwrap();
 }
+
+#[test]
+fn a_file_is_served_by_one_backend_at_a_time() {
+    // The second open waits until every descriptor of the first (the
+    // kernel's included) is gone: the fence between a killed runtime and
+    // its successor.
+    let f = temp_file(1 << 20);
+    let first = FileBackend::open(f.path(), AUTO_BLOCK_SIZE).unwrap();
+    let mut q = first.open_queue(8).unwrap();
+    assert_eq!(read_back(q.as_mut(), 0, 4096).len(), 4096);
+    let path = f.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let second = FileBackend::open(&path, AUTO_BLOCK_SIZE);
+        tx.send(()).unwrap();
+        second.map(|_| ())
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a second backend opened the file while the first had it"
+    );
+    drop(q);
+    drop(first);
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the second open goes on once the first is gone");
+    t.join().unwrap().unwrap();
+}

@@ -96,10 +96,15 @@ pub enum ToHost {
         minor: u16,
         software: String,
     },
-    /// Serve controller `ctrl` with these namespaces (NSIDs 1..).
+    /// Serve controller `ctrl` with these namespaces (NSIDs 1..). With
+    /// `handover`, a runtime that serves it now is asked to let go first
+    /// (an upgrade in place); without, the attach is refused while another
+    /// runtime serves it.
     Attach {
         ctrl: String,
         namespaces: Vec<NsDecl>,
+        #[serde(default)]
+        handover: bool,
     },
     /// The runtime no longer touches `ctrl`'s memory: every command it
     /// took is completed and posted (graceful stop or handover).
