@@ -244,8 +244,9 @@ pub(crate) fn nowait_unsupported(fd: BorrowedFd<'_>, buf: *mut u8, len: usize) -
 pub(crate) fn ofd_lock(fd: BorrowedFd<'_>, write: bool) -> io::Result<bool> {
     // SAFETY: flock is plain data; zeroed is "whole file from offset 0".
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    let kind = if write { libc::F_WRLCK } else { libc::F_RDLCK };
+    fl.l_type = libc::c_short::try_from(kind).unwrap_or_default();
+    fl.l_whence = libc::c_short::try_from(libc::SEEK_SET).unwrap_or_default();
     // SAFETY: fcntl with a valid fd and a pointer to a flock we own.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
     if r == 0 {
