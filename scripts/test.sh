@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # THE test command (CI runs it through .ci/run, as root, in a fresh clone):
-#   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, cargo test
-#   (nextest if installed), cargo build --release -p socp, scripts/e2e.sh,
-#   scripts/e2e-tcp.sh.
+#   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, cargo build
+#   of every binary (the split tests start socp processes), cargo test
+#   (nextest if installed), cargo build --release -p socp -p
+#   leapio-host-driver, scripts/e2e.sh, scripts/e2e-tcp.sh,
+#   scripts/e2e-tcp-host.sh.
 # Stops at the first failing stage and names it.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -29,12 +31,13 @@ command -v cargo >/dev/null 2>&1 \
     || die "cargo not found: install the Rust toolchain (https://rustup.rs; rustfmt and clippy components) and put ~/.cargo/bin in PATH"
 stage fmt cargo fmt --all -- --check
 stage clippy cargo clippy --workspace --all-targets -- -D warnings
+stage build-bins cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
     stage test cargo nextest run --workspace
 else
     stage test cargo test --workspace
 fi
-stage build-socp cargo build --release -p socp
+stage build-socp cargo build --release -p socp -p leapio-host-driver
 stage e2e bash scripts/e2e.sh
 stage e2e-tcp bash scripts/e2e-tcp.sh
 stage e2e-tcp-host bash scripts/e2e-tcp-host.sh

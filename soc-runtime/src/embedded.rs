@@ -28,7 +28,7 @@ impl Embedded {
         let mut served: Vec<(String, Vec<Arc<Namespace>>)> = Vec::new();
         for c in specs {
             let name = c.ctrl_name();
-            let ns = open_served(&c.namespaces, &name).map_err(|(nsid, e)| {
+            let ns = open_served(&c.namespaces, &name, true).map_err(|(nsid, e)| {
                 format!("controller {name}: namespace {nsid}: {}", error_chain(&e))
             })?;
             served.push((name, ns));

@@ -383,6 +383,18 @@ fn write_loop(sock: UnixStream, rx: Receiver<ToHost>) {
 /// One controller's requests, in order.
 fn worker(mut q: CtrlQueues, rx: Receiver<Work>, outbox: SyncSender<ToHost>) {
     let name = q.ctx().name.clone();
+    // Backends opened for a handover are claimed now that the previous
+    // runtime let go (it may take a moment to close them).
+    let table = q.ctx().namespaces.load_full();
+    for n in table.entries.iter().flatten() {
+        if let Err(e) = n.backend.claim() {
+            q.ctx().set_fatal(format!(
+                "namespace {}: {}",
+                n.info.nsid,
+                crate::error_chain(&e)
+            ));
+        }
+    }
     let ack = |req: u64, status: u16| {
         let _ = outbox.send(ToHost::Ack { req, status });
     };
@@ -396,6 +408,9 @@ fn worker(mut q: CtrlQueues, rx: Receiver<Work>, outbox: SyncSender<ToHost>) {
                 let drained = q.delete_all();
                 if !drained {
                     tracing::error!(ctrl = %name, "commands still running on a backend while letting go");
+                }
+                if let Err(e) = q.flush() {
+                    tracing::error!(ctrl = %name, "flushing on the way out: {e}");
                 }
                 if tell_host && drained {
                     let _ = outbox.send(ToHost::Detach { ctrl: name.clone() });

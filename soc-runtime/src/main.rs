@@ -1,9 +1,9 @@
 //! `socp`: the LeapIO runtime.
 
 use clap::Parser;
+use leapio_transports::BackendSpec;
 use socp::config::CtrlSpec;
 use socp::crash::{self, CrashAt};
-use socp::ctrl::Namespace;
 use socp::embedded::Embedded;
 use socp::error_chain;
 use socp::link_client::LinkClient;
@@ -130,7 +130,7 @@ impl FromStr for LinkAddr {
 /// What this process serves, kept to re-attach after the link drops.
 struct Served {
     name: String,
-    namespaces: Vec<Arc<Namespace>>,
+    specs: Vec<BackendSpec>,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +140,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match run(args) {
@@ -194,15 +195,14 @@ fn run(args: Args) -> Result<(), String> {
     let io_wait = (args.io_wait_us > 0).then(|| Duration::from_micros(args.io_wait_us));
     let rt = Runtime::start_with(args.pollers, &args.poller_cpus, io_wait)
         .map_err(|e| format!("starting pollers: {e}"))?;
-    let mut served = Vec::new();
-    for c in &args.ctrls {
-        let name = c.ctrl_name();
-        let namespaces = open_served(&c.namespaces, &name).map_err(|(nsid, e)| {
-            rt.shutdown();
-            format!("controller {name}: namespace {nsid}: {}", error_chain(&e))
-        })?;
-        served.push(Served { name, namespaces });
-    }
+    let served: Vec<Served> = args
+        .ctrls
+        .iter()
+        .map(|c| Served {
+            name: c.ctrl_name(),
+            specs: c.namespaces.clone(),
+        })
+        .collect();
     let mut targets = Vec::new();
     for (i, spec) in args.tcp_targets.iter().enumerate() {
         match TcpTarget::start(i, spec, args.tcp_pollers, stop.clone()) {
@@ -236,14 +236,6 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     rt.shutdown();
-    for s in &served {
-        for n in &s.namespaces {
-            if let Err(e) = n.backend.flush() {
-                tracing::error!("flushing {}: {e}", n.backend.describe());
-                flush_failed = true;
-            }
-        }
-    }
     tracing::info!("stopped");
     result?;
     if flush_failed {
@@ -259,15 +251,19 @@ fn attach_all(
     handover: bool,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let waits: Vec<_> = served
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                client.attach(&s.name, s.namespaces.clone(), handover),
+    let mut waits = Vec::new();
+    for s in served {
+        // Taking over from a runtime that still holds the backends: claim
+        // them once it has let go (after the attach).
+        let ns = open_served(&s.specs, &s.name, !handover).map_err(|(nsid, e)| {
+            format!(
+                "controller {}: namespace {nsid}: {}",
+                s.name,
+                error_chain(&e)
             )
-        })
-        .collect();
+        })?;
+        waits.push((s.name.clone(), client.attach(&s.name, ns, handover)));
+    }
     for (name, rx) in waits {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -360,11 +356,8 @@ fn serve_all_in_one(
     served: &[Served],
     stop: &Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let opened = served
-        .iter()
-        .map(|s| (s.name.clone(), s.namespaces.clone()))
-        .collect();
-    let mut e = Embedded::start_with(specs, rt, opened)?;
+    let _ = served;
+    let mut e = Embedded::start(specs, rt)?;
     tracing::info!(
         controllers = served.len(),
         pollers = rt.pollers(),

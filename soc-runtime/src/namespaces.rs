@@ -2,7 +2,9 @@
 
 use crate::ctrl::Namespace;
 use leapio_nvme::controller::{namespace_ids, NamespaceInfo};
-use leapio_transports::{open_backend, Backend, BackendSpec, TransportError};
+use leapio_transports::{
+    open_backend, open_backend_unclaimed, Backend, BackendSpec, TransportError,
+};
 use std::sync::Arc;
 
 /// A front end's namespaces: their backends and how they are presented,
@@ -49,15 +51,26 @@ pub fn info(nsid: u32, b: &dyn Backend, serial: &str) -> NamespaceInfo {
 
 /// Open the namespaces a runtime serves for one controller (NSIDs 1..).
 /// The identifiers the guest sees are the host-driver's; these carry
-/// what the data path needs (geometry, capabilities).
+/// what the data path needs (geometry, capabilities). Without `claim`
+/// the backends are claimed later (taking over from a runtime that still
+/// holds them: see [`Backend::claim`]).
 pub fn open_served(
     specs: &[BackendSpec],
     ctrl: &str,
+    claim: bool,
 ) -> Result<Vec<Arc<Namespace>>, (u32, TransportError)> {
-    let (backends, infos) = open_namespaces(specs, ctrl, ctrl)?;
-    Ok(backends
-        .into_iter()
-        .zip(infos)
-        .map(|(backend, info)| Arc::new(Namespace { info, backend }))
-        .collect())
+    let mut out = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let open = if claim {
+            open_backend
+        } else {
+            open_backend_unclaimed
+        };
+        let backend = open(spec).map_err(|e| (nsid, e))?;
+        tracing::info!(ctrl, nsid, "namespace {nsid}: {}", backend.describe());
+        let info = info(nsid, backend.as_ref(), ctrl);
+        out.push(Arc::new(Namespace { info, backend }));
+    }
+    Ok(out)
 }

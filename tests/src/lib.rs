@@ -10,6 +10,7 @@
 pub mod driver;
 pub mod mem;
 pub mod server;
+pub mod split;
 
 pub use driver::{Driver, DriverError, QueuePair};
 pub use mem::GuestMem;

@@ -105,7 +105,12 @@ impl SplitHost {
     pub fn wait_attached(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.host.status().iter().any(|c| c.name == self.name && c.runtime != 0) {
+            if self
+                .host
+                .status()
+                .iter()
+                .any(|c| c.name == self.name && c.runtime != 0)
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -145,6 +150,11 @@ pub fn term(c: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus
 
 /// Bytes per workload I/O (and per tracked chunk).
 pub const CHUNK: u64 = 4096;
+const CHUNK_BYTES: usize = 4096;
+
+fn ix(chunk: u64) -> usize {
+    usize::try_from(chunk).unwrap_or(usize::MAX)
+}
 
 struct Io {
     write: bool,
@@ -179,7 +189,7 @@ pub struct Workload {
 }
 
 fn pattern(tag: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(CHUNK as usize);
+    let mut v = Vec::with_capacity(CHUNK_BYTES);
     for _ in 0..CHUNK / 8 {
         v.extend_from_slice(&tag.to_le_bytes());
     }
@@ -203,8 +213,8 @@ impl Workload {
             chunks,
             qd,
             buf,
-            expected: vec![0; chunks as usize],
-            busy: vec![false; chunks as usize],
+            expected: vec![0; ix(chunks)],
+            busy: vec![false; ix(chunks)],
             free_slots: (0..qd).collect(),
             inflight: HashMap::new(),
             rng: seed | 1,
@@ -244,12 +254,16 @@ impl Workload {
         } else {
             self.d.mem.fill(gpa, CHUNK, 0xee);
         }
-        let op = if write { IoOpcode::WRITE } else { IoOpcode::READ };
+        let op = if write {
+            IoOpcode::WRITE
+        } else {
+            IoOpcode::READ
+        };
         let nlb = u32::try_from(CHUNK / u64::from(self.bs)).unwrap_or(1);
         let slba = chunk * (CHUNK / u64::from(self.bs));
         let sqe = self.d.rw_sqe(op, 1, slba, nlb, gpa, CHUNK, slot);
         let cid = self.d.push(self.qid, sqe);
-        self.busy[chunk as usize] = true;
+        self.busy[ix(chunk)] = true;
         if let Some(old) = self.inflight.insert(
             cid,
             Io {
@@ -259,8 +273,10 @@ impl Workload {
                 tag,
             },
         ) {
-            self.errors
-                .push(format!("cid {cid} reused while chunk {} in flight", old.chunk));
+            self.errors.push(format!(
+                "cid {cid} reused while chunk {} in flight",
+                old.chunk
+            ));
         }
     }
 
@@ -269,7 +285,7 @@ impl Workload {
         let mut pushed = false;
         while self.inflight.len() < self.qd {
             let chunk = self.rand() % self.chunks;
-            if self.busy[chunk as usize] {
+            if self.busy[ix(chunk)] {
                 continue;
             }
             let write = self.rand() % 2 == 0;
@@ -294,7 +310,7 @@ impl Workload {
                 ));
                 continue;
             };
-            self.busy[io.chunk as usize] = false;
+            self.busy[ix(io.chunk)] = false;
             self.free_slots.push(io.slot);
             let status = c.status_field();
             if !status.is_success() {
@@ -307,20 +323,20 @@ impl Workload {
             }
             if io.write {
                 self.writes += 1;
-                self.expected[io.chunk as usize] = io.tag;
+                self.expected[ix(io.chunk)] = io.tag;
             } else {
                 self.reads += 1;
                 let got = self
                     .d
                     .mem
-                    .read_vec(self.buf + io.slot as u64 * CHUNK, CHUNK as usize);
-                let want = pattern(self.expected[io.chunk as usize]);
+                    .read_vec(self.buf + io.slot as u64 * CHUNK, CHUNK_BYTES);
+                let want = pattern(self.expected[ix(io.chunk)]);
                 if got != want {
                     self.errors.push(format!(
                         "read of chunk {}: wrong data (first word {:#x}, expected {:#x})",
                         io.chunk,
                         u64::from_le_bytes(got[..8].try_into().unwrap_or([0; 8])),
-                        self.expected[io.chunk as usize]
+                        self.expected[ix(io.chunk)]
                     ));
                 }
             }
@@ -363,7 +379,7 @@ impl Workload {
             let slba = chunk * (CHUNK / u64::from(self.bs));
             match self.d.read_blocks(self.qid, 1, slba, self.bs, CHUNK) {
                 Ok((c, data)) if c.status_field().is_success() => {
-                    if data != pattern(self.expected[chunk as usize]) {
+                    if data != pattern(self.expected[ix(chunk)]) {
                         self.errors
                             .push(format!("final read of chunk {chunk}: wrong data"));
                     }
@@ -371,7 +387,9 @@ impl Workload {
                 Ok((c, _)) => self
                     .errors
                     .push(format!("final read of chunk {chunk}: {}", c.status_field())),
-                Err(e) => self.errors.push(format!("final read of chunk {chunk}: {e}")),
+                Err(e) => self
+                    .errors
+                    .push(format!("final read of chunk {chunk}: {e}")),
             }
         }
     }

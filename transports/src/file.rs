@@ -53,6 +53,9 @@ pub(crate) struct FileInner {
     /// worker thread (a thread switch per request, on the poller's CPU) only
     /// to do the same memory copy.
     pub(crate) inline: bool,
+    /// Held once the file is claimed (see [`claim`]): for a block device,
+    /// its exclusive (O_EXCL) descriptor.
+    claim: std::sync::Mutex<Option<Option<File>>>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TransportError + 'a {
@@ -80,29 +83,12 @@ impl FileBackend {
                 path.display()
             )));
         }
-        // A block device is opened exclusively (O_EXCL), so a mounted or
-        // otherwise claimed device is refused instead of corrupted. The check
-        // before open is only a hint: the type is re-checked on the open fd.
-        let exclusive = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
-        let file = wait_for_claim(path, || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_CLOEXEC | if exclusive { libc::O_EXCL } else { 0 })
-                .open(path)
-                .map(Some)
-                .or_else(|e| match e.raw_os_error() {
-                    // Another exclusive opener, maybe a runtime that is
-                    // still finishing its I/O: wait for it.
-                    Some(libc::EBUSY) if exclusive => Ok(None),
-                    _ => Err(e),
-                })
-        })
-        .map_err(if exclusive {
-            io_err("cannot open exclusively (mounted or in use?)", path)
-        } else {
-            io_err("cannot open", path)
-        })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err("cannot open", path))?;
         let meta = file.metadata().map_err(io_err("cannot stat", path))?;
         let file_type = meta.file_type();
         let block_device = file_type.is_block_device();
@@ -152,7 +138,6 @@ impl FileBackend {
 
         let (direct, direct_note, dio_mem_align, dio_offset_align) =
             open_direct(path, block_device, logical_block_size);
-        claim(path, &file, direct.as_ref())?;
 
         let inline = sys::on_memory_fs(file.as_fd()) && {
             let mut probe = vec![0u8; block_size as usize];
@@ -182,6 +167,7 @@ impl FileBackend {
                 zero_range_unsupported: AtomicBool::new(false),
                 direct_refused: AtomicBool::new(false),
                 inline,
+                claim: std::sync::Mutex::new(None),
             }),
         };
         tracing::info!(backend = %backend.describe(), "opened file backend");
@@ -248,7 +234,31 @@ fn wait_for_claim<T>(
 /// descriptions, so that a successor waits for both. This is the fence
 /// that keeps a dead runtime's late writes from landing after its
 /// successor's.
-fn claim(path: &Path, file: &File, direct: Option<&File>) -> Result<(), TransportError> {
+fn claim(
+    path: &Path,
+    block_device: bool,
+    file: &File,
+    direct: Option<&File>,
+) -> Result<Option<File>, TransportError> {
+    // A block device is also opened exclusively (O_EXCL), so a mounted or
+    // otherwise claimed device is refused instead of corrupted.
+    let exclusive = if block_device {
+        let f = wait_for_claim(path, || {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_EXCL)
+                .open(path)
+                .map(Some)
+                .or_else(|e| match e.raw_os_error() {
+                    Some(libc::EBUSY) => Ok(None),
+                    _ => Err(e),
+                })
+        })
+        .map_err(io_err("cannot open exclusively (mounted or in use?)", path))?;
+        Some(f)
+    } else {
+        None
+    };
     let locked = wait_for_claim(path, || match sys::ofd_lock(file.as_fd(), true) {
         Ok(true) => Ok(Some(true)),
         Ok(false) => Ok(None),
@@ -265,7 +275,7 @@ fn claim(path: &Path, file: &File, direct: Option<&File>) -> Result<(), Transpor
             sys::ofd_lock(d.as_fd(), false).map_err(io_err("cannot lock", path))?;
         }
     }
-    Ok(())
+    Ok(exclusive)
 }
 
 /// Open the O_DIRECT fd and work out its alignment. Never fails: without
@@ -386,6 +396,22 @@ impl FileInner {
     }
 }
 
+impl FileBackend {
+    /// Claim the file for this process (see [`claim`]); waits up to
+    /// [`CLAIM_WAIT`] for another process to let go. Idempotent.
+    pub fn claim(&self) -> Result<(), TransportError> {
+        let i = &self.inner;
+        let mut held = i
+            .claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.is_none() {
+            *held = Some(claim(&i.path, i.block_device, &i.file, i.direct.as_ref())?);
+        }
+        Ok(())
+    }
+}
+
 impl Backend for FileBackend {
     fn geometry(&self) -> Geometry {
         self.inner.geometry
@@ -417,6 +443,10 @@ impl Backend for FileBackend {
                 target: self.describe(),
                 source,
             })
+    }
+
+    fn claim(&self) -> Result<(), TransportError> {
+        FileBackend::claim(self)
     }
 
     fn describe(&self) -> String {

@@ -278,6 +278,13 @@ pub trait Backend: Send + Sync {
     fn persistent(&self) -> bool {
         true
     }
+    /// Take the backing object for this process, waiting for another
+    /// process (a runtime that stopped or was killed) to let go of it and
+    /// for the I/O the kernel still runs for it to finish. Done before the
+    /// first I/O; idempotent. Backends in process memory need nothing.
+    fn claim(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
 }
 
 /// A per-poller queue of requests. Not shared between threads (but may move
@@ -314,6 +321,15 @@ pub trait BackendQueue: Send {
 
 /// Open the backend a spec names.
 pub fn open_backend(spec: &BackendSpec) -> Result<Arc<dyn Backend>, TransportError> {
+    let b = open_backend_unclaimed(spec)?;
+    b.claim()?;
+    Ok(b)
+}
+
+/// Open a backend without claiming it ([`Backend::claim`] comes later):
+/// a runtime taking over from another one that still holds the file learns
+/// its geometry first, and claims it once the other has let go.
+pub fn open_backend_unclaimed(spec: &BackendSpec) -> Result<Arc<dyn Backend>, TransportError> {
     Ok(match spec {
         BackendSpec::Ram { size, block_size } => Arc::new(RamBackend::new(*size, *block_size)?),
         BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),

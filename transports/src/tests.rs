@@ -865,14 +865,17 @@ fn a_file_is_served_by_one_backend_at_a_time() {
     // its successor.
     let f = temp_file(1 << 20);
     let first = FileBackend::open(f.path(), AUTO_BLOCK_SIZE).unwrap();
+    first.claim().unwrap();
     let mut q = first.open_queue(8).unwrap();
     assert_eq!(read_back(q.as_mut(), 0, 4096).len(), 4096);
     let path = f.path().to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
-        let second = FileBackend::open(&path, AUTO_BLOCK_SIZE);
+        // Opening (to learn the geometry) does not wait; claiming does.
+        let second = FileBackend::open(&path, AUTO_BLOCK_SIZE).unwrap();
+        let r = second.claim();
         tx.send(()).unwrap();
-        second.map(|_| ())
+        r
     });
     assert!(
         rx.recv_timeout(Duration::from_millis(300)).is_err(),

@@ -1,0 +1,288 @@
+//! The split deployment: the host-driver here, `socp` in other processes
+//! that are killed, stopped and replaced while a guest (the test driver)
+//! keeps verified I/O in flight. Nothing may be lost, fail, complete twice
+//! or read back wrong.
+
+use leapio_host_driver::port::Timeouts;
+use leapio_nvme::Status;
+use leapio_tests::split::{kill9, term, SplitHost, Workload, CHUNK};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// 4 MiB namespace.
+const CHUNKS: u64 = 1024;
+const QD: usize = 16;
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        ack: Duration::from_secs(5),
+        drain: Duration::from_secs(5),
+        fence: Duration::from_secs(10),
+    }
+}
+
+fn disk(host: &SplitHost) -> String {
+    let path = host.dir.join("disk.img");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(CHUNKS * CHUNK).unwrap();
+    format!("ns=file:{}", path.display())
+}
+
+/// A guest running the workload on its own thread until `stop`; returns it
+/// drained and fully verified.
+fn guest(host: &SplitHost, seed: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Workload> {
+    let sock = host.vfio.clone();
+    std::thread::spawn(move || {
+        let mut w = Workload::new(&sock, CHUNKS, QD, seed).expect("guest bring-up");
+        while !stop.load(Ordering::Acquire) {
+            w.run_for(Duration::from_millis(20));
+        }
+        w.drain(Duration::from_secs(30));
+        w.verify_all();
+        w
+    })
+}
+
+fn report(host: &SplitHost, w: &Workload, what: &str) {
+    eprintln!(
+        "{what}: {} completions ({} writes, {} reads), {} errors",
+        w.completed,
+        w.writes,
+        w.reads,
+        w.errors.len()
+    );
+    if !w.errors.is_empty() {
+        eprintln!("{}", host.socp_logs());
+        panic!("{what}: {:#?}", &w.errors[..w.errors.len().min(20)]);
+    }
+}
+
+/// xorshift for kill points.
+fn next(r: &mut u64) -> u64 {
+    *r ^= *r << 13;
+    *r ^= *r >> 7;
+    *r ^= *r << 17;
+    *r
+}
+
+#[test]
+fn kill_9_with_io_in_flight_twenty_times() {
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(
+        host.wait_attached(Duration::from_secs(20)),
+        "{}",
+        host.socp_logs()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = guest(&host, 0x5eed_0001, stop.clone());
+    let mut rng = 0x1234_5678_9abc_def1u64;
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(30 + next(&mut rng) % 220));
+        kill9(&mut socp);
+        let t = Instant::now();
+        socp = host.spawn_socp(&ns, &[]);
+        assert!(
+            host.wait_attached(Duration::from_secs(20)),
+            "{}",
+            host.socp_logs()
+        );
+        worst = worst.max(t.elapsed());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Release);
+    let w = g.join().expect("guest");
+    eprintln!("slowest restart to attach: {worst:?}");
+    report(&host, &w, "20 x kill -9");
+    assert!(w.completed > 1000, "too little I/O ran: {}", w.completed);
+    let logs = host.socp_logs();
+    assert!(
+        logs.contains("completion queue resumed"),
+        "no runtime resumed a queue:\n{logs}"
+    );
+    kill9(&mut socp);
+}
+
+#[test]
+fn sigterm_and_restart_hand_over_cleanly() {
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = guest(&host, 0x5eed_0002, stop.clone());
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(150));
+        let status = term(&mut socp, Duration::from_secs(20)).expect("socp stops on SIGTERM");
+        assert!(status.success(), "socp exited with {status}");
+        socp = host.spawn_socp(&ns, &[]);
+        assert!(
+            host.wait_attached(Duration::from_secs(20)),
+            "{}",
+            host.socp_logs()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    stop.store(true, Ordering::Release);
+    let w = g.join().expect("guest");
+    report(&host, &w, "5 x SIGTERM + restart");
+    // A clean stop leaves nothing for the successor to redo.
+    let logs = host.socp_logs();
+    assert!(!logs.contains("running again"), "{logs}");
+    kill9(&mut socp);
+}
+
+#[test]
+fn handover_upgrades_in_place() {
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let mut old = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = guest(&host, 0x5eed_0003, stop.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    // A plain second runtime is refused while the first serves (with a
+    // file of its own: the first one's is claimed)...
+    let other = host.dir.join("other.img");
+    std::fs::File::create(&other)
+        .unwrap()
+        .set_len(CHUNKS * CHUNK)
+        .unwrap();
+    let mut refused = host.spawn_socp(&format!("ns=file:{}", other.display()), &[]);
+    let status = refused.wait().unwrap();
+    assert!(!status.success());
+    assert!(host.socp_logs().contains("serves it (attach with handover"));
+    // ...one with --handover takes over; the old one drains and exits.
+    let mut new = host.spawn_socp(&ns, &["--handover"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let old_status = loop {
+        if let Some(s) = old.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{}", host.socp_logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(old_status.success(), "old runtime: {old_status}");
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Release);
+    let w = g.join().expect("guest");
+    report(&host, &w, "handover");
+    kill9(&mut new);
+}
+
+/// Stop the runtime exactly between two steps of the queue protocol; the
+/// successor must finish the job from the queue-state area.
+#[test]
+fn crash_at_every_step_of_the_queue_protocol() {
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = guest(&host, 0x5eed_0004, stop.clone());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut rng = 0xfeed_beef_u64;
+    for point in [
+        "sqe-fetched",
+        "inflight-recorded",
+        "completion-recorded",
+        "cqe-written",
+        "cqe-posted",
+    ] {
+        kill9(&mut socp);
+        let n = 50 + next(&mut rng) % 400;
+        socp = host.spawn_socp(&ns, &["--crash-at", &format!("{point}:{n}")]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = socp.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "socp never reached {point}:\n{}",
+                host.socp_logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{point}: {status}");
+        socp = host.spawn_socp(&ns, &[]);
+        assert!(host.wait_attached(Duration::from_secs(20)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Release);
+    let w = g.join().expect("guest");
+    report(&host, &w, "crash points");
+    let logs = host.socp_logs();
+    // What each stop point leaves behind was found and dealt with.
+    assert!(logs.contains("refetch=1"), "{logs}");
+    assert!(logs.contains("reposted=1"), "{logs}");
+    kill9(&mut socp);
+}
+
+/// A runtime that does not answer a queue deletion is killed (it may
+/// still write into the queue), and the guest's command completes.
+#[test]
+fn a_runtime_that_never_acknowledges_a_deletion_is_fenced() {
+    let t = Timeouts {
+        ack: Duration::from_secs(2),
+        drain: Duration::from_secs(1),
+        fence: Duration::from_secs(10),
+    };
+    let host = SplitHost::start("vm0", 4, t);
+    let ns = disk(&host);
+    let mut socp = host.spawn_socp(&ns, &["--test-hang-deletes"]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let mut w = Workload::new(&host.vfio, CHUNKS, QD, 7).unwrap();
+    w.run_for(Duration::from_millis(100));
+    w.drain(Duration::from_secs(10));
+    let start = Instant::now();
+    w.d.delete_queue_pair(1)
+        .expect("the deletion completes once the runtime is fenced");
+    let took = start.elapsed();
+    let status = socp.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(took < Duration::from_secs(10), "deletion took {took:?}");
+    // The controller lives on with a new runtime.
+    let mut good = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    w.d.create_queue_pair(1, 256, 1).unwrap();
+    let (c, _) = w.d.read_blocks(1, 1, 0, 512, 4096).unwrap();
+    assert_eq!(c.status_field(), Status::SUCCESS);
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    kill9(&mut good);
+}
+
+/// With no runtime the admin queue answers and I/O waits; the first
+/// runtime to come serves what was submitted meanwhile.
+#[test]
+fn io_waits_for_a_runtime() {
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let mut w = Workload::new(&host.vfio, CHUNKS, QD, 9).unwrap();
+    w.run_for(Duration::from_millis(100));
+    kill9(&mut socp);
+    // What the dead runtime posted, then commands submitted while nobody
+    // serves: none of them completes.
+    w.reap();
+    w.fill();
+    std::thread::sleep(Duration::from_millis(300));
+    let n = w.reap();
+    assert_eq!(n, 0, "commands completed with no runtime");
+    assert_eq!(w.in_flight(), QD);
+    // The admin queue still answers.
+    let id = w.d.identify_controller().expect("identify with no runtime");
+    assert_ne!(id.nn.get(), 0);
+    socp = host.spawn_socp(&ns, &[]);
+    w.drain(Duration::from_secs(30));
+    w.verify_all();
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    kill9(&mut socp);
+}
