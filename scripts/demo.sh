@@ -3,25 +3,40 @@
 # own nvme driver, nvme-cli and fio on a virtual NVMe controller served by
 # socp from a 1 GiB file on the host.
 #
-# usage: bash scripts/demo.sh [--json] [--runtime SEC] [--timeout SEC]
+# usage: bash scripts/demo.sh [--soc in-process|process] [--restart-socp]
+#                             [--json] [--runtime SEC] [--timeout SEC]
+#   --soc in-process  (default) one socp process: host-driver and runtime
+#                  linked inside it
+#   --soc process  the LeapIO split: leapio-hostd owns the VM's vfio-user
+#                  connection and control plane, socp (the runtime) runs in
+#                  another process and serves the I/O queues over the link
+#   --restart-socp with --soc process: kill -9 socp twice while fio runs in
+#                  the guest (during the verified write and during the
+#                  randread phase) and start a new one each time; the guest
+#                  must not notice (no I/O error, no nvme timeout or reset,
+#                  fio's verify clean)
 #   --json         the last line of stdout is one JSON object:
 #                  {"accel","model","namespaces","fio":[{name,iops,bw_kib_s,
-#                   clat_p99_us,errors}],"verify":"ok"|"<reason>", ...}
+#                   clat_p99_us,errors}],"verify":"ok"|"<reason>","soc",
+#                   "socp_restarts","guest_io_errors","guest_nvme_resets", ...}
 #   --runtime SEC  length of the timed 4k randread phase (default 5)
 #   --timeout SEC  hard limit for the guest run (default 420)
 #   LEAPIO_ACCEL=auto|kvm|tcg chooses the accelerator (default auto).
 #
-# Steps: setup-host.sh, cargo build --release -p socp, vm-images/build.sh,
-# backing file, socp in the background, one guest boot running the `info` and
-# `fio` jobs, summary; socp and QEMU are always stopped on exit.
+# Steps: setup-host.sh, cargo build --release -p socp -p leapio-host-driver,
+# vm-images/build.sh, backing file, socp (and leapio-hostd) in the
+# background, one guest boot running the `info` and `fio` jobs, summary;
+# everything is stopped on exit.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-json=0 runtime=5 timeout=420
+json=0 runtime=5 timeout=420 soc=in-process restart=0
 while (($#)); do
     case $1 in
     --json) json=1 ;;
+    --soc) soc=${2:-}; shift ;;
+    --restart-socp) restart=1 ;;
     --runtime) runtime=$2; shift ;;
     --timeout) timeout=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -29,6 +44,8 @@ while (($#)); do
     esac
     shift
 done
+[[ $soc == in-process || $soc == process ]] || die "demo.sh: --soc must be in-process or process"
+((restart == 0)) || [[ $soc == process ]] || die "demo.sh: --restart-socp needs --soc process (the in-process runtime cannot restart without the VM's device)"
 need_root
 cd "$LEAPIO_REPO"
 t0=$(now)
@@ -40,39 +57,77 @@ fail() { # stage message
     fi
     exit 1
 }
-trap 'stop_guest; stop_socp >/dev/null 2>&1 || true' EXIT
+RESTARTER=''
+cleanup() {
+    [[ -n $RESTARTER ]] && kill "$RESTARTER" 2>/dev/null
+    stop_guest
+    if [[ $soc == process ]]; then
+        [[ -n $HOSTD_PID ]] && stop_split >/dev/null 2>&1
+    else
+        stop_socp >/dev/null 2>&1
+    fi
+    true
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 log "[1/5] host set-up (setup-host.sh)"
 bash scripts/setup-host.sh >&2 || fail setup-host "scripts/setup-host.sh failed"
 
-log "[2/5] building socp (cargo build --release -p socp)"
+log "[2/5] building socp and leapio-hostd (cargo build --release -p socp -p leapio-host-driver)"
 command -v cargo >/dev/null 2>&1 || fail build "cargo not found: install Rust (https://rustup.rs) and put cargo in PATH"
-cargo build --release -p socp >&2 || fail build "cargo build --release -p socp failed"
+cargo build --release -p socp -p leapio-host-driver >&2 || fail build "cargo build --release failed"
 
 log "[3/5] guest image (vm-images/build.sh)"
 bash vm-images/build.sh >/dev/null || fail image "vm-images/build.sh failed"
 
-log "[4/5] starting socp on a 1 GiB file"
 disk=$LEAPIO_DATA/demo-disk.img
 [[ -f $disk ]] || truncate -s 1G "$disk"
 logs=$LEAPIO_CACHE/logs/demo
 mkdir -p "$logs"
+rm -f "$logs"/restart-times
 sock=$LEAPIO_RUN/demo0.sock
-start_socp "$logs/socp.log" --ctrl "sock=$sock,ns=file:$disk" \
-    || fail socp "socp did not start (see $logs/socp.log)"
-log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
+glog=$logs/guest.log
+if [[ $soc == process ]]; then
+    log "[4/5] starting leapio-hostd and socp (split, separate processes) on a 1 GiB file"
+    start_split "$logs" demo0 "$sock" "file:$disk" \
+        || fail socp "leapio-hostd + socp did not start (see $logs/hostd.log, $logs/socp.log)"
+    log "leapio-hostd (pid $HOSTD_PID) owns vfio-user socket $sock; socp (pid $(cat "$logs/socp.pid")) serves it over the link; logs in $logs"
+    if ((restart)); then
+        rm -f "$glog"
+        socp_restarter "$glog" "$timeout" "FIO-START fio write 1" "FIO-START fio randread 1" &
+        RESTARTER=$!
+    fi
+else
+    log "[4/5] starting socp on a 1 GiB file"
+    start_socp "$logs/socp.log" --ctrl "sock=$sock,ns=file:$disk" \
+        || fail socp "socp did not start (see $logs/socp.log)"
+    log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
+fi
 
 log "[5/5] booting the guest: info + fio jobs (LEAPIO_ACCEL=${LEAPIO_ACCEL:-auto})"
-glog=$logs/guest.log
 grc=0
 run_guest --job info,fio --disk "vfio-user:$sock" --log "$glog" \
     --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
-socp_alive=1
-kill -0 "$SOCP_PID" 2>/dev/null || socp_alive=0
-stop_rc=0
-stop_socp || stop_rc=1
+socp_alive=1 stop_rc=0 restarts=0
+if [[ $soc == process ]]; then
+    if [[ -n $RESTARTER ]]; then
+        wait "$RESTARTER" || log "the restarter did not do all its restarts"
+        RESTARTER=''
+    fi
+    restarts=$(split_restarts)
+    kill -0 "$(cat "$logs/socp.pid")" 2>/dev/null || socp_alive=0
+    kill -0 "$HOSTD_PID" 2>/dev/null || socp_alive=0
+    stop_split || stop_rc=1
+else
+    kill -0 "$SOCP_PID" 2>/dev/null || socp_alive=0
+    stop_socp || stop_rc=1
+fi
 accel=$(sed -n 's/^accel=//p' "$glog.meta")
+sets=(--set "soc=$soc" --set "socp_restarts=$restarts")
+if [[ -s $logs/restart-times ]]; then
+    sets+=(--set "restart_to_attach_s=[$(paste -sd, "$logs/restart-times")]")
+fi
 
 # the virtual controller, as the guest's nvme-cli saw it
 for b in nvme-list id-ctrl id-ns-1; do
@@ -85,7 +140,7 @@ for b in nvme-list id-ctrl id-ns-1; do
     fi
 done
 echo "---- summary ----"
-guestlog summary "$glog" --accel "$accel" || true
+guestlog summary "$glog" --accel "$accel" "${sets[@]}" || true
 echo "  total      : $(elapsed "$t0") s (guest run $(sed -n 's/^wall_s=//p' "$glog.meta") s)"
 
 why=''
@@ -96,19 +151,22 @@ case $grc in
 *) why="guest did not finish (QEMU exit, see $glog.stderr)" ;;
 esac
 ((socp_alive)) || why="${why:+$why; }socp died during the run"
+if ((restart)) && [[ $restarts != 2 ]]; then
+    why="${why:+$why; }socp was restarted $restarts times instead of 2"
+fi
 if [[ -n $why ]]; then
     guest_tail "$glog" 25
     socp_tail 25
     if ((json)); then
-        guestlog summary "$glog" --json --accel "$accel" \
+        guestlog summary "$glog" --json --accel "$accel" "${sets[@]}" \
             | "$PY" -c 'import json,sys; o=json.loads(sys.stdin.read() or "{}"); o["verify"]=sys.argv[1]; print(json.dumps(o,separators=(",",":")))' "$why"
     fi
     log "demo FAILED: $why"
     exit 1
 fi
-((stop_rc == 0)) || log "warning: socp did not stop cleanly on SIGTERM (see above)"
+((stop_rc == 0)) || log "warning: socp (or leapio-hostd) did not stop cleanly on SIGTERM (see above)"
 if ((json)); then
-    guestlog summary "$glog" --json --accel "$accel" --wall "$(elapsed "$t0")" || exit 1
+    guestlog summary "$glog" --json --accel "$accel" --wall "$(elapsed "$t0")" "${sets[@]}" || exit 1
 else
     log "demo OK"
 fi

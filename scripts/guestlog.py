@@ -10,9 +10,11 @@ usage: guestlog.py COMMAND LOG [args]
   bench-table - ACCEL RUNTIME [--json]
                               table and ratios of bench-guest.sh results
                               (JSON lines on stdin, one per target)
-  summary LOG [--json] [--accel A] [--wall S]
+  summary LOG [--json] [--accel A] [--wall S] [--set KEY=VALUE]...
                               the demo's readable summary, or (with --json)
-                              one JSON object on the last line
+                              one JSON object on the last line (--set adds
+                              fields; VALUE is JSON or a string)
+  kernel LOG                  {"guest_io_errors":N,"guest_nvme_resets":M}
 Only the Python standard library is used.
 """
 import json
@@ -159,9 +161,25 @@ def queues(blocks, job="fio"):
     return {k: v.get("after", 0) - v.get("before", 0) for k, v in sorted(vals.items())}
 
 
-def summary(path, as_json, accel, wall):
+def kernel(events):
+    """The guest kernel's I/O error and nvme reset/timeout counts (None if
+    the guest did not report them)."""
+    out = {"guest_io_errors": None, "guest_nvme_resets": None}
+    for e in events:
+        if e[0] == "KERNEL":
+            for kv in e[1:]:
+                k, _, v = kv.partition("=")
+                if k == "io_errors":
+                    out["guest_io_errors"] = int(v or 0)
+                elif k == "nvme_resets":
+                    out["guest_nvme_resets"] = int(v or 0)
+    return out
+
+
+def summary(path, as_json, accel, wall, extra=None):
     events, blocks = parse(path)
     res = results(events)
+    kern = kernel(events)
     inf = info(blocks)
     phases = fio_phases(blocks, "fio")
     q = queues(blocks)
@@ -172,6 +190,9 @@ def summary(path, as_json, accel, wall):
         verify = "ok"
     else:
         verify = fio_res[-1]["reason"] or "fio reported errors"
+    if verify == "ok" and (kern["guest_io_errors"] or kern["guest_nvme_resets"]):
+        verify = (f"the guest kernel logged {kern['guest_io_errors']} I/O error(s) and "
+                  f"{kern['guest_nvme_resets']} nvme timeout/reset line(s)")
     if as_json:
         obj = {
             "accel": accel,
@@ -183,8 +204,10 @@ def summary(path, as_json, accel, wall):
             "fio": [{k: p[k] for k in ("name", "iops", "bw_kib_s", "clat_p99_us", "errors")} for p in phases],
             "verify": verify,
         }
+        obj.update(kern)
         if wall is not None:
             obj["wall_s"] = wall
+        obj.update(extra or {})
         print(json.dumps(obj, separators=(",", ":")))
         return 0 if verify == "ok" else 1
     print(f"  controller : {inf['model']} (serial {inf['serial']}, fw {inf['firmware']}, "
@@ -200,6 +223,10 @@ def summary(path, as_json, accel, wall):
         p99 = "-" if p["clat_p99_us"] is None else f"{p['clat_p99_us']:.0f}"
         print(f"  {p['name']:<10} {p.get('rw', '-'):<6} {p['iops']:>10.0f} {p['bw_kib_s']:>10} "
               f"{p99:>9} {p.get('io_mib', 0):>7} {p['errors']}")
+    for k, v in (extra or {}).items():
+        print(f"  {k:<11}: {v}")
+    print(f"  guest kernel: {kern['guest_io_errors']} I/O errors, "
+          f"{kern['guest_nvme_resets']} nvme timeout/reset lines")
     print(f"  verify     : {verify}")
     return 0 if verify == "ok" else 1
 
@@ -262,12 +289,23 @@ def main(argv):
     if cmd == "queues":
         print(json.dumps(queues(blocks, argv[3] if len(argv) > 3 else "fio")))
         return 0
+    if cmd == "kernel":
+        print(json.dumps(kernel(events)))
+        return 0
     if cmd == "summary":
         rest = argv[3:]
         as_json = "--json" in rest
         accel = rest[rest.index("--accel") + 1] if "--accel" in rest else None
         wall = float(rest[rest.index("--wall") + 1]) if "--wall" in rest else None
-        return summary(path, as_json, accel, wall)
+        extra = {}
+        for i, a in enumerate(rest):
+            if a == "--set" and i + 1 < len(rest):
+                k, _, v = rest[i + 1].partition("=")
+                try:
+                    extra[k] = json.loads(v)
+                except ValueError:
+                    extra[k] = v
+        return summary(path, as_json, accel, wall, extra)
     print(f"unknown command {cmd}", file=sys.stderr)
     return 2
 

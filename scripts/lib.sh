@@ -143,3 +143,132 @@ stop_guest() {
     wait "$GUEST_PID" 2>/dev/null || true
     GUEST_PID=''
 }
+
+# ---- the split deployment: leapio-hostd + socp in separate processes ----
+HOSTD_BIN=${HOSTD_BIN:-$LEAPIO_REPO/target/release/leapio-hostd}
+HOSTD_PID=''
+SPLIT_DIR=''
+SPLIT_SOCP_ARGS=()
+
+# wait_log FILE PATTERN SECS [PID]: until FILE has a line matching PATTERN
+# (grep -E); fails early if PID exits.
+wait_log() {
+    local f=$1 pat=$2 secs=$3 pid=${4:-} i=0
+    while ((i < secs * 10)); do
+        grep -aqE "$pat" "$f" 2>/dev/null && return 0
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            return 2
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+# start_split DIR NAME SOCK NS...: leapio-hostd serving controller NAME on
+# the vfio-user socket SOCK, and socp --link serving it with namespaces NS
+# (file:PATH...); logs and pid files in DIR. Waits until socp is attached.
+start_split() {
+    local dir=$1 name=$2 sock=$3 ns spec
+    shift 3
+    [[ -x $HOSTD_BIN ]] || die "leapio-hostd not found at $HOSTD_BIN (cargo build --release -p leapio-host-driver)"
+    [[ -x $SOCP_BIN ]] || die "socp not found at $SOCP_BIN (cargo build --release -p socp)"
+    SPLIT_DIR=$dir
+    mkdir -p "$dir" "$LEAPIO_RUN"
+    rm -f "$dir"/socp*.log "$dir"/socp.pid "$dir"/restarts "$sock"
+    local link=$LEAPIO_RUN/hostd.sock
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$HOSTD_BIN" --link "unix:$link" \
+        --ctrl "name=$name,sock=$sock" 2> "$dir/hostd.log" &
+    HOSTD_PID=$!
+    if ! wait_for_socket "$sock" 30 "$HOSTD_PID" || ! wait_for_socket "$link" 30 "$HOSTD_PID"; then
+        log "leapio-hostd did not start; its stderr ($dir/hostd.log):"
+        tail -n 20 "$dir/hostd.log" | sed 's/^/    hostd| /' >&2
+        stop_split >/dev/null 2>&1 || true
+        return 1
+    fi
+    spec="name=$name"
+    for ns in "$@"; do spec+=",ns=$ns"; done
+    SPLIT_SOCP_ARGS=(--link "unix:$link" --ctrl "$spec")
+    spawn_split_socp "$dir/socp.log"
+    SOCP_LOG=$dir/socp.log
+    if ! wait_log "$dir/hostd.log" 'runtime attached' 30 "$(cat "$dir/socp.pid")"; then
+        log "socp did not attach to leapio-hostd; its stderr ($dir/socp.log):"
+        tail -n 20 "$dir/socp.log" | sed 's/^/    socp| /' >&2
+        stop_split >/dev/null 2>&1 || true
+        return 1
+    fi
+}
+
+# spawn_split_socp LOG: one more socp with the split arguments; its pid in
+# $SPLIT_DIR/socp.pid.
+spawn_split_socp() {
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$SOCP_BIN" "${SPLIT_SOCP_ARGS[@]}" 2> "$1" &
+    echo $! > "$SPLIT_DIR/socp.pid"
+}
+
+# socp_restarter GLOG TIMEOUT "PATTERN DELAY"...: for each pair, once the
+# guest console GLOG shows PATTERN, wait DELAY seconds, kill -9 socp and
+# start a new one (as a crash and a supervisor would). Run in the
+# background; counts restarts in $SPLIT_DIR/restarts and logs the time from
+# the kill to the new runtime's attach in $SPLIT_DIR/restart-times.
+socp_restarter() {
+    local glog=$1 timeout=$2 n=0 pat delay pid t0 i attached
+    shift 2
+    for spec in "$@"; do
+        pat=${spec% *} delay=${spec##* }
+        wait_log "$glog" "$pat" "$timeout" || { log "restarter: '$pat' never appeared"; return 1; }
+        sleep "$delay"
+        pid=$(cat "$SPLIT_DIR/socp.pid")
+        attached=$(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log")
+        t0=$(now)
+        kill -KILL "$pid" 2>/dev/null || true
+        n=$((n + 1))
+        spawn_split_socp "$SPLIT_DIR/socp-r$n.log"
+        i=0
+        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached && i < 300)); do
+            sleep 0.02
+            i=$((i + 1))
+        done
+        echo "$n" > "$SPLIT_DIR/restarts"
+        echo "$(elapsed "$t0")" >> "$SPLIT_DIR/restart-times"
+        log "socp restart $n: killed pid $pid (-9), new runtime pid $(cat "$SPLIT_DIR/socp.pid") attached after $(elapsed "$t0") s"
+    done
+}
+
+# split_restarts: how many restarts socp_restarter did
+split_restarts() { cat "$SPLIT_DIR/restarts" 2>/dev/null || echo 0; }
+
+# stop_split: SIGTERM the current socp (it drains and lets go), then
+# leapio-hostd; 15 s each, then SIGKILL. Non-zero (and says why) unless both
+# were running and exited 0.
+stop_split() {
+    local rc=0 pid
+    pid=$(cat "$SPLIT_DIR/socp.pid" 2>/dev/null || true)
+    stop_pid socp "$pid" || rc=1
+    stop_pid leapio-hostd "$HOSTD_PID" || rc=1
+    HOSTD_PID=''
+    rm -f "$SPLIT_DIR/socp.pid"
+    return $rc
+}
+
+# stop_pid NAME PID: SIGTERM, wait up to 15 s (the process need not be our
+# child), SIGKILL after that.
+stop_pid() {
+    local name=$1 pid=$2 i=0
+    [[ -n $pid ]] || return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+        log "$name (pid $pid) had already exited before it was stopped"
+        return 1
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((i < 150)); do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+        log "$name (pid $pid) did not exit within 15 s of SIGTERM (killed)"
+        return 1
+    fi
+    wait "$pid" 2>/dev/null || true
+}

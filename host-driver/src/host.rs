@@ -98,6 +98,8 @@ pub struct CtrlStatus {
     pub namespaces: usize,
     /// The link id of the runtime serving it (0: none).
     pub runtime: u64,
+    /// Who that runtime is.
+    pub runtime_desc: Option<String>,
 }
 
 /// The host-driver.
@@ -217,13 +219,18 @@ impl HostDriver {
 
     /// The controllers, by name.
     pub fn status(&self) -> Vec<CtrlStatus> {
+        let links = lock(&self.links).clone();
         lock(&self.ctrls)
             .iter()
-            .map(|(name, e)| CtrlStatus {
-                name: name.clone(),
-                sock: e.sock.display().to_string(),
-                namespaces: e.shared.namespaces().len(),
-                runtime: e.shared.runtime.load(Ordering::Acquire),
+            .map(|(name, e)| {
+                let runtime = e.shared.runtime.load(Ordering::Acquire);
+                CtrlStatus {
+                    name: name.clone(),
+                    sock: e.sock.display().to_string(),
+                    namespaces: e.shared.namespaces().len(),
+                    runtime,
+                    runtime_desc: links.iter().find(|l| l.id == runtime).map(|l| l.describe()),
+                }
             })
             .collect()
     }

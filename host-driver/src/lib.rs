@@ -14,9 +14,11 @@
 //! - `attach`: admitting a runtime, namespaces it declares.
 //! - [`link`]: one runtime connection; fencing.
 //! - [`shared`]: controller state the link readers update.
+//! - [`control`]: the JSON-RPC control socket (`leapioctl`).
 
 mod admin;
 mod attach;
+pub mod control;
 pub mod controller;
 pub mod host;
 pub mod link;

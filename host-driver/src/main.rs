@@ -1,7 +1,9 @@
 //! `leapio-hostd`: the LeapIO host-driver.
 
 use clap::Parser;
+use leapio_host_driver::control::{self, param_str, Handler};
 use leapio_host_driver::{error_chain as chain, HostCtrlSpec, HostDriver};
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +38,11 @@ struct Args {
     /// (default 1024); mdts: max transfer 4 KiB << N (default 5).
     #[arg(long = "ctrl", value_name = "SPEC", verbatim_doc_comment)]
     ctrls: Vec<HostCtrlSpec>,
+
+    /// Serve the control socket (JSON-RPC; `leapioctl`) here: add and
+    /// remove controllers while running.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
@@ -78,7 +85,12 @@ fn run(args: &Args) -> Result<(), String> {
         for c in &args.ctrls {
             host.add_controller(c).map_err(|e| chain(&e))?;
         }
-        host.listen(&link).map_err(|e| chain(&e))
+        host.listen(&link).map_err(|e| chain(&e))?;
+        if let Some(path) = &args.control {
+            control::serve(path, handler(host.clone()), stop.clone())
+                .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        }
+        Ok::<(), String>(())
     })();
     if let Err(e) = started {
         host.shutdown();
@@ -92,4 +104,24 @@ fn run(args: &Args) -> Result<(), String> {
     host.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The control socket's methods.
+fn handler(host: Arc<HostDriver>) -> Handler {
+    Arc::new(move |method, params| match method {
+        "ctrl_add" => {
+            let spec: HostCtrlSpec = param_str(params, "spec")?.parse()?;
+            host.add_controller(&spec).map_err(|e| chain(&e))?;
+            Ok(json!({ "name": spec.name, "sock": spec.sock }))
+        }
+        "ctrl_remove" => {
+            host.remove_controller(param_str(params, "name")?)
+                .map_err(|e| chain(&e))?;
+            Ok(json!(true))
+        }
+        "status" => Ok(json!({ "controllers": host.status() })),
+        _ => Err(format!(
+            "unknown method {method} (ctrl_add, ctrl_remove, status)"
+        )),
+    })
 }

@@ -3,64 +3,38 @@
 //! messages and shared memory are those of the split deployment.
 
 use crate::config::CtrlSpec;
-use crate::ctrl::Namespace;
+use crate::controllers::{Controllers, Served};
 use crate::error_chain;
 use crate::link_client::LinkClient;
-use crate::namespaces::open_served;
 use crate::runtime::Runtime;
 use leapio_host_driver::{HostCtrlSpec, HostDriver};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How long the embedded host-driver has to take the runtime's controllers.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running all-in-one: host-driver, link, runtime.
 pub struct Embedded {
     pub host: Arc<HostDriver>,
-    client: Option<Arc<LinkClient>>,
+    pub ctrls: Arc<Controllers>,
 }
 
 impl Embedded {
-    /// Open every controller's namespaces, serve the controllers on their
-    /// vfio-user sockets and attach them to `rt`'s pollers.
+    /// Serve the controllers on their vfio-user sockets, open their
+    /// namespaces and attach them to `rt`'s pollers.
     pub fn start(specs: &[CtrlSpec], rt: &Arc<Runtime>) -> Result<Embedded, String> {
-        let mut served: Vec<(String, Vec<Arc<Namespace>>)> = Vec::new();
-        for c in specs {
-            let name = c.ctrl_name();
-            let ns = open_served(&c.namespaces, &name, true).map_err(|(nsid, e)| {
-                format!("controller {name}: namespace {nsid}: {}", error_chain(&e))
-            })?;
-            served.push((name, ns));
-        }
-        Embedded::start_with(specs, rt, served)
-    }
-
-    /// As [`Embedded::start`], with the namespaces already open (in the
-    /// order of `specs`).
-    pub fn start_with(
-        specs: &[CtrlSpec],
-        rt: &Arc<Runtime>,
-        served: Vec<(String, Vec<Arc<Namespace>>)>,
-    ) -> Result<Embedded, String> {
         let host = HostDriver::new(&format!(
             "socp {} (embedded host-driver)",
             env!("CARGO_PKG_VERSION")
         ));
-        let mut e = Embedded { host, client: None };
-        if let Err(why) = e.attach(specs, rt, served) {
+        let ctrls = Controllers::new(specs.iter().map(Served::of).collect(), Some(host.clone()));
+        let mut e = Embedded { host, ctrls };
+        if let Err(why) = e.attach(specs, rt) {
             e.shutdown();
             return Err(why);
         }
         Ok(e)
     }
 
-    fn attach(
-        &mut self,
-        specs: &[CtrlSpec],
-        rt: &Arc<Runtime>,
-        served: Vec<(String, Vec<Arc<Namespace>>)>,
-    ) -> Result<(), String> {
+    fn attach(&mut self, specs: &[CtrlSpec], rt: &Arc<Runtime>) -> Result<(), String> {
         for c in specs {
             let Some(sock) = &c.sock else {
                 return Err(format!("controller {}: needs sock=PATH", c.ctrl_name()));
@@ -77,9 +51,6 @@ impl Embedded {
                 .add_controller(&spec)
                 .map_err(|e| error_chain(&e))?;
         }
-        if served.is_empty() {
-            return Ok(());
-        }
         let sock = self
             .host
             .connect_in_process()
@@ -87,28 +58,14 @@ impl Embedded {
         let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
         let (client, _reader) = LinkClient::connect(sock, rt.clone(), &software)
             .map_err(|e| format!("in-process link: {}", error_chain(&e)))?;
-        self.client = Some(client.clone());
-        let waits: Vec<_> = served
-            .into_iter()
-            .map(|(name, ns)| {
-                let rx = client.attach(&name, ns, false);
-                (name, rx)
-            })
-            .collect();
-        for (name, rx) in waits {
-            match rx.recv_timeout(ATTACH_TIMEOUT) {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => return Err(format!("controller {name}: {why}")),
-                Err(_) => return Err(format!("controller {name}: not attached in time")),
-            }
-        }
-        Ok(())
+        self.ctrls.set_client(Some(client));
+        self.ctrls.attach_all(false, &AtomicBool::new(false))
     }
 
     /// Stop: the controllers first (their resets need the pollers to drain
     /// their queues), then the link. The caller stops the pollers.
     pub fn shutdown(&mut self) {
         self.host.shutdown();
-        self.client = None;
+        self.ctrls.set_client(None);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`config`]: the `--ctrl` specification.
 //! - [`link_client`]: the runtime's end of the link.
 //! - [`embedded`]: the all-in-one deployment (host-driver in-process).
+//! - [`controllers`]: what this runtime serves; the control socket.
 //! - [`ctrl`]: a controller as the runtime sees it.
 //! - [`runtime`]: poller threads and the hand-off of queues to them.
 //! - [`poller`]: the data path.
@@ -16,6 +17,7 @@
 //! - [`tcp_target`]: the NVMe/TCP target (`--tcp-target`).
 
 pub mod config;
+pub mod controllers;
 pub mod crash;
 pub mod ctrl;
 pub mod embedded;

@@ -45,8 +45,13 @@ enum Work {
     },
 }
 
-/// A controller's worker thread and its mailbox.
-type Worker = (Sender<Work>, JoinHandle<()>);
+/// A controller being served: its worker thread, the worker's mailbox,
+/// and what the pollers see of it.
+struct Worker {
+    tx: Sender<Work>,
+    thread: JoinHandle<()>,
+    ctx: Arc<CtrlCtx>,
+}
 
 struct Pending {
     namespaces: Vec<Arc<Namespace>>,
@@ -193,9 +198,9 @@ impl LinkClient {
     pub fn detach(&self, ctrl: &str) -> bool {
         let w = lock(&self.workers).remove(ctrl);
         match w {
-            Some((tx, h)) => {
-                let _ = tx.send(Work::Stop { tell_host: true });
-                let _ = h.join();
+            Some(w) => {
+                let _ = w.tx.send(Work::Stop { tell_host: true });
+                let _ = w.thread.join();
                 true
             }
             None => false,
@@ -217,10 +222,83 @@ impl LinkClient {
         v
     }
 
-    /// Tell the host-driver about a namespace added to or removed from a
-    /// served controller.
-    pub fn report(&self, msg: ToHost) -> bool {
-        self.outbox.send(msg).is_ok()
+    /// Serve a new namespace on controller `ctrl` (opened and claimed;
+    /// its NSID is given) and tell the host-driver, which presents it to
+    /// the guest (Namespace Attribute Changed).
+    pub fn ns_add(&self, ctrl: &str, ns: Arc<Namespace>) -> Result<(), String> {
+        let workers = lock(&self.workers);
+        let w = workers
+            .get(ctrl)
+            .ok_or_else(|| format!("controller {ctrl} is not served"))?;
+        let nsid = ns.info.nsid;
+        let old = w.ctx.namespaces.load_full();
+        if old.get(nsid).is_some() {
+            return Err(format!("controller {ctrl} has a namespace {nsid} already"));
+        }
+        let mut entries = old.entries.clone();
+        let i = usize::try_from(nsid.saturating_sub(1)).map_err(|e| e.to_string())?;
+        if entries.len() <= i {
+            entries.resize_with(i + 1, || None);
+        }
+        let decl = declare(&ns);
+        entries[i] = Some(ns);
+        w.ctx.namespaces.store(Arc::new(NsTable {
+            generation: old.generation + 1,
+            entries,
+        }));
+        self.outbox
+            .send(ToHost::NsAdd {
+                ctrl: ctrl.to_string(),
+                ns: decl,
+            })
+            .map_err(|_| "the link is down".to_string())
+    }
+
+    /// Stop serving namespace `nsid` of `ctrl` (new commands for it get
+    /// Invalid Namespace; those in flight finish) and tell the host-driver.
+    pub fn ns_remove(&self, ctrl: &str, nsid: u32) -> Result<(), String> {
+        let workers = lock(&self.workers);
+        let w = workers
+            .get(ctrl)
+            .ok_or_else(|| format!("controller {ctrl} is not served"))?;
+        let old = w.ctx.namespaces.load_full();
+        if old.get(nsid).is_none() {
+            return Err(format!("controller {ctrl} has no namespace {nsid}"));
+        }
+        let mut entries = old.entries.clone();
+        if let Some(e) = usize::try_from(nsid - 1)
+            .ok()
+            .and_then(|i| entries.get_mut(i))
+        {
+            *e = None;
+        }
+        w.ctx.namespaces.store(Arc::new(NsTable {
+            generation: old.generation + 1,
+            entries,
+        }));
+        self.outbox
+            .send(ToHost::NsRemove {
+                ctrl: ctrl.to_string(),
+                nsid,
+            })
+            .map_err(|_| "the link is down".to_string())
+    }
+
+    /// The NSIDs served for `ctrl`.
+    pub fn nsids(&self, ctrl: &str) -> Vec<u32> {
+        lock(&self.workers)
+            .get(ctrl)
+            .map(|w| {
+                w.ctx
+                    .namespaces
+                    .load()
+                    .entries
+                    .iter()
+                    .flatten()
+                    .map(|n| n.info.nsid)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn read_loop(self: Arc<Self>, sock: UnixStream) -> LinkError {
@@ -241,9 +319,9 @@ impl LinkClient {
         // Nothing more will come: stop serving (the host-driver has gone,
         // and with it the guests' devices).
         let workers: Vec<_> = lock(&self.workers).drain().collect();
-        for (_, (tx, h)) in workers {
-            let _ = tx.send(Work::Stop { tell_host: false });
-            let _ = h.join();
+        for (_, w) in workers {
+            let _ = w.tx.send(Work::Stop { tell_host: false });
+            let _ = w.thread.join();
         }
         for (ctrl, p) in lock(&self.pending).drain() {
             if let Some(r) = p.reply {
@@ -298,13 +376,13 @@ impl LinkClient {
             }
             ToRuntime::Detach { ctrl, reason } => {
                 tracing::info!(ctrl, "the host-driver asks to let go: {reason}");
-                if let Some((tx, h)) = lock(&self.workers).remove(&ctrl) {
-                    let _ = tx.send(Work::Stop { tell_host: true });
+                if let Some(w) = lock(&self.workers).remove(&ctrl) {
+                    let _ = w.tx.send(Work::Stop { tell_host: true });
                     // Draining may take a while: not on the reader.
                     let _ = std::thread::Builder::new()
                         .name("socp-detach".into())
                         .spawn(move || {
-                            let _ = h.join();
+                            let _ = w.thread.join();
                         });
                 }
                 Ok(())
@@ -312,8 +390,8 @@ impl LinkClient {
             other => {
                 let ctrl = other.ctrl().unwrap_or_default().to_string();
                 match lock(&self.workers).get(&ctrl) {
-                    Some((tx, _)) => {
-                        let _ = tx.send(Work::Msg(other, fds));
+                    Some(w) => {
+                        let _ = w.tx.send(Work::Msg(other, fds));
                     }
                     None => {
                         tracing::warn!(ctrl, "message for a controller this runtime does not serve")
@@ -356,16 +434,16 @@ impl LinkClient {
             table,
             self.outbox.clone(),
         ));
-        let queues = self.rt.queues_for(ctx);
+        let queues = self.rt.queues_for(ctx.clone());
         let (tx, rx) = channel();
         let outbox = self.outbox.clone();
         let name = ctrl.to_string();
-        let h = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("socp-{ctrl}"))
             .spawn(move || worker(queues, rx, outbox))
             .map_err(|e| e.to_string())?;
         tracing::info!(ctrl = %name, epoch, host = %self.host, "attached: serving its I/O queues");
-        lock(&self.workers).insert(name, (tx, h));
+        lock(&self.workers).insert(name, Worker { tx, thread, ctx });
         Ok(())
     }
 }

@@ -1,13 +1,13 @@
 //! `socp`: the LeapIO runtime.
 
 use clap::Parser;
-use leapio_transports::BackendSpec;
+use leapio_host_driver::control;
 use socp::config::CtrlSpec;
+use socp::controllers::{Controllers, Served};
 use socp::crash::{self, CrashAt};
 use socp::embedded::Embedded;
 use socp::error_chain;
 use socp::link_client::LinkClient;
-use socp::namespaces::open_served;
 use socp::runtime::Runtime;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
 use std::os::unix::net::UnixStream;
@@ -98,6 +98,11 @@ struct Args {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     link_timeout: u64,
 
+    /// Serve the control socket (JSON-RPC; `leapioctl`) here: add and
+    /// remove controllers and namespaces while running.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -127,12 +132,6 @@ impl FromStr for LinkAddr {
     }
 }
 
-/// What this process serves, kept to re-attach after the link drops.
-struct Served {
-    name: String,
-    specs: Vec<BackendSpec>,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -152,9 +151,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
-    if args.ctrls.is_empty() && args.tcp_targets.is_empty() {
-        return Err("nothing to serve: give --ctrl or --tcp-target (see --help)".into());
+/// Check the controllers' specs against the deployment.
+fn check_specs(args: &Args) -> Result<(), String> {
+    if args.ctrls.is_empty() && args.tcp_targets.is_empty() && args.control.is_none() {
+        return Err("nothing to serve: give --ctrl, --tcp-target or --control (see --help)".into());
     }
     for c in &args.ctrls {
         match (&args.link, &c.sock, &c.name) {
@@ -165,13 +165,11 @@ fn run(args: Args) -> Result<(), String> {
                 ))
             }
             (Some(_), None, None) => return Err("with --link each --ctrl needs name=".into()),
-            (Some(_), _, _) if !c.host_keys.is_empty() => {
-                return Err(format!(
+            (Some(_), _, _) if !c.host_keys.is_empty() => return Err(format!(
                 "controller {}: {} are set on the host-driver (leapio-hostd --ctrl) with --link",
                 c.ctrl_name(),
                 c.host_keys.join(", ")
-            ))
-            }
+            )),
             (None, None, _) => {
                 return Err(format!(
                     "controller {}: all-in-one needs sock=PATH (or give --link)",
@@ -181,6 +179,11 @@ fn run(args: Args) -> Result<(), String> {
             _ => {}
         }
     }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<(), String> {
+    check_specs(&args)?;
     if let Some(c) = args.crash_at {
         crash::arm(c);
     }
@@ -195,14 +198,6 @@ fn run(args: Args) -> Result<(), String> {
     let io_wait = (args.io_wait_us > 0).then(|| Duration::from_micros(args.io_wait_us));
     let rt = Runtime::start_with(args.pollers, &args.poller_cpus, io_wait)
         .map_err(|e| format!("starting pollers: {e}"))?;
-    let served: Vec<Served> = args
-        .ctrls
-        .iter()
-        .map(|c| Served {
-            name: c.ctrl_name(),
-            specs: c.namespaces.clone(),
-        })
-        .collect();
     let mut targets = Vec::new();
     for (i, spec) in args.tcp_targets.iter().enumerate() {
         match TcpTarget::start(i, spec, args.tcp_pollers, stop.clone()) {
@@ -215,15 +210,8 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     let result = match &args.link {
-        Some(addr) => serve_split(
-            &addr.0,
-            &rt,
-            &served,
-            &stop,
-            Duration::from_secs(args.link_timeout),
-            args.handover,
-        ),
-        None => serve_all_in_one(&args.ctrls, &rt, &served, &stop),
+        Some(addr) => serve_split(&args, &addr.0, &rt, &stop),
+        None => serve_all_in_one(&args, &rt, &stop),
     };
     stop.store(true, Ordering::Release);
     let mut flush_failed = false;
@@ -244,36 +232,15 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Attach every controller and wait for the answers.
-fn attach_all(
-    client: &LinkClient,
-    served: &[Served],
-    handover: bool,
-    stop: &AtomicBool,
+fn start_control(
+    args: &Args,
+    ctrls: &Arc<Controllers>,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let mut waits = Vec::new();
-    for s in served {
-        // Taking over from a runtime that still holds the backends: claim
-        // them once it has let go (after the attach).
-        let ns = open_served(&s.specs, &s.name, !handover).map_err(|(nsid, e)| {
-            format!(
-                "controller {}: namespace {nsid}: {}",
-                s.name,
-                error_chain(&e)
-            )
-        })?;
-        waits.push((s.name.clone(), client.attach(&s.name, ns, handover)));
-    }
-    for (name, rx) in waits {
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(())) => break,
-                Ok(Err(why)) => return Err(format!("controller {name}: {why}")),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
-                    if !stop.load(Ordering::Acquire) => {}
-                Err(_) => return Err(format!("controller {name}: no answer from the host-driver")),
-            }
-        }
+    if let Some(path) = &args.control {
+        control::serve(path, ctrls.handler(), stop.clone())
+            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        tracing::info!(path = %path.display(), "control socket");
     }
     Ok(())
 }
@@ -281,29 +248,35 @@ fn attach_all(
 /// Serve the controllers of the host-driver at `path`; reconnect if the
 /// link drops; on SIGTERM let go of everything cleanly (handover).
 fn serve_split(
+    args: &Args,
     path: &std::path::Path,
     rt: &Arc<Runtime>,
-    served: &[Served],
     stop: &Arc<AtomicBool>,
-    link_timeout: Duration,
-    handover: bool,
 ) -> Result<(), String> {
     let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
+    let ctrls = Controllers::new(args.ctrls.iter().map(Served::of).collect(), None);
+    start_control(args, &ctrls, stop)?;
+    let link_timeout = Duration::from_secs(args.link_timeout);
     let mut first = true;
     while !stop.load(Ordering::Acquire) {
         let sock = connect(path, link_timeout, stop)?;
         let (client, reader) = LinkClient::connect(sock, rt.clone(), &software)
             .map_err(|e| format!("link {}: {}", path.display(), error_chain(&e)))?;
-        match attach_all(&client, served, handover && first, stop) {
+        ctrls.set_client(Some(client.clone()));
+        match ctrls.attach_all(args.handover && first, stop) {
             Ok(()) => {}
-            Err(e) if first => return Err(e),
+            Err(e) if first => {
+                client.detach_all();
+                return Err(e);
+            }
             Err(e) => tracing::error!("{e}"),
         }
+        let had_controllers = !ctrls.is_empty();
         first = false;
-        tracing::info!(host = %client.host(), controllers = served.len(), pollers = rt.pollers(), "socp running (split)");
+        tracing::info!(host = %client.host(), controllers = client.served().len(), pollers = rt.pollers(), "socp running (split)");
         while !stop.load(Ordering::Acquire) && !reader.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
-            if !served.is_empty() && client.served().is_empty() {
+            if had_controllers && args.control.is_none() && client.served().is_empty() {
                 tracing::info!("every controller was handed over or removed: exiting");
                 return Ok(());
             }
@@ -311,10 +284,11 @@ fn serve_split(
         if stop.load(Ordering::Acquire) {
             tracing::info!("stopping: letting go of every controller");
             client.detach_all();
-            drop(client);
+            ctrls.set_client(None);
             return Ok(());
         }
         let _ = reader.join();
+        ctrls.set_client(None);
         tracing::warn!("link to the host-driver lost: reconnecting");
     }
     Ok(())
@@ -350,16 +324,14 @@ fn connect(
 
 /// The all-in-one socp: the host-driver in this process, linked over a
 /// socket pair.
-fn serve_all_in_one(
-    specs: &[CtrlSpec],
-    rt: &Arc<Runtime>,
-    served: &[Served],
-    stop: &Arc<AtomicBool>,
-) -> Result<(), String> {
-    let _ = served;
-    let mut e = Embedded::start(specs, rt)?;
+fn serve_all_in_one(args: &Args, rt: &Arc<Runtime>, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    let mut e = Embedded::start(&args.ctrls, rt)?;
+    if let Err(why) = start_control(args, &e.ctrls, stop) {
+        e.shutdown();
+        return Err(why);
+    }
     tracing::info!(
-        controllers = served.len(),
+        controllers = args.ctrls.len(),
         pollers = rt.pollers(),
         "socp running"
     );

@@ -49,19 +49,19 @@ pub fn info(nsid: u32, b: &dyn Backend, serial: &str) -> NamespaceInfo {
     }
 }
 
-/// Open the namespaces a runtime serves for one controller (NSIDs 1..).
+/// Open the namespaces a runtime serves for one controller, by NSID.
 /// The identifiers the guest sees are the host-driver's; these carry
 /// what the data path needs (geometry, capabilities). Without `claim`
 /// the backends are claimed later (taking over from a runtime that still
 /// holds them: see [`Backend::claim`]).
 pub fn open_served(
-    specs: &[BackendSpec],
+    specs: &[(u32, BackendSpec)],
     ctrl: &str,
     claim: bool,
 ) -> Result<Vec<Arc<Namespace>>, (u32, TransportError)> {
     let mut out = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
+    for (nsid, spec) in specs {
+        let nsid = *nsid;
         let open = if claim {
             open_backend
         } else {

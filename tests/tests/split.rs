@@ -286,3 +286,98 @@ fn io_waits_for_a_runtime() {
     assert!(w.errors.is_empty(), "{:?}", w.errors);
     kill9(&mut socp);
 }
+
+/// VMs come and go: controllers and namespaces added and removed on a
+/// running host-driver and socp (the control socket), while another VM's
+/// I/O goes on.
+#[test]
+fn controllers_and_namespaces_come_and_go() {
+    use leapio_host_driver::control::call;
+    use leapio_host_driver::HostCtrlSpec;
+    use serde_json::json;
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let ctl = host.dir.join("socp-ctl.sock");
+    let ctl_arg = ctl.display().to_string();
+    let mut socp = host.spawn_socp(&ns, &["--control", &ctl_arg]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = guest(&host, 0x5eed_0005, stop.clone());
+    // A second VM appears: the host-driver gets its controller, the
+    // runtime serves it.
+    let vm1 = host.dir.join("vm1.sock");
+    host.host
+        .add_controller(&HostCtrlSpec::new("vm1", &vm1))
+        .unwrap();
+    let d1 = host.dir.join("vm1.img");
+    std::fs::File::create(&d1)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let r = call(
+        &ctl,
+        "ctrl_add",
+        json!({ "spec": format!("name=vm1,ns=file:{}", d1.display()) }),
+    )
+    .expect("ctrl_add on socp");
+    assert_eq!(r["name"], "vm1");
+    let mut d = leapio_tests::Driver::bring_up(&vm1, 16 << 20, 1, 64).unwrap();
+    let data = vec![0x5au8; 4096];
+    assert!(d
+        .write_blocks(1, 1, 8, 512, &data)
+        .unwrap()
+        .status_field()
+        .is_success());
+    // A namespace is added to it, then removed.
+    let d2 = host.dir.join("vm1-b.img");
+    std::fs::File::create(&d2)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let r = call(
+        &ctl,
+        "ns_add",
+        json!({ "ctrl": "vm1", "ns": format!("file:{}", d2.display()) }),
+    )
+    .expect("ns_add");
+    assert_eq!(r["nsid"], 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.identify_controller().unwrap().nn.get() < 2 {
+        assert!(Instant::now() < deadline, "namespace 2 never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (c, _) = d.read_blocks(1, 2, 0, 512, 4096).unwrap();
+    assert!(c.status_field().is_success(), "{}", c.status_field());
+    assert_eq!(d.identify_namespace(2).unwrap().nsze.get(), 8192);
+    call(&ctl, "ns_remove", json!({ "ctrl": "vm1", "nsid": 2 })).expect("ns_remove");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (c, _) = d.read_blocks(1, 2, 0, 512, 4096).unwrap();
+        if c.status_field().same_code(Status::INVALID_NAMESPACE) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "namespace 2 still served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (c, back) = d.read_blocks(1, 1, 8, 512, 4096).unwrap();
+    assert!(c.status_field().is_success() && back == data);
+    // Mistakes get messages, not damage.
+    let e = call(&ctl, "ctrl_add", json!({ "spec": "name=vm1,ns=ram:1M" })).unwrap_err();
+    assert!(e.contains("served already"), "{e}");
+    let e = call(&ctl, "ctrl_add", json!({ "spec": "name=nosuch,ns=ram:1M" })).unwrap_err();
+    assert!(e.contains("no controller named nosuch"), "{e}");
+    let e = call(&ctl, "ns_remove", json!({ "ctrl": "vm1", "nsid": 9 })).unwrap_err();
+    assert!(e.contains("no namespace 9"), "{e}");
+    // The VM goes away.
+    drop(d);
+    call(&ctl, "ctrl_remove", json!({ "name": "vm1" })).expect("ctrl_remove");
+    host.host.remove_controller("vm1").unwrap();
+    assert!(host.host.status().iter().all(|c| c.name != "vm1"));
+    let st = call(&ctl, "status", json!({})).unwrap();
+    assert_eq!(st["controllers"].as_array().map(Vec::len), Some(1), "{st}");
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Release);
+    let w = g.join().expect("guest");
+    report(&host, &w, "vm0 while vm1 came and went");
+    kill9(&mut socp);
+}

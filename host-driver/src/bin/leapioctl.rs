@@ -1,0 +1,85 @@
+//! `leapioctl`: talk to the control socket of `leapio-hostd` or `socp`.
+
+use clap::Parser;
+use leapio_host_driver::control::call;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Add and remove controllers (VMs) and namespaces while leapio-hostd or
+/// socp runs, and see what they serve.
+///
+///   leapioctl -s /run/leapio/hostd-ctl.sock ctrl-add name=vm1,sock=/run/leapio/vm1.sock
+///   leapioctl -s /run/leapio/socp-ctl.sock ctrl-add name=vm1,ns=file:/srv/vm1.img
+///   leapioctl -s /run/leapio/socp-ctl.sock ns-add vm1 file:/srv/vm1-data.img
+///   leapioctl -s /run/leapio/socp-ctl.sock ns-remove vm1 2
+///   leapioctl -s /run/leapio/hostd-ctl.sock ctrl-remove vm1
+///   leapioctl -s /run/leapio/hostd-ctl.sock status
+///   leapioctl -s PATH call METHOD '{"json":"params"}'
+#[derive(Parser, Debug)]
+#[command(name = "leapioctl", version, verbatim_doc_comment)]
+struct Args {
+    /// The control socket (leapio-hostd --control, socp --control).
+    #[arg(short, long, value_name = "PATH")]
+    sock: PathBuf,
+    /// ctrl-add SPEC | ctrl-remove NAME | ns-add CTRL BACKEND | ns-remove
+    /// CTRL NSID | status | call METHOD [JSON]
+    #[arg(required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+fn request(cmd: &[String]) -> Result<(String, Value), String> {
+    let arg = |i: usize, what: &str| {
+        cmd.get(i)
+            .cloned()
+            .ok_or_else(|| format!("{}: missing {what}", cmd[0]))
+    };
+    Ok(match cmd[0].as_str() {
+        "ctrl-add" => ("ctrl_add".into(), json!({ "spec": arg(1, "SPEC")? })),
+        "ctrl-remove" => ("ctrl_remove".into(), json!({ "name": arg(1, "NAME")? })),
+        "ns-add" => (
+            "ns_add".into(),
+            json!({ "ctrl": arg(1, "CTRL")?, "ns": arg(2, "BACKEND")? }),
+        ),
+        "ns-remove" => {
+            let nsid: u32 = arg(2, "NSID")?
+                .parse()
+                .map_err(|_| "ns-remove: NSID must be a number".to_string())?;
+            (
+                "ns_remove".into(),
+                json!({ "ctrl": arg(1, "CTRL")?, "nsid": nsid }),
+            )
+        }
+        "status" => ("status".into(), json!({})),
+        "call" => {
+            let params = match cmd.get(2) {
+                Some(p) => serde_json::from_str(p).map_err(|e| format!("call: params: {e}"))?,
+                None => json!({}),
+            };
+            (arg(1, "METHOD")?, params)
+        }
+        other => {
+            return Err(format!(
+                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, call)"
+            ))
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = request(&args.command).and_then(|(m, p)| call(&args.sock, &m, p));
+    match result {
+        Ok(v) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("leapioctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

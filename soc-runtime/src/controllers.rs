@@ -1,0 +1,241 @@
+//! The controllers this runtime serves, as the operator configured them
+//! (`--ctrl`, or the control socket while running): attached over the
+//! current link, re-attached when the link comes back, added and removed
+//! at run time, with namespaces added and removed too.
+
+use crate::config::CtrlSpec;
+use crate::error_chain;
+use crate::link_client::LinkClient;
+use crate::namespaces::open_served;
+use leapio_host_driver::control::{param_str, Handler};
+use leapio_host_driver::{HostCtrlSpec, HostDriver};
+use leapio_transports::BackendSpec;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long an attach may take (the host-driver may be waiting for a
+/// previous runtime to be fenced).
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One controller: its name on the host-driver and its namespaces by NSID.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub name: String,
+    pub namespaces: Vec<(u32, BackendSpec)>,
+}
+
+impl Served {
+    pub fn of(spec: &CtrlSpec) -> Served {
+        Served {
+            name: spec.ctrl_name(),
+            namespaces: spec
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (u32::try_from(i + 1).unwrap_or(u32::MAX), b.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The runtime's controllers.
+pub struct Controllers {
+    served: Mutex<Vec<Served>>,
+    client: Mutex<Option<Arc<LinkClient>>>,
+    /// The embedded host-driver (all-in-one), which also gets controllers
+    /// added and removed.
+    host: Option<Arc<HostDriver>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Controllers {
+    pub fn new(served: Vec<Served>, host: Option<Arc<HostDriver>>) -> Arc<Controllers> {
+        Arc::new(Controllers {
+            served: Mutex::new(served),
+            client: Mutex::new(None),
+            host,
+        })
+    }
+
+    /// The link in use (after a reconnection, the new one).
+    pub fn set_client(&self, c: Option<Arc<LinkClient>>) {
+        *lock(&self.client) = c;
+    }
+
+    fn client(&self) -> Result<Arc<LinkClient>, String> {
+        lock(&self.client)
+            .clone()
+            .ok_or_else(|| "no link to a host-driver".to_string())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.served).is_empty()
+    }
+
+    /// Attach one controller over the current link and wait for the answer.
+    fn attach(&self, s: &Served, handover: bool, stop: &AtomicBool) -> Result<(), String> {
+        let client = self.client()?;
+        // Taking over from a runtime that still holds the backends: claim
+        // them once it has let go (after the attach).
+        let ns = open_served(&s.namespaces, &s.name, !handover).map_err(|(nsid, e)| {
+            format!(
+                "controller {}: namespace {nsid}: {}",
+                s.name,
+                error_chain(&e)
+            )
+        })?;
+        let rx = client.attach(&s.name, ns, handover);
+        let deadline = std::time::Instant::now() + ATTACH_TIMEOUT;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => return r.map_err(|why| format!("controller {}: {why}", s.name)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if !stop.load(Ordering::Acquire) && std::time::Instant::now() < deadline => {}
+                Err(_) => {
+                    return Err(format!(
+                        "controller {}: no answer from the host-driver",
+                        s.name
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Attach every controller (at start, or after the link came back).
+    pub fn attach_all(&self, handover: bool, stop: &AtomicBool) -> Result<(), String> {
+        let served = lock(&self.served).clone();
+        for s in &served {
+            self.attach(s, handover, stop)?;
+        }
+        Ok(())
+    }
+
+    /// Serve one more controller (the control socket's `ctrl_add`).
+    pub fn add(&self, spec: &CtrlSpec) -> Result<Value, String> {
+        let s = Served::of(spec);
+        if lock(&self.served).iter().any(|x| x.name == s.name) {
+            return Err(format!("controller {} is served already", s.name));
+        }
+        if let Some(host) = &self.host {
+            let Some(sock) = &spec.sock else {
+                return Err("all-in-one controllers need sock=PATH".into());
+            };
+            let hs = HostCtrlSpec {
+                name: s.name.clone(),
+                sock: sock.clone(),
+                serial: spec.serial.clone(),
+                io_queues: spec.io_queues,
+                queue_entries: spec.queue_entries,
+                mdts: spec.mdts,
+            };
+            host.add_controller(&hs).map_err(|e| error_chain(&e))?;
+        } else if spec.sock.is_some() || !spec.host_keys.is_empty() {
+            return Err("sock=, io-queues, queue-entries, mdts and serial belong to the host-driver (leapioctl ctrl-add there)".into());
+        }
+        let never = AtomicBool::new(false);
+        if let Err(e) = self.attach(&s, false, &never) {
+            if let Some(host) = &self.host {
+                let _ = host.remove_controller(&s.name);
+            }
+            return Err(e);
+        }
+        lock(&self.served).push(s.clone());
+        Ok(json!({ "name": s.name }))
+    }
+
+    /// Stop serving a controller (`ctrl_remove`): its queues drain and the
+    /// host-driver is told; all-in-one, the controller goes away too.
+    pub fn remove(&self, name: &str) -> Result<Value, String> {
+        let mut served = lock(&self.served);
+        let Some(i) = served.iter().position(|s| s.name == name) else {
+            return Err(format!("controller {name} is not served"));
+        };
+        served.remove(i);
+        drop(served);
+        match &self.host {
+            // The host-driver resets the controller and asks us to let go.
+            Some(host) => host.remove_controller(name).map_err(|e| error_chain(&e))?,
+            None => {
+                if let Ok(c) = self.client() {
+                    c.detach(name);
+                }
+            }
+        }
+        Ok(json!(true))
+    }
+
+    /// Add a namespace to a served controller (`ns_add`): the next NSID.
+    pub fn ns_add(&self, ctrl: &str, ns: &str) -> Result<Value, String> {
+        let spec: BackendSpec = ns.parse().map_err(|e| format!("namespace '{ns}': {e}"))?;
+        let client = self.client()?;
+        let nsid = client.nsids(ctrl).into_iter().max().unwrap_or(0) + 1;
+        let mut opened = open_served(&[(nsid, spec.clone())], ctrl, true)
+            .map_err(|(nsid, e)| format!("namespace {nsid}: {}", error_chain(&e)))?;
+        let n = opened.pop().ok_or("no namespace opened")?;
+        client.ns_add(ctrl, n)?;
+        if let Some(s) = lock(&self.served).iter_mut().find(|s| s.name == ctrl) {
+            s.namespaces.push((nsid, spec));
+        }
+        Ok(json!({ "ctrl": ctrl, "nsid": nsid }))
+    }
+
+    /// Remove namespace `nsid` of a served controller (`ns_remove`).
+    pub fn ns_remove(&self, ctrl: &str, nsid: u32) -> Result<Value, String> {
+        self.client()?.ns_remove(ctrl, nsid)?;
+        if let Some(s) = lock(&self.served).iter_mut().find(|s| s.name == ctrl) {
+            s.namespaces.retain(|(n, _)| *n != nsid);
+        }
+        Ok(json!(true))
+    }
+
+    /// What is served.
+    pub fn status(&self) -> Value {
+        let client = lock(&self.client).clone();
+        let served: Vec<Value> = lock(&self.served)
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "attached": client.as_ref().is_some_and(|c| c.served().contains(&s.name)),
+                    "namespaces": s.namespaces.iter().map(|(n, b)| json!({"nsid": n, "backend": b.to_string()})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "host_driver": client.as_ref().map(|c| c.host().to_string()),
+            "controllers": served,
+        })
+    }
+
+    /// The control socket's methods.
+    pub fn handler(self: &Arc<Self>) -> Handler {
+        let me = self.clone();
+        Arc::new(move |method, params| match method {
+            "ctrl_add" => {
+                let spec: CtrlSpec = param_str(params, "spec")?
+                    .parse()
+                    .map_err(|e: crate::config::ConfigError| e.to_string())?;
+                me.add(&spec)
+            }
+            "ctrl_remove" => me.remove(param_str(params, "name")?),
+            "ns_add" => me.ns_add(param_str(params, "ctrl")?, param_str(params, "ns")?),
+            "ns_remove" => {
+                let nsid = params
+                    .get("nsid")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or("missing number parameter \"nsid\"")?;
+                me.ns_remove(param_str(params, "ctrl")?, nsid)
+            }
+            "status" => Ok(me.status()),
+            _ => Err(format!(
+                "unknown method {method} (ctrl_add, ctrl_remove, ns_add, ns_remove, status)"
+            )),
+        })
+    }
+}
