@@ -95,7 +95,7 @@ if [[ $soc == process ]]; then
     log "leapio-hostd (pid $HOSTD_PID) owns vfio-user socket $sock; socp (pid $(cat "$logs/socp.pid")) serves it over the link; logs in $logs"
     if ((restart)); then
         rm -f "$glog"
-        socp_restarter "$glog" "$timeout" "FIO-START fio write 1" "FIO-START fio randread 1" &
+        socp_restarter "$glog" "$timeout" "FIO-START fio write 1.5" "FIO-START fio randread 2" &
         RESTARTER=$!
     fi
 else

@@ -3,7 +3,8 @@
 # it over vfio-user and asserts on what the guest printed.
 #
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
-#   tests: identify fio_verify reset reboot two_namespaces (default: all)
+#   tests: identify fio_verify reset reboot two_namespaces split_restart
+#   (default: all; split_restart only with --target socp)
 #   --target qemu  run the same guest jobs against QEMU's emulated NVMe instead
 #                  of socp (checks the harness itself; socp-specific checks
 #                  are skipped)
@@ -31,7 +32,10 @@ while (($#)); do
     shift
 done
 [[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
-((${#tests[@]})) || tests=(identify fio_verify reset reboot two_namespaces)
+if ((${#tests[@]} == 0)); then
+    tests=(identify fio_verify reset reboot two_namespaces)
+    [[ $target == socp ]] && tests+=(split_restart)
+fi
 need_root
 cd "$LEAPIO_REPO"
 boot_timeout=${LEAPIO_E2E_TIMEOUT:-300}
@@ -42,7 +46,15 @@ logs=$LEAPIO_CACHE/logs/e2e
 mkdir -p "$logs"
 disk=$LEAPIO_DATA/e2e-disk.img
 disk_mib=1024
-trap 'stop_guest; stop_socp >/dev/null 2>&1 || true' EXIT
+RESTARTER=''
+e2e_cleanup() {
+    [[ -n $RESTARTER ]] && kill "$RESTARTER" 2>/dev/null
+    stop_guest
+    stop_socp >/dev/null 2>&1
+    [[ -n $HOSTD_PID ]] && stop_split >/dev/null 2>&1
+    true
+}
+trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- helpers for the tests ----
@@ -189,6 +201,46 @@ test_two_namespaces() {
     expect '[[ $s1 == $((256 << 20)) ]]' "namespace 1 (ram:256M) is $s1 bytes" || ok=1
     expect '[[ $s2 == $((disk_mib << 20)) ]]' "namespace 2 (file) is $s2 bytes" || ok=1
     ((ok == 0)) && DETAIL="nsid 1 ram 256 MiB, nsid 2 file $disk_mib MiB, both visible in nvme list"
+    return $ok
+}
+
+# The LeapIO split: leapio-hostd owns the VM's device, socp serves its I/O
+# from another process and is killed -9 twice during the guest's verified
+# fio (write phase, randread phase); the guest must not notice.
+test_split_restart() {
+    fresh_disk
+    local dir=$logs/split_restart.d grc=0
+    GLOG=$logs/split_restart.guest.log
+    rm -rf "$dir"
+    if ! start_split "$dir" e2e "$LEAPIO_RUN/e2e.sock" "file:$disk"; then
+        REASON="leapio-hostd + socp did not start (see $dir)"
+        return 1
+    fi
+    SOCP_LOG=$dir/socp.log
+    rm -f "$GLOG"
+    socp_restarter "$GLOG" "$boot_timeout" "FIO-START fio write 1.5" "FIO-START fio randread 2" &
+    RESTARTER=$!
+    run_guest --quiet --job fio --disk "vfio-user:$LEAPIO_RUN/e2e.sock" --log "$GLOG" \
+        --timeout "$boot_timeout" --append "leapio.runtime=4 leapio.size=32" || grc=$?
+    wait "$RESTARTER" || true
+    RESTARTER=''
+    local restarts alive=1 stopped=0
+    restarts=$(split_restarts)
+    kill -0 "$(cat "$dir/socp.pid")" 2>/dev/null || alive=0
+    stop_split 2>>"$GLOG.harness" || stopped=1
+    local ok=0 errs kern ioerr resets times
+    errs=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(sum(json.loads(l)["errors"] or 0 for l in sys.stdin))')
+    kern=$(guestlog kernel "$GLOG")
+    ioerr=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
+    resets=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_nvme_resets"])')
+    times=$(paste -sd, "$dir/restart-times" 2>/dev/null)
+    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect '[[ $restarts == 2 ]]' "socp was restarted $restarts times, expected 2" || ok=1
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
+    expect '((alive))' "the last socp died" || ok=1
+    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || ok=1
+    ((ok == 0)) && DETAIL="2 x kill -9 of socp during verified fio, new runtime attached after ${times} s; fio clean, guest kernel quiet"
     return $ok
 }
 

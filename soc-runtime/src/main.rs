@@ -165,11 +165,13 @@ fn check_specs(args: &Args) -> Result<(), String> {
                 ))
             }
             (Some(_), None, None) => return Err("with --link each --ctrl needs name=".into()),
-            (Some(_), _, _) if !c.host_keys.is_empty() => return Err(format!(
+            (Some(_), _, _) if !c.host_keys.is_empty() => {
+                return Err(format!(
                 "controller {}: {} are set on the host-driver (leapio-hostd --ctrl) with --link",
                 c.ctrl_name(),
                 c.host_keys.join(", ")
-            )),
+            ))
+            }
             (None, None, _) => {
                 return Err(format!(
                     "controller {}: all-in-one needs sock=PATH (or give --link)",

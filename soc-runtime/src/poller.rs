@@ -994,8 +994,11 @@ impl Poller {
                 continue;
             }
             if cq.irq_kick {
+                // An interrupt with nothing to consume does not move the
+                // host's head: it must not count as outstanding, or the
+                // next completion would go unannounced.
                 cq.irq_kick = false;
-                cq.irq_head = Some(cq.ring.head);
+                cq.irq_head = (cq.ring.used() > 0).then_some(cq.ring.head);
                 ctrl.ctx.irqs.trigger(cq.ring.vector);
                 continue;
             }

@@ -381,3 +381,49 @@ fn controllers_and_namespaces_come_and_go() {
     report(&host, &w, "vm0 while vm1 came and went");
     kill9(&mut socp);
 }
+
+/// After a restart the new runtime raises each completion queue's
+/// interrupt once (the guest may have missed one), and that interrupt
+/// must not swallow the next completion's: a guest driver that sleeps on
+/// interrupts would time out.
+#[test]
+fn a_resumed_queue_still_interrupts() {
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let mut w = Workload::new(&host.vfio, CHUNKS, QD, 13).unwrap();
+    w.run_for(Duration::from_millis(50));
+    w.drain(Duration::from_secs(10));
+    kill9(&mut socp);
+    w.d.take_irqs(1);
+    socp = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    // The resumed queue's interrupt.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.d.take_irqs(1) == 0 {
+        assert!(Instant::now() < deadline, "no interrupt after the resume");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // One command on the idle queue: its completion comes with an interrupt.
+    for i in 0..3u64 {
+        let buf = w.d.mem.alloc(4096, 4096);
+        let sqe =
+            w.d.rw_sqe(leapio_nvme::IoOpcode::READ, 1, i * 8, 8, buf, 4096, 0);
+        w.d.push(1, sqe);
+        w.d.ring(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut irqs = 0;
+        while irqs == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "command {i} after the resume completed without an interrupt"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+            irqs = w.d.take_irqs(1);
+        }
+        let c = w.d.poll(1).expect("the completion the interrupt announced");
+        assert!(c.status_field().is_success());
+    }
+    kill9(&mut socp);
+}
