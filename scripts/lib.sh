@@ -204,6 +204,8 @@ start_split() {
 spawn_split_socp() {
     NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$SOCP_BIN" "${SPLIT_SOCP_ARGS[@]}" 2> "$1" &
     echo $! > "$SPLIT_DIR/socp.pid"
+    # not reported by the shell when the restarter kills it
+    disown $!
 }
 
 # socp_restarter GLOG TIMEOUT "PATTERN DELAY"...: for each pair, once the
