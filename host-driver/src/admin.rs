@@ -6,14 +6,13 @@ use leapio_ats::{Access, Snapshot};
 use leapio_link::Shadow;
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::controller::features;
-use leapio_nvme::identify::{
-    put_ascii, Cns, IdentifyController, IdentifyNamespace, NidHeader, NidType, LPA_CMD_EFFECTS,
-    OACS_DBBUF,
-};
-use leapio_nvme::log::{u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog};
+use leapio_nvme::controller::identify::{identify_page, ControllerIdentity};
+use leapio_nvme::controller::log::{fw_slot_log, smart_log, Health, LogRequest};
+use leapio_nvme::identify::{IdentifyController, OACS_DBBUF};
+use leapio_nvme::log::{CmdEffectsLog, LogId};
 use leapio_nvme::regs::Cc;
 use leapio_nvme::{AdminOpcode, Sqe, Status};
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::IntoBytes;
 
 /// Asynchronous Event Request Limit (0's based): 4 outstanding.
 pub const AERL: u8 = 3;
@@ -59,127 +58,49 @@ impl NvmeController {
     fn identify(&self, snap: &Snapshot, sqe: &Sqe) -> Status {
         let cns = (sqe.cdw10.get() & 0xff) as u8;
         let csi = (sqe.cdw11.get() >> 24) as u8;
-        let nsid = sqe.nsid.get();
         let namespaces = self.shared.namespaces();
-        let nn = u32::try_from(namespaces.len()).unwrap_or(u32::MAX);
-        let mut page = [0u8; 4096];
-        match cns {
-            Cns::NAMESPACE => {
-                if nsid == 0 || (nsid > nn && nsid != u32::MAX) {
-                    return Status::INVALID_NAMESPACE;
-                }
-                if nsid != u32::MAX {
-                    page.copy_from_slice(self.identify_namespace(nsid).as_bytes());
-                }
-            }
-            Cns::CONTROLLER => page.copy_from_slice(self.identify_controller().as_bytes()),
-            Cns::ACTIVE_NAMESPACES => {
-                if nsid >= 0xffff_fffe {
-                    return Status::INVALID_NAMESPACE;
-                }
-                for (slot, ns) in page
-                    .chunks_exact_mut(4)
-                    .zip(namespaces.iter().filter(|n| n.nsid > nsid))
-                {
-                    slot.copy_from_slice(&ns.nsid.to_le_bytes());
-                }
-            }
-            Cns::NS_DESCRIPTORS => {
-                let Some(ns) = self.shared.namespace(nsid) else {
-                    return Status::INVALID_NAMESPACE;
-                };
-                let mut at = 0usize;
-                let mut put = |kind: u8, id: &[u8]| {
-                    let h = NidHeader {
-                        nidt: kind,
-                        nidl: u8::try_from(id.len()).unwrap_or(0),
-                        rsvd: 0.into(),
-                    };
-                    page[at..at + 4].copy_from_slice(h.as_bytes());
-                    page[at + 4..at + 4 + id.len()].copy_from_slice(id);
-                    at += 4 + id.len();
-                };
-                put(NidType::EUI64, &ns.eui64);
-                put(NidType::NGUID, &ns.nguid);
-                put(NidType::UUID, &ns.uuid);
-                put(NidType::CSI, &[0]);
-            }
-            Cns::CS_CONTROLLER if csi == 0 => {
-                // NVM command set controller data: all limits "not reported".
-            }
-            Cns::CS_ACTIVE_NAMESPACES if csi == 0 => {
-                if nsid >= 0xffff_fffe {
-                    return Status::INVALID_NAMESPACE;
-                }
-                for (slot, ns) in page
-                    .chunks_exact_mut(4)
-                    .zip(namespaces.iter().filter(|n| n.nsid > nsid))
-                {
-                    slot.copy_from_slice(&ns.nsid.to_le_bytes());
-                }
-            }
-            _ => return Status::INVALID_FIELD,
-        }
-        match self.copy_to_guest(snap, sqe, &page) {
+        let page = identify_page(
+            cns,
+            csi,
+            sqe.nsid.get(),
+            &namespaces,
+            &self.identify_controller(),
+        );
+        match page.and_then(|p| self.copy_to_guest(snap, sqe, &p)) {
             Ok(()) => Status::SUCCESS,
             Err(s) => s,
         }
     }
 
     pub(crate) fn identify_controller(&self) -> IdentifyController {
-        let mut id = IdentifyController::zeroed();
-        id.vid = leapio_vmm_shim::pci::VENDOR_ID.into();
-        id.ssvid = leapio_vmm_shim::pci::VENDOR_ID.into();
-        put_ascii(&mut id.sn, &self.cfg.serial);
-        put_ascii(&mut id.mn, &self.cfg.model);
-        put_ascii(&mut id.fr, &self.cfg.firmware);
-        id.rab = 6;
-        id.ieee = [0x4c, 0x45, 0x00];
-        id.mdts = self.cfg.mdts;
-        id.cntlid = self.cfg.cntlid.into();
-        id.ver = leapio_nvme::regs::VERSION_1_4.into();
-        // Controller type: I/O controller.
-        id.cntrltype = 1;
+        let mut id = ControllerIdentity {
+            vendor_id: leapio_vmm_shim::pci::VENDOR_ID,
+            serial: &self.cfg.serial,
+            model: &self.cfg.model,
+            firmware: &self.cfg.firmware,
+            mdts: self.cfg.mdts,
+            cntlid: self.cfg.cntlid,
+            acl: ACL,
+            aerl: AERL,
+        }
+        .page(&self.shared.namespaces());
         id.oacs = OACS_DBBUF.into();
-        id.acl = ACL;
-        id.aerl = AERL;
-        // One read-only firmware slot.
-        id.frmw = 0x3;
-        id.lpa = LPA_CMD_EFFECTS;
         id.elpe = u8::try_from(crate::shared::ERROR_LOG_ENTRIES - 1).unwrap_or(0);
         // Namespace Attribute Notices: namespaces come and go with runtimes.
         id.oaes = (1u32 << 8).into();
-        id.npss = 0;
-        id.wctemp = 343.into();
-        id.cctemp = 373.into();
-        id.sqes = 0x66;
-        id.cqes = 0x44;
-        leapio_nvme::controller::identify::set_namespace_fields(&mut id, &self.shared.namespaces());
         id.sgls = 0.into();
         let nqn = self.cfg.subnqn.as_bytes();
         let n = nqn.len().min(255);
         id.subnqn[..n].copy_from_slice(&nqn[..n]);
-        id.psd[0].mp = 2500.into();
         id
     }
 
-    pub(crate) fn identify_namespace(&self, nsid: u32) -> IdentifyNamespace {
-        match self.shared.namespace(nsid) {
-            Some(ns) => leapio_nvme::controller::identify::namespace_page(&ns),
-            None => IdentifyNamespace::zeroed(),
-        }
-    }
-
     fn get_log_page(&self, snap: &Snapshot, sqe: &Sqe) -> Status {
-        let cdw10 = sqe.cdw10.get();
-        let lid = (cdw10 & 0xff) as u8;
-        let numd = u64::from(cdw10 >> 16) | (u64::from(sqe.cdw11.get() & 0xffff) << 16);
-        let len = (numd + 1) * 4;
-        let offset = u64::from(sqe.cdw12.get()) | (u64::from(sqe.cdw13.get()) << 32);
-        if offset % 4 != 0 || len > self.shared.mdts_bytes {
-            return Status::INVALID_FIELD;
-        }
-        let log: Vec<u8> = match lid {
+        let req = match LogRequest::of(sqe, self.shared.mdts_bytes) {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        let log: Vec<u8> = match req.lid {
             LogId::ERROR => {
                 let (_, entries) = self.shared.error_log();
                 let mut v = vec![0u8; crate::shared::ERROR_LOG_ENTRIES * 64];
@@ -193,14 +114,17 @@ impl NvmeController {
                 if nsid != 0 && nsid != u32::MAX && self.shared.namespace(nsid).is_none() {
                     return Status::INVALID_NAMESPACE;
                 }
-                self.smart_log().as_bytes().to_vec()
+                let io = self.shared.io_counts(self.cqs.keys().copied());
+                smart_log(&Health {
+                    read_commands: io.read_commands,
+                    write_commands: io.write_commands,
+                    read_sectors: io.read_sectors,
+                    write_sectors: io.write_sectors,
+                    media_errors: io.media_errors,
+                    error_log_entries: self.shared.error_log().0,
+                })
             }
-            LogId::FW_SLOT => {
-                let mut fw = FwSlotLog::new_zeroed();
-                fw.afi = 1;
-                put_ascii(&mut fw.frs[0], &self.cfg.firmware);
-                fw.as_bytes().to_vec()
-            }
+            LogId::FW_SLOT => fw_slot_log(&self.cfg.firmware),
             LogId::CHANGED_NS_LIST => {
                 let mut v = vec![0u8; 4096];
                 let changed = self.shared.take_changed_namespaces();
@@ -217,39 +141,13 @@ impl NvmeController {
             LogId::CMD_EFFECTS => self.effects_log().as_bytes().to_vec(),
             _ => return Status::INVALID_LOG_PAGE,
         };
-        let Ok(start) = usize::try_from(offset) else {
-            return Status::INVALID_FIELD;
-        };
-        if start >= log.len() {
-            return Status::INVALID_FIELD;
-        }
-        let Ok(len) = usize::try_from(len) else {
-            return Status::INVALID_FIELD;
-        };
-        let mut out = vec![0u8; len];
-        let n = (log.len() - start).min(len);
-        out[..n].copy_from_slice(&log[start..start + n]);
-        match self.copy_to_guest(snap, sqe, &out) {
+        match req
+            .window(&log)
+            .and_then(|out| self.copy_to_guest(snap, sqe, &out))
+        {
             Ok(()) => Status::SUCCESS,
             Err(s) => s,
         }
-    }
-
-    fn smart_log(&self) -> SmartLog {
-        let io = self.shared.io_counts(self.cqs.keys().copied());
-        let mut s = SmartLog::new_zeroed();
-        s.temperature = 308.into();
-        s.avail_spare = 100;
-        s.spare_thresh = 10;
-        // Data units are thousands of 512-byte units, rounded up.
-        s.data_units_read = u128_field(u128::from(io.read_sectors.div_ceil(1000)));
-        s.data_units_written = u128_field(u128::from(io.write_sectors.div_ceil(1000)));
-        s.host_reads = u128_field(u128::from(io.read_commands));
-        s.host_writes = u128_field(u128::from(io.write_commands));
-        s.power_cycles = u128_field(1);
-        s.media_errors = u128_field(u128::from(io.media_errors));
-        s.num_err_log_entries = u128_field(u128::from(self.shared.error_log().0));
-        s
     }
 
     fn effects_log(&self) -> CmdEffectsLog {

@@ -6,14 +6,14 @@
 use super::ctrl::{Controller, Subsystem};
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::controller::features::{self, CommonFeatures};
+use leapio_nvme::controller::identify::{identify_page, ControllerIdentity};
+use leapio_nvme::controller::log::{fw_slot_log, smart_log, Health, LogRequest};
 use leapio_nvme::fabrics::{
     put_nqn, Disc, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyFabrics, PropertyCmd, Sgls,
     DISCOVERY_NQN, LID_DISCOVERY,
 };
-use leapio_nvme::identify::{
-    put_ascii, Cns, IdentifyController, IdentifyNamespace, NidHeader, NidType, LPA_CMD_EFFECTS,
-};
-use leapio_nvme::log::{u128_field, CmdEffectsLog, FwSlotLog, LogId, SmartLog};
+use leapio_nvme::identify::{Cns, IdentifyController, LPA_CMD_EFFECTS};
+use leapio_nvme::log::{CmdEffectsLog, LogId};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
 use leapio_nvme::{AdminOpcode, Sqe, Status};
 use std::sync::atomic::Ordering;
@@ -101,99 +101,45 @@ pub fn execute(
 fn identify(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe) -> Reply {
     let cns = (sqe.cdw10.get() & 0xff) as u8;
     let csi = (sqe.cdw11.get() >> 24) as u8;
-    let nsid = sqe.nsid.get();
     if ctrl.discovery && cns != Cns::CONTROLLER {
         return done(Status::INVALID_FIELD);
     }
-    let nn = u32::try_from(sub.namespaces.len()).unwrap_or(u32::MAX);
-    let mut page = vec![0u8; 4096];
-    match cns {
-        Cns::CONTROLLER => page.copy_from_slice(identify_controller(sub, ctrl).as_bytes()),
-        Cns::NAMESPACE => {
-            if nsid == 0 || (nsid > nn && nsid != u32::MAX) {
-                return done(Status::INVALID_NAMESPACE);
-            }
-            if nsid != u32::MAX {
-                page.copy_from_slice(identify_namespace(sub, nsid).as_bytes());
-            }
-        }
-        Cns::ACTIVE_NAMESPACES | Cns::CS_ACTIVE_NAMESPACES => {
-            if cns == Cns::CS_ACTIVE_NAMESPACES && csi != 0 {
-                return done(Status::INVALID_FIELD);
-            }
-            if nsid >= 0xffff_fffe {
-                return done(Status::INVALID_NAMESPACE);
-            }
-            for (slot, ns) in page
-                .chunks_exact_mut(4)
-                .zip(sub.namespaces.iter().filter(|n| n.nsid > nsid))
-            {
-                slot.copy_from_slice(&ns.nsid.to_le_bytes());
-            }
-        }
-        Cns::NS_DESCRIPTORS => {
-            let Some((_, ns)) = sub.namespace(nsid) else {
-                return done(Status::INVALID_NAMESPACE);
-            };
-            let mut at = 0usize;
-            for (kind, id) in [
-                (NidType::EUI64, &ns.eui64[..]),
-                (NidType::NGUID, &ns.nguid[..]),
-                (NidType::UUID, &ns.uuid[..]),
-                (NidType::CSI, &[0u8][..]),
-            ] {
-                let h = NidHeader {
-                    nidt: kind,
-                    nidl: u8::try_from(id.len()).unwrap_or(0),
-                    rsvd: 0.into(),
-                };
-                page[at..at + 4].copy_from_slice(h.as_bytes());
-                page[at + 4..at + 4 + id.len()].copy_from_slice(id);
-                at += 4 + id.len();
-            }
-        }
-        // NVM command set controller data: all limits "not reported".
-        Cns::CS_CONTROLLER if csi == 0 => {}
-        _ => return done(Status::INVALID_FIELD),
+    let id = identify_controller(sub, ctrl);
+    match identify_page(cns, csi, sqe.nsid.get(), &sub.namespaces, &id) {
+        Ok(page) => data(page),
+        Err(s) => done(s),
     }
-    data(page)
 }
 
 /// Identify Controller of an I/O or discovery controller over NVMe/TCP.
 pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyController {
-    let mut id = IdentifyController::zeroed();
     let l = &sub.limits;
-    id.vid = leapio_vmm_shim::pci::VENDOR_ID.into();
-    id.ssvid = leapio_vmm_shim::pci::VENDOR_ID.into();
-    put_ascii(&mut id.sn, &sub.serial);
-    put_ascii(
-        &mut id.mn,
-        if ctrl.discovery {
+    let no_namespaces: &[leapio_nvme::controller::NamespaceInfo] = &[];
+    let mut id = ControllerIdentity {
+        vendor_id: leapio_vmm_shim::pci::VENDOR_ID,
+        serial: &sub.serial,
+        model: if ctrl.discovery {
             "LeapIO NVMe/TCP discovery"
         } else {
             "LeapIO NVMe/TCP"
         },
-    );
-    put_ascii(&mut id.fr, FIRMWARE);
-    id.rab = 6;
-    id.ieee = [0x4c, 0x45, 0x00];
-    id.mdts = l.mdts;
-    id.cntlid = ctrl.cntlid.into();
-    id.ver = VERSION_1_4.into();
+        firmware: FIRMWARE,
+        mdts: l.mdts,
+        cntlid: ctrl.cntlid,
+        acl: 3,
+        aerl: AERL,
+    }
+    .page(if ctrl.discovery {
+        no_namespaces
+    } else {
+        &sub.namespaces
+    });
     // 1: I/O controller, 2: discovery controller.
     id.cntrltype = if ctrl.discovery { 2 } else { 1 };
-    id.acl = 3;
-    id.aerl = AERL;
-    id.frmw = 0x3;
     // Commands Supported and Effects; extended data for Get Log Page.
     id.lpa = LPA_CMD_EFFECTS | (1 << 2);
     id.kas = KAS.into();
-    id.sqes = 0x66;
-    id.cqes = 0x44;
     id.maxcmd = u16::try_from(l.queue_entries).unwrap_or(u16::MAX).into();
-    if !ctrl.discovery {
-        leapio_nvme::controller::identify::set_namespace_fields(&mut id, &sub.namespaces);
-    }
     id.sgls = (Sgls::SUPPORTED | Sgls::OFFSET | Sgls::TRANSPORT_DATA_BLOCK).into();
     let nqn = if ctrl.discovery {
         DISCOVERY_NQN
@@ -208,30 +154,18 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
     f.fcatt = 0;
     f.msdbd = 1;
     id.fabrics.copy_from_slice(f.as_bytes());
-    id.psd[0].mp = 2500.into();
     id
 }
 
-fn identify_namespace(sub: &Subsystem, nsid: u32) -> IdentifyNamespace {
-    match sub.namespace(nsid) {
-        Some((_, ns)) => leapio_nvme::controller::identify::namespace_page(ns),
-        None => IdentifyNamespace::zeroed(),
-    }
-}
-
 fn get_log_page(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe, xfer_len: u32) -> Reply {
-    let cdw10 = sqe.cdw10.get();
-    let lid = (cdw10 & 0xff) as u8;
-    let numd = u64::from(cdw10 >> 16) | (u64::from(sqe.cdw11.get() & 0xffff) << 16);
-    let len = (numd + 1) * 4;
-    let off = u64::from(sqe.cdw12.get()) | (u64::from(sqe.cdw13.get()) << 32);
-    if off % 4 != 0 || len > u64::from(sub.limits.mdts_bytes()) {
-        return done(Status::INVALID_FIELD);
-    }
-    if len > u64::from(xfer_len) {
+    let req = match LogRequest::of(sqe, u64::from(sub.limits.mdts_bytes())) {
+        Ok(r) => r,
+        Err(s) => return done(s),
+    };
+    if req.len > u64::from(xfer_len) {
         return done(leapio_nvme::fabrics::FabricsStatus::DATA_SGL_LENGTH_INVALID);
     }
-    let log: Vec<u8> = match lid {
+    let log: Vec<u8> = match req.lid {
         LID_DISCOVERY if ctrl.discovery => discovery_log(sub, ctrl),
         _ if ctrl.discovery => return done(Status::INVALID_LOG_PAGE),
         LogId::ERROR => vec![0u8; 64],
@@ -240,33 +174,17 @@ fn get_log_page(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe, xfer_len: u32) ->
             if nsid != 0 && nsid != u32::MAX && sub.namespace(nsid).is_none() {
                 return done(Status::INVALID_NAMESPACE);
             }
-            let mut s = SmartLog::new_zeroed();
-            s.temperature = 308.into();
-            s.avail_spare = 100;
-            s.spare_thresh = 10;
-            s.power_cycles = u128_field(1);
-            s.as_bytes().to_vec()
+            smart_log(&Health::default())
         }
-        LogId::FW_SLOT => {
-            let mut fw = FwSlotLog::new_zeroed();
-            fw.afi = 1;
-            put_ascii(&mut fw.frs[0], FIRMWARE);
-            fw.as_bytes().to_vec()
-        }
+        LogId::FW_SLOT => fw_slot_log(FIRMWARE),
         LogId::CHANGED_NS_LIST => vec![0u8; 4096],
         LogId::CMD_EFFECTS => effects_log().as_bytes().to_vec(),
         _ => return done(Status::INVALID_LOG_PAGE),
     };
-    let (Ok(start), Ok(len)) = (usize::try_from(off), usize::try_from(len)) else {
-        return done(Status::INVALID_FIELD);
-    };
-    if start > log.len() {
-        return done(Status::INVALID_FIELD);
+    match req.window(&log) {
+        Ok(out) => data(out),
+        Err(s) => done(s),
     }
-    let mut out = vec![0u8; len];
-    let n = (log.len() - start).min(len);
-    out[..n].copy_from_slice(&log[start..start + n]);
-    data(out)
 }
 
 /// The Discovery log page: one entry for the subsystem, if this host may

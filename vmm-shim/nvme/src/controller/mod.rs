@@ -6,6 +6,7 @@
 
 pub mod features;
 pub mod identify;
+pub mod log;
 
 /// What a controller tells the host about one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
