@@ -1,11 +1,11 @@
 //! The NVMe host driver over vfio-user.
 
 use crate::mem::GuestMem;
+use crate::vfio_user_client::{Client, ClientError};
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::identify::{Cns, IdentifyController, IdentifyNamespace};
 use leapio_nvme::regs::{csts, offset};
 use leapio_nvme::{AdminOpcode, Cqe, IoOpcode, Sqe, Status};
-use leapio_vmm_shim::vfio_user::{Client, ClientError};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};

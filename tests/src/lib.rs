@@ -11,6 +11,7 @@ pub mod driver;
 pub mod mem;
 pub mod server;
 pub mod split;
+pub mod vfio_user_client;
 
 pub use driver::{Driver, DriverError, QueuePair};
 pub use mem::GuestMem;

@@ -12,8 +12,8 @@
 use leapio_nvme::{AdminOpcode, IoOpcode, Sqe};
 use leapio_tests::driver::PAGE;
 use leapio_tests::server::TestServer;
+use leapio_tests::vfio_user_client::{Client, ClientError};
 use leapio_tests::Driver;
-use leapio_vmm_shim::vfio_user::{Client, ClientError};
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The vfio-user protocol: a server that lets a stock hypervisor (QEMU >= 10.1
 //! `-device vfio-user-pci`, cloud-hypervisor `--user-device`) drive a device
-//! implemented by [`Device`], and a small blocking [`Client`] that plays the
-//! hypervisor in tests and benchmarks.
+//! implemented by [`Device`]. (The client that plays the hypervisor in
+//! tests and benchmarks is in the `leapio-tests` crate.)
 //!
 //! The specification is QEMU's `docs/interop/vfio-user.rst`;
 //! `/work/shared/design/vfio-user-notes.md` records how QEMU 11.1's client
@@ -36,19 +36,14 @@
 //! The server reads without blocking, so a peer that sends half a message
 //! does not stop [`Device::tick`] from running.
 
-mod client;
 mod server;
-mod socket;
+pub mod socket;
 pub mod wire;
-
-#[cfg(test)]
-mod tests;
 
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::Client;
 pub use server::{serve, Listener};
 
 /// A positive `libc` errno value, as sent in error replies.
@@ -275,46 +270,5 @@ pub enum ServerError {
         got: usize,
         /// Bytes announced.
         expected: usize,
-    },
-}
-
-/// Errors of [`Client`].
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Connecting to the socket failed.
-    #[error("cannot connect to {}", path.display())]
-    Connect {
-        /// The socket path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Reading or writing the socket failed (including a timeout).
-    #[error("vfio-user socket I/O failed")]
-    Io(#[source] std::io::Error),
-    /// The server closed the connection.
-    #[error("the server closed the connection")]
-    Closed,
-    /// The server answered with an error reply.
-    #[error("the server replied with errno {errno} ({})", std::io::Error::from_raw_os_error(*errno))]
-    Remote {
-        /// The errno of the reply (0 if the server sent none, which this
-        /// crate's server never does).
-        errno: Errno,
-    },
-    /// The server's reply does not follow the protocol.
-    #[error("bad reply from the server: {0}")]
-    Protocol(String),
-    /// The request cannot be expressed (e.g. offset + length overflows).
-    #[error("invalid request: {0}")]
-    Invalid(&'static str),
-    /// The server's VERSION reply is not a version we speak.
-    #[error("server speaks vfio-user {major}.{minor}, we speak {VERSION_MAJOR}.{VERSION_MINOR}")]
-    Version {
-        /// Server's major.
-        major: u16,
-        /// Server's minor.
-        minor: u16,
     },
 }

@@ -17,12 +17,57 @@ use vfio_bindings::bindings::vfio::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::socket::{recv_with_fds, send_with_fds};
-use super::wire::{self, cmd, len_u32, Header, HEADER_SIZE};
-use super::{
-    ClientError, DeviceInfo, IrqInfo, RegionInfo, RegionMmap, MAX_DATA_XFER_SIZE, MAX_MSG_FDS,
-    MAX_MSG_SIZE, VERSION_MAJOR, VERSION_MINOR,
+use leapio_vmm_shim::vfio_user::socket::{recv_with_fds, send_with_fds};
+use leapio_vmm_shim::vfio_user::wire::{self, cmd, len_u32, Header, HEADER_SIZE};
+use leapio_vmm_shim::vfio_user::{
+    DeviceInfo, IrqInfo, RegionInfo, RegionMmap, MAX_DATA_XFER_SIZE, MAX_MSG_FDS, MAX_MSG_SIZE,
+    VERSION_MAJOR, VERSION_MINOR,
 };
+
+/// Errors of [`Client`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting to the socket failed.
+    #[error("cannot connect to {}", path.display())]
+    Connect {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing the socket failed (including a timeout).
+    #[error("vfio-user socket I/O failed")]
+    Io(#[source] std::io::Error),
+    /// The server closed the connection.
+    #[error("the server closed the connection")]
+    Closed,
+    /// The server answered with an error reply.
+    #[error("the server replied with errno {errno} ({})", std::io::Error::from_raw_os_error(*errno))]
+    Remote {
+        /// The errno of the reply (0 if the server sent none, which this
+        /// crate's server never does).
+        errno: leapio_vmm_shim::vfio_user::Errno,
+    },
+    /// The server's reply does not follow the protocol.
+    #[error("bad reply from the server: {0}")]
+    Protocol(String),
+    /// The request cannot be expressed (e.g. offset + length overflows).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    /// The server's VERSION reply is not a version we speak.
+    #[error(
+        "server speaks vfio-user {major}.{minor}, we speak {}.{}",
+        leapio_vmm_shim::vfio_user::VERSION_MAJOR,
+        leapio_vmm_shim::vfio_user::VERSION_MINOR
+    )]
+    Version {
+        /// Server's major.
+        major: u16,
+        /// Server's minor.
+        minor: u16,
+    },
+}
 
 /// Largest region-info reply we accept (struct + capabilities).
 const MAX_REGION_INFO_ARGSZ: u32 = 64 * 1024;
@@ -517,7 +562,10 @@ impl Client {
         Ok((hdr, payload, fds))
     }
 
-    fn recv_some(&mut self, buf: &mut [u8]) -> Result<super::socket::Received, ClientError> {
+    fn recv_some(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<leapio_vmm_shim::vfio_user::socket::Received, ClientError> {
         match recv_with_fds(self.stream.as_fd(), buf, false) {
             Ok(r) if r.len == 0 => Err(ClientError::Closed),
             Ok(r) => Ok(r),

@@ -23,8 +23,9 @@ use vfio_bindings::bindings::vfio::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::wire::{self, cmd, Header, HEADER_SIZE};
-use super::*;
+use leapio_tests::vfio_user_client::{Client, ClientError};
+use leapio_vmm_shim::vfio_user::wire::{self, cmd, Header, HEADER_SIZE};
+use leapio_vmm_shim::vfio_user::*;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIG: u32 = 7;
