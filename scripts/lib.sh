@@ -74,30 +74,9 @@ start_socp() {
 # stop_socp: SIGTERM, wait up to 15 s, then SIGKILL. Returns 0 when socp was
 # still running and exited with status 0 by itself; otherwise prints why.
 stop_socp() {
-    [[ -n $SOCP_PID ]] || return 0
-    local pid=$SOCP_PID rc=0 i=0
+    local pid=$SOCP_PID
     SOCP_PID=''
-    if ! kill -0 "$pid" 2>/dev/null; then
-        wait "$pid" 2>/dev/null || rc=$?
-        log "socp had already exited (status $rc) before it was stopped; see $SOCP_LOG"
-        return 1
-    fi
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && ((i < 150)); do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        log "socp did not exit within 15 s of SIGTERM (killed); see $SOCP_LOG"
-        return 1
-    fi
-    wait "$pid" 2>/dev/null || rc=$?
-    if ((rc != 0)); then
-        log "socp exited with status $rc after SIGTERM; see $SOCP_LOG"
-        return 1
-    fi
+    stop_pid socp "$pid" || { log "see $SOCP_LOG"; return 1; }
 }
 
 # socp_tail N: last lines of socp's stderr, indented, on stderr
@@ -253,13 +232,15 @@ stop_split() {
     return $rc
 }
 
-# stop_pid NAME PID: SIGTERM, wait up to 15 s (the process need not be our
-# child), SIGKILL after that.
+# stop_pid NAME PID: SIGTERM, wait up to 15 s, SIGKILL after that. Returns 0
+# when the process was running and exited by itself (with status 0, when it
+# is our child and its status can be known); otherwise says why.
 stop_pid() {
-    local name=$1 pid=$2 i=0
+    local name=$1 pid=$2 i=0 rc=0
     [[ -n $pid ]] || return 0
     if ! kill -0 "$pid" 2>/dev/null; then
-        log "$name (pid $pid) had already exited before it was stopped"
+        wait "$pid" 2>/dev/null || rc=$?
+        log "$name (pid $pid) had already exited (status $rc) before it was stopped"
         return 1
     fi
     kill -TERM "$pid" 2>/dev/null || true
@@ -269,8 +250,14 @@ stop_pid() {
     done
     if kill -0 "$pid" 2>/dev/null; then
         kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
         log "$name (pid $pid) did not exit within 15 s of SIGTERM (killed)"
         return 1
     fi
-    wait "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || rc=$?
+    # 127: not our child (started by a subshell); its status is unknown
+    if ((rc != 0 && rc != 127)); then
+        log "$name (pid $pid) exited with status $rc after SIGTERM"
+        return 1
+    fi
 }

@@ -27,21 +27,14 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// vfio-user region indexes (VFIO_PCI_*_REGION_INDEX).
-pub const REGION_BAR0: u32 = 0;
-pub const REGION_BAR4: u32 = 4;
-pub const REGION_CONFIG: u32 = 7;
-const NUM_REGIONS: u32 = 9;
-/// vfio-user IRQ indexes.
-const IRQ_INTX: u32 = 0;
-const IRQ_MSIX: u32 = 2;
-const IRQ_ERR: u32 = 3;
-const IRQ_REQ: u32 = 4;
-const NUM_IRQS: u32 = 5;
-const VFIO_DEVICE_FLAGS_RESET: u32 = 1 << 0;
-const VFIO_DEVICE_FLAGS_PCI: u32 = 1 << 1;
-const VFIO_IRQ_INFO_EVENTFD: u32 = 1 << 0;
-const VFIO_IRQ_INFO_NORESIZE: u32 = 1 << 3;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_PCI_BAR0_REGION_INDEX as REGION_BAR0, VFIO_PCI_BAR4_REGION_INDEX as REGION_BAR4,
+    VFIO_PCI_CONFIG_REGION_INDEX as REGION_CONFIG, VFIO_PCI_ERR_IRQ_INDEX as IRQ_ERR,
+    VFIO_PCI_INTX_IRQ_INDEX as IRQ_INTX, VFIO_PCI_MSIX_IRQ_INDEX as IRQ_MSIX,
+    VFIO_PCI_NUM_IRQS as NUM_IRQS, VFIO_PCI_NUM_REGIONS as NUM_REGIONS,
+    VFIO_PCI_REQ_IRQ_INDEX as IRQ_REQ,
+};
 
 /// How long DMA_UNMAP waits for in-flight I/O on the memory to finish.
 pub const UNMAP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -519,14 +519,7 @@ impl std::str::FromStr for HostCtrlSpec {
                 "queue-entries" => spec.queue_entries = u32::try_from(num(2, 4096)?).unwrap_or(2),
                 "mdts" => spec.mdts = u8::try_from(num(1, 10)?).unwrap_or(1),
                 "serial" => {
-                    if value.is_empty()
-                        || value.len() > 20
-                        || !value.bytes().all(|b| b.is_ascii_graphic())
-                    {
-                        return Err(bad(format!(
-                            "serial must be 1-20 printable ASCII characters, got '{value}'"
-                        )));
-                    }
+                    leapio_nvme::controller::check_serial(value).map_err(bad)?;
                     spec.serial = Some(value.to_string());
                 }
                 other => {

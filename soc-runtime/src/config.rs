@@ -110,9 +110,7 @@ impl FromStr for CtrlSpec {
                 }
                 "serial" => {
                     host_keys.push("serial");
-                    if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(bad(format!("serial must be 1-20 printable ASCII characters, got '{value}'")));
-                    }
+                    leapio_nvme::controller::check_serial(value).map_err(bad)?;
                     serial = Some(value.to_string());
                 }
                 other => return Err(bad(format!("unknown key '{other}' (expected name, sock, ns, io-queues, queue-entries, mdts, serial)"))),

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use zerocopy::FromBytes;
 
 pub const PAGE: u64 = 4096;
-const REGION_BAR0: u32 = 0;
-const REGION_CONFIG: u32 = 7;
-const IRQ_MSIX: u32 = 2;
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_BAR0_REGION_INDEX as REGION_BAR0, VFIO_PCI_CONFIG_REGION_INDEX as REGION_CONFIG,
+    VFIO_PCI_MSIX_IRQ_INDEX as IRQ_MSIX,
+};
 /// Guest-physical addresses below this are never allocated (like RAM holes).
 const FIRST_GPA: u64 = 0x10000;
 

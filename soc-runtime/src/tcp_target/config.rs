@@ -123,14 +123,7 @@ impl FromStr for TcpTargetSpec {
                         .ok_or_else(|| bad(format!("mdts must be 1..=8, got '{value}'")))?
                 }
                 "serial" => {
-                    if value.is_empty()
-                        || value.len() > 20
-                        || !value.bytes().all(|b| b.is_ascii_graphic())
-                    {
-                        return Err(bad(format!(
-                            "serial must be 1-20 printable ASCII characters, got '{value}'"
-                        )));
-                    }
+                    leapio_nvme::controller::check_serial(value).map_err(bad)?;
                     serial = Some(value.to_string());
                 }
                 "icreq-timeout-ms" => {

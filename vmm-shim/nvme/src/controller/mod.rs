@@ -44,3 +44,14 @@ pub fn namespace_ids(serial: &str, nsid: u32) -> ([u8; 16], [u8; 8], [u8; 16]) {
     uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
     (nguid, eui, uuid)
 }
+
+/// Check a serial number given in a configuration: 1-20 printable ASCII
+/// characters (Identify Controller SN is 20 bytes).
+pub fn check_serial(serial: &str) -> Result<(), String> {
+    if serial.is_empty() || serial.len() > 20 || !serial.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "serial must be 1-20 printable ASCII characters, got '{serial}'"
+        ));
+    }
+    Ok(())
+}
