@@ -210,10 +210,23 @@ impl HostDriver {
     /// Stop serving a controller: its client is disconnected (the guest
     /// loses the device), its runtime is asked to let go.
     pub fn remove_controller(&self, name: &str) -> Result<(), HostError> {
-        let entry = lock(&self.ctrls)
-            .remove(name)
-            .ok_or_else(|| HostError::NoSuchController(name.to_string()))?;
-        stop_entry(name, entry);
+        // The entry stays in the table while its thread stops: the runtime's
+        // answer to "let go" comes through it.
+        let thread = {
+            let mut ctrls = lock(&self.ctrls);
+            let e = ctrls
+                .get_mut(name)
+                .ok_or_else(|| HostError::NoSuchController(name.to_string()))?;
+            e.stop.store(true, Ordering::Release);
+            e.thread.take()
+        };
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!(ctrl = name, "control thread panicked");
+            }
+        }
+        lock(&self.ctrls).remove(name);
+        tracing::info!(ctrl = name, "controller removed");
         Ok(())
     }
 
@@ -435,11 +448,11 @@ impl HostDriver {
     /// Stop: remove every controller (runtimes are asked to let go), close
     /// the links.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
-        let ctrls = std::mem::take(&mut *lock(&self.ctrls));
-        for (name, e) in ctrls {
-            stop_entry(&name, e);
+        let names: Vec<String> = lock(&self.ctrls).keys().cloned().collect();
+        for name in names {
+            let _ = self.remove_controller(&name);
         }
+        self.stop.store(true, Ordering::Release);
         for l in lock(&self.links).iter() {
             l.close("host-driver stopping");
         }
@@ -448,16 +461,6 @@ impl HostDriver {
             let _ = t.join();
         }
     }
-}
-
-fn stop_entry(name: &str, mut e: CtrlEntry) {
-    e.stop.store(true, Ordering::Release);
-    if let Some(t) = e.thread.take() {
-        if t.join().is_err() {
-            tracing::error!(ctrl = name, "control thread panicked");
-        }
-    }
-    tracing::info!(ctrl = name, "controller removed");
 }
 
 /// Sockets the host-driver creates are for root (or the owner) only.

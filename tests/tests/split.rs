@@ -427,3 +427,38 @@ fn a_resumed_queue_still_interrupts() {
     }
     kill9(&mut socp);
 }
+
+/// The all-in-one socp stops promptly on SIGTERM once its guest has gone
+/// (its embedded host-driver lets go of the runtime and hears back).
+#[test]
+fn all_in_one_stops_promptly() {
+    let dir = leapio_tests::server::test_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("aio.sock");
+    let mut socp = std::process::Command::new(leapio_tests::split::bin("socp"))
+        .arg("--ctrl")
+        .arg(format!("sock={},ns=ram:4M", sock.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no vfio-user socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    {
+        let mut w = Workload::new(&sock, 256, 4, 17).unwrap();
+        w.run_for(Duration::from_millis(50));
+        w.drain(Duration::from_secs(10));
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+    }
+    let t = Instant::now();
+    let status = term(&mut socp, Duration::from_secs(20)).expect("socp exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
