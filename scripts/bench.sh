@@ -10,10 +10,11 @@
 #       plotted to docs/bench-qd.png
 #   (d) scripts/bench-guest.sh (socp vs QEMU nvme vs virtio-blk in a guest)
 #       with a short runtime, when it exists
-#   (e) the split: socp in its own process serving leapio-hostd's
-#       controller over the link, RAM 4 KiB randread QD1 and QD128 beside
-#       the all-in-one socp of (a); and the time from kill -9 of socp to
-#       the first completion served by its successor (QD1, file in tmpfs)
+#   (e) scripts/bench-split.sh: the split (socp in its own process serving
+#       leapio-hostd's controller over the link) and the all-in-one socp,
+#       RAM 4 KiB randread QD1 and QD128 in alternating rounds; and the time
+#       from kill -9 of socp to the first completion served by its
+#       successor (QD1, file in tmpfs)
 # Writes docs/benchmarks.md (tables, ratios, the exact commands, the
 # machine) and docs/bench-qd.png.
 #
@@ -223,46 +224,12 @@ if ((${#pin[@]})); then
 fi
 
 # ---- (e) the split ------------------------------------------------------------
-# The same RAM namespace and runs as (a), with socp in its own process
-# attached to leapio-hostd: the data path is the same shared memory, only
-# the control plane moved.
+# The all-in-one socp and the split side by side in alternating rounds, and
+# kill -9 to first completion (scripts/bench-split.sh).
 socp_down
-start_split "$work/split" bench "$work/split.sock" "ram:$BENCH_RAM_SIZE" || die "leapio-hostd + socp did not start"
-note "split" "$(shown "$HOSTD_BIN") --link unix:$LEAPIO_RUN/hostd.sock --ctrl name=bench,sock=$work/split.sock; $(shown "$SOCP_BIN") ${SPLIT_SOCP_ARGS[*]}"
-"$PERF" --sock "$work/split.sock" -w write -o 128k -q 16 --prefill -t 0.1 --warmup 0 > /dev/null \
-    || die "prefilling the split RAM namespace failed"
-spid=$(cat "$work/split/socp.pid")
-for qd in 1 128; do
-    perf split "split QD$qd" --sock "$work/split.sock" --socp-pid "$spid" -q "$qd" -o 4k -w randread
-done
-stop_split || log "warning: the split did not stop cleanly"
-# kill -9 to the first completion by the successor: a QD1 run in which socp
-# is killed once and restarted (as a supervisor would) mid-way; the one
-# command that waits meanwhile has the run's maximum latency. A RAM
-# namespace cannot be taken over, so the namespace is a file in tmpfs.
-rf=$BENCH_SHM_DIR/leapio-bench-restart-$$.img
-files+=("$rf")
-truncate -s 256M "$rf"
-start_split "$work/restart" bench-restart "$work/restart.sock" "file:$rf" || die "leapio-hostd + socp did not start"
-for i in 1 2 3; do
-    rcmd=("$PERF" --sock "$work/restart.sock" -q 1 -o 4k -w randread -t 4 --warmup 0.5 --json)
-    "${rcmd[@]}" > "$work/restart-$i.json" &
-    rperf=$!
-    sleep 2
-    t0=$(now)
-    kill -KILL "$(cat "$work/restart/socp.pid")"
-    spawn_split_socp "$work/restart/socp-r$i.log"
-    wait "$rperf" || die "leapio-perf failed during the restart run"
-    "$PY" -c '
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(json.dumps(dict(scenario="restart", label="kill -9 + restart %s" % sys.argv[2], cmd=sys.argv[3],
-    tool="leapio-perf", iops=d["iops"], mib_s=d["mib_s"], latency=d["latency"],
-    target_cpu_us_per_io=None, harness_cpu_us_per_io=d.get("harness_cpu_us_per_io"))))' \
-        "$work/restart-$i.json" "$i" "$(shown "${rcmd[@]}") (socp killed -9 and started again 2 s in)" >> "$results"
-done
-stop_split || log "warning: the split did not stop cleanly"
-rm -f "$rf"
+note "split-cmd" "BENCH_SPLIT_SECONDS=${BENCH_SPLIT_SECONDS:-5} BENCH_SPLIT_ROUNDS=${BENCH_SPLIT_ROUNDS:-3} bash scripts/bench-split.sh"
+BENCH_RAM_SIZE=$BENCH_RAM_SIZE bash scripts/bench-split.sh --results "$results" > "$work/split.out" \
+    || die "scripts/bench-split.sh failed"
 socp_up ram "ns=ram:$BENCH_RAM_SIZE"
 "$PERF" --sock "$SOCK" -w write -o 128k -q 16 --prefill -t 0.1 --warmup 0 > /dev/null \
     || die "prefilling the RAM namespace failed"
@@ -516,23 +483,35 @@ md += ["", "Commands (QD varies):", "",
        commands([get("sweep", "socp QD%d" % qds[0]), get("sweep", "null QD%d" % qds[0])] if qds else []), ""]
 
 # (e)
-e_rows = [get("ram", "socp QD1"), get("split", "split QD1"), get("ram", "socp QD128"), get("split", "split QD128")]
+import statistics
+ab = [r for r in runs if r["scenario"] == "split-ab"]
+def med(label, f):
+    v = [f(r) for r in ab if r["label"] == label]
+    return statistics.median(v) if v else None
+labels = sorted({r["label"] for r in ab}, key=lambda l: (int(l.split("QD")[1]), l))
 md += ["## (e) The split: socp in its own process, linked to leapio-hostd", "",
-       "socp serves leapio-hostd's controller over the link (a Unix socket with the "
-       "guest memory, doorbell page and queue-state area passed as file descriptors); "
-       "the all-in-one rows are (a)'s, from the same run. Both record every command in "
-       "the queue-state area.", "", table(e_rows), ""]
-a1, p1, a128, p128 = e_rows
-if a1 and p1:
-    md.append("- split vs all-in-one at QD1: p50 **{} us**, p99 {} us".format(
-        f(delta(p1, a1, "p50_us"), "{:+.2f}"), f(delta(p1, a1, "p99_us"), "{:+.2f}")))
-if a128 and p128:
-    md.append("- split vs all-in-one at QD128: IOPS **{}** ({} vs {})".format(
-        f(ratio(p128["iops"], a128["iops"]), "{:.1%}"), f(p128["iops"], "{:,.0f}"),
-        f(a128["iops"], "{:,.0f}")))
+       "The all-in-one socp and the split (leapio-hostd, and socp --link in another process: "
+       "guest memory, doorbell page and queue-state area passed over a Unix socket) serve "
+       "the same RAM namespace size at the same time; leapio-perf measures them in "
+       "alternating rounds (`" + notes.get("split-cmd", "") + "`). Both record every command "
+       "in the queue-state area. Medians over the rounds:", "",
+       "| run | IOPS | p50 us | p99 us | poller CPU us/IO | rounds |", "|---|---|---|---|---|---|"]
+for l in labels:
+    md.append("| {} | {} | {} | {} | {} | {} |".format(
+        l, f(med(l, lambda r: r["iops"]), "{:,.0f}"), f(med(l, lambda r: r["latency"]["p50_us"])),
+        f(med(l, lambda r: r["latency"]["p99_us"])),
+        f(med(l, lambda r: r.get("target_cpu_us_per_io") or 0), "{:.3f}"),
+        sum(1 for r in ab if r["label"] == l)))
+md.append("")
+for qd in (1, 128):
+    a, s_ = "all-in-one QD%d" % qd, "split QD%d" % qd
+    if med(a, lambda r: 1) and med(s_, lambda r: 1):
+        md.append("- split vs all-in-one at QD{}: p50 **{} us**, IOPS **{}**".format(
+            qd, f(med(s_, lambda r: r["latency"]["p50_us"]) - med(a, lambda r: r["latency"]["p50_us"]), "{:+.2f}"),
+            f(med(s_, lambda r: r["iops"]) / med(a, lambda r: r["iops"]), "{:.1%}")))
 rs = [r for r in runs if r["scenario"] == "restart"]
 if rs:
-    md += ["", "Restart: a QD1 randread run against a file in tmpfs; 2 s in, socp is "
+    md += ["", "Restart: a QD1 randread run against a file in tmpfs; 2 s in, the split's socp is "
            "killed with SIGKILL and a new one started (as a supervisor would). The command "
            "that waits for the new runtime has the run's maximum latency: the time from the "
            "kill to the first completion the successor serves, start-up of the new process "
@@ -543,7 +522,8 @@ if rs:
         md.append("| {} | {} | {} | **{} ms** |".format(
             r["label"], f(r["iops"], "{:,.0f}"), f(lat(r, "p50_us")),
             f((lat(r, "max_us") or 0) / 1000.0, "{:.1f}")))
-md += ["", "Commands:", "", commands(e_rows[1::2] + rs, [notes.get("split", "")]), ""]
+md += ["", "Commands (one of each):", "",
+       commands([next((r for r in ab if r["label"] == l), None) for l in labels] + rs[:1]), ""]
 
 # (d)
 md += ["## (d) In a guest: socp vs QEMU nvme vs virtio-blk", ""]
