@@ -22,12 +22,13 @@ now() { date +%s.%3N; }
 # elapsed START: seconds since START (from now), one decimal
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# wait_for_socket PATH SECONDS [PID]: until PATH is a socket; fails early if
-# PID (the server) exits.
-wait_for_socket() {
-    local path=$1 secs=$2 pid=${3:-} i=0
+# wait_until SECS PID CMD...: until CMD succeeds (tried every 0.1 s); 1 after
+# SECS, 2 as soon as PID (when given) has exited.
+wait_until() {
+    local secs=$1 pid=$2 i=0
+    shift 2
     while ((i < secs * 10)); do
-        [[ -S $path ]] && return 0
+        "$@" && return 0
         if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
             return 2
         fi
@@ -36,6 +37,10 @@ wait_for_socket() {
     done
     return 1
 }
+
+# wait_for_socket PATH SECONDS [PID]: until PATH is a socket; fails early if
+# PID (the server) exits.
+wait_for_socket() { wait_until "$2" "${3:-}" test -S "$1"; }
 
 # ---- socp (the runtime under test) ----
 SOCP_BIN=${SOCP_BIN:-$LEAPIO_REPO/target/release/socp}
@@ -131,18 +136,8 @@ SPLIT_SOCP_ARGS=()
 
 # wait_log FILE PATTERN SECS [PID]: until FILE has a line matching PATTERN
 # (grep -E); fails early if PID exits.
-wait_log() {
-    local f=$1 pat=$2 secs=$3 pid=${4:-} i=0
-    while ((i < secs * 10)); do
-        grep -aqE "$pat" "$f" 2>/dev/null && return 0
-        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
-            return 2
-        fi
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
+log_has() { grep -aqE "$2" "$1" 2>/dev/null; }
+wait_log() { wait_until "$3" "${4:-}" log_has "$1" "$2"; }
 
 # start_split DIR NAME SOCK NS...: leapio-hostd serving controller NAME on
 # the vfio-user socket SOCK, and socp --link serving it with namespaces NS

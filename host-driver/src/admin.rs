@@ -7,7 +7,7 @@ use leapio_link::Shadow;
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::controller::features;
 use leapio_nvme::controller::identify::{identify_page, ControllerIdentity};
-use leapio_nvme::controller::log::{fw_slot_log, smart_log, Health, LogRequest};
+use leapio_nvme::controller::log::{check_smart_nsid, fw_slot_log, smart_log, Health, LogRequest};
 use leapio_nvme::identify::{IdentifyController, OACS_DBBUF};
 use leapio_nvme::log::{CmdEffectsLog, LogId};
 use leapio_nvme::regs::Cc;
@@ -110,9 +110,10 @@ impl NvmeController {
                 v
             }
             LogId::SMART => {
-                let nsid = sqe.nsid.get();
-                if nsid != 0 && nsid != u32::MAX && self.shared.namespace(nsid).is_none() {
-                    return Status::INVALID_NAMESPACE;
+                if let Err(s) =
+                    check_smart_nsid(sqe.nsid.get(), |n| self.shared.namespace(n).is_some())
+                {
+                    return s;
                 }
                 let io = self.shared.io_counts(self.cqs.keys().copied());
                 smart_log(&Health {

@@ -7,7 +7,7 @@ use super::ctrl::{Controller, Subsystem};
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::controller::features::{self, CommonFeatures};
 use leapio_nvme::controller::identify::{identify_page, ControllerIdentity};
-use leapio_nvme::controller::log::{fw_slot_log, smart_log, Health, LogRequest};
+use leapio_nvme::controller::log::{check_smart_nsid, fw_slot_log, smart_log, Health, LogRequest};
 use leapio_nvme::fabrics::{
     put_nqn, Disc, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyFabrics, PropertyCmd, Sgls,
     DISCOVERY_NQN, LID_DISCOVERY,
@@ -170,9 +170,8 @@ fn get_log_page(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe, xfer_len: u32) ->
         _ if ctrl.discovery => return done(Status::INVALID_LOG_PAGE),
         LogId::ERROR => vec![0u8; 64],
         LogId::SMART => {
-            let nsid = sqe.nsid.get();
-            if nsid != 0 && nsid != u32::MAX && sub.namespace(nsid).is_none() {
-                return done(Status::INVALID_NAMESPACE);
+            if let Err(s) = check_smart_nsid(sqe.nsid.get(), |n| sub.namespace(n).is_some()) {
+                return done(s);
             }
             smart_log(&Health::default())
         }

@@ -84,3 +84,12 @@ pub fn smart_log(h: &Health) -> Vec<u8> {
     s.num_err_log_entries = u128_field(u128::from(h.error_log_entries));
     s.as_bytes().to_vec()
 }
+
+/// The NSID of a SMART / Health Information request: 0 and FFFFFFFFh mean
+/// the controller; any other must be an active namespace.
+pub fn check_smart_nsid(nsid: u32, active: impl Fn(u32) -> bool) -> Result<(), Status> {
+    if nsid != 0 && nsid != u32::MAX && !active(nsid) {
+        return Err(Status::INVALID_NAMESPACE);
+    }
+    Ok(())
+}
