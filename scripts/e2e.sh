@@ -250,7 +250,7 @@ for t in "${tests[@]}"; do
     declare -F "test_$t" >/dev/null || die "unknown test $t"
     REASON='' DETAIL=''
     t0=$(now)
-    rm -f "$logs/$t".*
+    rm -rf "$logs/$t".*
     if "test_$t"; then
         printf 'PASS %-16s %6ss  %s\n' "$t" "$(elapsed "$t0")" "$DETAIL"
         passed=$((passed + 1))
