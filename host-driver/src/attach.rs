@@ -199,12 +199,19 @@ impl NvmeController {
             Err(why) => return self.refuse(&link, why),
         };
         let epoch = self.shared.qstate.next_epoch();
+        let windows = link.windows();
         let attached = ToRuntime::Attached {
             ctrl: self.shared.name.clone(),
             config: self.link_config(),
             epoch,
+            windows,
         };
-        let fds = [self.shared.doorbells.fd(), self.shared.qstate.fd()];
+        // A runtime on an SoC finds these in the link function's BARs.
+        let fds = if windows {
+            Vec::new()
+        } else {
+            vec![self.shared.doorbells.fd(), self.shared.qstate.fd()]
+        };
         if let Err(e) = link.send(&attached, &fds) {
             tracing::warn!(ctrl = %self.shared.name, runtime = %link.describe(), "attach failed: {e}");
             return;

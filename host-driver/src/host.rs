@@ -3,11 +3,11 @@
 //! Controllers are added and removed while it runs.
 
 use crate::controller::{ControllerConfig, NvmeController};
-use crate::link::{Peer, RuntimeLink};
+use crate::link::{Carrier, Peer, RuntimeLink};
 use crate::port::{PortEvent, Timeouts};
 use crate::shared::CtrlShared;
 use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use leapio_link::{frame, LinkError, ToHost, ToRuntime};
+use leapio_link::{LinkError, ToHost, ToRuntime};
 use leapio_nvme::Status;
 use leapio_vmm_shim::vfio_user::{serve, Listener};
 use std::collections::BTreeMap;
@@ -30,6 +30,9 @@ const IDLE_TICK: Duration = Duration::from_millis(20);
 pub struct HostCtrlSpec {
     pub name: String,
     pub sock: PathBuf,
+    /// Where an SoC's hypervisor connects for this controller's link
+    /// function (a runtime on the SoC serves it).
+    pub soc: Option<PathBuf>,
     pub serial: Option<String>,
     pub io_queues: u16,
     pub queue_entries: u32,
@@ -43,6 +46,7 @@ impl HostCtrlSpec {
         HostCtrlSpec {
             name: name.to_string(),
             sock: sock.to_path_buf(),
+            soc: None,
             serial: None,
             io_queues: d.max_io_queues,
             queue_entries: d.max_queue_entries,
@@ -88,6 +92,8 @@ struct CtrlEntry {
     events: Sender<PortEvent>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The link function's thread, if an SoC serves the controller.
+    soc_thread: Option<JoinHandle<()>>,
 }
 
 /// What `status` reports about one controller.
@@ -148,7 +154,7 @@ impl HostDriver {
 
     /// Serve a new controller: bind its vfio-user socket and start its
     /// control thread. It has no namespaces until a runtime attaches.
-    pub fn add_controller(&self, spec: &HostCtrlSpec) -> Result<(), HostError> {
+    pub fn add_controller(self: &Arc<Self>, spec: &HostCtrlSpec) -> Result<(), HostError> {
         if !valid_name(&spec.name) {
             return Err(HostError::BadName {
                 name: spec.name.clone(),
@@ -187,12 +193,32 @@ impl HostDriver {
         })?;
         let shared = ctrl.shared().clone();
         let serial = ctrl.serial().to_string();
+        let soc_listener = match &spec.soc {
+            Some(path) => Some(Listener::bind(path).map_err(|source| HostError::Listen {
+                name: name.clone(),
+                sock: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("hostd-{name}"))
             .spawn(move || control_thread(listener, &mut ctrl, &st))
             .map_err(HostError::Thread)?;
+        let soc_thread = match soc_listener {
+            Some(l) => {
+                let (me, sh, st) = (self.clone(), shared.clone(), stop.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name(format!("hostd-{name}-soc"))
+                        .spawn(move || crate::soc::serve_function(me, sh, l, &st))
+                        .map_err(HostError::Thread)?,
+                )
+            }
+            None => None,
+        };
         tracing::info!(ctrl = %spec.name, sock = %spec.sock.display(), serial, "controller added: waiting for a runtime and a vfio-user client");
         lock(&self.ctrls).insert(
             spec.name.clone(),
@@ -202,6 +228,7 @@ impl HostDriver {
                 events: tx,
                 stop,
                 thread: Some(thread),
+                soc_thread,
             },
         );
         Ok(())
@@ -212,14 +239,17 @@ impl HostDriver {
     pub fn remove_controller(&self, name: &str) -> Result<(), HostError> {
         // The entry stays in the table while its thread stops: the runtime's
         // answer to "let go" comes through it.
-        let thread = {
+        let (thread, soc_thread) = {
             let mut ctrls = lock(&self.ctrls);
             let e = ctrls
                 .get_mut(name)
                 .ok_or_else(|| HostError::NoSuchController(name.to_string()))?;
             e.stop.store(true, Ordering::Release);
-            e.thread.take()
+            (e.thread.take(), e.soc_thread.take())
         };
+        if let Some(t) = soc_thread {
+            let _ = t.join();
+        }
         if let Some(t) = thread {
             if t.join().is_err() {
                 tracing::error!(ctrl = name, "control thread panicked");
@@ -288,28 +318,40 @@ impl HostDriver {
     }
 
     fn start_link(self: &Arc<Self>, sock: UnixStream, peer: Peer) {
+        // The reader's Hello deadline: socket options are shared with the
+        // link's clone of the socket.
+        if let Err(e) = sock.set_read_timeout(Some(HELLO_TIMEOUT)) {
+            tracing::error!("runtime link: {e}");
+            return;
+        }
+        self.start_carrier(Carrier::Socket(sock), peer);
+    }
+
+    /// Serve a link on `carrier`; returns its id.
+    pub(crate) fn start_carrier(self: &Arc<Self>, carrier: Carrier, peer: Peer) -> Option<u64> {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let link = match sock.try_clone().and_then(|w| RuntimeLink::new(id, peer, w)) {
+        let link = match RuntimeLink::new(id, peer, carrier) {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::error!("runtime link: {e}");
-                return;
+                return None;
             }
         };
         lock(&self.links).push(link.clone());
         let me = self.clone();
         let t = std::thread::Builder::new()
             .name(format!("hostd-link-{id}"))
-            .spawn(move || me.serve_link(sock, link));
+            .spawn(move || me.serve_link(link));
         match t {
             Ok(t) => lock(&self.threads).push(t),
             Err(e) => tracing::error!("runtime link: starting its thread: {e}"),
         }
+        Some(id)
     }
 
     /// Read one runtime's messages until its link ends.
-    fn serve_link(&self, sock: UnixStream, link: Arc<RuntimeLink>) {
-        let end = self.read_link(&sock, &link);
+    fn serve_link(&self, link: Arc<RuntimeLink>) {
+        let end = self.read_link(&link);
         match &end {
             Err(LinkError::Protocol(why)) => link.kill(&format!("protocol violation: {why}")),
             Err(LinkError::Closed) => link.close("closed by the runtime"),
@@ -322,10 +364,8 @@ impl HostDriver {
         lock(&self.links).retain(|l| l.id != link.id);
     }
 
-    fn read_link(&self, sock: &UnixStream, link: &Arc<RuntimeLink>) -> Result<(), LinkError> {
-        sock.set_read_timeout(Some(HELLO_TIMEOUT))
-            .map_err(LinkError::Io)?;
-        let (hello, _) = frame::recv::<ToHost>(sock).map_err(|e| match e {
+    fn read_link(&self, link: &Arc<RuntimeLink>) -> Result<(), LinkError> {
+        let hello = link.recv().map_err(|e| match e {
             LinkError::Timeout(_) => LinkError::Protocol("no Hello in time".into()),
             e => e,
         })?;
@@ -354,12 +394,12 @@ impl HostDriver {
             &[],
         )?;
         tracing::info!(link = link.id, runtime = %link.describe(), "runtime connected");
-        sock.set_read_timeout(None).map_err(LinkError::Io)?;
+        link.no_read_timeout().map_err(LinkError::Io)?;
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let (msg, _fds) = frame::recv::<ToHost>(sock)?;
+            let msg = link.recv()?;
             self.dispatch(link, msg)?;
         }
     }
@@ -498,7 +538,7 @@ fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBo
 impl std::str::FromStr for HostCtrlSpec {
     type Err = String;
 
-    /// `name=NAME,sock=PATH[,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
+    /// `name=NAME,sock=PATH[,soc=PATH][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| format!("controller spec '{s}': {why}");
         let mut name = None;
@@ -518,6 +558,7 @@ impl std::str::FromStr for HostCtrlSpec {
             match key {
                 "name" => name = Some(value.to_string()),
                 "sock" => sock = Some(PathBuf::from(value)),
+                "soc" => spec.soc = Some(PathBuf::from(value)),
                 "io-queues" => spec.io_queues = u16::try_from(num(1, 511)?).unwrap_or(1),
                 "queue-entries" => spec.queue_entries = u32::try_from(num(2, 4096)?).unwrap_or(2),
                 "mdts" => spec.mdts = u8::try_from(num(1, 10)?).unwrap_or(1),
@@ -527,7 +568,7 @@ impl std::str::FromStr for HostCtrlSpec {
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown key '{other}' (expected name, sock, io-queues, queue-entries, mdts, serial)"
+                        "unknown key '{other}' (expected name, sock, soc, io-queues, queue-entries, mdts, serial)"
                     )))
                 }
             }

@@ -15,6 +15,7 @@
 //! - [`link`]: one runtime connection; fencing.
 //! - [`shared`]: controller state the link readers update.
 //! - [`control`]: the JSON-RPC control socket (`leapioctl`).
+//! - [`soc`]: the link function an SoC reaches a controller through.
 
 mod admin;
 mod attach;
@@ -24,6 +25,7 @@ pub mod host;
 pub mod link;
 pub mod port;
 pub mod shared;
+pub mod soc;
 
 pub use attach::namespace_changes;
 pub use controller::{ControllerConfig, NvmeController};

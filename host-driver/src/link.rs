@@ -5,14 +5,15 @@
 //! a successor is admitted or the guest's memory and queues are released.
 
 use leapio_link::frame;
-use leapio_link::{LinkError, ToRuntime};
+use leapio_link::ring::Rings;
+use leapio_link::{LinkError, ToHost, ToRuntime};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a send may block on a runtime that does not read its socket.
@@ -21,6 +22,11 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Who is at the other end.
 #[derive(Debug)]
 pub enum Peer {
+    /// A runtime on an SoC, through a link function: no process of ours to
+    /// watch; it is fenced when a new runtime opens the function (the SoC
+    /// side lets only one process hold it) or the SoC's hypervisor goes
+    /// away.
+    Soc { function: String },
     /// A thread of this process (the all-in-one `socp`): it cannot die
     /// without us, so it is fenced as soon as its link is closed.
     InProcess,
@@ -68,13 +74,14 @@ impl Peer {
         match self {
             Peer::InProcess => "in-process runtime".into(),
             Peer::Process { pid, .. } => format!("runtime pid {pid}"),
+            Peer::Soc { function } => format!("SoC runtime on link function {function}"),
         }
     }
 
     pub fn pid(&self) -> Option<i32> {
         match self {
-            Peer::InProcess => None,
             Peer::Process { pid, .. } => Some(*pid),
+            _ => None,
         }
     }
 }
@@ -110,13 +117,80 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The host's end of a link carried by a link function's rings.
+pub struct RingEnd {
+    pub rings: Rings,
+    /// Kicks from the runtime (the function's KICK register), counted.
+    kicks: Mutex<u64>,
+    woken: Condvar,
+    /// A newer runtime opened the function, or the SoC went away: this
+    /// session's runtime can no longer touch the memory.
+    superseded: AtomicBool,
+    /// The file behind the function's guest memory window (device, inode):
+    /// guest memory in it is reachable at its file offset.
+    window: Option<(u64, u64)>,
+}
+
+impl RingEnd {
+    pub fn new(rings: Rings, window: Option<(u64, u64)>) -> Arc<RingEnd> {
+        Arc::new(RingEnd {
+            rings,
+            kicks: Mutex::new(0),
+            woken: Condvar::new(),
+            superseded: AtomicBool::new(false),
+            window,
+        })
+    }
+
+    /// Where guest memory mapped from `fd` at `file_offset` is in the
+    /// window, if the window shows that file.
+    pub fn window_offset(&self, fd: BorrowedFd<'_>, file_offset: u64) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        let m = f.metadata().ok()?;
+        (self.window == Some((m.dev(), m.ino()))).then_some(file_offset)
+    }
+
+    /// The runtime kicked (or the session ends): wake the reader.
+    pub fn kick(&self) {
+        *lock(&self.kicks) += 1;
+        self.woken.notify_all();
+    }
+
+    /// This session is over and its runtime fenced.
+    pub fn supersede(&self) {
+        self.superseded.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    pub fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
+    }
+
+    /// Wait up to `timeout` for a kick after `seen` kicks; returns the count.
+    pub fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let g = lock(&self.kicks);
+        let (g, _) = self
+            .woken
+            .wait_timeout_while(g, timeout, |k| *k == seen)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g
+    }
+}
+
+/// How messages travel.
+pub enum Carrier {
+    Socket(UnixStream),
+    Rings(Arc<RingEnd>),
+}
+
 /// One connected runtime.
 pub struct RuntimeLink {
     pub id: u64,
     pub peer: Peer,
     /// What the runtime said it is (its Hello).
     software: Mutex<String>,
-    sock: UnixStream,
+    carrier: Carrier,
     write: Mutex<()>,
     pending: Mutex<HashMap<u64, SyncSender<Result<u16, LinkError>>>>,
     next_req: AtomicU64,
@@ -130,14 +204,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl RuntimeLink {
     /// Wrap the write side of a connection (the reader runs elsewhere on a
-    /// clone of the socket).
-    pub fn new(id: u64, peer: Peer, sock: UnixStream) -> io::Result<RuntimeLink> {
-        sock.set_write_timeout(Some(SEND_TIMEOUT))?;
+    /// clone of the socket, or on the same rings).
+    pub fn new(id: u64, peer: Peer, carrier: Carrier) -> io::Result<RuntimeLink> {
+        if let Carrier::Socket(sock) = &carrier {
+            sock.set_write_timeout(Some(SEND_TIMEOUT))?;
+        }
         Ok(RuntimeLink {
             id,
             peer,
             software: Mutex::new(String::from("runtime")),
-            sock,
+            carrier,
             write: Mutex::new(()),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
@@ -166,7 +242,10 @@ impl RuntimeLink {
             return Err(LinkError::Closed);
         }
         let _w = lock(&self.write);
-        let r = frame::send(&self.sock, msg, fds);
+        let r = match &self.carrier {
+            Carrier::Socket(sock) => frame::send(sock, msg, fds),
+            Carrier::Rings(end) => send_ring(end, msg, fds),
+        };
         if let Err(e) = &r {
             if !matches!(e, LinkError::Protocol(_)) {
                 self.close(&format!("sending failed: {e}"));
@@ -215,9 +294,48 @@ impl RuntimeLink {
         if !self.closed.swap(true, Ordering::AcqRel) {
             tracing::info!(link = self.id, runtime = %self.describe(), "link closed: {why}");
         }
-        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        self.shutdown_carrier();
         for (_, tx) in lock(&self.pending).drain() {
             let _ = tx.send(Err(LinkError::Closed));
+        }
+    }
+
+    fn shutdown_carrier(&self) {
+        match &self.carrier {
+            Carrier::Socket(sock) => {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+            Carrier::Rings(end) => end.kick(),
+        }
+    }
+
+    /// The shared-memory end, for a runtime on an SoC.
+    pub fn rings(&self) -> Option<&Arc<RingEnd>> {
+        match &self.carrier {
+            Carrier::Rings(end) => Some(end),
+            Carrier::Socket(_) => None,
+        }
+    }
+
+    /// After Hello: reads block for as long as it takes.
+    pub fn no_read_timeout(&self) -> io::Result<()> {
+        match &self.carrier {
+            Carrier::Socket(sock) => sock.set_read_timeout(None),
+            Carrier::Rings(_) => Ok(()),
+        }
+    }
+
+    /// Whether the runtime reaches the shared memory through a link
+    /// function's windows (no descriptors over the link).
+    pub fn windows(&self) -> bool {
+        matches!(self.carrier, Carrier::Rings(_))
+    }
+
+    /// Receive one message (blocking), for the link's reader.
+    pub fn recv(&self) -> Result<ToHost, LinkError> {
+        match &self.carrier {
+            Carrier::Socket(sock) => frame::recv::<ToHost>(sock).map(|(m, _)| m),
+            Carrier::Rings(end) => recv_ring(end, || self.is_closed()),
         }
     }
 
@@ -259,6 +377,19 @@ impl RuntimeLink {
         }
         match &self.peer {
             Peer::InProcess => true,
+            Peer::Soc { .. } => {
+                let end = self.rings();
+                let deadline = Instant::now() + wait;
+                loop {
+                    if end.is_none_or(|e| e.superseded()) {
+                        return true;
+                    }
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             // Without a pidfd the process was gone when it connected... or
             // we could not tell: only its disappearance from /proc says.
             Peer::Process { pid, pidfd: None } => {
@@ -292,6 +423,54 @@ impl RuntimeLink {
 
 impl Drop for RuntimeLink {
     fn drop(&mut self) {
-        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        self.shutdown_carrier();
+    }
+}
+
+/// How long a runtime on an SoC may stay silent (no heartbeat) before its
+/// link counts as lost.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn send_ring(end: &RingEnd, msg: &ToRuntime, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {
+    if !fds.is_empty() {
+        return Err(LinkError::Protocol(
+            "descriptors cannot reach a runtime on an SoC".into(),
+        ));
+    }
+    let deadline = Instant::now() + SEND_TIMEOUT;
+    loop {
+        match end.rings.send(msg) {
+            Err(LinkError::Timeout(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The next message from a runtime on an SoC: waits for kicks (polling
+/// now and then too: a kick may come before we wait); a heartbeat that
+/// stops moving for [`HEARTBEAT_TIMEOUT`] ends the link.
+fn recv_ring(end: &RingEnd, closed: impl Fn() -> bool) -> Result<ToHost, LinkError> {
+    let mut kicks = 0;
+    let mut beat = end.rings.heartbeat();
+    let mut beat_at = Instant::now();
+    loop {
+        if closed() || end.superseded() {
+            return Err(LinkError::Closed);
+        }
+        if let Some(m) = end.rings.recv::<ToHost>()? {
+            return Ok(m);
+        }
+        let now_beat = end.rings.heartbeat();
+        if now_beat != beat {
+            beat = now_beat;
+            beat_at = Instant::now();
+        } else if beat_at.elapsed() > HEARTBEAT_TIMEOUT {
+            return Err(LinkError::Timeout(
+                "a heartbeat from the SoC's runtime".into(),
+            ));
+        }
+        kicks = end.wait(kicks, Duration::from_millis(20));
     }
 }

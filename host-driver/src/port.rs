@@ -325,7 +325,15 @@ impl RuntimePort {
         let Some(l) = self.runtime().cloned() else {
             return;
         };
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        // A runtime on an SoC reaches guest memory through the link
+        // function's window, not a descriptor.
+        let (fds, window): (Vec<BorrowedFd<'_>>, Option<u64>) = match l.rings() {
+            Some(end) => (
+                Vec::new(),
+                fd.and_then(|f| end.window_offset(f, r.file_offset)),
+            ),
+            None => (fd.into_iter().collect(), None),
+        };
         let has_fd = !fds.is_empty();
         let ctrl = self.name();
         let answer = l.request(
@@ -339,6 +347,7 @@ impl RuntimePort {
                 read: r.prot.read,
                 write: r.prot.write,
                 fd: has_fd,
+                window,
             },
             &fds,
             self.timeouts.ack,
@@ -376,7 +385,8 @@ impl RuntimePort {
 
     /// The eventfds of vectors `first..first + count` changed.
     pub fn irqs(&mut self, first: u16, count: u16) {
-        if self.runtime().is_none() {
+        // A runtime on an SoC raises vectors through the link function.
+        if self.runtime().is_none_or(|l| l.windows()) {
             return;
         }
         let end = first.saturating_add(count).min(self.shared.irqs.count());

@@ -128,6 +128,7 @@ impl Controllers {
             let hs = HostCtrlSpec {
                 name: s.name.clone(),
                 sock: sock.clone(),
+                soc: None,
                 serial: spec.serial.clone(),
                 io_queues: spec.io_queues,
                 queue_entries: spec.queue_entries,

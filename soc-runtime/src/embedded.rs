@@ -42,6 +42,7 @@ impl Embedded {
             let spec = HostCtrlSpec {
                 name: c.ctrl_name(),
                 sock: sock.clone(),
+                soc: None,
                 serial: c.serial.clone(),
                 io_queues: c.io_queues,
                 queue_entries: c.queue_entries,
@@ -56,8 +57,12 @@ impl Embedded {
             .connect_in_process()
             .map_err(|e| format!("in-process link: {e}"))?;
         let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
-        let (client, _reader) = LinkClient::connect(sock, rt.clone(), &software)
-            .map_err(|e| format!("in-process link: {}", error_chain(&e)))?;
+        let (client, _reader) = LinkClient::connect(
+            crate::transport::Transport::socket(sock),
+            rt.clone(),
+            &software,
+        )
+        .map_err(|e| format!("in-process link: {}", error_chain(&e)))?;
         self.ctrls.set_client(Some(client));
         self.ctrls.attach_all(false, &AtomicBool::new(false))
     }

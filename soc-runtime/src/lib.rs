@@ -5,7 +5,8 @@
 //! over NVMe/TCP.
 //!
 //! - [`config`]: the `--ctrl` specification.
-//! - [`link_client`]: the runtime's end of the link.
+//! - [`link_client`]: the runtime's end of the link; [`transport`]: its
+//!   carriers (a socket, or a link function's rings and windows).
 //! - [`embedded`]: the all-in-one deployment (host-driver in-process).
 //! - [`controllers`]: what this runtime serves; the control socket.
 //! - [`ctrl`]: a controller as the runtime sees it.
@@ -27,5 +28,6 @@ pub mod namespaces;
 pub mod poller;
 pub mod runtime;
 pub mod tcp_target;
+pub mod transport;
 
 pub use leapio_host_driver::error_chain;

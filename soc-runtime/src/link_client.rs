@@ -12,15 +12,15 @@
 
 use crate::ctrl::{CtrlCtx, Namespace, NsTable};
 use crate::runtime::{next_ctrl_id, CtrlQueues, Runtime};
+use crate::transport::{Transport, Windows};
 use leapio_ats::Prot;
 use leapio_link::doorbells::Doorbells;
 use leapio_link::proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::qstate::QueueState;
-use leapio_link::{frame, LinkError, NsDecl, ToHost, ToRuntime};
+use leapio_link::{LinkError, NsDecl, ToHost, ToRuntime};
 use leapio_nvme::Status;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -61,6 +61,7 @@ struct Pending {
 /// A connected link.
 pub struct LinkClient {
     rt: Arc<Runtime>,
+    transport: Transport,
     outbox: SyncSender<ToHost>,
     pending: Mutex<HashMap<String, Pending>>,
     workers: Mutex<HashMap<String, Worker>>,
@@ -86,25 +87,19 @@ pub fn declare(ns: &Namespace) -> NsDecl {
 }
 
 impl LinkClient {
-    /// Say Hello on `sock` and start the reader and writer. `software`
-    /// names this runtime ("socp 0.1.0").
+    /// Say Hello over `transport` and start the reader and writer.
+    /// `software` names this runtime ("socp 0.1.0").
     pub fn connect(
-        sock: UnixStream,
+        transport: Transport,
         rt: Arc<Runtime>,
         software: &str,
     ) -> Result<(Arc<LinkClient>, JoinHandle<LinkError>), LinkError> {
-        sock.set_read_timeout(Some(WELCOME_TIMEOUT))
-            .map_err(LinkError::Io)?;
-        frame::send(
-            &sock,
-            &ToHost::Hello {
-                major: PROTOCOL_MAJOR,
-                minor: PROTOCOL_MINOR,
-                software: software.to_string(),
-            },
-            &[],
-        )?;
-        let host = match frame::recv::<ToRuntime>(&sock)? {
+        transport.send(&ToHost::Hello {
+            major: PROTOCOL_MAJOR,
+            minor: PROTOCOL_MINOR,
+            software: software.to_string(),
+        })?;
+        let host = match transport.recv(Some(WELCOME_TIMEOUT))? {
             (
                 ToRuntime::Welcome {
                     major,
@@ -128,16 +123,16 @@ impl LinkClient {
                 )))
             }
         };
-        sock.set_read_timeout(None).map_err(LinkError::Io)?;
         tracing::info!(host = %host, "link up");
         let (tx, rx) = sync_channel(OUTBOX);
-        let writer = sock.try_clone().map_err(LinkError::Io)?;
+        let writer = transport.clone();
         std::thread::Builder::new()
             .name("socp-link-tx".into())
             .spawn(move || write_loop(writer, rx))
             .map_err(LinkError::Io)?;
         let client = Arc::new(LinkClient {
             rt,
+            transport: transport.clone(),
             outbox: tx,
             pending: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
@@ -146,7 +141,7 @@ impl LinkClient {
         let me = client.clone();
         let reader = std::thread::Builder::new()
             .name("socp-link-rx".into())
-            .spawn(move || me.read_loop(sock))
+            .spawn(move || me.read_loop(transport))
             .map_err(LinkError::Io)?;
         Ok((client, reader))
     }
@@ -301,9 +296,9 @@ impl LinkClient {
             .unwrap_or_default()
     }
 
-    fn read_loop(self: Arc<Self>, sock: UnixStream) -> LinkError {
+    fn read_loop(self: Arc<Self>, transport: Transport) -> LinkError {
         let end = loop {
-            let (msg, fds) = match frame::recv::<ToRuntime>(&sock) {
+            let (msg, fds) = match transport.recv(None) {
                 Ok(m) => m,
                 Err(e) => break e,
             };
@@ -315,7 +310,7 @@ impl LinkClient {
             LinkError::Closed => tracing::warn!("link closed by the host-driver"),
             e => tracing::error!("link failed: {e}"),
         }
-        let _ = sock.shutdown(std::net::Shutdown::Both);
+        transport.shutdown();
         // Nothing more will come: stop serving (the host-driver has gone,
         // and with it the guests' devices).
         let workers: Vec<_> = lock(&self.workers).drain().collect();
@@ -340,19 +335,29 @@ impl LinkClient {
                 ctrl,
                 config,
                 epoch,
+                windows,
             } => {
-                let mut fds = fds.into_iter();
-                let (Some(db), Some(qs)) = (fds.next(), fds.next()) else {
-                    return Err(LinkError::Protocol(
-                        "Attached without its descriptors".into(),
-                    ));
+                let shared = match (windows, self.transport.windows()) {
+                    (true, Some(w)) => Shared::Windows(w.clone()),
+                    (false, _) => {
+                        let mut fds = fds.into_iter();
+                        let (Some(db), Some(qs)) = (fds.next(), fds.next()) else {
+                            return Err(LinkError::Protocol(
+                                "Attached without its descriptors".into(),
+                            ));
+                        };
+                        Shared::Fds(db, qs)
+                    }
+                    (true, None) => {
+                        return Err(LinkError::Protocol("windows offered over a socket".into()))
+                    }
                 };
                 let Some(p) = lock(&self.pending).remove(&ctrl) else {
                     return Err(LinkError::Protocol(format!(
                         "Attached for {ctrl}, never asked"
                     )));
                 };
-                let r = self.start_worker(&ctrl, &config, epoch, db, qs, p.namespaces);
+                let r = self.start_worker(&ctrl, &config, epoch, shared, p.namespaces);
                 if let Err(why) = &r {
                     tracing::error!(ctrl, "cannot serve: {why}");
                 }
@@ -407,12 +412,30 @@ impl LinkClient {
         ctrl: &str,
         config: &leapio_link::CtrlConfig,
         epoch: u64,
-        db: OwnedFd,
-        qs: OwnedFd,
+        shared: Shared,
         namespaces: Vec<Arc<Namespace>>,
     ) -> AttachResult {
-        let doorbells = Doorbells::open(db).map_err(|e| e.to_string())?;
-        let qstate = Arc::new(QueueState::open(qs).map_err(|e| e.to_string())?);
+        let (doorbells, qstate, irq_sink) = match &shared {
+            Shared::Fds(db, qs) => (
+                Doorbells::open(db.try_clone().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?,
+                QueueState::open(qs.try_clone().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?,
+                None,
+            ),
+            Shared::Windows(w) => {
+                let db = w.doorbells().map_err(|e| format!("doorbell window: {e}"))?;
+                let qs = w.qstate().map_err(|e| format!("queue-state window: {e}"))?;
+                let w2 = w.clone();
+                let sink: leapio_link::irq::IrqSink = Arc::new(move |v| w2.irq(v));
+                (
+                    Doorbells::from_window(db).map_err(|e| e.to_string())?,
+                    QueueState::from_window(qs).map_err(|e| e.to_string())?,
+                    Some(sink),
+                )
+            }
+        };
+        let qstate = Arc::new(qstate);
         let mut table = NsTable {
             generation: 1,
             entries: Vec::new(),
@@ -430,6 +453,7 @@ impl LinkClient {
             doorbells,
             qstate,
             config.vectors,
+            irq_sink,
             config.mdts_bytes,
             table,
             self.outbox.clone(),
@@ -438,9 +462,10 @@ impl LinkClient {
         let (tx, rx) = channel();
         let outbox = self.outbox.clone();
         let name = ctrl.to_string();
+        let windows = self.transport.windows().cloned();
         let thread = std::thread::Builder::new()
             .name(format!("socp-{ctrl}"))
-            .spawn(move || worker(queues, rx, outbox))
+            .spawn(move || worker(queues, rx, outbox, windows))
             .map_err(|e| e.to_string())?;
         tracing::info!(ctrl = %name, epoch, host = %self.host, "attached: serving its I/O queues");
         lock(&self.workers).insert(name, Worker { tx, thread, ctx });
@@ -448,18 +473,39 @@ impl LinkClient {
     }
 }
 
-fn write_loop(sock: UnixStream, rx: Receiver<ToHost>) {
-    while let Ok(msg) = rx.recv() {
-        if let Err(e) = frame::send(&sock, &msg, &[]) {
-            tracing::warn!("link: sending to the host-driver failed: {e}");
-            let _ = sock.shutdown(std::net::Shutdown::Both);
-            return;
+/// How often the writer says the runtime is alive (the rings' heartbeat).
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+fn write_loop(transport: Transport, rx: Receiver<ToHost>) {
+    loop {
+        match rx.recv_timeout(HEARTBEAT) {
+            Ok(msg) => {
+                if let Err(e) = transport.send(&msg) {
+                    tracing::warn!("link: sending to the host-driver failed: {e}");
+                    transport.shutdown();
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
+        transport.beat();
     }
 }
 
+/// How the host-driver's shared memory reaches this runtime.
+enum Shared {
+    Fds(OwnedFd, OwnedFd),
+    Windows(Arc<dyn Windows>),
+}
+
 /// One controller's requests, in order.
-fn worker(mut q: CtrlQueues, rx: Receiver<Work>, outbox: SyncSender<ToHost>) {
+fn worker(
+    mut q: CtrlQueues,
+    rx: Receiver<Work>,
+    outbox: SyncSender<ToHost>,
+    windows: Option<Arc<dyn Windows>>,
+) {
     let name = q.ctx().name.clone();
     // Backends opened for a handover are claimed now that the previous
     // runtime let go (it may take a moment to close them).
@@ -497,11 +543,17 @@ fn worker(mut q: CtrlQueues, rx: Receiver<Work>, outbox: SyncSender<ToHost>) {
                 return;
             }
         };
-        handle(&mut q, msg, fds, &ack);
+        handle(&mut q, msg, fds, windows.as_ref(), &ack);
     }
 }
 
-fn handle(q: &mut CtrlQueues, msg: ToRuntime, fds: Vec<OwnedFd>, ack: &impl Fn(u64, u16)) {
+fn handle(
+    q: &mut CtrlQueues,
+    msg: ToRuntime,
+    fds: Vec<OwnedFd>,
+    windows: Option<&Arc<dyn Windows>>,
+    ack: &impl Fn(u64, u16),
+) {
     let ctx = q.ctx().clone();
     let status = |r: Result<(), Status>| r.err().map_or(0, |s| s.field());
     match msg {
@@ -519,13 +571,22 @@ fn handle(q: &mut CtrlQueues, msg: ToRuntime, fds: Vec<OwnedFd>, ack: &impl Fn(u
             file_offset,
             read,
             write,
+            window,
             ..
         } => {
             let prot = Prot { read, write };
-            match ctx
-                .domain
-                .map(gpa, size, fds.into_iter().next(), file_offset, prot)
-            {
+            // Through a window: the guest RAM BAR, at the region's offset.
+            let (fd, offset) = match (window, windows) {
+                (Some(off), Some(w)) => match w.guest_mem() {
+                    Ok(f) => (Some(OwnedFd::from(f)), off),
+                    Err(e) => {
+                        tracing::warn!(ctrl = %ctx.name, "guest memory window: {e}");
+                        (None, 0)
+                    }
+                },
+                _ => (fds.into_iter().next(), file_offset),
+            };
+            match ctx.domain.map(gpa, size, fd, offset, prot) {
                 Ok(()) => ack(req, 0),
                 Err(e) => {
                     tracing::warn!(ctrl = %ctx.name, gpa = format_args!("{gpa:#x}"), size, "cannot map guest memory: {e}");

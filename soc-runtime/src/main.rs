@@ -255,8 +255,12 @@ fn serve_split(
     let mut first = true;
     while !stop.load(Ordering::Acquire) {
         let sock = connect(path, link_timeout, stop)?;
-        let (client, reader) = LinkClient::connect(sock, rt.clone(), &software)
-            .map_err(|e| format!("link {}: {}", path.display(), error_chain(&e)))?;
+        let (client, reader) = LinkClient::connect(
+            socp::transport::Transport::socket(sock),
+            rt.clone(),
+            &software,
+        )
+        .map_err(|e| format!("link {}: {}", path.display(), error_chain(&e)))?;
         ctrls.set_client(Some(client.clone()));
         match ctrls.attach_all(args.handover && first, stop) {
             Ok(()) => {}

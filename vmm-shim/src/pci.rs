@@ -1,7 +1,9 @@
-//! PCI configuration space of the virtual NVMe controller: type 0 header,
+//! PCI configuration spaces: the virtual NVMe controller's (type 0 header,
 //! class 01/08/02, a 64-bit BAR0 for the NVMe registers and doorbells, a
 //! 64-bit BAR4 for the MSI-X table and PBA, and the PM, MSI-X and PCIe
-//! capabilities. 4 KiB so that the hypervisor keeps the PCIe capability.
+//! capabilities; 4 KiB so that the hypervisor keeps the PCIe capability),
+//! and plain functions with memory BARs and no capabilities (the link
+//! function an SoC sees).
 
 /// Vendor ID: not PCI-SIG assigned; the nvme driver binds by class code.
 pub const VENDOR_ID: u16 = 0x4c45;
@@ -32,6 +34,19 @@ pub struct ConfigSpace {
     wmask: [u8; CONFIG_SIZE],
     /// BAR sizes by BAR index (0 = not implemented); 64-bit BARs use two slots.
     bar_sizes: [u64; 6],
+    /// The power-on contents (reset restores them).
+    pristine: Box<[u8; CONFIG_SIZE]>,
+}
+
+/// One memory BAR of a plain function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bar {
+    /// BAR index (a 64-bit BAR also takes the next one).
+    pub index: usize,
+    /// A power of two, at least 4096.
+    pub size: u64,
+    pub is64: bool,
+    pub prefetchable: bool,
 }
 
 impl ConfigSpace {
@@ -40,6 +55,7 @@ impl ConfigSpace {
             data: [0; CONFIG_SIZE],
             wmask: [0; CONFIG_SIZE],
             bar_sizes: [0; 6],
+            pristine: Box::new([0; CONFIG_SIZE]),
         };
         c.put16(0x00, VENDOR_ID);
         c.put16(0x02, DEVICE_ID);
@@ -99,6 +115,50 @@ impl ConfigSpace {
         // Device capabilities 2: completion timeout disable supported.
         c.put32(CAP_PCIE + 0x24, 1 << 4);
         c.mask16(CAP_PCIE + 0x28, 0x0410);
+        c.pristine.copy_from_slice(&c.data);
+        c
+    }
+
+    /// A plain function: vendor and device ID, a 24-bit class code, memory
+    /// BARs, no capabilities. BARs whose size is not a power of two (at
+    /// least 4096) or that overlap are left out.
+    pub fn plain(vendor: u16, device: u16, class: u32, bars: &[Bar]) -> ConfigSpace {
+        let mut c = ConfigSpace {
+            data: [0; CONFIG_SIZE],
+            wmask: [0; CONFIG_SIZE],
+            bar_sizes: [0; 6],
+            pristine: Box::new([0; CONFIG_SIZE]),
+        };
+        c.put16(0x00, vendor);
+        c.put16(0x02, device);
+        // Command: memory space and bus master are writable.
+        c.mask16(0x04, 0x0006);
+        c.put32(0x08, class << 8);
+        c.put16(0x2c, vendor);
+        c.put16(0x2e, device);
+        for b in bars {
+            let slots = if b.is64 { 2 } else { 1 };
+            let fits = b.index + slots <= 6
+                && b.size.is_power_of_two()
+                && b.size >= 4096
+                && (b.is64 || b.size <= 1 << 31)
+                && (b.index..b.index + slots).all(|i| c.bar_sizes[i] == 0);
+            if !fits {
+                continue;
+            }
+            let off = 0x10 + 4 * b.index;
+            let kind = (if b.is64 { 0x4 } else { 0 }) | (if b.prefetchable { 0x8 } else { 0 });
+            c.put32(off, kind);
+            let mask = !(b.size - 1);
+            c.mask32(off, u32::try_from(mask & 0xffff_fff0).unwrap_or(0));
+            c.bar_sizes[b.index] = b.size;
+            if b.is64 {
+                c.bar_sizes[b.index + 1] = u64::MAX;
+                c.mask32(off + 4, u32::try_from(mask >> 32).unwrap_or(0));
+            }
+        }
+        c.wmask[0x3c] = 0xff;
+        c.pristine.copy_from_slice(&c.data);
         c
     }
 
@@ -141,15 +201,18 @@ impl ConfigSpace {
         self.command() & CMD_BUS_MASTER != 0
     }
 
-    /// Size of BAR `i` (0 if not implemented).
+    /// Size of BAR `i` (0 if not implemented; the upper half of a 64-bit
+    /// BAR is not a BAR of its own).
     pub fn bar_size(&self, i: usize) -> u64 {
-        self.bar_sizes.get(i).copied().unwrap_or(0)
+        match self.bar_sizes.get(i).copied() {
+            Some(u64::MAX) | None => 0,
+            Some(s) => s,
+        }
     }
 
     /// Restore the power-on values of the writable registers (reset).
     pub fn reset(&mut self) {
-        let fresh = ConfigSpace::new(self.msix_vectors());
-        self.data = fresh.data;
+        self.data.copy_from_slice(&self.pristine[..]);
     }
 
     pub fn msix_vectors(&self) -> u16 {
@@ -204,5 +267,50 @@ mod tests {
         assert!(c.write(u64::MAX, &[0]).is_err());
         c.reset();
         assert!(!c.bus_master());
+    }
+
+    #[test]
+    fn plain_function_bars() {
+        let bars = [
+            Bar {
+                index: 0,
+                size: 4096,
+                is64: false,
+                prefetchable: false,
+            },
+            Bar {
+                index: 1,
+                size: 1 << 16,
+                is64: false,
+                prefetchable: true,
+            },
+            Bar {
+                index: 4,
+                size: 1 << 32,
+                is64: true,
+                prefetchable: true,
+            },
+            // Overlaps BAR 5 (the upper half of BAR 4): left out.
+            Bar {
+                index: 5,
+                size: 4096,
+                is64: false,
+                prefetchable: false,
+            },
+        ];
+        let mut c = ConfigSpace::plain(0x4c45, 2, 0x058000, &bars);
+        assert_eq!(r32(&c, 0x08) >> 8, 0x058000);
+        assert_eq!(r32(&c, 0x14), 0x8);
+        assert_eq!(r32(&c, 0x20), 0xc);
+        for off in [0x10, 0x14, 0x20, 0x24] {
+            c.write(off, &0xffff_ffffu32.to_le_bytes()).unwrap();
+        }
+        assert_eq!(r32(&c, 0x10), 0xffff_f000);
+        assert_eq!(r32(&c, 0x14), 0xffff_0008);
+        assert_eq!(r32(&c, 0x20), 0x0000_000c);
+        assert_eq!(r32(&c, 0x24), 0xffff_ffff);
+        assert_eq!((c.bar_size(4), c.bar_size(5)), (1 << 32, 0));
+        c.reset();
+        assert_eq!(r32(&c, 0x10), 0);
     }
 }

@@ -48,6 +48,18 @@ impl Doorbells {
         Ok(Doorbells { mem })
     }
 
+    /// The doorbell page through a window (a BAR holding the memfd from
+    /// file offset 0).
+    pub fn from_window(file: std::fs::File) -> Result<Doorbells, ShmError> {
+        let mem = SharedMem::window(
+            file,
+            DOORBELL_FILE_OFFSET,
+            DOORBELL_PAGE_SIZE,
+            "doorbell page",
+        )?;
+        Ok(Doorbells { mem })
+    }
+
     /// The memfd the hypervisor maps (sparse mmap area of BAR0) and the
     /// runtime receives.
     pub fn fd(&self) -> BorrowedFd<'_> {

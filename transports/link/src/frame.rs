@@ -245,6 +245,7 @@ mod tests {
             read: true,
             write: true,
             fd: true,
+            window: None,
         };
         let f = std::fs::File::open("/dev/null").unwrap();
         send(&a, &m, &[f.as_fd()]).unwrap();

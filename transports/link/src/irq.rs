@@ -10,11 +10,17 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 
+/// Raises a vector on the far side (a register of the link function, for a
+/// runtime on an SoC: the host-driver applies masks and writes the eventfd).
+pub type IrqSink = Arc<dyn Fn(u16) + Send + Sync>;
+
 /// A controller's interrupt vectors, as one side of the link sees them:
-/// both sides hold the eventfds (the runtime receives them over the link).
+/// both sides hold the eventfds (the runtime receives them over the link),
+/// or the runtime hands every trigger to a [`IrqSink`].
 pub struct Interrupts {
     fds: Box<[ArcSwapOption<File>]>,
     state: Arc<QueueState>,
+    sink: Option<IrqSink>,
 }
 
 impl Interrupts {
@@ -24,6 +30,16 @@ impl Interrupts {
                 .map(|_| ArcSwapOption::empty())
                 .collect(),
             state,
+            sink: None,
+        }
+    }
+
+    /// Vectors raised through `sink` (a runtime reaching the host through
+    /// a PCI window: it holds no eventfds).
+    pub fn remote(count: u16, state: Arc<QueueState>, sink: IrqSink) -> Interrupts {
+        Interrupts {
+            sink: Some(sink),
+            ..Interrupts::new(count, state)
         }
     }
 
@@ -36,6 +52,10 @@ impl Interrupts {
         let Some(fd) = self.fds.get(usize::from(v)) else {
             return;
         };
+        if let Some(sink) = &self.sink {
+            sink(v);
+            return;
+        }
         if self.state.irq_masked(v) {
             self.state.set_irq_pending(v, true);
             return;

@@ -17,14 +17,18 @@
 //! - control messages ([`proto`]), framed by [`frame`].
 //!
 //! Carriers: a Unix socket with `SCM_RIGHTS` (the runtime in another process
-//! or container), or a socket pair inside one process (the all-in-one
-//! `socp`); the messages and the shared memory are the same.
+//! or container), a socket pair inside one process (the all-in-one `socp`),
+//! or a PCI function whose BARs hold the shared memory and whose rings carry
+//! the messages (the runtime on an SoC: [`function`], [`ring`]); the
+//! messages and the shared memory are the same.
 
 pub mod doorbells;
 pub mod frame;
+pub mod function;
 pub mod irq;
 pub mod proto;
 pub mod qstate;
+pub mod ring;
 pub mod shm;
 
 pub use frame::LinkError;

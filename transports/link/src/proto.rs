@@ -150,6 +150,10 @@ pub enum ToRuntime {
         ctrl: String,
         config: CtrlConfig,
         epoch: u64,
+        /// The runtime reaches the shared memory through the link
+        /// function's BARs (no descriptors follow).
+        #[serde(default)]
+        windows: bool,
     },
     /// `ctrl` is not the runtime's (no such controller, namespaces that
     /// do not match, another runtime serves it).
@@ -183,6 +187,10 @@ pub enum ToRuntime {
         read: bool,
         write: bool,
         fd: bool,
+        /// Instead of a descriptor: the region's offset in the link
+        /// function's guest memory window.
+        #[serde(default)]
+        window: Option<u64>,
     },
     /// Remove guest memory; answer once nothing in flight points into it.
     Unmap {
@@ -267,7 +275,7 @@ impl ToRuntime {
     /// How many file descriptors travel with this message.
     pub fn fd_count(&self) -> usize {
         match self {
-            ToRuntime::Attached { .. } => 2,
+            ToRuntime::Attached { windows: false, .. } => 2,
             ToRuntime::Map { fd: true, .. } => 1,
             ToRuntime::Irqs { has_fd, .. } => has_fd.iter().filter(|b| **b).count(),
             _ => 0,

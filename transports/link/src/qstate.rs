@@ -227,18 +227,37 @@ impl QueueState {
     /// Map an area the host-driver sent, checking its header against the
     /// file's size.
     pub fn open(fd: OwnedFd) -> Result<QueueState, AreaError> {
-        let file_len = std::fs::File::from(fd.try_clone().map_err(|e| ShmError::Io {
-            what: "queue-state area".into(),
-            source: e,
-        })?)
-        .metadata()
-        .map_err(|e| ShmError::Io {
-            what: "queue-state area".into(),
-            source: e,
-        })?
-        .len();
-        let len = usize::try_from(file_len).unwrap_or(0);
-        let mem = SharedMem::open(fd, 0, len.max(HEADER_SIZE), "queue-state area")?;
+        let file = std::fs::File::from(fd);
+        let file_len = file
+            .metadata()
+            .map_err(|e| ShmError::Io {
+                what: "queue-state area".into(),
+                source: e,
+            })?
+            .len();
+        let len = usize::try_from(file_len).unwrap_or(0).max(HEADER_SIZE);
+        let mem = SharedMem::open(OwnedFd::from(file), 0, len, "queue-state area")?;
+        QueueState::checked(mem, file_len, true)
+    }
+
+    /// The area through a window (a BAR holding it from offset 0; the BAR
+    /// may be larger than the area).
+    pub fn from_window(file: std::fs::File) -> Result<QueueState, AreaError> {
+        let file_len = file
+            .metadata()
+            .map_err(|e| ShmError::Io {
+                what: "queue-state area".into(),
+                source: e,
+            })?
+            .len();
+        let len = usize::try_from(file_len).unwrap_or(0).max(HEADER_SIZE);
+        let mem = SharedMem::window(file, 0, len, "queue-state area")?;
+        QueueState::checked(mem, file_len, false)
+    }
+
+    /// Check the header of a mapped area of `len` bytes (`exact`: the area
+    /// is the whole file, else it may be shorter).
+    fn checked(mem: SharedMem, len: u64, exact: bool) -> Result<QueueState, AreaError> {
         // SAFETY: the mapping is at least HEADER_SIZE bytes and page aligned.
         let h = unsafe { &*mem.as_ptr().cast::<Header>() };
         let magic = h.magic.load(Ordering::Acquire);
@@ -254,12 +273,17 @@ impl QueueState {
         let section = h.section_size.load(Ordering::Relaxed);
         let expect = section_size(slots) as u64;
         let total = (HEADER_SIZE as u64).checked_add(u64::from(queues).saturating_mul(section));
-        if section != expect || queues > u32::from(u16::MAX) || total != Some(file_len) {
+        let fits = match total {
+            Some(t) if exact => t == len,
+            Some(t) => t <= len,
+            None => false,
+        };
+        if section != expect || queues > u32::from(u16::MAX) || !fits {
             return Err(AreaError::Geometry {
                 queues,
                 slots,
                 section,
-                file: file_len,
+                file: len,
             });
         }
         Ok(QueueState {
@@ -268,6 +292,16 @@ impl QueueState {
             slots,
             section_size: section_size(slots),
         })
+    }
+
+    /// The mapped length (what a window onto it must hold).
+    pub fn len(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// Whether the area is empty (never).
+    pub fn is_empty(&self) -> bool {
+        self.mem.is_empty()
     }
 
     /// The memfd, for the link.

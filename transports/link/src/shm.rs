@@ -89,6 +89,27 @@ impl SharedMem {
         SharedMem::map(file, offset, len).map_err(io_err)
     }
 
+    /// Map `[offset, offset+len)` of a window onto memory the host-driver
+    /// shares: a PCI BAR's resource file seen by an SoC (the host-driver
+    /// sealed the memory behind it; seals do not show through a BAR), or
+    /// the same memfd reached another way. `what` names it in errors.
+    pub fn window(file: File, offset: u64, len: usize, what: &str) -> Result<SharedMem, ShmError> {
+        let io_err = |source| ShmError::Io {
+            what: what.to_string(),
+            source,
+        };
+        let flen = file.metadata().map_err(io_err)?.len();
+        let need = offset + len as u64;
+        if flen < need {
+            return Err(ShmError::TooShort {
+                what: what.to_string(),
+                len: flen,
+                need,
+            });
+        }
+        SharedMem::map(file, offset, len).map_err(io_err)
+    }
+
     fn map(file: File, offset: u64, len: usize) -> io::Result<SharedMem> {
         let map = MmapOptions::new().offset(offset).len(len).map_raw(&file)?;
         Ok(SharedMem { file, map, offset })

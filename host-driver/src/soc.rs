@@ -1,0 +1,344 @@
+//! The link function: one VM's controller as an SoC reaches it. The
+//! host-driver serves it as a vfio-user device to the SoC's hypervisor
+//! (QEMU `vfio-user-pci` in the SoC VM); its BARs are the shared memory of
+//! the link (rings, doorbell page, queue-state area, the guest's RAM), its
+//! register BAR the few things that must reach the host: a kick when the
+//! runtime queued a message, a vector to raise in the guest, the opening
+//! of a new runtime session. Layout: [`leapio_link::function`].
+//!
+//! Fencing: the SoC side lets one process hold the function at a time (a
+//! lock the runtime takes on the function's register file), so when a new
+//! runtime opens the function the previous one is gone: its session is
+//! superseded. If the SoC's hypervisor disconnects, the SoC is gone too. A
+//! runtime that stays alive but silent cannot be killed from here; the
+//! host-driver waits for it to be replaced (a real DPU would reset the
+//! function or turn its bus mastering off).
+
+use crate::host::HostDriver;
+use crate::link::{Carrier, Peer, RingEnd};
+use crate::shared::CtrlShared;
+use leapio_link::function::{self, reg};
+use leapio_link::ring::{RingMemory, Rings, RING_AREA};
+use leapio_link::shm::SharedMem;
+use leapio_vmm_shim::pci::{Bar, ConfigSpace};
+use leapio_vmm_shim::vfio_user::{
+    Device, DeviceInfo, DmaMap, DmaUnmap, Errno, IrqInfo, RegionInfo, RegionMmap, SetIrqs,
+};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Weak};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_PCI_CONFIG_REGION_INDEX as REGION_CONFIG, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+};
+
+/// The link function of one controller, for one connection of the SoC's
+/// hypervisor.
+pub struct LinkFunction {
+    host: Weak<HostDriver>,
+    name: String,
+    shared: Arc<CtrlShared>,
+    rings_mem: Arc<SharedMem>,
+    guest_mem: File,
+    guest_mem_len: u64,
+    pci: ConfigSpace,
+    session: Option<(u32, Arc<RingEnd>)>,
+}
+
+impl LinkFunction {
+    /// The function for controller `shared`, with the guest's RAM (the
+    /// largest memory region the VM's hypervisor mapped) as its window.
+    /// None while the VM has no memory mapped yet.
+    pub fn new(
+        host: &Arc<HostDriver>,
+        shared: Arc<CtrlShared>,
+    ) -> std::io::Result<Option<LinkFunction>> {
+        let snap = shared.domain.snapshot();
+        let Some((_, fd)) = snap
+            .region_files()
+            .filter_map(|(info, fd)| fd.map(|f| (info.size, f)))
+            .max_by_key(|(size, _)| *size)
+        else {
+            return Ok(None);
+        };
+        let guest_mem = File::from(fd.try_clone_to_owned()?);
+        drop(snap);
+        let guest_mem_len = guest_mem.metadata()?.len();
+        let rings_mem = Arc::new(SharedMem::create(
+            c"leapio-link-rings",
+            RING_AREA as u64,
+            0,
+            RING_AREA,
+        )?);
+        Rings::init(rings_mem.clone() as Arc<dyn RingMemory>);
+        let bar = |index, size, is64| Bar {
+            index,
+            size: function::bar_size(size),
+            is64,
+            prefetchable: index != function::BAR_REGS,
+        };
+        let bars = [
+            bar(function::BAR_REGS, function::REGS_SIZE, false),
+            bar(function::BAR_RINGS, RING_AREA as u64, false),
+            bar(
+                function::BAR_DOORBELLS,
+                file_len(shared.doorbells.fd()),
+                false,
+            ),
+            bar(function::BAR_QSTATE, file_len(shared.qstate.fd()), false),
+            bar(function::BAR_GUEST_MEM, guest_mem_len, true),
+        ];
+        let pci = ConfigSpace::plain(
+            function::VENDOR_ID,
+            function::DEVICE_ID,
+            function::CLASS,
+            &bars,
+        );
+        Ok(Some(LinkFunction {
+            host: Arc::downgrade(host),
+            name: shared.name.clone(),
+            shared,
+            rings_mem,
+            guest_mem,
+            guest_mem_len,
+            pci,
+            session: None,
+        }))
+    }
+
+    /// End the current session: its runtime is gone (or the SoC is).
+    fn end_session(&mut self, why: &str) {
+        if let Some((id, end)) = self.session.take() {
+            tracing::info!(ctrl = %self.name, session = id, "link function: session ended ({why})");
+            end.supersede();
+        }
+    }
+
+    /// A runtime opened the function with session number `id`.
+    fn open_session(&mut self, id: u32) {
+        self.end_session("a new runtime opened the function");
+        let rings = Rings::attach(self.rings_mem.clone(), leapio_link::ring::End::Host);
+        rings.reset();
+        let window = self.guest_mem.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let end = RingEnd::new(rings, window);
+        let Some(host) = self.host.upgrade() else {
+            return;
+        };
+        let peer = Peer::Soc {
+            function: self.name.clone(),
+        };
+        if host
+            .start_carrier(Carrier::Rings(end.clone()), peer)
+            .is_some()
+        {
+            tracing::info!(ctrl = %self.name, session = id, "link function: a runtime opened it");
+            self.session = Some((id, end));
+        }
+    }
+
+    fn reg_read(&self, off: u64) -> u32 {
+        match off {
+            reg::MAGIC => function::MAGIC,
+            reg::VERSION => function::VERSION,
+            reg::GUEST_MEM_LO => u32::try_from(self.guest_mem_len & 0xffff_ffff).unwrap_or(0),
+            reg::GUEST_MEM_HI => u32::try_from(self.guest_mem_len >> 32).unwrap_or(0),
+            o if (reg::NAME..reg::NAME + reg::NAME_LEN as u64).contains(&o) => {
+                let mut w = [0u8; 4];
+                let start = usize::try_from(o - reg::NAME).unwrap_or(0);
+                for (i, b) in w.iter_mut().enumerate() {
+                    *b = self.name.as_bytes().get(start + i).copied().unwrap_or(0);
+                }
+                u32::from_le_bytes(w)
+            }
+            _ => 0,
+        }
+    }
+
+    fn reg_write(&mut self, off: u64, v: u32) {
+        match off {
+            reg::KICK => {
+                if let Some((_, end)) = &self.session {
+                    end.kick();
+                }
+            }
+            reg::IRQ if self.session.is_some() => {
+                if let Ok(v) = u16::try_from(v) {
+                    self.shared.irqs.trigger(v);
+                }
+            }
+            reg::OPEN if v != 0 => self.open_session(v),
+            _ => {}
+        }
+    }
+
+    fn mmap_region(&self, size: u64, fd: std::os::fd::BorrowedFd<'_>) -> RegionInfo {
+        RegionInfo {
+            size,
+            read: true,
+            write: true,
+            mmap: Some(RegionMmap {
+                fd: fd.as_raw_fd(),
+                file_offset: 0,
+                areas: vec![(0, file_len(fd).min(size))],
+            }),
+        }
+    }
+}
+
+fn file_len(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    fd.try_clone_to_owned()
+        .ok()
+        .map(File::from)
+        .and_then(|f| f.metadata().ok())
+        .map_or(0, |m| m.len())
+}
+
+impl Device for LinkFunction {
+    fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
+            num_regions: VFIO_PCI_NUM_REGIONS,
+            num_irqs: VFIO_PCI_NUM_IRQS,
+        }
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        let i = usize::try_from(index).ok()?;
+        let size = self.pci.bar_size(i);
+        Some(match i {
+            function::BAR_REGS => RegionInfo {
+                size,
+                read: true,
+                write: true,
+                mmap: None,
+            },
+            function::BAR_RINGS => self.mmap_region(size, self.rings_mem.fd()),
+            function::BAR_DOORBELLS => self.mmap_region(size, self.shared.doorbells.fd()),
+            function::BAR_QSTATE => self.mmap_region(size, self.shared.qstate.fd()),
+            function::BAR_GUEST_MEM => self.mmap_region(size, self.guest_mem.as_fd()),
+            _ if index == REGION_CONFIG => RegionInfo {
+                size: leapio_vmm_shim::pci::CONFIG_SIZE as u64,
+                read: true,
+                write: true,
+                mmap: None,
+            },
+            _ if index < VFIO_PCI_NUM_REGIONS => RegionInfo {
+                size: 0,
+                read: false,
+                write: false,
+                mmap: None,
+            },
+            _ => return None,
+        })
+    }
+
+    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+        (index < VFIO_PCI_NUM_IRQS).then_some(IrqInfo {
+            count: 0,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+        })
+    }
+
+    fn region_read(&mut self, index: u32, off: u64, data: &mut [u8]) -> Result<(), Errno> {
+        if index == REGION_CONFIG {
+            return self.pci.read(off, data);
+        }
+        if usize::try_from(index) != Ok(function::BAR_REGS) {
+            // The memory BARs are mapped by the SoC's hypervisor.
+            return Err(libc::EINVAL);
+        }
+        data.fill(0);
+        if data.len() == 4 && off % 4 == 0 {
+            data.copy_from_slice(&self.reg_read(off).to_le_bytes());
+        }
+        Ok(())
+    }
+
+    fn region_write(&mut self, index: u32, off: u64, data: &[u8]) -> Result<(), Errno> {
+        if index == REGION_CONFIG {
+            return self.pci.write(off, data);
+        }
+        if usize::try_from(index) != Ok(function::BAR_REGS) {
+            return Err(libc::EINVAL);
+        }
+        if data.len() == 4 && off % 4 == 0 {
+            let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            self.reg_write(off, v);
+        }
+        Ok(())
+    }
+
+    fn dma_map(&mut self, _map: DmaMap) -> Result<(), Errno> {
+        // The function never reaches into the SoC's memory.
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, _unmap: DmaUnmap) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    fn set_irqs(&mut self, _req: SetIrqs) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), Errno> {
+        self.end_session("the function was reset");
+        self.pci.reset();
+        Ok(())
+    }
+
+    fn disconnected(&mut self) {
+        self.end_session("the SoC's hypervisor disconnected");
+        self.pci.reset();
+    }
+}
+
+/// Serve the link function of `shared` on the vfio-user socket `listener`
+/// until `stop`: one SoC hypervisor at a time, once the VM's memory is
+/// mapped (the window is the VM's RAM).
+pub fn serve_function(
+    host: Arc<HostDriver>,
+    shared: Arc<CtrlShared>,
+    listener: leapio_vmm_shim::vfio_user::Listener,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let name = shared.name.clone();
+    while !stop.load(Ordering::Acquire) {
+        let stream = match listener.accept_timeout(std::time::Duration::from_millis(100)) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(ctrl = %name, "link function: accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        let mut said = false;
+        let func = loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            match LinkFunction::new(&host, shared.clone()) {
+                Ok(Some(f)) => break Some(f),
+                Ok(None) => {
+                    if !said {
+                        tracing::info!(ctrl = %name, "link function: the SoC waits until the VM's memory is mapped");
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    tracing::error!(ctrl = %name, "link function: {e}");
+                    break None;
+                }
+            }
+        };
+        let Some(mut func) = func else { continue };
+        tracing::info!(ctrl = %name, guest_mem = func.guest_mem_len, "link function: the SoC's hypervisor is connected");
+        if let Err(e) = leapio_vmm_shim::vfio_user::serve(stream, &mut func, stop) {
+            tracing::warn!(ctrl = %name, "link function: connection ended: {e}");
+        }
+    }
+}
