@@ -14,6 +14,7 @@
 //! - [`poller`]: the data path.
 //! - [`io`]: NVM command validation and translation into backend requests.
 //! - [`namespaces`]: opening backends.
+//! - [`pci_function`]: the link function as seen from an SoC (sysfs).
 //! - [`crash`]: test hooks that kill the runtime at exact points.
 //! - [`tcp_target`]: the NVMe/TCP target (`--tcp-target`).
 
@@ -25,6 +26,7 @@ pub mod embedded;
 pub mod io;
 pub mod link_client;
 pub mod namespaces;
+pub mod pci_function;
 pub mod poller;
 pub mod runtime;
 pub mod tcp_target;

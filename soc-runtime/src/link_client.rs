@@ -210,6 +210,13 @@ impl LinkClient {
         }
     }
 
+    /// End the link: the reader and writer stop (the controllers are not
+    /// let go of: a runtime that stops this way leaves the queue-state
+    /// area for its successor, as if it had died).
+    pub fn close(&self) {
+        self.transport.shutdown();
+    }
+
     /// The controllers being served.
     pub fn served(&self) -> Vec<String> {
         let mut v: Vec<String> = lock(&self.workers).keys().cloned().collect();
@@ -488,6 +495,9 @@ fn write_loop(transport: Transport, rx: Receiver<ToHost>) {
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if transport.is_closed() {
+            return;
         }
         transport.beat();
     }

@@ -8,8 +8,10 @@ use socp::crash::{self, CrashAt};
 use socp::embedded::Embedded;
 use socp::error_chain;
 use socp::link_client::LinkClient;
+use socp::pci_function::{self, PciFunction};
 use socp::runtime::Runtime;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
+use socp::transport::{Transport, Windows};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,8 +59,10 @@ struct Args {
     ctrls: Vec<CtrlSpec>,
 
     /// Serve the controllers of a separate host-driver: unix:PATH of its
-    /// link socket. Without it, socp embeds the host-driver.
-    #[arg(long, value_name = "unix:PATH")]
+    /// link socket; or, on an SoC, pci:ADDRESS of a link function (pci:
+    /// every one found), each serving the --ctrl of the same name. Without
+    /// it, socp embeds the host-driver.
+    #[arg(long, value_name = "unix:PATH|pci[:ADDRESS]")]
     link: Option<LinkAddr>,
 
     /// Export namespaces over NVMe/TCP: listen=IP:PORT,nqn=NQN,ns=BACKEND[,bs=N][,ns=...][,allow=HOSTNQN...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
@@ -120,14 +124,24 @@ struct Args {
 
 /// `unix:PATH`.
 #[derive(Clone, Debug)]
-struct LinkAddr(PathBuf);
+enum LinkAddr {
+    Unix(PathBuf),
+    /// A link function on the PCI bus (an SoC): one address, or all found.
+    Pci(Option<String>),
+}
 
 impl FromStr for LinkAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "pci" {
+            return Ok(LinkAddr::Pci(None));
+        }
+        if let Some(b) = s.strip_prefix("pci:").filter(|b| !b.is_empty()) {
+            return Ok(LinkAddr::Pci(Some(b.to_string())));
+        }
         match s.strip_prefix("unix:") {
-            Some(p) if !p.is_empty() => Ok(LinkAddr(PathBuf::from(p))),
-            _ => Err(format!("expected unix:PATH, got '{s}'")),
+            Some(p) if !p.is_empty() => Ok(LinkAddr::Unix(PathBuf::from(p))),
+            _ => Err(format!("expected unix:PATH, pci:ADDRESS or pci, got '{s}'")),
         }
     }
 }
@@ -205,7 +219,8 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     let result = match &args.link {
-        Some(addr) => serve_split(&args, &addr.0, &rt, &stop),
+        Some(LinkAddr::Unix(path)) => serve_split(&args, path, &rt, &stop),
+        Some(LinkAddr::Pci(bdf)) => serve_pci(&args, bdf.as_deref(), &rt, &stop),
         None => serve_all_in_one(&args, &rt, &stop),
     };
     stop.store(true, Ordering::Release);
@@ -248,19 +263,102 @@ fn serve_split(
     rt: &Arc<Runtime>,
     stop: &Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
     let ctrls = Controllers::new(args.ctrls.iter().map(Served::of).collect(), None);
     start_control(args, &ctrls, stop)?;
     let link_timeout = Duration::from_secs(args.link_timeout);
+    serve_link(
+        args,
+        &format!("link {}", path.display()),
+        || connect(path, link_timeout, stop).map(Transport::socket),
+        &ctrls,
+        rt,
+        stop,
+    )
+}
+
+/// Serve link functions (a runtime on an SoC): each serves the --ctrl of
+/// its controller's name, in a thread of its own.
+fn serve_pci(
+    args: &Args,
+    bdf: Option<&str>,
+    rt: &Arc<Runtime>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let bdfs = match bdf {
+        Some(b) => vec![b.to_string()],
+        None => pci_function::find(),
+    };
+    if bdfs.is_empty() {
+        return Err("no LeapIO link function on the PCI bus (/sys/bus/pci/devices)".into());
+    }
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = bdfs
+            .iter()
+            .map(|b| s.spawn(move || serve_function(args, b, rt, stop)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a link thread panicked".into()))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+fn serve_function(
+    args: &Args,
+    bdf: &str,
+    rt: &Arc<Runtime>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let f = Arc::new(PciFunction::open(bdf).map_err(|e| format!("link function {bdf}: {e}"))?);
+    let name = f.name().to_string();
+    let spec = args
+        .ctrls
+        .iter()
+        .find(|c| c.ctrl_name() == name)
+        .ok_or_else(|| {
+            format!(
+                "link function {bdf} belongs to controller {name}: give --ctrl name={name},ns=..."
+            )
+        })?;
+    tracing::info!(bdf, ctrl = %name, "link function opened");
+    let ctrls = Controllers::new(vec![Served::of(spec)], None);
+    let windows: Arc<dyn Windows> = f.clone();
+    serve_link(
+        args,
+        &format!("link function {bdf}"),
+        || {
+            let rings = f
+                .open_session()
+                .map_err(|e| format!("link function {bdf}: {e}"))?;
+            Ok(Transport::rings(rings, windows.clone()))
+        },
+        &ctrls,
+        rt,
+        stop,
+    )
+}
+
+/// Run one link: connect, attach the controllers, serve until the link
+/// drops (then connect again) or SIGTERM (then let go of everything: a
+/// handover).
+fn serve_link(
+    args: &Args,
+    what: &str,
+    mut connect: impl FnMut() -> Result<Transport, String>,
+    ctrls: &Arc<Controllers>,
+    rt: &Arc<Runtime>,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
     let mut first = true;
     while !stop.load(Ordering::Acquire) {
-        let sock = connect(path, link_timeout, stop)?;
-        let (client, reader) = LinkClient::connect(
-            socp::transport::Transport::socket(sock),
-            rt.clone(),
-            &software,
-        )
-        .map_err(|e| format!("link {}: {}", path.display(), error_chain(&e)))?;
+        let transport = connect()?;
+        let (client, reader) = LinkClient::connect(transport, rt.clone(), &software)
+            .map_err(|e| format!("{what}: {}", error_chain(&e)))?;
         ctrls.set_client(Some(client.clone()));
         match ctrls.attach_all(args.handover && first, stop) {
             Ok(()) => {}
@@ -272,7 +370,7 @@ fn serve_split(
         }
         let had_controllers = !ctrls.is_empty();
         first = false;
-        tracing::info!(host = %client.host(), controllers = client.served().len(), pollers = rt.pollers(), "socp running (split)");
+        tracing::info!(host = %client.host(), controllers = client.served().len(), pollers = rt.pollers(), "socp running ({what})");
         while !stop.load(Ordering::Acquire) && !reader.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
             if had_controllers && args.control.is_none() && client.served().is_empty() {
@@ -288,7 +386,7 @@ fn serve_split(
         }
         let _ = reader.join();
         ctrls.set_client(None);
-        tracing::warn!("link to the host-driver lost: reconnecting");
+        tracing::warn!("{what} lost: reconnecting");
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub enum Transport {
     Rings {
         rings: Arc<Rings>,
         windows: Arc<dyn Windows>,
+        /// Set by [`Transport::shutdown`]: the reader stops.
+        closed: Arc<AtomicBool>,
     },
 }
 
@@ -44,6 +47,15 @@ const RING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 impl Transport {
     pub fn socket(s: UnixStream) -> Transport {
         Transport::Socket(Arc::new(s))
+    }
+
+    /// Over a link function's rings, with its memory in `windows`.
+    pub fn rings(rings: Arc<Rings>, windows: Arc<dyn Windows>) -> Transport {
+        Transport::Rings {
+            rings,
+            windows,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn windows(&self) -> Option<&Arc<dyn Windows>> {
@@ -56,7 +68,7 @@ impl Transport {
     pub fn send(&self, msg: &ToHost) -> Result<(), LinkError> {
         match self {
             Transport::Socket(s) => frame::send(s, msg, &[]),
-            Transport::Rings { rings, windows } => {
+            Transport::Rings { rings, windows, .. } => {
                 let deadline = Instant::now() + RING_SEND_TIMEOUT;
                 loop {
                     match rings.send(msg) {
@@ -82,13 +94,16 @@ impl Transport {
                 s.set_read_timeout(timeout).map_err(LinkError::Io)?;
                 frame::recv(s)
             }
-            Transport::Rings { rings, .. } => {
+            Transport::Rings { rings, closed, .. } => {
                 let deadline = timeout.map(|t| Instant::now() + t);
                 // Poll: nothing interrupts a user-space runtime on the SoC.
                 // Messages are control only: a short sleep costs nothing
                 // on the I/O path and leaves the CPU to the guests.
                 let mut pause = Duration::from_micros(50);
                 loop {
+                    if closed.load(Ordering::Acquire) {
+                        return Err(LinkError::Closed);
+                    }
                     if let Some(m) = rings.recv::<ToRuntime>()? {
                         return Ok((m, Vec::new()));
                     }
@@ -104,8 +119,19 @@ impl Transport {
 
     /// End the link (the reader returns).
     pub fn shutdown(&self) {
-        if let Transport::Socket(s) = self {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        match self {
+            Transport::Socket(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            Transport::Rings { closed, .. } => closed.store(true, Ordering::Release),
+        }
+    }
+
+    /// Whether [`Transport::shutdown`] was called (rings).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Transport::Rings { closed, .. } => closed.load(Ordering::Acquire),
+            Transport::Socket(_) => false,
         }
     }
 

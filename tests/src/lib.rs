@@ -10,6 +10,7 @@
 pub mod driver;
 pub mod mem;
 pub mod server;
+pub mod soc;
 pub mod split;
 pub mod vfio_user_client;
 

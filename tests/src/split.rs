@@ -201,7 +201,20 @@ impl Workload {
     /// a namespace of `chunks` 4 KiB chunks (all zero at start), `qd`
     /// commands in flight.
     pub fn new(sock: &Path, chunks: u64, qd: usize, seed: u64) -> Result<Workload, DriverError> {
-        let mut d = Driver::bring_up(sock, 64 << 20, 1, 256)?;
+        Workload::with_driver(Driver::connect(sock, 64 << 20)?, chunks, qd, seed)
+    }
+
+    /// As [`Workload::new`], on a driver already connected (its memory
+    /// mapped): enable the controller and create the queue.
+    pub fn with_driver(
+        mut d: Driver,
+        chunks: u64,
+        qd: usize,
+        seed: u64,
+    ) -> Result<Workload, DriverError> {
+        d.enable(32)?;
+        d.set_queue_count(1)?;
+        d.create_queue_pair(1, 256, 1)?;
         d.timeout = Duration::from_secs(60);
         let id = d.identify_namespace(1)?;
         let bs = 1u32 << id.lbaf[0].lbads;

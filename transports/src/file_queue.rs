@@ -478,11 +478,14 @@ impl FileQueue {
                     let slot = &mut self.slots[idx as usize];
                     if errno == libc::EINTR || errno == libc::EAGAIN {
                         self.reissue(idx, out);
-                    } else if errno == libc::EINVAL && slot.direct {
-                        // Our alignment was a guess the kernel disagrees with.
+                    } else if (errno == libc::EINVAL || errno == libc::EFAULT) && slot.direct {
+                        // EINVAL: our alignment was a guess the kernel
+                        // disagrees with. EFAULT: the buffers cannot be
+                        // pinned (guest memory seen through a PCI window,
+                        // on an SoC): the page cache is the bounce buffer.
                         slot.direct = false;
                         if !self.backend.direct_refused.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(path = %self.backend.path.display(), "O_DIRECT transfer refused (EINVAL); using buffered I/O from now on");
+                            tracing::warn!(path = %self.backend.path.display(), errno, "O_DIRECT transfer refused; using buffered I/O from now on");
                         }
                         self.reissue(idx, out);
                     } else {
