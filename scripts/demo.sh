@@ -3,14 +3,20 @@
 # own nvme driver, nvme-cli and fio on a virtual NVMe controller served by
 # socp from a 1 GiB file on the host.
 #
-# usage: bash scripts/demo.sh [--soc in-process|process] [--restart-socp]
+# usage: bash scripts/demo.sh [--soc in-process|process|vm] [--restart-socp]
 #                             [--json] [--runtime SEC] [--timeout SEC]
 #   --soc in-process  (default) one socp process: host-driver and runtime
 #                  linked inside it
 #   --soc process  the LeapIO split: leapio-hostd owns the VM's vfio-user
 #                  connection and control plane, socp (the runtime) runs in
 #                  another process and serves the I/O queues over the link
-#   --restart-socp with --soc process: kill -9 socp twice while fio runs in
+#   --soc vm       the LeapIO deployment: socp (built for aarch64) runs in an
+#                  emulated ARM SoC VM (qemu-system-aarch64, TCG) and reaches
+#                  the guest's queues through a PCI function leapio-hostd
+#                  provides (the link function); its namespace is a file on
+#                  the SoC's own NVMe SSD (an emulated one, backed by a 1 GiB
+#                  file)
+#   --restart-socp with --soc process or vm: kill -9 socp twice while fio runs in
 #                  the guest (during the verified write and during the
 #                  randread phase) and start a new one each time; the guest
 #                  must not notice (no I/O error, no nvme timeout or reset,
@@ -18,6 +24,7 @@
 #   --json         the last line of stdout is one JSON object:
 #                  {"accel","model","namespaces","fio":[{name,iops,bw_kib_s,
 #                   clat_p99_us,errors}],"verify":"ok"|"<reason>","soc",
+#                   "soc_arch" (with vm: uname -m in the SoC),
 #                   "socp_restarts","guest_io_errors","guest_nvme_resets", ...}
 #   --runtime SEC  length of the timed 4k randread phase (default 5)
 #   --timeout SEC  hard limit for the guest run (default 420)
@@ -44,8 +51,8 @@ while (($#)); do
     esac
     shift
 done
-[[ $soc == in-process || $soc == process ]] || die "demo.sh: --soc must be in-process or process"
-((restart == 0)) || [[ $soc == process ]] || die "demo.sh: --restart-socp needs --soc process (the in-process runtime cannot restart without the VM's device)"
+[[ $soc == in-process || $soc == process || $soc == vm ]] || die "demo.sh: --soc must be in-process, process or vm"
+((restart == 0)) || [[ $soc != in-process ]] || die "demo.sh: --restart-socp needs --soc process or vm (the in-process runtime cannot restart without the VM's device)"
 need_root
 cd "$LEAPIO_REPO"
 t0=$(now)
@@ -61,7 +68,8 @@ RESTARTER=''
 cleanup() {
     [[ -n $RESTARTER ]] && kill "$RESTARTER" 2>/dev/null
     stop_guest
-    if [[ $soc == process ]]; then
+    [[ -n $SOC_PID ]] && stop_soc >/dev/null 2>&1
+    if [[ $soc != in-process ]]; then
         [[ -n $HOSTD_PID ]] && stop_split >/dev/null 2>&1
     else
         stop_socp >/dev/null 2>&1
@@ -88,7 +96,16 @@ mkdir -p "$logs"
 rm -f "$logs"/restart-times
 sock=$LEAPIO_RUN/demo0.sock
 glog=$logs/guest.log
-if [[ $soc == process ]]; then
+fsock=$LEAPIO_RUN/demo0-soc.sock
+ssd=$LEAPIO_DATA/demo-soc-ssd.img
+if [[ $soc == vm ]]; then
+    log "[4/5] the SoC VM (aarch64 socp: scripts/build-soc.sh, vm-images/build-soc.sh) and leapio-hostd"
+    bash vm-images/build-soc.sh > /dev/null || fail image "vm-images/build-soc.sh failed"
+    [[ -f $ssd ]] || truncate -s 1G "$ssd"
+    start_hostd "$logs" "name=demo0,sock=$sock,soc=$fsock" \
+        || fail hostd "leapio-hostd did not start (see $logs/hostd.log)"
+    log "leapio-hostd (pid $HOSTD_PID): the VM's device at $sock, its link function for the SoC at $fsock"
+elif [[ $soc == process ]]; then
     log "[4/5] starting leapio-hostd and socp (split, separate processes) on a 1 GiB file"
     start_split "$logs" demo0 "$sock" "file:$disk" \
         || fail socp "leapio-hostd + socp did not start (see $logs/hostd.log, $logs/socp.log)"
@@ -107,10 +124,41 @@ fi
 
 log "[5/5] booting the guest: info + fio jobs (LEAPIO_ACCEL=${LEAPIO_ACCEL:-auto})"
 grc=0
-run_guest --job info,fio --disk "vfio-user:$sock" --log "$glog" \
-    --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
+if [[ $soc == vm ]]; then
+    # The SoC VM starts once the guest's hypervisor has mapped the guest's
+    # memory: it is the link function's window.
+    rm -f "$glog"
+    bash scripts/run-guest.sh --job info,fio --disk "vfio-user:$sock" --log "$glog" \
+        --timeout "$timeout" --append "leapio.runtime=$runtime leapio.wait=120" &
+    GUEST_PID=$!
+    wait_log "$logs/hostd.log" 'vfio-user client connected' 60 "$GUEST_PID" \
+        || fail guest "the guest's QEMU never connected (see $glog.stderr)"
+    log "booting the SoC VM (qemu-system-aarch64, TCG): socp --link pci --ctrl name=demo0,ns=file:/dev/nvme0n1"
+    start_soc "$logs/soc.log" "$timeout" "name=demo0,ns=file:/dev/nvme0n1" "$fsock" "$ssd" \
+        || fail soc "the SoC VM did not start socp (see $logs/soc.log)"
+    log "SoC VM up ($(soc_arch)); its console: $logs/soc.log"
+    if ((restart)); then
+        socp_restarter "$glog" "$timeout" "FIO-START fio write 3" "FIO-START fio randread 2" &
+        RESTARTER=$!
+    fi
+    wait "$GUEST_PID" || grc=$?
+    GUEST_PID=''
+else
+    run_guest --job info,fio --disk "vfio-user:$sock" --log "$glog" \
+        --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
+fi
 socp_alive=1 stop_rc=0 restarts=0
-if [[ $soc == process ]]; then
+if [[ $soc == vm ]]; then
+    if [[ -n $RESTARTER ]]; then
+        wait "$RESTARTER" || log "the restarter did not do all its restarts"
+        RESTARTER=''
+    fi
+    restarts=$(split_restarts)
+    kill -0 "$SOC_PID" 2>/dev/null || socp_alive=0
+    soc_arch_v=$(soc_arch)
+    stop_soc || stop_rc=1
+    stop_split || stop_rc=1
+elif [[ $soc == process ]]; then
     if [[ -n $RESTARTER ]]; then
         wait "$RESTARTER" || log "the restarter did not do all its restarts"
         RESTARTER=''
@@ -125,6 +173,7 @@ else
 fi
 accel=$(sed -n 's/^accel=//p' "$glog.meta")
 sets=(--set "soc=$soc" --set "socp_restarts=$restarts")
+[[ $soc == vm ]] && sets+=(--set "soc_arch=${soc_arch_v:-unknown}")
 if [[ -s $logs/restart-times ]]; then
     sets+=(--set "restart_to_attach_s=[$(paste -sd, "$logs/restart-times")]")
 fi

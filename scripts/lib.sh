@@ -145,21 +145,9 @@ wait_log() { wait_until "$3" "${4:-}" log_has "$1" "$2"; }
 start_split() {
     local dir=$1 name=$2 sock=$3 ns spec
     shift 3
-    [[ -x $HOSTD_BIN ]] || die "leapio-hostd not found at $HOSTD_BIN (cargo build --release -p leapio-host-driver)"
     [[ -x $SOCP_BIN ]] || die "socp not found at $SOCP_BIN (cargo build --release -p socp)"
-    SPLIT_DIR=$dir
-    mkdir -p "$dir" "$LEAPIO_RUN"
-    rm -f "$dir"/socp*.log "$dir"/socp.pid "$dir"/restarts "$sock"
+    start_hostd "$dir" "name=$name,sock=$sock" || return 1
     local link=$LEAPIO_RUN/hostd.sock
-    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$HOSTD_BIN" --link "unix:$link" \
-        --ctrl "name=$name,sock=$sock" 2> "$dir/hostd.log" &
-    HOSTD_PID=$!
-    if ! wait_for_socket "$sock" 30 "$HOSTD_PID" || ! wait_for_socket "$link" 30 "$HOSTD_PID"; then
-        log "leapio-hostd did not start; its stderr ($dir/hostd.log):"
-        tail -n 20 "$dir/hostd.log" | sed 's/^/    hostd| /' >&2
-        stop_split >/dev/null 2>&1 || true
-        return 1
-    fi
     spec="name=$name"
     for ns in "$@"; do spec+=",ns=$ns"; done
     SPLIT_SOCP_ARGS=(--link "unix:$link" --ctrl "$spec")
@@ -173,6 +161,35 @@ start_split() {
     fi
 }
 
+# start_hostd DIR CTRL-SPEC: leapio-hostd serving one controller (its
+# --ctrl spec; its vfio-user socket and, with soc=PATH, its link function's
+# socket are waited for), runtimes accepted on $LEAPIO_RUN/hostd.sock; its
+# log in DIR/hostd.log. Sets SPLIT_DIR and HOSTD_PID.
+start_hostd() {
+    local dir=$1 spec=$2 part socks=()
+    [[ -x $HOSTD_BIN ]] || die "leapio-hostd not found at $HOSTD_BIN (cargo build --release -p leapio-host-driver)"
+    SPLIT_DIR=$dir
+    mkdir -p "$dir" "$LEAPIO_RUN"
+    rm -f "$dir"/socp*.log "$dir"/socp.pid "$dir"/restarts "$dir"/restart-times
+    IFS=, read -ra parts <<< "$spec"
+    for part in "${parts[@]}"; do
+        case $part in sock=* | soc=*) socks+=("${part#*=}") ;; esac
+    done
+    local link=$LEAPIO_RUN/hostd.sock s
+    for s in "${socks[@]}"; do rm -f "$s"; done
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$HOSTD_BIN" --link "unix:$link" \
+        --ctrl "$spec" 2> "$dir/hostd.log" &
+    HOSTD_PID=$!
+    for s in "${socks[@]}" "$link"; do
+        if ! wait_for_socket "$s" 30 "$HOSTD_PID"; then
+            log "leapio-hostd did not start; its stderr ($dir/hostd.log):"
+            tail -n 20 "$dir/hostd.log" | sed 's/^/    hostd| /' >&2
+            stop_split >/dev/null 2>&1 || true
+            return 1
+        fi
+    done
+}
+
 # spawn_split_socp LOG: one more socp with the split arguments; its pid in
 # $SPLIT_DIR/socp.pid.
 spawn_split_socp() {
@@ -184,9 +201,10 @@ spawn_split_socp() {
 
 # socp_restarter GLOG TIMEOUT "PATTERN DELAY"...: for each pair, once the
 # guest console GLOG shows PATTERN, wait DELAY seconds, kill -9 socp and
-# start a new one (as a crash and a supervisor would). Run in the
-# background; counts restarts in $SPLIT_DIR/restarts and logs the time from
-# the kill to the new runtime's attach in $SPLIT_DIR/restart-times.
+# start a new one (as a crash and a supervisor would): the split's socp
+# process, or (with SOC_FD set) the one in the SoC VM, through its console.
+# Run in the background; counts restarts in $SPLIT_DIR/restarts and logs the
+# time from the kill to the new runtime's attach in $SPLIT_DIR/restart-times.
 socp_restarter() {
     local glog=$1 timeout=$2 n=0 pat delay pid t0 i attached
     shift 2
@@ -194,21 +212,88 @@ socp_restarter() {
         pat=${spec% *} delay=${spec##* }
         wait_log "$glog" "$pat" "$timeout" || { log "restarter: '$pat' never appeared"; return 1; }
         sleep "$delay"
-        pid=$(cat "$SPLIT_DIR/socp.pid")
         attached=$(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log")
         t0=$(now)
-        kill -KILL "$pid" 2>/dev/null || true
         n=$((n + 1))
-        spawn_split_socp "$SPLIT_DIR/socp-r$n.log"
+        if [[ -n ${SOC_FD:-} ]]; then
+            pid="in the SoC VM"
+            soc_cmd restart
+        else
+            pid=$(cat "$SPLIT_DIR/socp.pid")
+            kill -KILL "$pid" 2>/dev/null || true
+            spawn_split_socp "$SPLIT_DIR/socp-r$n.log"
+        fi
         i=0
-        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached && i < 300)); do
+        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached && i < 1500)); do
             sleep 0.02
             i=$((i + 1))
         done
         echo "$n" > "$SPLIT_DIR/restarts"
         echo "$(elapsed "$t0")" >> "$SPLIT_DIR/restart-times"
-        log "socp restart $n: killed pid $pid (-9), new runtime pid $(cat "$SPLIT_DIR/socp.pid") attached after $(elapsed "$t0") s"
+        log "socp restart $n: killed socp ($pid) with SIGKILL, the new runtime attached after $(elapsed "$t0") s"
     done
+}
+
+# ---- the SoC VM: an emulated ARM machine running socp ----
+SOC_PID='' SOC_FD='' SOC_LOG=''
+
+# start_soc LOG TIMEOUT CTRL FUNCTION-SOCK [DISK]: boot the SoC VM (aarch64,
+# TCG) in the background with the link function at FUNCTION-SOCK, running
+# socp --link pci --ctrl CTRL; DISK (a file under the root) becomes its NVMe
+# SSD (/dev/nvme0n1 in the SoC). Its console is LOG; commands go in through
+# a FIFO (soc_cmd). Waits until socp has started in it.
+start_soc() {
+    local log=$1 timeout=$2 ctrl=$3 fsock=$4 disk=${5:-} fifo KERNEL INITRD
+    # shellcheck disable=SC1091 # written by vm-images/build-soc.sh
+    . "$LEAPIO_DATA/images/soc.env"
+    SOC_LOG=$log
+    fifo=$log.in
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    # held open both ways: QEMU never sees the end of its console input
+    exec {SOC_FD}<> "$fifo"
+    local args=(qemu-system-aarch64 -M virt,memory-backend=socmem -cpu max -smp 1 -m 1G
+        -object memory-backend-memfd,id=socmem,size=1G,share=on -accel tcg
+        -display none -monitor none -serial stdio -no-reboot
+        -kernel "$KERNEL" -initrd "$INITRD"
+        -append "console=ttyAMA0 quiet panic=-1 leapio.ctrl=$ctrl"
+        -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"${fsock#"$LEAPIO_ROOT"}\",\"type\":\"unix\"}}")
+    if [[ -n $disk ]]; then
+        args+=(-drive "file=${disk#"$LEAPIO_ROOT"},if=none,id=ssd,format=raw,cache=none,aio=io_uring"
+            -device "nvme,drive=ssd,serial=soc-ssd")
+    fi
+    timeout -k 5 "$timeout" chroot "$LEAPIO_ROOT" "${args[@]}" < "$fifo" > "$log" 2> "$log.stderr" &
+    SOC_PID=$!
+    if ! wait_log "$log" '@@SOC SOCP-STARTED' 120 "$SOC_PID"; then
+        log "the SoC VM did not start socp; its console ($log) and QEMU stderr:"
+        tail -n 20 "$log" "$log.stderr" | sed 's/^/    soc| /' >&2
+        return 1
+    fi
+}
+
+# soc_cmd CMD: a command to the SoC VM's init (restart, stop, arch)
+soc_cmd() { echo "$1" >&"$SOC_FD"; }
+
+# soc_arch: the SoC VM's machine, as it said at boot
+soc_arch() { sed -n 's/.*@@SOC BOOT .*arch=\([^ ]*\).*/\1/p' "$SOC_LOG" | tr -d '\r' | head -1; }
+
+# stop_soc: socp stops (SIGTERM: it lets go of the controller), the SoC VM
+# powers off; killed after 30 s. Non-zero unless socp stopped with status 0.
+stop_soc() {
+    [[ -n $SOC_PID ]] || return 0
+    local i=0 rc=0
+    soc_cmd stop 2>/dev/null || true
+    while kill -0 "$SOC_PID" 2>/dev/null && ((i < 300)); do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -0 "$SOC_PID" 2>/dev/null && { kill -TERM "$SOC_PID"; rc=1; }
+    wait "$SOC_PID" 2>/dev/null || true
+    SOC_PID=''
+    exec {SOC_FD}>&-
+    SOC_FD=''
+    grep -aq '@@SOC STOPPED 0' "$SOC_LOG" || rc=1
+    return $rc
 }
 
 # split_restarts: how many restarts socp_restarter did

@@ -10,6 +10,11 @@
 #    trixie-backports (the vfio-user-pci client), the guest kernel and the
 #    guest tools (busybox, fio, nvme-cli) that vm-images/build.sh packs into an
 #    initramfs.
+#  - for the SoC VM (an emulated ARM SoC running socp): in the same root,
+#    qemu-system-aarch64 (trixie-backports), rustc/cargo 1.97 with the arm64
+#    standard library and the aarch64 cross linker (scripts/build-soc.sh),
+#    and, unpacked under $LEAPIO_DATA/soc/pkgs, Debian's arm64 cloud kernel
+#    and busybox-static:arm64 (vm-images/build-soc.sh).
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -51,3 +56,28 @@ qemu_version=$(chroot "$root" qemu-system-x86_64 --version | head -1)
 log "QEMU in $root: $qemu_version"
 chroot "$root" qemu-system-x86_64 -device help 2>/dev/null | grep -q vfio-user-pci \
     || die "QEMU in $root has no vfio-user-pci device"
+
+soc_stamp="$root/.leapio-soc-ready-v1"
+if [[ ! -f $soc_stamp ]]; then
+    log "adding the SoC VM's tools to $root (qemu-system-aarch64, rustc + arm64 std, cross linker, arm64 kernel)"
+    chroot "$root" dpkg --add-architecture arm64
+    chroot "$root" apt-get update -qq
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -t trixie-backports qemu-system-arm rustc cargo libstd-rust-dev:arm64 >/dev/null
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+    pkgs=$LEAPIO_DATA/soc/pkgs
+    rm -rf "$pkgs"
+    mkdir -p "$pkgs"
+    kpkg=$(chroot "$root" apt-cache depends linux-image-cloud-arm64:arm64 | sed -n 's/.*Depends: \(linux-image-[^:]*\).*/\1/p' | head -1)
+    [[ -n $kpkg ]] || die "cannot find the arm64 cloud kernel package"
+    chroot "$root" sh -c "cd $LEAPIO_GUEST_DIR/soc/pkgs && apt-get download -q $kpkg:arm64 busybox-static:arm64" >/dev/null 2>&1 \
+        || die "downloading $kpkg:arm64 and busybox-static:arm64 failed"
+    for deb in "$pkgs"/*.deb; do
+        dpkg-deb -x "$deb" "$pkgs/root"
+    done
+    rm -f "$pkgs"/*.deb
+    touch "$soc_stamp"
+fi
+chroot "$root" qemu-system-aarch64 -device help 2>/dev/null | grep -q vfio-user-pci \
+    || die "qemu-system-aarch64 in $root has no vfio-user-pci device"

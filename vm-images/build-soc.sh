@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Build the SoC VM's initramfs: busybox-static:arm64 (+ applet symlinks),
+# the aarch64 socp (scripts/build-soc.sh) with the shared objects it loads
+# (from the root's aarch64 cross libc), and vm-images/soc-init as /init. The
+# kernel is Debian's arm64 cloud kernel (PCI host generic, PL011 console,
+# NVMe built in), unpacked by setup-host.sh.
+#
+# Writes $LEAPIO_DATA/images/soc.env with, as seen inside the root:
+#   KERNEL=/var/lib/leapio/soc/pkgs/root/boot/vmlinuz-...  INITRD=...
+# and prints the host path of the initramfs on stdout.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../scripts/lib.sh
+. "$here/../scripts/lib.sh"
+need_root
+need_cmd cpio "apt-get install cpio"
+need_cmd zstd "apt-get install zstd"
+
+pkgs=$LEAPIO_DATA/soc/pkgs/root
+kernels=("$pkgs"/boot/vmlinuz-*)
+[[ -f ${kernels[0]} ]] || die "no arm64 kernel under $pkgs: run scripts/setup-host.sh"
+socp=$(bash "$here/../scripts/build-soc.sh")
+images=$LEAPIO_DATA/images
+mkdir -p "$images"
+cross=$LEAPIO_ROOT/usr/aarch64-linux-gnu/lib
+
+work=$(mktemp -d "$images/soc-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+st=$work/root
+mkdir -p "$st"/{usr/bin,usr/sbin,usr/lib,proc,sys,dev,tmp,run,etc,root}
+ln -s usr/bin "$st/bin"
+ln -s usr/sbin "$st/sbin"
+ln -s usr/lib "$st/lib"
+cp "$pkgs/usr/bin/busybox" "$st/usr/bin/busybox"
+for a in $(chroot "$LEAPIO_ROOT" /usr/bin/busybox --list); do
+    [[ -e $st/usr/bin/$a ]] || ln -s busybox "$st/usr/bin/$a"
+done
+cp "$socp" "$st/usr/bin/socp"
+"$LEAPIO_ROOT/usr/bin/aarch64-linux-gnu-strip" "$st/usr/bin/socp" 2>/dev/null \
+    || chroot "$LEAPIO_ROOT" aarch64-linux-gnu-strip "${LEAPIO_GUEST_DIR}/images/${work##*/}/root/usr/bin/socp" 2>/dev/null || true
+for l in ld-linux-aarch64.so.1 libc.so.6 libgcc_s.so.1; do
+    cp -L "$cross/$l" "$st/usr/lib/$l"
+done
+install -m 0755 "$here/soc-init" "$st/init"
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$st/etc/passwd"
+
+hash=$( { sha256sum "$st/usr/bin/socp" "$here/soc-init" "$here/build-soc.sh"; echo "${kernels[-1]}"; } | sha256sum | cut -c1-16)
+initrd=$LEAPIO_GUEST_DIR/images/soc-$hash.cpio.zst
+out=$LEAPIO_ROOT$initrd
+if [[ ! -f $out ]]; then
+    find "$st" -exec touch -h -d @0 {} +
+    (cd "$st" && find . -mindepth 1 | LC_ALL=C sort \
+        | cpio --quiet -o -H newc --reproducible --owner=0:0) \
+        | zstd -q -T1 -10 -o "$work/soc.cpio.zst"
+    mv "$work/soc.cpio.zst" "$out"
+    find "$images" -maxdepth 1 -name 'soc-*.cpio.zst' ! -name "${out##*/}" -delete
+    log "SoC initramfs: $out ($(du -h "$out" | cut -f1))"
+fi
+kernel=${kernels[-1]#"$LEAPIO_ROOT"}
+printf 'KERNEL=%s\nINITRD=%s\n' "$kernel" "$initrd" > "$images/soc.env"
+echo "$out"
