@@ -6,13 +6,22 @@
 # the host has them) into the root, the sources copied (git ls-files, mtimes
 # kept so the build is incremental).
 #
-# usage: bash scripts/build-soc.sh
+# usage: bash scripts/build-soc.sh [--tests]
+#   --tests  also build the tests of socp and of the link for aarch64
+#            (cargo test --no-run; the release profile, sharing the
+#            dependencies the binary was built with)
 # Prints the host path of the aarch64 socp binary on stdout.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
 cd "$LEAPIO_REPO"
+tests=0
+case ${1:-} in
+--tests) tests=1 ;;
+'') ;;
+*) die "build-soc.sh: unknown argument $1 (usage: build-soc.sh [--tests])" ;;
+esac
 [[ -f $LEAPIO_ROOT/.leapio-soc-ready-v1 ]] || die "the SoC tools are missing from $LEAPIO_ROOT: run scripts/setup-host.sh"
 need_cmd cargo "install Rust (rustup)"
 
@@ -53,4 +62,10 @@ chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo build --offli
 bin=$src/target/aarch64-unknown-linux-gnu/release/socp
 [[ -x $bin ]] || die "no $bin after the build"
 log "aarch64 socp built in $(elapsed "$t0") s"
+if ((tests)); then
+    t0=$(now)
+    chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo test --offline --release --quiet --no-run --target aarch64-unknown-linux-gnu -p socp -p leapio-link" >&2 \
+        || die "the aarch64 build of the tests of socp and leapio-link failed"
+    log "aarch64 tests of socp and leapio-link built in $(elapsed "$t0") s"
+fi
 echo "$bin"

@@ -66,15 +66,12 @@ fail() { # stage message
 }
 RESTARTER=''
 cleanup() {
-    [[ -n $RESTARTER ]] && kill "$RESTARTER" 2>/dev/null
+    # (each step may fail: set -e must not cut the cleanup short)
+    if [[ -n $RESTARTER ]]; then kill "$RESTARTER" 2>/dev/null || true; fi
     stop_guest
-    [[ -n $SOC_PID ]] && stop_soc >/dev/null 2>&1
-    if [[ $soc != in-process ]]; then
-        [[ -n $HOSTD_PID ]] && stop_split >/dev/null 2>&1
-    else
-        stop_socp >/dev/null 2>&1
-    fi
-    true
+    if [[ -n $SOC_PID ]]; then stop_soc >/dev/null 2>&1 || true; fi
+    if [[ -n $HOSTD_PID ]]; then stop_split >/dev/null 2>&1 || true; fi
+    stop_socp >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

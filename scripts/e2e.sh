@@ -4,7 +4,10 @@
 #
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
-#   (default: all; split_restart only with --target socp)
+#          soc_vm soc_stress
+#   (default: all; split_restart and the SoC tests only with --target socp;
+#   the SoC tests need the SoC tools of setup-host.sh and build the aarch64
+#   socp and the SoC image, quick when cached)
 #   --target qemu  run the same guest jobs against QEMU's emulated NVMe instead
 #                  of socp (checks the harness itself; socp-specific checks
 #                  are skipped)
@@ -34,7 +37,7 @@ done
 [[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
-    [[ $target == socp ]] && tests+=(split_restart)
+    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -46,13 +49,15 @@ logs=$LEAPIO_CACHE/logs/e2e
 mkdir -p "$logs"
 disk=$LEAPIO_DATA/e2e-disk.img
 disk_mib=1024
-RESTARTER=''
+RESTARTER='' PERF_PID=''
 e2e_cleanup() {
-    [[ -n $RESTARTER ]] && kill "$RESTARTER" 2>/dev/null
+    # (each step may fail: set -e must not cut the cleanup short)
+    if [[ -n $RESTARTER ]]; then kill "$RESTARTER" 2>/dev/null || true; fi
+    if [[ -n $PERF_PID ]]; then kill "$PERF_PID" 2>/dev/null || true; fi
     stop_guest
-    stop_socp >/dev/null 2>&1
-    [[ -n $HOSTD_PID ]] && stop_split >/dev/null 2>&1
-    true
+    stop_socp >/dev/null 2>&1 || true
+    if [[ -n $SOC_PID ]]; then stop_soc >/dev/null 2>&1 || true; fi
+    if [[ -n $HOSTD_PID ]]; then stop_split >/dev/null 2>&1 || true; fi
 }
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -244,6 +249,126 @@ test_split_restart() {
     return $ok
 }
 
+# ---- the SoC VM: socp (aarch64) in an emulated ARM SoC, through the link
+# function leapio-hostd provides to it ----
+soc_image() {
+    [[ -n ${SOC_IMAGE_OK:-} ]] && return 0
+    bash vm-images/build-soc.sh > /dev/null || { REASON="vm-images/build-soc.sh failed"; return 1; }
+    SOC_IMAGE_OK=1
+}
+
+# start_hostd_soc DIR: leapio-hostd serving controller e2e (its vfio-user
+# socket $LEAPIO_RUN/e2e.sock and its link function at $SOC_FSOCK).
+# start_soc_after DIR HOSTPID NS [DISK]: once the host (HOSTPID, started by
+# the caller against that socket) has connected, boot the SoC VM serving the
+# controller with socp --link pci --ctrl name=e2e,ns=NS; wait until attached.
+SOC_FSOCK=$LEAPIO_RUN/e2e-soc.sock
+start_hostd_soc() {
+    SOCP_LOG=$1/soc.log
+    start_hostd "$1" "name=e2e,sock=$LEAPIO_RUN/e2e.sock,soc=$SOC_FSOCK" \
+        || { REASON="leapio-hostd did not start (see $1/hostd.log)"; return 1; }
+}
+# attached_more HOSTD-LOG N: a runtime attached more than N times
+attached_more() { (($(grep -ac 'runtime attached' "$1") > $2)); }
+start_soc_after() { # DIR HOSTPID NS [DISK]
+    wait_log "$1/hostd.log" 'vfio-user client connected' 60 "$2" \
+        || { REASON="the host never connected to leapio-hostd"; return 1; }
+    start_soc "$1/soc.log" "$boot_timeout" "name=e2e,ns=$3" "$SOC_FSOCK" "${4:-}" \
+        || { REASON="the SoC VM did not start socp (see $1/soc.log)"; return 1; }
+    wait_log "$1/hostd.log" 'runtime attached' 60 "$SOC_PID" \
+        || { REASON="socp in the SoC VM did not attach (see $1/soc.log)"; return 1; }
+}
+
+# The LeapIO deployment: the guest's disk is served by socp built for
+# aarch64 and running in the SoC VM, from the SoC's own NVMe SSD (QEMU's
+# emulated NVMe in the SoC VM). The guest identifies it, runs verified fio
+# (socp in the SoC is killed -9 and restarted during the write phase) and
+# resets the controller.
+test_soc_vm() {
+    soc_image || return 1
+    local dir=$logs/soc_vm.d grc=0 ssd=$LEAPIO_DATA/e2e-soc-ssd.img
+    GLOG=$logs/soc_vm.guest.log
+    rm -rf "$dir" "$GLOG"
+    rm -f "$ssd"
+    truncate -s 256M "$ssd"
+    start_hostd_soc "$dir" || return 1
+    bash scripts/run-guest.sh --quiet --job info,fio,reset --disk "vfio-user:$LEAPIO_RUN/e2e.sock" \
+        --log "$GLOG" --timeout "$boot_timeout" \
+        --append "leapio.runtime=3 leapio.size=32 leapio.wait=120" &
+    GUEST_PID=$!
+    start_soc_after "$dir" "$GUEST_PID" file:/dev/nvme0n1 "$ssd" || return 1
+    socp_restarter "$GLOG" "$boot_timeout" "FIO-START fio write 2" &
+    RESTARTER=$!
+    wait "$GUEST_PID" || grc=$?
+    GUEST_PID=''
+    wait "$RESTARTER" || true
+    RESTARTER=''
+    local restarts arch alive=1 stopped=0 ok=0 errs kern ioerr resets model nns size
+    restarts=$(split_restarts) arch=$(soc_arch)
+    kill -0 "$SOC_PID" 2>/dev/null || alive=0
+    stop_soc 2>>"$GLOG.harness" || stopped=1
+    stop_split 2>>"$GLOG.harness" || stopped=1
+    model=$(info_field 'd["model"]') nns=$(info_field 'len(d["namespaces"])')
+    size=$(info_field 'd["namespaces"][0]["size_bytes"] if d["namespaces"] else 0')
+    errs=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(sum(json.loads(l)["errors"] or 0 for l in sys.stdin))')
+    kern=$(guestlog kernel "$GLOG")
+    ioerr=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
+    resets=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_nvme_resets"])')
+    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect '[[ $arch == aarch64 ]]' "the SoC VM runs on '$arch', expected aarch64" || ok=1
+    expect '[[ $model == "LeapIO virtual NVMe" && $nns == 1 && $size == $((256 << 20)) ]]' "guest sees model '$model', $nns namespace(s) of $size bytes; expected LeapIO's, 1 of the SoC SSD's 256 MiB" || ok=1
+    expect '[[ $restarts == 1 ]]' "socp in the SoC was restarted $restarts times, expected 1" || ok=1
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect "grep -aq '@@LEAPIO RESET-DONE state=live' '$GLOG'" "no RESET-DONE marker: the controller reset did not complete" || ok=1
+    # the reset job's nvme reset is itself one reset line: only errors count
+    expect '[[ $ioerr == 0 ]]' "the guest kernel logged $ioerr I/O errors ($resets nvme reset/timeout lines)" || ok=1
+    expect '((alive))' "the SoC VM died" || ok=1
+    expect '((stopped == 0))' "socp in the SoC, the SoC VM or leapio-hostd did not stop cleanly" || ok=1
+    ((ok == 0)) && DETAIL="socp on $arch: identify, verified fio with kill -9 + restart (attached after $(paste -sd, "$SPLIT_DIR/restart-times") s), reset"
+    return $ok
+}
+
+# The queue protocol on a weakly ordered CPU: leapio-perf on the host drives
+# four queues of verified random reads and writes against socp in the SoC VM
+# (a file in the SoC's RAM: a ram: namespace would not outlive the runtime),
+# and socp there is killed -9 and restarted once midway. No mismatch, no error, no stray or lost completion.
+test_soc_stress() {
+    soc_image || return 1
+    local dir=$logs/soc_stress.d perf=$LEAPIO_REPO/target/release/leapio-perf prc=0
+    [[ -x $perf ]] || { REASON="no $perf: cargo build --release -p leapio-tests --bin leapio-perf"; return 1; }
+    GLOG=''
+    rm -rf "$dir"
+    start_hostd_soc "$dir" || return 1
+    "$perf" --sock "$LEAPIO_RUN/e2e.sock" --wait-ns 120 -n 4 -q 16 -o 4k -w randrw -M 50 \
+        --verify --range 16M -t 20 --json > "$dir/perf.json" 2> "$dir/perf.log" &
+    PERF_PID=$!
+    SOC_APPEND="leapio.scratch=64" start_soc_after "$dir" "$PERF_PID" file:/tmp/scratch.img || return 1
+    # once the stress runs (its first writes done), a crash of socp in the SoC
+    sleep 8
+    local attached
+    attached=$(grep -ac 'runtime attached' "$dir/hostd.log")
+    soc_cmd restart
+    wait_until 60 "$SOC_PID" attached_more "$dir/hostd.log" "$attached" \
+        || { REASON="socp restarted in the SoC did not attach again"; return 1; }
+    wait "$PERF_PID" || prc=$?
+    PERF_PID=''
+    local arch stopped=0 ok=0 r
+    arch=$(soc_arch)
+    stop_soc 2>>"$dir/harness.log" || stopped=1
+    stop_split 2>>"$dir/harness.log" || stopped=1
+    r=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ios"], d["verified_blocks"], d["mismatches"], d["errors"], d["stray_completions"], d["lost"], round(d["iops"]))' "$dir/perf.json" 2>/dev/null) \
+        || r="0 0 ? ? ? ? 0"
+    local ios vb mism errs stray lost iops
+    read -r ios vb mism errs stray lost iops <<< "$r"
+    expect '[[ $prc == 0 ]]' "leapio-perf failed (status $prc): $(tail -3 "$dir/perf.log" | tr '\n' ' ')" || ok=1
+    expect '[[ $arch == aarch64 ]]' "the SoC VM runs on '$arch', expected aarch64" || ok=1
+    expect '[[ $mism == 0 && $errs == 0 && $stray == 0 && $lost == 0 ]]' "mismatches $mism, errors $errs, stray completions $stray, lost $lost" || ok=1
+    expect '((ios > 1000 && vb > 0))' "only $ios I/Os ($vb blocks verified)" || ok=1
+    expect '((stopped == 0))' "socp in the SoC, the SoC VM or leapio-hostd did not stop cleanly" || ok=1
+    ((ok == 0)) && DETAIL="socp on $arch, 4 queues x QD16 randrw: $ios I/Os ($iops IOPS), $vb blocks verified, kill -9 + restart midway; no mismatch, error, stray or lost completion"
+    return $ok
+}
+
 passed=0 failed=0 t_all=$(now)
 log "e2e: target $target, tests: ${tests[*]} (logs in $logs)"
 for t in "${tests[@]}"; do
@@ -260,6 +385,9 @@ for t in "${tests[@]}"; do
         [[ $target == socp ]] && socp_tail 12
         failed=$((failed + 1))
     fi
+    # what a failed test left running does not spill into the next one
+    e2e_cleanup
+    RESTARTER='' PERF_PID=''
     GLOG='' SOCP_LOG=''
 done
 log "e2e took $(elapsed "$t_all") s (accel: $(sed -n 's/^accel=//p' "$LEAPIO_CACHE"/logs/e2e/*.guest.log.meta 2>/dev/null | sort -u | paste -sd' '))"

@@ -240,8 +240,11 @@ SOC_PID='' SOC_FD='' SOC_LOG=''
 # start_soc LOG TIMEOUT CTRL FUNCTION-SOCK [DISK]: boot the SoC VM (aarch64,
 # TCG) in the background with the link function at FUNCTION-SOCK, running
 # socp --link pci --ctrl CTRL; DISK (a file under the root) becomes its NVMe
-# SSD (/dev/nvme0n1 in the SoC). Its console is LOG; commands go in through
-# a FIFO (soc_cmd). Waits until socp has started in it.
+# SSD (/dev/nvme0n1 in the SoC); SOC_APPEND adds to its kernel command line
+# (see vm-images/soc-init). Its console is LOG; commands go in through
+# a FIFO (soc_cmd). Waits until socp has started in it. leapio-hostd answers
+# the SoC's hypervisor once the VM's memory is mapped (it is the function's
+# window): the SoC VM may boot up to 2 minutes before the VM (x-msg-timeout).
 start_soc() {
     local log=$1 timeout=$2 ctrl=$3 fsock=$4 disk=${5:-} fifo KERNEL INITRD
     # shellcheck disable=SC1091 # written by vm-images/build-soc.sh
@@ -256,8 +259,8 @@ start_soc() {
         -object memory-backend-memfd,id=socmem,size=1G,share=on -accel tcg
         -display none -monitor none -serial stdio -no-reboot
         -kernel "$KERNEL" -initrd "$INITRD"
-        -append "console=ttyAMA0 quiet panic=-1 leapio.ctrl=$ctrl"
-        -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"${fsock#"$LEAPIO_ROOT"}\",\"type\":\"unix\"}}")
+        -append "console=ttyAMA0 quiet panic=-1 leapio.ctrl=$ctrl ${SOC_APPEND:-}"
+        -device "{\"driver\":\"vfio-user-pci\",\"x-msg-timeout\":120000,\"socket\":{\"path\":\"${fsock#"$LEAPIO_ROOT"}\",\"type\":\"unix\"}}")
     if [[ -n $disk ]]; then
         args+=(-drive "file=${disk#"$LEAPIO_ROOT"},if=none,id=ssd,format=raw,cache=none,aio=io_uring"
             -device "nvme,drive=ssd,serial=soc-ssd")

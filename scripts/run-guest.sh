@@ -181,9 +181,10 @@ meta=$log.meta
 qemu_pid='' watch_pid=''
 # shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
-    [[ -n $qemu_pid ]] && kill -TERM "$qemu_pid" 2>/dev/null
-    [[ -n $watch_pid ]] && kill "$watch_pid" 2>/dev/null
-    wait 2>/dev/null
+    # (each step may fail: set -e must not cut the cleanup short)
+    if [[ -n $qemu_pid ]]; then kill -TERM "$qemu_pid" 2>/dev/null || true; fi
+    if [[ -n $watch_pid ]]; then kill "$watch_pid" 2>/dev/null || true; fi
+    wait 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -3,8 +3,10 @@
 #   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, cargo build
 #   of every binary (the split tests start socp processes), cargo test
 #   (nextest if installed), cargo build --release -p socp -p
-#   leapio-host-driver, scripts/e2e.sh, scripts/e2e-tcp.sh,
-#   scripts/e2e-tcp-host.sh.
+#   leapio-host-driver -p leapio-tests (leapio-perf), scripts/build-soc.sh
+#   --tests (socp for aarch64, and the aarch64 build of the tests of socp
+#   and the link), scripts/e2e.sh (with the SoC VM tests),
+#   scripts/e2e-tcp.sh, scripts/e2e-tcp-host.sh.
 # Stops at the first failing stage and names it.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -37,7 +39,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     stage test cargo test --workspace
 fi
-stage build-socp cargo build --release -p socp -p leapio-host-driver
+stage build-socp cargo build --release -p socp -p leapio-host-driver -p leapio-tests --bins
+stage build-soc bash scripts/build-soc.sh --tests
 stage e2e bash scripts/e2e.sh
 stage e2e-tcp bash scripts/e2e-tcp.sh
 stage e2e-tcp-host bash scripts/e2e-tcp-host.sh

@@ -19,7 +19,9 @@ mod workload;
 use clap::Parser;
 use cli::{Args, Config, Target};
 use engine::{Outcome, Params, Queue, Slot};
+use leapio_nvme::identify::IdentifyNamespace;
 use leapio_nvme::regs::offset;
+use leapio_nvme::Status;
 use leapio_tests::driver::{write_prps, FastQueue, QueueCursor, PAGE};
 use leapio_tests::server::TestServer;
 use leapio_tests::{Driver, DriverError, GuestMem};
@@ -256,6 +258,35 @@ impl CpuSource {
     }
 }
 
+/// Identify Namespace `cfg.nsid` until it is active, for up to
+/// `--wait-ns` seconds.
+fn wait_namespace(d: &mut Driver, cfg: &Config) -> Result<IdentifyNamespace, PerfError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_nanos(cfg.wait_ns_ns);
+    loop {
+        // Until a runtime attaches, the NSID may be past the controller's
+        // namespace count: Invalid Namespace, not yet an error.
+        match d.identify_namespace(cfg.nsid) {
+            Ok(ns) if ns.nsze.get() != 0 => return Ok(ns),
+            Ok(_) => {}
+            Err(DriverError::Status { status, .. })
+                if status == Status::INVALID_NAMESPACE && cfg.wait_ns_ns > 0 => {}
+            Err(e) => return Err(e.into()),
+        }
+        if std::time::Instant::now() >= deadline {
+            let waited = if cfg.wait_ns_ns > 0 {
+                format!(" after waiting {:.1} s", cfg.wait_ns_ns as f64 / 1e9)
+            } else {
+                " (--wait-ns SECS waits for it)".to_owned()
+            };
+            return Err(PerfError::Setup(format!(
+                "namespace {} is not active{waited}",
+                cfg.nsid
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn run_ctrl(
     cfg: &Config,
     path: &Path,
@@ -281,14 +312,8 @@ fn run_ctrl(
             PAGE << id.mdts
         )));
     }
-    let ns = d.identify_namespace(cfg.nsid)?;
+    let ns = wait_namespace(&mut d, cfg)?;
     let nsze = ns.nsze.get();
-    if nsze == 0 {
-        return Err(PerfError::Setup(format!(
-            "namespace {} is not active",
-            cfg.nsid
-        )));
-    }
     let lbads = ns.lbaf[usize::from(ns.flbas & 0xf)].lbads;
     if !(9..=16).contains(&lbads) {
         return Err(PerfError::Setup(format!("unexpected LBA size 2^{lbads}")));

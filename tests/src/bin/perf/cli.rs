@@ -109,6 +109,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_name = "NSID")]
     pub nsid: u32,
 
+    /// Wait up to this many seconds for the namespace to become active (a
+    /// split controller shows its namespaces once a runtime has attached,
+    /// e.g. socp in a SoC VM that boots after the host connected).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub wait_ns: f64,
+
     /// Bytes of the namespace to address, from LBA 0 (default: all of it;
     /// 1G for --null).
     #[arg(long, value_parser = parse_size, value_name = "BYTES")]
@@ -231,6 +237,7 @@ pub struct Config {
     pub warmup_ns: u64,
     pub rate: Option<f64>,
     pub nsid: u32,
+    pub wait_ns_ns: u64,
     pub range: Option<u64>,
     pub irq: bool,
     pub irq_wait: bool,
@@ -337,6 +344,7 @@ impl Config {
             warmup_ns: seconds_ns("--warmup", a.warmup, 0.0)?,
             rate: a.rate,
             nsid: a.nsid,
+            wait_ns_ns: seconds_ns("--wait-ns", a.wait_ns, 0.0)?,
             range: a.range,
             irq: a.irq || a.irq_wait,
             irq_wait: a.irq_wait,
