@@ -4,7 +4,8 @@
 # socp from a 1 GiB file on the host.
 #
 # usage: bash scripts/demo.sh [--soc in-process|process|vm] [--restart-socp]
-#                             [--json] [--runtime SEC] [--timeout SEC]
+#                             [--storage file|ssd|ram|tcp] [--json]
+#                             [--runtime SEC] [--timeout SEC]
 #   --soc in-process  (default) one socp process: host-driver and runtime
 #                  linked inside it
 #   --soc process  the LeapIO split: leapio-hostd owns the VM's vfio-user
@@ -13,9 +14,18 @@
 #   --soc vm       the LeapIO deployment: socp (built for aarch64) runs in an
 #                  emulated ARM SoC VM (qemu-system-aarch64, TCG) and reaches
 #                  the guest's queues through a PCI function leapio-hostd
-#                  provides (the link function); its namespace is a file on
-#                  the SoC's own NVMe SSD (an emulated one, backed by a 1 GiB
-#                  file)
+#                  provides (the link function)
+#   --storage      where the runtime keeps the guest's disk:
+#                  file  (default on the host) a 1 GiB file on the host
+#                  ssd   (default, and only, with vm) the SoC's own NVMe SSD
+#                        (QEMU's emulated NVMe in the SoC VM, on a 1 GiB file)
+#                  ram   a RAM namespace of 512 MiB in the runtime (cannot be
+#                        taken over by a restarted socp: not with
+#                        --restart-socp)
+#                  tcp   a remote NVMe/TCP namespace: another socp on the host
+#                        exports the 1 GiB file as an NVMe/TCP target on
+#                        127.0.0.1; an SoC reaches it through its NIC (QEMU
+#                        user networking: the host's loopback is 10.0.2.2)
 #   --restart-socp with --soc process or vm: kill -9 socp twice while fio runs in
 #                  the guest (during the verified write and during the
 #                  randread phase) and start a new one each time; the guest
@@ -24,7 +34,9 @@
 #   --json         the last line of stdout is one JSON object:
 #                  {"accel","model","namespaces","fio":[{name,iops,bw_kib_s,
 #                   clat_p99_us,errors}],"verify":"ok"|"<reason>","soc",
-#                   "soc_arch" (with vm: uname -m in the SoC),
+#                   "storage", "soc_arch" (with vm: uname -m in the SoC),
+#                   "boot_to_fio_s" (from starting the runtime(s) to the
+#                   guest's first fio phase),
 #                   "socp_restarts","guest_io_errors","guest_nvme_resets", ...}
 #   --runtime SEC  length of the timed 4k randread phase (default 5)
 #   --timeout SEC  hard limit for the guest run (default 420)
@@ -38,12 +50,13 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-json=0 runtime=5 timeout=420 soc=in-process restart=0
+json=0 runtime=5 timeout=420 soc=in-process restart=0 storage=
 while (($#)); do
     case $1 in
     --json) json=1 ;;
     --soc) soc=${2:-}; shift ;;
     --restart-socp) restart=1 ;;
+    --storage) storage=${2:-}; shift ;;
     --runtime) runtime=$2; shift ;;
     --timeout) timeout=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -53,6 +66,17 @@ while (($#)); do
 done
 [[ $soc == in-process || $soc == process || $soc == vm ]] || die "demo.sh: --soc must be in-process, process or vm"
 ((restart == 0)) || [[ $soc != in-process ]] || die "demo.sh: --restart-socp needs --soc process or vm (the in-process runtime cannot restart without the VM's device)"
+if [[ -z $storage ]]; then
+    storage=file
+    [[ $soc == vm ]] && storage=ssd
+fi
+case $storage in
+file) [[ $soc != vm ]] || die "demo.sh: --storage file is a file on the host: the SoC cannot see it (ssd, ram or tcp)" ;;
+ssd) [[ $soc == vm ]] || die "demo.sh: --storage ssd is the SoC's SSD: it needs --soc vm" ;;
+ram | tcp) ;;
+*) die "demo.sh: --storage must be file, ssd, ram or tcp" ;;
+esac
+((restart == 0)) || [[ $storage != ram ]] || die "demo.sh: --restart-socp cannot go with --storage ram (a RAM namespace dies with socp: its successor is refused)"
 need_root
 cd "$LEAPIO_REPO"
 t0=$(now)
@@ -64,14 +88,16 @@ fail() { # stage message
     fi
     exit 1
 }
-RESTARTER=''
+RESTARTER='' TARGET_PID='' BOOTW=''
 cleanup() {
     # (each step may fail: set -e must not cut the cleanup short)
     if [[ -n $RESTARTER ]]; then kill "$RESTARTER" 2>/dev/null || true; fi
+    if [[ -n $BOOTW ]]; then kill "$BOOTW" 2>/dev/null || true; fi
     stop_guest
     if [[ -n $SOC_PID ]]; then stop_soc >/dev/null 2>&1 || true; fi
     if [[ -n $HOSTD_PID ]]; then stop_split >/dev/null 2>&1 || true; fi
     stop_socp >/dev/null 2>&1 || true
+    stop_pid "NVMe/TCP target" "$TARGET_PID" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -85,26 +111,59 @@ cargo build --release -p socp -p leapio-host-driver >&2 || fail build "cargo bui
 
 log "[3/5] guest image (vm-images/build.sh)"
 bash vm-images/build.sh >/dev/null || fail image "vm-images/build.sh failed"
+if [[ $soc == vm ]]; then
+    log "      and the SoC VM's (aarch64 socp: scripts/build-soc.sh, vm-images/build-soc.sh)"
+    bash vm-images/build-soc.sh > /dev/null || fail image "vm-images/build-soc.sh failed"
+fi
 
 disk=$LEAPIO_DATA/demo-disk.img
 [[ -f $disk ]] || truncate -s 1G "$disk"
 logs=$LEAPIO_CACHE/logs/demo
 mkdir -p "$logs"
-rm -f "$logs"/restart-times
+rm -f "$logs"/restart-times "$logs"/boot-to-fio
 sock=$LEAPIO_RUN/demo0.sock
 glog=$logs/guest.log
 fsock=$LEAPIO_RUN/demo0-soc.sock
 ssd=$LEAPIO_DATA/demo-soc-ssd.img
-if [[ $soc == vm ]]; then
-    log "[4/5] the SoC VM (aarch64 socp: scripts/build-soc.sh, vm-images/build-soc.sh) and leapio-hostd"
-    bash vm-images/build-soc.sh > /dev/null || fail image "vm-images/build-soc.sh failed"
+# the namespace the runtime serves (ns=...), and what the SoC VM needs for it
+soc_disk='' soc_net=''
+case $storage in
+file) ns=file:$disk ;;
+ssd)
     [[ -f $ssd ]] || truncate -s 1G "$ssd"
+    soc_disk=$ssd ns=file:/dev/nvme0n1
+    ;;
+ram) ns=ram:512M ;;
+tcp)
+    # the remote target: another socp on the host, NVMe/TCP only
+    port=${LEAPIO_TCP_PORT:-4420} nqn=nqn.2026-11.io.leapio:demo-remote
+    start_socp "$logs/target.log" --tcp-target "listen=127.0.0.1:$port,nqn=$nqn,ns=file:$disk" \
+        || fail target "the NVMe/TCP target did not start (see $logs/target.log)"
+    TARGET_PID=$SOCP_PID SOCP_PID=''
+    wait_log "$logs/target.log" 'NVMe/TCP target listening' 30 "$TARGET_PID" \
+        || fail target "the NVMe/TCP target is not listening (see $logs/target.log)"
+    log "NVMe/TCP target (socp pid $TARGET_PID) on 127.0.0.1:$port, $nqn: the 1 GiB file"
+    if [[ $soc == vm ]]; then
+        soc_net=1 ns="nvme-tcp:10.0.2.2:$port/$nqn"
+    else
+        ns="nvme-tcp:127.0.0.1:$port/$nqn"
+    fi
+    ;;
+esac
+# boot to fio: from here (the runtime(s) and VMs about to start) to the
+# guest's first fio phase
+rm -f "$glog"
+t_deploy=$(now)
+{ wait_log "$glog" 'FIO-START fio write' "$timeout" && elapsed "$t_deploy" > "$logs/boot-to-fio"; } &
+BOOTW=$!
+if [[ $soc == vm ]]; then
+    log "[4/5] leapio-hostd, with a link function for the SoC VM"
     start_hostd "$logs" "name=demo0,sock=$sock,soc=$fsock" \
         || fail hostd "leapio-hostd did not start (see $logs/hostd.log)"
     log "leapio-hostd (pid $HOSTD_PID): the VM's device at $sock, its link function for the SoC at $fsock"
 elif [[ $soc == process ]]; then
-    log "[4/5] starting leapio-hostd and socp (split, separate processes) on a 1 GiB file"
-    start_split "$logs" demo0 "$sock" "file:$disk" \
+    log "[4/5] starting leapio-hostd and socp (split, separate processes) serving $ns"
+    start_split "$logs" demo0 "$sock" "$ns" \
         || fail socp "leapio-hostd + socp did not start (see $logs/hostd.log, $logs/socp.log)"
     log "leapio-hostd (pid $HOSTD_PID) owns vfio-user socket $sock; socp (pid $(cat "$logs/socp.pid")) serves it over the link; logs in $logs"
     if ((restart)); then
@@ -113,8 +172,8 @@ elif [[ $soc == process ]]; then
         RESTARTER=$!
     fi
 else
-    log "[4/5] starting socp on a 1 GiB file"
-    start_socp "$logs/socp.log" --ctrl "sock=$sock,ns=file:$disk" \
+    log "[4/5] starting socp serving $ns"
+    start_socp "$logs/socp.log" --ctrl "sock=$sock,ns=$ns" \
         || fail socp "socp did not start (see $logs/socp.log)"
     log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
 fi
@@ -130,8 +189,9 @@ if [[ $soc == vm ]]; then
     GUEST_PID=$!
     wait_log "$logs/hostd.log" 'vfio-user client connected' 60 "$GUEST_PID" \
         || fail guest "the guest's QEMU never connected (see $glog.stderr)"
-    log "booting the SoC VM (qemu-system-aarch64, TCG): socp --link pci --ctrl name=demo0,ns=file:/dev/nvme0n1"
-    start_soc "$logs/soc.log" "$timeout" "name=demo0,ns=file:/dev/nvme0n1" "$fsock" "$ssd" \
+    log "booting the SoC VM (qemu-system-aarch64, TCG): socp --link pci --ctrl name=demo0,ns=$ns"
+    SOC_NET=$soc_net SOC_APPEND="leapio.net=${soc_net:-0}" \
+        start_soc "$logs/soc.log" "$timeout" "name=demo0,ns=$ns" "$fsock" "$soc_disk" \
         || fail soc "the SoC VM did not start socp (see $logs/soc.log)"
     log "SoC VM up ($(soc_arch)); its console: $logs/soc.log"
     if ((restart)); then
@@ -168,9 +228,18 @@ else
     kill -0 "$SOCP_PID" 2>/dev/null || socp_alive=0
     stop_socp || stop_rc=1
 fi
+kill "$BOOTW" 2>/dev/null || true
+BOOTW=''
+if [[ -n $TARGET_PID ]]; then
+    stop_pid "NVMe/TCP target" "$TARGET_PID" || stop_rc=1
+    TARGET_PID=''
+fi
 accel=$(sed -n 's/^accel=//p' "$glog.meta")
-sets=(--set "soc=$soc" --set "socp_restarts=$restarts")
+sets=(--set "soc=$soc" --set "storage=$storage" --set "socp_restarts=$restarts")
 [[ $soc == vm ]] && sets+=(--set "soc_arch=${soc_arch_v:-unknown}")
+if [[ -s $logs/boot-to-fio ]]; then
+    sets+=(--set "boot_to_fio_s=$(cat "$logs/boot-to-fio")")
+fi
 if [[ -s $logs/restart-times ]]; then
     sets+=(--set "restart_to_attach_s=[$(paste -sd, "$logs/restart-times")]")
 fi

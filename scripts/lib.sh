@@ -241,7 +241,8 @@ SOC_PID='' SOC_FD='' SOC_LOG=''
 # TCG) in the background with the link function at FUNCTION-SOCK, running
 # socp --link pci --ctrl CTRL; DISK (a file under the root) becomes its NVMe
 # SSD (/dev/nvme0n1 in the SoC); SOC_APPEND adds to its kernel command line
-# (see vm-images/soc-init). Its console is LOG; commands go in through
+# (see vm-images/soc-init); SOC_NET=1 gives it a NIC on QEMU user networking
+# (with leapio.net=1 in SOC_APPEND: the host's loopback is 10.0.2.2 there). Its console is LOG; commands go in through
 # a FIFO (soc_cmd). Waits until socp has started in it. leapio-hostd answers
 # the SoC's hypervisor once the VM's memory is mapped (it is the function's
 # window): the SoC VM may boot up to 2 minutes before the VM (x-msg-timeout).
@@ -261,6 +262,9 @@ start_soc() {
         -kernel "$KERNEL" -initrd "$INITRD"
         -append "console=ttyAMA0 quiet panic=-1 leapio.ctrl=$ctrl ${SOC_APPEND:-}"
         -device "{\"driver\":\"vfio-user-pci\",\"x-msg-timeout\":120000,\"socket\":{\"path\":\"${fsock#"$LEAPIO_ROOT"}\",\"type\":\"unix\"}}")
+    if [[ -n ${SOC_NET:-} ]]; then
+        args+=(-nic "user,model=virtio-net-pci")
+    fi
     if [[ -n $disk ]]; then
         args+=(-drive "file=${disk#"$LEAPIO_ROOT"},if=none,id=ssd,format=raw,cache=none,aio=io_uring"
             -device "nvme,drive=ssd,serial=soc-ssd")

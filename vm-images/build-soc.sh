@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the SoC VM's initramfs: busybox-static:arm64 (+ applet symlinks),
 # the aarch64 socp (scripts/build-soc.sh) with the shared objects it loads
-# (from the root's aarch64 cross libc), and vm-images/soc-init as /init. The
+# (from the root's aarch64 cross libc), the virtio-net modules, and
+# vm-images/soc-init as /init. The
 # kernel is Debian's arm64 cloud kernel (PCI host generic, PL011 console,
 # NVMe built in), unpacked by setup-host.sh.
 #
@@ -15,6 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 need_root
 need_cmd cpio "apt-get install cpio"
 need_cmd zstd "apt-get install zstd"
+need_cmd xz "apt-get install xz-utils"
 
 pkgs=$LEAPIO_DATA/soc/pkgs/root
 kernels=("$pkgs"/boot/vmlinuz-*)
@@ -40,6 +42,13 @@ cp "$socp" "$st/usr/bin/socp"
     || chroot "$LEAPIO_ROOT" aarch64-linux-gnu-strip "${LEAPIO_GUEST_DIR}/images/${work##*/}/root/usr/bin/socp" 2>/dev/null || true
 for l in ld-linux-aarch64.so.1 libc.so.6 libgcc_s.so.1; do
     cp -L "$cross/$l" "$st/usr/lib/$l"
+done
+# virtio-net for the SoC's network (a remote NVMe/TCP namespace): modules of
+# the cloud kernel, in load order
+kmods=("$pkgs"/usr/lib/modules/*)
+mkdir -p "$st/usr/lib/modules"
+for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
+    xz -dc "${kmods[-1]}/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
 done
 install -m 0755 "$here/soc-init" "$st/init"
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$st/etc/passwd"
