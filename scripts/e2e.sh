@@ -138,6 +138,12 @@ expect() {
 }
 info_field() { guestlog info "$GLOG" | "$PY" -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
 fresh_disk() { rm -f "$disk"; truncate -s "${disk_mib}M" "$disk"; }
+# guest_health: "FIO-ERRORS KERNEL-IO-ERRORS KERNEL-NVME-RESETS" of $GLOG
+guest_health() {
+    local errs
+    errs=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(sum(json.loads(l)["errors"] or 0 for l in sys.stdin))')
+    guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], d["guest_io_errors"], d["guest_nvme_resets"])' "$errs"
+}
 
 # ---- the tests ----
 test_identify() {
@@ -233,11 +239,8 @@ test_split_restart() {
     restarts=$(split_restarts)
     kill -0 "$(cat "$dir/socp.pid")" 2>/dev/null || alive=0
     stop_split 2>>"$GLOG.harness" || stopped=1
-    local ok=0 errs kern ioerr resets times
-    errs=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(sum(json.loads(l)["errors"] or 0 for l in sys.stdin))')
-    kern=$(guestlog kernel "$GLOG")
-    ioerr=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
-    resets=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_nvme_resets"])')
+    local ok=0 errs ioerr resets times
+    read -r errs ioerr resets <<< "$(guest_health)"
     times=$(paste -sd, "$dir/restart-times" 2>/dev/null)
     expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
     expect '[[ $restarts == 2 ]]' "socp was restarted $restarts times, expected 2" || ok=1
@@ -303,17 +306,14 @@ test_soc_vm() {
     GUEST_PID=''
     wait "$RESTARTER" || true
     RESTARTER=''
-    local restarts arch alive=1 stopped=0 ok=0 errs kern ioerr resets model nns size
+    local restarts arch alive=1 stopped=0 ok=0 errs ioerr resets model nns size
     restarts=$(split_restarts) arch=$(soc_arch)
     kill -0 "$SOC_PID" 2>/dev/null || alive=0
     stop_soc 2>>"$GLOG.harness" || stopped=1
     stop_split 2>>"$GLOG.harness" || stopped=1
     model=$(info_field 'd["model"]') nns=$(info_field 'len(d["namespaces"])')
     size=$(info_field 'd["namespaces"][0]["size_bytes"] if d["namespaces"] else 0')
-    errs=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(sum(json.loads(l)["errors"] or 0 for l in sys.stdin))')
-    kern=$(guestlog kernel "$GLOG")
-    ioerr=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
-    resets=$(echo "$kern" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_nvme_resets"])')
+    read -r errs ioerr resets <<< "$(guest_health)"
     expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
     expect '[[ $arch == aarch64 ]]' "the SoC VM runs on '$arch', expected aarch64" || ok=1
     expect '[[ $model == "LeapIO virtual NVMe" && $nns == 1 && $size == $((256 << 20)) ]]' "guest sees model '$model', $nns namespace(s) of $size bytes; expected LeapIO's, 1 of the SoC SSD's 256 MiB" || ok=1
