@@ -557,6 +557,63 @@ fn worker(
     }
 }
 
+/// Map guest memory for a Map message: through the link function's window
+/// (the guest RAM BAR, at the region's offset) or from the descriptor that
+/// came with it. Returns the status to answer with.
+fn map(
+    ctx: &Arc<CtrlCtx>,
+    msg: &ToRuntime,
+    fds: Vec<OwnedFd>,
+    windows: Option<&Arc<dyn Windows>>,
+) -> u16 {
+    let ToRuntime::Map {
+        gpa,
+        size,
+        file_offset,
+        read,
+        write,
+        window,
+        ..
+    } = *msg
+    else {
+        return Status::INTERNAL_ERROR.field();
+    };
+    let (fd, offset) = match (window, windows) {
+        (Some(off), Some(w)) => match w.guest_mem() {
+            Ok(f) => (Some(OwnedFd::from(f)), off),
+            Err(e) => {
+                tracing::warn!(ctrl = %ctx.name, "guest memory window: {e}");
+                (None, 0)
+            }
+        },
+        _ => (fds.into_iter().next(), file_offset),
+    };
+    match ctx.domain.map(gpa, size, fd, offset, Prot { read, write }) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::warn!(ctrl = %ctx.name, gpa = format_args!("{gpa:#x}"), size, "cannot map guest memory: {e}");
+            Status::INTERNAL_ERROR.field()
+        }
+    }
+}
+
+/// Unmap guest memory once nothing in flight points into it. An unknown
+/// range is already unmapped. Returns the status to answer with.
+fn unmap(ctx: &CtrlCtx, gpa: u64, size: u64, all: bool) -> u16 {
+    let r = if all {
+        ctx.domain.unmap_all(UNMAP_DRAIN_TIMEOUT)
+    } else {
+        ctx.domain.unmap(gpa, size, UNMAP_DRAIN_TIMEOUT)
+    };
+    match r {
+        Ok(()) | Err(leapio_ats::AtsError::UnknownMapping { .. }) => 0,
+        Err(e) => {
+            tracing::warn!(ctrl = %ctx.name, gpa = format_args!("{gpa:#x}"), size, "unmap: {e}");
+            Status::INTERNAL_ERROR.field()
+        }
+    }
+}
+
 fn handle(
     q: &mut CtrlQueues,
     msg: ToRuntime,
@@ -566,6 +623,13 @@ fn handle(
 ) {
     let ctx = q.ctx().clone();
     let status = |r: Result<(), Status>| r.err().map_or(0, |s| s.field());
+    let drained = |ok: bool| {
+        if ok {
+            0
+        } else {
+            Status::INTERNAL_ERROR.field()
+        }
+    };
     match msg {
         ToRuntime::State {
             page_size, shadow, ..
@@ -574,57 +638,14 @@ fn handle(
                 .store(page_size, std::sync::atomic::Ordering::Relaxed);
             ctx.shadow.set(shadow);
         }
-        ToRuntime::Map {
-            req,
-            gpa,
-            size,
-            file_offset,
-            read,
-            write,
-            window,
-            ..
-        } => {
-            let prot = Prot { read, write };
-            // Through a window: the guest RAM BAR, at the region's offset.
-            let (fd, offset) = match (window, windows) {
-                (Some(off), Some(w)) => match w.guest_mem() {
-                    Ok(f) => (Some(OwnedFd::from(f)), off),
-                    Err(e) => {
-                        tracing::warn!(ctrl = %ctx.name, "guest memory window: {e}");
-                        (None, 0)
-                    }
-                },
-                _ => (fds.into_iter().next(), file_offset),
-            };
-            match ctx.domain.map(gpa, size, fd, offset, prot) {
-                Ok(()) => ack(req, 0),
-                Err(e) => {
-                    tracing::warn!(ctrl = %ctx.name, gpa = format_args!("{gpa:#x}"), size, "cannot map guest memory: {e}");
-                    ack(req, Status::INTERNAL_ERROR.field());
-                }
-            }
-        }
+        ToRuntime::Map { req, .. } => ack(req, map(&ctx, &msg, fds, windows)),
         ToRuntime::Unmap {
             req,
             gpa,
             size,
             all,
             ..
-        } => {
-            let r = if all {
-                ctx.domain.unmap_all(UNMAP_DRAIN_TIMEOUT)
-            } else {
-                ctx.domain.unmap(gpa, size, UNMAP_DRAIN_TIMEOUT)
-            };
-            let s = match r {
-                Ok(()) | Err(leapio_ats::AtsError::UnknownMapping { .. }) => 0,
-                Err(e) => {
-                    tracing::warn!(ctrl = %ctx.name, gpa = format_args!("{gpa:#x}"), size, "unmap: {e}");
-                    Status::INTERNAL_ERROR.field()
-                }
-            };
-            ack(req, s);
-        }
+        } => ack(req, unmap(&ctx, gpa, size, all)),
         ToRuntime::Irqs { first, has_fd, .. } => {
             let mut fds = fds.into_iter();
             for (i, has) in has_fd.iter().enumerate() {
@@ -645,28 +666,8 @@ fn handle(
         } => ack(req, status(q.create_sq(setup, resume))),
         ToRuntime::DeleteSq { .. } | ToRuntime::DeleteCq { .. } if crate::crash::hang_deletes() => {
         }
-        ToRuntime::DeleteSq { req, qid, .. } => {
-            let ok = q.delete_sq(qid);
-            ack(
-                req,
-                if ok {
-                    0
-                } else {
-                    Status::INTERNAL_ERROR.field()
-                },
-            );
-        }
-        ToRuntime::DeleteCq { req, qid, .. } => {
-            let ok = q.delete_cq(qid);
-            ack(
-                req,
-                if ok {
-                    0
-                } else {
-                    Status::INTERNAL_ERROR.field()
-                },
-            );
-        }
+        ToRuntime::DeleteSq { req, qid, .. } => ack(req, drained(q.delete_sq(qid))),
+        ToRuntime::DeleteCq { req, qid, .. } => ack(req, drained(q.delete_cq(qid))),
         ToRuntime::Reset { .. } => {
             ctx.fatal.store(false, std::sync::atomic::Ordering::Release);
             ctx.shadow.set(None);
