@@ -154,8 +154,14 @@ struct Env {
 
 impl Env {
     fn new(spec0: &str) -> Env {
+        Env::with_pollers(spec0, 2)
+    }
+
+    /// With one poller, both controllers share it: whatever stalls the
+    /// poller for one stalls the other.
+    fn with_pollers(spec0: &str, pollers: usize) -> Env {
         watch_socp_panics();
-        let srv = TestServer::start(&[spec0, "ns=ram:8M,io-queues=2"], 2);
+        let srv = TestServer::start(&[spec0, "ns=ram:8M,io-queues=2"], pollers);
         let bad = bring_up(srv.sock(0), 2, 32);
         let other = bring_up(srv.sock(1), 2, 32);
         Env {
@@ -1060,4 +1066,42 @@ fn vfio_user_garbage_closes_only_that_connection() {
     d.create_queue_pair(2, 32, 2).unwrap();
     e.bad = Some(d);
     e.alive();
+}
+
+/// An eventfd in blocking mode (QEMU makes its eventfds non-blocking; a
+/// hostile hypervisor need not).
+fn blocking_eventfd() -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain eventfd creation, checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd that nothing else owns.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}
+
+#[test]
+fn msix_fds_must_be_eventfds_and_never_block_the_poller() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    const IRQ_MSIX: u32 = 2;
+    // One poller serves both controllers.
+    let mut e = Env::with_pollers("ns=ram:16M,ns=ram:8M,io-queues=4", 1);
+
+    // A pipe is not an interrupt: refused, and the old eventfd stays.
+    let (_r, w) = std::io::pipe().unwrap();
+    let r = e.bad().client.set_irq_eventfds(IRQ_MSIX, 1, &[w.as_fd()]);
+    assert!(r.is_err(), "SET_IRQS with a pipe was accepted");
+    e.alive();
+
+    // An eventfd at its maximum count, in blocking mode: a write to it
+    // would block forever. Interrupts on vector 1 must not stop the poller.
+    let mut full = blocking_eventfd();
+    full.write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
+    e.bad()
+        .client
+        .set_irq_eventfds(IRQ_MSIX, 1, &[full.as_fd()])
+        .expect("SET_IRQS with an eventfd");
+    for _ in 0..4 {
+        e.alive();
+    }
 }

@@ -20,7 +20,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::socket::{dup_cloexec, poll_fd, recv_with_fds, send_with_fds};
+use super::socket::{dup_cloexec, poll_fd, recv_with_fds, require_eventfd, send_with_fds};
 use super::wire::{self, cmd, len_u32, Header, HEADER_SIZE};
 use super::{
     Device, DmaMap, DmaUnmap, Errno, IrqAction, IrqData, ServerError, SetIrqs, MAX_DATA_XFER_SIZE,
@@ -824,6 +824,14 @@ impl Conn<'_> {
                     // No fds at all: de-assign the range (QEMU's "enable" trick).
                     IrqData::Eventfd((0..count).map(|_| None).collect())
                 } else if msg.fds.len() == count as usize {
+                    for fd in &msg.fds {
+                        if let Err(e) = require_eventfd(fd.as_fd()) {
+                            if self.limiter.allow() {
+                                tracing::warn!("vfio-user: SET_IRQS refused: {e}");
+                            }
+                            return Err(EINVAL);
+                        }
+                    }
                     IrqData::Eventfd(std::mem::take(&mut msg.fds).into_iter().map(Some).collect())
                 } else {
                     return Err(EINVAL);

@@ -197,3 +197,31 @@ pub fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl just created `new`; we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
+
+/// Check that `fd` is an eventfd and make its writes non-blocking: an
+/// interrupt is a write to it from a poller, and a poller must never block
+/// on anything a client controls (a pipe nobody drains, an eventfd at its
+/// maximum count). QEMU creates its eventfds non-blocking already; the flag
+/// belongs to the open file description, which it shares with us.
+pub fn require_eventfd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not an eventfd: {}", link.display()),
+        ));
+    }
+    // SAFETY: F_GETFL/F_SETFL only read and set the descriptor's status
+    // flags; `fd` is borrowed, so it is open.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
