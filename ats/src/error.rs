@@ -146,4 +146,8 @@ pub enum AtsError {
     /// bounds checks done here).
     #[error("guest memory access failed")]
     Volatile(#[source] vm_memory::VolatileMemoryError),
+    /// Guest memory that its owner could shrink under us: a later access
+    /// past the new end would raise SIGBUS and take every tenant down.
+    #[error("guest memory is not sealed against shrinking ({0}); back it with a memfd sealed with F_SEAL_SHRINK (QEMU: -object memory-backend-memfd, which seals by default)")]
+    Unsealed(String),
 }

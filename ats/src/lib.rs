@@ -68,12 +68,14 @@ mod domain;
 mod error;
 mod mapping;
 pub mod prp;
+mod seals;
 mod snapshot;
 pub mod testing;
 mod types;
 
 pub use domain::Domain;
 pub use error::AtsError;
+pub use seals::require_sealed;
 pub use snapshot::Snapshot;
 pub use types::{Access, Prot, RegionInfo};
 

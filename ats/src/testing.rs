@@ -4,14 +4,27 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Create a memfd named `name` (visible in `/proc/self/maps` as
-/// `/memfd:NAME (deleted)` while mapped) of `size` bytes, zero-filled.
+/// `/memfd:NAME (deleted)` while mapped) of `size` bytes, zero-filled, and
+/// sealed against shrinking and growing as QEMU seals its memfd backend.
 pub fn memfd(name: &CStr, size: u64) -> io::Result<OwnedFd> {
+    let fd = memfd_unsealed(name, size)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// [`memfd`] without seals (its size can still change).
+pub fn memfd_unsealed(name: &CStr, size: u64) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call;
     // memfd_create does not keep the pointer.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

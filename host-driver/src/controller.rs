@@ -649,7 +649,13 @@ impl Device for NvmeController {
             read: map.read,
             write: map.write,
         };
-        self.shared.domain.map(map.iova, map.size, map.fd, map.file_offset, prot).map_err(|e| {
+        // Memory the hypervisor could shrink would SIGBUS the runtime.
+        let sealed = map.fd.as_ref().map_or(Ok(()), |fd| {
+            leapio_ats::require_sealed(std::os::fd::AsFd::as_fd(fd))
+        });
+        sealed
+            .and_then(|()| self.shared.domain.map(map.iova, map.size, map.fd, map.file_offset, prot))
+            .map_err(|e| {
             tracing::warn!(ctrl = %self.shared.name, iova = format_args!("{:#x}", map.iova), size = map.size, "DMA_MAP refused: {e}");
             libc::EINVAL
         })?;

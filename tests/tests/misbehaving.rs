@@ -1105,3 +1105,21 @@ fn msix_fds_must_be_eventfds_and_never_block_the_poller() {
         e.alive();
     }
 }
+
+#[test]
+fn guest_memory_that_could_shrink_is_refused() {
+    use std::os::fd::AsFd;
+    let mut e = Env::ram();
+    // Memory its owner could truncate (an access past the new end would
+    // SIGBUS socp and every tenant): refused.
+    let open = leapio_ats::testing::memfd_unsealed(c"unsealed", 1 << 20).unwrap();
+    let r = e
+        .bad()
+        .client
+        .dma_map(1 << 40, 1 << 20, Some(open.as_fd()), 0, true, true);
+    assert!(r.is_err(), "DMA_MAP of an unsealed memfd was accepted");
+    // The sealed guest RAM the driver mapped cannot be shrunk.
+    let ram = std::fs::File::from(e.bad().mem.fd().try_clone_to_owned().unwrap());
+    assert!(ram.set_len(4096).is_err(), "sealed guest RAM shrank");
+    e.alive();
+}
