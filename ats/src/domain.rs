@@ -97,8 +97,9 @@ impl Domain {
                 file_offset,
             });
         }
-        // Fail fast on overlap before paying for an mmap; checked again under
-        // the lock below.
+        // Fail fast on overlap or a full table before paying for an mmap;
+        // checked again under the lock below.
+        check_room(self.current.load().regions_raw())?;
         check_overlap(self.current.load().regions_raw(), gpa, size)?;
         let mem = match fd {
             Some(fd) if !prot.is_none() => {
@@ -116,6 +117,7 @@ impl Domain {
         let _guard = self.lock();
         let cur = self.current.load_full();
         let regions = cur.regions_raw();
+        check_room(regions)?;
         let idx = check_overlap(regions, gpa, size)?;
         let mut next = Vec::with_capacity(regions.len() + 1);
         next.extend_from_slice(&regions[..idx]);
@@ -269,6 +271,18 @@ impl Domain {
     }
 }
 
+/// Most regions one domain holds: a hypervisor maps a few dozen (RAM below
+/// and above 4 GiB, ROMs, option ROMs); each region is a mapping in this
+/// process, so a flood of DMA_MAPs must stop somewhere.
+pub const MAX_REGIONS: usize = 1024;
+
+fn check_room(regions: &[Region]) -> Result<(), AtsError> {
+    if regions.len() >= MAX_REGIONS {
+        return Err(AtsError::TooManyRegions { max: MAX_REGIONS });
+    }
+    Ok(())
+}
+
 /// Index at which `[gpa, gpa+size)` goes in `regions`, or the overlap error.
 fn check_overlap(regions: &[Region], gpa: u64, size: u64) -> Result<usize, AtsError> {
     let end = gpa + size;
@@ -305,6 +319,26 @@ mod tests {
 
     const K4: u64 = 4096;
     const T: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_flood_of_maps_stops_at_the_region_limit() {
+        let d = Domain::new();
+        let rw = Prot {
+            read: true,
+            write: true,
+        };
+        // Regions without a file (as QEMU maps ROM windows) cost no mmap.
+        for i in 0..super::MAX_REGIONS as u64 {
+            d.map(i * K4, K4, None, 0, rw).expect("map below the limit");
+        }
+        let e = d
+            .map(1 << 40, K4, None, 0, rw)
+            .expect_err("a map past the limit");
+        assert!(matches!(e, AtsError::TooManyRegions { .. }), "{e}");
+        // Unmapping makes room again.
+        d.unmap(0, K4, T).unwrap();
+        d.map(1 << 40, K4, None, 0, rw).unwrap();
+    }
 
     fn gpas(d: &Domain) -> Vec<(u64, u64)> {
         d.snapshot().regions().map(|r| (r.gpa, r.size)).collect()

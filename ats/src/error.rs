@@ -146,6 +146,12 @@ pub enum AtsError {
     /// bounds checks done here).
     #[error("guest memory access failed")]
     Volatile(#[source] vm_memory::VolatileMemoryError),
+    /// The domain holds [`crate::domain::MAX_REGIONS`] regions already.
+    #[error("too many guest memory regions (at most {max})")]
+    TooManyRegions {
+        /// The limit.
+        max: usize,
+    },
     /// Guest memory that its owner could shrink under us: a later access
     /// past the new end would raise SIGBUS and take every tenant down.
     #[error("guest memory is not sealed against shrinking ({0}); back it with a memfd sealed with F_SEAL_SHRINK (QEMU: -object memory-backend-memfd, which seals by default)")]

@@ -73,7 +73,7 @@ mod snapshot;
 pub mod testing;
 mod types;
 
-pub use domain::Domain;
+pub use domain::{Domain, MAX_REGIONS};
 pub use error::AtsError;
 pub use seals::require_sealed;
 pub use snapshot::Snapshot;
