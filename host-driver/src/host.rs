@@ -9,7 +9,7 @@ use crate::shared::CtrlShared;
 use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::{LinkError, ToHost, ToRuntime};
 use leapio_nvme::Status;
-use leapio_vmm_shim::vfio_user::{serve, Listener};
+use leapio_vmm_shim::vfio_user::{serve, Listener, SocketAccess};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -33,25 +33,74 @@ pub struct HostCtrlSpec {
     /// Where an SoC's hypervisor connects for this controller's link
     /// function (a runtime on the SoC serves it).
     pub soc: Option<PathBuf>,
-    pub serial: Option<String>,
-    pub io_queues: u16,
-    pub queue_entries: u32,
-    pub mdts: u8,
+    pub limits: CtrlLimits,
 }
 
 impl HostCtrlSpec {
     /// A controller with the default limits.
     pub fn new(name: &str, sock: &Path) -> HostCtrlSpec {
-        let d = ControllerConfig::default();
         HostCtrlSpec {
             name: name.to_string(),
             sock: sock.to_path_buf(),
             soc: None,
+            limits: CtrlLimits::default(),
+        }
+    }
+}
+
+/// What the host-driver decides for a controller besides its name and
+/// sockets: the limits the guest sees, and who may connect to its sockets.
+/// The same keys in every controller spec that reaches a host-driver
+/// (`leapio-hostd --ctrl`, the all-in-one `socp --ctrl`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CtrlLimits {
+    pub serial: Option<String>,
+    pub io_queues: u16,
+    pub queue_entries: u32,
+    pub mdts: u8,
+    /// Mode and owner of the vfio-user socket(s).
+    pub access: SocketAccess,
+}
+
+impl Default for CtrlLimits {
+    fn default() -> Self {
+        let d = ControllerConfig::default();
+        CtrlLimits {
             serial: None,
             io_queues: d.max_io_queues,
             queue_entries: d.max_queue_entries,
             mdts: d.mdts,
+            access: SocketAccess::default(),
         }
+    }
+}
+
+impl CtrlLimits {
+    /// The keys [`CtrlLimits::set`] takes.
+    pub const KEYS: &'static str = "io-queues, queue-entries, mdts, serial, sock-mode, sock-owner";
+
+    /// Apply `key=value`: Ok(false) if `key` is not one of [`Self::KEYS`].
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        let num = |lo: u64, hi: u64| {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| format!("{key} must be {lo}..={hi}, got '{value}'"))
+        };
+        match key {
+            "io-queues" => self.io_queues = u16::try_from(num(1, 511)?).unwrap_or(1),
+            "queue-entries" => self.queue_entries = u32::try_from(num(2, 4096)?).unwrap_or(2),
+            "mdts" => self.mdts = u8::try_from(num(1, 10)?).unwrap_or(1),
+            "serial" => {
+                leapio_nvme::controller::check_serial(value)?;
+                self.serial = Some(value.to_string());
+            }
+            "sock-mode" => self.access.set_mode(value)?,
+            "sock-owner" => self.access.set_owner(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 }
 
@@ -165,6 +214,7 @@ impl HostDriver {
         }
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let serial = spec
+            .limits
             .serial
             .clone()
             .unwrap_or_else(|| format!("LEAPIO{index:04}"));
@@ -172,9 +222,9 @@ impl HostDriver {
             subnqn: format!("nqn.2026-11.io.leapio:{serial}"),
             serial,
             cntlid: 1,
-            max_io_queues: spec.io_queues,
-            max_queue_entries: spec.queue_entries,
-            mdts: spec.mdts,
+            max_io_queues: spec.limits.io_queues,
+            max_queue_entries: spec.limits.queue_entries,
+            mdts: spec.limits.mdts,
             ..ControllerConfig::default()
         };
         let (tx, rx) = channel();
@@ -186,19 +236,23 @@ impl HostDriver {
                     source,
                 }
             })?;
-        let listener = Listener::bind(&spec.sock).map_err(|source| HostError::Listen {
-            name: name.clone(),
-            sock: spec.sock.display().to_string(),
-            source,
+        let listener = Listener::bind_with(&spec.sock, &spec.limits.access).map_err(|source| {
+            HostError::Listen {
+                name: name.clone(),
+                sock: spec.sock.display().to_string(),
+                source,
+            }
         })?;
         let shared = ctrl.shared().clone();
         let serial = ctrl.serial().to_string();
         let soc_listener = match &spec.soc {
-            Some(path) => Some(Listener::bind(path).map_err(|source| HostError::Listen {
-                name: name.clone(),
-                sock: path.display().to_string(),
-                source,
-            })?),
+            Some(path) => Some(Listener::bind_with(path, &spec.limits.access).map_err(
+                |source| HostError::Listen {
+                    name: name.clone(),
+                    sock: path.display().to_string(),
+                    source,
+                },
+            )?),
             None => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -519,7 +573,14 @@ fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBo
     while !stop.load(Ordering::Acquire) {
         match listener.accept_timeout(IDLE_TICK) {
             Ok(Some(stream)) => {
-                tracing::info!(ctrl = %name, "vfio-user client connected");
+                match crate::link::peer_cred(&stream) {
+                    Ok(c) => {
+                        tracing::info!(ctrl = %name, pid = c.pid, uid = c.uid, gid = c.gid, "vfio-user client connected")
+                    }
+                    Err(e) => {
+                        tracing::info!(ctrl = %name, "vfio-user client connected (peer unknown: {e})")
+                    }
+                }
                 match serve(stream, ctrl, stop) {
                     Ok(()) => tracing::info!(ctrl = %name, "vfio-user client disconnected"),
                     Err(e) => tracing::warn!(ctrl = %name, "vfio-user connection ended: {e}"),
@@ -538,7 +599,7 @@ fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBo
 impl std::str::FromStr for HostCtrlSpec {
     type Err = String;
 
-    /// `name=NAME,sock=PATH[,soc=PATH][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
+    /// `name=NAME,sock=PATH[,soc=PATH]` and the keys of [`CtrlLimits`]
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| format!("controller spec '{s}': {why}");
         let mut name = None;
@@ -548,28 +609,17 @@ impl std::str::FromStr for HostCtrlSpec {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(bad(format!("'{part}' is not key=value")));
             };
-            let num = |lo: u64, hi: u64| {
-                value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (lo..=hi).contains(n))
-                    .ok_or_else(|| bad(format!("{key} must be {lo}..={hi}, got '{value}'")))
-            };
             match key {
                 "name" => name = Some(value.to_string()),
                 "sock" => sock = Some(PathBuf::from(value)),
                 "soc" => spec.soc = Some(PathBuf::from(value)),
-                "io-queues" => spec.io_queues = u16::try_from(num(1, 511)?).unwrap_or(1),
-                "queue-entries" => spec.queue_entries = u32::try_from(num(2, 4096)?).unwrap_or(2),
-                "mdts" => spec.mdts = u8::try_from(num(1, 10)?).unwrap_or(1),
-                "serial" => {
-                    leapio_nvme::controller::check_serial(value).map_err(bad)?;
-                    spec.serial = Some(value.to_string());
-                }
-                other => {
-                    return Err(bad(format!(
-                        "unknown key '{other}' (expected name, sock, soc, io-queues, queue-entries, mdts, serial)"
-                    )))
+                _ => {
+                    if !spec.limits.set(key, value).map_err(bad)? {
+                        return Err(bad(format!(
+                            "unknown key '{key}' (expected name, sock, soc, {})",
+                            CtrlLimits::KEYS
+                        )));
+                    }
                 }
             }
         }
@@ -602,8 +652,26 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(
-            (s.name.as_str(), s.io_queues, s.mdts, s.serial.as_deref()),
+            (
+                s.name.as_str(),
+                s.limits.io_queues,
+                s.limits.mdts,
+                s.limits.serial.as_deref()
+            ),
             ("vm0", 4, 6, Some("AB"))
+        );
+        assert_eq!(
+            s.limits.access.mode, 0o600,
+            "only the server's user by default"
+        );
+        let s: HostCtrlSpec = "sock=/x,sock-mode=0660,sock-owner=107:108".parse().unwrap();
+        assert_eq!(
+            (
+                s.limits.access.mode,
+                s.limits.access.uid,
+                s.limits.access.gid
+            ),
+            (0o660, Some(107), Some(108))
         );
         let s: HostCtrlSpec = "sock=/run/leapio/vm7.sock".parse().unwrap();
         assert_eq!(s.name, "vm7");
@@ -611,6 +679,8 @@ mod tests {
             ("name=a", "missing sock"),
             ("sock=/x,io-queues=0", "io-queues must be 1..=511"),
             ("sock=/x,color=red", "unknown key 'color'"),
+            ("sock=/x,sock-mode=999", "sock-mode must be an octal mode"),
+            ("sock=/x,sock-owner=qemu", "sock-owner must be UID"),
             ("name=a b,sock=/x", "name must be"),
         ] {
             let e = bad.parse::<HostCtrlSpec>().unwrap_err();

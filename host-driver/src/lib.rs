@@ -29,7 +29,7 @@ pub mod soc;
 
 pub use attach::namespace_changes;
 pub use controller::{ControllerConfig, NvmeController};
-pub use host::{HostCtrlSpec, HostDriver, HostError};
+pub use host::{CtrlLimits, HostCtrlSpec, HostDriver, HostError};
 
 /// An error and its sources, joined with ": " (our error types do not
 /// repeat their source in their own message).

@@ -42,25 +42,7 @@ impl Peer {
     /// The peer of an accepted connection: its process (SO_PEERCRED), with
     /// a pidfd (SO_PEERPIDFD where the kernel has it, else pidfd_open).
     pub fn of(sock: &UnixStream) -> io::Result<Peer> {
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = socklen_of::<libc::ucred>();
-        // SAFETY: getsockopt writes at most `len` bytes into `cred`.
-        let r = unsafe {
-            libc::getsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let cred = peer_cred(sock)?;
         if cred.pid == std::process::id() as i32 {
             return Ok(Peer::InProcess);
         }
@@ -84,6 +66,30 @@ impl Peer {
             _ => None,
         }
     }
+}
+
+/// The process at the other end of a Unix socket (SO_PEERCRED).
+pub fn peer_cred(sock: &UnixStream) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = socklen_of::<libc::ucred>();
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
 }
 
 fn socklen_of<T>() -> libc::socklen_t {

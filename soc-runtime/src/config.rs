@@ -1,5 +1,6 @@
 //! Command line: which controllers to serve and what backs their namespaces.
 
+use leapio_host_driver::{CtrlLimits, HostCtrlSpec};
 use leapio_transports::BackendSpec;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -15,16 +16,23 @@ pub struct CtrlSpec {
     pub name: Option<String>,
     pub sock: Option<PathBuf>,
     pub namespaces: Vec<BackendSpec>,
-    pub io_queues: u16,
-    pub queue_entries: u32,
-    pub mdts: u8,
-    pub serial: Option<String>,
-    /// Which of the host-driver's settings were given (io-queues,
-    /// queue-entries, mdts, serial), to refuse them with a link.
-    pub host_keys: Vec<&'static str>,
+    /// The host-driver's settings (all-in-one: the embedded host-driver's).
+    pub limits: CtrlLimits,
+    /// Which of them were given, to refuse them with a link.
+    pub host_keys: Vec<String>,
 }
 
 impl CtrlSpec {
+    /// The embedded host-driver's spec of this controller, on `sock`.
+    pub fn host_spec(&self, sock: &std::path::Path) -> HostCtrlSpec {
+        HostCtrlSpec {
+            name: self.ctrl_name(),
+            sock: sock.to_path_buf(),
+            soc: None,
+            limits: self.limits.clone(),
+        }
+    }
+
     /// The controller's name: `name=`, else the socket file's stem.
     pub fn ctrl_name(&self) -> String {
         if let Some(n) = &self.name {
@@ -47,7 +55,9 @@ pub enum ConfigError {
 impl FromStr for CtrlSpec {
     type Err = ConfigError;
 
-    /// `[name=NAME,][sock=PATH,]ns=BACKEND[,bs=N][,ns=BACKEND...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
+    /// `[name=NAME,][sock=PATH,]ns=BACKEND[,bs=N][,ns=BACKEND...]` and the
+    /// host-driver's keys ([`CtrlLimits`]: io-queues, queue-entries, mdts,
+    /// serial, sock-mode, sock-owner)
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| ConfigError::Invalid {
             spec: s.to_string(),
@@ -56,11 +66,8 @@ impl FromStr for CtrlSpec {
         let mut sock = None;
         let mut name = None;
         let mut host_keys = Vec::new();
+        let mut limits = CtrlLimits::default();
         let mut namespaces = Vec::new();
-        let mut io_queues = 32u16;
-        let mut queue_entries = 1024u32;
-        let mut mdts = 5u8;
-        let mut serial = None;
         let mut last_ns: Option<String> = None;
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
@@ -71,14 +78,22 @@ impl FromStr for CtrlSpec {
                 "name" => {
                     if value.is_empty()
                         || value.len() > 64
-                        || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                        || !value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
                     {
-                        return Err(bad(format!("name must be 1-64 letters, digits, '-', '_' or '.', got '{value}'")));
+                        return Err(bad(format!(
+                            "name must be 1-64 letters, digits, '-', '_' or '.', got '{value}'"
+                        )));
                     }
                     name = Some(value.to_string());
                 }
                 "ns" => {
-                    namespaces.push(value.parse::<BackendSpec>().map_err(|e| bad(format!("namespace '{value}': {e}")))?);
+                    namespaces.push(
+                        value
+                            .parse::<BackendSpec>()
+                            .map_err(|e| bad(format!("namespace '{value}': {e}")))?,
+                    );
                     last_ns = Some(value.to_string());
                 }
                 "bs" => {
@@ -87,33 +102,22 @@ impl FromStr for CtrlSpec {
                         return Err(bad("bs= must follow an ns=".into()));
                     };
                     let full = format!("{ns},bs={value}");
-                    let spec = full.parse::<BackendSpec>().map_err(|e| bad(format!("namespace '{full}': {e}")))?;
+                    let spec = full
+                        .parse::<BackendSpec>()
+                        .map_err(|e| bad(format!("namespace '{full}': {e}")))?;
                     if let Some(last) = namespaces.last_mut() {
                         *last = spec;
                     }
                 }
-                "io-queues" => {
-                    host_keys.push("io-queues");
-                    io_queues = value.parse().ok().filter(|n| (1..=511).contains(n)).ok_or_else(|| bad(format!("io-queues must be 1..=511, got '{value}'")))?
+                _ => {
+                    if !limits.set(key, value).map_err(bad)? {
+                        return Err(bad(format!(
+                            "unknown key '{key}' (expected name, sock, ns, bs, {})",
+                            CtrlLimits::KEYS
+                        )));
+                    }
+                    host_keys.push(key.to_string());
                 }
-                "queue-entries" => {
-                    host_keys.push("queue-entries");
-                    queue_entries = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (2..=4096).contains(n))
-                        .ok_or_else(|| bad(format!("queue-entries must be 2..=4096, got '{value}'")))?
-                }
-                "mdts" => {
-                    host_keys.push("mdts");
-                    mdts = value.parse().ok().filter(|n| (1..=10).contains(n)).ok_or_else(|| bad(format!("mdts must be 1..=10 (4 KiB << mdts), got '{value}'")))?
-                }
-                "serial" => {
-                    host_keys.push("serial");
-                    leapio_nvme::controller::check_serial(value).map_err(bad)?;
-                    serial = Some(value.to_string());
-                }
-                other => return Err(bad(format!("unknown key '{other}' (expected name, sock, ns, io-queues, queue-entries, mdts, serial)"))),
             }
         }
         if sock.is_none() && name.is_none() {
@@ -129,10 +133,7 @@ impl FromStr for CtrlSpec {
             host_keys,
             sock,
             namespaces,
-            io_queues,
-            queue_entries,
-            mdts,
-            serial,
+            limits,
         })
     }
 }
@@ -156,10 +157,10 @@ mod tests {
             ("vm0", None)
         );
         assert_eq!(c.namespaces.len(), 2);
-        assert_eq!(c.io_queues, 4);
-        assert_eq!(c.queue_entries, 256);
-        assert_eq!(c.mdts, 6);
-        assert_eq!(c.serial.as_deref(), Some("AB12"));
+        assert_eq!(c.limits.io_queues, 4);
+        assert_eq!(c.limits.queue_entries, 256);
+        assert_eq!(c.limits.mdts, 6);
+        assert_eq!(c.limits.serial.as_deref(), Some("AB12"));
         let c: CtrlSpec = "sock=/s,ns=ram:64M,bs=4096,ns=ram:1M".parse().unwrap();
         assert_eq!(
             c.namespaces[0],

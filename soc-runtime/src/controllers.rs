@@ -8,7 +8,7 @@ use crate::error_chain;
 use crate::link_client::LinkClient;
 use crate::namespaces::open_served;
 use leapio_host_driver::control::{param_str, Handler};
-use leapio_host_driver::{HostCtrlSpec, HostDriver};
+use leapio_host_driver::HostDriver;
 use leapio_transports::BackendSpec;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,18 +125,13 @@ impl Controllers {
             let Some(sock) = &spec.sock else {
                 return Err("all-in-one controllers need sock=PATH".into());
             };
-            let hs = HostCtrlSpec {
-                name: s.name.clone(),
-                sock: sock.clone(),
-                soc: None,
-                serial: spec.serial.clone(),
-                io_queues: spec.io_queues,
-                queue_entries: spec.queue_entries,
-                mdts: spec.mdts,
-            };
-            host.add_controller(&hs).map_err(|e| error_chain(&e))?;
+            host.add_controller(&spec.host_spec(sock))
+                .map_err(|e| error_chain(&e))?;
         } else if spec.sock.is_some() || !spec.host_keys.is_empty() {
-            return Err("sock=, io-queues, queue-entries, mdts and serial belong to the host-driver (leapioctl ctrl-add there)".into());
+            return Err(format!(
+                "sock= and {} belong to the host-driver (leapioctl ctrl-add there)",
+                leapio_host_driver::CtrlLimits::KEYS
+            ));
         }
         let never = AtomicBool::new(false);
         if let Err(e) = self.attach(&s, false, &never) {

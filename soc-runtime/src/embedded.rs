@@ -7,7 +7,7 @@ use crate::controllers::{Controllers, Served};
 use crate::error_chain;
 use crate::link_client::LinkClient;
 use crate::runtime::Runtime;
-use leapio_host_driver::{HostCtrlSpec, HostDriver};
+use leapio_host_driver::HostDriver;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -39,17 +39,8 @@ impl Embedded {
             let Some(sock) = &c.sock else {
                 return Err(format!("controller {}: needs sock=PATH", c.ctrl_name()));
             };
-            let spec = HostCtrlSpec {
-                name: c.ctrl_name(),
-                sock: sock.clone(),
-                soc: None,
-                serial: c.serial.clone(),
-                io_queues: c.io_queues,
-                queue_entries: c.queue_entries,
-                mdts: c.mdts,
-            };
             self.host
-                .add_controller(&spec)
+                .add_controller(&c.host_spec(sock))
                 .map_err(|e| error_chain(&e))?;
         }
         let sock = self

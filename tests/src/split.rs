@@ -52,7 +52,7 @@ impl SplitHost {
         host.set_timeouts(timeouts);
         let vfio = dir.join(format!("{name}.sock"));
         let mut spec = HostCtrlSpec::new(name, &vfio);
-        spec.io_queues = io_queues;
+        spec.limits.io_queues = io_queues;
         host.add_controller(&spec).expect("controller");
         let link = dir.join("hostd.sock");
         host.listen(&link).expect("link socket");

@@ -42,7 +42,7 @@ impl Soc {
         let soc = dir.join("vm0-soc.sock");
         let mut spec = HostCtrlSpec::new("vm0", &vfio);
         spec.soc = Some(soc.clone());
-        spec.io_queues = 4;
+        spec.limits.io_queues = 4;
         host.add_controller(&spec).unwrap();
         let disk = dir.join("disk.img");
         std::fs::File::create(&disk)

@@ -1318,6 +1318,35 @@ fn listener_bind_accept_and_cleanup() {
 }
 
 #[test]
+fn listener_sockets_get_the_mode_and_owner_asked_for() {
+    use leapio_vmm_shim::vfio_user::SocketAccess;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    // Default: only the server's user, whatever the umask.
+    let path = dir.path().join("a.sock");
+    let l = Listener::bind(&path).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    drop(l);
+    // Asked for: a hypervisor in another group.
+    let path = dir.path().join("b.sock");
+    let mut access = SocketAccess::default();
+    access.set_mode("0660").unwrap();
+    let gid = m.gid() + 1;
+    access.set_owner(&format!("{}:{gid}", m.uid())).unwrap();
+    let l = Listener::bind_with(&path, &access).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!((m.permissions().mode() & 0o777, m.gid()), (0o660, gid));
+    // Nothing left behind next to the socket.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("b.sock")]);
+    drop(l);
+}
+
+#[test]
 fn header_layout_is_little_endian_as_specified() {
     let msg = wire::message(0x0102, cmd::DEVICE_GET_REGION_INFO, 0x21, 22, &[&[0xaa; 4]]);
     assert_eq!(

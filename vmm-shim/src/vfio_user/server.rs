@@ -3,7 +3,7 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +45,14 @@ impl Listener {
     /// connect() is refused) is removed first; a live one is left alone
     /// ([`ServerError::InUse`]), and so is anything that is not a socket.
     pub fn bind(path: &Path) -> Result<Listener, ServerError> {
+        Listener::bind_with(path, &SocketAccess::default())
+    }
+
+    /// [`Listener::bind`], with the socket's mode and owner set before it
+    /// appears at `path`: it is bound in a private directory next to
+    /// `path`, given `access`, and renamed into place, so no client ever
+    /// sees it with the permissions of the process's umask.
+    pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<Listener, ServerError> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(ServerError::NotASocket {
@@ -72,7 +80,7 @@ impl Listener {
                 Err(_) => {}
             }
         }
-        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        let listener = bind_private(path, access).map_err(|source| ServerError::Bind {
             path: path.to_owned(),
             source,
         })?;
@@ -322,6 +330,81 @@ impl Reader {
             self.body = Some((hdr, vec![0; body_len], 0));
         }
     }
+}
+
+/// Who may connect to a vfio-user socket: its mode (default 0600, only the
+/// server's user) and, optionally, its owner (a hypervisor running as
+/// another user: `mode 0660` and its group, or its user).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketAccess {
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            mode: 0o600,
+            uid: None,
+            gid: None,
+        }
+    }
+}
+
+impl SocketAccess {
+    /// `sock-mode=OCTAL` (at most 0777).
+    pub fn set_mode(&mut self, value: &str) -> Result<(), String> {
+        self.mode = u32::from_str_radix(value.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("sock-mode must be an octal mode up to 0777, got '{value}'"))?;
+        Ok(())
+    }
+
+    /// `sock-owner=UID[:GID]` (numeric ids).
+    pub fn set_owner(&mut self, value: &str) -> Result<(), String> {
+        let bad = || format!("sock-owner must be UID or UID:GID (numbers), got '{value}'");
+        let (u, g) = match value.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (value, None),
+        };
+        self.uid = Some(u.parse().map_err(|_| bad())?);
+        self.gid = g.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+        Ok(())
+    }
+}
+
+/// Bind `path` with `access`: in a fresh directory next to it (mode 0700),
+/// chmod and chown there, then rename into place.
+fn bind_private(path: &Path, access: &SocketAccess) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+    let staged = tmp.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(access.mode))?;
+        if access.uid.is_some() || access.gid.is_some() {
+            std::os::unix::fs::chown(&staged, access.uid, access.gid)?;
+        }
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&tmp);
+    result
 }
 
 /// At most [`LogLimiter::BURST`] warnings a second per connection: a peer
