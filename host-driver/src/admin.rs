@@ -251,6 +251,15 @@ impl NvmeController {
                 f.keep_alive = v;
                 done(Status::SUCCESS)
             }
+            FeatureId::VOLATILE_WRITE_CACHE => {
+                let s = f.common.set(fid, v, vwc).unwrap_or(Status::INVALID_FIELD);
+                if s == Status::SUCCESS {
+                    // The runtime adds FUA to writes while it is off.
+                    let wc = f.common.write_cache_enabled();
+                    self.port.state(true, self.shadow, wc);
+                }
+                done(s)
+            }
             _ => done(f.common.set(fid, v, vwc).unwrap_or(Status::INVALID_FIELD)),
         }
     }
@@ -398,7 +407,8 @@ impl NvmeController {
             let _ = snap.store_u32_release(shadow.cq_head(qid), self.shared.doorbells.cq_head(qid));
         }
         self.shadow = Some(shadow);
-        self.port.state(true, Some(shadow));
+        let wc = self.features.common.write_cache_enabled();
+        self.port.state(true, Some(shadow), wc);
         Status::SUCCESS
     }
 }

@@ -219,7 +219,8 @@ impl NvmeController {
         self.adopt_namespaces(namespaces, &changed);
         self.port.set_attached(link.clone());
         let enabled = self.csts & csts::RDY != 0 && self.admin.is_some();
-        self.port.state(enabled, self.shadow);
+        let wc = self.features.common.write_cache_enabled();
+        self.port.state(enabled, self.shadow, wc);
         let snap = self.shared.domain.snapshot();
         for (info, fd) in snap.region_files() {
             self.port.map(&info, fd);

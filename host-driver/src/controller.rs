@@ -341,7 +341,8 @@ impl NvmeController {
             bad_cq_doorbell: false,
         });
         self.csts = csts::RDY;
-        self.port.state(true, None);
+        let wc = self.features.common.write_cache_enabled();
+        self.port.state(true, None, wc);
         tracing::info!(ctrl = %self.shared.name, page_size, asqs, acqs, "controller enabled");
     }
 
@@ -384,7 +385,8 @@ impl NvmeController {
         self.features = Features::default();
         self.shadow = None;
         self.port.reset();
-        self.port.state(false, None);
+        let wc = self.features.common.write_cache_enabled();
+        self.port.state(false, None, wc);
         self.shared.clear_events();
         self.shared.doorbells.clear();
         self.shared.irqs.clear_pending();

@@ -409,13 +409,15 @@ impl RuntimePort {
         }
     }
 
-    /// Controller state for the runtime: enabled, page size, shadow doorbells.
-    pub fn state(&mut self, enabled: bool, shadow: Option<Shadow>) {
+    /// Controller state for the runtime: enabled, page size, shadow
+    /// doorbells, volatile write cache.
+    pub fn state(&mut self, enabled: bool, shadow: Option<Shadow>, write_cache: bool) {
         let msg = ToRuntime::State {
             ctrl: self.name(),
             enabled,
             page_size: self.shared.page_size(),
             shadow,
+            write_cache,
         };
         self.tell("controller state", &msg, &[]);
     }

@@ -198,6 +198,7 @@ impl Controllers {
                 json!({
                     "name": s.name,
                     "attached": client.as_ref().is_some_and(|c| c.served().contains(&s.name)),
+                    "write_cache": client.as_ref().and_then(|c| c.write_cache(&s.name)),
                     "namespaces": s.namespaces.iter().map(|(n, b)| json!({"nsid": n, "backend": b.to_string()})).collect::<Vec<_>>(),
                 })
             })

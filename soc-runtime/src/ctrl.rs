@@ -90,6 +90,8 @@ pub struct CtrlCtx {
     /// Maximum data transfer size in bytes.
     pub mdts_bytes: u64,
     pub shadow: ShadowConfig,
+    /// Volatile Write Cache as the host set it: off, writes get FUA.
+    pub write_cache: AtomicBool,
     /// The runtime hit an error it cannot go on from (e.g. a queue's
     /// memory unmapped under it); cleared by a controller reset.
     pub fatal: AtomicBool,
@@ -124,6 +126,7 @@ impl CtrlCtx {
             page_size: AtomicU64::new(4096),
             mdts_bytes,
             shadow: ShadowConfig::default(),
+            write_cache: AtomicBool::new(true),
             fatal: AtomicBool::new(false),
             outbox,
             dropped_reports: AtomicU64::new(0),

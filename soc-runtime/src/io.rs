@@ -115,6 +115,18 @@ fn plan_inner(
     }
 }
 
+/// With the volatile write cache disabled (Set Features), a write must be
+/// durable when it completes: plain writes become FUA writes.
+pub fn write_through(plan: Plan) -> Plan {
+    match plan {
+        Plan::Single(op) if op.kind == IoKind::Write => Plan::Single(Op {
+            kind: IoKind::WriteFua,
+            ..op
+        }),
+        other => other,
+    }
+}
+
 /// Flush: a backend flush where completed writes may sit in a volatile
 /// cache, else nothing to do.
 pub fn flush_plan(ns: &NamespaceInfo) -> Plan {
@@ -181,5 +193,29 @@ pub fn backend_status(kind: IoKind, errno: i32) -> Status {
             IoKind::Read => Status::UNRECOVERED_READ_ERROR,
             _ => Status::WRITE_FAULT,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_through_makes_only_writes_fua() {
+        let op = |kind| Op {
+            kind,
+            offset: 4096,
+            len: 512,
+        };
+        let Plan::Single(o) = write_through(Plan::Single(op(IoKind::Write))) else {
+            panic!("not a single op");
+        };
+        assert_eq!((o.kind, o.offset, o.len), (IoKind::WriteFua, 4096, 512));
+        for k in [IoKind::Read, IoKind::WriteFua, IoKind::Flush] {
+            let Plan::Single(o) = write_through(Plan::Single(op(k))) else {
+                panic!("not a single op");
+            };
+            assert_eq!(o.kind, k);
+        }
     }
 }

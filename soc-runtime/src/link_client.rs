@@ -286,6 +286,14 @@ impl LinkClient {
             .map_err(|_| "the link is down".to_string())
     }
 
+    /// Whether the host left `ctrl`'s volatile write cache enabled (None if
+    /// `ctrl` is not served).
+    pub fn write_cache(&self, ctrl: &str) -> Option<bool> {
+        lock(&self.workers)
+            .get(ctrl)
+            .map(|w| w.ctx.write_cache.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// The NSIDs served for `ctrl`.
     pub fn nsids(&self, ctrl: &str) -> Vec<u32> {
         lock(&self.workers)
@@ -632,11 +640,16 @@ fn handle(
     };
     match msg {
         ToRuntime::State {
-            page_size, shadow, ..
+            page_size,
+            shadow,
+            write_cache,
+            ..
         } => {
             ctx.page_size
                 .store(page_size, std::sync::atomic::Ordering::Relaxed);
             ctx.shadow.set(shadow);
+            ctx.write_cache
+                .store(write_cache, std::sync::atomic::Ordering::Relaxed);
         }
         ToRuntime::Map { req, .. } => ack(req, map(&ctx, &msg, fds, windows)),
         ToRuntime::Unmap {

@@ -736,7 +736,10 @@ impl Poller {
             return;
         }
         self.iov.clear();
-        let plan = io::plan(&self.ctrls[c].snap, sqe, &ns.info, limits, &mut self.iov);
+        let mut plan = io::plan(&self.ctrls[c].snap, sqe, &ns.info, limits, &mut self.iov);
+        if !self.ctrls[c].ctx.write_cache.load(Ordering::Relaxed) {
+            plan = io::write_through(plan);
+        }
         match plan {
             Plan::Complete(status) => self.complete_slot(slot, status),
             Plan::Single(op) => {

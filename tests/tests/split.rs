@@ -462,3 +462,47 @@ fn all_in_one_stops_promptly() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guest turns its volatile write cache off (Set Features): the
+/// host-driver tells the runtime, which then writes through (FUA) until it
+/// is turned on again.
+#[test]
+fn the_guest_turning_the_write_cache_off_reaches_the_runtime() {
+    use leapio_host_driver::control::call;
+    use leapio_nvme::{AdminOpcode, Sqe};
+    use serde_json::json;
+    let host = SplitHost::start("vm0", 2, timeouts());
+    let ns = disk(&host);
+    let ctl = host.dir.join("socp-ctl.sock");
+    let ctl_arg = ctl.display().to_string();
+    let mut socp = host.spawn_socp(&ns, &["--control", &ctl_arg]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let mut d = leapio_tests::Driver::bring_up(&host.vfio, 16 << 20, 1, 64).unwrap();
+    let runtime_wc = || {
+        let st = call(&ctl, "status", json!({})).expect("socp status");
+        st["controllers"][0]["write_cache"].as_bool()
+    };
+    assert_eq!(runtime_wc(), Some(true), "enabled by default");
+    for on in [false, true] {
+        let c = d
+            .admin(Sqe {
+                opcode: AdminOpcode::SET_FEATURES,
+                cdw10: 0x06.into(),
+                cdw11: u32::from(on).into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(c.status_field().is_success(), "Set Features VWC {on}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runtime_wc() != Some(on) {
+            assert!(Instant::now() < deadline, "the runtime never saw VWC {on}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let data = vec![u8::from(on) + 1; 4096];
+        let c = d.write_blocks(1, 1, 64, 512, &data).unwrap();
+        assert!(c.status_field().is_success());
+        let (c, back) = d.read_blocks(1, 1, 64, 512, 4096).unwrap();
+        assert!(c.status_field().is_success() && back == data);
+    }
+    term(&mut socp, Duration::from_secs(15));
+}

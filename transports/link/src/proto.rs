@@ -172,6 +172,10 @@ pub enum ToRuntime {
         enabled: bool,
         page_size: u64,
         shadow: Option<Shadow>,
+        /// Volatile Write Cache enabled (Set Features); disabled, every
+        /// write completes only once durable.
+        #[serde(default = "enabled")]
+        write_cache: bool,
     },
     /// Guest memory `[gpa, gpa+size)`; with `fd`, one descriptor follows
     /// (mapped at `file_offset`), else the range is recorded, never
@@ -299,4 +303,10 @@ pub fn check_version(major: u16, minor: u16, software: &str, ours: &str) -> Resu
         ));
     }
     Ok(())
+}
+
+/// Serde default of [`ToRuntime::State`]'s `write_cache` (a host-driver of
+/// an earlier minor version does not send it).
+fn enabled() -> bool {
+    true
 }

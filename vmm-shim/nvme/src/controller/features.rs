@@ -56,8 +56,8 @@ pub struct CommonFeatures {
     power_state: u32,
     temp_threshold: u32,
     error_recovery: u32,
-    /// What the host set. Writes go through the backends' caches either
-    /// way; "enabled" keeps the host sending flushes.
+    /// What the host set: disabled, writes are made durable before they
+    /// complete (FUA); enabled, the host sends flushes.
     volatile_write_cache: bool,
     write_atomicity: u32,
     async_event_config: u32,
@@ -116,6 +116,12 @@ impl CommonFeatures {
             _ => return None,
         }
         Some(Status::SUCCESS)
+    }
+
+    /// Volatile Write Cache: whether the host left it enabled. Disabled,
+    /// every write must be durable when it completes.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.volatile_write_cache
     }
 
     /// Asynchronous Event Configuration: which events the host wants.
