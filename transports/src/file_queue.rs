@@ -301,12 +301,14 @@ impl FileQueue {
                 len: slot.remaining,
             },
             Op::Read | Op::Write { .. } => {
+                // At most UIO_MAXIOV per step: the rest continues as after
+                // a short transfer.
                 let iovs = &slot.iovs[slot.first..];
+                let iovs = &iovs[..iovs.len().min(crate::UIO_MAXIOV)];
                 Step::Rw {
                     write: slot.op != Op::Read,
                     fd,
                     iov: iovs.as_ptr(),
-                    // At most MAX_IOVECS (checked by `validate`).
                     count: u32::try_from(iovs.len()).unwrap_or(u32::MAX),
                     offset: slot.offset,
                     flags: rw_flags(slot.op),

@@ -59,8 +59,13 @@ pub use ram::RamBackend;
 pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
 pub use uring::keep_workers_off;
 
-/// Most iovecs one request may carry (the kernel's `UIO_MAXIOV`).
-pub const MAX_IOVECS: usize = 1024;
+/// Most iovecs one request may carry: the largest transfer (4 KiB << MDTS
+/// 10) starting mid-page touches 1025 pages, none of them adjacent at worst.
+pub const MAX_IOVECS: usize = 1025;
+
+/// Most iovecs one system call takes (the kernel's `UIO_MAXIOV`): a request
+/// with more is transferred in steps.
+pub const UIO_MAXIOV: usize = 1024;
 
 /// Smallest and largest block size a backend accepts (powers of two only).
 pub const MIN_BLOCK_SIZE: u32 = 512;

@@ -269,6 +269,47 @@ fn file_round_trip_aligned_buffers_go_direct() {
 }
 
 #[test]
+fn a_request_with_more_iovecs_than_a_syscall_takes_is_done_in_steps() {
+    // The largest NVMe transfer (4 MiB) starting mid-page, on pages that
+    // are not adjacent: 1025 iovecs, one more than preadv/pwritev take.
+    let n = MAX_IOVECS;
+    assert!(n > UIO_MAXIOV);
+    let f = temp_file(8 << 20);
+    let backend = FileBackend::open(f.path(), 512).unwrap();
+    let mut q = file_queue(&backend, 4);
+    let mut buf = Buf::new(2 * 4096 * n, 4096);
+    // Every other page, the first starting 512 bytes in and the last
+    // ending 512 bytes early: 4 MiB in all.
+    let parts: Vec<(usize, usize)> = (0..n)
+        .map(|i| match i {
+            0 => (512, 4096 - 512),
+            _ if i == n - 1 => (2 * 4096 * i, 512),
+            _ => (2 * 4096 * i, 4096),
+        })
+        .collect();
+    let len: usize = parts.iter().map(|p| p.1).sum();
+    assert_eq!(len, 4 << 20);
+    let data = pattern(len, 9);
+    let mut at = 0;
+    for &(start, l) in &parts {
+        buf.bytes_mut()[start..start + l].copy_from_slice(&data[at..at + l]);
+        at += l;
+    }
+    let iov = buf.iovs(&parts);
+    rw(&mut q, IoKind::Write, 1 << 20, &iov).unwrap();
+    assert_eq!(read_back(&mut q, 1 << 20, len), data);
+    // And read into the scattered pages again.
+    let mut back = Buf::new(2 * 4096 * n, 4096);
+    let iov = back.iovs(&parts);
+    rw(&mut q, IoKind::Read, 1 << 20, &iov).unwrap();
+    let mut got = Vec::with_capacity(len);
+    for &(start, l) in &parts {
+        got.extend_from_slice(&back.bytes()[start..start + l]);
+    }
+    assert!(got == data, "scattered read-back differs");
+}
+
+#[test]
 fn fua_write_is_visible_through_another_fd() {
     let f = temp_file(1 << 20);
     let backend = FileBackend::open(f.path(), 512).unwrap();

@@ -644,7 +644,7 @@ impl NvmeTcpQueue {
                         iov_len: n,
                     });
                 });
-                let cnt = i32::try_from(self.scratch.len().min(1024)).unwrap_or(1024);
+                let cnt = i32::try_from(self.scratch.len().min(crate::UIO_MAXIOV)).unwrap_or(1024);
                 // SAFETY: the iovecs are pieces of the request's buffers, valid
                 // and writable until its completion (submit contract), and the
                 // count matches the array.
