@@ -12,6 +12,7 @@ pub mod mem;
 pub mod server;
 pub mod soc;
 pub mod split;
+pub mod tcp_proxy;
 pub mod vfio_user_client;
 
 pub use driver::{Driver, DriverError, QueuePair};

@@ -1,7 +1,8 @@
 //! The NVMe/TCP host backend (`nvme-tcp:...`) against socp's NVMe/TCP target
 //! on 127.0.0.1: geometry, data integrity with and without digests, flush,
 //! write zeroes, deallocate, a target that restarts mid-I/O, a target that
-//! never comes back, and a socp controller whose namespace is remote.
+//! never comes back, a hostile target (repeated R2Ts, commands accepted and
+//! never answered), and a socp controller whose namespace is remote.
 
 // Test data patterns deliberately wrap byte values.
 #![allow(clippy::cast_possible_truncation)]
@@ -444,4 +445,74 @@ fn socp_controller_with_a_remote_namespace() {
         Driver::check("read", &c).unwrap();
         assert!(back == data, "mismatch at slba {slba} (+{len})");
     }
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn a_target_repeating_r2ts_costs_its_connection_not_memory() {
+    use leapio_tests::tcp_proxy::{Misbehave, TcpProxy, R2T_REPEATS};
+    let tgt = Target::start(0, "ram:8M");
+    let proxy = TcpProxy::start(tgt.port);
+    let b = open_backend(&host_spec(proxy.port, "?retry=1500")).unwrap();
+    let mut h = Host::new(&b, 8);
+    let mut d = pattern(3, 128 << 10);
+    assert_eq!(
+        h.io(IoKind::Write, 0, &mut d),
+        Ok(()),
+        "a clean write first"
+    );
+    proxy.misbehave(Misbehave::RepeatR2t);
+    let before = rss();
+    let t0 = Instant::now();
+    // Every R2T comes R2T_REPEATS + 1 times: answering each would queue
+    // 128 KiB x 2001 = 250 MiB of H2CData per write.
+    let r = h.io(IoKind::Write, 1 << 20, &mut d);
+    let grew = rss().saturating_sub(before);
+    assert_eq!(r, Err(libc::ETIMEDOUT), "the write cannot succeed");
+    assert!(
+        grew < 32 << 20,
+        "resident memory grew by {} MiB with {R2T_REPEATS} repeated R2Ts",
+        grew >> 20
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    // Back to normal: the queue serves again.
+    proxy.misbehave(Misbehave::Nothing);
+    let mut back = vec![0u8; 128 << 10];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.io(IoKind::Read, 0, &mut back) != Ok(()) {
+        assert!(Instant::now() < deadline, "the queue never recovered");
+    }
+    assert!(back == d);
+}
+
+#[test]
+fn a_target_that_accepts_commands_and_never_answers_fails_them_in_time() {
+    use leapio_tests::tcp_proxy::{Misbehave, TcpProxy};
+    let tgt = Target::start(0, "ram:8M");
+    let proxy = TcpProxy::start(tgt.port);
+    // The connection is declared stalled after 5 s without a byte (kato
+    // 5000, the shortest), then re-made; retry 1 s.
+    let b = open_backend(&host_spec(proxy.port, "?retry=1000&kato=5000")).unwrap();
+    let mut h = Host::new(&b, 8);
+    let mut d = pattern(4, 4096);
+    assert_eq!(h.io(IoKind::Write, 0, &mut d), Ok(()));
+    proxy.misbehave(Misbehave::Swallow);
+    let t0 = Instant::now();
+    h.submit(7, IoKind::Read, 0, &mut d);
+    // Reconnections succeed (the proxy accepts and the Connect goes
+    // through), re-sends vanish: the command must still fail once its
+    // retry deadline has passed, at the first stall after it.
+    let r = h.wait(&[7], Duration::from_secs(40));
+    assert_eq!(r, vec![Err(libc::ETIMEDOUT)]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "failed after {:?}",
+        t0.elapsed()
+    );
 }

@@ -132,8 +132,15 @@ struct Cmd {
     iov: Iovs,
     /// Sent on the current connection.
     sent: bool,
-    /// Waiting for a connection since (deadline start).
+    /// Unanswered since the first connection it was sent on was lost (or
+    /// since it was submitted without a connection): the `retry` deadline
+    /// runs from there, across reconnections and re-sends, so a target that
+    /// accepts connections and never answers still fails the command.
     waiting_since: Option<Instant>,
+    /// Bytes of this write the target asked for with R2Ts on the current
+    /// connection: never more than the write, so a target repeating R2Ts
+    /// cannot grow the send buffer.
+    solicited: u32,
     /// C2H bytes received so far (in order).
     received: u32,
     bad_digest: bool,
@@ -260,8 +267,8 @@ impl NvmeTcpQueue {
             return;
         };
         c.sent = true;
-        c.waiting_since = None;
         c.received = 0;
+        c.solicited = 0;
         c.bad_digest = false;
         let mut sqe = Sqe {
             cid: cid.into(),
@@ -359,6 +366,18 @@ impl NvmeTcpQueue {
                 c.len
             )));
         }
+        // R2Ts solicit a write's data in increasing order, each byte once
+        // (as Linux's host checks too).
+        if off < c.solicited {
+            return Err(NvmeTcpError::Protocol(format!(
+                "R2T for command {cid} at offset {off}, below the {} bytes already solicited (a repeated R2T)",
+                c.solicited
+            )));
+        }
+        let Some(c) = self.cmds.get_mut(usize::from(cid)).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        c.solicited = off + len;
         let dg = conn.neg.digests;
         let max = conn.neg.maxh2cdata.max(4096);
         let mut o = off;
@@ -986,6 +1005,7 @@ impl BackendQueue for NvmeTcpQueue {
             iov: Iovs(req.iov.to_vec()),
             sent: false,
             waiting_since: if up { None } else { Some(Instant::now()) },
+            solicited: 0,
             received: 0,
             bad_digest: false,
             retries: 0,
