@@ -368,7 +368,7 @@ pub(crate) fn validate(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), Su
     }
     if req.kind.has_data() {
         if req.iov.len() > MAX_IOVECS {
-            return Err(SubmitError::Invalid("more than 1024 iovecs"));
+            return Err(SubmitError::Invalid("more than MAX_IOVECS (1025) iovecs"));
         }
         let mut total: u64 = 0;
         for v in req.iov {

@@ -324,30 +324,10 @@ fn bring_up(spec: &NvmeTcpSpec, hostid: [u8; 16]) -> Result<(SyncConn, u16, Info
     let idn = identify(&mut c, Cns::NAMESPACE, spec.nsid)?;
     let idn = IdentifyNamespace::read_from_bytes(&idn[..])
         .map_err(|_| NvmeTcpError::Protocol("short Identify Namespace".into()))?;
-    let nsze = idn.nsze.get();
-    if nsze == 0 {
-        return Err(NvmeTcpError::Unusable(format!(
-            "namespace {} is not active",
-            spec.nsid
-        )));
-    }
-    let fmt = usize::from(idn.flbas & 0xf) | (usize::from(idn.flbas >> 5 & 0x3) << 4);
-    let lbaf = idn
-        .lbaf
-        .get(fmt)
-        .ok_or_else(|| NvmeTcpError::Unusable(format!("LBA format {fmt} out of range")))?;
-    if lbaf.ms.get() != 0 {
-        return Err(NvmeTcpError::Unusable(
-            "namespaces with metadata are not supported".into(),
-        ));
-    }
-    let block_size = 1u32.checked_shl(u32::from(lbaf.lbads)).unwrap_or(0);
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(NvmeTcpError::Unusable(format!(
-            "LBA data size 2^{} is not supported",
-            lbaf.lbads
-        )));
-    }
+    let Geometry {
+        block_size,
+        num_blocks: nsze,
+    } = namespace_geometry(&idn, spec.nsid)?;
     let fab = IdentifyFabrics::read_from_bytes(&idc.fabrics[..])
         .map_err(|_| NvmeTcpError::Protocol("Identify fabrics area".into()))?;
     let in_capsule = if fab.icdoff.get() == 0 {
@@ -422,4 +402,74 @@ fn host_id(hostnqn: &str) -> [u8; 16] {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The geometry a target's Identify Namespace describes, if this backend can
+/// serve it; nothing in it is trusted.
+fn namespace_geometry(idn: &IdentifyNamespace, nsid: u32) -> Result<Geometry, NvmeTcpError> {
+    let nsze = idn.nsze.get();
+    if nsze == 0 {
+        return Err(NvmeTcpError::Unusable(format!(
+            "namespace {} is not active",
+            nsid
+        )));
+    }
+    let fmt = usize::from(idn.flbas & 0xf) | (usize::from(idn.flbas >> 5 & 0x3) << 4);
+    let lbaf = idn
+        .lbaf
+        .get(fmt)
+        .ok_or_else(|| NvmeTcpError::Unusable(format!("LBA format {fmt} out of range")))?;
+    if lbaf.ms.get() != 0 {
+        return Err(NvmeTcpError::Unusable(
+            "namespaces with metadata are not supported".into(),
+        ));
+    }
+    let block_size = 1u32.checked_shl(u32::from(lbaf.lbads)).unwrap_or(0);
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return Err(NvmeTcpError::Unusable(format!(
+            "LBA data size 2^{} is not supported",
+            lbaf.lbads
+        )));
+    }
+    // A target's word is not trusted: the byte size must fit in 64 bits
+    // (offsets are computed as LBA x block size).
+    if nsze.checked_mul(u64::from(block_size)).is_none() {
+        return Err(NvmeTcpError::Unusable(format!(
+            "namespace {}: {nsze} blocks of {block_size} bytes is more than 2^64 bytes",
+            nsid
+        )));
+    }
+    Ok(Geometry {
+        block_size,
+        num_blocks: nsze,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromZeros;
+
+    fn idn(nsze: u64, lbads: u8) -> IdentifyNamespace {
+        let mut n = IdentifyNamespace::new_zeroed();
+        n.nsze = nsze.into();
+        n.lbaf[0].lbads = lbads;
+        n
+    }
+
+    #[test]
+    fn a_targets_namespace_geometry_is_checked() {
+        let g = namespace_geometry(&idn(2048, 12), 1).unwrap();
+        assert_eq!((g.block_size, g.num_blocks), (4096, 2048));
+        for (n, why) in [
+            (idn(0, 9), "not active"),
+            (idn(1 << 60, 12), "more than 2^64 bytes"),
+            (idn(u64::MAX, 9), "more than 2^64 bytes"),
+            (idn(8, 8), "LBA data size 2^8"),
+            (idn(8, 40), "LBA data size 2^40"),
+        ] {
+            let e = namespace_geometry(&n, 3).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
 }
