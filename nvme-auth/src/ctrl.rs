@@ -119,6 +119,14 @@ impl CtrlAuth {
         self.why.as_deref()
     }
 
+    /// End authentication on this queue for good (e.g. the transport could
+    /// not deliver a message).
+    pub fn abort(&mut self, why: &str) {
+        self.authenticated = false;
+        self.why = Some(why.to_string());
+        self.state = State::Failed;
+    }
+
     fn fail(&mut self, tid: u16, code: FailureCode, why: impl std::fmt::Display) {
         self.authenticated = false;
         self.why = Some(format!("{why} ({code})"));
