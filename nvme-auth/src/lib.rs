@@ -27,7 +27,7 @@ pub use dh::DhGroup;
 pub use hash::HashId;
 pub use host::HostTransaction;
 pub use msg::FailureCode;
-pub use secret::{Secret, SecretError};
+pub use secret::{redact, Secret, SecretError};
 
 /// The secrets of one host-controller pair.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -136,7 +136,7 @@ impl FromStr for Secret {
         let rest = s.strip_prefix(PREFIX).ok_or(SecretError::Prefix)?;
         let (xx, b64) = rest
             .split_once(':')
-            .ok_or_else(|| SecretError::Transform(rest.to_string()))?;
+            .ok_or_else(|| SecretError::Transform(rest.chars().take(2).collect()))?;
         let transform = match xx {
             "00" => None,
             _ => Some(
@@ -144,7 +144,7 @@ impl FromStr for Secret {
                     .ok()
                     .filter(|_| xx.len() == 2)
                     .and_then(HashId::from_id)
-                    .ok_or_else(|| SecretError::Transform(xx.to_string()))?,
+                    .ok_or_else(|| SecretError::Transform(xx.chars().take(8).collect()))?,
             ),
         };
         // The trailing ':' is part of the format; Linux accepts it missing.
@@ -165,6 +165,24 @@ impl FromStr for Secret {
         }
         Secret::new(key, transform)
     }
+}
+
+/// `text` with the key of every DHHC-1 secret in it replaced by "...", for
+/// error messages that quote what an operator typed.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(PREFIX) {
+        // keep "DHHC-1:XX:", drop the base64 key up to the next ':' or ','
+        let head = (i + PREFIX.len() + 3).min(rest.len());
+        out.push_str(&rest[..head]);
+        let tail = &rest[head..];
+        let end = tail.find([':', ',', '&']).unwrap_or(tail.len());
+        out.push_str("...");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -193,6 +211,16 @@ mod tests {
         let t: Secret = KEY32_01.trim_end_matches(':').parse().unwrap();
         assert_eq!(t, s);
         assert!(!format!("{s:?}").contains("AAEC"), "Debug shows no key");
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact(&format!("allow=nqn.a:h:{KEY32_00}:{KEY32_01},x=1")),
+            "allow=nqn.a:h:DHHC-1:00:...::DHHC-1:01:...:,x=1"
+        );
+        assert_eq!(redact("nothing here"), "nothing here");
+        assert_eq!(redact("DHHC-1:0"), "DHHC-1:0...");
     }
 
     #[test]
@@ -227,7 +255,7 @@ mod tests {
             ("secret", SecretError::Prefix),
             ("DHHC-1:04:AAAA:", SecretError::Transform("04".into())),
             ("DHHC-1:1:AAAA:", SecretError::Transform("1".into())),
-            ("DHHC-1:AAAA", SecretError::Transform("AAAA".into())),
+            ("DHHC-1:AAAA", SecretError::Transform("AA".into())),
             ("DHHC-1:00:AAAA:", SecretError::Length(3)),
         ] {
             assert_eq!(text.parse::<Secret>().unwrap_err(), want, "{text}");

@@ -50,7 +50,7 @@ impl FromStr for CtrlSpec {
     /// `[name=NAME,][sock=PATH,]ns=BACKEND[,bs=N][,ns=BACKEND...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]`
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| ConfigError::Invalid {
-            spec: s.to_string(),
+            spec: leapio_nvme_auth::redact(s),
             why,
         };
         let mut sock = None;

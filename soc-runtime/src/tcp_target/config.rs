@@ -120,7 +120,7 @@ impl FromStr for TcpTargetSpec {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| TcpConfigError::Invalid {
-            spec: s.to_string(),
+            spec: leapio_nvme_auth::redact(s),
             why,
         };
         let mut listen = None;
