@@ -60,7 +60,7 @@ impl FromStr for CtrlSpec {
     /// serial, sock-mode, sock-owner)
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| ConfigError::Invalid {
-            spec: s.to_string(),
+            spec: leapio_nvme_auth::redact(s),
             why,
         };
         let mut sock = None;

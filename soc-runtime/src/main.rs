@@ -65,11 +65,16 @@ struct Args {
     #[arg(long, value_name = "unix:PATH|pci[:ADDRESS]")]
     link: Option<LinkAddr>,
 
-    /// Export namespaces over NVMe/TCP: listen=IP:PORT,nqn=NQN,ns=BACKEND[,bs=N][,ns=...][,allow=HOSTNQN...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    /// Export namespaces over NVMe/TCP: listen=IP:PORT,nqn=NQN,ns=BACKEND[,bs=N][,ns=...][,allow=HOSTNQN[:SECRET[:CTRLSECRET]]...][,dhchap-hashes=H:H..][,dhchap-dhgroups=G:G..][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
     ///
     /// Linux hosts attach with `nvme connect -t tcp -a IP -s PORT -n NQN`;
     /// `nvme discover` works against the same address. Without allow= any
-    /// host may connect.
+    /// host may connect. A host given a DH-HMAC-CHAP SECRET (DHHC-1:XX:...:,
+    /// as `nvme gen-dhchap-key` prints) must authenticate each queue
+    /// (`nvme connect --dhchap-secret`); CTRLSECRET lets it authenticate
+    /// the controller too (`--dhchap-ctrl-secret`). Hashes: sha256 sha384
+    /// sha512; DH groups: ffdhe2048 ffdhe3072 ffdhe4096 null (the default
+    /// order).
     #[arg(long = "tcp-target", value_name = "SPEC", verbatim_doc_comment)]
     tcp_targets: Vec<TcpTargetSpec>,
 

@@ -1,9 +1,86 @@
-//! `--tcp-target listen=ADDR,nqn=NQN,ns=BACKEND[,bs=N]...[,allow=HOSTNQN...]`.
+//! `--tcp-target listen=ADDR,nqn=NQN,ns=BACKEND[,bs=N]...[,allow=HOSTNQN[:SECRET[:CTRLSECRET]]...]`.
+//!
+//! SECRET and CTRLSECRET are DH-HMAC-CHAP secrets (`DHHC-1:XX:BASE64:`):
+//! a host with a secret must authenticate every queue before it may use
+//! it; with CTRLSECRET the controller can prove itself to the host.
+//! `dhchap-hashes=` and `dhchap-dhgroups=` (colon-separated, in order of
+//! preference) say what the target accepts.
 
+use leapio_nvme_auth::{DhGroup, HashId, Policy, Secret, Secrets};
 use leapio_transports::BackendSpec;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A host on the allow list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedHost {
+    pub nqn: String,
+    /// DH-HMAC-CHAP secrets: the host must authenticate.
+    pub secrets: Option<Arc<Secrets>>,
+}
+
+impl AllowedHost {
+    /// `HOSTNQN[:DHHC-1:..:[:DHHC-1:..:]]`.
+    fn parse(value: &str) -> Result<AllowedHost, String> {
+        let (nqn, secrets) = match value.find(":DHHC-1:") {
+            None => (value, None),
+            Some(i) => (&value[..i], Some(parse_secrets(&value[i + 1..])?)),
+        };
+        if !valid_nqn(nqn) {
+            return Err(format!("allow='{nqn}' is not a host NQN"));
+        }
+        Ok(AllowedHost {
+            nqn: nqn.to_string(),
+            secrets: secrets.map(Arc::new),
+        })
+    }
+}
+
+/// `DHHC-1:..:[:DHHC-1:..:]`: the host secret and the controller secret.
+fn parse_secrets(s: &str) -> Result<Secrets, String> {
+    let starts: Vec<usize> = s.match_indices("DHHC-1:").map(|(i, _)| i).collect();
+    let piece = |k: usize| {
+        let end = starts.get(k + 1).copied().unwrap_or(s.len());
+        let text = &s[starts[k]..end];
+        // "SECRET:" followed by ":CTRLSECRET" leaves a second colon
+        let text = text
+            .strip_suffix(':')
+            .filter(|t| t.ends_with(':'))
+            .unwrap_or(text);
+        text.parse::<Secret>()
+    };
+    match starts.len() {
+        1 => Ok(Secrets {
+            host: piece(0).map_err(|e| format!("host secret: {e}"))?,
+            ctrl: None,
+        }),
+        2 => Ok(Secrets {
+            host: piece(0).map_err(|e| format!("host secret: {e}"))?,
+            ctrl: Some(piece(1).map_err(|e| format!("controller secret: {e}"))?),
+        }),
+        n => Err(format!(
+            "{n} secrets after the host NQN; expected HOSTNQN:SECRET or HOSTNQN:SECRET:CTRLSECRET"
+        )),
+    }
+}
+
+fn parse_list<T>(
+    key: &str,
+    value: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    all: &str,
+) -> Result<Vec<T>, String> {
+    let v: Vec<T> = value
+        .split(':')
+        .map(|n| parse(n).ok_or_else(|| format!("{key}: unknown '{n}' (known: {all})")))
+        .collect::<Result<_, _>>()?;
+    if v.is_empty() {
+        return Err(format!("{key} is empty"));
+    }
+    Ok(v)
+}
 
 /// One `--tcp-target` argument: a listener and the subsystem it exports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,8 +88,10 @@ pub struct TcpTargetSpec {
     pub listen: SocketAddr,
     pub nqn: String,
     pub namespaces: Vec<BackendSpec>,
-    /// Host NQNs allowed to connect; empty means any host.
-    pub allow: Vec<String>,
+    /// Hosts allowed to connect; empty means any host.
+    pub allow: Vec<AllowedHost>,
+    /// Hash functions and DH groups accepted for DH-HMAC-CHAP.
+    pub dhchap: Policy,
     /// I/O queues per controller.
     pub io_queues: u16,
     /// Entries per queue (CAP.MQES + 1).
@@ -41,13 +120,14 @@ impl FromStr for TcpTargetSpec {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| TcpConfigError::Invalid {
-            spec: s.to_string(),
+            spec: leapio_nvme_auth::redact(s),
             why,
         };
         let mut listen = None;
         let mut nqn = None;
         let mut namespaces = Vec::new();
         let mut allow = Vec::new();
+        let mut dhchap = Policy::default();
         let mut io_queues = 8u16;
         let mut queue_entries = 128u32;
         let mut mdts = 5u8;
@@ -93,11 +173,19 @@ impl FromStr for TcpTargetSpec {
                         *last = spec;
                     }
                 }
-                "allow" => {
-                    if !valid_nqn(value) {
-                        return Err(bad(format!("allow='{value}' is not a host NQN")));
-                    }
-                    allow.push(value.to_string());
+                "allow" => allow.push(AllowedHost::parse(value).map_err(bad)?),
+                "dhchap-hashes" => {
+                    dhchap.hashes = parse_list(key, value, HashId::from_name, "sha256, sha384, sha512")
+                        .map_err(bad)?
+                }
+                "dhchap-dhgroups" => {
+                    dhchap.groups = parse_list(
+                        key,
+                        value,
+                        DhGroup::from_name,
+                        "null, ffdhe2048, ffdhe3072, ffdhe4096",
+                    )
+                    .map_err(bad)?
                 }
                 "io-queues" => {
                     io_queues = value
@@ -136,7 +224,7 @@ impl FromStr for TcpTargetSpec {
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown key '{other}' (expected listen, nqn, ns, bs, allow, io-queues, queue-entries, mdts, serial, icreq-timeout-ms)"
+                        "unknown key '{other}' (expected listen, nqn, ns, bs, allow, dhchap-hashes, dhchap-dhgroups, io-queues, queue-entries, mdts, serial, icreq-timeout-ms)"
                     )))
                 }
             }
@@ -151,6 +239,7 @@ impl FromStr for TcpTargetSpec {
             nqn,
             namespaces,
             allow,
+            dhchap,
             io_queues,
             queue_entries,
             mdts,
@@ -180,8 +269,47 @@ mod tests {
             }
         );
         assert_eq!(t.allow.len(), 2);
+        assert_eq!(t.allow[1].nqn, "nqn.x:h2");
+        assert!(t.allow[1].secrets.is_none());
         let t: TcpTargetSpec = "listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M".parse().unwrap();
         assert!(t.allow.is_empty());
+        assert_eq!(t.dhchap, Policy::default());
+    }
+
+    const S1: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+    const S2: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+
+    #[test]
+    fn parses_dhchap_secrets() {
+        let host = "nqn.2014-08.org.nvmexpress:uuid:6c656170-696f-0000-0000-000000000001";
+        for (allow, bidi) in [
+            (format!("{host}:{S1}"), false),
+            (format!("{host}:{S1}:{S2}"), true),
+            (
+                format!(
+                    "{host}:{}:{}",
+                    S1.trim_end_matches(':'),
+                    S2.trim_end_matches(':')
+                ),
+                true,
+            ),
+        ] {
+            let t: TcpTargetSpec =
+                format!("listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,allow={allow},allow=nqn.x:plain,dhchap-hashes=sha384:sha256,dhchap-dhgroups=null")
+                    .parse()
+                    .unwrap();
+            assert_eq!(t.allow[0].nqn, host, "{allow}");
+            let s = t.allow[0].secrets.as_ref().unwrap();
+            assert_eq!(s.host, S1.parse().unwrap());
+            assert_eq!(s.ctrl.is_some(), bidi, "{allow}");
+            if bidi {
+                assert_eq!(s.ctrl, Some(S2.parse().unwrap()));
+            }
+            assert!(t.allow[1].secrets.is_none());
+            assert_eq!(t.dhchap.hashes, [HashId::Sha384, HashId::Sha256]);
+            assert_eq!(t.dhchap.groups, [DhGroup::Null]);
+            assert!(!format!("{t:?}").contains("AAEC"), "Debug shows no secret");
+        }
     }
 
     #[test]
@@ -202,6 +330,26 @@ mod tests {
             (
                 "listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,colour=red",
                 "unknown key",
+            ),
+            (
+                "listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,allow=nqn.a:h:DHHC-1:00:AAAA:",
+                "host secret: the key decodes to 3 bytes",
+            ),
+            (
+                "listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,allow=nqn.a:h:DHHC-1:07:AAAA:",
+                "unknown hash transformation '07'",
+            ),
+            (
+                "listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,allow=nqn.a:h:DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaS:",
+                "CRC-32 mismatch",
+            ),
+            (
+                "listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,dhchap-hashes=md5",
+                "dhchap-hashes: unknown 'md5'",
+            ),
+            (
+                "listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,dhchap-dhgroups=ffdhe2048:modp",
+                "dhchap-dhgroups: unknown 'modp'",
             ),
         ] {
             let e = s.parse::<TcpTargetSpec>().unwrap_err().to_string();

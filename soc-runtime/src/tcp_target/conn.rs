@@ -7,14 +7,16 @@ use super::io_cmd::{self, Xfer};
 use super::poller::{Iov, OpOutcome, PendingOp, Poller};
 use crate::io::{Op, Plan};
 use leapio_nvme::fabrics::{
-    connect_data_off, connect_invalid_dw0, connect_off, ConnectCmd, ConnectData, FabricsStatus,
-    FcType, PropertyCmd, DISCOVERY_NQN, FABRICS_OPCODE,
+    connect_data_off, connect_invalid_dw0, connect_off, AuthCmd, ConnectCmd, ConnectData,
+    FabricsStatus, FcType, PropertyCmd, CONNECT_AUTHREQ_ATR, DISCOVERY_NQN, FABRICS_OPCODE,
 };
 use leapio_nvme::tcp::{
     data_off, icreq_off, layout, seal, write_pdu, DataHdr, Digests, Fes, IcReq, IcResp, Layout,
     ParserConfig, Pdu, PduError, PduFlags, PduHeader, PduParser, PduType, R2t, Role, TermReq,
 };
 use leapio_nvme::{Cqe, Sqe, Status};
+use leapio_nvme_auth::msg::{SECP_DHCHAP, SPSP_DHCHAP};
+use leapio_nvme_auth::CtrlAuth;
 use leapio_transports::IoKind;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -25,6 +27,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// How long a connection being terminated may take to flush its TermReq.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a queue that must authenticate may take to do so.
+pub(super) const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -101,6 +105,10 @@ pub(super) struct Conn {
     pub cmds: Vec<Option<Cmd>>,
     pub admin: Option<AdminState>,
     pub last_keep_alive: Instant,
+    /// DH-HMAC-CHAP state of a queue that must authenticate.
+    pub auth: Option<CtrlAuth>,
+    /// When an unauthenticated queue is closed.
+    pub auth_deadline: Instant,
 }
 
 impl Conn {
@@ -128,6 +136,22 @@ impl Conn {
             cmds: Vec::new(),
             admin: None,
             last_keep_alive: Instant::now(),
+            auth: None,
+            auth_deadline: Instant::now(),
+        }
+    }
+
+    /// The queue may carry commands other than AUTH_Send/AUTH_Recv.
+    pub fn authenticated(&self) -> bool {
+        self.auth.as_ref().is_none_or(CtrlAuth::authenticated)
+    }
+
+    /// Answer what is queued, then close.
+    fn close_after_flush(&mut self) {
+        if !self.closing() {
+            self.phase = Phase::Closing {
+                deadline: Instant::now() + CLOSE_LINGER,
+            };
         }
     }
 
@@ -422,6 +446,24 @@ impl Poller {
             conn.respond(cid, s, 0);
             return;
         }
+        let fctype = sqe.as_bytes()[4];
+        let auth_cmd =
+            sqe.opcode == FABRICS_OPCODE && matches!(fctype, FcType::AUTH_SEND | FcType::AUTH_RECV);
+        if auth_cmd {
+            let xfer_len = cmd.xfer.c2h_len();
+            let data = conn.cmds[idx]
+                .take()
+                .map(Cmd::into_buffer)
+                .unwrap_or_default();
+            self.auth_command(conn, &sqe, &data, xfer_len);
+            return;
+        }
+        if !conn.authenticated() {
+            // An unauthenticated queue gets nothing else.
+            conn.cmds[idx] = None;
+            conn.respond(cid, FabricsStatus::AUTH_REQUIRED, 0);
+            return;
+        }
         if sqe.opcode == FABRICS_OPCODE {
             let (status, value) = self.fabrics(conn, idx);
             conn.cmds[idx] = None;
@@ -634,9 +676,14 @@ impl Poller {
         }
         let qid = c.qid.get();
         let ctrl = if qid == 0 {
+            let secrets = if discovery {
+                None
+            } else {
+                self.sub.host_secrets(hostnqn)
+            };
             let Some(ctrl) =
                 self.sub
-                    .create_controller(discovery, hostnqn, data.hostid, c.kato.get())
+                    .create_controller(discovery, hostnqn, data.hostid, c.kato.get(), secrets)
             else {
                 return (FabricsStatus::CONNECT_CONTROLLER_BUSY, 0);
             };
@@ -668,6 +715,18 @@ impl Poller {
             ctrl
         };
         let cntlid = ctrl.cntlid;
+        let mut dw0 = u32::from(cntlid);
+        if let Some(secrets) = &ctrl.secrets {
+            // Every queue authenticates before it carries anything else.
+            conn.auth = Some(CtrlAuth::new(
+                secrets.clone(),
+                hostnqn,
+                &self.sub.nqn,
+                self.sub.dhchap.clone(),
+            ));
+            conn.auth_deadline = Instant::now() + AUTH_TIMEOUT;
+            dw0 |= CONNECT_AUTHREQ_ATR;
+        }
         conn.bind = Some(Binding {
             qid,
             epoch: ctrl.epoch.load(Ordering::Acquire),
@@ -675,7 +734,70 @@ impl Poller {
             entries,
         });
         conn.sqhd %= entries;
-        (Status::SUCCESS, u32::from(cntlid))
+        (Status::SUCCESS, dw0)
+    }
+
+    /// AUTH_Send (`data` is the message) or AUTH_Recv (`xfer_len` is the
+    /// host's buffer).
+    fn auth_command(&mut self, conn: &mut Conn, sqe: &Sqe, data: &[u8], xfer_len: u32) {
+        let cid = sqe.cid.get();
+        let Ok(a) = AuthCmd::read_from_bytes(sqe.as_bytes()) else {
+            conn.respond(cid, Status::INTERNAL_ERROR, 0);
+            return;
+        };
+        if a.secp != SECP_DHCHAP || a.spsp0 != SPSP_DHCHAP || a.spsp1 != SPSP_DHCHAP {
+            conn.respond(cid, Status::INVALID_FIELD, 0);
+            return;
+        }
+        let len = a.len.get();
+        let qid = conn.qid();
+        let Some(auth) = conn.auth.as_mut() else {
+            // No secret for this host (or not connected): nothing to
+            // authenticate against.
+            conn.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+            return;
+        };
+        let was = auth.authenticated();
+        let mut reply = Vec::new();
+        let mut status = Status::SUCCESS;
+        if a.fctype == FcType::AUTH_SEND {
+            if len == 0 || usize::try_from(len).ok() != Some(data.len()) {
+                status = Status::INVALID_FIELD;
+            } else {
+                auth.send(data);
+            }
+        } else if len == 0 || len > xfer_len {
+            status = Status::INVALID_FIELD;
+        } else {
+            reply = auth.recv();
+            let al = usize::try_from(len).unwrap_or(usize::MAX);
+            if reply.len() > al {
+                // The host's buffer cannot take the message: the transaction
+                // cannot go on.
+                tracing::warn!(peer = %conn.peer, qid, al, need = reply.len(), "AUTH_Recv buffer too small");
+                status = Status::INVALID_FIELD;
+                reply.clear();
+                auth.abort("the AUTH_Recv buffer is too small for the message");
+            } else {
+                // The whole allocation length, zero-padded, as Linux's target.
+                reply.resize(al, 0);
+            }
+        }
+        let (now, close) = (auth.authenticated(), auth.must_close());
+        if close {
+            tracing::warn!(
+                peer = %conn.peer, qid,
+                reason = auth.failure_reason().unwrap_or("unknown"),
+                "DH-HMAC-CHAP authentication failed: closing the queue"
+            );
+        } else if now && !was {
+            tracing::info!(peer = %conn.peer, qid, "queue authenticated (DH-HMAC-CHAP)");
+        }
+        conn.send_data(cid, &reply);
+        conn.respond(cid, status, 0);
+        if close {
+            conn.close_after_flush();
+        }
     }
 }
 

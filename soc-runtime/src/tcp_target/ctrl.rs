@@ -1,8 +1,9 @@
 //! The exported subsystem and its controllers (shared by all pollers).
 
-use super::config::TcpTargetSpec;
+use super::config::{AllowedHost, TcpTargetSpec};
 use leapio_nvme::controller::NamespaceInfo;
 use leapio_nvme::regs::csts;
+use leapio_nvme_auth::{Policy, Secrets};
 use leapio_transports::Backend;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -37,7 +38,9 @@ pub struct Subsystem {
     pub listen: SocketAddr,
     pub namespaces: Vec<NamespaceInfo>,
     pub backends: Vec<Arc<dyn Backend>>,
-    pub allow: Vec<String>,
+    pub allow: Vec<AllowedHost>,
+    /// What DH-HMAC-CHAP accepts.
+    pub dhchap: Arc<Policy>,
     pub limits: Limits,
     ctrls: Mutex<Ctrls>,
     /// Connections open, on all pollers.
@@ -67,6 +70,7 @@ impl Subsystem {
             namespaces,
             backends,
             allow: spec.allow.clone(),
+            dhchap: Arc::new(spec.dhchap.clone()),
             limits: Limits {
                 queue_entries: spec.queue_entries,
                 max_io_queues: spec.io_queues,
@@ -89,7 +93,15 @@ impl Subsystem {
     }
 
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.allow.is_empty() || self.allow.iter().any(|a| a == hostnqn)
+        self.allow.is_empty() || self.allow.iter().any(|a| a.nqn == hostnqn)
+    }
+
+    /// The DH-HMAC-CHAP secrets of a host that must authenticate.
+    pub fn host_secrets(&self, hostnqn: &str) -> Option<Arc<Secrets>> {
+        self.allow
+            .iter()
+            .find(|a| a.nqn == hostnqn)
+            .and_then(|a| a.secrets.clone())
     }
 
     pub fn namespace(&self, nsid: u32) -> Option<(usize, &NamespaceInfo)> {
@@ -104,6 +116,7 @@ impl Subsystem {
         hostnqn: &str,
         hostid: [u8; 16],
         kato_ms: u32,
+        secrets: Option<Arc<Secrets>>,
     ) -> Option<Arc<Controller>> {
         let mut c = self.ctrls();
         // CNTLIDs 1..=0xffef.
@@ -116,6 +129,7 @@ impl Subsystem {
                     discovery,
                     hostnqn: hostnqn.to_string(),
                     hostid,
+                    secrets,
                     cc: AtomicU32::new(0),
                     csts: AtomicU32::new(0),
                     kato_ms: AtomicU32::new(kato_ms),
@@ -158,6 +172,8 @@ pub struct Controller {
     pub discovery: bool,
     pub hostnqn: String,
     pub hostid: [u8; 16],
+    /// DH-HMAC-CHAP secrets: every queue must authenticate.
+    pub secrets: Option<Arc<Secrets>>,
     pub cc: AtomicU32,
     pub csts: AtomicU32,
     pub kato_ms: AtomicU32,

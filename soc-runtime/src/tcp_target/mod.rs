@@ -126,7 +126,15 @@ impl TcpTarget {
         }
         tracing::info!(
             nqn = %spec.nqn, addr = %local_addr, pollers = threads.len(),
-            hosts = if spec.allow.is_empty() { "any".to_string() } else { spec.allow.join(" ") },
+            hosts = if spec.allow.is_empty() {
+                "any".to_string()
+            } else {
+                spec.allow
+                    .iter()
+                    .map(|a| if a.secrets.is_some() { format!("{} (DH-HMAC-CHAP)", a.nqn) } else { a.nqn.clone() })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
             "NVMe/TCP target listening"
         );
         Ok(TcpTarget {

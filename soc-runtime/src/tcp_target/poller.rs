@@ -400,6 +400,11 @@ impl Poller {
                 }
                 _ => {}
             }
+            if !conn.authenticated() && now >= conn.auth_deadline {
+                tracing::warn!(peer = %conn.peer, "queue not authenticated in time: closing it");
+                self.close(slot);
+                continue;
+            }
             let Some(b) = conn.bind.as_ref() else {
                 continue;
             };

@@ -814,3 +814,237 @@ fn hosts_vanishing_mid_command_leak_nothing() {
         }
     }
 }
+
+// ---- DH-HMAC-CHAP ----
+
+mod dhchap {
+    use super::*;
+    use leapio_nvme::fabrics::{AuthCmd, CONNECT_AUTHREQ_ATR};
+    use leapio_nvme_auth::msg::{self, Message, SECP_DHCHAP, SPSP_DHCHAP};
+    use leapio_nvme_auth::{AuthError, FailureCode, HostTransaction, Secret, Secrets};
+
+    const S_HOST: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+
+    fn secrets(bidirectional: bool) -> Secrets {
+        Secrets {
+            host: S_HOST.parse().unwrap(),
+            ctrl: bidirectional.then(|| Secret::generate(48, None).unwrap()),
+        }
+    }
+
+    fn target(s: &Secrets, extra: &str) -> Target {
+        let ctrl = s.ctrl.as_ref().map_or(String::new(), |c| format!(":{c}"));
+        Target::start(&format!(
+            ",allow={HOST}:{}{ctrl},allow=nqn.x:plain{extra}",
+            s.host
+        ))
+    }
+
+    impl Host {
+        fn auth_cmd(&mut self, fctype: u8, secp: u8, len: u32) -> Sqe {
+            let mut a = AuthCmd::read_from_bytes(&[0u8; 64][..]).unwrap();
+            a.opcode = FABRICS_OPCODE;
+            a.fctype = fctype;
+            a.secp = secp;
+            a.spsp0 = SPSP_DHCHAP;
+            a.spsp1 = SPSP_DHCHAP;
+            a.len = len.into();
+            Sqe::read_from_bytes(a.as_bytes()).unwrap()
+        }
+
+        fn auth_send(&mut self, m: &[u8]) -> Status {
+            let sqe = self.auth_cmd(
+                FcType::AUTH_SEND,
+                SECP_DHCHAP,
+                u32::try_from(m.len()).unwrap(),
+            );
+            self.cmd(sqe, Out::InCapsule(m), 0).0.status_field()
+        }
+
+        fn auth_recv(&mut self) -> (Status, Vec<u8>) {
+            let sqe = self.auth_cmd(FcType::AUTH_RECV, SECP_DHCHAP, 4096);
+            let (c, d) = self.cmd(sqe, Out::None, 4096);
+            (c.status_field(), d)
+        }
+
+        /// One DH-HMAC-CHAP transaction as the host runs it.
+        fn authenticate(&mut self, s: &Secrets, tid: u16) -> Result<(), AuthError> {
+            let mut t = HostTransaction::new(s, HOST, NQN, tid);
+            assert!(self.auth_send(&t.negotiate()).is_success());
+            let (st, ch) = self.auth_recv();
+            assert!(st.is_success(), "{st:?}");
+            let reply = t.reply(&ch)?;
+            assert!(self.auth_send(&reply).is_success());
+            let (st, s1) = self.auth_recv();
+            assert!(st.is_success(), "{st:?}");
+            if let Some(s2) = t.finish(&s1)? {
+                assert!(self.auth_send(&s2).is_success());
+            }
+            Ok(())
+        }
+
+        fn connect_auth(&mut self, qid: u16, cntlid: u16) -> u16 {
+            let c = self.connect(qid, cntlid, NQN, HOST, 0);
+            assert!(c.status_field().is_success(), "{:?}", c.status_field());
+            assert_ne!(c.dw0.get() & CONNECT_AUTHREQ_ATR, 0, "ATR set");
+            u16::try_from(c.dw0.get() & 0xffff).unwrap()
+        }
+    }
+
+    #[test]
+    fn every_queue_authenticates_before_it_carries_anything() {
+        for (bidi, groups) in [(false, "null"), (true, "ffdhe2048")] {
+            let s = secrets(bidi);
+            let tgt = target(&s, &format!(",dhchap-dhgroups={groups}"));
+            let mut a = Host::new(tgt.addr, Digests::default());
+            let cntlid = a.connect_auth(0, CNTLID_DYNAMIC);
+            // an unauthenticated host gets nothing
+            let (st, _) = a.prop(FcType::PROPERTY_GET, offset::CAP, true, 0);
+            assert_eq!(st, FabricsStatus::AUTH_REQUIRED);
+            assert_eq!(a.identify(1, 0).0, FabricsStatus::AUTH_REQUIRED);
+            a.authenticate(&s, 1).unwrap();
+            let (st, _) = a.prop(FcType::PROPERTY_SET, offset::CC, false, 0x0046_0001);
+            assert!(st.is_success());
+            // the I/O queue too
+            let mut q = Host::new(tgt.addr, Digests::default());
+            q.connect_auth(1, cntlid);
+            let data = pattern(4096, 9);
+            let (st, _) = q.rw(IoOpcode::WRITE, 0, 8, Out::InCapsule(&data), 0);
+            assert_eq!(st, FabricsStatus::AUTH_REQUIRED);
+            q.authenticate(&s, 2).unwrap();
+            let (st, _) = q.rw(IoOpcode::WRITE, 0, 8, Out::InCapsule(&data), 0);
+            assert!(st.is_success());
+            let (st, back) = q.rw(IoOpcode::READ, 0, 8, Out::None, 4096);
+            assert!(st.is_success());
+            assert_eq!(back, data);
+            // re-authentication on a live queue, with a new transaction ID
+            a.authenticate(&s, 3).unwrap();
+            assert!(a.identify(1, 0).0.is_success());
+        }
+    }
+
+    #[test]
+    fn hosts_without_a_secret_are_not_asked() {
+        let s = secrets(false);
+        let tgt = target(&s, "");
+        let mut h = Host::new(tgt.addr, Digests::default());
+        let c = h.connect(0, CNTLID_DYNAMIC, NQN, "nqn.x:plain", 0);
+        assert!(c.status_field().is_success());
+        assert_eq!(c.dw0.get() & CONNECT_AUTHREQ_ATR, 0);
+        // nothing to authenticate against: AUTH_Send is out of sequence
+        assert_eq!(
+            h.auth_send(&msg::negotiate(1, &[], &[])),
+            Status::COMMAND_SEQUENCE_ERROR
+        );
+        let (st, _) = h.prop(FcType::PROPERTY_GET, offset::CAP, true, 0);
+        assert!(st.is_success());
+    }
+
+    #[test]
+    fn a_wrong_secret_gets_failure1_and_a_closed_connection() {
+        let s = secrets(false);
+        let tgt = target(&s, "");
+        let mut h = Host::new(tgt.addr, Digests::default());
+        h.connect_auth(0, CNTLID_DYNAMIC);
+        tgt.wait_controllers(1);
+        let wrong = Secrets {
+            host: Secret::generate(32, None).unwrap(),
+            ctrl: None,
+        };
+        let r = h.authenticate(&wrong, 1);
+        assert!(
+            matches!(r, Err(AuthError::Refused(FailureCode::FAILED))),
+            "{r:?}"
+        );
+        assert!(h.recv().is_none(), "connection closed after Failure1");
+        tgt.wait_controllers(0);
+    }
+
+    #[test]
+    fn a_wrong_controller_is_rejected_by_the_host() {
+        let s = secrets(true);
+        let tgt = target(&s, "");
+        let mut h = Host::new(tgt.addr, Digests::default());
+        h.connect_auth(0, CNTLID_DYNAMIC);
+        let mut impostor_check = s.clone();
+        impostor_check.ctrl = Some(Secret::generate(48, None).unwrap());
+        let mut t = HostTransaction::new(&impostor_check, HOST, NQN, 1);
+        assert!(h.auth_send(&t.negotiate()).is_success());
+        let reply = t.reply(&h.auth_recv().1).unwrap();
+        assert!(h.auth_send(&reply).is_success());
+        let e = t.finish(&h.auth_recv().1).unwrap_err();
+        assert!(matches!(e, AuthError::ControllerNotAuthenticated));
+        // the host says so; the controller tears the queue down
+        assert!(h.auth_send(&t.failure2(e.failure_code())).is_success());
+        assert!(h.recv().is_none());
+        tgt.wait_controllers(0);
+    }
+
+    #[test]
+    fn malformed_auth_commands_and_messages() {
+        let s = secrets(false);
+        let tgt = target(&s, "");
+        let mut h = Host::new(tgt.addr, Digests::default());
+        h.connect_auth(0, CNTLID_DYNAMIC);
+        // another security protocol, a zero length, a length that does not
+        // match the data: Invalid Field, the queue lives on
+        let sqe = h.auth_cmd(FcType::AUTH_SEND, 0xea, 8);
+        assert_eq!(
+            h.cmd(sqe, Out::InCapsule(&[0; 8]), 0).0.status_field(),
+            Status::INVALID_FIELD
+        );
+        let sqe = h.auth_cmd(FcType::AUTH_RECV, SECP_DHCHAP, 0);
+        assert_eq!(
+            h.cmd(sqe, Out::None, 16).0.status_field(),
+            Status::INVALID_FIELD
+        );
+        let sqe = h.auth_cmd(FcType::AUTH_SEND, SECP_DHCHAP, 9);
+        assert_eq!(
+            h.cmd(sqe, Out::InCapsule(&[0; 8]), 0).0.status_field(),
+            Status::INVALID_FIELD
+        );
+        // an AUTH_Recv buffer too small for the Challenge
+        assert!(h
+            .auth_send(&msg::negotiate(
+                1,
+                &leapio_nvme_auth::HashId::ALL,
+                &leapio_nvme_auth::DhGroup::ALL
+            ))
+            .is_success());
+        let sqe = h.auth_cmd(FcType::AUTH_RECV, SECP_DHCHAP, 16);
+        assert_eq!(
+            h.cmd(sqe, Out::None, 16).0.status_field(),
+            Status::INVALID_FIELD
+        );
+        assert!(h.recv().is_none(), "closed");
+
+        // a garbage message: Failure1, then the queue is closed
+        let mut h = Host::new(tgt.addr, Digests::default());
+        h.connect_auth(0, CNTLID_DYNAMIC);
+        assert!(h
+            .auth_send(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 0])
+            .is_success());
+        let (st, m) = h.auth_recv();
+        assert!(st.is_success());
+        assert!(matches!(
+            msg::parse(&m).unwrap(),
+            Message::Failure1 {
+                code: FailureCode::INCORRECT_MESSAGE,
+                ..
+            }
+        ));
+        assert!(h.recv().is_none(), "closed");
+
+        // a replayed transaction ID after a successful transaction
+        let mut h = Host::new(tgt.addr, Digests::default());
+        h.connect_auth(0, CNTLID_DYNAMIC);
+        h.authenticate(&s, 4).unwrap();
+        let r = h.authenticate(&s, 4);
+        assert!(
+            matches!(r, Err(AuthError::Refused(FailureCode::INCORRECT_PAYLOAD))),
+            "{r:?}"
+        );
+        assert!(h.recv().is_none(), "closed");
+        tgt.wait_controllers(0);
+    }
+}

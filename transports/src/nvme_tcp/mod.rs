@@ -16,6 +16,12 @@
 //! and deallocate are idempotent at block level). A command still waiting
 //! `retry` after its connection was lost fails with ETIMEDOUT. A write is
 //! only reported complete after the target's successful CapsuleResp.
+//!
+//! Authentication: with `dhchap=` every queue (admin and I/O, and each
+//! reconnection) runs DH-HMAC-CHAP when the controller's Connect response
+//! asks for it (ATR); with `dhchap-ctrl=` every queue runs it regardless and
+//! the controller must prove its own secret. A refusal is an error of that
+//! connection attempt (no retry is different from a lost connection's).
 
 mod queue;
 mod session;
@@ -87,6 +93,21 @@ pub enum NvmeTcpError {
     /// The target or namespace cannot be used.
     #[error("{0}")]
     Unusable(String),
+    /// The controller asks for authentication and we have no secret.
+    #[error("the target requires DH-HMAC-CHAP authentication of host {hostnqn}: give dhchap=DHHC-1:..: in the nvme-tcp spec")]
+    AuthRequired {
+        /// Our host NQN.
+        hostnqn: String,
+    },
+    /// DH-HMAC-CHAP failed on a queue.
+    #[error("DH-HMAC-CHAP authentication of queue {qid} failed")]
+    Auth {
+        /// The queue.
+        qid: u16,
+        /// What went wrong.
+        #[source]
+        source: leapio_nvme_auth::AuthError,
+    },
 }
 
 /// A namespace of a remote NVMe/TCP subsystem.

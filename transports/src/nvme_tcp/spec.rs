@@ -10,13 +10,22 @@
 //! - `kato=MS` keep-alive timeout announced to the target (default 10000);
 //! - `retry=MS` how long a command waits for a lost connection to come back
 //!   before it fails with ETIMEDOUT (default 30000);
-//! - `timeout=MS` connect/handshake timeout of one attempt (default 3000).
+//! - `timeout=MS` connect/handshake timeout of one attempt (default 3000);
+//! - `dhchap=DHHC-1:XX:...:` our DH-HMAC-CHAP secret: every queue
+//!   authenticates when the controller asks for it;
+//! - `dhchap-ctrl=DHHC-1:XX:...:` the controller's secret: every queue
+//!   authenticates, and the controller must prove it holds this secret
+//!   (bidirectional; needs `dhchap=`).
+//!
+//! Secrets never appear in the spec's `Display` (logs, error messages).
 //!
 //! No commas anywhere, so the spec fits in socp's comma-separated
 //! `--ctrl ...,ns=BACKEND,...` lists. IPv6 hosts go in brackets:
 //! `nvme-tcp:[::1]:4420/nqn...`.
 
+use leapio_nvme_auth::{Secret, Secrets};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Host NQN used when the spec names none.
@@ -49,6 +58,8 @@ pub struct NvmeTcpSpec {
     pub retry: Duration,
     /// Time limit of one connection attempt (TCP connect + handshake).
     pub connect_timeout: Duration,
+    /// DH-HMAC-CHAP secrets (`dhchap=`, `dhchap-ctrl=`).
+    pub dhchap: Option<Arc<Secrets>>,
 }
 
 impl NvmeTcpSpec {
@@ -99,6 +110,12 @@ impl fmt::Display for NvmeTcpSpec {
                 opt(f, k, v.as_millis().to_string())?;
             }
         }
+        if let Some(s) = &self.dhchap {
+            opt(f, "dhchap", "(secret)".into())?;
+            if s.ctrl.is_some() {
+                opt(f, "dhchap-ctrl", "(secret)".into())?;
+            }
+        }
         Ok(())
     }
 }
@@ -117,6 +134,7 @@ fn defaults() -> NvmeTcpSpec {
         kato: Duration::from_secs(10),
         retry: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(3),
+        dhchap: None,
     }
 }
 
@@ -160,7 +178,7 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
 
 /// Parse what follows `nvme-tcp:`.
 pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
-    const SHAPE: &str = "expected 'nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&queues=N&hdgst=1&ddgst=1&kato=MS&retry=MS&timeout=MS]'";
+    const SHAPE: &str = "expected 'nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&queues=N&hdgst=1&ddgst=1&kato=MS&retry=MS&timeout=MS&dhchap=DHHC-1:..:&dhchap-ctrl=DHHC-1:..:]'";
     if let Some((_, opt)) = body.split_once(',') {
         if opt.starts_with("bs=") {
             return Err("bs= cannot be set: the block size comes from the remote namespace".into());
@@ -208,6 +226,7 @@ pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
         ..defaults()
     };
     let mut seen: Vec<&str> = Vec::new();
+    let (mut host_secret, mut ctrl_secret) = (None, None);
     for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
             return Err(format!("option '{part}' is not key=value"));
@@ -230,6 +249,15 @@ pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
             "kato" => s.kato = ms(v, 0)?,
             "retry" => s.retry = ms(v, 0)?,
             "timeout" => s.connect_timeout = ms(v, 1)?,
+            "dhchap" => {
+                host_secret = Some(v.parse::<Secret>().map_err(|e| format!("dhchap: {e}"))?)
+            }
+            "dhchap-ctrl" => {
+                ctrl_secret = Some(
+                    v.parse::<Secret>()
+                        .map_err(|e| format!("dhchap-ctrl: {e}"))?,
+                )
+            }
             "bs" => {
                 return Err(
                     "bs cannot be set: the block size comes from the remote namespace".into(),
@@ -237,11 +265,18 @@ pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown option '{other}' (known: nsid, hostnqn, queues, qd, hdgst, ddgst, kato, retry, timeout)"
+                    "unknown option '{other}' (known: nsid, hostnqn, queues, qd, hdgst, ddgst, kato, retry, timeout, dhchap, dhchap-ctrl)"
                 ))
             }
         }
     }
+    s.dhchap = match (host_secret, ctrl_secret) {
+        (None, None) => None,
+        (Some(host), ctrl) => Some(Arc::new(Secrets { host, ctrl })),
+        (None, Some(_)) => {
+            return Err("dhchap-ctrl needs dhchap (the host's own secret)".into());
+        }
+    };
     Ok(s)
 }
 
@@ -277,6 +312,49 @@ mod tests {
         let s = parse("[::1]:4420/nqn.a:b").unwrap();
         assert_eq!(s.addr, "::1");
         assert_eq!(s.host_port(), "[::1]:4420");
+    }
+
+    const K0: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+    const K1: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+
+    #[test]
+    fn dhchap_secrets() {
+        let s = parse(&format!("h:1/nqn.a:b?dhchap={K0}&dhchap-ctrl={K1}")).unwrap();
+        let d = s.dhchap.as_ref().unwrap();
+        assert_eq!(d.host, K0.parse().unwrap());
+        assert_eq!(d.ctrl, Some(K1.parse().unwrap()));
+        let shown = s.to_string();
+        assert_eq!(
+            shown,
+            "nvme-tcp:h:1/nqn.a:b?dhchap=(secret)&dhchap-ctrl=(secret)"
+        );
+        assert!(!format!("{s:?}").contains("AAEC"));
+        let s = parse(&format!("h:1/nqn.a:b?dhchap={K0}")).unwrap();
+        assert!(s.dhchap.unwrap().ctrl.is_none());
+        for (text, want) in [
+            (
+                format!("h:1/nqn.a:b?dhchap-ctrl={K0}"),
+                "dhchap-ctrl needs dhchap",
+            ),
+            (
+                "h:1/nqn.a:b?dhchap=DHHC-1:00:AAAA:".into(),
+                "dhchap: the key decodes to 3 bytes",
+            ),
+            (
+                "h:1/nqn.a:b?dhchap=secret".into(),
+                "dhchap: a DH-HMAC-CHAP secret starts with",
+            ),
+            (
+                format!(
+                    "h:1/nqn.a:b?dhchap={K0}&dhchap-ctrl={}",
+                    K1.replace("AAEC", "AAED")
+                ),
+                "dhchap-ctrl: CRC-32 mismatch",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

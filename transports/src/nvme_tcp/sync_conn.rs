@@ -7,12 +7,16 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use leapio_nvme::fabrics::{
-    put_nqn, ConnectCmd, ConnectData, FcType, PropertyCmd, SglDescriptor, FABRICS_OPCODE,
+    put_nqn, AuthCmd, ConnectCmd, ConnectData, FcType, PropertyCmd, SglDescriptor,
+    CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, FABRICS_OPCODE,
 };
 use leapio_nvme::tcp::{
     write_pdu, CapsuleCmd, Digests, IcReq, ParserConfig, PduHeader, PduParser, Role, MIN_MAXH2CDATA,
 };
 use leapio_nvme::{Cqe, Sqe};
+use leapio_nvme_auth::msg::{MAX_MESSAGE, SECP_DHCHAP, SPSP_DHCHAP};
+use leapio_nvme_auth::{AuthError, HostTransaction, Secrets};
+use std::sync::atomic::{AtomicU16, Ordering};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::spec::NvmeTcpSpec;
@@ -284,8 +288,87 @@ impl SyncConn {
         put_nqn(&mut d.hostnqn, &spec.hostnqn);
         let sqe = Sqe::read_from_bytes(c.as_bytes()).unwrap_or_default();
         let (cqe, _) = self.command_ok("Connect", sqe, d.as_bytes(), 0)?;
-        // DW0 bits 15:0: the controller ID (admin queue).
-        Ok(u16::try_from(cqe.dw0.get() & 0xffff).unwrap_or(0))
+        // DW0 bits 15:0: the controller ID (admin queue); AUTHREQ above.
+        let dw0 = cqe.dw0.get();
+        if dw0 & CONNECT_AUTHREQ_ASCR != 0 {
+            return Err(NvmeTcpError::Unusable(
+                "the target requires secure channel concatenation (TLS after authentication), which is not supported".into(),
+            ));
+        }
+        let asked = dw0 & CONNECT_AUTHREQ_ATR != 0;
+        match &spec.dhchap {
+            None if asked => {
+                return Err(NvmeTcpError::AuthRequired {
+                    hostnqn: spec.hostnqn.clone(),
+                })
+            }
+            // To trust the controller it must authenticate, asked or not.
+            Some(s) if asked || s.ctrl.is_some() => self.authenticate(spec, s, qid)?,
+            _ => {}
+        }
+        Ok(u16::try_from(dw0 & 0xffff).unwrap_or(0))
+    }
+
+    /// One DH-HMAC-CHAP transaction on this queue.
+    fn authenticate(
+        &mut self,
+        spec: &NvmeTcpSpec,
+        secrets: &Secrets,
+        qid: u16,
+    ) -> Result<(), NvmeTcpError> {
+        let mut t = HostTransaction::new(secrets, &spec.hostnqn, &spec.subnqn, next_tid());
+        self.auth_send(&t.negotiate())?;
+        let challenge = self.auth_recv()?;
+        let reply = match t.reply(&challenge) {
+            Ok(r) => r,
+            Err(e) => return Err(self.auth_failed(&t, qid, e)),
+        };
+        self.auth_send(&reply)?;
+        let success1 = self.auth_recv()?;
+        match t.finish(&success1) {
+            Ok(Some(success2)) => self.auth_send(&success2)?,
+            Ok(None) => {}
+            Err(e) => return Err(self.auth_failed(&t, qid, e)),
+        }
+        if let Some((hash, group)) = t.negotiated() {
+            tracing::debug!(
+                qid, %hash, %group, bidirectional = secrets.ctrl.is_some(),
+                "NVMe/TCP queue authenticated (DH-HMAC-CHAP)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Tell the controller why we give up (unless it refused us), and say
+    /// what failed.
+    fn auth_failed(&mut self, t: &HostTransaction<'_>, qid: u16, e: AuthError) -> NvmeTcpError {
+        if !matches!(e, AuthError::Refused(_)) {
+            let _ = self.auth_send(&t.failure2(e.failure_code()));
+        }
+        NvmeTcpError::Auth { qid, source: e }
+    }
+
+    fn auth_cmd(fctype: u8, len: usize) -> Sqe {
+        let mut a = AuthCmd::new_zeroed();
+        a.opcode = FABRICS_OPCODE;
+        a.fctype = fctype;
+        a.secp = SECP_DHCHAP;
+        a.spsp0 = SPSP_DHCHAP;
+        a.spsp1 = SPSP_DHCHAP;
+        a.len = u32::try_from(len).unwrap_or(u32::MAX).into();
+        Sqe::read_from_bytes(a.as_bytes()).unwrap_or_default()
+    }
+
+    fn auth_send(&mut self, m: &[u8]) -> Result<(), NvmeTcpError> {
+        let sqe = SyncConn::auth_cmd(FcType::AUTH_SEND, m.len());
+        self.command_ok("Authentication Send", sqe, m, 0)
+            .map(|_| ())
+    }
+
+    fn auth_recv(&mut self) -> Result<Vec<u8>, NvmeTcpError> {
+        let sqe = SyncConn::auth_cmd(FcType::AUTH_RECV, MAX_MESSAGE);
+        let (_, d) = self.command_ok("Authentication Receive", sqe, &[], MAX_MESSAGE)?;
+        Ok(d)
     }
 
     /// Property Get (8-byte properties when `wide`).
@@ -329,6 +412,13 @@ impl SyncConn {
         self.sock.set_nonblocking(true).map_err(io)?;
         Ok((self.sock, self.neg))
     }
+}
+
+/// A fresh transaction identifier (the controller refuses one that repeats
+/// the previous transaction of a queue).
+fn next_tid() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Wait until `f` returns true, polling every 10 ms, up to `deadline`.

@@ -43,7 +43,16 @@ impl FabricsStatus {
     pub const SGL_OFFSET_INVALID: Status = Status::generic(0x16).dnr();
     /// Generic 22h: Transient Transport Error (e.g. a data digest error).
     pub const TRANSIENT_TRANSPORT_ERROR: Status = Status::generic(0x22);
+    /// 91h: Authentication Required (a queue that has not authenticated
+    /// yet gets this for every command but AUTH_Send/AUTH_Recv).
+    pub const AUTH_REQUIRED: Status = Status::specific(0x91).dnr();
 }
+
+/// Connect response dword 0, AUTHREQ (bits 23:16), bit 17: ATR, an
+/// authentication transaction is required on this queue.
+pub const CONNECT_AUTHREQ_ATR: u32 = 1 << 17;
+/// AUTHREQ bit 18: ASCR, authentication with secure channel concatenation.
+pub const CONNECT_AUTHREQ_ASCR: u32 = 1 << 18;
 
 /// Completion dword 0 of a failed Connect with Invalid Parameters: IATTR
 /// (bit 16: the offset is in the Connect data, not the SQE) and IPO.
@@ -115,6 +124,29 @@ pub struct ConnectData {
     pub rsvd768: [u8; 256],
 }
 const _: () = assert!(core::mem::size_of::<ConnectData>() == 1024);
+
+/// Authentication Send (FCTYPE 05h) and Authentication Receive (FCTYPE
+/// 06h): a security protocol's messages as command data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct AuthCmd {
+    pub opcode: u8,
+    pub rsvd1: u8,
+    pub cid: Le16,
+    pub fctype: u8,
+    pub rsvd5: [u8; 19],
+    pub sgl1: SglDescriptor,
+    pub rsvd40: u8,
+    /// SP Specific 0 and 1.
+    pub spsp0: u8,
+    pub spsp1: u8,
+    /// Security protocol (E9h: DH-HMAC-CHAP).
+    pub secp: u8,
+    /// Transfer length (AUTH_Send) or allocation length (AUTH_Recv).
+    pub len: Le32,
+    pub rsvd48: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<AuthCmd>() == 64);
 
 /// Byte offsets in the Connect data (for IPO with IATTR set).
 pub mod connect_data_off {
@@ -352,6 +384,9 @@ mod tests {
         assert_eq!(offset_of!(ConnectData, subnqn), 256);
         assert_eq!(offset_of!(ConnectData, hostnqn), 512);
         assert_eq!(offset_of!(PropertyCmd, attrib), 40);
+        assert_eq!(offset_of!(AuthCmd, spsp0), 41);
+        assert_eq!(offset_of!(AuthCmd, secp), 43);
+        assert_eq!(offset_of!(AuthCmd, len), 44);
         assert_eq!(offset_of!(PropertyCmd, offset), 44);
         assert_eq!(offset_of!(PropertyCmd, value), 48);
         assert_eq!(offset_of!(DiscoveryLogEntry, trsvcid), 32);
