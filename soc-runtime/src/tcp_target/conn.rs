@@ -25,6 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
 
+/// Most bytes queued for a host before its input is no longer read (a few
+/// maximum-size reads' worth).
+pub(super) const TX_LIMIT: usize = 4 << 20;
+
 /// How long a connection being terminated may take to flush its TermReq.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// How long a queue that must authenticate may take to do so.
@@ -97,6 +101,12 @@ pub(super) struct Conn {
     host_align: usize,
     pub tx: VecDeque<Vec<u8>>,
     pub tx_off: usize,
+    /// Bytes in `tx` not yet written. Past [`TX_LIMIT`] the connection's
+    /// input is not read: a host that never reads its socket stops being
+    /// served instead of growing this queue.
+    pub tx_bytes: usize,
+    /// EPOLLIN is armed (input is read).
+    pub reading: bool,
     /// EPOLLOUT is armed.
     pub want_out: bool,
     pub bind: Option<Binding>,
@@ -130,6 +140,8 @@ impl Conn {
             host_align: 4,
             tx: VecDeque::new(),
             tx_off: 0,
+            tx_bytes: 0,
+            reading: true,
             want_out: false,
             bind: None,
             sqhd: 0,
@@ -163,6 +175,18 @@ impl Conn {
         !self.tx.is_empty()
     }
 
+    /// Queue a PDU for sending.
+    pub fn queue_tx(&mut self, pdu: Vec<u8>) {
+        self.tx_bytes += pdu.len();
+        self.tx.push_back(pdu);
+    }
+
+    /// Whether input should be read: not while the host owes us reads of
+    /// [`TX_LIMIT`] bytes or more.
+    pub fn wants_input(&self) -> bool {
+        self.tx_bytes < TX_LIMIT
+    }
+
     /// Queue a C2HTermReq quoting `hdr` and stop serving this connection.
     pub fn terminate(&mut self, fes: u16, fei: u32, hdr: &[u8]) {
         if self.closing() {
@@ -172,7 +196,7 @@ impl Conn {
         let quote = &hdr[..hdr.len().min(128)];
         let mut out = Vec::new();
         write_pdu(&mut out, t.as_bytes(), quote, Digests::default(), 4);
-        self.tx.push_back(out);
+        self.queue_tx(out);
         self.phase = Phase::Closing {
             deadline: Instant::now() + CLOSE_LINGER,
         };
@@ -207,7 +231,7 @@ impl Conn {
         };
         let mut out = Vec::with_capacity(28);
         write_pdu(&mut out, r.as_bytes(), &[], self.dg, self.host_align);
-        self.tx.push_back(out);
+        self.queue_tx(out);
     }
 
     /// Queue a C2HData PDU with all of `data`.
@@ -221,7 +245,7 @@ impl Conn {
         h.datal = u32::try_from(data.len()).unwrap_or(0).into();
         let mut out = Vec::new();
         write_pdu(&mut out, h.as_bytes(), data, self.dg, self.host_align);
-        self.tx.push_back(out);
+        self.queue_tx(out);
     }
 
     fn free_index(&mut self) -> Option<usize> {
@@ -310,7 +334,7 @@ impl Poller {
         resp.maxh2cdata = l.maxh2cdata.into();
         let mut out = Vec::with_capacity(128);
         write_pdu(&mut out, resp.as_bytes(), &[], Digests::default(), 4);
-        conn.tx.push_back(out);
+        conn.queue_tx(out);
         conn.dg = dg;
         conn.host_align = (usize::from(req.hpda) + 1) * 4;
         conn.parser.set_config(ParserConfig {
@@ -392,7 +416,7 @@ impl Poller {
                 r.r2tl = u32::try_from(len).unwrap_or(0).into();
                 let mut out = Vec::with_capacity(28);
                 write_pdu(&mut out, r.as_bytes(), &[], conn.dg, conn.host_align);
-                conn.tx.push_back(out);
+                conn.queue_tx(out);
                 conn.cmds[idx] = Some(cmd);
                 return;
             }
@@ -583,7 +607,7 @@ impl Poller {
             h.datal = u32::try_from(len).unwrap_or(0).into();
             buf[..24].copy_from_slice(h.as_bytes());
             seal(&mut buf, len, conn.dg);
-            conn.tx.push_back(buf);
+            conn.queue_tx(buf);
         }
         conn.respond(cid, cmd.status, 0);
     }

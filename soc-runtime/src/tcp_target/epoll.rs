@@ -35,11 +35,12 @@ impl Epoll {
 
     /// Watch `fd` for input (and output when `out`).
     pub fn add(&self, fd: RawFd, token: u64, out: bool) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, mask(out), token)
+        self.ctl(libc::EPOLL_CTL_ADD, fd, mask(true, out), token)
     }
 
-    pub fn modify(&self, fd: RawFd, token: u64, out: bool) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, mask(out), token)
+    /// Watch `fd` for input when `inp`, output when `out` (hang-ups always).
+    pub fn modify(&self, fd: RawFd, token: u64, inp: bool, out: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, mask(inp, out), token)
     }
 
     pub fn delete(&self, fd: RawFd) {
@@ -68,8 +69,11 @@ impl Epoll {
     }
 }
 
-fn mask(out: bool) -> u32 {
-    let mut m = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+fn mask(inp: bool, out: bool) -> u32 {
+    let mut m = libc::EPOLLRDHUP as u32;
+    if inp {
+        m |= libc::EPOLLIN as u32;
+    }
     if out {
         m |= libc::EPOLLOUT as u32;
     }

@@ -155,9 +155,17 @@ impl Poller {
                 let Ok(slot) = usize::try_from(token) else {
                     continue;
                 };
-                if ev & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
-                    != 0
-                {
+                let hangup = ev & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+                let paused = self
+                    .conns
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|c| !c.reading);
+                if hangup && paused {
+                    // Gone (or half-gone) while owing reads: nothing more
+                    // will be read from it, and the event would repeat.
+                    self.close(slot);
+                } else if hangup || ev & libc::EPOLLIN as u32 != 0 {
                     self.readable(slot);
                 }
             }
@@ -225,6 +233,10 @@ impl Poller {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut closed = false;
         'reads: for _ in 0..READS_PER_LOOP {
+            if !conn.wants_input() && !conn.closing() {
+                // Owed too much output: leave the input in the socket.
+                break;
+            }
             let n = match conn.sock.read(&mut scratch) {
                 Ok(0) => {
                     closed = true;
@@ -358,15 +370,26 @@ impl Poller {
             if !conn.tx_pending() {
                 if conn.closing() {
                     self.close(slot);
+                } else if !conn.reading {
+                    // Everything owed was sent: read again.
+                    conn.reading = true;
+                    let token = u64::try_from(slot).unwrap_or(0);
+                    let _ = self
+                        .epoll
+                        .modify(conn.sock.as_raw_fd(), token, true, conn.want_out);
                 }
                 continue;
             }
             match flush(conn) {
                 Ok(blocked) => {
-                    if blocked != conn.want_out {
+                    let reading = conn.wants_input();
+                    if blocked != conn.want_out || reading != conn.reading {
                         conn.want_out = blocked;
+                        conn.reading = reading;
                         let token = u64::try_from(slot).unwrap_or(0);
-                        let _ = self.epoll.modify(conn.sock.as_raw_fd(), token, blocked);
+                        let _ = self
+                            .epoll
+                            .modify(conn.sock.as_raw_fd(), token, reading, blocked);
                     }
                     if !conn.tx_pending() && conn.closing() {
                         self.close(slot);
@@ -515,7 +538,9 @@ fn flush(conn: &mut Conn) -> std::io::Result<bool> {
                     let left = front.len() - conn.tx_off;
                     if n >= left {
                         n -= left;
-                        conn.tx.pop_front();
+                        if let Some(done) = conn.tx.pop_front() {
+                            conn.tx_bytes -= done.len();
+                        }
                         conn.tx_off = 0;
                     } else {
                         conn.tx_off += n;

@@ -75,6 +75,8 @@ impl Drop for Target {
 
 struct Host {
     sock: TcpStream,
+    /// Bytes read and not yet parsed.
+    inbuf: Vec<u8>,
     parser: PduParser,
     dg: Digests,
     cid: u16,
@@ -93,6 +95,7 @@ impl Host {
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Host {
             sock,
+            inbuf: Vec::new(),
             parser: PduParser::new(ParserConfig {
                 role: Role::Host,
                 digests: Digests::default(),
@@ -119,22 +122,22 @@ impl Host {
 
     /// Next PDU, or None at EOF.
     fn recv(&mut self) -> Option<Pdu> {
-        let mut buf = [0u8; 1];
         loop {
-            let (_, r) = self.parser.feed(&[]);
+            // The parser takes what one PDU needs; the rest waits in `inbuf`.
+            let (used, r) = self.parser.feed(&self.inbuf);
+            self.inbuf.drain(..used);
             if let Some(p) = r.unwrap() {
                 return Some(p);
             }
-            // One byte at a time keeps the parser from over-reading.
+            if used > 0 && !self.inbuf.is_empty() {
+                continue;
+            }
+            let mut buf = [0u8; 64 << 10];
             let n = self.sock.read(&mut buf).unwrap();
             if n == 0 {
                 return None;
             }
-            let (used, r) = self.parser.feed(&buf[..n]);
-            assert_eq!(used, 1);
-            if let Some(p) = r.unwrap() {
-                return Some(p);
-            }
+            self.inbuf.extend_from_slice(&buf[..n]);
         }
     }
 
@@ -578,6 +581,85 @@ fn still_healthy(q: &mut Host, seed: u8) {
     let (s, r) = q.rw(IoOpcode::READ, 64, 16, Out::None, 8192);
     assert!(s.is_success());
     assert!(r == d);
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn a_host_that_never_reads_its_socket_is_not_served_without_bound() {
+    let tgt = Target::with_ns("ram:64M", "");
+    let (_a, mut q) = healthy(&tgt);
+    // A second host asks for 1024 reads of 128 KiB (128 MiB of data owed)
+    // and never reads an answer.
+    let (_a2, cntlid) = Host::admin(tgt.addr, Digests::default(), NQN, 0);
+    let mut slow = Host::new(tgt.addr, Digests::default());
+    assert!(slow
+        .connect(1, cntlid, NQN, HOST, 0)
+        .status_field()
+        .is_success());
+    let before = rss();
+    slow.sock
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut sent = 0;
+    for i in 0..1024u16 {
+        let mut sqe = Sqe {
+            opcode: IoOpcode::READ,
+            nsid: 1.into(),
+            cdw10: (u32::from(i % 32) * 256).into(),
+            cdw12: 255.into(),
+            ..Default::default()
+        };
+        sqe.cid = i.into();
+        SglDescriptor::transport(128 << 10).store(&mut sqe);
+        let b = slow.capsule(&sqe, &[]);
+        if slow.sock.write_all(&b).is_err() {
+            // The target stopped reading: our send buffer filled up.
+            break;
+        }
+        sent += 1;
+        if i % 32 == 31 {
+            // A queue's worth at a time, as if the answers had been read.
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grew = rss().saturating_sub(before);
+    // Only a few MiB are queued for it (plus socket buffers), not 128 MiB.
+    assert!(
+        grew < 48 << 20,
+        "resident memory grew by {} MiB for {sent} unread reads",
+        grew >> 20
+    );
+    // Everyone else is served meanwhile.
+    for seed in 0..4 {
+        still_healthy(&mut q, seed);
+    }
+    // Once it reads, it is answered again (commands beyond its queue's 32
+    // entries are Command Sequence Errors).
+    slow.sock.set_write_timeout(None).unwrap();
+    let (mut answered, mut ok) = (0, 0);
+    while ok < 32 && answered < sent {
+        match slow.recv().expect("connection closed").header {
+            PduHeader::CapsuleResp(r) => {
+                let st = r.cqe.status_field();
+                assert!(
+                    st.is_success() || st.same_code(Status::COMMAND_SEQUENCE_ERROR),
+                    "{st}"
+                );
+                ok += usize::from(st.is_success());
+                answered += 1;
+            }
+            PduHeader::C2hData(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(ok >= 32, "only {ok} reads served");
 }
 
 #[test]
