@@ -17,6 +17,7 @@ use leapio_nvme::log::{CmdEffectsLog, LogId};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
 use leapio_nvme::{AdminOpcode, Sqe, Status};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use zerocopy::{FromZeros, IntoBytes};
 
 /// Asynchronous Event Request Limit (0's based).
@@ -354,8 +355,8 @@ pub fn property_get(sub: &Subsystem, ctrl: &Controller, cmd: &PropertyCmd) -> (S
 
 /// Property Set: only CC is writable.
 pub fn property_set(
-    sub: &Subsystem,
-    ctrl: &Controller,
+    sub: &Arc<Subsystem>,
+    ctrl: &Arc<Controller>,
     cmd: &PropertyCmd,
 ) -> (Status, PropertyEffect) {
     if cmd.size() != Some(4) || u64::from(cmd.offset.get()) != offset::CC {
@@ -375,17 +376,11 @@ pub fn property_set(
         effect = PropertyEffect::Reset;
     }
     if new.shn() != 0 && old.shn() == 0 {
-        // Shutdown: make what was written durable, then report it done.
-        for b in &sub.backends {
-            if let Err(e) = b.flush() {
-                tracing::warn!("flushing {} at shutdown: {e}", b.describe());
-            }
-        }
-        let c = ctrl.csts.load(Ordering::Acquire) & !csts::SHST_MASK;
-        ctrl.csts.store(c | csts::SHST_COMPLETE, Ordering::Release);
+        // Shutdown: make what was written durable (off the poller), then
+        // report it done.
+        sub.shutdown(ctrl);
     } else if new.shn() == 0 && old.shn() != 0 {
-        let c = ctrl.csts.load(Ordering::Acquire) & !csts::SHST_MASK;
-        ctrl.csts.store(c, Ordering::Release);
+        ctrl.set_shst(0);
     }
     (Status::SUCCESS, effect)
 }

@@ -2,7 +2,7 @@
 
 use super::config::{AllowedHost, TcpTargetSpec};
 use leapio_nvme::controller::NamespaceInfo;
-use leapio_nvme::regs::csts;
+use leapio_nvme::regs::{csts, Cc};
 use leapio_nvme_auth::{Policy, Secrets};
 use leapio_transports::Backend;
 use std::collections::{BTreeSet, HashMap};
@@ -47,6 +47,9 @@ pub struct Subsystem {
     pub connections: AtomicUsize,
     /// Commands of closed connections whose backend I/O is still running.
     pub orphans: AtomicUsize,
+    /// Controllers waiting for the shutdown flush, and whether the flusher
+    /// thread runs (see [`Subsystem::shutdown`]).
+    shutdowns: Mutex<(Vec<Arc<Controller>>, bool)>,
 }
 
 #[derive(Default)]
@@ -85,6 +88,60 @@ impl Subsystem {
             }),
             connections: AtomicUsize::new(0),
             orphans: AtomicUsize::new(0),
+            shutdowns: Mutex::new((Vec::new(), false)),
+        }
+    }
+
+    /// A shutdown notification (CC.SHN) for `ctrl`: CSTS.SHST says
+    /// "occurring" until every backend was flushed, then "complete". The
+    /// flush runs on one thread per subsystem, never on a poller (it would
+    /// stall every connection the poller serves), and requests that arrive
+    /// while it runs share the next flush. A discovery controller has no
+    /// namespaces: complete at once.
+    pub fn shutdown(self: &Arc<Self>, ctrl: &Arc<Controller>) {
+        if ctrl.discovery || self.backends.is_empty() {
+            ctrl.set_shst(csts::SHST_COMPLETE);
+            return;
+        }
+        ctrl.set_shst(csts::SHST_OCCURRING);
+        let mut q = self.shutdowns.lock().unwrap_or_else(|p| p.into_inner());
+        q.0.push(ctrl.clone());
+        if q.1 {
+            return;
+        }
+        q.1 = true;
+        drop(q);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tcp-target-flush".into())
+            .spawn(move || me.flush_for_shutdowns());
+        if spawned.is_err() {
+            // No thread: flush here, once.
+            self.flush_for_shutdowns();
+        }
+    }
+
+    fn flush_for_shutdowns(&self) {
+        loop {
+            let waiting = {
+                let mut q = self.shutdowns.lock().unwrap_or_else(|p| p.into_inner());
+                if q.0.is_empty() {
+                    q.1 = false;
+                    return;
+                }
+                std::mem::take(&mut q.0)
+            };
+            for b in &self.backends {
+                if let Err(e) = b.flush() {
+                    tracing::warn!("flushing {} at shutdown: {e}", b.describe());
+                }
+            }
+            for c in waiting {
+                // Unless the host took the notification back meanwhile.
+                if Cc(c.cc.load(Ordering::Acquire)).shn() != 0 {
+                    c.set_shst(csts::SHST_COMPLETE);
+                }
+            }
         }
     }
 
@@ -188,6 +245,12 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// Set CSTS.SHST to `shst` (a `csts::SHST_*` value).
+    pub fn set_shst(&self, shst: u32) {
+        let c = self.csts.load(Ordering::Acquire) & !csts::SHST_MASK;
+        self.csts.store(c | shst, Ordering::Release);
+    }
+
     pub fn ready(&self) -> bool {
         self.csts.load(Ordering::Acquire) & csts::RDY != 0
     }

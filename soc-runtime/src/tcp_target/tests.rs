@@ -459,14 +459,11 @@ fn io_session(dg: Digests) {
     let (s, d) = q3.rw(IoOpcode::READ, 12, 4, Out::None, 2048);
     assert!(s.is_success());
     assert_eq!(d, &small[2048..]);
-    // Shutdown through CC.SHN.
+    // Shutdown through CC.SHN: the flush runs off the poller; CSTS says
+    // when it is done.
     let (s, _) = a.prop(FcType::PROPERTY_SET, offset::CC, false, 0x0046_4001);
     assert!(s.is_success());
-    let (_, st) = a.prop(FcType::PROPERTY_GET, offset::CSTS, false, 0);
-    assert_eq!(
-        st & u64::from(csts::SHST_MASK),
-        u64::from(csts::SHST_COMPLETE)
-    );
+    wait_shutdown_complete(&mut a);
     drop(a);
     tgt.wait_controllers(0);
     // The I/O queue of the removed controller is closed by the target.
@@ -519,6 +516,43 @@ fn discovery_controller_lists_the_subsystem() {
     assert!(c
         .status_field()
         .same_code(FabricsStatus::CONNECT_INVALID_PARAMETERS));
+}
+
+/// Poll CSTS until the shutdown it was notified of is complete.
+fn wait_shutdown_complete(a: &mut Host) {
+    let t0 = Instant::now();
+    loop {
+        let (_, st) = a.prop(FcType::PROPERTY_GET, offset::CSTS, false, 0);
+        match st & u64::from(csts::SHST_MASK) {
+            x if x == u64::from(csts::SHST_COMPLETE) => return,
+            x => assert_eq!(x, u64::from(csts::SHST_OCCURRING), "SHST"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "shutdown never completed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_discovery_shutdown_flushes_nothing_and_blocks_no_one() {
+    let tgt = Target::start("");
+    let (_a, mut q) = healthy(&tgt);
+    let (mut d, _) = Host::admin(tgt.addr, Digests::default(), DISCOVERY_NQN, 0);
+    for _ in 0..50 {
+        // Shutdown notifications over and over: answered at once.
+        let (s, _) = d.prop(FcType::PROPERTY_SET, offset::CC, false, 0x0046_4001);
+        assert!(s.is_success());
+        let (_, st) = d.prop(FcType::PROPERTY_GET, offset::CSTS, false, 0);
+        assert_eq!(
+            st & u64::from(csts::SHST_MASK),
+            u64::from(csts::SHST_COMPLETE)
+        );
+        let (s, _) = d.prop(FcType::PROPERTY_SET, offset::CC, false, 0x0046_0001);
+        assert!(s.is_success());
+    }
+    still_healthy(&mut q, 9);
 }
 
 fn get_log(h: &mut Host, lid: u8, len: usize) -> Vec<u8> {
