@@ -175,6 +175,20 @@ impl Conn {
         !self.tx.is_empty()
     }
 
+    /// Before its Connect a queue carries only the Connect, and until it
+    /// is authenticated only AUTH_Send/AUTH_Recv: the status for anything
+    /// else, None when `sqe` may go on.
+    fn refused_before_setup(&self, sqe: &Sqe) -> Option<Status> {
+        let fctype = sqe.as_bytes()[4];
+        let fabrics = sqe.opcode == FABRICS_OPCODE;
+        if self.bind.is_none() {
+            return (!(fabrics && fctype == FcType::CONNECT))
+                .then_some(Status::COMMAND_SEQUENCE_ERROR);
+        }
+        let auth = fabrics && matches!(fctype, FcType::AUTH_SEND | FcType::AUTH_RECV);
+        (!self.authenticated() && !auth).then_some(FabricsStatus::AUTH_REQUIRED)
+    }
+
     /// Queue a PDU for sending.
     pub fn queue_tx(&mut self, pdu: Vec<u8>) {
         self.tx_bytes += pdu.len();
@@ -373,6 +387,11 @@ impl Poller {
         let cid = sqe.cid.get();
         if conn.cmds.iter().flatten().any(|c| c.sqe.cid.get() == cid) {
             conn.respond(cid, Status::COMMAND_ID_CONFLICT, 0);
+            return;
+        }
+        if let Some(status) = conn.refused_before_setup(sqe) {
+            // Nothing is allocated and no R2T sent for it.
+            conn.respond(cid, status, 0);
             return;
         }
         let max_len = if conn.qid() == 0 {

@@ -555,6 +555,35 @@ fn a_discovery_shutdown_flushes_nothing_and_blocks_no_one() {
     still_healthy(&mut q, 9);
 }
 
+#[test]
+fn commands_before_connect_get_no_buffers_and_no_r2t() {
+    let tgt = Target::start("");
+    let mut h = Host::new(tgt.addr, Digests::default());
+    for i in 0..64u16 {
+        // A 128 KiB write on a queue that never connected.
+        let mut sqe = Sqe {
+            opcode: IoOpcode::WRITE,
+            nsid: 1.into(),
+            cdw12: 255.into(),
+            ..Default::default()
+        };
+        sqe.cid = i.into();
+        SglDescriptor::transport(128 << 10).store(&mut sqe);
+        let b = h.capsule(&sqe, &[]);
+        h.send(&b);
+        match h.recv().expect("connection closed").header {
+            PduHeader::CapsuleResp(r) => {
+                assert_eq!(r.cqe.cid.get(), i);
+                assert!(r
+                    .cqe
+                    .status_field()
+                    .same_code(Status::COMMAND_SEQUENCE_ERROR));
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+}
+
 fn get_log(h: &mut Host, lid: u8, len: usize) -> Vec<u8> {
     let numd = u32::try_from(len / 4 - 1).unwrap();
     let sqe = Sqe {
