@@ -616,3 +616,103 @@ fn dhchap_refusals_say_why() {
     ));
     assert!(e.contains("Authentication Send failed"), "{e}");
 }
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_without_spinning() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = std::process::Command::new(leapio_tests::split::bin("socp"));
+    cmd.args([
+        "--tcp-target",
+        &format!("listen=127.0.0.1:{port},nqn={NQN},ns=ram:4M"),
+        "--tcp-pollers",
+        "1",
+    ])
+    .env("RUST_LOG", "warn")
+    .env("NO_COLOR", "1")
+    .stderr(log.reopen().unwrap());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Reap(cmd.spawn().expect("socp"));
+    let pid = child.0.id();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "socp is not listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // More connections than socp has descriptors for.
+    let held: Vec<_> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_seconds(pid) - cpu0;
+    assert!(
+        spent < 0.5,
+        "socp used {spent:.2} s of CPU in 2 s while out of descriptors"
+    );
+    let warnings = std::fs::read_to_string(log.path())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("accept:"))
+        .count();
+    assert!(warnings > 0 && warnings < 20, "{warnings} accept warnings");
+    // Descriptors free again: new hosts are served.
+    drop(held);
+    let t0 = Instant::now();
+    loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut icreq = [0u8; 128];
+        icreq[..8].copy_from_slice(&[0x00, 0, 128, 0, 128, 0, 0, 0]);
+        s.write_all(&icreq).unwrap();
+        let mut resp = [0u8; 128];
+        if s.read_exact(&mut resp).is_ok() {
+            assert_eq!(resp[0], 0x01, "an ICResp");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "socp accepts no more"
+        );
+    }
+    drop(child);
+}

@@ -119,6 +119,9 @@ pub(super) struct Conn {
     pub auth: Option<CtrlAuth>,
     /// When an unauthenticated queue is closed.
     pub auth_deadline: Instant,
+    /// When a connection that has not sent its Connect is closed (a
+    /// half-open connection holds a slot and a descriptor).
+    pub connect_deadline: Instant,
 }
 
 impl Conn {
@@ -150,6 +153,7 @@ impl Conn {
             last_keep_alive: Instant::now(),
             auth: None,
             auth_deadline: Instant::now(),
+            connect_deadline: Instant::now() + l.icreq_timeout * 2,
         }
     }
 
@@ -394,7 +398,11 @@ impl Poller {
             conn.respond(cid, status, 0);
             return;
         }
-        let max_len = if conn.qid() == 0 {
+        let discovery = conn.bind.as_ref().is_some_and(|b| b.ctrl.discovery);
+        let max_len = if discovery {
+            // The discovery log is a header and one entry.
+            8192
+        } else if conn.qid() == 0 {
             // Admin commands: the largest log or identify page we serve.
             self.sub.limits.mdts_bytes().max(8192)
         } else {

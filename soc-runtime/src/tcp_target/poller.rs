@@ -30,6 +30,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(10);
 const TICK: Duration = Duration::from_millis(10);
 /// Most connections one poller serves.
 const MAX_CONNS: usize = 4096;
+/// How long accepting pauses after `accept` failed for lack of resources.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
 /// A backend operation not yet accepted by its queue.
 pub(super) struct PendingOp {
@@ -86,6 +88,8 @@ pub(super) struct Poller {
     scratch: Vec<u8>,
     stop: Arc<AtomicBool>,
     last_tick: Instant,
+    /// Accepting is paused (the listener unwatched) until then.
+    accept_paused_until: Option<Instant>,
 }
 
 impl Poller {
@@ -113,6 +117,7 @@ impl Poller {
             scratch: vec![0u8; 128 * 1024],
             stop,
             last_tick: Instant::now(),
+            accept_paused_until: None,
         })
     }
 
@@ -219,7 +224,18 @@ impl Poller {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(poller = self.index, "accept: {e}");
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the
+                    // pending connection stays queued and the listener stays
+                    // readable. Stop watching it for a while instead of
+                    // failing (and logging) on every pass.
+                    if self.accept_paused_until.is_none() {
+                        tracing::warn!(
+                            poller = self.index,
+                            "accept: {e}; not accepting for {ACCEPT_BACKOFF:?}"
+                        );
+                    }
+                    self.epoll.delete(self.listener.as_raw_fd());
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
             }
@@ -406,6 +422,12 @@ impl Poller {
     /// Timed checks.
     fn tick(&mut self) {
         let now = Instant::now();
+        if self.accept_paused_until.is_some_and(|t| now >= t) {
+            self.accept_paused_until = None;
+            if let Err(e) = self.epoll.add(self.listener.as_raw_fd(), LISTENER, false) {
+                tracing::error!(poller = self.index, "epoll add (listener): {e}");
+            }
+        }
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
@@ -422,6 +444,11 @@ impl Poller {
                     continue;
                 }
                 _ => {}
+            }
+            if conn.bind.is_none() && now >= conn.connect_deadline {
+                tracing::warn!(peer = %conn.peer, "no Connect in time: closing the connection");
+                self.close(slot);
+                continue;
             }
             if !conn.authenticated() && now >= conn.auth_deadline {
                 tracing::warn!(peer = %conn.peer, "queue not authenticated in time: closing it");

@@ -875,6 +875,12 @@ fn silent_host_times_out() {
     let t0 = Instant::now();
     h.expect_term(Fes::PDU_SEQUENCE_ERROR);
     assert!(t0.elapsed() < Duration::from_secs(3));
+    // Past the ICReq, a queue that never sends its Connect is closed too
+    // (after twice the ICReq time).
+    let mut half = Host::new(tgt.addr, Digests::default());
+    let t0 = Instant::now();
+    assert!(half.recv().is_none(), "a half-open queue was kept");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     still_healthy(&mut q, 5);
 }
 
