@@ -287,11 +287,16 @@ fn set_features(sub: &Subsystem, ctrl: &Controller, st: &mut AdminState, sqe: &S
         // Configuration.
         _ if ctrl.discovery && fid != FeatureId::ASYNC_EVENT_CONFIG => done(Status::INVALID_FIELD),
         FeatureId::NUMBER_OF_QUEUES => set_queue_count(sub, ctrl, v),
-        _ => done(
-            st.features
+        _ => {
+            let s = st
+                .features
                 .set(fid, v, any_vwc(sub))
-                .unwrap_or(Status::INVALID_FIELD),
-        ),
+                .unwrap_or(Status::INVALID_FIELD);
+            // The I/O queues write through (FUA) while the cache is off.
+            let wc = st.features.write_cache_enabled();
+            ctrl.write_cache.store(wc, Ordering::Release);
+            done(s)
+        }
     }
 }
 

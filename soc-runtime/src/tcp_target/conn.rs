@@ -560,7 +560,14 @@ impl Poller {
             return;
         };
         let cid = cmd.sqe.cid.get();
-        let (ns, plan) = io_cmd::plan(&self.sub, &cmd.sqe, &cmd.xfer, &cmd.buf);
+        let (ns, mut plan) = io_cmd::plan(&self.sub, &cmd.sqe, &cmd.xfer, &cmd.buf);
+        let write_cache = conn
+            .bind
+            .as_ref()
+            .is_none_or(|b| b.ctrl.write_cache.load(Ordering::Acquire));
+        if !write_cache {
+            plan = crate::io::write_through(plan);
+        }
         let ops: Vec<Op> = match plan {
             Plan::Complete(s) => {
                 conn.cmds[idx] = None;

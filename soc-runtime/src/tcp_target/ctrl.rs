@@ -194,6 +194,7 @@ impl Subsystem {
                     io_qids: Mutex::new(BTreeSet::new()),
                     epoch: AtomicU64::new(0),
                     dead: AtomicBool::new(false),
+                    write_cache: AtomicBool::new(true),
                 });
                 slot.insert(ctrl.clone());
                 return Some(ctrl);
@@ -242,6 +243,8 @@ pub struct Controller {
     pub epoch: AtomicU64,
     /// Torn down (admin queue gone, keep-alive timeout).
     pub dead: AtomicBool,
+    /// Volatile Write Cache as the host set it: off, writes get FUA.
+    pub write_cache: AtomicBool,
 }
 
 impl Controller {
@@ -282,5 +285,6 @@ impl Controller {
         self.qids().clear();
         self.csts.store(0, Ordering::Release);
         self.queues_granted.store(u32::MAX, Ordering::Release);
+        self.write_cache.store(true, Ordering::Release);
     }
 }
