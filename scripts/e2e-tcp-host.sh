@@ -66,7 +66,7 @@ base="nvme-tcp:127.0.0.1:$port/$nqn?hostnqn=$hostnqn&qd=16&retry=5000"
 dh_key=$(dhchap_key 48 02)
 dh_ctrl_key=$(dhchap_key 32 00)
 dh_wrong=$(dhchap_key 48 02)
-dh_base="nvme-tcp:127.0.0.1:$port/$nqn?hostnqn=$dhnqn&qd=16&retry=5000"
+dh_base="nvme-tcp:127.0.0.1:$port/$nqn?hostnqn=$dhnqn&qd=16"
 
 # shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
@@ -196,7 +196,7 @@ fi
 report tcp_host_nvmet_socp_cli "$reason" "${out%%|*}, digests on $nq I/O queue(s)"
 
 # ---- 5: DH-HMAC-CHAP with nvmet (keys in configfs) ----
-perf_run tcp_host_nvmet_dhchap --spawn "ns=$dh_base&dhchap=$dh_key&dhchap-ctrl=$dh_ctrl_key" \
+perf_run tcp_host_nvmet_dhchap --spawn "ns=$dh_base&retry=5000&dhchap=$dh_key&dhchap-ctrl=$dh_ctrl_key" \
     -t $(((runtime + 1) / 2)) --range 32M
 reason=''
 for case in none wrong; do
@@ -205,15 +205,15 @@ for case in none wrong; do
     rc=0
     timeout -k 5 30 "$perf" --spawn "ns=$dh_base&retry=1000$opt" -t 1 > /dev/null \
         2> "$logs/tcp-host.perf-dhchap-$case.err" || rc=$?
-    err=$(tail -n 1 "$logs/tcp-host.perf-dhchap-$case.err" | cut -c1-400)
+    err=$(tail -n 1 "$logs/tcp-host.perf-dhchap-$case.err")
     if ((rc == 0)); then
         reason="${reason:+$reason; }$case: the host could connect"
     elif ((rc == 124 || rc == 137)); then
         reason="${reason:+$reason; }$case: leapio-perf hung instead of failing"
     elif [[ $case == none && $err != *'requires DH-HMAC-CHAP authentication'* ]]; then
-        reason="${reason:+$reason; }no secret: not asked to authenticate: $err"
+        reason="${reason:+$reason; }no secret: not asked to authenticate: ${err: -300}"
     elif [[ $case == wrong && $err != *'refused authentication'* ]]; then
-        reason="${reason:+$reason; }wrong secret: not refused by the controller: $err"
+        reason="${reason:+$reason; }wrong secret: not refused by the controller: ${err: -300}"
     fi
 done
 report tcp_host_nvmet_dhchap_refused "$reason" "without a secret: asked to authenticate; with a wrong one: refused"
