@@ -27,8 +27,6 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// How long a connection being terminated may take to flush its TermReq.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// How long a queue that must authenticate may take to do so.
-pub(super) const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -724,7 +722,7 @@ impl Poller {
                 &self.sub.nqn,
                 self.sub.dhchap.clone(),
             ));
-            conn.auth_deadline = Instant::now() + AUTH_TIMEOUT;
+            conn.auth_deadline = Instant::now() + self.sub.limits.auth_timeout;
             dw0 |= CONNECT_AUTHREQ_ATR;
         }
         conn.bind = Some(Binding {
