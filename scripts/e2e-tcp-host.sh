@@ -13,7 +13,12 @@
 #   4. a socp process with --ctrl sock=...,ns=nvme-tcp:...&hdgst=1&ddgst=1
 #      driven by leapio-perf --sock (the CLI path); socp's log must show
 #      digests negotiated on its I/O queues,
-#   5. the guest is told to stop (a connection to its forwarded stop port),
+#   5. DH-HMAC-CHAP: nvmet admits a second host NQN only with its
+#      dhchap_key (and dhchap_ctrl_key; hmac(sha384), ffdhe2048) in
+#      configfs: leapio-perf --spawn with dhchap= and dhchap-ctrl= runs a
+#      verified mix (every queue authenticated, the controller too), and the
+#      same host without a secret, or with a wrong one, is refused,
+#   6. the guest is told to stop (a connection to its forwarded stop port),
 #      must report no digest errors in nvmet's log and power off by itself.
 #
 # usage: bash scripts/e2e-tcp-host.sh
@@ -34,6 +39,7 @@ t0=$(now)
 runtime=${LEAPIO_TCP_HOST_TIME:-10}
 nqn=nqn.2026-11.io.leapio:linux-tgt
 hostnqn=nqn.2026-11.io.leapio:e2e-host
+dhnqn=nqn.2026-11.io.leapio:e2e-dhchap-host
 perf=$LEAPIO_REPO/target/release/leapio-perf
 
 bash vm-images/build.sh >/dev/null || die "vm-images/build.sh failed"
@@ -57,6 +63,10 @@ for x in s:
 print(*[x.getsockname()[1] for x in s])')
 port=${LEAPIO_TCP_HOST_PORT:-$port}
 base="nvme-tcp:127.0.0.1:$port/$nqn?hostnqn=$hostnqn&qd=16&retry=5000"
+dh_key=$(dhchap_key 48 02)
+dh_ctrl_key=$(dhchap_key 32 00)
+dh_wrong=$(dhchap_key 48 02)
+dh_base="nvme-tcp:127.0.0.1:$port/$nqn?hostnqn=$dhnqn&qd=16"
 
 # shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
@@ -121,7 +131,7 @@ log "booting the nvmet guest (127.0.0.1:$port -> guest:4420, stop port $stop_por
 rm -f "$glog" # no stale READY marker from an earlier run
 bash scripts/run-guest.sh --quiet --job nvmet --log "$glog" --timeout 150 \
     --hostfwd "tcp:127.0.0.1:$port-:4420" --hostfwd "tcp:127.0.0.1:$stop_port-:4421" \
-    --append "leapio.nvmet_nqn=$nqn leapio.nvmet_hostnqn=$hostnqn leapio.nvmet_size=256 leapio.nvmet_hold=120" &
+    --append "leapio.nvmet_nqn=$nqn leapio.nvmet_hostnqn=$hostnqn leapio.nvmet_size=256 leapio.nvmet_hold=120 leapio.nvmet_dhchap_host=$dhnqn leapio.nvmet_dhchap_key=$dh_key leapio.nvmet_dhchap_ctrl_key=$dh_ctrl_key leapio.nvmet_dhchap_hash=hmac(sha384) leapio.nvmet_dhchap_dhgroup=ffdhe2048" &
 GUEST_PID=$!
 ready='' i=0
 while ((i < 900)); do # 90 s
@@ -185,7 +195,30 @@ fi
 [[ -z $reason ]] || socp_tail 15
 report tcp_host_nvmet_socp_cli "$reason" "${out%%|*}, digests on $nq I/O queue(s)"
 
-# ---- 5: stop the guest; it must report no digest errors and power off ----
+# ---- 5: DH-HMAC-CHAP with nvmet (keys in configfs) ----
+perf_run tcp_host_nvmet_dhchap --spawn "ns=$dh_base&retry=5000&dhchap=$dh_key&dhchap-ctrl=$dh_ctrl_key" \
+    -t $(((runtime + 1) / 2)) --range 32M
+reason=''
+for case in none wrong; do
+    opt=''
+    [[ $case == wrong ]] && opt="&dhchap=$dh_wrong"
+    rc=0
+    timeout -k 5 30 "$perf" --spawn "ns=$dh_base&retry=1000$opt" -t 1 > /dev/null \
+        2> "$logs/tcp-host.perf-dhchap-$case.err" || rc=$?
+    err=$(tail -n 1 "$logs/tcp-host.perf-dhchap-$case.err")
+    if ((rc == 0)); then
+        reason="${reason:+$reason; }$case: the host could connect"
+    elif ((rc == 124 || rc == 137)); then
+        reason="${reason:+$reason; }$case: leapio-perf hung instead of failing"
+    elif [[ $case == none && $err != *'requires DH-HMAC-CHAP authentication'* ]]; then
+        reason="${reason:+$reason; }no secret: not asked to authenticate: ${err: -300}"
+    elif [[ $case == wrong && $err != *'refused authentication'* ]]; then
+        reason="${reason:+$reason; }wrong secret: not refused by the controller: ${err: -300}"
+    fi
+done
+report tcp_host_nvmet_dhchap_refused "$reason" "without a secret: asked to authenticate; with a wrong one: refused"
+
+# ---- 6: stop the guest; it must report no digest errors and power off ----
 reason=''
 if ! { exec 3<> "/dev/tcp/127.0.0.1/$stop_port" && echo stop >&3 && exec 3>&-; } 2>/dev/null; then
     reason="could not reach the guest's stop port"

@@ -348,3 +348,14 @@ stop_pid() {
         return 1
     fi
 }
+
+# dhchap_key LEN XX: a random DH-HMAC-CHAP secret as `nvme gen-dhchap-key`
+# prints it: DHHC-1:XX:base64(key || CRC-32 little-endian): with a LEN-byte
+# key (32, 48, 64) and hash transformation XX (00 none, 01..03 SHA-256..512)
+dhchap_key() {
+    "$PY" -c '
+import base64, os, sys, zlib
+k = os.urandom(int(sys.argv[1]))
+print("DHHC-1:%s:%s:" % (sys.argv[2], base64.b64encode(k + zlib.crc32(k).to_bytes(4, "little")).decode()))
+' "$1" "$2"
+}

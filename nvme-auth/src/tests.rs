@@ -379,3 +379,56 @@ fn the_host_rejects_bad_challenges() {
         FailureCode::HASH_UNUSABLE
     );
 }
+
+/// Mutated messages (valid ones with bytes flipped, truncated or extended)
+/// fed to the parser and to a controller at every step: no panic, and a
+/// controller that took garbage never counts as authenticated.
+#[test]
+fn mutated_messages_never_panic_or_authenticate() {
+    let s = secrets(true);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let null_only = Arc::new(Policy {
+        groups: vec![DhGroup::Null],
+        ..Policy::default()
+    });
+    for round in 0..500u16 {
+        let mut c = CtrlAuth::new(Arc::new(s.clone()), HOSTNQN, SUBNQN, null_only.clone());
+        let mut h = HostTransaction::new(&s, HOSTNQN, SUBNQN, round);
+        let mut msgs = vec![h.negotiate()];
+        c.send(&msgs[0]);
+        let ch = c.recv();
+        let _ = msg::parse(&ch);
+        msgs.push(h.reply(&ch).unwrap());
+        msgs.push(msg::success2(round));
+        msgs.push(msg::failure(round, false, FailureCode::FAILED));
+        // mutate one of them and replay the transaction with it
+        let k = usize::try_from(next() % 4).unwrap();
+        let mut m = msgs[k].clone();
+        match next() % 3 {
+            0 => {
+                let i = usize::try_from(next()).unwrap() % m.len();
+                m[i] ^= u8::try_from(next() % 255 + 1).unwrap();
+            }
+            1 => m.truncate(usize::try_from(next()).unwrap() % m.len()),
+            _ => m.extend((0..next() % 64).map(|x| u8::try_from(x).unwrap())),
+        }
+        let _ = msg::parse(&m);
+        let mut c = CtrlAuth::new(Arc::new(s.clone()), HOSTNQN, SUBNQN, null_only.clone());
+        for (j, good) in msgs.iter().enumerate().take(3) {
+            c.send(if j == k { &m } else { good });
+            let out = c.recv();
+            assert!(
+                msg::parse(&out).is_ok(),
+                "the controller sends well-formed messages"
+            );
+        }
+        // the Reply was computed for another challenge: never authenticated
+        assert!(!c.authenticated(), "round {round}");
+    }
+}

@@ -101,6 +101,8 @@ pub struct TcpTargetSpec {
     pub serial: Option<String>,
     /// How long a new connection may take to send its ICReq.
     pub icreq_timeout: Duration,
+    /// How long a queue that must authenticate may take to do so.
+    pub auth_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -133,6 +135,7 @@ impl FromStr for TcpTargetSpec {
         let mut mdts = 5u8;
         let mut serial = None;
         let mut icreq_timeout = Duration::from_secs(10);
+        let mut auth_timeout = Duration::from_secs(30);
         let mut last_ns: Option<String> = None;
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
@@ -222,9 +225,17 @@ impl FromStr for TcpTargetSpec {
                         .ok_or_else(|| bad(format!("icreq-timeout-ms must be 1..=600000, got '{value}'")))?;
                     icreq_timeout = Duration::from_millis(ms);
                 }
+                "auth-timeout-ms" => {
+                    let ms: u64 = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=600_000).contains(n))
+                        .ok_or_else(|| bad(format!("auth-timeout-ms must be 1..=600000, got '{value}'")))?;
+                    auth_timeout = Duration::from_millis(ms);
+                }
                 other => {
                     return Err(bad(format!(
-                        "unknown key '{other}' (expected listen, nqn, ns, bs, allow, dhchap-hashes, dhchap-dhgroups, io-queues, queue-entries, mdts, serial, icreq-timeout-ms)"
+                        "unknown key '{other}' (expected listen, nqn, ns, bs, allow, dhchap-hashes, dhchap-dhgroups, io-queues, queue-entries, mdts, serial, icreq-timeout-ms, auth-timeout-ms)"
                     )))
                 }
             }
@@ -245,6 +256,7 @@ impl FromStr for TcpTargetSpec {
             mdts,
             serial,
             icreq_timeout,
+            auth_timeout,
         })
     }
 }

@@ -31,8 +31,6 @@ pub(super) const TX_LIMIT: usize = 4 << 20;
 
 /// How long a connection being terminated may take to flush its TermReq.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// How long a queue that must authenticate may take to do so.
-pub(super) const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -782,7 +780,7 @@ impl Poller {
                 &self.sub.nqn,
                 self.sub.dhchap.clone(),
             ));
-            conn.auth_deadline = Instant::now() + AUTH_TIMEOUT;
+            conn.auth_deadline = Instant::now() + self.sub.limits.auth_timeout;
             dw0 |= CONNECT_AUTHREQ_ATR;
         }
         conn.bind = Some(Binding {

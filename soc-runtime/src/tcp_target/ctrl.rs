@@ -23,6 +23,8 @@ pub struct Limits {
     /// MAXH2CDATA announced in ICResp.
     pub maxh2cdata: u32,
     pub icreq_timeout: Duration,
+    /// How long a queue may take to authenticate.
+    pub auth_timeout: Duration,
 }
 
 impl Limits {
@@ -81,6 +83,7 @@ impl Subsystem {
                 in_capsule: 8192,
                 maxh2cdata: 4096u32 << spec.mdts,
                 icreq_timeout: spec.icreq_timeout,
+                auth_timeout: spec.auth_timeout,
             },
             ctrls: Mutex::new(Ctrls {
                 by_id: HashMap::new(),

@@ -1075,6 +1075,19 @@ mod dhchap {
     }
 
     #[test]
+    fn a_queue_that_does_not_authenticate_in_time_is_closed() {
+        let s = secrets(false);
+        let tgt = target(&s, ",auth-timeout-ms=300");
+        let mut h = Host::new(tgt.addr, Digests::default());
+        h.connect_auth(0, CNTLID_DYNAMIC);
+        tgt.wait_controllers(1);
+        let t0 = Instant::now();
+        assert!(h.recv().is_none(), "closed");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        tgt.wait_controllers(0);
+    }
+
+    #[test]
     fn hosts_without_a_secret_are_not_asked() {
         let s = secrets(false);
         let tgt = target(&s, "");

@@ -136,15 +136,17 @@ fn run(cfg: &Config) -> Result<Report, PerfError> {
             run_ctrl(cfg, path, cpu, "socp", detail)
         }
         Target::Spawn { spec, pollers } => {
+            // What is printed of the spec never shows a DH-HMAC-CHAP secret.
+            let shown = leapio_nvme_auth::redact(spec);
             // Check the spec here: TestServer panics on a bad one.
             format!("sock=/x,{spec}")
                 .parse::<socp::config::CtrlSpec>()
-                .map_err(|e| PerfError::Setup(format!("--spawn {spec}: {e}")))?;
+                .map_err(|e| PerfError::Setup(format!("--spawn {shown}: {e}")))?;
             let io_wait =
                 (cfg.io_wait_us > 0).then(|| std::time::Duration::from_micros(cfg.io_wait_us));
             let srv = TestServer::try_start(&[spec.as_str()], *pollers, io_wait)
-                .map_err(|e| PerfError::Setup(format!("--spawn {spec}: {e}")))?;
-            let detail = format!("in-process, {spec}, {pollers} poller(s)");
+                .map_err(|e| PerfError::Setup(format!("--spawn {shown}: {e}")))?;
+            let detail = format!("in-process, {shown}, {pollers} poller(s)");
             run_ctrl(cfg, srv.sock(0), CpuSource::ThisProcess, "socp", detail)
         }
     }
