@@ -479,8 +479,9 @@ fn a_target_repeating_r2ts_costs_its_connection_not_memory() {
     let r = h.io(IoKind::Write, 1 << 20, &mut d);
     let grew = rss().saturating_sub(before);
     assert_eq!(r, Err(libc::ETIMEDOUT), "the write cannot succeed");
+    // (Generous: other tests of this binary may run in the same process.)
     assert!(
-        grew < 32 << 20,
+        grew < 96 << 20,
         "resident memory grew by {} MiB with {R2T_REPEATS} repeated R2Ts",
         grew >> 20
     );

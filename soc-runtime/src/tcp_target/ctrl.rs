@@ -49,6 +49,8 @@ pub struct Subsystem {
     pub connections: AtomicUsize,
     /// Commands of closed connections whose backend I/O is still running.
     pub orphans: AtomicUsize,
+    /// The most bytes one connection ever had queued to send.
+    pub tx_peak: AtomicUsize,
     /// Controllers waiting for the shutdown flush, and whether the flusher
     /// thread runs (see [`Subsystem::shutdown`]).
     shutdowns: Mutex<(Vec<Arc<Controller>>, bool)>,
@@ -91,6 +93,7 @@ impl Subsystem {
             }),
             connections: AtomicUsize::new(0),
             orphans: AtomicUsize::new(0),
+            tx_peak: AtomicUsize::new(0),
             shutdowns: Mutex::new((Vec::new(), false)),
         }
     }

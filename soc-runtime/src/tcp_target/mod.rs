@@ -146,6 +146,13 @@ impl TcpTarget {
         })
     }
 
+    /// The most bytes ever queued for one connection to send: bounded by
+    /// the backpressure on hosts that do not read (about `TX_LIMIT` plus
+    /// one response).
+    pub fn tx_peak(&self) -> usize {
+        self.sub.tx_peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Controllers currently alive (admin queues connected).
     pub fn controllers(&self) -> usize {
         self.sub.controller_count()

@@ -90,6 +90,8 @@ pub(super) struct Poller {
     last_tick: Instant,
     /// Accepting is paused (the listener unwatched) until then.
     accept_paused_until: Option<Instant>,
+    /// This poller's share of `Subsystem::tx_peak`.
+    tx_peak: usize,
 }
 
 impl Poller {
@@ -118,6 +120,7 @@ impl Poller {
             stop,
             last_tick: Instant::now(),
             accept_paused_until: None,
+            tx_peak: 0,
         })
     }
 
@@ -383,6 +386,10 @@ impl Poller {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
             };
+            if conn.tx_bytes > self.tx_peak {
+                self.tx_peak = conn.tx_bytes;
+                self.sub.tx_peak.fetch_max(conn.tx_bytes, Ordering::Relaxed);
+            }
             if !conn.tx_pending() {
                 if conn.closing() {
                     self.close(slot);
