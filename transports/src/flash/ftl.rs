@@ -171,8 +171,9 @@ pub struct Ftl {
     logical_pages: u64,
     l2p: Vec<u32>,
     p2l: Vec<u64>,
-    /// Sequence numbers of the live trim records, by page.
-    trim_seq: HashMap<u32, u64>,
+    /// Sequence number and copy number (GC moves) of the live trim
+    /// records, by page.
+    trim_seq: HashMap<u32, (u64, u64)>,
     blocks: Vec<BlockInfo>,
     dies: Vec<DieInfo>,
     next_die: usize,
@@ -283,6 +284,7 @@ impl Ftl {
                         trims.push(TrimRecord {
                             ppa,
                             seq: meta.seq,
+                            copy: meta.lba,
                             ranges,
                         });
                     }
@@ -328,12 +330,24 @@ impl Ftl {
         Ok(trims)
     }
 
-    /// Keeps every trim record found as live (GC decides later whether it
-    /// is still needed).
+    /// Keeps the latest copy of each trim record found as live (GC decides
+    /// later whether it is still needed); older copies are garbage, so a
+    /// block GC had emptied before a restart has no live page.
     fn apply_trims(&mut self, trims: &[TrimRecord]) {
+        let mut latest: HashMap<u64, &TrimRecord> = HashMap::new();
         for t in trims {
+            let e = latest.entry(t.seq).or_insert(t);
+            if t.copy > e.copy {
+                *e = t;
+            }
+        }
+        for t in latest.into_values() {
+            let (home, _) = self.geo.split(t.ppa);
+            if !self.trim_needed(t.seq, home) {
+                continue;
+            }
             self.p2l[t.ppa as usize] = TRIM;
-            self.trim_seq.insert(t.ppa, t.seq);
+            self.trim_seq.insert(t.ppa, (t.seq, t.copy));
             let (b, _) = self.geo.split(t.ppa);
             self.blocks[b as usize].valid += 1;
         }
@@ -429,7 +443,7 @@ impl Ftl {
         self.stats.trim_records += 1;
         self.stats.media_pages_programmed += 1;
         self.p2l[ppa as usize] = TRIM;
-        self.trim_seq.insert(ppa, seq);
+        self.trim_seq.insert(ppa, (seq, 0));
         self.blocks[self.geo.split(ppa).0 as usize].valid += 1;
         for lba in start..end {
             self.unmap(lba);
@@ -554,6 +568,12 @@ impl Ftl {
             let Some(victim) = self.pick_victim(d) else {
                 break;
             };
+            // Only a victim whose data can all move: a half-moved victim
+            // would leave the die with neither a free block nor one to
+            // erase. (Trim records can go to another die.)
+            if self.gc_room(d) < self.live_data(victim) {
+                break;
+            }
             if !self.relocate(victim, now)? {
                 break;
             }
@@ -563,6 +583,15 @@ impl Ftl {
             self.stats.gc_victims += 1;
         }
         Ok(())
+    }
+
+    /// Pages GC can still program on die `d` without an erase.
+    fn gc_room(&self, d: usize) -> u64 {
+        let ppb = u64::from(self.geo.pages_per_block);
+        let open = self.dies[d]
+            .gc
+            .map_or(0, |b| ppb - u64::from(self.media.write_pointer(b)));
+        open + self.dies[d].free.len() as u64 * ppb
     }
 
     /// Greedy: the die's closed block with the fewest valid pages, if
@@ -577,10 +606,10 @@ impl Ftl {
             .filter(|&b| self.blocks[b as usize].valid < self.geo.pages_per_block)
     }
 
-    /// Move the victim's live pages to the die's GC block. `false`: no room
-    /// (the victim keeps what was not moved).
+    /// Move the victim's live pages: data to the die's GC block (copyback),
+    /// trim records there too or, when the die has no room, to another
+    /// die. `false`: no room (the victim keeps what was not moved).
     fn relocate(&mut self, victim: u32, now: u64) -> Result<bool, MediaError> {
-        let d = self.geo.die_of_block(victim) as usize;
         let mut buf = std::mem::take(&mut self.scratch);
         let mut result = Ok(true);
         for p in 0..self.media.write_pointer(victim) {
@@ -589,65 +618,114 @@ impl Ftl {
             if owner == INVALID {
                 continue;
             }
-            let trim_seq = self.trim_seq.get(&src).copied();
-            if let Some(seq) = trim_seq {
-                if !self.trim_needed(seq, victim) {
-                    self.trim_seq.remove(&src);
-                    self.p2l[src as usize] = INVALID;
-                    self.blocks[victim as usize].valid -= 1;
-                    continue;
-                }
-            }
-            let dst = match self.alloc(d, Stream::Gc, now) {
-                Ok(Some(dst)) => dst,
-                Ok(None) => {
-                    result = Ok(false);
+            let moved = match self.trim_seq.get(&src).copied() {
+                Some((seq, copy)) => self.move_trim(src, seq, copy, &mut buf, now),
+                None => self.move_data(src, owner, &mut buf, now),
+            };
+            match moved {
+                Ok(true) => {}
+                other => {
+                    result = other;
                     break;
                 }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
-            let meta = match trim_seq {
-                Some(seq) => PageMeta {
-                    kind: PageKind::Trim,
-                    lba: 0,
-                    seq,
-                },
-                None => PageMeta {
-                    kind: PageKind::Data,
-                    lba: owner,
-                    seq: self.next_seq(),
-                },
-            };
-            if let Err(e) = self.media.copyback(src, dst, &meta, &mut buf, now) {
-                result = Err(e);
-                break;
-            }
-            self.stats.gc_pages_moved += 1;
-            self.stats.media_pages_programmed += 1;
-            self.blocks[victim as usize].valid -= 1;
-            self.p2l[src as usize] = INVALID;
-            if let Some(seq) = trim_seq {
-                self.trim_seq.remove(&src);
-                self.trim_seq.insert(dst, seq);
-                self.p2l[dst as usize] = TRIM;
-                self.blocks[self.geo.split(dst).0 as usize].valid += 1;
-            } else {
-                self.l2p[ix(owner)] = UNMAPPED;
-                self.map(owner, dst, meta.seq);
             }
         }
         self.scratch = buf;
         result
     }
 
-    /// A trim record is needed while a block other than `victim` that is
-    /// not erased holds a data page older than the record.
-    fn trim_needed(&self, seq: u64, victim: u32) -> bool {
+    fn move_data(
+        &mut self,
+        src: u32,
+        lba: u64,
+        buf: &mut [u8],
+        now: u64,
+    ) -> Result<bool, MediaError> {
+        let (victim, _) = self.geo.split(src);
+        let d = self.geo.die_of_block(victim) as usize;
+        let Some(dst) = self.alloc(d, Stream::Gc, now)? else {
+            return Ok(false);
+        };
+        let meta = PageMeta {
+            kind: PageKind::Data,
+            lba,
+            seq: self.next_seq(),
+        };
+        self.media.copyback(src, dst, &meta, buf, now)?;
+        self.stats.gc_pages_moved += 1;
+        self.stats.media_pages_programmed += 1;
+        self.unmap(lba);
+        self.map(lba, dst, meta.seq);
+        Ok(true)
+    }
+
+    /// A moved trim record keeps its sequence number (it unmaps what is
+    /// older than the original) and counts its copies in `lba`. One that
+    /// no other block needs is dropped.
+    fn move_trim(
+        &mut self,
+        src: u32,
+        seq: u64,
+        copy: u64,
+        buf: &mut [u8],
+        now: u64,
+    ) -> Result<bool, MediaError> {
+        let (victim, _) = self.geo.split(src);
+        let d = self.geo.die_of_block(victim) as usize;
+        if self.trim_needed(seq, victim) {
+            let meta = PageMeta {
+                kind: PageKind::Trim,
+                lba: copy + 1,
+                seq,
+            };
+            let dst = if let Some(dst) = self.alloc(d, Stream::Gc, now)? {
+                self.media.copyback(src, dst, &meta, buf, now)?;
+                dst
+            } else {
+                let Some(dst) = self.trim_elsewhere(d, now)? else {
+                    return Ok(false);
+                };
+                let (_, t) = self.media.read(src, buf, now)?;
+                self.media.program(dst, buf, &meta, t)?;
+                dst
+            };
+            self.stats.gc_pages_moved += 1;
+            self.stats.media_pages_programmed += 1;
+            self.trim_seq.insert(dst, (seq, copy + 1));
+            self.p2l[dst as usize] = TRIM;
+            self.blocks[self.geo.split(dst).0 as usize].valid += 1;
+        }
+        self.trim_seq.remove(&src);
+        self.p2l[src as usize] = INVALID;
+        self.blocks[victim as usize].valid -= 1;
+        Ok(true)
+    }
+
+    /// A page on another die than `d` for a trim record, leaving that
+    /// die's GC reserve alone.
+    fn trim_elsewhere(&mut self, d: usize, now: u64) -> Result<Option<u32>, MediaError> {
+        for e in (0..self.dies.len()).filter(|&e| e != d) {
+            if let Some(p) = self.alloc(e, Stream::Host, now)? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Live data pages of a block (its valid pages less its trim records).
+    fn live_data(&self, block: u32) -> u64 {
+        (0..self.media.write_pointer(block))
+            .map(|p| self.p2l[self.geo.ppa(block, p) as usize])
+            .filter(|&o| o != INVALID && o != TRIM)
+            .count() as u64
+    }
+
+    /// A trim record is needed while a block other than its own (`home`)
+    /// that is not erased holds a data page older than the record. Data in
+    /// its own block goes with it when that block is erased.
+    fn trim_needed(&self, seq: u64, home: u32) -> bool {
         self.blocks.iter().enumerate().any(|(b, info)| {
-            b != victim as usize && info.state != BlockUse::Free && info.min_seq < seq
+            b != home as usize && info.state != BlockUse::Free && info.min_seq < seq
         })
     }
 }
@@ -655,6 +733,7 @@ impl Ftl {
 struct TrimRecord {
     ppa: u32,
     seq: u64,
+    copy: u64,
     ranges: Vec<(u64, u64)>,
 }
 
@@ -691,4 +770,12 @@ fn decode_trim(page: &[u8], logical_pages: u64) -> Option<Vec<(u64, u64)>> {
 /// A u64 known to index an in-memory table (checked at mount or by the caller).
 fn ix(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+impl Ftl {
+    /// Where a logical page is, for tests that damage the media file.
+    pub(crate) fn physical_page(&self, lba: u64) -> Option<u32> {
+        Some(self.l2p[ix(lba)]).filter(|&p| p != UNMAPPED)
+    }
 }

@@ -284,3 +284,6 @@ impl Backend for FlashBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -855,3 +855,232 @@ fn decode_oob(oob: &[u8], data: &[u8]) -> PageState {
         seq: u64le(oob, 16),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> NandGeometry {
+        NandGeometry {
+            channels: 2,
+            dies_per_channel: 2,
+            blocks_per_die: 4,
+            pages_per_block: 8,
+            page_size: 4096,
+            oob_size: 64,
+        }
+    }
+
+    fn meta(lba: u64, seq: u64) -> PageMeta {
+        PageMeta {
+            kind: PageKind::Data,
+            lba,
+            seq,
+        }
+    }
+
+    fn open(path: &Path, timing: Timing) -> NandMedia {
+        NandMedia::open(path, small(), Some(timing)).unwrap()
+    }
+
+    #[test]
+    fn program_order_and_erase_before_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.nand");
+        let mut m = open(&path, Timing::ZERO);
+        let g = small();
+        let data = vec![7u8; 4096];
+        m.program(g.ppa(1, 0), &data, &meta(1, 1), 0).unwrap();
+        // Skipping a page is refused.
+        let e = m.program(g.ppa(1, 2), &data, &meta(2, 2), 0).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MediaError::ProgramOrder {
+                    block: 1,
+                    page: 2,
+                    next: 1
+                }
+            ),
+            "{e}"
+        );
+        // Programming a page again before an erase is refused.
+        let e = m.program(g.ppa(1, 0), &data, &meta(3, 3), 0).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MediaError::ProgramOrder {
+                    page: 0,
+                    next: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // Fill the block: the next program is refused as the block is full.
+        for p in 1..8 {
+            m.program(
+                g.ppa(1, p),
+                &data,
+                &meta(u64::from(p), 10 + u64::from(p)),
+                0,
+            )
+            .unwrap();
+        }
+        let e = m.program(g.ppa(1, 0), &data, &meta(0, 99), 0).unwrap_err();
+        assert!(matches!(e, MediaError::ProgramOrder { next: 8, .. }), "{e}");
+        // Erase makes the block programmable from page 0 again.
+        m.erase(1, 0).unwrap();
+        assert_eq!(m.erase_count(1), 1);
+        assert_eq!(m.write_pointer(1), 0);
+        let mut buf = vec![0u8; 4096];
+        assert!(matches!(
+            m.read(g.ppa(1, 0), &mut buf, 0),
+            Err(MediaError::Erased { .. })
+        ));
+        m.program(g.ppa(1, 0), &data, &meta(5, 100), 0).unwrap();
+        m.program(g.ppa(1, 1), &vec![9u8; 4096], &meta(6, 101), 0)
+            .unwrap();
+        // Wrong buffer sizes and addresses are errors, not panics.
+        assert!(m
+            .program(g.ppa(1, 2), &data[..100], &meta(6, 1), 0)
+            .is_err());
+        assert!(m.read(u32::MAX, &mut buf, 0).is_err());
+        assert!(m.erase(1000, 0).is_err());
+        drop(m);
+        // Data, OOB metadata, write pointers and erase counts survive a reopen.
+        let mut m = open(&path, Timing::ZERO);
+        assert_eq!(m.erase_count(1), 1);
+        assert_eq!(m.erase_count(0), 0);
+        assert_eq!(m.write_pointer(1), 2);
+        let (got, _) = m.read(g.ppa(1, 1), &mut buf, 0).unwrap();
+        assert_eq!(got, meta(6, 101));
+        assert_eq!(buf, vec![9u8; 4096]);
+        let e = m.program(g.ppa(1, 1), &data, &meta(7, 102), 0).unwrap_err();
+        assert!(matches!(e, MediaError::ProgramOrder { next: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn timing_model_dies_and_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Timing {
+            read_ns: 40_000,
+            program_ns: 200_000,
+            erase_ns: 2_000_000,
+            xfer_ns: 5_000,
+        };
+        let mut m = open(&dir.path().join("m.nand"), t);
+        let g = small();
+        let data = vec![1u8; 4096];
+        // Blocks 0..4 are die 0 (channel 0), 4..8 die 1 (channel 1),
+        // 8..12 die 2 (channel 0).
+        for b in [0, 4, 8] {
+            m.program(g.ppa(b, 0), &data, &meta(0, 1), 1_000_000_000)
+                .unwrap();
+        }
+        let now = 2_000_000_000;
+        let mut buf = vec![0u8; 4096];
+        // One read: read + transfer.
+        assert_eq!(m.read(g.ppa(0, 0), &mut buf, now).unwrap().1, now + 45_000);
+        // Another die on another channel: in parallel.
+        assert_eq!(m.read(g.ppa(4, 0), &mut buf, now).unwrap().1, now + 45_000);
+        // Another die on the same channel: sensed in parallel, the transfer
+        // waits for the channel.
+        assert_eq!(m.read(g.ppa(8, 0), &mut buf, now).unwrap().1, now + 50_000);
+        // The same die again: after the first read.
+        assert_eq!(m.read(g.ppa(0, 0), &mut buf, now).unwrap().1, now + 90_000);
+        // A program: transfer, then the die programs.
+        let t0 = 3_000_000_000;
+        assert_eq!(
+            m.program(g.ppa(0, 1), &data, &meta(1, 2), t0).unwrap(),
+            t0 + 205_000
+        );
+        // An erase on that die waits for the program.
+        assert_eq!(m.erase(1, t0).unwrap(), t0 + 205_000 + 2_000_000);
+        // Copyback inside a die: read + program, no channel.
+        let t1 = 4_000_000_000;
+        assert_eq!(
+            m.copyback(g.ppa(4, 0), g.ppa(5, 0), &meta(0, 3), &mut buf, t1)
+                .unwrap(),
+            t1 + 240_000
+        );
+        assert!(m
+            .copyback(g.ppa(4, 0), g.ppa(0, 2), &meta(0, 4), &mut buf, t1)
+            .is_err());
+    }
+
+    /// Damaged files are refused with a message that says what is wrong.
+    #[test]
+    fn corrupt_files_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.nand");
+        drop(open(&path, Timing::ZERO));
+        let good = std::fs::read(&path).unwrap();
+        let check = |bytes: &[u8], want: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            let e = NandMedia::open(&path, small(), None)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        };
+        check(&good[..100], "too short");
+        check(&good[..good.len() - 4096], "truncated");
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        check(&bad, "not a flash media file");
+        let mut bad = good.clone();
+        bad[20] ^= 1;
+        check(&bad, "header fails its checksum");
+        let mut bad = good.clone();
+        bad[4096 + 16 * 3] ^= 1;
+        check(&bad, "block table entry 3 fails its checksum");
+        let e = NandMedia::open(
+            &dir.path().join("new.nand"),
+            NandGeometry {
+                page_size: 1000,
+                ..small()
+            },
+            None,
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(e.contains("page size 1000"), "{e}");
+        assert!(!dir.path().join("new.nand").exists());
+    }
+
+    #[test]
+    fn scan_tells_erased_valid_and_torn_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.nand");
+        let mut m = open(&path, Timing::ZERO);
+        let g = small();
+        for p in 0..3 {
+            m.program(
+                g.ppa(2, p),
+                &vec![u8::try_from(p).unwrap(); 4096],
+                &meta(u64::from(p), 1 + u64::from(p)),
+                0,
+            )
+            .unwrap();
+        }
+        drop(m);
+        // Tear page 1's data (a program cut short after its OOB landed).
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xee; 100], g.data_offset(g.ppa(2, 1)) + 2000)
+            .unwrap();
+        let mut m = open(&path, Timing::ZERO);
+        let mut data = vec![0u8; 8 * 4096];
+        let states = m.scan_block(2, &mut data).unwrap();
+        assert_eq!(states[0], PageState::Valid(meta(0, 1)));
+        assert_eq!(states[1], PageState::Torn);
+        assert_eq!(states[2], PageState::Valid(meta(2, 3)));
+        assert_eq!(states[3], PageState::Erased);
+        let mut buf = vec![0u8; 4096];
+        assert!(matches!(
+            m.read(g.ppa(2, 1), &mut buf, 0),
+            Err(MediaError::Uncorrectable { .. })
+        ));
+    }
+}
