@@ -9,6 +9,13 @@
 //! `cargo run --release -p leapio-transports --example flash-bench [DIR]`
 //! (media files go to DIR, default a temporary directory; ~1 GiB at most).
 
+// A benchmark's figures: small counts, and floats truncated on purpose.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
