@@ -4,7 +4,8 @@
 #
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
-#          soc_vm soc_stress
+#          soc_vm soc_stress ftl_fio_verify ftl_restart
+#   (ftl_*: a flash namespace, FTL on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
 #   the SoC tests need the SoC tools of setup-host.sh and build the aarch64
 #   socp and the SoC image, quick when cached)
@@ -37,7 +38,7 @@ done
 [[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
-    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress)
+    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -249,6 +250,55 @@ test_split_restart() {
     expect '((alive))' "the last socp died" || ok=1
     expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || ok=1
     ((ok == 0)) && DETAIL="2 x kill -9 of socp during verified fio, new runtime attached after ${times} s; fio clean, guest kernel quiet"
+    return $ok
+}
+
+# A flash namespace: 80 MiB of emulated NAND (2 channels x 2 dies x 80
+# blocks x 64 pages of 4 KiB), op 0.25: a 64 MiB namespace.
+flash_media=$LEAPIO_DATA/e2e-flash.nand
+flash_ns="flash:$flash_media?channels=2&dies=2&blocks=80&pages=64&op=0.25"
+# flash_mounted LOG: "valid_pages free_blocks torn_pages" socp logged at mount
+flash_mounted() {
+    grep -a 'flash media mounted' "$1" | tail -1 \
+        | sed -n 's/.*valid_pages=\([0-9]*\).*free_blocks=\([0-9]*\).*torn_pages=\([0-9]*\).*/\1 \2 \3/p'
+}
+
+# fio's verified random writes of 3 x the namespace's capacity (each pass
+# writes every block once, verified) through the guest: GC must run.
+test_ftl_fio_verify() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    rm -f "$flash_media"
+    boot ftl_fio_verify ftl "$flash_ns" -- --append "leapio.passes=3 leapio.size=32" || return 1
+    local errs ioerr resets ok=0 size
+    read -r errs ioerr resets <<< "$(guest_health)"
+    size=$(stat -c %s "$flash_media")
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
+    # The next mount of the media says what is on it.
+    start_socp "$logs/ftl_fio_verify.mount.log" --ctrl "sock=$LEAPIO_RUN/e2e.sock,ns=$flash_ns" || { REASON="socp did not restart"; return 1; }
+    stop_socp >/dev/null 2>&1 || true
+    local valid free torn
+    read -r valid free torn <<< "$(flash_mounted "$logs/ftl_fio_verify.mount.log")"
+    expect '[[ -n $valid ]] && ((valid >= 16000 && torn == 0))' "after the run the media holds '$valid' valid pages (expected about 16384: 64 MiB written), '$torn' torn" || ok=1
+    ((ok == 0)) && DETAIL="3 verified passes of 64 MiB random writes (4k-128k) on a 64 MiB flash namespace (80 MiB NAND); fio clean; media: $valid valid pages, $free free blocks, file $((size >> 20)) MiB"
+    return $ok
+}
+
+# Write (2 verified passes), restart socp on the same media file, verify
+# the last pass's data from a second boot.
+test_ftl_restart() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    rm -f "$flash_media"
+    boot ftl_restart ftl "$flash_ns" -- --append "leapio.passes=2 leapio.size=32" || return 1
+    local first=$GLOG
+    boot ftl_restart2 ftlverify "$flash_ns" -- --append "leapio.passes=2 leapio.size=32" || return 1
+    local errs ioerr resets ok=0 valid free torn
+    read -r errs ioerr resets <<< "$(guest_health)"
+    read -r valid free torn <<< "$(flash_mounted "$logs/ftl_restart2.socp.log")"
+    expect '[[ $errs == 0 ]]' "fio verify_only reported $errs errors" || ok=1
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
+    expect '[[ -n $valid ]]' "the second socp did not log its mount" || ok=1
+    ((ok == 0)) && DETAIL="2 verified passes, socp stopped and started again (mount: $valid valid pages, $free free blocks, $torn torn), the last pass verified from a new boot ($(basename "$first"))"
     return $ok
 }
 

@@ -200,7 +200,7 @@ pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Run `attempt` until it gives a value or an error, for up to
 /// [`CLAIM_WAIT`] while it says "someone else holds it" (`Ok(None)`).
-fn wait_for_claim<T>(
+pub(crate) fn wait_for_claim<T>(
     path: &Path,
     mut attempt: impl FnMut() -> io::Result<Option<T>>,
 ) -> io::Result<T> {

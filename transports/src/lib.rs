@@ -16,6 +16,8 @@
 //!   allow it.
 //! - [`BackendSpec::NvmeTcp`]: a namespace of a remote NVMe/TCP subsystem,
 //!   one non-blocking TCP connection per queue (see [`nvme_tcp`]).
+//! - [`BackendSpec::Flash`]: a page-mapped FTL on emulated NAND kept in a
+//!   file, with a timing model of dies and channels (see [`flash`]).
 //!
 //! Request rules common to every backend (checked by `submit`, violations
 //! return [`SubmitError::Invalid`] and queue nothing):
@@ -42,6 +44,7 @@
 
 mod file;
 mod file_queue;
+pub mod flash;
 pub mod nvme_tcp;
 mod ram;
 mod spec;
@@ -54,6 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::{FileBackend, MAX_QUEUE_DEPTH};
+pub use flash::{FlashBackend, FlashSpec, FlashStats};
 pub use nvme_tcp::{NvmeTcpBackend, NvmeTcpSpec};
 pub use ram::RamBackend;
 pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
@@ -339,6 +343,7 @@ pub fn open_backend_unclaimed(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Tr
         BackendSpec::Ram { size, block_size } => Arc::new(RamBackend::new(*size, *block_size)?),
         BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),
         BackendSpec::NvmeTcp(spec) => Arc::new(NvmeTcpBackend::open(spec)?),
+        BackendSpec::Flash(spec) => Arc::new(FlashBackend::open(spec)?),
     })
 }
 

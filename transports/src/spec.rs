@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::flash::FlashSpec;
 use crate::nvme_tcp::NvmeTcpSpec;
 use crate::{TransportError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
@@ -27,6 +28,10 @@ pub const AUTO_BLOCK_SIZE: u32 = 0;
 ///   a namespace of a remote NVMe/TCP subsystem (see [`NvmeTcpSpec`]); its
 ///   block size is the remote namespace's.
 ///
+/// - `flash:PATH[?channels=N&dies=N&blocks=N&pages=N&page=SIZE&op=X&...]`:
+///   an FTL on emulated NAND in the file PATH, created when absent (see
+///   [`FlashSpec`]); its block size is the flash page size.
+///
 /// Block sizes are powers of two from 512 to 65536.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackendSpec {
@@ -46,6 +51,8 @@ pub enum BackendSpec {
     },
     /// A namespace of a remote NVMe/TCP subsystem.
     NvmeTcp(NvmeTcpSpec),
+    /// An FTL on emulated NAND in a file.
+    Flash(FlashSpec),
 }
 
 impl fmt::Display for BackendSpec {
@@ -66,6 +73,7 @@ impl fmt::Display for BackendSpec {
                 Ok(())
             }
             BackendSpec::NvmeTcp(spec) => write!(f, "{spec}"),
+            BackendSpec::Flash(spec) => write!(f, "{spec}"),
         }
     }
 }
@@ -150,7 +158,7 @@ fn split_options(body: &str) -> Result<(&str, Option<u32>), String> {
 fn parse_spec(s: &str) -> Result<BackendSpec, String> {
     let Some((kind, body)) = s.split_once(':') else {
         return Err(
-            "expected 'ram:SIZE[,bs=N]', 'file:PATH[,bs=N]' or 'nvme-tcp:HOST:PORT/SUBNQN[?...]'"
+            "expected 'ram:SIZE[,bs=N]', 'file:PATH[,bs=N]', 'nvme-tcp:HOST:PORT/SUBNQN[?...]' or 'flash:PATH[?...]'"
                 .to_owned(),
         );
     };
@@ -184,8 +192,9 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
             })
         }
         "nvme-tcp" => crate::nvme_tcp::parse_spec(body).map(BackendSpec::NvmeTcp),
+        "flash" => crate::flash::parse_spec(body).map(BackendSpec::Flash),
         other => Err(format!(
-            "unknown backend type '{other}' (known: ram, file, nvme-tcp)"
+            "unknown backend type '{other}' (known: ram, file, nvme-tcp, flash)"
         )),
     }
 }

@@ -1,0 +1,289 @@
+//! The flash backend: a conventional namespace served by a page-mapped FTL
+//! ([`ftl`]) on emulated NAND kept in a file ([`nand`]), in the spirit of
+//! Open-Channel SSDs, where the FTL runs on the host (here: in the
+//! runtime), not in the drive.
+//!
+//! The namespace's block size is the flash page size: one LBA is one page,
+//! so the map needs no read-modify-write of partial pages.
+//!
+//! Requests move their data at submit time (a `pwrite`/`pread` into the
+//! page cache, on the poller) and complete when the timing model says the
+//! flash operations would have finished: the poller sees them in `poll`
+//! once that time has come, and never sleeps for them.
+//!
+//! **Durability.** A completed write is in the media file (the page cache):
+//! it survives the runtime crashing or being killed. It survives the host
+//! crashing once a Flush (or its own FUA) completes: both wait for an
+//! `fdatasync` of the media file done by the backend's flusher thread.
+//! The backend therefore announces a volatile write cache.
+
+pub mod ftl;
+pub mod nand;
+mod queue;
+mod spec;
+pub(crate) mod sync;
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+pub use ftl::FlashStats;
+pub use nand::{Media, MediaError, NandGeometry, NandMedia, Timing};
+pub(crate) use spec::parse as parse_spec;
+pub use spec::FlashSpec;
+
+use crate::{human_size, Backend, BackendQueue, Features, Geometry, TransportError};
+use ftl::Ftl;
+use sync::Flusher;
+
+/// Most requests one flash queue holds.
+pub const MAX_FLASH_DEPTH: u32 = 4096;
+
+/// State shared by the backend and its queues once claimed.
+pub(crate) struct Shared {
+    pub(crate) ftl: Mutex<Ftl>,
+    pub(crate) flusher: Flusher,
+    epoch: Instant,
+}
+
+impl Shared {
+    /// Nanoseconds on the timing model's clock.
+    pub(crate) fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+struct Claim {
+    shared: Arc<Shared>,
+    /// Holds the exclusive lock on the media file.
+    lock: File,
+}
+
+/// A namespace on emulated flash (see the module docs).
+pub struct FlashBackend {
+    spec: FlashSpec,
+    nand: NandGeometry,
+    timing: Timing,
+    geometry: Geometry,
+    claim: Mutex<Option<Claim>>,
+}
+
+impl FlashBackend {
+    /// Open (creating when absent) the media file and check its geometry
+    /// and format against the spec. The FTL is built at [`Backend::claim`].
+    pub fn open(spec: &FlashSpec) -> Result<FlashBackend, TransportError> {
+        let shown = spec.to_string();
+        let cfg = |reason: String| TransportError::Config(format!("{shown}: {reason}"));
+        let mut media = NandMedia::open(&spec.path, spec.new_geometry(), None)
+            .map_err(|e| cfg(e.to_string()))?;
+        let nand = *media.geometry();
+        let wrong = spec.geometry_mismatches(&nand);
+        if !wrong.is_empty() {
+            return Err(cfg(format!(
+                "the media file has another geometry: {}",
+                wrong.join(", ")
+            )));
+        }
+        let wanted = ftl::logical_pages_for(&nand, spec.op()).map_err(cfg)?;
+        let logical = match media.logical_pages() {
+            0 => {
+                media
+                    .set_logical_pages(wanted)
+                    .map_err(|e| cfg(e.to_string()))?;
+                wanted
+            }
+            have if spec.op_milli.is_some() && have != wanted => {
+                return Err(cfg(format!(
+                    "the media was formatted with {have} logical pages; op={} gives {wanted}",
+                    spec.op()
+                )));
+            }
+            have if have >= nand.pages() => {
+                return Err(cfg(format!(
+                    "the header says {have} logical pages, more than the {} physical ones",
+                    nand.pages()
+                )));
+            }
+            have => have,
+        };
+        Ok(FlashBackend {
+            spec: spec.clone(),
+            nand,
+            timing: spec.timing(nand.page_size),
+            geometry: Geometry {
+                block_size: nand.page_size,
+                num_blocks: logical,
+            },
+            claim: Mutex::new(None),
+        })
+    }
+
+    /// The FTL's counters (`None` before the claim).
+    pub fn stats(&self) -> Option<FlashStats> {
+        let c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        c.as_ref().map(|c| {
+            c.shared
+                .ftl
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stats()
+        })
+    }
+
+    /// The NAND geometry.
+    pub fn nand_geometry(&self) -> NandGeometry {
+        self.nand
+    }
+
+    /// The timing model.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    fn mount(&self) -> Result<Claim, TransportError> {
+        let path = &self.spec.path;
+        let io = |what| {
+            move |source| TransportError::Io {
+                what,
+                path: path.clone(),
+                source,
+            }
+        };
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io("cannot open"))?;
+        crate::file::wait_for_claim(path, || match crate::sys::ofd_lock(lock.as_fd(), true) {
+            Ok(true) => Ok(Some(())),
+            Ok(false) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EINVAL)) => {
+                tracing::warn!(path = %path.display(), error = %e, "the filesystem does not lock files: nothing keeps two runtimes from serving it at once");
+                Ok(Some(()))
+            }
+            Err(e) => Err(e),
+        })
+        .map_err(io("cannot claim"))?;
+        let shown = self.spec.to_string();
+        let media_err = |e: MediaError| TransportError::Config(format!("{shown}: {e}"));
+        let media = NandMedia::open(path, self.nand, Some(self.timing)).map_err(media_err)?;
+        if *media.geometry() != self.nand || media.logical_pages() != self.geometry.num_blocks {
+            return Err(TransportError::Config(format!(
+                "{shown}: the media file changed between open and claim"
+            )));
+        }
+        let sync_file = media.sync_handle().map_err(media_err)?;
+        let flusher =
+            Flusher::start(sync_file).map_err(io("cannot start the flusher thread for"))?;
+        let started = Instant::now();
+        let ftl = Ftl::mount(
+            Box::new(media),
+            self.geometry.num_blocks,
+            Arc::clone(flusher.syncer()),
+        )
+        .map_err(media_err)?;
+        let st = ftl.stats();
+        tracing::info!(
+            path = %path.display(),
+            valid_pages = st.valid_pages,
+            free_blocks = st.free_blocks,
+            torn_pages = st.torn_pages_at_mount,
+            ms = started.elapsed().as_millis(),
+            "flash media mounted"
+        );
+        Ok(Claim {
+            shared: Arc::new(Shared {
+                ftl: Mutex::new(ftl),
+                flusher,
+                epoch: Instant::now(),
+            }),
+            lock,
+        })
+    }
+}
+
+impl Backend for FlashBackend {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            volatile_write_cache: true,
+            write_zeroes: true,
+            deallocate: true,
+        }
+    }
+
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+        if depth == 0 || depth > MAX_FLASH_DEPTH {
+            return Err(TransportError::Config(format!(
+                "flash: queue depth {depth} is not between 1 and {MAX_FLASH_DEPTH}"
+            )));
+        }
+        let c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(c) = c.as_ref() else {
+            return Err(TransportError::Config(format!(
+                "{}: queue opened before the backend was claimed",
+                self.spec
+            )));
+        };
+        Ok(Box::new(queue::FlashQueue::new(
+            Arc::clone(&c.shared),
+            self.geometry,
+            depth,
+        )))
+    }
+
+    fn flush(&self) -> Result<(), TransportError> {
+        let c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = c.as_ref() {
+            c.lock.sync_data().map_err(|source| TransportError::Flush {
+                target: self.spec.to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let n = &self.nand;
+        let mut s = format!(
+            "{} ({}, {} B blocks; NAND {} ch x {} dies x {} blocks x {} pages of {} B, op {}",
+            self.spec,
+            human_size(self.geometry.size_bytes()),
+            self.geometry.block_size,
+            n.channels,
+            n.dies_per_channel,
+            n.blocks_per_die,
+            n.pages_per_block,
+            n.page_size,
+            self.spec.op(),
+        );
+        if let Some(st) = self.stats() {
+            s += &format!(
+                "; WA {:.2}, {} GC victims, erases {}..{}",
+                st.write_amplification(),
+                st.gc_victims,
+                st.erase_count_min,
+                st.erase_count_max
+            );
+        }
+        s.push(')');
+        s
+    }
+
+    fn claim(&self) -> Result<(), TransportError> {
+        let mut c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.is_none() {
+            *c = Some(self.mount()?);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
