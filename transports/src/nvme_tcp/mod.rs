@@ -17,6 +17,9 @@
 //! `retry` after its connection was lost fails with ETIMEDOUT. A write is
 //! only reported complete after the target's successful CapsuleResp.
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod queue;
 mod session;
 mod spec;
