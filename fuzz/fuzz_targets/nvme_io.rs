@@ -95,7 +95,9 @@ fn check(p: &Plan, iov: &[libc::iovec], ns: &NamespaceInfo, mem: &Memory) {
                 let (s, e) = (v.iov_base as usize, v.iov_base as usize + v.iov_len);
                 assert!(
                     ranges.iter().any(|&(a, b)| a <= s && e <= b),
-                    "iovec outside guest memory the device may access ({access:?})"
+                    "iovec {s:#x}+{:#x} outside guest memory the device may access \
+                     ({access:?}: {ranges:x?}); {op:?}",
+                    v.iov_len
                 );
             }
         }
@@ -133,6 +135,9 @@ fuzz_target!(|data: &[u8]| {
             let sqe = command(&mut input);
             iov.clear();
             let p = plan(&snap, &sqe, &ns, &limits, &mut iov);
+            if std::env::var_os("LEAPIO_FUZZ_DEBUG").is_some() {
+                eprintln!("{limits:?} {sqe:?} -> {p:?}");
+            }
             check(&p, &iov, &ns, mem);
         }
         drop(snap);

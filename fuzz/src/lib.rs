@@ -152,17 +152,28 @@ pub mod guest {
             let _ = self.domain.snapshot().write_bytes(gpa, &vec![0; len]);
         }
 
-        /// Host address ranges of the regions the device may access so.
+        /// Host address ranges of the regions the device may access so;
+        /// regions the kernel placed next to each other are one range (an
+        /// I/O may merge their pages into one iovec).
         pub fn host_ranges(&self, access: Access) -> Vec<(usize, usize)> {
             let snap = self.domain.snapshot();
-            REGIONS
+            let mut r: Vec<(usize, usize)> = REGIONS
                 .iter()
                 .filter(|r| access == Access::Read || r.2)
                 .map(|&(gpa, size, _)| {
                     let p = snap.translate(gpa, size, access).expect("region") as usize;
                     (p, p + size as usize)
                 })
-                .collect()
+                .collect();
+            r.sort_unstable();
+            let mut merged: Vec<(usize, usize)> = Vec::new();
+            for (a, b) in r {
+                match merged.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => merged.push((a, b)),
+                }
+            }
+            merged
         }
     }
 
