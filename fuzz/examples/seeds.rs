@@ -1,11 +1,13 @@
 //! Writes the seed corpora of every fuzz target: `seeds DIR` creates
-//! `DIR/<target>/seed-N`. The seeds are the sessions the test suite runs
+//! `DIR/<target>/seed-N` (`scripts/fuzz.sh --regen-seeds` rewrites the
+//! committed fuzz/seeds/ with it). The seeds are the sessions the test suite runs
 //! (the link's messages of tests/tests/link.rs and the frame tests, a
 //! vfio-user bring-up as tests/src/vfio_user_client.rs does it, the admin
 //! commands of tests/src/driver.rs, NVMe/TCP sessions as in
 //! soc-runtime/src/tcp_target/tests.rs), encoded in each target's input
-//! format. Generated rather than committed: they follow the code when
-//! message formats change.
+//! format. The output is committed (a few small files): CI then needs no
+//! second build of every dependency without libFuzzer's flags just to make
+//! them; regenerate them when a message format or an input format changes.
 
 use leapio_link::proto::{CqSetup, CtrlConfig, NsDecl, Shadow, SqSetup, ToHost, ToRuntime};
 use std::path::Path;
@@ -238,12 +240,12 @@ fn link_seeds(w: &Writer<'_>) {
     // flight, one completed, one posted; no corruption (then one).
     let journal: Vec<u8> = [
         &[3u8, 15][..],
-        &[0, 1, 0, 30],  // init_cq(1, 32)
+        &[0, 1, 0, 30],    // init_cq(1, 32)
         &[1, 1, 0, 30, 1], // init_sq(1, 32, cq 1)
         &[2, 1, 0],
         &[0x01; 64],
-        &[1, 0, 0, 0], // begin slot 0, sq 1, seq 0
-        &[5, 1, 0, 1, 0], // consumed 1
+        &[1, 0, 0, 0],                            // begin slot 0, sq 1, seq 0
+        &[5, 1, 0, 1, 0],                         // consumed 1
         &[3, 1, 0, 0, 0, 0, 0, 7, 0, 0, 0, 1, 0], // complete slot 0
         &[2, 1, 1],
         &[0x02; 64],
@@ -261,7 +263,9 @@ fn link_seeds(w: &Writer<'_>) {
 
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
-    let w = Writer { dir: Path::new(&dir) };
+    let w = Writer {
+        dir: Path::new(&dir),
+    };
     link_seeds(&w);
     leapio_fuzz::seeds::nvme(&|t, s| w.put(t, s));
     leapio_fuzz::seeds::vfio(&|t, s| w.put(t, s));

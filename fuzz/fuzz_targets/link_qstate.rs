@@ -44,7 +44,12 @@ fn journal(area: &Arc<QueueState>, queues: u16, input: &mut Input<'_>) {
                 }
             }
             3 => {
-                let (seq, st, dw0, head) = (u64::from(input.u16()), input.u16(), input.u32(), input.u16());
+                let (seq, st, dw0, head) = (
+                    u64::from(input.u16()),
+                    input.u16(),
+                    input.u32(),
+                    input.u16(),
+                );
                 if let Some(j) = CqJournal::new(area.clone(), qid) {
                     j.complete(i, seq, st, dw0, head);
                 }

@@ -44,7 +44,9 @@ fn to_runtime(input: &mut Input<'_>) -> ToRuntime {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let area = Arc::new(Area((0..RING_AREA / 8).map(|_| AtomicU64::new(0)).collect()));
+    let area = Arc::new(Area(
+        (0..RING_AREA / 8).map(|_| AtomicU64::new(0)).collect(),
+    ));
     let host = Rings::init(area.clone());
     let runtime = Rings::attach(area.clone(), End::Runtime);
     let mut input = Input::new(data);

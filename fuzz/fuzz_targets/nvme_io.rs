@@ -59,7 +59,8 @@ fn command(input: &mut Input<'_>) -> Sqe {
         u32::from(input.u16())
     };
     sqe.cdw10 = (slba as u32).into();
-    sqe.cdw11 = ((slba >> 32) as u32 | (u32::from(input.u8() & 0x7) << 0)).into();
+    sqe.cdw11 = ((slba >> 32) as u32).into();
+    sqe.cdw13 = u32::from(input.u8()).into();
     sqe.cdw12 = (nlb | (u32::from(input.u8()) << 24)).into();
     if sqe.opcode == IoOpcode::DATASET_MANAGEMENT {
         sqe.cdw10 = u32::from(input.u8()).into();

@@ -46,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
             ][usize::from(input.u8() % 8)];
             let bs = u64::from(BLOCK_SIZE);
             let blocks = 1 + u64::from(input.u8() % 32);
-            let len = if kind == IoKind::Flush { 0 } else { blocks * bs };
+            let len = if kind == IoKind::Flush {
+                0
+            } else {
+                blocks * bs
+            };
             let offset = u64::from(input.u16()) * bs;
             let at = input.below(BUFFER - 32 * 512);
             let pieces: Vec<usize> = (0..input.u8() % 4).map(|_| 1 + input.below(4096)).collect();
@@ -62,7 +66,11 @@ fuzz_target!(|data: &[u8]| {
                 .receive(&pdu[..split])
                 .and_then(|()| q.receive(&pdu[split..]));
             for c in q.take_completions() {
-                assert!(submitted.contains(&c.tag), "completion of tag {} never submitted", c.tag);
+                assert!(
+                    submitted.contains(&c.tag),
+                    "completion of tag {} never submitted",
+                    c.tag
+                );
                 assert!(done.insert(c.tag), "tag {} completed twice", c.tag);
             }
             let _ = q.take_sent();

@@ -82,5 +82,9 @@ fuzz_target!(|data: &[u8]| {
         h.run(n, &chunks, &mut |c, pdu| check_sent(&mut parsers[c], pdu))
             .expect("run")
     });
-    assert_eq!(left, Leftovers::default(), "left behind after every peer went away");
+    assert_eq!(
+        left,
+        Leftovers::default(),
+        "left behind after every peer went away"
+    );
 });

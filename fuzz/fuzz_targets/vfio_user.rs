@@ -141,8 +141,8 @@ fn send(client: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let before = lowest_free_fd();
     FIXTURE.with_borrow_mut(|f| {
+        let before = lowest_free_fd();
         let mut input = Input::new(data);
         let (client, server) = UnixStream::pair().expect("socketpair");
         client.set_nonblocking(true).expect("nonblocking");
@@ -179,6 +179,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = serve(server, &mut dev, &stop);
         dev.drain();
         check_framing(&mut dev.replies, true);
+        drop(client);
+        assert_eq!(lowest_free_fd(), before, "descriptors leaked");
     });
-    assert_eq!(lowest_free_fd(), before, "descriptors leaked");
 });

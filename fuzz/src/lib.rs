@@ -113,7 +113,11 @@ pub mod guest {
             let domain = Domain::new();
             let mut fds = Vec::new();
             for (gpa, size, writable) in REGIONS {
-                let prot = if writable { Prot::READ_WRITE } else { Prot::READ };
+                let prot = if writable {
+                    Prot::READ_WRITE
+                } else {
+                    Prot::READ
+                };
                 let fd = crate::memfd(size);
                 let dup = fd.try_clone().expect("dup");
                 fds.push(fd);

@@ -13,8 +13,14 @@ fn page(r: u8, p: u8) -> [u8; 2] {
 }
 
 /// An admin command in nvme_admin's encoding (step byte included).
-#[allow(clippy::too_many_arguments)]
-fn admin(op_index: u8, nsid_sel: u8, prp1: [u8; 2], cdw10_lo: u8, cdw10_hi: u16, cdw11: [u8; 2]) -> Vec<u8> {
+fn admin(
+    op_index: u8,
+    nsid_sel: u8,
+    prp1: [u8; 2],
+    cdw10_lo: u8,
+    cdw10_hi: u16,
+    cdw11: [u8; 2],
+) -> Vec<u8> {
     let mut v = vec![0u8, op_index, nsid_sel];
     v.extend(prp1);
     v.extend(page(0, 0));
@@ -33,7 +39,7 @@ pub fn nvme(sink: &Sink<'_>) {
     // SET_FEATURES 3, CREATE_CQ 4, CREATE_SQ 5, DELETE_SQ 6, DELETE_CQ 7,
     // AER 8, DBBC 9, ABORT 10, KEEP_ALIVE 11, FORMAT 12, NS_MGMT 13.
     let bring_up = [
-        vec![0u8], // MPS 0
+        vec![0u8],                               // MPS 0
         admin(0, 0, page(0, 4), 1, 0, [0, 0]),   // Identify Controller
         admin(0, 0, page(0, 5), 0, 0, [0, 0]),   // Identify Namespace 1
         admin(0, 2, page(0, 5), 0, 0, [0, 0]),   // Identify Namespace 2
@@ -41,22 +47,20 @@ pub fn nvme(sink: &Sink<'_>) {
         admin(1, 3, page(0, 7), 2, 127, [0, 0]), // SMART log, 512 bytes
         admin(3, 3, page(0, 0), 7, 0, [3, 3]),   // Number of Queues
         admin(2, 3, page(0, 0), 7, 0, [0, 0]),
-        admin(4, 3, page(0, 8), 1, 15, [3, 1]),  // Create I/O CQ 1
-        admin(5, 3, page(0, 9), 1, 15, [1, 1]),  // Create I/O SQ 1 on CQ 1
-        admin(8, 3, page(0, 0), 0, 0, [0, 0]),   // AER
-        admin(11, 3, page(0, 0), 0, 0, [0, 0]),  // Keep Alive
-        admin(9, 3, page(0, 10), 0, 0, [0, 0]),  // Doorbell Buffer Config
-        admin(6, 3, page(0, 0), 1, 0, [0, 0]),   // Delete SQ 1
-        admin(7, 3, page(0, 0), 1, 0, [0, 0]),   // Delete CQ 1
+        admin(4, 3, page(0, 8), 1, 15, [3, 1]), // Create I/O CQ 1
+        admin(5, 3, page(0, 9), 1, 15, [1, 1]), // Create I/O SQ 1 on CQ 1
+        admin(8, 3, page(0, 0), 0, 0, [0, 0]),  // AER
+        admin(11, 3, page(0, 0), 0, 0, [0, 0]), // Keep Alive
+        admin(9, 3, page(0, 10), 0, 0, [0, 0]), // Doorbell Buffer Config
+        admin(6, 3, page(0, 0), 1, 0, [0, 0]),  // Delete SQ 1
+        admin(7, 3, page(0, 0), 1, 0, [0, 0]),  // Delete CQ 1
     ]
     .concat();
     let mut reset = bring_up.clone();
     reset.extend([15, 1]); // reset, enable with MPS 1
     reset.extend(admin(0, 0, page(1, 4), 1, 0, [0, 0]));
-    // A PRP list: Get Log Page of 8 KiB into pages 20/21 through a list.
-    let mut list = vec![0u8, 8];
-    list.extend(page(0, 12));
-    list.extend(16u16.to_le_bytes().map(|b| b)); // length selector (below(256))
+    // A PRP list: Get Log Page of 8 KiB into page 20, then 21-22 through
+    // the list at page 12.
     let mut prp_list = vec![0u8];
     prp_list.extend([8u8]); // write guest memory
     prp_list.extend(page(0, 12));
@@ -100,7 +104,7 @@ pub fn vfio(sink: &Sink<'_>) {
         s.extend([4, 1, r]); // REGION_INFO
     }
     s.extend([5, 2]); // IRQ_INFO MSI-X
-    // DMA_MAP of 256 pages at 0 with the memory fd, then a second range.
+                      // DMA_MAP of 256 pages at 0 with the memory fd, then a second range.
     s.extend([1, 0, 0, 255, 0, 0, 0, 3, 0]);
     s.extend([1, 0, 1, 15, 0, 0, 0, 3, 0]);
     // SET_IRQS: two eventfds for MSI-X vectors 0-1.
@@ -110,7 +114,12 @@ pub fn vfio(sink: &Sink<'_>) {
     s.extend([6u8, 0, 0, 0]);
     s.extend([7, 7, 0, 0x10, 0, 2]);
     // BAR0: AQA, ASQ, ACQ, CC.EN, then CSTS.
-    for (off, v) in [(0x24u8, 0x000f_000fu32), (0x28, 0x10_0000), (0x30, 0x10_1000), (0x14, 0x0046_0001)] {
+    for (off, v) in [
+        (0x24u8, 0x000f_000fu32),
+        (0x28, 0x10_0000),
+        (0x30, 0x10_1000),
+        (0x14, 0x0046_0001),
+    ] {
         s.extend([8, 0, 1, off, 2]);
         s.extend(v.to_le_bytes());
     }
@@ -134,7 +143,7 @@ pub fn tcp(sink: &Sink<'_>) {
     t.extend([0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]);
     t.extend(icreq(1));
     t.extend([1, 1, 1, 200, 0, 31, 0, 0, 0]); // I/O Connect, cntlid 1
-    // Write 1 block in the capsule, then read it back.
+                                              // Write 1 block in the capsule, then read it back.
     t.extend([1, 4, 0, 1, 0, 8, 0, 0, 0, 0, 1]);
     t.extend([0xa5; 512]);
     t.extend([0, 0]);

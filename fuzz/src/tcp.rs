@@ -56,7 +56,14 @@ pub fn connect(cid: u16, qid: u16, sqsize: u16, cntlid: u16, kato: u32, dg: Dige
 }
 
 /// Property Set (`fctype` PROPERTY_SET) or Get.
-pub fn property(cid: u16, fctype: u8, offset: u32, size8: bool, value: u64, dg: Digests) -> Vec<u8> {
+pub fn property(
+    cid: u16,
+    fctype: u8,
+    offset: u32,
+    size8: bool,
+    value: u64,
+    dg: Digests,
+) -> Vec<u8> {
     let mut p = PropertyCmd::read_from_bytes(&[0u8; 64][..]).expect("64 bytes");
     p.opcode = FABRICS_OPCODE;
     p.fctype = fctype;
@@ -114,8 +121,19 @@ pub fn host_pdu(input: &mut Input<'_>, dg: &mut Digests, cid: &mut u16) -> Vec<u
         }
         1 => {
             let qid = u16::from(input.u8() % 6);
-            let cntlid = if input.u8() < 200 { 0xffff } else { 1 + u16::from(input.u8() % 4) };
-            connect(c, qid, 1 + u16::from(input.u8() % 40), cntlid, u32::from(input.u16()), *dg)
+            let cntlid = if input.u8() < 200 {
+                0xffff
+            } else {
+                1 + u16::from(input.u8() % 4)
+            };
+            connect(
+                c,
+                qid,
+                1 + u16::from(input.u8() % 40),
+                cntlid,
+                u32::from(input.u16()),
+                *dg,
+            )
         }
         2 => {
             // CC.EN (and sometimes shutdown), or anything.
@@ -196,10 +214,18 @@ pub fn host_pdu(input: &mut Input<'_>, dg: &mut Digests, cid: &mut u16) -> Vec<u
             // Transfer tags are command slots: small numbers.
             let ttag = u16::from(input.u8() % 8);
             let back = u16::from(input.u8() % 4);
-            h2c_data(c.wrapping_sub(back), ttag, u32::from(input.u16()) & !0x1ff, &data, input.bool(), *dg)
+            h2c_data(
+                c.wrapping_sub(back),
+                ttag,
+                u32::from(input.u16()) & !0x1ff,
+                &data,
+                input.bool(),
+                *dg,
+            )
         }
         8 => {
-            let fc = [FcType::DISCONNECT, FcType::AUTH_SEND, input.u8()][usize::from(input.u8() % 3)];
+            let fc =
+                [FcType::DISCONNECT, FcType::AUTH_SEND, input.u8()][usize::from(input.u8() % 3)];
             property(c, fc, 0, false, 0, *dg)
         }
         9 => term_req(PduType::H2C_TERM_REQ, input.u16()),
@@ -225,7 +251,11 @@ pub fn target_pdu(input: &mut Input<'_>, dg: Digests, cids: u16) -> Vec<u8> {
         0 | 1 => {
             let mut r = CapsuleResp::new();
             r.cqe.cid = cid(input).into();
-            let status: u16 = if input.u8() < 200 { 0 } else { input.u16() & !1 };
+            let status: u16 = if input.u8() < 200 {
+                0
+            } else {
+                input.u16() & !1
+            };
             r.cqe.status = status.into();
             write_pdu(&mut out, r.as_bytes(), &[], dg, 4);
         }
@@ -236,7 +266,7 @@ pub fn target_pdu(input: &mut Input<'_>, dg: Digests, cids: u16) -> Vec<u8> {
             let data = input.bytes(len).to_vec();
             h.datao = (u32::from(input.u8() % 16) * 512).into();
             h.datal = u32::try_from(data.len()).unwrap_or(0).into();
-            h.ch.flags = (input.u8() & 0x0c) | 0;
+            h.ch.flags = input.u8() & 0x0c;
             write_pdu(&mut out, h.as_bytes(), &data, dg, 4);
             if input.u8() > 240 {
                 // A wrong data digest.

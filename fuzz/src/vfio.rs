@@ -181,11 +181,19 @@ impl Message {
             2 => {
                 let page = 4096;
                 let flags = u32::from(input.u8() % 8);
-                Message::dma_unmap(flags, small(input, 0x400) * page, small(input, 0x100) * page)
+                Message::dma_unmap(
+                    flags,
+                    small(input, 0x400) * page,
+                    small(input, 0x100) * page,
+                )
             }
             3 => Message::device_info(if input.bool() { 16 } else { input.u32() }),
             4 => {
-                let argsz = if input.bool() { 32 } else { u32::from(input.u16()) };
+                let argsz = if input.bool() {
+                    32
+                } else {
+                    u32::from(input.u16())
+                };
                 Message::region_info(argsz, region(input))
             }
             5 => Message::irq_info(u32::from(input.u8() % 8)),
@@ -195,7 +203,11 @@ impl Message {
                 } else {
                     u32::from(input.u8())
                 };
-                let index = if input.u8() < 200 { IRQ_MSIX } else { u32::from(input.u8() % 8) };
+                let index = if input.u8() < 200 {
+                    IRQ_MSIX
+                } else {
+                    u32::from(input.u8() % 8)
+                };
                 let start = u32::from(input.u8() % 10);
                 let count = u32::from(input.u8() % 6);
                 let data_len = input.below(8);

@@ -43,7 +43,7 @@ pub struct Harness {
     spec: TcpTargetSpec,
     namespaces: Vec<NamespaceInfo>,
     backends: Vec<Arc<dyn Backend>>,
-    _listener: Arc<TcpListener>,
+    listener: Arc<TcpListener>,
 }
 
 impl Harness {
@@ -66,7 +66,7 @@ impl Harness {
             spec,
             namespaces,
             backends,
-            _listener: listener,
+            listener: listener,
         })
     }
 
@@ -96,7 +96,7 @@ impl Harness {
         chunks: &[(usize, &[u8])],
         sent: &mut dyn FnMut(usize, &[u8]),
     ) -> std::io::Result<Leftovers> {
-        let sub = Self::subsystem(&self.spec, &self.namespaces, &self.backends, &self._listener)?;
+        let sub = Self::subsystem(&self.spec, &self.namespaces, &self.backends, &self.listener)?;
         self.poller.fuzz_set_subsystem(sub.clone());
         let mut slots = Vec::new();
         for _ in 0..connections.clamp(1, 8) {

@@ -610,6 +610,10 @@ impl Poller {
     /// Connections open, commands orphaned, backend operations not done.
     pub(super) fn fuzz_leftovers(&self) -> (usize, usize, usize) {
         let in_flight = self.pending.len() + self.nsq.iter().map(|q| q.in_flight()).sum::<usize>();
-        (self.conns.iter().flatten().count(), self.orphans.len(), in_flight)
+        (
+            self.conns.iter().flatten().count(),
+            self.orphans.len(),
+            in_flight,
+        )
     }
 }
