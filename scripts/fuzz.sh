@@ -2,10 +2,11 @@
 # Coverage-guided fuzzing (cargo-fuzz / libFuzzer) of the targets in fuzz/,
 # on the stable toolchain: installs cargo-fuzz if missing, builds every
 # target, then runs them one after another (niced), each for --seconds N
-# (default 300) or --runs N executions, and prints per target the
+# or --runs N executions (whichever ends first when both are given; 300
+# seconds when neither is), and prints per target the
 # executions, the rate and any crash with its reproducer.
 #
-#   scripts/fuzz.sh [--seconds N | --runs N] [--dev] [--targets a,b]
+#   scripts/fuzz.sh [--seconds N] [--runs N] [--dev] [--targets a,b]
 #                   [--sanitizer none|address] [--regen-seeds] [--build-only]
 #
 # --dev           unoptimized build (faster to build, slower to run: CI)
@@ -23,7 +24,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-seconds=300
+seconds=''
 runs=''
 dev=''
 sanitizer=none
@@ -99,8 +100,9 @@ crashed=0
 summary=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
-    limit=(-max_total_time="$seconds")
-    [[ -n $runs ]] && limit=(-runs="$runs")
+    limit=()
+    [[ -n $runs ]] && limit+=(-runs="$runs")
+    [[ -n $seconds || -z $runs ]] && limit+=(-max_total_time="${seconds:-300}")
     # shellcheck disable=SC2046
     args=("corpus/$t" "seeds/$t" $(dict_of "$t") "${limit[@]}"
         -artifact_prefix="artifacts/$t/" -print_final_stats=1
