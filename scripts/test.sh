@@ -2,7 +2,8 @@
 # THE test command (CI runs it through .ci/run, as root, in a fresh clone):
 #   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, cargo build
 #   of every binary (the split tests start socp processes), cargo test
-#   (nextest if installed), cargo build --release -p socp -p
+#   (nextest if installed), the fuzz targets (scripts/fuzz.sh --dev
+#   --seconds 12: each built and run briefly), cargo build --release -p socp -p
 #   leapio-host-driver -p leapio-tests (leapio-perf), scripts/build-soc.sh
 #   --tests (socp for aarch64, and the aarch64 build of the tests of socp
 #   and the link), scripts/e2e.sh (with the SoC VM tests),
@@ -39,6 +40,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     stage test cargo test --workspace
 fi
+stage fuzz bash scripts/fuzz.sh --dev --seconds 12
 stage build-socp cargo build --release -p socp -p leapio-host-driver -p leapio-tests --bins
 stage build-soc bash scripts/build-soc.sh --tests
 stage e2e bash scripts/e2e.sh

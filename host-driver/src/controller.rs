@@ -174,6 +174,15 @@ impl NvmeController {
         })
     }
 
+    /// Present these namespaces as if a runtime had declared them, with no
+    /// runtime attached: for the fuzz targets (feature `fuzzing`), which
+    /// drive the admin queue in-process.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fuzz_declare_namespaces(&mut self, decls: Vec<NsDecl>) {
+        self.ns_decls = Some(decls);
+    }
+
     pub fn shared(&self) -> &Arc<CtrlShared> {
         &self.shared
     }

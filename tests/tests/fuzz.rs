@@ -3,8 +3,8 @@
 //! run. Every random NVMe command must get exactly one completion (any
 //! status), every random vfio-user message an answer or a closed
 //! connection, and afterwards socp must still serve correct data.
-//! (Coverage-guided fuzzing with cargo-fuzz needs a nightly toolchain,
-//! which the build machines do not have.)
+//! (Coverage-guided fuzzing of the same parsers, in-process: fuzz/ and
+//! scripts/fuzz.sh.)
 
 // Random values are deliberately cut down to the field widths.
 #![allow(clippy::cast_possible_truncation)]

@@ -21,6 +21,9 @@ pub mod config;
 mod conn;
 mod ctrl;
 mod epoll;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod io_cmd;
 mod poller;
 #[cfg(test)]

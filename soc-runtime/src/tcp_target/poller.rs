@@ -275,21 +275,9 @@ impl Poller {
                 // level-triggered epoll from waking us again and again).
                 continue;
             }
-            let mut off = 0;
-            while off < n {
-                let (used, r) = conn.parser.feed(&scratch[off..n]);
-                off += used;
-                match r {
-                    Ok(None) => {}
-                    Ok(Some(pdu)) => self.on_parsed(slot, &mut conn, Ok(pdu)),
-                    Err(e) => self.on_parsed(slot, &mut conn, Err(e)),
-                }
-                if conn.closing() {
-                    break 'reads;
-                }
-                if used == 0 {
-                    break;
-                }
+            self.consume(slot, &mut conn, &scratch[..n]);
+            if conn.closing() {
+                break 'reads;
             }
         }
         self.scratch = scratch;
@@ -301,6 +289,24 @@ impl Poller {
             return;
         }
         self.conns[slot] = Some(conn);
+    }
+
+    /// Parse `bytes` received on the connection in `slot` and act on every
+    /// PDU in them, until the connection is terminated.
+    pub(super) fn consume(&mut self, slot: usize, conn: &mut Conn, bytes: &[u8]) {
+        let mut off = 0;
+        while off < bytes.len() && !conn.closing() {
+            let (used, r) = conn.parser.feed(&bytes[off..]);
+            off += used;
+            match r {
+                Ok(None) => {}
+                Ok(Some(pdu)) => self.on_parsed(slot, conn, Ok(pdu)),
+                Err(e) => self.on_parsed(slot, conn, Err(e)),
+            }
+            if used == 0 {
+                break;
+            }
+        }
     }
 
     /// Hand queued operations to their backend queues.
@@ -588,4 +594,90 @@ fn flush(conn: &mut Conn) -> std::io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// In-process hooks for the `fuzzing` harness ([`super::fuzzing`]): the
+/// caller hands the connection its bytes instead of a socket, and takes its
+/// PDUs instead of writing them. Everything in between (parser, state
+/// machine, commands, backend queues, closing) is the code above.
+#[cfg(feature = "fuzzing")]
+impl Poller {
+    /// Start serving a connection whose bytes the caller provides. `sock` is
+    /// never read or written (an unconnected socket does).
+    pub(super) fn fuzz_open(&mut self, sock: std::net::TcpStream) -> usize {
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let conn = Conn::new(sock, peer, self);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.gens.push(0);
+            self.conns.len() - 1
+        });
+        self.conns[slot] = Some(conn);
+        self.sub.connections.fetch_add(1, Ordering::AcqRel);
+        slot
+    }
+
+    /// Bytes from the peer of the connection in `slot`, if it is still open.
+    pub(super) fn fuzz_feed(&mut self, slot: usize, bytes: &[u8]) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        if !conn.closing() {
+            self.consume(slot, &mut conn, bytes);
+        }
+        self.conns[slot] = Some(conn);
+    }
+
+    /// Run the backends until nothing is in flight; hand every queued PDU
+    /// to `sent` (slot, bytes) and close the connections that terminated.
+    pub(super) fn fuzz_settle(&mut self, sent: &mut dyn FnMut(usize, &[u8])) {
+        // Bounded: the RAM backend completes everything it accepts on the
+        // next poll, so a handful of rounds always suffices.
+        for _ in 0..64 {
+            self.submit_pending();
+            for q in &mut self.nsq {
+                let _ = q.kick();
+            }
+            self.reap();
+            if self.pending.is_empty() && self.nsq.iter().all(|q| q.in_flight() == 0) {
+                break;
+            }
+        }
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            for pdu in conn.tx.drain(..) {
+                sent(slot, &pdu);
+            }
+            conn.tx_off = 0;
+            if conn.closing() {
+                self.close(slot);
+            }
+        }
+    }
+
+    /// Close every connection (as their peers going away) and forget the
+    /// buffers of commands still in the backends once they complete.
+    pub(super) fn fuzz_close_all(&mut self) {
+        for slot in 0..self.conns.len() {
+            self.close(slot);
+        }
+        self.fuzz_settle(&mut |_, _| {});
+    }
+
+    /// Serve a new subsystem (controllers start again from CNTLID 1).
+    pub(super) fn fuzz_set_subsystem(&mut self, sub: Arc<Subsystem>) {
+        self.sub = sub;
+    }
+
+    /// Connections open, commands orphaned, backend operations not done.
+    pub(super) fn fuzz_leftovers(&self) -> (usize, usize, usize) {
+        let in_flight = self.pending.len() + self.nsq.iter().map(|q| q.in_flight()).sum::<usize>();
+        (
+            self.conns.iter().flatten().count(),
+            self.orphans.len(),
+            in_flight,
+        )
+    }
 }

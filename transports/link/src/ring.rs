@@ -170,7 +170,7 @@ impl Rings {
         let size = HALF;
         let head = h.head.load(Ordering::Acquire) as usize;
         let tail = h.tail.load(Ordering::Relaxed) as usize;
-        if head >= size || tail >= size {
+        if head >= size || tail >= size || tail % 8 != 0 {
             return Err(LinkError::Protocol("ring indexes out of range".into()));
         }
         let need = (4 + body.len()).div_ceil(8) * 8;
@@ -208,7 +208,7 @@ impl Rings {
         let size = HALF;
         let tail = h.tail.load(Ordering::Acquire) as usize;
         let mut head = h.head.load(Ordering::Relaxed) as usize;
-        if head >= size || tail >= size || tail % 8 != 0 {
+        if head >= size || tail >= size || tail % 8 != 0 || head % 8 != 0 {
             return Err(LinkError::Protocol("ring indexes out of range".into()));
         }
         if head == tail {
@@ -336,6 +336,21 @@ mod tests {
         host.header(1).tail.store(16, Ordering::Release);
         assert!(matches!(
             rt.recv::<ToRuntime>(),
+            Err(LinkError::Protocol(_))
+        ));
+        // Indexes inside the ring but not on a record boundary (found by
+        // the link_ring fuzz target: the length word was read misaligned).
+        host.reset();
+        rt.header(1).head.store(0x12, Ordering::Release);
+        host.header(1).tail.store(0x40, Ordering::Release);
+        assert!(matches!(
+            rt.recv::<ToRuntime>(),
+            Err(LinkError::Protocol(_))
+        ));
+        host.reset();
+        host.header(1).tail.store(0x2a, Ordering::Release);
+        assert!(matches!(
+            host.send(&ToRuntime::Reset { ctrl: "c".into() }),
             Err(LinkError::Protocol(_))
         ));
         // Messages with descriptors cannot travel this way.

@@ -23,6 +23,9 @@
 //! the controller must prove its own secret. A refusal is an error of that
 //! connection attempt (no retry is different from a lost connection's).
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod queue;
 mod session;
 mod spec;

@@ -702,15 +702,7 @@ impl NvmeTcpQueue {
                 }
                 continue;
             } else {
-                if conn.rx_start == conn.rx_end {
-                    conn.rx_start = 0;
-                    conn.rx_end = 0;
-                } else if conn.rx_end == conn.rx.len() || conn.rx_start > RX_BUF / 2 {
-                    conn.rx.copy_within(conn.rx_start..conn.rx_end, 0);
-                    conn.rx_end -= conn.rx_start;
-                    conn.rx_start = 0;
-                }
-                let end = conn.rx_end;
+                let end = conn.make_room();
                 match conn.sock.read(&mut conn.rx[end..]) {
                     Ok(0) => return Err(NvmeTcpError::Closed),
                     Ok(n) => n,
@@ -875,6 +867,20 @@ impl NvmeTcpQueue {
 }
 
 impl Conn {
+    /// Move unparsed bytes to the front of the receive buffer when it
+    /// helps; returns where new bytes go (`rx[end..]`).
+    fn make_room(&mut self) -> usize {
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        } else if self.rx_end == self.rx.len() || self.rx_start > RX_BUF / 2 {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        self.rx_end
+    }
+
     fn new(sock: TcpStream, neg: Negotiated) -> Conn {
         Conn {
             sock,
@@ -1057,5 +1063,76 @@ impl Drop for NvmeTcpQueue {
             Link::Down { cancel, .. } => cancel.store(true, Ordering::Release),
         }
         self.session.free_qid(self.qid);
+    }
+}
+
+/// In-process hooks for the `fuzzing` harness (`super::fuzzing`).
+#[cfg(feature = "fuzzing")]
+impl NvmeTcpQueue {
+    /// A queue on an established connection of `session` whose bytes the
+    /// caller provides (`sock` is never read or written).
+    pub(super) fn for_fuzzing(
+        session: &Arc<Session>,
+        sock: TcpStream,
+        digests: leapio_nvme::tcp::Digests,
+        entries: u32,
+    ) -> NvmeTcpQueue {
+        let slots = usize::try_from(entries.max(2) - 1).unwrap_or(1);
+        let neg = Negotiated {
+            digests,
+            maxh2cdata: 8192,
+            align: 4,
+        };
+        NvmeTcpQueue {
+            session: Arc::clone(session),
+            info: session.info(),
+            qid: 1,
+            nsid: 1,
+            entries,
+            cmds: (0..slots).map(|_| None).collect(),
+            free: (0..slots)
+                .rev()
+                .map(|i| u16::try_from(i).unwrap_or(0))
+                .collect(),
+            done: Vec::new(),
+            link: Link::Up(Box::new(Conn::new(sock, neg))),
+            retry: Duration::from_secs(1),
+            stall: Duration::from_secs(3600),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Bytes from the target, parsed as `poll` parses what it reads. An
+    /// error is what would make the queue drop the connection.
+    pub(super) fn fuzz_receive(&mut self, mut bytes: &[u8]) -> Result<(), NvmeTcpError> {
+        while !bytes.is_empty() {
+            let Link::Up(conn) = &mut self.link else {
+                return Err(NvmeTcpError::Closed);
+            };
+            let end = conn.make_room();
+            let n = bytes.len().min(conn.rx.len() - end);
+            if n == 0 {
+                return Err(NvmeTcpError::Protocol("receive buffer full".into()));
+            }
+            conn.rx[end..end + n].copy_from_slice(&bytes[..n]);
+            conn.rx_end += n;
+            bytes = &bytes[n..];
+            self.process()?;
+        }
+        Ok(())
+    }
+
+    /// What the queue has queued for the target since the last call.
+    pub(super) fn fuzz_take_sent(&mut self) -> Vec<u8> {
+        let Link::Up(conn) = &mut self.link else {
+            return Vec::new();
+        };
+        conn.tx_pos = 0;
+        std::mem::take(&mut conn.tx)
+    }
+
+    /// Completions not yet handed out.
+    pub(super) fn fuzz_take_done(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.done)
     }
 }

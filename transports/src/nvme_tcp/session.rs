@@ -100,6 +100,27 @@ impl Session {
         Ok(s)
     }
 
+    /// A session with no admin queue and no keep-alive thread, already
+    /// stopping (so nothing reconnects), for the `fuzzing` harness.
+    #[cfg(feature = "fuzzing")]
+    pub(super) fn for_fuzzing(spec: &NvmeTcpSpec, info: Info) -> Arc<Session> {
+        Arc::new(Session {
+            spec: spec.clone(),
+            hostid: [0; 16],
+            info,
+            cntlid: AtomicU16::new(1),
+            admin: Mutex::new(Admin {
+                conn: None,
+                cntlid: 1,
+            }),
+            qids: Mutex::new(vec![true; usize::from(info.io_queues)]),
+            stopping: AtomicBool::new(true),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(()),
+            timer: Mutex::new(None),
+        })
+    }
+
     pub fn spec(&self) -> &NvmeTcpSpec {
         &self.spec
     }
