@@ -2,6 +2,9 @@
 //! hostile-tenant benchmark (`scripts/bench-hostile.sh`), which measures a
 //! well-behaved tenant's latency beside it. Runs until `--seconds` pass.
 //!
+//!   leapio-hostile busy SOCK         a well-behaved VM doing the same I/O as `irq`
+//!                                    as fast as it can (the fair baseline: the
+//!                                    CPU a busy neighbour takes)
 //!   leapio-hostile irq SOCK          a VM whose MSI-X eventfd is full and blocking,
 //!                                    doing I/O that raises it
 //!   leapio-hostile dma-flood SOCK    a VM mapping guest memory regions until refused,
@@ -45,11 +48,12 @@ fn main() -> ExitCode {
     }
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let r = match pos.as_slice() {
-        ["irq", sock] => irq(Path::new(sock), until),
+        ["busy", sock] => irq(Path::new(sock), until, false),
+        ["irq", sock] => irq(Path::new(sock), until, true),
         ["dma-flood", sock] => dma_flood(Path::new(sock), until),
         ["half-open", addr] => half_open(addr, until),
         ["slow-reader", addr, nqn] => slow_reader(addr, nqn, until),
-        _ => Err("usage: leapio-hostile irq SOCK | dma-flood SOCK | half-open ADDR | slow-reader ADDR NQN [--seconds S]".into()),
+        _ => Err("usage: leapio-hostile busy SOCK | irq SOCK | dma-flood SOCK | half-open ADDR | slow-reader ADDR NQN [--seconds S]".into()),
     };
     match r {
         Ok(what) => {
@@ -65,7 +69,9 @@ fn main() -> ExitCode {
 
 type R = Result<String, String>;
 
-fn irq(sock: &Path, until: Instant) -> R {
+/// Writes as fast as one queue completes them; with `full`, the MSI-X
+/// eventfd they raise is blocking and full (socp must not block on it).
+fn irq(sock: &Path, until: Instant, full: bool) -> R {
     let mut d = Driver::bring_up(sock, 16 << 20, 1, 32).map_err(|e| e.to_string())?;
     // SAFETY: plain eventfd creation, checked.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -73,12 +79,14 @@ fn irq(sock: &Path, until: Instant) -> R {
         return Err("eventfd".into());
     }
     // SAFETY: a fresh fd nothing else owns.
-    let mut full = unsafe { std::fs::File::from_raw_fd(fd) };
-    full.write_all(&(u64::MAX - 1).to_ne_bytes())
-        .map_err(|e| e.to_string())?;
+    let mut efd = unsafe { std::fs::File::from_raw_fd(fd) };
+    if full {
+        efd.write_all(&(u64::MAX - 1).to_ne_bytes())
+            .map_err(|e| e.to_string())?;
+    }
     let accepted = d
         .client
-        .set_irq_eventfds(IRQ_MSIX, 1, &[full.as_fd()])
+        .set_irq_eventfds(IRQ_MSIX, 1, &[efd.as_fd()])
         .is_ok();
     let buf = d.mem.alloc(4096, 4096);
     d.mem.write(buf, &[0x5a; 4096]);
@@ -87,6 +95,9 @@ fn irq(sock: &Path, until: Instant) -> R {
         let sqe = d.rw_sqe(IoOpcode::WRITE, 1, 0, 8, buf, 4096, 0);
         d.command(1, sqe).map_err(|e| e.to_string())?;
         n += 1;
+    }
+    if !full {
+        return Ok(format!("busy: {n} writes"));
     }
     Ok(format!(
         "irq: blocking full eventfd {}; {n} writes raising it",
