@@ -110,6 +110,10 @@ for t in "${targets[@]}"; do
     log "fuzzing $t (${limit[*]})"
     s=$(now)
     rc=0
+    # With autogroup scheduling (the default on Debian) nice only ranks
+    # threads within a session; the group's own nice makes the fuzzer yield
+    # to everything else on the machine too.
+    [[ -w /proc/self/autogroup ]] && echo 19 > /proc/self/autogroup 2>/dev/null || true
     nice -n 19 "target/x86_64-unknown-linux-gnu/$profile/$t" "${args[@]}" > "logs/$t.log" 2>&1 || rc=$?
     execs=$(awk '/stat::number_of_executed_units/ {print $2}' "logs/$t.log" | tail -n 1)
     rate=$(awk '/stat::average_exec_per_sec/ {print $2}' "logs/$t.log" | tail -n 1)

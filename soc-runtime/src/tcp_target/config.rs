@@ -103,7 +103,16 @@ pub struct TcpTargetSpec {
     pub icreq_timeout: Duration,
     /// How long a queue that must authenticate may take to do so.
     pub auth_timeout: Duration,
+    /// How long a poller keeps polling its sockets after its last work
+    /// before it sleeps in epoll_wait (0: sleep at once).
+    pub busy_poll: Duration,
 }
+
+/// Default `busy-poll-us`: long enough to span a host's turnaround between
+/// a completion and its next command (so a queue at depth 1 never waits
+/// for its poller to wake up, which costs tens of microseconds on a
+/// virtual CPU), short enough that an idle target sleeps.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TcpConfigError {
@@ -136,6 +145,7 @@ impl FromStr for TcpTargetSpec {
         let mut serial = None;
         let mut icreq_timeout = Duration::from_secs(10);
         let mut auth_timeout = Duration::from_secs(30);
+        let mut busy_poll = DEFAULT_BUSY_POLL;
         let mut last_ns: Option<String> = None;
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
@@ -233,9 +243,17 @@ impl FromStr for TcpTargetSpec {
                         .ok_or_else(|| bad(format!("auth-timeout-ms must be 1..=600000, got '{value}'")))?;
                     auth_timeout = Duration::from_millis(ms);
                 }
+                "busy-poll-us" => {
+                    let us: u64 = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 1_000_000)
+                        .ok_or_else(|| bad(format!("busy-poll-us must be 0..=1000000, got '{value}'")))?;
+                    busy_poll = Duration::from_micros(us);
+                }
                 other => {
                     return Err(bad(format!(
-                        "unknown key '{other}' (expected listen, nqn, ns, bs, allow, dhchap-hashes, dhchap-dhgroups, io-queues, queue-entries, mdts, serial, icreq-timeout-ms, auth-timeout-ms)"
+                        "unknown key '{other}' (expected listen, nqn, ns, bs, allow, dhchap-hashes, dhchap-dhgroups, io-queues, queue-entries, mdts, serial, icreq-timeout-ms, auth-timeout-ms, busy-poll-us)"
                     )))
                 }
             }
@@ -257,6 +275,7 @@ impl FromStr for TcpTargetSpec {
             serial,
             icreq_timeout,
             auth_timeout,
+            busy_poll,
         })
     }
 }
@@ -285,6 +304,17 @@ mod tests {
         assert!(t.allow[1].secrets.is_none());
         let t: TcpTargetSpec = "listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M".parse().unwrap();
         assert!(t.allow.is_empty());
+        assert_eq!(t.busy_poll, DEFAULT_BUSY_POLL);
+        let t: TcpTargetSpec = "listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M,busy-poll-us=0"
+            .parse()
+            .unwrap();
+        assert_eq!(t.busy_poll, Duration::ZERO);
+        for bad in ["busy-poll-us=-1", "busy-poll-us=1000001", "busy-poll-us=x"] {
+            let e = format!("listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M,{bad}")
+                .parse::<TcpTargetSpec>()
+                .unwrap_err();
+            assert!(e.to_string().contains("busy-poll-us must be"), "{e}");
+        }
         assert_eq!(t.dhchap, Policy::default());
     }
 

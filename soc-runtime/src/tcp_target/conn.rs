@@ -5,10 +5,11 @@ use super::admin::{self, AdminState, PropertyEffect, Reply};
 use super::ctrl::Controller;
 use super::io_cmd::{self, Xfer};
 use super::poller::{Iov, OpOutcome, PendingOp, Poller};
-use crate::io::{Op, Plan};
+use crate::io::Plan;
 use leapio_nvme::fabrics::{
     connect_data_off, connect_invalid_dw0, connect_off, AuthCmd, ConnectCmd, ConnectData,
-    FabricsStatus, FcType, PropertyCmd, CONNECT_AUTHREQ_ATR, DISCOVERY_NQN, FABRICS_OPCODE,
+    FabricsStatus, FcType, PropertyCmd, CATTR_DISABLE_SQFLOW, CONNECT_AUTHREQ_ATR, DISCOVERY_NQN,
+    FABRICS_OPCODE,
 };
 use leapio_nvme::tcp::{
     data_off, icreq_off, layout, seal, write_pdu, DataHdr, Digests, Fes, IcReq, IcResp, Layout,
@@ -53,6 +54,11 @@ pub(super) struct Binding {
     pub epoch: u64,
     /// Entries in the submission queue (SQSIZE + 1).
     pub entries: u32,
+    /// The host disabled SQ flow control (Connect CATTR bit 2): a read
+    /// that succeeds ends with its last C2HData PDU flagged SUCCESS and
+    /// no response capsule (the transport specification allows SUCCESS
+    /// only then).
+    pub sqflow_disabled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -566,16 +572,21 @@ impl Poller {
         if !write_cache {
             plan = crate::io::write_through(plan);
         }
-        let ops: Vec<Op> = match plan {
+        // One operation (the common case) allocates nothing.
+        let (first, rest) = match plan {
             Plan::Complete(s) => {
                 conn.cmds[idx] = None;
                 conn.respond(cid, s, 0);
                 return;
             }
-            Plan::Single(op) => vec![op],
-            Plan::Multi(ops) => ops,
+            Plan::Single(op) => (op, Vec::new()),
+            Plan::Multi(mut ops) if !ops.is_empty() => (ops.remove(0), ops),
+            Plan::Multi(_) => {
+                conn.cmds[idx] = None;
+                conn.respond(cid, Status::SUCCESS, 0);
+                return;
+            }
         };
-        let first = ops[0];
         cmd.kind = first.kind;
         let mut iov = None;
         if first.kind == IoKind::Read {
@@ -594,10 +605,10 @@ impl Poller {
                 iov_len: len.min(cmd.buf.len()),
             }));
         }
-        let n = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+        let n = u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
         cmd.stage = Stage::Backend { remaining: n };
         let tag = self.tag(slot, idx);
-        for op in ops {
+        for op in std::iter::once(first).chain(rest) {
             self.pending.push_back(PendingOp {
                 tag,
                 ns,
@@ -633,13 +644,17 @@ impl Poller {
             // The data is already in place after the header room: fill in
             // the C2HData header, seal it and send the buffer as it is.
             let mut buf = cmd.buf;
+            let success = conn.bind.as_ref().is_some_and(|b| b.sqflow_disabled);
             let mut h = DataHdr::new(PduType::C2H_DATA);
-            h.ch.flags = PduFlags::DATA_LAST;
+            h.ch.flags = PduFlags::DATA_LAST | if success { PduFlags::DATA_SUCCESS } else { 0 };
             h.cccid = cid.into();
             h.datal = u32::try_from(len).unwrap_or(0).into();
             buf[..24].copy_from_slice(h.as_bytes());
             seal(&mut buf, len, conn.dg);
             conn.queue_tx(buf);
+            if success {
+                return;
+            }
         }
         conn.respond(cid, cmd.status, 0);
     }
@@ -788,6 +803,7 @@ impl Poller {
             epoch: ctrl.epoch.load(Ordering::Acquire),
             ctrl,
             entries,
+            sqflow_disabled: qid != 0 && c.cattr & CATTR_DISABLE_SQFLOW != 0,
         });
         conn.sqhd %= entries;
         (Status::SUCCESS, dw0)

@@ -25,6 +25,8 @@ pub struct Limits {
     pub icreq_timeout: Duration,
     /// How long a queue may take to authenticate.
     pub auth_timeout: Duration,
+    /// Polling without sleeping after the last work.
+    pub busy_poll: Duration,
 }
 
 impl Limits {
@@ -86,6 +88,7 @@ impl Subsystem {
                 maxh2cdata: 4096u32 << spec.mdts,
                 icreq_timeout: spec.icreq_timeout,
                 auth_timeout: spec.auth_timeout,
+                busy_poll: spec.busy_poll,
             },
             ctrls: Mutex::new(Ctrls {
                 by_id: HashMap::new(),

@@ -92,6 +92,9 @@ pub(super) struct Poller {
     accept_paused_until: Option<Instant>,
     /// This poller's share of `Subsystem::tx_peak`.
     tx_peak: usize,
+    /// When the last pass found work (busy polling lasts
+    /// `Limits::busy_poll` after it).
+    last_work: Instant,
 }
 
 impl Poller {
@@ -121,6 +124,7 @@ impl Poller {
             last_tick: Instant::now(),
             accept_paused_until: None,
             tx_peak: 0,
+            last_work: Instant::now(),
         })
     }
 
@@ -149,11 +153,19 @@ impl Poller {
                     .iter()
                     .flatten()
                     .any(|c| c.tx_pending() && !c.want_out);
-            let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
+            let now = Instant::now();
+            if busy {
+                self.last_work = now;
+            }
+            let polling = busy || now.duration_since(self.last_work) < self.sub.limits.busy_poll;
+            let wait = if polling { Duration::ZERO } else { IDLE_WAIT };
             events.clear();
             if let Err(e) = self.epoll.wait(wait, &mut events) {
                 tracing::error!(poller = self.index, "epoll_wait: {e}");
                 std::thread::sleep(IDLE_WAIT);
+            }
+            if !events.is_empty() {
+                self.last_work = Instant::now();
             }
             for &(token, ev) in &events {
                 if token == LISTENER {
@@ -276,7 +288,9 @@ impl Poller {
                 continue;
             }
             self.consume(slot, &mut conn, &scratch[..n]);
-            if conn.closing() {
+            if conn.closing() || n < scratch.len() {
+                // A short read emptied the socket: the next read would only
+                // say so (and take the socket's lock); epoll reports more.
                 break 'reads;
             }
         }
@@ -321,13 +335,13 @@ impl Poller {
                 self.fail_op(p.tag, Status::INTERNAL_ERROR);
                 continue;
             };
-            let iov: Vec<libc::iovec> = p.iov.into_iter().map(|v| v.0).collect();
+            let iov = p.iov.map(|v| v.0);
             let req = IoRequest {
                 tag: p.tag,
                 kind: p.op.kind,
                 offset: p.op.offset,
                 len: p.op.len,
-                iov: &iov,
+                iov: iov.as_slice(),
             };
             // SAFETY: the iovec points into the command's buffer, which is
             // owned by the command until its last completion is reaped; if

@@ -81,6 +81,10 @@ struct Host {
     dg: Digests,
     cid: u16,
     maxh2cdata: usize,
+    /// Connect I/O queues with SQ flow control disabled (CATTR bit 2).
+    sqflow_disabled: bool,
+    /// Commands that ended with a C2HData PDU flagged SUCCESS.
+    successes: usize,
 }
 
 enum Out<'a> {
@@ -105,6 +109,8 @@ impl Host {
             dg: Digests::default(),
             cid: 0,
             maxh2cdata: 4096,
+            sqflow_disabled: false,
+            successes: 0,
         }
     }
 
@@ -203,6 +209,17 @@ impl Host {
                     assert_eq!(d.cccid.get(), self.cid);
                     let o = usize::try_from(d.datao.get()).unwrap();
                     data[o..o + pdu.data().len()].copy_from_slice(pdu.data());
+                    let flags = d.ch.flags;
+                    if flags & leapio_nvme::tcp::PduFlags::DATA_SUCCESS != 0 {
+                        assert!(self.sqflow_disabled, "SUCCESS with SQ flow control on");
+                        assert_ne!(flags & leapio_nvme::tcp::PduFlags::DATA_LAST, 0);
+                        self.successes += 1;
+                        let cqe = Cqe {
+                            cid: self.cid.into(),
+                            ..Default::default()
+                        };
+                        return (cqe, data);
+                    }
                 }
                 PduHeader::R2t(r) => {
                     assert_eq!(r.cccid.get(), self.cid);
@@ -237,6 +254,9 @@ impl Host {
         c.qid = qid.into();
         c.sqsize = 31.into();
         c.kato = kato.into();
+        if qid != 0 && self.sqflow_disabled {
+            c.cattr = leapio_nvme::fabrics::CATTR_DISABLE_SQFLOW;
+        }
         let mut d = ConnectData::zeroed();
         d.hostid = [7; 16];
         d.cntlid = cntlid.into();
@@ -481,6 +501,37 @@ fn write_read_with_header_and_data_digests() {
         header: true,
         data: true,
     });
+}
+
+/// A host that disabled SQ flow control gets its successful reads ended by
+/// the last C2HData PDU (SUCCESS) and no response capsule: the next
+/// command's replies would otherwise start with a stray response. Failed
+/// reads and writes still get their response; other hosts never see
+/// SUCCESS.
+#[test]
+fn reads_end_with_success_flagged_data_when_sq_flow_control_is_off() {
+    let tgt = Target::start("");
+    for off in [false, true] {
+        let (_a, cntlid) = Host::admin(tgt.addr, Digests::default(), NQN, 0);
+        let mut q = Host::new(tgt.addr, Digests::default());
+        q.sqflow_disabled = off;
+        let c = q.connect(1, cntlid, NQN, HOST, 0);
+        assert!(c.status_field().is_success());
+        let data = pattern(8192, 3);
+        let (s, _) = q.rw(IoOpcode::WRITE, 8, 16, Out::R2t(&data), 0);
+        assert!(s.is_success());
+        for _ in 0..3 {
+            let (s, back) = q.rw(IoOpcode::READ, 8, 16, Out::None, 8192);
+            assert!(s.is_success());
+            assert_eq!(back, data);
+        }
+        // Past the end: an error, which needs its response.
+        let (s, _) = q.rw(IoOpcode::READ, (16 << 20 >> 9) - 1, 2, Out::None, 1024);
+        assert_eq!(s, Status::LBA_OUT_OF_RANGE);
+        let (s, _) = q.rw(IoOpcode::WRITE, 0, 1, Out::InCapsule(&data[..512]), 0);
+        assert!(s.is_success());
+        assert_eq!(q.successes, if off { 3 } else { 0 });
+    }
 }
 
 #[test]

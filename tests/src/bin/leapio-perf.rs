@@ -5,6 +5,8 @@
 
 #[path = "perf/cli.rs"]
 mod cli;
+#[path = "perf/direct.rs"]
+mod direct;
 #[path = "perf/engine.rs"]
 mod engine;
 #[path = "perf/null.rs"]
@@ -127,6 +129,7 @@ struct Setup {
 fn run(cfg: &Config) -> Result<Report, PerfError> {
     match &cfg.target {
         Target::Null { copy } => run_null(cfg, *copy),
+        Target::Backend { spec } => run_direct(cfg, spec),
         Target::Sock { path, pid } => {
             let cpu = pid.map(CpuSource::Pid).unwrap_or(CpuSource::None);
             let detail = match pid {
@@ -227,8 +230,27 @@ fn drive(
         u64::from(p.blocks_per_io),
     );
     let mut me = ThreadCpu::current_thread()?;
-    let out = engine::run(mem, queues, p, &mut gen, target_cpu, &mut me);
+    let mut remote = cfg.remote_pid.map(open_remote).transpose()?;
+    let cpus = engine::Cpus {
+        target: target_cpu,
+        remote: remote.as_mut(),
+        harness: &mut me,
+    };
+    let out = engine::run(mem, queues, p, &mut gen, cpus);
     Ok((out, prefilled))
+}
+
+/// The poller threads (`socp-tcp-*`) of the socp serving as the NVMe/TCP
+/// target behind the namespace (--remote-pid).
+fn open_remote(pid: u32) -> Result<ThreadCpu, PerfError> {
+    let t = ThreadCpu::open(Some(pid), &["socp-tcp"])
+        .map_err(|e| PerfError::Setup(format!("reading the threads of pid {pid}: {e}")))?;
+    if t.is_empty() {
+        return Err(PerfError::Setup(format!(
+            "--remote-pid {pid}: no socp-tcp-* thread (not a socp with --tcp-target?)"
+        )));
+    }
+    Ok(t)
 }
 
 /// Whose poller threads to account.
@@ -381,6 +403,71 @@ fn run_ctrl(
     Ok(Report::new(cfg, &setup, &out, prefilled))
 }
 
+fn run_direct(cfg: &Config, spec: &str) -> Result<Report, PerfError> {
+    let setup_err = |e: String| PerfError::Setup(format!("--backend {spec}: {e}"));
+    let parsed: leapio_transports::BackendSpec =
+        spec.parse().map_err(|e| setup_err(format!("{e}")))?;
+    let backend =
+        leapio_transports::open_backend(&parsed).map_err(|e| setup_err(error_chain(&e)))?;
+    let g = backend.geometry();
+    let mut q = backend
+        .open_queue(cfg.qd)
+        .map_err(|e| setup_err(error_chain(&e)))?;
+    let range_blocks = cfg.range.map_or(g.num_blocks, |r| {
+        (r / u64::from(g.block_size)).min(g.num_blocks)
+    });
+    let setup = Setup {
+        target: "backend".into(),
+        detail: format!("{}, driven from the harness thread", backend.describe()),
+        lba_size: g.block_size,
+        range_blocks,
+    };
+    let p = params(cfg, g.block_size)?;
+    let units = range_blocks / u64::from(p.blocks_per_io);
+    if units == 0 {
+        return Err(PerfError::Setup("the range holds no whole I/O".into()));
+    }
+    if let Some(c) = cfg.cpu {
+        stats::pin_thread(0, c)
+            .map_err(|e| PerfError::Setup(format!("pinning the harness to CPU {c}: {e}")))?;
+    }
+    let mut gen = OpGen::new(
+        cfg.seed,
+        cfg.pattern.random(),
+        cfg.read_pct,
+        units * u64::from(p.blocks_per_io),
+        u64::from(p.blocks_per_io),
+    );
+    let mut me = ThreadCpu::current_thread()?;
+    let mut remote = cfg.remote_pid.map(open_remote).transpose()?;
+    let dp = direct::DirectParams {
+        qd: cfg.qd,
+        io_size: cfg.io_size,
+        lba_size: g.block_size,
+        warmup_ns: cfg.warmup_ns,
+        time_ns: cfg.time_ns,
+    };
+    let cpus = engine::Cpus {
+        target: None,
+        remote: remote.as_mut(),
+        harness: &mut me,
+    };
+    let out = direct::run(q.as_mut(), &dp, &mut gen, cpus).map_err(PerfError::Setup)?;
+    Ok(Report::new(cfg, &setup, &out, false))
+}
+
+/// An error and its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn run_null(cfg: &Config, copy: bool) -> Result<Report, PerfError> {
     let entries = queue_entries(cfg.qd);
     let mut mem = GuestMem::new(0, guest_mem_size(cfg))?;
@@ -476,6 +563,9 @@ struct Report {
     target_user_s: Option<f64>,
     target_sys_s: Option<f64>,
     target_cpu_us_per_io: Option<f64>,
+    remote_threads: Vec<String>,
+    remote_cpu_s: Option<f64>,
+    remote_cpu_us_per_io: Option<f64>,
     harness_cpu_s: f64,
     harness_cpu_us_per_io: Option<f64>,
     errors: u64,
@@ -527,6 +617,9 @@ impl Report {
             target_user_s: o.target_cpu.map(|c| secs(c.user_ns)),
             target_sys_s: o.target_cpu.map(|c| secs(c.sys_ns)),
             target_cpu_us_per_io: o.target_cpu.as_ref().and_then(per_io),
+            remote_threads: o.remote_threads.clone(),
+            remote_cpu_s: o.remote_cpu.map(|c| secs(c.total_ns)),
+            remote_cpu_us_per_io: o.remote_cpu.as_ref().and_then(per_io),
             harness_cpu_s: secs(o.harness_cpu.total_ns),
             harness_cpu_us_per_io: per_io(&o.harness_cpu),
             errors: o.errors,
@@ -614,6 +707,14 @@ fn print_text(r: &Report) {
             per.map_or("-".into(), |p| format!("{p:.3}"))
         ),
         (None, _) => println!("  target CPU: not measured (--socp-pid PID to measure it)"),
+    }
+    if let Some(c) = r.remote_cpu_s {
+        println!(
+            "  NVMe/TCP target CPU: {c:.3} s over {} thread(s) = {} us/IO",
+            r.remote_threads.len(),
+            r.remote_cpu_us_per_io
+                .map_or("-".into(), |p| format!("{p:.3}"))
+        );
     }
     println!(
         "  harness CPU: {:.3} s = {} us/IO",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use leapio_nvme::fabrics::{
     put_nqn, AuthCmd, ConnectCmd, ConnectData, FcType, PropertyCmd, SglDescriptor,
-    CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, FABRICS_OPCODE,
+    CATTR_DISABLE_SQFLOW, CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, FABRICS_OPCODE,
 };
 use leapio_nvme::tcp::{
     write_pdu, CapsuleCmd, Digests, IcReq, ParserConfig, PduHeader, PduParser, Role, MIN_MAXH2CDATA,
@@ -280,6 +280,11 @@ impl SyncConn {
             c.kato = u32::try_from(spec.kato.as_millis())
                 .unwrap_or(u32::MAX)
                 .into();
+        } else {
+            // Never more commands in flight than the queue holds, so SQ
+            // head reports are not needed; without them the target may end
+            // a read with its last C2HData PDU (SUCCESS) and no response.
+            c.cattr = CATTR_DISABLE_SQFLOW;
         }
         let mut d = ConnectData::zeroed();
         d.hostid = hostid;

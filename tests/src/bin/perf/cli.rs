@@ -24,7 +24,7 @@ use std::path::PathBuf;
 ///   leapio-perf --spawn ns=ram:1G --rate 100000 -q 32   (open loop)
 #[derive(Parser, Debug, Clone)]
 #[command(name = "leapio-perf", version, verbatim_doc_comment)]
-#[command(group(ArgGroup::new("target").required(true).args(["sock", "spawn", "null", "null_copy"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["sock", "spawn", "null", "null_copy", "backend"])))]
 pub struct Args {
     /// vfio-user socket of a running socp controller.
     #[arg(long, value_name = "PATH")]
@@ -34,10 +34,22 @@ pub struct Args {
     #[arg(long, value_name = "PID")]
     pub socp_pid: Option<u32>,
 
+    /// PID of the socp serving the NVMe/TCP target behind the namespace
+    /// (ns=nvme-tcp:...): its socp-tcp-* pollers' CPU time is reported.
+    #[arg(long, value_name = "PID")]
+    pub remote_pid: Option<u32>,
+
     /// Start socp in-process with this controller spec (socp's --ctrl
     /// syntax without sock=), e.g. ns=ram:1G or ns=file:/dev/shm/img.
     #[arg(long, value_name = "SPEC")]
     pub spawn: Option<String>,
+
+    /// Drive one of socp's backends directly from the harness thread (no
+    /// controller, rings or poller), e.g. ram:1G or
+    /// nvme-tcp:127.0.0.1:4420/NQN (the harness is then the NVMe/TCP host).
+    /// One queue, closed loop.
+    #[arg(long, value_name = "SPEC")]
+    pub backend: Option<String>,
 
     /// Poller threads of the spawned socp.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -218,6 +230,10 @@ pub enum Target {
         spec: String,
         pollers: usize,
     },
+    /// A backend driven directly (--backend).
+    Backend {
+        spec: String,
+    },
     /// `copy`: move the data too (--null-copy).
     Null {
         copy: bool,
@@ -245,6 +261,7 @@ pub struct Config {
     pub prefill: bool,
     pub cpu: Option<usize>,
     pub target_cpu: Option<usize>,
+    pub remote_pid: Option<u32>,
     pub io_wait_us: u64,
     pub seed: u64,
     pub json: bool,
@@ -287,6 +304,13 @@ impl Config {
                 spec: spec.clone(),
                 pollers: a.pollers,
             }
+        } else if let Some(spec) = &a.backend {
+            if a.rate.is_some() || a.verify || a.queues != 1 || a.irq || a.irq_wait {
+                return Err(
+                    "--backend runs one queue, closed loop, unverified: no --rate, --verify, -n, --irq".into(),
+                );
+            }
+            Target::Backend { spec: spec.clone() }
         } else {
             Target::Null { copy: a.null_copy }
         };
@@ -352,6 +376,7 @@ impl Config {
             prefill: a.prefill || (a.verify && a.workload.read_pct(a.rwmixread) > 0),
             cpu: a.cpu,
             target_cpu: a.target_cpu,
+            remote_pid: a.remote_pid,
             io_wait_us: a.io_wait_us,
             seed: a.seed,
             json: a.json,

@@ -97,6 +97,9 @@ pub struct Outcome {
     pub target_cpu: Option<CpuTimes>,
     /// The threads whose CPU `target_cpu` sums.
     pub target_threads: Vec<String>,
+    /// The remote NVMe/TCP target's pollers (--remote-pid), and their names.
+    pub remote_cpu: Option<CpuTimes>,
+    pub remote_threads: Vec<String>,
     pub harness_cpu: CpuTimes,
     /// Open loop: I/Os issued in the window, and the largest backlog of
     /// due-but-unissued I/Os seen.
@@ -274,25 +277,60 @@ fn split_u64(v: u64) -> (u32, u32) {
 /// How long to wait for the commands still in flight at the end.
 const DRAIN_NS: u64 = 10_000_000_000;
 
+/// Whose CPU time a run accounts over its measured window.
+pub struct Cpus<'a> {
+    /// socp's pollers serving the queues driven.
+    pub target: Option<&'a mut ThreadCpu>,
+    /// The NVMe/TCP target behind them (another process).
+    pub remote: Option<&'a mut ThreadCpu>,
+    /// The thread issuing and reaping the I/O.
+    pub harness: &'a mut ThreadCpu,
+}
+
+/// The CPU times at the start of the window (threads started since the
+/// last look, such as io_uring workers, are picked up first: a directory
+/// read, once).
+pub fn start_sample(c: &mut ThreadCpu) -> CpuTimes {
+    let _ = c.rescan();
+    c.sample()
+}
+
+/// The CPU used since `start`, and the threads it sums.
+pub fn end_sample(
+    c: Option<&mut ThreadCpu>,
+    start: Option<CpuTimes>,
+) -> (Option<CpuTimes>, Vec<String>) {
+    match (c, start) {
+        (Some(c), Some(c0)) => {
+            let _ = c.rescan();
+            (Some(c.sample().since(c0)), c.names())
+        }
+        _ => (None, Vec::new()),
+    }
+}
+
 /// Run the workload: warm-up, measured window, drain.
 pub fn run(
     mem: &GuestMem,
     queues: &mut [Queue<'_>],
     p: Params,
     gen: &mut OpGen,
-    target_cpu: Option<&mut ThreadCpu>,
-    harness_cpu: &mut ThreadCpu,
+    cpus: Cpus<'_>,
 ) -> Outcome {
     let verify = p.verify;
     let mut cx = Ctx::new(mem, p, verify);
     let mut t = Tally::new();
-    let mut target_cpu = target_cpu;
+    let Cpus {
+        target: mut target_cpu,
+        remote: mut remote_cpu,
+        harness: harness_cpu,
+    } = cpus;
     let clock = Clock(Instant::now());
     let t0 = clock.now();
     let warm_end = t0 + cx.p.warmup_ns;
     let end = warm_end + cx.p.time_ns;
     let mut pacer = cx.p.rate.map(|r| Pacer::new(t0, r));
-    let (mut cpu0, mut me0) = (None, CpuTimes::default());
+    let (mut cpu0, mut remote0, mut me0) = (None, None, CpuTimes::default());
     let mut issued_at_warm_end = 0;
     let mut max_backlog = 0;
     let mut measure_start = t0;
@@ -315,11 +353,8 @@ pub fn run(
         if !t.recording && now >= warm_end {
             t.recording = true;
             measure_start = now;
-            cpu0 = target_cpu.as_deref_mut().map(|c| {
-                // New io_uring workers: a directory read, once.
-                let _ = c.rescan();
-                c.sample()
-            });
+            cpu0 = target_cpu.as_deref_mut().map(start_sample);
+            remote0 = remote_cpu.as_deref_mut().map(start_sample);
             me0 = harness_cpu.sample();
             issued_at_warm_end = pacer.as_ref().map_or(0, Pacer::issued);
         }
@@ -379,13 +414,8 @@ pub fn run(
         }
     }
     let stop = clock.now();
-    let (target_cpu, target_threads) = match (target_cpu, cpu0) {
-        (Some(c), Some(c0)) => {
-            let _ = c.rescan();
-            (Some(c.sample().since(c0)), c.names())
-        }
-        _ => (None, Vec::new()),
-    };
+    let (target_cpu, target_threads) = end_sample(target_cpu, cpu0);
+    let (remote_cpu, remote_threads) = end_sample(remote_cpu, remote0);
     let harness = harness_cpu.sample().since(me0);
     let issued = pacer.as_ref().map_or(0, Pacer::issued) - issued_at_warm_end;
     t.recording = false;
@@ -413,6 +443,8 @@ pub fn run(
         stray: t.stray,
         target_cpu,
         target_threads,
+        remote_cpu,
+        remote_threads,
         harness_cpu: harness,
         issued,
         max_backlog,
