@@ -110,8 +110,10 @@ pub fn run(
                     } else {
                         IoKind::Write
                     };
-                    let mut cqe = Cqe::default();
-                    cqe.status = (socp::io::backend_status(kind, e.errno).field() << 1).into();
+                    let cqe = Cqe {
+                        status: (socp::io::backend_status(kind, e.errno).field() << 1).into(),
+                        ..Cqe::default()
+                    };
                     w.first_error = Some((cqe, s.op));
                 }
             }
