@@ -162,12 +162,14 @@ pub struct IoCounts {
 }
 
 impl IoCounts {
+    /// Saturating: the counters come from shared memory another process
+    /// writes, and a broken one must not make the reader panic or wrap.
     pub fn add(&mut self, o: IoCounts) {
-        self.read_commands += o.read_commands;
-        self.write_commands += o.write_commands;
-        self.read_sectors += o.read_sectors;
-        self.write_sectors += o.write_sectors;
-        self.media_errors += o.media_errors;
+        self.read_commands = self.read_commands.saturating_add(o.read_commands);
+        self.write_commands = self.write_commands.saturating_add(o.write_commands);
+        self.read_sectors = self.read_sectors.saturating_add(o.read_sectors);
+        self.write_sectors = self.write_sectors.saturating_add(o.write_sectors);
+        self.media_errors = self.media_errors.saturating_add(o.media_errors);
     }
 }
 
@@ -788,6 +790,25 @@ mod tests {
         s.nsid = 1.into();
         s.cdw10 = 0x1234.into();
         s
+    }
+
+    /// Counters read back from a corrupted area (found by the link_qstate
+    /// fuzz target) saturate instead of overflowing.
+    #[test]
+    fn io_counts_saturate() {
+        let big = IoCounts {
+            read_commands: u64::MAX - 1,
+            write_commands: u64::MAX,
+            read_sectors: 1,
+            write_sectors: u64::MAX,
+            media_errors: 7,
+        };
+        let mut t = big;
+        t.add(big);
+        assert_eq!(t.read_commands, u64::MAX);
+        assert_eq!(t.write_commands, u64::MAX);
+        assert_eq!(t.read_sectors, 2);
+        assert_eq!(t.media_errors, 14);
     }
 
     #[test]
