@@ -187,10 +187,7 @@ fn drive(
     setup: &Setup,
     target_cpu: Option<&mut ThreadCpu>,
 ) -> Result<(Outcome, bool), PerfError> {
-    if let Some(c) = cfg.cpu {
-        stats::pin_thread(0, c)
-            .map_err(|e| PerfError::Setup(format!("pinning the harness to CPU {c}: {e}")))?;
-    }
+    pin_harness(cfg)?;
     if let (Some(c), Some(t)) = (cfg.target_cpu, target_cpu.as_deref()) {
         t.pin(c)
             .map_err(|e| PerfError::Setup(format!("pinning the target to CPU {c}: {e}")))?;
@@ -222,13 +219,7 @@ fn drive(
         }
         prefilled = true;
     }
-    let mut gen = OpGen::new(
-        cfg.seed,
-        cfg.pattern.random(),
-        cfg.read_pct,
-        units * u64::from(p.blocks_per_io),
-        u64::from(p.blocks_per_io),
-    );
+    let mut gen = op_gen(cfg, &p, units);
     let mut me = ThreadCpu::current_thread()?;
     let mut remote = cfg.remote_pid.map(open_remote).transpose()?;
     let cpus = engine::Cpus {
@@ -238,6 +229,26 @@ fn drive(
     };
     let out = engine::run(mem, queues, p, &mut gen, cpus);
     Ok((out, prefilled))
+}
+
+/// The random (or sequential) I/O stream over `units` I/Os of the range.
+fn op_gen(cfg: &Config, p: &Params, units: u64) -> OpGen {
+    OpGen::new(
+        cfg.seed,
+        cfg.pattern.random(),
+        cfg.read_pct,
+        units * u64::from(p.blocks_per_io),
+        u64::from(p.blocks_per_io),
+    )
+}
+
+/// Pin the calling (harness) thread where --cpu says.
+fn pin_harness(cfg: &Config) -> Result<(), PerfError> {
+    if let Some(c) = cfg.cpu {
+        stats::pin_thread(0, c)
+            .map_err(|e| PerfError::Setup(format!("pinning the harness to CPU {c}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The poller threads (`socp-tcp-*`) of the socp serving as the NVMe/TCP
@@ -427,17 +438,8 @@ fn run_direct(cfg: &Config, spec: &str) -> Result<Report, PerfError> {
     if units == 0 {
         return Err(PerfError::Setup("the range holds no whole I/O".into()));
     }
-    if let Some(c) = cfg.cpu {
-        stats::pin_thread(0, c)
-            .map_err(|e| PerfError::Setup(format!("pinning the harness to CPU {c}: {e}")))?;
-    }
-    let mut gen = OpGen::new(
-        cfg.seed,
-        cfg.pattern.random(),
-        cfg.read_pct,
-        units * u64::from(p.blocks_per_io),
-        u64::from(p.blocks_per_io),
-    );
+    pin_harness(cfg)?;
+    let mut gen = op_gen(cfg, &p, units);
     let mut me = ThreadCpu::current_thread()?;
     let mut remote = cfg.remote_pid.map(open_remote).transpose()?;
     let dp = direct::DirectParams {
