@@ -11,6 +11,9 @@
 # Local baselines: socp's vfio-user controller on a RAM namespace
 # (leapio-perf --spawn ns=ram:1G, poller on CPU 0) and the RAM backend
 # driven directly (--backend ram:1G), on the same CPUs.
+# The floor: tests/examples/tcp_floor.rs, two threads on the same CPUs
+# exchanging 72-byte requests for 4 KiB + 24-byte answers over loopback TCP
+# and nothing else (the kernel's cost, with no NVMe at all).
 # Workload: 4 KiB random reads, QD 1 and QD 32.
 #
 # usage: bash scripts/bench-tcp.sh [--seconds S] [--baseline REV] [--out FILE]
@@ -33,7 +36,7 @@ done
 (($(nproc) >= 2)) || die "bench-tcp.sh needs 2 CPUs (target and host apart)"
 cd "$LEAPIO_REPO"
 log "building socp and leapio-perf (release)"
-cargo build --release --quiet -p socp --bin socp -p leapio-tests --bin leapio-perf || die "cargo build failed"
+cargo build --release --quiet -p socp --bin socp -p leapio-tests --bin leapio-perf --example tcp_floor || die "cargo build failed"
 rel=$LEAPIO_REPO/target/release
 work=$(mktemp -d /tmp/leapio-bench-tcp.XXXXXX)
 tgt_pid=''
@@ -88,6 +91,13 @@ for qd in 1 32; do
     row "local RAM namespace (socp vfio-user)" "$qd" "$iops" "$p50" "$p99" "$c" "$per"
     read -r iops p50 p99 c per <<< "$(perf --backend ram:1G --cpu 1 -q "$qd")"
     row "RAM backend, driven directly" "$qd" "$iops" "$p50" "$p99" - -
+done
+for qd in 1 32; do
+    read -r rt p50 p99 per <<< "$("$rel/examples/tcp_floor" "$secs" "$qd" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+print(round(d["round_trips"] / '"$secs"'), d["p50_us"], d["p99_us"], "%.3f" % d["answering_cpu_us_per_answer"])')"
+    row "loopback TCP alone, no NVMe (tcp_floor)" "$qd" "$rt" "$p50" "$p99" - "$per"
 done
 for name in "${order[@]}"; do
     taskset -c 0 "${socps[$name]}" --tcp-target "listen=127.0.0.1:$port,nqn=$nqn,ns=ram:1G" \
