@@ -109,6 +109,13 @@ pub(super) struct Conn {
     /// input is not read: a host that never reads its socket stops being
     /// served instead of growing this queue.
     pub tx_bytes: usize,
+    /// Read data the backend is producing for this connection (it joins
+    /// `tx` when the read completes).
+    pub owed: usize,
+    /// Reads not started because the connection was owed [`TX_LIMIT`]
+    /// bytes: they start, in order, as the host takes its data. They hold
+    /// their command slot and no buffer.
+    pub deferred: VecDeque<usize>,
     /// EPOLLIN is armed (input is read).
     pub reading: bool,
     /// EPOLLOUT is armed.
@@ -148,6 +155,8 @@ impl Conn {
             tx: VecDeque::new(),
             tx_off: 0,
             tx_bytes: 0,
+            owed: 0,
+            deferred: VecDeque::new(),
             reading: true,
             want_out: false,
             bind: None,
@@ -206,7 +215,13 @@ impl Conn {
     /// Whether input should be read: not while the host owes us reads of
     /// [`TX_LIMIT`] bytes or more.
     pub fn wants_input(&self) -> bool {
-        self.tx_bytes < TX_LIMIT
+        !self.over_limit()
+    }
+
+    /// Whether the host is owed (queued or being read) [`TX_LIMIT`] bytes
+    /// or more.
+    pub fn over_limit(&self) -> bool {
+        self.tx_bytes + self.owed >= TX_LIMIT
     }
 
     /// Queue a C2HTermReq quoting `hdr` and stop serving this connection.
@@ -560,7 +575,7 @@ impl Poller {
     }
 
     fn dispatch_io(&mut self, slot: usize, conn: &mut Conn, idx: usize) {
-        let Some(cmd) = conn.cmds[idx].as_mut() else {
+        let Some(cmd) = conn.cmds[idx].as_ref() else {
             return;
         };
         let cid = cmd.sqe.cid.get();
@@ -587,6 +602,14 @@ impl Poller {
                 return;
             }
         };
+        if first.kind == IoKind::Read && conn.over_limit() {
+            // Its data would be owed beyond the limit: later.
+            conn.deferred.push_back(idx);
+            return;
+        }
+        let Some(cmd) = conn.cmds[idx].as_mut() else {
+            return;
+        };
         cmd.kind = first.kind;
         let mut iov = None;
         if first.kind == IoKind::Read {
@@ -594,6 +617,7 @@ impl Poller {
             let l = layout(PduType::C2H_DATA, len, conn.dg, conn.host_align);
             cmd.buf = vec![0u8; l.plen];
             cmd.read_layout = Some((l, len));
+            conn.owed += len;
             iov = Some(Iov(libc::iovec {
                 iov_base: cmd.buf[l.pdo..].as_mut_ptr().cast(),
                 iov_len: len,
@@ -619,6 +643,16 @@ impl Poller {
         self.submit_pending();
     }
 
+    /// Start deferred reads while the host is owed less than the limit.
+    pub(super) fn resume_deferred(&mut self, slot: usize, conn: &mut Conn) {
+        while !conn.over_limit() && !conn.closing() {
+            let Some(idx) = conn.deferred.pop_front() else {
+                return;
+            };
+            self.dispatch_io(slot, conn, idx);
+        }
+    }
+
     /// A backend operation of command `idx` finished.
     pub(super) fn op_done(&mut self, conn: &mut Conn, idx: usize, outcome: OpOutcome) {
         let Some(Some(cmd)) = conn.cmds.get_mut(idx) else {
@@ -640,6 +674,9 @@ impl Poller {
             return;
         };
         let cid = cmd.sqe.cid.get();
+        if let Some((_, len)) = cmd.read_layout {
+            conn.owed = conn.owed.saturating_sub(len);
+        }
         if let (Some((_, len)), true) = (cmd.read_layout, cmd.status.is_success()) {
             // The data is already in place after the header room: fill in
             // the C2HData header, seal it and send the buffer as it is.

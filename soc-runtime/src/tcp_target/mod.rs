@@ -150,8 +150,9 @@ impl TcpTarget {
     }
 
     /// The most bytes ever queued for one connection to send: bounded by
-    /// the backpressure on hosts that do not read (about `TX_LIMIT` plus
-    /// one response).
+    /// the backpressure on hosts that do not read: reads whose data would
+    /// be owed past `TX_LIMIT` wait unstarted, so at most `TX_LIMIT` plus
+    /// one maximum transfer and a few responses.
     pub fn tx_peak(&self) -> usize {
         self.sub.tx_peak.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -436,6 +436,8 @@ impl Poller {
                     }
                     if !conn.tx_pending() && conn.closing() {
                         self.close(slot);
+                    } else if !conn.deferred.is_empty() && !conn.over_limit() {
+                        self.resume(slot);
                     }
                 }
                 Err(e) => {
@@ -444,6 +446,15 @@ impl Poller {
                 }
             }
         }
+    }
+
+    /// Start the deferred reads of the connection in `slot` that now fit.
+    fn resume(&mut self, slot: usize) {
+        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.resume_deferred(slot, &mut conn);
+        self.conns[slot] = Some(conn);
     }
 
     /// Timed checks.
@@ -646,27 +657,39 @@ impl Poller {
     /// to `sent` (slot, bytes) and close the connections that terminated.
     pub(super) fn fuzz_settle(&mut self, sent: &mut dyn FnMut(usize, &[u8])) {
         // Bounded: the RAM backend completes everything it accepts on the
-        // next poll, so a handful of rounds always suffices.
-        for _ in 0..64 {
-            self.submit_pending();
-            for q in &mut self.nsq {
-                let _ = q.kick();
+        // next poll, so a handful of rounds always suffices; reads deferred
+        // until their host took its data (which it does here at once) start
+        // in the next round.
+        for _ in 0..8 {
+            for _ in 0..64 {
+                self.submit_pending();
+                for q in &mut self.nsq {
+                    let _ = q.kick();
+                }
+                self.reap();
+                if self.pending.is_empty() && self.nsq.iter().all(|q| q.in_flight() == 0) {
+                    break;
+                }
             }
-            self.reap();
-            if self.pending.is_empty() && self.nsq.iter().all(|q| q.in_flight() == 0) {
-                break;
+            let mut deferred = false;
+            for slot in 0..self.conns.len() {
+                let Some(conn) = self.conns[slot].as_mut() else {
+                    continue;
+                };
+                for pdu in conn.tx.drain(..) {
+                    sent(slot, &pdu);
+                }
+                conn.tx_off = 0;
+                conn.tx_bytes = 0;
+                if conn.closing() {
+                    self.close(slot);
+                } else if !conn.deferred.is_empty() {
+                    deferred = true;
+                    self.resume(slot);
+                }
             }
-        }
-        for slot in 0..self.conns.len() {
-            let Some(conn) = self.conns[slot].as_mut() else {
-                continue;
-            };
-            for pdu in conn.tx.drain(..) {
-                sent(slot, &pdu);
-            }
-            conn.tx_off = 0;
-            if conn.closing() {
-                self.close(slot);
+            if !deferred {
+                return;
             }
         }
     }
