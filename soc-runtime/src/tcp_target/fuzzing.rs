@@ -66,7 +66,7 @@ impl Harness {
             spec,
             namespaces,
             backends,
-            listener: listener,
+            listener,
         })
     }
 
