@@ -84,6 +84,9 @@ for t in "${targets[@]}"; do
     cargo fuzz build "${build_args[@]}" "$t" 2>&1 | grep -v '^\s*Compiling\|^\s*Finished' >&2 || true
     [[ -x target/x86_64-unknown-linux-gnu/$profile/$t ]] || die "fuzz target $t did not build"
 done
+# The seed generator is not a fuzz target: check it still compiles
+# against the crates' messages.
+cargo check -q --example seeds || die "the seed generator (fuzz/examples/seeds.rs) does not compile"
 log "built in $(elapsed "$t0") s"
 [[ -n $build_only ]] && exit 0
 

@@ -95,6 +95,7 @@ fn to_runtime() -> Vec<ToRuntime> {
                 dbs: 0x10000,
                 eis: 0x11000,
             }),
+            write_cache: true,
         },
         ToRuntime::Map {
             req: 1,
