@@ -22,10 +22,13 @@ pub mod nand;
 mod queue;
 mod spec;
 pub(crate) mod sync;
+pub mod zns;
+pub mod zones;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -33,6 +36,7 @@ pub use ftl::FlashStats;
 pub use nand::{Media, MediaError, NandGeometry, NandMedia, Timing};
 pub(crate) use spec::parse as parse_spec;
 pub use spec::FlashSpec;
+pub use zns::{ZnsBackend, ZnsSpec};
 
 use crate::{human_size, Backend, BackendQueue, Features, Geometry, TransportError};
 use ftl::Ftl;
@@ -151,22 +155,7 @@ impl FlashBackend {
                 source,
             }
         };
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io("cannot open"))?;
-        crate::file::wait_for_claim(path, || match crate::sys::ofd_lock(lock.as_fd(), true) {
-            Ok(true) => Ok(Some(())),
-            Ok(false) => Ok(None),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EINVAL)) => {
-                tracing::warn!(path = %path.display(), error = %e, "the filesystem does not lock files: nothing keeps two runtimes from serving it at once");
-                Ok(Some(()))
-            }
-            Err(e) => Err(e),
-        })
-        .map_err(io("cannot claim"))?;
+        let lock = lock_media(path)?;
         let shown = self.spec.to_string();
         let media_err = |e: MediaError| TransportError::Config(format!("{shown}: {e}"));
         let media = NandMedia::open(path, self.nand, Some(self.timing)).map_err(media_err)?;
@@ -203,6 +192,35 @@ impl FlashBackend {
             lock,
         })
     }
+}
+
+/// Open the media file and take its exclusive lock, waiting for another
+/// process that holds it to let go.
+pub(crate) fn lock_media(path: &Path) -> Result<File, TransportError> {
+    let io = |what| {
+        move |source| TransportError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io("cannot open"))?;
+    crate::file::wait_for_claim(path, || match crate::sys::ofd_lock(lock.as_fd(), true) {
+        Ok(true) => Ok(Some(())),
+        Ok(false) => Ok(None),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EINVAL)) => {
+            tracing::warn!(path = %path.display(), error = %e, "the filesystem does not lock files: nothing keeps two runtimes from serving it at once");
+            Ok(Some(()))
+        }
+        Err(e) => Err(e),
+    })
+    .map_err(io("cannot claim"))?;
+    Ok(lock)
 }
 
 impl Backend for FlashBackend {
