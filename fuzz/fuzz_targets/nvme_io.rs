@@ -120,6 +120,7 @@ fuzz_target!(|data: &[u8]| {
             volatile_write_cache: true,
             write_zeroes: true,
             deallocate: true,
+            zoned: None,
             nguid: [0; 16],
             eui64: [0; 8],
             uuid: [0; 16],

@@ -13,7 +13,7 @@ use crate::link::RuntimeLink;
 use crate::port::PortEvent;
 use leapio_link::{NsDecl, ToRuntime};
 use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::controller::{namespace_ids, NamespaceInfo};
+use leapio_nvme::controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_nvme::regs::csts;
 use std::sync::Arc;
 
@@ -40,6 +40,15 @@ fn check_decl(d: &NsDecl) -> Result<(), String> {
             "namespace {}: {} blocks of {} bytes",
             d.nsid, d.num_blocks, d.block_size
         ));
+    }
+    if let Some(z) = &d.zoned {
+        let ok = z.zone_blocks.is_power_of_two()
+            && (1..=z.zone_blocks).contains(&z.capacity)
+            && d.num_blocks % z.zone_blocks == 0
+            && (1..=z.max_active).contains(&z.max_open);
+        if !ok {
+            return Err(format!("namespace {}: impossible zones {z:?}", d.nsid));
+        }
     }
     Ok(())
 }
@@ -70,6 +79,14 @@ pub fn namespace_changes(old: Option<&[NsDecl]>, new: &[NsDecl]) -> Result<Vec<u
                 o.nsid, o.describe
             ));
         }
+        if n.zoned.map(|z| (z.zone_blocks, z.capacity))
+            != o.zoned.map(|z| (z.zone_blocks, z.capacity))
+        {
+            return Err(format!(
+                "namespace {} has zones {:?} for the guest, the runtime declares {:?} ({})",
+                o.nsid, o.zoned, n.zoned, n.describe
+            ));
+        }
         if (n.block_size, n.num_blocks) != (o.block_size, o.num_blocks) {
             return Err(format!(
                 "namespace {} is {} blocks of {} bytes for the guest, the runtime declares {} of {} ({})",
@@ -78,6 +95,7 @@ pub fn namespace_changes(old: Option<&[NsDecl]>, new: &[NsDecl]) -> Result<Vec<u
         }
         if (n.volatile_write_cache, n.write_zeroes, n.deallocate)
             != (o.volatile_write_cache, o.write_zeroes, o.deallocate)
+            || n.zoned != o.zoned
         {
             changed.push(o.nsid);
         }
@@ -277,6 +295,12 @@ impl NvmeController {
                     volatile_write_cache: d.volatile_write_cache,
                     write_zeroes: d.write_zeroes,
                     deallocate: d.deallocate,
+                    zoned: d.zoned.map(|z| ZonedInfo {
+                        zone_blocks: z.zone_blocks,
+                        capacity: z.capacity,
+                        max_open: z.max_open,
+                        max_active: z.max_active,
+                    }),
                     nguid,
                     eui64,
                     uuid,
@@ -353,6 +377,7 @@ mod tests {
             deallocate: true,
             persistent,
             describe: format!("test {nsid}"),
+            zoned: None,
         }
     }
 
