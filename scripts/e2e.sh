@@ -5,7 +5,9 @@
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_stress ftl_fio_verify ftl_restart
-#   (ftl_*: a flash namespace, FTL on emulated NAND; socp only)
+#          zns_report zns_fio_zbd_verify zns_append zns_limits
+#   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
+#   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
 #   the SoC tests need the SoC tools of setup-host.sh and build the aarch64
 #   socp and the SoC image, quick when cached)
@@ -38,7 +40,8 @@ done
 [[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
-    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart)
+    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
+        zns_report zns_fio_zbd_verify zns_append zns_limits)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -300,6 +303,56 @@ test_ftl_restart() {
     expect '[[ -n $valid ]]' "the second socp did not log its mount" || ok=1
     ((ok == 0)) && DETAIL="2 verified passes, socp stopped and started again (mount: $valid valid pages, $free free blocks, $torn torn), the last pass verified from a new boot ($(basename "$first"))"
     return $ok
+}
+
+# A zoned namespace: 32 MiB of emulated NAND (2 channels x 2 dies x 32
+# blocks x 64 pages of 4 KiB): 32 zones of 1 MiB (one block of each die),
+# at most 4 open and 6 active.
+zns_media=$LEAPIO_DATA/e2e-zns.nand
+zns_ns="zns:$zns_media?channels=2&dies=2&blocks=32&pages=64&max_open=4&max_active=6"
+# zns_job NAME JOB [run-guest options]: boot a guest running JOB on a fresh
+# zoned namespace; DETAIL gets the job's reason, and the guest's kernel
+# must have logged no I/O error and no nvme reset
+zns_job() {
+    local name=$1 job=$2 ok=0 errs ioerr resets
+    shift 2
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    rm -f "$zns_media"
+    boot "$name" "$job" "$zns_ns" -- "$@" || return 1
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $resets == 0 ]]' "the guest kernel logged $resets nvme timeouts/resets" || ok=1
+    ((ok == 0)) && DETAIL="$(guestlog results "$GLOG" | sed -n "s/^$job ok //p")"
+    return $ok
+}
+
+# blkzone report lists every zone (empty), the kernel sees a host-managed
+# disk with the limits, a write moves a write pointer
+test_zns_report() {
+    zns_job zns_report znsreport || return 1
+    local ioerr
+    ioerr=$(guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
+    expect '[[ $ioerr == 0 ]]' "the guest kernel logged $ioerr I/O errors"
+}
+
+# fio --zonemode=zbd --max_open_zones=4: verified random writes to zones
+test_zns_fio_zbd_verify() {
+    zns_job zns_fio_zbd_verify znsfio --append "leapio.size=16 leapio.zns_open=4" || return 1
+    local ioerr
+    ioerr=$(guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
+    expect '[[ $ioerr == 0 ]]' "the guest kernel logged $ioerr I/O errors"
+}
+
+# nvme zns zone-append returns the LBA, the data reads back; a full zone
+# refuses appends (the refusal is an I/O error the kernel may log)
+test_zns_append() {
+    zns_job zns_append znsappend
+}
+
+# opening more zones than allowed: Too Many Open Zones, Too Many Active
+# Zones (refusals the kernel may log)
+test_zns_limits() {
+    zns_job zns_limits znslimits
 }
 
 # ---- the SoC VM: socp (aarch64) in an emulated ARM SoC, through the link
