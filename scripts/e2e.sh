@@ -5,7 +5,7 @@
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_stress ftl_fio_verify ftl_restart
-#          zns_report zns_fio_zbd_verify zns_append zns_limits
+#          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -41,7 +41,7 @@ done
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
-        zns_report zns_fio_zbd_verify zns_append zns_limits)
+        zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -353,6 +353,20 @@ test_zns_append() {
 # Zones (refusals the kernel may log)
 test_zns_limits() {
     zns_job zns_limits znslimits
+}
+
+# zone states and write pointers survive a restart of socp: written and
+# closed zones come back closed at their write pointers, a finished zone
+# full, an open zone with nothing written empty; data and the write rule hold
+test_zns_restart() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    rm -f "$zns_media"
+    boot zns_restart znswrite "$zns_ns" || return 1
+    boot zns_restart2 znscheck "$zns_ns" || return 1
+    local resets
+    resets=$(guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_nvme_resets"])')
+    expect '[[ $resets == 0 ]]' "the guest kernel logged $resets nvme timeouts/resets" || return 1
+    DETAIL="$(guestlog results "$GLOG" | sed -n "s/^znscheck ok //p") (socp stopped and started again)"
 }
 
 # ---- the SoC VM: socp (aarch64) in an emulated ARM SoC, through the link
