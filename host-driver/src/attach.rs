@@ -409,4 +409,43 @@ mod tests {
         assert!(namespace_changes(None, &[odd]).is_err());
         assert!(namespace_changes(None, &[ns(1, u64::MAX, true)]).is_err());
     }
+
+    #[test]
+    fn zones_are_part_of_what_a_later_runtime_must_declare() {
+        let zoned = |zone_blocks, capacity, max_open, max_active| {
+            let mut d = ns(1, 1024, true);
+            d.zoned = Some(leapio_link::ZonedDecl {
+                zone_blocks,
+                capacity,
+                max_open,
+                max_active,
+            });
+            d
+        };
+        let first = vec![zoned(256, 256, 4, 6)];
+        assert_eq!(namespace_changes(None, &first).unwrap(), vec![1]);
+        assert!(namespace_changes(Some(&first), &first).unwrap().is_empty());
+        // Other zones: refused; other limits: a change the guest is told of.
+        let e = namespace_changes(Some(&first), &[zoned(128, 128, 4, 6)]).unwrap_err();
+        assert!(e.contains("has zones"), "{e}");
+        assert!(namespace_changes(Some(&first), &[ns(1, 1024, true)]).is_err());
+        assert_eq!(
+            namespace_changes(Some(&first), &[zoned(256, 256, 2, 6)]).unwrap(),
+            vec![1]
+        );
+        // Impossible zones: size not a power of two, capacity 0 or past
+        // the size, zones not dividing the namespace, open limits.
+        let mut uneven = zoned(512, 512, 4, 6);
+        uneven.num_blocks = 1000;
+        for bad in [
+            zoned(300, 256, 4, 6),
+            zoned(256, 257, 4, 6),
+            zoned(256, 0, 4, 6),
+            uneven,
+            zoned(256, 256, 0, 6),
+            zoned(256, 256, 7, 6),
+        ] {
+            assert!(namespace_changes(None, &[bad]).is_err());
+        }
+    }
 }
