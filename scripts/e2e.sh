@@ -6,6 +6,7 @@
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_stress ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
+#          zns_tcp
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -41,7 +42,7 @@ done
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
-        zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart)
+        zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -367,6 +368,28 @@ test_zns_restart() {
     resets=$(guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_nvme_resets"])')
     expect '[[ $resets == 0 ]]' "the guest kernel logged $resets nvme timeouts/resets" || return 1
     DETAIL="$(guestlog results "$GLOG" | sed -n "s/^znscheck ok //p") (socp stopped and started again)"
+}
+
+# the zoned namespace over NVMe/TCP, to Linux's own NVMe/TCP host (the
+# guest, QEMU user networking): blkzone report, zone appends, fio zbd
+test_zns_tcp() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local port=${LEAPIO_ZNS_TCP_PORT:-4431} nqn=nqn.2026-11.io.leapio:zns0 grc=0 i=0 r
+    rm -f "$zns_media"
+    GLOG=$logs/zns_tcp.guest.log
+    start_socp "$logs/zns_tcp.socp.log" --tcp-target "listen=127.0.0.1:$port,nqn=$nqn,ns=$zns_ns" \
+        || { REASON="socp did not start"; return 1; }
+    until grep -q 'NVMe/TCP target listening' "$logs/zns_tcp.socp.log"; do
+        ((i < 300)) && kill -0 "$SOCP_PID" 2>/dev/null || { REASON="socp is not listening"; return 1; }
+        sleep 0.1
+        i=$((i + 1))
+    done
+    run_guest --quiet --nic --job znstcp --log "$GLOG" --timeout "$boot_timeout" \
+        --append "leapio.tcp_port=$port leapio.tcp_nqn=$nqn leapio.size=8 leapio.zns_open=4" || grc=$?
+    stop_socp 2>>"$GLOG.harness" || { REASON="socp did not stop cleanly"; return 1; }
+    r=$(guestlog results "$GLOG" | grep -m1 '^znstcp ' || true)
+    [[ $grc == 0 && $r == "znstcp ok"* ]] || { REASON="guest: ${r:-no result} ($(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';'))"; return 1; }
+    DETAIL="$(guestlog results "$GLOG" | sed -n 's/^znsreport ok \(zones=[0-9]*\).*/\1/p'); $(guestlog results "$GLOG" | sed -n 's/^znsappend ok //p'); fio zbd: $(guestlog results "$GLOG" | sed -n 's/^znsfio ok //p')"
 }
 
 # ---- the SoC VM: socp (aarch64) in an emulated ARM SoC, through the link
