@@ -23,6 +23,7 @@ mod queue;
 mod spec;
 pub(crate) mod sync;
 pub mod zns;
+pub mod zoned_media;
 pub mod zones;
 
 use std::fs::{File, OpenOptions};
@@ -80,8 +81,7 @@ impl FlashBackend {
     pub fn open(spec: &FlashSpec) -> Result<FlashBackend, TransportError> {
         let shown = spec.to_string();
         let cfg = |reason: String| TransportError::Config(format!("{shown}: {reason}"));
-        let mut media = NandMedia::open(&spec.path, spec.new_geometry(), None)
-            .map_err(|e| cfg(e.to_string()))?;
+        let mut media = open_media(spec, None).map_err(|e| cfg(e.to_string()))?;
         let nand = *media.geometry();
         let wrong = spec.geometry_mismatches(&nand);
         if !wrong.is_empty() {
@@ -158,7 +158,7 @@ impl FlashBackend {
         let lock = lock_media(path)?;
         let shown = self.spec.to_string();
         let media_err = |e: MediaError| TransportError::Config(format!("{shown}: {e}"));
-        let media = NandMedia::open(path, self.nand, Some(self.timing)).map_err(media_err)?;
+        let media = open_media(&self.spec, Some(self.timing)).map_err(media_err)?;
         if *media.geometry() != self.nand || media.logical_pages() != self.geometry.num_blocks {
             return Err(TransportError::Config(format!(
                 "{shown}: the media file changed between open and claim"
@@ -169,7 +169,7 @@ impl FlashBackend {
             Flusher::start(sync_file).map_err(io("cannot start the flusher thread for"))?;
         let started = Instant::now();
         let ftl = Ftl::mount(
-            Box::new(media),
+            media,
             self.geometry.num_blocks,
             Arc::clone(flusher.syncer()),
         )
@@ -192,6 +192,34 @@ impl FlashBackend {
             lock,
         })
     }
+}
+
+/// Open the spec's media: NAND emulated in a file, or (`media=zoned`) a
+/// zoned block device or a file emulating one.
+fn open_media(spec: &FlashSpec, timing: Option<Timing>) -> Result<Box<dyn Media>, MediaError> {
+    if !spec.zoned {
+        return Ok(Box::new(NandMedia::open(
+            &spec.path,
+            spec.new_geometry(),
+            timing,
+        )?));
+    }
+    let dev = zoned_media::open_zone_device(
+        &spec.path,
+        spec.zone_bytes.unwrap_or(1 << 20),
+        spec.zones.unwrap_or(64),
+    )
+    .map_err(|source| MediaError::Io {
+        what: "cannot open the zoned device",
+        path: spec.path.clone(),
+        source,
+    })?;
+    Ok(Box::new(zoned_media::ZonedMedia::open(
+        &spec.path,
+        dev,
+        spec.page_size,
+        spec.dies,
+    )?))
 }
 
 /// Open the media file and take its exclusive lock, waiting for another

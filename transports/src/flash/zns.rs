@@ -107,6 +107,9 @@ pub(crate) fn parse_spec(body: &str) -> Result<ZnsSpec, String> {
         format!("{path}?{}", rest.join("&"))
     };
     spec.flash = super::spec::parse(&flash_body).map_err(|e| e.replace("'flash:", "'zns:"))?;
+    if spec.flash.zoned {
+        return Err("media=zoned is for the FTL (flash:), not for zns:".to_owned());
+    }
     if let (Some(o), Some(a)) = (spec.max_open, spec.max_active) {
         if o > a {
             return Err(format!("max_open={o} is more than max_active={a}"));
