@@ -6,7 +6,7 @@
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_stress ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
-#          zns_tcp
+#          zns_tcp ftl_zoned_device
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -42,7 +42,8 @@ done
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
-        zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp)
+        zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
+        ftl_zoned_device)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -390,6 +391,28 @@ test_zns_tcp() {
     r=$(guestlog results "$GLOG" | grep -m1 '^znstcp ' || true)
     [[ $grc == 0 && $r == "znstcp ok"* ]] || { REASON="guest: ${r:-no result} ($(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';'))"; return 1; }
     DETAIL="$(guestlog results "$GLOG" | sed -n 's/^znsreport ok \(zones=[0-9]*\).*/\1/p'); $(guestlog results "$GLOG" | sed -n 's/^znsappend ok //p'); fio zbd: $(guestlog results "$GLOG" | sed -n 's/^znsfio ok //p')"
+}
+
+# the flash FTL on a zoned block device (media=zoned, the zoned-block
+# ioctls): in the guest, on the socp ZNS namespace; transports'
+# zoned-check example, built static, verifies random overwrites (GC) and
+# a reopen
+test_ftl_zoned_device() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local bin img=$LEAPIO_DATA/e2e-zcheck.img bytes
+    bin=$LEAPIO_REPO/target/x86_64-unknown-linux-gnu/release/examples/zoned-check
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p leapio-transports \
+        --example zoned-check --target x86_64-unknown-linux-gnu >/dev/null 2>&1 \
+        || { REASON="cannot build the static zoned-check example"; return 1; }
+    bytes=$(stat -c %s "$bin")
+    cp "$bin" "$img"
+    truncate -s $(((bytes + 4095) / 4096 * 4096)) "$img"
+    rm -f "$zns_media"
+    boot ftl_zoned_device zonedftl "$zns_ns" -- --disk "virtio:$img" --append "leapio.zcheck_bytes=$bytes" || return 1
+    local errs ioerr resets
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || return 1
+    DETAIL="$(guestlog results "$GLOG" | sed -n 's/^zonedftl ok //p')"
 }
 
 # ---- the SoC VM: socp (aarch64) in an emulated ARM SoC, through the link

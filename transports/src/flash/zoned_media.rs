@@ -44,8 +44,12 @@ pub trait ZoneDevice: Send {
     fn zones(&self) -> u32;
     /// Bytes written in zone `z` (its write pointer, from its start).
     fn write_pointer(&mut self, z: u32) -> io::Result<u64>;
-    /// Reset zone `z`: its write pointer goes back to its start.
+    /// Reset zone `z`: its write pointer goes back to its start (its old
+    /// data reads as zeroes).
     fn reset(&mut self, z: u32) -> io::Result<()>;
+    /// Finish zone `z`: full, releasing its open/active resources (the rest
+    /// reads as zeroes).
+    fn finish(&mut self, z: u32) -> io::Result<()>;
     /// Write `buf` at `offset` (which must be a zone's write pointer).
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Read `buf.len()` bytes at `offset`.
@@ -87,6 +91,7 @@ const BLKREPORTZONE: libc::c_ulong = 0xc010_1282;
 const BLKRESETZONE: libc::c_ulong = 0x4010_1283;
 const BLKGETZONESZ: libc::c_ulong = 0x8004_1284;
 const BLKGETNRZONES: libc::c_ulong = 0x8004_1285;
+const BLKFINISHZONE: libc::c_ulong = 0x4010_1288;
 const BLK_ZONE_REP_CAPACITY: u32 = 1;
 const BLK_ZONE_TYPE_CONVENTIONAL: u8 = 1;
 const BLK_ZONE_COND_FULL: u8 = 0xe;
@@ -187,6 +192,18 @@ impl BlockZoneDevice {
         Ok(dev)
     }
 
+    fn zone_op(&self, op: libc::c_ulong, z: u32) -> io::Result<()> {
+        let range = ZoneRange {
+            sector: u64::from(z) * self.zone_sectors,
+            nr_sectors: self.zone_sectors,
+        };
+        // SAFETY: the kernel only reads the range.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), op as _, &range) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn report(&self, z: u32) -> io::Result<ZoneReport1> {
         let mut r = ZoneReport1 {
             sector: u64::from(z) * self.zone_sectors,
@@ -226,15 +243,10 @@ impl ZoneDevice for BlockZoneDevice {
         Ok(r.wp.saturating_sub(r.start) * 512)
     }
     fn reset(&mut self, z: u32) -> io::Result<()> {
-        let range = ZoneRange {
-            sector: u64::from(z) * self.zone_sectors,
-            nr_sectors: self.zone_sectors,
-        };
-        // SAFETY: the kernel only reads the range.
-        if unsafe { libc::ioctl(self.file.as_raw_fd(), BLKRESETZONE as _, &range) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.zone_op(BLKRESETZONE, z)
+    }
+    fn finish(&mut self, z: u32) -> io::Result<()> {
+        self.zone_op(BLKFINISHZONE, z)
     }
     fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
@@ -370,7 +382,17 @@ impl ZoneDevice for FileZoneDevice {
         if z >= self.zones {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        self.set_wp(z, 0)
+        self.set_wp(z, 0)?;
+        // Old data reads as zeroes, as on a device.
+        let zero = vec![0u8; usize::try_from(self.zone_bytes).unwrap_or(0)];
+        self.file
+            .write_all_at(&zero, self.data_offset() + u64::from(z) * self.zone_bytes)
+    }
+    fn finish(&mut self, z: u32) -> io::Result<()> {
+        if z >= self.zones {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.set_wp(z, self.zone_bytes)
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let z = offset / self.zone_bytes;
@@ -465,6 +487,8 @@ impl ZonedMedia {
                 let h = encode_header(&geo, 0);
                 dev.write_at(&h, 0)
                     .map_err(io_err("cannot write the header of"))?;
+                dev.finish(0)
+                    .map_err(io_err("cannot finish the header zone of"))?;
                 0
             }
             Some((had, logical)) if had == geo => logical,
@@ -493,6 +517,14 @@ impl ZonedMedia {
             let next_page = u32::try_from(wp.div_ceil(slot))
                 .unwrap_or(u32::MAX)
                 .min(pages);
+            if next_page > 0 && wp < m.dev.zone_capacity() {
+                // The FTL never writes a block open before a restart again
+                // (until its erase): finish the zone so that it holds no
+                // open or active resource of the device.
+                m.dev
+                    .finish(b + 1)
+                    .map_err(io_err("cannot finish a zone of"))?;
+            }
             let mut erase_count = 0;
             if next_page > 0 {
                 let (_, count) = m.read_slot(b, 0)?;
@@ -671,6 +703,9 @@ impl Media for ZonedMedia {
         self.dev
             .write_at(&h, 0)
             .map_err(self.io_err("cannot write the header of"))?;
+        self.dev
+            .finish(0)
+            .map_err(self.io_err("cannot finish the header zone of"))?;
         self.logical_pages = pages;
         Ok(())
     }
