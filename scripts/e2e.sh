@@ -6,7 +6,7 @@
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_stress ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
-#          zns_tcp ftl_zoned_device
+#          zns_tcp zns_split ftl_zoned_device
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -43,7 +43,7 @@ if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
-        ftl_zoned_device)
+        zns_split ftl_zoned_device)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -391,6 +391,24 @@ test_zns_tcp() {
     r=$(guestlog results "$GLOG" | grep -m1 '^znstcp ' || true)
     [[ $grc == 0 && $r == "znstcp ok"* ]] || { REASON="guest: ${r:-no result} ($(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';'))"; return 1; }
     DETAIL="$(guestlog results "$GLOG" | sed -n 's/^znsreport ok \(zones=[0-9]*\).*/\1/p'); $(guestlog results "$GLOG" | sed -n 's/^znsappend ok //p'); fio zbd: $(guestlog results "$GLOG" | sed -n 's/^znsfio ok //p')"
+}
+
+# the zoned namespace in the split deployment: leapio-hostd answers the
+# guest's Identify from what socp declared over the link (zones included)
+test_zns_split() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local dir=$logs/zns_split.d grc=0 stopped=0 r
+    GLOG=$logs/zns_split.guest.log
+    rm -rf "$dir" "$zns_media"
+    start_split "$dir" e2e "$LEAPIO_RUN/e2e.sock" "$zns_ns" \
+        || { REASON="leapio-hostd + socp did not start (see $dir)"; return 1; }
+    run_guest --quiet --job znsreport,znsappend,znslimits --disk "vfio-user:$LEAPIO_RUN/e2e.sock" \
+        --log "$GLOG" --timeout "$boot_timeout" || grc=$?
+    stop_split 2>>"$GLOG.harness" || stopped=1
+    r=$(guestlog results "$GLOG" | grep -v ' ok' | head -3 | tr '\n' ';')
+    expect '[[ $grc == 0 && -z $r ]]' "guest (status $grc): ${r:-no result}" || return 1
+    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || return 1
+    DETAIL="leapio-hostd + socp --link: $(guestlog results "$GLOG" | sed -n 's/^znsreport ok \(zones=[0-9]*\).*/\1/p'), appends and limits as all-in-one"
 }
 
 # the flash FTL on a zoned block device (media=zoned, the zoned-block
