@@ -634,11 +634,7 @@ impl ZnsQueue {
 }
 
 /// Checks of a zoned request beyond the common ones.
-fn validate_zoned(
-    req: &IoRequest<'_>,
-    geometry: Geometry,
-    zoned: &ZoneGeometry,
-) -> Result<(), SubmitError> {
+fn validate_zoned(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), SubmitError> {
     let plain = IoRequest {
         tag: req.tag,
         kind: if req.kind.has_data() {
@@ -659,7 +655,6 @@ fn validate_zoned(
             if !all && (req.offset % bs != 0 || req.offset / bs >= geometry.num_blocks) {
                 return Err(SubmitError::Invalid("zone action past the end"));
             }
-            let _ = zoned;
             Ok(())
         }
         IoKind::WriteZeroes | IoKind::Deallocate => Err(SubmitError::Invalid(
@@ -675,7 +670,7 @@ unsafe impl Send for ZnsQueue {}
 
 impl BackendQueue for ZnsQueue {
     unsafe fn submit(&mut self, req: &IoRequest<'_>) -> Result<(), SubmitError> {
-        validate_zoned(req, self.geometry, &self.zoned)?;
+        validate_zoned(req, self.geometry)?;
         if self.in_flight() >= self.depth {
             return Err(SubmitError::Full);
         }
@@ -710,8 +705,9 @@ impl BackendQueue for ZnsQueue {
                     self.shared.lock().action(zone, action, all, now)
                 };
                 let due = *r.as_ref().unwrap_or(&now);
-                // Finish pads with programs: durable like a FUA write.
-                self.file(req.tag, due, r.map(|_| 0), false);
+                // A zone's new state (Reset's erases, Finish's padding) is
+                // durable when the command completes, like a FUA write.
+                self.file(req.tag, due, r.map(|_| 0), true);
             }
             IoKind::WriteZeroes | IoKind::Deallocate => {
                 return Err(SubmitError::Invalid("not supported on a zoned namespace"))
