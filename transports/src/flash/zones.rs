@@ -164,8 +164,9 @@ impl Zones {
             finished_by_backend: false,
         };
         let (open, active) = (next.is_open(), next.is_active());
-        self.open = self.open + u32::from(open) - u32::from(was_open);
-        self.active = self.active + u32::from(active) - u32::from(was_active);
+        // (The counts always include the zone's old state: no underflow.)
+        self.open = (self.open + u32::from(open)).saturating_sub(u32::from(was_open));
+        self.active = (self.active + u32::from(active)).saturating_sub(u32::from(was_active));
         if let Some(slot) = self.zone_mut(i) {
             *slot = next;
         }
