@@ -5,7 +5,10 @@
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_stress ftl_fio_verify ftl_restart
-#   (ftl_*: a flash namespace, FTL on emulated NAND; socp only)
+#          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
+#          zns_tcp zns_split ftl_zoned_device
+#   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
+#   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
 #   the SoC tests need the SoC tools of setup-host.sh and build the aarch64
 #   socp and the SoC image, quick when cached)
@@ -38,7 +41,9 @@ done
 [[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
-    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart)
+    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
+        zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
+        zns_split ftl_zoned_device)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -300,6 +305,132 @@ test_ftl_restart() {
     expect '[[ -n $valid ]]' "the second socp did not log its mount" || ok=1
     ((ok == 0)) && DETAIL="2 verified passes, socp stopped and started again (mount: $valid valid pages, $free free blocks, $torn torn), the last pass verified from a new boot ($(basename "$first"))"
     return $ok
+}
+
+# A zoned namespace: 32 MiB of emulated NAND (2 channels x 2 dies x 32
+# blocks x 64 pages of 4 KiB): 32 zones of 1 MiB (one block of each die),
+# at most 4 open and 6 active.
+zns_media=$LEAPIO_DATA/e2e-zns.nand
+zns_ns="zns:$zns_media?channels=2&dies=2&blocks=32&pages=64&max_open=4&max_active=6"
+# zns_job NAME JOB [run-guest options]: boot a guest running JOB on a fresh
+# zoned namespace; DETAIL gets the job's reason, and the guest's kernel
+# must have logged no I/O error and no nvme reset
+zns_job() {
+    local name=$1 job=$2 ok=0 errs ioerr resets
+    shift 2
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    rm -f "$zns_media"
+    boot "$name" "$job" "$zns_ns" -- "$@" || return 1
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $resets == 0 ]]' "the guest kernel logged $resets nvme timeouts/resets" || ok=1
+    ((ok == 0)) && DETAIL="$(guestlog results "$GLOG" | sed -n "s/^$job ok //p")"
+    return $ok
+}
+
+# blkzone report lists every zone (empty), the kernel sees a host-managed
+# disk with the limits, a write moves a write pointer
+test_zns_report() {
+    zns_job zns_report znsreport || return 1
+    local ioerr
+    ioerr=$(guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
+    expect '[[ $ioerr == 0 ]]' "the guest kernel logged $ioerr I/O errors"
+}
+
+# fio --zonemode=zbd --max_open_zones=4: verified random writes to zones
+test_zns_fio_zbd_verify() {
+    zns_job zns_fio_zbd_verify znsfio --append "leapio.size=16 leapio.zns_open=4" || return 1
+    local ioerr
+    ioerr=$(guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_io_errors"])')
+    expect '[[ $ioerr == 0 ]]' "the guest kernel logged $ioerr I/O errors"
+}
+
+# nvme zns zone-append returns the LBA, the data reads back; a full zone
+# refuses appends (the refusal is an I/O error the kernel may log)
+test_zns_append() {
+    zns_job zns_append znsappend
+}
+
+# opening more zones than allowed: Too Many Open Zones, Too Many Active
+# Zones (refusals the kernel may log)
+test_zns_limits() {
+    zns_job zns_limits znslimits
+}
+
+# zone states and write pointers survive a restart of socp: written and
+# closed zones come back closed at their write pointers, a finished zone
+# full, an open zone with nothing written empty; data and the write rule hold
+test_zns_restart() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    rm -f "$zns_media"
+    boot zns_restart znswrite "$zns_ns" || return 1
+    boot zns_restart2 znscheck "$zns_ns" || return 1
+    local resets
+    resets=$(guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["guest_nvme_resets"])')
+    expect '[[ $resets == 0 ]]' "the guest kernel logged $resets nvme timeouts/resets" || return 1
+    DETAIL="$(guestlog results "$GLOG" | sed -n "s/^znscheck ok //p") (socp stopped and started again)"
+}
+
+# the zoned namespace over NVMe/TCP, to Linux's own NVMe/TCP host (the
+# guest, QEMU user networking): blkzone report, zone appends, fio zbd
+test_zns_tcp() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local port=${LEAPIO_ZNS_TCP_PORT:-4431} nqn=nqn.2026-11.io.leapio:zns0 grc=0 i=0 r
+    rm -f "$zns_media"
+    GLOG=$logs/zns_tcp.guest.log
+    start_socp "$logs/zns_tcp.socp.log" --tcp-target "listen=127.0.0.1:$port,nqn=$nqn,ns=$zns_ns" \
+        || { REASON="socp did not start"; return 1; }
+    until grep -q 'NVMe/TCP target listening' "$logs/zns_tcp.socp.log"; do
+        ((i < 300)) && kill -0 "$SOCP_PID" 2>/dev/null || { REASON="socp is not listening"; return 1; }
+        sleep 0.1
+        i=$((i + 1))
+    done
+    run_guest --quiet --nic --job znstcp --log "$GLOG" --timeout "$boot_timeout" \
+        --append "leapio.tcp_port=$port leapio.tcp_nqn=$nqn leapio.size=8 leapio.zns_open=4" || grc=$?
+    stop_socp 2>>"$GLOG.harness" || { REASON="socp did not stop cleanly"; return 1; }
+    r=$(guestlog results "$GLOG" | grep -m1 '^znstcp ' || true)
+    [[ $grc == 0 && $r == "znstcp ok"* ]] || { REASON="guest: ${r:-no result} ($(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';'))"; return 1; }
+    DETAIL="$(guestlog results "$GLOG" | sed -n 's/^znsreport ok \(zones=[0-9]*\).*/\1/p'); $(guestlog results "$GLOG" | sed -n 's/^znsappend ok //p'); fio zbd: $(guestlog results "$GLOG" | sed -n 's/^znsfio ok //p')"
+}
+
+# the zoned namespace in the split deployment: leapio-hostd answers the
+# guest's Identify from what socp declared over the link (zones included)
+test_zns_split() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local dir=$logs/zns_split.d grc=0 stopped=0 r
+    GLOG=$logs/zns_split.guest.log
+    rm -rf "$dir" "$zns_media"
+    start_split "$dir" e2e "$LEAPIO_RUN/e2e.sock" "$zns_ns" \
+        || { REASON="leapio-hostd + socp did not start (see $dir)"; return 1; }
+    run_guest --quiet --job znsreport,znsappend,znslimits --disk "vfio-user:$LEAPIO_RUN/e2e.sock" \
+        --log "$GLOG" --timeout "$boot_timeout" || grc=$?
+    stop_split 2>>"$GLOG.harness" || stopped=1
+    r=$(guestlog results "$GLOG" | grep -v ' ok' | head -3 | tr '\n' ';')
+    expect '[[ $grc == 0 && -z $r ]]' "guest (status $grc): ${r:-no result}" || return 1
+    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || return 1
+    DETAIL="leapio-hostd + socp --link: $(guestlog results "$GLOG" | sed -n 's/^znsreport ok \(zones=[0-9]*\).*/\1/p'), appends and limits as all-in-one"
+}
+
+# the flash FTL on a zoned block device (media=zoned, the zoned-block
+# ioctls): in the guest, on the socp ZNS namespace; transports'
+# zoned-check example, built static, verifies random overwrites (GC) and
+# a reopen
+test_ftl_zoned_device() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local bin img=$LEAPIO_DATA/e2e-zcheck.img bytes
+    bin=$LEAPIO_REPO/target/x86_64-unknown-linux-gnu/release/examples/zoned-check
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p leapio-transports \
+        --example zoned-check --target x86_64-unknown-linux-gnu >/dev/null 2>&1 \
+        || { REASON="cannot build the static zoned-check example"; return 1; }
+    bytes=$(stat -c %s "$bin")
+    cp "$bin" "$img"
+    truncate -s $(((bytes + 4095) / 4096 * 4096)) "$img"
+    rm -f "$zns_media"
+    boot ftl_zoned_device zonedftl "$zns_ns" -- --disk "virtio:$img" --append "leapio.zcheck_bytes=$bytes" || return 1
+    local errs ioerr resets
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || return 1
+    DETAIL="$(guestlog results "$GLOG" | sed -n 's/^zonedftl ok //p')"
 }
 
 # ---- the SoC VM: socp (aarch64) in an emulated ARM SoC, through the link

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the guest initramfs from the Debian trixie root made by
-# scripts/setup-host.sh: busybox-static (+ applet symlinks), fio and nvme-cli
-# with the shared libraries they load (resolved with ldd inside the root, plus
+# scripts/setup-host.sh: busybox-static (+ applet symlinks), fio, nvme-cli and
+# blkzone with the shared libraries they load (resolved with ldd inside the root, plus
 # ld.so), virtio_blk.ko (for the virtio-blk baseline), the NVMe/TCP host and
 # target modules (jobs `tcp`, `nvmet`) and vm-images/init.
 #
@@ -33,7 +33,7 @@ kernels=("$LEAPIO_ROOT"/boot/vmlinuz-*)
 kernel=/boot/${kernels[-1]##*/}
 kver=${kernel#/boot/vmlinuz-}
 
-pkgs=(busybox-static fio nvme-cli "linux-image-$kver")
+pkgs=(busybox-static fio nvme-cli util-linux "linux-image-$kver")
 versions=$(chroot "$LEAPIO_ROOT" dpkg-query -W "${pkgs[@]}") || die "missing packages in the root: ${pkgs[*]}"
 hash=$( { cat "$here/build.sh" "$here/init"; echo "$versions"; echo "$kernel"; } | sha256sum | cut -c1-16)
 initrd=$LEAPIO_GUEST_DIR/images/initramfs-$hash.cpio.zst
@@ -75,8 +75,9 @@ while read -r applet; do
     [[ -e $st/$dst || -L $st/$dst ]] || ln -s /usr/bin/busybox "$st/$dst"
 done < <(chroot "$LEAPIO_ROOT" /usr/bin/busybox --list-full | LC_ALL=C sort)
 
-# fio, nvme-cli and every shared object they need, ld.so included
-bins=(/usr/bin/fio /usr/sbin/nvme)
+# fio, nvme-cli, blkzone (util-linux, for zoned disks) and every shared
+# object they need, ld.so included
+bins=(/usr/bin/fio /usr/sbin/nvme /usr/sbin/blkzone)
 for b in "${bins[@]}"; do
     rm -f "$st$b"
     copy_file "$b"

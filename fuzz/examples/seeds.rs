@@ -22,6 +22,7 @@ fn ns(nsid: u32) -> NsDecl {
         deallocate: true,
         persistent: false,
         describe: "ram 4 MiB".into(),
+        zoned: None,
     }
 }
 

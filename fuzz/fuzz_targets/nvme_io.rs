@@ -113,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
             max_transfer: 4096 << (input.u8() % 6),
         };
         let bs_4k = input.bool();
+        let zoned = input.bool();
         let ns = NamespaceInfo {
             nsid: 1,
             block_size: if bs_4k { 4096 } else { 512 },
@@ -120,6 +121,12 @@ fuzz_target!(|data: &[u8]| {
             volatile_write_cache: true,
             write_zeroes: true,
             deallocate: true,
+            zoned: zoned.then_some(leapio_nvme::controller::ZonedInfo {
+                zone_blocks: 64,
+                capacity: 48,
+                max_open: 2,
+                max_active: 3,
+            }),
             nguid: [0; 16],
             eui64: [0; 8],
             uuid: [0; 16],

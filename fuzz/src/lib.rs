@@ -235,6 +235,7 @@ pub fn controller() -> leapio_host_driver::NvmeController {
         deallocate: true,
         persistent: true,
         describe: "fuzz".into(),
+        zoned: None,
     };
     ctrl.fuzz_declare_namespaces(vec![ns(1, 512, 2048), ns(2, 4096, 64)]);
     ctrl

@@ -139,7 +139,7 @@ impl NvmeController {
                 }
                 v
             }
-            LogId::CMD_EFFECTS => self.effects_log().as_bytes().to_vec(),
+            LogId::CMD_EFFECTS => self.effects_log(req.csi).as_bytes().to_vec(),
             _ => return Status::INVALID_LOG_PAGE,
         };
         match req
@@ -151,21 +151,24 @@ impl NvmeController {
         }
     }
 
-    fn effects_log(&self) -> CmdEffectsLog {
-        leapio_nvme::controller::identify::effects_log(&[
-            AdminOpcode::DELETE_SQ,
-            AdminOpcode::CREATE_SQ,
-            AdminOpcode::GET_LOG_PAGE,
-            AdminOpcode::DELETE_CQ,
-            AdminOpcode::CREATE_CQ,
-            AdminOpcode::IDENTIFY,
-            AdminOpcode::ABORT,
-            AdminOpcode::SET_FEATURES,
-            AdminOpcode::GET_FEATURES,
-            AdminOpcode::ASYNC_EVENT_REQUEST,
-            AdminOpcode::KEEP_ALIVE,
-            AdminOpcode::DOORBELL_BUFFER_CONFIG,
-        ])
+    fn effects_log(&self, csi: u8) -> CmdEffectsLog {
+        leapio_nvme::controller::identify::effects_log(
+            &[
+                AdminOpcode::DELETE_SQ,
+                AdminOpcode::CREATE_SQ,
+                AdminOpcode::GET_LOG_PAGE,
+                AdminOpcode::DELETE_CQ,
+                AdminOpcode::CREATE_CQ,
+                AdminOpcode::IDENTIFY,
+                AdminOpcode::ABORT,
+                AdminOpcode::SET_FEATURES,
+                AdminOpcode::GET_FEATURES,
+                AdminOpcode::ASYNC_EVENT_REQUEST,
+                AdminOpcode::KEEP_ALIVE,
+                AdminOpcode::DOORBELL_BUFFER_CONFIG,
+            ],
+            csi,
+        )
     }
 
     fn any_vwc(&self) -> bool {

@@ -13,7 +13,7 @@ use crate::link::RuntimeLink;
 use crate::port::PortEvent;
 use leapio_link::{NsDecl, ToRuntime};
 use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::controller::{namespace_ids, NamespaceInfo};
+use leapio_nvme::controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_nvme::regs::csts;
 use std::sync::Arc;
 
@@ -40,6 +40,15 @@ fn check_decl(d: &NsDecl) -> Result<(), String> {
             "namespace {}: {} blocks of {} bytes",
             d.nsid, d.num_blocks, d.block_size
         ));
+    }
+    if let Some(z) = &d.zoned {
+        let ok = z.zone_blocks.is_power_of_two()
+            && (1..=z.zone_blocks).contains(&z.capacity)
+            && d.num_blocks % z.zone_blocks == 0
+            && (1..=z.max_active).contains(&z.max_open);
+        if !ok {
+            return Err(format!("namespace {}: impossible zones {z:?}", d.nsid));
+        }
     }
     Ok(())
 }
@@ -70,6 +79,14 @@ pub fn namespace_changes(old: Option<&[NsDecl]>, new: &[NsDecl]) -> Result<Vec<u
                 o.nsid, o.describe
             ));
         }
+        if n.zoned.map(|z| (z.zone_blocks, z.capacity))
+            != o.zoned.map(|z| (z.zone_blocks, z.capacity))
+        {
+            return Err(format!(
+                "namespace {} has zones {:?} for the guest, the runtime declares {:?} ({})",
+                o.nsid, o.zoned, n.zoned, n.describe
+            ));
+        }
         if (n.block_size, n.num_blocks) != (o.block_size, o.num_blocks) {
             return Err(format!(
                 "namespace {} is {} blocks of {} bytes for the guest, the runtime declares {} of {} ({})",
@@ -78,6 +95,7 @@ pub fn namespace_changes(old: Option<&[NsDecl]>, new: &[NsDecl]) -> Result<Vec<u
         }
         if (n.volatile_write_cache, n.write_zeroes, n.deallocate)
             != (o.volatile_write_cache, o.write_zeroes, o.deallocate)
+            || n.zoned != o.zoned
         {
             changed.push(o.nsid);
         }
@@ -277,6 +295,12 @@ impl NvmeController {
                     volatile_write_cache: d.volatile_write_cache,
                     write_zeroes: d.write_zeroes,
                     deallocate: d.deallocate,
+                    zoned: d.zoned.map(|z| ZonedInfo {
+                        zone_blocks: z.zone_blocks,
+                        capacity: z.capacity,
+                        max_open: z.max_open,
+                        max_active: z.max_active,
+                    }),
                     nguid,
                     eui64,
                     uuid,
@@ -353,6 +377,7 @@ mod tests {
             deallocate: true,
             persistent,
             describe: format!("test {nsid}"),
+            zoned: None,
         }
     }
 
@@ -383,5 +408,44 @@ mod tests {
         odd.block_size = 1000;
         assert!(namespace_changes(None, &[odd]).is_err());
         assert!(namespace_changes(None, &[ns(1, u64::MAX, true)]).is_err());
+    }
+
+    #[test]
+    fn zones_are_part_of_what_a_later_runtime_must_declare() {
+        let zoned = |zone_blocks, capacity, max_open, max_active| {
+            let mut d = ns(1, 1024, true);
+            d.zoned = Some(leapio_link::ZonedDecl {
+                zone_blocks,
+                capacity,
+                max_open,
+                max_active,
+            });
+            d
+        };
+        let first = vec![zoned(256, 256, 4, 6)];
+        assert_eq!(namespace_changes(None, &first).unwrap(), vec![1]);
+        assert!(namespace_changes(Some(&first), &first).unwrap().is_empty());
+        // Other zones: refused; other limits: a change the guest is told of.
+        let e = namespace_changes(Some(&first), &[zoned(128, 128, 4, 6)]).unwrap_err();
+        assert!(e.contains("has zones"), "{e}");
+        assert!(namespace_changes(Some(&first), &[ns(1, 1024, true)]).is_err());
+        assert_eq!(
+            namespace_changes(Some(&first), &[zoned(256, 256, 2, 6)]).unwrap(),
+            vec![1]
+        );
+        // Impossible zones: size not a power of two, capacity 0 or past
+        // the size, zones not dividing the namespace, open limits.
+        let mut uneven = zoned(512, 512, 4, 6);
+        uneven.num_blocks = 1000;
+        for bad in [
+            zoned(300, 256, 4, 6),
+            zoned(256, 257, 4, 6),
+            zoned(256, 0, 4, 6),
+            uneven,
+            zoned(256, 256, 0, 6),
+            zoned(256, 256, 7, 6),
+        ] {
+            assert!(namespace_changes(None, &[bad]).is_err());
+        }
     }
 }

@@ -13,6 +13,7 @@ use leapio_nvme::cmd::AsyncEvent;
 use leapio_nvme::controller::features::CommonFeatures;
 use leapio_nvme::guest::queue::{CqRing, InvalidDoorbell, SqRing};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
+use leapio_nvme::zns::{CC_CSS_ALL, CC_CSS_NVM};
 use leapio_nvme::{Sqe, Status};
 use leapio_vmm_shim::pci::{self, ConfigSpace};
 use leapio_vmm_shim::vfio_user::{
@@ -323,7 +324,7 @@ impl NvmeController {
         let cap = self.cap();
         let asqs = (self.aqa & 0xfff) + 1;
         let acqs = ((self.aqa >> 16) & 0xfff) + 1;
-        let problem = if cc.css() != 0 {
+        let problem = if cc.css() != CC_CSS_NVM && cc.css() != CC_CSS_ALL {
             Some("unsupported command set (CC.CSS)")
         } else if cc.mps() > u32::from(cap.mpsmax) {
             Some("memory page size above CAP.MPSMAX")

@@ -6,9 +6,13 @@ use leapio_ats::{Access, Snapshot};
 use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
 use leapio_nvme::controller::NamespaceInfo;
 use leapio_nvme::guest::dma::{copy_from_prps, prp_status};
+use leapio_nvme::zns::{
+    ZoneDescriptor, ZoneReportHeader, ZoneStateCode, Zrasf, Zsa, ZA_ZFC, ZRA_REPORT_ZONES,
+    ZRECV_PARTIAL, ZSEND_SELECT_ALL, ZT_SEQUENTIAL_WRITE_REQUIRED,
+};
 use leapio_nvme::{IoOpcode, Sqe, Status};
-use leapio_transports::IoKind;
-use zerocopy::FromBytes;
+use leapio_transports::{IoError, IoKind, ZoneAction, ZoneDesc, ZoneError, ZoneState};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// One backend operation of a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,19 +115,203 @@ fn plan_inner(
             copy_from_prps(snap, sqe.prp1.get(), sqe.prp2.get(), bytes, *limits)?;
             dsm_deallocate_plan(bytes, ns)
         }
+        IoOpcode::ZONE_APPEND => {
+            let op = zone_append_op(sqe, ns, limits.max_transfer)?;
+            map_prps(
+                snap,
+                sqe.prp1.get(),
+                sqe.prp2.get(),
+                op.len,
+                limits,
+                Access::Read,
+                iov,
+            )
+            .map_err(|e| prp_status(&e))?;
+            Ok(Plan::Single(op))
+        }
+        IoOpcode::ZONE_MGMT_SEND => zone_send_plan(sqe, ns),
         _ => Err(Status::INVALID_OPCODE),
     }
 }
 
 /// With the volatile write cache disabled (Set Features), a write must be
-/// durable when it completes: plain writes become FUA writes.
+/// durable when it completes: plain writes and appends become FUA.
 pub fn write_through(plan: Plan) -> Plan {
     match plan {
         Plan::Single(op) if op.kind == IoKind::Write => Plan::Single(Op {
             kind: IoKind::WriteFua,
             ..op
         }),
+        Plan::Single(op) if op.kind == (IoKind::ZoneAppend { fua: false }) => Plan::Single(Op {
+            kind: IoKind::ZoneAppend { fua: true },
+            ..op
+        }),
         other => other,
+    }
+}
+
+/// The zones of `ns`, or Invalid Opcode for a conventional namespace
+/// (zoned commands).
+fn zones_of(ns: &NamespaceInfo) -> Result<leapio_nvme::controller::ZonedInfo, Status> {
+    ns.zoned.ok_or(Status::INVALID_OPCODE)
+}
+
+/// Zone Append: SLBA must be the start of a zone; the data goes to its
+/// write pointer (the LBA comes back in the completion).
+pub fn zone_append_op(sqe: &Sqe, ns: &NamespaceInfo, max_transfer: u64) -> Result<Op, Status> {
+    let z = zones_of(ns)?;
+    let (offset, len) = lba_range(sqe, ns)?;
+    if sqe.slba() % z.zone_blocks != 0 || len > max_transfer {
+        return Err(Status::INVALID_FIELD);
+    }
+    Ok(Op {
+        kind: IoKind::ZoneAppend { fua: sqe.fua() },
+        offset,
+        len,
+    })
+}
+
+/// Zone Management Send: Close, Finish, Open, Reset of the zone starting
+/// at SLBA or, with Select All, of every zone they apply to. Offline and
+/// descriptor extensions are not supported (Invalid Field).
+pub fn zone_send_plan(sqe: &Sqe, ns: &NamespaceInfo) -> Result<Plan, Status> {
+    let z = zones_of(ns)?;
+    let cdw13 = sqe.cdw13.get();
+    let all = cdw13 & ZSEND_SELECT_ALL != 0;
+    let action = match (cdw13 & 0xff) as u8 {
+        Zsa::CLOSE => ZoneAction::Close,
+        Zsa::FINISH => ZoneAction::Finish,
+        Zsa::OPEN => ZoneAction::Open,
+        Zsa::RESET => ZoneAction::Reset,
+        _ => return Err(Status::INVALID_FIELD),
+    };
+    let slba = sqe.slba();
+    if !all {
+        if slba >= ns.num_blocks {
+            return Err(Status::LBA_OUT_OF_RANGE);
+        }
+        if slba % z.zone_blocks != 0 {
+            return Err(Status::INVALID_FIELD);
+        }
+    }
+    Ok(Plan::Single(Op {
+        kind: IoKind::Zone { action, all },
+        offset: if all {
+            0
+        } else {
+            slba * u64::from(ns.block_size)
+        },
+        len: 0,
+    }))
+}
+
+/// A Zone Management Receive command, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneReport {
+    /// First LBA: the report starts at the zone holding it.
+    pub slba: u64,
+    /// Bytes the host's buffer holds.
+    pub len: usize,
+    /// Reporting option (ZRASF).
+    pub filter: u8,
+    /// Partial Report: the header counts the descriptors returned.
+    pub partial: bool,
+}
+
+/// Decode Zone Management Receive: Report Zones only (extended reports
+/// need descriptor extensions, which are not supported).
+pub fn zone_report_request(
+    sqe: &Sqe,
+    ns: &NamespaceInfo,
+    max_transfer: u64,
+) -> Result<ZoneReport, Status> {
+    zones_of(ns)?;
+    let cdw13 = sqe.cdw13.get();
+    let filter = ((cdw13 >> 8) & 0xff) as u8;
+    if (cdw13 & 0xff) as u8 != ZRA_REPORT_ZONES || filter > Zrasf::OFFLINE {
+        return Err(Status::INVALID_FIELD);
+    }
+    let len = (u64::from(sqe.cdw12.get()) + 1) * 4;
+    if len > max_transfer {
+        return Err(Status::INVALID_FIELD);
+    }
+    if sqe.slba() >= ns.num_blocks {
+        return Err(Status::LBA_OUT_OF_RANGE);
+    }
+    Ok(ZoneReport {
+        slba: sqe.slba(),
+        len: usize::try_from(len).map_err(|_| Status::INVALID_FIELD)?,
+        filter,
+        partial: cdw13 & ZRECV_PARTIAL != 0,
+    })
+}
+
+/// The report's bytes (`req.len` of them) from the zones from the one
+/// holding `req.slba` on: a 64-byte header with the number of zones that
+/// match the filter (with Partial Report: of descriptors returned), then as
+/// many descriptors as fit.
+pub fn zone_report(req: &ZoneReport, zones: &[ZoneDesc]) -> Vec<u8> {
+    let code = |s: ZoneState| match s {
+        ZoneState::Empty => ZoneStateCode::EMPTY,
+        ZoneState::ImplicitlyOpen => ZoneStateCode::IMPLICITLY_OPEN,
+        ZoneState::ExplicitlyOpen => ZoneStateCode::EXPLICITLY_OPEN,
+        ZoneState::Closed => ZoneStateCode::CLOSED,
+        ZoneState::Full => ZoneStateCode::FULL,
+    };
+    let matches = |z: &&ZoneDesc| match req.filter {
+        Zrasf::ALL => true,
+        Zrasf::EMPTY => z.state == ZoneState::Empty,
+        Zrasf::IMPLICITLY_OPEN => z.state == ZoneState::ImplicitlyOpen,
+        Zrasf::EXPLICITLY_OPEN => z.state == ZoneState::ExplicitlyOpen,
+        Zrasf::CLOSED => z.state == ZoneState::Closed,
+        Zrasf::FULL => z.state == ZoneState::Full,
+        _ => false,
+    };
+    let fit = req.len.saturating_sub(64) / 64;
+    let selected: Vec<&ZoneDesc> = zones.iter().filter(matches).collect();
+    let returned = selected.len().min(fit);
+    let mut out = vec![0u8; req.len.max(64)];
+    let mut h = ZoneReportHeader::new_zeroed();
+    let nr = if req.partial {
+        returned
+    } else {
+        selected.len()
+    };
+    h.nr_zones = (nr as u64).into();
+    out[..64].copy_from_slice(h.as_bytes());
+    for (i, z) in selected.iter().take(returned).enumerate() {
+        let mut d = ZoneDescriptor::new_zeroed();
+        d.zt = ZT_SEQUENTIAL_WRITE_REQUIRED;
+        d.zs = code(z.state) << 4;
+        d.za = if z.finished_by_backend { ZA_ZFC } else { 0 };
+        d.zcap = z.capacity.into();
+        d.zslba = z.start.into();
+        d.wp = z.write_pointer.into();
+        let at = 64 + i * 64;
+        out[at..at + 64].copy_from_slice(d.as_bytes());
+    }
+    out.truncate(req.len);
+    out
+}
+
+/// NVMe status of a zoned backend's refusal.
+pub fn zone_status(e: ZoneError) -> Status {
+    match e {
+        ZoneError::InvalidWrite => Status::ZONE_INVALID_WRITE,
+        ZoneError::Boundary => Status::ZONE_BOUNDARY_ERROR,
+        ZoneError::Full => Status::ZONE_IS_FULL,
+        ZoneError::TooManyOpen => Status::TOO_MANY_OPEN_ZONES,
+        ZoneError::TooManyActive => Status::TOO_MANY_ACTIVE_ZONES,
+        ZoneError::InvalidTransition => Status::INVALID_ZONE_STATE_TRANSITION,
+        ZoneError::NotZoneStart => Status::INVALID_FIELD,
+    }
+}
+
+/// NVMe status of a failed backend operation (zone refusals included).
+pub fn io_error_status(kind: IoKind, e: &IoError) -> Status {
+    match e.zone {
+        Some(z) => zone_status(z),
+        None => backend_status(kind, e.errno),
     }
 }
 
@@ -199,6 +387,156 @@ pub fn backend_status(kind: IoKind, errno: i32) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leapio_nvme::controller::ZonedInfo;
+
+    fn zoned_ns() -> NamespaceInfo {
+        NamespaceInfo {
+            nsid: 1,
+            block_size: 4096,
+            num_blocks: 64,
+            volatile_write_cache: true,
+            write_zeroes: false,
+            deallocate: false,
+            zoned: Some(ZonedInfo {
+                zone_blocks: 16,
+                capacity: 12,
+                max_open: 2,
+                max_active: 3,
+            }),
+            nguid: [0; 16],
+            eui64: [0; 8],
+            uuid: [0; 16],
+        }
+    }
+
+    fn sqe(opcode: u8, slba: u64, cdw12: u32, cdw13: u32) -> Sqe {
+        let mut s = Sqe {
+            opcode,
+            ..Default::default()
+        };
+        s.cdw10 = u32::try_from(slba & 0xffff_ffff).unwrap().into();
+        s.cdw11 = u32::try_from(slba >> 32).unwrap().into();
+        s.cdw12 = cdw12.into();
+        s.cdw13 = cdw13.into();
+        s
+    }
+
+    #[test]
+    fn zone_commands_are_checked() {
+        let ns = zoned_ns();
+        let send =
+            |slba, cdw13| zone_send_plan(&sqe(IoOpcode::ZONE_MGMT_SEND, slba, 0, cdw13), &ns);
+        assert_eq!(
+            send(16, u32::from(Zsa::OPEN)),
+            Ok(Plan::Single(Op {
+                kind: IoKind::Zone {
+                    action: ZoneAction::Open,
+                    all: false
+                },
+                offset: 16 * 4096,
+                len: 0
+            }))
+        );
+        assert_eq!(send(17, u32::from(Zsa::OPEN)), Err(Status::INVALID_FIELD));
+        assert_eq!(
+            send(64, u32::from(Zsa::RESET)),
+            Err(Status::LBA_OUT_OF_RANGE)
+        );
+        assert_eq!(send(0, u32::from(Zsa::OFFLINE)), Err(Status::INVALID_FIELD));
+        assert!(
+            send(99, u32::from(Zsa::RESET) | ZSEND_SELECT_ALL).is_ok(),
+            "select all ignores SLBA"
+        );
+        let append = |slba, nlb: u32| {
+            zone_append_op(&sqe(IoOpcode::ZONE_APPEND, slba, nlb - 1, 0), &ns, 1 << 20)
+        };
+        assert_eq!(
+            append(32, 2).unwrap().kind,
+            IoKind::ZoneAppend { fua: false }
+        );
+        assert_eq!(append(33, 1), Err(Status::INVALID_FIELD));
+        assert_eq!(append(63, 2), Err(Status::LBA_OUT_OF_RANGE));
+        let mut conventional = zoned_ns();
+        conventional.zoned = None;
+        assert_eq!(
+            zone_send_plan(&sqe(IoOpcode::ZONE_MGMT_SEND, 0, 0, 1), &conventional),
+            Err(Status::INVALID_OPCODE)
+        );
+        assert_eq!(
+            zone_status(ZoneError::TooManyOpen),
+            Status::TOO_MANY_OPEN_ZONES
+        );
+        assert_eq!(
+            io_error_status(IoKind::Write, &IoError::zone(ZoneError::InvalidWrite)),
+            Status::ZONE_INVALID_WRITE
+        );
+    }
+
+    #[test]
+    fn zone_reports_filter_and_count() {
+        let ns = zoned_ns();
+        let zones: Vec<ZoneDesc> = [
+            ZoneState::Empty,
+            ZoneState::ImplicitlyOpen,
+            ZoneState::Full,
+            ZoneState::Empty,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &state)| ZoneDesc {
+            start: i as u64 * 16,
+            capacity: 12,
+            write_pointer: i as u64 * 16 + if state == ZoneState::Full { 12 } else { 3 },
+            state,
+            finished_by_backend: false,
+        })
+        .collect();
+        let report = |filter: u8, partial: bool, bytes: u32| {
+            let cdw13 = (u32::from(filter) << 8) | if partial { ZRECV_PARTIAL } else { 0 };
+            let req = zone_report_request(
+                &sqe(IoOpcode::ZONE_MGMT_RECV, 0, bytes / 4 - 1, cdw13),
+                &ns,
+                1 << 20,
+            )
+            .unwrap();
+            let out = zone_report(&req, &zones);
+            assert_eq!(out.len(), bytes as usize);
+            let n = u64::from_le_bytes(out[..8].try_into().unwrap());
+            let d: Vec<ZoneDescriptor> = out[64..]
+                .chunks_exact(64)
+                .map(|c| ZoneDescriptor::read_from_bytes(c).unwrap())
+                .collect();
+            (n, d)
+        };
+        let (n, d) = report(Zrasf::ALL, false, 64 * 5);
+        assert_eq!(n, 4);
+        assert_eq!(d[1].zs >> 4, ZoneStateCode::IMPLICITLY_OPEN);
+        assert_eq!(
+            (d[2].zslba.get(), d[2].wp.get(), d[2].zcap.get()),
+            (32, 44, 12)
+        );
+        assert_eq!(d[3].zt, ZT_SEQUENTIAL_WRITE_REQUIRED);
+        // Room for 2 descriptors: all 4 counted, or only the 2 returned.
+        assert_eq!(report(Zrasf::ALL, false, 64 * 3).0, 4);
+        assert_eq!(report(Zrasf::ALL, true, 64 * 3).0, 2);
+        let (n, d) = report(Zrasf::EMPTY, false, 64 * 3);
+        assert_eq!((n, d[0].zslba.get(), d[1].zslba.get()), (2, 0, 48));
+        assert_eq!(report(Zrasf::FULL, false, 64 * 2).0, 1);
+        // Bad reporting options, extended reports, SLBA past the end.
+        let bad = |slba, cdw13| {
+            zone_report_request(
+                &sqe(IoOpcode::ZONE_MGMT_RECV, slba, 15, cdw13),
+                &ns,
+                1 << 20,
+            )
+        };
+        assert_eq!(bad(0, 8 << 8), Err(Status::INVALID_FIELD));
+        assert_eq!(
+            bad(0, u32::from(leapio_nvme::zns::ZRA_EXTENDED_REPORT_ZONES)),
+            Err(Status::INVALID_FIELD)
+        );
+        assert_eq!(bad(64, 0), Err(Status::LBA_OUT_OF_RANGE));
+    }
 
     #[test]
     fn write_through_makes_only_writes_fua() {

@@ -83,6 +83,12 @@ pub fn declare(ns: &Namespace) -> NsDecl {
         deallocate: ns.info.deallocate,
         persistent: ns.backend.persistent(),
         describe: ns.backend.describe(),
+        zoned: ns.info.zoned.map(|z| leapio_link::ZonedDecl {
+            zone_blocks: z.zone_blocks,
+            capacity: z.capacity,
+            max_open: z.max_open,
+            max_active: z.max_active,
+        }),
     }
 }
 

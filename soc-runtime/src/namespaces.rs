@@ -1,7 +1,7 @@
 //! Opening the backends of a front end's namespaces.
 
 use crate::ctrl::Namespace;
-use leapio_nvme::controller::{namespace_ids, NamespaceInfo};
+use leapio_nvme::controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_transports::{
     open_backend, open_backend_unclaimed, Backend, BackendSpec, TransportError,
 };
@@ -43,6 +43,12 @@ pub fn info(nsid: u32, b: &dyn Backend, serial: &str) -> NamespaceInfo {
         volatile_write_cache: f.volatile_write_cache,
         write_zeroes: f.write_zeroes,
         deallocate: f.deallocate,
+        zoned: b.zoned().map(|z| ZonedInfo {
+            zone_blocks: z.zone_blocks,
+            capacity: z.capacity,
+            max_open: z.max_open,
+            max_active: z.max_active,
+        }),
         nguid,
         eui64,
         uuid,

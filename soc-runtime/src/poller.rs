@@ -19,6 +19,7 @@ use leapio_ats::Snapshot;
 use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
 use leapio_link::{CqSetup, Shadow, SqSetup};
 use leapio_nvme::cmd::AsyncEvent;
+use leapio_nvme::guest::dma::copy_to_prps;
 use leapio_nvme::guest::queue::{CqRing, SqRing};
 use leapio_nvme::{IoOpcode, Sqe, Status};
 use leapio_transports::{BackendQueue, Completion, IoKind, IoRequest, SubmitError};
@@ -153,6 +154,10 @@ struct Slot {
     /// Backend operations still outstanding.
     remaining: u32,
     status: Status,
+    /// Completion dword 0 (Zone Append: the LBA written).
+    dw0: u32,
+    /// Block size of the namespace (Zone Append's byte offset to LBA).
+    block_size: u32,
     /// Generation of the snapshot whose memory the request points into
     /// (kept mapped by its controller's `snap_users` / `retired` count).
     snap_gen: u64,
@@ -723,6 +728,8 @@ impl Poller {
             bytes: 0,
             remaining: 0,
             status: Status::SUCCESS,
+            dw0: 0,
+            block_size: 512,
             snap_gen,
         });
         let table = self.ctrls[c].ctx.namespaces.load();
@@ -733,6 +740,23 @@ impl Poller {
         let ns_index = usize::try_from(nsid - 1).unwrap_or(0);
         if !self.backend_queue(c, ns_index, &table) {
             self.complete_slot(slot, Status::INTERNAL_ERROR);
+            return;
+        }
+        if let Some(s) = self.slots[slot].as_mut() {
+            s.block_size = ns.info.block_size;
+        }
+        if sqe.opcode == IoOpcode::ZONE_MGMT_RECV && ns.info.zoned.is_some() {
+            // Answered from the backend's zones, no backend request.
+            let snap = &self.ctrls[c].snap;
+            let status = io::zone_report_request(sqe, &ns.info, limits.max_transfer)
+                .and_then(|req| {
+                    let zones = ns.backend.report_zones(req.slba, usize::MAX);
+                    let data = io::zone_report(&req, &zones);
+                    copy_to_prps(snap, sqe.prp1.get(), sqe.prp2.get(), &data, *limits)
+                })
+                .err()
+                .unwrap_or(Status::SUCCESS);
+            self.complete_slot(slot, status);
             return;
         }
         self.iov.clear();
@@ -887,6 +911,13 @@ impl Poller {
             let Ok(slot) = usize::try_from(comp.tag) else {
                 continue;
             };
+            if let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+                if s.opcode == IoOpcode::ZONE_APPEND && comp.result.is_ok() {
+                    // The LBA (namespaces have fewer than 2^32 blocks).
+                    let lba = comp.value / u64::from(s.block_size.max(1));
+                    s.dw0 = u32::try_from(lba).unwrap_or(u32::MAX);
+                }
+            }
             let result = comp.result.map_err(|e| {
                 let kind =
                     self.slots
@@ -899,7 +930,7 @@ impl Poller {
                                 IoKind::Write
                             }
                         });
-                io::backend_status(kind, e.errno)
+                io::io_error_status(kind, &e)
             });
             self.op_done(slot, result);
         }
@@ -966,11 +997,11 @@ impl Poller {
         cq.reserved = cq.reserved.saturating_sub(1);
         let head = u16::try_from(sq_head).unwrap_or(0);
         cq.journal
-            .complete(s.jslot, cq.posted, status.field(), 0, head);
+            .complete(s.jslot, cq.posted, status.field(), s.dw0, head);
         crash::at(Point::CompletionRecorded);
         if cq
             .ring
-            .post(&ctrl.snap, s.sqid, sq_head, s.cid, status, 0)
+            .post(&ctrl.snap, s.sqid, sq_head, s.cid, status, s.dw0)
             .is_err()
         {
             ctx.set_fatal(format!("completion queue {} memory not writable", s.cqid));

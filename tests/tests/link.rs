@@ -59,6 +59,7 @@ fn decl(num_blocks: u64) -> NsDecl {
         deallocate: true,
         persistent: true,
         describe: "fake".into(),
+        zoned: None,
     }
 }
 

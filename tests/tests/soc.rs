@@ -194,6 +194,7 @@ fn a_hostile_soc_cannot_hurt_the_guest_or_the_host_driver() {
         deallocate: true,
         persistent: true,
         describe: "silent".into(),
+        zoned: None,
     };
     rings
         .send(&ToHost::Attach {

@@ -227,6 +227,8 @@ impl FileQueue {
         let zero_range_ok = fallocate && !be.zero_range_unsupported.load(Ordering::Relaxed);
         let op = match req.kind {
             IoKind::Flush => Op::Flush,
+            // `validate` refuses zone kinds.
+            IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => Op::Nop,
             _ if req.len == 0 => Op::Nop,
             IoKind::Read => Op::Read,
             IoKind::Write => Op::Write { fua: false },
@@ -260,7 +262,11 @@ impl FileQueue {
     fn complete(&mut self, idx: u32, result: Result<(), IoError>, out: &mut Vec<Completion>) {
         let tag = self.slots[idx as usize].tag;
         self.release(idx);
-        out.push(Completion { tag, result });
+        out.push(Completion {
+            tag,
+            result,
+            value: 0,
+        });
     }
 
     /// Push the SQE for the slot's next step.

@@ -18,6 +18,8 @@
 //!   one non-blocking TCP connection per queue (see [`nvme_tcp`]).
 //! - [`BackendSpec::Flash`]: a page-mapped FTL on emulated NAND kept in a
 //!   file, with a timing model of dies and channels (see [`flash`]).
+//! - [`BackendSpec::Zns`]: a zoned namespace on the same emulated NAND,
+//!   zones striped over the dies (see [`flash::zns`]).
 //!
 //! Request rules common to every backend (checked by `submit`, violations
 //! return [`SubmitError::Invalid`] and queue nothing):
@@ -57,7 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::{FileBackend, MAX_QUEUE_DEPTH};
-pub use flash::{FlashBackend, FlashSpec, FlashStats};
+pub use flash::{FlashBackend, FlashSpec, FlashStats, ZnsBackend, ZnsSpec};
 pub use nvme_tcp::{NvmeTcpBackend, NvmeTcpSpec};
 pub use ram::RamBackend;
 pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
@@ -119,13 +121,116 @@ pub enum IoKind {
     WriteZeroes,
     /// The range may be released; later reads return zeroes.
     Deallocate,
+    /// Zoned backends only: iovecs -> storage at the write pointer of the
+    /// zone starting at `offset`; the completion's `value` is the byte
+    /// offset written. `fua`: durable before completion.
+    ZoneAppend {
+        /// Durable before completion.
+        fua: bool,
+    },
+    /// Zoned backends only: a zone state change of the zone starting at
+    /// `offset` (or of every zone the action applies to, with `all`);
+    /// `len` is 0.
+    Zone {
+        /// What to do.
+        action: ZoneAction,
+        /// Every zone in a state the action applies to (`offset` ignored).
+        all: bool,
+    },
 }
 
 impl IoKind {
     /// Whether requests of this kind carry data in iovecs.
     pub fn has_data(self) -> bool {
-        matches!(self, IoKind::Read | IoKind::Write | IoKind::WriteFua)
+        matches!(
+            self,
+            IoKind::Read | IoKind::Write | IoKind::WriteFua | IoKind::ZoneAppend { .. }
+        )
     }
+
+    /// Whether this kind only exists on zoned backends.
+    pub fn is_zoned(self) -> bool {
+        matches!(self, IoKind::ZoneAppend { .. } | IoKind::Zone { .. })
+    }
+}
+
+/// Zone state changes a zoned backend takes (the NVMe Zoned Namespace
+/// Command Set's, without the optional Offline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZoneAction {
+    /// An open zone becomes closed (stays active).
+    Close,
+    /// The zone becomes full (the write pointer moves to its end).
+    Finish,
+    /// An empty or closed zone becomes explicitly open.
+    Open,
+    /// The zone becomes empty (its data is gone).
+    Reset,
+}
+
+/// The state of a zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZoneState {
+    /// Write pointer at the start, no resources held.
+    Empty,
+    /// Opened by a write.
+    ImplicitlyOpen,
+    /// Opened by an Open action.
+    ExplicitlyOpen,
+    /// Partly written, not open (active).
+    Closed,
+    /// Written to its capacity, or finished.
+    Full,
+}
+
+/// Why a zoned request was refused (the NVMe zoned statuses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZoneError {
+    /// A write that does not start at the zone's write pointer.
+    InvalidWrite,
+    /// A write that crosses the end of the zone's capacity.
+    Boundary,
+    /// A write or append to a full zone.
+    Full,
+    /// Opening the zone would exceed the open zones limit.
+    TooManyOpen,
+    /// Activating the zone would exceed the active zones limit.
+    TooManyActive,
+    /// The action does not apply to the zone's state.
+    InvalidTransition,
+    /// `offset` is not the start of a zone.
+    NotZoneStart,
+}
+
+/// How a zoned backend divides its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneGeometry {
+    /// Blocks per zone (a power of two): zone `z` starts at block `z * zone_blocks`.
+    pub zone_blocks: u64,
+    /// Writable blocks per zone (at most `zone_blocks`).
+    pub capacity: u64,
+    /// Number of zones.
+    pub zones: u64,
+    /// Most zones open at once.
+    pub max_open: u32,
+    /// Most zones open or closed (active) at once.
+    pub max_active: u32,
+}
+
+/// One zone as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneDesc {
+    /// First block.
+    pub start: u64,
+    /// Writable blocks.
+    pub capacity: u64,
+    /// Next block to write (absolute).
+    pub write_pointer: u64,
+    /// State.
+    pub state: ZoneState,
+    /// The backend made the zone full by itself (recovery found it
+    /// inconsistent).
+    pub finished_by_backend: bool,
 }
 
 /// One I/O request. The iovecs are copied at submit time; the memory they
@@ -161,17 +266,30 @@ impl fmt::Debug for IoRequest<'_> {
 pub struct IoError {
     /// Positive errno value (`libc::EIO`, `libc::ENOSPC`...).
     pub errno: i32,
+    /// A zoned backend's refusal (`errno` is then `EIO`).
+    pub zone: Option<ZoneError>,
 }
 
 impl IoError {
     /// Error from a positive errno value.
     pub const fn from_errno(errno: i32) -> Self {
-        IoError { errno }
+        IoError { errno, zone: None }
+    }
+
+    /// A zoned backend's refusal.
+    pub const fn zone(e: ZoneError) -> Self {
+        IoError {
+            errno: libc::EIO,
+            zone: Some(e),
+        }
     }
 }
 
 impl fmt::Display for IoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(z) = self.zone {
+            return write!(f, "zone error: {z:?}");
+        }
         write!(
             f,
             "{} (errno {})",
@@ -190,6 +308,8 @@ pub struct Completion {
     pub tag: u64,
     /// `Ok` when the whole transfer (never a short one) or operation succeeded.
     pub result: Result<(), IoError>,
+    /// Zone Append: the byte offset the data was written at; else 0.
+    pub value: u64,
 }
 
 /// Why a request was not queued. Nothing is queued when `submit` fails.
@@ -294,6 +414,16 @@ pub trait Backend: Send + Sync {
     fn claim(&self) -> Result<(), TransportError> {
         Ok(())
     }
+    /// How a zoned backend divides its blocks; `None`: not zoned.
+    fn zoned(&self) -> Option<ZoneGeometry> {
+        None
+    }
+    /// The zones from the one holding block `from` on, at most `max` of
+    /// them (zoned backends; others report none).
+    fn report_zones(&self, from: u64, max: usize) -> Vec<ZoneDesc> {
+        let _ = (from, max);
+        Vec::new()
+    }
 }
 
 /// A per-poller queue of requests. Not shared between threads (but may move
@@ -344,6 +474,7 @@ pub fn open_backend_unclaimed(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Tr
         BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),
         BackendSpec::NvmeTcp(spec) => Arc::new(NvmeTcpBackend::open(spec)?),
         BackendSpec::Flash(spec) => Arc::new(FlashBackend::open(spec)?),
+        BackendSpec::Zns(spec) => Arc::new(ZnsBackend::open(spec)?),
     })
 }
 
@@ -357,6 +488,11 @@ pub(crate) fn validate(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), Su
             return Err(SubmitError::Invalid("flush with iovecs"));
         }
         return Ok(());
+    }
+    if req.kind.is_zoned() {
+        return Err(SubmitError::Invalid(
+            "zone request on a conventional namespace",
+        ));
     }
     let bs = u64::from(geometry.block_size);
     if req.offset % bs != 0 || req.len % bs != 0 {

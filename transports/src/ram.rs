@@ -164,13 +164,15 @@ impl BackendQueue for RamQueue {
                     pos += v.iov_len;
                 }
             }
-            IoKind::Flush => {}
+            // `validate` refuses zone kinds.
+            IoKind::Flush | IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => {}
             IoKind::WriteZeroes => self.zero(offset, len, false),
             IoKind::Deallocate => self.zero(offset, len, true),
         }
         self.done.push(Completion {
             tag: req.tag,
             result: Ok(()),
+            value: 0,
         });
         Ok(())
     }

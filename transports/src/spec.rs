@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::flash::FlashSpec;
+use crate::flash::{FlashSpec, ZnsSpec};
 use crate::nvme_tcp::NvmeTcpSpec;
 use crate::{TransportError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
@@ -32,6 +32,9 @@ pub const AUTO_BLOCK_SIZE: u32 = 0;
 ///   an FTL on emulated NAND in the file PATH, created when absent (see
 ///   [`FlashSpec`]); its block size is the flash page size.
 ///
+/// - `zns:PATH[?channels=N&...&max_open=N&max_active=N]`: a zoned
+///   namespace on emulated NAND in the file PATH (see [`ZnsSpec`]).
+///
 /// Block sizes are powers of two from 512 to 65536.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackendSpec {
@@ -53,6 +56,8 @@ pub enum BackendSpec {
     NvmeTcp(NvmeTcpSpec),
     /// An FTL on emulated NAND in a file.
     Flash(FlashSpec),
+    /// A zoned namespace on emulated NAND in a file.
+    Zns(ZnsSpec),
 }
 
 impl fmt::Display for BackendSpec {
@@ -74,6 +79,7 @@ impl fmt::Display for BackendSpec {
             }
             BackendSpec::NvmeTcp(spec) => write!(f, "{spec}"),
             BackendSpec::Flash(spec) => write!(f, "{spec}"),
+            BackendSpec::Zns(spec) => write!(f, "{spec}"),
         }
     }
 }
@@ -193,8 +199,9 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
         }
         "nvme-tcp" => crate::nvme_tcp::parse_spec(body).map(BackendSpec::NvmeTcp),
         "flash" => crate::flash::parse_spec(body).map(BackendSpec::Flash),
+        "zns" => crate::flash::zns::parse_spec(body).map(BackendSpec::Zns),
         other => Err(format!(
-            "unknown backend type '{other}' (known: ram, file, nvme-tcp, flash)"
+            "unknown backend type '{other}' (known: ram, file, nvme-tcp, flash, zns)"
         )),
     }
 }

@@ -15,6 +15,7 @@ use leapio_nvme::fabrics::{
 use leapio_nvme::identify::{Cns, IdentifyController, LPA_CMD_EFFECTS};
 use leapio_nvme::log::{CmdEffectsLog, LogId};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
+use leapio_nvme::zns::{CC_CSS_ALL, CC_CSS_NVM};
 use leapio_nvme::{AdminOpcode, Sqe, Status};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -178,7 +179,7 @@ fn get_log_page(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe, xfer_len: u32) ->
         }
         LogId::FW_SLOT => fw_slot_log(FIRMWARE),
         LogId::CHANGED_NS_LIST => vec![0u8; 4096],
-        LogId::CMD_EFFECTS => effects_log().as_bytes().to_vec(),
+        LogId::CMD_EFFECTS => effects_log(req.csi).as_bytes().to_vec(),
         _ => return done(Status::INVALID_LOG_PAGE),
     };
     match req.window(&log) {
@@ -221,16 +222,19 @@ pub fn discovery_log(sub: &Subsystem, ctrl: &Controller) -> Vec<u8> {
     v
 }
 
-fn effects_log() -> CmdEffectsLog {
-    leapio_nvme::controller::identify::effects_log(&[
-        AdminOpcode::GET_LOG_PAGE,
-        AdminOpcode::IDENTIFY,
-        AdminOpcode::ABORT,
-        AdminOpcode::SET_FEATURES,
-        AdminOpcode::GET_FEATURES,
-        AdminOpcode::ASYNC_EVENT_REQUEST,
-        AdminOpcode::KEEP_ALIVE,
-    ])
+fn effects_log(csi: u8) -> CmdEffectsLog {
+    leapio_nvme::controller::identify::effects_log(
+        &[
+            AdminOpcode::GET_LOG_PAGE,
+            AdminOpcode::IDENTIFY,
+            AdminOpcode::ABORT,
+            AdminOpcode::SET_FEATURES,
+            AdminOpcode::GET_FEATURES,
+            AdminOpcode::ASYNC_EVENT_REQUEST,
+            AdminOpcode::KEEP_ALIVE,
+        ],
+        csi,
+    )
 }
 
 fn any_vwc(sub: &Subsystem) -> bool {
@@ -371,7 +375,7 @@ pub fn property_set(
     let old = Cc(ctrl.cc.swap(new.0, Ordering::AcqRel));
     let mut effect = PropertyEffect::None;
     if new.en() && !old.en() {
-        if new.css() != 0 || new.mps() != 0 {
+        if (new.css() != CC_CSS_NVM && new.css() != CC_CSS_ALL) || new.mps() != 0 {
             ctrl.csts.store(csts::CFS, Ordering::Release);
         } else {
             ctrl.csts.store(csts::RDY, Ordering::Release);

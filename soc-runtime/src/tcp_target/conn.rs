@@ -81,6 +81,8 @@ pub(super) struct Cmd {
     kind: IoKind,
     /// First failure; the command completes with it.
     status: Status,
+    /// Completion dwords 0-1 (Zone Append: the LBA written).
+    value: u64,
 }
 
 impl Cmd {
@@ -447,6 +449,7 @@ impl Poller {
             read_layout: None,
             kind: IoKind::Flush,
             status: Status::SUCCESS,
+            value: 0,
         };
         match xfer {
             Xfer::InCapsule { offset, len } => {
@@ -579,6 +582,20 @@ impl Poller {
             return;
         };
         let cid = cmd.sqe.cid.get();
+        if cmd.sqe.opcode == leapio_nvme::IoOpcode::ZONE_MGMT_RECV {
+            // Answered from the backend's zones, no backend request.
+            let sqe = cmd.sqe;
+            let xfer_len = usize::try_from(cmd.xfer.c2h_len()).unwrap_or(0);
+            conn.cmds[idx] = None;
+            match io_cmd::zone_report(&self.sub, &sqe) {
+                Ok(data) => {
+                    conn.send_data(cid, &data[..data.len().min(xfer_len)]);
+                    conn.respond(cid, Status::SUCCESS, 0);
+                }
+                Err(s) => conn.respond(cid, s, 0),
+            }
+            return;
+        }
         let (ns, mut plan) = io_cmd::plan(&self.sub, &cmd.sqe, &cmd.xfer, &cmd.buf);
         let write_cache = conn
             .bind
@@ -659,6 +676,13 @@ impl Poller {
             return;
         };
         let status = outcome.status(cmd.kind);
+        if let (OpOutcome::Ok(v), IoKind::ZoneAppend { .. }) = (&outcome, cmd.kind) {
+            let bs = self
+                .sub
+                .namespace(cmd.sqe.nsid.get())
+                .map_or(1, |(_, n)| u64::from(n.block_size));
+            cmd.value = v / bs;
+        }
         let Stage::Backend { remaining } = cmd.stage else {
             return;
         };
@@ -693,7 +717,12 @@ impl Poller {
                 return;
             }
         }
-        conn.respond(cid, cmd.status, 0);
+        let value = if cmd.status.is_success() {
+            cmd.value
+        } else {
+            0
+        };
+        conn.respond64(cid, cmd.status, value);
     }
 
     fn fabrics(&mut self, conn: &mut Conn, idx: usize) -> (Status, u64) {

@@ -173,6 +173,25 @@ fn plan_inner(
             }
             crate::io::dsm_deallocate_plan(&buf[..nr * 16], ns)
         }
+        IoOpcode::ZONE_APPEND => {
+            let op = crate::io::zone_append_op(sqe, ns, u64::from(sub.limits.mdts_bytes()))?;
+            if xfer.h2c_len().and_then(|h| u64::try_from(h).ok()) != Some(op.len) {
+                return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
+            }
+            Ok(Plan::Single(op))
+        }
+        IoOpcode::ZONE_MGMT_SEND => crate::io::zone_send_plan(sqe, ns),
         _ => Err(Status::INVALID_OPCODE),
     }
+}
+
+/// Zone Management Receive: the report's bytes, from the backend's zones.
+pub fn zone_report(sub: &Subsystem, sqe: &Sqe) -> Result<Vec<u8>, Status> {
+    let (i, ns) = sub
+        .namespace(sqe.nsid.get())
+        .ok_or(Status::INVALID_NAMESPACE)?;
+    let req = crate::io::zone_report_request(sqe, ns, u64::from(sub.limits.mdts_bytes()))?;
+    let backend = sub.backends.get(i).ok_or(Status::INTERNAL_ERROR)?;
+    let zones = backend.report_zones(req.slba, usize::MAX);
+    Ok(crate::io::zone_report(&req, &zones))
 }

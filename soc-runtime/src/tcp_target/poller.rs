@@ -51,7 +51,8 @@ unsafe impl Send for Iov {}
 
 /// How one backend operation ended.
 pub(super) enum OpOutcome {
-    Ok,
+    /// Done; the completion's value (Zone Append: the byte offset).
+    Ok(u64),
     Errno(i32),
     Failed(Status),
 }
@@ -59,7 +60,7 @@ pub(super) enum OpOutcome {
 impl OpOutcome {
     pub fn status(&self, kind: leapio_transports::IoKind) -> Status {
         match self {
-            OpOutcome::Ok => Status::SUCCESS,
+            OpOutcome::Ok(_) => Status::SUCCESS,
             OpOutcome::Errno(e) => backend_status(kind, *e),
             OpOutcome::Failed(s) => *s,
         }
@@ -372,8 +373,11 @@ impl Poller {
         }
         for c in done.drain(..) {
             let outcome = match c.result {
-                Ok(()) => OpOutcome::Ok,
-                Err(e) => OpOutcome::Errno(e.errno),
+                Ok(()) => OpOutcome::Ok(c.value),
+                Err(e) => match e.zone {
+                    Some(z) => OpOutcome::Failed(crate::io::zone_status(z)),
+                    None => OpOutcome::Errno(e.errno),
+                },
             };
             self.complete_tag(c.tag, outcome);
         }

@@ -1257,3 +1257,124 @@ mod dhchap {
         tgt.wait_controllers(0);
     }
 }
+
+/// A zoned namespace over NVMe/TCP: the ZNS Identify pages and effects
+/// log, writes at the write pointer, Zone Append with the LBA in the
+/// completion, a zone report, the open limit.
+#[test]
+fn zoned_namespace_over_tcp() {
+    use leapio_nvme::zns::{Csi, IdentifyNamespaceZns, ZoneDescriptor, Zsa, ZSEND_SELECT_ALL};
+    let dir = tempfile::tempdir().unwrap();
+    // 4 dies x 8 blocks x 4 pages: 8 zones of 16 blocks, 2 open at most.
+    let ns = format!(
+        "zns:{}?channels=2&dies=2&blocks=8&pages=4&timing=0&max_open=2&max_active=3",
+        dir.path().join("z.nand").display()
+    );
+    let tgt = Target::with_ns(&ns, "");
+    let (mut a, mut q) = healthy(&tgt);
+    let identify = |a: &mut Host, cns: u8, csi: u8| {
+        let sqe = Sqe {
+            opcode: AdminOpcode::IDENTIFY,
+            nsid: 1.into(),
+            cdw10: u32::from(cns).into(),
+            cdw11: (u32::from(csi) << 24).into(),
+            ..Default::default()
+        };
+        let (c, d) = a.cmd(sqe, Out::None, 4096);
+        (c.status_field(), d)
+    };
+    let (s, page) = identify(&mut a, 0x05, Csi::ZNS);
+    assert!(s.is_success(), "{s:?}");
+    let z = IdentifyNamespaceZns::read_from_bytes(&page).unwrap();
+    assert_eq!(
+        (z.mor.get(), z.mar.get(), z.lbafe[0].zsze.get()),
+        (1, 2, 16)
+    );
+    let (s, page) = identify(&mut a, 0x03, 0);
+    assert!(s.is_success());
+    assert!(
+        page.windows(5).any(|w| w == [4, 1, 0, 0, Csi::ZNS]),
+        "CSI descriptor"
+    );
+    let sqe = Sqe {
+        opcode: AdminOpcode::GET_LOG_PAGE,
+        cdw10: (0x05u32 | ((4096 / 4 - 1) << 16)).into(),
+        cdw14: (u32::from(Csi::ZNS) << 24).into(),
+        ..Default::default()
+    };
+    let (c, log) = a.cmd(sqe, Out::None, 4096);
+    assert!(c.status_field().is_success());
+    let iocs =
+        |op: usize| u32::from_le_bytes(log[1024 + op * 4..1028 + op * 4].try_into().unwrap());
+    assert_eq!(iocs(usize::from(IoOpcode::ZONE_APPEND)) & 1, 1);
+
+    let data = pattern(8192, 3);
+    assert!(q
+        .rw(IoOpcode::WRITE, 0, 2, Out::InCapsule(&data), 0)
+        .0
+        .is_success());
+    assert_eq!(
+        q.rw(IoOpcode::WRITE, 0, 1, Out::InCapsule(&data[..4096]), 0)
+            .0,
+        Status::ZONE_INVALID_WRITE
+    );
+    // Zone Append to zone 0: lands at LBA 2, which comes back in DW0.
+    let sqe = Sqe {
+        opcode: IoOpcode::ZONE_APPEND,
+        nsid: 1.into(),
+        ..Default::default()
+    };
+    let (c, _) = q.cmd(sqe, Out::InCapsule(&data[..4096]), 0);
+    assert!(c.status_field().is_success(), "{:?}", c.status_field());
+    assert_eq!((c.dw0.get(), c.dw1.get()), (2, 0));
+    let (s, d) = q.rw(IoOpcode::READ, 0, 4, Out::None, 16384);
+    assert!(s.is_success());
+    assert_eq!((&d[..8192], &d[8192..12288]), (&data[..], &data[..4096]));
+    assert!(
+        d[12288..].iter().all(|&b| b == 0),
+        "past the write pointer: zeroes"
+    );
+    // Zone Management: open zones 1 and 2 (zone 0 is implicitly open):
+    // the second is one too many.
+    let send = |q: &mut Host, slba: u64, cdw13: u32| {
+        let sqe = Sqe {
+            opcode: IoOpcode::ZONE_MGMT_SEND,
+            nsid: 1.into(),
+            cdw10: u32::try_from(slba).unwrap().into(),
+            cdw13: cdw13.into(),
+            ..Default::default()
+        };
+        q.cmd(sqe, Out::None, 0).0.status_field()
+    };
+    assert!(send(&mut q, 16, u32::from(Zsa::OPEN)).is_success());
+    assert_eq!(
+        send(&mut q, 32, u32::from(Zsa::OPEN)),
+        Status::TOO_MANY_OPEN_ZONES
+    );
+    assert_eq!(
+        send(&mut q, 33, u32::from(Zsa::OPEN)),
+        Status::INVALID_FIELD
+    );
+    // Report zones: 8 zones, zone 0 implicitly open at 3, zone 1 explicitly open.
+    let sqe = Sqe {
+        opcode: IoOpcode::ZONE_MGMT_RECV,
+        nsid: 1.into(),
+        cdw12: (4096u32 / 4 - 1).into(),
+        ..Default::default()
+    };
+    let (c, rep) = q.cmd(sqe, Out::None, 4096);
+    assert!(c.status_field().is_success(), "{:?}", c.status_field());
+    assert_eq!(u64::from_le_bytes(rep[..8].try_into().unwrap()), 8);
+    let d0 = ZoneDescriptor::read_from_bytes(&rep[64..128]).unwrap();
+    let d1 = ZoneDescriptor::read_from_bytes(&rep[128..192]).unwrap();
+    assert_eq!(
+        (d0.zs >> 4, d0.wp.get(), d1.zs >> 4, d1.zslba.get()),
+        (2, 3, 3, 16)
+    );
+    // Reset all: zone 0 empty again and writable from its start.
+    assert!(send(&mut q, 0, u32::from(Zsa::RESET) | ZSEND_SELECT_ALL).is_success());
+    assert!(q
+        .rw(IoOpcode::WRITE, 0, 1, Out::InCapsule(&data[..4096]), 0)
+        .0
+        .is_success());
+}

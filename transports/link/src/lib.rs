@@ -32,4 +32,4 @@ pub mod ring;
 pub mod shm;
 
 pub use frame::LinkError;
-pub use proto::{CqSetup, CtrlConfig, NsDecl, Shadow, SqSetup, ToHost, ToRuntime};
+pub use proto::{CqSetup, CtrlConfig, NsDecl, Shadow, SqSetup, ToHost, ToRuntime, ZonedDecl};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Protocol version. A different major version is refused by both sides;
 /// minor versions only add messages or optional fields.
 pub const PROTOCOL_MAJOR: u16 = 1;
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
 
 /// A namespace as the runtime declares it: what the host-driver needs to
 /// answer Identify. The host-driver derives the unique identifiers (NGUID,
@@ -29,6 +29,22 @@ pub struct NsDecl {
     pub persistent: bool,
     /// What backs it, for logs ("file /srv/vm0.img").
     pub describe: String,
+    /// A zoned namespace's zones (since 1.1; absent: not zoned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoned: Option<ZonedDecl>,
+}
+
+/// The zones of a zoned namespace, as declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZonedDecl {
+    /// Blocks per zone (a power of two).
+    pub zone_blocks: u64,
+    /// Writable blocks per zone.
+    pub capacity: u64,
+    /// Most open zones at once.
+    pub max_open: u32,
+    /// Most active zones at once.
+    pub max_active: u32,
 }
 
 /// The controller's limits, sent with [`ToRuntime::Attached`].

@@ -22,10 +22,14 @@ pub mod nand;
 mod queue;
 mod spec;
 pub(crate) mod sync;
+pub mod zns;
+pub mod zoned_media;
+pub mod zones;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -33,6 +37,7 @@ pub use ftl::FlashStats;
 pub use nand::{Media, MediaError, NandGeometry, NandMedia, Timing};
 pub(crate) use spec::parse as parse_spec;
 pub use spec::FlashSpec;
+pub use zns::{ZnsBackend, ZnsSpec};
 
 use crate::{human_size, Backend, BackendQueue, Features, Geometry, TransportError};
 use ftl::Ftl;
@@ -76,8 +81,7 @@ impl FlashBackend {
     pub fn open(spec: &FlashSpec) -> Result<FlashBackend, TransportError> {
         let shown = spec.to_string();
         let cfg = |reason: String| TransportError::Config(format!("{shown}: {reason}"));
-        let mut media = NandMedia::open(&spec.path, spec.new_geometry(), None)
-            .map_err(|e| cfg(e.to_string()))?;
+        let mut media = open_media(spec, None).map_err(|e| cfg(e.to_string()))?;
         let nand = *media.geometry();
         let wrong = spec.geometry_mismatches(&nand);
         if !wrong.is_empty() {
@@ -151,25 +155,10 @@ impl FlashBackend {
                 source,
             }
         };
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io("cannot open"))?;
-        crate::file::wait_for_claim(path, || match crate::sys::ofd_lock(lock.as_fd(), true) {
-            Ok(true) => Ok(Some(())),
-            Ok(false) => Ok(None),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EINVAL)) => {
-                tracing::warn!(path = %path.display(), error = %e, "the filesystem does not lock files: nothing keeps two runtimes from serving it at once");
-                Ok(Some(()))
-            }
-            Err(e) => Err(e),
-        })
-        .map_err(io("cannot claim"))?;
+        let lock = lock_media(path)?;
         let shown = self.spec.to_string();
         let media_err = |e: MediaError| TransportError::Config(format!("{shown}: {e}"));
-        let media = NandMedia::open(path, self.nand, Some(self.timing)).map_err(media_err)?;
+        let media = open_media(&self.spec, Some(self.timing)).map_err(media_err)?;
         if *media.geometry() != self.nand || media.logical_pages() != self.geometry.num_blocks {
             return Err(TransportError::Config(format!(
                 "{shown}: the media file changed between open and claim"
@@ -180,7 +169,7 @@ impl FlashBackend {
             Flusher::start(sync_file).map_err(io("cannot start the flusher thread for"))?;
         let started = Instant::now();
         let ftl = Ftl::mount(
-            Box::new(media),
+            media,
             self.geometry.num_blocks,
             Arc::clone(flusher.syncer()),
         )
@@ -203,6 +192,63 @@ impl FlashBackend {
             lock,
         })
     }
+}
+
+/// Open the spec's media: NAND emulated in a file, or (`media=zoned`) a
+/// zoned block device or a file emulating one.
+fn open_media(spec: &FlashSpec, timing: Option<Timing>) -> Result<Box<dyn Media>, MediaError> {
+    if !spec.zoned {
+        return Ok(Box::new(NandMedia::open(
+            &spec.path,
+            spec.new_geometry(),
+            timing,
+        )?));
+    }
+    let dev = zoned_media::open_zone_device(
+        &spec.path,
+        spec.zone_bytes.unwrap_or(1 << 20),
+        spec.zones.unwrap_or(64),
+    )
+    .map_err(|source| MediaError::Io {
+        what: "cannot open the zoned device",
+        path: spec.path.clone(),
+        source,
+    })?;
+    Ok(Box::new(zoned_media::ZonedMedia::open(
+        &spec.path,
+        dev,
+        spec.page_size,
+        spec.dies,
+    )?))
+}
+
+/// Open the media file and take its exclusive lock, waiting for another
+/// process that holds it to let go.
+pub(crate) fn lock_media(path: &Path) -> Result<File, TransportError> {
+    let io = |what| {
+        move |source| TransportError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io("cannot open"))?;
+    crate::file::wait_for_claim(path, || match crate::sys::ofd_lock(lock.as_fd(), true) {
+        Ok(true) => Ok(Some(())),
+        Ok(false) => Ok(None),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLCK | libc::EINVAL)) => {
+            tracing::warn!(path = %path.display(), error = %e, "the filesystem does not lock files: nothing keeps two runtimes from serving it at once");
+            Ok(Some(()))
+        }
+        Err(e) => Err(e),
+    })
+    .map_err(io("cannot claim"))?;
+    Ok(lock)
 }
 
 impl Backend for FlashBackend {

@@ -740,7 +740,7 @@ fn table_entry(block: u32, erase_count: u32) -> [u8; 16] {
 /// Bytes of the header that are covered by its checksum.
 const HEADER_BODY: usize = 48;
 
-fn encode_header(geo: &NandGeometry, logical_pages: u64) -> Vec<u8> {
+pub(crate) fn encode_header(geo: &NandGeometry, logical_pages: u64) -> Vec<u8> {
     let mut h = vec![0u8; HEADER_BYTES];
     h[0..8].copy_from_slice(MAGIC);
     let fields = [
@@ -786,41 +786,48 @@ fn read_header(file: &File, path: &Path) -> Result<(NandGeometry, u64), MediaErr
             path: path.to_owned(),
             source,
         })?;
-    if &h[0..8] != MAGIC {
-        return Err(corrupt(
-            "no flash media header (magic LEAPNAND missing): not a flash media file".to_owned(),
-        ));
-    }
-    if crc32c::crc32c(&h[..HEADER_BODY]) != u32le(&h, HEADER_BODY) {
-        return Err(corrupt("the header fails its checksum".to_owned()));
-    }
-    if u32le(&h, 8) != VERSION {
-        return Err(corrupt(format!(
-            "format version {} (this build reads {VERSION})",
-            u32le(&h, 8)
-        )));
-    }
-    let geo = NandGeometry {
-        channels: u32le(&h, 12),
-        dies_per_channel: u32le(&h, 16),
-        blocks_per_die: u32le(&h, 20),
-        pages_per_block: u32le(&h, 24),
-        page_size: u32le(&h, 28),
-        oob_size: u32le(&h, 32),
-    };
-    geo.validate()
-        .map_err(|e| corrupt(format!("header geometry: {e}")))?;
+    let (geo, logical) = decode_header(&h).map_err(corrupt)?;
     if len != geo.file_len() {
         return Err(corrupt(format!(
             "{len} bytes, but its geometry needs {} (truncated or extended)",
             geo.file_len()
         )));
     }
-    Ok((geo, u64le(&h, 36)))
+    Ok((geo, logical))
+}
+
+/// The header's geometry and logical page count (the first
+/// `HEADER_BODY + 4` bytes of `h`), or what is wrong with it.
+pub(crate) fn decode_header(h: &[u8]) -> Result<(NandGeometry, u64), String> {
+    if h.len() < HEADER_BODY + 4 || &h[0..8] != MAGIC {
+        return Err(
+            "no flash media header (magic LEAPNAND missing): not a flash media file".to_owned(),
+        );
+    }
+    if crc32c::crc32c(&h[..HEADER_BODY]) != u32le(h, HEADER_BODY) {
+        return Err("the header fails its checksum".to_owned());
+    }
+    if u32le(h, 8) != VERSION {
+        return Err(format!(
+            "format version {} (this build reads {VERSION})",
+            u32le(h, 8)
+        ));
+    }
+    let geo = NandGeometry {
+        channels: u32le(h, 12),
+        dies_per_channel: u32le(h, 16),
+        blocks_per_die: u32le(h, 20),
+        pages_per_block: u32le(h, 24),
+        page_size: u32le(h, 28),
+        oob_size: u32le(h, 32),
+    };
+    geo.validate()
+        .map_err(|e| format!("header geometry: {e}"))?;
+    Ok((geo, u64le(h, 36)))
 }
 
 /// OOB record: magic, kind, lba, seq, data crc, reserved, record crc.
-fn encode_oob(meta: &PageMeta, data: &[u8], oob_size: u32) -> Vec<u8> {
+pub(crate) fn encode_oob(meta: &PageMeta, data: &[u8], oob_size: u32) -> Vec<u8> {
     let mut o = vec![0u8; oob_size as usize];
     o[0..4].copy_from_slice(&OOB_MAGIC.to_le_bytes());
     o[4..8].copy_from_slice(&meta.kind.code().to_le_bytes());
@@ -832,7 +839,7 @@ fn encode_oob(meta: &PageMeta, data: &[u8], oob_size: u32) -> Vec<u8> {
     o
 }
 
-fn decode_oob(oob: &[u8], data: &[u8]) -> PageState {
+pub(crate) fn decode_oob(oob: &[u8], data: &[u8]) -> PageState {
     if oob.iter().all(|&b| b == 0) {
         return PageState::Erased;
     }

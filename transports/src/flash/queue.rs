@@ -226,6 +226,12 @@ impl BackendQueue for FlashQueue {
         match req.kind {
             // SAFETY: the caller's contract (valid, writable iovecs).
             IoKind::Read => unsafe { self.read(req, now) },
+            // `validate` refuses zone kinds.
+            IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => {
+                return Err(SubmitError::Invalid(
+                    "zone request on a conventional namespace",
+                ))
+            }
             IoKind::Flush => {
                 let ticket = self.shared.flusher.syncer().request();
                 self.syncing.push((ticket, req.tag));
@@ -272,6 +278,7 @@ impl BackendQueue for FlashQueue {
                 None => self.ready.push(Completion {
                     tag: t.tag,
                     result: t.result,
+                    value: 0,
                 }),
             }
         }
@@ -288,6 +295,7 @@ impl BackendQueue for FlashQueue {
                         } else {
                             Err(IoError::from_errno(libc::EIO))
                         },
+                        value: 0,
                     });
                     false
                 }
@@ -332,7 +340,7 @@ impl BackendQueue for FlashQueue {
 /// # Safety
 ///
 /// The iovecs must be valid for reads and cover `off + dst.len()` bytes.
-unsafe fn gather(iov: &[libc::iovec], off: u64, dst: &mut [u8]) {
+pub(crate) unsafe fn gather(iov: &[libc::iovec], off: u64, dst: &mut [u8]) {
     let mut skip = usize::try_from(off).unwrap_or(usize::MAX);
     let mut at = 0;
     for v in iov {
@@ -364,7 +372,7 @@ unsafe fn gather(iov: &[libc::iovec], off: u64, dst: &mut [u8]) {
 /// # Safety
 ///
 /// The iovecs must be valid for writes and cover `off + src.len()` bytes.
-unsafe fn scatter(iov: &[libc::iovec], off: u64, src: &[u8]) {
+pub(crate) unsafe fn scatter(iov: &[libc::iovec], off: u64, src: &[u8]) {
     let mut skip = usize::try_from(off).unwrap_or(usize::MAX);
     let mut at = 0;
     for v in iov {

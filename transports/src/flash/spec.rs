@@ -53,6 +53,13 @@ pub struct FlashSpec {
     pub erase_ns: Option<u64>,
     /// Channel transfer time per page (ns), if given.
     pub xfer_ns: Option<u64>,
+    /// `media=zoned`: PATH is a zoned block device, or a file emulating
+    /// one (see [`super::zoned_media`]), not emulated NAND.
+    pub zoned: bool,
+    /// Zone size of a new zoned emulation file, if given.
+    pub zone_bytes: Option<u64>,
+    /// Zones of a new zoned emulation file, if given.
+    pub zones: Option<u32>,
 }
 
 /// Over-provisioning when the spec names none, in thousandths.
@@ -216,6 +223,19 @@ pub(crate) fn parse(body: &str) -> Result<FlashSpec, String> {
                     "timing= only takes 0 (all latencies zero), got '{v}'"
                 ))
             }
+            "media" => match v {
+                "zoned" => s.zoned = true,
+                "nand" => {}
+                _ => return Err(format!("media= takes nand or zoned, got '{v}'")),
+            },
+            "zone_size" => {
+                let z = crate::parse_size(v).map_err(|e| format!("zone_size: {e}"))?;
+                if z == 0 || z % 4096 != 0 {
+                    return Err(format!("zone_size {z} is not a multiple of 4 KiB"));
+                }
+                s.zone_bytes = Some(z);
+            }
+            "zones" => s.zones = Some(parse_count(k, v, 1 << 20)?),
             other => return Err(format!("unknown option '{other}' ({SHAPE})")),
         }
     }
@@ -225,6 +245,19 @@ pub(crate) fn parse(body: &str) -> Result<FlashSpec, String> {
             .any(|k| seen.contains(k))
     {
         return Err("timing=0 and a latency key cannot be combined".to_owned());
+    }
+    let zoned_only = ["zone_size", "zones"];
+    let nand_only = [
+        "channels", "blocks", "pages", "oob", "read", "prog", "erase", "xfer", "timing",
+    ];
+    if s.zoned {
+        if let Some(k) = nand_only.iter().find(|k| seen.contains(k)) {
+            return Err(format!(
+                "{k}= does not apply to media=zoned (the zones give the geometry; no timing model)"
+            ));
+        }
+    } else if let Some(k) = zoned_only.iter().find(|k| seen.contains(k)) {
+        return Err(format!("{k}= only applies to media=zoned"));
     }
     Ok(s)
 }
@@ -261,6 +294,15 @@ impl fmt::Display for FlashSpec {
             if let Some(ns) = v {
                 opt(f, k, milli(ns))?;
             }
+        }
+        if self.zoned {
+            opt(f, "media", "zoned".into())?;
+        }
+        if let Some(z) = self.zone_bytes {
+            opt(f, "zone_size", z.to_string())?;
+        }
+        if let Some(z) = self.zones {
+            opt(f, "zones", z.to_string())?;
         }
         Ok(())
     }

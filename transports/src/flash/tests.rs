@@ -481,3 +481,47 @@ fn completions_wait_for_their_modelled_time() {
     );
     assert!(buf == page_of(1, 1));
 }
+
+/// The FTL on a zoned device (the file emulation): 4 dies x 24 zones of 16
+/// pages (128 KiB zones: a 4 KiB page and its 4 KiB OOB block per slot), the
+/// same workload as on NAND, a reopen, and zone semantics underneath.
+#[test]
+fn ftl_on_a_zoned_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("z.zones");
+    let b = open(&path, "media=zoned&zone_size=128K&zones=97&dies=4&op=0.25");
+    assert_eq!(b.nand_geometry().blocks(), 96);
+    assert_eq!(b.nand_geometry().pages_per_block, 16);
+    let mut versions = vec![0u64; b.geometry().num_blocks as usize];
+    random_overwrites(&b, &mut versions, 0x2468_ace0);
+    verify(&b, &versions);
+    let st = b.stats().unwrap();
+    assert!(st.gc_victims > 0 && st.erases > 0, "{st:?}");
+    drop(b);
+    // Reopen with no geometry keys: the header's.
+    let b = open(&path, "media=zoned");
+    assert_eq!(b.geometry().num_blocks, versions.len() as u64);
+    verify(&b, &versions);
+    assert_eq!(b.stats().unwrap().torn_pages_at_mount, 0);
+    random_overwrites(&b, &mut versions, 0x1357_9bdf);
+    verify(&b, &versions);
+    drop(b);
+    // Zone semantics: the emulation refuses writes off a write pointer.
+    let mut dev = zoned_media::FileZoneDevice::open(&path, None).unwrap();
+    use zoned_media::ZoneDevice;
+    let wp = dev.write_pointer(5).unwrap();
+    assert!(dev
+        .write_at(&[0u8; 4096], 5 * (128 << 10) + wp + 4096)
+        .is_err());
+    // Other dies than formatted: refused; NAND keys: refused.
+    let e = FlashBackend::open(&spec(&path, "media=zoned&dies=2"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("formatted with 4 dies"), "{e}");
+    let e = format!("flash:{}?media=zoned&blocks=3", path.display())
+        .parse::<BackendSpec>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not apply to media=zoned"), "{e}");
+}

@@ -253,7 +253,11 @@ impl NvmeTcpQueue {
 
     fn complete(&mut self, cid: u16, result: Result<(), IoError>) {
         if let Some(c) = self.cmds.get_mut(usize::from(cid)).and_then(Option::take) {
-            self.done.push(Completion { tag: c.tag, result });
+            self.done.push(Completion {
+                tag: c.tag,
+                result,
+                value: 0,
+            });
             self.free.push(cid);
         }
     }
@@ -306,7 +310,8 @@ impl NvmeTcpQueue {
                     inline = 0;
                 }
             }
-            IoKind::Flush => {
+            // `validate` refuses zone kinds at submit: never queued.
+            IoKind::Flush | IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => {
                 sqe.opcode = IoOpcode::FLUSH;
                 inline = 0;
             }
@@ -1021,6 +1026,7 @@ impl BackendQueue for NvmeTcpQueue {
             self.done.push(Completion {
                 tag: req.tag,
                 result: Ok(()),
+                value: 0,
             });
             return Ok(());
         }

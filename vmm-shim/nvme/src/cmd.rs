@@ -117,6 +117,10 @@ impl IoOpcode {
     pub const COMPARE: u8 = 0x05;
     pub const WRITE_ZEROES: u8 = 0x08;
     pub const DATASET_MANAGEMENT: u8 = 0x09;
+    /// Zoned Namespace Command Set.
+    pub const ZONE_MGMT_SEND: u8 = 0x79;
+    pub const ZONE_MGMT_RECV: u8 = 0x7a;
+    pub const ZONE_APPEND: u8 = 0x7d;
 }
 
 /// One range of a Dataset Management command (16 bytes).

@@ -17,6 +17,7 @@ impl Cns {
     pub const CS_ACTIVE_NAMESPACES: u8 = 0x07;
     pub const NS_CS_INDEPENDENT: u8 = 0x08;
     pub const ALLOCATED_NAMESPACES: u8 = 0x10;
+    pub const IO_COMMAND_SETS: u8 = 0x1c;
 }
 
 /// Power state descriptor (32 bytes).

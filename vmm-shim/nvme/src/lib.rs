@@ -1,7 +1,7 @@
 //! The NVMe interface as the VM sees it.
 //!
 //! - Wire and in-memory structures ([`cmd`], [`regs`], [`identify`], [`log`],
-//!   [`status`], [`fabrics`], [`tcp`]).
+//!   [`status`], [`fabrics`], [`tcp`], [`zns`]).
 //! - [`guest`]: rings and PRP-described buffers in guest memory.
 //! - [`controller`]: what every controller front end presents the same way
 //!   (namespaces, Identify data, features, the effects log).
@@ -24,6 +24,7 @@ pub mod log;
 pub mod regs;
 pub mod status;
 pub mod tcp;
+pub mod zns;
 
 pub use cmd::{AdminOpcode, Cqe, IoOpcode, Sqe};
 pub use status::Status;

@@ -43,8 +43,10 @@ impl Cap {
         mqes | (u64::from(self.cqr) << 16)
             | (u64::from(self.timeout) << 24)
             | (u64::from(self.dstrd & 0xf) << 32)
-            // CSS: NVM command set.
+            // CSS: the NVM command set, and I/O command sets (ZNS) to be
+            // chosen with CC.CSS = 110b.
             | (1u64 << 37)
+            | crate::zns::CAP_CSS_IOCS
             | (u64::from(self.mpsmin & 0xf) << 48)
             | (u64::from(self.mpsmax & 0xf) << 52)
     }
@@ -107,6 +109,7 @@ mod tests {
         assert_eq!((v >> 16) & 1, 1);
         assert_eq!((v >> 24) & 0xff, 30);
         assert_eq!((v >> 37) & 1, 1);
+        assert_eq!((v >> 43) & 1, 1);
         assert_eq!((v >> 52) & 0xf, 4);
         let cc = Cc(0x0046_0001 | (1 << 14));
         assert!(cc.en());

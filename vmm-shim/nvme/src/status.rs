@@ -38,6 +38,15 @@ impl Status {
     pub const INVALID_QUEUE_DELETION: Status = Status::specific(0x0c).dnr();
     pub const FEATURE_NOT_SAVEABLE: Status = Status::specific(0x0d).dnr();
     pub const FEATURE_NOT_CHANGEABLE: Status = Status::specific(0x0e).dnr();
+    // Zoned Namespace Command Set (SCT 1).
+    pub const ZONE_BOUNDARY_ERROR: Status = Status::specific(0xb8).dnr();
+    pub const ZONE_IS_FULL: Status = Status::specific(0xb9).dnr();
+    pub const ZONE_IS_READ_ONLY: Status = Status::specific(0xba).dnr();
+    pub const ZONE_IS_OFFLINE: Status = Status::specific(0xbb).dnr();
+    pub const ZONE_INVALID_WRITE: Status = Status::specific(0xbc).dnr();
+    pub const TOO_MANY_ACTIVE_ZONES: Status = Status::specific(0xbd).dnr();
+    pub const TOO_MANY_OPEN_ZONES: Status = Status::specific(0xbe).dnr();
+    pub const INVALID_ZONE_STATE_TRANSITION: Status = Status::specific(0xbf).dnr();
     // Media and data integrity errors (SCT 2).
     pub const WRITE_FAULT: Status = Status::media(0x80);
     pub const UNRECOVERED_READ_ERROR: Status = Status::media(0x81);

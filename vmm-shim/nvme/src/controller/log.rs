@@ -9,6 +9,8 @@ use zerocopy::{FromZeros, IntoBytes};
 /// What a Get Log Page command asks for: log id, byte offset, length.
 pub struct LogRequest {
     pub lid: u8,
+    /// Command Set Identifier (CDW14 bits 31:24).
+    pub csi: u8,
     pub offset: u64,
     pub len: u64,
 }
@@ -26,6 +28,7 @@ impl LogRequest {
         }
         Ok(LogRequest {
             lid: (cdw10 & 0xff) as u8,
+            csi: (sqe.cdw14.get() >> 24) as u8,
             offset,
             len,
         })

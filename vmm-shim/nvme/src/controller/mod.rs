@@ -17,10 +17,36 @@ pub struct NamespaceInfo {
     pub volatile_write_cache: bool,
     pub write_zeroes: bool,
     pub deallocate: bool,
+    /// A zoned namespace (ZNS command set) and its zones.
+    pub zoned: Option<ZonedInfo>,
     /// Globally unique identifiers derived from the controller serial.
     pub nguid: [u8; 16],
     pub eui64: [u8; 8],
     pub uuid: [u8; 16],
+}
+
+impl NamespaceInfo {
+    /// The namespace's command set (NVM or ZNS).
+    pub fn csi(&self) -> u8 {
+        if self.zoned.is_some() {
+            crate::zns::Csi::ZNS
+        } else {
+            crate::zns::Csi::NVM
+        }
+    }
+}
+
+/// How a zoned namespace divides its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZonedInfo {
+    /// Blocks per zone (a power of two).
+    pub zone_blocks: u64,
+    /// Writable blocks per zone.
+    pub capacity: u64,
+    /// Most open zones at once (1-based).
+    pub max_open: u32,
+    /// Most active zones at once (1-based).
+    pub max_active: u32,
 }
 
 /// Deterministic unique identifiers (NGUID, EUI-64, UUID) for namespace

@@ -1,0 +1,791 @@
+//! A zoned namespace on the emulated NAND (`zns:PATH?...`): no FTL, the
+//! host writes each zone sequentially and the zone maps straight onto the
+//! media.
+//!
+//! **Layout.** Zone `z` is a stripe of erase block `z` of every die: its
+//! block `i` is page `i / dies` of block `z` of die `i % dies`, so
+//! consecutive blocks of a zone go to different channels, then different
+//! dies, as the FTL's writes do. A zone holds `dies x pages_per_block`
+//! blocks (its capacity); its size is that rounded up to a power of two
+//! (the blocks between capacity and size are never written and read as
+//! zeroes). Zone Reset erases the zone's blocks; Finish programs the rest of
+//! the zone with zeroes, so that the media says the zone is full.
+//!
+//! **Recovery.** At claim, each zone's write pointer is read from the
+//! media's block write pointers (a programmed page has a non-zero OOB): a
+//! zone whose blocks hold a gap (possible only when the host crashed with
+//! writes to several dies of the zone in flight) cannot take the next
+//! write in order, and comes back full, marked finished by the backend.
+//! Partly written zones come back closed.
+//!
+//! Reads may cross zones; blocks at or past a zone's write pointer read as
+//! zeroes. Timing, durability (the flusher thread, a volatile write cache)
+//! and the media file are the flash backend's.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::fs::File;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::nand::{Media, MediaError, NandGeometry, NandMedia, PageKind, PageMeta, Timing};
+use super::queue::{gather, scatter};
+use super::spec::FlashSpec;
+use super::sync::Flusher;
+use super::zones::{Effect, Zones};
+use super::{lock_media, MAX_FLASH_DEPTH};
+use crate::{
+    human_size, validate, Backend, BackendQueue, Completion, Features, Geometry, IoError, IoKind,
+    IoRequest, SubmitError, TransportError, ZoneAction, ZoneDesc, ZoneError, ZoneGeometry,
+};
+
+/// The logical page count a zoned media file records in its header: the
+/// flash FTL refuses it (more than the physical pages), and this backend
+/// refuses a file the FTL formatted.
+const ZNS_MARK: u64 = u64::MAX;
+
+/// Open zones allowed when the spec names no `max_open`.
+pub const DEFAULT_MAX_OPEN: u32 = 8;
+/// Active zones allowed when the spec names no `max_active`.
+pub const DEFAULT_MAX_ACTIVE: u32 = 12;
+
+/// What `zns:` names: the flash geometry and timing keys (`op` excepted)
+/// and the zone resources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZnsSpec {
+    /// The media file, geometry and timing (`op_milli` unused).
+    pub flash: FlashSpec,
+    /// Most open zones, if given.
+    pub max_open: Option<u32>,
+    /// Most active zones, if given.
+    pub max_active: Option<u32>,
+}
+
+impl ZnsSpec {
+    fn limits(&self) -> (u32, u32) {
+        let open = self.max_open.unwrap_or(DEFAULT_MAX_OPEN);
+        let active = self.max_active.unwrap_or(DEFAULT_MAX_ACTIVE.max(open));
+        (open, active)
+    }
+}
+
+/// Parse what follows `zns:`: the `flash:` keys but `op`, and
+/// `max_open=N`, `max_active=N`.
+pub(crate) fn parse_spec(body: &str) -> Result<ZnsSpec, String> {
+    let (path, query) = match body.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (body, ""),
+    };
+    let mut rest = Vec::new();
+    let mut spec = ZnsSpec::default();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let count = |v: &str| match v.parse::<u32>() {
+            Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
+            _ => Err(format!("{k} must be a number from 1 to 1048576, got '{v}'")),
+        };
+        match k {
+            "max_open" | "max_active" => {
+                let slot = if k == "max_open" {
+                    &mut spec.max_open
+                } else {
+                    &mut spec.max_active
+                };
+                if slot.is_some() {
+                    return Err(format!("option '{k}' given twice"));
+                }
+                *slot = Some(count(v)?);
+            }
+            "op" => return Err("op= does not apply to a zoned namespace (no FTL)".to_owned()),
+            _ => rest.push(kv),
+        }
+    }
+    let flash_body = if rest.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    spec.flash = super::spec::parse(&flash_body).map_err(|e| e.replace("'flash:", "'zns:"))?;
+    if spec.flash.zoned {
+        return Err("media=zoned is for the FTL (flash:), not for zns:".to_owned());
+    }
+    if let (Some(o), Some(a)) = (spec.max_open, spec.max_active) {
+        if o > a {
+            return Err(format!("max_open={o} is more than max_active={a}"));
+        }
+    }
+    Ok(spec)
+}
+
+impl fmt::Display for ZnsSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flash = self.flash.to_string();
+        let body = flash.strip_prefix("flash:").unwrap_or(&flash);
+        write!(f, "zns:{body}")?;
+        let mut sep = if body.contains('?') { '&' } else { '?' };
+        for (k, v) in [("max_open", self.max_open), ("max_active", self.max_active)] {
+            if let Some(v) = v {
+                write!(f, "{sep}{k}={v}")?;
+                sep = '&';
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Zone size and capacity (blocks) of a NAND geometry.
+fn zone_shape(nand: &NandGeometry) -> (u64, u64) {
+    let cap = u64::from(nand.dies()) * u64::from(nand.pages_per_block);
+    (cap.next_power_of_two(), cap)
+}
+
+/// The media and the zones, under one lock.
+struct State {
+    media: Box<dyn Media>,
+    zones: Zones,
+    nand: NandGeometry,
+    zone_blocks: u64,
+    seq: u64,
+    zero: Vec<u8>,
+}
+
+impl State {
+    /// Physical page of zone-relative block `i` of zone `z`.
+    fn ppa(&self, z: u64, i: u64) -> u32 {
+        let dies = u64::from(self.nand.dies());
+        let die = u32::try_from(i % dies).unwrap_or(0);
+        let page = u32::try_from(i / dies).unwrap_or(0);
+        let block = die * self.nand.blocks_per_die + u32::try_from(z).unwrap_or(0);
+        self.nand.ppa(block, page)
+    }
+
+    /// Program zone-relative block `i` of zone `z`; returns when done.
+    fn program(&mut self, z: u64, i: u64, data: &[u8], now: u64) -> Result<u64, MediaError> {
+        self.seq += 1;
+        let meta = PageMeta {
+            kind: PageKind::Data,
+            lba: z * self.zone_blocks + i,
+            seq: self.seq,
+        };
+        let ppa = self.ppa(z, i);
+        self.media.program(ppa, data, &meta, now)
+    }
+
+    /// Read block `lba` (zeroes at or past its zone's write pointer).
+    fn read(&mut self, lba: u64, buf: &mut [u8], now: u64) -> Result<u64, MediaError> {
+        let (z, i) = (lba / self.zone_blocks, lba % self.zone_blocks);
+        match self.zones.get(z) {
+            Some(zone) if i < zone.wp => {
+                let ppa = self.ppa(z, i);
+                Ok(self.media.read(ppa, buf, now)?.1)
+            }
+            _ => {
+                buf.fill(0);
+                Ok(now)
+            }
+        }
+    }
+
+    /// Do what an action needs on the media.
+    fn apply(&mut self, effect: Effect, now: u64) -> Result<u64, MediaError> {
+        let mut due = now;
+        match effect {
+            Effect::None => {}
+            Effect::Pad { zone, from } => {
+                let zero = std::mem::take(&mut self.zero);
+                let mut r = Ok(());
+                for i in from..self.zones.capacity() {
+                    match self.program(zone, i, &zero, now) {
+                        Ok(t) => due = due.max(t),
+                        Err(e) => {
+                            r = Err(e);
+                            break;
+                        }
+                    }
+                }
+                self.zero = zero;
+                r?;
+            }
+            Effect::Erase { zone } => {
+                for die in 0..self.nand.dies() {
+                    let block = die * self.nand.blocks_per_die + u32::try_from(zone).unwrap_or(0);
+                    if self.media.write_pointer(block) > 0 {
+                        due = due.max(self.media.erase(block, now)?);
+                    }
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    /// A zone action (one zone, or Select All).
+    fn action(
+        &mut self,
+        zone: u64,
+        action: ZoneAction,
+        all: bool,
+        now: u64,
+    ) -> Result<u64, IoError> {
+        let targets = if all {
+            if action == ZoneAction::Open {
+                self.zones.open_all().map_err(IoError::zone)?;
+                return Ok(now);
+            }
+            self.zones.select_all(action)
+        } else {
+            vec![zone]
+        };
+        let mut due = now;
+        for z in targets {
+            let effect = self.zones.action(z, action).map_err(IoError::zone)?;
+            due = due.max(
+                self.apply(effect, now)
+                    .map_err(|e| IoError::from_errno(e.errno()))?,
+            );
+        }
+        Ok(due)
+    }
+}
+
+/// Each zone's write pointer as the media says (`None`: a gap).
+fn recover_write_pointers(media: &dyn Media, zones: u64) -> Vec<Option<u64>> {
+    let nand = *media.geometry();
+    let dies = nand.dies();
+    (0..zones)
+        .map(|z| {
+            let z = u32::try_from(z).unwrap_or(0);
+            let wps: Vec<u64> = (0..dies)
+                .map(|d| u64::from(media.write_pointer(d * nand.blocks_per_die + z)))
+                .collect();
+            let total: u64 = wps.iter().sum();
+            // In order, die d holds ceil((total - d) / dies) pages.
+            let consistent = wps.iter().enumerate().all(|(d, &wp)| {
+                let d = d as u64;
+                wp == (total + u64::from(dies) - 1 - d) / u64::from(dies)
+            });
+            consistent.then_some(total)
+        })
+        .collect()
+}
+
+struct Shared {
+    state: Mutex<State>,
+    flusher: Flusher,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Claim {
+    shared: Arc<Shared>,
+    _lock: File,
+}
+
+/// A zoned namespace on emulated flash (see the module docs).
+pub struct ZnsBackend {
+    spec: ZnsSpec,
+    nand: NandGeometry,
+    timing: Timing,
+    geometry: Geometry,
+    zoned: ZoneGeometry,
+    claim: Mutex<Option<Claim>>,
+}
+
+impl ZnsBackend {
+    /// Open (creating when absent) the media file and check it against the
+    /// spec. The zones are recovered at [`Backend::claim`].
+    pub fn open(spec: &ZnsSpec) -> Result<ZnsBackend, TransportError> {
+        let shown = spec.to_string();
+        let cfg = |reason: String| TransportError::Config(format!("{shown}: {reason}"));
+        let f = &spec.flash;
+        let mut media =
+            NandMedia::open(&f.path, f.new_geometry(), None).map_err(|e| cfg(e.to_string()))?;
+        let nand = *media.geometry();
+        let wrong = f.geometry_mismatches(&nand);
+        if !wrong.is_empty() {
+            return Err(cfg(format!(
+                "the media file has another geometry: {}",
+                wrong.join(", ")
+            )));
+        }
+        match media.logical_pages() {
+            0 => media
+                .set_logical_pages(ZNS_MARK)
+                .map_err(|e| cfg(e.to_string()))?,
+            ZNS_MARK => {}
+            _ => {
+                return Err(cfg(
+                    "the media was formatted for the FTL (flash:), not as zones".to_owned(),
+                ))
+            }
+        }
+        let (zone_blocks, capacity) = zone_shape(&nand);
+        let zones = u64::from(nand.blocks_per_die);
+        let num_blocks = zone_blocks
+            .checked_mul(zones)
+            .filter(|n| u32::try_from(*n).is_ok())
+            .ok_or_else(|| cfg("too many blocks".to_owned()))?;
+        let (max_open, max_active) = spec.limits();
+        Ok(ZnsBackend {
+            spec: spec.clone(),
+            nand,
+            timing: f.timing(nand.page_size),
+            geometry: Geometry {
+                block_size: nand.page_size,
+                num_blocks,
+            },
+            zoned: ZoneGeometry {
+                zone_blocks,
+                capacity,
+                zones,
+                max_open,
+                max_active,
+            },
+            claim: Mutex::new(None),
+        })
+    }
+
+    fn mount(&self) -> Result<Claim, TransportError> {
+        let path = &self.spec.flash.path;
+        let lock = lock_media(path)?;
+        let shown = self.spec.to_string();
+        let media_err = |e: MediaError| TransportError::Config(format!("{shown}: {e}"));
+        let media = NandMedia::open(path, self.nand, Some(self.timing)).map_err(media_err)?;
+        if *media.geometry() != self.nand || media.logical_pages() != ZNS_MARK {
+            return Err(TransportError::Config(format!(
+                "{shown}: the media file changed between open and claim"
+            )));
+        }
+        let sync_file = media.sync_handle().map_err(media_err)?;
+        let flusher = Flusher::start(sync_file).map_err(|source| TransportError::Io {
+            what: "cannot start the flusher thread for",
+            path: path.clone(),
+            source,
+        })?;
+        let z = self.zoned;
+        let wps = recover_write_pointers(&media, z.zones);
+        let zones = Zones::recovered(&wps, z.capacity, z.max_open, z.max_active);
+        let gaps = wps.iter().filter(|w| w.is_none()).count();
+        if gaps > 0 {
+            tracing::warn!(path = %path.display(), zones = gaps, "zones with a gap in their data (a crash with writes in flight): made full");
+        }
+        let (_, active) = zones.in_use();
+        tracing::info!(path = %path.display(), zones = z.zones, active, "zoned media mounted");
+        Ok(Claim {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    media: Box::new(media),
+                    zones,
+                    nand: self.nand,
+                    zone_blocks: z.zone_blocks,
+                    seq: 0,
+                    zero: vec![0; self.nand.page_size as usize],
+                }),
+                flusher,
+                epoch: Instant::now(),
+            }),
+            _lock: lock,
+        })
+    }
+
+    fn shared(&self) -> Option<Arc<Shared>> {
+        let c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        c.as_ref().map(|c| Arc::clone(&c.shared))
+    }
+}
+
+impl Backend for ZnsBackend {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            volatile_write_cache: true,
+            write_zeroes: false,
+            deallocate: false,
+        }
+    }
+
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+        if depth == 0 || depth > MAX_FLASH_DEPTH {
+            return Err(TransportError::Config(format!(
+                "zns: queue depth {depth} is not between 1 and {MAX_FLASH_DEPTH}"
+            )));
+        }
+        let Some(shared) = self.shared() else {
+            return Err(TransportError::Config(format!(
+                "{}: queue opened before the backend was claimed",
+                self.spec
+            )));
+        };
+        Ok(Box::new(ZnsQueue {
+            shared,
+            geometry: self.geometry,
+            zoned: self.zoned,
+            depth: depth as usize,
+            page: vec![0; self.geometry.block_size as usize],
+            timed: BinaryHeap::new(),
+            syncing: Vec::new(),
+            ready: Vec::new(),
+            nr: 0,
+        }))
+    }
+
+    fn flush(&self) -> Result<(), TransportError> {
+        if let Some(s) = self.shared() {
+            let file = s.lock().media.sync_handle();
+            file.and_then(|f| {
+                f.sync_data().map_err(|source| MediaError::Io {
+                    what: "cannot sync",
+                    path: self.spec.flash.path.clone(),
+                    source,
+                })
+            })
+            .map_err(|e| TransportError::Flush {
+                target: self.spec.to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let n = &self.nand;
+        let z = &self.zoned;
+        format!(
+            "{} ({}, {} B blocks, {} zones of {} blocks (capacity {}), {} open / {} active at most; NAND {} ch x {} dies x {} blocks x {} pages)",
+            self.spec,
+            human_size(self.geometry.size_bytes()),
+            self.geometry.block_size,
+            z.zones,
+            z.zone_blocks,
+            z.capacity,
+            z.max_open,
+            z.max_active,
+            n.channels,
+            n.dies_per_channel,
+            n.blocks_per_die,
+            n.pages_per_block,
+        )
+    }
+
+    fn claim(&self) -> Result<(), TransportError> {
+        let mut c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.is_none() {
+            *c = Some(self.mount()?);
+        }
+        Ok(())
+    }
+
+    fn zoned(&self) -> Option<ZoneGeometry> {
+        Some(self.zoned)
+    }
+
+    fn report_zones(&self, from: u64, max: usize) -> Vec<ZoneDesc> {
+        let Some(shared) = self.shared() else {
+            return Vec::new();
+        };
+        let st = shared.lock();
+        let zb = self.zoned.zone_blocks;
+        (from / zb..st.zones.count())
+            .take(max)
+            .filter_map(|i| {
+                let z = st.zones.get(i)?;
+                Some(ZoneDesc {
+                    start: i * zb,
+                    capacity: self.zoned.capacity,
+                    write_pointer: i * zb + z.wp,
+                    state: z.state,
+                    finished_by_backend: z.finished_by_backend,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A completion filed under the time it is due.
+struct Timed {
+    due: u64,
+    nr: u64,
+    tag: u64,
+    result: Result<(), IoError>,
+    value: u64,
+    /// Sync ticket a FUA write also waits for.
+    ticket: Option<u64>,
+}
+
+impl PartialEq for Timed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.nr) == (other.due, other.nr)
+    }
+}
+impl Eq for Timed {}
+impl PartialOrd for Timed {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timed {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.due, self.nr).cmp(&(other.due, other.nr))
+    }
+}
+
+struct ZnsQueue {
+    shared: Arc<Shared>,
+    geometry: Geometry,
+    zoned: ZoneGeometry,
+    depth: usize,
+    page: Vec<u8>,
+    timed: BinaryHeap<Reverse<Timed>>,
+    /// (ticket, tag, value) of Flushes and FUA writes past their time.
+    syncing: Vec<(u64, u64, u64)>,
+    ready: Vec<Completion>,
+    nr: u64,
+}
+
+impl ZnsQueue {
+    fn file(&mut self, tag: u64, due: u64, result: Result<u64, IoError>, fua: bool) {
+        self.nr += 1;
+        let ticket = (fua && result.is_ok()).then(|| self.shared.flusher.syncer().request());
+        let (result, value) = match result {
+            Ok(v) => (Ok(()), v),
+            Err(e) => (Err(e), 0),
+        };
+        self.timed.push(Reverse(Timed {
+            due,
+            nr: self.nr,
+            tag,
+            result,
+            value,
+            ticket,
+        }));
+    }
+
+    /// # Safety
+    ///
+    /// The iovecs must be valid for writes of `req.len` bytes.
+    unsafe fn read(&mut self, req: &IoRequest<'_>, now: u64) -> (u64, Result<u64, IoError>) {
+        let bs = u64::from(self.geometry.block_size);
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        let mut due = now;
+        for i in 0..req.len / bs {
+            match st.read(req.offset / bs + i, &mut self.page, now) {
+                Ok(t) => due = due.max(t),
+                Err(e) => return (due, Err(IoError::from_errno(e.errno()))),
+            }
+            // SAFETY: the caller's contract; `i * bs + bs <= req.len`.
+            unsafe { scatter(req.iov, i * bs, &self.page) };
+        }
+        (due, Ok(0))
+    }
+
+    /// A write (`append`: at the write pointer of the zone starting at
+    /// `offset`); returns the byte offset written.
+    ///
+    /// # Safety
+    ///
+    /// The iovecs must be valid for reads of `req.len` bytes.
+    unsafe fn write(
+        &mut self,
+        req: &IoRequest<'_>,
+        append: bool,
+        now: u64,
+    ) -> (u64, Result<u64, IoError>) {
+        let bs = u64::from(self.geometry.block_size);
+        let zb = self.zoned.zone_blocks;
+        let (lba, n) = (req.offset / bs, req.len / bs);
+        let (z, at) = (lba / zb, lba % zb);
+        if append && at != 0 {
+            return (now, Err(IoError::zone(ZoneError::NotZoneStart)));
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        let start = match st.zones.write(z, (!append).then_some(at), n) {
+            Ok(s) => s,
+            Err(e) => return (now, Err(IoError::zone(e))),
+        };
+        let mut due = now;
+        for i in 0..n {
+            // SAFETY: the caller's contract; `i * bs + bs <= req.len`.
+            unsafe { gather(req.iov, i * bs, &mut self.page) };
+            match st.program(z, start + i, &self.page, now) {
+                Ok(t) => due = due.max(t),
+                Err(e) => return (due, Err(IoError::from_errno(e.errno()))),
+            }
+        }
+        (due, Ok((z * zb + start) * bs))
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.timed.peek().map(|Reverse(t)| t.due)
+    }
+}
+
+/// Checks of a zoned request beyond the common ones.
+fn validate_zoned(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), SubmitError> {
+    let plain = IoRequest {
+        tag: req.tag,
+        kind: if req.kind.has_data() {
+            IoKind::Write
+        } else {
+            IoKind::Flush
+        },
+        offset: req.offset,
+        len: req.len,
+        iov: req.iov,
+    };
+    match req.kind {
+        IoKind::Zone { all, .. } => {
+            if req.len != 0 || !req.iov.is_empty() {
+                return Err(SubmitError::Invalid("zone action with a length or iovecs"));
+            }
+            let bs = u64::from(geometry.block_size);
+            if !all && (req.offset % bs != 0 || req.offset / bs >= geometry.num_blocks) {
+                return Err(SubmitError::Invalid("zone action past the end"));
+            }
+            Ok(())
+        }
+        IoKind::WriteZeroes | IoKind::Deallocate => Err(SubmitError::Invalid(
+            "Write Zeroes and Deallocate are not supported on a zoned namespace",
+        )),
+        _ => validate(&plain, geometry),
+    }
+}
+
+// SAFETY: no raw pointers are kept past `submit` (data moves inside it);
+// the queue is used by one thread at a time (`&mut self`).
+unsafe impl Send for ZnsQueue {}
+
+impl BackendQueue for ZnsQueue {
+    unsafe fn submit(&mut self, req: &IoRequest<'_>) -> Result<(), SubmitError> {
+        validate_zoned(req, self.geometry)?;
+        if self.in_flight() >= self.depth {
+            return Err(SubmitError::Full);
+        }
+        let now = self.shared.now();
+        let bs = u64::from(self.geometry.block_size);
+        match req.kind {
+            IoKind::Read => {
+                // SAFETY: the caller's contract (valid, writable iovecs).
+                let (due, r) = unsafe { self.read(req, now) };
+                self.file(req.tag, due, r, false);
+            }
+            IoKind::Flush => {
+                let ticket = self.shared.flusher.syncer().request();
+                self.syncing.push((ticket, req.tag, 0));
+            }
+            IoKind::Write | IoKind::WriteFua | IoKind::ZoneAppend { .. } => {
+                let append = matches!(req.kind, IoKind::ZoneAppend { .. });
+                let fua = matches!(
+                    req.kind,
+                    IoKind::WriteFua | IoKind::ZoneAppend { fua: true }
+                );
+                // SAFETY: the caller's contract (valid iovecs).
+                let (due, r) = unsafe { self.write(req, append, now) };
+                self.file(req.tag, due, r, fua);
+            }
+            IoKind::Zone { action, all } => {
+                let zone = req.offset / bs / self.zoned.zone_blocks;
+                let start = zone * self.zoned.zone_blocks * bs;
+                let r = if !all && start != req.offset {
+                    Err(IoError::zone(ZoneError::NotZoneStart))
+                } else {
+                    self.shared.lock().action(zone, action, all, now)
+                };
+                let due = *r.as_ref().unwrap_or(&now);
+                // A zone's new state (Reset's erases, Finish's padding) is
+                // durable when the command completes, like a FUA write.
+                self.file(req.tag, due, r.map(|_| 0), true);
+            }
+            IoKind::WriteZeroes | IoKind::Deallocate => {
+                return Err(SubmitError::Invalid("not supported on a zoned namespace"))
+            }
+        }
+        Ok(())
+    }
+
+    fn kick(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let now = self.shared.now();
+        while self.next_due().is_some_and(|due| due <= now) {
+            let Some(Reverse(t)) = self.timed.pop() else {
+                break;
+            };
+            match t.ticket {
+                Some(ticket) => self.syncing.push((ticket, t.tag, t.value)),
+                None => self.ready.push(Completion {
+                    tag: t.tag,
+                    result: t.result,
+                    value: t.value,
+                }),
+            }
+        }
+        let syncer = Arc::clone(self.shared.flusher.syncer());
+        let ready = &mut self.ready;
+        self.syncing
+            .retain(|&(ticket, tag, value)| match syncer.status(ticket) {
+                None => true,
+                Some(ok) => {
+                    ready.push(Completion {
+                        tag,
+                        result: if ok {
+                            Ok(())
+                        } else {
+                            Err(IoError::from_errno(libc::EIO))
+                        },
+                        value,
+                    });
+                    false
+                }
+            });
+        let n = self.ready.len();
+        out.append(&mut self.ready);
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.timed.len() + self.syncing.len() + self.ready.len()
+    }
+
+    fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut n = 0;
+        loop {
+            n += self.poll(out);
+            if self.in_flight() == 0 || Instant::now() >= deadline {
+                return n;
+            }
+            self.wait_completion(Duration::from_micros(200));
+        }
+    }
+
+    fn wait_completion(&mut self, timeout: Duration) {
+        let wait = match self.next_due() {
+            Some(due) if self.syncing.is_empty() => {
+                Duration::from_nanos(due.saturating_sub(self.shared.now())).min(timeout)
+            }
+            _ => timeout.min(Duration::from_micros(100)),
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
