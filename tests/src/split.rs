@@ -103,13 +103,23 @@ impl SplitHost {
 
     /// Wait until a runtime serves the controller (or `timeout`).
     pub fn wait_attached(&self, timeout: Duration) -> bool {
+        self.wait_served(true, timeout)
+    }
+
+    /// Wait until the host-driver has seen its runtime go (a runtime killed
+    /// a moment ago may still be taken for the server) (or `timeout`).
+    pub fn wait_detached(&self, timeout: Duration) -> bool {
+        self.wait_served(false, timeout)
+    }
+
+    fn wait_served(&self, served: bool, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self
                 .host
                 .status()
                 .iter()
-                .any(|c| c.name == self.name && c.runtime != 0)
+                .any(|c| c.name == self.name && (c.runtime != 0) == served)
             {
                 return true;
             }

@@ -145,6 +145,7 @@ fn a_runtime_that_lies_about_a_namespace_is_refused() {
     w.run_for(Duration::from_millis(100));
     w.drain(Duration::from_secs(10));
     kill9(&mut socp);
+    assert!(h.wait_detached(Duration::from_secs(20)));
     let s = fake(&h);
     for (bad, why) in [
         (
