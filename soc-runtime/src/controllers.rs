@@ -195,11 +195,22 @@ impl Controllers {
         let served: Vec<Value> = lock(&self.served)
             .iter()
             .map(|s| {
+                let states = client
+                    .as_ref()
+                    .map_or_else(Vec::new, |c| c.ns_states(&s.name));
+                let namespaces: Vec<Value> = s
+                    .namespaces
+                    .iter()
+                    .map(|(n, b)| {
+                        let state = states.iter().find(|(id, _)| id == n).map(|(_, d)| d);
+                        json!({"nsid": n, "backend": b.to_string(), "state": state})
+                    })
+                    .collect();
                 json!({
                     "name": s.name,
                     "attached": client.as_ref().is_some_and(|c| c.served().contains(&s.name)),
                     "write_cache": client.as_ref().and_then(|c| c.write_cache(&s.name)),
-                    "namespaces": s.namespaces.iter().map(|(n, b)| json!({"nsid": n, "backend": b.to_string()})).collect::<Vec<_>>(),
+                    "namespaces": namespaces,
                 })
             })
             .collect();

@@ -300,6 +300,22 @@ impl LinkClient {
             .map(|w| w.ctx.write_cache.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// What each namespace served for `ctrl` is, now: its backend's own
+    /// description (a flash namespace's includes the FTL's write
+    /// amplification, GC victims and erase counts).
+    pub fn ns_states(&self, ctrl: &str) -> Vec<(u32, String)> {
+        lock(&self.workers).get(ctrl).map_or_else(Vec::new, |w| {
+            w.ctx
+                .namespaces
+                .load()
+                .entries
+                .iter()
+                .flatten()
+                .map(|n| (n.info.nsid, n.backend.describe()))
+                .collect()
+        })
+    }
+
     /// The NSIDs served for `ctrl`.
     pub fn nsids(&self, ctrl: &str) -> Vec<u32> {
         lock(&self.workers)

@@ -375,6 +375,9 @@ fn controllers_and_namespaces_come_and_go() {
     assert!(host.host.status().iter().all(|c| c.name != "vm1"));
     let st = call(&ctl, "status", json!({})).unwrap();
     assert_eq!(st["controllers"].as_array().map(Vec::len), Some(1), "{st}");
+    // Each namespace's backend as it is now (a flash one's FTL figures).
+    let state = st["controllers"][0]["namespaces"][0]["state"].as_str();
+    assert!(state.is_some_and(|s| s.contains("B blocks")), "{st}");
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Release);
     let w = g.join().expect("guest");
