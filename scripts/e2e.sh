@@ -6,7 +6,7 @@
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_stress ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
-#          zns_tcp zns_split ftl_zoned_device
+#          zns_tcp zns_split ftl_zoned_device ftl_qemu_zns
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -43,7 +43,7 @@ if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
-        zns_split ftl_zoned_device)
+        zns_split ftl_zoned_device ftl_qemu_zns)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -415,22 +415,53 @@ test_zns_split() {
 # ioctls): in the guest, on the socp ZNS namespace; transports'
 # zoned-check example, built static, verifies random overwrites (GC) and
 # a reopen
-test_ftl_zoned_device() {
-    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
-    local bin img=$LEAPIO_DATA/e2e-zcheck.img bytes
-    bin=$LEAPIO_REPO/target/x86_64-unknown-linux-gnu/release/examples/zoned-check
+# zoned_check_disk: the static zoned-check example as a raw disk image
+# ($ZCHECK_IMG, $ZCHECK_BYTES long) for the guest's `zonedftl` job
+ZCHECK_IMG=$LEAPIO_DATA/e2e-zcheck.img
+zoned_check_disk() {
+    local bin=$LEAPIO_REPO/target/x86_64-unknown-linux-gnu/release/examples/zoned-check
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p leapio-transports \
         --example zoned-check --target x86_64-unknown-linux-gnu >/dev/null 2>&1 \
         || { REASON="cannot build the static zoned-check example"; return 1; }
-    bytes=$(stat -c %s "$bin")
-    cp "$bin" "$img"
-    truncate -s $(((bytes + 4095) / 4096 * 4096)) "$img"
+    ZCHECK_BYTES=$(stat -c %s "$bin")
+    cp "$bin" "$ZCHECK_IMG"
+    truncate -s $(((ZCHECK_BYTES + 4095) / 4096 * 4096)) "$ZCHECK_IMG"
+}
+
+test_ftl_zoned_device() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    zoned_check_disk || return 1
     rm -f "$zns_media"
-    boot ftl_zoned_device zonedftl "$zns_ns" -- --disk "virtio:$img" --append "leapio.zcheck_bytes=$bytes" || return 1
+    boot ftl_zoned_device zonedftl "$zns_ns" -- --disk "virtio:$ZCHECK_IMG" --append "leapio.zcheck_bytes=$ZCHECK_BYTES" || return 1
     local errs ioerr resets
     read -r errs ioerr resets <<< "$(guest_health)"
     expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || return 1
     DETAIL="$(guestlog results "$GLOG" | sed -n 's/^zonedftl ok //p')"
+}
+
+# The FTL on another implementation's zoned device: QEMU's own ZNS
+# namespace (hw/nvme, 64 zones of 1 MiB) is the guest's /dev/nvme0n1, and
+# the zoned-check example runs the FTL (media=zoned) on it in the guest.
+# No socp: the device under test is QEMU's.
+test_ftl_qemu_zns() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    zoned_check_disk || return 1
+    local media=$LEAPIO_DATA/e2e-qemu-zns.img grc=0
+    rm -f "$media"
+    truncate -s 64M "$media"
+    GLOG=$logs/ftl_qemu_zns.guest.log
+    run_guest --quiet --job zonedftl --disk "nvme-zns:$media" --disk "virtio:$ZCHECK_IMG" \
+        --append "leapio.zcheck_bytes=$ZCHECK_BYTES" --log "$GLOG" --timeout "$boot_timeout" || grc=$?
+    rm -f "$media"
+    case $grc in
+    0) ;;
+    124) REASON="guest timed out after ${boot_timeout}s"; return 1 ;;
+    *) REASON="guest job failed: $(guestlog results "$GLOG" | grep -v ' ok' | head -3 | tr '\n' ';')"; return 1 ;;
+    esac
+    local errs ioerr resets
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || return 1
+    DETAIL="QEMU's ZNS namespace: $(guestlog results "$GLOG" | sed -n 's/^zonedftl ok //p')"
 }
 
 # ---- the SoC VM: socp (aarch64) in an emulated ARM SoC, through the link

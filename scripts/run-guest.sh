@@ -12,6 +12,8 @@
 #                        ($LEAPIO_ROOT/run/leapio/vm0.sock)
 #        nvme:FILE       QEMU's emulated NVMe on FILE (cache=none, io_uring)
 #        nvme-ns:FILE    one more namespace on the previous nvme: controller
+#        nvme-zns:FILE   QEMU's emulated NVMe with a zoned namespace on FILE
+#                        (1 MiB zones, 8 open / 8 active at most)
 #        virtio:FILE     virtio-blk on FILE (cache=none, io_uring)
 #                        FILE must live under $LEAPIO_ROOT (host or root path)
 #   --append 'k=v ...'   extra kernel command line (leapio.runtime=10 ...)
@@ -152,13 +154,17 @@ for d in "${disks[@]}"; do
         [[ -S $LEAPIO_ROOT$rpath ]] || die "no vfio-user socket at $LEAPIO_ROOT$rpath (is socp running?)"
         args+=(-device "{\"driver\":\"vfio-user-pci\",\"id\":\"vfu$i\",\"socket\":{\"path\":\"$rpath\",\"type\":\"unix\"}}")
         ;;
-    nvme | nvme-ns | virtio)
+    nvme | nvme-ns | nvme-zns | virtio)
         [[ -e $LEAPIO_ROOT$rpath ]] || die "disk file $LEAPIO_ROOT$rpath not found (it must live under $LEAPIO_ROOT)"
         args+=(-drive "file=$rpath,if=none,id=drv$i,format=raw,cache=none,aio=io_uring")
         if [[ $kind == nvme ]]; then
             last_nvme=nvme$i nsid=1
             args+=(-device "nvme,id=$last_nvme,serial=qemu-nvme-$i"
                 -device "nvme-ns,drive=drv$i,bus=$last_nvme,nsid=$nsid")
+        elif [[ $kind == nvme-zns ]]; then
+            last_nvme=nvme$i nsid=1
+            args+=(-device "nvme,id=$last_nvme,serial=qemu-zns-$i"
+                -device "nvme-ns,drive=drv$i,bus=$last_nvme,nsid=$nsid,zoned=true,zoned.zone_size=1M,zoned.max_open=8,zoned.max_active=8")
         elif [[ $kind == nvme-ns ]]; then
             [[ -n ${last_nvme:-} ]] || die "--disk nvme-ns: needs an nvme: disk before it"
             nsid=$((nsid + 1))
@@ -168,7 +174,7 @@ for d in "${disks[@]}"; do
             ((i)) || dev=/dev/vda
         fi
         ;;
-    *) die "bad --disk kind $kind (vfio-user, nvme, nvme-ns or virtio)" ;;
+    *) die "bad --disk kind $kind (vfio-user, nvme, nvme-ns, nvme-zns or virtio)" ;;
     esac
     i=$((i + 1))
 done

@@ -625,6 +625,16 @@ impl Media for ZonedMedia {
         // or stayed: never program the slot again before an erase.
         self.blocks[block as usize].next_page = page + 1;
         r.map_err(self.io_err("cannot program"))?;
+        if page + 1 == self.geo.pages_per_block
+            && u64::from(page + 1) * self.slot < self.dev.zone_capacity()
+        {
+            // The block is full but the zone is not (its capacity is not a
+            // whole number of slots, e.g. 512-byte blocks): finish it, or
+            // it stays active and the device runs out of active zones.
+            self.dev
+                .finish(block + 1)
+                .map_err(self.io_err("cannot finish a zone of"))?;
+        }
         Ok(now)
     }
 
@@ -716,5 +726,88 @@ impl Media for ZonedMedia {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flash::nand::{Media, PageKind, PageMeta};
+
+    /// A zoned device with an active zone limit (as real ones and QEMU's
+    /// have): a write that would make one zone too many active fails.
+    struct Limited {
+        dev: FileZoneDevice,
+        max_active: usize,
+    }
+
+    impl ZoneDevice for Limited {
+        fn block_size(&self) -> u32 {
+            self.dev.block_size()
+        }
+        fn zone_bytes(&self) -> u64 {
+            self.dev.zone_bytes()
+        }
+        fn zone_capacity(&self) -> u64 {
+            self.dev.zone_capacity()
+        }
+        fn zones(&self) -> u32 {
+            self.dev.zones()
+        }
+        fn write_pointer(&mut self, z: u32) -> io::Result<u64> {
+            self.dev.write_pointer(z)
+        }
+        fn reset(&mut self, z: u32) -> io::Result<()> {
+            self.dev.reset(z)
+        }
+        fn finish(&mut self, z: u32) -> io::Result<()> {
+            self.dev.finish(z)
+        }
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+            let cap = self.dev.zone_capacity();
+            if offset % self.dev.zone_bytes() == 0 {
+                let active = self.dev.wps.iter().filter(|&&w| w > 0 && w < cap).count();
+                if active >= self.max_active {
+                    return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+                }
+            }
+            self.dev.write_at(buf, offset)
+        }
+        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.dev.read_at(buf, offset)
+        }
+        fn sync_handle(&self) -> io::Result<File> {
+            self.dev.sync_handle()
+        }
+    }
+
+    /// Zones whose capacity is not a whole number of slots (8 KiB pages
+    /// and their OOB blocks in 128 KiB zones: 10 slots and 8 KiB left) are
+    /// finished when their block is full, so filling block after block
+    /// never holds more than one zone active (found against QEMU's ZNS
+    /// namespace, with 512-byte blocks).
+    #[test]
+    fn full_blocks_release_their_zones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.zones");
+        let dev = FileZoneDevice::open(&path, Some((128 << 10, 9))).unwrap();
+        let limited = Limited { dev, max_active: 2 };
+        let mut m = ZonedMedia::open(&path, Box::new(limited), Some(8192), Some(1)).unwrap();
+        let g = *m.geometry();
+        assert_eq!(g.pages_per_block, 10);
+        let data = vec![0x5a; 8192];
+        let mut seq = 0;
+        for b in 0..g.blocks() {
+            for p in 0..g.pages_per_block {
+                seq += 1;
+                let meta = PageMeta {
+                    kind: PageKind::Data,
+                    lba: seq,
+                    seq,
+                };
+                m.program(g.ppa(b, p), &data, &meta, 0)
+                    .unwrap_or_else(|e| panic!("block {b} page {p}: {e}"));
+            }
+        }
     }
 }
