@@ -9,6 +9,7 @@ use socp::embedded::Embedded;
 use socp::error_chain;
 use socp::link_client::LinkClient;
 use socp::pci_function::{self, PciFunction};
+use socp::qos::spec::{QosSpec, TenantSpec};
 use socp::runtime::Runtime;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
 use socp::transport::{Transport, Windows};
@@ -112,6 +113,29 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 
+    /// QoS (ReFlex-style cost-based tokens) in front of the backends:
+    /// device=FILE[,be-floor=PCT][,burst-us=N]
+    ///
+    /// FILE is a device model made by socp-calibrate (the cost of a 4 KiB
+    /// write in tokens, a 4 KiB read costing 1, and the tokens per second
+    /// the device carries at each latency). be-floor: share of the rate
+    /// that latency-critical reservations may not take (default 5);
+    /// burst-us: bucket depth, in microseconds of a tenant's rate (1000).
+    #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
+    qos: Option<QosSpec>,
+
+    /// A QoS tenant (needs --qos):
+    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=lc,slo=p95:500us|p99:1ms,iops=N[,rw=READ:WRITE]
+    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=be[,weight=N]
+    ///
+    /// Latency-critical tenants reserve IOPS at a read/write mix (default
+    /// 100:0) under a tail-latency SLO and are refused (socp does not
+    /// start) when the device cannot carry them; best-effort tenants share
+    /// what is left by weight. I/O of no tenant is best effort (tenant
+    /// "default"). Changed at run time with leapioctl qos-add / qos-remove.
+    #[arg(long = "tenant", value_name = "SPEC", verbatim_doc_comment)]
+    tenants: Vec<TenantSpec>,
+
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -168,6 +192,9 @@ fn check_specs(args: &Args) -> Result<(), String> {
     if args.ctrls.is_empty() && args.tcp_targets.is_empty() && args.control.is_none() {
         return Err("nothing to serve: give --ctrl, --tcp-target or --control (see --help)".into());
     }
+    if !args.tenants.is_empty() && args.qos.is_none() {
+        return Err("--tenant needs --qos device=FILE".into());
+    }
     for c in &args.ctrls {
         match (&args.link, &c.sock, &c.name) {
             (Some(_), Some(_), _) => {
@@ -203,6 +230,12 @@ fn run(args: Args) -> Result<(), String> {
     }
     if args.test_hang_deletes {
         crash::arm_hang_deletes();
+    }
+    if let Some(q) = &args.qos {
+        socp::qos::global()
+            .configure(q, &args.tenants)
+            .map_err(|e| format!("--qos: {e}"))?;
+        tracing::info!(tenants = args.tenants.len(), "QoS on");
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -253,7 +286,13 @@ fn start_control(
     stop: &Arc<AtomicBool>,
 ) -> Result<(), String> {
     if let Some(path) = &args.control {
-        control::serve(path, ctrls.handler(), stop.clone())
+        let inner = ctrls.handler();
+        let handler: control::Handler = Arc::new(move |method, params| {
+            socp::qos::global()
+                .handle(method, params)
+                .unwrap_or_else(|| inner(method, params))
+        });
+        control::serve(path, handler, stop.clone())
             .map_err(|e| format!("control socket {}: {e}", path.display()))?;
         tracing::info!(path = %path.display(), "control socket");
     }
