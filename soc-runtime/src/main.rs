@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 ///   -device '{"driver":"vfio-user-pci","socket":{"path":"/run/leapio/vm0.sock","type":"unix"}}'
 ///
 /// or cloud-hypervisor: --memory shared=on --user-device socket=/run/leapio/vm0.sock
+///
+/// `socp calibrate BACKEND --slo p95:500us --out FILE` measures a backend's
+/// device model for --qos (`socp calibrate --help`).
 #[derive(Parser, Debug)]
 #[command(name = "socp", version, verbatim_doc_comment)]
 struct Args {
@@ -176,6 +179,19 @@ impl FromStr for LinkAddr {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("calibrate") {
+        leapio_host_driver::init_logging("warn");
+        return match socp::qos::calibrate::main(argv.into_iter().skip(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                if !e.is_empty() {
+                    eprintln!("socp calibrate: {e}");
+                }
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     leapio_host_driver::init_logging(&args.log_level);
     match run(args) {

@@ -2,6 +2,8 @@
 //! scheduler (Klimovic et al., ASPLOS'17) for vfio-user controllers and
 //! NVMe/TCP hosts alike.
 //!
+//! - [`calibrate`]: `socp calibrate`, the device model from a backend's
+//!   latency-vs-load curve.
 //! - [`model`]: the device model (the cost of a write, tokens per second at
 //!   a latency SLO), made by `socp-calibrate`.
 //! - [`spec`]: `--qos` and `--tenant`.
@@ -14,6 +16,7 @@
 //! One scheduler per process (the device the model describes); pollers
 //! reach it through [`get`] and do nothing extra while it is off.
 
+pub mod calibrate;
 pub mod model;
 pub mod sched;
 pub mod spec;
