@@ -92,7 +92,19 @@ pub(super) struct Poller {
     accept_paused_until: Option<Instant>,
     /// This poller's share of `Subsystem::tx_peak`.
     tx_peak: usize,
+    /// QoS: operations waiting for their tenant's tokens, and the
+    /// statistics of commands in flight (see `qos_hook`).
+    pub(super) qos_held: crate::qos::Held<PendingOp>,
+    pub(super) qos_lat: HashMap<u64, QosInFlight>,
 }
+
+/// A command's tenant statistics, start time, kind and length.
+pub(super) type QosInFlight = (
+    Arc<crate::qos::stats::TenantStats>,
+    u64,
+    leapio_transports::IoKind,
+    u64,
+);
 
 impl Poller {
     pub fn new(
@@ -121,6 +133,8 @@ impl Poller {
             last_tick: Instant::now(),
             accept_paused_until: None,
             tx_peak: 0,
+            qos_held: crate::qos::Held::default(),
+            qos_lat: HashMap::new(),
         })
     }
 
@@ -143,6 +157,7 @@ impl Poller {
         let mut events = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Acquire) {
             let busy = !self.pending.is_empty()
+                || !self.qos_held.is_empty()
                 || self.nsq.iter().any(|q| q.in_flight() > 0)
                 || self
                     .conns
@@ -177,6 +192,7 @@ impl Poller {
                     self.readable(slot);
                 }
             }
+            self.qos_release();
             self.submit_pending();
             for q in &mut self.nsq {
                 if let Err(e) = q.kick() {
@@ -367,6 +383,7 @@ impl Poller {
     }
 
     fn complete_tag(&mut self, tag: u64, outcome: OpOutcome) {
+        self.qos_done(tag);
         let (slot, gen, idx) = Self::untag(tag);
         let live =
             self.gens.get(slot) == Some(&gen) && matches!(self.conns.get(slot), Some(Some(_)));
