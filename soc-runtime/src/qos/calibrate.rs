@@ -222,7 +222,15 @@ impl Driver {
                     continue;
                 }
             }
-            completed += self.reap(Some(&mut lat))?;
+            let n = self.reap(Some(&mut lat))?;
+            completed += n;
+            if n == 0 && due > now {
+                // Sleep until the next I/O is due or a completion is (a
+                // sleeper gets the CPU back at once when it wakes; a
+                // spinner on a busy machine waits for its turn).
+                self.q
+                    .wait_completion(Duration::from_nanos((due - now).min(500_000)));
+            }
         }
         let end = start + {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -231,7 +239,12 @@ impl Driver {
         };
         // Completions up to the end of the window count for throughput.
         while self.now() < end {
-            completed += self.reap(Some(&mut lat))?;
+            let n = self.reap(Some(&mut lat))?;
+            completed += n;
+            if n == 0 {
+                let left = end.saturating_sub(self.now()).min(500_000);
+                self.q.wait_completion(Duration::from_nanos(left));
+            }
         }
         let in_window = completed;
         // The rest still counts for latency.
@@ -267,6 +280,15 @@ fn rate_at(steps: &[Step], slo: Slo) -> f64 {
     m.rate_at(slo)
 }
 
+/// The highest load a sweep sustained (achieved >= 90% of offered).
+fn sustained(steps: &[Step]) -> f64 {
+    steps
+        .iter()
+        .filter(|s| s.achieved >= 0.9 * s.offered)
+        .map(|s| s.achieved)
+        .fold(0.0, f64::max)
+}
+
 /// Run the calibration and return the model (also printing a table to
 /// stderr as it goes).
 pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
@@ -288,6 +310,9 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
     if a.mixes.first() != Some(&100) {
         return Err("--mixes must start with 100 (read-only: the curve)".into());
     }
+    // Sleeps end within 1 us of their time, not the default 50 us.
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer; no memory involved.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64, 0u64, 0u64, 0u64) };
     let depth = a.depth.clamp(1, 4096);
     let q = b
         .open_queue(depth)
@@ -316,6 +341,8 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
             }
         }
         d.drain()?;
+        // Let the device settle (garbage collection, erases) first.
+        std::thread::sleep(Duration::from_secs(1));
     }
     let mut sweeps: Vec<(u32, Vec<Step>)> = Vec::new();
     for &mix in &a.mixes {
@@ -355,6 +382,10 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
         iops_at_slo: t,
     }];
     let mut costs = Vec::new();
+    // Without an SLO-based rate for a mix (even its lightest load broke
+    // the SLO: a noisy machine), the cost comes from the saturation
+    // throughputs instead (the highest load each mix sustained).
+    let t_sat = sustained(&sweeps[0].1);
     for (mix, steps) in &sweeps[1..] {
         let r = rate_at(steps, a.slo);
         mixes.push(MixRate {
@@ -362,8 +393,17 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
             iops_at_slo: r,
         });
         let w = f64::from(100 - *mix) / 100.0;
-        if r > 0.0 && w > 0.0 {
-            costs.push(((t / r - (1.0 - w)) / w).clamp(1.0, 1000.0));
+        if w <= 0.0 {
+            continue;
+        }
+        let (tt, rr) = if r > 0.0 {
+            (t, r)
+        } else {
+            eprintln!("mix {mix}: no load met the SLO; write cost from saturation throughputs");
+            (t_sat, sustained(steps))
+        };
+        if rr > 0.0 {
+            costs.push(((tt / rr - (1.0 - w)) / w).clamp(1.0, 1000.0));
         }
     }
     costs.sort_by(f64::total_cmp);
