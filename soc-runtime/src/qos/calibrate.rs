@@ -351,6 +351,7 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
         eprintln!("  offered IOPS  achieved IOPS   p95 us   p99 us");
         let mut steps = Vec::new();
         let mut rate = a.start_iops.max(10.0);
+        let mut over = 0;
         for _ in 0..a.max_steps {
             let s = d.step(rate, mix, a.step_seconds)?;
             eprintln!(
@@ -363,7 +364,10 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
                 super::model::Pct::P99 => s.p99_us,
             };
             let bound = f64::from(u32::try_from(a.slo.us).unwrap_or(u32::MAX));
-            if s.achieved < 0.9 * s.offered || lat > 4.0 * bound {
+            // Saturated, or far past the SLO twice in a row (once may be
+            // the machine, not the device).
+            over = if lat > 4.0 * bound { over + 1 } else { 0 };
+            if s.achieved < 0.9 * s.offered || over >= 2 {
                 break;
             }
             rate *= a.factor.max(1.01);

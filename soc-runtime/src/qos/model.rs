@@ -166,29 +166,26 @@ impl DeviceModel {
 
     /// Tokens per second the device carries with the SLO's percentile at
     /// or under its bound: the highest load of the curve whose latency
-    /// stays within it, interpolated linearly towards the first load that
-    /// breaks it. 0 if even the lightest load breaks it.
+    /// stays within it, interpolated linearly towards the next load (which
+    /// breaks it). A lighter load that broke the bound once (a measurement
+    /// spike on a shared machine) does not cut the curve short. 0 if no
+    /// load meets the bound.
     pub fn rate_at(&self, slo: Slo) -> f64 {
         let mut pts = self.points.clone();
         pts.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
         let bound = f64::from(u32::try_from(slo.us).unwrap_or(u32::MAX));
-        let mut best: Option<Point> = None;
-        for p in pts {
-            let l = p.latency(slo.pct);
-            if l <= bound {
-                best = Some(p);
-                continue;
+        let Some(i) = pts.iter().rposition(|p| p.latency(slo.pct) <= bound) else {
+            return 0.0;
+        };
+        let b = pts[i];
+        match pts.get(i + 1) {
+            None => b.tokens_per_s,
+            Some(p) => {
+                let (lb, l) = (b.latency(slo.pct), p.latency(slo.pct));
+                let f = if l > lb { (bound - lb) / (l - lb) } else { 0.0 };
+                b.tokens_per_s + f * (p.tokens_per_s - b.tokens_per_s)
             }
-            return match best {
-                None => 0.0,
-                Some(b) => {
-                    let lb = b.latency(slo.pct);
-                    let f = if l > lb { (bound - lb) / (l - lb) } else { 0.0 };
-                    b.tokens_per_s + f * (p.tokens_per_s - b.tokens_per_s)
-                }
-            };
         }
-        best.map_or(0.0, |b| b.tokens_per_s)
     }
 
     /// The highest load calibrated (the rate with no latency objective).
@@ -258,6 +255,10 @@ mod tests {
         assert!((m.rate_at(p95(10_000)) - 100_000.0).abs() < 1e-6);
         // Stricter than the lightest load: nothing.
         assert_eq!(m.rate_at(p95(50)), 0.0);
+        // A spike at a light load does not cut the curve short.
+        let mut spiky = m.clone();
+        spiky.points[0].p95_us = 5000.0;
+        assert!((spiky.rate_at(p95(400)) - 75_000.0).abs() < 1e-6);
         // p99 uses its own column.
         let r = m.rate_at(Slo {
             pct: Pct::P99,
