@@ -50,8 +50,10 @@ pub struct CalibrateArgs {
     /// Bytes of the device to address from offset 0 (default: all).
     #[arg(long)]
     pub range: Option<u64>,
-    /// Do not write the range before measuring (a flash device reads
-    /// unwritten pages without touching the media).
+    /// Do not write the range before measuring (by default it is written
+    /// once in order, then overwritten once at random: a flash device reads
+    /// unwritten pages without touching the media, and its writes cost
+    /// their steady-state garbage collection only once it is full).
     #[arg(long)]
     pub no_prefill: bool,
     /// Where to write the model (JSON); stdout without it.
@@ -341,6 +343,21 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
             }
         }
         d.drain()?;
+        // Then overwrite it once at random: a flash device reaches the
+        // steady state of its garbage collection (SNIA's preconditioning),
+        // where writes cost what they will cost in service.
+        eprintln!("precondition: overwriting the range once at random");
+        let mut n = 0;
+        while n < units {
+            let now = d.now();
+            let off = d.offset();
+            if d.submit(IoKind::Write, off, now)? {
+                n += 1;
+            } else {
+                d.reap(None)?;
+            }
+        }
+        d.drain()?;
         // Let the device settle (garbage collection, erases) first.
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -386,9 +403,11 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
         iops_at_slo: t,
     }];
     let mut costs = Vec::new();
+    let mut fallback = Vec::new();
     // Without an SLO-based rate for a mix (even its lightest load broke
-    // the SLO: a noisy machine), the cost comes from the saturation
-    // throughputs instead (the highest load each mix sustained).
+    // the SLO), the cost comes from the saturation throughputs instead
+    // (the highest load each mix sustained), used only when no mix gave
+    // an SLO-based one.
     let t_sat = sustained(&sweeps[0].1);
     for (mix, steps) in &sweeps[1..] {
         let r = rate_at(steps, a.slo);
@@ -400,18 +419,28 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
         if w <= 0.0 {
             continue;
         }
-        let (tt, rr) = if r > 0.0 {
-            (t, r)
-        } else {
-            eprintln!("mix {mix}: no load met the SLO; write cost from saturation throughputs");
-            (t_sat, sustained(steps))
-        };
+        if r > 0.0 {
+            costs.push(((t / r - (1.0 - w)) / w).clamp(1.0, 1000.0));
+            continue;
+        }
+        let rr = sustained(steps);
         if rr > 0.0 {
-            costs.push(((tt / rr - (1.0 - w)) / w).clamp(1.0, 1000.0));
+            let c = ((t_sat / rr - (1.0 - w)) / w).clamp(1.0, 1000.0);
+            eprintln!(
+                "mix {mix}: no load met the SLO; from saturation throughputs a write costs {c:.2}"
+            );
+            fallback.push(c);
         }
     }
+    if costs.is_empty() {
+        costs = fallback;
+    }
     costs.sort_by(f64::total_cmp);
-    let write_cost = costs.get(costs.len() / 2).copied().unwrap_or(1.0);
+    let write_cost = match costs.len() {
+        0 => 1.0,
+        n if n % 2 == 1 => costs[n / 2],
+        n => (costs[n / 2 - 1] + costs[n / 2]) / 2.0,
+    };
     let model = DeviceModel {
         backend: a.backend.clone(),
         write_cost,
