@@ -9,10 +9,15 @@ use leapio_nvme::{IoOpcode, Status};
 use leapio_tests::driver::PAGE;
 use leapio_tests::server::TestServer;
 use leapio_tests::Driver;
+use leapio_transports::{open_backend, BackendSpec, Completion, IoKind, IoRequest};
 use serde_json::json;
+use socp::tcp_target::{TcpTarget, TcpTargetSpec};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The scheduler is one per process: the tests take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 const MEM: u64 = 32 << 20;
 /// Slow programs (2 ms) on 4 dies: a writer at QD32 keeps every die busy.
@@ -98,6 +103,9 @@ fn paced_reads(d: &mut Driver, rate: f64, secs: f64) -> Vec<Duration> {
 
 #[test]
 fn a_flooding_tenant_does_not_break_the_other_tenants_slo() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
     let media = format!("flash:{}?{FLASH}", dir.path().join("dev.flash").display());
     let srv = TestServer::start(
@@ -241,4 +249,99 @@ fn a_flooding_tenant_does_not_break_the_other_tenants_slo() {
     let (c, _) = lc.read_blocks(1, 1, 0, 4096, 4096).unwrap();
     assert_eq!(c.status_field(), Status::SUCCESS);
     drop(srv);
+}
+
+#[test]
+fn nvme_tcp_hosts_are_tenants_too() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    const NQN: &str = "nqn.2026-11.io.leapio:qos";
+    const HOST: &str = "nqn.2026-11.io.leapio:host-be";
+    let dir = tempfile::tempdir().unwrap();
+    // A device that carries 2000 tokens/s: 4 KiB reads at 2000 IOPS.
+    let model = dir.path().join("dev.json");
+    let m = json!({"write_cost": 4.0, "points": [{"tokens_per_s": 2000.0, "p95_us": 100.0, "p99_us": 200.0}]});
+    std::fs::write(&model, m.to_string()).unwrap();
+    rpc("qos_device", json!({"path": model.to_str().unwrap()})).unwrap();
+    rpc(
+        "qos_tenant_add",
+        json!({"spec": format!("name=be,hostnqn={HOST},class=be")}),
+    )
+    .unwrap();
+    let spec: TcpTargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns=ram:16M")
+        .parse()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let target = TcpTarget::start(0, &spec, 1, stop.clone()).unwrap();
+    let port = target.local_addr.port();
+    let host: BackendSpec = format!("nvme-tcp:127.0.0.1:{port}/{NQN}?hostnqn={HOST}")
+        .parse()
+        .unwrap();
+    let b = open_backend(&host).unwrap();
+    let mut q = b.open_queue(64).unwrap();
+    // 1200 reads of 4 KiB at QD32 (1200 tokens): the scheduler lets ~2000
+    // tokens/s through, so this takes about half a second, not a few ms.
+    let mut bufs = vec![vec![0u8; 4096]; 32];
+    let total = 1200u64;
+    let (mut sent, mut done) = (0u64, 0u64);
+    let mut out: Vec<Completion> = Vec::new();
+    let t0 = Instant::now();
+    while done < total {
+        while sent < total && sent - done < 32 {
+            let buf = &mut bufs[usize::try_from(sent % 32).unwrap()];
+            let iov = [libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: 4096,
+            }];
+            let req = IoRequest {
+                tag: sent,
+                kind: IoKind::Read,
+                offset: (sent % 4096) * 4096,
+                len: 4096,
+                iov: &iov,
+            };
+            // SAFETY: the buffers outlive their requests (all are waited for).
+            match unsafe { q.submit(&req) } {
+                Ok(()) => sent += 1,
+                Err(_) => break,
+            }
+        }
+        q.kick().unwrap();
+        out.clear();
+        q.poll(&mut out);
+        for c in &out {
+            assert!(c.result.is_ok(), "read {} failed", c.tag);
+            done += 1;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "reads did not complete"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let took = t0.elapsed();
+    let st = rpc("qos_stats", json!({})).unwrap();
+    let be = st["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "be")
+        .cloned()
+        .unwrap();
+    eprintln!("1200 reads took {took:?}; stats {be}");
+    // Every read completed (held, never dropped), charged to the host's
+    // tenant, many of them throttled; a loose bound on the time.
+    assert_eq!(be["ios"].as_u64().unwrap(), total, "{be}");
+    assert!(be["throttled_cmds"].as_u64().unwrap() > 0, "{be}");
+    assert!(
+        (be["tokens_used"].as_f64().unwrap() - 1200.0).abs() < 1e-6,
+        "{be}"
+    );
+    assert!(took > Duration::from_millis(300), "took {took:?}");
+    drop(q);
+    drop(b);
+    rpc("qos_device", json!({"off": true})).unwrap();
+    stop.store(true, Ordering::Release);
+    target.join();
 }

@@ -3,6 +3,9 @@
 //! counted from its due time, so a saturated device is charged for the
 //! I/Os it made wait) at rising rates, for several read/write mixes:
 //!
+//! - latencies are those of the reads (as in ReFlex: the SLO is about the
+//!   reads of latency-critical tenants; writes are acknowledged from the
+//!   device's buffers, and their own latency is best effort's business);
 //! - the read-only sweep is the curve (tokens per second = read IOPS,
 //!   with p95 and p99 at each load);
 //! - for a mix with write fraction w, the IOPS it sustains at the SLO, R_w,
@@ -124,6 +127,8 @@ struct Driver {
     bufs: Buffers,
     free: Vec<usize>,
     due: Vec<u64>,
+    /// Per slot: a read (whose latency the SLO is about).
+    read: Vec<bool>,
     units: u64,
     rng: Rng,
     done: Vec<Completion>,
@@ -153,6 +158,7 @@ impl Driver {
         match unsafe { self.q.submit(&req) } {
             Ok(()) => {
                 self.due[slot] = due;
+                self.read[slot] = kind == IoKind::Read;
                 Ok(true)
             }
             Err(leapio_transports::SubmitError::Full) => {
@@ -176,7 +182,7 @@ impl Driver {
                 return Err(format!("I/O failed: {e}"));
             }
             let slot = usize::try_from(c.tag).unwrap_or(0);
-            if let Some(l) = lat.as_deref_mut() {
+            if let Some(l) = lat.as_deref_mut().filter(|_| self.read[slot]) {
                 l.push(now.saturating_sub(self.due[slot]));
             }
             self.free.push(slot);
@@ -325,6 +331,7 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
         bufs: Buffers::new(n),
         free: (0..n).collect(),
         due: vec![0; n],
+        read: vec![false; n],
         units,
         rng: Rng(0x9e37_79b9_7f4a_7c15),
         done: Vec::with_capacity(n),
@@ -365,14 +372,14 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
     for &mix in &a.mixes {
         let mix = mix.min(100);
         eprintln!("mix {mix}:{} read:write", 100 - mix);
-        eprintln!("  offered IOPS  achieved IOPS   p95 us   p99 us");
+        eprintln!("  offered IOPS  achieved IOPS   read p95 us  read p99 us");
         let mut steps = Vec::new();
         let mut rate = a.start_iops.max(10.0);
         let mut over = 0;
         for _ in 0..a.max_steps {
             let s = d.step(rate, mix, a.step_seconds)?;
             eprintln!(
-                "  {:>12.0}  {:>13.0} {:>8.1} {:>8.1}",
+                "  {:>12.0}  {:>13.0} {:>13.1} {:>12.1}",
                 s.offered, s.achieved, s.p95_us, s.p99_us
             );
             steps.push(s);
