@@ -68,7 +68,7 @@ start_socp() { # $1: off|on, $2: LC IOPS
     local qos=()
     if [ "$1" = on ]; then
         qos=(--qos "device=$TMP/dev.json"
-             --tenant "name=lc,ctrl=lc,class=lc,slo=$SLO,iops=$2,rw=100:0"
+             --tenant "name=lc,ctrl=lc,class=lc,slo=$SLO,iops=$(( $2 * 11 / 10 )),rw=100:0"
              --tenant "name=be,ctrl=be,class=be")
     fi
     rm -f "$TMP/lc.sock" "$TMP/be.sock" "$TMP/ctl.sock"
@@ -181,7 +181,8 @@ Each cell is {secs} s measured after {warmup} s of warm-up, socp restarted for e
 **{wcost:.2f}** tokens (a read 1). *Leftover* is that rate minus the LC tenant's tokens (its IOPS:
 reads cost 1); *BE tokens/s* are BE reads + BE writes x the write cost; *BE share of leftover* is
 their ratio (above 100% without QoS: BE takes capacity the SLO needed). With QoS the tenants are
-`--tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=<LC target>,rw=100:0 --tenant name=be,ctrl=be,class=be`.
+`--tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=<LC target x 1.1>,rw=100:0 --tenant name=be,ctrl=be,class=be`
+(10% of headroom: a tenant paced at exactly its reservation keeps whatever backlog a hiccup gives it).
 
 {table}
 
@@ -193,7 +194,7 @@ leftover.
 ```
 {cal_cmd}
 socp --pollers 1 --poller-cpus 0 --control ctl.sock --ctrl 'name=lc,sock=lc.sock,ns=flash:...' --ctrl 'name=be,sock=be.sock,ns=flash:...' \\
-     [--qos device=MODEL --tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=LC_IOPS,rw=100:0 --tenant name=be,ctrl=be,class=be]
+     [--qos device=MODEL --tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=LC_IOPS*1.1,rw=100:0 --tenant name=be,ctrl=be,class=be]
 {lc_cmd}
 {be_cmd}
 leapioctl -s ctl.sock qos-stats

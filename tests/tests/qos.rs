@@ -20,22 +20,28 @@ use std::time::{Duration, Instant};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const MEM: u64 = 32 << 20;
-/// Slow programs (2 ms) on 4 dies: a writer at QD32 keeps every die busy.
-const FLASH: &str = "channels=2&dies=2&blocks=64&pages=32&read=200&prog=2000&erase=5000";
+/// A slow device, so that its own latencies dominate the scheduling noise
+/// of a shared machine: 4 dies, reads 1 ms, programs 10 ms. A writer at
+/// QD32 keeps every die busy for tens of milliseconds ahead.
+const FLASH: &str = "channels=2&dies=2&blocks=64&pages=32&read=1000&prog=10000&erase=20000&op=1";
 /// Blocks the LC tenant reads (written first, so reads touch the media).
-const LC_BLOCKS: u64 = 512;
+const LC_BLOCKS: u64 = 128;
+/// The LC tenant: reads per second, and its SLO (p95).
+const LC_RATE: f64 = 200.0;
+const SLO_MS: u64 = 20;
 
-/// A device model for FLASH, written by hand (4 dies x 200 us reads:
-/// 20k reads/s at most; writes 10x).
+/// A device model for FLASH, written by hand and conservative (4 dies x
+/// 1 ms reads: 4000 reads/s at most, but 10 ms programs, and garbage
+/// collection copying pages: a write costs 30 reads at steady state).
 fn write_model(path: &std::path::Path) {
     let m = json!({
         "backend": "test flash",
-        "write_cost": 10.0,
+        "write_cost": 30.0,
         "points": [
-            {"tokens_per_s": 2000.0, "p95_us": 400.0, "p99_us": 600.0},
-            {"tokens_per_s": 8000.0, "p95_us": 1500.0, "p99_us": 2500.0},
-            {"tokens_per_s": 14000.0, "p95_us": 4000.0, "p99_us": 8000.0},
-            {"tokens_per_s": 19000.0, "p95_us": 40000.0, "p99_us": 60000.0}
+            {"tokens_per_s": 200.0, "p95_us": 2000.0, "p99_us": 3000.0},
+            {"tokens_per_s": 400.0, "p95_us": 7500.0, "p99_us": 12500.0},
+            {"tokens_per_s": 600.0, "p95_us": 20000.0, "p99_us": 40000.0},
+            {"tokens_per_s": 3800.0, "p95_us": 200000.0, "p99_us": 300000.0}
         ]
     });
     std::fs::write(path, m.to_string()).unwrap();
@@ -45,6 +51,13 @@ fn rpc(method: &str, params: serde_json::Value) -> Result<serde_json::Value, Str
     socp::qos::global()
         .handle(method, &params)
         .expect("a QoS method")
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
 }
 
 /// Reads of 4 KiB at `rate` per second for `secs` over the first
@@ -63,10 +76,7 @@ fn paced_reads(d: &mut Driver, rate: f64, secs: f64) -> Vec<Duration> {
         let over = now.duration_since(start).as_secs_f64() >= secs;
         if !over && due <= now {
             if let Some(slot) = free.pop() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let lba = seed % LC_BLOCKS;
+                let lba = xorshift(&mut seed) % LC_BLOCKS;
                 let sqe = d.rw_sqe(
                     IoOpcode::READ,
                     1,
@@ -95,10 +105,52 @@ fn paced_reads(d: &mut Driver, rate: f64, secs: f64) -> Vec<Duration> {
                 free.push(i);
             }
             None if over && free.len() == 64 => break,
-            None => std::thread::sleep(Duration::from_micros(20)),
+            None => std::thread::sleep(Duration::from_micros(50)),
         }
     }
+    lat.sort();
     lat
+}
+
+/// 4 KiB random writes at QD32 past the LC blocks, as fast as they
+/// complete, until `stop`; returns the driver and the writes done.
+fn flood(mut be: Driver, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Driver, u64)> {
+    std::thread::spawn(move || {
+        let buf = be.mem.alloc(PAGE * 32, PAGE);
+        let mut seed = 99u64;
+        let (mut inflight, mut done) = (0usize, 0u64);
+        while !stop.load(Ordering::Relaxed) || inflight > 0 {
+            while inflight < 32 && !stop.load(Ordering::Relaxed) {
+                let lba = LC_BLOCKS + xorshift(&mut seed) % 1500;
+                let slot = (usize::try_from(done % 32).unwrap_or(0) + inflight) % 32;
+                let sqe = be.rw_sqe(
+                    IoOpcode::WRITE,
+                    1,
+                    lba,
+                    1,
+                    buf + slot as u64 * PAGE,
+                    PAGE,
+                    slot,
+                );
+                be.push(1, sqe);
+                inflight += 1;
+            }
+            be.ring(1);
+            match be.poll(1) {
+                Some(c) => {
+                    assert_eq!(c.status_field(), Status::SUCCESS, "BE write failed");
+                    inflight -= 1;
+                    done += 1;
+                }
+                None => std::thread::sleep(Duration::from_micros(100)),
+            }
+        }
+        (be, done)
+    })
+}
+
+fn p95(lat: &[Duration]) -> Duration {
+    lat[lat.len() * 95 / 100]
 }
 
 #[test]
@@ -106,7 +158,12 @@ fn a_flooding_tenant_does_not_break_the_other_tenants_slo() {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = tempfile::tempdir().unwrap();
+    // On tmpfs where there is one: the flash backend's fdatasync (garbage
+    // collection waits for one) then costs what the model says, not what
+    // this machine's disk does.
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let media = format!("flash:{}?{FLASH}", dir.path().join("dev.flash").display());
     let srv = TestServer::start(
         &[
@@ -135,93 +192,53 @@ fn a_flooding_tenant_does_not_break_the_other_tenants_slo() {
         assert_eq!(c.status_field(), Status::SUCCESS);
     }
 
-    // QoS on at run time: the device model, then the tenants.
+    // Without QoS: the flood fills the dies' queues with 10 ms programs.
+    rpc("qos_device", json!({"off": true})).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let f = flood(be, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let without = paced_reads(&mut lc, LC_RATE, 2.0);
+    stop.store(true, Ordering::Relaxed);
+    let (be, be_without) = f.join().unwrap();
+
+    // QoS on at run time: the device model, then the tenants. Buckets
+    // 200 ms deep: the test threads share two busy cores with the
+    // runtime, so the reader sends in bursts after each wait for a CPU.
     let model = dir.path().join("dev.json");
     write_model(&model);
-    rpc("qos_device", json!({"path": model.to_str().unwrap()})).unwrap();
-    // Refused: at p95 1.5 ms the device carries 8000 tokens/s (7600
-    // reservable); 1000 IOPS at 50:50 with writes at 10 needs 5500, fine;
-    // 2000 IOPS needs 11000.
-    let e = rpc(
-        "qos_tenant_add",
-        json!({"spec": "name=lc,ctrl=lc,class=lc,slo=p95:1500us,iops=2000,rw=50:50"}),
-    )
-    .unwrap_err();
-    assert!(e.contains("needs 11000 tokens/s"), "{e}");
-    assert!(e.contains("carries 8000 tokens/s at p95 1500us"), "{e}");
-    // Admitted: 1000 reads/s under p95 4 ms (14000 tokens/s at that SLO).
     rpc(
-        "qos_tenant_add",
-        json!({"spec": "name=lc,ctrl=lc,class=lc,slo=p95:4ms,iops=1000"}),
+        "qos_device",
+        json!({"path": model.to_str().unwrap(), "burst_us": 200_000}),
     )
     .unwrap();
+    // Refused: at p95 7.5 ms the device carries 400 tokens/s (380
+    // reservable); 30 IOPS at 50:50 with writes at 30 needs 465.
+    let e = rpc(
+        "qos_tenant_add",
+        json!({"spec": "name=lc,ctrl=lc,class=lc,slo=p95:7500us,iops=30,rw=50:50"}),
+    )
+    .unwrap_err();
+    assert!(e.contains("needs 465 tokens/s"), "{e}");
+    assert!(e.contains("carries 400 tokens/s at p95 7500us"), "{e}");
+    // Admitted: 200 reads/s under p95 20 ms (600 tokens/s at that SLO),
+    // with 10% of headroom (a tenant paced at exactly its reservation
+    // would keep any backlog a hiccup gave it).
+    let lc_spec = format!("name=lc,ctrl=lc,class=lc,slo=p95:{SLO_MS}ms,iops=220");
+    rpc("qos_tenant_add", json!({ "spec": lc_spec })).unwrap();
     rpc(
         "qos_tenant_add",
         json!({"spec": "name=be,ctrl=be,class=be"}),
     )
     .unwrap();
-
-    // The flood: 4 KiB random writes at QD32, as fast as they complete.
+    // Let the dies drain what the unscheduled flood queued.
+    std::thread::sleep(Duration::from_millis(500));
     let stop = Arc::new(AtomicBool::new(false));
-    let flood = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let buf = be.mem.alloc(PAGE * 32, PAGE);
-            let blocks = 5000u64;
-            let mut seed = 99u64;
-            let mut inflight = 0;
-            let mut done = 0u64;
-            let next = |s: &mut u64| {
-                *s ^= *s << 13;
-                *s ^= *s >> 7;
-                *s ^= *s << 17;
-                LC_BLOCKS + *s % blocks
-            };
-            while !stop.load(Ordering::Relaxed) || inflight > 0 {
-                while inflight < 32 && !stop.load(Ordering::Relaxed) {
-                    let lba = next(&mut seed);
-                    let slot = usize::try_from(done % 32).unwrap_or(0) + inflight;
-                    let slot = slot % 32;
-                    let sqe = be.rw_sqe(
-                        IoOpcode::WRITE,
-                        1,
-                        lba,
-                        1,
-                        buf + slot as u64 * PAGE,
-                        PAGE,
-                        slot,
-                    );
-                    be.push(1, sqe);
-                    inflight += 1;
-                }
-                be.ring(1);
-                match be.poll(1) {
-                    Some(c) => {
-                        assert_eq!(c.status_field(), Status::SUCCESS, "BE write failed");
-                        inflight -= 1;
-                        done += 1;
-                    }
-                    None => std::thread::sleep(Duration::from_micros(50)),
-                }
-            }
-            done
-        })
-    };
+    let f = flood(be, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
-    let mut lat = paced_reads(&mut lc, 1000.0, 3.0);
+    let with = paced_reads(&mut lc, LC_RATE, 3.0);
     stop.store(true, Ordering::Relaxed);
-    let be_done = flood.join().unwrap();
+    let (_be, be_with) = f.join().unwrap();
 
-    lat.sort();
-    assert!(lat.len() >= 2400, "LC got {} of ~3000 reads", lat.len());
-    let p95 = lat[lat.len() * 95 / 100];
-    // The SLO is 4 ms; a loose bound for a shared machine.
-    assert!(
-        p95 < Duration::from_millis(25),
-        "LC p95 {p95:?} beside the flood"
-    );
-    // BE was throttled, not starved.
-    assert!(be_done > 100, "BE completed only {be_done} writes");
     let st = rpc("qos_stats", json!({})).unwrap();
     let tenant = |n: &str| {
         st["tenants"]
@@ -233,14 +250,33 @@ fn a_flooding_tenant_does_not_break_the_other_tenants_slo() {
             .unwrap()
     };
     let (l, b) = (tenant("lc"), tenant("be"));
-    assert!(l["ios"].as_u64().unwrap() >= 2400, "{st}");
-    assert!(b["ios"].as_u64().unwrap() >= be_done.min(100), "{st}");
-    assert!(b["throttled_cmds"].as_u64().unwrap() > 0, "{st}");
-    assert!(b["tokens_used"].as_f64().unwrap() >= 10.0 * 100.0, "{st}");
     eprintln!(
-        "LC p95 {p95:?} ({} reads); BE {be_done} writes; stats {st}",
-        lat.len()
+        "LC p95 without QoS {:?} ({} reads, BE {be_without} writes); with QoS {:?} ({} reads, BE {be_with} writes); lc {l}; be {b}",
+        p95(&without),
+        without.len(),
+        p95(&with),
+        with.len()
     );
+    assert!(with.len() >= 500, "LC got {} of ~600 reads", with.len());
+    // Loose bounds (a shared machine): the scheduler's own view (from
+    // taking the command to its completion) within 3x the SLO, and the
+    // reader's better than without QoS.
+    let in_socp = l["lat_p95_us"].as_f64().unwrap();
+    assert!(
+        in_socp < 3.0 * 1000.0 * SLO_MS as f64,
+        "LC p95 {in_socp} us in socp"
+    );
+    assert!(
+        p95(&with) < p95(&without),
+        "LC p95 with QoS {:?}, without {:?}",
+        p95(&with),
+        p95(&without)
+    );
+    // BE was throttled, not starved.
+    assert!(be_with > 10, "BE completed only {be_with} writes");
+    assert!(b["throttled_cmds"].as_u64().unwrap() > 0, "{b}");
+    assert!(b["tokens_used"].as_f64().unwrap() >= 30.0 * 10.0, "{b}");
+    assert!(l["ios"].as_u64().unwrap() >= 500, "{l}");
 
     // Reconfigured while running: the LC tenant removed, then QoS off.
     rpc("qos_tenant_remove", json!({"name": "lc"})).unwrap();
@@ -259,6 +295,8 @@ fn nvme_tcp_hosts_are_tenants_too() {
     const NQN: &str = "nqn.2026-11.io.leapio:qos";
     const HOST: &str = "nqn.2026-11.io.leapio:host-be";
     let dir = tempfile::tempdir().unwrap();
+    // Whatever another test left: QoS starts afresh.
+    rpc("qos_device", json!({"off": true})).unwrap();
     // A device that carries 2000 tokens/s: 4 KiB reads at 2000 IOPS.
     let model = dir.path().join("dev.json");
     let m = json!({"write_cost": 4.0, "points": [{"tokens_per_s": 2000.0, "p95_us": 100.0, "p99_us": 200.0}]});
