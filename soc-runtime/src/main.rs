@@ -122,7 +122,7 @@ struct Args {
     /// FILE is a device model made by socp-calibrate (the cost of a 4 KiB
     /// write in tokens, a 4 KiB read costing 1, and the tokens per second
     /// the device carries at each latency). be-floor: share of the rate
-    /// that latency-critical reservations may not take (default 5);
+    /// that latency-critical reservations may not take (1-99, default 5);
     /// burst-us: bucket depth, in microseconds of a tenant's rate (1000).
     #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
     qos: Option<QosSpec>,

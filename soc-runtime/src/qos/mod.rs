@@ -200,7 +200,8 @@ impl Qos {
                     .get("be_floor")
                     .and_then(Value::as_u64)
                     .and_then(|v| u32::try_from(v).ok())
-                    .unwrap_or(5);
+                    .unwrap_or(5)
+                    .clamp(1, 99);
                 let burst = params
                     .get("burst_us")
                     .and_then(Value::as_u64)

@@ -98,7 +98,7 @@ impl Sched {
     pub fn new(model: DeviceModel, be_floor_pct: u32, burst_us: u64, now_ns: u64) -> Sched {
         let mut s = Sched {
             model,
-            be_floor: f64::from(be_floor_pct.min(99)) / 100.0,
+            be_floor: f64::from(be_floor_pct.clamp(1, 99)) / 100.0,
             burst_us,
             tenants: Vec::new(),
             be_pool: 0.0,

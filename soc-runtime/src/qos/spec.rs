@@ -214,8 +214,10 @@ impl FromStr for QosSpec {
                         .trim_end_matches('%')
                         .parse()
                         .ok()
-                        .filter(|p| *p < 100)
-                        .ok_or_else(|| format!("--qos '{s}': be-floor must be 0..99 (%)"))?
+                        .filter(|p| (1..100).contains(p))
+                        .ok_or_else(|| {
+                            format!("--qos '{s}': be-floor must be 1..99 (%): best effort must never starve")
+                        })?
                 }
                 "burst-us" => {
                     burst_us = v
@@ -309,5 +311,6 @@ mod tests {
         assert_eq!((q.be_floor_pct, q.burst_us), (5, 1000));
         assert!("be-floor=5".parse::<QosSpec>().is_err());
         assert!("device=x,be-floor=100".parse::<QosSpec>().is_err());
+        assert!("device=x,be-floor=0".parse::<QosSpec>().is_err());
     }
 }
