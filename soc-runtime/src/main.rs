@@ -117,13 +117,15 @@ struct Args {
     control: Option<PathBuf>,
 
     /// QoS (ReFlex-style cost-based tokens) in front of the backends:
-    /// device=FILE[,be-floor=PCT][,burst-us=N]
+    /// device=FILE[,be-floor=PCT][,burst-us=N][,lc-burst-us=N]
     ///
     /// FILE is a device model made by socp-calibrate (the cost of a 4 KiB
     /// write in tokens, a 4 KiB read costing 1, and the tokens per second
     /// the device carries at each latency). be-floor: share of the rate
     /// that latency-critical reservations may not take (1-99, default 5);
-    /// burst-us: bucket depth, in microseconds of a tenant's rate (1000).
+    /// burst-us: bucket depth of best-effort tenants, in microseconds of
+    /// their rate (1000); lc-burst-us: that of latency-critical tenants
+    /// (50000: a host's own jitter sends bursts).
     #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
     qos: Option<QosSpec>,
 

@@ -95,6 +95,7 @@ impl Qos {
     pub fn configure(&self, spec: &QosSpec, tenants: &[TenantSpec]) -> Result<(), String> {
         let model = DeviceModel::load(&spec.device)?;
         let mut s = Sched::new(model, spec.be_floor_pct, spec.burst_us, now_ns());
+        s.lc_burst_us = spec.lc_burst_us;
         for t in tenants {
             s.add(t.clone(), now_ns())?;
         }
@@ -173,7 +174,7 @@ impl Qos {
         Ok(json!({"removed": name}))
     }
 
-    /// `{"path": FILE[, "be_floor": PCT, "burst_us": N]}`: load (or
+    /// `{"path": FILE[, "be_floor": PCT, "burst_us": N, "lc_burst_us": N]}`: load (or
     /// replace) the device model; `{"off": true}` turns QoS off.
     fn device(&self, params: &Value) -> Result<Value, String> {
         if params.get("off").and_then(Value::as_bool) == Some(true) {
@@ -206,7 +207,10 @@ impl Qos {
                     .get("burst_us")
                     .and_then(Value::as_u64)
                     .unwrap_or(1000);
-                let s = Sched::new(model, floor, burst, now_ns());
+                let mut s = Sched::new(model, floor, burst, now_ns());
+                if let Some(b) = params.get("lc_burst_us").and_then(Value::as_u64) {
+                    s.lc_burst_us = b.clamp(10, 10_000_000);
+                }
                 self.changed(&s);
                 *g = Some(s);
                 self.active.store(true, Ordering::Release);

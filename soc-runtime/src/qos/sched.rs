@@ -5,9 +5,12 @@
 //!   model carries at the strictest SLO of the LC tenants (the model's
 //!   highest calibrated rate when there are none).
 //! - Each LC tenant's bucket fills at its reservation (IOPS x the cost of
-//!   its read/write mix) up to `burst_us` worth; what overflows a full
-//!   bucket is handed to best effort (an LC tenant below its reservation
-//!   leaves its share to others).
+//!   its read/write mix) up to `lc_burst_us` worth (50 ms by default: a
+//!   host's own jitter sends its commands in bursts, which must not cost it
+//!   its SLO); what overflows a full bucket is handed to best effort (an LC
+//!   tenant below its reservation leaves its share to others). BE buckets
+//!   and the pool hold `burst_us` worth (1 ms): best effort must not
+//!   burst onto the device.
 //! - Best effort gets the operating rate minus the reservations, plus
 //!   that overflow, split between the *backlogged* BE tenants (those
 //!   refused tokens in the last [`BACKLOG_NS`]) in proportion to their
@@ -34,6 +37,8 @@ use std::sync::Arc;
 pub const BACKLOG_NS: u64 = 2_000_000;
 /// Smallest bucket, in tokens (a 128 KiB write at cost 10 is 320).
 const MIN_BURST: f64 = 64.0;
+/// Default bucket depth of LC tenants (microseconds of their rate).
+pub const DEFAULT_LC_BURST_US: u64 = 50_000;
 /// The implicit tenant of unmatched I/O.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -87,6 +92,8 @@ pub struct Sched {
     pub model: DeviceModel,
     pub be_floor: f64,
     pub burst_us: u64,
+    /// Bucket depth of LC tenants, in microseconds of their rate.
+    pub lc_burst_us: u64,
     pub tenants: Vec<Tenant>,
     /// BE tokens no backlogged tenant took.
     pub be_pool: f64,
@@ -100,6 +107,7 @@ impl Sched {
             model,
             be_floor: f64::from(be_floor_pct.clamp(1, 99)) / 100.0,
             burst_us,
+            lc_burst_us: DEFAULT_LC_BURST_US,
             tenants: Vec::new(),
             be_pool: 0.0,
             last_ns: now_ns,
@@ -166,10 +174,11 @@ impl Sched {
     fn rebalance(&mut self) {
         let wc = self.model.write_cost;
         let burst_s = f64::from(u32::try_from(self.burst_us).unwrap_or(u32::MAX)) / 1e6;
+        let lc_burst_s = f64::from(u32::try_from(self.lc_burst_us).unwrap_or(u32::MAX)) / 1e6;
         for t in &mut self.tenants {
             if let Class::Lc { iops, read_pct, .. } = t.spec.class {
                 t.rate = reservation(iops, read_pct, wc);
-                t.burst = (t.rate * burst_s).max(MIN_BURST);
+                t.burst = (t.rate * lc_burst_s).max(MIN_BURST);
             }
         }
         let be = self.be_rate() * burst_s;
@@ -503,6 +512,8 @@ mod tests {
     #[test]
     fn lc_unused_reservation_goes_to_be_and_busy_lc_gets_its_rate() {
         let mut s = Sched::new(model(), 5, 1000, 0);
+        // A 1 ms LC bucket: the overflow starts at once.
+        s.lc_burst_us = 1000;
         let lc = s
             .add(spec("name=lc,ctrl=lc,class=lc,slo=p95:500us,iops=40000"), 0)
             .unwrap();

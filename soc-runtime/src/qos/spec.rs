@@ -186,15 +186,17 @@ impl FromStr for TenantSpec {
     }
 }
 
-/// `--qos device=FILE[,be-floor=PCT][,burst-us=N]`.
+/// `--qos device=FILE[,be-floor=PCT][,burst-us=N][,lc-burst-us=N]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QosSpec {
     pub device: PathBuf,
     /// Share of the device's rate that LC reservations may not take (so
     /// that best effort never starves), in percent.
     pub be_floor_pct: u32,
-    /// Bucket depth in microseconds of a tenant's rate.
+    /// Bucket depth of BE tenants in microseconds of their rate.
     pub burst_us: u64,
+    /// Bucket depth of LC tenants in microseconds of their rate.
+    pub lc_burst_us: u64,
 }
 
 impl FromStr for QosSpec {
@@ -203,6 +205,7 @@ impl FromStr for QosSpec {
         let mut device = None;
         let mut be_floor_pct = 5;
         let mut burst_us = 1000;
+        let mut lc_burst_us = super::sched::DEFAULT_LC_BURST_US;
         for kv in s.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = kv
                 .split_once('=')
@@ -226,9 +229,18 @@ impl FromStr for QosSpec {
                         .filter(|b| (10..=1_000_000).contains(b))
                         .ok_or_else(|| format!("--qos '{s}': burst-us must be 10..1000000"))?
                 }
+                "lc-burst-us" => {
+                    lc_burst_us = v
+                        .parse()
+                        .ok()
+                        .filter(|b| (10..=10_000_000).contains(b))
+                        .ok_or_else(|| {
+                            format!("--qos '{s}': lc-burst-us must be 10..10000000")
+                        })?
+                }
                 _ => {
                     return Err(format!(
-                        "--qos '{s}': unknown key {k} (device, be-floor, burst-us)"
+                        "--qos '{s}': unknown key {k} (device, be-floor, burst-us, lc-burst-us)"
                     ))
                 }
             }
@@ -237,6 +249,7 @@ impl FromStr for QosSpec {
             device: device.ok_or_else(|| format!("--qos '{s}': device=FILE is required"))?,
             be_floor_pct,
             burst_us,
+            lc_burst_us,
         })
     }
 }
@@ -309,6 +322,9 @@ mod tests {
         assert_eq!((q.be_floor_pct, q.burst_us), (10, 500));
         let q: QosSpec = "device=x".parse().unwrap();
         assert_eq!((q.be_floor_pct, q.burst_us), (5, 1000));
+        assert_eq!(q.lc_burst_us, 50_000);
+        let q: QosSpec = "device=x,lc-burst-us=2000".parse().unwrap();
+        assert_eq!(q.lc_burst_us, 2000);
         assert!("be-floor=5".parse::<QosSpec>().is_err());
         assert!("device=x,be-floor=100".parse::<QosSpec>().is_err());
         assert!("device=x,be-floor=0".parse::<QosSpec>().is_err());
