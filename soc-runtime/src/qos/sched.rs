@@ -162,7 +162,7 @@ impl Sched {
 
     /// Sum of the LC reservations.
     pub fn reserved(&self) -> f64 {
-        self.tenants.iter().map(|t| t.rate).sum()
+        self.tenants.iter().map(|t| t.rate).sum::<f64>().max(0.0)
     }
 
     /// Tokens per second best effort gets (before LC overflow).
@@ -229,7 +229,8 @@ impl Sched {
                 .unwrap_or(slo);
             let carry = self.model.rate_at(strictest);
             let cap = carry * (1.0 - self.be_floor);
-            let taken: f64 = others.iter().map(|t| t.rate).sum();
+            // max(0.0): an empty float sum is -0.0, printed "-0".
+            let taken = others.iter().map(|t| t.rate).sum::<f64>().max(0.0);
             if taken + need > cap {
                 let names: Vec<&str> = others.iter().map(|t| t.spec.name.as_str()).collect();
                 let at = if strictest == slo {
@@ -578,6 +579,7 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.contains("needs 110000 tokens/s"), "{e}");
+        assert!(e.contains(", 0 already reserved"), "{e}");
         assert!(e.contains("20000 IOPS at 50:50 read:write"), "{e}");
         // An SLO tighter than the device ever gives.
         let e = s
