@@ -162,7 +162,7 @@ impl Sched {
 
     /// Sum of the LC reservations.
     pub fn reserved(&self) -> f64 {
-        self.tenants.iter().map(|t| t.rate).sum::<f64>().max(0.0)
+        self.tenants.iter().map(|t| t.rate).sum::<f64>().abs()
     }
 
     /// Tokens per second best effort gets (before LC overflow).
@@ -229,8 +229,8 @@ impl Sched {
                 .unwrap_or(slo);
             let carry = self.model.rate_at(strictest);
             let cap = carry * (1.0 - self.be_floor);
-            // max(0.0): an empty float sum is -0.0, printed "-0".
-            let taken = others.iter().map(|t| t.rate).sum::<f64>().max(0.0);
+            // abs(): an empty float sum is -0.0, printed "-0" (rates are >= 0).
+            let taken = others.iter().map(|t| t.rate).sum::<f64>().abs();
             if taken + need > cap {
                 let names: Vec<&str> = others.iter().map(|t| t.spec.name.as_str()).collect();
                 let at = if strictest == slo {
