@@ -529,6 +529,7 @@ impl Poller {
                 true
             }
         });
+        self.qos_forget(base);
         for (idx, cmd) in conn.cmds.drain(..).enumerate() {
             let Some(cmd) = cmd else {
                 continue;

@@ -53,4 +53,12 @@ impl Poller {
             );
         }
     }
+
+    /// A connection (tags `base | index`) closed: forget its commands'
+    /// statistics (those still held or in the backend complete as orphans).
+    pub(super) fn qos_forget(&mut self, base: u64) {
+        if !self.qos_lat.is_empty() {
+            self.qos_lat.retain(|tag, _| tag & !0xffff != base);
+        }
+    }
 }
