@@ -12,6 +12,8 @@
 //! - [`ctrl`]: a controller as the runtime sees it.
 //! - [`runtime`]: poller threads and the hand-off of queues to them.
 //! - [`poller`]: the data path.
+//! - [`qos`]: the QoS scheduler (ReFlex-style cost-based tokens) in front of
+//!   the backends.
 //! - [`io`]: NVM command validation and translation into backend requests.
 //! - [`namespaces`]: opening backends.
 //! - [`pci_function`]: the link function as seen from an SoC (sysfs).
@@ -28,6 +30,7 @@ pub mod link_client;
 pub mod namespaces;
 pub mod pci_function;
 pub mod poller;
+pub mod qos;
 pub mod runtime;
 pub mod tcp_target;
 pub mod transport;

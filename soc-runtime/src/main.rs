@@ -9,6 +9,7 @@ use socp::embedded::Embedded;
 use socp::error_chain;
 use socp::link_client::LinkClient;
 use socp::pci_function::{self, PciFunction};
+use socp::qos::spec::{QosSpec, TenantSpec};
 use socp::runtime::Runtime;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
 use socp::transport::{Transport, Windows};
@@ -41,6 +42,9 @@ use std::time::{Duration, Instant};
 ///   -device '{"driver":"vfio-user-pci","socket":{"path":"/run/leapio/vm0.sock","type":"unix"}}'
 ///
 /// or cloud-hypervisor: --memory shared=on --user-device socket=/run/leapio/vm0.sock
+///
+/// `socp calibrate BACKEND --slo p95:500us --out FILE` measures a backend's
+/// device model for --qos (`socp calibrate --help`).
 #[derive(Parser, Debug)]
 #[command(name = "socp", version, verbatim_doc_comment)]
 struct Args {
@@ -112,6 +116,31 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 
+    /// QoS (ReFlex-style cost-based tokens) in front of the backends:
+    /// device=FILE[,be-floor=PCT][,burst-us=N][,lc-burst-us=N]
+    ///
+    /// FILE is a device model made by socp-calibrate (the cost of a 4 KiB
+    /// write in tokens, a 4 KiB read costing 1, and the tokens per second
+    /// the device carries at each latency). be-floor: share of the rate
+    /// that latency-critical reservations may not take (1-99, default 5);
+    /// burst-us: bucket depth of best-effort tenants, in microseconds of
+    /// their rate (1000); lc-burst-us: that of latency-critical tenants
+    /// (50000: a host's own jitter sends bursts).
+    #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
+    qos: Option<QosSpec>,
+
+    /// A QoS tenant (needs --qos):
+    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=lc,slo=p95:500us|p99:1ms,iops=N[,rw=READ:WRITE]
+    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=be[,weight=N]
+    ///
+    /// Latency-critical tenants reserve IOPS at a read/write mix (default
+    /// 100:0) under a tail-latency SLO and are refused (socp does not
+    /// start) when the device cannot carry them; best-effort tenants share
+    /// what is left by weight. I/O of no tenant is best effort (tenant
+    /// "default"). Changed at run time with leapioctl qos-add / qos-remove.
+    #[arg(long = "tenant", value_name = "SPEC", verbatim_doc_comment)]
+    tenants: Vec<TenantSpec>,
+
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -152,6 +181,19 @@ impl FromStr for LinkAddr {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("calibrate") {
+        leapio_host_driver::init_logging("warn");
+        return match socp::qos::calibrate::main(argv.into_iter().skip(1)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                if !e.is_empty() {
+                    eprintln!("socp calibrate: {e}");
+                }
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     leapio_host_driver::init_logging(&args.log_level);
     match run(args) {
@@ -167,6 +209,9 @@ fn main() -> ExitCode {
 fn check_specs(args: &Args) -> Result<(), String> {
     if args.ctrls.is_empty() && args.tcp_targets.is_empty() && args.control.is_none() {
         return Err("nothing to serve: give --ctrl, --tcp-target or --control (see --help)".into());
+    }
+    if !args.tenants.is_empty() && args.qos.is_none() {
+        return Err("--tenant needs --qos device=FILE".into());
     }
     for c in &args.ctrls {
         match (&args.link, &c.sock, &c.name) {
@@ -203,6 +248,12 @@ fn run(args: Args) -> Result<(), String> {
     }
     if args.test_hang_deletes {
         crash::arm_hang_deletes();
+    }
+    if let Some(q) = &args.qos {
+        socp::qos::global()
+            .configure(q, &args.tenants)
+            .map_err(|e| format!("--qos: {e}"))?;
+        tracing::info!(tenants = args.tenants.len(), "QoS on");
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -253,7 +304,13 @@ fn start_control(
     stop: &Arc<AtomicBool>,
 ) -> Result<(), String> {
     if let Some(path) = &args.control {
-        control::serve(path, ctrls.handler(), stop.clone())
+        let inner = ctrls.handler();
+        let handler: control::Handler = Arc::new(move |method, params| {
+            socp::qos::global()
+                .handle(method, params)
+                .unwrap_or_else(|| inner(method, params))
+        });
+        control::serve(path, handler, stop.clone())
             .map_err(|e| format!("control socket {}: {e}", path.display()))?;
         tracing::info!(path = %path.display(), "control socket");
     }

@@ -5,7 +5,37 @@ use leapio_nvme::controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_transports::{
     open_backend, open_backend_unclaimed, Backend, BackendSpec, TransportError,
 };
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+/// Backends open in this process, by spec: the same spec given to several
+/// controllers (or targets) names one device, shared (a namespace attached
+/// to several controllers), as QoS tenants on one device need.
+static OPEN: Mutex<Option<HashMap<String, Weak<dyn Backend>>>> = Mutex::new(None);
+
+/// Open `spec`, or share the backend this process already has open for it.
+fn open_shared(
+    spec: &BackendSpec,
+    open: fn(&BackendSpec) -> Result<Arc<dyn Backend>, TransportError>,
+) -> Result<Arc<dyn Backend>, TransportError> {
+    let key = spec.to_string();
+    let mut g = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+    let map = g.get_or_insert_with(HashMap::new);
+    map.retain(|_, w| w.strong_count() > 0);
+    // RAM namespaces are private memory: each spec is a new disk.
+    let shareable = !matches!(spec, BackendSpec::Ram { .. });
+    if shareable {
+        if let Some(b) = map.get(&key).and_then(Weak::upgrade) {
+            tracing::info!("{key}: shared with the controllers already serving it");
+            return Ok(b);
+        }
+    }
+    let b = open(spec)?;
+    if shareable {
+        map.insert(key, Arc::downgrade(&b));
+    }
+    Ok(b)
+}
 
 /// A front end's namespaces: their backends and how they are presented,
 /// both in NSID order.
@@ -23,7 +53,7 @@ pub fn open_namespaces(
     let mut namespaces = Vec::new();
     for (i, ns) in specs.iter().enumerate() {
         let nsid = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let b = open_backend(ns).map_err(|e| (nsid, e))?;
+        let b = open_shared(ns, open_backend).map_err(|e| (nsid, e))?;
         tracing::info!(owner, nsid, "namespace {nsid}: {}", b.describe());
         namespaces.push(info(nsid, b.as_ref(), serial));
         backends.push(b);
@@ -73,7 +103,7 @@ pub fn open_served(
         } else {
             open_backend_unclaimed
         };
-        let backend = open(spec).map_err(|e| (nsid, e))?;
+        let backend = open_shared(spec, open).map_err(|e| (nsid, e))?;
         tracing::info!(ctrl, nsid, "namespace {nsid}: {}", backend.describe());
         let info = info(nsid, backend.as_ref(), ctrl);
         out.push(Arc::new(Namespace { info, backend }));

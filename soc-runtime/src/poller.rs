@@ -14,6 +14,7 @@
 use crate::crash::{self, Point};
 use crate::ctrl::CtrlCtx;
 use crate::io::{self, Op, Plan};
+use crate::qos::{self, Held, TenantRef};
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::Snapshot;
 use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
@@ -121,6 +122,9 @@ struct CtrlState {
     /// use; `ns_gen` is the namespace table generation they follow.
     nsq: Vec<Option<Box<dyn BackendQueue>>>,
     ns_gen: u64,
+    /// QoS tenants by namespace index, for configuration `qos_gen`.
+    qos_tenants: Vec<Option<TenantRef>>,
+    qos_gen: u64,
 }
 
 impl CtrlState {
@@ -161,6 +165,8 @@ struct Slot {
     /// Generation of the snapshot whose memory the request points into
     /// (kept mapped by its controller's `snap_users` / `retired` count).
     snap_gen: u64,
+    /// With QoS: the tenant's statistics and when the command was fetched.
+    qos: Option<(Arc<qos::stats::TenantStats>, u64)>,
 }
 
 /// Prepared backend operations that found their queue full.
@@ -179,6 +185,9 @@ pub struct Poller {
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     deferred: VecDeque<Deferred>,
+    /// Commands waiting for their QoS tenant's tokens.
+    held: Held<Deferred>,
+    released: Vec<Deferred>,
     iov: Vec<libc::iovec>,
     done: Vec<Completion>,
     /// A queue was deleted: look for controllers without queues.
@@ -200,6 +209,8 @@ impl Poller {
             slots: Vec::new(),
             free: Vec::new(),
             deferred: VecDeque::new(),
+            held: Held::default(),
+            released: Vec::new(),
             iov: Vec::with_capacity(64),
             done: Vec::with_capacity(256),
             gc_pending: false,
@@ -224,6 +235,9 @@ impl Poller {
             } else {
                 false
             };
+            if !self.held.is_empty() {
+                work |= self.release_held();
+            }
             for c in 0..self.ctrls.len() {
                 work |= self.poll_ctrl(c);
             }
@@ -351,6 +365,8 @@ impl Poller {
             cqs: Vec::new(),
             nsq: Vec::new(),
             ns_gen: u64::MAX,
+            qos_tenants: Vec::new(),
+            qos_gen: u64::MAX,
         });
         self.ctrls.len() - 1
     }
@@ -731,6 +747,7 @@ impl Poller {
             dw0: 0,
             block_size: 512,
             snap_gen,
+            qos: None,
         });
         let table = self.ctrls[c].ctx.namespaces.load();
         let Some(ns) = table.get(nsid) else {
@@ -771,6 +788,11 @@ impl Poller {
                     s.remaining = 1;
                     s.bytes = op.len;
                 }
+                if let Some(q) = qos::get() {
+                    if !self.qos_admit(q, c, nsid, slot, ns_index, op) {
+                        return;
+                    }
+                }
                 let iov = std::mem::take(&mut self.iov);
                 self.submit(slot, ns_index, op, &iov);
                 self.iov = iov;
@@ -784,6 +806,69 @@ impl Poller {
                 }
             }
         }
+    }
+
+    /// QoS: charge the command in `slot` to its tenant. False when it is
+    /// held back for lack of tokens (its iovecs, in `self.iov`, go with it).
+    fn qos_admit(
+        &mut self,
+        q: &qos::Qos,
+        c: usize,
+        nsid: u32,
+        slot: usize,
+        ns: usize,
+        op: Op,
+    ) -> bool {
+        let ctrl = &mut self.ctrls[c];
+        let gen = q.generation();
+        if ctrl.qos_gen != gen {
+            ctrl.qos_gen = gen;
+            ctrl.qos_tenants.clear();
+        }
+        if ctrl.qos_tenants.len() <= ns {
+            ctrl.qos_tenants.resize_with(ns + 1, || None);
+        }
+        if ctrl.qos_tenants[ns].is_none() {
+            let key = qos::spec::Key::Ctrl {
+                name: &ctrl.ctx.name,
+                nsid,
+            };
+            ctrl.qos_tenants[ns] = q.resolve(&key);
+        }
+        let Some(tenant) = ctrl.qos_tenants[ns].clone() else {
+            return true;
+        };
+        if let Some(s) = self.slots[slot].as_mut() {
+            s.qos = Some((tenant.stats.clone(), qos::now_ns()));
+        }
+        let cost = qos::sched::cost(op.kind, op.len, q.write_cost());
+        if self.held.try_start(q, &tenant, cost) {
+            return true;
+        }
+        self.held.hold(
+            &tenant,
+            cost,
+            Deferred {
+                slot,
+                ns,
+                op,
+                iov: self.iov.clone(),
+            },
+        );
+        false
+    }
+
+    /// Submit the held commands whose tenants have tokens again (all of
+    /// them if QoS was turned off).
+    fn release_held(&mut self) -> bool {
+        let mut out = std::mem::take(&mut self.released);
+        self.held.release(qos::get(), &mut out);
+        let any = !out.is_empty();
+        for d in out.drain(..) {
+            self.submit(d.slot, d.ns, d.op, &d.iov);
+        }
+        self.released = out;
+        any
     }
 
     /// Make sure this poller has a backend queue for namespace index `ns`
@@ -961,6 +1046,14 @@ impl Poller {
             return;
         };
         self.free.push(slot);
+        if let Some((st, t0)) = &s.qos {
+            st.completed(
+                s.opcode == IoOpcode::READ,
+                s.opcode == IoOpcode::WRITE,
+                s.bytes,
+                qos::now_ns().saturating_sub(*t0),
+            );
+        }
         let ctrl = &mut self.ctrls[s.ctrl];
         ctrl.release_snapshot(s.snap_gen);
         let ctx = &ctrl.ctx;
@@ -1071,6 +1164,12 @@ impl Poller {
     /// Stop: wait for everything in flight and post its completions.
     fn shutdown(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Held commands run now, whatever the tokens.
+        let mut out = std::mem::take(&mut self.released);
+        self.held.drain(&mut out);
+        for d in out.drain(..) {
+            self.submit(d.slot, d.ns, d.op, &d.iov);
+        }
         while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
             let _ = self.retry_deferred();
             for c in 0..self.ctrls.len() {

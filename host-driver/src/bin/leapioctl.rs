@@ -15,6 +15,10 @@ use std::process::ExitCode;
 ///   leapioctl -s /run/leapio/socp-ctl.sock ns-remove vm1 2
 ///   leapioctl -s /run/leapio/hostd-ctl.sock ctrl-remove vm1
 ///   leapioctl -s /run/leapio/hostd-ctl.sock status
+///   leapioctl -s /run/leapio/socp-ctl.sock qos-stats
+///   leapioctl -s /run/leapio/socp-ctl.sock qos-add name=db,ctrl=vm1,class=lc,slo=p95:500us,iops=20000,rw=90:10
+///   leapioctl -s /run/leapio/socp-ctl.sock qos-remove db
+///   leapioctl -s /run/leapio/socp-ctl.sock qos-device /etc/leapio/flash0.json   (or off)
 ///   leapioctl -s PATH call METHOD '{"json":"params"}'
 #[derive(Parser, Debug)]
 #[command(name = "leapioctl", version, verbatim_doc_comment)]
@@ -23,7 +27,8 @@ struct Args {
     #[arg(short, long, value_name = "PATH")]
     sock: PathBuf,
     /// ctrl-add SPEC | ctrl-remove NAME | ns-add CTRL BACKEND | ns-remove
-    /// CTRL NSID | status | call METHOD [JSON]
+    /// CTRL NSID | status | qos-stats | qos-add TENANT | qos-remove NAME |
+    /// qos-device FILE|off | call METHOD [JSON]
     #[arg(required = true, num_args = 1..)]
     command: Vec<String>,
 }
@@ -51,6 +56,13 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
             )
         }
         "status" => ("status".into(), json!({})),
+        "qos-stats" => ("qos_stats".into(), json!({})),
+        "qos-add" => ("qos_tenant_add".into(), json!({ "spec": arg(1, "SPEC")? })),
+        "qos-remove" => ("qos_tenant_remove".into(), json!({ "name": arg(1, "NAME")? })),
+        "qos-device" => match arg(1, "FILE")?.as_str() {
+            "off" => ("qos_device".into(), json!({ "off": true })),
+            f => ("qos_device".into(), json!({ "path": f })),
+        },
         "call" => {
             let params = match cmd.get(2) {
                 Some(p) => serde_json::from_str(p).map_err(|e| format!("call: params: {e}"))?,
@@ -60,7 +72,7 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
         }
         other => {
             return Err(format!(
-                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, call)"
+                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, qos-stats, qos-add, qos-remove, qos-device, call)"
             ))
         }
     })

@@ -649,13 +649,16 @@ impl Poller {
         let n = u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
         cmd.stage = Stage::Backend { remaining: n };
         let tag = self.tag(slot, idx);
+        let host = conn.bind.as_ref().map(|b| b.ctrl.hostnqn.as_str());
+        let nsid = cmd.sqe.nsid.get();
         for op in std::iter::once(first).chain(rest) {
-            self.pending.push_back(PendingOp {
+            let p = PendingOp {
                 tag,
                 ns,
                 op,
                 iov: if op.kind.has_data() { iov } else { None },
-            });
+            };
+            self.qos_queue(host, nsid, p);
         }
         self.submit_pending();
     }

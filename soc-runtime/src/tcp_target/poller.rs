@@ -96,7 +96,19 @@ pub(super) struct Poller {
     /// When the last pass found work (busy polling lasts
     /// `Limits::busy_poll` after it).
     last_work: Instant,
+    /// QoS: operations waiting for their tenant's tokens, and the
+    /// statistics of commands in flight (see `qos_hook`).
+    pub(super) qos_held: crate::qos::Held<PendingOp>,
+    pub(super) qos_lat: HashMap<u64, QosInFlight>,
 }
+
+/// A command's tenant statistics, start time, kind and length.
+pub(super) type QosInFlight = (
+    Arc<crate::qos::stats::TenantStats>,
+    u64,
+    leapio_transports::IoKind,
+    u64,
+);
 
 impl Poller {
     pub fn new(
@@ -126,6 +138,8 @@ impl Poller {
             accept_paused_until: None,
             tx_peak: 0,
             last_work: Instant::now(),
+            qos_held: crate::qos::Held::default(),
+            qos_lat: HashMap::new(),
         })
     }
 
@@ -148,6 +162,7 @@ impl Poller {
         let mut events = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Acquire) {
             let busy = !self.pending.is_empty()
+                || !self.qos_held.is_empty()
                 || self.nsq.iter().any(|q| q.in_flight() > 0)
                 || self
                     .conns
@@ -190,6 +205,7 @@ impl Poller {
                     self.readable(slot);
                 }
             }
+            self.qos_release();
             self.submit_pending();
             for q in &mut self.nsq {
                 if let Err(e) = q.kick() {
@@ -385,6 +401,7 @@ impl Poller {
     }
 
     fn complete_tag(&mut self, tag: u64, outcome: OpOutcome) {
+        self.qos_done(tag);
         let (slot, gen, idx) = Self::untag(tag);
         let live =
             self.gens.get(slot) == Some(&gen) && matches!(self.conns.get(slot), Some(Some(_)));
@@ -541,6 +558,7 @@ impl Poller {
                 true
             }
         });
+        self.qos_forget(base);
         for (idx, cmd) in conn.cmds.drain(..).enumerate() {
             let Some(cmd) = cmd else {
                 continue;

@@ -174,6 +174,7 @@ fn params(cfg: &Config, lba_size: u32) -> Result<Params, PerfError> {
         warmup_ns: cfg.warmup_ns,
         time_ns: cfg.time_ns,
         rate: cfg.rate,
+        idle_sleep_ns: cfg.idle_sleep_ns,
         verify: cfg.verify,
         seed: cfg.seed,
     })

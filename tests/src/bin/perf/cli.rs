@@ -117,6 +117,13 @@ pub struct Args {
     #[arg(long, value_name = "IOPS")]
     pub rate: Option<f64>,
 
+    /// With --rate: when no completion arrived and the next I/O is not due
+    /// for this long, sleep this long instead of spinning (a paced tenant
+    /// on a machine with few cores; latencies are then seen up to about
+    /// this late). 0: always spin.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub idle_sleep_us: u64,
+
     /// Namespace to drive.
     #[arg(long, default_value_t = 1, value_name = "NSID")]
     pub nsid: u32,
@@ -252,6 +259,7 @@ pub struct Config {
     pub time_ns: u64,
     pub warmup_ns: u64,
     pub rate: Option<f64>,
+    pub idle_sleep_ns: u64,
     pub nsid: u32,
     pub wait_ns_ns: u64,
     pub range: Option<u64>,
@@ -367,6 +375,7 @@ impl Config {
             time_ns: seconds_ns("-t", a.time, 0.001)?,
             warmup_ns: seconds_ns("--warmup", a.warmup, 0.0)?,
             rate: a.rate,
+            idle_sleep_ns: a.idle_sleep_us.min(1_000_000) * 1000,
             nsid: a.nsid,
             wait_ns_ns: seconds_ns("--wait-ns", a.wait_ns, 0.0)?,
             range: a.range,

@@ -73,6 +73,8 @@ pub struct Params {
     pub warmup_ns: u64,
     pub time_ns: u64,
     pub rate: Option<f64>,
+    /// Open loop: sleep this long when idle (0: spin).
+    pub idle_sleep_ns: u64,
     pub verify: bool,
     pub seed: u64,
 }
@@ -382,10 +384,16 @@ pub fn run(
                 }
             }
             Some(pacer) => {
+                let mut reaped = 0;
                 for q in queues.iter_mut() {
-                    cx.reap(q, &clock, &mut t);
+                    reaped += cx.reap(q, &clock, &mut t);
                 }
                 let now = clock.now();
+                let sleep = cx.p.idle_sleep_ns;
+                if sleep > 0 && reaped == 0 && pacer.next_due_ns() > now + sleep {
+                    std::thread::sleep(std::time::Duration::from_nanos(sleep));
+                    continue;
+                }
                 if t.recording {
                     max_backlog = max_backlog.max(pacer.backlog(now));
                 }

@@ -1,0 +1,493 @@
+//! Quality of service in front of the backends: ReFlex's cost-based token
+//! scheduler (Klimovic et al., ASPLOS'17) for vfio-user controllers and
+//! NVMe/TCP hosts alike.
+//!
+//! - [`calibrate`]: `socp calibrate`, the device model from a backend's
+//!   latency-vs-load curve.
+//! - [`model`]: the device model (the cost of a write, tokens per second at
+//!   a latency SLO), made by `socp-calibrate`.
+//! - [`spec`]: `--qos` and `--tenant`.
+//! - [`sched`]: the token arithmetic and admission control.
+//! - [`stats`]: per-tenant statistics.
+//! - [`Held`]: the commands a poller holds back for lack of tokens, one
+//!   FIFO per tenant: queued, never dropped, and a throttled tenant does not
+//!   hold up another or the poller.
+//!
+//! One scheduler per process (the device the model describes); pollers
+//! reach it through [`get`] and do nothing extra while it is off.
+
+pub mod calibrate;
+pub mod model;
+pub mod sched;
+pub mod spec;
+pub mod stats;
+
+use model::DeviceModel;
+use sched::Sched;
+use serde_json::{json, Value};
+use spec::{Class, Key, QosSpec, TenantSpec};
+use stats::TenantStats;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
+
+/// Nanoseconds on a process-wide monotonic clock.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let e = EPOCH.get_or_init(Instant::now);
+    u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The process's scheduler.
+#[derive(Default)]
+pub struct Qos {
+    active: AtomicBool,
+    /// Changes whenever tenants or the model change (pollers' caches).
+    generation: AtomicU64,
+    /// The model's write cost, as f64 bits.
+    write_cost: AtomicU64,
+    sched: Mutex<Option<Sched>>,
+    /// Per tenant: the last stats read (time, ios) for the IOPS column.
+    last_read: Mutex<Vec<(u32, u64, u64)>>,
+}
+
+/// Which tenant a command belongs to (resolved once per configuration).
+#[derive(Clone)]
+pub struct TenantRef {
+    pub id: u32,
+    pub stats: Arc<TenantStats>,
+}
+
+static QOS: OnceLock<Qos> = OnceLock::new();
+
+/// The scheduler, when QoS is on.
+#[inline]
+pub fn get() -> Option<&'static Qos> {
+    QOS.get().filter(|q| q.active.load(Ordering::Relaxed))
+}
+
+/// The scheduler, on or off (for configuring it).
+pub fn global() -> &'static Qos {
+    QOS.get_or_init(Qos::default)
+}
+
+impl Qos {
+    fn lock(&self) -> MutexGuard<'_, Option<Sched>> {
+        self.sched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn write_cost(&self) -> f64 {
+        f64::from_bits(self.write_cost.load(Ordering::Relaxed))
+    }
+
+    fn changed(&self, s: &Sched) {
+        self.write_cost
+            .store(s.model.write_cost.to_bits(), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Turn QoS on with a device model and tenants (start-up).
+    pub fn configure(&self, spec: &QosSpec, tenants: &[TenantSpec]) -> Result<(), String> {
+        let model = DeviceModel::load(&spec.device)?;
+        let mut s = Sched::new(model, spec.be_floor_pct, spec.burst_us, now_ns());
+        s.lc_burst_us = spec.lc_burst_us;
+        for t in tenants {
+            s.add(t.clone(), now_ns())?;
+        }
+        self.install(s);
+        Ok(())
+    }
+
+    fn install(&self, s: Sched) {
+        let mut g = self.lock();
+        self.changed(&s);
+        *g = Some(s);
+        self.active.store(true, Ordering::Release);
+    }
+
+    /// The tenant of I/O `key`.
+    pub fn resolve(&self, key: &Key<'_>) -> Option<TenantRef> {
+        let g = self.lock();
+        let t = g.as_ref()?.lookup(key);
+        Some(TenantRef {
+            id: t.id,
+            stats: t.stats.clone(),
+        })
+    }
+
+    /// Take `cost` tokens for tenant `id` if it may start now.
+    pub fn try_acquire(&self, id: u32, cost: f64) -> bool {
+        let mut g = self.lock();
+        match g.as_mut() {
+            Some(s) => s.try_acquire(id, cost, now_ns()),
+            None => true,
+        }
+    }
+
+    /// The control socket's QoS methods; None for other methods.
+    pub fn handle(&self, method: &str, params: &Value) -> Option<Result<Value, String>> {
+        let r = match method {
+            "qos_stats" => {
+                Ok(self.stats(params.get("reset").and_then(Value::as_bool) == Some(true)))
+            }
+            "qos_tenant_add" => self.tenant_add(params),
+            "qos_tenant_remove" => self.tenant_remove(params),
+            "qos_device" => self.device(params),
+            _ => return None,
+        };
+        Some(r)
+    }
+
+    fn tenant_add(&self, params: &Value) -> Result<Value, String> {
+        let spec: TenantSpec = params
+            .get("spec")
+            .and_then(Value::as_str)
+            .ok_or("missing string parameter \"spec\"")?
+            .parse()?;
+        let mut g = self.lock();
+        let s = g
+            .as_mut()
+            .ok_or("QoS is off: load a device model first (qos_device, or socp --qos)")?;
+        s.add(spec.clone(), now_ns())?;
+        self.changed(s);
+        tracing::info!(tenant = %spec.name, "QoS tenant added or changed");
+        Ok(
+            json!({"tenant": spec.name, "operating_rate": s.operating_rate(), "reserved": s.reserved()}),
+        )
+    }
+
+    fn tenant_remove(&self, params: &Value) -> Result<Value, String> {
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("missing string parameter \"name\"")?;
+        let mut g = self.lock();
+        let s = g.as_mut().ok_or("QoS is off")?;
+        s.remove(name)?;
+        self.changed(s);
+        tracing::info!(tenant = name, "QoS tenant removed");
+        Ok(json!({"removed": name}))
+    }
+
+    /// `{"path": FILE[, "be_floor": PCT, "burst_us": N, "lc_burst_us": N]}`: load (or
+    /// replace) the device model; `{"off": true}` turns QoS off.
+    fn device(&self, params: &Value) -> Result<Value, String> {
+        if params.get("off").and_then(Value::as_bool) == Some(true) {
+            self.active.store(false, Ordering::Release);
+            let mut g = self.lock();
+            *g = None;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            tracing::info!("QoS off");
+            return Ok(json!({"qos": "off"}));
+        }
+        let path = params
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or("missing string parameter \"path\"")?;
+        let model = DeviceModel::load(std::path::Path::new(path))?;
+        let mut g = self.lock();
+        match g.as_mut() {
+            Some(s) => {
+                s.set_model(model, now_ns())?;
+                self.changed(s);
+            }
+            None => {
+                let floor = params
+                    .get("be_floor")
+                    .and_then(Value::as_u64)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(5)
+                    .clamp(1, 99);
+                let burst = params
+                    .get("burst_us")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1000);
+                let mut s = Sched::new(model, floor, burst, now_ns());
+                if let Some(b) = params.get("lc_burst_us").and_then(Value::as_u64) {
+                    s.lc_burst_us = b.clamp(10, 10_000_000);
+                }
+                self.changed(&s);
+                *g = Some(s);
+                self.active.store(true, Ordering::Release);
+            }
+        }
+        tracing::info!(path, "QoS device model loaded");
+        Ok(json!({"device": path}))
+    }
+
+    /// Per-tenant statistics (JSON), IOPS since the previous read.
+    pub fn stats(&self, reset: bool) -> Value {
+        let g = self.lock();
+        let Some(s) = g.as_ref() else {
+            return json!({"qos": "off"});
+        };
+        let now = now_ns();
+        let mut last = self
+            .last_read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tenants: Vec<Value> = s
+            .tenants
+            .iter()
+            .map(|t| {
+                let st = &t.stats;
+                let ios = st.ios.load(Ordering::Relaxed);
+                let (since, before) = last
+                    .iter()
+                    .find(|(id, _, _)| *id == t.id)
+                    .map_or((0, 0), |&(_, a, b)| (a, b));
+                let dt = now.saturating_sub(since).max(1);
+                let iops = (ios.saturating_sub(before)) as f64 * 1e9 / dt as f64;
+                let p = st.percentiles_us(&[0.5, 0.95, 0.99]);
+                if reset {
+                    st.reset_latency();
+                }
+                let class = match t.spec.class {
+                    Class::Lc {
+                        slo,
+                        iops,
+                        read_pct,
+                    } => json!({"class": "lc", "slo": slo.to_string(), "iops": iops, "read_pct": read_pct}),
+                    Class::Be { weight } => json!({"class": "be", "weight": weight}),
+                };
+                json!({
+                    "name": t.spec.name,
+                    "selector": if t.spec.name == sched::DEFAULT_TENANT { "(unmatched I/O)".to_string() } else { t.spec.selector.to_string() },
+                    "config": class,
+                    "reserved_tokens_per_s": t.rate,
+                    "balance": t.balance,
+                    "ios": ios,
+                    "reads": st.reads.load(Ordering::Relaxed),
+                    "writes": st.writes.load(Ordering::Relaxed),
+                    "bytes": st.bytes.load(Ordering::Relaxed),
+                    "iops": iops,
+                    "tokens_used": st.milli_tokens.load(Ordering::Relaxed) as f64 / 1000.0,
+                    "throttled_cmds": st.throttled.load(Ordering::Relaxed),
+                    "throttled_ms": st.throttled_ns.load(Ordering::Relaxed) as f64 / 1e6,
+                    "held_now": st.held.load(Ordering::Relaxed),
+                    "lat_p50_us": p[0],
+                    "lat_p95_us": p[1],
+                    "lat_p99_us": p[2],
+                })
+            })
+            .collect();
+        *last = s
+            .tenants
+            .iter()
+            .map(|t| (t.id, now, t.stats.ios.load(Ordering::Relaxed)))
+            .collect();
+        json!({
+            "device": s.model.backend,
+            "write_cost": s.model.write_cost,
+            "operating_rate": s.operating_rate(),
+            "reserved": s.reserved(),
+            "be_rate": s.be_rate(),
+            "tenants": tenants,
+        })
+    }
+}
+
+/// A command held back, with what it costs and since when.
+struct HeldCmd<T> {
+    item: T,
+    cost: f64,
+    since: u64,
+}
+
+struct HeldQueue<T> {
+    tenant: TenantRef,
+    cmds: VecDeque<HeldCmd<T>>,
+}
+
+/// A poller's commands waiting for tokens: one FIFO per tenant.
+pub struct Held<T> {
+    queues: Vec<HeldQueue<T>>,
+    count: usize,
+    /// Where the next release round starts (round robin).
+    next: usize,
+}
+
+impl<T> Default for Held<T> {
+    fn default() -> Self {
+        Held {
+            queues: Vec::new(),
+            count: 0,
+            next: 0,
+        }
+    }
+}
+
+impl<T> Held<T> {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// May a command of `tenant` costing `cost` start now? Yes (the
+    /// tokens are taken) when nothing of the tenant waits already and the
+    /// scheduler gives them; else the caller [`hold`](Self::hold)s it.
+    pub fn try_start(&mut self, q: &Qos, tenant: &TenantRef, cost: f64) -> bool {
+        let waiting = self.count > 0
+            && self
+                .queues
+                .iter()
+                .any(|h| h.tenant.id == tenant.id && !h.cmds.is_empty());
+        if !waiting && q.try_acquire(tenant.id, cost) {
+            tenant.stats.started(cost);
+            return true;
+        }
+        false
+    }
+
+    /// Queue a command behind the tenant's others.
+    pub fn hold(&mut self, tenant: &TenantRef, cost: f64, item: T) {
+        let i = match self.queues.iter().position(|h| h.tenant.id == tenant.id) {
+            Some(i) => i,
+            None => {
+                self.queues.push(HeldQueue {
+                    tenant: tenant.clone(),
+                    cmds: VecDeque::new(),
+                });
+                self.queues.len() - 1
+            }
+        };
+        self.queues[i].cmds.push_back(HeldCmd {
+            item,
+            cost,
+            since: now_ns(),
+        });
+        tenant.stats.held.fetch_add(1, Ordering::Relaxed);
+        self.count += 1;
+    }
+
+    /// [`try_start`](Self::try_start), else [`hold`](Self::hold): the item
+    /// back when it may start now.
+    pub fn admit(&mut self, q: &Qos, tenant: &TenantRef, cost: f64, item: T) -> Option<T> {
+        if self.try_start(q, tenant, cost) {
+            return Some(item);
+        }
+        self.hold(tenant, cost, item);
+        None
+    }
+
+    /// Move the commands whose tenants now have tokens to `out`, in each
+    /// tenant's order; tenants take turns at going first.
+    pub fn release(&mut self, q: Option<&Qos>, out: &mut Vec<T>) {
+        if self.count == 0 {
+            return;
+        }
+        let n = self.queues.len();
+        let now = now_ns();
+        for k in 0..n {
+            let h = &mut self.queues[(self.next + k) % n];
+            while let Some(front) = h.cmds.front() {
+                let ok = q.is_none_or(|q| q.try_acquire(h.tenant.id, front.cost));
+                if !ok {
+                    break;
+                }
+                let Some(c) = h.cmds.pop_front() else {
+                    break;
+                };
+                h.tenant.stats.started(c.cost);
+                h.tenant.stats.released(now.saturating_sub(c.since));
+                h.tenant.stats.held.fetch_sub(1, Ordering::Relaxed);
+                self.count -= 1;
+                out.push(c.item);
+            }
+        }
+        self.next = self.next.wrapping_add(1);
+        if self.count == 0 && self.queues.len() > 64 {
+            self.queues.clear();
+        }
+    }
+
+    /// Everything, whatever the tokens (shutdown, QoS turned off).
+    pub fn drain(&mut self, out: &mut Vec<T>) {
+        self.release(None, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_commands_keep_their_order_and_do_not_block_other_tenants() {
+        let q = Qos::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.json");
+        let m = DeviceModel {
+            backend: "t".into(),
+            write_cost: 10.0,
+            points: vec![model::Point {
+                tokens_per_s: 1_000_000.0,
+                p95_us: 100.0,
+                p99_us: 200.0,
+            }],
+            mixes: vec![],
+            calib_slo: None,
+        };
+        std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        let spec: QosSpec = format!("device={}", path.display()).parse().unwrap();
+        let tenants: Vec<TenantSpec> = vec![
+            "name=slow,ctrl=slow,class=lc,slo=p95:100us,iops=1"
+                .parse()
+                .unwrap(),
+            "name=fast,ctrl=fast,class=lc,slo=p95:100us,iops=900000"
+                .parse()
+                .unwrap(),
+        ];
+        q.configure(&spec, &tenants).unwrap();
+        let slow = q
+            .resolve(&Key::Ctrl {
+                name: "slow",
+                nsid: 1,
+            })
+            .unwrap();
+        let fast = q
+            .resolve(&Key::Ctrl {
+                name: "fast",
+                nsid: 1,
+            })
+            .unwrap();
+        let mut held: Held<u32> = Held::default();
+        // The slow tenant gets 1 token/s: after at most one command (its
+        // bucket may hold a fraction of a token), everything waits.
+        let mut passed_slow = Vec::new();
+        for i in 0..5 {
+            if let Some(i) = held.admit(&q, &slow, 100.0, i) {
+                passed_slow.push(i);
+            }
+        }
+        assert!(passed_slow.len() <= 1);
+        assert_eq!(held.len(), 5 - passed_slow.len());
+        // The fast tenant is not held up by the slow one's queue.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut passed = 0;
+        for i in 100..110 {
+            if held.admit(&q, &fast, 1.0, i).is_some() {
+                passed += 1;
+            }
+        }
+        assert!(passed > 0);
+        let mut out = Vec::new();
+        held.release(Some(&q), &mut out);
+        // At most one more slow one (a positive balance may go into debt).
+        assert!(out.iter().filter(|i| **i < 100).count() <= 1, "{out:?}");
+        held.drain(&mut out);
+        passed_slow.extend(out.iter().copied().filter(|i| *i < 100));
+        assert_eq!(passed_slow, vec![0, 1, 2, 3, 4]);
+        assert!(held.is_empty());
+        assert_eq!(slow.stats.held.load(Ordering::Relaxed), 0);
+        let st = q.stats(false);
+        assert_eq!(st["tenants"].as_array().unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,332 @@
+//! `--qos` and `--tenant` specifications.
+
+use super::model::Slo;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Who a tenant is: the I/O it covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Selector {
+    /// A vfio-user controller (by name), optionally one namespace of it.
+    Ctrl { name: String, nsid: Option<u32> },
+    /// An NVMe/TCP host (by host NQN), optionally one namespace.
+    Host { nqn: String, nsid: Option<u32> },
+}
+
+impl Selector {
+    /// Does I/O of controller or host `who` to namespace `nsid` belong here?
+    pub fn matches(&self, key: &Key<'_>) -> bool {
+        match (self, key) {
+            (Selector::Ctrl { name, nsid }, Key::Ctrl { name: n, nsid: i })
+            | (Selector::Host { nqn: name, nsid }, Key::Host { nqn: n, nsid: i }) => {
+                name == n && nsid.is_none_or(|x| x == *i)
+            }
+            _ => false,
+        }
+    }
+
+    /// Namespace-specific selectors win over whole-controller ones.
+    pub fn specific(&self) -> bool {
+        match self {
+            Selector::Ctrl { nsid, .. } | Selector::Host { nsid, .. } => nsid.is_some(),
+        }
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (k, v, nsid) = match self {
+            Selector::Ctrl { name, nsid } => ("ctrl", name, nsid),
+            Selector::Host { nqn, nsid } => ("hostnqn", nqn, nsid),
+        };
+        write!(f, "{k}={v}")?;
+        if let Some(n) = nsid {
+            write!(f, ",ns={n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The I/O a poller is about to run: whose it is.
+#[derive(Clone, Copy, Debug)]
+pub enum Key<'a> {
+    Ctrl { name: &'a str, nsid: u32 },
+    Host { nqn: &'a str, nsid: u32 },
+}
+
+/// Latency-critical or best-effort.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Class {
+    /// A tail-latency SLO and a reserved rate at a read/write mix.
+    Lc {
+        slo: Slo,
+        iops: u64,
+        /// Percentage of reads in the reserved mix.
+        read_pct: u32,
+    },
+    /// The rest of the device, shared with the other BE tenants in
+    /// proportion to `weight`.
+    Be { weight: u32 },
+}
+
+/// `name=NAME,ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=lc,slo=p95:500us,iops=N[,rw=R:W]`
+/// or `name=NAME,ctrl=...|hostnqn=...[,ns=NSID],class=be[,weight=N]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TenantSpec {
+    pub name: String,
+    pub selector: Selector,
+    pub class: Class,
+}
+
+impl FromStr for TenantSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TenantSpec, String> {
+        let mut name = None;
+        let mut ctrl = None;
+        let mut host = None;
+        let mut nsid = None;
+        let mut class = None;
+        let mut slo = None;
+        let mut iops = None;
+        let mut read_pct = None;
+        let mut weight = None;
+        for kv in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("tenant '{s}': '{kv}' is not key=value"))?;
+            let num = |what: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("tenant '{s}': {what} must be a number"))
+            };
+            match k {
+                "name" => name = Some(v.to_string()),
+                "ctrl" => ctrl = Some(v.to_string()),
+                "hostnqn" => host = Some(v.to_string()),
+                "ns" => {
+                    nsid = Some(
+                        u32::try_from(num("ns")?)
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| format!("tenant '{s}': ns must be an NSID"))?,
+                    )
+                }
+                "class" => class = Some(v.to_string()),
+                "slo" => slo = Some(v.parse::<Slo>().map_err(|e| format!("tenant '{s}': {e}"))?),
+                "iops" => iops = Some(num("iops")?),
+                "rw" => {
+                    let (r, w) = v
+                        .split_once(':')
+                        .and_then(|(r, w)| Some((r.parse::<u32>().ok()?, w.parse::<u32>().ok()?)))
+                        .filter(|(r, w)| r + w == 100)
+                        .ok_or_else(|| {
+                            format!("tenant '{s}': rw must be READ:WRITE percentages adding to 100 (e.g. 90:10)")
+                        })?;
+                    let _ = w;
+                    read_pct = Some(r);
+                }
+                "weight" => {
+                    weight = Some(
+                        u32::try_from(num("weight")?)
+                            .ok()
+                            .filter(|w| (1..=1000).contains(w))
+                            .ok_or_else(|| format!("tenant '{s}': weight must be 1..1000"))?,
+                    )
+                }
+                _ => {
+                    return Err(format!(
+                        "tenant '{s}': unknown key {k} (name, ctrl, hostnqn, ns, class, slo, iops, rw, weight)"
+                    ))
+                }
+            }
+        }
+        let selector = match (ctrl, host) {
+            (Some(name), None) => Selector::Ctrl { name, nsid },
+            (None, Some(nqn)) => Selector::Host { nqn, nsid },
+            _ => {
+                return Err(format!(
+                    "tenant '{s}': give exactly one of ctrl= and hostnqn="
+                ))
+            }
+        };
+        let name = name.unwrap_or_else(|| selector.to_string());
+        let class = match class.as_deref() {
+            Some("lc") => {
+                let slo = slo.ok_or_else(|| format!("tenant '{s}': class=lc needs slo="))?;
+                let iops = iops
+                    .filter(|i| *i > 0)
+                    .ok_or_else(|| format!("tenant '{s}': class=lc needs iops= (> 0)"))?;
+                if weight.is_some() {
+                    return Err(format!("tenant '{s}': weight= is for class=be"));
+                }
+                Class::Lc {
+                    slo,
+                    iops,
+                    read_pct: read_pct.unwrap_or(100),
+                }
+            }
+            Some("be") | None => {
+                if slo.is_some() || iops.is_some() || read_pct.is_some() {
+                    return Err(format!(
+                        "tenant '{s}': slo=, iops= and rw= are for class=lc"
+                    ));
+                }
+                Class::Be {
+                    weight: weight.unwrap_or(1),
+                }
+            }
+            Some(c) => return Err(format!("tenant '{s}': class must be lc or be, not {c}")),
+        };
+        Ok(TenantSpec {
+            name,
+            selector,
+            class,
+        })
+    }
+}
+
+/// `--qos device=FILE[,be-floor=PCT][,burst-us=N][,lc-burst-us=N]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QosSpec {
+    pub device: PathBuf,
+    /// Share of the device's rate that LC reservations may not take (so
+    /// that best effort never starves), in percent.
+    pub be_floor_pct: u32,
+    /// Bucket depth of BE tenants in microseconds of their rate.
+    pub burst_us: u64,
+    /// Bucket depth of LC tenants in microseconds of their rate.
+    pub lc_burst_us: u64,
+}
+
+impl FromStr for QosSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<QosSpec, String> {
+        let mut device = None;
+        let mut be_floor_pct = 5;
+        let mut burst_us = 1000;
+        let mut lc_burst_us = super::sched::DEFAULT_LC_BURST_US;
+        for kv in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--qos '{s}': '{kv}' is not key=value"))?;
+            match k {
+                "device" => device = Some(PathBuf::from(v)),
+                "be-floor" => {
+                    be_floor_pct = v
+                        .trim_end_matches('%')
+                        .parse()
+                        .ok()
+                        .filter(|p| (1..100).contains(p))
+                        .ok_or_else(|| {
+                            format!("--qos '{s}': be-floor must be 1..99 (%): best effort must never starve")
+                        })?
+                }
+                "burst-us" => {
+                    burst_us = v
+                        .parse()
+                        .ok()
+                        .filter(|b| (10..=1_000_000).contains(b))
+                        .ok_or_else(|| format!("--qos '{s}': burst-us must be 10..1000000"))?
+                }
+                "lc-burst-us" => {
+                    lc_burst_us = v
+                        .parse()
+                        .ok()
+                        .filter(|b| (10..=10_000_000).contains(b))
+                        .ok_or_else(|| {
+                            format!("--qos '{s}': lc-burst-us must be 10..10000000")
+                        })?
+                }
+                _ => {
+                    return Err(format!(
+                        "--qos '{s}': unknown key {k} (device, be-floor, burst-us, lc-burst-us)"
+                    ))
+                }
+            }
+        }
+        Ok(QosSpec {
+            device: device.ok_or_else(|| format!("--qos '{s}': device=FILE is required"))?,
+            be_floor_pct,
+            burst_us,
+            lc_burst_us,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qos::model::Pct;
+
+    #[test]
+    fn tenant_specs_parse() {
+        let t: TenantSpec = "name=db,ctrl=vm0,class=lc,slo=p95:500us,iops=20000,rw=90:10"
+            .parse()
+            .unwrap();
+        assert_eq!(t.name, "db");
+        assert_eq!(
+            t.selector,
+            Selector::Ctrl {
+                name: "vm0".into(),
+                nsid: None
+            }
+        );
+        assert_eq!(
+            t.class,
+            Class::Lc {
+                slo: Slo {
+                    pct: Pct::P95,
+                    us: 500
+                },
+                iops: 20000,
+                read_pct: 90
+            }
+        );
+        let t: TenantSpec = "hostnqn=nqn.x:h1,ns=2,class=be,weight=3".parse().unwrap();
+        assert_eq!(t.name, "hostnqn=nqn.x:h1,ns=2");
+        assert_eq!(t.class, Class::Be { weight: 3 });
+        assert!(t.selector.matches(&Key::Host {
+            nqn: "nqn.x:h1",
+            nsid: 2
+        }));
+        assert!(!t.selector.matches(&Key::Host {
+            nqn: "nqn.x:h1",
+            nsid: 1
+        }));
+        assert!(!t.selector.matches(&Key::Ctrl {
+            name: "nqn.x:h1",
+            nsid: 2
+        }));
+        for bad in [
+            "name=a,class=lc,slo=p95:1ms,iops=5",          // no selector
+            "ctrl=a,hostnqn=b",                            // two selectors
+            "ctrl=a,class=lc,iops=5",                      // no slo
+            "ctrl=a,class=lc,slo=p95:1ms",                 // no iops
+            "ctrl=a,class=lc,slo=p95:1ms,iops=5,rw=90:20", // not 100
+            "ctrl=a,class=be,iops=5",                      // lc keys on be
+            "ctrl=a,class=xx",
+            "ctrl=a,ns=0",
+            "ctrl=a,color=red",
+        ] {
+            assert!(bad.parse::<TenantSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn qos_spec_parses() {
+        let q: QosSpec = "device=/tmp/d.json,be-floor=10,burst-us=500"
+            .parse()
+            .unwrap();
+        assert_eq!(q.device, PathBuf::from("/tmp/d.json"));
+        assert_eq!((q.be_floor_pct, q.burst_us), (10, 500));
+        let q: QosSpec = "device=x".parse().unwrap();
+        assert_eq!((q.be_floor_pct, q.burst_us), (5, 1000));
+        assert_eq!(q.lc_burst_us, 50_000);
+        let q: QosSpec = "device=x,lc-burst-us=2000".parse().unwrap();
+        assert_eq!(q.lc_burst_us, 2000);
+        assert!("be-floor=5".parse::<QosSpec>().is_err());
+        assert!("device=x,be-floor=100".parse::<QosSpec>().is_err());
+        assert!("device=x,be-floor=0".parse::<QosSpec>().is_err());
+    }
+}
