@@ -482,17 +482,11 @@ mod tests {
         assert!(s.try_acquire(id, 1.0, 3000 * MS));
     }
 
-    #[test]
-    fn be_tenants_share_the_leftover_fairly_by_weight() {
-        let mut s = Sched::new(model(), 5, 1000, 0);
-        // Operating rate at p95 500us: 100k; LC reserves 40k: BE gets 60k.
-        s.add(spec("name=lc,ctrl=lc,class=lc,slo=p95:500us,iops=40000"), 0)
-            .unwrap();
-        let a = s.add(spec("name=a,ctrl=a,class=be"), 0).unwrap();
-        let b = s.add(spec("name=b,ctrl=b,class=be,weight=2"), 0).unwrap();
+    /// Tenants `a` and `b` both flood for one second, asking every 5 us;
+    /// the 4 KiB reads each got.
+    fn flood_both(s: &mut Sched, a: u32, b: u32) -> (u64, u64) {
         let (mut ga, mut gb) = (0u64, 0u64);
         let mut now = 0;
-        // Both flood for one second, asking every 5 us.
         while now < 1000 * MS {
             now += 5_000;
             while s.try_acquire(a, 1.0, now) {
@@ -502,6 +496,18 @@ mod tests {
                 gb += 1;
             }
         }
+        (ga, gb)
+    }
+
+    #[test]
+    fn be_tenants_share_the_leftover_fairly_by_weight() {
+        let mut s = Sched::new(model(), 5, 1000, 0);
+        // Operating rate at p95 500us: 100k; LC reserves 40k: BE gets 60k.
+        s.add(spec("name=lc,ctrl=lc,class=lc,slo=p95:500us,iops=40000"), 0)
+            .unwrap();
+        let a = s.add(spec("name=a,ctrl=a,class=be"), 0).unwrap();
+        let b = s.add(spec("name=b,ctrl=b,class=be,weight=2"), 0).unwrap();
+        let (ga, gb) = flood_both(&mut s, a, b);
         let total = ga + gb;
         // 60k tokens/s over 1 s (the LC tenant is idle: its 40k overflow
         // to BE too, so up to 100k).
@@ -682,17 +688,7 @@ mod tests {
             .add(spec("name=lc,ctrl=lc,class=lc,slo=p95:500us,iops=95000"), 0)
             .unwrap();
         let be = s.add(spec("name=be,ctrl=be,class=be"), 0).unwrap();
-        let (mut gl, mut gb) = (0u64, 0u64);
-        let mut now = 0;
-        while now < 1000 * MS {
-            now += 5_000;
-            while s.try_acquire(lc, 1.0, now) {
-                gl += 1;
-            }
-            while s.try_acquire(be, 1.0, now) {
-                gb += 1;
-            }
-        }
+        let (gl, gb) = flood_both(&mut s, lc, be);
         assert!(gl >= 94_000, "lc {gl}");
         assert!((4_500..=5_500).contains(&gb), "be {gb}");
         let _ = Pct::P95;

@@ -22,13 +22,18 @@ use crate::{
 };
 
 /// A completion filed under the time it is due.
-struct Timed {
-    due: u64,
-    nr: u64,
-    tag: u64,
-    result: Result<(), IoError>,
+/// A completion filed under the time it is due (shared with the zoned
+/// backend's queue).
+pub(super) struct Timed {
+    pub due: u64,
+    /// Order among completions due at the same time.
+    pub nr: u64,
+    pub tag: u64,
+    pub result: Result<(), IoError>,
+    /// The completion's value (a Zone Append's LBA).
+    pub value: u64,
     /// Sync ticket a FUA write also waits for.
-    ticket: Option<u64>,
+    pub ticket: Option<u64>,
 }
 
 impl PartialEq for Timed {
@@ -108,6 +113,7 @@ impl FlashQueue {
             nr: self.nr,
             tag,
             result,
+            value: 0,
             ticket,
         }));
     }
@@ -172,6 +178,7 @@ impl FlashQueue {
             nr: self.nr,
             tag: w.tag,
             result,
+            value: 0,
             ticket,
         })
     }

@@ -22,7 +22,7 @@
 //! zeroes. Timing, durability (the flusher thread, a volatile write cache)
 //! and the media file are the flash backend's.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::fs::File;
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::nand::{Media, MediaError, NandGeometry, NandMedia, PageKind, PageMeta, Timing};
-use super::queue::{gather, scatter};
+use super::queue::{gather, scatter, Timed};
 use super::spec::FlashSpec;
 use super::sync::Flusher;
 use super::zones::{Effect, Zones};
@@ -510,34 +510,6 @@ impl Backend for ZnsBackend {
                 })
             })
             .collect()
-    }
-}
-
-/// A completion filed under the time it is due.
-struct Timed {
-    due: u64,
-    nr: u64,
-    tag: u64,
-    result: Result<(), IoError>,
-    value: u64,
-    /// Sync ticket a FUA write also waits for.
-    ticket: Option<u64>,
-}
-
-impl PartialEq for Timed {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.nr) == (other.due, other.nr)
-    }
-}
-impl Eq for Timed {}
-impl PartialOrd for Timed {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Timed {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.due, self.nr).cmp(&(other.due, other.nr))
     }
 }
 
