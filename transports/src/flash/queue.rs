@@ -317,15 +317,7 @@ impl BackendQueue for FlashQueue {
     }
 
     fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut n = 0;
-        loop {
-            n += self.poll(out);
-            if self.in_flight() == 0 || Instant::now() >= deadline {
-                return n;
-            }
-            self.wait_completion(Duration::from_micros(200));
-        }
+        drain_timed(self, out, timeout)
     }
 
     fn wait_completion(&mut self, timeout: Duration) {
@@ -339,6 +331,24 @@ impl BackendQueue for FlashQueue {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
+    }
+}
+
+/// `drain` of a queue whose completions come due in time: poll, and sleep
+/// until the next is due, until nothing is in flight or `timeout` passed.
+pub(super) fn drain_timed(
+    q: &mut dyn BackendQueue,
+    out: &mut Vec<Completion>,
+    timeout: Duration,
+) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut n = 0;
+    loop {
+        n += q.poll(out);
+        if q.in_flight() == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        q.wait_completion(Duration::from_micros(200));
     }
 }
 

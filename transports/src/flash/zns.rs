@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::nand::{Media, MediaError, NandGeometry, NandMedia, PageKind, PageMeta, Timing};
-use super::queue::{gather, scatter, Timed};
+use super::queue::{drain_timed, gather, scatter, Timed};
 use super::spec::FlashSpec;
 use super::sync::Flusher;
 use super::zones::{Effect, Zones};
@@ -735,15 +735,7 @@ impl BackendQueue for ZnsQueue {
     }
 
     fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut n = 0;
-        loop {
-            n += self.poll(out);
-            if self.in_flight() == 0 || Instant::now() >= deadline {
-                return n;
-            }
-            self.wait_completion(Duration::from_micros(200));
-        }
+        drain_timed(self, out, timeout)
     }
 
     fn wait_completion(&mut self, timeout: Duration) {
