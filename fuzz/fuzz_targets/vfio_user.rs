@@ -133,10 +133,19 @@ thread_local! {
     });
 }
 
-fn send(client: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-    if client.send_with_fds(&[bytes], fds).is_err() {
+/// Send one message; false when the socket is full (many small messages
+/// with descriptors fill its buffer before MAX_WRITE bytes: the rest of
+/// the input is not sent).
+fn send(client: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> bool {
+    match client.send_with_fds(&[bytes], fds) {
+        Ok(_) => true,
+        Err(e) if e.errno() == libc::EAGAIN => false,
         // Over the kernel's SCM_MAX_FD: the bytes alone.
-        client.send_with_fds(&[bytes], &[]).expect("send");
+        Err(_) => match client.send_with_fds(&[bytes], &[]) {
+            Ok(_) => true,
+            Err(e) if e.errno() == libc::EAGAIN => false,
+            Err(e) => panic!("send: {e}"),
+        },
     }
 }
 
@@ -164,7 +173,9 @@ fuzz_target!(|data: &[u8]| {
                 Fds::Memory(n) => vec![f.memory.as_raw_fd(); n],
                 Fds::Events(n) => vec![f.event.as_raw_fd(); n],
             };
-            send(&client, &bytes, &fds);
+            if !send(&client, &bytes, &fds) {
+                break;
+            }
             written += bytes.len();
         }
         client
