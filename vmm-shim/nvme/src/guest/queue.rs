@@ -114,8 +114,10 @@ impl CqRing {
         if head == self.head {
             return Ok(());
         }
-        let consumed = (head + self.size - self.head) % self.size;
-        if head >= self.size || consumed > self.used() {
+        // Bounds first: the value is the guest's, and `head + size` of a
+        // value near u32::MAX would overflow (found by the vfio_user fuzz
+        // target).
+        if head >= self.size || (head + self.size - self.head) % self.size > self.used() {
             return Err(InvalidDoorbell {
                 qid: self.qid,
                 value: head,
@@ -175,6 +177,8 @@ mod tests {
         assert_eq!(cq.free(), 3);
         cq.tail = 3;
         assert_eq!(cq.free(), 0);
+        assert!(cq.update_head(u32::MAX).is_err());
+        assert!(cq.update_head(u32::MAX - 2).is_err());
         assert!(cq.update_head(2).is_ok());
         assert_eq!(cq.free(), 2);
         // Head may not pass the tail, nor leave the ring.
