@@ -214,14 +214,8 @@ impl Conn {
         self.tx.push_back(pdu);
     }
 
-    /// Whether input should be read: not while the host owes us reads of
-    /// [`TX_LIMIT`] bytes or more.
-    pub fn wants_input(&self) -> bool {
-        !self.over_limit()
-    }
-
     /// Whether the host is owed (queued or being read) [`TX_LIMIT`] bytes
-    /// or more.
+    /// or more: its input is then not read, and its reads wait unstarted.
     pub fn over_limit(&self) -> bool {
         self.tx_bytes + self.owed >= TX_LIMIT
     }

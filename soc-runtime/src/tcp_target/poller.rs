@@ -281,7 +281,7 @@ impl Poller {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut closed = false;
         'reads: for _ in 0..READS_PER_LOOP {
-            if !conn.wants_input() && !conn.closing() {
+            if conn.over_limit() && !conn.closing() {
                 // Owed too much output: leave the input in the socket.
                 break;
             }
@@ -446,7 +446,7 @@ impl Poller {
             }
             match flush(conn) {
                 Ok(blocked) => {
-                    let reading = conn.wants_input();
+                    let reading = !conn.over_limit();
                     if blocked != conn.want_out || reading != conn.reading {
                         conn.want_out = blocked;
                         conn.reading = reading;
