@@ -159,20 +159,11 @@ impl NvmeController {
     }
 
     fn attach_request(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>, handover: bool) {
-        if let Some(cur) = self.port.runtime().cloned() {
-            if cur.id != link.id && cur.is_closed() {
-                // The serving runtime's link has closed and its Lost event
-                // is still on its way (link readers are threads of their
-                // own): a successor that restarted at once must not be
-                // refused as if it were an intruder. It is lost now.
-                self.port.runtime_gone(cur.id, false);
-            }
+        if self.port.runtime().is_some_and(|cur| cur.id == link.id) {
+            self.refuse(&link, "this runtime already serves it".into());
+            return;
         }
-        if let Some(cur) = self.port.runtime().cloned() {
-            if cur.id == link.id {
-                self.refuse(&link, "this runtime already serves it".into());
-                return;
-            }
+        if let Some(cur) = self.port.live_runtime() {
             if !handover {
                 self.refuse(
                     &link,

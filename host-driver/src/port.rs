@@ -110,6 +110,19 @@ impl RuntimePort {
         }
     }
 
+    /// The serving runtime, if its link is still open. One whose link has
+    /// closed is taken as lost now: its Lost event may still be on its way
+    /// from the link's reader thread, and a successor that started at once
+    /// must not find it still serving.
+    pub fn live_runtime(&mut self) -> Option<Arc<RuntimeLink>> {
+        let cur = self.runtime().cloned()?;
+        if cur.is_closed() {
+            self.runtime_gone(cur.id, false);
+            return None;
+        }
+        Some(cur)
+    }
+
     /// A runtime that is gone and not fenced yet.
     pub fn fencing(&self) -> Option<&Arc<RuntimeLink>> {
         match &self.state {
