@@ -14,7 +14,8 @@
 # the LC tenant leaves) and writes docs/benchmarks-qos.md.
 #
 #   bash scripts/bench-qos.sh [--seconds N] [--levels "0.2 0.4 0.6"] [--slo p95:4ms]
-#                             [--flash 'channels=2&dies=2&...'] [--be-read-pct 50] [--no-build]
+#                             [--flash 'channels=2&dies=2&...'] [--be-read-pct 50] [--feedback 80|off]
+#                             [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,8 @@ BE_READ=50
 # with the BE harness (and this machine's other work), sends in bursts
 # after each wait for the CPU; a shallower bucket holds those back.
 LC_BURST_US=200000
+# The feedback's target, in percent of the SLO (socp's default: 90), or off.
+FEEDBACK=90
 BUILD=1
 OUT=docs/benchmarks-qos.md
 while [ $# -gt 0 ]; do
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
         --slo) SLO=$2; shift 2 ;;
         --flash) FLASH=$2; shift 2 ;;
         --be-read-pct) BE_READ=$2; shift 2 ;;
+        --feedback) FEEDBACK=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) sed -n 2,22p "$0"; exit 0 ;;
@@ -61,9 +65,9 @@ cleanup() {
 trap cleanup EXIT
 
 DEV="flash:$TMP/dev.flash?$FLASH"
-CAL_CMD="$SOCP calibrate '$DEV' --slo $SLO --mixes 100,70,50 --step-seconds 1 --start-iops 500 --factor 1.15 --max-steps 24 --out MODEL"
+CAL_CMD="$SOCP calibrate '$DEV' --slo $SLO --mixes 100,90,70,50 --step-seconds 2 --start-iops 500 --factor 1.15 --max-steps 24 --out MODEL"
 echo "== calibrating the device (socp calibrate)" >&2
-$SOCP calibrate "$DEV" --slo "$SLO" --mixes 100,70,50 --step-seconds 1 --start-iops 500 \
+$SOCP calibrate "$DEV" --slo "$SLO" --mixes 100,90,70,50 --step-seconds 2 --start-iops 500 \
     --factor 1.15 --max-steps 24 --out "$TMP/dev.json" 2> "$TMP/calibrate.log" || {
     cat "$TMP/calibrate.log" >&2; exit 1; }
 cat "$TMP/calibrate.log" >&2
@@ -71,7 +75,7 @@ cat "$TMP/calibrate.log" >&2
 start_socp() { # $1: off|on, $2: LC IOPS
     local qos=()
     if [ "$1" = on ]; then
-        qos=(--qos "device=$TMP/dev.json,lc-burst-us=$LC_BURST_US"
+        qos=(--qos "device=$TMP/dev.json,lc-burst-us=$LC_BURST_US,feedback=$FEEDBACK"
              --tenant "name=lc,ctrl=lc,class=lc,slo=$SLO,iops=$(( $2 * 12 / 10 )),rw=100:0"
              --tenant "name=be,ctrl=be,class=be")
     fi
@@ -120,9 +124,9 @@ for level in $LEVELS; do
 done
 
 python3 - "$TMP" "$RATE" "$WCOST" "$SLO" "$LEVELS" "$OUT" "$SECS" "$WARMUP" "$FLASH" "$BE_READ" \
-    "$CAL_CMD" "$LC_CMD" "$BE_CMD" <<'EOF'
+    "$CAL_CMD" "$LC_CMD" "$BE_CMD" "$FEEDBACK" <<'EOF'
 import json, os, sys, platform, subprocess
-tmp, rate, wcost, slo, levels, out, secs, warmup, flash, be_read, cal_cmd, lc_cmd, be_cmd = sys.argv[1:]
+tmp, rate, wcost, slo, levels, out, secs, warmup, flash, be_read, cal_cmd, lc_cmd, be_cmd, feedback = sys.argv[1:]
 rate = float(rate); wcost = float(wcost)
 slo_us = slo.split(":")[1]
 mult = 1000.0 if slo_us.endswith("ms") else 1.0
@@ -141,23 +145,27 @@ for level in levels.split():
         be_tok = be_r + be_w * wcost
         leftover = max(1.0, rate - lc_iops)
         socp_p95 = None
+        scale = None
         if mode == "on" and os.path.exists(f"{tmp}/stats-{level}.json"):
             st = json.load(open(f"{tmp}/stats-{level}.json"))
             socp_p95 = next((t["lat_p95_us"] for t in st["tenants"] if t["name"] == "lc"), None)
-        rows.append(dict(level=level, mode=mode, socp_p95=socp_p95, target=lc["open_loop_rate"], lc_iops=lc_iops,
+            fb = st.get("feedback")
+            scale = fb.get("be_scale") if isinstance(fb, dict) else None
+        rows.append(dict(level=level, mode=mode, socp_p95=socp_p95, scale=scale, target=lc["open_loop_rate"], lc_iops=lc_iops,
                          lc_p95=lc_p95, lc_p99=lc_p99, met=lc_p95 <= slo_val,
                          be_iops=be_iops, be_r=be_r, be_w=be_w, be_tok=be_tok, leftover=leftover,
                          share=be_tok / leftover, errors=lc["errors"] + be["errors"]))
 hdr = ("| LC load | QoS | LC target IOPS | LC IOPS | LC p95 us | LC p99 us | SLO met | LC p95 in socp us | "
-       "BE IOPS (r/w) | BE tokens/s | leftover tokens/s | BE share of leftover | errors |")
-sep = "|" + "---|" * 13
+       "BE IOPS (r/w) | BE tokens/s | leftover tokens/s | BE share of leftover | BE scale at the end | errors |")
+sep = "|" + "---|" * 14
 lines = [hdr, sep]
 for r in rows:
     lines.append(f"| {float(r['level'])*100:.0f}% | {r['mode']} | {r['target']:.0f} | {r['lc_iops']:.0f} | "
                  f"{r['lc_p95']:.0f} | {r['lc_p99']:.0f} | {'yes' if r['met'] else '**no**'} | "
                  f"{'' if r['socp_p95'] is None else format(r['socp_p95'], '.0f')} | "
                  f"{r['be_iops']:.0f} ({r['be_r']:.0f}/{r['be_w']:.0f}) | {r['be_tok']:.0f} | "
-                 f"{r['leftover']:.0f} | {r['share']*100:.0f}% | {r['errors']} |")
+                 f"{r['leftover']:.0f} | {r['share']*100:.0f}% | "
+                 f"{'' if r['scale'] is None else format(r['scale'], '.2f')} | {r['errors']} |")
 table = "\n".join(lines)
 print(table)
 cal = open(f"{tmp}/calibrate.log").read().strip()
@@ -174,7 +182,7 @@ except Exception:
     commit = "?"
 md = f"""# QoS: the ReFlex experiment
 
-Generated by `bash scripts/bench-qos.sh --seconds {secs}` (do not edit: run it again) on {nproc} CPUs
+Generated by `bash scripts/bench-qos.sh --seconds {secs}{'' if feedback == '90' else ' --feedback ' + feedback}` (do not edit: run it again) on {nproc} CPUs
 (load average at the end {' '.join(load)}; a shared machine: other builds and a niced fuzzer ran too),
 commit {commit}.
 
@@ -192,8 +200,10 @@ reads cost 1); *BE tokens/s* are BE reads + BE writes x the write cost; *BE shar
 their ratio (above 100% without QoS: BE takes capacity the SLO needed). *LC p95* is what the LC
 harness measured (from each read's due time: its own waits for a CPU included); *LC p95 in socp* is
 the scheduler's own figure for the tenant (from taking the command off the queue to its completion,
-over the whole run, warm-up included; `leapioctl qos-stats`). With QoS the tenants are
-`--qos device=MODEL,lc-burst-us=200000 --tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=<LC target x 1.2>,rw=100:0 --tenant name=be,ctrl=be,class=be`
+over the whole run, warm-up included; `leapioctl qos-stats`). *BE scale* is the share of its rate the
+feedback left best effort at the end of the run (1: the model's whole leftover; below 1: the device's
+read tail for the LC tenant was over {feedback}% of the SLO and best effort was cut). With QoS the tenants are
+`--qos device=MODEL,lc-burst-us=200000,feedback={feedback} --tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=<LC target x 1.2>,rw=100:0 --tenant name=be,ctrl=be,class=be`
 (20% of headroom, and a bucket of 200 ms: the LC harness sends in bursts after each wait for a CPU, and a tenant paced at
 exactly its reservation keeps whatever backlog a burst gives it).
 
@@ -207,7 +217,7 @@ leftover.
 ```
 {cal_cmd}
 socp --pollers 1 --poller-cpus 0 --control ctl.sock --ctrl 'name=lc,sock=lc.sock,ns=flash:...' --ctrl 'name=be,sock=be.sock,ns=flash:...' \\
-     [--qos device=MODEL,lc-burst-us=200000 --tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=LC_IOPS*1.2,rw=100:0 --tenant name=be,ctrl=be,class=be]
+     [--qos device=MODEL,lc-burst-us=200000,feedback={feedback} --tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=LC_IOPS*1.2,rw=100:0 --tenant name=be,ctrl=be,class=be]
 {lc_cmd}
 {be_cmd}
 leapioctl -s ctl.sock qos-stats
@@ -222,7 +232,7 @@ leapioctl -s ctl.sock qos-stats
 ## The scheduler's own statistics (`leapioctl qos-stats`, end of each QoS run)
 
 ```
-{json.dumps({k: [{kk: t[kk] for kk in ('name', 'ios', 'iops', 'tokens_used', 'throttled_cmds', 'throttled_ms', 'lat_p50_us', 'lat_p95_us', 'lat_p99_us')} for t in v['tenants']] for k, v in stats.items()}, indent=1)}
+{json.dumps({k: {"feedback": v.get("feedback"), "tenants": [{kk: t[kk] for kk in ('name', 'ios', 'iops', 'tokens_used', 'throttled_cmds', 'throttled_ms', 'lat_p50_us', 'lat_p95_us', 'lat_p99_us')} for t in v['tenants']]} for k, v in stats.items()}, indent=1)}
 ```
 """
 open(out, "w").write(md)

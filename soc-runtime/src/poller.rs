@@ -165,8 +165,8 @@ struct Slot {
     /// Generation of the snapshot whose memory the request points into
     /// (kept mapped by its controller's `snap_users` / `retired` count).
     snap_gen: u64,
-    /// With QoS: the tenant's statistics and when the command was fetched.
-    qos: Option<(Arc<qos::stats::TenantStats>, u64)>,
+    /// With QoS: the tenant's statistics and the command's times.
+    qos: Option<qos::Running>,
 }
 
 /// Prepared backend operations that found their queue full.
@@ -839,7 +839,7 @@ impl Poller {
             return true;
         };
         if let Some(s) = self.slots[slot].as_mut() {
-            s.qos = Some((tenant.stats.clone(), qos::now_ns()));
+            s.qos = Some(qos::Running::new(&tenant));
         }
         let cost = qos::sched::cost(op.kind, op.len, q.write_cost());
         if self.held.try_start(q, &tenant, cost) {
@@ -865,6 +865,9 @@ impl Poller {
         self.held.release(qos::get(), &mut out);
         let any = !out.is_empty();
         for d in out.drain(..) {
+            if let Some(r) = self.slots[d.slot].as_mut().and_then(|s| s.qos.as_mut()) {
+                r.start();
+            }
             self.submit(d.slot, d.ns, d.op, &d.iov);
         }
         self.released = out;
@@ -1046,12 +1049,11 @@ impl Poller {
             return;
         };
         self.free.push(slot);
-        if let Some((st, t0)) = &s.qos {
-            st.completed(
+        if let Some(r) = &s.qos {
+            r.done(
                 s.opcode == IoOpcode::READ,
                 s.opcode == IoOpcode::WRITE,
                 s.bytes,
-                qos::now_ns().saturating_sub(*t0),
             );
         }
         let ctrl = &mut self.ctrls[s.ctrl];

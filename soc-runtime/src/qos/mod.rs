@@ -8,6 +8,8 @@
 //!   a latency SLO), made by `socp-calibrate`.
 //! - [`spec`]: `--qos` and `--tenant`.
 //! - [`sched`]: the token arithmetic and admission control.
+//! - [`feedback`]: the correction of best effort's rate from the read
+//!   latencies the device actually gives.
 //! - [`stats`]: per-tenant statistics.
 //! - [`Held`]: the commands a poller holds back for lack of tokens, one
 //!   FIFO per tenant: queued, never dropped, and a throttled tenant does not
@@ -17,6 +19,7 @@
 //! reach it through [`get`] and do nothing extra while it is off.
 
 pub mod calibrate;
+pub mod feedback;
 pub mod model;
 pub mod sched;
 pub mod spec;
@@ -26,7 +29,7 @@ use model::DeviceModel;
 use sched::Sched;
 use serde_json::{json, Value};
 use spec::{Class, Key, QosSpec, TenantSpec};
-use stats::TenantStats;
+use stats::{Histogram, TenantStats};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -50,6 +53,10 @@ pub struct Qos {
     sched: Mutex<Option<Sched>>,
     /// Per tenant: the last stats read (time, ios) for the IOPS column.
     last_read: Mutex<Vec<(u32, u64, u64)>>,
+    /// The device's read latencies in the feedback's current window, and
+    /// how many.
+    window: Histogram,
+    window_reads: AtomicU64,
 }
 
 /// Which tenant a command belongs to (resolved once per configuration).
@@ -57,6 +64,50 @@ pub struct Qos {
 pub struct TenantRef {
     pub id: u32,
     pub stats: Arc<TenantStats>,
+    /// Latency-critical: its reads are the feedback's samples.
+    pub lc: bool,
+}
+
+/// A command's QoS bookkeeping while it runs.
+pub struct Running {
+    pub stats: Arc<TenantStats>,
+    /// Of a latency-critical tenant.
+    pub lc: bool,
+    /// When the command was taken off its queue.
+    pub fetched_ns: u64,
+    /// When it started on the backend (after any wait for tokens).
+    pub started_ns: u64,
+}
+
+impl Running {
+    pub fn new(t: &TenantRef) -> Running {
+        let now = now_ns();
+        Running {
+            stats: t.stats.clone(),
+            lc: t.lc,
+            fetched_ns: now,
+            started_ns: now,
+        }
+    }
+
+    /// It got its tokens after waiting: it starts now.
+    pub fn start(&mut self) {
+        self.started_ns = now_ns();
+    }
+
+    /// It completed: the tenant's statistics (from the fetch) and, for a
+    /// latency-critical tenant's read, the feedback's sample (from the
+    /// start).
+    pub fn done(&self, read: bool, write: bool, bytes: u64) {
+        let now = now_ns();
+        self.stats
+            .completed(read, write, bytes, now.saturating_sub(self.fetched_ns));
+        if read && self.lc {
+            if let Some(q) = get() {
+                q.observe_read(bytes, now.saturating_sub(self.started_ns));
+            }
+        }
+    }
 }
 
 static QOS: OnceLock<Qos> = OnceLock::new();
@@ -96,6 +147,9 @@ impl Qos {
         let model = DeviceModel::load(&spec.device)?;
         let mut s = Sched::new(model, spec.be_floor_pct, spec.burst_us, now_ns());
         s.lc_burst_us = spec.lc_burst_us;
+        s.feedback = spec
+            .feedback_pct
+            .map(|pct| feedback::Feedback::new(pct, now_ns()));
         for t in tenants {
             s.add(t.clone(), now_ns())?;
         }
@@ -117,6 +171,7 @@ impl Qos {
         Some(TenantRef {
             id: t.id,
             stats: t.stats.clone(),
+            lc: matches!(t.spec.class, Class::Lc { .. }),
         })
     }
 
@@ -124,9 +179,39 @@ impl Qos {
     pub fn try_acquire(&self, id: u32, cost: f64) -> bool {
         let mut g = self.lock();
         match g.as_mut() {
-            Some(s) => s.try_acquire(id, cost, now_ns()),
+            Some(s) => {
+                let now = now_ns();
+                self.feedback(s, now);
+                s.try_acquire(id, cost, now)
+            }
             None => true,
         }
+    }
+
+    /// A read of `bytes` took `ns` on the backend (from its start, time
+    /// held for tokens excluded): a sample for the feedback.
+    pub fn observe_read(&self, bytes: u64, ns: u64) {
+        if bytes <= feedback::MAX_READ_BYTES {
+            self.window.record(ns);
+            self.window_reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Close the feedback's window when it is due.
+    fn feedback(&self, s: &mut Sched, now: u64) {
+        let Some(slo) = s.strictest() else {
+            return;
+        };
+        let Some(fb) = s.feedback.as_mut() else {
+            return;
+        };
+        if !fb.ready(self.window_reads.load(Ordering::Relaxed), now) {
+            return;
+        }
+        let (n, tail) = self.window.take(slo.pct.fraction());
+        self.window_reads.store(0, Ordering::Relaxed);
+        let slo_us = f64::from(u32::try_from(slo.us).unwrap_or(u32::MAX));
+        fb.close(n, tail, slo_us, now);
     }
 
     /// The control socket's QoS methods; None for other methods.
@@ -174,7 +259,7 @@ impl Qos {
         Ok(json!({"removed": name}))
     }
 
-    /// `{"path": FILE[, "be_floor": PCT, "burst_us": N, "lc_burst_us": N]}`: load (or
+    /// `{"path": FILE[, "be_floor": PCT, "burst_us": N, "lc_burst_us": N, "feedback": PCT|"off"]}`: load (or
     /// replace) the device model; `{"off": true}` turns QoS off.
     fn device(&self, params: &Value) -> Result<Value, String> {
         if params.get("off").and_then(Value::as_bool) == Some(true) {
@@ -194,6 +279,7 @@ impl Qos {
         match g.as_mut() {
             Some(s) => {
                 s.set_model(model, now_ns())?;
+                set_feedback(s, params.get("feedback"))?;
                 self.changed(s);
             }
             None => {
@@ -211,6 +297,7 @@ impl Qos {
                 if let Some(b) = params.get("lc_burst_us").and_then(Value::as_u64) {
                     s.lc_burst_us = b.clamp(10, 10_000_000);
                 }
+                set_feedback(&mut s, params.get("feedback"))?;
                 self.changed(&s);
                 *g = Some(s);
                 self.active.store(true, Ordering::Release);
@@ -281,15 +368,43 @@ impl Qos {
             .iter()
             .map(|t| (t.id, now, t.stats.ios.load(Ordering::Relaxed)))
             .collect();
+        let fb = s.feedback.as_ref().map_or(json!("off"), |f| {
+            json!({
+                "target_pct_of_slo": f.target_pct,
+                "be_scale": f.scale,
+                "cuts": f.cuts,
+                "last_window_reads": f.last.map(|l| l.0),
+                "last_window_tail_us": f.last.map(|l| l.1),
+            })
+        });
         json!({
             "device": s.model.backend,
             "write_cost": s.model.write_cost,
             "operating_rate": s.operating_rate(),
             "reserved": s.reserved(),
+            "be_model_rate": s.be_model_rate(),
             "be_rate": s.be_rate(),
+            "feedback": fb,
             "tenants": tenants,
         })
     }
+}
+
+/// `qos_device`'s "feedback": a percentage of the strictest SLO, or "off".
+fn set_feedback(s: &mut Sched, v: Option<&Value>) -> Result<(), String> {
+    match v {
+        None => {}
+        Some(Value::String(off)) if off == "off" => s.feedback = None,
+        Some(v) => {
+            let pct = v
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| (10..=100).contains(p))
+                .ok_or("feedback must be \"off\" or 10..100 (% of the strictest SLO)")?;
+            s.feedback = Some(feedback::Feedback::new(pct, now_ns()));
+        }
+    }
+    Ok(())
 }
 
 /// A command held back, with what it costs and since when.
@@ -419,8 +534,9 @@ impl<T> Held<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn held_commands_keep_their_order_and_do_not_block_other_tenants() {
+    /// A scheduler with a one-point model (1M tokens/s at p95 100 us),
+    /// `--qos device=...EXTRA` and `tenants`.
+    fn configured(extra: &str, tenants: &[&str]) -> (Qos, tempfile::TempDir) {
         let q = Qos::default();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev.json");
@@ -436,16 +552,21 @@ mod tests {
             calib_slo: None,
         };
         std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
-        let spec: QosSpec = format!("device={}", path.display()).parse().unwrap();
-        let tenants: Vec<TenantSpec> = vec![
-            "name=slow,ctrl=slow,class=lc,slo=p95:100us,iops=1"
-                .parse()
-                .unwrap(),
-            "name=fast,ctrl=fast,class=lc,slo=p95:100us,iops=900000"
-                .parse()
-                .unwrap(),
-        ];
+        let spec: QosSpec = format!("device={}{extra}", path.display()).parse().unwrap();
+        let tenants: Vec<TenantSpec> = tenants.iter().map(|t| t.parse().unwrap()).collect();
         q.configure(&spec, &tenants).unwrap();
+        (q, dir)
+    }
+
+    #[test]
+    fn held_commands_keep_their_order_and_do_not_block_other_tenants() {
+        let (q, _dir) = configured(
+            "",
+            &[
+                "name=slow,ctrl=slow,class=lc,slo=p95:100us,iops=1",
+                "name=fast,ctrl=fast,class=lc,slo=p95:100us,iops=900000",
+            ],
+        );
         let slow = q
             .resolve(&Key::Ctrl {
                 name: "slow",
@@ -489,5 +610,66 @@ mod tests {
         assert_eq!(slow.stats.held.load(Ordering::Relaxed), 0);
         let st = q.stats(false);
         assert_eq!(st["tenants"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn slow_lc_reads_on_the_device_cut_best_effort_and_fast_ones_restore_it() {
+        let (q, _dir) = configured(
+            ",feedback=100",
+            &[
+                "name=lc,ctrl=lc,class=lc,slo=p95:100us,iops=1000",
+                "name=be,ctrl=be,class=be",
+            ],
+        );
+        let key = |name| Key::Ctrl { name, nsid: 1 };
+        let (lc, be) = (
+            q.resolve(&key("lc")).unwrap(),
+            q.resolve(&key("be")).unwrap(),
+        );
+        assert!(lc.lc && !be.lc);
+        let scale = |q: &Qos| q.stats(false)["feedback"]["be_scale"].as_f64().unwrap();
+        let window = std::time::Duration::from_nanos(feedback::WINDOW_NS + 10_000_000);
+        assert_eq!(scale(&q), 1.0);
+        // Large reads are no samples.
+        q.observe_read(1 << 20, 1_000_000_000);
+        assert_eq!(q.window_reads.load(Ordering::Relaxed), 0);
+        // A window of LC reads at 10x the SLO: best effort cut by the
+        // deepest cut.
+        for _ in 0..feedback::MIN_SAMPLES {
+            q.observe_read(4096, 1_000_000);
+        }
+        std::thread::sleep(window);
+        q.try_acquire(be.id, 1.0);
+        let cut = scale(&q);
+        assert!((cut - 0.7).abs() < 1e-9, "{cut}");
+        let st = q.stats(false);
+        assert!(
+            (st["be_rate"].as_f64().unwrap() - 0.7 * st["be_model_rate"].as_f64().unwrap()).abs()
+                < 1.0
+        );
+        // A window of fast ones: it grows back.
+        for _ in 0..feedback::MIN_SAMPLES {
+            q.observe_read(4096, 10_000);
+        }
+        std::thread::sleep(window);
+        q.try_acquire(lc.id, 1.0);
+        assert!(scale(&q) > cut);
+        // Turned off at run time: best effort gets the model's leftover.
+        let st = q
+            .handle(
+                "qos_device",
+                &json!({"path": _dir.path().join("dev.json"), "feedback": "off"}),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(st["device"].as_str().is_some());
+        assert_eq!(q.stats(false)["feedback"], json!("off"));
+        assert!(q
+            .handle(
+                "qos_device",
+                &json!({"path": _dir.path().join("dev.json"), "feedback": 5})
+            )
+            .unwrap()
+            .is_err());
     }
 }

@@ -27,6 +27,7 @@
 //! - I/O that matches no tenant belongs to the implicit BE tenant
 //!   `default`.
 
+use super::feedback::{Feedback, DEFAULT_TARGET_PCT};
 use super::model::{DeviceModel, Slo, TOKEN_BYTES};
 use super::spec::{Class, Key, Selector, TenantSpec};
 use super::stats::TenantStats;
@@ -35,8 +36,12 @@ use std::sync::Arc;
 
 /// How long a refused BE tenant counts as backlogged.
 pub const BACKLOG_NS: u64 = 2_000_000;
-/// Smallest bucket, in tokens (a 128 KiB write at cost 10 is 320).
-const MIN_BURST: f64 = 64.0;
+/// Smallest bucket, in tokens: one 4 KiB read. A command starts while its
+/// tenant's balance is positive, so a larger one goes into debt instead of
+/// needing a deeper bucket; and on a slow device a deep bucket lets best
+/// effort put several writes on the dies at once, which is what a latency
+/// tail is made of.
+const MIN_BURST: f64 = 1.0;
 /// Default bucket depth of LC tenants (microseconds of their rate).
 pub const DEFAULT_LC_BURST_US: u64 = 50_000;
 /// The implicit tenant of unmatched I/O.
@@ -97,6 +102,8 @@ pub struct Sched {
     pub tenants: Vec<Tenant>,
     /// BE tokens no backlogged tenant took.
     pub be_pool: f64,
+    /// The delay-based correction of the BE rate; None: off.
+    pub feedback: Option<Feedback>,
     last_ns: u64,
     next_id: u32,
 }
@@ -110,6 +117,7 @@ impl Sched {
             lc_burst_us: DEFAULT_LC_BURST_US,
             tenants: Vec::new(),
             be_pool: 0.0,
+            feedback: Some(Feedback::new(DEFAULT_TARGET_PCT, now_ns)),
             last_ns: now_ns,
             next_id: 1,
         };
@@ -142,7 +150,7 @@ impl Sched {
     }
 
     /// The strictest SLO of the LC tenants.
-    fn strictest(&self) -> Option<Slo> {
+    pub fn strictest(&self) -> Option<Slo> {
         self.tenants
             .iter()
             .filter_map(|t| match t.spec.class {
@@ -165,9 +173,19 @@ impl Sched {
         self.tenants.iter().map(|t| t.rate).sum::<f64>().abs()
     }
 
-    /// Tokens per second best effort gets (before LC overflow).
-    pub fn be_rate(&self) -> f64 {
+    /// Tokens per second the model leaves to best effort.
+    pub fn be_model_rate(&self) -> f64 {
         (self.operating_rate() - self.reserved()).max(0.0)
+    }
+
+    /// Share of its rate best effort gets now (the feedback's scale).
+    pub fn be_scale(&self) -> f64 {
+        self.feedback.as_ref().map_or(1.0, |f| f.scale)
+    }
+
+    /// Tokens per second best effort gets now (before LC overflow).
+    pub fn be_rate(&self) -> f64 {
+        self.be_model_rate() * self.be_scale()
     }
 
     /// Recompute reservations, buckets and rates after a change.
@@ -181,7 +199,7 @@ impl Sched {
                 t.burst = (t.rate * lc_burst_s).max(MIN_BURST);
             }
         }
-        let be = self.be_rate() * burst_s;
+        let be = self.be_model_rate() * burst_s;
         let total_w: f64 = self.tenants.iter().map(Tenant::weight).sum();
         for t in self.tenants.iter_mut().filter(|t| !t.is_lc()) {
             t.burst = (be * t.weight() / total_w.max(1.0)).max(MIN_BURST);
@@ -334,7 +352,7 @@ impl Sched {
                 t.balance = t.burst;
             }
         }
-        let mut new = self.be_rate() * dt + spill;
+        let mut new = (self.be_model_rate() * dt + spill) * self.be_scale();
         let backlogged = |t: &Tenant| {
             !t.is_lc()
                 && t.refused_ns
@@ -678,6 +696,26 @@ mod tests {
             }),
             DEFAULT_TENANT
         );
+    }
+
+    #[test]
+    fn the_feedback_scales_best_effort_and_never_the_reservations() {
+        let mut s = Sched::new(model(), 5, 1000, 0);
+        s.lc_burst_us = 1000;
+        let lc = s
+            .add(spec("name=lc,ctrl=lc,class=lc,slo=p95:500us,iops=40000"), 0)
+            .unwrap();
+        let be = s.add(spec("name=be,ctrl=be,class=be"), 0).unwrap();
+        // The device's tail was over the target: best effort at 25%.
+        s.feedback.as_mut().unwrap().scale = 0.25;
+        assert!((s.be_model_rate() - 60_000.0).abs() < 1e-6);
+        assert!((s.be_rate() - 15_000.0).abs() < 1e-6);
+        let (gl, gb) = flood_both(&mut s, lc, be);
+        assert!((39_500..=40_500).contains(&gl), "lc {gl}");
+        assert!((14_500..=15_500).contains(&gb), "be {gb}");
+        // Off: the model's leftover again.
+        s.feedback = None;
+        assert!((s.be_rate() - 60_000.0).abs() < 1e-6);
     }
 
     #[test]

@@ -197,6 +197,8 @@ pub struct QosSpec {
     pub burst_us: u64,
     /// Bucket depth of LC tenants in microseconds of their rate.
     pub lc_burst_us: u64,
+    /// The feedback's target in percent of the strictest SLO; None: off.
+    pub feedback_pct: Option<u32>,
 }
 
 impl FromStr for QosSpec {
@@ -206,6 +208,7 @@ impl FromStr for QosSpec {
         let mut be_floor_pct = 5;
         let mut burst_us = 1000;
         let mut lc_burst_us = super::sched::DEFAULT_LC_BURST_US;
+        let mut feedback_pct = Some(super::feedback::DEFAULT_TARGET_PCT);
         for kv in s.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = kv
                 .split_once('=')
@@ -238,9 +241,23 @@ impl FromStr for QosSpec {
                             format!("--qos '{s}': lc-burst-us must be 10..10000000")
                         })?
                 }
+                "feedback" => {
+                    feedback_pct = match v {
+                        "off" => None,
+                        _ => Some(
+                            v.trim_end_matches('%')
+                                .parse()
+                                .ok()
+                                .filter(|p| (10..=100).contains(p))
+                                .ok_or_else(|| {
+                                    format!("--qos '{s}': feedback must be off or 10..100 (% of the strictest SLO)")
+                                })?,
+                        ),
+                    }
+                }
                 _ => {
                     return Err(format!(
-                        "--qos '{s}': unknown key {k} (device, be-floor, burst-us, lc-burst-us)"
+                        "--qos '{s}': unknown key {k} (device, be-floor, burst-us, lc-burst-us, feedback)"
                     ))
                 }
             }
@@ -250,6 +267,7 @@ impl FromStr for QosSpec {
             be_floor_pct,
             burst_us,
             lc_burst_us,
+            feedback_pct,
         })
     }
 }
@@ -325,6 +343,13 @@ mod tests {
         assert_eq!(q.lc_burst_us, 50_000);
         let q: QosSpec = "device=x,lc-burst-us=2000".parse().unwrap();
         assert_eq!(q.lc_burst_us, 2000);
+        assert_eq!(q.feedback_pct, Some(90));
+        let q: QosSpec = "device=x,feedback=off".parse().unwrap();
+        assert_eq!(q.feedback_pct, None);
+        let q: QosSpec = "device=x,feedback=60%".parse().unwrap();
+        assert_eq!(q.feedback_pct, Some(60));
+        assert!("device=x,feedback=5".parse::<QosSpec>().is_err());
+        assert!("device=x,feedback=on".parse::<QosSpec>().is_err());
         assert!("be-floor=5".parse::<QosSpec>().is_err());
         assert!("device=x,be-floor=100".parse::<QosSpec>().is_err());
         assert!("device=x,be-floor=0".parse::<QosSpec>().is_err());

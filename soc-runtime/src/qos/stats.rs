@@ -22,7 +22,75 @@ pub struct TenantStats {
     pub throttled_ns: AtomicU64,
     /// Commands waiting for tokens now.
     pub held: AtomicU64,
-    lat: Box<[AtomicU64]>,
+    lat: Histogram,
+}
+
+/// A latency histogram that pollers update with relaxed atomics.
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, ns: u64) {
+        self.buckets[bucket(ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Percentiles (fractions) in microseconds.
+    pub fn percentiles_us(&self, ps: &[f64]) -> Vec<f64> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        percentiles_us(&counts, ps)
+    }
+
+    pub fn reset(&self) {
+        for c in self.buckets.iter() {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Empty the histogram: how many latencies it held and percentile `p`
+    /// of them in microseconds.
+    pub fn take(&self, p: f64) -> (u64, f64) {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|c| c.swap(0, Ordering::Relaxed))
+            .collect();
+        (counts.iter().sum(), percentiles_us(&counts, &[p])[0])
+    }
+}
+
+/// Percentiles `ps` (fractions), in microseconds, of histogram `counts`.
+fn percentiles_us(counts: &[u64], ps: &[f64]) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    ps.iter()
+        .map(|&p| {
+            if total == 0 {
+                return 0.0;
+            }
+            let total_f = f64::from(u32::try_from(total).unwrap_or(u32::MAX));
+            let mut seen = 0u64;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if f64::from(u32::try_from(seen).unwrap_or(u32::MAX)) >= p * total_f {
+                    let top = u32::try_from(bucket_top(i)).unwrap_or(u32::MAX);
+                    return f64::from(top) / 1000.0;
+                }
+            }
+            0.0
+        })
+        .collect()
 }
 
 impl Default for TenantStats {
@@ -36,7 +104,7 @@ impl Default for TenantStats {
             throttled: AtomicU64::new(0),
             throttled_ns: AtomicU64::new(0),
             held: AtomicU64::new(0),
-            lat: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            lat: Histogram::default(),
         }
     }
 }
@@ -81,7 +149,7 @@ impl TenantStats {
             self.writes.fetch_add(1, Ordering::Relaxed);
         }
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.lat[bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        self.lat.record(ns);
     }
 
     /// A held command got its tokens after waiting `ns`.
@@ -92,32 +160,12 @@ impl TenantStats {
 
     /// Latency percentiles (fractions) in microseconds, from the histogram.
     pub fn percentiles_us(&self, ps: &[f64]) -> Vec<f64> {
-        let counts: Vec<u64> = self.lat.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        ps.iter()
-            .map(|&p| {
-                if total == 0 {
-                    return 0.0;
-                }
-                let total_f = f64::from(u32::try_from(total).unwrap_or(u32::MAX));
-                let mut seen = 0u64;
-                for (i, c) in counts.iter().enumerate() {
-                    seen += c;
-                    if f64::from(u32::try_from(seen).unwrap_or(u32::MAX)) >= p * total_f {
-                        let top = u32::try_from(bucket_top(i)).unwrap_or(u32::MAX);
-                        return f64::from(top) / 1000.0;
-                    }
-                }
-                0.0
-            })
-            .collect()
+        self.lat.percentiles_us(ps)
     }
 
     /// Forget the latencies recorded so far.
     pub fn reset_latency(&self) {
-        for c in self.lat.iter() {
-            c.store(0, Ordering::Relaxed);
-        }
+        self.lat.reset();
     }
 }
 

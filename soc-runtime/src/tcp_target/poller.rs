@@ -102,13 +102,8 @@ pub(super) struct Poller {
     pub(super) qos_lat: HashMap<u64, QosInFlight>,
 }
 
-/// A command's tenant statistics, start time, kind and length.
-pub(super) type QosInFlight = (
-    Arc<crate::qos::stats::TenantStats>,
-    u64,
-    leapio_transports::IoKind,
-    u64,
-);
+/// A command's QoS bookkeeping, kind and length.
+pub(super) type QosInFlight = (crate::qos::Running, leapio_transports::IoKind, u64);
 
 impl Poller {
     pub fn new(

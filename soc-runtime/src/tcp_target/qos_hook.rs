@@ -21,7 +21,7 @@ impl Poller {
         };
         self.qos_lat
             .entry(p.tag)
-            .or_insert_with(|| (tenant.stats.clone(), qos::now_ns(), p.op.kind, p.op.len));
+            .or_insert_with(|| (qos::Running::new(&tenant), p.op.kind, p.op.len));
         let cost = qos::sched::cost(p.op.kind, p.op.len, q.write_cost());
         if let Some(p) = self.qos_held.admit(q, &tenant, cost, p) {
             self.pending.push_back(p);
@@ -36,6 +36,11 @@ impl Poller {
         }
         let mut out = Vec::new();
         self.qos_held.release(qos::get(), &mut out);
+        for p in &out {
+            if let Some((r, _, _)) = self.qos_lat.get_mut(&p.tag) {
+                r.start();
+            }
+        }
         self.pending.extend(out);
     }
 
@@ -44,12 +49,11 @@ impl Poller {
         if self.qos_lat.is_empty() {
             return;
         }
-        if let Some((st, t0, kind, len)) = self.qos_lat.remove(&tag) {
-            st.completed(
+        if let Some((r, kind, len)) = self.qos_lat.remove(&tag) {
+            r.done(
                 kind == IoKind::Read,
                 matches!(kind, IoKind::Write | IoKind::WriteFua),
                 len,
-                qos::now_ns().saturating_sub(t0),
             );
         }
     }
