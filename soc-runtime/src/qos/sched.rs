@@ -9,8 +9,8 @@
 //!   host's own jitter sends its commands in bursts, which must not cost it
 //!   its SLO); what overflows a full bucket is handed to best effort (an LC
 //!   tenant below its reservation leaves its share to others). BE buckets
-//!   and the pool hold `burst_us` worth (1 ms): best effort must not
-//!   burst onto the device.
+//!   and the pool hold `burst_us` worth (1 ms, at least one token): best
+//!   effort must not burst onto the device.
 //! - Best effort gets the operating rate minus the reservations, plus
 //!   that overflow, split between the *backlogged* BE tenants (those
 //!   refused tokens in the last [`BACKLOG_NS`]) in proportion to their
@@ -26,6 +26,8 @@
 //!   effort, so best effort never starves.
 //! - I/O that matches no tenant belongs to the implicit BE tenant
 //!   `default`.
+//! - Best effort's rate (the leftover and the LC overflow) is scaled by
+//!   the [`Feedback`]'s correction from the device's latencies.
 
 use super::feedback::{Feedback, DEFAULT_TARGET_PCT};
 use super::model::{DeviceModel, Slo, TOKEN_BYTES};
