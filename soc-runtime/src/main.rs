@@ -92,7 +92,8 @@ struct Args {
 
     /// When a poller has only backend I/O (file, block device) pending and
     /// the guests are quiet, sleep in io_uring up to this many microseconds
-    /// instead of spinning (0 = always spin). Helps when pollers share
+    /// instead of spinning (0 = always spin); with only commands held for
+    /// QoS tokens pending, sleep that long. Helps when pollers share
     /// cores with the kernel's I/O completion work; costs up to this much
     /// latency on a new submission while waiting.
     #[arg(long, default_value_t = 0, value_name = "US")]

@@ -294,6 +294,12 @@ impl Poller {
                 return;
             }
         }
+        // Nothing on a backend, only commands held for QoS tokens: nothing
+        // can wake the poller early, and tokens come with time, so it
+        // sleeps as long as a wait on a backend may last.
+        if !self.held.is_empty() {
+            std::thread::sleep(timeout);
+        }
     }
 
     fn mailbox(&mut self) -> bool {

@@ -536,15 +536,21 @@ mod tests {
         assert!((0.63..0.70).contains(&share_b), "b got {share_b}");
     }
 
-    #[test]
-    fn lc_unused_reservation_goes_to_be_and_busy_lc_gets_its_rate() {
+    /// An LC tenant reserving 40k of the 100k tokens/s at p95 500 us, with
+    /// a 1 ms bucket (its overflow starts at once), and a BE tenant.
+    fn lc_and_be() -> (Sched, u32, u32) {
         let mut s = Sched::new(model(), 5, 1000, 0);
-        // A 1 ms LC bucket: the overflow starts at once.
         s.lc_burst_us = 1000;
         let lc = s
             .add(spec("name=lc,ctrl=lc,class=lc,slo=p95:500us,iops=40000"), 0)
             .unwrap();
         let be = s.add(spec("name=be,ctrl=be,class=be"), 0).unwrap();
+        (s, lc, be)
+    }
+
+    #[test]
+    fn lc_unused_reservation_goes_to_be_and_busy_lc_gets_its_rate() {
+        let (mut s, lc, be) = lc_and_be();
         let (mut gl, mut gb) = (0u64, 0u64);
         let mut now = 0;
         while now < 1000 * MS {
@@ -702,12 +708,7 @@ mod tests {
 
     #[test]
     fn the_feedback_scales_best_effort_and_never_the_reservations() {
-        let mut s = Sched::new(model(), 5, 1000, 0);
-        s.lc_burst_us = 1000;
-        let lc = s
-            .add(spec("name=lc,ctrl=lc,class=lc,slo=p95:500us,iops=40000"), 0)
-            .unwrap();
-        let be = s.add(spec("name=be,ctrl=be,class=be"), 0).unwrap();
+        let (mut s, lc, be) = lc_and_be();
         // The device's tail was over the target: best effort at 25%.
         s.feedback.as_mut().unwrap().scale = 0.25;
         assert!((s.be_model_rate() - 60_000.0).abs() < 1e-6);
