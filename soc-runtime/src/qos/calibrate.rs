@@ -269,19 +269,25 @@ impl Driver {
     }
 }
 
+/// A sweep's steps as the model's curve (achieved load against the
+/// reads' latencies).
+fn points(steps: &[Step]) -> Vec<Point> {
+    steps
+        .iter()
+        .map(|s| Point {
+            tokens_per_s: s.achieved.max(1.0),
+            p95_us: s.p95_us,
+            p99_us: s.p99_us,
+        })
+        .collect()
+}
+
 /// The load a sweep sustains at the SLO (interpolated, in achieved IOPS).
 fn rate_at(steps: &[Step], slo: Slo) -> f64 {
     let m = DeviceModel {
         backend: String::new(),
         write_cost: 1.0,
-        points: steps
-            .iter()
-            .map(|s| Point {
-                tokens_per_s: s.achieved.max(1.0),
-                p95_us: s.p95_us,
-                p99_us: s.p99_us,
-            })
-            .collect(),
+        points: points(steps),
         mixes: vec![],
         calib_slo: None,
     };
@@ -451,15 +457,7 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
     let model = DeviceModel {
         backend: a.backend.clone(),
         write_cost,
-        points: sweeps[0]
-            .1
-            .iter()
-            .map(|s| Point {
-                tokens_per_s: s.achieved.max(1.0),
-                p95_us: s.p95_us,
-                p99_us: s.p99_us,
-            })
-            .collect(),
+        points: points(&sweeps[0].1),
         mixes,
         calib_slo: Some(a.slo),
     };
