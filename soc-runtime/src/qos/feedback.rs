@@ -41,6 +41,8 @@ const MAX_CUT: f64 = 0.7;
 /// Default target: this percentage of the strictest SLO (the rest is left
 /// for what the device's latency does not see: the poller, the guest).
 pub const DEFAULT_TARGET_PCT: u32 = 90;
+/// The targets one may set (`--qos feedback=`, `qos_device`).
+pub const TARGET_PCT: std::ops::RangeInclusive<u32> = 10..=100;
 
 /// Reads larger than this do not count (their latency is their size's).
 pub const MAX_READ_BYTES: u64 = 16 * 1024;

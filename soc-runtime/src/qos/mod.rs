@@ -198,16 +198,18 @@ impl Qos {
     }
 
     /// Close the feedback's window when it is due.
+    /// Called on every admission: the cheap test first.
     fn feedback(&self, s: &mut Sched, now: u64) {
+        let reads = self.window_reads.load(Ordering::Relaxed);
+        if !s.feedback.as_ref().is_some_and(|f| f.ready(reads, now)) {
+            return;
+        }
         let Some(slo) = s.strictest() else {
             return;
         };
         let Some(fb) = s.feedback.as_mut() else {
             return;
         };
-        if !fb.ready(self.window_reads.load(Ordering::Relaxed), now) {
-            return;
-        }
         let (n, tail) = self.window.take(slo.pct.fraction());
         self.window_reads.store(0, Ordering::Relaxed);
         let slo_us = f64::from(u32::try_from(slo.us).unwrap_or(u32::MAX));
@@ -399,7 +401,7 @@ fn set_feedback(s: &mut Sched, v: Option<&Value>) -> Result<(), String> {
             let pct = v
                 .as_u64()
                 .and_then(|p| u32::try_from(p).ok())
-                .filter(|p| (10..=100).contains(p))
+                .filter(|p| feedback::TARGET_PCT.contains(p))
                 .ok_or("feedback must be \"off\" or 10..100 (% of the strictest SLO)")?;
             s.feedback = Some(feedback::Feedback::new(pct, now_ns()));
         }

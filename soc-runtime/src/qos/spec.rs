@@ -248,7 +248,7 @@ impl FromStr for QosSpec {
                             v.trim_end_matches('%')
                                 .parse()
                                 .ok()
-                                .filter(|p| (10..=100).contains(p))
+                                .filter(|p| super::feedback::TARGET_PCT.contains(p))
                                 .ok_or_else(|| {
                                     format!("--qos '{s}': feedback must be off or 10..100 (% of the strictest SLO)")
                                 })?,
