@@ -116,6 +116,31 @@ impl NandGeometry {
         (ppa / self.pages_per_block, ppa % self.pages_per_block)
     }
 
+    /// [`split`](Self::split), for a page number a caller gave.
+    pub fn locate(&self, ppa: u32) -> Result<(u32, u32), MediaError> {
+        if u64::from(ppa) >= self.pages() {
+            return Err(MediaError::Bad("page number past the end"));
+        }
+        Ok(self.split(ppa))
+    }
+
+    /// Block `block` exists.
+    pub fn check_block(&self, block: u32) -> Result<(), MediaError> {
+        if block >= self.blocks() {
+            return Err(MediaError::Bad("block number past the end"));
+        }
+        Ok(())
+    }
+
+    /// `len` bytes hold block `block`'s data ([`Media::scan_block`]).
+    pub fn check_scan(&self, block: u32, len: usize) -> Result<(), MediaError> {
+        self.check_block(block)?;
+        if len != self.pages_per_block as usize * self.page_size as usize {
+            return Err(MediaError::Bad("scan buffer is not one block"));
+        }
+        Ok(())
+    }
+
     /// Checks the sizes: every count non-zero, page size a power of two in
     /// 512..=65536, OOB large enough, page numbers fitting in 32 bits, and
     /// the file size in 64.
@@ -376,9 +401,10 @@ pub trait Media: Send {
     fn sync_handle(&self) -> Result<File, MediaError>;
 }
 
-struct BlockState {
-    next_page: u32,
-    erase_count: u32,
+/// What a media keeps of each block: its write pointer and erase count.
+pub(super) struct BlockState {
+    pub(super) next_page: u32,
+    pub(super) erase_count: u32,
 }
 
 /// NAND emulated in a file (see the module docs).
@@ -515,13 +541,6 @@ impl NandMedia {
         Ok(())
     }
 
-    fn check_ppa(&self, ppa: u32) -> Result<(u32, u32), MediaError> {
-        if u64::from(ppa) >= self.geo.pages() {
-            return Err(MediaError::Bad("page number past the end"));
-        }
-        Ok(self.geo.split(ppa))
-    }
-
     fn die_and_channel(&self, block: u32) -> (usize, usize) {
         let die = self.geo.die_of_block(block);
         (die as usize, (die % self.geo.channels) as usize)
@@ -558,7 +577,7 @@ impl NandMedia {
     }
 
     fn write_page(&mut self, ppa: u32, data: &[u8], meta: &PageMeta) -> Result<(), MediaError> {
-        let (block, page) = self.check_ppa(ppa)?;
+        let (block, page) = self.geo.locate(ppa)?;
         if data.len() != self.geo.page_size as usize {
             return Err(MediaError::Bad("program buffer is not one page"));
         }
@@ -578,7 +597,7 @@ impl NandMedia {
     }
 
     fn read_page(&self, ppa: u32, data: &mut [u8]) -> Result<PageMeta, MediaError> {
-        let (block, page) = self.check_ppa(ppa)?;
+        let (block, page) = self.geo.locate(ppa)?;
         if data.len() != self.geo.page_size as usize {
             return Err(MediaError::Bad("read buffer is not one page"));
         }
@@ -627,8 +646,8 @@ impl Media for NandMedia {
         buf: &mut [u8],
         now: u64,
     ) -> Result<u64, MediaError> {
-        let (sb, _) = self.check_ppa(src)?;
-        let (db, _) = self.check_ppa(dst)?;
+        let (sb, _) = self.geo.locate(src)?;
+        let (db, _) = self.geo.locate(dst)?;
         if self.geo.die_of_block(sb) != self.geo.die_of_block(db) {
             return Err(MediaError::Bad("copyback between dies"));
         }
@@ -641,9 +660,7 @@ impl Media for NandMedia {
     }
 
     fn erase(&mut self, block: u32, now: u64) -> Result<u64, MediaError> {
-        if block >= self.geo.blocks() {
-            return Err(MediaError::Bad("block number past the end"));
-        }
+        self.geo.check_block(block)?;
         let count = self.blocks[block as usize].erase_count.saturating_add(1);
         let zero = vec![0u8; usize::try_from(self.geo.oob_area_len()).unwrap_or(0)];
         self.file
@@ -676,13 +693,8 @@ impl Media for NandMedia {
 
     fn scan_block(&mut self, block: u32, data: &mut [u8]) -> Result<Vec<PageState>, MediaError> {
         let geo = self.geo;
-        if block >= geo.blocks() {
-            return Err(MediaError::Bad("block number past the end"));
-        }
+        geo.check_scan(block, data.len())?;
         let ps = geo.page_size as usize;
-        if data.len() != geo.pages_per_block as usize * ps {
-            return Err(MediaError::Bad("scan buffer is not one block"));
-        }
         let mut oob = vec![0u8; usize::try_from(geo.oob_area_len()).unwrap_or(0)];
         self.file
             .read_exact_at(&mut oob, geo.block_offset(block))

@@ -28,8 +28,8 @@ use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::nand::{
-    decode_header, decode_oob, encode_header, encode_oob, Media, MediaError, NandGeometry,
-    PageMeta, PageState,
+    decode_header, decode_oob, encode_header, encode_oob, BlockState, Media, MediaError,
+    NandGeometry, PageMeta, PageState,
 };
 
 /// Zones as the media sees them (bytes throughout).
@@ -414,11 +414,6 @@ impl ZoneDevice for FileZoneDevice {
     }
 }
 
-struct BlockState {
-    next_page: u32,
-    erase_count: u32,
-}
-
 /// The FTL's media on a [`ZoneDevice`] (see the module docs).
 pub struct ZonedMedia {
     path: PathBuf,
@@ -562,13 +557,6 @@ impl ZonedMedia {
         let count = u32::from_le_bytes([oob[40], oob[41], oob[42], oob[43]]);
         Ok((decode_oob(oob, data), count))
     }
-
-    fn check(&self, ppa: u32) -> Result<(u32, u32), MediaError> {
-        if u64::from(ppa) >= self.geo.pages() {
-            return Err(MediaError::Bad("page number past the end"));
-        }
-        Ok(self.geo.split(ppa))
-    }
 }
 
 impl Media for ZonedMedia {
@@ -577,7 +565,7 @@ impl Media for ZonedMedia {
     }
 
     fn read(&mut self, ppa: u32, data: &mut [u8], now: u64) -> Result<(PageMeta, u64), MediaError> {
-        let (block, page) = self.check(ppa)?;
+        let (block, page) = self.geo.locate(ppa)?;
         if data.len() != self.geo.page_size as usize {
             return Err(MediaError::Bad("buffer is not one page"));
         }
@@ -601,7 +589,7 @@ impl Media for ZonedMedia {
         meta: &PageMeta,
         now: u64,
     ) -> Result<u64, MediaError> {
-        let (block, page) = self.check(ppa)?;
+        let (block, page) = self.geo.locate(ppa)?;
         if data.len() != self.geo.page_size as usize {
             return Err(MediaError::Bad("buffer is not one page"));
         }
@@ -646,8 +634,8 @@ impl Media for ZonedMedia {
         buf: &mut [u8],
         now: u64,
     ) -> Result<u64, MediaError> {
-        let (sb, _) = self.check(src)?;
-        let (db, _) = self.check(dst)?;
+        let (sb, _) = self.geo.locate(src)?;
+        let (db, _) = self.geo.locate(dst)?;
         if self.geo.die_of_block(sb) != self.geo.die_of_block(db) {
             return Err(MediaError::Bad("copyback between dies"));
         }
@@ -656,9 +644,7 @@ impl Media for ZonedMedia {
     }
 
     fn erase(&mut self, block: u32, now: u64) -> Result<u64, MediaError> {
-        if block >= self.geo.blocks() {
-            return Err(MediaError::Bad("block number past the end"));
-        }
+        self.geo.check_block(block)?;
         self.dev
             .reset(block + 1)
             .map_err(self.io_err("cannot reset a zone of"))?;
@@ -679,13 +665,8 @@ impl Media for ZonedMedia {
     }
 
     fn scan_block(&mut self, block: u32, data: &mut [u8]) -> Result<Vec<PageState>, MediaError> {
-        if block >= self.geo.blocks() {
-            return Err(MediaError::Bad("block number past the end"));
-        }
+        self.geo.check_scan(block, data.len())?;
         let ps = self.geo.page_size as usize;
-        if data.len() != self.geo.pages_per_block as usize * ps {
-            return Err(MediaError::Bad("scan buffer is not one block"));
-        }
         let written = self.blocks[block as usize].next_page;
         let mut out = Vec::with_capacity(self.geo.pages_per_block as usize);
         for p in 0..self.geo.pages_per_block {
