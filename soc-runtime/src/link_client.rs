@@ -304,6 +304,16 @@ impl LinkClient {
     /// description (a flash namespace's includes the FTL's write
     /// amplification, GC victims and erase counts).
     pub fn ns_states(&self, ctrl: &str) -> Vec<(u32, String)> {
+        self.each_ns(ctrl, |n| (n.info.nsid, n.backend.describe()))
+    }
+
+    /// The NSIDs served for `ctrl`.
+    pub fn nsids(&self, ctrl: &str) -> Vec<u32> {
+        self.each_ns(ctrl, |n| n.info.nsid)
+    }
+
+    /// `f` of each namespace served for `ctrl` (none for an unknown one).
+    fn each_ns<T>(&self, ctrl: &str, f: impl Fn(&crate::ctrl::Namespace) -> T) -> Vec<T> {
         lock(&self.workers).get(ctrl).map_or_else(Vec::new, |w| {
             w.ctx
                 .namespaces
@@ -311,26 +321,9 @@ impl LinkClient {
                 .entries
                 .iter()
                 .flatten()
-                .map(|n| (n.info.nsid, n.backend.describe()))
+                .map(|n| f(n))
                 .collect()
         })
-    }
-
-    /// The NSIDs served for `ctrl`.
-    pub fn nsids(&self, ctrl: &str) -> Vec<u32> {
-        lock(&self.workers)
-            .get(ctrl)
-            .map(|w| {
-                w.ctx
-                    .namespaces
-                    .load()
-                    .entries
-                    .iter()
-                    .flatten()
-                    .map(|n| n.info.nsid)
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     fn read_loop(self: Arc<Self>, transport: Transport) -> LinkError {
