@@ -124,6 +124,18 @@ impl NandGeometry {
         Ok(self.split(ppa))
     }
 
+    /// The die a copyback from page `src` to page `dst` runs on (both
+    /// must exist and be on it).
+    pub fn copyback_die(&self, src: u32, dst: u32) -> Result<u32, MediaError> {
+        let (sb, _) = self.locate(src)?;
+        let (db, _) = self.locate(dst)?;
+        let die = self.die_of_block(sb);
+        if die != self.die_of_block(db) {
+            return Err(MediaError::Bad("copyback between dies"));
+        }
+        Ok(die)
+    }
+
     /// Block `block` exists.
     pub fn check_block(&self, block: u32) -> Result<(), MediaError> {
         if block >= self.blocks() {
@@ -646,14 +658,9 @@ impl Media for NandMedia {
         buf: &mut [u8],
         now: u64,
     ) -> Result<u64, MediaError> {
-        let (sb, _) = self.geo.locate(src)?;
-        let (db, _) = self.geo.locate(dst)?;
-        if self.geo.die_of_block(sb) != self.geo.die_of_block(db) {
-            return Err(MediaError::Bad("copyback between dies"));
-        }
+        let d = self.geo.copyback_die(src, dst)? as usize;
         self.read_page(src, buf)?;
         self.write_page(dst, buf, meta)?;
-        let d = self.geo.die_of_block(sb) as usize;
         let done = now.max(self.die_busy[d]) + self.timing.read_ns + self.timing.program_ns;
         self.die_busy[d] = done;
         Ok(done)

@@ -634,11 +634,7 @@ impl Media for ZonedMedia {
         buf: &mut [u8],
         now: u64,
     ) -> Result<u64, MediaError> {
-        let (sb, _) = self.geo.locate(src)?;
-        let (db, _) = self.geo.locate(dst)?;
-        if self.geo.die_of_block(sb) != self.geo.die_of_block(db) {
-            return Err(MediaError::Bad("copyback between dies"));
-        }
+        self.geo.copyback_die(src, dst)?;
         self.read(src, buf, now)?;
         self.program(dst, buf, meta, now)
     }
