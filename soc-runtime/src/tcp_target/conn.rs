@@ -626,7 +626,9 @@ impl Poller {
         if first.kind == IoKind::Read {
             let len = usize::try_from(first.len).unwrap_or(0);
             let l = layout(PduType::C2H_DATA, len, conn.dg, conn.host_align);
-            cmd.buf = vec![0u8; l.plen];
+            // The header room is cleared; data and digest are written
+            // before the buffer is sent (see `bufs`).
+            cmd.buf = self.bufs.take(l.plen, l.pdo);
             cmd.read_layout = Some((l, len));
             conn.owed += len;
             iov = Some(Iov(libc::iovec {

@@ -10,6 +10,7 @@
 //!   R2T/H2CData, C2HData, TermReqs.
 //! - `admin`: admin commands, properties and the discovery log page.
 //! - `io_cmd`: SGL decoding and NVM command planning.
+//! - `bufs`: recycled buffers for the data reads send.
 //!
 //! A discovery controller (`nqn.2014-08.org.nvmexpress.discovery`) answers
 //! on the same listener with one log entry for the subsystem (for hosts on
@@ -17,6 +18,7 @@
 //! nothing else is disturbed.
 
 mod admin;
+mod bufs;
 pub mod config;
 mod conn;
 mod ctrl;

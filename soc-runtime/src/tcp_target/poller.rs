@@ -5,6 +5,7 @@
 //! completions, writes queued PDUs and does the timed checks (ICReq
 //! timeout, keep-alive timeout, controllers torn down elsewhere).
 
+use super::bufs::BufPool;
 use super::conn::{Conn, Phase};
 use super::ctrl::Subsystem;
 use super::epoll::Epoll;
@@ -87,6 +88,8 @@ pub(super) struct Poller {
     orphans: HashMap<u64, Orphan>,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
+    /// Sent C2HData buffers, for the next reads.
+    pub(super) bufs: BufPool,
     stop: Arc<AtomicBool>,
     last_tick: Instant,
     /// Accepting is paused (the listener unwatched) until then.
@@ -128,6 +131,7 @@ impl Poller {
             orphans: HashMap::new(),
             completions: Vec::new(),
             scratch: vec![0u8; 128 * 1024],
+            bufs: BufPool::default(),
             stop,
             last_tick: Instant::now(),
             accept_paused_until: None,
@@ -439,7 +443,7 @@ impl Poller {
                 }
                 continue;
             }
-            match flush(conn) {
+            match flush(conn, &mut self.bufs) {
                 Ok(blocked) => {
                     let reading = !conn.over_limit();
                     if blocked != conn.want_out || reading != conn.reading {
@@ -603,8 +607,9 @@ impl Poller {
     }
 }
 
-/// Write queued PDUs; Ok(true) when the socket would block with data left.
-fn flush(conn: &mut Conn) -> std::io::Result<bool> {
+/// Write queued PDUs, giving sent buffers to `bufs`; Ok(true) when the
+/// socket would block with data left.
+fn flush(conn: &mut Conn, bufs: &mut BufPool) -> std::io::Result<bool> {
     while !conn.tx.is_empty() {
         let mut slices = Vec::with_capacity(16);
         for (i, b) in conn.tx.iter().take(16).enumerate() {
@@ -622,6 +627,7 @@ fn flush(conn: &mut Conn) -> std::io::Result<bool> {
                         n -= left;
                         if let Some(done) = conn.tx.pop_front() {
                             conn.tx_bytes -= done.len();
+                            bufs.give(done);
                         }
                         conn.tx_off = 0;
                     } else {

@@ -36,11 +36,14 @@ impl Target {
         Target::with_ns("ram:16M", extra)
     }
     fn with_ns(ns: &str, extra: &str) -> Target {
+        Target::with_pollers(ns, extra, 2)
+    }
+    fn with_pollers(ns: &str, extra: &str, pollers: usize) -> Target {
         let spec: TcpTargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns={ns}{extra}")
             .parse()
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let t = TcpTarget::start(0, &spec, 2, stop.clone()).unwrap();
+        let t = TcpTarget::start(0, &spec, pollers, stop.clone()).unwrap();
         let addr = t.local_addr;
         Target {
             t: Some(t),
@@ -531,6 +534,62 @@ fn reads_end_with_success_flagged_data_when_sq_flow_control_is_off() {
         let (s, _) = q.rw(IoOpcode::WRITE, 0, 1, Out::InCapsule(&data[..512]), 0);
         assert!(s.is_success());
         assert_eq!(q.successes, if off { 3 } else { 0 });
+    }
+}
+
+/// Reads take the poller's sent buffers without zeroing them: the padding
+/// a host's HPDA puts between a C2HData header and its data must still be
+/// zero, never bytes of an earlier PDU (here Identify pages sent to the
+/// admin queue, whose data began where this padding lies).
+#[test]
+fn padding_before_read_data_is_zero_in_recycled_buffers() {
+    let tgt = Target::with_pollers("ram:16M", "", 1);
+    let (mut a, cntlid) = Host::admin(tgt.addr, Digests::default(), NQN, 0);
+    let mut q = Host::tcp(tgt.addr);
+    let mut req = IcReq::new();
+    req.hpda = 7; // data aligned to (7 + 1) * 4 = 32 bytes
+    let mut out = Vec::new();
+    write_pdu(&mut out, req.as_bytes(), &[], Digests::default(), 4);
+    q.send(&out);
+    assert!(matches!(
+        q.recv().map(|p| p.header),
+        Some(PduHeader::IcResp(_))
+    ));
+    assert!(q
+        .connect(1, cntlid, NQN, HOST, 0)
+        .status_field()
+        .is_success());
+    let data = pattern(4096, 5);
+    let (s, _) = q.rw(IoOpcode::WRITE, 0, 8, Out::R2t(&data), 0);
+    assert!(s.is_success());
+    for _ in 0..4 {
+        let (s, page) = a.identify(1, 0);
+        assert!(s.is_success());
+        assert!(page[..8].iter().any(|&b| b != 0), "the page's head is data");
+        // One read, its PDUs taken raw off the socket.
+        let mut sqe = Sqe {
+            opcode: IoOpcode::READ,
+            nsid: 1.into(),
+            cdw12: 7.into(),
+            ..Default::default()
+        };
+        sqe.cid = 0x77.into();
+        SglDescriptor::transport(4096).store(&mut sqe);
+        let b = q.capsule(&sqe, &[]);
+        q.send(&b);
+        let mut ch = [0u8; 8];
+        q.sock.read_exact(&mut ch).unwrap();
+        assert_eq!(ch[0], PduType::C2H_DATA);
+        assert_eq!(ch[3], 32, "PDO honours HPDA");
+        let plen = usize::try_from(u32::from_le_bytes(ch[4..8].try_into().unwrap())).unwrap();
+        assert_eq!(plen, 32 + 4096);
+        let mut rest = vec![0u8; plen - 8];
+        q.sock.read_exact(&mut rest).unwrap();
+        assert_eq!(&rest[24 - 8..32 - 8], &[0u8; 8], "padding is zero");
+        assert_eq!(&rest[32 - 8..], &data[..]);
+        let mut resp = [0u8; 24];
+        q.sock.read_exact(&mut resp).unwrap();
+        assert_eq!(resp[0], PduType::CAPSULE_RESP);
     }
 }
 

@@ -657,7 +657,7 @@ impl NvmeTcpQueue {
                 // would take the one the target's sends need.
                 return Ok(());
             }
-            let n = if let (Rx::Data { cid, at, left, .. }, true) =
+            let (n, drained) = if let (Rx::Data { cid, at, left, .. }, true) =
                 (&conn.state, conn.rx_start == conn.rx_end)
             {
                 // Large payload with nothing buffered: read it in place.
@@ -707,15 +707,17 @@ impl NvmeTcpQueue {
                         ddgst,
                         flags,
                     };
-                } else {
-                    self.data_done(cid, at + n, crc, ddgst, flags);
+                    // A short read emptied the socket: another read would
+                    // only say so, on the completion's critical path.
+                    return Ok(());
                 }
+                self.data_done(cid, at + n, crc, ddgst, flags);
                 continue;
             } else {
                 let end = conn.make_room();
                 match conn.sock.read(&mut conn.rx[end..]) {
                     Ok(0) => return Err(NvmeTcpError::Closed),
-                    Ok(n) => n,
+                    Ok(n) => (n, n < conn.rx.len() - end),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(source) => return Err(NvmeTcpError::Io { source }),
@@ -723,6 +725,10 @@ impl NvmeTcpQueue {
             };
             conn.rx_end += n;
             conn.last_io = Instant::now();
+            if drained {
+                // As above: parse what came and stop reading.
+                break;
+            }
         }
         self.process()
     }
