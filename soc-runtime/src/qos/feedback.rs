@@ -38,11 +38,64 @@ const STEP_UP: f64 = 0.05;
 pub const RECOVER_BELOW: f64 = 0.85;
 /// Deepest cut per window.
 const MAX_CUT: f64 = 0.7;
-/// Default target: this percentage of the strictest SLO (the rest is left
-/// for what the device's latency does not see: the poller, the guest).
-pub const DEFAULT_TARGET_PCT: u32 = 90;
-/// The targets one may set (`--qos feedback=`, `qos_device`).
+/// The percentages of the SLO one may set as target (`--qos feedback=`,
+/// `qos_device`).
 pub const TARGET_PCT: std::ops::RangeInclusive<u32> = 10..=100;
+/// [`Target::Auto`]'s largest margin below the SLO, in microseconds.
+pub const AUTO_MARGIN_US: f64 = 100.0;
+
+/// What the device's read tail is held under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The strictest SLO less a margin for what the device's latency does
+    /// not see (the poller, the transport, the guest's driver): a tenth of
+    /// the SLO, at most [`AUTO_MARGIN_US`]. That time is a few tens of
+    /// microseconds whatever the SLO (an NVMe/TCP round trip on loopback
+    /// under load, a poller pass), so a fixed percentage would either
+    /// leave a millisecond SLO's best effort short by a tenth of the
+    /// device or give a 200 us SLO no margin at all.
+    Auto,
+    /// This percentage of the strictest SLO ([`TARGET_PCT`]).
+    Pct(u32),
+}
+
+impl Target {
+    /// The target in microseconds for an SLO of `slo_us`.
+    pub fn of(self, slo_us: f64) -> f64 {
+        match self {
+            Target::Auto => slo_us - (slo_us / 10.0).min(AUTO_MARGIN_US),
+            Target::Pct(p) => slo_us * f64::from(p) / 100.0,
+        }
+    }
+
+    /// `auto`, a percentage (`90` or `90%`) or `off` (None).
+    pub fn parse(v: &str) -> Result<Option<Target>, String> {
+        match v {
+            "off" => Ok(None),
+            "auto" => Ok(Some(Target::Auto)),
+            _ => v
+                .trim_end_matches('%')
+                .parse()
+                .ok()
+                .filter(|p| TARGET_PCT.contains(p))
+                .map(|p| Some(Target::Pct(p)))
+                .ok_or_else(|| {
+                    format!(
+                        "feedback must be auto, off or 10..100 (% of the strictest SLO), not {v:?}"
+                    )
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Auto => f.write_str("auto"),
+            Target::Pct(p) => write!(f, "{p}%"),
+        }
+    }
+}
 
 /// Reads larger than this do not count (their latency is their size's).
 pub const MAX_READ_BYTES: u64 = 16 * 1024;
@@ -50,8 +103,8 @@ pub const MAX_READ_BYTES: u64 = 16 * 1024;
 /// The controller's state.
 #[derive(Clone, Debug)]
 pub struct Feedback {
-    /// Target, as a percentage of the strictest SLO.
-    pub target_pct: u32,
+    /// What the read tail is held under.
+    pub target: Target,
     /// Share of its rate best effort gets now (MIN_SCALE..=1).
     pub scale: f64,
     /// Start of the current window.
@@ -63,9 +116,9 @@ pub struct Feedback {
 }
 
 impl Feedback {
-    pub fn new(target_pct: u32, now_ns: u64) -> Feedback {
+    pub fn new(target: Target, now_ns: u64) -> Feedback {
         Feedback {
-            target_pct,
+            target,
             scale: 1.0,
             window_ns: now_ns,
             last: None,
@@ -87,7 +140,7 @@ impl Feedback {
             return;
         }
         self.last = Some((samples, tail_us));
-        let target = slo_us * f64::from(self.target_pct) / 100.0;
+        let target = self.target.of(slo_us);
         if target <= 0.0 {
             return;
         }
@@ -105,8 +158,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_automatic_target_leaves_a_tenth_of_the_slo_up_to_100_us() {
+        assert_eq!(Target::Auto.of(6000.0), 5900.0);
+        assert_eq!(Target::Auto.of(1000.0), 900.0);
+        assert_eq!(Target::Auto.of(200.0), 180.0);
+        assert_eq!(Target::Pct(90).of(6000.0), 5400.0);
+        assert_eq!(Target::parse("auto"), Ok(Some(Target::Auto)));
+        assert_eq!(Target::parse("off"), Ok(None));
+        assert_eq!(Target::parse("100%"), Ok(Some(Target::Pct(100))));
+        for bad in ["9", "101", "on", "", "-5"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Target::Pct(75).to_string(), "75%");
+    }
+
+    #[test]
     fn overshoot_cuts_in_proportion_and_recovery_is_gradual() {
-        let mut f = Feedback::new(80, 0);
+        let mut f = Feedback::new(Target::Pct(80), 0);
         let n = MIN_SAMPLES;
         let w = |i: u64| i * WINDOW_NS;
         // SLO 1000 us, target 800 us.
@@ -140,7 +208,7 @@ mod tests {
 
     #[test]
     fn windows_without_enough_reads_wait_then_change_nothing() {
-        let mut f = Feedback::new(80, 0);
+        let mut f = Feedback::new(Target::Pct(80), 0);
         f.scale = 0.5;
         // Too few reads: the window goes on.
         assert!(!f.ready(5, 2 * WINDOW_NS));

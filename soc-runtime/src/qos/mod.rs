@@ -147,9 +147,7 @@ impl Qos {
         let model = DeviceModel::load(&spec.device)?;
         let mut s = Sched::new(model, spec.be_floor_pct, spec.burst_us, now_ns());
         s.lc_burst_us = spec.lc_burst_us;
-        s.feedback = spec
-            .feedback_pct
-            .map(|pct| feedback::Feedback::new(pct, now_ns()));
+        s.feedback = spec.feedback.map(|t| feedback::Feedback::new(t, now_ns()));
         for t in tenants {
             s.add(t.clone(), now_ns())?;
         }
@@ -372,7 +370,10 @@ impl Qos {
             .collect();
         let fb = s.feedback.as_ref().map_or(json!("off"), |f| {
             json!({
-                "target_pct_of_slo": f.target_pct,
+                "target": f.target.to_string(),
+                "target_us": s
+                    .strictest()
+                    .map(|slo| f.target.of(f64::from(u32::try_from(slo.us).unwrap_or(u32::MAX)))),
                 "be_scale": f.scale,
                 "cuts": f.cuts,
                 "last_window_reads": f.last.map(|l| l.0),
@@ -392,20 +393,15 @@ impl Qos {
     }
 }
 
-/// `qos_device`'s "feedback": a percentage of the strictest SLO, or "off".
+/// `qos_device`'s "feedback": "auto", a percentage of the strictest SLO
+/// (a number or "90%"), or "off".
 fn set_feedback(s: &mut Sched, v: Option<&Value>) -> Result<(), String> {
-    match v {
-        None => {}
-        Some(Value::String(off)) if off == "off" => s.feedback = None,
-        Some(v) => {
-            let pct = v
-                .as_u64()
-                .and_then(|p| u32::try_from(p).ok())
-                .filter(|p| feedback::TARGET_PCT.contains(p))
-                .ok_or("feedback must be \"off\" or 10..100 (% of the strictest SLO)")?;
-            s.feedback = Some(feedback::Feedback::new(pct, now_ns()));
-        }
-    }
+    let target = match v {
+        None => return Ok(()),
+        Some(Value::String(t)) => feedback::Target::parse(t)?,
+        Some(v) => feedback::Target::parse(&v.to_string())?,
+    };
+    s.feedback = target.map(|t| feedback::Feedback::new(t, now_ns()));
     Ok(())
 }
 
@@ -673,5 +669,17 @@ mod tests {
             )
             .unwrap()
             .is_err());
+        // Back on, by percentage or automatic margin; the SLO is 100 us.
+        for (v, target, us) in [(json!(80), "80%", 80.0), (json!("auto"), "auto", 90.0)] {
+            q.handle(
+                "qos_device",
+                &json!({"path": _dir.path().join("dev.json"), "feedback": v}),
+            )
+            .unwrap()
+            .unwrap();
+            let fb = &q.stats(false)["feedback"];
+            assert_eq!(fb["target"], json!(target));
+            assert_eq!(fb["target_us"].as_f64(), Some(us));
+        }
     }
 }

@@ -29,7 +29,7 @@
 //! - Best effort's rate (the leftover and the LC overflow) is scaled by
 //!   the [`Feedback`]'s correction from the device's latencies.
 
-use super::feedback::{Feedback, DEFAULT_TARGET_PCT};
+use super::feedback::{Feedback, Target};
 use super::model::{DeviceModel, Slo, TOKEN_BYTES};
 use super::spec::{Class, Key, Selector, TenantSpec};
 use super::stats::TenantStats;
@@ -119,7 +119,7 @@ impl Sched {
             lc_burst_us: DEFAULT_LC_BURST_US,
             tenants: Vec::new(),
             be_pool: 0.0,
-            feedback: Some(Feedback::new(DEFAULT_TARGET_PCT, now_ns)),
+            feedback: Some(Feedback::new(Target::Auto, now_ns)),
             last_ns: now_ns,
             next_id: 1,
         };

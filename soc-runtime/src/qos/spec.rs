@@ -197,8 +197,8 @@ pub struct QosSpec {
     pub burst_us: u64,
     /// Bucket depth of LC tenants in microseconds of their rate.
     pub lc_burst_us: u64,
-    /// The feedback's target in percent of the strictest SLO; None: off.
-    pub feedback_pct: Option<u32>,
+    /// The feedback's target; None: off.
+    pub feedback: Option<super::feedback::Target>,
 }
 
 impl FromStr for QosSpec {
@@ -208,7 +208,7 @@ impl FromStr for QosSpec {
         let mut be_floor_pct = 5;
         let mut burst_us = 1000;
         let mut lc_burst_us = super::sched::DEFAULT_LC_BURST_US;
-        let mut feedback_pct = Some(super::feedback::DEFAULT_TARGET_PCT);
+        let mut feedback = Some(super::feedback::Target::Auto);
         for kv in s.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = kv
                 .split_once('=')
@@ -242,18 +242,8 @@ impl FromStr for QosSpec {
                         })?
                 }
                 "feedback" => {
-                    feedback_pct = match v {
-                        "off" => None,
-                        _ => Some(
-                            v.trim_end_matches('%')
-                                .parse()
-                                .ok()
-                                .filter(|p| super::feedback::TARGET_PCT.contains(p))
-                                .ok_or_else(|| {
-                                    format!("--qos '{s}': feedback must be off or 10..100 (% of the strictest SLO)")
-                                })?,
-                        ),
-                    }
+                    feedback = super::feedback::Target::parse(v)
+                        .map_err(|e| format!("--qos '{s}': {e}"))?;
                 }
                 _ => {
                     return Err(format!(
@@ -267,7 +257,7 @@ impl FromStr for QosSpec {
             be_floor_pct,
             burst_us,
             lc_burst_us,
-            feedback_pct,
+            feedback,
         })
     }
 }
@@ -275,6 +265,7 @@ impl FromStr for QosSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qos::feedback::Target;
     use crate::qos::model::Pct;
 
     #[test]
@@ -343,11 +334,13 @@ mod tests {
         assert_eq!(q.lc_burst_us, 50_000);
         let q: QosSpec = "device=x,lc-burst-us=2000".parse().unwrap();
         assert_eq!(q.lc_burst_us, 2000);
-        assert_eq!(q.feedback_pct, Some(90));
+        assert_eq!(q.feedback, Some(Target::Auto));
         let q: QosSpec = "device=x,feedback=off".parse().unwrap();
-        assert_eq!(q.feedback_pct, None);
+        assert_eq!(q.feedback, None);
         let q: QosSpec = "device=x,feedback=60%".parse().unwrap();
-        assert_eq!(q.feedback_pct, Some(60));
+        assert_eq!(q.feedback, Some(Target::Pct(60)));
+        let q: QosSpec = "device=x,feedback=auto".parse().unwrap();
+        assert_eq!(q.feedback, Some(Target::Auto));
         assert!("device=x,feedback=5".parse::<QosSpec>().is_err());
         assert!("device=x,feedback=on".parse::<QosSpec>().is_err());
         assert!("be-floor=5".parse::<QosSpec>().is_err());
