@@ -19,8 +19,16 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vmm_sys_util::timerfd::TimerFd;
 
 const LISTENER: u64 = u64::MAX;
+/// Epoll token of the nap timer.
+const NAP: u64 = u64::MAX - 1;
+/// How long the poller sleeps when its only work is commands held for
+/// QoS tokens: nothing but time releases them (a new command or a
+/// completion wakes it at once). Best effort's buckets hold at least 1 ms
+/// of its rate by default, so a tenth of that loses it no tokens.
+const HELD_NAP: Duration = Duration::from_micros(100);
 /// Requests in flight per backend queue.
 pub(super) const BACKEND_DEPTH: u32 = 256;
 /// Reads per connection per loop (fairness).
@@ -99,6 +107,11 @@ pub(super) struct Poller {
     /// When the last pass found work (busy polling lasts
     /// `Limits::busy_poll` after it).
     last_work: Instant,
+    /// Wakes the poller after [`HELD_NAP`] (armed while it sleeps with
+    /// only held commands); epoll's own timeout counts in milliseconds.
+    nap: TimerFd,
+    /// Arming `nap` failed once (said once, not on every pass).
+    nap_failed: bool,
     /// QoS: operations waiting for their tenant's tokens, and the
     /// statistics of commands in flight (see `qos_hook`).
     pub(super) qos_held: crate::qos::Held<PendingOp>,
@@ -118,6 +131,8 @@ impl Poller {
     ) -> std::io::Result<Poller> {
         let epoll = Epoll::new()?;
         epoll.add(listener.as_raw_fd(), LISTENER, false)?;
+        let nap = TimerFd::new().map_err(std::io::Error::from)?;
+        epoll.add(nap.as_raw_fd(), NAP, false)?;
         Ok(Poller {
             index,
             sub,
@@ -137,6 +152,8 @@ impl Poller {
             accept_paused_until: None,
             tx_peak: 0,
             last_work: Instant::now(),
+            nap,
+            nap_failed: false,
             qos_held: crate::qos::Held::default(),
             qos_lat: HashMap::new(),
         })
@@ -161,7 +178,6 @@ impl Poller {
         let mut events = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Acquire) {
             let busy = !self.pending.is_empty()
-                || !self.qos_held.is_empty()
                 || self.nsq.iter().any(|q| q.in_flight() > 0)
                 || self
                     .conns
@@ -173,7 +189,11 @@ impl Poller {
                 self.last_work = now;
             }
             let polling = busy || now.duration_since(self.last_work) < self.sub.limits.busy_poll;
-            let wait = if polling { Duration::ZERO } else { IDLE_WAIT };
+            let wait = if polling || !(self.qos_held.is_empty() || self.arm_nap()) {
+                Duration::ZERO
+            } else {
+                IDLE_WAIT
+            };
             events.clear();
             if let Err(e) = self.epoll.wait(wait, &mut events) {
                 tracing::error!(poller = self.index, "epoll_wait: {e}");
@@ -185,6 +205,12 @@ impl Poller {
             for &(token, ev) in &events {
                 if token == LISTENER {
                     self.accept();
+                    continue;
+                }
+                if token == NAP {
+                    // Expired: clear it (the held commands are looked at
+                    // below, as on every pass).
+                    let _ = self.nap.wait();
                     continue;
                 }
                 let Ok(slot) = usize::try_from(token) else {
@@ -219,6 +245,24 @@ impl Poller {
             }
         }
         self.shutdown();
+    }
+
+    /// Have the nap timer wake the poller within [`HELD_NAP`]; false if it
+    /// cannot (the poller then polls rather than sleep with commands held).
+    fn arm_nap(&mut self) -> bool {
+        if self.nap.is_armed().unwrap_or(false) {
+            return true;
+        }
+        match self.nap.reset(HELD_NAP, None) {
+            Ok(()) => true,
+            Err(e) => {
+                if !self.nap_failed {
+                    tracing::warn!(poller = self.index, "nap timer: {e}; polling instead");
+                    self.nap_failed = true;
+                }
+                false
+            }
+        }
     }
 
     fn accept(&mut self) {
