@@ -649,7 +649,7 @@ impl NvmeTcpQueue {
     fn receive(&mut self) -> Result<(), NvmeTcpError> {
         for i in 0..READS_PER_POLL {
             self.process()?;
-            let Link::Up(conn) = &mut self.link else {
+            let Link::Up(conn) = &self.link else {
                 return Ok(());
             };
             if i == 0 && !readable(&conn.sock, None) {
@@ -657,80 +657,95 @@ impl NvmeTcpQueue {
                 // would take the one the target's sends need.
                 return Ok(());
             }
-            let (n, drained) = if let (Rx::Data { cid, at, left, .. }, true) =
-                (&conn.state, conn.rx_start == conn.rx_end)
-            {
-                // Large payload with nothing buffered: read it in place.
-                let (cid, at, left) = (*cid, *at, *left);
-                let Some(c) = self.cmds.get(usize::from(cid)).and_then(Option::as_ref) else {
-                    return Err(NvmeTcpError::Protocol("data for a vanished command".into()));
-                };
-                self.scratch.clear();
-                let scratch = &mut self.scratch;
-                c.iov.pieces(at, left, |p, n| {
-                    scratch.push(libc::iovec {
-                        iov_base: p.cast(),
-                        iov_len: n,
-                    });
-                });
-                let cnt = i32::try_from(self.scratch.len().min(crate::UIO_MAXIOV)).unwrap_or(1024);
-                // SAFETY: the iovecs are pieces of the request's buffers, valid
-                // and writable until its completion (submit contract), and the
-                // count matches the array.
-                let r = unsafe { libc::readv(conn.sock.as_raw_fd(), self.scratch.as_ptr(), cnt) };
-                let n = match usize::try_from(r) {
-                    Ok(0) => return Err(NvmeTcpError::Closed),
-                    Ok(n) => n,
-                    Err(_) => {
-                        let e = std::io::Error::last_os_error();
-                        match e.kind() {
-                            std::io::ErrorKind::WouldBlock => return Ok(()),
-                            std::io::ErrorKind::Interrupted => continue,
-                            _ => return Err(NvmeTcpError::Io { source: e }),
-                        }
-                    }
-                };
-                conn.last_io = Instant::now();
-                let Rx::Data {
-                    crc, ddgst, flags, ..
-                } = conn.state
-                else {
-                    continue;
-                };
-                let crc = if ddgst { c.iov.crc(at, n, crc) } else { crc };
-                if n < left {
-                    conn.state = Rx::Data {
-                        cid,
-                        at: at + n,
-                        left: left - n,
-                        crc,
-                        ddgst,
-                        flags,
-                    };
-                    // A short read emptied the socket: another read would
-                    // only say so, on the completion's critical path.
-                    return Ok(());
-                }
-                self.data_done(cid, at + n, crc, ddgst, flags);
-                continue;
+            let in_place = matches!(conn.state, Rx::Data { .. }) && conn.rx_start == conn.rx_end;
+            let step = if in_place {
+                self.read_in_place()?
             } else {
-                let end = conn.make_room();
-                match conn.sock.read(&mut conn.rx[end..]) {
-                    Ok(0) => return Err(NvmeTcpError::Closed),
-                    Ok(n) => (n, n < conn.rx.len() - end),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(source) => return Err(NvmeTcpError::Io { source }),
-                }
+                self.read_buffered()?
             };
-            conn.rx_end += n;
-            conn.last_io = Instant::now();
-            if drained {
-                // As above: parse what came and stop reading.
+            if step == ReadStep::Drained {
+                // Another read would only say the socket is empty, on the
+                // completion's critical path.
                 break;
             }
         }
         self.process()
+    }
+
+    /// Read a large payload straight into its command's buffers (nothing
+    /// is buffered ahead of it).
+    fn read_in_place(&mut self) -> Result<ReadStep, NvmeTcpError> {
+        let Link::Up(conn) = &mut self.link else {
+            return Ok(ReadStep::Drained);
+        };
+        let Rx::Data {
+            cid,
+            at,
+            left,
+            crc,
+            ddgst,
+            flags,
+        } = conn.state
+        else {
+            return Ok(ReadStep::Again);
+        };
+        let Some(c) = self.cmds.get(usize::from(cid)).and_then(Option::as_ref) else {
+            return Err(NvmeTcpError::Protocol("data for a vanished command".into()));
+        };
+        self.scratch.clear();
+        let scratch = &mut self.scratch;
+        c.iov.pieces(at, left, |p, n| {
+            scratch.push(libc::iovec {
+                iov_base: p.cast(),
+                iov_len: n,
+            });
+        });
+        let cnt = i32::try_from(self.scratch.len().min(crate::UIO_MAXIOV)).unwrap_or(1024);
+        // SAFETY: the iovecs are pieces of the request's buffers, valid and
+        // writable until its completion (submit contract), and the count
+        // matches the array.
+        let r = unsafe { libc::readv(conn.sock.as_raw_fd(), self.scratch.as_ptr(), cnt) };
+        let n = match usize::try_from(r) {
+            Ok(0) => return Err(NvmeTcpError::Closed),
+            Ok(n) => n,
+            Err(_) => return read_error(std::io::Error::last_os_error()),
+        };
+        conn.last_io = Instant::now();
+        let crc = if ddgst { c.iov.crc(at, n, crc) } else { crc };
+        if n < left {
+            conn.state = Rx::Data {
+                cid,
+                at: at + n,
+                left: left - n,
+                crc,
+                ddgst,
+                flags,
+            };
+            return Ok(ReadStep::Drained);
+        }
+        self.data_done(cid, at + n, crc, ddgst, flags);
+        Ok(ReadStep::Full)
+    }
+
+    /// Read into the receive buffer, for the parser.
+    fn read_buffered(&mut self) -> Result<ReadStep, NvmeTcpError> {
+        let Link::Up(conn) = &mut self.link else {
+            return Ok(ReadStep::Drained);
+        };
+        let end = conn.make_room();
+        let n = match conn.sock.read(&mut conn.rx[end..]) {
+            Ok(0) => return Err(NvmeTcpError::Closed),
+            Ok(n) => n,
+            Err(e) => return read_error(e),
+        };
+        let drained = n < conn.rx.len() - end;
+        conn.rx_end += n;
+        conn.last_io = Instant::now();
+        Ok(if drained {
+            ReadStep::Drained
+        } else {
+            ReadStep::Full
+        })
     }
 
     fn flush_tx(&mut self) -> Result<(), NvmeTcpError> {
@@ -879,6 +894,26 @@ impl NvmeTcpQueue {
         if matches!(self.link, Link::Down { .. }) {
             self.expire();
         }
+    }
+}
+
+/// What one read from the socket did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadStep {
+    /// It got all it asked for: more may be waiting.
+    Full,
+    /// It emptied the socket (a short read, or nothing to read).
+    Drained,
+    /// Interrupted (or nothing to do): try again.
+    Again,
+}
+
+/// A failed read, as a step (would block: drained; interrupted: again).
+fn read_error(e: std::io::Error) -> Result<ReadStep, NvmeTcpError> {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock => Ok(ReadStep::Drained),
+        std::io::ErrorKind::Interrupted => Ok(ReadStep::Again),
+        _ => Err(NvmeTcpError::Io { source: e }),
     }
 }
 
