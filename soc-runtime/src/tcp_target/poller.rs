@@ -189,10 +189,14 @@ impl Poller {
                 self.last_work = now;
             }
             let polling = busy || now.duration_since(self.last_work) < self.sub.limits.busy_poll;
-            let wait = if polling || !(self.qos_held.is_empty() || self.arm_nap()) {
+            let wait = if polling {
                 Duration::ZERO
-            } else {
+            } else if self.qos_held.is_empty() || self.arm_nap() {
+                // Sleep until a socket (or, with commands held for
+                // tokens, the nap timer) wakes the poller.
                 IDLE_WAIT
+            } else {
+                Duration::ZERO
             };
             events.clear();
             if let Err(e) = self.epoll.wait(wait, &mut events) {
