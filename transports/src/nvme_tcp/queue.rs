@@ -649,12 +649,15 @@ impl NvmeTcpQueue {
     fn receive(&mut self) -> Result<(), NvmeTcpError> {
         for i in 0..READS_PER_POLL {
             self.process()?;
+            let idle = self.outstanding() == 0;
             let Link::Up(conn) = &self.link else {
                 return Ok(());
             };
-            if i == 0 && !readable(&conn.sock, None) {
-                // Nothing arrived: asking the socket costs no lock, a read
-                // would take the one the target's sends need.
+            if i == 0 && idle && !readable(&conn.sock, None) {
+                // Nothing expected and nothing arrived: asking the socket
+                // takes no socket lock. With commands in flight a read
+                // goes first (a poll then a read cost one more syscall on
+                // every completion's path: 0.6-5 us of QD1 p50 here).
                 return Ok(());
             }
             let in_place = matches!(conn.state, Rx::Data { .. }) && conn.rx_start == conn.rx_end;
