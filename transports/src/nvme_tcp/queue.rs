@@ -570,7 +570,7 @@ impl NvmeTcpQueue {
                     left,
                     crc,
                     ddgst,
-                    flags,
+                    ..
                 } => {
                     let n = left.min(avail);
                     let crc = if n > 0 {
@@ -587,18 +587,9 @@ impl NvmeTcpQueue {
                         crc
                     };
                     conn.rx_start += n;
-                    if left > n {
-                        conn.state = Rx::Data {
-                            cid,
-                            at: at + n,
-                            left: left - n,
-                            crc,
-                            ddgst,
-                            flags,
-                        };
+                    if !self.data_arrived(n, crc) {
                         return Ok(());
                     }
-                    self.data_done(cid, at + n, crc, ddgst, flags);
                 }
                 Rx::Digest { cid, crc, flags } => {
                     if avail < DIGEST_LEN {
@@ -622,6 +613,39 @@ impl NvmeTcpQueue {
     }
 
     /// All data of a C2HData PDU landed (up to byte `end` of the command).
+    /// `n` more bytes of the payload being received (`Rx::Data`) arrived,
+    /// `crc` its data digest so far: wait for the rest, or finish the
+    /// payload. True when it is finished.
+    fn data_arrived(&mut self, n: usize, crc: u32) -> bool {
+        let Link::Up(conn) = &mut self.link else {
+            return false;
+        };
+        let Rx::Data {
+            cid,
+            at,
+            left,
+            ddgst,
+            flags,
+            ..
+        } = conn.state
+        else {
+            return false;
+        };
+        if n < left {
+            conn.state = Rx::Data {
+                cid,
+                at: at + n,
+                left: left - n,
+                crc,
+                ddgst,
+                flags,
+            };
+            return false;
+        }
+        self.data_done(cid, at + n, crc, ddgst, flags);
+        true
+    }
+
     fn data_done(&mut self, cid: u16, end: usize, crc: u32, ddgst: bool, flags: u8) {
         if let Some(c) = self.cmds.get_mut(usize::from(cid)).and_then(Option::as_mut) {
             c.received = u32::try_from(end).unwrap_or(u32::MAX);
@@ -687,7 +711,7 @@ impl NvmeTcpQueue {
             left,
             crc,
             ddgst,
-            flags,
+            ..
         } = conn.state
         else {
             return Ok(ReadStep::Again);
@@ -715,19 +739,12 @@ impl NvmeTcpQueue {
         };
         conn.last_io = Instant::now();
         let crc = if ddgst { c.iov.crc(at, n, crc) } else { crc };
-        if n < left {
-            conn.state = Rx::Data {
-                cid,
-                at: at + n,
-                left: left - n,
-                crc,
-                ddgst,
-                flags,
-            };
-            return Ok(ReadStep::Drained);
-        }
-        self.data_done(cid, at + n, crc, ddgst, flags);
-        Ok(ReadStep::Full)
+        Ok(if self.data_arrived(n, crc) {
+            ReadStep::Full
+        } else {
+            // A short read: the socket is empty.
+            ReadStep::Drained
+        })
     }
 
     /// Read into the receive buffer, for the parser.
