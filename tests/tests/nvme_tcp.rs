@@ -632,20 +632,17 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn running_out_of_descriptors_pauses_accepting_without_spinning() {
     use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = std::process::Command::new(leapio_tests::split::bin("socp"));
+    // Port 0, read back from socp's log: a port picked here and freed
+    // could be taken by a test running beside this one before socp binds it.
     cmd.args([
         "--tcp-target",
-        &format!("listen=127.0.0.1:{port},nqn={NQN},ns=ram:4M"),
+        &format!("listen=127.0.0.1:0,nqn={NQN},ns=ram:4M"),
         "--tcp-pollers",
         "1",
     ])
-    .env("RUST_LOG", "warn")
+    .env("RUST_LOG", "warn,socp::tcp_target=info")
     .env("NO_COLOR", "1")
     .stderr(log.reopen().unwrap());
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
@@ -668,16 +665,27 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning() {
             let _ = self.0.wait();
         }
     }
-    let child = Reap(cmd.spawn().expect("socp"));
+    let mut child = Reap(cmd.spawn().expect("socp"));
     let pid = child.0.id();
     let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    let port = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let addr = text
+            .lines()
+            .find(|l| l.contains("NVMe/TCP target listening"))
+            .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<u16>().ok());
+        if let Some(port) = addr {
+            break port;
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "socp exited: {text}");
         assert!(
             t0.elapsed() < Duration::from_secs(10),
-            "socp is not listening"
+            "socp is not listening: {text}"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     // More connections than socp has descriptors for.
     let held: Vec<_> = (0..80)
         .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
