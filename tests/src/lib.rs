@@ -9,6 +9,7 @@
 
 pub mod driver;
 pub mod mem;
+pub mod proc_stat;
 pub mod server;
 pub mod soc;
 pub mod split;

@@ -620,12 +620,9 @@ fn dhchap_refusals_say_why() {
 
 /// CPU seconds (user + system) a process has used.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
+    let path = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+    let (_, t) = leapio_tests::proc_stat::cpu_time(&path).expect("the process's stat");
+    t.as_secs_f64()
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use leapio_nvme::{IoOpcode, Status};
 use leapio_tests::driver::PAGE;
+use leapio_tests::proc_stat::thread_cpu;
 use leapio_tests::server::TestServer;
 use leapio_tests::Driver;
 use leapio_transports::{open_backend, BackendSpec, Completion, IoKind, IoRequest};
@@ -147,27 +148,6 @@ fn flood(mut be: Driver, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Driv
         }
         (be, done)
     })
-}
-
-/// CPU time (user + system) of this process's thread named `name`.
-fn thread_cpu(name: &str) -> Duration {
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
-        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        return Duration::from_millis((f[11] + f[12]) * 1000 / hz);
-    }
-    panic!("no thread named {name}");
 }
 
 fn p95(lat: &[Duration]) -> Duration {
@@ -341,7 +321,7 @@ fn nvme_tcp_hosts_are_tenants_too() {
     let (mut sent, mut done) = (0u64, 0u64);
     let mut out: Vec<Completion> = Vec::new();
     let t0 = Instant::now();
-    let cpu0 = thread_cpu("socp-tcp-0.0");
+    let cpu0 = thread_cpu("socp-tcp-0.0").expect("the target's poller thread");
     while done < total {
         while sent < total && sent - done < 32 {
             let buf = &mut bufs[usize::try_from(sent % 32).unwrap()];
@@ -376,7 +356,9 @@ fn nvme_tcp_hosts_are_tenants_too() {
         std::thread::sleep(Duration::from_micros(100));
     }
     let took = t0.elapsed();
-    let poller_cpu = thread_cpu("socp-tcp-0.0").saturating_sub(cpu0);
+    let poller_cpu = thread_cpu("socp-tcp-0.0")
+        .expect("the target's poller thread")
+        .saturating_sub(cpu0);
     let st = rpc("qos_stats", json!({})).unwrap();
     let be = st["tenants"]
         .as_array()

@@ -3,6 +3,7 @@
 //! buffer: no allocation while I/O runs).
 
 use hdrhistogram::Histogram;
+use leapio_tests::proc_stat::{parse_schedstat, parse_stat, tick_ns};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -76,25 +77,6 @@ impl CpuTimes {
         self.user_ns += o.user_ns;
         self.sys_ns += o.sys_ns;
     }
-}
-
-/// The thread name (comm) and (utime, stime) in clock ticks from the
-/// contents of /proc/PID/task/TID/stat. The name sits in parentheses and may
-/// hold spaces and parentheses itself: fields follow the last ')'.
-pub fn parse_stat(s: &str) -> Option<(&str, u64, u64)> {
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    let comm = s.get(open + 1..close)?;
-    // After ")": state (field 3), ... utime is field 14, stime 15.
-    let mut f = s.get(close + 1..)?.split_ascii_whitespace();
-    let utime = f.nth(11)?.parse().ok()?;
-    let stime = f.next()?.parse().ok()?;
-    Some((comm, utime, stime))
-}
-
-/// On-CPU nanoseconds: the first field of /proc/.../schedstat.
-pub fn parse_schedstat(s: &str) -> Option<u64> {
-    s.split_ascii_whitespace().next()?.parse().ok()
 }
 
 struct ThreadFiles {
@@ -268,15 +250,6 @@ fn read_at<'b>(f: &File, buf: &'b mut [u8]) -> Option<&'b str> {
     std::str::from_utf8(&buf[..n]).ok()
 }
 
-fn tick_ns() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    match u64::try_from(hz) {
-        Ok(hz) if hz > 0 => 1_000_000_000 / hz,
-        _ => 10_000_000,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,19 +280,6 @@ mod tests {
         assert!(close(t.p50_us, 505.0) || close(t.p50_us, 506.0), "{t:?}");
         assert!(close(t.p999_us, 10_000.0), "{t:?}");
         assert!(close(t.max_us, 10_000.0), "{t:?}");
-    }
-
-    #[test]
-    fn proc_stat_lines() {
-        let line = "4242 (socp-poller-0) R 1 2 3 4 5 6 7 8 9 10 1234 56 0 0 20 0 1 0 100 0 0";
-        assert_eq!(parse_stat(line), Some(("socp-poller-0", 1234, 56)));
-        // A name with spaces and a parenthesis.
-        let line = "7 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 0 0";
-        assert_eq!(parse_stat(line), Some(("a) b (c", 11, 12)));
-        assert_eq!(parse_stat("7 (x) S 1 2"), None);
-        assert_eq!(parse_stat(""), None);
-        assert_eq!(parse_schedstat("123456789 1000 42\n"), Some(123_456_789));
-        assert_eq!(parse_schedstat(""), None);
     }
 
     #[test]
