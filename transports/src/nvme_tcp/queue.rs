@@ -612,7 +612,6 @@ impl NvmeTcpQueue {
         }
     }
 
-    /// All data of a C2HData PDU landed (up to byte `end` of the command).
     /// `n` more bytes of the payload being received (`Rx::Data`) arrived,
     /// `crc` its data digest so far: wait for the rest, or finish the
     /// payload. True when it is finished.
@@ -646,6 +645,7 @@ impl NvmeTcpQueue {
         true
     }
 
+    /// All data of a C2HData PDU landed (up to byte `end` of the command).
     fn data_done(&mut self, cid: u16, end: usize, crc: u32, ddgst: bool, flags: u8) {
         if let Some(c) = self.cmds.get_mut(usize::from(cid)).and_then(Option::as_mut) {
             c.received = u32::try_from(end).unwrap_or(u32::MAX);
@@ -681,7 +681,7 @@ impl NvmeTcpQueue {
                 // Nothing expected and nothing arrived: asking the socket
                 // takes no socket lock. With commands in flight a read
                 // goes first (a poll then a read cost one more syscall on
-                // every completion's path: 0.6-5 us of QD1 p50 here).
+                // every completion's path: 0.6-1.3 us of QD1 p50 here).
                 return Ok(());
             }
             let in_place = matches!(conn.state, Rx::Data { .. }) && conn.rx_start == conn.rx_end;
