@@ -393,7 +393,7 @@ pub fn calibrate(a: &CalibrateArgs) -> Result<DeviceModel, String> {
                 super::model::Pct::P95 => s.p95_us,
                 super::model::Pct::P99 => s.p99_us,
             };
-            let bound = f64::from(u32::try_from(a.slo.us).unwrap_or(u32::MAX));
+            let bound = a.slo.bound_us();
             // Saturated, or far past the SLO twice in a row (once may be
             // the machine, not the device).
             over = if lat > 4.0 * bound { over + 1 } else { 0 };

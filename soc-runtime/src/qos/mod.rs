@@ -210,8 +210,7 @@ impl Qos {
         };
         let (n, tail) = self.window.take(slo.pct.fraction());
         self.window_reads.store(0, Ordering::Relaxed);
-        let slo_us = f64::from(u32::try_from(slo.us).unwrap_or(u32::MAX));
-        fb.close(n, tail, slo_us, now);
+        fb.close(n, tail, slo.bound_us(), now);
     }
 
     /// The control socket's QoS methods; None for other methods.
@@ -371,9 +370,7 @@ impl Qos {
         let fb = s.feedback.as_ref().map_or(json!("off"), |f| {
             json!({
                 "target": f.target.to_string(),
-                "target_us": s
-                    .strictest()
-                    .map(|slo| f.target.of(f64::from(u32::try_from(slo.us).unwrap_or(u32::MAX)))),
+                "target_us": s.strictest().map(|slo| f.target.of(slo.bound_us())),
                 "be_scale": f.scale,
                 "cuts": f.cuts,
                 "last_window_reads": f.last.map(|l| l.0),

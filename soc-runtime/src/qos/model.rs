@@ -19,6 +19,13 @@ pub struct Slo {
     pub us: u64,
 }
 
+impl Slo {
+    /// The bound in microseconds, as the latencies it is compared with.
+    pub fn bound_us(&self) -> f64 {
+        f64::from(u32::try_from(self.us).unwrap_or(u32::MAX))
+    }
+}
+
 /// Which percentile an SLO bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Pct {
@@ -173,7 +180,7 @@ impl DeviceModel {
     pub fn rate_at(&self, slo: Slo) -> f64 {
         let mut pts = self.points.clone();
         pts.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
-        let bound = f64::from(u32::try_from(slo.us).unwrap_or(u32::MAX));
+        let bound = slo.bound_us();
         let Some(i) = pts.iter().rposition(|p| p.latency(slo.pct) <= bound) else {
             return 0.0;
         };
