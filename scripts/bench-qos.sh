@@ -74,7 +74,8 @@ cleanup() {
 trap cleanup EXIT
 
 DEV="flash:$TMP/dev.flash?$FLASH"
-CAL_CMD="$SOCP calibrate '$DEV' --slo $SLO --mixes 100,90,70,50 --step-seconds 2 --start-iops 500 --factor 1.15 --max-steps 24 --out MODEL"
+CAL_ARGS=(--slo "$SLO" --mixes 100,90,70,50 --step-seconds 2 --start-iops 500 --factor 1.15 --max-steps 24)
+CAL_CMD="$SOCP calibrate '$DEV' ${CAL_ARGS[*]} --out MODEL"
 CAL_FILES=(dev.json dev.flash calibrate.log)
 CAL_PARAMS="slo=$SLO flash=$FLASH"
 if [ -n "$CAL_DIR" ] && [ -f "$CAL_DIR/dev.json" ]; then
@@ -87,8 +88,7 @@ if [ -n "$CAL_DIR" ] && [ -f "$CAL_DIR/dev.json" ]; then
     CAL_CMD="$CAL_CMD   (reused from an earlier run: --calibration)"
 else
     echo "== calibrating the device (socp calibrate)" >&2
-    $SOCP calibrate "$DEV" --slo "$SLO" --mixes 100,90,70,50 --step-seconds 2 --start-iops 500 \
-        --factor 1.15 --max-steps 24 --out "$TMP/dev.json" 2> "$TMP/calibrate.log" || {
+    $SOCP calibrate "$DEV" "${CAL_ARGS[@]}" --out "$TMP/dev.json" 2> "$TMP/calibrate.log" || {
         cat "$TMP/calibrate.log" >&2; exit 1; }
     if [ -n "$CAL_DIR" ]; then
         mkdir -p "$CAL_DIR"
