@@ -68,7 +68,7 @@ for t in ${only//,/ }; do
     case $t in
     socp)
         # shellcheck disable=SC2086 # socp_args is a list of options
-        start_socp "$logs/socp.log" --pollers "$pollers" $socp_args --ctrl "sock=$LEAPIO_RUN/bench.sock,ns=file:$disk" \
+        start_leapio "$logs/socp.log" --pollers "$pollers" $socp_args --ctrl "sock=$LEAPIO_RUN/bench.sock,ns=file:$disk" \
             || die "socp did not start (see $logs/socp.log)"
         d=(--disk "vfio-user:$LEAPIO_RUN/bench.sock")
         ;;

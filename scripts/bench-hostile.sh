@@ -35,14 +35,14 @@ while (($#)); do
 done
 cd "$LEAPIO_REPO"
 log "building socp, leapio-perf and leapio-hostile (release)"
-cargo build --release --quiet -p socp --bin socp -p leapio-tests --bins || die "cargo build failed"
+cargo build --release --quiet -p leapio --bin leapio -p leapio-tests --bins || die "cargo build failed"
 rel=$LEAPIO_REPO/target/release
 work=$(mktemp -d /tmp/leapio-bench-hostile.XXXXXX)
 port=${LEAPIO_TCP_PORT:-4433}
 nqn=nqn.2026-11.io.leapio:hostile-bench
 # CPU 0: socp's vfio-user poller; CPU 1: the bystander (sleeping on its
 # interrupts, as a guest does) and the attacker.
-SOCP_BIN=$rel/socp start_socp "$work/socp.log" --pollers 1 --poller-cpus 0 \
+LEAPIO_BIN=$rel/leapio start_leapio "$work/socp.log" --pollers 1 --poller-cpus 0 \
     --ctrl "sock=$work/a.sock,ns=ram:64M" --ctrl "sock=$work/b.sock,ns=ram:64M" \
     --tcp-target "listen=127.0.0.1:$port,nqn=$nqn,ns=ram:64M" --tcp-pollers 1 \
     || die "socp did not start (see $work/socp.log)"

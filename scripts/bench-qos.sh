@@ -58,9 +58,10 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$BUILD" = 1 ]; then
-    cargo build --release -p socp -p leapio-tests -p leapio-host-driver --bins >&2
+    cargo build --release -p socp -p leapio -p leapio-tests -p leapio-host-driver --bins >&2
 fi
 SOCP=target/release/socp
+LEAPIO=target/release/leapio
 PERF=target/release/leapio-perf
 CTL=target/release/leapioctl
 # On tmpfs: the flash backend's fdatasync (flushes, GC) then costs nothing
@@ -106,7 +107,7 @@ start_socp() { # $1: off|on, $2: LC IOPS
              --tenant "name=be,ctrl=be,class=be")
     fi
     rm -f "$TMP/lc.sock" "$TMP/be.sock" "$TMP/ctl.sock"
-    $SOCP --pollers 1 --poller-cpus 0 --io-wait-us 200 --control "$TMP/ctl.sock" --log-level warn \
+    $LEAPIO --pollers 1 --poller-cpus 0 --io-wait-us 200 --control "$TMP/ctl.sock" --log-level warn \
         --ctrl "name=lc,sock=$TMP/lc.sock,ns=$DEV" --ctrl "name=be,sock=$TMP/be.sock,ns=$DEV" \
         "${qos[@]}" 2>> "$TMP/socp.log" &
     SOCP_PID=$!
@@ -243,7 +244,7 @@ leftover.
 
 ```
 {cal_cmd}
-socp --pollers 1 --poller-cpus 0 --control ctl.sock --ctrl 'name=lc,sock=lc.sock,ns=flash:...' --ctrl 'name=be,sock=be.sock,ns=flash:...' \\
+leapio --pollers 1 --poller-cpus 0 --control ctl.sock --ctrl 'name=lc,sock=lc.sock,ns=flash:...' --ctrl 'name=be,sock=be.sock,ns=flash:...' \\
      [--qos device=MODEL,lc-burst-us=200000,feedback={feedback} --tenant name=lc,ctrl=lc,class=lc,slo={slo},iops=LC_IOPS*1.2,rw=100:0 --tenant name=be,ctrl=be,class=be]
 {lc_cmd}
 {be_cmd}

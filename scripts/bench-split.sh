@@ -35,8 +35,8 @@ if (($(nproc) >= 2)); then
     [[ -n ${hcpu:-} ]] && pin=(--cpu "$hcpu" --target-cpu "$tcpu")
 fi
 cd "$LEAPIO_REPO"
-log "building socp, leapio-hostd and leapio-perf (release)"
-cargo build --release --quiet -p socp --bin socp -p leapio-host-driver --bin leapio-hostd \
+log "building socp, leapio, leapio-hostd and leapio-perf (release)"
+cargo build --release --quiet -p socp --bin socp -p leapio --bin leapio -p leapio-host-driver --bin leapio-hostd \
     -p leapio-tests --bin leapio-perf
 PERF=$LEAPIO_REPO/target/release/leapio-perf
 work=$(mktemp -d /tmp/leapio-bench-split.XXXXXX)
@@ -50,7 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# aio NAME BINARY: an all-in-one socp (one poller) on a RAM namespace
+# aio NAME BINARY: an all-in-one (leapio; socp before it had its own
+# binary) with one poller on a RAM namespace
 declare -A SOCKS PIDS
 aio() {
     local name=$1 bin=$2 sock=$work/$1.sock
@@ -60,7 +61,7 @@ aio() {
     wait_for_socket "$sock" 30 "$!" || die "$name: socp did not start (see $work/$name.log)"
     SOCKS[$name]=$sock
 }
-aio all-in-one "$SOCP_BIN"
+aio all-in-one "$LEAPIO_BIN"
 [[ -z $baseline ]] || aio baseline "$baseline"
 start_split "$work/split" bench "$work/split.sock" "ram:$SIZE" || die "leapio-hostd + socp did not start"
 SOCKS[split]=$work/split.sock

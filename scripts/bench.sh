@@ -77,7 +77,7 @@ need_cmd "$PY" "scripts/setup-host.sh installs python3"
 start=$(now)
 
 log "building socp, leapio-hostd and leapio-perf (release)"
-cargo build --release --quiet -p socp --bin socp -p leapio-host-driver --bin leapio-hostd \
+cargo build --release --quiet -p socp --bin socp -p leapio --bin leapio -p leapio-host-driver --bin leapio-hostd \
     -p leapio-tests --bin leapio-perf
 PERF=$LEAPIO_REPO/target/release/leapio-perf
 
@@ -173,8 +173,8 @@ socp_up() { # name spec [extra socp args...]
     shift 2
     SOCK=$work/$name.sock
     local args=(--pollers 1 "$@" --ctrl "sock=$SOCK,$spec")
-    start_socp "$work/socp-$name.log" "${args[@]}" || die "socp did not start"
-    note "socp:$name" "$(shown "$SOCP_BIN" "${args[@]}")"
+    start_leapio "$work/socp-$name.log" "${args[@]}" || die "leapio did not start"
+    note "socp:$name" "$(shown "$LEAPIO_BIN" "${args[@]}")"
     local ns
     ns=$(grep -o 'namespace 1: .*' "$work/socp-$name.log" | head -1 | sed 's/\x1b\[[0-9;]*m//g' || true)
     [[ -n $ns ]] && note "socp-ns:$name" "$ns"

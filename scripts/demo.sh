@@ -42,7 +42,7 @@
 #   --timeout SEC  hard limit for the guest run (default 420)
 #   LEAPIO_ACCEL=auto|kvm|tcg chooses the accelerator (default auto).
 #
-# Steps: setup-host.sh, cargo build --release -p socp -p leapio-host-driver,
+# Steps: setup-host.sh, cargo build --release -p socp -p leapio -p leapio-host-driver,
 # vm-images/build.sh, backing file, socp (and leapio-hostd) in the
 # background, one guest boot running the `info` and `fio` jobs, summary;
 # everything is stopped on exit.
@@ -105,9 +105,9 @@ trap 'exit 130' INT TERM
 log "[1/5] host set-up (setup-host.sh)"
 bash scripts/setup-host.sh >&2 || fail setup-host "scripts/setup-host.sh failed"
 
-log "[2/5] building socp and leapio-hostd (cargo build --release -p socp -p leapio-host-driver)"
+log "[2/5] building socp, leapio and leapio-hostd (cargo build --release -p socp -p leapio -p leapio-host-driver)"
 command -v cargo >/dev/null 2>&1 || fail build "cargo not found: install Rust (https://rustup.rs) and put cargo in PATH"
-cargo build --release -p socp -p leapio-host-driver >&2 || fail build "cargo build --release failed"
+cargo build --release -p socp -p leapio -p leapio-host-driver >&2 || fail build "cargo build --release failed"
 
 log "[3/5] guest image (vm-images/build.sh)"
 bash vm-images/build.sh >/dev/null || fail image "vm-images/build.sh failed"
@@ -173,7 +173,7 @@ elif [[ $soc == process ]]; then
     fi
 else
     log "[4/5] starting socp serving $ns"
-    start_socp "$logs/socp.log" --ctrl "sock=$sock,ns=$ns" \
+    start_leapio "$logs/socp.log" --ctrl "sock=$sock,ns=$ns" \
         || fail socp "socp did not start (see $logs/socp.log)"
     log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
 fi

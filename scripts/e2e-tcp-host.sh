@@ -43,7 +43,7 @@ dhnqn=nqn.2026-11.io.leapio:e2e-dhchap-host
 perf=$LEAPIO_REPO/target/release/leapio-perf
 
 bash vm-images/build.sh >/dev/null || die "vm-images/build.sh failed"
-[[ -x $SOCP_BIN ]] || die "no $SOCP_BIN: run cargo build --release -p socp first"
+[[ -x $SOCP_BIN && -x $LEAPIO_BIN ]] || die "no $SOCP_BIN or $LEAPIO_BIN: run cargo build --release -p socp -p leapio first"
 cargo build --release --quiet -p leapio-tests --bin leapio-perf || die "cannot build leapio-perf"
 logs=$LEAPIO_CACHE/logs/e2e
 mkdir -p "$logs"
@@ -173,7 +173,7 @@ fi
 
 # ---- 4: the CLI path: a socp process with a remote namespace, digests on ----
 reason='' out='|' nq=0
-RUST_LOG=info,leapio_transports::nvme_tcp=debug start_socp "$slog" \
+RUST_LOG=info,leapio_transports::nvme_tcp=debug start_leapio "$slog" \
     --ctrl "sock=$sock,ns=$base&hdgst=1&ddgst=1" || reason="socp did not start (see $slog)"
 if [[ -z $reason ]]; then
     rc=0

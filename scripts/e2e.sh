@@ -50,7 +50,7 @@ cd "$LEAPIO_REPO"
 boot_timeout=${LEAPIO_E2E_TIMEOUT:-300}
 
 bash vm-images/build.sh >/dev/null || die "vm-images/build.sh failed"
-[[ $target == qemu ]] || [[ -x $SOCP_BIN ]] || die "no $SOCP_BIN: run cargo build --release -p socp first"
+[[ $target == qemu ]] || [[ -x $LEAPIO_BIN ]] || die "no $LEAPIO_BIN: run cargo build --release -p leapio first"
 logs=$LEAPIO_CACHE/logs/e2e
 mkdir -p "$logs"
 disk=$LEAPIO_DATA/e2e-disk.img
@@ -92,7 +92,7 @@ boot() {
     if [[ $target == socp ]]; then
         local spec="sock=$LEAPIO_RUN/e2e.sock"
         for ns in "${nss[@]}"; do spec+=",ns=$ns"; done
-        if ! start_socp "$logs/$name.socp.log" --ctrl "$spec"; then
+        if ! start_leapio "$logs/$name.socp.log" --ctrl "$spec"; then
             REASON="socp did not start (see $logs/$name.socp.log)"
             return 1
         fi
@@ -280,7 +280,7 @@ test_ftl_fio_verify() {
     expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
     expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
     # The next mount of the media says what is on it.
-    start_socp "$logs/ftl_fio_verify.mount.log" --ctrl "sock=$LEAPIO_RUN/e2e.sock,ns=$flash_ns" || { REASON="socp did not restart"; return 1; }
+    start_leapio "$logs/ftl_fio_verify.mount.log" --ctrl "sock=$LEAPIO_RUN/e2e.sock,ns=$flash_ns" || { REASON="socp did not restart"; return 1; }
     stop_socp >/dev/null 2>&1 || true
     local valid free torn
     read -r valid free torn <<< "$(flash_mounted "$logs/ftl_fio_verify.mount.log")"

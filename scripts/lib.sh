@@ -42,17 +42,32 @@ wait_until() {
 # PID (the server) exits.
 wait_for_socket() { wait_until "$2" "${3:-}" test -S "$1"; }
 
-# ---- socp (the runtime under test) ----
+# ---- the data plane under test: socp (the runtime), or leapio (the
+# all-in-one: the host-driver and the runtime in one process) ----
 SOCP_BIN=${SOCP_BIN:-$LEAPIO_REPO/target/release/socp}
+LEAPIO_BIN=${LEAPIO_BIN:-$LEAPIO_REPO/target/release/leapio}
 SOCP_PID=''
 SOCP_LOG=''
 
-# start_socp LOG ARGS...: start socp in the background (stderr to LOG) and
-# wait for the socket of every --ctrl sock=PATH to appear (30 s).
+# start_socp LOG ARGS...: start socp in the background (stderr to LOG).
 start_socp() {
-    SOCP_LOG=$1
-    shift
     [[ -x $SOCP_BIN ]] || die "socp binary not found at $SOCP_BIN (cargo build --release -p socp)"
+    start_data_plane "$SOCP_BIN" "$@"
+}
+
+# start_leapio LOG ARGS...: start the all-in-one leapio in the background
+# (stderr to LOG) and wait for the socket of every --ctrl sock=PATH to
+# appear (30 s). Its pid and log are SOCP_PID and SOCP_LOG, as socp's.
+start_leapio() {
+    [[ -x $LEAPIO_BIN ]] || die "leapio binary not found at $LEAPIO_BIN (cargo build --release -p leapio)"
+    start_data_plane "$LEAPIO_BIN" "$@"
+}
+
+# start_data_plane BIN LOG ARGS...
+start_data_plane() {
+    local bin=$1
+    SOCP_LOG=$2
+    shift 2
     local a socks=() s
     for a in "$@"; do
         if [[ $a == sock=* ]]; then
@@ -62,13 +77,13 @@ start_socp() {
     done
     mkdir -p "$LEAPIO_RUN"
     for s in "${socks[@]}"; do rm -f "$s"; done
-    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$SOCP_BIN" "$@" 2> "$SOCP_LOG" &
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$bin" "$@" 2> "$SOCP_LOG" &
     SOCP_PID=$!
     for s in "${socks[@]}"; do
         if ! wait_for_socket "$s" 30 "$SOCP_PID"; then
             local why="did not create $s within 30 s"
             kill -0 "$SOCP_PID" 2>/dev/null || why="exited before creating $s"
-            log "socp $why; its stderr ($SOCP_LOG):"
+            log "${bin##*/} $why; its stderr ($SOCP_LOG):"
             tail -n 20 "$SOCP_LOG" | sed 's/^/    socp| /' >&2
             stop_socp >/dev/null 2>&1 || true
             return 1

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # THE test command (CI runs it through .ci/run, as root, in a fresh clone):
-#   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, cargo build
+#   setup-host.sh, cargo fmt --check, cargo clippy -D warnings, the
+#   crates' dependency rules (scripts/check-layers.sh), cargo build
 #   of every binary (the split tests start socp processes), cargo test
 #   (nextest if installed), the fuzz targets (scripts/fuzz.sh --dev
 #   --seconds 12: each built and run briefly), cargo build --release -p socp -p
-#   leapio-host-driver -p leapio-tests (leapio-perf), scripts/build-soc.sh
+#   leapio -p leapio-host-driver -p leapio-tests (leapio-perf), scripts/build-soc.sh
 #   --tests (socp for aarch64, and the aarch64 build of the tests of socp
 #   and the link), scripts/e2e.sh (with the SoC VM tests),
 #   scripts/e2e-tcp.sh, scripts/e2e-tcp-host.sh.
@@ -34,6 +35,7 @@ command -v cargo >/dev/null 2>&1 \
     || die "cargo not found: install the Rust toolchain (https://rustup.rs; rustfmt and clippy components) and put ~/.cargo/bin in PATH"
 stage fmt cargo fmt --all -- --check
 stage clippy cargo clippy --workspace --all-targets -- -D warnings
+stage layers bash scripts/check-layers.sh
 stage build-bins cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
     stage test cargo nextest run --workspace
@@ -41,7 +43,7 @@ else
     stage test cargo test --workspace
 fi
 stage fuzz bash scripts/fuzz.sh --dev --seconds 12
-stage build-socp cargo build --release -p socp -p leapio-host-driver -p leapio-tests --bins
+stage build-release cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-tests --bins
 stage build-soc bash scripts/build-soc.sh --tests
 stage e2e bash scripts/e2e.sh
 stage e2e-tcp bash scripts/e2e-tcp.sh

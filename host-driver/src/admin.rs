@@ -74,7 +74,7 @@ impl NvmeController {
 
     pub(crate) fn identify_controller(&self) -> IdentifyController {
         let mut id = ControllerIdentity {
-            vendor_id: leapio_vmm_shim::pci::VENDOR_ID,
+            vendor_id: leapio_nvme::identify::VENDOR_ID,
             serial: &self.cfg.serial,
             model: &self.cfg.model,
             firmware: &self.cfg.firmware,

@@ -51,7 +51,7 @@ impl HostCtrlSpec {
 /// What the host-driver decides for a controller besides its name and
 /// sockets: the limits the guest sees, and who may connect to its sockets.
 /// The same keys in every controller spec that reaches a host-driver
-/// (`leapio-hostd --ctrl`, the all-in-one `socp --ctrl`).
+/// (`leapio-hostd --ctrl`, the all-in-one `leapio --ctrl`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CtrlLimits {
     pub serial: Option<String>,
@@ -173,13 +173,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 impl HostDriver {
     /// A host-driver with no controllers; `software` names it to runtimes
     /// ("leapio-hostd 0.1.0").
@@ -204,7 +197,7 @@ impl HostDriver {
     /// Serve a new controller: bind its vfio-user socket and start its
     /// control thread. It has no namespaces until a runtime attaches.
     pub fn add_controller(self: &Arc<Self>, spec: &HostCtrlSpec) -> Result<(), HostError> {
-        if !valid_name(&spec.name) {
+        if leapio_link::proto::check_ctrl_name(&spec.name).is_err() {
             return Err(HostError::BadName {
                 name: spec.name.clone(),
             });
@@ -338,7 +331,7 @@ impl HostDriver {
             path: path.display().to_string(),
             source,
         })?;
-        restrict_socket(path);
+        leapio_service::restrict_socket(path);
         let me = self.clone();
         let t = std::thread::Builder::new()
             .name("hostd-link".into())
@@ -557,14 +550,6 @@ impl HostDriver {
     }
 }
 
-/// Sockets the host-driver creates are for root (or the owner) only.
-pub fn restrict_socket(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), "cannot restrict socket permissions: {e}");
-    }
-}
-
 /// One controller's thread: wait for the hypervisor, serve it, repeat;
 /// meanwhile take the runtime's messages. On stop, let the runtime go.
 fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBool) {
@@ -596,48 +581,59 @@ fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBo
     ctrl.release("controller removed");
 }
 
+impl HostCtrlSpec {
+    /// The keys [`HostCtrlSpec::set`] takes besides [`CtrlLimits::KEYS`].
+    pub const KEYS: &'static str = "name, sock, soc";
+
+    /// Apply `key=value`: Ok(false) if `key` is none of [`Self::KEYS`] and
+    /// [`CtrlLimits::KEYS`].
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        match key {
+            "name" => self.name = value.to_string(),
+            "sock" => self.sock = PathBuf::from(value),
+            "soc" => self.soc = Some(PathBuf::from(value)),
+            _ => return self.limits.set(key, value),
+        }
+        Ok(true)
+    }
+
+    /// After the keys: sock= is required, the name defaults to the
+    /// socket file's stem.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.sock.as_os_str().is_empty() {
+            return Err("missing sock=PATH".into());
+        }
+        if self.name.is_empty() {
+            self.name = self
+                .sock
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .ok_or("missing name=NAME")?;
+        }
+        leapio_link::proto::check_ctrl_name(&self.name)
+    }
+}
+
 impl std::str::FromStr for HostCtrlSpec {
     type Err = String;
 
     /// `name=NAME,sock=PATH[,soc=PATH]` and the keys of [`CtrlLimits`]
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| format!("controller spec '{s}': {why}");
-        let mut name = None;
-        let mut sock = None;
         let mut spec = HostCtrlSpec::new("", Path::new(""));
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(bad(format!("'{part}' is not key=value")));
             };
-            match key {
-                "name" => name = Some(value.to_string()),
-                "sock" => sock = Some(PathBuf::from(value)),
-                "soc" => spec.soc = Some(PathBuf::from(value)),
-                _ => {
-                    if !spec.limits.set(key, value).map_err(bad)? {
-                        return Err(bad(format!(
-                            "unknown key '{key}' (expected name, sock, soc, {})",
-                            CtrlLimits::KEYS
-                        )));
-                    }
-                }
+            if !spec.set(key, value).map_err(bad)? {
+                return Err(bad(format!(
+                    "unknown key '{key}' (expected {}, {})",
+                    HostCtrlSpec::KEYS,
+                    CtrlLimits::KEYS
+                )));
             }
         }
-        spec.sock = sock.ok_or_else(|| bad("missing sock=PATH".into()))?;
-        spec.name = match name {
-            Some(n) => n,
-            None => spec
-                .sock
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .ok_or_else(|| bad("missing name=NAME".into()))?,
-        };
-        if !valid_name(&spec.name) {
-            return Err(bad(format!(
-                "name must be 1-64 letters, digits, '-', '_' or '.', got '{}'",
-                spec.name
-            )));
-        }
+        spec.finish().map_err(bad)?;
         Ok(spec)
     }
 }

@@ -1,8 +1,9 @@
 //! `leapio-hostd`: the LeapIO host-driver.
 
 use clap::Parser;
-use leapio_host_driver::control::{self, param_str, Handler};
-use leapio_host_driver::{error_chain as chain, HostCtrlSpec, HostDriver};
+use leapio_host_driver::{HostCtrlSpec, HostDriver};
+use leapio_service::control::{self, param_str, Handler};
+use leapio_service::error_chain as chain;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +52,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    leapio_host_driver::init_logging(&args.log_level);
+    leapio_service::init_logging(&args.log_level);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,49 +1,18 @@
 //! Command line: which controllers to serve and what backs their namespaces.
 
-use leapio_host_driver::{CtrlLimits, HostCtrlSpec};
 use leapio_transports::BackendSpec;
-use std::path::PathBuf;
 use std::str::FromStr;
 
-/// One `--ctrl` argument. With a link to a separate host-driver it names
-/// the host-driver's controller and gives its namespaces; all-in-one it
-/// also says where the hypervisor connects (`sock=`) and the controller's
-/// limits (which are otherwise the host-driver's).
+/// One `--ctrl` argument of the runtime: the host-driver's controller to
+/// serve (by name) and the namespaces the runtime gives it. The
+/// controller's limits, its serial and the socket the hypervisor connects
+/// to are the host side's (`leapio-hostd --ctrl`, or the all-in-one
+/// `leapio --ctrl`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CtrlSpec {
-    /// The controller's name on the host-driver (all-in-one: defaults to
-    /// the socket file's name).
-    pub name: Option<String>,
-    pub sock: Option<PathBuf>,
+    /// The controller's name on the host-driver.
+    pub name: String,
     pub namespaces: Vec<BackendSpec>,
-    /// The host-driver's settings (all-in-one: the embedded host-driver's).
-    pub limits: CtrlLimits,
-    /// Which of them were given, to refuse them with a link.
-    pub host_keys: Vec<String>,
-}
-
-impl CtrlSpec {
-    /// The embedded host-driver's spec of this controller, on `sock`.
-    pub fn host_spec(&self, sock: &std::path::Path) -> HostCtrlSpec {
-        HostCtrlSpec {
-            name: self.ctrl_name(),
-            sock: sock.to_path_buf(),
-            soc: None,
-            limits: self.limits.clone(),
-        }
-    }
-
-    /// The controller's name: `name=`, else the socket file's stem.
-    pub fn ctrl_name(&self) -> String {
-        if let Some(n) = &self.name {
-            return n.clone();
-        }
-        self.sock
-            .as_ref()
-            .and_then(|p| p.file_stem())
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "ctrl".into())
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,18 +24,13 @@ pub enum ConfigError {
 impl FromStr for CtrlSpec {
     type Err = ConfigError;
 
-    /// `[name=NAME,][sock=PATH,]ns=BACKEND[,bs=N][,ns=BACKEND...]` and the
-    /// host-driver's keys ([`CtrlLimits`]: io-queues, queue-entries, mdts,
-    /// serial, sock-mode, sock-owner)
+    /// `name=NAME,ns=BACKEND[,bs=N][,ns=BACKEND...]`
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| ConfigError::Invalid {
             spec: leapio_nvme_auth::redact(s),
             why,
         };
-        let mut sock = None;
         let mut name = None;
-        let mut host_keys = Vec::new();
-        let mut limits = CtrlLimits::default();
         let mut namespaces = Vec::new();
         let mut last_ns: Option<String> = None;
         for part in s.split(',').filter(|p| !p.is_empty()) {
@@ -74,18 +38,8 @@ impl FromStr for CtrlSpec {
                 return Err(bad(format!("'{part}' is not key=value")));
             };
             match key {
-                "sock" => sock = Some(PathBuf::from(value)),
                 "name" => {
-                    if value.is_empty()
-                        || value.len() > 64
-                        || !value
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    {
-                        return Err(bad(format!(
-                            "name must be 1-64 letters, digits, '-', '_' or '.', got '{value}'"
-                        )));
-                    }
+                    leapio_link::proto::check_ctrl_name(value).map_err(bad)?;
                     name = Some(value.to_string());
                 }
                 "ns" => {
@@ -110,31 +64,21 @@ impl FromStr for CtrlSpec {
                     }
                 }
                 _ => {
-                    if !limits.set(key, value).map_err(bad)? {
-                        return Err(bad(format!(
-                            "unknown key '{key}' (expected name, sock, ns, bs, {})",
-                            CtrlLimits::KEYS
-                        )));
-                    }
-                    host_keys.push(key.to_string());
+                    return Err(bad(format!(
+                        "unknown key '{key}' (expected name, ns, bs; the socket, limits and serial are the host side's: leapio-hostd --ctrl, or leapio --ctrl all-in-one)"
+                    )))
                 }
             }
         }
-        if sock.is_none() && name.is_none() {
+        let Some(name) = name else {
             return Err(bad(
-                "missing sock=PATH (all-in-one) or name=NAME (with --link)".into(),
+                "missing name=NAME (the host-driver's controller)".into()
             ));
-        }
+        };
         if namespaces.is_empty() {
             return Err(bad("needs at least one ns=BACKEND".into()));
         }
-        Ok(CtrlSpec {
-            name,
-            host_keys,
-            sock,
-            namespaces,
-            limits,
-        })
+        Ok(CtrlSpec { name, namespaces })
     }
 }
 
@@ -144,24 +88,8 @@ mod tests {
 
     #[test]
     fn parses_a_full_spec() {
-        let c: CtrlSpec = "sock=/run/x.sock,ns=ram:64M,ns=ram:1G,io-queues=4,queue-entries=256,mdts=6,serial=AB12".parse().unwrap();
-        assert_eq!(c.sock, Some(PathBuf::from("/run/x.sock")));
-        assert_eq!(c.ctrl_name(), "x");
-        assert_eq!(
-            c.host_keys,
-            ["io-queues", "queue-entries", "mdts", "serial"]
-        );
-        let named: CtrlSpec = "name=vm0,ns=ram:1M".parse().unwrap();
-        assert_eq!(
-            (named.ctrl_name().as_str(), named.sock.as_ref()),
-            ("vm0", None)
-        );
-        assert_eq!(c.namespaces.len(), 2);
-        assert_eq!(c.limits.io_queues, 4);
-        assert_eq!(c.limits.queue_entries, 256);
-        assert_eq!(c.limits.mdts, 6);
-        assert_eq!(c.limits.serial.as_deref(), Some("AB12"));
-        let c: CtrlSpec = "sock=/s,ns=ram:64M,bs=4096,ns=ram:1M".parse().unwrap();
+        let c: CtrlSpec = "name=vm0,ns=ram:64M,bs=4096,ns=ram:1M".parse().unwrap();
+        assert_eq!(c.name, "vm0");
         assert_eq!(
             c.namespaces[0],
             BackendSpec::Ram {
@@ -176,7 +104,7 @@ mod tests {
                 block_size: 512
             }
         );
-        let e = "sock=/s,bs=4096,ns=ram:1M"
+        let e = "name=a,bs=4096,ns=ram:1M"
             .parse::<CtrlSpec>()
             .unwrap_err()
             .to_string();
@@ -186,28 +114,22 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let e = "ns=ram:64M".parse::<CtrlSpec>().unwrap_err().to_string();
-        assert!(
-            e.contains("missing sock=PATH (all-in-one) or name=NAME"),
-            "{e}"
-        );
+        assert!(e.contains("missing name=NAME"), "{e}");
         let e = "name=a/b,ns=ram:1M"
             .parse::<CtrlSpec>()
             .unwrap_err()
             .to_string();
         assert!(e.contains("name must be"), "{e}");
-        let e = "sock=/x".parse::<CtrlSpec>().unwrap_err().to_string();
+        let e = "name=x".parse::<CtrlSpec>().unwrap_err().to_string();
         assert!(e.contains("at least one ns"), "{e}");
-        let e = "sock=/x,ns=ram:1M,io-queues=0"
-            .parse::<CtrlSpec>()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("io-queues"), "{e}");
-        let e = "sock=/x,ns=ram:1M,color=red"
-            .parse::<CtrlSpec>()
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown key 'color'"), "{e}");
-        let e = "sock=/x,ns=floppy:1"
+        for host_key in ["sock=/x", "io-queues=4"] {
+            let e = format!("name=x,ns=ram:1M,{host_key}")
+                .parse::<CtrlSpec>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("the host side's"), "{e}");
+        }
+        let e = "name=x,ns=floppy:1"
             .parse::<CtrlSpec>()
             .unwrap_err()
             .to_string();

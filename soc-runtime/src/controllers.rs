@@ -7,8 +7,7 @@ use crate::config::CtrlSpec;
 use crate::error_chain;
 use crate::link_client::LinkClient;
 use crate::namespaces::open_served;
-use leapio_host_driver::control::{param_str, Handler};
-use leapio_host_driver::HostDriver;
+use leapio_service::control::{param_str, Handler};
 use leapio_transports::BackendSpec;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +28,7 @@ pub struct Served {
 impl Served {
     pub fn of(spec: &CtrlSpec) -> Served {
         Served {
-            name: spec.ctrl_name(),
+            name: spec.name.clone(),
             namespaces: spec
                 .namespaces
                 .iter()
@@ -44,9 +43,6 @@ impl Served {
 pub struct Controllers {
     served: Mutex<Vec<Served>>,
     client: Mutex<Option<Arc<LinkClient>>>,
-    /// The embedded host-driver (all-in-one), which also gets controllers
-    /// added and removed.
-    host: Option<Arc<HostDriver>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,11 +50,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Controllers {
-    pub fn new(served: Vec<Served>, host: Option<Arc<HostDriver>>) -> Arc<Controllers> {
+    pub fn new(served: Vec<Served>) -> Arc<Controllers> {
         Arc::new(Controllers {
             served: Mutex::new(served),
             client: Mutex::new(None),
-            host,
         })
     }
 
@@ -121,48 +116,31 @@ impl Controllers {
         if lock(&self.served).iter().any(|x| x.name == s.name) {
             return Err(format!("controller {} is served already", s.name));
         }
-        if let Some(host) = &self.host {
-            let Some(sock) = &spec.sock else {
-                return Err("all-in-one controllers need sock=PATH".into());
-            };
-            host.add_controller(&spec.host_spec(sock))
-                .map_err(|e| error_chain(&e))?;
-        } else if spec.sock.is_some() || !spec.host_keys.is_empty() {
-            return Err(format!(
-                "sock= and {} belong to the host-driver (leapioctl ctrl-add there)",
-                leapio_host_driver::CtrlLimits::KEYS
-            ));
-        }
         let never = AtomicBool::new(false);
-        if let Err(e) = self.attach(&s, false, &never) {
-            if let Some(host) = &self.host {
-                let _ = host.remove_controller(&s.name);
-            }
-            return Err(e);
-        }
+        self.attach(&s, false, &never)?;
         lock(&self.served).push(s.clone());
         Ok(json!({ "name": s.name }))
     }
 
     /// Stop serving a controller (`ctrl_remove`): its queues drain and the
-    /// host-driver is told; all-in-one, the controller goes away too.
+    /// host-driver is told.
     pub fn remove(&self, name: &str) -> Result<Value, String> {
+        self.forget(name)?;
+        if let Ok(c) = self.client() {
+            c.detach(name);
+        }
+        Ok(json!(true))
+    }
+
+    /// Stop re-attaching controller `name` (the all-in-one: its embedded
+    /// host-driver removes the controller and lets the runtime go).
+    pub fn forget(&self, name: &str) -> Result<(), String> {
         let mut served = lock(&self.served);
         let Some(i) = served.iter().position(|s| s.name == name) else {
             return Err(format!("controller {name} is not served"));
         };
         served.remove(i);
-        drop(served);
-        match &self.host {
-            // The host-driver resets the controller and asks us to let go.
-            Some(host) => host.remove_controller(name).map_err(|e| error_chain(&e))?,
-            None => {
-                if let Ok(c) = self.client() {
-                    c.detach(name);
-                }
-            }
-        }
-        Ok(json!(true))
+        Ok(())
     }
 
     /// Add a namespace to a served controller (`ns_add`): the next NSID.

@@ -2,8 +2,7 @@
 //! deployment: host-driver and runtime linked over a socket pair), with a
 //! handle that stops them.
 
-use socp::config::CtrlSpec;
-use socp::embedded::Embedded;
+use leapio::{CtrlSpec, Embedded};
 use socp::runtime::Runtime;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

@@ -292,8 +292,8 @@ fn io_waits_for_a_runtime() {
 /// I/O goes on.
 #[test]
 fn controllers_and_namespaces_come_and_go() {
-    use leapio_host_driver::control::call;
     use leapio_host_driver::HostCtrlSpec;
+    use leapio_service::control::call;
     use serde_json::json;
     let host = SplitHost::start("vm0", 4, timeouts());
     let ns = disk(&host);
@@ -431,14 +431,14 @@ fn a_resumed_queue_still_interrupts() {
     kill9(&mut socp);
 }
 
-/// The all-in-one socp stops promptly on SIGTERM once its guest has gone
-/// (its embedded host-driver lets go of the runtime and hears back).
+/// The all-in-one leapio stops promptly on SIGTERM once its guest has
+/// gone (its embedded host-driver lets go of the runtime and hears back).
 #[test]
 fn all_in_one_stops_promptly() {
     let dir = leapio_tests::server::test_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("aio.sock");
-    let mut socp = std::process::Command::new(leapio_tests::split::bin("socp"))
+    let mut socp = std::process::Command::new(leapio_tests::split::bin("leapio"))
         .arg("--ctrl")
         .arg(format!("sock={},ns=ram:4M", sock.display()))
         .stderr(std::process::Stdio::null())
@@ -456,7 +456,7 @@ fn all_in_one_stops_promptly() {
         assert!(w.errors.is_empty(), "{:?}", w.errors);
     }
     let t = Instant::now();
-    let status = term(&mut socp, Duration::from_secs(20)).expect("socp exits on SIGTERM");
+    let status = term(&mut socp, Duration::from_secs(20)).expect("leapio exits on SIGTERM");
     assert!(status.success(), "{status}");
     assert!(
         t.elapsed() < Duration::from_secs(5),
@@ -471,8 +471,8 @@ fn all_in_one_stops_promptly() {
 /// is turned on again.
 #[test]
 fn the_guest_turning_the_write_cache_off_reaches_the_runtime() {
-    use leapio_host_driver::control::call;
     use leapio_nvme::{AdminOpcode, Sqe};
+    use leapio_service::control::call;
     use serde_json::json;
     let host = SplitHost::start("vm0", 2, timeouts());
     let ns = disk(&host);

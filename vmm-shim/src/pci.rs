@@ -6,7 +6,7 @@
 //! function an SoC sees).
 
 /// Vendor ID: not PCI-SIG assigned; the nvme driver binds by class code.
-pub const VENDOR_ID: u16 = 0x4c45;
+pub const VENDOR_ID: u16 = leapio_nvme::identify::VENDOR_ID;
 pub const DEVICE_ID: u16 = 0x0001;
 pub const CONFIG_SIZE: usize = 4096;
 

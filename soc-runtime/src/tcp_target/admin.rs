@@ -118,7 +118,7 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
     let l = &sub.limits;
     let no_namespaces: &[leapio_nvme::controller::NamespaceInfo] = &[];
     let mut id = ControllerIdentity {
-        vendor_id: leapio_vmm_shim::pci::VENDOR_ID,
+        vendor_id: leapio_nvme::identify::VENDOR_ID,
         serial: &sub.serial,
         model: if ctrl.discovery {
             "LeapIO NVMe/TCP discovery"

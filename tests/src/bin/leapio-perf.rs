@@ -143,7 +143,7 @@ fn run(cfg: &Config) -> Result<Report, PerfError> {
             let shown = leapio_nvme_auth::redact(spec);
             // Check the spec here: TestServer panics on a bad one.
             format!("sock=/x,{spec}")
-                .parse::<socp::config::CtrlSpec>()
+                .parse::<leapio::CtrlSpec>()
                 .map_err(|e| PerfError::Setup(format!("--spawn {shown}: {e}")))?;
             let io_wait =
                 (cfg.io_wait_us > 0).then(|| std::time::Duration::from_micros(cfg.io_wait_us));

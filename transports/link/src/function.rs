@@ -16,7 +16,7 @@
 //! unaligned accesses are allowed) rather than as Device memory.
 
 /// PCI IDs and class (memory controller, other).
-pub const VENDOR_ID: u16 = 0x4c45;
+pub const VENDOR_ID: u16 = leapio_nvme::identify::VENDOR_ID;
 pub const DEVICE_ID: u16 = 0x4c4b;
 pub const CLASS: u32 = 0x05_80_00;
 

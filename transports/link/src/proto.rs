@@ -310,6 +310,22 @@ impl ToHost {
     }
 }
 
+/// A controller's name, as both sides of the link know it: 1-64 letters,
+/// digits, '-', '_' or '.'.
+pub fn check_ctrl_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(format!(
+            "name must be 1-64 letters, digits, '-', '_' or '.', got '{name}'"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a peer speaking `major.minor` (as `software`) can talk to us
 /// (`ours`, e.g. "leapio-hostd 0.1.0"); the error says why not.
 pub fn check_version(major: u16, minor: u16, software: &str, ours: &str) -> Result<(), String> {

@@ -4,6 +4,11 @@
 use crate::{Le16, Le32, Le64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+/// LeapIO's vendor ID (not PCI-SIG assigned; drivers bind by class code):
+/// Identify Controller VID and SSVID of every front end, and the PCI
+/// vendor of the functions the host-driver serves.
+pub const VENDOR_ID: u16 = 0x4c45;
+
 /// Identify CNS values.
 pub struct Cns;
 impl Cns {

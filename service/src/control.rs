@@ -1,6 +1,6 @@
 //! The control socket: JSON-RPC 2.0 over a Unix socket (mode 0600), one
 //! request per line, one response per line (as SPDK's `rpc.py` talks to
-//! its target). `leapio-hostd --control` and `socp --control` serve it;
+//! its target). `leapio-hostd --control`, `socp --control` and `leapio --control` serve it;
 //! `leapioctl` is the client. A malformed request gets a JSON-RPC error and
 //! the connection goes on; a line over [`MAX_LINE`] closes it.
 
@@ -38,7 +38,7 @@ pub fn serve(
         Err(_) => {}
     }
     let listener = UnixListener::bind(path)?;
-    crate::host::restrict_socket(path);
+    crate::restrict_socket(path);
     listener.set_nonblocking(true)?;
     let path = path.to_path_buf();
     let clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -1,7 +1,7 @@
 //! `leapioctl`: talk to the control socket of `leapio-hostd` or `socp`.
 
 use clap::Parser;
-use leapio_host_driver::control::call;
+use leapio_service::control::call;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;

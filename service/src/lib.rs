@@ -1,0 +1,45 @@
+//! What every LeapIO daemon (`leapio-hostd`, `socp`, the all-in-one
+//! `leapio`) shares, and nothing of the host side or the runtime:
+//!
+//! - [`control`]: the JSON-RPC control socket and its client (`leapioctl`);
+//! - [`init_logging`], [`error_chain`]: how the daemons log and report
+//!   errors;
+//! - [`restrict_socket`]: sockets a daemon creates are its owner's.
+
+pub mod control;
+
+use std::path::Path;
+
+/// An error and its sources, joined with ": " (our error types do not
+/// repeat their source in their own message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Log to stderr with `level` as the filter (tracing env-filter syntax;
+/// RUST_LOG wins), colours only on a terminal. For the binaries.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Sockets a daemon creates are for root (or the owner) only.
+pub fn restrict_socket(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), "cannot restrict socket permissions: {e}");
+    }
+}

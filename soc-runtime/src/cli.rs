@@ -1,0 +1,217 @@
+//! What a process that runs the runtime does whatever serves its
+//! controllers (a link to a host-driver in `socp`, the embedded
+//! host-driver in the all-in-one `leapio`): the options of the data plane,
+//! starting the pollers, NVMe/TCP targets and QoS, the control socket, and
+//! stopping it all.
+
+use crate::crash::{self, CrashAt};
+use crate::error_chain;
+use crate::qos::spec::{QosSpec, TenantSpec};
+use crate::runtime::Runtime;
+use crate::tcp_target::{TcpTarget, TcpTargetSpec};
+use leapio_service::control::{self, Handler};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The data plane's options.
+#[derive(clap::Args, Debug)]
+pub struct RuntimeOpts {
+    /// Export namespaces over NVMe/TCP: listen=IP:PORT,nqn=NQN,ns=BACKEND[,bs=N][,ns=...][,allow=HOSTNQN[:SECRET[:CTRLSECRET]]...][,dhchap-hashes=H:H..][,dhchap-dhgroups=G:G..][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    ///
+    /// Linux hosts attach with `nvme connect -t tcp -a IP -s PORT -n NQN`;
+    /// `nvme discover` works against the same address. Without allow= any
+    /// host may connect. A host given a DH-HMAC-CHAP SECRET (DHHC-1:XX:...:,
+    /// as `nvme gen-dhchap-key` prints) must authenticate each queue
+    /// (`nvme connect --dhchap-secret`); CTRLSECRET lets it authenticate
+    /// the controller too (`--dhchap-ctrl-secret`). Hashes: sha256 sha384
+    /// sha512; DH groups: ffdhe2048 ffdhe3072 ffdhe4096 null (the default
+    /// order).
+    #[arg(long = "tcp-target", value_name = "SPEC", verbatim_doc_comment)]
+    pub tcp_targets: Vec<TcpTargetSpec>,
+
+    /// Poller threads per NVMe/TCP target.
+    #[arg(long, default_value_t = 1)]
+    pub tcp_pollers: usize,
+
+    /// Poller threads running the I/O queues.
+    #[arg(long, default_value_t = 1)]
+    pub pollers: usize,
+
+    /// When a poller has only backend I/O (file, block device) pending and
+    /// the guests are quiet, sleep in io_uring up to this many microseconds
+    /// instead of spinning (0 = always spin); with only commands held for
+    /// QoS tokens pending, sleep that long. Helps when pollers share
+    /// cores with the kernel's I/O completion work; costs up to this much
+    /// latency on a new submission while waiting.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub io_wait_us: u64,
+
+    /// Pin poller i to the i-th CPU of this list (e.g. 2,3), cycling.
+    #[arg(long, value_delimiter = ',', value_name = "CPUS")]
+    pub poller_cpus: Vec<usize>,
+
+    /// Serve the control socket (JSON-RPC; `leapioctl`) here: add and
+    /// remove controllers and namespaces while running.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// QoS (ReFlex-style cost-based tokens) in front of the backends:
+    /// device=FILE[,be-floor=PCT][,burst-us=N][,lc-burst-us=N]
+    ///
+    /// FILE is a device model made by socp-calibrate (the cost of a 4 KiB
+    /// write in tokens, a 4 KiB read costing 1, and the tokens per second
+    /// the device carries at each latency). be-floor: share of the rate
+    /// that latency-critical reservations may not take (1-99, default 5);
+    /// burst-us: bucket depth of best-effort tenants, in microseconds of
+    /// their rate (1000); lc-burst-us: that of latency-critical tenants
+    /// (50000: a host's own jitter sends bursts).
+    #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
+    pub qos: Option<QosSpec>,
+
+    /// A QoS tenant (needs --qos):
+    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=lc,slo=p95:500us|p99:1ms,iops=N[,rw=READ:WRITE]
+    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=be[,weight=N]
+    ///
+    /// Latency-critical tenants reserve IOPS at a read/write mix (default
+    /// 100:0) under a tail-latency SLO and are refused (the process does
+    /// not start) when the device cannot carry them; best-effort tenants
+    /// share what is left by weight. I/O of no tenant is best effort
+    /// (tenant "default"). Changed at run time with leapioctl qos-add /
+    /// qos-remove.
+    #[arg(long = "tenant", value_name = "SPEC", verbatim_doc_comment)]
+    pub tenants: Vec<TenantSpec>,
+
+    /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+
+    /// Test hook: kill this process (SIGKILL) the N-th time the queue
+    /// protocol reaches POINT (sqe-fetched, inflight-recorded,
+    /// completion-recorded, cqe-written, cqe-posted).
+    #[arg(long, value_name = "POINT:N", hide = true)]
+    pub crash_at: Option<CrashAt>,
+
+    /// Test hook: never answer the host-driver's queue deletions.
+    #[arg(long, hide = true)]
+    pub test_hang_deletes: bool,
+}
+
+/// A running data plane: pollers, NVMe/TCP targets, QoS.
+pub struct Daemon {
+    pub rt: Arc<Runtime>,
+    /// Set by SIGTERM or SIGINT (and by [`Daemon::finish`]).
+    pub stop: Arc<AtomicBool>,
+    targets: Vec<TcpTarget>,
+}
+
+impl Daemon {
+    /// Check the options, then start the pollers and the NVMe/TCP targets.
+    pub fn start(opts: &RuntimeOpts) -> Result<Daemon, String> {
+        if !opts.tenants.is_empty() && opts.qos.is_none() {
+            return Err("--tenant needs --qos device=FILE".into());
+        }
+        if let Some(c) = opts.crash_at {
+            crash::arm(c);
+        }
+        if opts.test_hang_deletes {
+            crash::arm_hang_deletes();
+        }
+        if let Some(q) = &opts.qos {
+            crate::qos::global()
+                .configure(q, &opts.tenants)
+                .map_err(|e| format!("--qos: {e}"))?;
+            tracing::info!(tenants = opts.tenants.len(), "QoS on");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, stop.clone())
+                .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        }
+        let io_wait = (opts.io_wait_us > 0).then(|| Duration::from_micros(opts.io_wait_us));
+        let rt = Runtime::start_with(opts.pollers, &opts.poller_cpus, io_wait)
+            .map_err(|e| format!("starting pollers: {e}"))?;
+        let mut d = Daemon {
+            rt,
+            stop,
+            targets: Vec::new(),
+        };
+        for (i, spec) in opts.tcp_targets.iter().enumerate() {
+            match TcpTarget::start(i, spec, opts.tcp_pollers, d.stop.clone()) {
+                Ok(t) => d.targets.push(t),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    let _ = d.finish(Ok(()));
+                    return Err(why);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Serve the control socket of `opts` (if any) with `handler`, the QoS
+    /// methods answered first.
+    pub fn serve_control(&self, opts: &RuntimeOpts, handler: Handler) -> Result<(), String> {
+        let Some(path) = &opts.control else {
+            return Ok(());
+        };
+        let h: Handler = Arc::new(move |method, params| {
+            crate::qos::global()
+                .handle(method, params)
+                .unwrap_or_else(|| handler(method, params))
+        });
+        control::serve(path, h, self.stop.clone())
+            .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        tracing::info!(path = %path.display(), "control socket");
+        Ok(())
+    }
+
+    /// Whether SIGTERM or SIGINT asked the process to stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Stop: the targets (their backends flushed), then the pollers, after
+    /// they finish what is in flight. `served` is how serving the
+    /// controllers ended.
+    pub fn finish(self, served: Result<(), String>) -> Result<(), String> {
+        self.stop.store(true, Ordering::Release);
+        let mut flush_failed = false;
+        for t in self.targets {
+            for b in t.join() {
+                if let Err(e) = b.flush() {
+                    tracing::error!("flushing {}: {e}", b.describe());
+                    flush_failed = true;
+                }
+            }
+        }
+        self.rt.shutdown();
+        tracing::info!("stopped");
+        served?;
+        if flush_failed {
+            return Err("flushing backends failed (see above)".into());
+        }
+        Ok(())
+    }
+}
+
+/// `socp calibrate ...` and the like: a subcommand before the options.
+/// Runs it and returns its exit status, or None for the daemon itself.
+pub fn subcommand(argv: &[String]) -> Option<std::process::ExitCode> {
+    if argv.get(1).map(String::as_str) != Some("calibrate") {
+        return None;
+    }
+    leapio_service::init_logging("warn");
+    Some(
+        match crate::qos::calibrate::main(argv.iter().skip(1).cloned()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                if !e.is_empty() {
+                    eprintln!("socp calibrate: {e}");
+                }
+                std::process::ExitCode::FAILURE
+            }
+        },
+    )
+}
