@@ -14,16 +14,23 @@ set -euo pipefail
 cd "$LEAPIO_REPO"
 
 declare -A allowed=(
-    [leapio-nvme]="leapio-ats"
+    # wire types and protocols: nothing of the project
+    [leapio-nvme]=""
     [leapio-nvme-auth]=""
     [leapio-service]=""
-    [leapio-ats]=""
-    [leapio-link]="leapio-nvme leapio-ats"
-    [leapio-transports]="leapio-nvme leapio-nvme-auth leapio-ats"
-    [leapio-vmm-shim]="leapio-nvme leapio-ats"
-    [leapio-host-driver]="leapio-nvme leapio-ats leapio-link leapio-vmm-shim leapio-service"
-    [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-link leapio-transports leapio-service"
-    [leapio]="leapio-nvme leapio-nvme-auth leapio-ats leapio-link leapio-transports leapio-service leapio-vmm-shim leapio-host-driver socp"
+    # guest memory, the controller core, the link (the host-runtime
+    # contract), the backends
+    [leapio-ats]="leapio-nvme"
+    [leapio-controller]="leapio-nvme"
+    [leapio-link]="leapio-nvme"
+    [leapio-transports]="leapio-nvme leapio-nvme-auth"
+    # the host side
+    [leapio-vmm-shim]="leapio-nvme"
+    [leapio-host-driver]="leapio-nvme leapio-ats leapio-controller leapio-link leapio-vmm-shim leapio-service"
+    # the runtime: nothing of the host side
+    [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-transports leapio-service"
+    # the all-in-one: both sides
+    [leapio]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-transports leapio-service leapio-vmm-shim leapio-host-driver socp"
 )
 
 internal() { # the workspace's crates CRATE depends on (normal dependencies)

@@ -4,6 +4,9 @@
 //! [`Domain`] (one per VM) mmaps them and publishes immutable [`Snapshot`]s of
 //! its regions; pollers translate guest-physical addresses through a snapshot
 //! without locks, and walk NVMe PRPs into host iovecs with [`prp::map_prps`].
+//! [`ring`] holds NVMe submission and completion rings in guest memory,
+//! [`transfer`] the small copies a controller makes to and from the buffers
+//! PRPs describe. It knows PRPs and ring entries, no opcodes.
 //!
 //! # Lifetime rules (read these)
 //!
@@ -68,9 +71,11 @@ mod domain;
 mod error;
 mod mapping;
 pub mod prp;
+pub mod ring;
 mod seals;
 mod snapshot;
 pub mod testing;
+pub mod transfer;
 mod types;
 
 pub use domain::{Domain, MAX_REGIONS};

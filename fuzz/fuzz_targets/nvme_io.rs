@@ -14,7 +14,7 @@ use leapio_ats::prp::PrpLimits;
 use leapio_ats::Access;
 use leapio_fuzz::guest::{self, Memory};
 use leapio_fuzz::Input;
-use leapio_nvme::controller::NamespaceInfo;
+use leapio_controller::NamespaceInfo;
 use leapio_nvme::{IoOpcode, Sqe};
 use leapio_transports::IoKind;
 use libfuzzer_sys::fuzz_target;
@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
             volatile_write_cache: true,
             write_zeroes: true,
             deallocate: true,
-            zoned: zoned.then_some(leapio_nvme::controller::ZonedInfo {
+            zoned: zoned.then_some(leapio_controller::ZonedInfo {
                 zone_blocks: 64,
                 capacity: 48,
                 max_open: 2,

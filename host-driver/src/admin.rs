@@ -3,11 +3,11 @@
 use crate::controller::{ring_mapped, NvmeController};
 use crate::port::{CqSetup, SqSetup};
 use leapio_ats::{Access, Snapshot};
+use leapio_controller::features;
+use leapio_controller::identify::{identify_page, ControllerIdentity};
+use leapio_controller::log::{check_smart_nsid, fw_slot_log, smart_log, Health, LogRequest};
 use leapio_link::Shadow;
 use leapio_nvme::cmd::FeatureId;
-use leapio_nvme::controller::features;
-use leapio_nvme::controller::identify::{identify_page, ControllerIdentity};
-use leapio_nvme::controller::log::{check_smart_nsid, fw_slot_log, smart_log, Health, LogRequest};
 use leapio_nvme::identify::{IdentifyController, OACS_DBBUF};
 use leapio_nvme::log::{CmdEffectsLog, LogId};
 use leapio_nvme::regs::Cc;
@@ -152,7 +152,7 @@ impl NvmeController {
     }
 
     fn effects_log(&self, csi: u8) -> CmdEffectsLog {
-        leapio_nvme::controller::identify::effects_log(
+        leapio_controller::identify::effects_log(
             &[
                 AdminOpcode::DELETE_SQ,
                 AdminOpcode::CREATE_SQ,

@@ -11,9 +11,9 @@
 use crate::controller::NvmeController;
 use crate::link::RuntimeLink;
 use crate::port::PortEvent;
+use leapio_controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_link::{NsDecl, ToRuntime};
 use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_nvme::regs::csts;
 use std::sync::Arc;
 

@@ -5,13 +5,13 @@
 
 use crate::port::{CqSetup, PortEvent, RuntimePort, SqSetup};
 use crate::shared::CtrlShared;
+use leapio_ats::ring::{CqRing, InvalidDoorbell, SqRing};
 use leapio_ats::{Access, Prot};
+use leapio_controller::features::CommonFeatures;
 use leapio_link::doorbells::{Doorbells, DOORBELL_PAGE_SIZE, MAX_QUEUE_PAIRS};
 use leapio_link::qstate::QueueState;
 use leapio_link::{NsDecl, Shadow};
 use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::controller::features::CommonFeatures;
-use leapio_nvme::guest::queue::{CqRing, InvalidDoorbell, SqRing};
 use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
 use leapio_nvme::zns::{CC_CSS_ALL, CC_CSS_NVM};
 use leapio_nvme::{Sqe, Status};
@@ -523,7 +523,7 @@ impl NvmeController {
         sqe: &Sqe,
         data: &[u8],
     ) -> Result<(), Status> {
-        leapio_nvme::guest::dma::copy_to_prps(
+        leapio_ats::transfer::copy_to_prps(
             snap,
             sqe.prp1.get(),
             sqe.prp2.get(),

@@ -93,7 +93,7 @@ impl CtrlLimits {
             "queue-entries" => self.queue_entries = u32::try_from(num(2, 4096)?).unwrap_or(2),
             "mdts" => self.mdts = u8::try_from(num(1, 10)?).unwrap_or(1),
             "serial" => {
-                leapio_nvme::controller::check_serial(value)?;
+                leapio_controller::check_serial(value)?;
                 self.serial = Some(value.to_string());
             }
             "sock-mode" => self.access.set_mode(value)?,

@@ -4,10 +4,10 @@
 
 use arc_swap::ArcSwap;
 use leapio_ats::Domain;
+use leapio_controller::NamespaceInfo;
 use leapio_link::doorbells::Doorbells;
 use leapio_link::irq::Interrupts;
 use leapio_link::qstate::{IoCounts, QueueState};
-use leapio_nvme::controller::NamespaceInfo;
 use leapio_nvme::log::ErrorLogEntry;
 use leapio_nvme::Status;
 use std::collections::VecDeque;

@@ -2,10 +2,10 @@
 //! guest memory) and turn it into backend requests.
 
 use leapio_ats::prp::{map_prps, PrpLimits};
+use leapio_ats::transfer::{copy_from_prps, prp_status};
 use leapio_ats::{Access, Snapshot};
+use leapio_controller::NamespaceInfo;
 use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
-use leapio_nvme::controller::NamespaceInfo;
-use leapio_nvme::guest::dma::{copy_from_prps, prp_status};
 use leapio_nvme::zns::{
     ZoneDescriptor, ZoneReportHeader, ZoneStateCode, Zrasf, Zsa, ZA_ZFC, ZRA_REPORT_ZONES,
     ZRECV_PARTIAL, ZSEND_SELECT_ALL, ZT_SEQUENTIAL_WRITE_REQUIRED,
@@ -152,7 +152,7 @@ pub fn write_through(plan: Plan) -> Plan {
 
 /// The zones of `ns`, or Invalid Opcode for a conventional namespace
 /// (zoned commands).
-fn zones_of(ns: &NamespaceInfo) -> Result<leapio_nvme::controller::ZonedInfo, Status> {
+fn zones_of(ns: &NamespaceInfo) -> Result<leapio_controller::ZonedInfo, Status> {
     ns.zoned.ok_or(Status::INVALID_OPCODE)
 }
 
@@ -387,7 +387,7 @@ pub fn backend_status(kind: IoKind, errno: i32) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leapio_nvme::controller::ZonedInfo;
+    use leapio_controller::ZonedInfo;
 
     fn zoned_ns() -> NamespaceInfo {
         NamespaceInfo {

@@ -1,7 +1,7 @@
 //! Opening the backends of a front end's namespaces.
 
 use crate::ctrl::Namespace;
-use leapio_nvme::controller::{namespace_ids, NamespaceInfo, ZonedInfo};
+use leapio_controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_transports::{
     open_backend, open_backend_unclaimed, Backend, BackendSpec, TransportError,
 };

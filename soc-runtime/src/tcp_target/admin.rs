@@ -4,10 +4,10 @@
 //! Property Get/Set that stand in for the PCI register file.
 
 use super::ctrl::{Controller, Subsystem};
+use leapio_controller::features::{self, CommonFeatures};
+use leapio_controller::identify::{identify_page, ControllerIdentity};
+use leapio_controller::log::{check_smart_nsid, fw_slot_log, smart_log, Health, LogRequest};
 use leapio_nvme::cmd::FeatureId;
-use leapio_nvme::controller::features::{self, CommonFeatures};
-use leapio_nvme::controller::identify::{identify_page, ControllerIdentity};
-use leapio_nvme::controller::log::{check_smart_nsid, fw_slot_log, smart_log, Health, LogRequest};
 use leapio_nvme::fabrics::{
     put_nqn, Disc, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyFabrics, PropertyCmd, Sgls,
     DISCOVERY_NQN, LID_DISCOVERY,
@@ -116,7 +116,7 @@ fn identify(sub: &Subsystem, ctrl: &Controller, sqe: &Sqe) -> Reply {
 /// Identify Controller of an I/O or discovery controller over NVMe/TCP.
 pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyController {
     let l = &sub.limits;
-    let no_namespaces: &[leapio_nvme::controller::NamespaceInfo] = &[];
+    let no_namespaces: &[leapio_controller::NamespaceInfo] = &[];
     let mut id = ControllerIdentity {
         vendor_id: leapio_nvme::identify::VENDOR_ID,
         serial: &sub.serial,
@@ -223,7 +223,7 @@ pub fn discovery_log(sub: &Subsystem, ctrl: &Controller) -> Vec<u8> {
 }
 
 fn effects_log(csi: u8) -> CmdEffectsLog {
-    leapio_nvme::controller::identify::effects_log(
+    leapio_controller::identify::effects_log(
         &[
             AdminOpcode::GET_LOG_PAGE,
             AdminOpcode::IDENTIFY,

@@ -224,7 +224,7 @@ impl FromStr for TcpTargetSpec {
                         .ok_or_else(|| bad(format!("mdts must be 1..=8, got '{value}'")))?
                 }
                 "serial" => {
-                    leapio_nvme::controller::check_serial(value).map_err(bad)?;
+                    leapio_controller::check_serial(value).map_err(bad)?;
                     serial = Some(value.to_string());
                 }
                 "icreq-timeout-ms" => {

@@ -1,7 +1,7 @@
 //! The exported subsystem and its controllers (shared by all pollers).
 
 use super::config::{AllowedHost, TcpTargetSpec};
-use leapio_nvme::controller::NamespaceInfo;
+use leapio_controller::NamespaceInfo;
 use leapio_nvme::regs::{csts, Cc};
 use leapio_nvme_auth::{Policy, Secrets};
 use leapio_transports::Backend;

@@ -10,7 +10,7 @@
 use super::config::TcpTargetSpec;
 use super::ctrl::Subsystem;
 use super::poller::{Poller, BACKEND_DEPTH};
-use leapio_nvme::controller::NamespaceInfo;
+use leapio_controller::NamespaceInfo;
 use leapio_transports::Backend;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};

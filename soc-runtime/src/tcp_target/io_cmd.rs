@@ -6,8 +6,8 @@
 use super::ctrl::Subsystem;
 use crate::io::lba_range;
 use crate::io::{flush_plan, write_zeroes_plan, Op, Plan};
+use leapio_controller::NamespaceInfo;
 use leapio_nvme::cmd::DSM_ATTR_DEALLOCATE;
-use leapio_nvme::controller::NamespaceInfo;
 use leapio_nvme::fabrics::{
     FabricsStatus, SglDescriptor, FABRICS_OPCODE, SGL_IN_CAPSULE, SGL_TRANSPORT_DATA_BLOCK,
 };

@@ -4,8 +4,8 @@
 //! alive) stay with each controller; [`select`] applies Get Features' SEL
 //! field to any of them.
 
-use crate::cmd::FeatureId;
-use crate::Status;
+use leapio_nvme::cmd::FeatureId;
+use leapio_nvme::Status;
 
 /// Composite temperature over-threshold at reset: 343 K (70 °C).
 const DEFAULT_TEMP_THRESHOLD: u32 = 343;

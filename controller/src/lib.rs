@@ -1,8 +1,9 @@
-//! What every NVMe controller front end presents the same way: the
-//! namespaces as the host sees them, Identify data derived from them, the
-//! Commands Supported and Effects log, and the Get/Set Features values
-//! that do not depend on the transport. The PCIe controller (host-driver)
-//! and the NVMe/TCP target (runtime) both build on this.
+//! The NVMe controller core: what every controller front end presents the
+//! same way: the namespaces as the host sees them, Identify data derived
+//! from them, the Commands Supported and Effects log, and the Get/Set
+//! Features values that do not depend on the transport. The PCIe front end
+//! (the host-driver over vfio-user) and the NVMe/TCP target (the runtime)
+//! both build on this.
 
 pub mod features;
 pub mod identify;
@@ -29,9 +30,9 @@ impl NamespaceInfo {
     /// The namespace's command set (NVM or ZNS).
     pub fn csi(&self) -> u8 {
         if self.zoned.is_some() {
-            crate::zns::Csi::ZNS
+            leapio_nvme::zns::Csi::ZNS
         } else {
-            crate::zns::Csi::NVM
+            leapio_nvme::zns::Csi::NVM
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Submission and completion rings in guest memory. Used by the admin queue
-//! (control thread) and by the runtime's pollers for I/O queues.
+//! NVMe submission and completion rings in guest memory. Used by the admin
+//! queue (the host-driver's control thread) and by the runtime's pollers
+//! for I/O queues.
 
-use crate::{Cqe, Sqe, Status};
-use leapio_ats::{AtsError, Snapshot};
+use crate::{AtsError, Snapshot};
+use leapio_nvme::{Cqe, Sqe, Status};
 use zerocopy::IntoBytes;
 
 /// Size of a submission queue entry (CC.IOSQES = 6).
@@ -14,22 +15,31 @@ pub const CQE_SIZE: u64 = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid doorbell value {value} for queue {qid} of {size} entries")]
 pub struct InvalidDoorbell {
+    /// The queue.
     pub qid: u16,
+    /// What the host wrote.
     pub value: u32,
+    /// Entries in the queue.
     pub size: u32,
 }
 
 /// A submission ring: base guest address, size, and the controller's head.
 #[derive(Clone, Debug)]
 pub struct SqRing {
+    /// The queue's identifier.
     pub qid: u16,
+    /// The completion queue its commands complete on.
     pub cqid: u16,
+    /// Guest-physical address of entry 0.
     pub gpa: u64,
+    /// Entries.
     pub size: u32,
+    /// The next entry the controller takes.
     pub head: u32,
 }
 
 impl SqRing {
+    /// An empty ring (head 0).
     pub fn new(qid: u16, cqid: u16, gpa: u64, size: u32) -> SqRing {
         SqRing {
             qid,
@@ -74,17 +84,26 @@ impl SqRing {
 /// A completion ring with its phase tag and the host's last head.
 #[derive(Clone, Debug)]
 pub struct CqRing {
+    /// The queue's identifier.
     pub qid: u16,
+    /// Guest-physical address of entry 0.
     pub gpa: u64,
+    /// Entries.
     pub size: u32,
+    /// The next entry the controller writes.
     pub tail: u32,
+    /// The host's last head doorbell.
     pub head: u32,
+    /// The phase tag written with entries on this pass of the ring.
     pub phase: bool,
+    /// MSI-X vector.
     pub vector: u16,
+    /// Interrupts enabled.
     pub ien: bool,
 }
 
 impl CqRing {
+    /// An empty ring (phase 1).
     pub fn new(qid: u16, gpa: u64, size: u32, vector: u16, ien: bool) -> CqRing {
         CqRing {
             qid,
@@ -162,6 +181,7 @@ impl CqRing {
         Ok(())
     }
 
+    /// Guest memory the ring occupies.
     pub fn bytes(&self) -> u64 {
         u64::from(self.size) * CQE_SIZE
     }

@@ -1,12 +1,8 @@
-//! The NVMe interface as the VM sees it.
-//!
-//! - Wire and in-memory structures ([`cmd`], [`regs`], [`identify`], [`log`],
-//!   [`status`], [`fabrics`], [`tcp`], [`zns`]).
-//! - [`guest`]: rings and PRP-described buffers in guest memory.
-//! - [`controller`]: what every controller front end presents the same way
-//!   (namespaces, Identify data, features, the effects log).
-//!
-//! The structures:
+//! NVMe wire types: the structures of the NVMe Base, NVM and Zoned
+//! Namespace Command Set specifications, NVMe over Fabrics and the NVMe/TCP
+//! transport ([`cmd`], [`regs`], [`identify`], [`log`], [`status`],
+//! [`fabrics`], [`tcp`], [`zns`]), used by host and target sides alike. It
+//! depends on nothing else of the project.
 //!
 //! Everything here is a `#[repr(C)]` zerocopy type with explicit little-endian
 //! fields and a compile-time size check, so it can be copied out of guest
@@ -16,9 +12,7 @@
 //! Specification 1.0.
 
 pub mod cmd;
-pub mod controller;
 pub mod fabrics;
-pub mod guest;
 pub mod identify;
 pub mod log;
 pub mod regs;

@@ -2,16 +2,16 @@
 //! command set, shared by every front end that presents namespaces (the
 //! vfio-user controller, the NVMe/TCP target).
 
-use super::{NamespaceInfo, ZonedInfo};
-use crate::identify::{
+use crate::{NamespaceInfo, ZonedInfo};
+use leapio_nvme::identify::{
     put_ascii, Cns, IdentifyController, IdentifyNamespace, LbaFormat, NidHeader, NidType,
     LPA_CMD_EFFECTS, ONCS_DSM, ONCS_WRITE_ZEROES,
 };
-use crate::log::{CmdEffectsLog, CSE_CSUPP, CSE_LBCC};
-use crate::regs::VERSION_1_4;
-use crate::zns::{Csi, IdentifyNamespaceZns, OZCS_RAZB};
-use crate::IoOpcode;
-use crate::Status;
+use leapio_nvme::log::{CmdEffectsLog, CSE_CSUPP, CSE_LBCC};
+use leapio_nvme::regs::VERSION_1_4;
+use leapio_nvme::zns::{Csi, IdentifyNamespaceZns, OZCS_RAZB};
+use leapio_nvme::IoOpcode;
+use leapio_nvme::Status;
 use zerocopy::FromZeros;
 use zerocopy::IntoBytes;
 
@@ -236,12 +236,12 @@ pub fn max_nsid(namespaces: &[NamespaceInfo]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identify::IdentifyController;
-    use crate::zns::{IdentifyNamespaceZns, ZnsLbaFormatExt};
+    use leapio_nvme::identify::IdentifyController;
+    use leapio_nvme::zns::{IdentifyNamespaceZns, ZnsLbaFormatExt};
     use zerocopy::FromBytes;
 
     fn ns(nsid: u32, zoned: bool) -> NamespaceInfo {
-        let (nguid, eui64, uuid) = super::super::namespace_ids("S", nsid);
+        let (nguid, eui64, uuid) = crate::namespace_ids("S", nsid);
         NamespaceInfo {
             nsid,
             block_size: 4096,

@@ -1,9 +1,9 @@
 //! Small data transfers between the controller and guest buffers described
 //! by PRPs (Identify, Get Log Page, Get Features data, DSM ranges).
 
-use crate::Status;
-use leapio_ats::prp::{map_prps, PrpError, PrpLimits};
-use leapio_ats::{Access, Snapshot};
+use crate::prp::{map_prps, PrpError, PrpLimits};
+use crate::{Access, Snapshot};
+use leapio_nvme::Status;
 
 /// NVMe status for a PRP that could not be used.
 pub fn prp_status(e: &PrpError) -> Status {

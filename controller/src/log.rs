@@ -1,9 +1,9 @@
 //! Get Log Page: the request's window and the log pages every front end
 //! answers the same way.
 
-use crate::identify::put_ascii;
-use crate::log::{u128_field, FwSlotLog, SmartLog};
-use crate::{Sqe, Status};
+use leapio_nvme::identify::put_ascii;
+use leapio_nvme::log::{u128_field, FwSlotLog, SmartLog};
+use leapio_nvme::{Sqe, Status};
 use zerocopy::{FromZeros, IntoBytes};
 
 /// What a Get Log Page command asks for: log id, byte offset, length.
