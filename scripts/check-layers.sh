@@ -18,19 +18,20 @@ declare -A allowed=(
     [leapio-nvme]=""
     [leapio-nvme-auth]=""
     [leapio-service]=""
+    [leapio-backend]=""
     # guest memory, the controller core, the link (the host-runtime
     # contract), the backends
     [leapio-ats]="leapio-nvme"
     [leapio-controller]="leapio-nvme"
     [leapio-link]="leapio-nvme"
-    [leapio-transports]="leapio-nvme leapio-nvme-auth"
+    [leapio-backends]="leapio-nvme leapio-nvme-auth leapio-backend"
     # the host side
     [leapio-vmm-shim]="leapio-nvme"
     [leapio-host-driver]="leapio-nvme leapio-ats leapio-controller leapio-link leapio-vmm-shim leapio-service"
     # the runtime: nothing of the host side
-    [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-transports leapio-service"
+    [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service"
     # the all-in-one: both sides
-    [leapio]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-transports leapio-service leapio-vmm-shim leapio-host-driver socp"
+    [leapio]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service leapio-vmm-shim leapio-host-driver socp"
 )
 
 internal() { # the workspace's crates CRATE depends on (normal dependencies)

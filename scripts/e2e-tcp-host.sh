@@ -173,7 +173,7 @@ fi
 
 # ---- 4: the CLI path: a socp process with a remote namespace, digests on ----
 reason='' out='|' nq=0
-RUST_LOG=info,leapio_transports::nvme_tcp=debug start_leapio "$slog" \
+RUST_LOG=info,leapio_backends::nvme_tcp=debug start_leapio "$slog" \
     --ctrl "sock=$sock,ns=$base&hdgst=1&ddgst=1" || reason="socp did not start (see $slog)"
 if [[ -z $reason ]]; then
     rc=0

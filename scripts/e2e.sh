@@ -420,7 +420,7 @@ test_zns_split() {
 ZCHECK_IMG=$LEAPIO_DATA/e2e-zcheck.img
 zoned_check_disk() {
     local bin=$LEAPIO_REPO/target/x86_64-unknown-linux-gnu/release/examples/zoned-check
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p leapio-transports \
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p leapio-backends \
         --example zoned-check --target x86_64-unknown-linux-gnu >/dev/null 2>&1 \
         || { REASON="cannot build the static zoned-check example"; return 1; }
     ZCHECK_BYTES=$(stat -c %s "$bin")

@@ -16,7 +16,7 @@ use leapio_fuzz::guest::{self, Memory};
 use leapio_fuzz::Input;
 use leapio_controller::NamespaceInfo;
 use leapio_nvme::{IoOpcode, Sqe};
-use leapio_transports::IoKind;
+use leapio_backends::IoKind;
 use libfuzzer_sys::fuzz_target;
 use socp::io::{plan, Op, Plan};
 use std::cell::RefCell;

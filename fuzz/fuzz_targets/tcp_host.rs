@@ -1,4 +1,4 @@
-//! The NVMe/TCP host backend's receive path (`leapio_transports`'s
+//! The NVMe/TCP host backend's receive path (`leapio_backends`'s
 //! NVMe/TCP queue): requests are submitted as the runtime submits them
 //! (reads and writes into the harness's buffer, flushes, write zeroes,
 //! deallocate), and the "target" answers with PDUs from the fuzzer:
@@ -16,8 +16,8 @@
 use leapio_fuzz::tcp::target_pdu;
 use leapio_fuzz::Input;
 use leapio_nvme::tcp::Digests;
-use leapio_transports::nvme_tcp::fuzzing::{HostQueue, BLOCK_SIZE, BUFFER};
-use leapio_transports::IoKind;
+use leapio_backends::nvme_tcp::fuzzing::{HostQueue, BLOCK_SIZE, BUFFER};
+use leapio_backends::IoKind;
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
 

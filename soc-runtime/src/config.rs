@@ -1,6 +1,6 @@
 //! Command line: which controllers to serve and what backs their namespaces.
 
-use leapio_transports::BackendSpec;
+use leapio_backends::BackendSpec;
 use std::str::FromStr;
 
 /// One `--ctrl` argument of the runtime: the host-driver's controller to

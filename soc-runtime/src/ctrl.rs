@@ -9,13 +9,13 @@
 
 use arc_swap::ArcSwap;
 use leapio_ats::Domain;
+use leapio_backends::Backend;
 use leapio_controller::NamespaceInfo;
 use leapio_link::doorbells::Doorbells;
 use leapio_link::irq::Interrupts;
 use leapio_link::qstate::QueueState;
 use leapio_link::{Shadow, ToHost};
 use leapio_nvme::Status;
-use leapio_transports::Backend;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 use leapio_ats::prp::{map_prps, PrpLimits};
 use leapio_ats::transfer::{copy_from_prps, prp_status};
 use leapio_ats::{Access, Snapshot};
+use leapio_backends::{IoError, IoKind, ZoneAction, ZoneDesc, ZoneError, ZoneState};
 use leapio_controller::NamespaceInfo;
 use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
 use leapio_nvme::zns::{
@@ -11,7 +12,6 @@ use leapio_nvme::zns::{
     ZRECV_PARTIAL, ZSEND_SELECT_ALL, ZT_SEQUENTIAL_WRITE_REQUIRED,
 };
 use leapio_nvme::{IoOpcode, Sqe, Status};
-use leapio_transports::{IoError, IoKind, ZoneAction, ZoneDesc, ZoneError, ZoneState};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// One backend operation of a command.

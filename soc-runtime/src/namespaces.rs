@@ -1,10 +1,8 @@
 //! Opening the backends of a front end's namespaces.
 
 use crate::ctrl::Namespace;
+use leapio_backends::{open_backend, open_backend_unclaimed, Backend, BackendError, BackendSpec};
 use leapio_controller::{namespace_ids, NamespaceInfo, ZonedInfo};
-use leapio_transports::{
-    open_backend, open_backend_unclaimed, Backend, BackendSpec, TransportError,
-};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -16,8 +14,8 @@ static OPEN: Mutex<Option<HashMap<String, Weak<dyn Backend>>>> = Mutex::new(None
 /// Open `spec`, or share the backend this process already has open for it.
 fn open_shared(
     spec: &BackendSpec,
-    open: fn(&BackendSpec) -> Result<Arc<dyn Backend>, TransportError>,
-) -> Result<Arc<dyn Backend>, TransportError> {
+    open: fn(&BackendSpec) -> Result<Arc<dyn Backend>, BackendError>,
+) -> Result<Arc<dyn Backend>, BackendError> {
     let key = spec.to_string();
     let mut g = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
     let map = g.get_or_insert_with(HashMap::new);
@@ -48,7 +46,7 @@ pub fn open_namespaces(
     specs: &[BackendSpec],
     serial: &str,
     owner: &str,
-) -> Result<Namespaces, (u32, TransportError)> {
+) -> Result<Namespaces, (u32, BackendError)> {
     let mut backends = Vec::new();
     let mut namespaces = Vec::new();
     for (i, ns) in specs.iter().enumerate() {
@@ -94,7 +92,7 @@ pub fn open_served(
     specs: &[(u32, BackendSpec)],
     ctrl: &str,
     claim: bool,
-) -> Result<Vec<Arc<Namespace>>, (u32, TransportError)> {
+) -> Result<Vec<Arc<Namespace>>, (u32, BackendError)> {
     let mut out = Vec::new();
     for (nsid, spec) in specs {
         let nsid = *nsid;

@@ -51,7 +51,7 @@ impl Runtime {
         let mut threads = Vec::new();
         // The kernel's io_uring workers must not queue behind a spinning
         // poller on its own CPU.
-        leapio_transports::keep_workers_off(cpus);
+        leapio_backends::keep_workers_off(cpus);
         for i in 0..n.max(1) {
             let (tx, rx) = channel();
             let st = stop.clone();

@@ -7,11 +7,11 @@
 // Test data patterns deliberately wrap byte values.
 #![allow(clippy::cast_possible_truncation)]
 
-use leapio_tests::server::TestServer;
-use leapio_tests::Driver;
-use leapio_transports::{
+use leapio_backends::{
     open_backend, Backend, BackendQueue, BackendSpec, Completion, IoKind, IoRequest,
 };
+use leapio_tests::server::TestServer;
+use leapio_tests::Driver;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,7 +133,7 @@ impl Host {
             // SAFETY: every buffer passed here outlives the wait for its tag.
             match unsafe { self.q.submit(&req) } {
                 Ok(()) => break,
-                Err(leapio_transports::SubmitError::Full) => {
+                Err(leapio_backends::SubmitError::Full) => {
                     assert!(t0.elapsed() < Duration::from_secs(60), "queue stays full");
                     self.q.kick().unwrap();
                     self.reap();

@@ -5,12 +5,12 @@
 //! Timing is only a loose bound here (a shared 2-core machine); the
 //! figures are the benchmark's job (scripts/bench-qos.sh).
 
+use leapio_backends::{open_backend, BackendSpec, Completion, IoKind, IoRequest};
 use leapio_nvme::{IoOpcode, Status};
 use leapio_tests::driver::PAGE;
 use leapio_tests::proc_stat::thread_cpu;
 use leapio_tests::server::TestServer;
 use leapio_tests::Driver;
-use leapio_transports::{open_backend, BackendSpec, Completion, IoKind, IoRequest};
 use serde_json::json;
 use socp::tcp_target::{TcpTarget, TcpTargetSpec};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,7 @@
 //! the function's BARs) and runs a runtime on them in this process; a
 //! guest (the test driver) does verified I/O on the controller.
 
+use leapio_backends::BackendSpec;
 use leapio_host_driver::port::Timeouts;
 use leapio_host_driver::{HostCtrlSpec, HostDriver};
 use leapio_link::function::{self, reg};
@@ -10,7 +11,6 @@ use leapio_link::ToHost;
 use leapio_tests::soc::SocFunction;
 use leapio_tests::split::{Workload, CHUNK};
 use leapio_tests::Driver;
-use leapio_transports::BackendSpec;
 use socp::link_client::LinkClient;
 use socp::namespaces::open_served;
 use socp::runtime::Runtime;

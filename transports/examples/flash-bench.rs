@@ -6,7 +6,7 @@
 //! 3. write amplification of uniform random writes against
 //!    over-provisioning, with the textbook figure for greedy/FIFO cleaning.
 //!
-//! `cargo run --release -p leapio-transports --example flash-bench [DIR]`
+//! `cargo run --release -p leapio-backends --example flash-bench [DIR]`
 //! (media files go to DIR, default a temporary directory; ~1 GiB at most).
 
 // A benchmark's figures: small counts, and floats truncated on purpose.
@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use leapio_transports::{Backend, BackendQueue, BackendSpec, FlashBackend, IoKind, IoRequest};
+use leapio_backends::{Backend, BackendQueue, BackendSpec, FlashBackend, IoKind, IoRequest};
 
 const PAGE: usize = 4096;
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leapio_transports::{open_backend, Backend, BackendSpec, IoKind, IoRequest};
+use leapio_backends::{open_backend, Backend, BackendSpec, IoKind, IoRequest};
 
 /// xorshift64*: reproducible pseudo-random numbers.
 struct Rng(u64);

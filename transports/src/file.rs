@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::file_queue::FileQueue;
 use crate::sys::{self, DioAlign, Mapping};
 use crate::{
-    human_size, Backend, BackendQueue, Features, Geometry, TransportError, AUTO_BLOCK_SIZE,
+    human_size, Backend, BackendError, BackendQueue, Features, Geometry, AUTO_BLOCK_SIZE,
     DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
 };
 
@@ -58,8 +58,8 @@ pub(crate) struct FileInner {
     claim: std::sync::Mutex<Option<Option<File>>>,
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TransportError + 'a {
-    move |source| TransportError::Io {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
+    move |source| BackendError::Io {
         what,
         path: path.to_owned(),
         source,
@@ -73,12 +73,12 @@ impl FileBackend {
     /// 512 for files) or a power of two from 512 to 65536; for block devices
     /// it must be a multiple of the logical block size. A size that is not a
     /// multiple of the block size is rounded down (the tail is never used).
-    pub fn open(path: &Path, block_size: u32) -> Result<Self, TransportError> {
+    pub fn open(path: &Path, block_size: u32) -> Result<Self, BackendError> {
         if block_size != AUTO_BLOCK_SIZE
             && (!block_size.is_power_of_two()
                 || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size))
         {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{}: block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}",
                 path.display()
             )));
@@ -101,7 +101,7 @@ impl FileBackend {
         } else if file_type.is_file() {
             (meta.len(), DEFAULT_BLOCK_SIZE)
         } else {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{} is neither a regular file nor a block device",
                 path.display()
             )));
@@ -113,7 +113,7 @@ impl FileBackend {
             block_size
         };
         if block_device && (logical_block_size == 0 || block_size % logical_block_size != 0) {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{}: block size {block_size} is not a multiple of the device's logical block size {logical_block_size}",
                 path.display()
             )));
@@ -121,7 +121,7 @@ impl FileBackend {
         let bs = u64::from(block_size);
         let num_blocks = raw_size / bs;
         if num_blocks == 0 {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{} is {raw_size} bytes, smaller than one {block_size}-byte block",
                 path.display()
             )));
@@ -144,7 +144,7 @@ impl FileBackend {
             sys::nowait_unsupported(file.as_fd(), probe.as_mut_ptr(), probe.len())
         };
 
-        let zeroes = Mapping::zeroes(ZERO_BUF_LEN).map_err(|source| TransportError::Map {
+        let zeroes = Mapping::zeroes(ZERO_BUF_LEN).map_err(|source| BackendError::Map {
             size: ZERO_BUF_LEN as u64,
             source,
         })?;
@@ -239,7 +239,7 @@ fn claim(
     block_device: bool,
     file: &File,
     direct: Option<&File>,
-) -> Result<Option<File>, TransportError> {
+) -> Result<Option<File>, BackendError> {
     // A block device is also opened exclusively (O_EXCL), so a mounted or
     // otherwise claimed device is refused instead of corrupted.
     let exclusive = if block_device {
@@ -399,7 +399,7 @@ impl FileInner {
 impl FileBackend {
     /// Claim the file for this process (see [`claim`]); waits up to
     /// [`CLAIM_WAIT`] for another process to let go. Idempotent.
-    pub fn claim(&self) -> Result<(), TransportError> {
+    pub fn claim(&self) -> Result<(), BackendError> {
         let i = &self.inner;
         let mut held = i
             .claim
@@ -425,9 +425,9 @@ impl Backend for FileBackend {
         }
     }
 
-    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
         if depth == 0 || depth > MAX_QUEUE_DEPTH {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "queue depth {depth} for {} is not between 1 and {MAX_QUEUE_DEPTH}",
                 self.inner.path.display()
             )));
@@ -435,17 +435,17 @@ impl Backend for FileBackend {
         Ok(Box::new(FileQueue::new(Arc::clone(&self.inner), depth)?))
     }
 
-    fn flush(&self) -> Result<(), TransportError> {
+    fn flush(&self) -> Result<(), BackendError> {
         self.inner
             .file
             .sync_data()
-            .map_err(|source| TransportError::Flush {
+            .map_err(|source| BackendError::Flush {
                 target: self.describe(),
                 source,
             })
     }
 
-    fn claim(&self) -> Result<(), TransportError> {
+    fn claim(&self) -> Result<(), BackendError> {
         FileBackend::claim(self)
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::file::{FileInner, ZERO_BUF_LEN};
 use crate::uring::{Ring, SqFull};
 use crate::{
-    validate, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError, TransportError,
+    validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
 };
 
 /// iovecs preallocated per slot; a slot's array grows (once) for requests
@@ -180,8 +180,8 @@ pub(crate) struct FileQueue {
 unsafe impl Send for FileQueue {}
 
 impl FileQueue {
-    pub(crate) fn new(backend: Arc<FileInner>, depth: u32) -> Result<Self, TransportError> {
-        let mut ring = Ring::new(depth).map_err(|source| TransportError::Uring {
+    pub(crate) fn new(backend: Arc<FileInner>, depth: u32) -> Result<Self, BackendError> {
+        let mut ring = Ring::new(depth).map_err(|source| BackendError::Uring {
             what: "setup",
             source,
         })?;
@@ -563,8 +563,8 @@ impl BackendQueue for FileQueue {
         Ok(())
     }
 
-    fn kick(&mut self) -> Result<(), TransportError> {
-        self.ring.submit().map_err(|source| TransportError::Uring {
+    fn kick(&mut self) -> Result<(), BackendError> {
+        self.ring.submit().map_err(|source| BackendError::Uring {
             what: "submit",
             source,
         })

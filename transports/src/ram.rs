@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::sys::{page_size, Mapping};
 use crate::{
-    human_size, validate, Backend, BackendQueue, Completion, Features, Geometry, IoKind, IoRequest,
-    SubmitError, TransportError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+    human_size, validate, Backend, BackendError, BackendQueue, Completion, Features, Geometry,
+    IoKind, IoRequest, SubmitError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
 };
 
 /// Most requests a RAM queue holds before `submit` says `Full`.
@@ -23,25 +23,25 @@ pub struct RamBackend {
 impl RamBackend {
     /// `size` bytes (a non-zero multiple of `block_size`, a power of two from
     /// 512 to 65536). Pages are allocated on first write.
-    pub fn new(size: u64, block_size: u32) -> Result<Self, TransportError> {
+    pub fn new(size: u64, block_size: u32) -> Result<Self, BackendError> {
         if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
         {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "ram: block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
             )));
         }
         let bs = u64::from(block_size);
         if size == 0 || size % bs != 0 {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "ram: size {size} is not a non-zero multiple of the block size {block_size}"
             )));
         }
         let len = usize::try_from(size).map_err(|_| {
-            TransportError::Config(format!(
+            BackendError::Config(format!(
                 "ram: size {size} does not fit in the address space"
             ))
         })?;
-        let mem = Mapping::anonymous(len).map_err(|source| TransportError::Map { size, source })?;
+        let mem = Mapping::anonymous(len).map_err(|source| BackendError::Map { size, source })?;
         Ok(RamBackend {
             mem: Arc::new(mem),
             geometry: Geometry {
@@ -65,9 +65,9 @@ impl Backend for RamBackend {
         }
     }
 
-    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
         if depth == 0 || depth > MAX_RAM_DEPTH {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "ram: queue depth {depth} is not between 1 and {MAX_RAM_DEPTH}"
             )));
         }
@@ -79,7 +79,7 @@ impl Backend for RamBackend {
         }))
     }
 
-    fn flush(&self) -> Result<(), TransportError> {
+    fn flush(&self) -> Result<(), BackendError> {
         Ok(())
     }
 
@@ -177,7 +177,7 @@ impl BackendQueue for RamQueue {
         Ok(())
     }
 
-    fn kick(&mut self) -> Result<(), TransportError> {
+    fn kick(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use crate::flash::{FlashSpec, ZnsSpec};
 use crate::nvme_tcp::NvmeTcpSpec;
-use crate::{TransportError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::{BackendError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
 /// Block size of RAM backends and regular files when the spec names none.
 pub const DEFAULT_BLOCK_SIZE: u32 = 512;
@@ -207,10 +207,10 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
 }
 
 impl FromStr for BackendSpec {
-    type Err = TransportError;
+    type Err = BackendError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_spec(s).map_err(|reason| TransportError::Spec {
+        parse_spec(s).map_err(|reason| BackendError::Spec {
             spec: s.to_owned(),
             reason,
         })

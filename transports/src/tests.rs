@@ -856,7 +856,7 @@ fn ram_deallocate_releases_whole_pages_and_zeroes_edges() {
 
 /// Runs against a real block device named by `LEAPIO_TEST_BLOCK_DEVICE`
 /// (DESTROYS ITS DATA), e.g. a loop device:
-/// `dev=$(losetup -f --show img) LEAPIO_TEST_BLOCK_DEVICE=$dev cargo test -p leapio-transports -- --ignored`
+/// `dev=$(losetup -f --show img) LEAPIO_TEST_BLOCK_DEVICE=$dev cargo test -p leapio-backends -- --ignored`
 #[test]
 #[ignore = "needs a scratch block device in LEAPIO_TEST_BLOCK_DEVICE"]
 fn block_device() {

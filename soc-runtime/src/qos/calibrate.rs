@@ -14,7 +14,7 @@
 
 use super::model::{DeviceModel, MixRate, Point, Slo, TOKEN_BYTES};
 use clap::Parser;
-use leapio_transports::{open_backend, BackendQueue, BackendSpec, Completion, IoKind, IoRequest};
+use leapio_backends::{open_backend, BackendQueue, BackendSpec, Completion, IoKind, IoRequest};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -161,7 +161,7 @@ impl Driver {
                 self.read[slot] = kind == IoKind::Read;
                 Ok(true)
             }
-            Err(leapio_transports::SubmitError::Full) => {
+            Err(leapio_backends::SubmitError::Full) => {
                 self.free.push(slot);
                 Ok(false)
             }

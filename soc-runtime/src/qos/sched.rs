@@ -33,7 +33,7 @@ use super::feedback::{Feedback, Target};
 use super::model::{DeviceModel, Slo, TOKEN_BYTES};
 use super::spec::{Class, Key, Selector, TenantSpec};
 use super::stats::TenantStats;
-use leapio_transports::IoKind;
+use leapio_backends::IoKind;
 use std::sync::Arc;
 
 /// How long a refused BE tenant counts as backlogged.

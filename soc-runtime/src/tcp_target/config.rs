@@ -6,8 +6,8 @@
 //! `dhchap-hashes=` and `dhchap-dhgroups=` (colon-separated, in order of
 //! preference) say what the target accepts.
 
+use leapio_backends::BackendSpec;
 use leapio_nvme_auth::{DhGroup, HashId, Policy, Secret, Secrets};
-use leapio_transports::BackendSpec;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;

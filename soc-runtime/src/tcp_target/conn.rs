@@ -6,6 +6,7 @@ use super::ctrl::Controller;
 use super::io_cmd::{self, Xfer};
 use super::poller::{Iov, OpOutcome, PendingOp, Poller};
 use crate::io::Plan;
+use leapio_backends::IoKind;
 use leapio_nvme::fabrics::{
     connect_data_off, connect_invalid_dw0, connect_off, AuthCmd, ConnectCmd, ConnectData,
     FabricsStatus, FcType, PropertyCmd, CATTR_DISABLE_SQFLOW, CONNECT_AUTHREQ_ATR, DISCOVERY_NQN,
@@ -18,7 +19,6 @@ use leapio_nvme::tcp::{
 use leapio_nvme::{Cqe, Sqe, Status};
 use leapio_nvme_auth::msg::{SECP_DHCHAP, SPSP_DHCHAP};
 use leapio_nvme_auth::CtrlAuth;
-use leapio_transports::IoKind;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;

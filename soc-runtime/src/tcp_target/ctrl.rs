@@ -1,10 +1,10 @@
 //! The exported subsystem and its controllers (shared by all pollers).
 
 use super::config::{AllowedHost, TcpTargetSpec};
+use leapio_backends::Backend;
 use leapio_controller::NamespaceInfo;
 use leapio_nvme::regs::{csts, Cc};
 use leapio_nvme_auth::{Policy, Secrets};
-use leapio_transports::Backend;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

@@ -10,8 +10,8 @@
 use super::config::TcpTargetSpec;
 use super::ctrl::Subsystem;
 use super::poller::{Poller, BACKEND_DEPTH};
+use leapio_backends::Backend;
 use leapio_controller::NamespaceInfo;
-use leapio_transports::Backend;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,13 +6,13 @@
 use super::ctrl::Subsystem;
 use crate::io::lba_range;
 use crate::io::{flush_plan, write_zeroes_plan, Op, Plan};
+use leapio_backends::IoKind;
 use leapio_controller::NamespaceInfo;
 use leapio_nvme::cmd::DSM_ATTR_DEALLOCATE;
 use leapio_nvme::fabrics::{
     FabricsStatus, SglDescriptor, FABRICS_OPCODE, SGL_IN_CAPSULE, SGL_TRANSPORT_DATA_BLOCK,
 };
 use leapio_nvme::{IoOpcode, Sqe, Status};
-use leapio_transports::IoKind;
 use zerocopy::IntoBytes;
 
 /// How a command's data moves.

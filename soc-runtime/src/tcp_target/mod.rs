@@ -34,7 +34,7 @@ mod tests;
 
 pub use config::TcpTargetSpec;
 
-use leapio_transports::{Backend, TransportError};
+use leapio_backends::{Backend, BackendError};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ pub enum TcpTargetError {
         nqn: String,
         nsid: u32,
         #[source]
-        source: TransportError,
+        source: BackendError,
     },
     #[error("listening on {addr}")]
     Listen {

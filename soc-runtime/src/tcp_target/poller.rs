@@ -10,8 +10,8 @@ use super::conn::{Conn, Phase};
 use super::ctrl::Subsystem;
 use super::epoll::Epoll;
 use crate::io::{backend_status, Op};
+use leapio_backends::{BackendQueue, Completion, IoRequest, SubmitError};
 use leapio_nvme::Status;
-use leapio_transports::{BackendQueue, Completion, IoRequest, SubmitError};
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::TcpListener;
@@ -67,7 +67,7 @@ pub(super) enum OpOutcome {
 }
 
 impl OpOutcome {
-    pub fn status(&self, kind: leapio_transports::IoKind) -> Status {
+    pub fn status(&self, kind: leapio_backends::IoKind) -> Status {
         match self {
             OpOutcome::Ok(_) => Status::SUCCESS,
             OpOutcome::Errno(e) => backend_status(kind, *e),
@@ -119,7 +119,7 @@ pub(super) struct Poller {
 }
 
 /// A command's QoS bookkeeping, kind and length.
-pub(super) type QosInFlight = (crate::qos::Running, leapio_transports::IoKind, u64);
+pub(super) type QosInFlight = (crate::qos::Running, leapio_backends::IoKind, u64);
 
 impl Poller {
     pub fn new(

@@ -5,7 +5,7 @@
 
 use super::poller::{PendingOp, Poller};
 use crate::qos::{self, spec::Key};
-use leapio_transports::IoKind;
+use leapio_backends::IoKind;
 
 impl Poller {
     /// Queue backend operation `p` of host `hostnqn`'s command on

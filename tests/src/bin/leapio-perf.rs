@@ -417,10 +417,9 @@ fn run_ctrl(
 
 fn run_direct(cfg: &Config, spec: &str) -> Result<Report, PerfError> {
     let setup_err = |e: String| PerfError::Setup(format!("--backend {spec}: {e}"));
-    let parsed: leapio_transports::BackendSpec =
+    let parsed: leapio_backends::BackendSpec =
         spec.parse().map_err(|e| setup_err(format!("{e}")))?;
-    let backend =
-        leapio_transports::open_backend(&parsed).map_err(|e| setup_err(error_chain(&e)))?;
+    let backend = leapio_backends::open_backend(&parsed).map_err(|e| setup_err(error_chain(&e)))?;
     let g = backend.geometry();
     let mut q = backend
         .open_queue(cfg.qd)

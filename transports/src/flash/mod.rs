@@ -39,7 +39,7 @@ pub(crate) use spec::parse as parse_spec;
 pub use spec::FlashSpec;
 pub use zns::{ZnsBackend, ZnsSpec};
 
-use crate::{human_size, Backend, BackendQueue, Features, Geometry, TransportError};
+use crate::{human_size, Backend, BackendError, BackendQueue, Features, Geometry};
 use ftl::Ftl;
 use sync::Flusher;
 
@@ -78,9 +78,9 @@ pub struct FlashBackend {
 impl FlashBackend {
     /// Open (creating when absent) the media file and check its geometry
     /// and format against the spec. The FTL is built at [`Backend::claim`].
-    pub fn open(spec: &FlashSpec) -> Result<FlashBackend, TransportError> {
+    pub fn open(spec: &FlashSpec) -> Result<FlashBackend, BackendError> {
         let shown = spec.to_string();
-        let cfg = |reason: String| TransportError::Config(format!("{shown}: {reason}"));
+        let cfg = |reason: String| BackendError::Config(format!("{shown}: {reason}"));
         let mut media = open_media(spec, None).map_err(|e| cfg(e.to_string()))?;
         let nand = *media.geometry();
         let wrong = spec.geometry_mismatches(&nand);
@@ -146,10 +146,10 @@ impl FlashBackend {
         self.timing
     }
 
-    fn mount(&self) -> Result<Claim, TransportError> {
+    fn mount(&self) -> Result<Claim, BackendError> {
         let path = &self.spec.path;
         let io = |what| {
-            move |source| TransportError::Io {
+            move |source| BackendError::Io {
                 what,
                 path: path.clone(),
                 source,
@@ -157,10 +157,10 @@ impl FlashBackend {
         };
         let lock = lock_media(path)?;
         let shown = self.spec.to_string();
-        let media_err = |e: MediaError| TransportError::Config(format!("{shown}: {e}"));
+        let media_err = |e: MediaError| BackendError::Config(format!("{shown}: {e}"));
         let media = open_media(&self.spec, Some(self.timing)).map_err(media_err)?;
         if *media.geometry() != self.nand || media.logical_pages() != self.geometry.num_blocks {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{shown}: the media file changed between open and claim"
             )));
         }
@@ -224,9 +224,9 @@ fn open_media(spec: &FlashSpec, timing: Option<Timing>) -> Result<Box<dyn Media>
 
 /// Open the media file and take its exclusive lock, waiting for another
 /// process that holds it to let go.
-pub(crate) fn lock_media(path: &Path) -> Result<File, TransportError> {
+pub(crate) fn lock_media(path: &Path) -> Result<File, BackendError> {
     let io = |what| {
-        move |source| TransportError::Io {
+        move |source| BackendError::Io {
             what,
             path: path.to_path_buf(),
             source,
@@ -264,15 +264,15 @@ impl Backend for FlashBackend {
         }
     }
 
-    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
         if depth == 0 || depth > MAX_FLASH_DEPTH {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "flash: queue depth {depth} is not between 1 and {MAX_FLASH_DEPTH}"
             )));
         }
         let c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(c) = c.as_ref() else {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{}: queue opened before the backend was claimed",
                 self.spec
             )));
@@ -284,10 +284,10 @@ impl Backend for FlashBackend {
         )))
     }
 
-    fn flush(&self) -> Result<(), TransportError> {
+    fn flush(&self) -> Result<(), BackendError> {
         let c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = c.as_ref() {
-            c.lock.sync_data().map_err(|source| TransportError::Flush {
+            c.lock.sync_data().map_err(|source| BackendError::Flush {
                 target: self.spec.to_string(),
                 source,
             })?;
@@ -322,7 +322,7 @@ impl Backend for FlashBackend {
         s
     }
 
-    fn claim(&self) -> Result<(), TransportError> {
+    fn claim(&self) -> Result<(), BackendError> {
         let mut c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
         if c.is_none() {
             *c = Some(self.mount()?);

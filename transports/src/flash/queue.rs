@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use super::ftl::{Ftl, FtlError};
 use super::Shared;
 use crate::{
-    validate, BackendQueue, Completion, Geometry, IoError, IoKind, IoRequest, SubmitError,
-    TransportError,
+    validate, BackendError, BackendQueue, Completion, Geometry, IoError, IoKind, IoRequest,
+    SubmitError,
 };
 
 /// A completion filed under the time it is due.
@@ -267,7 +267,7 @@ impl BackendQueue for FlashQueue {
         Ok(())
     }
 
-    fn kick(&mut self) -> Result<(), TransportError> {
+    fn kick(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
 

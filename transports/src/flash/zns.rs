@@ -36,8 +36,8 @@ use super::sync::Flusher;
 use super::zones::{Effect, Zones};
 use super::{lock_media, MAX_FLASH_DEPTH};
 use crate::{
-    human_size, validate, Backend, BackendQueue, Completion, Features, Geometry, IoError, IoKind,
-    IoRequest, SubmitError, TransportError, ZoneAction, ZoneDesc, ZoneError, ZoneGeometry,
+    human_size, validate, Backend, BackendError, BackendQueue, Completion, Features, Geometry,
+    IoError, IoKind, IoRequest, SubmitError, ZoneAction, ZoneDesc, ZoneError, ZoneGeometry,
 };
 
 /// The logical page count a zoned media file records in its header: the
@@ -303,9 +303,9 @@ pub struct ZnsBackend {
 impl ZnsBackend {
     /// Open (creating when absent) the media file and check it against the
     /// spec. The zones are recovered at [`Backend::claim`].
-    pub fn open(spec: &ZnsSpec) -> Result<ZnsBackend, TransportError> {
+    pub fn open(spec: &ZnsSpec) -> Result<ZnsBackend, BackendError> {
         let shown = spec.to_string();
-        let cfg = |reason: String| TransportError::Config(format!("{shown}: {reason}"));
+        let cfg = |reason: String| BackendError::Config(format!("{shown}: {reason}"));
         let f = &spec.flash;
         let mut media =
             NandMedia::open(&f.path, f.new_geometry(), None).map_err(|e| cfg(e.to_string()))?;
@@ -354,19 +354,19 @@ impl ZnsBackend {
         })
     }
 
-    fn mount(&self) -> Result<Claim, TransportError> {
+    fn mount(&self) -> Result<Claim, BackendError> {
         let path = &self.spec.flash.path;
         let lock = lock_media(path)?;
         let shown = self.spec.to_string();
-        let media_err = |e: MediaError| TransportError::Config(format!("{shown}: {e}"));
+        let media_err = |e: MediaError| BackendError::Config(format!("{shown}: {e}"));
         let media = NandMedia::open(path, self.nand, Some(self.timing)).map_err(media_err)?;
         if *media.geometry() != self.nand || media.logical_pages() != ZNS_MARK {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{shown}: the media file changed between open and claim"
             )));
         }
         let sync_file = media.sync_handle().map_err(media_err)?;
-        let flusher = Flusher::start(sync_file).map_err(|source| TransportError::Io {
+        let flusher = Flusher::start(sync_file).map_err(|source| BackendError::Io {
             what: "cannot start the flusher thread for",
             path: path.clone(),
             source,
@@ -416,14 +416,14 @@ impl Backend for ZnsBackend {
         }
     }
 
-    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
         if depth == 0 || depth > MAX_FLASH_DEPTH {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "zns: queue depth {depth} is not between 1 and {MAX_FLASH_DEPTH}"
             )));
         }
         let Some(shared) = self.shared() else {
-            return Err(TransportError::Config(format!(
+            return Err(BackendError::Config(format!(
                 "{}: queue opened before the backend was claimed",
                 self.spec
             )));
@@ -441,7 +441,7 @@ impl Backend for ZnsBackend {
         }))
     }
 
-    fn flush(&self) -> Result<(), TransportError> {
+    fn flush(&self) -> Result<(), BackendError> {
         if let Some(s) = self.shared() {
             let file = s.lock().media.sync_handle();
             file.and_then(|f| {
@@ -451,7 +451,7 @@ impl Backend for ZnsBackend {
                     source,
                 })
             })
-            .map_err(|e| TransportError::Flush {
+            .map_err(|e| BackendError::Flush {
                 target: self.spec.to_string(),
                 source: std::io::Error::other(e.to_string()),
             })?;
@@ -479,7 +479,7 @@ impl Backend for ZnsBackend {
         )
     }
 
-    fn claim(&self) -> Result<(), TransportError> {
+    fn claim(&self) -> Result<(), BackendError> {
         let mut c = self.claim.lock().unwrap_or_else(PoisonError::into_inner);
         if c.is_none() {
             *c = Some(self.mount()?);
@@ -688,7 +688,7 @@ impl BackendQueue for ZnsQueue {
         Ok(())
     }
 
-    fn kick(&mut self) -> Result<(), TransportError> {
+    fn kick(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
 

@@ -39,7 +39,7 @@ pub use spec::{NvmeTcpSpec, DEFAULT_HOSTNQN};
 
 pub(crate) use spec::parse as parse_spec;
 
-use crate::{Backend, BackendQueue, Features, Geometry, TransportError};
+use crate::{Backend, BackendError, BackendQueue, Features, Geometry};
 use session::Session;
 
 /// What went wrong talking to an NVMe/TCP target.
@@ -121,10 +121,10 @@ pub struct NvmeTcpBackend {
 impl NvmeTcpBackend {
     /// Connect the admin queue, enable the controller, read the namespace's
     /// geometry and start the keep-alive timer.
-    pub fn open(spec: &NvmeTcpSpec) -> Result<NvmeTcpBackend, TransportError> {
-        let session = Session::open(spec).map_err(|source| TransportError::NvmeTcp {
+    pub fn open(spec: &NvmeTcpSpec) -> Result<NvmeTcpBackend, BackendError> {
+        let session = Session::open(spec).map_err(|source| BackendError::Remote {
             target: spec.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(NvmeTcpBackend { session })
     }
@@ -139,23 +139,23 @@ impl Backend for NvmeTcpBackend {
         self.session.info().features
     }
 
-    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, TransportError> {
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
         let q = queue::NvmeTcpQueue::open(&self.session, depth).map_err(|source| {
-            TransportError::NvmeTcp {
+            BackendError::Remote {
                 target: self.session.spec().to_string(),
-                source,
+                source: Box::new(source),
             }
         })?;
         Ok(Box::new(q))
     }
 
-    fn flush(&self) -> Result<(), TransportError> {
+    fn flush(&self) -> Result<(), BackendError> {
         if !self.session.info().features.volatile_write_cache {
             return Ok(());
         }
         self.session
             .flush_sync()
-            .map_err(|source| TransportError::Flush {
+            .map_err(|source| BackendError::Flush {
                 target: self.describe(),
                 source: std::io::Error::other(source),
             })

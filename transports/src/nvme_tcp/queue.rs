@@ -26,7 +26,7 @@ use super::session::{Info, Session};
 use super::sync_conn::Negotiated;
 use super::NvmeTcpError;
 use crate::{
-    validate, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError, TransportError,
+    validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
 };
 
 /// Receive buffer size.
@@ -1115,7 +1115,7 @@ impl BackendQueue for NvmeTcpQueue {
         Ok(())
     }
 
-    fn kick(&mut self) -> Result<(), TransportError> {
+    fn kick(&mut self) -> Result<(), BackendError> {
         if let Err(e) = self.flush_tx() {
             self.lost(&e);
         }

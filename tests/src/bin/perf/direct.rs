@@ -9,8 +9,8 @@ use crate::engine::{end_sample, start_sample, Cpus, Outcome};
 use crate::stats::new_histogram;
 use crate::workload::{Op, OpGen};
 use hdrhistogram::Histogram;
+use leapio_backends::{BackendQueue, Completion, IoKind, IoRequest, SubmitError};
 use leapio_nvme::Cqe;
-use leapio_transports::{BackendQueue, Completion, IoKind, IoRequest, SubmitError};
 use std::time::{Duration, Instant};
 
 /// What the loop needs to know.
