@@ -22,12 +22,12 @@ declare -A allowed=(
     # guest memory, the controller core, the link (the host-runtime
     # contract), the backends
     [leapio-ats]="leapio-nvme"
-    [leapio-controller]="leapio-nvme"
+    [leapio-controller]="leapio-nvme leapio-ats leapio-backend"
     [leapio-link]="leapio-nvme"
     [leapio-backends]="leapio-nvme leapio-nvme-auth leapio-backend"
     # the host side
     [leapio-vmm-shim]="leapio-nvme"
-    [leapio-host-driver]="leapio-nvme leapio-ats leapio-controller leapio-link leapio-vmm-shim leapio-service"
+    [leapio-host-driver]="leapio-nvme leapio-ats leapio-backend leapio-controller leapio-link leapio-vmm-shim leapio-service"
     # the runtime: nothing of the host side
     [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service"
     # the all-in-one: both sides

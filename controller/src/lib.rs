@@ -3,11 +3,13 @@
 //! from them, the Commands Supported and Effects log, and the Get/Set
 //! Features values that do not depend on the transport. The PCIe front end
 //! (the host-driver over vfio-user) and the NVMe/TCP target (the runtime)
-//! both build on this.
+//! both build on this. [`nvm`] plans NVM and zoned commands into backend
+//! operations, wherever their data is.
 
 pub mod features;
 pub mod identify;
 pub mod log;
+pub mod nvm;
 
 /// What a controller tells the host about one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! NVM command planning in the runtime (`socp::io::plan`): a submission
+//! NVM command planning in the controller core (`leapio_controller::nvm`,
+//! with the command's data in guest memory: `PrpData`): a submission
 //! queue entry, copied out of guest memory, with PRP1/PRP2 and PRP lists in
 //! guest memory the fuzzer wrote. Properties: nothing panics; a command is
 //! either refused with a status or planned into operations inside the
@@ -18,7 +19,7 @@ use leapio_controller::NamespaceInfo;
 use leapio_nvme::{IoOpcode, Sqe};
 use leapio_backends::IoKind;
 use libfuzzer_sys::fuzz_target;
-use socp::io::{plan, Op, Plan};
+use leapio_controller::nvm::{plan, Op, Plan, PrpData, Settings};
 use std::cell::RefCell;
 
 thread_local! {
@@ -74,7 +75,7 @@ fn command(input: &mut Input<'_>) -> Sqe {
 fn check(p: &Plan, iov: &[libc::iovec], ns: &NamespaceInfo, mem: &Memory) {
     let size = ns.num_blocks * u64::from(ns.block_size);
     let ops: Vec<Op> = match p {
-        Plan::Complete(_) => return,
+        Plan::Complete(_) | Plan::ZoneReport(_) => return,
         Plan::Single(op) => vec![*op],
         Plan::Multi(ops) => ops.clone(),
     };
@@ -142,7 +143,16 @@ fuzz_target!(|data: &[u8]| {
         while !input.is_empty() {
             let sqe = command(&mut input);
             iov.clear();
-            let p = plan(&snap, &sqe, &ns, &limits, &mut iov);
+            let settings = Settings {
+                max_transfer: limits.max_transfer,
+                write_cache: true,
+            };
+            let mut data = PrpData {
+                snap: &snap,
+                limits,
+                iov: &mut iov,
+            };
+            let p = plan(&sqe, &ns, settings, &mut data);
             if std::env::var_os("LEAPIO_FUZZ_DEBUG").is_some() {
                 eprintln!("{limits:?} {sqe:?} -> {p:?}");
             }

@@ -15,7 +15,6 @@
 //! - [`poller`]: the data path.
 //! - [`qos`]: the QoS scheduler (ReFlex-style cost-based tokens) in front of
 //!   the backends.
-//! - [`io`]: NVM command validation and translation into backend requests.
 //! - [`namespaces`]: opening backends.
 //! - [`pci_function`]: the link function as seen from an SoC (sysfs).
 //! - [`crash`]: test hooks that kill the runtime at exact points.
@@ -26,7 +25,6 @@ pub mod config;
 pub mod controllers;
 pub mod crash;
 pub mod ctrl;
-pub mod io;
 pub mod link_client;
 pub mod namespaces;
 pub mod pci_function;

@@ -13,13 +13,13 @@
 
 use crate::crash::{self, Point};
 use crate::ctrl::CtrlCtx;
-use crate::io::{self, Op, Plan};
 use crate::qos::{self, Held, TenantRef};
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::ring::{CqRing, SqRing};
 use leapio_ats::transfer::copy_to_prps;
 use leapio_ats::Snapshot;
 use leapio_backends::{BackendQueue, Completion, IoKind, IoRequest, SubmitError};
+use leapio_controller::nvm::{self, Op, Plan, PrpData, Settings};
 use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
 use leapio_link::{CqSetup, Shadow, SqSetup};
 use leapio_nvme::cmd::AsyncEvent;
@@ -768,27 +768,30 @@ impl Poller {
         if let Some(s) = self.slots[slot].as_mut() {
             s.block_size = ns.info.block_size;
         }
-        if sqe.opcode == IoOpcode::ZONE_MGMT_RECV && ns.info.zoned.is_some() {
-            // Answered from the backend's zones, no backend request.
-            let snap = &self.ctrls[c].snap;
-            let status = io::zone_report_request(sqe, &ns.info, limits.max_transfer)
-                .and_then(|req| {
-                    let zones = ns.backend.report_zones(req.slba, usize::MAX);
-                    let data = io::zone_report(&req, &zones);
-                    copy_to_prps(snap, sqe.prp1.get(), sqe.prp2.get(), &data, *limits)
-                })
-                .err()
-                .unwrap_or(Status::SUCCESS);
-            self.complete_slot(slot, status);
-            return;
-        }
         self.iov.clear();
-        let mut plan = io::plan(&self.ctrls[c].snap, sqe, &ns.info, limits, &mut self.iov);
-        if !self.ctrls[c].ctx.write_cache.load(Ordering::Relaxed) {
-            plan = io::write_through(plan);
-        }
+        let ctrl = &self.ctrls[c];
+        let settings = Settings {
+            max_transfer: limits.max_transfer,
+            write_cache: ctrl.ctx.write_cache.load(Ordering::Relaxed),
+        };
+        let mut data = PrpData {
+            snap: &ctrl.snap,
+            limits: *limits,
+            iov: &mut self.iov,
+        };
+        let plan = nvm::plan(sqe, &ns.info, settings, &mut data);
         match plan {
             Plan::Complete(status) => self.complete_slot(slot, status),
+            Plan::ZoneReport(req) => {
+                // Answered from the backend's zones, no backend request.
+                let zones = ns.backend.report_zones(req.slba, usize::MAX);
+                let report = nvm::zone_report(&req, &zones);
+                let snap = &self.ctrls[c].snap;
+                let status = copy_to_prps(snap, sqe.prp1.get(), sqe.prp2.get(), &report, *limits)
+                    .err()
+                    .unwrap_or(Status::SUCCESS);
+                self.complete_slot(slot, status);
+            }
             Plan::Single(op) => {
                 if let Some(s) = self.slots[slot].as_mut() {
                     s.remaining = 1;
@@ -1008,7 +1011,7 @@ impl Poller {
             if let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) {
                 if s.opcode == IoOpcode::ZONE_APPEND && comp.result.is_ok() {
                     // The LBA (namespaces have fewer than 2^32 blocks).
-                    let lba = comp.value / u64::from(s.block_size.max(1));
+                    let lba = nvm::zone_append_lba(comp.value, s.block_size);
                     s.dw0 = u32::try_from(lba).unwrap_or(u32::MAX);
                 }
             }
@@ -1024,7 +1027,7 @@ impl Poller {
                                 IoKind::Write
                             }
                         });
-                io::io_error_status(kind, &e)
+                nvm::io_error_status(kind, &e)
             });
             self.op_done(slot, result);
         }

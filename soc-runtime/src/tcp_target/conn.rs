@@ -3,10 +3,10 @@
 
 use super::admin::{self, AdminState, PropertyEffect, Reply};
 use super::ctrl::Controller;
-use super::io_cmd::{self, Xfer};
+use super::io_cmd::{self, CapsuleData, Xfer};
 use super::poller::{Iov, OpOutcome, PendingOp, Poller};
-use crate::io::Plan;
 use leapio_backends::IoKind;
+use leapio_controller::nvm::{self, Plan, Settings};
 use leapio_nvme::fabrics::{
     connect_data_off, connect_invalid_dw0, connect_off, AuthCmd, ConnectCmd, ConnectData,
     FabricsStatus, FcType, PropertyCmd, CATTR_DISABLE_SQFLOW, CONNECT_AUTHREQ_ATR, DISCOVERY_NQN,
@@ -576,33 +576,42 @@ impl Poller {
             return;
         };
         let cid = cmd.sqe.cid.get();
-        if cmd.sqe.opcode == leapio_nvme::IoOpcode::ZONE_MGMT_RECV {
-            // Answered from the backend's zones, no backend request.
-            let sqe = cmd.sqe;
-            let xfer_len = usize::try_from(cmd.xfer.c2h_len()).unwrap_or(0);
+        let sqe = cmd.sqe;
+        let Some((ns, info)) = self.sub.namespace(sqe.nsid.get()) else {
             conn.cmds[idx] = None;
-            match io_cmd::zone_report(&self.sub, &sqe) {
-                Ok(data) => {
-                    conn.send_data(cid, &data[..data.len().min(xfer_len)]);
-                    conn.respond(cid, Status::SUCCESS, 0);
-                }
-                Err(s) => conn.respond(cid, s, 0),
-            }
+            conn.respond(cid, Status::INVALID_NAMESPACE, 0);
             return;
-        }
-        let (ns, mut plan) = io_cmd::plan(&self.sub, &cmd.sqe, &cmd.xfer, &cmd.buf);
-        let write_cache = conn
-            .bind
-            .as_ref()
-            .is_none_or(|b| b.ctrl.write_cache.load(Ordering::Acquire));
-        if !write_cache {
-            plan = crate::io::write_through(plan);
-        }
+        };
+        let settings = Settings {
+            max_transfer: u64::from(self.sub.limits.mdts_bytes()),
+            write_cache: conn
+                .bind
+                .as_ref()
+                .is_none_or(|b| b.ctrl.write_cache.load(Ordering::Acquire)),
+        };
+        let mut data = CapsuleData {
+            xfer: cmd.xfer,
+            buf: &cmd.buf,
+        };
         // One operation (the common case) allocates nothing.
-        let (first, rest) = match plan {
+        let (first, rest) = match nvm::plan(&sqe, info, settings, &mut data) {
             Plan::Complete(s) => {
                 conn.cmds[idx] = None;
                 conn.respond(cid, s, 0);
+                return;
+            }
+            Plan::ZoneReport(req) => {
+                // Answered from the backend's zones, no backend request.
+                let xfer_len = usize::try_from(cmd.xfer.c2h_len()).unwrap_or(0);
+                conn.cmds[idx] = None;
+                let Some(backend) = self.sub.backends.get(ns) else {
+                    conn.respond(cid, Status::INTERNAL_ERROR, 0);
+                    return;
+                };
+                let zones = backend.report_zones(req.slba, usize::MAX);
+                let report = nvm::zone_report(&req, &zones);
+                conn.send_data(cid, &report[..report.len().min(xfer_len)]);
+                conn.respond(cid, Status::SUCCESS, 0);
                 return;
             }
             Plan::Single(op) => (op, Vec::new()),

@@ -1,18 +1,13 @@
-//! Where a command's data travels (SGL descriptor) and what an NVM command
-//! asks of the backend. The backend operations and error mapping are the
-//! runtime's ([`crate::io`]); only the data source differs from the PCI
-//! path (a buffer filled from the network instead of guest PRPs).
+//! Where a command's data travels over NVMe/TCP (its SGL descriptor), and
+//! the command's data as the NVM planner of the controller core sees it
+//! ([`CapsuleData`]): a buffer filled from the network instead of guest
+//! PRPs.
 
-use super::ctrl::Subsystem;
-use crate::io::lba_range;
-use crate::io::{flush_plan, write_zeroes_plan, Op, Plan};
-use leapio_backends::IoKind;
-use leapio_controller::NamespaceInfo;
-use leapio_nvme::cmd::DSM_ATTR_DEALLOCATE;
+use leapio_controller::nvm::DataSource;
 use leapio_nvme::fabrics::{
     FabricsStatus, SglDescriptor, FABRICS_OPCODE, SGL_IN_CAPSULE, SGL_TRANSPORT_DATA_BLOCK,
 };
-use leapio_nvme::{IoOpcode, Sqe, Status};
+use leapio_nvme::{Sqe, Status};
 use zerocopy::IntoBytes;
 
 /// How a command's data moves.
@@ -112,86 +107,38 @@ pub fn parse_xfer(sqe: &Sqe, in_capsule: usize, max_len: u32) -> Result<Xfer, St
     }
 }
 
-/// Validate an NVM command and plan its backend work. Returns the
-/// namespace index with the plan. Data commands' buffers: `buf` holds the
-/// host's data (writes, DSM ranges).
-pub fn plan(sub: &Subsystem, sqe: &Sqe, xfer: &Xfer, buf: &[u8]) -> (usize, Plan) {
-    let Some((i, ns)) = sub.namespace(sqe.nsid.get()) else {
-        return (0, Plan::Complete(Status::INVALID_NAMESPACE));
-    };
-    match plan_inner(sub, sqe, ns, xfer, buf) {
-        Ok(p) => (i, p),
-        Err(s) => (i, Plan::Complete(s)),
-    }
+/// A command's data over NVMe/TCP: the host's buffer as its SGL describes
+/// it, and (host to controller) the bytes that arrived in the capsule or
+/// with H2CData.
+pub struct CapsuleData<'a> {
+    pub xfer: Xfer,
+    pub buf: &'a [u8],
 }
 
-fn plan_inner(
-    sub: &Subsystem,
-    sqe: &Sqe,
-    ns: &NamespaceInfo,
-    xfer: &Xfer,
-    buf: &[u8],
-) -> Result<Plan, Status> {
-    if sqe.fuse() != 0 {
-        return Err(Status::INVALID_FIELD);
+impl DataSource for CapsuleData<'_> {
+    fn check(&self, _sqe: &Sqe) -> Result<(), Status> {
+        // parse_xfer checked the SGL.
+        Ok(())
     }
-    match sqe.opcode {
-        IoOpcode::READ | IoOpcode::WRITE => {
-            let (offset, len) = lba_range(sqe, ns)?;
-            if len > u64::from(sub.limits.mdts_bytes()) {
-                return Err(Status::INVALID_FIELD);
-            }
-            let have = if sqe.opcode == IoOpcode::READ {
-                usize::try_from(xfer.c2h_len()).ok()
-            } else {
-                xfer.h2c_len()
-            };
-            if have.and_then(|h| u64::try_from(h).ok()) != Some(len) {
-                return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
-            }
-            let kind = if sqe.opcode == IoOpcode::READ {
-                IoKind::Read
-            } else if sqe.fua() {
-                IoKind::WriteFua
-            } else {
-                IoKind::Write
-            };
-            Ok(Plan::Single(Op { kind, offset, len }))
-        }
-        IoOpcode::FLUSH => Ok(flush_plan(ns)),
-        IoOpcode::WRITE_ZEROES => write_zeroes_plan(sqe, ns),
-        IoOpcode::DATASET_MANAGEMENT => {
-            if !ns.deallocate {
-                return Err(Status::INVALID_OPCODE);
-            }
-            let nr = usize::try_from(sqe.cdw10.get() & 0xff).unwrap_or(0) + 1;
-            if xfer.h2c_len().unwrap_or(0) < nr * 16 || buf.len() < nr * 16 {
-                return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
-            }
-            if sqe.cdw11.get() & DSM_ATTR_DEALLOCATE == 0 {
-                return Ok(Plan::Complete(Status::SUCCESS));
-            }
-            crate::io::dsm_deallocate_plan(&buf[..nr * 16], ns)
-        }
-        IoOpcode::ZONE_APPEND => {
-            let op = crate::io::zone_append_op(sqe, ns, u64::from(sub.limits.mdts_bytes()))?;
-            if xfer.h2c_len().and_then(|h| u64::try_from(h).ok()) != Some(op.len) {
-                return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
-            }
-            Ok(Plan::Single(op))
-        }
-        IoOpcode::ZONE_MGMT_SEND => crate::io::zone_send_plan(sqe, ns),
-        _ => Err(Status::INVALID_OPCODE),
-    }
-}
 
-/// Zone Management Receive: the report's bytes, from the backend's zones.
-pub fn zone_report(sub: &Subsystem, sqe: &Sqe) -> Result<Vec<u8>, Status> {
-    let (i, ns) = sub
-        .namespace(sqe.nsid.get())
-        .ok_or(Status::INVALID_NAMESPACE)?;
-    let req = crate::io::zone_report_request(sqe, ns, u64::from(sub.limits.mdts_bytes()))?;
-    let backend = sub.backends.get(i).ok_or(Status::INTERNAL_ERROR)?;
-    let zones = backend.report_zones(req.slba, usize::MAX);
-    Ok(crate::io::zone_report(&req, &zones))
+    fn map(&mut self, _sqe: &Sqe, len: u64, to_host: bool) -> Result<(), Status> {
+        let have = if to_host {
+            usize::try_from(self.xfer.c2h_len()).ok()
+        } else {
+            self.xfer.h2c_len()
+        };
+        if have.and_then(|h| u64::try_from(h).ok()) != Some(len) {
+            return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, _sqe: &Sqe, out: &mut [u8]) -> Result<(), Status> {
+        let n = out.len();
+        if self.xfer.h2c_len().unwrap_or(0) < n || self.buf.len() < n {
+            return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
+        }
+        out.copy_from_slice(&self.buf[..n]);
+        Ok(())
+    }
 }

@@ -9,8 +9,8 @@ use super::bufs::BufPool;
 use super::conn::{Conn, Phase};
 use super::ctrl::Subsystem;
 use super::epoll::Epoll;
-use crate::io::{backend_status, Op};
 use leapio_backends::{BackendQueue, Completion, IoRequest, SubmitError};
+use leapio_controller::nvm::{backend_status, zone_status, Op};
 use leapio_nvme::Status;
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, IoSlice, Read, Write};
@@ -438,7 +438,7 @@ impl Poller {
             let outcome = match c.result {
                 Ok(()) => OpOutcome::Ok(c.value),
                 Err(e) => match e.zone {
-                    Some(z) => OpOutcome::Failed(crate::io::zone_status(z)),
+                    Some(z) => OpOutcome::Failed(zone_status(z)),
                     None => OpOutcome::Errno(e.errno),
                 },
             };

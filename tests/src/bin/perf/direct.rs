@@ -111,7 +111,9 @@ pub fn run(
                         IoKind::Write
                     };
                     let cqe = Cqe {
-                        status: (socp::io::backend_status(kind, e.errno).field() << 1).into(),
+                        status: (leapio_controller::nvm::backend_status(kind, e.errno).field()
+                            << 1)
+                            .into(),
                         ..Cqe::default()
                     };
                     w.first_error = Some((cqe, s.op));

@@ -1,11 +1,14 @@
-//! NVM command set: validate a submission queue entry (already copied out of
-//! guest memory) and turn it into backend requests.
+//! The NVM command set (and the zoned commands of ZNS): a command, already
+//! copied out of its queue, validated against its namespace and planned
+//! into backend operations, whatever the transport. Where the command's
+//! data is (PRPs in guest memory, a capsule or R2T buffer) is a
+//! [`DataSource`]; how a backend's failure reads to the host is here too.
 
+use crate::{NamespaceInfo, ZonedInfo};
 use leapio_ats::prp::{map_prps, PrpLimits};
 use leapio_ats::transfer::{copy_from_prps, prp_status};
 use leapio_ats::{Access, Snapshot};
-use leapio_backends::{IoError, IoKind, ZoneAction, ZoneDesc, ZoneError, ZoneState};
-use leapio_controller::NamespaceInfo;
+use leapio_backend::{IoError, IoKind, ZoneAction, ZoneDesc, ZoneError, ZoneState};
 use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE, WRITE_ZEROES_DEAC};
 use leapio_nvme::zns::{
     ZoneDescriptor, ZoneReportHeader, ZoneStateCode, Zrasf, Zsa, ZA_ZFC, ZRA_REPORT_ZONES,
@@ -27,26 +30,85 @@ pub struct Op {
 pub enum Plan {
     /// Nothing to do on the backend: complete with this status.
     Complete(Status),
-    /// One data or flush operation; data iovecs are in the caller's buffer.
+    /// One data or flush operation; its data is what the [`DataSource`]
+    /// mapped.
     Single(Op),
     /// Several operations (DSM deallocate ranges) completing as one.
     Multi(Vec<Op>),
+    /// Zone Management Receive: answered from the backend's zones (see
+    /// [`zone_report`]), no backend operation.
+    ZoneReport(ZoneReport),
+}
+
+/// Where a command's data is, for the transport it came over.
+pub trait DataSource {
+    /// Whether the command's data pointer fields suit this transport
+    /// (PSDT: PRPs in memory, SGLs over a fabric).
+    fn check(&self, sqe: &Sqe) -> Result<(), Status>;
+    /// The command moves `len` bytes, to the host when `to_host`: make them
+    /// ready for the backend (host buffers for PRPs; a check of the
+    /// transfer's length for a capsule).
+    fn map(&mut self, sqe: &Sqe, len: u64, to_host: bool) -> Result<(), Status>;
+    /// Copy the start of the host's data into `buf` (DSM ranges).
+    fn read(&mut self, sqe: &Sqe, buf: &mut [u8]) -> Result<(), Status>;
+}
+
+/// A command's data in guest memory, described by PRP1/PRP2: mapped into
+/// host iovecs for the backend.
+pub struct PrpData<'a> {
+    pub snap: &'a Snapshot,
+    pub limits: PrpLimits,
+    /// The data's host buffers, filled by [`DataSource::map`].
+    pub iov: &'a mut Vec<libc::iovec>,
+}
+
+impl DataSource for PrpData<'_> {
+    fn check(&self, sqe: &Sqe) -> Result<(), Status> {
+        // No SGLs (SGLS = 0).
+        if sqe.psdt() != 0 {
+            return Err(Status::INVALID_FIELD);
+        }
+        Ok(())
+    }
+
+    fn map(&mut self, sqe: &Sqe, len: u64, to_host: bool) -> Result<(), Status> {
+        let access = if to_host { Access::Write } else { Access::Read };
+        map_prps(
+            self.snap,
+            sqe.prp1.get(),
+            sqe.prp2.get(),
+            len,
+            &self.limits,
+            access,
+            self.iov,
+        )
+        .map_err(|e| prp_status(&e))
+    }
+
+    fn read(&mut self, sqe: &Sqe, buf: &mut [u8]) -> Result<(), Status> {
+        copy_from_prps(self.snap, sqe.prp1.get(), sqe.prp2.get(), buf, self.limits)
+    }
+}
+
+/// What the host set that changes how commands are planned.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// The most bytes one command moves (MDTS).
+    pub max_transfer: u64,
+    /// Volatile Write Cache as the host left it: disabled, writes must be
+    /// durable when they complete (FUA).
+    pub write_cache: bool,
 }
 
 /// Maximum DSM ranges per command (NR is 8 bits, 0's based).
 const MAX_DSM_RANGES: usize = 256;
 
-/// Validate `sqe` for namespace `ns` and plan its backend work; data
-/// commands fill `iov` with the guest buffers (host addresses).
-pub fn plan(
-    snap: &Snapshot,
-    sqe: &Sqe,
-    ns: &NamespaceInfo,
-    limits: &PrpLimits,
-    iov: &mut Vec<libc::iovec>,
-) -> Plan {
-    match plan_inner(snap, sqe, ns, limits, iov) {
-        Ok(p) => p,
+/// Validate `sqe` for namespace `ns` and plan its backend work; the
+/// command's data is `data`'s.
+pub fn plan(sqe: &Sqe, ns: &NamespaceInfo, settings: Settings, data: &mut dyn DataSource) -> Plan {
+    match plan_inner(sqe, ns, settings.max_transfer, data) {
+        Ok(p) if settings.write_cache => p,
+        Ok(p) => write_through(p),
         Err(s) => Plan::Complete(s),
     }
 }
@@ -65,38 +127,30 @@ pub fn lba_range(sqe: &Sqe, ns: &NamespaceInfo) -> Result<(u64, u64), Status> {
 }
 
 fn plan_inner(
-    snap: &Snapshot,
     sqe: &Sqe,
     ns: &NamespaceInfo,
-    limits: &PrpLimits,
-    iov: &mut Vec<libc::iovec>,
+    max_transfer: u64,
+    data: &mut dyn DataSource,
 ) -> Result<Plan, Status> {
-    if sqe.fuse() != 0 || sqe.psdt() != 0 {
+    // No fused operations.
+    if sqe.fuse() != 0 {
         return Err(Status::INVALID_FIELD);
     }
+    data.check(sqe)?;
     match sqe.opcode {
         IoOpcode::READ | IoOpcode::WRITE => {
             let (offset, len) = lba_range(sqe, ns)?;
-            if len > limits.max_transfer {
+            if len > max_transfer {
                 return Err(Status::INVALID_FIELD);
             }
-            let (kind, access) = if sqe.opcode == IoOpcode::READ {
-                (IoKind::Read, Access::Write)
+            let kind = if sqe.opcode == IoOpcode::READ {
+                IoKind::Read
             } else if sqe.fua() {
-                (IoKind::WriteFua, Access::Read)
+                IoKind::WriteFua
             } else {
-                (IoKind::Write, Access::Read)
+                IoKind::Write
             };
-            map_prps(
-                snap,
-                sqe.prp1.get(),
-                sqe.prp2.get(),
-                len,
-                limits,
-                access,
-                iov,
-            )
-            .map_err(|e| prp_status(&e))?;
+            data.map(sqe, len, kind == IoKind::Read)?;
             Ok(Plan::Single(Op { kind, offset, len }))
         }
         IoOpcode::FLUSH => Ok(flush_plan(ns)),
@@ -111,32 +165,32 @@ fn plan_inner(
             }
             let nr = usize::try_from(sqe.cdw10.get() & 0xff).unwrap_or(0) + 1;
             let mut buf = [0u8; MAX_DSM_RANGES * 16];
-            let bytes = &mut buf[..nr * 16];
-            copy_from_prps(snap, sqe.prp1.get(), sqe.prp2.get(), bytes, *limits)?;
-            dsm_deallocate_plan(bytes, ns)
+            let ranges = &mut buf[..nr * 16];
+            data.read(sqe, ranges)?;
+            dsm_deallocate_plan(ranges, ns)
         }
         IoOpcode::ZONE_APPEND => {
-            let op = zone_append_op(sqe, ns, limits.max_transfer)?;
-            map_prps(
-                snap,
-                sqe.prp1.get(),
-                sqe.prp2.get(),
-                op.len,
-                limits,
-                Access::Read,
-                iov,
-            )
-            .map_err(|e| prp_status(&e))?;
+            let op = zone_append_op(sqe, ns, max_transfer)?;
+            data.map(sqe, op.len, false)?;
             Ok(Plan::Single(op))
         }
         IoOpcode::ZONE_MGMT_SEND => zone_send_plan(sqe, ns),
+        IoOpcode::ZONE_MGMT_RECV => {
+            zone_report_request(sqe, ns, max_transfer).map(Plan::ZoneReport)
+        }
         _ => Err(Status::INVALID_OPCODE),
     }
 }
 
+/// Zone Append's completion value: the LBA written, from the byte offset
+/// the backend reports.
+pub fn zone_append_lba(byte_offset: u64, block_size: u32) -> u64 {
+    byte_offset / u64::from(block_size.max(1))
+}
+
 /// With the volatile write cache disabled (Set Features), a write must be
 /// durable when it completes: plain writes and appends become FUA.
-pub fn write_through(plan: Plan) -> Plan {
+fn write_through(plan: Plan) -> Plan {
     match plan {
         Plan::Single(op) if op.kind == IoKind::Write => Plan::Single(Op {
             kind: IoKind::WriteFua,
@@ -152,7 +206,7 @@ pub fn write_through(plan: Plan) -> Plan {
 
 /// The zones of `ns`, or Invalid Opcode for a conventional namespace
 /// (zoned commands).
-fn zones_of(ns: &NamespaceInfo) -> Result<leapio_controller::ZonedInfo, Status> {
+fn zones_of(ns: &NamespaceInfo) -> Result<ZonedInfo, Status> {
     ns.zoned.ok_or(Status::INVALID_OPCODE)
 }
 
@@ -387,7 +441,6 @@ pub fn backend_status(kind: IoKind, errno: i32) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leapio_controller::ZonedInfo;
 
     fn zoned_ns() -> NamespaceInfo {
         NamespaceInfo {
@@ -419,6 +472,117 @@ mod tests {
         s.cdw12 = cdw12.into();
         s.cdw13 = cdw13.into();
         s
+    }
+
+    /// A data source that records what the planner asked of it.
+    #[derive(Default)]
+    struct Recorder {
+        maps: Vec<(u64, bool)>,
+        ranges: Vec<u8>,
+        refuse: Option<Status>,
+    }
+
+    impl DataSource for Recorder {
+        fn check(&self, _sqe: &Sqe) -> Result<(), Status> {
+            self.refuse.map_or(Ok(()), Err)
+        }
+        fn map(&mut self, _sqe: &Sqe, len: u64, to_host: bool) -> Result<(), Status> {
+            self.maps.push((len, to_host));
+            Ok(())
+        }
+        fn read(&mut self, _sqe: &Sqe, buf: &mut [u8]) -> Result<(), Status> {
+            let n = buf.len().min(self.ranges.len());
+            buf[..n].copy_from_slice(&self.ranges[..n]);
+            Ok(())
+        }
+    }
+
+    fn conventional_ns() -> NamespaceInfo {
+        NamespaceInfo {
+            write_zeroes: true,
+            deallocate: true,
+            zoned: None,
+            ..zoned_ns()
+        }
+    }
+
+    const SETTINGS: Settings = Settings {
+        max_transfer: 1 << 20,
+        write_cache: true,
+    };
+
+    #[test]
+    fn the_planner_asks_the_data_source_for_what_moves() {
+        let ns = conventional_ns();
+        let mut d = Recorder::default();
+        // A read of 2 blocks maps 8 KiB towards the host.
+        let p = plan(&sqe(IoOpcode::READ, 4, 1, 0), &ns, SETTINGS, &mut d);
+        assert_eq!(
+            p,
+            Plan::Single(Op {
+                kind: IoKind::Read,
+                offset: 4 * 4096,
+                len: 8192
+            })
+        );
+        assert_eq!(d.maps, [(8192, true)]);
+        // A write, with the cache off: FUA, from the host.
+        let off = Settings {
+            write_cache: false,
+            ..SETTINGS
+        };
+        let p = plan(&sqe(IoOpcode::WRITE, 0, 0, 0), &ns, off, &mut d);
+        assert!(matches!(p, Plan::Single(Op { kind: IoKind::WriteFua, .. })));
+        assert_eq!(d.maps[1], (4096, false));
+        // Past MDTS, past the namespace: nothing is mapped.
+        let small = Settings {
+            max_transfer: 4096,
+            ..SETTINGS
+        };
+        let p = plan(&sqe(IoOpcode::READ, 0, 1, 0), &ns, small, &mut d);
+        assert_eq!(p, Plan::Complete(Status::INVALID_FIELD));
+        let p = plan(&sqe(IoOpcode::READ, 63, 1, 0), &ns, SETTINGS, &mut d);
+        assert_eq!(p, Plan::Complete(Status::LBA_OUT_OF_RANGE));
+        assert_eq!(d.maps.len(), 2);
+        // The source refuses the command's data fields (e.g. PRPs over a
+        // fabric): its status.
+        d.refuse = Some(Status::INVALID_FIELD);
+        let p = plan(&sqe(IoOpcode::FLUSH, 0, 0, 0), &ns, SETTINGS, &mut d);
+        assert_eq!(p, Plan::Complete(Status::INVALID_FIELD));
+    }
+
+    #[test]
+    fn deallocate_ranges_come_from_the_data_source() {
+        let ns = conventional_ns();
+        let range = |slba: u64, nlb: u32| {
+            let mut r = [0u8; 16];
+            r[4..8].copy_from_slice(&nlb.to_le_bytes());
+            r[8..].copy_from_slice(&slba.to_le_bytes());
+            r
+        };
+        let mut d = Recorder {
+            ranges: [range(0, 2), range(10, 0), range(20, 4)].concat(),
+            ..Recorder::default()
+        };
+        let mut cmd = sqe(IoOpcode::DATASET_MANAGEMENT, 0, 0, 0);
+        cmd.cdw10 = 2.into(); // 3 ranges
+        cmd.cdw11 = DSM_ATTR_DEALLOCATE.into();
+        let Plan::Multi(ops) = plan(&cmd, &ns, SETTINGS, &mut d) else {
+            panic!("not several operations");
+        };
+        let got: Vec<(u64, u64)> = ops.iter().map(|o| (o.offset, o.len)).collect();
+        assert_eq!(got, [(0, 2 * 4096), (20 * 4096, 4 * 4096)], "empty range skipped");
+        // Zone Management Receive is a report, not a backend operation.
+        let zoned = zoned_ns();
+        let recv = sqe(IoOpcode::ZONE_MGMT_RECV, 0, 15, 0);
+        assert!(matches!(
+            plan(&recv, &zoned, SETTINGS, &mut d),
+            Plan::ZoneReport(ZoneReport { len: 64, .. })
+        ));
+        assert_eq!(
+            plan(&recv, &ns, SETTINGS, &mut d),
+            Plan::Complete(Status::INVALID_OPCODE)
+        );
     }
 
     #[test]
