@@ -10,6 +10,7 @@ pub mod features;
 pub mod identify;
 pub mod log;
 pub mod nvm;
+pub mod regs;
 
 /// What a controller tells the host about one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -532,7 +532,13 @@ mod tests {
             ..SETTINGS
         };
         let p = plan(&sqe(IoOpcode::WRITE, 0, 0, 0), &ns, off, &mut d);
-        assert!(matches!(p, Plan::Single(Op { kind: IoKind::WriteFua, .. })));
+        assert!(matches!(
+            p,
+            Plan::Single(Op {
+                kind: IoKind::WriteFua,
+                ..
+            })
+        ));
         assert_eq!(d.maps[1], (4096, false));
         // Past MDTS, past the namespace: nothing is mapped.
         let small = Settings {
@@ -571,7 +577,11 @@ mod tests {
             panic!("not several operations");
         };
         let got: Vec<(u64, u64)> = ops.iter().map(|o| (o.offset, o.len)).collect();
-        assert_eq!(got, [(0, 2 * 4096), (20 * 4096, 4 * 4096)], "empty range skipped");
+        assert_eq!(
+            got,
+            [(0, 2 * 4096), (20 * 4096, 4 * 4096)],
+            "empty range skipped"
+        );
         // Zone Management Receive is a report, not a backend operation.
         let zoned = zoned_ns();
         let recv = sqe(IoOpcode::ZONE_MGMT_RECV, 0, 15, 0);

@@ -10,7 +10,6 @@ use leapio_link::Shadow;
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::identify::{IdentifyController, OACS_DBBUF};
 use leapio_nvme::log::{CmdEffectsLog, LogId};
-use leapio_nvme::regs::Cc;
 use leapio_nvme::{AdminOpcode, Sqe, Status};
 use zerocopy::IntoBytes;
 
@@ -288,7 +287,7 @@ impl NvmeController {
         if vector >= self.shared.irqs.count() {
             return Status::INVALID_INTERRUPT_VECTOR;
         }
-        if !pc || Cc(self.cc).iocqes() != 4 {
+        if !pc || self.regs.cc().iocqes() != 4 {
             return Status::INVALID_FIELD;
         }
         if gpa % self.shared.page_size() != 0 {
@@ -331,7 +330,7 @@ impl NvmeController {
         if entries < 2 || entries > self.max_entries() {
             return Status::INVALID_QUEUE_SIZE;
         }
-        if !pc || Cc(self.cc).iosqes() != 6 {
+        if !pc || self.regs.cc().iosqes() != 6 {
             return Status::INVALID_FIELD;
         }
         if gpa % self.shared.page_size() != 0 {

@@ -14,7 +14,6 @@ use crate::port::PortEvent;
 use leapio_controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_link::{NsDecl, ToRuntime};
 use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::regs::csts;
 use std::sync::Arc;
 
 /// Most namespaces per controller.
@@ -236,7 +235,7 @@ impl NvmeController {
         }
         self.adopt_namespaces(namespaces, &changed);
         self.port.set_attached(link.clone());
-        let enabled = self.csts & csts::RDY != 0 && self.admin.is_some();
+        let enabled = self.regs.ready() && self.admin.is_some();
         let wc = self.features.common.write_cache_enabled();
         self.port.state(enabled, self.shadow, wc);
         let snap = self.shared.domain.snapshot();

@@ -8,12 +8,12 @@ use crate::shared::CtrlShared;
 use leapio_ats::ring::{CqRing, InvalidDoorbell, SqRing};
 use leapio_ats::{Access, Prot};
 use leapio_controller::features::CommonFeatures;
+use leapio_controller::regs::{AdminQueueRegs, Change, Registers};
 use leapio_link::doorbells::{Doorbells, DOORBELL_PAGE_SIZE, MAX_QUEUE_PAIRS};
 use leapio_link::qstate::QueueState;
 use leapio_link::{NsDecl, Shadow};
 use leapio_nvme::cmd::AsyncEvent;
-use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
-use leapio_nvme::zns::{CC_CSS_ALL, CC_CSS_NVM};
+use leapio_nvme::regs::{csts, offset, Cap};
 use leapio_nvme::{Sqe, Status};
 use leapio_vmm_shim::pci::{self, ConfigSpace};
 use leapio_vmm_shim::vfio_user::{
@@ -104,11 +104,8 @@ pub struct NvmeController {
     pub(crate) shadow: Option<Shadow>,
     pci: ConfigSpace,
     msix_table: Vec<u8>,
-    pub(crate) cc: u32,
-    pub(crate) csts: u32,
-    aqa: u32,
-    asq: u64,
-    acq: u64,
+    /// CAP, CC, CSTS, AQA, ASQ, ACQ and what writing CC does.
+    pub(crate) regs: Registers,
     pub(crate) admin: Option<AdminQueue>,
     pub(crate) cqs: BTreeMap<u16, CqSetup>,
     pub(crate) sqs: BTreeMap<u16, SqSetup>,
@@ -153,6 +150,7 @@ impl NvmeController {
             mdts_bytes,
         ));
         let port = RuntimePort::new(shared.clone(), events, timeouts);
+        let max_queue_entries = cfg.max_queue_entries;
         Ok(NvmeController {
             cfg,
             shared,
@@ -162,11 +160,14 @@ impl NvmeController {
             shadow: None,
             pci: ConfigSpace::new(vectors),
             msix_table: vec![0; usize::from(vectors) * 16],
-            cc: 0,
-            csts: 0,
-            aqa: 0,
-            asq: 0,
-            acq: 0,
+            regs: Registers::pcie(Cap {
+                mqes: max_queue_entries,
+                cqr: true,
+                timeout: 30,
+                dstrd: 0,
+                mpsmin: 0,
+                mpsmax: 4,
+            }),
             admin: None,
             cqs: BTreeMap::new(),
             sqs: BTreeMap::new(),
@@ -198,19 +199,9 @@ impl NvmeController {
         self.port.detach(reason);
     }
 
-    pub(crate) fn cap(&self) -> Cap {
-        Cap {
-            mqes: self.cfg.max_queue_entries,
-            cqr: true,
-            timeout: 30,
-            dstrd: 0,
-            mpsmin: 0,
-            mpsmax: 4,
-        }
-    }
-
+    /// CSTS, with Controller Fatal Status when the runtime reported one.
     fn csts_value(&self) -> u32 {
-        let mut v = self.csts;
+        let mut v = self.regs.csts();
         if self.shared.fatal.load(Ordering::Acquire) {
             v |= csts::CFS;
         }
@@ -219,18 +210,9 @@ impl NvmeController {
 
     /// The register file below the doorbells as bytes.
     fn register_image(&self) -> [u8; 0x40] {
-        let mut r = [0u8; 0x40];
-        let mut put = |off: u64, bytes: &[u8]| {
-            let o = usize::try_from(off).unwrap_or(0);
-            r[o..o + bytes.len()].copy_from_slice(bytes);
-        };
-        put(offset::CAP, &self.cap().to_u64().to_le_bytes());
-        put(offset::VS, &VERSION_1_4.to_le_bytes());
-        put(offset::CC, &self.cc.to_le_bytes());
-        put(offset::CSTS, &self.csts_value().to_le_bytes());
-        put(offset::AQA, &self.aqa.to_le_bytes());
-        put(offset::ASQ, &self.asq.to_le_bytes());
-        put(offset::ACQ, &self.acq.to_le_bytes());
+        let mut r = self.regs.image();
+        let o = usize::try_from(offset::CSTS).unwrap_or(0);
+        r[o..o + 4].copy_from_slice(&self.csts_value().to_le_bytes());
         r
     }
 
@@ -287,81 +269,44 @@ impl NvmeController {
     }
 
     fn write_dword(&mut self, off: u64, v: u32) {
-        let lo = |old: u64| (old & !0xffff_ffff) | u64::from(v);
-        let hi = |old: u64| (old & 0xffff_ffff) | (u64::from(v) << 32);
-        match off {
-            offset::CC => self.write_cc(v),
-            offset::AQA => self.aqa = v & 0x0fff_0fff,
-            offset::ASQ => self.asq = lo(self.asq),
-            o if o == offset::ASQ + 4 => self.asq = hi(self.asq),
-            offset::ACQ => self.acq = lo(self.acq),
-            o if o == offset::ACQ + 4 => self.acq = hi(self.acq),
-            // INTMS/INTMC only apply to pin-based and MSI interrupts; NSSR
-            // is not supported (CAP.NSSRS = 0); everything else is read-only.
-            _ => {}
+        for change in self.regs.write_dword(off, v) {
+            match change {
+                Change::Enabled { page_size, admin } => self.enable(page_size, admin),
+                Change::EnableRefused(why) => {
+                    tracing::warn!(ctrl = %self.shared.name, cc = format_args!("{:#x}", self.regs.cc().0), "enable refused: {why}");
+                }
+                Change::Disabled => {
+                    tracing::info!(ctrl = %self.shared.name, "controller disabled by the host");
+                    self.reset_controller();
+                }
+                Change::Shutdown => self.shutdown(),
+            }
         }
     }
 
-    fn write_cc(&mut self, v: u32) {
-        let old = Cc(self.cc);
-        let new = Cc(v);
-        self.cc = v;
-        if !old.en() && new.en() {
-            self.enable();
-        } else if old.en() && !new.en() {
-            tracing::info!(ctrl = %self.shared.name, "controller disabled by the host");
-            self.reset_controller();
-        }
-        if new.shn() != 0 && old.shn() == 0 {
-            self.shutdown();
-        } else if new.shn() == 0 {
-            self.csts &= !csts::SHST_MASK;
-        }
-    }
-
-    fn enable(&mut self) {
-        let cc = Cc(self.cc);
-        let cap = self.cap();
-        let asqs = (self.aqa & 0xfff) + 1;
-        let acqs = ((self.aqa >> 16) & 0xfff) + 1;
-        let problem = if cc.css() != CC_CSS_NVM && cc.css() != CC_CSS_ALL {
-            Some("unsupported command set (CC.CSS)")
-        } else if cc.mps() > u32::from(cap.mpsmax) {
-            Some("memory page size above CAP.MPSMAX")
-        } else if cc.ams() != 0 {
-            Some("unsupported arbitration mechanism")
-        } else if asqs < 2 || acqs < 2 {
-            Some("admin queue smaller than 2 entries")
-        } else if self.asq == 0 || self.acq == 0 || self.asq & 0xfff != 0 || self.acq & 0xfff != 0 {
-            Some("admin queue address zero or not page aligned")
-        } else {
-            None
-        };
-        if let Some(p) = problem {
-            tracing::warn!(ctrl = %self.shared.name, cc = format_args!("{:#x}", self.cc), "enable refused: {p}");
-            self.shared.fatal.store(true, Ordering::Release);
+    fn enable(&mut self, page_size: u64, admin: Option<AdminQueueRegs>) {
+        let Some(a) = admin else {
             return;
-        }
-        let page_size = 4096u64 << cc.mps();
+        };
         self.shared.page_size.store(page_size, Ordering::Relaxed);
         self.admin = Some(AdminQueue {
-            sq: SqRing::new(0, 0, self.asq, asqs),
-            cq: CqRing::new(0, self.acq, acqs, 0, true),
+            sq: SqRing::new(0, 0, a.asq, a.sq_entries),
+            cq: CqRing::new(0, a.acq, a.cq_entries, 0, true),
             bad_sq_doorbell: false,
             bad_cq_doorbell: false,
         });
-        self.csts = csts::RDY;
         let wc = self.features.common.write_cache_enabled();
         self.port.state(true, None, wc);
-        tracing::info!(ctrl = %self.shared.name, page_size, asqs, acqs, "controller enabled");
+        tracing::info!(ctrl = %self.shared.name, page_size, asqs = a.sq_entries, acqs = a.cq_entries, "controller enabled");
     }
 
+    /// Shutdown notification: what completed is made durable (the
+    /// runtime flushes), then CSTS.SHST says so.
     fn shutdown(&mut self) {
-        self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_OCCURRING;
         if let Err(e) = self.port.flush() {
             tracing::error!(ctrl = %self.shared.name, "flush on shutdown: {e}");
         }
-        self.csts = (self.csts & !csts::SHST_MASK) | csts::SHST_COMPLETE;
+        self.regs.shutdown_complete();
         tracing::info!(ctrl = %self.shared.name, "shutdown complete");
     }
 
@@ -400,9 +345,9 @@ impl NvmeController {
         self.shared.clear_events();
         self.shared.doorbells.clear();
         self.shared.irqs.clear_pending();
+        self.regs.reset_done(ok);
         if ok {
             self.shared.fatal.store(false, Ordering::Release);
-            self.csts &= csts::SHST_MASK;
         } else {
             tracing::error!(ctrl = %self.shared.name, "reset incomplete: queues kept until the previous runtime is fenced");
         }
@@ -412,11 +357,7 @@ impl NvmeController {
     /// Full reset: as a power cycle of the function.
     fn reset_all(&mut self) {
         self.reset_controller();
-        self.cc = 0;
-        self.csts = 0;
-        self.aqa = 0;
-        self.asq = 0;
-        self.acq = 0;
+        self.regs.power_on();
     }
 
     /// Poll the admin queue and deliver asynchronous events.
@@ -490,7 +431,7 @@ impl NvmeController {
         if posted {
             self.shared.irqs.trigger(0);
         }
-        if self.admin.is_none() && Cc(self.cc).en() && self.csts & csts::RDY != 0 {
+        if self.admin.is_none() && self.regs.cc().en() && self.regs.ready() {
             self.admin = Some(adm);
         }
     }

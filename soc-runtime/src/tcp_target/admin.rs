@@ -7,6 +7,7 @@ use super::ctrl::{Controller, Subsystem};
 use leapio_controller::features::{self, CommonFeatures};
 use leapio_controller::identify::{identify_page, ControllerIdentity};
 use leapio_controller::log::{check_smart_nsid, fw_slot_log, smart_log, Health, LogRequest};
+use leapio_controller::regs::Change;
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::fabrics::{
     put_nqn, Disc, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyFabrics, PropertyCmd, Sgls,
@@ -14,8 +15,6 @@ use leapio_nvme::fabrics::{
 };
 use leapio_nvme::identify::{Cns, IdentifyController, LPA_CMD_EFFECTS};
 use leapio_nvme::log::{CmdEffectsLog, LogId};
-use leapio_nvme::regs::{csts, offset, Cap, Cc, VERSION_1_4};
-use leapio_nvme::zns::{CC_CSS_ALL, CC_CSS_NVM};
 use leapio_nvme::{AdminOpcode, Sqe, Status};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -323,18 +322,15 @@ fn set_queue_count(sub: &Subsystem, ctrl: &Controller, v: u32) -> Reply {
     }
 }
 
-/// CAP as a fabrics controller reports it.
-pub fn cap(sub: &Subsystem) -> u64 {
-    Cap {
-        mqes: sub.limits.queue_entries,
-        cqr: true,
-        // 7.5 s to become ready (we are ready at once).
-        timeout: 15,
-        dstrd: 0,
-        mpsmin: 0,
-        mpsmax: 0,
+/// Property Get: (status, value).
+pub fn property_get(ctrl: &Controller, cmd: &PropertyCmd) -> (Status, u64) {
+    let Some(size) = cmd.size() else {
+        return (Status::INVALID_FIELD, 0);
+    };
+    match ctrl.regs().read(u64::from(cmd.offset.get()), size) {
+        Some(v) => (Status::SUCCESS, v),
+        None => (Status::INVALID_FIELD, 0),
     }
-    .to_u64()
 }
 
 /// What a Property Set asked the connection to do besides answering.
@@ -345,51 +341,37 @@ pub enum PropertyEffect {
     Reset,
 }
 
-/// Property Get: (status, value).
-pub fn property_get(sub: &Subsystem, ctrl: &Controller, cmd: &PropertyCmd) -> (Status, u64) {
-    let Some(size) = cmd.size() else {
-        return (Status::INVALID_FIELD, 0);
-    };
-    let off = u64::from(cmd.offset.get());
-    let v = match (off, size) {
-        (offset::CAP, 8) => cap(sub),
-        (offset::VS, 4) => u64::from(VERSION_1_4),
-        (offset::CC, 4) => u64::from(ctrl.cc.load(Ordering::Acquire)),
-        (offset::CSTS, 4) => u64::from(ctrl.csts.load(Ordering::Acquire)),
-        (offset::NSSR, 4) => 0,
-        _ => return (Status::INVALID_FIELD, 0),
-    };
-    (Status::SUCCESS, v)
-}
-
 /// Property Set: only CC is writable.
 pub fn property_set(
     sub: &Arc<Subsystem>,
     ctrl: &Arc<Controller>,
     cmd: &PropertyCmd,
 ) -> (Status, PropertyEffect) {
-    if cmd.size() != Some(4) || u64::from(cmd.offset.get()) != offset::CC {
+    let Some(size) = cmd.size() else {
         return (Status::INVALID_FIELD, PropertyEffect::None);
-    }
-    let new = Cc(u32::try_from(cmd.value.get() & 0xffff_ffff).unwrap_or(0));
-    let old = Cc(ctrl.cc.swap(new.0, Ordering::AcqRel));
+    };
+    let changes = ctrl
+        .regs()
+        .property_set(u64::from(cmd.offset.get()), size, cmd.value.get());
+    let changes = match changes {
+        Ok(c) => c,
+        Err(s) => return (s, PropertyEffect::None),
+    };
     let mut effect = PropertyEffect::None;
-    if new.en() && !old.en() {
-        if (new.css() != CC_CSS_NVM && new.css() != CC_CSS_ALL) || new.mps() != 0 {
-            ctrl.csts.store(csts::CFS, Ordering::Release);
-        } else {
-            ctrl.csts.store(csts::RDY, Ordering::Release);
+    for change in changes {
+        match change {
+            Change::Enabled { .. } => {}
+            Change::EnableRefused(why) => {
+                tracing::warn!(cntlid = ctrl.cntlid, "enable refused: {why}");
+            }
+            Change::Disabled => {
+                ctrl.reset();
+                effect = PropertyEffect::Reset;
+            }
+            // Make what was written durable (off the poller), then report
+            // it done.
+            Change::Shutdown => sub.shutdown(ctrl),
         }
-    } else if !new.en() && old.en() {
-        ctrl.reset();
-        effect = PropertyEffect::Reset;
-    }
-    if new.shn() != 0 && old.shn() == 0 {
-        // Shutdown: make what was written durable (off the poller), then
-        // report it done.
-        sub.shutdown(ctrl);
-    } else if new.shn() == 0 && old.shn() != 0 {
-        ctrl.set_shst(0);
     }
     (Status::SUCCESS, effect)
 }

@@ -761,7 +761,7 @@ impl Poller {
                 };
                 if fctype == FcType::PROPERTY_GET {
                     // The value goes in dwords 0 and 1 of the response.
-                    admin::property_get(&self.sub, &ctrl, &p)
+                    admin::property_get(&ctrl, &p)
                 } else {
                     let (s, effect) = admin::property_set(&self.sub, &ctrl, &p);
                     if effect == PropertyEffect::Reset {

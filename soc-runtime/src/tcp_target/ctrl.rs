@@ -2,8 +2,9 @@
 
 use super::config::{AllowedHost, TcpTargetSpec};
 use leapio_backends::Backend;
+use leapio_controller::regs::Registers;
 use leapio_controller::NamespaceInfo;
-use leapio_nvme::regs::{csts, Cc};
+use leapio_nvme::regs::Cap;
 use leapio_nvme_auth::{Policy, Secrets};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -109,10 +110,9 @@ impl Subsystem {
     /// namespaces: complete at once.
     pub fn shutdown(self: &Arc<Self>, ctrl: &Arc<Controller>) {
         if ctrl.discovery || self.backends.is_empty() {
-            ctrl.set_shst(csts::SHST_COMPLETE);
+            ctrl.regs().shutdown_complete();
             return;
         }
-        ctrl.set_shst(csts::SHST_OCCURRING);
         let mut q = self.shutdowns.lock().unwrap_or_else(|p| p.into_inner());
         q.0.push(ctrl.clone());
         if q.1 {
@@ -146,11 +146,21 @@ impl Subsystem {
                 }
             }
             for c in waiting {
-                // Unless the host took the notification back meanwhile.
-                if Cc(c.cc.load(Ordering::Acquire)).shn() != 0 {
-                    c.set_shst(csts::SHST_COMPLETE);
-                }
+                c.regs().shutdown_complete();
             }
+        }
+    }
+
+    /// CAP as a fabrics controller of this subsystem reports it.
+    pub fn cap(&self) -> Cap {
+        Cap {
+            mqes: self.limits.queue_entries,
+            cqr: true,
+            // 7.5 s to become ready (we are ready at once).
+            timeout: 15,
+            dstrd: 0,
+            mpsmin: 0,
+            mpsmax: 0,
         }
     }
 
@@ -196,8 +206,7 @@ impl Subsystem {
                     hostnqn: hostnqn.to_string(),
                     hostid,
                     secrets,
-                    cc: AtomicU32::new(0),
-                    csts: AtomicU32::new(0),
+                    regs: Mutex::new(Registers::fabrics(self.cap())),
                     kato_ms: AtomicU32::new(kato_ms),
                     queues_granted: AtomicU32::new(u32::from(self.limits.max_io_queues)),
                     io_qids: Mutex::new(BTreeSet::new()),
@@ -241,8 +250,8 @@ pub struct Controller {
     pub hostid: [u8; 16],
     /// DH-HMAC-CHAP secrets: every queue must authenticate.
     pub secrets: Option<Arc<Secrets>>,
-    pub cc: AtomicU32,
-    pub csts: AtomicU32,
+    /// CC and CSTS (Property Get and Set).
+    regs: Mutex<Registers>,
     pub kato_ms: AtomicU32,
     /// I/O queues granted by Set Features Number of Queues.
     pub queues_granted: AtomicU32,
@@ -257,14 +266,14 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Set CSTS.SHST to `shst` (a `csts::SHST_*` value).
-    pub fn set_shst(&self, shst: u32) {
-        let c = self.csts.load(Ordering::Acquire) & !csts::SHST_MASK;
-        self.csts.store(c | shst, Ordering::Release);
+    /// The controller's registers (the admin queue's connection writes
+    /// them; the flusher and the I/O queues' connections read them).
+    pub fn regs(&self) -> MutexGuard<'_, Registers> {
+        self.regs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn ready(&self) -> bool {
-        self.csts.load(Ordering::Acquire) & csts::RDY != 0
+        self.regs().ready()
     }
 
     pub fn is_dead(&self) -> bool {
@@ -292,7 +301,7 @@ impl Controller {
     pub fn reset(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.qids().clear();
-        self.csts.store(0, Ordering::Release);
+        self.regs().reset_done(true);
         self.queues_granted.store(u32::MAX, Ordering::Release);
         self.write_cache.store(true, Ordering::Release);
     }
