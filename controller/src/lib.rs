@@ -6,6 +6,7 @@
 //! both build on this. [`nvm`] plans NVM and zoned commands into backend
 //! operations, wherever their data is.
 
+pub mod admin;
 pub mod features;
 pub mod identify;
 pub mod log;

@@ -236,7 +236,7 @@ impl NvmeController {
         self.adopt_namespaces(namespaces, &changed);
         self.port.set_attached(link.clone());
         let enabled = self.regs.ready() && self.admin.is_some();
-        let wc = self.features.common.write_cache_enabled();
+        let wc = self.write_cache();
         self.port.state(enabled, self.shadow, wc);
         let snap = self.shared.domain.snapshot();
         for (info, fd) in snap.region_files() {
@@ -316,7 +316,7 @@ impl NvmeController {
         if changed.is_empty() || self.admin.is_none() {
             return;
         }
-        if self.features.common.async_event_config() & AEC_NS_ATTR != 0 {
+        if self.admin_core.features().async_event_config() & AEC_NS_ATTR != 0 {
             self.shared
                 .post_event(AsyncEvent::dw0(AsyncEvent::TYPE_NOTICE, 0, LOG_CHANGED_NS));
         }

@@ -7,7 +7,7 @@ use crate::port::{CqSetup, PortEvent, RuntimePort, SqSetup};
 use crate::shared::CtrlShared;
 use leapio_ats::ring::{CqRing, InvalidDoorbell, SqRing};
 use leapio_ats::{Access, Prot};
-use leapio_controller::features::CommonFeatures;
+use leapio_controller::admin::AdminCore;
 use leapio_controller::regs::{AdminQueueRegs, Change, Registers};
 use leapio_link::doorbells::{Doorbells, DOORBELL_PAGE_SIZE, MAX_QUEUE_PAIRS};
 use leapio_link::qstate::QueueState;
@@ -20,7 +20,7 @@ use leapio_vmm_shim::vfio_user::{
     Device, DeviceInfo, DmaMap, DmaUnmap, Errno, IrqAction, IrqData, IrqInfo, RegionInfo,
     RegionMmap, SetIrqs,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -71,11 +71,10 @@ impl Default for ControllerConfig {
     }
 }
 
-/// Mutable feature values (Get/Set Features).
+/// The feature values of the PCIe front end (the others are the admin
+/// core's).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Features {
-    /// The values every controller kind keeps the same way.
-    pub common: CommonFeatures,
     /// Granted (submission, completion) I/O queue counts, once set.
     pub queues_granted: Option<(u16, u16)>,
     pub coalescing: u32,
@@ -110,8 +109,8 @@ pub struct NvmeController {
     pub(crate) cqs: BTreeMap<u16, CqSetup>,
     pub(crate) sqs: BTreeMap<u16, SqSetup>,
     pub(crate) features: Features,
-    /// Outstanding Asynchronous Event Request command identifiers.
-    pub(crate) aers: VecDeque<u16>,
+    /// Identify, logs, common features, outstanding AERs.
+    pub(crate) admin_core: AdminCore,
 }
 
 impl NvmeController {
@@ -172,7 +171,7 @@ impl NvmeController {
             cqs: BTreeMap::new(),
             sqs: BTreeMap::new(),
             features: Features::default(),
-            aers: VecDeque::new(),
+            admin_core: AdminCore::default(),
         })
     }
 
@@ -295,7 +294,7 @@ impl NvmeController {
             bad_sq_doorbell: false,
             bad_cq_doorbell: false,
         });
-        let wc = self.features.common.write_cache_enabled();
+        let wc = self.write_cache();
         self.port.state(true, None, wc);
         tracing::info!(ctrl = %self.shared.name, page_size, asqs = a.sq_entries, acqs = a.cq_entries, "controller enabled");
     }
@@ -336,11 +335,11 @@ impl NvmeController {
             }
         }
         self.admin = None;
-        self.aers.clear();
+        self.admin_core.reset();
         self.features = Features::default();
         self.shadow = None;
         self.port.reset();
-        let wc = self.features.common.write_cache_enabled();
+        let wc = self.write_cache();
         self.port.state(false, None, wc);
         self.shared.clear_events();
         self.shared.doorbells.clear();
@@ -410,11 +409,11 @@ impl NvmeController {
             }
         }
         // Asynchronous events for outstanding AERs.
-        while !self.aers.is_empty() && adm.cq.free() > 0 {
+        while self.admin_core.aer_outstanding() && adm.cq.free() > 0 {
             let Some(ev) = self.shared.take_event() else {
                 break;
             };
-            let Some(cid) = self.aers.pop_front() else {
+            let Some(cid) = self.admin_core.take_aer() else {
                 break;
             };
             if adm

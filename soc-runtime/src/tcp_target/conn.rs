@@ -1,11 +1,12 @@
 //! One NVMe/TCP connection (one queue): ICReq/ICResp, command capsules,
 //! R2T/H2CData, C2HData, responses and TermReqs.
 
-use super::admin::{self, AdminState, PropertyEffect, Reply};
+use super::admin::{self, PropertyEffect};
 use super::ctrl::Controller;
 use super::io_cmd::{self, CapsuleData, Xfer};
 use super::poller::{Iov, OpOutcome, PendingOp, Poller};
 use leapio_backends::IoKind;
+use leapio_controller::admin::{AdminCore, Reply};
 use leapio_controller::nvm::{self, Plan, Settings};
 use leapio_nvme::fabrics::{
     connect_data_off, connect_invalid_dw0, connect_off, AuthCmd, ConnectCmd, ConnectData,
@@ -126,7 +127,7 @@ pub(super) struct Conn {
     sqhd: u32,
     /// Commands by transfer tag (index).
     pub cmds: Vec<Option<Cmd>>,
-    pub admin: Option<AdminState>,
+    pub admin: Option<AdminCore>,
     pub last_keep_alive: Instant,
     /// DH-HMAC-CHAP state of a queue that must authenticate.
     pub auth: Option<CtrlAuth>,
@@ -550,7 +551,7 @@ impl Poller {
         if bind.qid == 0 {
             let ctrl = bind.ctrl.clone();
             let xfer_len = cmd.xfer.c2h_len();
-            let st = conn.admin.get_or_insert_with(AdminState::default);
+            let st = conn.admin.get_or_insert_with(AdminCore::default);
             let reply = admin::execute(&self.sub, &ctrl, st, &sqe, xfer_len);
             if sqe.opcode == leapio_nvme::AdminOpcode::KEEP_ALIVE {
                 conn.last_keep_alive = Instant::now();
@@ -766,7 +767,7 @@ impl Poller {
                     let (s, effect) = admin::property_set(&self.sub, &ctrl, &p);
                     if effect == PropertyEffect::Reset {
                         tracing::info!(peer = %conn.peer, cntlid = ctrl.cntlid, "controller reset");
-                        conn.admin = Some(AdminState::default());
+                        conn.admin = Some(AdminCore::default());
                     }
                     (s, 0)
                 }
@@ -832,7 +833,7 @@ impl Poller {
             else {
                 return (FabricsStatus::CONNECT_CONTROLLER_BUSY, 0);
             };
-            conn.admin = Some(AdminState::default());
+            conn.admin = Some(AdminCore::default());
             conn.last_keep_alive = Instant::now();
             tracing::info!(
                 peer = %conn.peer, cntlid = ctrl.cntlid, hostnqn, subnqn,

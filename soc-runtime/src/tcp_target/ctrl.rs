@@ -41,7 +41,7 @@ pub struct Subsystem {
     pub nqn: String,
     pub serial: String,
     pub listen: SocketAddr,
-    pub namespaces: Vec<NamespaceInfo>,
+    pub namespaces: Arc<Vec<NamespaceInfo>>,
     pub backends: Vec<Arc<dyn Backend>>,
     pub allow: Vec<AllowedHost>,
     /// What DH-HMAC-CHAP accepts.
@@ -77,7 +77,7 @@ impl Subsystem {
             nqn: spec.nqn.clone(),
             serial,
             listen,
-            namespaces,
+            namespaces: Arc::new(namespaces),
             backends,
             allow: spec.allow.clone(),
             dhchap: Arc::new(spec.dhchap.clone()),
