@@ -57,22 +57,26 @@ pub struct RuntimeOpts {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// QoS (ReFlex-style cost-based tokens) in front of the backends:
-    /// device=FILE[,be-floor=PCT][,burst-us=N][,lc-burst-us=N]
+    /// A QoS scheduler (ReFlex-style cost-based tokens) in front of one
+    /// device: device=FILE[,name=NAME][,backend=SPEC][,be-floor=PCT][,burst-us=N][,lc-burst-us=N][,feedback=auto|PCT|off]
     ///
-    /// FILE is a device model made by socp-calibrate (the cost of a 4 KiB
+    /// FILE is a device model made by socp calibrate (the cost of a 4 KiB
     /// write in tokens, a 4 KiB read costing 1, and the tokens per second
-    /// the device carries at each latency). be-floor: share of the rate
-    /// that latency-critical reservations may not take (1-99, default 5);
-    /// burst-us: bucket depth of best-effort tenants, in microseconds of
-    /// their rate (1000); lc-burst-us: that of latency-critical tenants
-    /// (50000: a host's own jitter sends bursts).
+    /// the device carries at each latency). backend: the backend it
+    /// protects, as the namespaces name it (default: the one the model was
+    /// calibrated on); name: how tenants name the scheduler (default qos0,
+    /// qos1, ...). be-floor: share of the rate that latency-critical
+    /// reservations may not take (1-99, default 5); burst-us: bucket depth
+    /// of best-effort tenants, in microseconds of their rate (1000);
+    /// lc-burst-us: that of latency-critical tenants (50000: a host's own
+    /// jitter sends bursts). One --qos per device.
     #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
-    pub qos: Option<QosSpec>,
+    pub qos: Vec<QosSpec>,
 
-    /// A QoS tenant (needs --qos):
-    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=lc,slo=p95:500us|p99:1ms,iops=N[,rw=READ:WRITE]
-    /// [name=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=be[,weight=N]
+    /// A QoS tenant (needs --qos; qos=NAME picks the scheduler when there
+    /// are several):
+    /// [name=NAME,][qos=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=lc,slo=p95:500us|p99:1ms,iops=N[,rw=READ:WRITE]
+    /// [name=NAME,][qos=NAME,]ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=be[,weight=N]
     ///
     /// Latency-critical tenants reserve IOPS at a read/write mix (default
     /// 100:0) under a tail-latency SLO and are refused (the process does
@@ -109,7 +113,7 @@ pub struct Daemon {
 impl Daemon {
     /// Check the options, then start the pollers and the NVMe/TCP targets.
     pub fn start(opts: &RuntimeOpts) -> Result<Daemon, String> {
-        if !opts.tenants.is_empty() && opts.qos.is_none() {
+        if !opts.tenants.is_empty() && opts.qos.is_empty() {
             return Err("--tenant needs --qos device=FILE".into());
         }
         if let Some(c) = opts.crash_at {
@@ -118,11 +122,15 @@ impl Daemon {
         if opts.test_hang_deletes {
             crash::arm_hang_deletes();
         }
-        if let Some(q) = &opts.qos {
-            crate::qos::global()
-                .configure(q, &opts.tenants)
+        if !opts.qos.is_empty() {
+            crate::qos::registry()
+                .configure(&opts.qos, &opts.tenants)
                 .map_err(|e| format!("--qos: {e}"))?;
-            tracing::info!(tenants = opts.tenants.len(), "QoS on");
+            tracing::info!(
+                schedulers = opts.qos.len(),
+                tenants = opts.tenants.len(),
+                "QoS on"
+            );
         }
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -157,7 +165,7 @@ impl Daemon {
             return Ok(());
         };
         let h: Handler = Arc::new(move |method, params| {
-            crate::qos::global()
+            crate::qos::registry()
                 .handle(method, params)
                 .unwrap_or_else(|| handler(method, params))
         });

@@ -1,6 +1,7 @@
 //! Opening the backends of a front end's namespaces.
 
 use crate::ctrl::Namespace;
+use crate::qos::QosBackend;
 use leapio_backends::{open_backend, open_backend_unclaimed, Backend, BackendError, BackendSpec};
 use leapio_controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use std::collections::HashMap;
@@ -8,7 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 /// Backends open in this process, by spec: the same spec given to several
 /// controllers (or targets) names one device, shared (a namespace attached
-/// to several controllers), as QoS tenants on one device need.
+/// to several controllers), as QoS tenants on one device need. Each is
+/// opened inside a [`QosBackend`], where the device's scheduler sits.
 static OPEN: Mutex<Option<HashMap<String, Weak<dyn Backend>>>> = Mutex::new(None);
 
 /// Open `spec`, or share the backend this process already has open for it.
@@ -29,9 +31,11 @@ fn open_shared(
         }
     }
     let b = open(spec)?;
-    if shareable {
-        map.insert(key, Arc::downgrade(&b));
+    if !shareable {
+        return Ok(b);
     }
+    let b: Arc<dyn Backend> = QosBackend::wrap(&key, b);
+    map.insert(key, Arc::downgrade(&b));
     Ok(b)
 }
 

@@ -13,12 +13,11 @@
 
 use crate::crash::{self, Point};
 use crate::ctrl::CtrlCtx;
-use crate::qos::{self, Held, TenantRef};
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::ring::{CqRing, SqRing};
 use leapio_ats::transfer::copy_to_prps;
 use leapio_ats::Snapshot;
-use leapio_backends::{BackendQueue, Completion, IoKind, IoRequest, SubmitError};
+use leapio_backends::{BackendQueue, Completion, IoKind, IoRequest, Owner, SubmitError};
 use leapio_controller::nvm::{self, Op, Plan, PrpData, Settings};
 use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
 use leapio_link::{CqSetup, Shadow, SqSetup};
@@ -122,9 +121,9 @@ struct CtrlState {
     /// use; `ns_gen` is the namespace table generation they follow.
     nsq: Vec<Option<Box<dyn BackendQueue>>>,
     ns_gen: u64,
-    /// QoS tenants by namespace index, for configuration `qos_gen`.
-    qos_tenants: Vec<Option<TenantRef>>,
-    qos_gen: u64,
+    /// The owner id of this controller's I/O on each backend (by
+    /// namespace index), with the backend queue.
+    owners: Vec<u32>,
 }
 
 impl CtrlState {
@@ -165,8 +164,6 @@ struct Slot {
     /// Generation of the snapshot whose memory the request points into
     /// (kept mapped by its controller's `snap_users` / `retired` count).
     snap_gen: u64,
-    /// With QoS: the tenant's statistics and the command's times.
-    qos: Option<qos::Running>,
 }
 
 /// Prepared backend operations that found their queue full.
@@ -185,9 +182,6 @@ pub struct Poller {
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     deferred: VecDeque<Deferred>,
-    /// Commands waiting for their QoS tenant's tokens.
-    held: Held<Deferred>,
-    released: Vec<Deferred>,
     iov: Vec<libc::iovec>,
     done: Vec<Completion>,
     /// A queue was deleted: look for controllers without queues.
@@ -209,8 +203,6 @@ impl Poller {
             slots: Vec::new(),
             free: Vec::new(),
             deferred: VecDeque::new(),
-            held: Held::default(),
-            released: Vec::new(),
             iov: Vec::with_capacity(64),
             done: Vec::with_capacity(256),
             gc_pending: false,
@@ -235,9 +227,6 @@ impl Poller {
             } else {
                 false
             };
-            if !self.held.is_empty() {
-                work |= self.release_held();
-            }
             for c in 0..self.ctrls.len() {
                 work |= self.poll_ctrl(c);
             }
@@ -286,19 +275,15 @@ impl Poller {
         self
     }
 
-    /// Sleep in the first backend queue that has requests in flight.
+    /// Sleep in the first backend queue that has requests in flight (one
+    /// whose requests only wait for a scheduler's tokens sleeps: nothing
+    /// but time starts them).
     fn wait_backend(&mut self, timeout: Duration) {
         for ctrl in &mut self.ctrls {
             if let Some(q) = ctrl.nsq.iter_mut().flatten().find(|q| q.in_flight() > 0) {
                 q.wait_completion(timeout);
                 return;
             }
-        }
-        // Nothing on a backend, only commands held for QoS tokens: nothing
-        // can wake the poller early, and tokens come with time, so it
-        // sleeps as long as a wait on a backend may last.
-        if !self.held.is_empty() {
-            std::thread::sleep(timeout);
         }
     }
 
@@ -371,8 +356,7 @@ impl Poller {
             cqs: Vec::new(),
             nsq: Vec::new(),
             ns_gen: u64::MAX,
-            qos_tenants: Vec::new(),
-            qos_gen: u64::MAX,
+            owners: Vec::new(),
         });
         self.ctrls.len() - 1
     }
@@ -753,7 +737,6 @@ impl Poller {
             dw0: 0,
             block_size: 512,
             snap_gen,
-            qos: None,
         });
         let table = self.ctrls[c].ctx.namespaces.load();
         let Some(ns) = table.get(nsid) else {
@@ -797,11 +780,6 @@ impl Poller {
                     s.remaining = 1;
                     s.bytes = op.len;
                 }
-                if let Some(q) = qos::get() {
-                    if !self.qos_admit(q, c, nsid, slot, ns_index, op) {
-                        return;
-                    }
-                }
                 let iov = std::mem::take(&mut self.iov);
                 self.submit(slot, ns_index, op, &iov);
                 self.iov = iov;
@@ -815,72 +793,6 @@ impl Poller {
                 }
             }
         }
-    }
-
-    /// QoS: charge the command in `slot` to its tenant. False when it is
-    /// held back for lack of tokens (its iovecs, in `self.iov`, go with it).
-    fn qos_admit(
-        &mut self,
-        q: &qos::Qos,
-        c: usize,
-        nsid: u32,
-        slot: usize,
-        ns: usize,
-        op: Op,
-    ) -> bool {
-        let ctrl = &mut self.ctrls[c];
-        let gen = q.generation();
-        if ctrl.qos_gen != gen {
-            ctrl.qos_gen = gen;
-            ctrl.qos_tenants.clear();
-        }
-        if ctrl.qos_tenants.len() <= ns {
-            ctrl.qos_tenants.resize_with(ns + 1, || None);
-        }
-        if ctrl.qos_tenants[ns].is_none() {
-            let key = qos::spec::Key::Ctrl {
-                name: &ctrl.ctx.name,
-                nsid,
-            };
-            ctrl.qos_tenants[ns] = q.resolve(&key);
-        }
-        let Some(tenant) = ctrl.qos_tenants[ns].clone() else {
-            return true;
-        };
-        if let Some(s) = self.slots[slot].as_mut() {
-            s.qos = Some(qos::Running::new(&tenant));
-        }
-        let cost = qos::sched::cost(op.kind, op.len, q.write_cost());
-        if self.held.try_start(q, &tenant, cost) {
-            return true;
-        }
-        self.held.hold(
-            &tenant,
-            cost,
-            Deferred {
-                slot,
-                ns,
-                op,
-                iov: self.iov.clone(),
-            },
-        );
-        false
-    }
-
-    /// Submit the held commands whose tenants have tokens again (all of
-    /// them if QoS was turned off).
-    fn release_held(&mut self) -> bool {
-        let mut out = std::mem::take(&mut self.released);
-        self.held.release(qos::get(), &mut out);
-        let any = !out.is_empty();
-        for d in out.drain(..) {
-            if let Some(r) = self.slots[d.slot].as_mut().and_then(|s| s.qos.as_mut()) {
-                r.start();
-            }
-            self.submit(d.slot, d.ns, d.op, &d.iov);
-        }
-        self.released = out;
-        any
     }
 
     /// Make sure this poller has a backend queue for namespace index `ns`
@@ -903,6 +815,13 @@ impl Poller {
         match n.backend.open_queue(BACKEND_DEPTH) {
             Ok(q) => {
                 ctrl.nsq[ns] = Some(q);
+                if ctrl.owners.len() < ctrl.nsq.len() {
+                    ctrl.owners.resize(ctrl.nsq.len(), 0);
+                }
+                ctrl.owners[ns] = n.backend.owner(&Owner::Controller {
+                    name: &ctrl.ctx.name,
+                    nsid: n.info.nsid,
+                });
                 true
             }
             Err(e) => {
@@ -929,7 +848,9 @@ impl Poller {
         let Some(c) = self.slots[slot].as_ref().map(|s| s.ctrl) else {
             return;
         };
-        let Some(Some(q)) = self.ctrls[c].nsq.get_mut(ns) else {
+        let ctrl = &mut self.ctrls[c];
+        let owner = ctrl.owners.get(ns).copied().unwrap_or(0);
+        let Some(Some(q)) = ctrl.nsq.get_mut(ns) else {
             self.op_done(slot, Err(Status::INTERNAL_ERROR));
             return;
         };
@@ -939,6 +860,7 @@ impl Poller {
             offset: op.offset,
             len: op.len,
             iov,
+            owner,
         };
         // SAFETY: the iovecs point into guest memory of the snapshot the slot
         // holds until this tag completes, and came from the ats translation of
@@ -970,7 +892,9 @@ impl Poller {
             let Some(c) = self.slots[d.slot].as_ref().map(|s| s.ctrl) else {
                 continue;
             };
-            let Some(Some(q)) = self.ctrls[c].nsq.get_mut(d.ns) else {
+            let ctrl = &mut self.ctrls[c];
+            let owner = ctrl.owners.get(d.ns).copied().unwrap_or(0);
+            let Some(Some(q)) = ctrl.nsq.get_mut(d.ns) else {
                 continue;
             };
             let req = IoRequest {
@@ -979,6 +903,7 @@ impl Poller {
                 offset: d.op.offset,
                 len: d.op.len,
                 iov: &d.iov,
+                owner,
             };
             // SAFETY: as in submit(): the slot still holds the snapshot.
             match unsafe { q.submit(&req) } {
@@ -998,10 +923,20 @@ impl Poller {
 
     /// Collect backend completions for controller `c`.
     fn reap(&mut self, c: usize) -> bool {
+        self.reap_with(c, false)
+    }
+
+    /// Collect backend completions for controller `c`; `stopping`: what
+    /// the backends hold back (for a scheduler's tokens) goes now.
+    fn reap_with(&mut self, c: usize, stopping: bool) -> bool {
         let mut done = std::mem::take(&mut self.done);
         done.clear();
         for q in self.ctrls[c].nsq.iter_mut().flatten() {
-            q.poll(&mut done);
+            if stopping {
+                q.drain(&mut done, Duration::ZERO);
+            } else {
+                q.poll(&mut done);
+            }
         }
         let any = !done.is_empty();
         for comp in done.drain(..) {
@@ -1058,13 +993,6 @@ impl Poller {
             return;
         };
         self.free.push(slot);
-        if let Some(r) = &s.qos {
-            r.done(
-                s.opcode == IoOpcode::READ,
-                s.opcode == IoOpcode::WRITE,
-                s.bytes,
-            );
-        }
         let ctrl = &mut self.ctrls[s.ctrl];
         ctrl.release_snapshot(s.snap_gen);
         let ctx = &ctrl.ctx;
@@ -1175,19 +1103,11 @@ impl Poller {
     /// Stop: wait for everything in flight and post its completions.
     fn shutdown(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        // Held commands run now, whatever the tokens.
-        let mut out = std::mem::take(&mut self.released);
-        self.held.drain(&mut out);
-        for d in out.drain(..) {
-            self.submit(d.slot, d.ns, d.op, &d.iov);
-        }
         while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
             let _ = self.retry_deferred();
             for c in 0..self.ctrls.len() {
-                for q in self.ctrls[c].nsq.iter_mut().flatten() {
-                    let _ = q.kick();
-                }
-                self.reap(c);
+                // Commands held for tokens run now, whatever the tokens.
+                self.reap_with(c, true);
                 self.raise_irqs(c);
             }
             std::thread::sleep(Duration::from_micros(100));

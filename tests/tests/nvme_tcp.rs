@@ -127,6 +127,7 @@ impl Host {
                 buf.len() as u64
             },
             iov: if data { &iov } else { &[] },
+            owner: 0,
         };
         let t0 = Instant::now();
         loop {
@@ -274,6 +275,7 @@ fn geometry_and_data(opts: &str) {
             iov_base: big.as_mut_ptr().cast(),
             iov_len: big.len(),
         }],
+        owner: 0,
     };
     // SAFETY: refused at submit, nothing is queued.
     let e = unsafe { h.q.submit(&req) }.unwrap_err().to_string();
@@ -306,6 +308,7 @@ fn geometry_and_data(opts: &str) {
             iov_base: one.as_mut_ptr().cast(),
             iov_len: 4096,
         }],
+        owner: 0,
     };
     // SAFETY: refused at submit, nothing is queued.
     assert!(unsafe { h.q.submit(&req) }.is_err());

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The scheduler is one per process: the tests take turns.
+/// The tests configure the process's schedulers (one per device) through
+/// its registry, which they clear first: they take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const MEM: u64 = 32 << 20;
@@ -49,7 +50,7 @@ fn write_model(path: &std::path::Path) {
 }
 
 fn rpc(method: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
-    socp::qos::global()
+    socp::qos::registry()
         .handle(method, &params)
         .expect("a QoS method")
 }
@@ -194,7 +195,7 @@ fn a_flooding_tenant_does_not_break_the_other_tenants_slo() {
     }
 
     // Without QoS: the flood fills the dies' queues with 10 ms programs.
-    rpc("qos_device", json!({"off": true})).unwrap();
+    socp::qos::registry().clear();
     let stop = Arc::new(AtomicBool::new(false));
     let f = flood(be, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
@@ -205,7 +206,11 @@ fn a_flooding_tenant_does_not_break_the_other_tenants_slo() {
     // QoS on at run time: the device model, then the tenants.
     let model = dir.path().join("dev.json");
     write_model(&model);
-    rpc("qos_device", json!({"path": model.to_str().unwrap()})).unwrap();
+    rpc(
+        "qos_device",
+        json!({"path": model.to_str().unwrap(), "backend": media}),
+    )
+    .unwrap();
     // Refused: at p95 7.5 ms the device carries 400 tokens/s (380
     // reservable); 30 IOPS at 50:50 with writes at 30 needs 465.
     let e = rpc(
@@ -290,20 +295,32 @@ fn nvme_tcp_hosts_are_tenants_too() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     const NQN: &str = "nqn.2026-11.io.leapio:qos";
     const HOST: &str = "nqn.2026-11.io.leapio:host-be";
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     // Whatever another test left: QoS starts afresh.
-    rpc("qos_device", json!({"off": true})).unwrap();
+    socp::qos::registry().clear();
     // A device that carries 2000 tokens/s: 4 KiB reads at 2000 IOPS.
     let model = dir.path().join("dev.json");
     let m = json!({"write_cost": 4.0, "points": [{"tokens_per_s": 2000.0, "p95_us": 100.0, "p99_us": 200.0}]});
     std::fs::write(&model, m.to_string()).unwrap();
-    rpc("qos_device", json!({"path": model.to_str().unwrap()})).unwrap();
+    let disk = dir.path().join("tcp.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let ns = format!("file:{}", disk.display());
+    rpc(
+        "qos_device",
+        json!({"path": model.to_str().unwrap(), "backend": ns}),
+    )
+    .unwrap();
     rpc(
         "qos_tenant_add",
         json!({"spec": format!("name=be,hostnqn={HOST},class=be")}),
     )
     .unwrap();
-    let spec: TcpTargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns=ram:16M")
+    let spec: TcpTargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns={ns}")
         .parse()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -335,6 +352,7 @@ fn nvme_tcp_hosts_are_tenants_too() {
                 offset: (sent % 4096) * 4096,
                 len: 4096,
                 iov: &iov,
+                owner: 0,
             };
             // SAFETY: the buffers outlive their requests (all are waited for).
             match unsafe { q.submit(&req) } {
@@ -389,4 +407,143 @@ fn nvme_tcp_hosts_are_tenants_too() {
     rpc("qos_device", json!({"off": true})).unwrap();
     stop.store(true, Ordering::Release);
     target.join();
+}
+
+/// `n` reads of 4 KiB at QD16 on namespace 1 of `d`; how long they took.
+fn reads(d: &mut Driver, n: u64) -> Duration {
+    let buf = d.mem.alloc(PAGE * 16, PAGE);
+    let t0 = Instant::now();
+    let (mut sent, mut done) = (0u64, 0u64);
+    while done < n {
+        while sent < n && sent - done < 16 {
+            let slot = usize::try_from(sent % 16).unwrap();
+            let sqe = d.rw_sqe(
+                IoOpcode::READ,
+                1,
+                sent % 1024,
+                1,
+                buf + slot as u64 * PAGE,
+                PAGE,
+                slot,
+            );
+            d.push(1, sqe);
+            sent += 1;
+        }
+        d.ring(1);
+        match d.poll(1) {
+            Some(c) => {
+                assert_eq!(c.status_field(), Status::SUCCESS, "read failed");
+                done += 1;
+            }
+            None => std::thread::sleep(Duration::from_micros(50)),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "reads did not complete"
+        );
+    }
+    t0.elapsed()
+}
+
+/// Two devices in one process, each with its scheduler: each charges and
+/// holds its own tenants' I/O at its own rate, and neither holds up the
+/// other's.
+#[test]
+fn two_devices_have_two_schedulers() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    socp::qos::registry().clear();
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let mut ns = Vec::new();
+    for name in ["slow", "fast"] {
+        let disk = dir.path().join(format!("{name}.img"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        ns.push(format!("file:{}", disk.display()));
+    }
+    let srv = TestServer::start(
+        &[
+            &format!("name=va,ns={}", ns[0]),
+            &format!("name=vb,ns={}", ns[1]),
+        ],
+        1,
+    );
+    let mut va = Driver::bring_up(srv.sock(0), MEM, 1, 64).unwrap();
+    let mut vb = Driver::bring_up(srv.sock(1), MEM, 1, 64).unwrap();
+    // The slow device carries 2000 4 KiB reads a second, the fast one
+    // a million.
+    for (name, rate, backend) in [("slow", 2000.0, &ns[0]), ("fast", 1e6, &ns[1])] {
+        let model = dir.path().join(format!("{name}.json"));
+        let m = json!({"write_cost": 4.0, "points": [{"tokens_per_s": rate, "p95_us": 100.0, "p99_us": 200.0}]});
+        std::fs::write(&model, m.to_string()).unwrap();
+        let r = rpc(
+            "qos_device",
+            json!({"path": model.to_str().unwrap(), "backend": backend, "qos": name}),
+        )
+        .unwrap();
+        assert_eq!(r["qos"], name);
+    }
+    // A second scheduler on a device that has one is refused; a tenant
+    // must say which scheduler it belongs to.
+    let model = dir.path().join("slow.json");
+    let e = rpc(
+        "qos_device",
+        json!({"path": model.to_str().unwrap(), "backend": ns[0], "qos": "again"}),
+    )
+    .unwrap_err();
+    assert!(e.contains("has a scheduler already (slow)"), "{e}");
+    let e = rpc("qos_tenant_add", json!({"spec": "name=x,ctrl=va,class=be"})).unwrap_err();
+    assert!(e.contains("name one"), "{e}");
+    rpc(
+        "qos_tenant_add",
+        json!({"spec": "name=ta,qos=slow,ctrl=va,class=be"}),
+    )
+    .unwrap();
+    rpc(
+        "qos_tenant_add",
+        json!({"spec": "name=tb,qos=fast,ctrl=vb,class=be"}),
+    )
+    .unwrap();
+
+    // Both controllers read at once, on one poller.
+    let t = std::thread::spawn(move || {
+        let took = reads(&mut va, 1200);
+        (va, took)
+    });
+    let fast_took = reads(&mut vb, 1200);
+    let (_va, slow_took) = t.join().unwrap();
+    eprintln!("1200 reads: {slow_took:?} on the slow device, {fast_took:?} on the fast one");
+
+    let tenant = |qos: &str, name: &str| {
+        let st = rpc("qos_stats", json!({ "qos": qos })).unwrap();
+        assert_eq!(st["qos"], qos, "{st}");
+        let ts = st["tenants"].as_array().unwrap().clone();
+        assert!(
+            ts.iter()
+                .all(|t| t["name"] != if name == "ta" { "tb" } else { "ta" }),
+            "one scheduler's tenants only: {st}"
+        );
+        ts.into_iter().find(|t| t["name"] == name).unwrap()
+    };
+    let (ta, tb) = (tenant("slow", "ta"), tenant("fast", "tb"));
+    // Each device charged its own tenant for every read; only the slow
+    // one held any back (1200 tokens at 2000 a second: about 0.6 s).
+    assert_eq!(ta["ios"].as_u64(), Some(1200), "{ta}");
+    assert_eq!(tb["ios"].as_u64(), Some(1200), "{tb}");
+    assert!(ta["throttled_cmds"].as_u64().unwrap() > 0, "{ta}");
+    assert_eq!(tb["throttled_cmds"].as_u64(), Some(0), "{tb}");
+    assert!(slow_took > Duration::from_millis(300), "{slow_took:?}");
+    // Both schedulers at once without a name.
+    let all = rpc("qos_stats", json!({})).unwrap();
+    assert_eq!(all["schedulers"].as_array().map(Vec::len), Some(2), "{all}");
+    // One off: its device's I/O is no longer held or charged.
+    rpc("qos_device", json!({"off": true, "qos": "slow"})).unwrap();
+    assert!(rpc("qos_stats", json!({"qos": "slow"})).unwrap()["error"].is_string());
+    socp::qos::registry().clear();
+    drop(srv);
 }

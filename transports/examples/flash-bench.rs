@@ -78,6 +78,7 @@ fn pump(
                 offset: lba * PAGE as u64,
                 len: pages * PAGE as u64,
                 iov: &v,
+                owner: 0,
             };
             // SAFETY: `bufs` outlives every request (drained below).
             unsafe { q.submit(&req) }.expect("submit");

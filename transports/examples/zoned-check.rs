@@ -41,6 +41,7 @@ fn io(b: &Arc<dyn Backend>, kind: IoKind, lba: u64, buf: &mut [u8]) -> Result<()
         offset: lba * bs,
         len: buf.len() as u64,
         iov: &v,
+        owner: 0,
     };
     // SAFETY: `buf` outlives the request: drained below before returning.
     unsafe { q.submit(&req) }.map_err(|e| e.to_string())?;

@@ -671,6 +671,7 @@ pub(crate) mod tests {
                 offset: 4096 * i as u64,
                 len: 4096,
                 iov: &iov,
+                owner: 0,
             };
             // SAFETY: `buf` outlives the drain below.
             unsafe { q.submit(&req) }.unwrap();
@@ -714,6 +715,7 @@ pub(crate) mod tests {
             offset: 2048,
             len: 4096,
             iov: &iov,
+            owner: 0,
         };
         let idx = q.claim(&req).unwrap();
         // Pretend the kernel transferred 1536 bytes (ending inside iovec 1)
@@ -746,6 +748,7 @@ pub(crate) mod tests {
             offset: 0,
             len: 1024,
             iov: &iov,
+            owner: 0,
         };
         let idx = q.claim(&req).unwrap();
         let mut out = Vec::new();

@@ -90,6 +90,7 @@ fn rw(
             offset,
             len,
             iov,
+            owner: 0,
         },
     )
 }
@@ -103,6 +104,7 @@ fn op(q: &mut dyn BackendQueue, kind: IoKind, offset: u64, len: u64) -> Result<(
             offset,
             len,
             iov: &[],
+            owner: 0,
         },
     )
 }
@@ -484,6 +486,7 @@ fn tmpfs_file_runs_inline_exactly_when_io_uring_would_punt() {
             offset: 65536 + 4096 * (u64::from(i) - 1),
             len: 4096,
             iov: &iov,
+            owner: 0,
         };
         // SAFETY: the buffers outlive the drain below.
         unsafe { q.submit(&req) }.unwrap();
@@ -534,6 +537,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 64 * 1024,
                 len: 4096,
                 iov: &iov,
+                owner: 0,
             },
             "past the end",
         ),
@@ -544,6 +548,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 60 * 1024 + 512,
                 len: 4096,
                 iov: &iov,
+                owner: 0,
             },
             "past the end",
         ),
@@ -554,6 +559,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 0,
                 len: 128 * 1024,
                 iov: &[],
+                owner: 0,
             },
             "past the end",
         ),
@@ -564,6 +570,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: u64::MAX - 511,
                 len: 1024,
                 iov: &[],
+                owner: 0,
             },
             "overflows",
         ),
@@ -574,6 +581,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 0,
                 len: 8192,
                 iov: &iov,
+                owner: 0,
             },
             "do not add up",
         ),
@@ -584,6 +592,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 0,
                 len: 4096,
                 iov: &iov2,
+                owner: 0,
             },
             "do not add up",
         ),
@@ -594,6 +603,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 100,
                 len: 4096,
                 iov: &iov,
+                owner: 0,
             },
             "multiple of the block size",
         ),
@@ -604,6 +614,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 0,
                 len: 512,
                 iov: &[],
+                owner: 0,
             },
             "flush",
         ),
@@ -614,6 +625,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 0,
                 len: 0,
                 iov: &iov,
+                owner: 0,
             },
             "flush",
         ),
@@ -624,6 +636,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 offset: 0,
                 len: 4096,
                 iov: &iov,
+                owner: 0,
             },
             "carries no data",
         ),
@@ -653,6 +666,7 @@ fn full_then_ok(q: &mut dyn BackendQueue) {
         offset: i as u64 * 4096,
         len: 4096,
         iov: &iovs[i],
+        owner: 0,
     };
     // SAFETY: `buf` outlives every completion (drained below).
     unsafe {
@@ -705,6 +719,7 @@ fn drain_kicks_and_collects_everything() {
             offset: i as u64 * 4096,
             len: 4096,
             iov,
+            owner: 0,
         };
         // SAFETY: `buf` outlives the drain below.
         unsafe { q.submit(&req) }.unwrap();
@@ -782,6 +797,7 @@ fn file_geometry_and_open_errors() {
                 offset: 40960,
                 len: 4096,
                 iov: &[],
+                owner: 0,
             })
         },
         Err(SubmitError::Invalid(_))

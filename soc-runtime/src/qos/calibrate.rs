@@ -151,6 +151,7 @@ impl Driver {
             offset,
             len: TOKEN_BYTES,
             iov: &iov,
+            owner: 0,
         };
         // SAFETY: the iovec points into `bufs`, owned by this driver and
         // not touched until the tag completes (the slot is not free until

@@ -1,7 +1,11 @@
 //! Quality of service in front of the backends: ReFlex's cost-based token
-//! scheduler (Klimovic et al., ASPLOS'17) for vfio-user controllers and
-//! NVMe/TCP hosts alike.
+//! scheduler (Klimovic et al., ASPLOS'17), one per device it protects, for
+//! vfio-user controllers and NVMe/TCP hosts alike.
 //!
+//! - [`device`]: where a scheduler sits: a wrapper around the backend it
+//!   protects, whose queues hold requests for their owner's tokens, and
+//!   the registry of the process's schedulers (the control socket's
+//!   methods). Front ends know nothing of it: requests carry their owner.
 //! - [`calibrate`]: `socp calibrate`, the device model from a backend's
 //!   latency-vs-load curve.
 //! - [`model`]: the device model (the cost of a write, tokens per second at
@@ -11,29 +15,30 @@
 //! - [`feedback`]: the correction of best effort's rate from the read
 //!   latencies the device actually gives.
 //! - [`stats`]: per-tenant statistics.
-//! - [`Held`]: the commands a poller holds back for lack of tokens, one
+//! - [`Held`]: the requests a queue holds back for lack of tokens, one
 //!   FIFO per tenant: queued, never dropped, and a throttled tenant does not
-//!   hold up another or the poller.
-//!
-//! One scheduler per process (the device the model describes); pollers
-//! reach it through [`get`] and do nothing extra while it is off.
+//!   hold up another.
 
 pub mod calibrate;
+pub mod device;
 pub mod feedback;
 pub mod model;
 pub mod sched;
 pub mod spec;
 pub mod stats;
 
+use leapio_backend::Owner;
 use model::DeviceModel;
 use sched::Sched;
 use serde_json::{json, Value};
-use spec::{Class, Key, QosSpec, TenantSpec};
+use spec::{Class, QosSpec, TenantSpec};
 use stats::{Histogram, TenantStats};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
+
+pub use device::{registry, QosBackend, Registry};
 
 /// Nanoseconds on a process-wide monotonic clock.
 pub fn now_ns() -> u64 {
@@ -42,15 +47,17 @@ pub fn now_ns() -> u64 {
     u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The process's scheduler.
-#[derive(Default)]
+/// The scheduler of one device.
 pub struct Qos {
-    active: AtomicBool,
-    /// Changes whenever tenants or the model change (pollers' caches).
+    /// How tenants and the control socket name it.
+    pub name: String,
+    /// The backend it protects (its spec, as printed).
+    pub backend: String,
+    /// Changes whenever tenants or the model change (queues' caches).
     generation: AtomicU64,
     /// The model's write cost, as f64 bits.
     write_cost: AtomicU64,
-    sched: Mutex<Option<Sched>>,
+    sched: Mutex<Sched>,
     /// Per tenant: the last stats read (time, ios) for the IOPS column.
     last_read: Mutex<Vec<(u32, u64, u64)>>,
     /// The device's read latencies in the feedback's current window, and
@@ -59,7 +66,7 @@ pub struct Qos {
     window_reads: AtomicU64,
 }
 
-/// Which tenant a command belongs to (resolved once per configuration).
+/// Which tenant a request belongs to (resolved once per configuration).
 #[derive(Clone)]
 pub struct TenantRef {
     pub id: u32,
@@ -68,21 +75,23 @@ pub struct TenantRef {
     pub lc: bool,
 }
 
-/// A command's QoS bookkeeping while it runs.
+/// A request's QoS bookkeeping while it runs.
 pub struct Running {
+    qos: Arc<Qos>,
     pub stats: Arc<TenantStats>,
     /// Of a latency-critical tenant.
     pub lc: bool,
-    /// When the command was taken off its queue.
+    /// When the request reached the device's queue.
     pub fetched_ns: u64,
     /// When it started on the backend (after any wait for tokens).
     pub started_ns: u64,
 }
 
 impl Running {
-    pub fn new(t: &TenantRef) -> Running {
+    pub fn new(qos: &Arc<Qos>, t: &TenantRef) -> Running {
         let now = now_ns();
         Running {
+            qos: qos.clone(),
             stats: t.stats.clone(),
             lc: t.lc,
             fetched_ns: now,
@@ -103,28 +112,47 @@ impl Running {
         self.stats
             .completed(read, write, bytes, now.saturating_sub(self.fetched_ns));
         if read && self.lc {
-            if let Some(q) = get() {
-                q.observe_read(bytes, now.saturating_sub(self.started_ns));
-            }
+            self.qos
+                .observe_read(bytes, now.saturating_sub(self.started_ns));
         }
     }
 }
 
-static QOS: OnceLock<Qos> = OnceLock::new();
-
-/// The scheduler, when QoS is on.
-#[inline]
-pub fn get() -> Option<&'static Qos> {
-    QOS.get().filter(|q| q.active.load(Ordering::Relaxed))
-}
-
-/// The scheduler, on or off (for configuring it).
-pub fn global() -> &'static Qos {
-    QOS.get_or_init(Qos::default)
-}
-
 impl Qos {
-    fn lock(&self) -> MutexGuard<'_, Option<Sched>> {
+    /// A scheduler named `name` for backend `backend` with the device model
+    /// and settings of `spec`, and `tenants`.
+    pub fn new(
+        name: &str,
+        backend: &str,
+        spec: &QosSpec,
+        tenants: &[TenantSpec],
+    ) -> Result<Qos, String> {
+        let model = DeviceModel::load(&spec.device)?;
+        let mut s = Sched::new(model, spec.be_floor_pct, spec.burst_us, now_ns());
+        s.lc_burst_us = spec.lc_burst_us;
+        s.feedback = spec.feedback.map(|t| feedback::Feedback::new(t, now_ns()));
+        for t in tenants {
+            s.add(t.clone(), now_ns())?;
+        }
+        Ok(Qos::with(name, backend, s))
+    }
+
+    fn with(name: &str, backend: &str, s: Sched) -> Qos {
+        let q = Qos {
+            name: name.to_string(),
+            backend: backend.to_string(),
+            generation: AtomicU64::new(0),
+            write_cost: AtomicU64::new(0),
+            sched: Mutex::new(s),
+            last_read: Mutex::new(Vec::new()),
+            window: Histogram::default(),
+            window_reads: AtomicU64::new(0),
+        };
+        q.changed(&q.lock());
+        q
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sched> {
         self.sched.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -142,48 +170,27 @@ impl Qos {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Turn QoS on with a device model and tenants (start-up).
-    pub fn configure(&self, spec: &QosSpec, tenants: &[TenantSpec]) -> Result<(), String> {
-        let model = DeviceModel::load(&spec.device)?;
-        let mut s = Sched::new(model, spec.be_floor_pct, spec.burst_us, now_ns());
-        s.lc_burst_us = spec.lc_burst_us;
-        s.feedback = spec.feedback.map(|t| feedback::Feedback::new(t, now_ns()));
-        for t in tenants {
-            s.add(t.clone(), now_ns())?;
-        }
-        self.install(s);
-        Ok(())
-    }
-
-    fn install(&self, s: Sched) {
-        let mut g = self.lock();
-        self.changed(&s);
-        *g = Some(s);
-        self.active.store(true, Ordering::Release);
-    }
-
-    /// The tenant of I/O `key`.
-    pub fn resolve(&self, key: &Key<'_>) -> Option<TenantRef> {
+    /// The tenant of I/O for `who` (None: nobody in particular, the
+    /// default tenant).
+    pub fn resolve(&self, who: Option<&Owner<'_>>) -> TenantRef {
         let g = self.lock();
-        let t = g.as_ref()?.lookup(key);
-        Some(TenantRef {
+        let t = match who {
+            Some(w) => g.lookup(w),
+            None => g.default_tenant(),
+        };
+        TenantRef {
             id: t.id,
             stats: t.stats.clone(),
             lc: matches!(t.spec.class, Class::Lc { .. }),
-        })
+        }
     }
 
     /// Take `cost` tokens for tenant `id` if it may start now.
     pub fn try_acquire(&self, id: u32, cost: f64) -> bool {
-        let mut g = self.lock();
-        match g.as_mut() {
-            Some(s) => {
-                let now = now_ns();
-                self.feedback(s, now);
-                s.try_acquire(id, cost, now)
-            }
-            None => true,
-        }
+        let mut s = self.lock();
+        let now = now_ns();
+        self.feedback(&mut s, now);
+        s.try_acquire(id, cost, now)
     }
 
     /// A read of `bytes` took `ns` on the backend (from its start, time
@@ -213,105 +220,68 @@ impl Qos {
         fb.close(n, tail, slo.bound_us(), now);
     }
 
-    /// The control socket's QoS methods; None for other methods.
-    pub fn handle(&self, method: &str, params: &Value) -> Option<Result<Value, String>> {
-        let r = match method {
-            "qos_stats" => {
-                Ok(self.stats(params.get("reset").and_then(Value::as_bool) == Some(true)))
-            }
-            "qos_tenant_add" => self.tenant_add(params),
-            "qos_tenant_remove" => self.tenant_remove(params),
-            "qos_device" => self.device(params),
-            _ => return None,
-        };
-        Some(r)
-    }
-
-    fn tenant_add(&self, params: &Value) -> Result<Value, String> {
-        let spec: TenantSpec = params
-            .get("spec")
-            .and_then(Value::as_str)
-            .ok_or("missing string parameter \"spec\"")?
-            .parse()?;
-        let mut g = self.lock();
-        let s = g
-            .as_mut()
-            .ok_or("QoS is off: load a device model first (qos_device, or socp --qos)")?;
+    /// Add (or replace) a tenant.
+    pub fn tenant_add(&self, spec: TenantSpec) -> Result<Value, String> {
+        let mut s = self.lock();
         s.add(spec.clone(), now_ns())?;
-        self.changed(s);
-        tracing::info!(tenant = %spec.name, "QoS tenant added or changed");
+        self.changed(&s);
+        tracing::info!(qos = %self.name, tenant = %spec.name, "QoS tenant added or changed");
         Ok(
-            json!({"tenant": spec.name, "operating_rate": s.operating_rate(), "reserved": s.reserved()}),
+            json!({"qos": self.name, "tenant": spec.name, "operating_rate": s.operating_rate(), "reserved": s.reserved()}),
         )
     }
 
-    fn tenant_remove(&self, params: &Value) -> Result<Value, String> {
-        let name = params
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or("missing string parameter \"name\"")?;
-        let mut g = self.lock();
-        let s = g.as_mut().ok_or("QoS is off")?;
+    /// Whether a tenant of this name is configured here.
+    pub fn has_tenant(&self, name: &str) -> bool {
+        self.lock().tenants.iter().any(|t| t.spec.name == name)
+    }
+
+    pub fn tenant_remove(&self, name: &str) -> Result<Value, String> {
+        let mut s = self.lock();
         s.remove(name)?;
-        self.changed(s);
-        tracing::info!(tenant = name, "QoS tenant removed");
+        self.changed(&s);
+        tracing::info!(qos = %self.name, tenant = name, "QoS tenant removed");
         Ok(json!({"removed": name}))
     }
 
-    /// `{"path": FILE[, "be_floor": PCT, "burst_us": N, "lc_burst_us": N, "feedback": PCT|"off"]}`: load (or
-    /// replace) the device model; `{"off": true}` turns QoS off.
-    fn device(&self, params: &Value) -> Result<Value, String> {
-        if params.get("off").and_then(Value::as_bool) == Some(true) {
-            self.active.store(false, Ordering::Release);
-            let mut g = self.lock();
-            *g = None;
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            tracing::info!("QoS off");
-            return Ok(json!({"qos": "off"}));
-        }
-        let path = params
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or("missing string parameter \"path\"")?;
-        let model = DeviceModel::load(std::path::Path::new(path))?;
-        let mut g = self.lock();
-        match g.as_mut() {
-            Some(s) => {
-                s.set_model(model, now_ns())?;
-                set_feedback(s, params.get("feedback"))?;
-                self.changed(s);
-            }
-            None => {
-                let floor = params
-                    .get("be_floor")
-                    .and_then(Value::as_u64)
-                    .and_then(|v| u32::try_from(v).ok())
-                    .unwrap_or(5)
-                    .clamp(1, 99);
-                let burst = params
-                    .get("burst_us")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(1000);
-                let mut s = Sched::new(model, floor, burst, now_ns());
-                if let Some(b) = params.get("lc_burst_us").and_then(Value::as_u64) {
-                    s.lc_burst_us = b.clamp(10, 10_000_000);
-                }
-                set_feedback(&mut s, params.get("feedback"))?;
-                self.changed(&s);
-                *g = Some(s);
-                self.active.store(true, Ordering::Release);
-            }
-        }
-        tracing::info!(path, "QoS device model loaded");
-        Ok(json!({"device": path}))
+    /// Replace the device model (`qos_device` on a configured device), and
+    /// the feedback's target when "feedback" is given.
+    pub fn set_model(&self, model: DeviceModel, params: &Value) -> Result<(), String> {
+        let mut s = self.lock();
+        s.set_model(model, now_ns())?;
+        set_feedback(&mut s, params.get("feedback"))?;
+        self.changed(&s);
+        Ok(())
     }
 
+    /// A scheduler from `qos_device`'s parameters: `{"path": FILE[,
+    /// "be_floor": PCT, "burst_us": N, "lc_burst_us": N, "feedback": PCT|"auto"|"off"]}`.
+    pub fn from_params(
+        name: &str,
+        backend: &str,
+        model: DeviceModel,
+        params: &Value,
+    ) -> Result<Qos, String> {
+        let floor = params
+            .get("be_floor")
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(5)
+            .clamp(1, 99);
+        let burst = params
+            .get("burst_us")
+            .and_then(Value::as_u64)
+            .unwrap_or(1000);
+        let mut s = Sched::new(model, floor, burst, now_ns());
+        if let Some(b) = params.get("lc_burst_us").and_then(Value::as_u64) {
+            s.lc_burst_us = b.clamp(10, 10_000_000);
+        }
+        set_feedback(&mut s, params.get("feedback"))?;
+        Ok(Qos::with(name, backend, s))
+    }
     /// Per-tenant statistics (JSON), IOPS since the previous read.
     pub fn stats(&self, reset: bool) -> Value {
-        let g = self.lock();
-        let Some(s) = g.as_ref() else {
-            return json!({"qos": "off"});
-        };
+        let s = self.lock();
         let now = now_ns();
         let mut last = self
             .last_read
@@ -378,6 +348,8 @@ impl Qos {
             })
         });
         json!({
+            "qos": self.name,
+            "backend": self.backend,
             "device": s.model.backend,
             "write_cost": s.model.write_cost,
             "operating_rate": s.operating_rate(),
@@ -532,7 +504,6 @@ mod tests {
     /// A scheduler with a one-point model (1M tokens/s at p95 100 us),
     /// `--qos device=...EXTRA` and `tenants`.
     fn configured(extra: &str, tenants: &[&str]) -> (Qos, tempfile::TempDir) {
-        let q = Qos::default();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev.json");
         let m = DeviceModel {
@@ -549,7 +520,7 @@ mod tests {
         std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
         let spec: QosSpec = format!("device={}{extra}", path.display()).parse().unwrap();
         let tenants: Vec<TenantSpec> = tenants.iter().map(|t| t.parse().unwrap()).collect();
-        q.configure(&spec, &tenants).unwrap();
+        let q = Qos::new("t", "ram:1M", &spec, &tenants).unwrap();
         (q, dir)
     }
 
@@ -562,18 +533,14 @@ mod tests {
                 "name=fast,ctrl=fast,class=lc,slo=p95:100us,iops=900000",
             ],
         );
-        let slow = q
-            .resolve(&Key::Ctrl {
-                name: "slow",
-                nsid: 1,
-            })
-            .unwrap();
-        let fast = q
-            .resolve(&Key::Ctrl {
-                name: "fast",
-                nsid: 1,
-            })
-            .unwrap();
+        let slow = q.resolve(Some(&Owner::Controller {
+            name: "slow",
+            nsid: 1,
+        }));
+        let fast = q.resolve(Some(&Owner::Controller {
+            name: "fast",
+            nsid: 1,
+        }));
         let mut held: Held<u32> = Held::default();
         // The slow tenant gets 1 token/s: after at most one command (its
         // bucket may hold a fraction of a token), everything waits.
@@ -616,11 +583,8 @@ mod tests {
                 "name=be,ctrl=be,class=be",
             ],
         );
-        let key = |name| Key::Ctrl { name, nsid: 1 };
-        let (lc, be) = (
-            q.resolve(&key("lc")).unwrap(),
-            q.resolve(&key("be")).unwrap(),
-        );
+        let key = |name| Owner::Controller { name, nsid: 1 };
+        let (lc, be) = (q.resolve(Some(&key("lc"))), q.resolve(Some(&key("be"))));
         assert!(lc.lc && !be.lc);
         let scale = |q: &Qos| q.stats(false)["feedback"]["be_scale"].as_f64().unwrap();
         let window = std::time::Duration::from_nanos(feedback::WINDOW_NS + 10_000_000);
@@ -650,30 +614,13 @@ mod tests {
         q.try_acquire(lc.id, 1.0);
         assert!(scale(&q) > cut);
         // Turned off at run time: best effort gets the model's leftover.
-        let st = q
-            .handle(
-                "qos_device",
-                &json!({"path": _dir.path().join("dev.json"), "feedback": "off"}),
-            )
-            .unwrap()
-            .unwrap();
-        assert!(st["device"].as_str().is_some());
+        let model = || DeviceModel::load(&_dir.path().join("dev.json")).unwrap();
+        q.set_model(model(), &json!({"feedback": "off"})).unwrap();
         assert_eq!(q.stats(false)["feedback"], json!("off"));
-        assert!(q
-            .handle(
-                "qos_device",
-                &json!({"path": _dir.path().join("dev.json"), "feedback": 5})
-            )
-            .unwrap()
-            .is_err());
+        assert!(q.set_model(model(), &json!({"feedback": 5})).is_err());
         // Back on, by percentage or automatic margin; the SLO is 100 us.
         for (v, target, us) in [(json!(80), "80%", 80.0), (json!("auto"), "auto", 90.0)] {
-            q.handle(
-                "qos_device",
-                &json!({"path": _dir.path().join("dev.json"), "feedback": v}),
-            )
-            .unwrap()
-            .unwrap();
+            q.set_model(model(), &json!({"feedback": v})).unwrap();
             let fb = &q.stats(false)["feedback"];
             assert_eq!(fb["target"], json!(target));
             assert_eq!(fb["target_us"].as_f64(), Some(us));

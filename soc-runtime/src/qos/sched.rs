@@ -31,8 +31,9 @@
 
 use super::feedback::{Feedback, Target};
 use super::model::{DeviceModel, Slo, TOKEN_BYTES};
-use super::spec::{Class, Key, Selector, TenantSpec};
+use super::spec::{Class, Selector, TenantSpec};
 use super::stats::TenantStats;
+use leapio_backend::Owner;
 use leapio_backends::IoKind;
 use std::sync::Arc;
 
@@ -125,6 +126,7 @@ impl Sched {
         };
         s.push(TenantSpec {
             name: DEFAULT_TENANT.into(),
+            qos: None,
             // Matches nothing: reached by falling through.
             selector: Selector::Ctrl {
                 name: String::new(),
@@ -331,12 +333,18 @@ impl Sched {
 
     /// The tenant of I/O `key`: a namespace-specific selector first, then
     /// a whole controller or host, else `default`.
-    pub fn lookup(&self, key: &Key<'_>) -> &Tenant {
+    pub fn lookup(&self, key: &Owner<'_>) -> &Tenant {
         self.tenants
             .iter()
             .filter(|t| t.spec.selector.matches(key))
             .max_by_key(|t| t.spec.selector.specific())
             .unwrap_or(&self.tenants[0])
+    }
+
+    /// The tenant of I/O that is nobody's in particular (and of I/O no
+    /// selector matches).
+    pub fn default_tenant(&self) -> &Tenant {
+        &self.tenants[0]
     }
 
     /// Add the tokens earned since the last call.
@@ -668,37 +676,37 @@ mod tests {
         s.add(spec("name=whole,ctrl=vm0,class=be"), 0).unwrap();
         s.add(spec("name=ns2,ctrl=vm0,ns=2,class=be"), 0).unwrap();
         s.add(spec("name=h,hostnqn=nqn.h,class=be"), 0).unwrap();
-        let name = |k: Key<'_>| s.lookup(&k).spec.name.clone();
+        let name = |k: Owner<'_>| s.lookup(&k).spec.name.clone();
         assert_eq!(
-            name(Key::Ctrl {
+            name(Owner::Controller {
                 name: "vm0",
                 nsid: 1
             }),
             "whole"
         );
         assert_eq!(
-            name(Key::Ctrl {
+            name(Owner::Controller {
                 name: "vm0",
                 nsid: 2
             }),
             "ns2"
         );
         assert_eq!(
-            name(Key::Host {
+            name(Owner::Host {
                 nqn: "nqn.h",
                 nsid: 7
             }),
             "h"
         );
         assert_eq!(
-            name(Key::Ctrl {
+            name(Owner::Controller {
                 name: "vm9",
                 nsid: 1
             }),
             DEFAULT_TENANT
         );
         assert_eq!(
-            name(Key::Host {
+            name(Owner::Host {
                 nqn: "vm0",
                 nsid: 1
             }),

@@ -1,6 +1,7 @@
 //! `--qos` and `--tenant` specifications.
 
 use super::model::Slo;
+use leapio_backend::Owner;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -16,11 +17,11 @@ pub enum Selector {
 }
 
 impl Selector {
-    /// Does I/O of controller or host `who` to namespace `nsid` belong here?
-    pub fn matches(&self, key: &Key<'_>) -> bool {
-        match (self, key) {
-            (Selector::Ctrl { name, nsid }, Key::Ctrl { name: n, nsid: i })
-            | (Selector::Host { nqn: name, nsid }, Key::Host { nqn: n, nsid: i }) => {
+    /// Does I/O of `who` (a controller's or a host's namespace) belong here?
+    pub fn matches(&self, who: &Owner<'_>) -> bool {
+        match (self, who) {
+            (Selector::Ctrl { name, nsid }, Owner::Controller { name: n, nsid: i })
+            | (Selector::Host { nqn: name, nsid }, Owner::Host { nqn: n, nsid: i }) => {
                 name == n && nsid.is_none_or(|x| x == *i)
             }
             _ => false,
@@ -49,13 +50,6 @@ impl fmt::Display for Selector {
     }
 }
 
-/// The I/O a poller is about to run: whose it is.
-#[derive(Clone, Copy, Debug)]
-pub enum Key<'a> {
-    Ctrl { name: &'a str, nsid: u32 },
-    Host { nqn: &'a str, nsid: u32 },
-}
-
 /// Latency-critical or best-effort.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Class {
@@ -72,10 +66,14 @@ pub enum Class {
 }
 
 /// `name=NAME,ctrl=CTRL|hostnqn=NQN[,ns=NSID],class=lc,slo=p95:500us,iops=N[,rw=R:W]`
-/// or `name=NAME,ctrl=...|hostnqn=...[,ns=NSID],class=be[,weight=N]`.
+/// or `name=NAME,ctrl=...|hostnqn=...[,ns=NSID],class=be[,weight=N]`, and
+/// `qos=NAME` for the device scheduler it belongs to (needed when there
+/// are several).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TenantSpec {
     pub name: String,
+    /// The device scheduler (`--qos name=`) the tenant belongs to.
+    pub qos: Option<String>,
     pub selector: Selector,
     pub class: Class,
 }
@@ -84,6 +82,7 @@ impl FromStr for TenantSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<TenantSpec, String> {
         let mut name = None;
+        let mut qos = None;
         let mut ctrl = None;
         let mut host = None;
         let mut nsid = None;
@@ -102,6 +101,7 @@ impl FromStr for TenantSpec {
             };
             match k {
                 "name" => name = Some(v.to_string()),
+                "qos" => qos = Some(v.to_string()),
                 "ctrl" => ctrl = Some(v.to_string()),
                 "hostnqn" => host = Some(v.to_string()),
                 "ns" => {
@@ -136,7 +136,7 @@ impl FromStr for TenantSpec {
                 }
                 _ => {
                     return Err(format!(
-                        "tenant '{s}': unknown key {k} (name, ctrl, hostnqn, ns, class, slo, iops, rw, weight)"
+                        "tenant '{s}': unknown key {k} (name, qos, ctrl, hostnqn, ns, class, slo, iops, rw, weight)"
                     ))
                 }
             }
@@ -180,16 +180,23 @@ impl FromStr for TenantSpec {
         };
         Ok(TenantSpec {
             name,
+            qos,
             selector,
             class,
         })
     }
 }
 
-/// `--qos device=FILE[,be-floor=PCT][,burst-us=N][,lc-burst-us=N]`.
+/// `--qos device=FILE[,name=NAME][,backend=SPEC][,be-floor=PCT][,burst-us=N][,lc-burst-us=N][,feedback=...]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QosSpec {
+    /// The device model.
     pub device: PathBuf,
+    /// The scheduler's name (tenants name it with `qos=`).
+    pub name: Option<String>,
+    /// The backend it protects (a backend spec without commas); default:
+    /// the one the model was calibrated on.
+    pub backend: Option<String>,
     /// Share of the device's rate that LC reservations may not take (so
     /// that best effort never starves), in percent.
     pub be_floor_pct: u32,
@@ -205,6 +212,8 @@ impl FromStr for QosSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<QosSpec, String> {
         let mut device = None;
+        let mut name = None;
+        let mut backend = None;
         let mut be_floor_pct = 5;
         let mut burst_us = 1000;
         let mut lc_burst_us = super::sched::DEFAULT_LC_BURST_US;
@@ -215,6 +224,8 @@ impl FromStr for QosSpec {
                 .ok_or_else(|| format!("--qos '{s}': '{kv}' is not key=value"))?;
             match k {
                 "device" => device = Some(PathBuf::from(v)),
+                "name" => name = Some(v.to_string()),
+                "backend" => backend = Some(v.to_string()),
                 "be-floor" => {
                     be_floor_pct = v
                         .trim_end_matches('%')
@@ -247,13 +258,15 @@ impl FromStr for QosSpec {
                 }
                 _ => {
                     return Err(format!(
-                        "--qos '{s}': unknown key {k} (device, be-floor, burst-us, lc-burst-us, feedback)"
+                        "--qos '{s}': unknown key {k} (device, name, backend, be-floor, burst-us, lc-burst-us, feedback)"
                     ))
                 }
             }
         }
         Ok(QosSpec {
             device: device.ok_or_else(|| format!("--qos '{s}': device=FILE is required"))?,
+            name,
+            backend,
             be_floor_pct,
             burst_us,
             lc_burst_us,
@@ -295,15 +308,15 @@ mod tests {
         let t: TenantSpec = "hostnqn=nqn.x:h1,ns=2,class=be,weight=3".parse().unwrap();
         assert_eq!(t.name, "hostnqn=nqn.x:h1,ns=2");
         assert_eq!(t.class, Class::Be { weight: 3 });
-        assert!(t.selector.matches(&Key::Host {
+        assert!(t.selector.matches(&Owner::Host {
             nqn: "nqn.x:h1",
             nsid: 2
         }));
-        assert!(!t.selector.matches(&Key::Host {
+        assert!(!t.selector.matches(&Owner::Host {
             nqn: "nqn.x:h1",
             nsid: 1
         }));
-        assert!(!t.selector.matches(&Key::Ctrl {
+        assert!(!t.selector.matches(&Owner::Controller {
             name: "nqn.x:h1",
             nsid: 2
         }));

@@ -5,7 +5,7 @@ use super::admin::{self, PropertyEffect};
 use super::ctrl::Controller;
 use super::io_cmd::{self, CapsuleData, Xfer};
 use super::poller::{Iov, OpOutcome, PendingOp, Poller};
-use leapio_backends::IoKind;
+use leapio_backends::{IoKind, Owner};
 use leapio_controller::admin::{AdminCore, Reply};
 use leapio_controller::nvm::{self, Plan, Settings};
 use leapio_nvme::fabrics::{
@@ -60,6 +60,8 @@ pub(super) struct Binding {
     /// no response capsule (the transport specification allows SUCCESS
     /// only then).
     pub sqflow_disabled: bool,
+    /// Whose I/O this queue's is, on each namespace's backend (by index).
+    pub owners: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -655,16 +657,19 @@ impl Poller {
         let n = u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
         cmd.stage = Stage::Backend { remaining: n };
         let tag = self.tag(slot, idx);
-        let host = conn.bind.as_ref().map(|b| b.ctrl.hostnqn.as_str());
-        let nsid = cmd.sqe.nsid.get();
+        let owner = conn
+            .bind
+            .as_ref()
+            .and_then(|b| b.owners.get(ns).copied())
+            .unwrap_or(0);
         for op in std::iter::once(first).chain(rest) {
-            let p = PendingOp {
+            self.pending.push_back(PendingOp {
                 tag,
                 ns,
                 op,
                 iov: if op.kind.has_data() { iov } else { None },
-            };
-            self.qos_queue(host, nsid, p);
+                owner,
+            });
         }
         self.submit_pending();
     }
@@ -873,12 +878,21 @@ impl Poller {
             conn.auth_deadline = Instant::now() + self.sub.limits.auth_timeout;
             dw0 |= CONNECT_AUTHREQ_ATR;
         }
+        let owners = if qid == 0 {
+            Vec::new()
+        } else {
+            (1..)
+                .zip(&self.sub.backends)
+                .map(|(nsid, b)| b.owner(&Owner::Host { nqn: hostnqn, nsid }))
+                .collect()
+        };
         conn.bind = Some(Binding {
             qid,
             epoch: ctrl.epoch.load(Ordering::Acquire),
             ctrl,
             entries,
             sqflow_disabled: qid != 0 && c.cattr & CATTR_DISABLE_SQFLOW != 0,
+            owners,
         });
         conn.sqhd %= entries;
         (Status::SUCCESS, dw0)

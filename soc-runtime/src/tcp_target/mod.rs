@@ -28,7 +28,6 @@ mod epoll;
 pub mod fuzzing;
 mod io_cmd;
 mod poller;
-mod qos_hook;
 #[cfg(test)]
 mod tests;
 

@@ -48,6 +48,8 @@ pub(super) struct PendingOp {
     pub ns: usize,
     pub op: Op,
     pub iov: Option<Iov>,
+    /// Whose I/O it is, for the backend ([`leapio_backend::Owner`]).
+    pub owner: u32,
 }
 
 /// An iovec into a command's buffer, owned by this poller.
@@ -112,14 +114,7 @@ pub(super) struct Poller {
     nap: TimerFd,
     /// Arming `nap` failed once (said once, not on every pass).
     nap_failed: bool,
-    /// QoS: operations waiting for their tenant's tokens, and the
-    /// statistics of commands in flight (see `qos_hook`).
-    pub(super) qos_held: crate::qos::Held<PendingOp>,
-    pub(super) qos_lat: HashMap<u64, QosInFlight>,
 }
-
-/// A command's QoS bookkeeping, kind and length.
-pub(super) type QosInFlight = (crate::qos::Running, leapio_backends::IoKind, u64);
 
 impl Poller {
     pub fn new(
@@ -154,8 +149,6 @@ impl Poller {
             last_work: Instant::now(),
             nap,
             nap_failed: false,
-            qos_held: crate::qos::Held::default(),
-            qos_lat: HashMap::new(),
         })
     }
 
@@ -178,7 +171,7 @@ impl Poller {
         let mut events = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Acquire) {
             let busy = !self.pending.is_empty()
-                || self.nsq.iter().any(|q| q.in_flight() > 0)
+                || self.nsq.iter().any(|q| q.in_flight() > q.held())
                 || self
                     .conns
                     .iter()
@@ -191,7 +184,7 @@ impl Poller {
             let polling = busy || now.duration_since(self.last_work) < self.sub.limits.busy_poll;
             let wait = if polling {
                 Duration::ZERO
-            } else if self.qos_held.is_empty() || self.arm_nap() {
+            } else if self.nsq.iter().all(|q| q.held() == 0) || self.arm_nap() {
                 // Sleep until a socket (or, with commands held for
                 // tokens, the nap timer) wakes the poller.
                 IDLE_WAIT
@@ -234,7 +227,6 @@ impl Poller {
                     self.readable(slot);
                 }
             }
-            self.qos_release();
             self.submit_pending();
             for q in &mut self.nsq {
                 if let Err(e) = q.kick() {
@@ -406,6 +398,7 @@ impl Poller {
                 offset: p.op.offset,
                 len: p.op.len,
                 iov: iov.as_slice(),
+                owner: p.owner,
             };
             // SAFETY: the iovec points into the command's buffer, which is
             // owned by the command until its last completion is reaped; if
@@ -448,7 +441,6 @@ impl Poller {
     }
 
     fn complete_tag(&mut self, tag: u64, outcome: OpOutcome) {
-        self.qos_done(tag);
         let (slot, gen, idx) = Self::untag(tag);
         let live =
             self.gens.get(slot) == Some(&gen) && matches!(self.conns.get(slot), Some(Some(_)));
@@ -605,7 +597,6 @@ impl Poller {
                 true
             }
         });
-        self.qos_forget(base);
         for (idx, cmd) in conn.cmds.drain(..).enumerate() {
             let Some(cmd) = cmd else {
                 continue;

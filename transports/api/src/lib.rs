@@ -214,6 +214,31 @@ pub struct IoRequest<'a> {
     pub len: u64,
     /// Host buffers; empty for `Flush`, `WriteZeroes` and `Deallocate`.
     pub iov: &'a [libc::iovec],
+    /// Whom the request is for: an id from [`Backend::owner`], or 0 for
+    /// nobody in particular. A backend shared by several owners may
+    /// schedule between them (QoS); others ignore it.
+    pub owner: u32,
+}
+
+/// Whom I/O is for, as a backend shared between them may tell them apart:
+/// a namespace of a controller of this runtime (by the controller's name),
+/// or of a remote host (by its NQN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner<'a> {
+    /// Namespace `nsid` of controller `name`.
+    Controller {
+        /// The controller's name.
+        name: &'a str,
+        /// The namespace.
+        nsid: u32,
+    },
+    /// Namespace `nsid` as host `nqn` reaches it over a fabric.
+    Host {
+        /// The host's NQN.
+        nqn: &'a str,
+        /// The namespace.
+        nsid: u32,
+    },
 }
 
 impl fmt::Debug for IoRequest<'_> {
@@ -391,6 +416,13 @@ pub trait Backend: Send + Sync {
         let _ = (from, max);
         Vec::new()
     }
+    /// The id requests for `who` carry ([`IoRequest::owner`]): the same
+    /// for the same owner for the backend's lifetime. Backends that do not
+    /// tell owners apart say 0.
+    fn owner(&self, who: &Owner<'_>) -> u32 {
+        let _ = who;
+        0
+    }
 }
 
 /// A per-poller queue of requests. Not shared between threads (but may move
@@ -413,6 +445,11 @@ pub trait BackendQueue: Send {
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
     /// Requests submitted whose completion has not been returned yet.
     fn in_flight(&self) -> usize;
+    /// Of those, the requests that only time will start: accepted and
+    /// held back by a scheduler (QoS), not yet given to the device.
+    fn held(&self) -> usize {
+        0
+    }
     /// Wait (up to `timeout`) until everything in flight completed, appending
     /// completions; returns how many were appended.
     fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize;

@@ -89,6 +89,7 @@ fn write(q: &mut dyn BackendQueue, lba: u64, data: &mut [u8], kind: IoKind) {
             offset: lba * PAGE as u64,
             len: data.len() as u64,
             iov: &v,
+            owner: 0,
         }],
     );
     r[0].unwrap();
@@ -103,6 +104,7 @@ fn op(q: &mut dyn BackendQueue, kind: IoKind, lba: u64, pages: u64) -> Result<()
             offset: lba * PAGE as u64,
             len: pages * PAGE as u64,
             iov: &[],
+            owner: 0,
         }],
     )[0]
 }
@@ -120,6 +122,7 @@ fn read(q: &mut dyn BackendQueue, lba: u64, pages: usize) -> Vec<u8> {
             offset: lba * PAGE as u64,
             len: (pages * PAGE) as u64,
             iov: &v,
+            owner: 0,
         }],
     );
     r[0].unwrap();
@@ -184,6 +187,7 @@ fn random_overwrites(b: &FlashBackend, versions: &mut [u64], seed: u64) {
                 offset: lba * PAGE as u64,
                 len: n * PAGE as u64,
                 iov: v,
+                owner: 0,
             })
             .collect();
         for (j, &(lba, n)) in trims.iter().enumerate() {
@@ -197,6 +201,7 @@ fn random_overwrites(b: &FlashBackend, versions: &mut [u64], seed: u64) {
                 offset: lba * PAGE as u64,
                 len: n * PAGE as u64,
                 iov: &[],
+                owner: 0,
             });
         }
         for r in run_all(&mut *q, &reqs) {
@@ -467,6 +472,7 @@ fn completions_wait_for_their_modelled_time() {
         offset: PAGE as u64,
         len: PAGE as u64,
         iov: &v,
+        owner: 0,
     };
     // SAFETY: `buf` outlives the drain below.
     unsafe { q.submit(&req) }.unwrap();

@@ -617,6 +617,7 @@ fn validate_zoned(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), SubmitE
         offset: req.offset,
         len: req.len,
         iov: req.iov,
+        owner: 0,
     };
     match req.kind {
         IoKind::Zone { all, .. } => {

@@ -107,6 +107,7 @@ impl HostQueue {
             offset,
             len,
             iov: &iov,
+            owner: 0,
         };
         // SAFETY: the iovecs point into `self.buf`, which lives as long as
         // the queue (it is dropped after it) and is never reallocated.

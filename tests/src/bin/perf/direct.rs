@@ -186,6 +186,7 @@ fn issue(
         offset: s.op.slba * u64::from(p.lba_size),
         len: p.io_size,
         iov: &iov,
+        owner: 0,
     };
     // SAFETY: the buffer belongs to the slot, which is neither reused nor
     // dropped before this tag's completion is polled (or the queue drained).

@@ -51,6 +51,7 @@ fn run(
         offset: lba * PAGE as u64,
         len: if kind.has_data() { buf.len() as u64 } else { 0 },
         iov: if kind.has_data() { &v } else { &[] },
+        owner: 0,
     };
     // SAFETY: `buf` outlives the request (drained below).
     unsafe { q.submit(&req) }.unwrap();
@@ -250,6 +251,7 @@ fn writes_appends_reads_and_statuses() {
         offset: 0,
         len: PAGE as u64,
         iov: &[],
+        owner: 0,
     };
     // SAFETY: no iovecs.
     assert!(unsafe { q.submit(&req) }.is_err());
