@@ -12,7 +12,8 @@
 //! - [`controllers`]: what this runtime serves; the control socket.
 //! - [`ctrl`]: a controller as the runtime sees it.
 //! - [`runtime`]: poller threads and the hand-off of queues to them.
-//! - [`poller`]: the data path.
+//! - [`poller`]: the data path of the guests' I/O queues.
+//! - [`engine`]: a poller's backend queues (both front ends).
 //! - [`qos`]: the QoS scheduler (ReFlex-style cost-based tokens) in front of
 //!   the backends.
 //! - [`namespaces`]: opening backends.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod controllers;
 pub mod crash;
 pub mod ctrl;
+pub mod engine;
 pub mod link_client;
 pub mod namespaces;
 pub mod pci_function;

@@ -13,17 +13,17 @@
 
 use crate::crash::{self, Point};
 use crate::ctrl::CtrlCtx;
+use crate::engine::{Engine, QueueId};
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::ring::{CqRing, SqRing};
 use leapio_ats::transfer::copy_to_prps;
 use leapio_ats::Snapshot;
-use leapio_backends::{BackendQueue, Completion, IoKind, IoRequest, Owner, SubmitError};
+use leapio_backends::{Completion, IoKind, IoRequest, Owner};
 use leapio_controller::nvm::{self, Op, Plan, PrpData, Settings};
 use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
 use leapio_link::{CqSetup, Shadow, SqSetup};
 use leapio_nvme::cmd::AsyncEvent;
 use leapio_nvme::{IoOpcode, Sqe, Status};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -119,7 +119,7 @@ struct CtrlState {
     cqs: Vec<Option<CqState>>,
     /// One backend queue per namespace (index NSID - 1), opened on first
     /// use; `ns_gen` is the namespace table generation they follow.
-    nsq: Vec<Option<Box<dyn BackendQueue>>>,
+    nsq: Vec<Option<QueueId>>,
     ns_gen: u64,
     /// The owner id of this controller's I/O on each backend (by
     /// namespace index), with the backend queue.
@@ -166,14 +166,6 @@ struct Slot {
     snap_gen: u64,
 }
 
-/// Prepared backend operations that found their queue full.
-struct Deferred {
-    slot: usize,
-    ns: usize,
-    op: Op,
-    iov: Vec<libc::iovec>,
-}
-
 pub struct Poller {
     index: usize,
     rx: Receiver<PollerMsg>,
@@ -181,7 +173,8 @@ pub struct Poller {
     ctrls: Vec<CtrlState>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
-    deferred: VecDeque<Deferred>,
+    /// The backend queues of every controller's namespaces.
+    engine: Engine,
     iov: Vec<libc::iovec>,
     done: Vec<Completion>,
     /// A queue was deleted: look for controllers without queues.
@@ -202,7 +195,7 @@ impl Poller {
             ctrls: Vec::new(),
             slots: Vec::new(),
             free: Vec::new(),
-            deferred: VecDeque::new(),
+            engine: Engine::default(),
             iov: Vec::with_capacity(64),
             done: Vec::with_capacity(256),
             gc_pending: false,
@@ -228,8 +221,14 @@ impl Poller {
                 false
             };
             for c in 0..self.ctrls.len() {
+                self.refresh_snapshot(c);
+            }
+            work |= self.reap();
+            work |= self.engine.retry();
+            for c in 0..self.ctrls.len() {
                 work |= self.poll_ctrl(c);
             }
+            self.engine.kick();
             if self.gc_pending {
                 self.gc_ctrls();
             }
@@ -247,7 +246,7 @@ impl Poller {
                     waiting_loops = waiting_loops.saturating_add(1);
                     if let Some(t) = self.io_wait {
                         if waiting_loops >= WAIT_AFTER_LOOPS {
-                            self.wait_backend(t);
+                            self.engine.wait(t);
                         }
                     }
                 }
@@ -273,18 +272,6 @@ impl Poller {
     pub fn with_io_wait(mut self, io_wait: Option<Duration>) -> Poller {
         self.io_wait = io_wait;
         self
-    }
-
-    /// Sleep in the first backend queue that has requests in flight (one
-    /// whose requests only wait for a scheduler's tokens sleeps: nothing
-    /// but time starts them).
-    fn wait_backend(&mut self, timeout: Duration) {
-        for ctrl in &mut self.ctrls {
-            if let Some(q) = ctrl.nsq.iter_mut().flatten().find(|q| q.in_flight() > 0) {
-                q.wait_completion(timeout);
-                return;
-            }
-        }
     }
 
     fn mailbox(&mut self) -> bool {
@@ -538,7 +525,10 @@ impl Poller {
                 self.gc_pending = true;
             }
             if empty && !busy[c] && !removed {
-                self.ctrls.remove(c);
+                let gone = self.ctrls.remove(c);
+                for id in gone.nsq.into_iter().flatten() {
+                    self.engine.close(id);
+                }
                 // Slot indexes of later controllers shift: fix them up.
                 for s in self.slots.iter_mut().flatten() {
                     if s.ctrl > c {
@@ -552,21 +542,25 @@ impl Poller {
         }
     }
 
-    /// One pass over a controller: completions, then new commands.
+    /// Follow the controller's guest memory: a new snapshot when the domain
+    /// changed (commands in flight keep the one they were translated
+    /// against).
+    fn refresh_snapshot(&mut self, c: usize) {
+        let ctrl = &mut self.ctrls[c];
+        if ctrl.ctx.domain.generation() != ctrl.snap.generation() {
+            let old = std::mem::replace(&mut ctrl.snap, ctrl.ctx.domain.snapshot());
+            if ctrl.snap_users > 0 {
+                ctrl.retired.push((old, ctrl.snap_users));
+            }
+            ctrl.snap_users = 0;
+        }
+    }
+
+    /// One pass over a controller's queues: completion heads, then new
+    /// commands (their completions were reaped for every controller
+    /// before).
     fn poll_ctrl(&mut self, c: usize) -> bool {
         let mut work = false;
-        {
-            let ctrl = &mut self.ctrls[c];
-            if ctrl.ctx.domain.generation() != ctrl.snap.generation() {
-                let old = std::mem::replace(&mut ctrl.snap, ctrl.ctx.domain.snapshot());
-                if ctrl.snap_users > 0 {
-                    ctrl.retired.push((old, ctrl.snap_users));
-                }
-                ctrl.snap_users = 0;
-            }
-        }
-        work |= self.reap(c);
-        work |= self.retry_deferred();
         if self.ctrls[c].ctx.fatal.load(Ordering::Acquire) {
             self.finish_deletes(c);
             return work;
@@ -576,11 +570,6 @@ impl Poller {
         let nsq = self.ctrls[c].sqs.len();
         for qid in 1..nsq {
             work |= self.fetch_sq(c, qid, shadow);
-        }
-        for q in self.ctrls[c].nsq.iter_mut().flatten() {
-            if q.kick().is_err() {
-                tracing::error!("backend submission failed");
-            }
         }
         self.finish_deletes(c);
         self.raise_irqs(c);
@@ -812,7 +801,7 @@ impl Poller {
         let Some(Some(n)) = table.entries.get(ns) else {
             return false;
         };
-        match n.backend.open_queue(BACKEND_DEPTH) {
+        match self.engine.open(n.backend.as_ref(), BACKEND_DEPTH) {
             Ok(q) => {
                 ctrl.nsq[ns] = Some(q);
                 if ctrl.owners.len() < ctrl.nsq.len() {
@@ -848,9 +837,9 @@ impl Poller {
         let Some(c) = self.slots[slot].as_ref().map(|s| s.ctrl) else {
             return;
         };
-        let ctrl = &mut self.ctrls[c];
+        let ctrl = &self.ctrls[c];
         let owner = ctrl.owners.get(ns).copied().unwrap_or(0);
-        let Some(Some(q)) = ctrl.nsq.get_mut(ns) else {
+        let Some(Some(q)) = ctrl.nsq.get(ns).copied() else {
             self.op_done(slot, Err(Status::INTERNAL_ERROR));
             return;
         };
@@ -865,78 +854,23 @@ impl Poller {
         // SAFETY: the iovecs point into guest memory of the snapshot the slot
         // holds until this tag completes, and came from the ats translation of
         // the guest's own regions.
-        match unsafe { q.submit(&req) } {
-            Ok(()) => {}
-            Err(SubmitError::Full) => self.deferred.push_back(Deferred {
-                slot,
-                ns,
-                op,
-                iov: iov.to_vec(),
-            }),
-            Err(e) => {
-                tracing::error!("backend refused a validated request: {e}");
-                self.op_done(slot, Err(Status::INTERNAL_ERROR));
-            }
-        }
+        unsafe { self.engine.submit(q, &req) };
     }
 
-    fn retry_deferred(&mut self) -> bool {
-        if self.deferred.is_empty() {
-            return false;
-        }
-        let mut any = false;
-        for _ in 0..self.deferred.len() {
-            let Some(d) = self.deferred.pop_front() else {
-                break;
-            };
-            let Some(c) = self.slots[d.slot].as_ref().map(|s| s.ctrl) else {
-                continue;
-            };
-            let ctrl = &mut self.ctrls[c];
-            let owner = ctrl.owners.get(d.ns).copied().unwrap_or(0);
-            let Some(Some(q)) = ctrl.nsq.get_mut(d.ns) else {
-                continue;
-            };
-            let req = IoRequest {
-                tag: d.slot as u64,
-                kind: d.op.kind,
-                offset: d.op.offset,
-                len: d.op.len,
-                iov: &d.iov,
-                owner,
-            };
-            // SAFETY: as in submit(): the slot still holds the snapshot.
-            match unsafe { q.submit(&req) } {
-                Ok(()) => any = true,
-                Err(SubmitError::Full) => {
-                    self.deferred.push_front(d);
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!("backend refused a validated request: {e}");
-                    self.op_done(d.slot, Err(Status::INTERNAL_ERROR));
-                }
-            }
-        }
-        any
+    /// Collect backend completions (every controller's).
+    fn reap(&mut self) -> bool {
+        self.reap_with(false)
     }
 
-    /// Collect backend completions for controller `c`.
-    fn reap(&mut self, c: usize) -> bool {
-        self.reap_with(c, false)
-    }
-
-    /// Collect backend completions for controller `c`; `stopping`: what
-    /// the backends hold back (for a scheduler's tokens) goes now.
-    fn reap_with(&mut self, c: usize, stopping: bool) -> bool {
+    /// Collect backend completions; `stopping`: what the backends hold
+    /// back (for a scheduler's tokens) goes now.
+    fn reap_with(&mut self, stopping: bool) -> bool {
         let mut done = std::mem::take(&mut self.done);
         done.clear();
-        for q in self.ctrls[c].nsq.iter_mut().flatten() {
-            if stopping {
-                q.drain(&mut done, Duration::ZERO);
-            } else {
-                q.poll(&mut done);
-            }
+        if stopping {
+            self.engine.drain(&mut done, Duration::ZERO);
+        } else {
+            self.engine.poll(&mut done);
         }
         let any = !done.is_empty();
         for comp in done.drain(..) {
@@ -1104,10 +1038,9 @@ impl Poller {
     fn shutdown(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
-            let _ = self.retry_deferred();
+            // Commands held for tokens run now, whatever the tokens.
+            self.reap_with(true);
             for c in 0..self.ctrls.len() {
-                // Commands held for tokens run now, whatever the tokens.
-                self.reap_with(c, true);
                 self.raise_irqs(c);
             }
             std::thread::sleep(Duration::from_micros(100));

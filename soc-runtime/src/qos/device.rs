@@ -18,7 +18,7 @@ use super::{sched, Held, Qos, Running, TenantRef};
 use arc_swap::ArcSwapOption;
 use leapio_backend::{
     Backend, BackendError, BackendQueue, Completion, Features, Geometry, IoError, IoKind,
-    IoRequest, Owner, SubmitError, ZoneDesc, ZoneGeometry,
+    IoRequest, KeptRequest, Owner, SubmitError, ZoneDesc, ZoneGeometry,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -144,49 +144,6 @@ impl Backend for QosBackend {
     }
 }
 
-/// Host buffers of a request the queue keeps (held, or waiting for room).
-struct Iovecs(Vec<libc::iovec>);
-
-// SAFETY: the iovecs point into memory the submitter keeps valid until the
-// request completes (the `BackendQueue::submit` contract); the queue that
-// holds them is used by one thread at a time and only hands them to its
-// inner queue.
-unsafe impl Send for Iovecs {}
-
-/// A request kept by the queue.
-struct Kept {
-    tag: u64,
-    kind: IoKind,
-    offset: u64,
-    len: u64,
-    iov: Iovecs,
-    owner: u32,
-}
-
-impl Kept {
-    fn of(req: &IoRequest<'_>) -> Kept {
-        Kept {
-            tag: req.tag,
-            kind: req.kind,
-            offset: req.offset,
-            len: req.len,
-            iov: Iovecs(req.iov.to_vec()),
-            owner: req.owner,
-        }
-    }
-
-    fn request(&self) -> IoRequest<'_> {
-        IoRequest {
-            tag: self.tag,
-            kind: self.kind,
-            offset: self.offset,
-            len: self.len,
-            iov: &self.iov.0,
-            owner: self.owner,
-        }
-    }
-}
-
 /// A command's requests in flight under a scheduler (a DSM command's
 /// ranges share a tag).
 struct Run {
@@ -205,13 +162,13 @@ struct QosQueue {
     tenants: Vec<Option<TenantRef>>,
     tenants_of: Option<(usize, u64)>,
     /// Requests waiting for their tenant's tokens.
-    held: Held<Kept>,
+    held: Held<KeptRequest>,
     /// Requests that have their tokens and found the inner queue full.
-    ready: VecDeque<Kept>,
+    ready: VecDeque<KeptRequest>,
     /// Requests the inner queue refused after they were accepted here.
     failed: Vec<Completion>,
     running: HashMap<u64, Run>,
-    released: Vec<Kept>,
+    released: Vec<KeptRequest>,
 }
 
 impl QosQueue {
@@ -325,7 +282,7 @@ impl BackendQueue for QosQueue {
             }
         }
         if !self.held.try_start(&q, &tenant, cost) {
-            self.held.hold(&tenant, cost, Kept::of(req));
+            self.held.hold(&tenant, cost, KeptRequest::of(req));
             return Ok(());
         }
         // SAFETY: the caller's guarantee, passed on.
@@ -333,7 +290,7 @@ impl BackendQueue for QosQueue {
             Ok(()) => Ok(()),
             Err(SubmitError::Full) => {
                 // It has its tokens: it goes as soon as there is room.
-                self.ready.push_back(Kept::of(req));
+                self.ready.push_back(KeptRequest::of(req));
                 Ok(())
             }
             Err(e) => {

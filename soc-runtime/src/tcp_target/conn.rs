@@ -4,8 +4,8 @@
 use super::admin::{self, PropertyEffect};
 use super::ctrl::Controller;
 use super::io_cmd::{self, CapsuleData, Xfer};
-use super::poller::{Iov, OpOutcome, PendingOp, Poller};
-use leapio_backends::{IoKind, Owner};
+use super::poller::{OpOutcome, Poller};
+use leapio_backends::{IoKind, IoRequest, Owner};
 use leapio_controller::admin::{AdminCore, Reply};
 use leapio_controller::nvm::{self, Plan, Settings};
 use leapio_nvme::fabrics::{
@@ -643,16 +643,16 @@ impl Poller {
             cmd.buf = self.bufs.take(l.plen, l.pdo);
             cmd.read_layout = Some((l, len));
             conn.owed += len;
-            iov = Some(Iov(libc::iovec {
+            iov = Some(libc::iovec {
                 iov_base: cmd.buf[l.pdo..].as_mut_ptr().cast(),
                 iov_len: len,
-            }));
+            });
         } else if first.kind.has_data() {
             let len = usize::try_from(first.len).unwrap_or(0);
-            iov = Some(Iov(libc::iovec {
+            iov = Some(libc::iovec {
                 iov_base: cmd.buf.as_mut_ptr().cast(),
                 iov_len: len.min(cmd.buf.len()),
-            }));
+            });
         }
         let n = u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
         cmd.stage = Stage::Backend { remaining: n };
@@ -662,16 +662,27 @@ impl Poller {
             .as_ref()
             .and_then(|b| b.owners.get(ns).copied())
             .unwrap_or(0);
+        let queue = self.queues[ns];
         for op in std::iter::once(first).chain(rest) {
-            self.pending.push_back(PendingOp {
+            let data = if op.kind.has_data() {
+                iov.as_slice()
+            } else {
+                &[]
+            };
+            let req = IoRequest {
                 tag,
-                ns,
-                op,
-                iov: if op.kind.has_data() { iov } else { None },
+                kind: op.kind,
+                offset: op.offset,
+                len: op.len,
+                iov: data,
                 owner,
-            });
+            };
+            // SAFETY: the iovec points into the command's buffer, which is
+            // owned by the command until its last completion is reaped; if
+            // the connection closes first the buffer moves to `orphans`
+            // (heap memory does not move) and is only dropped after that.
+            unsafe { self.engine.submit(queue, &req) };
         }
-        self.submit_pending();
     }
 
     /// Start deferred reads while the host is owed less than the limit.
@@ -689,13 +700,16 @@ impl Poller {
         let Some(Some(cmd)) = conn.cmds.get_mut(idx) else {
             return;
         };
-        let status = outcome.status(cmd.kind);
-        if let (OpOutcome::Ok(v), IoKind::ZoneAppend { .. }) = (&outcome, cmd.kind) {
+        let status = match &outcome {
+            Ok(_) => Status::SUCCESS,
+            Err(e) => nvm::io_error_status(cmd.kind, e),
+        };
+        if let (Ok(v), IoKind::ZoneAppend { .. }) = (outcome, cmd.kind) {
             let bs = self
                 .sub
                 .namespace(cmd.sqe.nsid.get())
-                .map_or(1, |(_, n)| u64::from(n.block_size));
-            cmd.value = v / bs;
+                .map_or(1, |(_, n)| n.block_size);
+            cmd.value = nvm::zone_append_lba(v, bs);
         }
         let Stage::Backend { remaining } = cmd.stage else {
             return;

@@ -55,12 +55,16 @@ impl Harness {
                 .map_err(|(_, e)| std::io::Error::other(e))?;
         let listener = Arc::new(TcpListener::bind("127.0.0.1:0")?);
         let sub = Self::subsystem(&spec, &namespaces, &backends, &listener)?;
-        let mut nsq = Vec::new();
+        let mut engine = crate::engine::Engine::default();
+        let mut queues = Vec::new();
         for b in &backends {
-            nsq.push(b.open_queue(BACKEND_DEPTH).map_err(std::io::Error::other)?);
+            let q = engine
+                .open(b.as_ref(), BACKEND_DEPTH)
+                .map_err(std::io::Error::other)?;
+            queues.push(q);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let poller = Poller::new(0, sub, listener.clone(), nsq, stop)?;
+        let poller = Poller::new(0, sub, listener.clone(), engine, queues, stop)?;
         Ok(Harness {
             poller,
             spec,

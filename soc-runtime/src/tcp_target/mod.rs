@@ -110,19 +110,27 @@ impl TcpTarget {
         let mut threads = Vec::new();
         for p in 0..pollers.max(1) {
             let perr = |source| TcpTargetError::Poller { index: p, source };
-            let mut nsq = Vec::new();
+            let mut engine = crate::engine::Engine::default();
+            let mut queues = Vec::new();
             for (i, b) in backends.iter().enumerate() {
-                let q = b.open_queue(poller::BACKEND_DEPTH).map_err(|source| {
-                    TcpTargetError::Backend {
+                let q = engine
+                    .open(b.as_ref(), poller::BACKEND_DEPTH)
+                    .map_err(|source| TcpTargetError::Backend {
                         nqn: spec.nqn.clone(),
                         nsid: u32::try_from(i + 1).unwrap_or(u32::MAX),
                         source,
-                    }
-                })?;
-                nsq.push(q);
+                    })?;
+                queues.push(q);
             }
-            let poller = poller::Poller::new(p, sub.clone(), listener.clone(), nsq, stop.clone())
-                .map_err(perr)?;
+            let poller = poller::Poller::new(
+                p,
+                sub.clone(),
+                listener.clone(),
+                engine,
+                queues,
+                stop.clone(),
+            )
+            .map_err(perr)?;
             let t = std::thread::Builder::new()
                 .name(format!("socp-tcp-{index}.{p}"))
                 .spawn(move || poller.run())

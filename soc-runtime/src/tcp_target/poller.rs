@@ -9,10 +9,9 @@ use super::bufs::BufPool;
 use super::conn::{Conn, Phase};
 use super::ctrl::Subsystem;
 use super::epoll::Epoll;
-use leapio_backends::{BackendQueue, Completion, IoRequest, SubmitError};
-use leapio_controller::nvm::{backend_status, zone_status, Op};
-use leapio_nvme::Status;
-use std::collections::{HashMap, VecDeque};
+use crate::engine::{Engine, QueueId};
+use leapio_backends::{Completion, IoError};
+use std::collections::HashMap;
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -42,41 +41,9 @@ const MAX_CONNS: usize = 4096;
 /// How long accepting pauses after `accept` failed for lack of resources.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
-/// A backend operation not yet accepted by its queue.
-pub(super) struct PendingOp {
-    pub tag: u64,
-    pub ns: usize,
-    pub op: Op,
-    pub iov: Option<Iov>,
-    /// Whose I/O it is, for the backend ([`leapio_backend::Owner`]).
-    pub owner: u32,
-}
-
-/// An iovec into a command's buffer, owned by this poller.
-#[derive(Clone, Copy)]
-pub(super) struct Iov(pub libc::iovec);
-
-// SAFETY: the pointer refers to a heap buffer owned by a command of the
-// same poller; it is only dereferenced by that poller's backend queues.
-unsafe impl Send for Iov {}
-
-/// How one backend operation ended.
-pub(super) enum OpOutcome {
-    /// Done; the completion's value (Zone Append: the byte offset).
-    Ok(u64),
-    Errno(i32),
-    Failed(Status),
-}
-
-impl OpOutcome {
-    pub fn status(&self, kind: leapio_backends::IoKind) -> Status {
-        match self {
-            OpOutcome::Ok(_) => Status::SUCCESS,
-            OpOutcome::Errno(e) => backend_status(kind, *e),
-            OpOutcome::Failed(s) => *s,
-        }
-    }
-}
+/// How one backend operation ended: the completion's value (Zone Append:
+/// the byte offset), or the backend's error.
+pub(super) type OpOutcome = Result<u64, IoError>;
 
 /// Buffers of a closed connection's commands still in the backend: kept
 /// until their completions arrive so the backend never writes freed memory.
@@ -93,8 +60,9 @@ pub(super) struct Poller {
     conns: Vec<Option<Conn>>,
     gens: Vec<u16>,
     free: Vec<usize>,
-    nsq: Vec<Box<dyn BackendQueue>>,
-    pub pending: VecDeque<PendingOp>,
+    /// The backend queues, and which is each namespace's (by index).
+    pub(super) engine: Engine,
+    pub(super) queues: Vec<QueueId>,
     orphans: HashMap<u64, Orphan>,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
@@ -121,7 +89,8 @@ impl Poller {
         index: usize,
         sub: Arc<Subsystem>,
         listener: Arc<TcpListener>,
-        nsq: Vec<Box<dyn BackendQueue>>,
+        engine: Engine,
+        queues: Vec<QueueId>,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<Poller> {
         let epoll = Epoll::new()?;
@@ -136,8 +105,8 @@ impl Poller {
             conns: Vec::new(),
             gens: Vec::new(),
             free: Vec::new(),
-            nsq,
-            pending: VecDeque::new(),
+            engine,
+            queues,
             orphans: HashMap::new(),
             completions: Vec::new(),
             scratch: vec![0u8; 128 * 1024],
@@ -170,8 +139,7 @@ impl Poller {
     pub fn run(mut self) {
         let mut events = Vec::with_capacity(64);
         while !self.stop.load(Ordering::Acquire) {
-            let busy = !self.pending.is_empty()
-                || self.nsq.iter().any(|q| q.in_flight() > q.held())
+            let busy = self.engine.busy()
                 || self
                     .conns
                     .iter()
@@ -184,7 +152,7 @@ impl Poller {
             let polling = busy || now.duration_since(self.last_work) < self.sub.limits.busy_poll;
             let wait = if polling {
                 Duration::ZERO
-            } else if self.nsq.iter().all(|q| q.held() == 0) || self.arm_nap() {
+            } else if !self.engine.held() || self.arm_nap() {
                 // Sleep until a socket (or, with commands held for
                 // tokens, the nap timer) wakes the poller.
                 IDLE_WAIT
@@ -227,12 +195,8 @@ impl Poller {
                     self.readable(slot);
                 }
             }
-            self.submit_pending();
-            for q in &mut self.nsq {
-                if let Err(e) = q.kick() {
-                    tracing::error!(poller = self.index, "backend kick: {e}");
-                }
-            }
+            self.engine.retry();
+            self.engine.kick();
             self.reap();
             self.flush_all();
             if self.last_tick.elapsed() >= TICK {
@@ -379,63 +343,11 @@ impl Poller {
         }
     }
 
-    /// Hand queued operations to their backend queues.
-    pub fn submit_pending(&mut self) {
-        let mut n = self.pending.len();
-        while n > 0 {
-            n -= 1;
-            let Some(p) = self.pending.pop_front() else {
-                break;
-            };
-            let Some(q) = self.nsq.get_mut(p.ns) else {
-                self.fail_op(p.tag, Status::INTERNAL_ERROR);
-                continue;
-            };
-            let iov = p.iov.map(|v| v.0);
-            let req = IoRequest {
-                tag: p.tag,
-                kind: p.op.kind,
-                offset: p.op.offset,
-                len: p.op.len,
-                iov: iov.as_slice(),
-                owner: p.owner,
-            };
-            // SAFETY: the iovec points into the command's buffer, which is
-            // owned by the command until its last completion is reaped; if
-            // the connection closes first the buffer moves to `orphans`
-            // (heap memory does not move) and is only dropped after that.
-            match unsafe { q.submit(&req) } {
-                Ok(()) => {}
-                Err(SubmitError::Full) => {
-                    self.pending.push_front(p);
-                    break;
-                }
-                Err(SubmitError::Invalid(why)) => {
-                    tracing::warn!(poller = self.index, "backend refused a request: {why}");
-                    self.fail_op(p.tag, Status::INTERNAL_ERROR);
-                }
-            }
-        }
-    }
-
-    fn fail_op(&mut self, tag: u64, status: Status) {
-        self.complete_tag(tag, OpOutcome::Failed(status));
-    }
-
     fn reap(&mut self) {
         let mut done = std::mem::take(&mut self.completions);
-        for q in &mut self.nsq {
-            q.poll(&mut done);
-        }
+        self.engine.poll(&mut done);
         for c in done.drain(..) {
-            let outcome = match c.result {
-                Ok(()) => OpOutcome::Ok(c.value),
-                Err(e) => match e.zone {
-                    Some(z) => OpOutcome::Failed(zone_status(z)),
-                    None => OpOutcome::Errno(e.errno),
-                },
-            };
-            self.complete_tag(c.tag, outcome);
+            self.complete_tag(c.tag, c.result.map(|()| c.value));
         }
         self.completions = done;
     }
@@ -586,17 +498,12 @@ impl Poller {
         };
         self.epoll.delete(conn.sock.as_raw_fd());
         let _ = conn.sock.shutdown(std::net::Shutdown::Both);
-        // Operations never submitted: forget them.
+        // Operations a full backend queue never took: forget them.
         let base = self.tag(slot, 0) & !0xffff;
         let mut unsent: HashMap<u64, u32> = HashMap::new();
-        self.pending.retain(|p| {
-            if p.tag & !0xffff == base {
-                *unsent.entry(p.tag).or_default() += 1;
-                false
-            } else {
-                true
-            }
-        });
+        for tag in self.engine.forget(|t| t & !0xffff == base) {
+            *unsent.entry(tag).or_default() += 1;
+        }
         for (idx, cmd) in conn.cmds.drain(..).enumerate() {
             let Some(cmd) = cmd else {
                 continue;
@@ -637,9 +544,7 @@ impl Poller {
             self.close(slot);
         }
         let mut out = Vec::new();
-        for q in &mut self.nsq {
-            q.drain(&mut out, Duration::from_secs(10));
-        }
+        self.engine.drain(&mut out, Duration::from_secs(10));
         let n = self.orphans.len();
         self.orphans.clear();
         self.sub.orphans.fetch_sub(n, Ordering::AcqRel);
@@ -724,12 +629,10 @@ impl Poller {
         // in the next round.
         for _ in 0..8 {
             for _ in 0..64 {
-                self.submit_pending();
-                for q in &mut self.nsq {
-                    let _ = q.kick();
-                }
+                self.engine.retry();
+                self.engine.kick();
                 self.reap();
-                if self.pending.is_empty() && self.nsq.iter().all(|q| q.in_flight() == 0) {
+                if self.engine.in_flight() == 0 {
                     break;
                 }
             }
@@ -772,7 +675,7 @@ impl Poller {
 
     /// Connections open, commands orphaned, backend operations not done.
     pub(super) fn fuzz_leftovers(&self) -> (usize, usize, usize) {
-        let in_flight = self.pending.len() + self.nsq.iter().map(|q| q.in_flight()).sum::<usize>();
+        let in_flight = self.engine.in_flight();
         (
             self.conns.iter().flatten().count(),
             self.orphans.len(),

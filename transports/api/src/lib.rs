@@ -220,6 +220,55 @@ pub struct IoRequest<'a> {
     pub owner: u32,
 }
 
+/// A request kept by whoever holds it until its queue takes it (a
+/// scheduler holding it for tokens, a poller whose queue was full): the
+/// request with its own copy of the iovec array. The memory the iovecs
+/// point to stays the submitter's, valid until the request completes.
+pub struct KeptRequest {
+    /// [`IoRequest::tag`].
+    pub tag: u64,
+    /// [`IoRequest::kind`].
+    pub kind: IoKind,
+    /// [`IoRequest::offset`].
+    pub offset: u64,
+    /// [`IoRequest::len`].
+    pub len: u64,
+    iov: Vec<libc::iovec>,
+    /// [`IoRequest::owner`].
+    pub owner: u32,
+}
+
+// SAFETY: the iovecs point into memory the submitter keeps valid until the
+// request completes (the `BackendQueue::submit` contract), whichever thread
+// holds the request; whoever keeps it only hands it to a queue.
+unsafe impl Send for KeptRequest {}
+
+impl KeptRequest {
+    /// Keep `req` (its iovec array copied).
+    pub fn of(req: &IoRequest<'_>) -> KeptRequest {
+        KeptRequest {
+            tag: req.tag,
+            kind: req.kind,
+            offset: req.offset,
+            len: req.len,
+            iov: req.iov.to_vec(),
+            owner: req.owner,
+        }
+    }
+
+    /// The request, to submit.
+    pub fn request(&self) -> IoRequest<'_> {
+        IoRequest {
+            tag: self.tag,
+            kind: self.kind,
+            offset: self.offset,
+            len: self.len,
+            iov: &self.iov,
+            owner: self.owner,
+        }
+    }
+}
+
 /// Whom I/O is for, as a backend shared between them may tell them apart:
 /// a namespace of a controller of this runtime (by the controller's name),
 /// or of a remote host (by its NQN).
