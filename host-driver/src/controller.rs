@@ -3,7 +3,7 @@
 //! the admin queue (polled from the control thread), and the hand-off of I/O
 //! queues, memory and interrupts to the runtime through its [`RuntimePort`].
 
-use crate::port::{CqSetup, PortEvent, RuntimePort, SqSetup};
+use crate::port::{CqSetup, PortEvent, RuntimePort, SqSetup, UNMAP_DRAIN_TIMEOUT};
 use crate::shared::CtrlShared;
 use leapio_ats::ring::{CqRing, InvalidDoorbell, SqRing};
 use leapio_ats::{Access, Prot};
@@ -36,9 +36,6 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_NUM_IRQS as NUM_IRQS, VFIO_PCI_NUM_REGIONS as NUM_REGIONS,
     VFIO_PCI_REQ_IRQ_INDEX as IRQ_REQ,
 };
-
-/// How long DMA_UNMAP waits for in-flight I/O on the memory to finish.
-pub const UNMAP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Static identity and limits of a controller.
 #[derive(Clone, Debug)]

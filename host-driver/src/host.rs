@@ -3,7 +3,7 @@
 //! Controllers are added and removed while it runs.
 
 use crate::controller::{ControllerConfig, NvmeController};
-use crate::link::{Carrier, Peer, RuntimeLink};
+use crate::link::{Carrier, Links, Peer, RuntimeLink};
 use crate::port::{PortEvent, Timeouts};
 use crate::shared::CtrlShared;
 use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
@@ -256,7 +256,8 @@ impl HostDriver {
             .map_err(HostError::Thread)?;
         let soc_thread = match soc_listener {
             Some(l) => {
-                let (me, sh, st) = (self.clone(), shared.clone(), stop.clone());
+                let me: Arc<dyn Links> = self.clone();
+                let (sh, st) = (shared.clone(), stop.clone());
                 Some(
                     std::thread::Builder::new()
                         .name(format!("hostd-{name}-soc"))
@@ -547,6 +548,12 @@ impl HostDriver {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+impl Links for HostDriver {
+    fn admit(self: Arc<Self>, carrier: Carrier, peer: Peer) -> Option<u64> {
+        HostDriver::start_carrier(&self, carrier, peer)
     }
 }
 

@@ -190,6 +190,15 @@ pub enum Carrier {
     Rings(Arc<RingEnd>),
 }
 
+/// Where a new runtime's link goes once its carrier is up (the host-driver,
+/// which admits runtimes): the link function hands it the rings of a
+/// session an SoC opened.
+pub trait Links: Send + Sync {
+    /// Serve a runtime that reached us over `carrier`; its link's id, or
+    /// None if it was refused.
+    fn admit(self: std::sync::Arc<Self>, carrier: Carrier, peer: Peer) -> Option<u64>;
+}
+
 /// One connected runtime.
 pub struct RuntimeLink {
     pub id: u64,

@@ -23,6 +23,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long DMA_UNMAP waits for in-flight I/O on the memory to finish.
+pub const UNMAP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the host-driver waits for a runtime. A runtime that does not
 /// answer in time is fenced (killed): it may still be writing guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,17 +381,15 @@ impl RuntimePort {
     /// points into it. False if that cannot be made sure.
     pub fn unmap(&mut self, gpa: u64, size: u64, all: bool) -> bool {
         let ctrl = self.name();
-        let answer = self.ask(
-            "an unmap",
-            crate::controller::UNMAP_DRAIN_TIMEOUT + self.timeouts.ack,
-            |req| ToRuntime::Unmap {
+        let answer = self.ask("an unmap", UNMAP_DRAIN_TIMEOUT + self.timeouts.ack, |req| {
+            ToRuntime::Unmap {
                 req,
                 ctrl,
                 gpa,
                 size,
                 all,
-            },
-        );
+            }
+        });
         if answer.is_some_and(|s| s != 0) {
             // The runtime still has I/O on it after its own drain timeout.
             return false;

@@ -14,8 +14,7 @@
 //! host-driver waits for it to be replaced (a real DPU would reset the
 //! function or turn its bus mastering off).
 
-use crate::host::HostDriver;
-use crate::link::{Carrier, Peer, RingEnd};
+use crate::link::{Carrier, Links, Peer, RingEnd};
 use crate::shared::CtrlShared;
 use leapio_link::function::{self, reg};
 use leapio_link::ring::{RingMemory, Rings, RING_AREA};
@@ -36,7 +35,7 @@ use vfio_bindings::bindings::vfio::{
 /// The link function of one controller, for one connection of the SoC's
 /// hypervisor.
 pub struct LinkFunction {
-    host: Weak<HostDriver>,
+    host: Weak<dyn Links>,
     name: String,
     shared: Arc<CtrlShared>,
     rings_mem: Arc<SharedMem>,
@@ -51,7 +50,7 @@ impl LinkFunction {
     /// largest memory region the VM's hypervisor mapped) as its window.
     /// None while the VM has no memory mapped yet.
     pub fn new(
-        host: &Arc<HostDriver>,
+        host: &Arc<dyn Links>,
         shared: Arc<CtrlShared>,
     ) -> std::io::Result<Option<LinkFunction>> {
         let snap = shared.domain.snapshot();
@@ -128,10 +127,7 @@ impl LinkFunction {
         let peer = Peer::Soc {
             function: self.name.clone(),
         };
-        if host
-            .start_carrier(Carrier::Rings(end.clone()), peer)
-            .is_some()
-        {
+        if host.admit(Carrier::Rings(end.clone()), peer).is_some() {
             tracing::info!(ctrl = %self.name, session = id, "link function: a runtime opened it");
             self.session = Some((id, end));
         }
@@ -298,7 +294,7 @@ impl Device for LinkFunction {
 /// until `stop`: one SoC hypervisor at a time, once the VM's memory is
 /// mapped (the window is the VM's RAM).
 pub fn serve_function(
-    host: Arc<HostDriver>,
+    host: Arc<dyn Links>,
     shared: Arc<CtrlShared>,
     listener: leapio_vmm_shim::vfio_user::Listener,
     stop: &std::sync::atomic::AtomicBool,

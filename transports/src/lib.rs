@@ -27,7 +27,6 @@
 //! re-exported here.
 
 mod file;
-mod file_queue;
 pub mod flash;
 pub mod nvme_tcp;
 mod ram;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::file_queue::FileQueue;
+use crate::file::FileQueue;
 use crate::*;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -31,7 +31,7 @@
 
 use super::feedback::{Feedback, Target};
 use super::model::{DeviceModel, Slo, TOKEN_BYTES};
-use super::spec::{Class, Selector, TenantSpec};
+use super::spec::{Class, Selector, TenantSpec, DEFAULT_LC_BURST_US};
 use super::stats::TenantStats;
 use leapio_backend::Owner;
 use leapio_backends::IoKind;
@@ -45,8 +45,7 @@ pub const BACKLOG_NS: u64 = 2_000_000;
 /// effort put several writes on the dies at once, which is what a latency
 /// tail is made of.
 const MIN_BURST: f64 = 1.0;
-/// Default bucket depth of LC tenants (microseconds of their rate).
-pub const DEFAULT_LC_BURST_US: u64 = 50_000;
+
 /// The implicit tenant of unmatched I/O.
 pub const DEFAULT_TENANT: &str = "default";
 

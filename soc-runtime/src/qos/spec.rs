@@ -7,6 +7,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// Default bucket depth of LC tenants (microseconds of their rate).
+pub const DEFAULT_LC_BURST_US: u64 = 50_000;
+
 /// Who a tenant is: the I/O it covers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Selector {
@@ -216,7 +219,7 @@ impl FromStr for QosSpec {
         let mut backend = None;
         let mut be_floor_pct = 5;
         let mut burst_us = 1000;
-        let mut lc_burst_us = super::sched::DEFAULT_LC_BURST_US;
+        let mut lc_burst_us = DEFAULT_LC_BURST_US;
         let mut feedback = Some(super::feedback::Target::Auto);
         for kv in s.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = kv

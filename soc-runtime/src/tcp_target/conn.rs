@@ -1,11 +1,18 @@
-//! One NVMe/TCP connection (one queue): ICReq/ICResp, command capsules,
-//! R2T/H2CData, C2HData, responses and TermReqs.
+//! One NVMe/TCP connection (one queue) as a state machine: ICReq/ICResp,
+//! command capsules, R2T/H2CData, C2HData, responses and TermReqs. It does
+//! no I/O of its own: its poller feeds it the bytes it read
+//! ([`Conn::on_bytes`]) and the completions of its backend operations
+//! ([`Conn::op_done`]), and writes out what it queued ([`Conn::tx`]); what
+//! it needs besides (the subsystem, the backend queues, read buffers) is
+//! lent for each call in a [`Ctx`].
 
 use super::admin::{self, PropertyEffect};
+use super::bufs::BufPool;
 use super::ctrl::Controller;
+use super::ctrl::{Limits, Subsystem};
 use super::io_cmd::{self, CapsuleData, Xfer};
-use super::poller::{OpOutcome, Poller};
-use leapio_backends::{IoKind, IoRequest, Owner};
+use crate::engine::{Engine, QueueId};
+use leapio_backends::{IoError, IoKind, IoRequest, Owner};
 use leapio_controller::admin::{AdminCore, Reply};
 use leapio_controller::nvm::{self, Plan, Settings};
 use leapio_nvme::fabrics::{
@@ -21,7 +28,7 @@ use leapio_nvme::{Cqe, Sqe, Status};
 use leapio_nvme_auth::msg::{SECP_DHCHAP, SPSP_DHCHAP};
 use leapio_nvme_auth::CtrlAuth;
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +37,10 @@ use zerocopy::{FromBytes, IntoBytes};
 /// Most bytes queued for a host before its input is no longer read (a few
 /// maximum-size reads' worth).
 pub(super) const TX_LIMIT: usize = 4 << 20;
+
+/// How one backend operation ended: the completion's value (Zone Append:
+/// the byte offset), or the backend's error.
+pub(super) type OpOutcome = Result<u64, IoError>;
 
 /// How long a connection being terminated may take to flush its TermReq.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -100,8 +111,27 @@ impl Cmd {
     }
 }
 
+/// What a connection works with, lent by its poller for one call.
+pub(super) struct Ctx<'a> {
+    pub sub: &'a Arc<Subsystem>,
+    /// The poller's backend queues, and each namespace's (by index).
+    pub engine: &'a mut Engine,
+    pub queues: &'a [QueueId],
+    /// Sent C2HData buffers, for the next reads.
+    pub bufs: &'a mut BufPool,
+    /// The backend tag of the connection's command `idx` is
+    /// `tag_base | idx`.
+    pub tag_base: u64,
+}
+
+impl Ctx<'_> {
+    /// The backend tag of command `idx`.
+    fn tag(&self, idx: usize) -> u64 {
+        self.tag_base | (u64::try_from(idx).unwrap_or(0) & 0xffff)
+    }
+}
+
 pub(super) struct Conn {
-    pub sock: TcpStream,
     pub peer: SocketAddr,
     pub phase: Phase,
     pub parser: PduParser,
@@ -121,10 +151,6 @@ pub(super) struct Conn {
     /// bytes: they start, in order, as the host takes its data. They hold
     /// their command slot and no buffer.
     pub deferred: VecDeque<usize>,
-    /// EPOLLIN is armed (input is read).
-    pub reading: bool,
-    /// EPOLLOUT is armed.
-    pub want_out: bool,
     pub bind: Option<Binding>,
     sqhd: u32,
     /// Commands by transfer tag (index).
@@ -141,10 +167,9 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, peer: SocketAddr, p: &Poller) -> Conn {
-        let l = p.sub.limits;
+    /// A new connection from `peer`, waiting for its ICReq.
+    pub fn new(peer: SocketAddr, l: &Limits) -> Conn {
         Conn {
-            sock,
             peer,
             phase: Phase::AwaitIcReq {
                 deadline: Instant::now() + l.icreq_timeout,
@@ -162,8 +187,6 @@ impl Conn {
             tx_bytes: 0,
             owed: 0,
             deferred: VecDeque::new(),
-            reading: true,
-            want_out: false,
             bind: None,
             sqhd: 0,
             cmds: Vec::new(),
@@ -300,69 +323,85 @@ impl Conn {
     }
 }
 
-impl Poller {
-    /// Handle one parser result.
-    pub(super) fn on_parsed(&mut self, slot: usize, conn: &mut Conn, r: Result<Pdu, PduError>) {
-        match r {
-            Ok(pdu) => self.on_pdu(slot, conn, pdu),
-            Err(PduError::DataDigest { header, .. }) => {
-                self.on_data_digest_error(slot, conn, &header)
+impl Conn {
+    /// Bytes received: parse them and act on every PDU in them, until the
+    /// connection is terminated.
+    pub(super) fn on_bytes(&mut self, cx: &mut Ctx<'_>, bytes: &[u8]) {
+        let mut off = 0;
+        while off < bytes.len() && !self.closing() {
+            let (used, r) = self.parser.feed(&bytes[off..]);
+            off += used;
+            match r {
+                Ok(None) => {}
+                Ok(Some(pdu)) => self.on_parsed(cx, Ok(pdu)),
+                Err(e) => self.on_parsed(cx, Err(e)),
             }
-            Err(e) => {
-                let hdr = conn.parser_header();
-                conn.fatal(&e, &hdr);
+            if used == 0 {
+                break;
             }
         }
     }
 
-    fn on_pdu(&mut self, slot: usize, conn: &mut Conn, pdu: Pdu) {
-        let ready = conn.phase == Phase::Ready;
+    /// Handle one parser result.
+    pub(super) fn on_parsed(&mut self, cx: &mut Ctx<'_>, r: Result<Pdu, PduError>) {
+        match r {
+            Ok(pdu) => self.on_pdu(cx, pdu),
+            Err(PduError::DataDigest { header, .. }) => self.on_data_digest_error(cx, &header),
+            Err(e) => {
+                let hdr = self.parser_header();
+                self.fatal(&e, &hdr);
+            }
+        }
+    }
+
+    fn on_pdu(&mut self, cx: &mut Ctx<'_>, pdu: Pdu) {
+        let ready = self.phase == Phase::Ready;
         match pdu.header {
-            PduHeader::IcReq(req) => self.on_icreq(conn, &req, pdu.header_bytes()),
+            PduHeader::IcReq(req) => self.on_icreq(cx, &req, pdu.header_bytes()),
             PduHeader::H2cTermReq(t) => {
                 tracing::warn!(
-                    peer = %conn.peer,
+                    peer = %self.peer,
                     fes = t.fes.get(),
                     fei = t.fei.get(),
                     "host terminated the connection"
                 );
-                conn.phase = Phase::Closing {
+                self.phase = Phase::Closing {
                     deadline: Instant::now(),
                 };
             }
             _ if !ready => {
-                conn.fatal_seq(pdu.header_bytes());
+                self.fatal_seq(pdu.header_bytes());
             }
             PduHeader::CapsuleCmd(c) => {
                 let sqe = c.sqe;
-                self.on_capsule(slot, conn, &sqe, pdu.data());
+                self.on_capsule(cx, &sqe, pdu.data());
             }
             PduHeader::H2cData(d) => {
                 let hdr = pdu.header_bytes().to_vec();
-                self.on_h2c_data(slot, conn, &d, pdu.data(), &hdr);
+                self.on_h2c_data(cx, &d, pdu.data(), &hdr);
             }
             // The parser only hands out host-to-controller types.
-            _ => conn.fatal_seq(pdu.header_bytes()),
+            _ => self.fatal_seq(pdu.header_bytes()),
         }
-        conn.parser.recycle(pdu.into_buffer());
+        self.parser.recycle(pdu.into_buffer());
     }
 
-    fn on_icreq(&mut self, conn: &mut Conn, req: &IcReq, hdr: &[u8]) {
-        if !matches!(conn.phase, Phase::AwaitIcReq { .. }) {
-            conn.fatal_seq(hdr);
+    fn on_icreq(&mut self, cx: &mut Ctx<'_>, req: &IcReq, hdr: &[u8]) {
+        if !matches!(self.phase, Phase::AwaitIcReq { .. }) {
+            self.fatal_seq(hdr);
             return;
         }
         if req.pfv.get() != 0 {
-            tracing::warn!(peer = %conn.peer, pfv = req.pfv.get(), "unsupported PDU format version");
-            conn.terminate(Fes::UNSUPPORTED_PARAMETER, icreq_off::PFV, hdr);
+            tracing::warn!(peer = %self.peer, pfv = req.pfv.get(), "unsupported PDU format version");
+            self.terminate(Fes::UNSUPPORTED_PARAMETER, icreq_off::PFV, hdr);
             return;
         }
         if req.hpda > 31 {
-            conn.terminate(Fes::UNSUPPORTED_PARAMETER, icreq_off::HPDA, hdr);
+            self.terminate(Fes::UNSUPPORTED_PARAMETER, icreq_off::HPDA, hdr);
             return;
         }
         let dg = Digests::from_dgst(req.dgst);
-        let l = self.sub.limits;
+        let l = cx.sub.limits;
         let mut resp = IcResp::new();
         resp.pfv = 0.into();
         resp.cpda = 0;
@@ -370,72 +409,72 @@ impl Poller {
         resp.maxh2cdata = l.maxh2cdata.into();
         let mut out = Vec::with_capacity(128);
         write_pdu(&mut out, resp.as_bytes(), &[], Digests::default(), 4);
-        conn.queue_tx(out);
-        conn.dg = dg;
-        conn.host_align = (usize::from(req.hpda) + 1) * 4;
-        conn.parser.set_config(ParserConfig {
+        self.queue_tx(out);
+        self.dg = dg;
+        self.host_align = (usize::from(req.hpda) + 1) * 4;
+        self.parser.set_config(ParserConfig {
             role: Role::Controller,
             digests: dg,
             max_capsule_data: l.in_capsule,
             max_data: l.maxh2cdata,
         });
-        conn.phase = Phase::Ready;
-        tracing::debug!(peer = %conn.peer, ?dg, hpda = req.hpda, "ICReq accepted");
+        self.phase = Phase::Ready;
+        tracing::debug!(peer = %self.peer, ?dg, hpda = req.hpda, "ICReq accepted");
     }
 
-    fn on_data_digest_error(&mut self, slot: usize, conn: &mut Conn, header: &PduHeader) {
-        tracing::warn!(peer = %conn.peer, "data digest error");
+    fn on_data_digest_error(&mut self, cx: &mut Ctx<'_>, header: &PduHeader) {
+        tracing::warn!(peer = %self.peer, "data digest error");
         match header {
             PduHeader::CapsuleCmd(c) => {
-                conn.advance_sqhd();
-                conn.respond(c.sqe.cid.get(), FabricsStatus::TRANSIENT_TRANSPORT_ERROR, 0);
+                self.advance_sqhd();
+                self.respond(c.sqe.cid.get(), FabricsStatus::TRANSIENT_TRANSPORT_ERROR, 0);
             }
             PduHeader::H2cData(d) => {
                 // Account for the data, fail the command when it is all in.
                 let hdr = d.as_bytes().to_vec();
                 let len = usize::try_from(d.datal.get()).unwrap_or(0);
                 let zeros = vec![0u8; len];
-                if let Some(Some(cmd)) = conn.cmds.get_mut(usize::from(d.ttag.get())) {
+                if let Some(Some(cmd)) = self.cmds.get_mut(usize::from(d.ttag.get())) {
                     cmd.status = FabricsStatus::TRANSIENT_TRANSPORT_ERROR;
                 }
-                self.on_h2c_data(slot, conn, d, &zeros, &hdr);
+                self.on_h2c_data(cx, d, &zeros, &hdr);
             }
-            _ => conn.terminate(Fes::PDU_SEQUENCE_ERROR, 0, header_bytes(header)),
+            _ => self.terminate(Fes::PDU_SEQUENCE_ERROR, 0, header_bytes(header)),
         }
     }
 
-    fn on_capsule(&mut self, slot: usize, conn: &mut Conn, sqe: &Sqe, data: &[u8]) {
-        conn.advance_sqhd();
+    fn on_capsule(&mut self, cx: &mut Ctx<'_>, sqe: &Sqe, data: &[u8]) {
+        self.advance_sqhd();
         let cid = sqe.cid.get();
-        if conn.cmds.iter().flatten().any(|c| c.sqe.cid.get() == cid) {
-            conn.respond(cid, Status::COMMAND_ID_CONFLICT, 0);
+        if self.cmds.iter().flatten().any(|c| c.sqe.cid.get() == cid) {
+            self.respond(cid, Status::COMMAND_ID_CONFLICT, 0);
             return;
         }
-        if let Some(status) = conn.refused_before_setup(sqe) {
+        if let Some(status) = self.refused_before_setup(sqe) {
             // Nothing is allocated and no R2T sent for it.
-            conn.respond(cid, status, 0);
+            self.respond(cid, status, 0);
             return;
         }
-        let discovery = conn.bind.as_ref().is_some_and(|b| b.ctrl.discovery);
+        let discovery = self.bind.as_ref().is_some_and(|b| b.ctrl.discovery);
         let max_len = if discovery {
             // The discovery log is a header and one entry.
             8192
-        } else if conn.qid() == 0 {
+        } else if self.qid() == 0 {
             // Admin commands: the largest log or identify page we serve.
-            self.sub.limits.mdts_bytes().max(8192)
+            cx.sub.limits.mdts_bytes().max(8192)
         } else {
-            self.sub.limits.mdts_bytes()
+            cx.sub.limits.mdts_bytes()
         };
         let xfer = match io_cmd::parse_xfer(sqe, data.len(), max_len) {
             Ok(x) => x,
             Err(s) => {
-                conn.respond(cid, s, 0);
+                self.respond(cid, s, 0);
                 return;
             }
         };
-        let Some(idx) = conn.free_index() else {
+        let Some(idx) = self.free_index() else {
             // More commands outstanding than the queue has entries.
-            conn.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+            self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
             return;
         };
         let mut cmd = Cmd {
@@ -461,36 +500,36 @@ impl Poller {
                 r.r2to = 0.into();
                 r.r2tl = u32::try_from(len).unwrap_or(0).into();
                 let mut out = Vec::with_capacity(28);
-                write_pdu(&mut out, r.as_bytes(), &[], conn.dg, conn.host_align);
-                conn.queue_tx(out);
-                conn.cmds[idx] = Some(cmd);
+                write_pdu(&mut out, r.as_bytes(), &[], self.dg, self.host_align);
+                self.queue_tx(out);
+                self.cmds[idx] = Some(cmd);
                 return;
             }
             Xfer::None | Xfer::C2h { .. } => {}
         }
-        conn.cmds[idx] = Some(cmd);
-        self.dispatch(slot, conn, idx);
+        self.cmds[idx] = Some(cmd);
+        self.dispatch(cx, idx);
     }
 
-    fn on_h2c_data(&mut self, slot: usize, conn: &mut Conn, d: &DataHdr, data: &[u8], hdr: &[u8]) {
+    fn on_h2c_data(&mut self, cx: &mut Ctx<'_>, d: &DataHdr, data: &[u8], hdr: &[u8]) {
         let idx = usize::from(d.ttag.get());
-        let Some(Some(cmd)) = conn.cmds.get_mut(idx) else {
-            conn.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::TTAG, hdr);
+        let Some(Some(cmd)) = self.cmds.get_mut(idx) else {
+            self.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::TTAG, hdr);
             return;
         };
         let Stage::AwaitData { received } = cmd.stage else {
-            conn.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::TTAG, hdr);
+            self.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::TTAG, hdr);
             return;
         };
         if cmd.sqe.cid.get() != d.cccid.get() {
-            conn.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::CCCID, hdr);
+            self.terminate(Fes::INVALID_PDU_HEADER_FIELD, data_off::CCCID, hdr);
             return;
         }
         let total = u32::try_from(cmd.buf.len()).unwrap_or(0);
         let off = d.datao.get();
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         if off != received || off.checked_add(len).is_none_or(|end| end > total) {
-            conn.terminate(Fes::DATA_OUT_OF_RANGE, data_off::DATAO, hdr);
+            self.terminate(Fes::DATA_OUT_OF_RANGE, data_off::DATAO, hdr);
             return;
         }
         let start = usize::try_from(off).unwrap_or(0);
@@ -499,21 +538,21 @@ impl Poller {
         cmd.stage = Stage::AwaitData { received };
         if received == total {
             cmd.stage = Stage::Backend { remaining: 0 };
-            self.dispatch(slot, conn, idx);
+            self.dispatch(cx, idx);
         }
     }
 
     /// The command at `idx` has all its data: run it.
-    fn dispatch(&mut self, slot: usize, conn: &mut Conn, idx: usize) {
-        let Some(cmd) = conn.cmds[idx].as_ref() else {
+    fn dispatch(&mut self, cx: &mut Ctx<'_>, idx: usize) {
+        let Some(cmd) = self.cmds[idx].as_ref() else {
             return;
         };
         let sqe = cmd.sqe;
         let cid = sqe.cid.get();
         if !cmd.status.is_success() {
             let s = cmd.status;
-            conn.cmds[idx] = None;
-            conn.respond(cid, s, 0);
+            self.cmds[idx] = None;
+            self.respond(cid, s, 0);
             return;
         }
         let fctype = sqe.as_bytes()[4];
@@ -521,73 +560,73 @@ impl Poller {
             sqe.opcode == FABRICS_OPCODE && matches!(fctype, FcType::AUTH_SEND | FcType::AUTH_RECV);
         if auth_cmd {
             let xfer_len = cmd.xfer.c2h_len();
-            let data = conn.cmds[idx]
+            let data = self.cmds[idx]
                 .take()
                 .map(Cmd::into_buffer)
                 .unwrap_or_default();
-            self.auth_command(conn, &sqe, &data, xfer_len);
+            self.auth_command(&sqe, &data, xfer_len);
             return;
         }
-        if !conn.authenticated() {
+        if !self.authenticated() {
             // An unauthenticated queue gets nothing else.
-            conn.cmds[idx] = None;
-            conn.respond(cid, FabricsStatus::AUTH_REQUIRED, 0);
+            self.cmds[idx] = None;
+            self.respond(cid, FabricsStatus::AUTH_REQUIRED, 0);
             return;
         }
         if sqe.opcode == FABRICS_OPCODE {
-            let (status, value) = self.fabrics(conn, idx);
-            conn.cmds[idx] = None;
-            conn.respond64(cid, status, value);
+            let (status, value) = self.fabrics(cx, idx);
+            self.cmds[idx] = None;
+            self.respond64(cid, status, value);
             if sqe.as_bytes()[4] == FcType::DISCONNECT && status.is_success() {
-                conn.phase = Phase::Closing {
+                self.phase = Phase::Closing {
                     deadline: Instant::now() + CLOSE_LINGER,
                 };
             }
             return;
         }
-        let Some(bind) = conn.bind.as_ref() else {
-            conn.cmds[idx] = None;
-            conn.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+        let Some(bind) = self.bind.as_ref() else {
+            self.cmds[idx] = None;
+            self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
             return;
         };
         if bind.qid == 0 {
             let ctrl = bind.ctrl.clone();
             let xfer_len = cmd.xfer.c2h_len();
-            let st = conn.admin.get_or_insert_with(AdminCore::default);
-            let reply = admin::execute(&self.sub, &ctrl, st, &sqe, xfer_len);
+            let st = self.admin.get_or_insert_with(AdminCore::default);
+            let reply = admin::execute(cx.sub, &ctrl, st, &sqe, xfer_len);
             if sqe.opcode == leapio_nvme::AdminOpcode::KEEP_ALIVE {
-                conn.last_keep_alive = Instant::now();
+                self.last_keep_alive = Instant::now();
             }
-            conn.cmds[idx] = None;
+            self.cmds[idx] = None;
             match reply {
                 Reply::Held => {}
                 Reply::Done { status, dw0, data } => {
                     if status.is_success() {
                         let n = data.len().min(usize::try_from(xfer_len).unwrap_or(0));
-                        conn.send_data(cid, &data[..n]);
+                        self.send_data(cid, &data[..n]);
                     }
-                    conn.respond(cid, status, dw0);
+                    self.respond(cid, status, dw0);
                 }
             }
             return;
         }
-        self.dispatch_io(slot, conn, idx);
+        self.dispatch_io(cx, idx);
     }
 
-    fn dispatch_io(&mut self, slot: usize, conn: &mut Conn, idx: usize) {
-        let Some(cmd) = conn.cmds[idx].as_ref() else {
+    fn dispatch_io(&mut self, cx: &mut Ctx<'_>, idx: usize) {
+        let Some(cmd) = self.cmds[idx].as_ref() else {
             return;
         };
         let cid = cmd.sqe.cid.get();
         let sqe = cmd.sqe;
-        let Some((ns, info)) = self.sub.namespace(sqe.nsid.get()) else {
-            conn.cmds[idx] = None;
-            conn.respond(cid, Status::INVALID_NAMESPACE, 0);
+        let Some((ns, info)) = cx.sub.namespace(sqe.nsid.get()) else {
+            self.cmds[idx] = None;
+            self.respond(cid, Status::INVALID_NAMESPACE, 0);
             return;
         };
         let settings = Settings {
-            max_transfer: u64::from(self.sub.limits.mdts_bytes()),
-            write_cache: conn
+            max_transfer: u64::from(cx.sub.limits.mdts_bytes()),
+            write_cache: self
                 .bind
                 .as_ref()
                 .is_none_or(|b| b.ctrl.write_cache.load(Ordering::Acquire)),
@@ -599,50 +638,50 @@ impl Poller {
         // One operation (the common case) allocates nothing.
         let (first, rest) = match nvm::plan(&sqe, info, settings, &mut data) {
             Plan::Complete(s) => {
-                conn.cmds[idx] = None;
-                conn.respond(cid, s, 0);
+                self.cmds[idx] = None;
+                self.respond(cid, s, 0);
                 return;
             }
             Plan::ZoneReport(req) => {
                 // Answered from the backend's zones, no backend request.
                 let xfer_len = usize::try_from(cmd.xfer.c2h_len()).unwrap_or(0);
-                conn.cmds[idx] = None;
-                let Some(backend) = self.sub.backends.get(ns) else {
-                    conn.respond(cid, Status::INTERNAL_ERROR, 0);
+                self.cmds[idx] = None;
+                let Some(backend) = cx.sub.backends.get(ns) else {
+                    self.respond(cid, Status::INTERNAL_ERROR, 0);
                     return;
                 };
                 let zones = backend.report_zones(req.slba, usize::MAX);
                 let report = nvm::zone_report(&req, &zones);
-                conn.send_data(cid, &report[..report.len().min(xfer_len)]);
-                conn.respond(cid, Status::SUCCESS, 0);
+                self.send_data(cid, &report[..report.len().min(xfer_len)]);
+                self.respond(cid, Status::SUCCESS, 0);
                 return;
             }
             Plan::Single(op) => (op, Vec::new()),
             Plan::Multi(mut ops) if !ops.is_empty() => (ops.remove(0), ops),
             Plan::Multi(_) => {
-                conn.cmds[idx] = None;
-                conn.respond(cid, Status::SUCCESS, 0);
+                self.cmds[idx] = None;
+                self.respond(cid, Status::SUCCESS, 0);
                 return;
             }
         };
-        if first.kind == IoKind::Read && conn.over_limit() {
+        if first.kind == IoKind::Read && self.over_limit() {
             // Its data would be owed beyond the limit: later.
-            conn.deferred.push_back(idx);
+            self.deferred.push_back(idx);
             return;
         }
-        let Some(cmd) = conn.cmds[idx].as_mut() else {
+        let Some(cmd) = self.cmds[idx].as_mut() else {
             return;
         };
         cmd.kind = first.kind;
         let mut iov = None;
         if first.kind == IoKind::Read {
             let len = usize::try_from(first.len).unwrap_or(0);
-            let l = layout(PduType::C2H_DATA, len, conn.dg, conn.host_align);
+            let l = layout(PduType::C2H_DATA, len, self.dg, self.host_align);
             // The header room is cleared; data and digest are written
             // before the buffer is sent (see `bufs`).
-            cmd.buf = self.bufs.take(l.plen, l.pdo);
+            cmd.buf = cx.bufs.take(l.plen, l.pdo);
             cmd.read_layout = Some((l, len));
-            conn.owed += len;
+            self.owed += len;
             iov = Some(libc::iovec {
                 iov_base: cmd.buf[l.pdo..].as_mut_ptr().cast(),
                 iov_len: len,
@@ -656,13 +695,13 @@ impl Poller {
         }
         let n = u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
         cmd.stage = Stage::Backend { remaining: n };
-        let tag = self.tag(slot, idx);
-        let owner = conn
+        let tag = cx.tag(idx);
+        let owner = self
             .bind
             .as_ref()
             .and_then(|b| b.owners.get(ns).copied())
             .unwrap_or(0);
-        let queue = self.queues[ns];
+        let queue = cx.queues[ns];
         for op in std::iter::once(first).chain(rest) {
             let data = if op.kind.has_data() {
                 iov.as_slice()
@@ -681,23 +720,23 @@ impl Poller {
             // owned by the command until its last completion is reaped; if
             // the connection closes first the buffer moves to `orphans`
             // (heap memory does not move) and is only dropped after that.
-            unsafe { self.engine.submit(queue, &req) };
+            unsafe { cx.engine.submit(queue, &req) };
         }
     }
 
     /// Start deferred reads while the host is owed less than the limit.
-    pub(super) fn resume_deferred(&mut self, slot: usize, conn: &mut Conn) {
-        while !conn.over_limit() && !conn.closing() {
-            let Some(idx) = conn.deferred.pop_front() else {
+    pub(super) fn resume_deferred(&mut self, cx: &mut Ctx<'_>) {
+        while !self.over_limit() && !self.closing() {
+            let Some(idx) = self.deferred.pop_front() else {
                 return;
             };
-            self.dispatch_io(slot, conn, idx);
+            self.dispatch_io(cx, idx);
         }
     }
 
     /// A backend operation of command `idx` finished.
-    pub(super) fn op_done(&mut self, conn: &mut Conn, idx: usize, outcome: OpOutcome) {
-        let Some(Some(cmd)) = conn.cmds.get_mut(idx) else {
+    pub(super) fn op_done(&mut self, cx: &mut Ctx<'_>, idx: usize, outcome: OpOutcome) {
+        let Some(Some(cmd)) = self.cmds.get_mut(idx) else {
             return;
         };
         let status = match &outcome {
@@ -705,7 +744,7 @@ impl Poller {
             Err(e) => nvm::io_error_status(cmd.kind, e),
         };
         if let (Ok(v), IoKind::ZoneAppend { .. }) = (outcome, cmd.kind) {
-            let bs = self
+            let bs = cx
                 .sub
                 .namespace(cmd.sqe.nsid.get())
                 .map_or(1, |(_, n)| n.block_size);
@@ -722,25 +761,25 @@ impl Poller {
         if remaining > 0 {
             return;
         }
-        let Some(cmd) = conn.cmds[idx].take() else {
+        let Some(cmd) = self.cmds[idx].take() else {
             return;
         };
         let cid = cmd.sqe.cid.get();
         if let Some((_, len)) = cmd.read_layout {
-            conn.owed = conn.owed.saturating_sub(len);
+            self.owed = self.owed.saturating_sub(len);
         }
         if let (Some((_, len)), true) = (cmd.read_layout, cmd.status.is_success()) {
             // The data is already in place after the header room: fill in
             // the C2HData header, seal it and send the buffer as it is.
             let mut buf = cmd.buf;
-            let success = conn.bind.as_ref().is_some_and(|b| b.sqflow_disabled);
+            let success = self.bind.as_ref().is_some_and(|b| b.sqflow_disabled);
             let mut h = DataHdr::new(PduType::C2H_DATA);
             h.ch.flags = PduFlags::DATA_LAST | if success { PduFlags::DATA_SUCCESS } else { 0 };
             h.cccid = cid.into();
             h.datal = u32::try_from(len).unwrap_or(0).into();
             buf[..24].copy_from_slice(h.as_bytes());
-            seal(&mut buf, len, conn.dg);
-            conn.queue_tx(buf);
+            seal(&mut buf, len, self.dg);
+            self.queue_tx(buf);
             if success {
                 return;
             }
@@ -750,26 +789,26 @@ impl Poller {
         } else {
             0
         };
-        conn.respond64(cid, cmd.status, value);
+        self.respond64(cid, cmd.status, value);
     }
 
-    fn fabrics(&mut self, conn: &mut Conn, idx: usize) -> (Status, u64) {
-        let Some(cmd) = conn.cmds[idx].as_ref() else {
+    fn fabrics(&mut self, cx: &mut Ctx<'_>, idx: usize) -> (Status, u64) {
+        let Some(cmd) = self.cmds[idx].as_ref() else {
             return (Status::INTERNAL_ERROR, 0);
         };
         let sqe = cmd.sqe;
         let fctype = sqe.as_bytes()[4];
         match fctype {
             FcType::CONNECT => {
-                if conn.bind.is_some() {
+                if self.bind.is_some() {
                     return (Status::COMMAND_SEQUENCE_ERROR, 0);
                 }
                 let buf = cmd.buf.clone();
-                let (s, dw0) = self.connect(conn, &sqe, &buf);
+                let (s, dw0) = self.connect(cx, &sqe, &buf);
                 (s, u64::from(dw0))
             }
             FcType::PROPERTY_GET | FcType::PROPERTY_SET => {
-                let Some(b) = conn.bind.as_ref() else {
+                let Some(b) = self.bind.as_ref() else {
                     return (Status::COMMAND_SEQUENCE_ERROR, 0);
                 };
                 if b.qid != 0 {
@@ -783,16 +822,16 @@ impl Poller {
                     // The value goes in dwords 0 and 1 of the response.
                     admin::property_get(&ctrl, &p)
                 } else {
-                    let (s, effect) = admin::property_set(&self.sub, &ctrl, &p);
+                    let (s, effect) = admin::property_set(cx.sub, &ctrl, &p);
                     if effect == PropertyEffect::Reset {
-                        tracing::info!(peer = %conn.peer, cntlid = ctrl.cntlid, "controller reset");
-                        conn.admin = Some(AdminCore::default());
+                        tracing::info!(peer = %self.peer, cntlid = ctrl.cntlid, "controller reset");
+                        self.admin = Some(AdminCore::default());
                     }
                     (s, 0)
                 }
             }
             FcType::DISCONNECT => {
-                if conn.bind.is_none() {
+                if self.bind.is_none() {
                     return (Status::COMMAND_SEQUENCE_ERROR, 0);
                 }
                 (Status::SUCCESS, 0)
@@ -801,7 +840,7 @@ impl Poller {
         }
     }
 
-    fn connect(&mut self, conn: &mut Conn, sqe: &Sqe, buf: &[u8]) -> (Status, u32) {
+    fn connect(&mut self, cx: &mut Ctx<'_>, sqe: &Sqe, buf: &[u8]) -> (Status, u32) {
         let invalid = |in_data: bool, off: u16| {
             (
                 FabricsStatus::CONNECT_INVALID_PARAMETERS,
@@ -824,19 +863,19 @@ impl Poller {
             return invalid(true, connect_data_off::HOSTNQN);
         };
         let discovery = subnqn == DISCOVERY_NQN;
-        if !discovery && subnqn != self.sub.nqn {
-            tracing::warn!(peer = %conn.peer, subnqn, "connect to an unknown subsystem");
+        if !discovery && subnqn != cx.sub.nqn {
+            tracing::warn!(peer = %self.peer, subnqn, "connect to an unknown subsystem");
             return invalid(true, connect_data_off::SUBNQN);
         }
-        if !discovery && !self.sub.host_allowed(hostnqn) {
-            tracing::warn!(peer = %conn.peer, hostnqn, "host not allowed");
+        if !discovery && !cx.sub.host_allowed(hostnqn) {
+            tracing::warn!(peer = %self.peer, hostnqn, "host not allowed");
             return (
                 FabricsStatus::CONNECT_INVALID_HOST,
                 connect_invalid_dw0(true, connect_data_off::HOSTNQN),
             );
         }
         let entries = u32::from(c.sqsize.get()) + 1;
-        if entries < 2 || entries > self.sub.limits.queue_entries {
+        if entries < 2 || entries > cx.sub.limits.queue_entries {
             return invalid(false, connect_off::SQSIZE);
         }
         let qid = c.qid.get();
@@ -844,18 +883,18 @@ impl Poller {
             let secrets = if discovery {
                 None
             } else {
-                self.sub.host_secrets(hostnqn)
+                cx.sub.host_secrets(hostnqn)
             };
             let Some(ctrl) =
-                self.sub
+                cx.sub
                     .create_controller(discovery, hostnqn, data.hostid, c.kato.get(), secrets)
             else {
                 return (FabricsStatus::CONNECT_CONTROLLER_BUSY, 0);
             };
-            conn.admin = Some(AdminCore::default());
-            conn.last_keep_alive = Instant::now();
+            self.admin = Some(AdminCore::default());
+            self.last_keep_alive = Instant::now();
             tracing::info!(
-                peer = %conn.peer, cntlid = ctrl.cntlid, hostnqn, subnqn,
+                peer = %self.peer, cntlid = ctrl.cntlid, hostnqn, subnqn,
                 kato_ms = c.kato.get(), "admin queue connected"
             );
             ctrl
@@ -863,7 +902,7 @@ impl Poller {
             if discovery {
                 return invalid(false, connect_off::QID);
             }
-            let Some(ctrl) = self
+            let Some(ctrl) = cx
                 .sub
                 .controller(data.cntlid.get())
                 .filter(|x| x.hostnqn == hostnqn && x.hostid == data.hostid && !x.is_dead())
@@ -873,34 +912,34 @@ impl Poller {
             if !ctrl.ready() {
                 return (Status::COMMAND_SEQUENCE_ERROR, 0);
             }
-            if qid > admin::queues_granted(&self.sub, &ctrl) || !ctrl.claim_qid(qid) {
+            if qid > admin::queues_granted(cx.sub, &ctrl) || !ctrl.claim_qid(qid) {
                 return invalid(false, connect_off::QID);
             }
-            tracing::debug!(peer = %conn.peer, cntlid = ctrl.cntlid, qid, entries, "I/O queue connected");
+            tracing::debug!(peer = %self.peer, cntlid = ctrl.cntlid, qid, entries, "I/O queue connected");
             ctrl
         };
         let cntlid = ctrl.cntlid;
         let mut dw0 = u32::from(cntlid);
         if let Some(secrets) = &ctrl.secrets {
             // Every queue authenticates before it carries anything else.
-            conn.auth = Some(CtrlAuth::new(
+            self.auth = Some(CtrlAuth::new(
                 secrets.clone(),
                 hostnqn,
-                &self.sub.nqn,
-                self.sub.dhchap.clone(),
+                &cx.sub.nqn,
+                cx.sub.dhchap.clone(),
             ));
-            conn.auth_deadline = Instant::now() + self.sub.limits.auth_timeout;
+            self.auth_deadline = Instant::now() + cx.sub.limits.auth_timeout;
             dw0 |= CONNECT_AUTHREQ_ATR;
         }
         let owners = if qid == 0 {
             Vec::new()
         } else {
             (1..)
-                .zip(&self.sub.backends)
+                .zip(&cx.sub.backends)
                 .map(|(nsid, b)| b.owner(&Owner::Host { nqn: hostnqn, nsid }))
                 .collect()
         };
-        conn.bind = Some(Binding {
+        self.bind = Some(Binding {
             qid,
             epoch: ctrl.epoch.load(Ordering::Acquire),
             ctrl,
@@ -908,28 +947,28 @@ impl Poller {
             sqflow_disabled: qid != 0 && c.cattr & CATTR_DISABLE_SQFLOW != 0,
             owners,
         });
-        conn.sqhd %= entries;
+        self.sqhd %= entries;
         (Status::SUCCESS, dw0)
     }
 
     /// AUTH_Send (`data` is the message) or AUTH_Recv (`xfer_len` is the
     /// host's buffer).
-    fn auth_command(&mut self, conn: &mut Conn, sqe: &Sqe, data: &[u8], xfer_len: u32) {
+    fn auth_command(&mut self, sqe: &Sqe, data: &[u8], xfer_len: u32) {
         let cid = sqe.cid.get();
         let Ok(a) = AuthCmd::read_from_bytes(sqe.as_bytes()) else {
-            conn.respond(cid, Status::INTERNAL_ERROR, 0);
+            self.respond(cid, Status::INTERNAL_ERROR, 0);
             return;
         };
         if a.secp != SECP_DHCHAP || a.spsp0 != SPSP_DHCHAP || a.spsp1 != SPSP_DHCHAP {
-            conn.respond(cid, Status::INVALID_FIELD, 0);
+            self.respond(cid, Status::INVALID_FIELD, 0);
             return;
         }
         let len = a.len.get();
-        let qid = conn.qid();
-        let Some(auth) = conn.auth.as_mut() else {
+        let qid = self.qid();
+        let Some(auth) = self.auth.as_mut() else {
             // No secret for this host (or not connected): nothing to
             // authenticate against.
-            conn.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+            self.respond(cid, Status::COMMAND_SEQUENCE_ERROR, 0);
             return;
         };
         let was = auth.authenticated();
@@ -949,7 +988,7 @@ impl Poller {
             if reply.len() > al {
                 // The host's buffer cannot take the message: the transaction
                 // cannot go on.
-                tracing::warn!(peer = %conn.peer, qid, al, need = reply.len(), "AUTH_Recv buffer too small");
+                tracing::warn!(peer = %self.peer, qid, al, need = reply.len(), "AUTH_Recv buffer too small");
                 status = Status::INVALID_FIELD;
                 reply.clear();
                 auth.abort("the AUTH_Recv buffer is too small for the message");
@@ -961,17 +1000,17 @@ impl Poller {
         let (now, close) = (auth.authenticated(), auth.must_close());
         if close {
             tracing::warn!(
-                peer = %conn.peer, qid,
+                peer = %self.peer, qid,
                 reason = auth.failure_reason().unwrap_or("unknown"),
                 "DH-HMAC-CHAP authentication failed: closing the queue"
             );
         } else if now && !was {
-            tracing::info!(peer = %conn.peer, qid, "queue authenticated (DH-HMAC-CHAP)");
+            tracing::info!(peer = %self.peer, qid, "queue authenticated (DH-HMAC-CHAP)");
         }
-        conn.send_data(cid, &reply);
-        conn.respond(cid, status, 0);
+        self.send_data(cid, &reply);
+        self.respond(cid, status, 0);
         if close {
-            conn.close_after_flush();
+            self.close_after_flush();
         }
     }
 }
@@ -1005,5 +1044,125 @@ fn header_bytes(h: &PduHeader) -> &[u8] {
         PduHeader::CapsuleResp(x) => x.as_bytes(),
         PduHeader::H2cData(x) | PduHeader::C2hData(x) => x.as_bytes(),
         PduHeader::R2t(x) => x.as_bytes(),
+    }
+}
+
+/// The connection's state machine alone: no socket, no poller.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp_target::TcpTargetSpec;
+    use leapio_nvme::tcp::{CapsuleCmd, CapsuleResp};
+
+    /// A subsystem with a RAM namespace, and what a poller lends its
+    /// connections.
+    struct Bench {
+        sub: Arc<Subsystem>,
+        engine: Engine,
+        queues: Vec<QueueId>,
+        bufs: BufPool,
+    }
+
+    impl Bench {
+        fn new() -> Bench {
+            let spec: TcpTargetSpec = "listen=127.0.0.1:0,nqn=nqn.2026-11.io.leapio:conn,ns=ram:1M"
+                .parse()
+                .unwrap();
+            let (backends, namespaces) =
+                crate::namespaces::open_namespaces(&spec.namespaces, "CONN", &spec.nqn).unwrap();
+            let mut engine = Engine::default();
+            let queues = vec![engine.open(backends[0].as_ref(), 8).unwrap()];
+            let addr = "127.0.0.1:4420".parse().unwrap();
+            let sub = Arc::new(Subsystem::new(
+                &spec,
+                "CONN".into(),
+                addr,
+                namespaces,
+                backends,
+            ));
+            Bench {
+                sub,
+                engine,
+                queues,
+                bufs: BufPool::default(),
+            }
+        }
+
+        fn feed(&mut self, conn: &mut Conn, bytes: &[u8]) {
+            let mut cx = Ctx {
+                sub: &self.sub,
+                engine: &mut self.engine,
+                queues: &self.queues,
+                bufs: &mut self.bufs,
+                tag_base: 0,
+            };
+            conn.on_bytes(&mut cx, bytes);
+        }
+    }
+
+    /// The PDUs the connection queued, as a host parses them.
+    fn sent(conn: &mut Conn) -> Vec<PduHeader> {
+        let mut p = PduParser::new(ParserConfig {
+            role: Role::Host,
+            digests: Digests::default(),
+            max_capsule_data: 0,
+            max_data: 1 << 20,
+        });
+        let mut out = Vec::new();
+        for pdu in conn.tx.drain(..) {
+            let (used, r) = p.feed(&pdu);
+            assert_eq!(used, pdu.len());
+            out.push(r.unwrap().expect("a whole PDU").header);
+        }
+        out
+    }
+
+    #[test]
+    fn icreq_then_commands_before_connect_then_termreq() {
+        let mut b = Bench::new();
+        let mut conn = Conn::new("127.0.0.1:9".parse().unwrap(), &b.sub.limits);
+        assert!(matches!(conn.phase, Phase::AwaitIcReq { .. }));
+        let mut out = Vec::new();
+        write_pdu(
+            &mut out,
+            IcReq::new().as_bytes(),
+            &[],
+            Digests::default(),
+            4,
+        );
+        // Split anywhere: the state machine takes bytes as they come.
+        b.feed(&mut conn, &out[..5]);
+        assert!(conn.tx.is_empty());
+        b.feed(&mut conn, &out[5..]);
+        assert!(matches!(sent(&mut conn)[..], [PduHeader::IcResp(_)]));
+        assert_eq!(conn.phase, Phase::Ready);
+        // Before its Connect a queue takes nothing else, and nothing
+        // reaches a backend.
+        let mut c = CapsuleCmd::new();
+        c.sqe.opcode = leapio_nvme::IoOpcode::READ;
+        c.sqe.cid = 7.into();
+        let mut out = Vec::new();
+        write_pdu(&mut out, c.as_bytes(), &[], Digests::default(), 4);
+        b.feed(&mut conn, &out);
+        let [PduHeader::CapsuleResp(r)] = &sent(&mut conn)[..] else {
+            panic!("no response");
+        };
+        let r: &CapsuleResp = r;
+        assert_eq!(r.cqe.cid.get(), 7);
+        assert_eq!(r.cqe.status_field(), Status::COMMAND_SEQUENCE_ERROR);
+        assert_eq!(b.engine.in_flight(), 0);
+        // A second ICReq is out of sequence: a TermReq, and the connection
+        // closes.
+        let mut out = Vec::new();
+        write_pdu(
+            &mut out,
+            IcReq::new().as_bytes(),
+            &[],
+            Digests::default(),
+            4,
+        );
+        b.feed(&mut conn, &out);
+        assert!(conn.closing());
+        assert!(matches!(sent(&mut conn)[..], [PduHeader::C2hTermReq(_)]));
     }
 }

@@ -6,14 +6,14 @@
 //! timeout, keep-alive timeout, controllers torn down elsewhere).
 
 use super::bufs::BufPool;
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Ctx, OpOutcome, Phase};
 use super::ctrl::Subsystem;
 use super::epoll::Epoll;
 use crate::engine::{Engine, QueueId};
-use leapio_backends::{Completion, IoError};
+use leapio_backends::Completion;
 use std::collections::HashMap;
 use std::io::{ErrorKind, IoSlice, Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,9 +41,27 @@ const MAX_CONNS: usize = 4096;
 /// How long accepting pauses after `accept` failed for lack of resources.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
-/// How one backend operation ended: the completion's value (Zone Append:
-/// the byte offset), or the backend's error.
-pub(super) type OpOutcome = Result<u64, IoError>;
+/// A connection as the poller serves it: its socket, what epoll watches
+/// on it, and its protocol state (which does no I/O of its own).
+struct Client {
+    sock: TcpStream,
+    /// EPOLLIN is armed (input is read).
+    reading: bool,
+    /// EPOLLOUT is armed.
+    want_out: bool,
+    conn: Conn,
+}
+
+impl Client {
+    fn new(sock: TcpStream, conn: Conn) -> Client {
+        Client {
+            sock,
+            reading: true,
+            want_out: false,
+            conn,
+        }
+    }
+}
 
 /// Buffers of a closed connection's commands still in the backend: kept
 /// until their completions arrive so the backend never writes freed memory.
@@ -57,7 +75,7 @@ pub(super) struct Poller {
     pub sub: Arc<Subsystem>,
     listener: Arc<TcpListener>,
     epoll: Epoll,
-    conns: Vec<Option<Conn>>,
+    conns: Vec<Option<Client>>,
     gens: Vec<u16>,
     free: Vec<usize>,
     /// The backend queues, and which is each namespace's (by index).
@@ -129,6 +147,20 @@ impl Poller {
         (s << 32) | (g << 16) | i
     }
 
+    /// The connection in `slot` and the context its protocol works with.
+    fn split(&mut self, slot: usize) -> Option<(&mut Conn, Ctx<'_>)> {
+        let tag_base = self.tag(slot, 0);
+        let client = self.conns.get_mut(slot)?.as_mut()?;
+        let cx = Ctx {
+            sub: &self.sub,
+            engine: &mut self.engine,
+            queues: &self.queues,
+            bufs: &mut self.bufs,
+            tag_base,
+        };
+        Some((&mut client.conn, cx))
+    }
+
     fn untag(tag: u64) -> (usize, u16, usize) {
         let slot = usize::try_from(tag >> 32).unwrap_or(usize::MAX);
         let g = u16::try_from((tag >> 16) & 0xffff).unwrap_or(0);
@@ -144,7 +176,7 @@ impl Poller {
                     .conns
                     .iter()
                     .flatten()
-                    .any(|c| c.tx_pending() && !c.want_out);
+                    .any(|c| c.conn.tx_pending() && !c.want_out);
             let now = Instant::now();
             if busy {
                 self.last_work = now;
@@ -238,7 +270,7 @@ impl Poller {
                         tracing::warn!(%peer, "too many connections, refusing");
                         continue;
                     }
-                    let conn = Conn::new(sock, peer, self);
+                    let conn = Conn::new(peer, &self.sub.limits);
                     let slot = match self.free.pop() {
                         Some(s) => s,
                         None => {
@@ -248,13 +280,13 @@ impl Poller {
                         }
                     };
                     let token = u64::try_from(slot).unwrap_or(0);
-                    if let Err(e) = self.epoll.add(conn.sock.as_raw_fd(), token, false) {
+                    if let Err(e) = self.epoll.add(sock.as_raw_fd(), token, false) {
                         tracing::error!(%peer, "epoll add: {e}");
                         self.free.push(slot);
                         continue;
                     }
                     tracing::debug!(poller = self.index, %peer, slot, "connection accepted");
-                    self.conns[slot] = Some(conn);
+                    self.conns[slot] = Some(Client::new(sock, conn));
                     self.sub.connections.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -278,17 +310,17 @@ impl Poller {
     }
 
     fn readable(&mut self, slot: usize) {
-        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
-            return;
-        };
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut closed = false;
-        'reads: for _ in 0..READS_PER_LOOP {
-            if conn.over_limit() && !conn.closing() {
+        for _ in 0..READS_PER_LOOP {
+            let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                break;
+            };
+            if c.conn.over_limit() && !c.conn.closing() {
                 // Owed too much output: leave the input in the socket.
                 break;
             }
-            let n = match conn.sock.read(&mut scratch) {
+            let n = match c.sock.read(&mut scratch) {
                 Ok(0) => {
                     closed = true;
                     break;
@@ -297,49 +329,33 @@ impl Poller {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::debug!(peer = %conn.peer, "read: {e}");
+                    tracing::debug!(peer = %c.conn.peer, "read: {e}");
                     closed = true;
                     break;
                 }
             };
-            if conn.closing() {
+            if c.conn.closing() {
                 // Terminated: input is discarded (reading it keeps the
                 // level-triggered epoll from waking us again and again).
                 continue;
             }
-            self.consume(slot, &mut conn, &scratch[..n]);
+            let Some((conn, mut cx)) = self.split(slot) else {
+                break;
+            };
+            conn.on_bytes(&mut cx, &scratch[..n]);
             if conn.closing() || n < scratch.len() {
                 // A short read emptied the socket: the next read would only
                 // say so (and take the socket's lock); epoll reports more.
-                break 'reads;
+                break;
             }
         }
         self.scratch = scratch;
         if closed {
             // Still answer what can be answered? The peer is gone: no.
-            tracing::debug!(peer = %conn.peer, "peer closed the connection");
-            self.conns[slot] = Some(conn);
+            if let Some(c) = self.conns.get(slot).and_then(Option::as_ref) {
+                tracing::debug!(peer = %c.conn.peer, "peer closed the connection");
+            }
             self.close(slot);
-            return;
-        }
-        self.conns[slot] = Some(conn);
-    }
-
-    /// Parse `bytes` received on the connection in `slot` and act on every
-    /// PDU in them, until the connection is terminated.
-    pub(super) fn consume(&mut self, slot: usize, conn: &mut Conn, bytes: &[u8]) {
-        let mut off = 0;
-        while off < bytes.len() && !conn.closing() {
-            let (used, r) = conn.parser.feed(&bytes[off..]);
-            off += used;
-            match r {
-                Ok(None) => {}
-                Ok(Some(pdu)) => self.on_parsed(slot, conn, Ok(pdu)),
-                Err(e) => self.on_parsed(slot, conn, Err(e)),
-            }
-            if used == 0 {
-                break;
-            }
         }
     }
 
@@ -357,11 +373,9 @@ impl Poller {
         let live =
             self.gens.get(slot) == Some(&gen) && matches!(self.conns.get(slot), Some(Some(_)));
         if live {
-            let Some(mut conn) = self.conns[slot].take() else {
-                return;
-            };
-            self.op_done(&mut conn, idx, outcome);
-            self.conns[slot] = Some(conn);
+            if let Some((conn, mut cx)) = self.split(slot) {
+                conn.op_done(&mut cx, idx, outcome);
+            }
             return;
         }
         if let Some(o) = self.orphans.get_mut(&tag) {
@@ -375,45 +389,47 @@ impl Poller {
 
     fn flush_all(&mut self) {
         for slot in 0..self.conns.len() {
-            let Some(conn) = self.conns[slot].as_mut() else {
+            let Some(c) = self.conns[slot].as_mut() else {
                 continue;
             };
-            if conn.tx_bytes > self.tx_peak {
-                self.tx_peak = conn.tx_bytes;
-                self.sub.tx_peak.fetch_max(conn.tx_bytes, Ordering::Relaxed);
+            if c.conn.tx_bytes > self.tx_peak {
+                self.tx_peak = c.conn.tx_bytes;
+                self.sub
+                    .tx_peak
+                    .fetch_max(c.conn.tx_bytes, Ordering::Relaxed);
             }
-            if !conn.tx_pending() {
-                if conn.closing() {
+            if !c.conn.tx_pending() {
+                if c.conn.closing() {
                     self.close(slot);
-                } else if !conn.reading {
+                } else if !c.reading {
                     // Everything owed was sent: read again.
-                    conn.reading = true;
+                    c.reading = true;
                     let token = u64::try_from(slot).unwrap_or(0);
                     let _ = self
                         .epoll
-                        .modify(conn.sock.as_raw_fd(), token, true, conn.want_out);
+                        .modify(c.sock.as_raw_fd(), token, true, c.want_out);
                 }
                 continue;
             }
-            match flush(conn, &mut self.bufs) {
+            match flush(c, &mut self.bufs) {
                 Ok(blocked) => {
-                    let reading = !conn.over_limit();
-                    if blocked != conn.want_out || reading != conn.reading {
-                        conn.want_out = blocked;
-                        conn.reading = reading;
+                    let reading = !c.conn.over_limit();
+                    if blocked != c.want_out || reading != c.reading {
+                        c.want_out = blocked;
+                        c.reading = reading;
                         let token = u64::try_from(slot).unwrap_or(0);
                         let _ = self
                             .epoll
-                            .modify(conn.sock.as_raw_fd(), token, reading, blocked);
+                            .modify(c.sock.as_raw_fd(), token, reading, blocked);
                     }
-                    if !conn.tx_pending() && conn.closing() {
+                    if !c.conn.tx_pending() && c.conn.closing() {
                         self.close(slot);
-                    } else if !conn.deferred.is_empty() && !conn.over_limit() {
+                    } else if !c.conn.deferred.is_empty() && !c.conn.over_limit() {
                         self.resume(slot);
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %conn.peer, "write: {e}");
+                    tracing::debug!(peer = %c.conn.peer, "write: {e}");
                     self.close(slot);
                 }
             }
@@ -422,11 +438,9 @@ impl Poller {
 
     /// Start the deferred reads of the connection in `slot` that now fit.
     fn resume(&mut self, slot: usize) {
-        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
-            return;
-        };
-        self.resume_deferred(slot, &mut conn);
-        self.conns[slot] = Some(conn);
+        if let Some((conn, mut cx)) = self.split(slot) {
+            conn.resume_deferred(&mut cx);
+        }
     }
 
     /// Timed checks.
@@ -439,7 +453,7 @@ impl Poller {
             }
         }
         for slot in 0..self.conns.len() {
-            let Some(conn) = self.conns[slot].as_mut() else {
+            let Some(Client { conn, .. }) = self.conns[slot].as_mut() else {
                 continue;
             };
             match conn.phase {
@@ -493,11 +507,12 @@ impl Poller {
     /// Drop a connection: its queue and (admin queue) its controller go
     /// away; backend work in flight keeps its buffers until it completes.
     fn close(&mut self, slot: usize) {
-        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
+        let Some(Client { sock, mut conn, .. }) = self.conns.get_mut(slot).and_then(Option::take)
+        else {
             return;
         };
-        self.epoll.delete(conn.sock.as_raw_fd());
-        let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+        self.epoll.delete(sock.as_raw_fd());
+        let _ = sock.shutdown(std::net::Shutdown::Both);
         // Operations a full backend queue never took: forget them.
         let base = self.tag(slot, 0) & !0xffff;
         let mut unsent: HashMap<u64, u32> = HashMap::new();
@@ -553,13 +568,14 @@ impl Poller {
 
 /// Write queued PDUs, giving sent buffers to `bufs`; Ok(true) when the
 /// socket would block with data left.
-fn flush(conn: &mut Conn, bufs: &mut BufPool) -> std::io::Result<bool> {
+fn flush(c: &mut Client, bufs: &mut BufPool) -> std::io::Result<bool> {
+    let Client { sock, conn, .. } = c;
     while !conn.tx.is_empty() {
         let mut slices = Vec::with_capacity(16);
         for (i, b) in conn.tx.iter().take(16).enumerate() {
             slices.push(IoSlice::new(if i == 0 { &b[conn.tx_off..] } else { b }));
         }
-        match conn.sock.write_vectored(&slices) {
+        match sock.write_vectored(&slices) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(mut n) => {
                 while n > 0 {
@@ -598,7 +614,7 @@ impl Poller {
     /// never read or written (an unconnected socket does).
     pub(super) fn fuzz_open(&mut self, sock: std::net::TcpStream) -> usize {
         let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-        let conn = Conn::new(sock, peer, self);
+        let conn = Client::new(sock, Conn::new(peer, &self.sub.limits));
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.gens.push(0);
@@ -611,13 +627,11 @@ impl Poller {
 
     /// Bytes from the peer of the connection in `slot`, if it is still open.
     pub(super) fn fuzz_feed(&mut self, slot: usize, bytes: &[u8]) {
-        let Some(mut conn) = self.conns.get_mut(slot).and_then(Option::take) else {
-            return;
-        };
-        if !conn.closing() {
-            self.consume(slot, &mut conn, bytes);
+        if let Some((conn, mut cx)) = self.split(slot) {
+            if !conn.closing() {
+                conn.on_bytes(&mut cx, bytes);
+            }
         }
-        self.conns[slot] = Some(conn);
     }
 
     /// Run the backends until nothing is in flight; hand every queued PDU
@@ -638,7 +652,7 @@ impl Poller {
             }
             let mut deferred = false;
             for slot in 0..self.conns.len() {
-                let Some(conn) = self.conns[slot].as_mut() else {
+                let Some(Client { conn, .. }) = self.conns[slot].as_mut() else {
                     continue;
                 };
                 for pdu in conn.tx.drain(..) {

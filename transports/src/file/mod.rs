@@ -1,23 +1,24 @@
 //! The file / block-device backend: opening, geometry, direct-I/O detection.
-//! The per-poller queue lives in `file_queue.rs`.
+//! The per-poller queue is `queue.rs`, the state they share `state.rs`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::file_queue::FileQueue;
+mod queue;
+mod state;
+
 use crate::sys::{self, DioAlign, Mapping};
 use crate::{
-    human_size, Backend, BackendError, BackendQueue, Features, Geometry, AUTO_BLOCK_SIZE,
-    DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+    Backend, BackendError, BackendQueue, Features, Geometry, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE,
+    MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
 };
-
-/// Size of the shared read-only zero buffer used to emulate WriteZeroes.
-pub(crate) const ZERO_BUF_LEN: usize = 64 * 1024;
+pub(crate) use queue::FileQueue;
+pub(crate) use state::{FileInner, ZERO_BUF_LEN};
 
 /// Most requests one queue may have in flight (io_uring's IORING_MAX_ENTRIES).
 pub const MAX_QUEUE_DEPTH: u32 = 32768;
@@ -25,37 +26,6 @@ pub const MAX_QUEUE_DEPTH: u32 = 32768;
 /// A regular file or a block device driven through io_uring.
 pub struct FileBackend {
     inner: Arc<FileInner>,
-}
-
-/// State shared by the backend and all its queues.
-pub(crate) struct FileInner {
-    pub(crate) path: PathBuf,
-    file: File,
-    direct: Option<File>,
-    /// Why there is no O_DIRECT fd.
-    direct_note: Option<String>,
-    /// Direct-I/O alignment: buffer addresses / offsets and lengths.
-    dio_mem_align: u64,
-    dio_offset_align: u64,
-    pub(crate) geometry: Geometry,
-    block_device: bool,
-    /// Shared source of zeroes for WriteZeroes emulation.
-    zeroes: Mapping,
-    /// Set once the filesystem rejected FALLOC_FL_PUNCH_HOLE / ZERO_RANGE.
-    pub(crate) punch_hole_unsupported: AtomicBool,
-    pub(crate) zero_range_unsupported: AtomicBool,
-    /// Set once an O_DIRECT transfer was refused with EINVAL despite our
-    /// alignment checks (the alignment was a guess): later I/O goes buffered.
-    pub(crate) direct_refused: AtomicBool,
-    /// Run transfers as plain system calls on the poller instead of through
-    /// io_uring: set for files on a memory filesystem that refuses
-    /// non-blocking I/O, which io_uring would hand one by one to a kernel
-    /// worker thread (a thread switch per request, on the poller's CPU) only
-    /// to do the same memory copy.
-    pub(crate) inline: bool,
-    /// Held once the file is claimed (see [`claim`]): for a block device,
-    /// its exclusive (O_EXCL) descriptor.
-    claim: std::sync::Mutex<Option<Option<File>>>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
@@ -315,84 +285,6 @@ fn open_direct(
                 0,
             )
         }
-    }
-}
-
-impl FileInner {
-    pub(crate) fn buffered_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
-    /// The O_DIRECT fd, unless there is none or it turned out unusable.
-    pub(crate) fn direct_fd(&self) -> Option<RawFd> {
-        if self.direct_refused.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.direct.as_ref().map(AsRawFd::as_raw_fd)
-    }
-
-    /// The fd for a transfer that wants O_DIRECT if `direct`; clears
-    /// `direct` when there is no usable O_DIRECT fd.
-    pub(crate) fn fd_for(&self, direct: &mut bool) -> RawFd {
-        match self.direct_fd() {
-            Some(fd) if *direct => fd,
-            _ => {
-                *direct = false;
-                self.buffered_fd()
-            }
-        }
-    }
-
-    /// Whether a transfer at `offset` through `iovs` meets the direct-I/O
-    /// alignment (offset, every base and every length).
-    pub(crate) fn direct_ok(&self, offset: u64, iovs: &[libc::iovec]) -> bool {
-        if self.direct_fd().is_none() {
-            return false;
-        }
-        let (mem, off) = (self.dio_mem_align, self.dio_offset_align);
-        offset % off == 0
-            && iovs
-                .iter()
-                .all(|v| (v.iov_base as usize as u64) % mem == 0 && (v.iov_len as u64) % off == 0)
-    }
-
-    pub(crate) fn zero_buffer(&self) -> *const u8 {
-        self.zeroes.as_ptr()
-    }
-
-    fn describe(&self) -> String {
-        let mut s = format!("file:{} (", self.path.display());
-        if self.block_device {
-            s.push_str("block device, ");
-        }
-        s.push_str(&format!(
-            "{}, {} B blocks, ",
-            human_size(self.geometry.size_bytes()),
-            self.geometry.block_size
-        ));
-        match (&self.direct, &self.direct_note) {
-            (Some(_), _) if !self.direct_refused.load(Ordering::Relaxed) => {
-                if self.dio_mem_align == self.dio_offset_align {
-                    s.push_str(&format!("O_DIRECT, {} B alignment)", self.dio_offset_align));
-                } else {
-                    s.push_str(&format!(
-                        "O_DIRECT, {} B buffer / {} B offset alignment)",
-                        self.dio_mem_align, self.dio_offset_align
-                    ));
-                }
-            }
-            (Some(_), _) => s.push_str("buffered: O_DIRECT transfers refused by the kernel)"),
-            (None, note) => s.push_str(&format!(
-                "buffered: {})",
-                note.as_deref().unwrap_or("no O_DIRECT")
-            )),
-        }
-        if self.inline {
-            s.push_str(
-                " [memory filesystem without non-blocking I/O: transfers run on the poller]",
-            );
-        }
-        s
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::file::{FileInner, ZERO_BUF_LEN};
+use super::state::{FileInner, ZERO_BUF_LEN};
 use crate::uring::{Ring, SqFull};
 use crate::{
     validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
