@@ -18,20 +18,21 @@ declare -A allowed=(
     [leapio-nvme]=""
     [leapio-nvme-auth]=""
     [leapio-service]=""
+    [leapio-options]=""
     [leapio-backend]=""
     # guest memory, the controller core, the link (the host-runtime
     # contract), the backends
     [leapio-ats]="leapio-nvme"
     [leapio-controller]="leapio-nvme leapio-ats leapio-backend"
     [leapio-link]="leapio-nvme"
-    [leapio-backends]="leapio-nvme leapio-nvme-auth leapio-backend"
+    [leapio-backends]="leapio-nvme leapio-nvme-auth leapio-backend leapio-options"
     # the host side
     [leapio-vmm-shim]="leapio-nvme"
-    [leapio-host-driver]="leapio-nvme leapio-ats leapio-backend leapio-controller leapio-link leapio-vmm-shim leapio-service"
+    [leapio-host-driver]="leapio-nvme leapio-ats leapio-backend leapio-controller leapio-link leapio-vmm-shim leapio-service leapio-options"
     # the runtime: nothing of the host side
-    [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service"
+    [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service leapio-options"
     # the all-in-one: both sides
-    [leapio]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service leapio-vmm-shim leapio-host-driver socp"
+    [leapio]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service leapio-options leapio-vmm-shim leapio-host-driver socp"
 )
 
 internal() { # the workspace's crates CRATE depends on (normal dependencies)

@@ -2,6 +2,7 @@
 //! with the host-driver's keys (limits, serial, socket access).
 
 use leapio_host_driver::{CtrlLimits, HostCtrlSpec};
+use leapio_options::Options;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -27,35 +28,29 @@ impl FromStr for CtrlSpec {
             spec: leapio_nvme_auth::redact(s),
             why,
         };
+        let opts = Options::parse(s, ',').map_err(|e| bad(e.to_string()))?;
+        if opts.has("soc") {
+            return Err(bad(
+                "soc= serves a runtime on an SoC: run leapio-hostd and socp --link pci there"
+                    .into(),
+            ));
+        }
+        let known: Vec<&str> = ["sock", "name", "ns", "bs"]
+            .into_iter()
+            .chain(CtrlLimits::KEYS)
+            .collect();
+        let once: Vec<&str> = known
+            .iter()
+            .copied()
+            .filter(|k| *k != "ns" && *k != "bs")
+            .collect();
+        opts.check(&known, &once).map_err(|e| bad(e.to_string()))?;
         let mut host = HostCtrlSpec::new("", Path::new(""));
-        let mut runtime_keys = Vec::new();
-        for part in s.split(',').filter(|p| !p.is_empty()) {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(bad(format!("'{part}' is not key=value")));
-            };
-            match key {
-                // The runtime's, in order (bs= belongs to the ns= before it).
-                "ns" | "bs" => runtime_keys.push(part),
-                "soc" => return Err(bad(
-                    "soc= serves a runtime on an SoC: run leapio-hostd and socp --link pci there"
-                        .into(),
-                )),
-                _ => {
-                    if !host.set(key, value).map_err(bad)? {
-                        return Err(bad(format!(
-                            "unknown key '{key}' (expected sock, name, ns, bs, {})",
-                            CtrlLimits::KEYS
-                        )));
-                    }
-                }
-            }
+        for o in opts.iter().filter(|o| o.key != "ns" && o.key != "bs") {
+            host.set(o).map_err(|e| bad(e.to_string()))?;
         }
         host.finish().map_err(bad)?;
-        let runtime = format!("name={},{}", host.name, runtime_keys.join(","))
-            .parse::<socp::config::CtrlSpec>()
-            .map_err(|e| match e {
-                socp::config::ConfigError::Invalid { why, .. } => bad(why),
-            })?;
+        let runtime = socp::config::CtrlSpec::from_options(&opts, Some(&host.name)).map_err(bad)?;
         Ok(CtrlSpec { host, runtime })
     }
 }

@@ -9,6 +9,7 @@ use crate::shared::CtrlShared;
 use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::{LinkError, ToHost, ToRuntime};
 use leapio_nvme::Status;
+use leapio_options::{Opt, OptionError, Options};
 use leapio_vmm_shim::vfio_user::{serve, Listener, SocketAccess};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
@@ -77,27 +78,27 @@ impl Default for CtrlLimits {
 
 impl CtrlLimits {
     /// The keys [`CtrlLimits::set`] takes.
-    pub const KEYS: &'static str = "io-queues, queue-entries, mdts, serial, sock-mode, sock-owner";
+    pub const KEYS: [&'static str; 6] = [
+        "io-queues",
+        "queue-entries",
+        "mdts",
+        "serial",
+        "sock-mode",
+        "sock-owner",
+    ];
 
-    /// Apply `key=value`: Ok(false) if `key` is not one of [`Self::KEYS`].
-    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
-        let num = |lo: u64, hi: u64| {
-            value
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (lo..=hi).contains(n))
-                .ok_or_else(|| format!("{key} must be {lo}..={hi}, got '{value}'"))
-        };
-        match key {
-            "io-queues" => self.io_queues = u16::try_from(num(1, 511)?).unwrap_or(1),
-            "queue-entries" => self.queue_entries = u32::try_from(num(2, 4096)?).unwrap_or(2),
-            "mdts" => self.mdts = u8::try_from(num(1, 10)?).unwrap_or(1),
+    /// Apply option `o`: Ok(false) if its key is not one of [`Self::KEYS`].
+    pub fn set(&mut self, o: &Opt<'_>) -> Result<bool, OptionError> {
+        match o.key {
+            "io-queues" => self.io_queues = o.number(1..=511)?,
+            "queue-entries" => self.queue_entries = o.number(2..=4096)?,
+            "mdts" => self.mdts = o.number(1..=10)?,
             "serial" => {
-                leapio_controller::check_serial(value)?;
-                self.serial = Some(value.to_string());
+                leapio_controller::check_serial(o.value).map_err(OptionError::Other)?;
+                self.serial = Some(o.value.to_string());
             }
-            "sock-mode" => self.access.set_mode(value)?,
-            "sock-owner" => self.access.set_owner(value)?,
+            "sock-mode" => self.access.set_mode(o.value).map_err(OptionError::Other)?,
+            "sock-owner" => self.access.set_owner(o.value).map_err(OptionError::Other)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -590,21 +591,21 @@ fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBo
 
 impl HostCtrlSpec {
     /// The keys [`HostCtrlSpec::set`] takes besides [`CtrlLimits::KEYS`].
-    pub const KEYS: &'static str = "name, sock, soc";
+    pub const KEYS: [&'static str; 3] = ["name", "sock", "soc"];
 
-    /// Apply `key=value`: Ok(false) if `key` is none of [`Self::KEYS`] and
-    /// [`CtrlLimits::KEYS`].
-    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
-        match key {
-            "name" => self.name = value.to_string(),
-            "sock" => self.sock = PathBuf::from(value),
-            "soc" => self.soc = Some(PathBuf::from(value)),
-            _ => return self.limits.set(key, value),
+    /// Apply option `o`: Ok(false) if its key is none of [`Self::KEYS`]
+    /// and [`CtrlLimits::KEYS`].
+    pub fn set(&mut self, o: &Opt<'_>) -> Result<bool, OptionError> {
+        match o.key {
+            "name" => self.name = o.value.to_string(),
+            "sock" => self.sock = PathBuf::from(o.value),
+            "soc" => self.soc = Some(PathBuf::from(o.value)),
+            _ => return self.limits.set(o),
         }
         Ok(true)
     }
 
-    /// After the keys: sock= is required, the name defaults to the
+    /// After the options: sock= is required, the name defaults to the
     /// socket file's stem.
     pub fn finish(&mut self) -> Result<(), String> {
         if self.sock.as_os_str().is_empty() {
@@ -627,18 +628,16 @@ impl std::str::FromStr for HostCtrlSpec {
     /// `name=NAME,sock=PATH[,soc=PATH]` and the keys of [`CtrlLimits`]
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| format!("controller spec '{s}': {why}");
+        let opts = Options::parse(s, ',').map_err(|e| bad(e.to_string()))?;
+        let known: Vec<&str> = HostCtrlSpec::KEYS
+            .iter()
+            .chain(&CtrlLimits::KEYS)
+            .copied()
+            .collect();
+        opts.check_once(&known).map_err(|e| bad(e.to_string()))?;
         let mut spec = HostCtrlSpec::new("", Path::new(""));
-        for part in s.split(',').filter(|p| !p.is_empty()) {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(bad(format!("'{part}' is not key=value")));
-            };
-            if !spec.set(key, value).map_err(bad)? {
-                return Err(bad(format!(
-                    "unknown key '{key}' (expected {}, {})",
-                    HostCtrlSpec::KEYS,
-                    CtrlLimits::KEYS
-                )));
-            }
+        for o in opts.iter() {
+            spec.set(o).map_err(|e| bad(e.to_string()))?;
         }
         spec.finish().map_err(bad)?;
         Ok(spec)
@@ -680,7 +679,10 @@ mod tests {
         assert_eq!(s.name, "vm7");
         for (bad, why) in [
             ("name=a", "missing sock"),
-            ("sock=/x,io-queues=0", "io-queues must be 1..=511"),
+            (
+                "sock=/x,io-queues=0",
+                "io-queues must be a number from 1 to 511",
+            ),
             ("sock=/x,color=red", "unknown key 'color'"),
             ("sock=/x,sock-mode=999", "sock-mode must be an octal mode"),
             ("sock=/x,sock-owner=qemu", "sock-owner must be UID"),

@@ -1,6 +1,7 @@
 //! Command line: which controllers to serve and what backs their namespaces.
 
 use leapio_backends::BackendSpec;
+use leapio_options::{OptionError, Options};
 use std::str::FromStr;
 
 /// One `--ctrl` argument of the runtime: the host-driver's controller to
@@ -21,6 +22,65 @@ pub enum ConfigError {
     Invalid { spec: String, why: String },
 }
 
+/// The namespaces of `opts`, in order: each `ns=BACKEND`, with the block
+/// size of a `bs=N` right after it (a backend spec may hold commas of its
+/// own, so `bs` is an option of the namespace string).
+pub fn namespaces(opts: &Options<'_>) -> Result<Vec<BackendSpec>, String> {
+    let mut namespaces: Vec<BackendSpec> = Vec::new();
+    let mut last_ns: Option<&str> = None;
+    for o in opts.iter() {
+        match o.key {
+            "ns" => {
+                let spec = o
+                    .value
+                    .parse::<BackendSpec>()
+                    .map_err(|e| format!("namespace '{}': {e}", o.value))?;
+                namespaces.push(spec);
+                last_ns = Some(o.value);
+                continue;
+            }
+            "bs" => {
+                let Some(ns) = last_ns.take() else {
+                    return Err("bs= must follow an ns=".into());
+                };
+                let full = format!("{ns},bs={}", o.value);
+                let spec = full
+                    .parse::<BackendSpec>()
+                    .map_err(|e| format!("namespace '{full}': {e}"))?;
+                if let Some(last) = namespaces.last_mut() {
+                    *last = spec;
+                }
+            }
+            _ => {}
+        }
+        last_ns = None;
+    }
+    if namespaces.is_empty() {
+        return Err("needs at least one ns=BACKEND".into());
+    }
+    Ok(namespaces)
+}
+
+impl CtrlSpec {
+    /// The keys of a runtime's `--ctrl`.
+    pub const KEYS: [&'static str; 3] = ["name", "ns", "bs"];
+
+    /// A controller from `opts`' `name`, `ns` and `bs` options (others are
+    /// the caller's); `name` when the options have none.
+    pub fn from_options(opts: &Options<'_>, name: Option<&str>) -> Result<CtrlSpec, String> {
+        let namespaces = namespaces(opts)?;
+        let name = match opts.get("name") {
+            Some(o) => o.value,
+            None => name.ok_or("missing name=NAME (the host-driver's controller)")?,
+        };
+        leapio_link::proto::check_ctrl_name(name)?;
+        Ok(CtrlSpec {
+            name: name.to_string(),
+            namespaces,
+        })
+    }
+}
+
 impl FromStr for CtrlSpec {
     type Err = ConfigError;
 
@@ -30,55 +90,14 @@ impl FromStr for CtrlSpec {
             spec: leapio_nvme_auth::redact(s),
             why,
         };
-        let mut name = None;
-        let mut namespaces = Vec::new();
-        let mut last_ns: Option<String> = None;
-        for part in s.split(',').filter(|p| !p.is_empty()) {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(bad(format!("'{part}' is not key=value")));
-            };
-            match key {
-                "name" => {
-                    leapio_link::proto::check_ctrl_name(value).map_err(bad)?;
-                    name = Some(value.to_string());
-                }
-                "ns" => {
-                    namespaces.push(
-                        value
-                            .parse::<BackendSpec>()
-                            .map_err(|e| bad(format!("namespace '{value}': {e}")))?,
-                    );
-                    last_ns = Some(value.to_string());
-                }
-                "bs" => {
-                    // Block size of the namespace just before it.
-                    let Some(ns) = last_ns.take() else {
-                        return Err(bad("bs= must follow an ns=".into()));
-                    };
-                    let full = format!("{ns},bs={value}");
-                    let spec = full
-                        .parse::<BackendSpec>()
-                        .map_err(|e| bad(format!("namespace '{full}': {e}")))?;
-                    if let Some(last) = namespaces.last_mut() {
-                        *last = spec;
-                    }
-                }
-                _ => {
-                    return Err(bad(format!(
-                        "unknown key '{key}' (expected name, ns, bs; the socket, limits and serial are the host side's: leapio-hostd --ctrl, or leapio --ctrl all-in-one)"
-                    )))
-                }
-            }
-        }
-        let Some(name) = name else {
-            return Err(bad(
-                "missing name=NAME (the host-driver's controller)".into()
-            ));
-        };
-        if namespaces.is_empty() {
-            return Err(bad("needs at least one ns=BACKEND".into()));
-        }
-        Ok(CtrlSpec { name, namespaces })
+        let opts = Options::parse(s, ',').map_err(|e| bad(e.to_string()))?;
+        opts.check(&CtrlSpec::KEYS, &["name"]).map_err(|e| match e {
+            OptionError::Unknown { .. } => bad(format!(
+                "{e}; the socket, limits and serial are the host side's: leapio-hostd --ctrl, or leapio --ctrl all-in-one"
+            )),
+            e => bad(e.to_string()),
+        })?;
+        CtrlSpec::from_options(&opts, None).map_err(bad)
     }
 }
 

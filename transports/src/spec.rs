@@ -95,38 +95,8 @@ fn format_size(size: u64) -> String {
 }
 
 /// Parse a size: decimal bytes with an optional binary suffix K, M, G or T
-/// (either case), e.g. `4096`, `64M`, `1G`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("size is empty".to_owned());
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    if digits.is_empty() {
-        return Err(format!("size '{text}' does not start with a number"));
-    }
-    let shift = match suffix {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        "T" | "t" => 40,
-        other => {
-            return Err(format!(
-                "size '{text}' has unknown suffix '{other}' (use K, M, G or T)"
-            ))
-        }
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("size '{text}' is too large"))?;
-    value
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size '{text}' is too large"))
-}
+/// (either case), e.g. `4096`, `64M`, `1G` (the option grammar's sizes).
+pub use leapio_options::size as parse_size;
 
 fn parse_block_size(text: &str) -> Result<u32, String> {
     let value = parse_size(text).map_err(|e| format!("block size: {e}"))?;

@@ -2,6 +2,7 @@
 
 use super::model::Slo;
 use leapio_backend::Owner;
+use leapio_options::{Opt, OptionError, Options};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -84,84 +85,60 @@ pub struct TenantSpec {
 impl FromStr for TenantSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<TenantSpec, String> {
-        let mut name = None;
-        let mut qos = None;
-        let mut ctrl = None;
-        let mut host = None;
-        let mut nsid = None;
-        let mut class = None;
-        let mut slo = None;
-        let mut iops = None;
-        let mut read_pct = None;
-        let mut weight = None;
-        for kv in s.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("tenant '{s}': '{kv}' is not key=value"))?;
-            let num = |what: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("tenant '{s}': {what} must be a number"))
-            };
-            match k {
-                "name" => name = Some(v.to_string()),
-                "qos" => qos = Some(v.to_string()),
-                "ctrl" => ctrl = Some(v.to_string()),
-                "hostnqn" => host = Some(v.to_string()),
-                "ns" => {
-                    nsid = Some(
-                        u32::try_from(num("ns")?)
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| format!("tenant '{s}': ns must be an NSID"))?,
-                    )
-                }
-                "class" => class = Some(v.to_string()),
-                "slo" => slo = Some(v.parse::<Slo>().map_err(|e| format!("tenant '{s}': {e}"))?),
-                "iops" => iops = Some(num("iops")?),
-                "rw" => {
-                    let (r, w) = v
-                        .split_once(':')
-                        .and_then(|(r, w)| Some((r.parse::<u32>().ok()?, w.parse::<u32>().ok()?)))
-                        .filter(|(r, w)| r + w == 100)
-                        .ok_or_else(|| {
-                            format!("tenant '{s}': rw must be READ:WRITE percentages adding to 100 (e.g. 90:10)")
-                        })?;
-                    let _ = w;
-                    read_pct = Some(r);
-                }
-                "weight" => {
-                    weight = Some(
-                        u32::try_from(num("weight")?)
-                            .ok()
-                            .filter(|w| (1..=1000).contains(w))
-                            .ok_or_else(|| format!("tenant '{s}': weight must be 1..1000"))?,
-                    )
-                }
-                _ => {
-                    return Err(format!(
-                        "tenant '{s}': unknown key {k} (name, qos, ctrl, hostnqn, ns, class, slo, iops, rw, weight)"
-                    ))
-                }
-            }
-        }
-        let selector = match (ctrl, host) {
+        let bad = |why: String| format!("tenant '{s}': {why}");
+        let opts = Options::parse(s, ',').map_err(|e| bad(e.to_string()))?;
+        opts.check_once(&[
+            "name", "qos", "ctrl", "hostnqn", "ns", "class", "slo", "iops", "rw", "weight",
+        ])
+        .map_err(|e| bad(e.to_string()))?;
+        let e = |e: OptionError| bad(e.to_string());
+        let text = |k: &str| opts.get(k).map(|o| o.value.to_string());
+        let nsid = opts
+            .get("ns")
+            .map(|o| o.number(1..=u32::MAX))
+            .transpose()
+            .map_err(e)?;
+        let selector = match (text("ctrl"), text("hostnqn")) {
             (Some(name), None) => Selector::Ctrl { name, nsid },
             (None, Some(nqn)) => Selector::Host { nqn, nsid },
-            _ => {
-                return Err(format!(
-                    "tenant '{s}': give exactly one of ctrl= and hostnqn="
-                ))
-            }
+            _ => return Err(bad("give exactly one of ctrl= and hostnqn=".into())),
         };
-        let name = name.unwrap_or_else(|| selector.to_string());
-        let class = match class.as_deref() {
+        let slo = opts
+            .get("slo")
+            .map(|o| o.parse::<Slo>())
+            .transpose()
+            .map_err(e)?;
+        let iops = opts
+            .get("iops")
+            .map(|o| o.number(0..=u64::MAX))
+            .transpose()
+            .map_err(e)?;
+        let read_pct = match opts.get("rw") {
+            None => None,
+            Some(o) => Some(
+                o.value
+                    .split_once(':')
+                    .and_then(|(r, w)| Some((r.parse::<u32>().ok()?, w.parse::<u32>().ok()?)))
+                    .filter(|(r, w)| r + w == 100)
+                    .map(|(r, _)| r)
+                    .ok_or_else(|| {
+                        e(o.invalid("must be READ:WRITE percentages adding to 100 (e.g. 90:10)"))
+                    })?,
+            ),
+        };
+        let weight = opts
+            .get("weight")
+            .map(|o| o.number(1..=1000))
+            .transpose()
+            .map_err(e)?;
+        let class = match opts.get("class").map(|o| o.value) {
             Some("lc") => {
-                let slo = slo.ok_or_else(|| format!("tenant '{s}': class=lc needs slo="))?;
+                let slo = slo.ok_or_else(|| bad("class=lc needs slo=".into()))?;
                 let iops = iops
                     .filter(|i| *i > 0)
-                    .ok_or_else(|| format!("tenant '{s}': class=lc needs iops= (> 0)"))?;
+                    .ok_or_else(|| bad("class=lc needs iops= (> 0)".into()))?;
                 if weight.is_some() {
-                    return Err(format!("tenant '{s}': weight= is for class=be"));
+                    return Err(bad("weight= is for class=be".into()));
                 }
                 Class::Lc {
                     slo,
@@ -171,19 +148,17 @@ impl FromStr for TenantSpec {
             }
             Some("be") | None => {
                 if slo.is_some() || iops.is_some() || read_pct.is_some() {
-                    return Err(format!(
-                        "tenant '{s}': slo=, iops= and rw= are for class=lc"
-                    ));
+                    return Err(bad("slo=, iops= and rw= are for class=lc".into()));
                 }
                 Class::Be {
                     weight: weight.unwrap_or(1),
                 }
             }
-            Some(c) => return Err(format!("tenant '{s}': class must be lc or be, not {c}")),
+            Some(c) => return Err(bad(format!("class must be lc or be, not {c}"))),
         };
         Ok(TenantSpec {
-            name,
-            qos,
+            name: text("name").unwrap_or_else(|| selector.to_string()),
+            qos: text("qos"),
             selector,
             class,
         })
@@ -214,67 +189,46 @@ pub struct QosSpec {
 impl FromStr for QosSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<QosSpec, String> {
-        let mut device = None;
-        let mut name = None;
-        let mut backend = None;
-        let mut be_floor_pct = 5;
-        let mut burst_us = 1000;
-        let mut lc_burst_us = DEFAULT_LC_BURST_US;
-        let mut feedback = Some(super::feedback::Target::Auto);
-        for kv in s.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("--qos '{s}': '{kv}' is not key=value"))?;
-            match k {
-                "device" => device = Some(PathBuf::from(v)),
-                "name" => name = Some(v.to_string()),
-                "backend" => backend = Some(v.to_string()),
-                "be-floor" => {
-                    be_floor_pct = v
-                        .trim_end_matches('%')
-                        .parse()
-                        .ok()
-                        .filter(|p| (1..100).contains(p))
-                        .ok_or_else(|| {
-                            format!("--qos '{s}': be-floor must be 1..99 (%): best effort must never starve")
-                        })?
-                }
-                "burst-us" => {
-                    burst_us = v
-                        .parse()
-                        .ok()
-                        .filter(|b| (10..=1_000_000).contains(b))
-                        .ok_or_else(|| format!("--qos '{s}': burst-us must be 10..1000000"))?
-                }
-                "lc-burst-us" => {
-                    lc_burst_us = v
-                        .parse()
-                        .ok()
-                        .filter(|b| (10..=10_000_000).contains(b))
-                        .ok_or_else(|| {
-                            format!("--qos '{s}': lc-burst-us must be 10..10000000")
-                        })?
-                }
-                "feedback" => {
-                    feedback = super::feedback::Target::parse(v)
-                        .map_err(|e| format!("--qos '{s}': {e}"))?;
-                }
-                _ => {
-                    return Err(format!(
-                        "--qos '{s}': unknown key {k} (device, name, backend, be-floor, burst-us, lc-burst-us, feedback)"
-                    ))
-                }
-            }
+        let bad = |why: String| format!("--qos '{s}': {why}");
+        let opts = Options::parse(s, ',').map_err(|e| bad(e.to_string()))?;
+        opts.check_once(&[
+            "device",
+            "name",
+            "backend",
+            "be-floor",
+            "burst-us",
+            "lc-burst-us",
+            "feedback",
+        ])
+        .map_err(|e| bad(e.to_string()))?;
+        let e = |e: OptionError| bad(e.to_string());
+        let mut q = QosSpec {
+            device: PathBuf::from(opts.require("device", "device=FILE").map_err(e)?.value),
+            name: opts.get("name").map(|o| o.value.to_string()),
+            backend: opts.get("backend").map(|o| o.value.to_string()),
+            be_floor_pct: 5,
+            burst_us: 1000,
+            lc_burst_us: DEFAULT_LC_BURST_US,
+            feedback: Some(super::feedback::Target::Auto),
+        };
+        if let Some(o) = opts.get("be-floor") {
+            // A percentage; best effort must never starve.
+            let pct = Opt {
+                value: o.value.trim_end_matches('%'),
+                ..o
+            };
+            q.be_floor_pct = pct.number(1..=99).map_err(e)?;
         }
-        Ok(QosSpec {
-            device: device.ok_or_else(|| format!("--qos '{s}': device=FILE is required"))?,
-            name,
-            backend,
-            be_floor_pct,
-            burst_us,
-            lc_burst_us,
-            feedback,
-        })
+        if let Some(o) = opts.get("burst-us") {
+            q.burst_us = o.number(10..=1_000_000).map_err(e)?;
+        }
+        if let Some(o) = opts.get("lc-burst-us") {
+            q.lc_burst_us = o.number(10..=10_000_000).map_err(e)?;
+        }
+        if let Some(o) = opts.get("feedback") {
+            q.feedback = super::feedback::Target::parse(o.value).map_err(bad)?;
+        }
+        Ok(q)
     }
 }
 

@@ -8,6 +8,7 @@
 
 use leapio_backends::BackendSpec;
 use leapio_nvme_auth::{DhGroup, HashId, Policy, Secret, Secrets};
+use leapio_options::{Opt, OptionError, Options};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -66,20 +67,13 @@ fn parse_secrets(s: &str) -> Result<Secrets, String> {
     }
 }
 
-fn parse_list<T>(
-    key: &str,
-    value: &str,
-    parse: impl Fn(&str) -> Option<T>,
-    all: &str,
-) -> Result<Vec<T>, String> {
-    let v: Vec<T> = value
-        .split(':')
-        .map(|n| parse(n).ok_or_else(|| format!("{key}: unknown '{n}' (known: {all})")))
-        .collect::<Result<_, _>>()?;
-    if v.is_empty() {
-        return Err(format!("{key} is empty"));
-    }
-    Ok(v)
+/// The names of `o`'s list (joined by ':'), each known to `parse`.
+fn names<T>(o: &Opt<'_>, parse: impl Fn(&str) -> Option<T>, all: &str) -> Result<Vec<T>, String> {
+    o.list(':')
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|n| parse(n).ok_or_else(|| format!("{}: unknown '{n}' (known: {all})", o.key)))
+        .collect()
 }
 
 /// One `--tcp-target` argument: a listener and the subsystem it exports.
@@ -126,6 +120,26 @@ pub fn valid_nqn(s: &str) -> bool {
     s.starts_with("nqn.") && s.len() <= 223 && s.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
+impl TcpTargetSpec {
+    /// The keys of `--tcp-target`.
+    pub const KEYS: [&'static str; 14] = [
+        "listen",
+        "nqn",
+        "ns",
+        "bs",
+        "allow",
+        "dhchap-hashes",
+        "dhchap-dhgroups",
+        "io-queues",
+        "queue-entries",
+        "mdts",
+        "serial",
+        "icreq-timeout-ms",
+        "auth-timeout-ms",
+        "busy-poll-us",
+    ];
+}
+
 impl FromStr for TcpTargetSpec {
     type Err = TcpConfigError;
 
@@ -134,149 +148,77 @@ impl FromStr for TcpTargetSpec {
             spec: leapio_nvme_auth::redact(s),
             why,
         };
-        let mut listen = None;
-        let mut nqn = None;
-        let mut namespaces = Vec::new();
-        let mut allow = Vec::new();
-        let mut dhchap = Policy::default();
-        let mut io_queues = 8u16;
-        let mut queue_entries = 128u32;
-        let mut mdts = 5u8;
-        let mut serial = None;
-        let mut icreq_timeout = Duration::from_secs(10);
-        let mut auth_timeout = Duration::from_secs(30);
-        let mut busy_poll = DEFAULT_BUSY_POLL;
-        let mut last_ns: Option<String> = None;
-        for part in s.split(',').filter(|p| !p.is_empty()) {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(bad(format!("'{part}' is not key=value")));
-            };
-            if key != "bs" {
-                last_ns = None;
-            }
-            match key {
+        let opts = Options::parse(s, ',').map_err(|e| bad(e.to_string()))?;
+        let once: Vec<&str> = TcpTargetSpec::KEYS
+            .into_iter()
+            .filter(|k| !matches!(*k, "ns" | "bs" | "allow"))
+            .collect();
+        opts.check(&TcpTargetSpec::KEYS, &once)
+            .map_err(|e| bad(e.to_string()))?;
+        let mut t = TcpTargetSpec {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            nqn: String::new(),
+            namespaces: Vec::new(),
+            allow: Vec::new(),
+            dhchap: Policy::default(),
+            io_queues: 8,
+            queue_entries: 128,
+            mdts: 5,
+            serial: None,
+            icreq_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(30),
+            busy_poll: DEFAULT_BUSY_POLL,
+        };
+        let e = |e: OptionError| bad(e.to_string());
+        for o in opts.iter() {
+            match o.key {
                 "listen" => {
-                    listen = Some(value.parse::<SocketAddr>().map_err(|e| {
-                        bad(format!("listen must be IP:PORT, got '{value}': {e}"))
-                    })?)
+                    t.listen = o
+                        .value
+                        .parse::<SocketAddr>()
+                        .map_err(|err| e(o.invalid(format_args!("must be IP:PORT ({err})"))))?
                 }
                 "nqn" => {
-                    if !valid_nqn(value) || value == leapio_nvme::fabrics::DISCOVERY_NQN {
-                        return Err(bad(format!("'{value}' is not a usable subsystem NQN")));
+                    if !valid_nqn(o.value) || o.value == leapio_nvme::fabrics::DISCOVERY_NQN {
+                        return Err(bad(format!("'{}' is not a usable subsystem NQN", o.value)));
                     }
-                    nqn = Some(value.to_string());
+                    t.nqn = o.value.to_string();
                 }
-                "ns" => {
-                    namespaces.push(
-                        value
-                            .parse::<BackendSpec>()
-                            .map_err(|e| bad(format!("namespace '{value}': {e}")))?,
-                    );
-                    last_ns = Some(value.to_string());
-                }
-                "bs" => {
-                    let Some(ns) = last_ns.take() else {
-                        return Err(bad("bs= must follow an ns=".into()));
-                    };
-                    let full = format!("{ns},bs={value}");
-                    let spec = full
-                        .parse::<BackendSpec>()
-                        .map_err(|e| bad(format!("namespace '{full}': {e}")))?;
-                    if let Some(last) = namespaces.last_mut() {
-                        *last = spec;
-                    }
-                }
-                "allow" => allow.push(AllowedHost::parse(value).map_err(bad)?),
+                "allow" => t.allow.push(AllowedHost::parse(o.value).map_err(bad)?),
                 "dhchap-hashes" => {
-                    dhchap.hashes = parse_list(key, value, HashId::from_name, "sha256, sha384, sha512")
-                        .map_err(bad)?
+                    t.dhchap.hashes =
+                        names(o, HashId::from_name, "sha256, sha384, sha512").map_err(bad)?
                 }
                 "dhchap-dhgroups" => {
-                    dhchap.groups = parse_list(
-                        key,
-                        value,
+                    t.dhchap.groups = names(
+                        o,
                         DhGroup::from_name,
                         "null, ffdhe2048, ffdhe3072, ffdhe4096",
                     )
                     .map_err(bad)?
                 }
-                "io-queues" => {
-                    io_queues = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=64).contains(n))
-                        .ok_or_else(|| bad(format!("io-queues must be 1..=64, got '{value}'")))?
-                }
-                "queue-entries" => {
-                    queue_entries = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (32..=1024).contains(n))
-                        .ok_or_else(|| {
-                            bad(format!("queue-entries must be 32..=1024, got '{value}'"))
-                        })?
-                }
-                "mdts" => {
-                    mdts = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=8).contains(n))
-                        .ok_or_else(|| bad(format!("mdts must be 1..=8, got '{value}'")))?
-                }
+                "io-queues" => t.io_queues = o.number(1..=64).map_err(e)?,
+                "queue-entries" => t.queue_entries = o.number(32..=1024).map_err(e)?,
+                "mdts" => t.mdts = o.number(1..=8).map_err(e)?,
                 "serial" => {
-                    leapio_controller::check_serial(value).map_err(bad)?;
-                    serial = Some(value.to_string());
+                    leapio_controller::check_serial(o.value).map_err(bad)?;
+                    t.serial = Some(o.value.to_string());
                 }
-                "icreq-timeout-ms" => {
-                    let ms: u64 = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=600_000).contains(n))
-                        .ok_or_else(|| bad(format!("icreq-timeout-ms must be 1..=600000, got '{value}'")))?;
-                    icreq_timeout = Duration::from_millis(ms);
-                }
-                "auth-timeout-ms" => {
-                    let ms: u64 = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=600_000).contains(n))
-                        .ok_or_else(|| bad(format!("auth-timeout-ms must be 1..=600000, got '{value}'")))?;
-                    auth_timeout = Duration::from_millis(ms);
-                }
-                "busy-poll-us" => {
-                    let us: u64 = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n <= 1_000_000)
-                        .ok_or_else(|| bad(format!("busy-poll-us must be 0..=1000000, got '{value}'")))?;
-                    busy_poll = Duration::from_micros(us);
-                }
-                other => {
-                    return Err(bad(format!(
-                        "unknown key '{other}' (expected listen, nqn, ns, bs, allow, dhchap-hashes, dhchap-dhgroups, io-queues, queue-entries, mdts, serial, icreq-timeout-ms, auth-timeout-ms, busy-poll-us)"
-                    )))
-                }
+                "icreq-timeout-ms" => t.icreq_timeout = o.millis(1..=600_000).map_err(e)?,
+                "auth-timeout-ms" => t.auth_timeout = o.millis(1..=600_000).map_err(e)?,
+                "busy-poll-us" => t.busy_poll = o.micros(0..=1_000_000).map_err(e)?,
+                // ns and bs: below.
+                _ => {}
             }
         }
-        let listen = listen.ok_or_else(|| bad("missing listen=IP:PORT".into()))?;
-        let nqn = nqn.ok_or_else(|| bad("missing nqn=NQN".into()))?;
-        if namespaces.is_empty() {
-            return Err(bad("needs at least one ns=BACKEND".into()));
+        if !opts.has("listen") {
+            return Err(bad("missing listen=IP:PORT".into()));
         }
-        Ok(TcpTargetSpec {
-            listen,
-            nqn,
-            namespaces,
-            allow,
-            dhchap,
-            io_queues,
-            queue_entries,
-            mdts,
-            serial,
-            icreq_timeout,
-            auth_timeout,
-            busy_poll,
-        })
+        if !opts.has("nqn") {
+            return Err(bad("missing nqn=NQN".into()));
+        }
+        t.namespaces = crate::config::namespaces(&opts).map_err(bad)?;
+        Ok(t)
     }
 }
 

@@ -21,6 +21,7 @@
 //! No commas, so the spec fits in socp's comma-separated `--ctrl` lists;
 //! PATH cannot contain '?'.
 
+use leapio_options::{OptionError, Options};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -125,94 +126,83 @@ fn milli(v: u64) -> String {
     s.trim_end_matches('0').to_owned()
 }
 
-/// "0.2" -> 200, "5.12" -> 5120, "40" -> 40000 (at most 3 decimals).
-fn parse_milli(key: &str, v: &str, max: u64) -> Result<u64, String> {
-    let bad = || {
-        format!("{key} must be a decimal number from 0 to {max} (at most 3 decimals), got '{v}'")
-    };
-    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty() || frac.len() > 3 || !digits(int) || !digits(frac) {
-        return Err(bad());
-    }
-    let i: u64 = int.parse().map_err(|_| bad())?;
-    let f: u64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<3}").parse().map_err(|_| bad())?
-    };
-    let total = i
-        .checked_mul(1000)
-        .and_then(|x| x.checked_add(f))
-        .ok_or_else(bad)?;
-    if total > max.saturating_mul(1000) {
-        return Err(bad());
-    }
-    Ok(total)
-}
+/// The keys of `flash:PATH?...`.
+pub(crate) const KEYS: [&str; 15] = [
+    "channels",
+    "dies",
+    "blocks",
+    "pages",
+    "oob",
+    "page",
+    "op",
+    "read",
+    "prog",
+    "erase",
+    "xfer",
+    "timing",
+    "media",
+    "zone_size",
+    "zones",
+];
 
-fn parse_count(key: &str, v: &str, max: u32) -> Result<u32, String> {
-    match v.parse::<u32>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("{key} must be a number from 1 to {max}, got '{v}'")),
+const SHAPE: &str = "expected 'flash:PATH[?channels=N&dies=N&blocks=N&pages=N&page=SIZE&oob=N&op=X&read=US&prog=US&erase=US&xfer=US&timing=0]'";
+
+/// Split what follows `flash:` (or `zns:`) into the path and its options.
+pub(crate) fn split(body: &str) -> Result<(&str, Options<'_>), String> {
+    if body.contains(',') {
+        return Err(format!("commas are not allowed ({SHAPE})"));
     }
+    let (path, query) = body.split_once('?').unwrap_or((body, ""));
+    if path.is_empty() {
+        return Err(format!("flash path is empty ({SHAPE})"));
+    }
+    let opts = Options::parse(query, '&').map_err(|e| format!("{e} ({SHAPE})"))?;
+    Ok((path, opts))
 }
 
 /// Parse what follows `flash:`.
 pub(crate) fn parse(body: &str) -> Result<FlashSpec, String> {
-    const SHAPE: &str = "expected 'flash:PATH[?channels=N&dies=N&blocks=N&pages=N&page=SIZE&oob=N&op=X&read=US&prog=US&erase=US&xfer=US&timing=0]'";
-    if body.contains(',') {
-        return Err(format!("commas are not allowed ({SHAPE})"));
-    }
-    let (path, query) = match body.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (body, None),
-    };
-    if path.is_empty() {
-        return Err(format!("flash path is empty ({SHAPE})"));
-    }
+    let (path, opts) = split(body)?;
+    opts.check_once(&KEYS)
+        .map_err(|e| format!("{e} ({SHAPE})"))?;
+    from_options(path, &opts)
+}
+
+/// The FTL's spec from `opts` (checked by the caller; keys not of the FTL
+/// are the caller's).
+pub(crate) fn from_options(path: &str, opts: &Options<'_>) -> Result<FlashSpec, String> {
     let mut s = FlashSpec {
         path: PathBuf::from(path),
         ..FlashSpec::default()
     };
-    let mut seen = Vec::new();
-    for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
-        let Some((k, v)) = kv.split_once('=') else {
-            return Err(format!("option '{kv}' is not key=value ({SHAPE})"));
-        };
-        if seen.contains(&k) {
-            return Err(format!("option '{k}' given twice"));
-        }
-        seen.push(k);
-        let us = |v: &str| parse_milli(k, v, 10_000_000);
-        match k {
-            "channels" => s.channels = Some(parse_count(k, v, 64)?),
-            "dies" => s.dies = Some(parse_count(k, v, 64)?),
-            "blocks" => s.blocks = Some(parse_count(k, v, 1 << 20)?),
-            "pages" => s.pages = Some(parse_count(k, v, 1 << 16)?),
-            "oob" => s.oob = Some(parse_count(k, v, 4096)?),
-            "page" => {
-                let size = crate::parse_size(v).map_err(|e| format!("page: {e}"))?;
-                match u32::try_from(size) {
-                    Ok(p) if p.is_power_of_two() && (512..=65536).contains(&p) => {
-                        s.page_size = Some(p)
-                    }
-                    _ => {
-                        return Err(format!(
-                            "page size {size} is not a power of two between 512 and 65536"
-                        ))
-                    }
+    let e = |e: OptionError| e.to_string();
+    for o in opts.iter() {
+        let count = |max: u32| o.number(1..=max).map(Some).map_err(e);
+        let us = || o.milli(10_000_000).map(Some).map_err(e);
+        match o.key {
+            "channels" => s.channels = count(64)?,
+            "dies" => s.dies = count(64)?,
+            "blocks" => s.blocks = count(1 << 20)?,
+            "pages" => s.pages = count(1 << 16)?,
+            "oob" => s.oob = count(4096)?,
+            "page" => match u32::try_from(o.size().map_err(e)?) {
+                Ok(p) if p.is_power_of_two() && (512..=65536).contains(&p) => s.page_size = Some(p),
+                _ => {
+                    return Err(format!(
+                        "page size {} is not a power of two between 512 and 65536",
+                        o.value
+                    ))
                 }
-            }
+            },
             "op" => {
-                let m = parse_milli(k, v, 10)?;
+                let m = o.milli(10).map_err(e)?;
                 s.op_milli = Some(u32::try_from(m).map_err(|_| "op too large".to_owned())?);
             }
-            "read" => s.read_ns = Some(us(v)?),
-            "prog" => s.program_ns = Some(us(v)?),
-            "erase" => s.erase_ns = Some(us(v)?),
-            "xfer" => s.xfer_ns = Some(us(v)?),
-            "timing" if v == "0" => {
+            "read" => s.read_ns = us()?,
+            "prog" => s.program_ns = us()?,
+            "erase" => s.erase_ns = us()?,
+            "xfer" => s.xfer_ns = us()?,
+            "timing" if o.value == "0" => {
                 s.read_ns = Some(0);
                 s.program_ns = Some(0);
                 s.erase_ns = Some(0);
@@ -220,30 +210,28 @@ pub(crate) fn parse(body: &str) -> Result<FlashSpec, String> {
             }
             "timing" => {
                 return Err(format!(
-                    "timing= only takes 0 (all latencies zero), got '{v}'"
+                    "timing= only takes 0 (all latencies zero), got '{}'",
+                    o.value
                 ))
             }
-            "media" => match v {
+            "media" => match o.value {
                 "zoned" => s.zoned = true,
                 "nand" => {}
-                _ => return Err(format!("media= takes nand or zoned, got '{v}'")),
+                v => return Err(format!("media= takes nand or zoned, got '{v}'")),
             },
             "zone_size" => {
-                let z = crate::parse_size(v).map_err(|e| format!("zone_size: {e}"))?;
+                let z = o.size().map_err(e)?;
                 if z == 0 || z % 4096 != 0 {
                     return Err(format!("zone_size {z} is not a multiple of 4 KiB"));
                 }
                 s.zone_bytes = Some(z);
             }
-            "zones" => s.zones = Some(parse_count(k, v, 1 << 20)?),
-            other => return Err(format!("unknown option '{other}' ({SHAPE})")),
+            "zones" => s.zones = count(1 << 20)?,
+            _ => {}
         }
     }
-    if seen.contains(&"timing")
-        && ["read", "prog", "erase", "xfer"]
-            .iter()
-            .any(|k| seen.contains(k))
-    {
+    let seen = |k: &str| opts.has(k);
+    if seen("timing") && ["read", "prog", "erase", "xfer"].into_iter().any(seen) {
         return Err("timing=0 and a latency key cannot be combined".to_owned());
     }
     let zoned_only = ["zone_size", "zones"];
@@ -251,12 +239,12 @@ pub(crate) fn parse(body: &str) -> Result<FlashSpec, String> {
         "channels", "blocks", "pages", "oob", "read", "prog", "erase", "xfer", "timing",
     ];
     if s.zoned {
-        if let Some(k) = nand_only.iter().find(|k| seen.contains(k)) {
+        if let Some(k) = nand_only.into_iter().find(|k| seen(k)) {
             return Err(format!(
                 "{k}= does not apply to media=zoned (the zones give the geometry; no timing model)"
             ));
         }
-    } else if let Some(k) = zoned_only.iter().find(|k| seen.contains(k)) {
+    } else if let Some(k) = zoned_only.into_iter().find(|k| seen(k)) {
         return Err(format!("{k}= only applies to media=zoned"));
     }
     Ok(s)
@@ -344,7 +332,7 @@ mod tests {
             ("/x?op=0.2.1", "op must be a decimal"),
             ("/x?op=0.0001", "at most 3 decimals"),
             ("/x?read=-1", "read must be"),
-            ("/x?colour=red", "unknown option 'colour'"),
+            ("/x?colour=red", "unknown key 'colour'"),
             ("/x?dies=2&dies=2", "given twice"),
             ("/x?dies", "not key=value"),
             ("/x,bs=4096", "commas"),

@@ -73,40 +73,28 @@ impl ZnsSpec {
 /// Parse what follows `zns:`: the `flash:` keys but `op`, and
 /// `max_open=N`, `max_active=N`.
 pub(crate) fn parse_spec(body: &str) -> Result<ZnsSpec, String> {
-    let (path, query) = match body.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (body, ""),
-    };
-    let mut rest = Vec::new();
-    let mut spec = ZnsSpec::default();
-    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let count = |v: &str| match v.parse::<u32>() {
-            Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
-            _ => Err(format!("{k} must be a number from 1 to 1048576, got '{v}'")),
-        };
-        match k {
-            "max_open" | "max_active" => {
-                let slot = if k == "max_open" {
-                    &mut spec.max_open
-                } else {
-                    &mut spec.max_active
-                };
-                if slot.is_some() {
-                    return Err(format!("option '{k}' given twice"));
-                }
-                *slot = Some(count(v)?);
-            }
-            "op" => return Err("op= does not apply to a zoned namespace (no FTL)".to_owned()),
-            _ => rest.push(kv),
-        }
+    if body.split(['?', '&']).any(|kv| kv.starts_with("op=")) {
+        return Err("op= does not apply to a zoned namespace (no FTL)".to_owned());
     }
-    let flash_body = if rest.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", rest.join("&"))
+    let (path, opts) = super::spec::split(body).map_err(|e| e.replace("'flash:", "'zns:"))?;
+    let known: Vec<&str> = super::spec::KEYS
+        .into_iter()
+        .filter(|k| *k != "op")
+        .chain(["max_open", "max_active"])
+        .collect();
+    opts.check_once(&known).map_err(|e| e.to_string())?;
+    let mut spec = ZnsSpec {
+        flash: super::spec::from_options(path, &opts)?,
+        ..ZnsSpec::default()
     };
-    spec.flash = super::spec::parse(&flash_body).map_err(|e| e.replace("'flash:", "'zns:"))?;
+    let limit = |k: &str| {
+        opts.get(k)
+            .map(|o| o.number(1..=1 << 20))
+            .transpose()
+            .map_err(|e| e.to_string())
+    };
+    spec.max_open = limit("max_open")?;
+    spec.max_active = limit("max_active")?;
     if spec.flash.zoned {
         return Err("media=zoned is for the FTL (flash:), not for zns:".to_owned());
     }

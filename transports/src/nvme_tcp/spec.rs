@@ -24,6 +24,7 @@
 //! `nvme-tcp:[::1]:4420/nqn...`.
 
 use leapio_nvme_auth::{Secret, Secrets};
+use leapio_options::{OptionError, Options};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,28 +155,6 @@ fn check_nqn(what: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_num<T: std::str::FromStr + PartialOrd + fmt::Display>(
-    key: &str,
-    v: &str,
-    min: T,
-    max: T,
-) -> Result<T, String> {
-    match v.parse::<T>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(format!(
-            "{key} must be a number from {min} to {max}, got '{v}'"
-        )),
-    }
-}
-
-fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "1" | "on" | "true" | "yes" => Ok(true),
-        "0" | "off" | "false" | "no" => Ok(false),
-        _ => Err(format!("{key} must be 0 or 1, got '{v}'")),
-    }
-}
-
 /// Parse what follows `nvme-tcp:`.
 pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
     const SHAPE: &str = "expected 'nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&queues=N&hdgst=1&ddgst=1&kato=MS&retry=MS&timeout=MS&dhchap=DHHC-1:..:&dhchap-ctrl=DHHC-1:..:]'";
@@ -225,49 +204,56 @@ pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
         subnqn: subnqn.to_owned(),
         ..defaults()
     };
-    let mut seen: Vec<&str> = Vec::new();
+    let opts = Options::parse(query.unwrap_or(""), '&').map_err(|e| e.to_string())?;
+    if opts.has("bs") {
+        return Err("bs cannot be set: the block size comes from the remote namespace".into());
+    }
+    opts.check_once(&[
+        "nsid",
+        "hostnqn",
+        "queues",
+        "qd",
+        "hdgst",
+        "ddgst",
+        "kato",
+        "retry",
+        "timeout",
+        "dhchap",
+        "dhchap-ctrl",
+    ])
+    .map_err(|e| e.to_string())?;
     let (mut host_secret, mut ctrl_secret) = (None, None);
-    for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once('=') else {
-            return Err(format!("option '{part}' is not key=value"));
-        };
-        if seen.contains(&k) {
-            return Err(format!("option '{k}' given twice"));
-        }
-        seen.push(k);
-        let ms = |v: &str, min: u64| parse_num(k, v, min, 3_600_000).map(Duration::from_millis);
-        match k {
-            "nsid" => s.nsid = parse_num(k, v, 1, 0xffff_fffe)?,
+    let e = |e: OptionError| e.to_string();
+    for o in opts.iter() {
+        let ms = |min: u64| o.millis(min..=3_600_000).map_err(e);
+        match o.key {
+            "nsid" => s.nsid = o.number(1..=0xffff_fffe).map_err(e)?,
             "hostnqn" => {
-                check_nqn("hostnqn", v)?;
-                s.hostnqn = v.to_owned();
+                check_nqn("hostnqn", o.value)?;
+                s.hostnqn = o.value.to_owned();
             }
-            "queues" => s.queues = parse_num(k, v, 1, 1024)?,
-            "qd" => s.queue_depth = parse_num(k, v, 1, 1023)?,
-            "hdgst" => s.hdgst = parse_bool(k, v)?,
-            "ddgst" => s.ddgst = parse_bool(k, v)?,
-            "kato" => s.kato = ms(v, 0)?,
-            "retry" => s.retry = ms(v, 0)?,
-            "timeout" => s.connect_timeout = ms(v, 1)?,
+            "queues" => s.queues = o.number(1..=1024).map_err(e)?,
+            "qd" => s.queue_depth = o.number(1..=1023).map_err(e)?,
+            "hdgst" => s.hdgst = o.toggle().map_err(e)?,
+            "ddgst" => s.ddgst = o.toggle().map_err(e)?,
+            "kato" => s.kato = ms(0)?,
+            "retry" => s.retry = ms(0)?,
+            "timeout" => s.connect_timeout = ms(1)?,
             "dhchap" => {
-                host_secret = Some(v.parse::<Secret>().map_err(|e| format!("dhchap: {e}"))?)
+                host_secret = Some(
+                    o.value
+                        .parse::<Secret>()
+                        .map_err(|e| format!("dhchap: {e}"))?,
+                )
             }
             "dhchap-ctrl" => {
                 ctrl_secret = Some(
-                    v.parse::<Secret>()
+                    o.value
+                        .parse::<Secret>()
                         .map_err(|e| format!("dhchap-ctrl: {e}"))?,
                 )
             }
-            "bs" => {
-                return Err(
-                    "bs cannot be set: the block size comes from the remote namespace".into(),
-                )
-            }
-            other => {
-                return Err(format!(
-                    "unknown option '{other}' (known: nsid, hostnqn, queues, qd, hdgst, ddgst, kato, retry, timeout, dhchap, dhchap-ctrl)"
-                ))
-            }
+            _ => {}
         }
     }
     s.dhchap = match (host_secret, ctrl_secret) {
@@ -371,7 +357,7 @@ mod tests {
             ("h:1/nqn.a:b?nsid=0", "nsid must be"),
             ("h:1/nqn.a:b?qd=0", "qd must be"),
             ("h:1/nqn.a:b?hdgst=2", "hdgst must be 0 or 1"),
-            ("h:1/nqn.a:b?colour=red", "unknown option 'colour'"),
+            ("h:1/nqn.a:b?colour=red", "unknown key 'colour'"),
             ("h:1/nqn.a:b?nsid", "not key=value"),
             ("h:1/nqn.a:b?nsid=1&nsid=2", "given twice"),
             ("h:1/nqn.a:b?hostnqn=bad", "hostnqn 'bad'"),
