@@ -82,7 +82,7 @@ pub fn h2c_data(cid: u16, ttag: u16, datao: u32, data: &[u8], last: bool, dg: Di
     h.datao = datao.into();
     h.datal = u32::try_from(data.len()).unwrap_or(u32::MAX).into();
     if last {
-        h.ch.flags = PduFlags::DATA_LAST;
+        h.ch.set_flags(PduFlags::DATA_LAST);
     }
     let mut out = Vec::new();
     write_pdu(&mut out, h.as_bytes(), data, dg, 4);

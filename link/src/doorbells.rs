@@ -141,19 +141,12 @@ mod tests {
     fn writes_through_a_second_mapping_are_seen() {
         let db = Doorbells::new().unwrap();
         // The hypervisor's view: map the same fd again.
-        // SAFETY: mapping the memfd again, checked below.
-        let other = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                DOORBELL_PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&db.fd()),
-                DOORBELL_FILE_OFFSET as libc::off_t,
-            )
-        };
-        assert_ne!(other, libc::MAP_FAILED);
-        let regs = other.cast::<u32>();
+        let other = memmap2::MmapOptions::new()
+            .offset(DOORBELL_FILE_OFFSET)
+            .len(DOORBELL_PAGE_SIZE)
+            .map_raw(&db.fd())
+            .unwrap();
+        let regs = other.as_mut_ptr().cast::<u32>();
         // SAFETY: writing inside the 4 KiB mapping.
         unsafe {
             regs.add(2 * 3).write_volatile(17);
@@ -170,7 +163,5 @@ mod tests {
         assert_eq!(db.cq_head(3), 0);
         db.clear();
         assert_eq!(db.sq_tail(1), 0);
-        // SAFETY: unmapping our test mapping.
-        unsafe { libc::munmap(other, DOORBELL_PAGE_SIZE) };
     }
 }

@@ -33,17 +33,19 @@ impl PduType {
     pub const R2T: u8 = 0x09;
 }
 
-/// Common header flags.
-pub struct PduFlags;
-impl PduFlags {
-    /// A header digest follows the header.
-    pub const HDGST: u8 = 1 << 0;
-    /// A data digest follows the data.
-    pub const DDGST: u8 = 1 << 1;
-    /// Last data PDU of a transfer (H2CData/C2HData).
-    pub const DATA_LAST: u8 = 1 << 2;
-    /// C2HData: the command succeeded, no CapsuleResp follows.
-    pub const DATA_SUCCESS: u8 = 1 << 3;
+bitflags::bitflags! {
+    /// Flags of a PDU's common header ([`CommonHeader::flags`]).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PduFlags: u8 {
+        /// A header digest follows the header.
+        const HDGST = 1 << 0;
+        /// A data digest follows the data.
+        const DDGST = 1 << 1;
+        /// Last data PDU of a transfer (H2CData/C2HData).
+        const DATA_LAST = 1 << 2;
+        /// C2HData: the command succeeded, no CapsuleResp follows.
+        const DATA_SUCCESS = 1 << 3;
+    }
 }
 
 /// Fatal Error Status of a TermReq.
@@ -91,6 +93,17 @@ pub struct CommonHeader {
     pub plen: Le32,
 }
 const _: () = assert!(core::mem::size_of::<CommonHeader>() == 8);
+
+impl CommonHeader {
+    /// The flags, unknown bits kept.
+    pub fn flags(&self) -> PduFlags {
+        PduFlags::from_bits_retain(self.flags)
+    }
+
+    pub fn set_flags(&mut self, f: PduFlags) {
+        self.flags = f.bits();
+    }
+}
 
 /// Initialize Connection Request (host to controller), 128 bytes.
 #[repr(C)]
@@ -368,14 +381,10 @@ pub fn seal(pdu: &mut [u8], data_len: usize, dg: Digests) {
     } else {
         plen - dd - data_len
     };
-    let mut flags = pdu[1] & !(PduFlags::HDGST | PduFlags::DDGST);
-    if hd != 0 {
-        flags |= PduFlags::HDGST;
-    }
-    if dd != 0 {
-        flags |= PduFlags::DDGST;
-    }
-    pdu[1] = flags;
+    let mut flags = PduFlags::from_bits_retain(pdu[1]);
+    flags.set(PduFlags::HDGST, hd != 0);
+    flags.set(PduFlags::DDGST, dd != 0);
+    pdu[1] = flags.bits();
     pdu[2] = hlen;
     pdu[3] = u8::try_from(pdo).unwrap_or(0);
     pdu[4..8].copy_from_slice(&u32::try_from(plen).unwrap_or(u32::MAX).to_le_bytes());
@@ -774,7 +783,7 @@ impl PduParser {
                 return Ok((plen, 0..0));
             }
             PduType::H2C_TERM_REQ | PduType::C2H_TERM_REQ => {
-                if ch.flags & (PduFlags::HDGST | PduFlags::DDGST) != 0 {
+                if ch.flags().intersects(PduFlags::HDGST | PduFlags::DDGST) {
                     return Err(bad_flags);
                 }
                 if !(TERM_REQ_MIN_PLEN..=TERM_REQ_MAX_PLEN).contains(&plen32) {
@@ -786,7 +795,7 @@ impl PduParser {
         }
         let dg = self.cfg.digests;
         let hd = if dg.header { DIGEST_LEN } else { 0 };
-        if (ch.flags & PduFlags::HDGST != 0) != dg.header {
+        if ch.flags().contains(PduFlags::HDGST) != dg.header {
             return Err(bad_flags);
         }
         let (may_have_data, must_have_data, max) = match t {
@@ -800,7 +809,7 @@ impl PduParser {
             if must_have_data {
                 return Err(bad_pdo);
             }
-            if ch.flags & PduFlags::DDGST != 0 {
+            if ch.flags().contains(PduFlags::DDGST) {
                 return Err(bad_flags);
             }
             if plen != hend {
@@ -815,7 +824,7 @@ impl PduParser {
         if pdo < hend {
             return Err(bad_pdo);
         }
-        if (ch.flags & PduFlags::DDGST != 0) != dg.data {
+        if ch.flags().contains(PduFlags::DDGST) != dg.data {
             return Err(bad_flags);
         }
         let dd = if dg.data { DIGEST_LEN } else { 0 };

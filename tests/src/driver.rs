@@ -6,10 +6,11 @@ use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::identify::{Cns, IdentifyController, IdentifyNamespace};
 use leapio_nvme::regs::{csts, offset};
 use leapio_nvme::{AdminOpcode, Cqe, IoOpcode, Sqe, Status};
+use memmap2::{MmapOptions, MmapRaw};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
@@ -71,8 +72,9 @@ impl QueuePair {
 pub struct Driver {
     pub client: Client,
     pub mem: GuestMem,
+    /// In `doorbell_map`, which the driver keeps.
     doorbells: NonNull<u32>,
-    _doorbell_fd: OwnedFd,
+    _doorbell_map: MmapRaw,
     irqs: Vec<File>,
     pub queues: BTreeMap<u16, QueuePair>,
     pub timeout: Duration,
@@ -118,23 +120,12 @@ impl Driver {
                 "unexpected doorbell area {area_off:#x}+{area_len:#x}"
             )));
         }
-        let file_off = libc::off_t::try_from(mmap.file_offset + area_off)
-            .map_err(|_| DriverError::Setup("bad offset".into()))?;
-        // SAFETY: mapping the page the server offered, as a hypervisor would; checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                file_off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error().into());
-        }
-        let doorbells = NonNull::new(p.cast::<u32>())
+        // The page the server offered, mapped as a hypervisor would.
+        let doorbell_map = MmapOptions::new()
+            .offset(mmap.file_offset + area_off)
+            .len(4096)
+            .map_raw(&fd)?;
+        let doorbells = NonNull::new(doorbell_map.as_mut_ptr().cast::<u32>())
             .ok_or_else(|| DriverError::Setup("mmap returned null".into()))?;
         // Memory space + bus master.
         client.region_write(REGION_CONFIG, 4, &0x0006u16.to_le_bytes())?;
@@ -148,7 +139,7 @@ impl Driver {
             client,
             mem,
             doorbells,
-            _doorbell_fd: fd,
+            _doorbell_map: doorbell_map,
             irqs,
             queues: BTreeMap::new(),
             timeout: Duration::from_secs(20),
@@ -524,13 +515,6 @@ impl Driver {
             d.create_queue_pair(q, entries, q)?;
         }
         Ok(d)
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our doorbell mapping.
-        unsafe { libc::munmap(self.doorbells.as_ptr().cast(), 4096) };
     }
 }
 

@@ -1,46 +1,27 @@
 //! "Guest RAM": a memfd mapped into this process, with a bump allocator of
 //! guest-physical addresses.
 
+use memmap2::{MmapOptions, MmapRaw};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Guest memory at guest-physical address `base`.
 pub struct GuestMem {
     fd: OwnedFd,
-    ptr: NonNull<u8>,
+    map: MmapRaw,
     size: u64,
     base: u64,
     next: u64,
 }
 
-// SAFETY: the mapping is owned by this struct; accesses copy bytes with
-// volatile semantics and the struct is only used by one thread at a time.
-unsafe impl Send for GuestMem {}
-
 impl GuestMem {
     pub fn new(base: u64, size: u64) -> io::Result<GuestMem> {
         let fd = leapio_ats::testing::memfd(c"leapio-guest-ram", size)?;
         let len = usize::try_from(size).map_err(|_| io::Error::other("size too large"))?;
-        // SAFETY: mapping the whole fresh memfd shared; checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let map = MmapOptions::new().len(len).map_raw(&fd)?;
         Ok(GuestMem {
             fd,
-            ptr,
+            map,
             size,
             base,
             next: base,
@@ -73,7 +54,7 @@ impl GuestMem {
         );
         let off = usize::try_from(gpa - self.base).unwrap_or(usize::MAX);
         // SAFETY: bounds checked above: the offset is inside the mapping.
-        unsafe { self.ptr.as_ptr().add(off) }
+        unsafe { self.map.as_mut_ptr().add(off) }
     }
 
     pub fn write(&self, gpa: u64, data: &[u8]) {
@@ -105,17 +86,5 @@ impl GuestMem {
         let mut v = vec![0u8; len];
         self.read(gpa, &mut v);
         v
-    }
-}
-
-impl Drop for GuestMem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly our mapping.
-        unsafe {
-            libc::munmap(
-                self.ptr.as_ptr().cast(),
-                usize::try_from(self.size).unwrap_or(0),
-            )
-        };
     }
 }

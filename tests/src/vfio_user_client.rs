@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -520,7 +520,7 @@ impl Client {
     fn send_bytes(&mut self, mut bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ClientError> {
         let mut fds = fds;
         while !bytes.is_empty() {
-            match send_with_fds(self.stream.as_fd(), bytes, fds, false) {
+            match send_with_fds(&self.stream, bytes, fds) {
                 Ok(n) => {
                     bytes = &bytes[n..];
                     fds = &[];
@@ -566,7 +566,7 @@ impl Client {
         &mut self,
         buf: &mut [u8],
     ) -> Result<leapio_vmm_shim::vfio_user::socket::Received, ClientError> {
-        match recv_with_fds(self.stream.as_fd(), buf, false) {
+        match recv_with_fds(&self.stream, buf) {
             Ok(r) if r.len == 0 => Err(ClientError::Closed),
             Ok(r) => Ok(r),
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ClientError::Closed),

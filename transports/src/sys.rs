@@ -1,21 +1,14 @@
 //! Thin safe wrappers over the system calls the backends need besides
 //! io_uring: anonymous mappings, block-device ioctls and `statx`.
 
+use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
 
-/// An anonymous mapping, unmapped on drop.
-pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; it has no thread
-// affinity. Users of `as_ptr` are responsible for synchronising their accesses.
-unsafe impl Send for Mapping {}
-// SAFETY: see `Send`; `&Mapping` only exposes the base pointer and length.
-unsafe impl Sync for Mapping {}
+/// An anonymous mapping (memmap2's, as every mapping of the runtime
+/// but guest memory), unmapped on drop. Shared between threads as raw
+/// memory: users of `as_ptr` synchronise their accesses.
+pub(crate) struct Mapping(MmapRaw);
 
 impl Mapping {
     /// `len` bytes of zeroed private anonymous memory, not reserved against
@@ -24,78 +17,49 @@ impl Mapping {
     /// usually do not for shmem): random 4 KiB accesses across a large RAM
     /// disk then cost far fewer TLB misses.
     pub(crate) fn anonymous(len: usize) -> io::Result<Self> {
-        let m = Self::map(
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        )?;
+        let m = Self::options(len)?.map_anon()?;
         // A hint only: THP may be disabled on this host.
-        // SAFETY: advising our own fresh mapping, exactly its range.
-        unsafe { libc::madvise(m.ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
-        Ok(m)
+        let _ = m.advise(Advice::HugePage);
+        Ok(Mapping(MmapRaw::from(m)))
     }
 
     /// `len` bytes of read-only zeroes (every page is the kernel's zero page).
     pub(crate) fn zeroes(len: usize) -> io::Result<Self> {
-        Self::map(
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        )
+        let m = Self::options(len)?.map_anon()?.make_read_only()?;
+        Ok(Mapping(MmapRaw::from(m)))
     }
 
-    fn map(len: usize, prot: libc::c_int, flags: libc::c_int) -> io::Result<Self> {
+    fn options(len: usize) -> io::Result<MmapOptions> {
         if len == 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses;
-        // it cannot alias any existing Rust object.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(Mapping { ptr, len })
+        let mut o = MmapOptions::new();
+        o.len(len).no_reserve_swap();
+        Ok(o)
     }
 
     pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.0.as_mut_ptr()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.0.len()
     }
 
     /// Give back the pages of `[offset, offset + len)` (both page aligned and
     /// inside the mapping); they read back as zeroes afterwards.
     pub(crate) fn discard_pages(&self, offset: usize, len: usize) -> io::Result<()> {
-        let end = offset.checked_add(len).filter(|&e| e <= self.len);
+        let end = offset.checked_add(len).filter(|&e| e <= self.len());
         if end.is_none() || offset % page_size() != 0 || len % page_size() != 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         // SAFETY: the range lies inside our own mapping (checked above);
         // MADV_DONTNEED on private anonymous memory only replaces its contents
-        // by zeroes (fresh pages on the next touch); it does not unmap anything.
-        let rc = unsafe {
-            libc::madvise(
-                self.ptr.as_ptr().add(offset).cast(),
-                len,
-                libc::MADV_DONTNEED,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len describe a mapping we created and nobody else unmaps.
+        // by zeroes (fresh pages on the next touch); it does not unmap
+        // anything, and nothing holds a Rust reference into the mapping.
         unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            self.0
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len)
         }
     }
 }

@@ -299,7 +299,7 @@ impl Conn {
             return;
         }
         let mut h = DataHdr::new(PduType::C2H_DATA);
-        h.ch.flags = PduFlags::DATA_LAST;
+        h.ch.set_flags(PduFlags::DATA_LAST);
         h.cccid = cid.into();
         h.datal = u32::try_from(data.len()).unwrap_or(0).into();
         let mut out = Vec::new();
@@ -774,7 +774,9 @@ impl Conn {
             let mut buf = cmd.buf;
             let success = self.bind.as_ref().is_some_and(|b| b.sqflow_disabled);
             let mut h = DataHdr::new(PduType::C2H_DATA);
-            h.ch.flags = PduFlags::DATA_LAST | if success { PduFlags::DATA_SUCCESS } else { 0 };
+            let mut flags = PduFlags::DATA_LAST;
+            flags.set(PduFlags::DATA_SUCCESS, success);
+            h.ch.set_flags(flags);
             h.cccid = cid.into();
             h.datal = u32::try_from(len).unwrap_or(0).into();
             buf[..24].copy_from_slice(h.as_bytes());

@@ -1,81 +1,90 @@
-//! A minimal level-triggered epoll wrapper.
+//! The target poller's epoll set (vmm-sys-util's), level-triggered: every
+//! descriptor is watched for hang-ups, input when it is read, output when
+//! something waits to be written.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::Duration;
+use vmm_sys_util::epoll::{ControlOperation, Epoll as Set, EpollEvent, EventSet};
 
 pub(super) struct Epoll {
-    fd: OwnedFd,
-    events: Vec<libc::epoll_event>,
+    set: Set,
+    events: Vec<EpollEvent>,
+}
+
+/// What woke a descriptor.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ready(EventSet);
+
+impl Ready {
+    /// The peer hung up (or half-closed), or the descriptor failed.
+    pub fn hangup(self) -> bool {
+        self.0
+            .intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+    }
+
+    pub fn readable(self) -> bool {
+        self.0.contains(EventSet::IN)
+    }
+}
+
+fn interest(inp: bool, out: bool) -> EventSet {
+    let mut e = EventSet::READ_HANG_UP;
+    if inp {
+        e |= EventSet::IN;
+    }
+    if out {
+        e |= EventSet::OUT;
+    }
+    e
 }
 
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Epoll {
-            // SAFETY: fd is a new descriptor nobody else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
+            set: Set::new()?,
+            events: vec![EpollEvent::default(); 64],
         })
-    }
-
-    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: ev is a valid epoll_event for the duration of the call.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     /// Watch `fd` for input (and output when `out`).
     pub fn add(&self, fd: RawFd, token: u64, out: bool) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, mask(true, out), token)
+        self.set.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(interest(true, out), token),
+        )
     }
 
     /// Watch `fd` for input when `inp`, output when `out` (hang-ups always).
     pub fn modify(&self, fd: RawFd, token: u64, inp: bool, out: bool) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, mask(inp, out), token)
+        self.set.ctl(
+            ControlOperation::Modify,
+            fd,
+            EpollEvent::new(interest(inp, out), token),
+        )
     }
 
     pub fn delete(&self, fd: RawFd) {
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
+        let _ = self
+            .set
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
     }
 
-    /// Wait up to `timeout`; append (token, events) of ready descriptors.
-    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<(u64, u32)>) -> io::Result<()> {
+    /// Wait up to `timeout`; append (token, what woke it) of ready
+    /// descriptors.
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<(u64, Ready)>) -> io::Result<()> {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let max = i32::try_from(self.events.len()).unwrap_or(64);
-        // SAFETY: `events` has room for `max` entries and lives across the call.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), self.events.as_mut_ptr(), max, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(());
-            }
-            return Err(e);
-        }
-        let n = usize::try_from(n).unwrap_or(0);
-        for ev in &self.events[..n] {
-            let (token, events) = (ev.u64, ev.events);
-            out.push((token, events));
-        }
+        let n = match self.set.wait(ms, &mut self.events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        out.extend(
+            self.events[..n]
+                .iter()
+                .map(|ev| (ev.data(), Ready(ev.event_set()))),
+        );
         Ok(())
     }
-}
-
-fn mask(inp: bool, out: bool) -> u32 {
-    let mut m = libc::EPOLLRDHUP as u32;
-    if inp {
-        m |= libc::EPOLLIN as u32;
-    }
-    if out {
-        m |= libc::EPOLLOUT as u32;
-    }
-    m
 }

@@ -213,7 +213,7 @@ impl Poller {
                 let Ok(slot) = usize::try_from(token) else {
                     continue;
                 };
-                let hangup = ev & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+                let hangup = ev.hangup();
                 let paused = self
                     .conns
                     .get(slot)
@@ -223,7 +223,7 @@ impl Poller {
                     // Gone (or half-gone) while owing reads: nothing more
                     // will be read from it, and the event would repeat.
                     self.close(slot);
-                } else if hangup || ev & libc::EPOLLIN as u32 != 0 {
+                } else if hangup || ev.readable() {
                     self.readable(slot);
                 }
             }

@@ -212,10 +212,10 @@ impl Host {
                     assert_eq!(d.cccid.get(), self.cid);
                     let o = usize::try_from(d.datao.get()).unwrap();
                     data[o..o + pdu.data().len()].copy_from_slice(pdu.data());
-                    let flags = d.ch.flags;
-                    if flags & leapio_nvme::tcp::PduFlags::DATA_SUCCESS != 0 {
+                    let flags = d.ch.flags();
+                    if flags.contains(leapio_nvme::tcp::PduFlags::DATA_SUCCESS) {
                         assert!(self.sqflow_disabled, "SUCCESS with SQ flow control on");
-                        assert_ne!(flags & leapio_nvme::tcp::PduFlags::DATA_LAST, 0);
+                        assert!(flags.contains(leapio_nvme::tcp::PduFlags::DATA_LAST));
                         self.successes += 1;
                         let cqe = Cqe {
                             cid: self.cid.into(),
@@ -236,7 +236,7 @@ impl Host {
                         h.datao = u32::try_from(off).unwrap().into();
                         h.datal = u32::try_from(n).unwrap().into();
                         if off + n == end {
-                            h.ch.flags = leapio_nvme::tcp::PduFlags::DATA_LAST;
+                            h.ch.set_flags(leapio_nvme::tcp::PduFlags::DATA_LAST);
                         }
                         let mut b = Vec::new();
                         write_pdu(&mut b, h.as_bytes(), &h2c[off..off + n], self.dg, 4);

@@ -395,7 +395,7 @@ impl NvmeTcpQueue {
             h.datao = o.into();
             h.datal = n.into();
             if o + n == end {
-                h.ch.flags = PduFlags::DATA_LAST;
+                h.ch.set_flags(PduFlags::DATA_LAST);
             }
             let nu = usize::try_from(n).unwrap_or(0);
             let l = layout(PduType::H2C_DATA, nu, dg, conn.neg.align);
@@ -488,7 +488,7 @@ impl NvmeTcpQueue {
                     if !matches!(t, PduType::CAPSULE_RESP | PduType::R2T | PduType::C2H_DATA) {
                         return proto(format!("unexpected PDU type {t:#04x}"));
                     }
-                    if (ch.flags & PduFlags::HDGST != 0) != dg.header {
+                    if ch.flags().contains(PduFlags::HDGST) != dg.header {
                         return proto(format!(
                             "PDU type {t:#04x}: header digest flag {:#04x}",
                             ch.flags
@@ -525,7 +525,7 @@ impl NvmeTcpQueue {
                     check_hdgst(&buf[..pdo], hlen, hd)?;
                     let d =
                         DataHdr::read_from_bytes(&buf[..hlen]).unwrap_or_else(|_| DataHdr::new(t));
-                    let ddgst = ch.flags & PduFlags::DDGST != 0;
+                    let ddgst = ch.flags().contains(PduFlags::DDGST);
                     if ddgst != dg.data {
                         return proto(format!("C2HData data digest flag {:#04x}", ch.flags));
                     }
@@ -662,7 +662,8 @@ impl NvmeTcpQueue {
     }
 
     fn data_finished(&mut self, cid: u16, flags: u8) {
-        if flags & PduFlags::DATA_SUCCESS != 0 && flags & PduFlags::DATA_LAST != 0 {
+        if PduFlags::from_bits_retain(flags).contains(PduFlags::DATA_SUCCESS | PduFlags::DATA_LAST)
+        {
             let mut r = CapsuleResp::new();
             r.cqe.cid = cid.into();
             let _ = self.on_response(&r);

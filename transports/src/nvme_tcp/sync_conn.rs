@@ -229,7 +229,10 @@ impl SyncConn {
                         return Err(NvmeTcpError::Protocol("C2HData out of range".into()));
                     };
                     dst.copy_from_slice(src);
-                    if d.ch.flags & leapio_nvme::tcp::PduFlags::DATA_SUCCESS != 0 {
+                    if d.ch
+                        .flags()
+                        .contains(leapio_nvme::tcp::PduFlags::DATA_SUCCESS)
+                    {
                         return Ok((Cqe::default(), buf));
                     }
                 }

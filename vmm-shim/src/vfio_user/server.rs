@@ -240,8 +240,8 @@ impl Reader {
         }
     }
 
-    fn take_fds(&mut self, fds: Vec<OwnedFd>, truncated: bool, in_header: bool) {
-        if truncated || !in_header {
+    fn take_fds(&mut self, fds: Vec<OwnedFd>, in_header: bool) {
+        if !in_header {
             self.bad_fds = true;
         }
         if self.bad_fds || self.fds.len() + fds.len() > MAX_MSG_FDS {
@@ -268,7 +268,7 @@ impl Reader {
     fn next(&mut self, sock: &UnixStream) -> Result<ReadEvent, ServerError> {
         loop {
             if let Some((hdr, mut body, got)) = self.body.take() {
-                let r = match recv_with_fds(sock.as_fd(), &mut body[got..], true) {
+                let r = match recv_with_fds(sock, &mut body[got..]) {
                     Ok(r) => r,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.body = Some((hdr, body, got));
@@ -282,8 +282,8 @@ impl Reader {
                         expected: HEADER_SIZE + body.len(),
                     });
                 }
-                if !r.fds.is_empty() || r.truncated {
-                    self.take_fds(r.fds, r.truncated, false);
+                if !r.fds.is_empty() {
+                    self.take_fds(r.fds, false);
                 }
                 let got = got + r.len;
                 if got == body.len() {
@@ -294,15 +294,15 @@ impl Reader {
             }
 
             let got = self.hdr_got;
-            let r = match recv_with_fds(sock.as_fd(), &mut self.hdr[got..], true) {
+            let r = match recv_with_fds(sock, &mut self.hdr[got..]) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(ReadEvent::WouldBlock)
                 }
                 Err(e) => return Err(ServerError::Io(e)),
             };
-            if !r.fds.is_empty() || r.truncated {
-                self.take_fds(r.fds, r.truncated, true);
+            if !r.fds.is_empty() {
+                self.take_fds(r.fds, true);
             }
             if r.len == 0 {
                 if got == 0 {
@@ -576,7 +576,7 @@ impl Conn<'_> {
         let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let mut next_tick = None;
         while !buf.is_empty() {
-            match send_with_fds(self.stream.as_fd(), buf, &fds, true) {
+            match send_with_fds(&self.stream, buf, &fds) {
                 Ok(n) => {
                     buf = &buf[n..];
                     fds.clear();

@@ -11,6 +11,7 @@
 
 use leapio_tests::driver::PAGE;
 use leapio_tests::GuestMem;
+use memmap2::{Advice, MmapMut, MmapOptions, MmapRaw};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
@@ -34,20 +35,15 @@ pub struct NullQueue {
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    _map: MmapRaw,
 }
 
-// SAFETY: a plain shared memory mapping; the thread that uses it only does
-// volatile loads and stores, and it is unmapped after that thread joined.
+// SAFETY: `ptr` points into `_map`, plain shared memory the mapping keeps
+// alive; the thread that uses it only does volatile loads and stores, and
+// drops it after joining.
 unsafe impl Send for Mapping {}
 // SAFETY: as above.
 unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly our own mapping, nobody uses it any more.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
 
 /// The running null controller; stops on drop.
 pub struct NullTarget {
@@ -77,23 +73,14 @@ impl NullTarget {
                 return Err(io::Error::other("null target queues outside guest RAM"));
             }
         }
-        // SAFETY: mapping the whole memfd shared; result checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                mem.fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let raw = MmapOptions::new().len(len).map_raw(mem.fd().as_raw_fd())?;
         let ptr =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let map = Arc::new(Mapping { ptr, len });
+            NonNull::new(raw.as_mut_ptr()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let map = Arc::new(Mapping {
+            ptr,
+            len,
+            _map: raw,
+        });
         let off = |gpa: u64| usize::try_from(gpa - mem.base()).unwrap_or(usize::MAX);
         // SAFETY: the doorbell page lies inside the mapping (checked above).
         let doorbells =
@@ -150,43 +137,26 @@ impl Drop for NullTarget {
 struct CopyArea {
     ptr: NonNull<u8>,
     len: usize,
+    _map: MmapMut,
 }
 
-// SAFETY: plain memory owned by this value, used by one thread at a time.
+// SAFETY: `ptr` points into `_map`, plain memory owned by this value, used
+// by one thread at a time.
 unsafe impl Send for CopyArea {}
 
 impl CopyArea {
     fn new(len: u64) -> io::Result<CopyArea> {
         let len = usize::try_from(len).map_err(|_| io::Error::other("copy area too large"))?;
-        // SAFETY: a fresh anonymous mapping; result checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let mut map = MmapOptions::new().len(len).no_reserve_swap().map_anon()?;
+        let _ = map.advise(Advice::HugePage);
+        map.fill(0xA5);
         let ptr =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        // SAFETY: our own fresh mapping of `len` bytes.
-        unsafe {
-            libc::madvise(p, len, libc::MADV_HUGEPAGE);
-            std::ptr::write_bytes(ptr.as_ptr(), 0xA5, len);
-        }
-        Ok(CopyArea { ptr, len })
-    }
-}
-
-impl Drop for CopyArea {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly our own mapping.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            NonNull::new(map.as_mut_ptr()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(CopyArea {
+            ptr,
+            len,
+            _map: map,
+        })
     }
 }
 
