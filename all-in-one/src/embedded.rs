@@ -2,14 +2,14 @@
 //! a socket pair (the in-process carrier). The messages and shared memory
 //! are those of the split deployment.
 
-use crate::spec::CtrlSpec;
+use crate::config::CtrlSpec;
 use leapio_host_driver::HostDriver;
 use leapio_service::control::{param_str, Handler};
 use leapio_service::error_chain;
 use serde_json::{json, Value};
 use socp::controllers::{Controllers, Served};
-use socp::link_client::LinkClient;
-use socp::runtime::Runtime;
+use socp::link::client::LinkClient;
+use socp::pcie::runtime::Runtime;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -47,12 +47,9 @@ impl Embedded {
             .connect_in_process()
             .map_err(|e| format!("in-process link: {e}"))?;
         let software = format!("leapio {}", env!("CARGO_PKG_VERSION"));
-        let (client, _reader) = LinkClient::connect(
-            socp::transport::Transport::socket(sock),
-            rt.clone(),
-            &software,
-        )
-        .map_err(|e| format!("in-process link: {}", error_chain(&e)))?;
+        let (client, _reader) =
+            LinkClient::connect(socp::link::Carrier::socket(sock), rt.clone(), &software)
+                .map_err(|e| format!("in-process link: {}", error_chain(&e)))?;
         self.ctrls.set_client(Some(client));
         self.ctrls.attach_all(false, &AtomicBool::new(false))
     }
@@ -89,7 +86,7 @@ impl Embedded {
             "ctrl_add" => {
                 let spec: CtrlSpec = param_str(params, "spec")?
                     .parse()
-                    .map_err(|e: crate::spec::SpecError| e.to_string())?;
+                    .map_err(|e: crate::config::SpecError| e.to_string())?;
                 me.add(&spec)
             }
             "ctrl_remove" => me.remove(param_str(params, "name")?),

@@ -4,13 +4,13 @@
 //! deployment; only the runtime cannot restart on its own. This is the one
 //! crate that depends on both sides.
 //!
-//! - [`spec`]: the all-in-one `--ctrl` (the host side's keys and the
+//! - [`config`]: the all-in-one `--ctrl` (the host side's keys and the
 //!   runtime's in one string).
 //! - [`embedded`]: starting and stopping both halves, and the control
 //!   socket's controller methods.
 
+pub mod config;
 pub mod embedded;
-pub mod spec;
 
+pub use config::CtrlSpec;
 pub use embedded::Embedded;
-pub use spec::CtrlSpec;

@@ -6,8 +6,8 @@
 
 use crate::crash::{self, CrashAt};
 use crate::error_chain;
-use crate::qos::spec::{QosSpec, TenantSpec};
-use crate::runtime::Runtime;
+use crate::pcie::runtime::Runtime;
+use crate::qos::config::{QosSpec, TenantSpec};
 use crate::tcp_target::{TcpTarget, TcpTargetSpec};
 use leapio_service::control::{self, Handler};
 use std::path::PathBuf;

@@ -5,7 +5,7 @@
 
 use crate::config::CtrlSpec;
 use crate::error_chain;
-use crate::link_client::LinkClient;
+use crate::link::client::LinkClient;
 use crate::namespaces::open_served;
 use leapio_backends::BackendSpec;
 use leapio_service::control::{param_str, Handler};

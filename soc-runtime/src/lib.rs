@@ -7,33 +7,27 @@
 //!
 //! - [`cli`]: the data plane's options, starting and stopping it.
 //! - [`config`]: the `--ctrl` specification.
-//! - [`link_client`]: the runtime's end of the link; [`transport`]: its
-//!   carriers (a socket, or a link function's rings and windows).
+//! - [`link`]: the runtime's end of the link (its client, its carriers, a
+//!   link function seen from an SoC).
 //! - [`controllers`]: what this runtime serves; the control socket.
-//! - [`ctrl`]: a controller as the runtime sees it.
-//! - [`runtime`]: poller threads and the hand-off of queues to them.
-//! - [`poller`]: the data path of the guests' I/O queues.
+//! - [`pcie`]: the PCIe front end's data path: the guests' I/O queues, their
+//!   pollers.
+//! - [`tcp_target`]: the NVMe/TCP front end (`--tcp-target`).
 //! - [`engine`]: a poller's backend queues (both front ends).
-//! - [`qos`]: the QoS scheduler (ReFlex-style cost-based tokens) in front of
-//!   the backends.
+//! - [`qos`]: the QoS schedulers (ReFlex-style cost-based tokens), one in
+//!   front of each device that has one.
 //! - [`namespaces`]: opening backends.
-//! - [`pci_function`]: the link function as seen from an SoC (sysfs).
 //! - [`crash`]: test hooks that kill the runtime at exact points.
-//! - [`tcp_target`]: the NVMe/TCP target (`--tcp-target`).
 
 pub mod cli;
 pub mod config;
 pub mod controllers;
 pub mod crash;
-pub mod ctrl;
 pub mod engine;
-pub mod link_client;
+pub mod link;
 pub mod namespaces;
-pub mod pci_function;
-pub mod poller;
+pub mod pcie;
 pub mod qos;
-pub mod runtime;
 pub mod tcp_target;
-pub mod transport;
 
 pub use leapio_service::error_chain;

@@ -5,9 +5,9 @@ use socp::cli::{Daemon, RuntimeOpts};
 use socp::config::CtrlSpec;
 use socp::controllers::{Controllers, Served};
 use socp::error_chain;
-use socp::link_client::LinkClient;
-use socp::pci_function::{self, PciFunction};
-use socp::transport::{Transport, Windows};
+use socp::link::client::LinkClient;
+use socp::link::pci_function::{self, PciFunction};
+use socp::link::{Carrier, Windows};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -159,7 +159,7 @@ fn serve_split(args: &Args, path: &std::path::Path, d: &Daemon) -> Result<(), St
     serve_link(
         args,
         &format!("link {}", path.display()),
-        || connect(path, link_timeout, &d.stop).map(Transport::socket),
+        || connect(path, link_timeout, &d.stop).map(Carrier::socket),
         &ctrls,
         d,
     )
@@ -207,7 +207,7 @@ fn serve_function(args: &Args, bdf: &str, d: &Daemon) -> Result<(), String> {
             let rings = f
                 .open_session()
                 .map_err(|e| format!("link function {bdf}: {e}"))?;
-            Ok(Transport::rings(rings, windows.clone()))
+            Ok(Carrier::rings(rings, windows.clone()))
         },
         &ctrls,
         d,
@@ -220,7 +220,7 @@ fn serve_function(args: &Args, bdf: &str, d: &Daemon) -> Result<(), String> {
 fn serve_link(
     args: &Args,
     what: &str,
-    mut connect: impl FnMut() -> Result<Transport, String>,
+    mut connect: impl FnMut() -> Result<Carrier, String>,
     ctrls: &Arc<Controllers>,
     d: &Daemon,
 ) -> Result<(), String> {

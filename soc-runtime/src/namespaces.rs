@@ -1,6 +1,6 @@
 //! Opening the backends of a front end's namespaces.
 
-use crate::ctrl::Namespace;
+use crate::pcie::controller::Namespace;
 use crate::qos::QosBackend;
 use leapio_backends::{open_backend, open_backend_unclaimed, Backend, BackendError, BackendSpec};
 use leapio_controller::{namespace_ids, NamespaceInfo, ZonedInfo};

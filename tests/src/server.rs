@@ -3,7 +3,7 @@
 //! handle that stops them.
 
 use leapio::{CtrlSpec, Embedded};
-use socp::runtime::Runtime;
+use socp::pcie::runtime::Runtime;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use crate::vfio_user_client::{Client, ClientError};
 use leapio_link::function::{self, reg};
 use leapio_link::ring::{End, RingMemory, Rings, RING_AREA};
 use leapio_link::shm::SharedMem;
-use socp::transport::{Transport, Windows};
+use socp::link::{Carrier, Windows};
 use std::fs::File;
 use std::io;
 use std::path::Path;
@@ -74,9 +74,9 @@ impl SocFunction {
     }
 
     /// Open a session numbered `id` and give the transport a runtime uses.
-    pub fn open(self: &Arc<Self>, id: u32) -> Transport {
+    pub fn open(self: &Arc<Self>, id: u32) -> Carrier {
         self.write(reg::OPEN, id);
-        Transport::rings(self.rings(), self.clone() as Arc<dyn Windows>)
+        Carrier::rings(self.rings(), self.clone() as Arc<dyn Windows>)
     }
 
     /// The raw vfio-user client (for tests of bad input).

@@ -26,22 +26,22 @@
 //! request rules every backend checks) is the `leapio-backend` crate,
 //! re-exported here.
 
+mod config;
 mod file;
 pub mod flash;
 pub mod nvme_tcp;
 mod ram;
-mod spec;
 mod sys;
 mod uring;
 
 use std::sync::Arc;
 
+pub use config::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
 pub use file::{FileBackend, MAX_QUEUE_DEPTH};
 pub use flash::{FlashBackend, FlashSpec, FlashStats, ZnsBackend, ZnsSpec};
 pub use leapio_backend::*;
 pub use nvme_tcp::{NvmeTcpBackend, NvmeTcpSpec};
 pub use ram::RamBackend;
-pub use spec::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
 pub use uring::keep_workers_off;
 
 /// Open the backend a spec names.

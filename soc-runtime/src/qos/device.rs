@@ -13,7 +13,7 @@
 //! `--qos` and the control socket's `qos_*` methods configure them, and
 //! each device's wrapper finds its scheduler there by the backend's spec.
 
-use super::spec::{QosSpec, TenantSpec};
+use super::config::{QosSpec, TenantSpec};
 use super::{sched, Held, Qos, Running, TenantRef};
 use arc_swap::ArcSwapOption;
 use leapio_backend::{

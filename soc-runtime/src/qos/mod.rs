@@ -20,18 +20,18 @@
 //!   hold up another.
 
 pub mod calibrate;
+pub mod config;
 pub mod device;
 pub mod feedback;
 pub mod model;
 pub mod sched;
-pub mod spec;
 pub mod stats;
 
+use config::{Class, QosSpec, TenantSpec};
 use leapio_backend::Owner;
 use model::DeviceModel;
 use sched::Sched;
 use serde_json::{json, Value};
-use spec::{Class, QosSpec, TenantSpec};
 use stats::{Histogram, TenantStats};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

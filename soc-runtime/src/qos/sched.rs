@@ -29,9 +29,9 @@
 //! - Best effort's rate (the leftover and the LC overflow) is scaled by
 //!   the [`Feedback`]'s correction from the device's latencies.
 
+use super::config::{Class, Selector, TenantSpec, DEFAULT_LC_BURST_US};
 use super::feedback::{Feedback, Target};
 use super::model::{DeviceModel, Slo, TOKEN_BYTES};
-use super::spec::{Class, Selector, TenantSpec, DEFAULT_LC_BURST_US};
 use super::stats::TenantStats;
 use leapio_backend::Owner;
 use leapio_backends::IoKind;

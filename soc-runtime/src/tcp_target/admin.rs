@@ -5,7 +5,7 @@
 //! discovery controller), Keep Alive Timer and Number of Queues, and the
 //! Property Get/Set that stand in for the PCI register file.
 
-use super::ctrl::{Controller, Subsystem};
+use super::subsystem::{Controller, Subsystem};
 use leapio_controller::admin::{AdminCore, FrontEnd, Reply, ACL, AERL};
 use leapio_controller::features;
 use leapio_controller::identify::ControllerIdentity;

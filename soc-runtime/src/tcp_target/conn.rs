@@ -8,9 +8,9 @@
 
 use super::admin::{self, PropertyEffect};
 use super::bufs::BufPool;
-use super::ctrl::Controller;
-use super::ctrl::{Limits, Subsystem};
 use super::io_cmd::{self, CapsuleData, Xfer};
+use super::subsystem::Controller;
+use super::subsystem::{Limits, Subsystem};
 use crate::engine::{Engine, QueueId};
 use leapio_backends::{IoError, IoKind, IoRequest, Owner};
 use leapio_controller::admin::{AdminCore, Reply};

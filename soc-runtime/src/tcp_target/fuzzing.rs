@@ -8,8 +8,8 @@
 //! poller, on one thread, with no I/O and no timers.
 
 use super::config::TcpTargetSpec;
-use super::ctrl::Subsystem;
-use super::poller::{Poller, BACKEND_DEPTH};
+use super::poller::{TargetPoller, BACKEND_DEPTH};
+use super::subsystem::Subsystem;
 use leapio_backends::Backend;
 use leapio_controller::NamespaceInfo;
 use std::net::{TcpListener, TcpStream};
@@ -39,7 +39,7 @@ pub struct Leftovers {
 
 /// A poller, its RAM namespaces and its backend queues, reused across runs.
 pub struct Harness {
-    poller: Poller,
+    poller: TargetPoller,
     spec: TcpTargetSpec,
     namespaces: Vec<NamespaceInfo>,
     backends: Vec<Arc<dyn Backend>>,
@@ -64,7 +64,7 @@ impl Harness {
             queues.push(q);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let poller = Poller::new(0, sub, listener.clone(), engine, queues, stop)?;
+        let poller = TargetPoller::new(0, sub, listener.clone(), engine, queues, stop)?;
         Ok(Harness {
             poller,
             spec,

@@ -3,7 +3,8 @@
 //! tcp` (or any NVMe/TCP host) can use them.
 //!
 //! - [`config`]: the `--tcp-target` specification.
-//! - `ctrl`: the subsystem and its dynamic controllers (shared by pollers).
+//! - `subsystem`: the subsystem and its dynamic controllers (shared by
+//!   pollers).
 //! - `poller`: poller threads, each an epoll loop over non-blocking sockets
 //!   with its own backend queues (no thread per connection).
 //! - `conn`: one connection = one NVMe queue: ICReq/ICResp, capsules,
@@ -21,13 +22,13 @@ mod admin;
 mod bufs;
 pub mod config;
 mod conn;
-mod ctrl;
 mod epoll;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod io_cmd;
 mod poller;
+mod subsystem;
 #[cfg(test)]
 mod tests;
 
@@ -55,7 +56,7 @@ pub enum TcpTargetError {
         source: std::io::Error,
     },
     #[error("starting target poller {index}")]
-    Poller {
+    TargetPoller {
         index: usize,
         #[source]
         source: std::io::Error,
@@ -69,7 +70,7 @@ pub struct TcpTarget {
     pub nqn: String,
     pub backends: Vec<Arc<dyn Backend>>,
     threads: Vec<JoinHandle<()>>,
-    sub: Arc<ctrl::Subsystem>,
+    sub: Arc<subsystem::Subsystem>,
 }
 
 impl TcpTarget {
@@ -100,7 +101,7 @@ impl TcpTarget {
         listener.set_nonblocking(true).map_err(listen_err)?;
         let local_addr = listener.local_addr().map_err(listen_err)?;
         let listener = Arc::new(listener);
-        let sub = Arc::new(ctrl::Subsystem::new(
+        let sub = Arc::new(subsystem::Subsystem::new(
             spec,
             serial,
             local_addr,
@@ -109,7 +110,7 @@ impl TcpTarget {
         ));
         let mut threads = Vec::new();
         for p in 0..pollers.max(1) {
-            let perr = |source| TcpTargetError::Poller { index: p, source };
+            let perr = |source| TcpTargetError::TargetPoller { index: p, source };
             let mut engine = crate::engine::Engine::default();
             let mut queues = Vec::new();
             for (i, b) in backends.iter().enumerate() {
@@ -122,7 +123,7 @@ impl TcpTarget {
                     })?;
                 queues.push(q);
             }
-            let poller = poller::Poller::new(
+            let poller = poller::TargetPoller::new(
                 p,
                 sub.clone(),
                 listener.clone(),

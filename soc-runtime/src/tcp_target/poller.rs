@@ -7,8 +7,8 @@
 
 use super::bufs::BufPool;
 use super::conn::{Conn, Ctx, OpOutcome, Phase};
-use super::ctrl::Subsystem;
 use super::epoll::Epoll;
+use super::subsystem::Subsystem;
 use crate::engine::{Engine, QueueId};
 use leapio_backends::Completion;
 use std::collections::HashMap;
@@ -70,7 +70,7 @@ struct Orphan {
     _buf: Vec<u8>,
 }
 
-pub(super) struct Poller {
+pub(super) struct TargetPoller {
     pub index: usize,
     pub sub: Arc<Subsystem>,
     listener: Arc<TcpListener>,
@@ -102,7 +102,7 @@ pub(super) struct Poller {
     nap_failed: bool,
 }
 
-impl Poller {
+impl TargetPoller {
     pub fn new(
         index: usize,
         sub: Arc<Subsystem>,
@@ -110,12 +110,12 @@ impl Poller {
         engine: Engine,
         queues: Vec<QueueId>,
         stop: Arc<AtomicBool>,
-    ) -> std::io::Result<Poller> {
+    ) -> std::io::Result<TargetPoller> {
         let epoll = Epoll::new()?;
         epoll.add(listener.as_raw_fd(), LISTENER, false)?;
         let nap = TimerFd::new().map_err(std::io::Error::from)?;
         epoll.add(nap.as_raw_fd(), NAP, false)?;
-        Ok(Poller {
+        Ok(TargetPoller {
             index,
             sub,
             listener,
@@ -609,7 +609,7 @@ fn flush(c: &mut Client, bufs: &mut BufPool) -> std::io::Result<bool> {
 /// PDUs instead of writing them. Everything in between (parser, state
 /// machine, commands, backend queues, closing) is the code above.
 #[cfg(feature = "fuzzing")]
-impl Poller {
+impl TargetPoller {
     /// Start serving a connection whose bytes the caller provides. `sock` is
     /// never read or written (an unconnected socket does).
     pub(super) fn fuzz_open(&mut self, sock: std::net::TcpStream) -> usize {

@@ -17,10 +17,10 @@
 //! `fdatasync` of the media file done by the backend's flusher thread.
 //! The backend therefore announces a volatile write cache.
 
+mod config;
 pub mod ftl;
 pub mod nand;
 mod queue;
-mod spec;
 pub(crate) mod sync;
 pub mod zns;
 pub mod zoned_media;
@@ -33,10 +33,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+pub(crate) use config::parse as parse_spec;
+pub use config::FlashSpec;
 pub use ftl::FlashStats;
 pub use nand::{Media, MediaError, NandGeometry, NandMedia, Timing};
-pub(crate) use spec::parse as parse_spec;
-pub use spec::FlashSpec;
 pub use zns::{ZnsBackend, ZnsSpec};
 
 use crate::{human_size, Backend, BackendError, BackendQueue, Features, Geometry};

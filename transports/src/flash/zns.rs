@@ -29,9 +29,9 @@ use std::fs::File;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::config::FlashSpec;
 use super::nand::{Media, MediaError, NandGeometry, NandMedia, PageKind, PageMeta, Timing};
 use super::queue::{drain_timed, gather, scatter, Timed};
-use super::spec::FlashSpec;
 use super::sync::Flusher;
 use super::zones::{Effect, Zones};
 use super::{lock_media, MAX_FLASH_DEPTH};
@@ -76,15 +76,15 @@ pub(crate) fn parse_spec(body: &str) -> Result<ZnsSpec, String> {
     if body.split(['?', '&']).any(|kv| kv.starts_with("op=")) {
         return Err("op= does not apply to a zoned namespace (no FTL)".to_owned());
     }
-    let (path, opts) = super::spec::split(body).map_err(|e| e.replace("'flash:", "'zns:"))?;
-    let known: Vec<&str> = super::spec::KEYS
+    let (path, opts) = super::config::split(body).map_err(|e| e.replace("'flash:", "'zns:"))?;
+    let known: Vec<&str> = super::config::KEYS
         .into_iter()
         .filter(|k| *k != "op")
         .chain(["max_open", "max_active"])
         .collect();
     opts.check_once(&known).map_err(|e| e.to_string())?;
     let mut spec = ZnsSpec {
-        flash: super::spec::from_options(path, &opts)?,
+        flash: super::config::from_options(path, &opts)?,
         ..ZnsSpec::default()
     };
     let limit = |k: &str| {

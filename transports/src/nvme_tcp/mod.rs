@@ -23,21 +23,21 @@
 //! the controller must prove its own secret. A refusal is an error of that
 //! connection attempt (no retry is different from a lost connection's).
 
+mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod queue;
 mod session;
-mod spec;
 mod sync_conn;
 
 use std::sync::Arc;
 
 use leapio_nvme::Status;
 
-pub use spec::{NvmeTcpSpec, DEFAULT_HOSTNQN};
+pub use config::{NvmeTcpSpec, DEFAULT_HOSTNQN};
 
-pub(crate) use spec::parse as parse_spec;
+pub(crate) use config::parse as parse_spec;
 
 use crate::{Backend, BackendError, BackendQueue, Features, Geometry};
 use session::Session;

@@ -18,7 +18,7 @@ use leapio_nvme::regs::{csts, offset};
 use leapio_nvme::{AdminOpcode, IoOpcode, Sqe};
 use zerocopy::FromBytes;
 
-use super::spec::NvmeTcpSpec;
+use super::config::NvmeTcpSpec;
 use super::sync_conn::{wait_until, Negotiated, SyncConn};
 use super::NvmeTcpError;
 use crate::{Features, Geometry, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};

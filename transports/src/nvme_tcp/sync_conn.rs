@@ -19,7 +19,7 @@ use leapio_nvme_auth::{AuthError, HostTransaction, Secrets};
 use std::sync::atomic::{AtomicU16, Ordering};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use super::spec::NvmeTcpSpec;
+use super::config::NvmeTcpSpec;
 use super::NvmeTcpError;
 
 /// What ICReq/ICResp settled on a connection.

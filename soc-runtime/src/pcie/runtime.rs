@@ -1,8 +1,8 @@
 //! The runtime: poller threads, and the per-controller hand-off of I/O
 //! queues (as the host-driver creates and deletes them) to a poller.
 
-use crate::ctrl::CtrlCtx;
-use crate::poller::{Poller, PollerMsg};
+use crate::pcie::controller::CtrlCtx;
+use crate::pcie::poller::{PollerMsg, QueuePoller};
 use leapio_link::{CqSetup, SqSetup};
 use leapio_nvme::Status;
 use std::collections::BTreeMap;
@@ -65,7 +65,7 @@ impl Runtime {
                             Err(e) => tracing::warn!(poller = i, cpu, "cannot pin poller: {e}"),
                         }
                     }
-                    Poller::new(i, rx, st).with_io_wait(io_wait).run()
+                    QueuePoller::new(i, rx, st).with_io_wait(io_wait).run()
                 })?;
             senders.push(Mutex::new(tx));
             threads.push(t);

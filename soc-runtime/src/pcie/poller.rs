@@ -12,8 +12,8 @@
 //! one after a crash finds what to post and what to run again.
 
 use crate::crash::{self, Point};
-use crate::ctrl::CtrlCtx;
 use crate::engine::{Engine, QueueId};
+use crate::pcie::controller::CtrlCtx;
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::ring::{CqRing, SqRing};
 use leapio_ats::transfer::copy_to_prps;
@@ -166,7 +166,7 @@ struct Slot {
     snap_gen: u64,
 }
 
-pub struct Poller {
+pub struct QueuePoller {
     index: usize,
     rx: Receiver<PollerMsg>,
     stop: Arc<AtomicBool>,
@@ -186,9 +186,9 @@ pub struct Poller {
     io_wait: Option<Duration>,
 }
 
-impl Poller {
-    pub fn new(index: usize, rx: Receiver<PollerMsg>, stop: Arc<AtomicBool>) -> Poller {
-        Poller {
+impl QueuePoller {
+    pub fn new(index: usize, rx: Receiver<PollerMsg>, stop: Arc<AtomicBool>) -> QueuePoller {
+        QueuePoller {
             index,
             rx,
             stop,
@@ -269,7 +269,7 @@ impl Poller {
     }
 
     /// With `io_wait`: block instead of spinning while waiting on a backend.
-    pub fn with_io_wait(mut self, io_wait: Option<Duration>) -> Poller {
+    pub fn with_io_wait(mut self, io_wait: Option<Duration>) -> QueuePoller {
         self.io_wait = io_wait;
         self
     }
@@ -786,7 +786,12 @@ impl Poller {
 
     /// Make sure this poller has a backend queue for namespace index `ns`
     /// (opened the first time a command needs it).
-    fn backend_queue(&mut self, c: usize, ns: usize, table: &crate::ctrl::NsTable) -> bool {
+    fn backend_queue(
+        &mut self,
+        c: usize,
+        ns: usize,
+        table: &crate::pcie::controller::NsTable,
+    ) -> bool {
         let ctrl = &mut self.ctrls[c];
         if ctrl.nsq.get(ns).is_some_and(Option::is_some) && ctrl.ns_gen == table.generation {
             return true;

@@ -10,9 +10,9 @@
 //! runs that controller's requests in order (a slow queue deletion on one
 //! VM does not hold up another's).
 
-use crate::ctrl::{CtrlCtx, Namespace, NsTable};
-use crate::runtime::{next_ctrl_id, CtrlQueues, Runtime};
-use crate::transport::{Transport, Windows};
+use crate::link::carrier::{Carrier, Windows};
+use crate::pcie::controller::{CtrlCtx, Namespace, NsTable};
+use crate::pcie::runtime::{next_ctrl_id, CtrlQueues, Runtime};
 use leapio_ats::Prot;
 use leapio_link::doorbells::Doorbells;
 use leapio_link::proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
@@ -61,7 +61,7 @@ struct Pending {
 /// A connected link.
 pub struct LinkClient {
     rt: Arc<Runtime>,
-    transport: Transport,
+    carrier: Carrier,
     outbox: SyncSender<ToHost>,
     pending: Mutex<HashMap<String, Pending>>,
     workers: Mutex<HashMap<String, Worker>>,
@@ -93,19 +93,19 @@ pub fn declare(ns: &Namespace) -> NsDecl {
 }
 
 impl LinkClient {
-    /// Say Hello over `transport` and start the reader and writer.
+    /// Say Hello over `carrier` and start the reader and writer.
     /// `software` names this runtime ("socp 0.1.0").
     pub fn connect(
-        transport: Transport,
+        carrier: Carrier,
         rt: Arc<Runtime>,
         software: &str,
     ) -> Result<(Arc<LinkClient>, JoinHandle<LinkError>), LinkError> {
-        transport.send(&ToHost::Hello {
+        carrier.send(&ToHost::Hello {
             major: PROTOCOL_MAJOR,
             minor: PROTOCOL_MINOR,
             software: software.to_string(),
         })?;
-        let host = match transport.recv(Some(WELCOME_TIMEOUT))? {
+        let host = match carrier.recv(Some(WELCOME_TIMEOUT))? {
             (
                 ToRuntime::Welcome {
                     major,
@@ -131,14 +131,14 @@ impl LinkClient {
         };
         tracing::info!(host = %host, "link up");
         let (tx, rx) = sync_channel(OUTBOX);
-        let writer = transport.clone();
+        let writer = carrier.clone();
         std::thread::Builder::new()
             .name("socp-link-tx".into())
             .spawn(move || write_loop(writer, rx))
             .map_err(LinkError::Io)?;
         let client = Arc::new(LinkClient {
             rt,
-            transport: transport.clone(),
+            carrier: carrier.clone(),
             outbox: tx,
             pending: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
@@ -147,7 +147,7 @@ impl LinkClient {
         let me = client.clone();
         let reader = std::thread::Builder::new()
             .name("socp-link-rx".into())
-            .spawn(move || me.read_loop(transport))
+            .spawn(move || me.read_loop(carrier))
             .map_err(LinkError::Io)?;
         Ok((client, reader))
     }
@@ -220,7 +220,7 @@ impl LinkClient {
     /// let go of: a runtime that stops this way leaves the queue-state
     /// area for its successor, as if it had died).
     pub fn close(&self) {
-        self.transport.shutdown();
+        self.carrier.shutdown();
     }
 
     /// The controllers being served.
@@ -313,7 +313,11 @@ impl LinkClient {
     }
 
     /// `f` of each namespace served for `ctrl` (none for an unknown one).
-    fn each_ns<T>(&self, ctrl: &str, f: impl Fn(&crate::ctrl::Namespace) -> T) -> Vec<T> {
+    fn each_ns<T>(
+        &self,
+        ctrl: &str,
+        f: impl Fn(&crate::pcie::controller::Namespace) -> T,
+    ) -> Vec<T> {
         lock(&self.workers).get(ctrl).map_or_else(Vec::new, |w| {
             w.ctx
                 .namespaces
@@ -326,9 +330,9 @@ impl LinkClient {
         })
     }
 
-    fn read_loop(self: Arc<Self>, transport: Transport) -> LinkError {
+    fn read_loop(self: Arc<Self>, carrier: Carrier) -> LinkError {
         let end = loop {
-            let (msg, fds) = match transport.recv(None) {
+            let (msg, fds) = match carrier.recv(None) {
                 Ok(m) => m,
                 Err(e) => break e,
             };
@@ -340,7 +344,7 @@ impl LinkClient {
             LinkError::Closed => tracing::warn!("link closed by the host-driver"),
             e => tracing::error!("link failed: {e}"),
         }
-        transport.shutdown();
+        carrier.shutdown();
         // Nothing more will come: stop serving (the host-driver has gone,
         // and with it the guests' devices).
         let workers: Vec<_> = lock(&self.workers).drain().collect();
@@ -367,7 +371,7 @@ impl LinkClient {
                 epoch,
                 windows,
             } => {
-                let shared = match (windows, self.transport.windows()) {
+                let shared = match (windows, self.carrier.windows()) {
                     (true, Some(w)) => Shared::Windows(w.clone()),
                     (false, _) => {
                         let mut fds = fds.into_iter();
@@ -492,7 +496,7 @@ impl LinkClient {
         let (tx, rx) = channel();
         let outbox = self.outbox.clone();
         let name = ctrl.to_string();
-        let windows = self.transport.windows().cloned();
+        let windows = self.carrier.windows().cloned();
         let thread = std::thread::Builder::new()
             .name(format!("socp-{ctrl}"))
             .spawn(move || worker(queues, rx, outbox, windows))
@@ -506,23 +510,23 @@ impl LinkClient {
 /// How often the writer says the runtime is alive (the rings' heartbeat).
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
-fn write_loop(transport: Transport, rx: Receiver<ToHost>) {
+fn write_loop(carrier: Carrier, rx: Receiver<ToHost>) {
     loop {
         match rx.recv_timeout(HEARTBEAT) {
             Ok(msg) => {
-                if let Err(e) = transport.send(&msg) {
+                if let Err(e) = carrier.send(&msg) {
                     tracing::warn!("link: sending to the host-driver failed: {e}");
-                    transport.shutdown();
+                    carrier.shutdown();
                     return;
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        if transport.is_closed() {
+        if carrier.is_closed() {
             return;
         }
-        transport.beat();
+        carrier.beat();
     }
 }
 

@@ -31,12 +31,12 @@ pub trait Windows: Send + Sync {
 
 /// The link's carrier, runtime side.
 #[derive(Clone)]
-pub enum Transport {
+pub enum Carrier {
     Socket(Arc<UnixStream>),
     Rings {
         rings: Arc<Rings>,
         windows: Arc<dyn Windows>,
-        /// Set by [`Transport::shutdown`]: the reader stops.
+        /// Set by [`Carrier::shutdown`]: the reader stops.
         closed: Arc<AtomicBool>,
     },
 }
@@ -44,14 +44,14 @@ pub enum Transport {
 /// How long to wait for a ring to have room.
 const RING_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl Transport {
-    pub fn socket(s: UnixStream) -> Transport {
-        Transport::Socket(Arc::new(s))
+impl Carrier {
+    pub fn socket(s: UnixStream) -> Carrier {
+        Carrier::Socket(Arc::new(s))
     }
 
     /// Over a link function's rings, with its memory in `windows`.
-    pub fn rings(rings: Arc<Rings>, windows: Arc<dyn Windows>) -> Transport {
-        Transport::Rings {
+    pub fn rings(rings: Arc<Rings>, windows: Arc<dyn Windows>) -> Carrier {
+        Carrier::Rings {
             rings,
             windows,
             closed: Arc::new(AtomicBool::new(false)),
@@ -60,15 +60,15 @@ impl Transport {
 
     pub fn windows(&self) -> Option<&Arc<dyn Windows>> {
         match self {
-            Transport::Rings { windows, .. } => Some(windows),
-            Transport::Socket(_) => None,
+            Carrier::Rings { windows, .. } => Some(windows),
+            Carrier::Socket(_) => None,
         }
     }
 
     pub fn send(&self, msg: &ToHost) -> Result<(), LinkError> {
         match self {
-            Transport::Socket(s) => frame::send(s, msg, &[]),
-            Transport::Rings { rings, windows, .. } => {
+            Carrier::Socket(s) => frame::send(s, msg, &[]),
+            Carrier::Rings { rings, windows, .. } => {
                 let deadline = Instant::now() + RING_SEND_TIMEOUT;
                 loop {
                     match rings.send(msg) {
@@ -90,11 +90,11 @@ impl Transport {
     /// The next message; `timeout` None waits for ever.
     pub fn recv(&self, timeout: Option<Duration>) -> Result<(ToRuntime, Vec<OwnedFd>), LinkError> {
         match self {
-            Transport::Socket(s) => {
+            Carrier::Socket(s) => {
                 s.set_read_timeout(timeout).map_err(LinkError::Io)?;
                 frame::recv(s)
             }
-            Transport::Rings { rings, closed, .. } => {
+            Carrier::Rings { rings, closed, .. } => {
                 let deadline = timeout.map(|t| Instant::now() + t);
                 // Poll: nothing interrupts a user-space runtime on the SoC.
                 // Messages are control only: a short sleep costs nothing
@@ -120,24 +120,24 @@ impl Transport {
     /// End the link (the reader returns).
     pub fn shutdown(&self) {
         match self {
-            Transport::Socket(s) => {
+            Carrier::Socket(s) => {
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
-            Transport::Rings { closed, .. } => closed.store(true, Ordering::Release),
+            Carrier::Rings { closed, .. } => closed.store(true, Ordering::Release),
         }
     }
 
-    /// Whether [`Transport::shutdown`] was called (rings).
+    /// Whether [`Carrier::shutdown`] was called (rings).
     pub fn is_closed(&self) -> bool {
         match self {
-            Transport::Rings { closed, .. } => closed.load(Ordering::Acquire),
-            Transport::Socket(_) => false,
+            Carrier::Rings { closed, .. } => closed.load(Ordering::Acquire),
+            Carrier::Socket(_) => false,
         }
     }
 
     /// The runtime is alive (rings: the heartbeat the host-driver watches).
     pub fn beat(&self) {
-        if let Transport::Rings { rings, .. } = self {
+        if let Carrier::Rings { rings, .. } = self {
             rings.beat();
         }
     }

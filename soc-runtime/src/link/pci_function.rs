@@ -10,7 +10,7 @@
 //! function's `resource0` before opening a session, so when it opens one
 //! the previous runtime is gone (the host-driver's fence for an SoC).
 
-use crate::transport::Windows;
+use crate::link::carrier::Windows;
 use leapio_link::function::{self, reg};
 use leapio_link::ring::{RingMemory, Rings, RING_AREA};
 use memmap2::{MmapOptions, MmapRaw};
