@@ -196,14 +196,23 @@ mod tests {
     use leapio_backend::IoKind;
     use leapio_backends::RamBackend;
 
-    fn read(tag: u64, buf: &mut [u8]) -> (u64, libc::iovec) {
-        (
+    fn iovec(buf: &mut [u8]) -> libc::iovec {
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }
+    }
+
+    /// A read of 512 bytes at `offset` into the buffer `iov` describes.
+    fn read(tag: u64, offset: u64, iov: &libc::iovec) -> IoRequest<'_> {
+        IoRequest {
             tag,
-            libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            },
-        )
+            kind: IoKind::Read,
+            offset,
+            len: 512,
+            iov: std::slice::from_ref(iov),
+            owner: 0,
+        }
     }
 
     #[test]
@@ -213,15 +222,8 @@ mod tests {
         let id = e.open(&ram, 2).unwrap();
         let mut bufs = vec![vec![0u8; 512]; 5];
         for (i, b) in bufs.iter_mut().enumerate() {
-            let (tag, iov) = read(i as u64, b);
-            let req = IoRequest {
-                tag,
-                kind: IoKind::Read,
-                offset: tag * 512,
-                len: 512,
-                iov: std::slice::from_ref(&iov),
-                owner: 0,
-            };
+            let iov = iovec(b);
+            let req = read(i as u64, i as u64 * 512, &iov);
             // SAFETY: `bufs` outlives every request (all completed below).
             unsafe { e.submit(id, &req) };
         }
@@ -239,15 +241,8 @@ mod tests {
         assert!(out.iter().all(|c| c.result.is_ok()));
         assert_eq!(e.in_flight(), 0);
         // A refused request (past the end) completes with EINVAL.
-        let (tag, iov) = read(9, &mut bufs[0]);
-        let bad = IoRequest {
-            tag,
-            kind: IoKind::Read,
-            offset: 1 << 20,
-            len: 512,
-            iov: std::slice::from_ref(&iov),
-            owner: 0,
-        };
+        let iov = iovec(&mut bufs[0]);
+        let bad = read(9, 1 << 20, &iov);
         // SAFETY: as above.
         unsafe { e.submit(id, &bad) };
         out.clear();
@@ -257,15 +252,8 @@ mod tests {
         // Kept requests can be forgotten (their connection closed).
         let small = e.open(&ram, 1).unwrap();
         for i in [20u64, 21, 22] {
-            let (tag, iov) = read(i, &mut bufs[usize::try_from(i - 20).unwrap()]);
-            let req = IoRequest {
-                tag,
-                kind: IoKind::Read,
-                offset: 0,
-                len: 512,
-                iov: std::slice::from_ref(&iov),
-                owner: 0,
-            };
+            let iov = iovec(&mut bufs[usize::try_from(i - 20).unwrap()]);
+            let req = read(i, 0, &iov);
             // SAFETY: as above.
             unsafe { e.submit(small, &req) };
         }
@@ -278,15 +266,8 @@ mod tests {
         let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
         assert_eq!(tags, [20, 21]);
         e.close(id);
-        let (tag, iov) = read(7, &mut bufs[1]);
-        let req = IoRequest {
-            tag,
-            kind: IoKind::Read,
-            offset: 0,
-            len: 512,
-            iov: std::slice::from_ref(&iov),
-            owner: 0,
-        };
+        let iov = iovec(&mut bufs[1]);
+        let req = read(7, 0, &iov);
         // SAFETY: as above.
         unsafe { e.submit(id, &req) };
         out.clear();
