@@ -43,6 +43,11 @@ fi
 # the sources, as git has them (mtimes kept: an unchanged file is not rebuilt)
 mkdir -p "$src"
 git ls-files -z | xargs -0 tar -cf - --no-recursion | tar -xpf - -C "$src"
+# files the tree no longer has (moved or deleted) leave the copy too
+comm -z -23 \
+    <(cd "$src" && find . \( -path ./target -o -path ./.cargo \) -prune -o -type f -printf '%P\0' | sort -z) \
+    <(git ls-files -z | sort -z) |
+    (cd "$src" && xargs -0 -r rm -f --)
 mkdir -p "$src/.cargo"
 cat > "$src/.cargo/config.toml" <<CFG
 [source.crates-io]
