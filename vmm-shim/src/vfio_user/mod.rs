@@ -4,7 +4,7 @@
 //! tests and benchmarks is in the `leapio-tests` crate.)
 //!
 //! The specification is QEMU's `docs/interop/vfio-user.rst`;
-//! `/work/shared/design/vfio-user-notes.md` records how QEMU 11.1's client
+//! `docs/design/vfio-user.md` records how QEMU 11.1's client
 //! really behaves, and this implementation follows it where the two differ
 //! in detail (reply sizes, the two-pass region info, fd-less DMA maps).
 //!
