@@ -8,11 +8,30 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use vm_memory::MmapRegion;
 
 use crate::mapping::{map_fd, MAP_ALIGN};
-use crate::snapshot::{Region, Snapshot};
+use crate::snapshot::{Mem, Region, Snapshot};
 use crate::{AtsError, Prot};
+
+/// A device besides the CPUs that reads and writes guest memory itself (an
+/// SSD the runtime drives through an IOMMU): shown every mapping of the
+/// domains it is given to, for as long as the mapping lives.
+pub trait DeviceAccess: Send + Sync + std::fmt::Debug {
+    /// Let the device reach `[addr, addr + len)` (writes too when
+    /// `writable`); the guard revokes that when dropped, before the memory
+    /// is unmapped. An error only costs the device direct access: the
+    /// region is mapped all the same.
+    ///
+    /// # Safety
+    ///
+    /// The memory stays mapped until the guard is dropped.
+    unsafe fn grant(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        writable: bool,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, String>;
+}
 
 /// The guest-physical address space of one VM (one vfio-user connection).
 ///
@@ -25,6 +44,8 @@ pub struct Domain {
     generation: AtomicU64,
     /// Serialises writers; readers never take it.
     writer: Mutex<()>,
+    /// A device that must see the memory mapped here.
+    device: Option<Arc<dyn DeviceAccess>>,
 }
 
 // Compile-time check: a domain is shared by the control thread and the pollers.
@@ -46,6 +67,15 @@ impl Domain {
             current: ArcSwap::from_pointee(Snapshot::new(0, Vec::new())),
             generation: AtomicU64::new(0),
             writer: Mutex::new(()),
+            device: None,
+        }
+    }
+
+    /// An empty domain whose mappings `device` is granted as they are made.
+    pub fn with_device(device: Arc<dyn DeviceAccess>) -> Domain {
+        Domain {
+            device: Some(device),
+            ..Domain::new()
         }
     }
 
@@ -103,7 +133,19 @@ impl Domain {
         check_overlap(self.current.load().regions_raw(), gpa, size)?;
         let mem = match fd {
             Some(fd) if !prot.is_none() => {
-                Some(Arc::new(map_fd(gpa, size, fd, file_offset, prot)?))
+                let map = map_fd(gpa, size, fd, file_offset, prot)?;
+                let grant = self.device.as_ref().and_then(|d| {
+                    // SAFETY: the grant is kept beside the mapping in `Mem`
+                    // and dropped before it.
+                    match unsafe { d.grant(map.as_ptr(), map.size(), prot.write) } {
+                        Ok(g) => Some(g),
+                        Err(e) => {
+                            tracing::warn!(gpa, size, "ats: the device cannot reach this guest memory directly: {e}");
+                            None
+                        }
+                    }
+                });
+                Some(Arc::new(Mem { grant, map }))
             }
             _ => None,
         };
@@ -215,7 +257,7 @@ impl Domain {
         // Every snapshot that contains a region holds a strong count on its
         // memory, whatever its generation; nobody holds a Weak. So once a
         // count reaches 1 (ours) it can never rise again.
-        let mut mems: Vec<Arc<MmapRegion>> = removed.into_iter().filter_map(|r| r.mem).collect();
+        let mut mems: Vec<Arc<Mem>> = removed.into_iter().filter_map(|r| r.mem).collect();
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_micros(20);
         let mut yields = 0u32;
@@ -312,6 +354,8 @@ mod tests {
     use std::thread;
     use std::time::{Duration, Instant};
 
+    use std::ffi::CString;
+
     use super::Domain;
     use crate::testing::memfd;
     use crate::tests::{is_mapped, map_ram, unique_name};
@@ -319,6 +363,72 @@ mod tests {
 
     const K4: u64 = 4096;
     const T: Duration = Duration::from_secs(5);
+
+    /// A device that records what it is granted; `refuse` makes it fail.
+    /// Its grants check, when revoked, that the memfd named in `NAME` is
+    /// still mapped.
+    #[derive(Debug, Default)]
+    struct Device {
+        granted: std::sync::Mutex<Vec<(usize, usize, bool)>>,
+        live: Arc<std::sync::atomic::AtomicUsize>,
+        refuse: AtomicBool,
+    }
+
+    struct Grant(Arc<std::sync::atomic::AtomicUsize>, CString);
+
+    impl Drop for Grant {
+        fn drop(&mut self) {
+            // Revoked while the memory is still mapped.
+            assert!(is_mapped(&self.1), "grant revoked after the munmap");
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl super::DeviceAccess for Device {
+        unsafe fn grant(
+            &self,
+            addr: *mut u8,
+            len: usize,
+            writable: bool,
+        ) -> Result<Box<dyn std::any::Any + Send + Sync>, String> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err("no room".into());
+            }
+            self.granted.lock().unwrap().push((addr as usize, len, writable));
+            self.live.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Grant(Arc::clone(&self.live), NAME.with(|n| n.borrow().clone()))))
+        }
+    }
+
+    thread_local! {
+        static NAME: std::cell::RefCell<CString> = std::cell::RefCell::new(CString::default());
+    }
+
+    #[test]
+    fn a_device_is_granted_each_mapping_until_it_is_unmapped() {
+        let dev = Arc::new(Device::default());
+        let d = Domain::with_device(dev.clone());
+        let name = unique_name("dev");
+        NAME.with(|n| *n.borrow_mut() = name.clone());
+        let fd = memfd(&name, 2 * K4).expect("memfd");
+        d.map(0x10_0000, 2 * K4, Some(fd), 0, Prot::READ_WRITE).unwrap();
+        let snap = d.snapshot();
+        let host = snap.translate(0x10_0000, 1, Access::Read).unwrap().addr();
+        assert_eq!(dev.granted.lock().unwrap()[0], (host, 2 * K4 as usize, true));
+        assert_eq!(dev.live.load(Ordering::SeqCst), 1);
+        // Fd-less mappings are never granted; a refusal only costs the grant.
+        d.map(0x20_0000, K4, None, 0, Prot::READ_WRITE).unwrap();
+        dev.refuse.store(true, Ordering::SeqCst);
+        let other = unique_name("dev2");
+        let fd2 = memfd(&other, K4).expect("memfd");
+        d.map(0x30_0000, K4, Some(fd2), 0, Prot::READ_WRITE).unwrap();
+        assert_eq!(dev.live.load(Ordering::SeqCst), 1);
+        // The grant lives as long as a snapshot holds the memory.
+        drop(snap);
+        d.unmap(0x10_0000, 2 * K4, T).unwrap();
+        assert_eq!(dev.live.load(Ordering::SeqCst), 0);
+        assert!(!is_mapped(&name));
+    }
 
     #[test]
     fn a_flood_of_maps_stops_at_the_region_limit() {

@@ -78,7 +78,7 @@ pub mod testing;
 pub mod transfer;
 mod types;
 
-pub use domain::{Domain, MAX_REGIONS};
+pub use domain::{DeviceAccess, Domain, MAX_REGIONS};
 pub use error::AtsError;
 pub use seals::require_sealed;
 pub use snapshot::Snapshot;

@@ -17,7 +17,30 @@ pub(crate) struct Region {
     pub(crate) file_offset: u64,
     /// Host mapping; `None` for fd-less (or `Prot::NONE`) mappings, which are
     /// recorded so that unmap matches them but are never accessible.
-    pub(crate) mem: Option<Arc<MmapRegion>>,
+    pub(crate) mem: Option<Arc<Mem>>,
+}
+
+/// The host mapping of a region, and the grant that lets a device reach
+/// it (dropped first: a device loses the memory before it is unmapped).
+pub(crate) struct Mem {
+    pub(crate) grant: Option<Box<dyn std::any::Any + Send + Sync>>,
+    pub(crate) map: MmapRegion,
+}
+
+impl std::fmt::Debug for Mem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mem")
+            .field("granted", &self.grant.is_some())
+            .field("len", &self.map.size())
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Mem {
+    type Target = MmapRegion;
+    fn deref(&self) -> &MmapRegion {
+        &self.map
+    }
 }
 
 impl Region {

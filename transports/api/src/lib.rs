@@ -28,6 +28,8 @@
 //! - Block devices are opened with O_EXCL: a mounted or claimed device is
 //!   refused.
 
+pub mod dma;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
