@@ -363,9 +363,10 @@ pub fn zone_status(e: ZoneError) -> Status {
 
 /// NVMe status of a failed backend operation (zone refusals included).
 pub fn io_error_status(kind: IoKind, e: &IoError) -> Status {
-    match e.zone {
-        Some(z) => zone_status(z),
-        None => backend_status(kind, e.errno),
+    match (e.zone, e.status) {
+        (Some(z), _) => zone_status(z),
+        (None, Some(field)) => Status::from_field(field),
+        (None, None) => backend_status(kind, e.errno),
     }
 }
 

@@ -29,6 +29,7 @@
 mod config;
 mod file;
 pub mod flash;
+mod nvme_host;
 pub mod nvme_tcp;
 mod ram;
 mod sys;

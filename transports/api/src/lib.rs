@@ -311,12 +311,29 @@ pub struct IoError {
     pub errno: i32,
     /// A zoned backend's refusal (`errno` is then `EIO`).
     pub zone: Option<ZoneError>,
+    /// The status an NVMe device reported for the command (the 15-bit
+    /// status field of its completion; `errno` is then `EIO`): a backend
+    /// that drives an NVMe device passes it on as it is.
+    pub status: Option<u16>,
 }
 
 impl IoError {
     /// Error from a positive errno value.
     pub const fn from_errno(errno: i32) -> Self {
-        IoError { errno, zone: None }
+        IoError {
+            errno,
+            zone: None,
+            status: None,
+        }
+    }
+
+    /// An NVMe device's failure status (see [`IoError::status`]).
+    pub const fn device(status: u16) -> Self {
+        IoError {
+            errno: libc::EIO,
+            zone: None,
+            status: Some(status & 0x7fff),
+        }
     }
 
     /// A zoned backend's refusal.
@@ -324,6 +341,7 @@ impl IoError {
         IoError {
             errno: libc::EIO,
             zone: Some(e),
+            status: None,
         }
     }
 }
@@ -332,6 +350,14 @@ impl fmt::Display for IoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(z) = self.zone {
             return write!(f, "zone error: {z:?}");
+        }
+        if let Some(s) = self.status {
+            return write!(
+                f,
+                "device status: type {:#x}, code {:#04x}",
+                (s >> 8) & 0x7,
+                s & 0xff
+            );
         }
         write!(
             f,

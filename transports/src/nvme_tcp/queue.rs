@@ -13,18 +13,18 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE};
+use leapio_nvme::cmd::DsmRange;
 use leapio_nvme::fabrics::SglDescriptor;
 use leapio_nvme::tcp::{
     header_len, layout, seal, CapsuleCmd, CapsuleResp, CommonHeader, DataHdr, PduFlags, PduType,
     R2t, DIGEST_LEN,
 };
-use leapio_nvme::{IoOpcode, Sqe, Status};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::session::{Info, Session};
 use super::sync_conn::Negotiated;
 use super::NvmeTcpError;
+use crate::nvme_host::{dsm_range, io_command, status_error};
 use crate::{
     validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
 };
@@ -274,34 +274,16 @@ impl NvmeTcpQueue {
         c.received = 0;
         c.solicited = 0;
         c.bad_digest = false;
-        let mut sqe = Sqe {
-            cid: cid.into(),
-            nsid: self.nsid.into(),
-            ..Default::default()
-        };
-        let lba = |sqe: &mut Sqe| {
-            sqe.cdw10 = u32::try_from(c.slba & 0xffff_ffff).unwrap_or(0).into();
-            sqe.cdw11 = u32::try_from(c.slba >> 32).unwrap_or(0).into();
-        };
+        let mut sqe = io_command(c.kind, self.nsid, c.slba, c.nlb);
+        sqe.cid = cid.into();
         let mut dsm = DsmRange::default();
         let inline: usize;
         match c.kind {
             IoKind::Read => {
-                sqe.opcode = IoOpcode::READ;
-                lba(&mut sqe);
-                sqe.cdw12 = (c.nlb - 1).into();
                 SglDescriptor::transport(c.len).store(&mut sqe);
                 inline = 0;
             }
             IoKind::Write | IoKind::WriteFua => {
-                sqe.opcode = IoOpcode::WRITE;
-                lba(&mut sqe);
-                let fua = if c.kind == IoKind::WriteFua {
-                    1 << 30
-                } else {
-                    0
-                };
-                sqe.cdw12 = ((c.nlb - 1) | fua).into();
                 if c.len <= self.info.in_capsule {
                     SglDescriptor::in_capsule(0, c.len).store(&mut sqe);
                     inline = usize::try_from(c.len).unwrap_or(0);
@@ -310,26 +292,13 @@ impl NvmeTcpQueue {
                     inline = 0;
                 }
             }
-            // `validate` refuses zone kinds at submit: never queued.
-            IoKind::Flush | IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => {
-                sqe.opcode = IoOpcode::FLUSH;
-                inline = 0;
-            }
-            IoKind::WriteZeroes => {
-                sqe.opcode = IoOpcode::WRITE_ZEROES;
-                lba(&mut sqe);
-                sqe.cdw12 = (c.nlb - 1).into();
-                inline = 0;
-            }
             IoKind::Deallocate => {
-                sqe.opcode = IoOpcode::DATASET_MANAGEMENT;
-                sqe.cdw10 = 0.into();
-                sqe.cdw11 = DSM_ATTR_DEALLOCATE.into();
-                dsm.nlb = c.nlb.into();
-                dsm.slba = c.slba.into();
+                dsm = dsm_range(c.slba, c.nlb);
                 SglDescriptor::in_capsule(0, 16).store(&mut sqe);
                 inline = 16;
             }
+            // Flush, Write Zeroes: no data; zone kinds are refused at submit.
+            _ => inline = 0,
         }
         let mut h = CapsuleCmd::new();
         h.sqe = sqe;
@@ -426,15 +395,15 @@ impl NvmeTcpQueue {
         let st = resp.cqe.status_field();
         let result = if st.is_success() {
             if c.bad_digest {
-                Err(libc::EIO)
+                Err(IoError::from_errno(libc::EIO))
             } else if c.kind == IoKind::Read && c.received != c.len {
                 tracing::warn!(cid, received = c.received, len = c.len, "short read data");
-                Err(libc::EIO)
+                Err(IoError::from_errno(libc::EIO))
             } else {
                 Ok(())
             }
         } else {
-            Err(errno_of(st))
+            Err(status_error(st.field()))
         };
         let retryable =
             (c.bad_digest || (!st.is_success() && !st.is_dnr())) && c.retries < MAX_RETRIES;
@@ -444,7 +413,7 @@ impl NvmeTcpQueue {
             self.send_cmd(cid);
             return Ok(());
         }
-        self.complete(cid, result.map_err(IoError::from_errno));
+        self.complete(cid, result);
         Ok(())
     }
 
@@ -1037,16 +1006,6 @@ fn check_hdgst(pdu: &[u8], hlen: usize, hd: usize) -> Result<(), NvmeTcpError> {
         )));
     }
     Ok(())
-}
-
-/// errno for a failed NVMe status.
-fn errno_of(st: Status) -> i32 {
-    match (st.sct(), st.sc()) {
-        (0, 0x01) => libc::EOPNOTSUPP,
-        (0, 0x02 | 0x0b | 0x80) => libc::EINVAL,
-        (0, 0x81) => libc::ENOSPC,
-        _ => libc::EIO,
-    }
 }
 
 impl BackendQueue for NvmeTcpQueue {

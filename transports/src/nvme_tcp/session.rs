@@ -9,7 +9,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::fabrics::IdentifyFabrics;
 use leapio_nvme::identify::{
     Cns, IdentifyController, IdentifyNamespace, ONCS_DSM, ONCS_WRITE_ZEROES,
@@ -21,7 +20,8 @@ use zerocopy::FromBytes;
 use super::config::NvmeTcpSpec;
 use super::sync_conn::{wait_until, Negotiated, SyncConn};
 use super::NvmeTcpError;
-use crate::{Features, Geometry, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::nvme_host;
+use crate::{Features, Geometry};
 
 /// Admin queue entries we ask for.
 const ADMIN_SQSIZE: u16 = 31;
@@ -294,13 +294,7 @@ fn keep_alive(c: &mut SyncConn) -> Result<(), NvmeTcpError> {
 }
 
 fn identify(c: &mut SyncConn, cns: u8, nsid: u32) -> Result<Vec<u8>, NvmeTcpError> {
-    let sqe = Sqe {
-        opcode: AdminOpcode::IDENTIFY,
-        nsid: nsid.into(),
-        cdw10: u32::from(cns).into(),
-        ..Default::default()
-    };
-    let (_, d) = c.command_ok("Identify", sqe, &[], 4096)?;
+    let (_, d) = c.command_ok("Identify", nvme_host::identify(cns, nsid), &[], 4096)?;
     Ok(d)
 }
 
@@ -318,9 +312,7 @@ fn bring_up(spec: &NvmeTcpSpec, hostid: [u8; 16]) -> Result<(SyncConn, u16, Info
     let vs = c.prop_get(prop(offset::VS), false)?;
     let mqes = u32::try_from(cap & 0xffff).unwrap_or(0) + 1;
     let to = Duration::from_millis(500 * ((cap >> 24) & 0xff).max(1));
-    // CC: EN, CSS NVM, MPS 4 KiB, IOSQES 64 B, IOCQES 16 B.
-    let cc = 1 | (6 << 16) | (4 << 20);
-    c.prop_set(prop(offset::CC), cc)?;
+    c.prop_set(prop(offset::CC), nvme_host::HOST_CC)?;
     let deadline = Instant::now() + to.min(Duration::from_secs(30));
     let ready = wait_until(deadline, || {
         let st = c.prop_get(prop(offset::CSTS), false)?;
@@ -348,7 +340,7 @@ fn bring_up(spec: &NvmeTcpSpec, hostid: [u8; 16]) -> Result<(SyncConn, u16, Info
     let Geometry {
         block_size,
         num_blocks: nsze,
-    } = namespace_geometry(&idn, spec.nsid)?;
+    } = nvme_host::namespace_geometry(&idn, spec.nsid).map_err(NvmeTcpError::Unusable)?;
     let fab = IdentifyFabrics::read_from_bytes(&idc.fabrics[..])
         .map_err(|_| NvmeTcpError::Protocol("Identify fabrics area".into()))?;
     let in_capsule = if fab.icdoff.get() == 0 {
@@ -356,25 +348,12 @@ fn bring_up(spec: &NvmeTcpSpec, hostid: [u8; 16]) -> Result<(SyncConn, u16, Info
     } else {
         0
     };
-    let max_transfer = if idc.mdts == 0 {
-        u32::MAX
-    } else {
-        4096u32.checked_shl(u32::from(idc.mdts)).unwrap_or(u32::MAX)
-    };
+    let max_transfer = nvme_host::max_transfer(idc.mdts);
     let oncs = idc.oncs.get();
     // Number of Queues: ask for what the spec allows, take what is granted.
-    let want = u32::from(spec.queues.max(1) - 1);
-    let sqe = Sqe {
-        opcode: AdminOpcode::SET_FEATURES,
-        cdw10: u32::from(FeatureId::NUMBER_OF_QUEUES).into(),
-        cdw11: (want | (want << 16)).into(),
-        ..Default::default()
-    };
+    let sqe = nvme_host::set_queue_count(spec.queues);
     let io_queues = match c.command_ok("Set Features (Number of Queues)", sqe, &[], 0) {
-        Ok((cqe, _)) => {
-            let d = cqe.dw0.get();
-            u16::try_from((d & 0xffff).min(d >> 16) + 1).unwrap_or(u16::MAX)
-        }
+        Ok((cqe, _)) => nvme_host::granted_queues(cqe.dw0.get()),
         Err(_) => 1,
     }
     .min(spec.queues.max(1));
@@ -423,74 +402,4 @@ fn host_id(hostnqn: &str) -> [u8; 16] {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The geometry a target's Identify Namespace describes, if this backend can
-/// serve it; nothing in it is trusted.
-fn namespace_geometry(idn: &IdentifyNamespace, nsid: u32) -> Result<Geometry, NvmeTcpError> {
-    let nsze = idn.nsze.get();
-    if nsze == 0 {
-        return Err(NvmeTcpError::Unusable(format!(
-            "namespace {} is not active",
-            nsid
-        )));
-    }
-    let fmt = usize::from(idn.flbas & 0xf) | (usize::from(idn.flbas >> 5 & 0x3) << 4);
-    let lbaf = idn
-        .lbaf
-        .get(fmt)
-        .ok_or_else(|| NvmeTcpError::Unusable(format!("LBA format {fmt} out of range")))?;
-    if lbaf.ms.get() != 0 {
-        return Err(NvmeTcpError::Unusable(
-            "namespaces with metadata are not supported".into(),
-        ));
-    }
-    let block_size = 1u32.checked_shl(u32::from(lbaf.lbads)).unwrap_or(0);
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(NvmeTcpError::Unusable(format!(
-            "LBA data size 2^{} is not supported",
-            lbaf.lbads
-        )));
-    }
-    // A target's word is not trusted: the byte size must fit in 64 bits
-    // (offsets are computed as LBA x block size).
-    if nsze.checked_mul(u64::from(block_size)).is_none() {
-        return Err(NvmeTcpError::Unusable(format!(
-            "namespace {}: {nsze} blocks of {block_size} bytes is more than 2^64 bytes",
-            nsid
-        )));
-    }
-    Ok(Geometry {
-        block_size,
-        num_blocks: nsze,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use zerocopy::FromZeros;
-
-    fn idn(nsze: u64, lbads: u8) -> IdentifyNamespace {
-        let mut n = IdentifyNamespace::new_zeroed();
-        n.nsze = nsze.into();
-        n.lbaf[0].lbads = lbads;
-        n
-    }
-
-    #[test]
-    fn a_targets_namespace_geometry_is_checked() {
-        let g = namespace_geometry(&idn(2048, 12), 1).unwrap();
-        assert_eq!((g.block_size, g.num_blocks), (4096, 2048));
-        for (n, why) in [
-            (idn(0, 9), "not active"),
-            (idn(1 << 60, 12), "more than 2^64 bytes"),
-            (idn(u64::MAX, 9), "more than 2^64 bytes"),
-            (idn(8, 8), "LBA data size 2^8"),
-            (idn(8, 40), "LBA data size 2^40"),
-        ] {
-            let e = namespace_geometry(&n, 3).unwrap_err().to_string();
-            assert!(e.contains(why), "{e}");
-        }
-    }
 }
