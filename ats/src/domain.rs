@@ -140,7 +140,11 @@ impl Domain {
                     match unsafe { d.grant(map.as_ptr(), map.size(), prot.write) } {
                         Ok(g) => Some(g),
                         Err(e) => {
-                            tracing::warn!(gpa, size, "ats: the device cannot reach this guest memory directly: {e}");
+                            tracing::warn!(
+                                gpa,
+                                size,
+                                "ats: the device cannot reach this guest memory directly: {e}"
+                            );
                             None
                         }
                     }
@@ -394,9 +398,15 @@ mod tests {
             if self.refuse.load(Ordering::SeqCst) {
                 return Err("no room".into());
             }
-            self.granted.lock().unwrap().push((addr as usize, len, writable));
+            self.granted
+                .lock()
+                .unwrap()
+                .push((addr as usize, len, writable));
             self.live.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(Grant(Arc::clone(&self.live), NAME.with(|n| n.borrow().clone()))))
+            Ok(Box::new(Grant(
+                Arc::clone(&self.live),
+                NAME.with(|n| n.borrow().clone()),
+            )))
         }
     }
 
@@ -411,17 +421,19 @@ mod tests {
         let name = unique_name("dev");
         NAME.with(|n| *n.borrow_mut() = name.clone());
         let fd = memfd(&name, 2 * K4).expect("memfd");
-        d.map(0x10_0000, 2 * K4, Some(fd), 0, Prot::READ_WRITE).unwrap();
+        d.map(0x10_0000, 2 * K4, Some(fd), 0, Prot::READ_WRITE)
+            .unwrap();
         let snap = d.snapshot();
         let host = snap.translate(0x10_0000, 1, Access::Read).unwrap().addr();
-        assert_eq!(dev.granted.lock().unwrap()[0], (host, 2 * K4 as usize, true));
+        assert_eq!(dev.granted.lock().unwrap()[0], (host, 2 * 4096, true));
         assert_eq!(dev.live.load(Ordering::SeqCst), 1);
         // Fd-less mappings are never granted; a refusal only costs the grant.
         d.map(0x20_0000, K4, None, 0, Prot::READ_WRITE).unwrap();
         dev.refuse.store(true, Ordering::SeqCst);
         let other = unique_name("dev2");
         let fd2 = memfd(&other, K4).expect("memfd");
-        d.map(0x30_0000, K4, Some(fd2), 0, Prot::READ_WRITE).unwrap();
+        d.map(0x30_0000, K4, Some(fd2), 0, Prot::READ_WRITE)
+            .unwrap();
         assert_eq!(dev.live.load(Ordering::SeqCst), 1);
         // The grant lives as long as a snapshot holds the memory.
         drop(snap);

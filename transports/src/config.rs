@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::flash::{FlashSpec, ZnsSpec};
+use crate::nvme_pci::NvmePciSpec;
 use crate::nvme_tcp::NvmeTcpSpec;
 use crate::{BackendError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
@@ -27,6 +28,9 @@ pub const AUTO_BLOCK_SIZE: u32 = 0;
 /// - `nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&hdgst=1&ddgst=1...]`:
 ///   a namespace of a remote NVMe/TCP subsystem (see [`NvmeTcpSpec`]); its
 ///   block size is the remote namespace's.
+///
+/// - `nvme-pci:BDF[?nsid=N&timeout=MS]`: a namespace of an NVMe SSD bound
+///   to vfio-pci, driven from user space (see [`NvmePciSpec`]).
 ///
 /// - `flash:PATH[?channels=N&dies=N&blocks=N&pages=N&page=SIZE&op=X&...]`:
 ///   an FTL on emulated NAND in the file PATH, created when absent (see
@@ -54,6 +58,8 @@ pub enum BackendSpec {
     },
     /// A namespace of a remote NVMe/TCP subsystem.
     NvmeTcp(NvmeTcpSpec),
+    /// A namespace of an NVMe SSD driven through VFIO.
+    NvmePci(NvmePciSpec),
     /// An FTL on emulated NAND in a file.
     Flash(FlashSpec),
     /// A zoned namespace on emulated NAND in a file.
@@ -78,6 +84,7 @@ impl fmt::Display for BackendSpec {
                 Ok(())
             }
             BackendSpec::NvmeTcp(spec) => write!(f, "{spec}"),
+            BackendSpec::NvmePci(spec) => write!(f, "{spec}"),
             BackendSpec::Flash(spec) => write!(f, "{spec}"),
             BackendSpec::Zns(spec) => write!(f, "{spec}"),
         }
@@ -134,7 +141,7 @@ fn split_options(body: &str) -> Result<(&str, Option<u32>), String> {
 fn parse_spec(s: &str) -> Result<BackendSpec, String> {
     let Some((kind, body)) = s.split_once(':') else {
         return Err(
-            "expected 'ram:SIZE[,bs=N]', 'file:PATH[,bs=N]', 'nvme-tcp:HOST:PORT/SUBNQN[?...]' or 'flash:PATH[?...]'"
+            "expected 'ram:SIZE[,bs=N]', 'file:PATH[,bs=N]', 'nvme-tcp:HOST:PORT/SUBNQN[?...]', 'nvme-pci:BDF[?...]' or 'flash:PATH[?...]'"
                 .to_owned(),
         );
     };
@@ -168,10 +175,11 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
             })
         }
         "nvme-tcp" => crate::nvme_tcp::parse_spec(body).map(BackendSpec::NvmeTcp),
+        "nvme-pci" => crate::nvme_pci::parse_spec(body).map(BackendSpec::NvmePci),
         "flash" => crate::flash::parse_spec(body).map(BackendSpec::Flash),
         "zns" => crate::flash::zns::parse_spec(body).map(BackendSpec::Zns),
         other => Err(format!(
-            "unknown backend type '{other}' (known: ram, file, nvme-tcp, flash, zns)"
+            "unknown backend type '{other}' (known: ram, file, nvme-tcp, nvme-pci, flash, zns)"
         )),
     }
 }

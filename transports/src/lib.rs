@@ -17,6 +17,9 @@
 //!   allow it.
 //! - [`BackendSpec::NvmeTcp`]: a namespace of a remote NVMe/TCP subsystem,
 //!   one non-blocking TCP connection per queue (see [`nvme_tcp`]).
+//! - [`BackendSpec::NvmePci`]: a namespace of an NVMe SSD driven from user
+//!   space through VFIO, one polled queue pair per queue; the SSD moves the
+//!   data itself (see [`nvme_pci`]).
 //! - [`BackendSpec::Flash`]: a page-mapped FTL on emulated NAND kept in a
 //!   file, with a timing model of dies and channels (see [`flash`]).
 //! - [`BackendSpec::Zns`]: a zoned namespace on the same emulated NAND,
@@ -30,6 +33,7 @@ mod config;
 mod file;
 pub mod flash;
 mod nvme_host;
+pub mod nvme_pci;
 pub mod nvme_tcp;
 mod ram;
 mod sys;
@@ -41,6 +45,7 @@ pub use config::{parse_size, BackendSpec, AUTO_BLOCK_SIZE, DEFAULT_BLOCK_SIZE};
 pub use file::{FileBackend, MAX_QUEUE_DEPTH};
 pub use flash::{FlashBackend, FlashSpec, FlashStats, ZnsBackend, ZnsSpec};
 pub use leapio_backend::*;
+pub use nvme_pci::{NvmePciBackend, NvmePciSpec};
 pub use nvme_tcp::{NvmeTcpBackend, NvmeTcpSpec};
 pub use ram::RamBackend;
 pub use uring::keep_workers_off;
@@ -60,6 +65,7 @@ pub fn open_backend_unclaimed(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Ba
         BackendSpec::Ram { size, block_size } => Arc::new(RamBackend::new(*size, *block_size)?),
         BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),
         BackendSpec::NvmeTcp(spec) => Arc::new(NvmeTcpBackend::open(spec)?),
+        BackendSpec::NvmePci(spec) => Arc::new(NvmePciBackend::open(spec)?),
         BackendSpec::Flash(spec) => Arc::new(FlashBackend::open(spec)?),
         BackendSpec::Zns(spec) => Arc::new(ZnsBackend::open(spec)?),
     })

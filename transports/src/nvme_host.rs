@@ -3,9 +3,9 @@
 //! the namespace's geometry from Identify, the transfer and queue limits a
 //! controller grants, the status a failed command leaves the guest with.
 
+use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::cmd::{DsmRange, DSM_ATTR_DEALLOCATE};
 use leapio_nvme::identify::IdentifyNamespace;
-use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::{AdminOpcode, IoOpcode, Sqe};
 
 use crate::{Geometry, IoError, IoKind, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
@@ -179,7 +179,10 @@ mod tests {
         assert_eq!((r.nsid.get(), r.cdw10.get(), r.cdw11.get()), (5, 2, 1));
         assert_eq!(r.cdw12.get(), 7 | 1 << 30);
         let d = io_command(IoKind::Deallocate, 1, 9, 3);
-        assert_eq!((d.opcode, d.cdw10.get(), d.cdw11.get()), (IoOpcode::DATASET_MANAGEMENT, 0, DSM_ATTR_DEALLOCATE));
+        assert_eq!(
+            (d.opcode, d.cdw10.get(), d.cdw11.get()),
+            (IoOpcode::DATASET_MANAGEMENT, 0, DSM_ATTR_DEALLOCATE)
+        );
         assert_eq!(io_command(IoKind::Flush, 1, 0, 0).opcode, IoOpcode::FLUSH);
         assert_eq!(granted_queues(0x0003_0007), 4);
         assert_eq!(set_queue_count(4).cdw11.get(), 0x0003_0003);

@@ -88,7 +88,9 @@ pub enum DmaError {
         source: std::io::Error,
     },
     /// The IOMMU does not accept the IOVA window.
-    #[error("{iommu} accepts IOVAs {accepts}, not the window {IOVA_BASE:#x}..{IOVA_END:#x} LeapIO uses")]
+    #[error(
+        "{iommu} accepts IOVAs {accepts}, not the window {IOVA_BASE:#x}..{IOVA_END:#x} LeapIO uses"
+    )]
     Window {
         /// The IOMMU.
         iommu: String,
@@ -476,7 +478,12 @@ mod tests {
             Ok(())
         }
         fn unmap(&self, iova: u64, len: usize) -> std::io::Result<()> {
-            let (_, l) = self.maps.lock().unwrap().remove(&iova).expect("unknown unmap");
+            let (_, l) = self
+                .maps
+                .lock()
+                .unwrap()
+                .remove(&iova)
+                .expect("unknown unmap");
             assert_eq!(l, len);
             Ok(())
         }
@@ -503,7 +510,10 @@ mod tests {
         // Translation inside a region, and none across its end.
         let p = a.as_ptr().wrapping_add(100);
         assert_eq!(reg.iova(p, 200), Some(a.iova() + 100));
-        assert_eq!(reg.iova(a.as_ptr().wrapping_add(3 * PAGE_SIZE - 8), 16), None);
+        assert_eq!(
+            reg.iova(a.as_ptr().wrapping_add(3 * PAGE_SIZE - 8), 16),
+            None
+        );
         assert_eq!(reg.iova(std::ptr::null(), 8), None);
         assert!(a.iova() >= IOVA_BASE && a.iova() + 3 * 4096 <= IOVA_END);
         assert_eq!(a.iova() % IOVA_ALIGN, a.as_ptr() as u64 % IOVA_ALIGN);
@@ -539,7 +549,11 @@ mod tests {
         let _a = DmaBuffer::new(reg, PAGE_SIZE).unwrap();
         let e = DmaBuffer::new(reg, PAGE_SIZE).unwrap_err();
         assert!(matches!(e, DmaError::Map { .. }), "{e}");
-        assert_eq!(ok.maps.lock().unwrap().len(), 1, "the first IOMMU's map undone");
+        assert_eq!(
+            ok.maps.lock().unwrap().len(),
+            1,
+            "the first IOMMU's map undone"
+        );
         assert_eq!(reg.regions(), 1);
         // Unaligned memory and an IOMMU that cannot reach the window.
         let mut v = vec![0u8; 3 * PAGE_SIZE];
@@ -572,7 +586,14 @@ mod tests {
         let a = alloc(&mut free, IOVA_ALIGN).unwrap();
         let b = alloc(&mut free, 3 * IOVA_ALIGN).unwrap();
         let c = alloc(&mut free, IOVA_ALIGN).unwrap();
-        assert_eq!((a, b, c), (IOVA_BASE, IOVA_BASE + IOVA_ALIGN, IOVA_BASE + 4 * IOVA_ALIGN));
+        assert_eq!(
+            (a, b, c),
+            (
+                IOVA_BASE,
+                IOVA_BASE + IOVA_ALIGN,
+                IOVA_BASE + 4 * IOVA_ALIGN
+            )
+        );
         release(&mut free, b, 3 * IOVA_ALIGN);
         assert_eq!(alloc(&mut free, 2 * IOVA_ALIGN), Some(b));
         release(&mut free, a, IOVA_ALIGN);

@@ -493,6 +493,12 @@ pub trait Backend: Send + Sync {
         let _ = (from, max);
         Vec::new()
     }
+    /// Bytes of I/O data this backend's CPU copied since it was opened
+    /// (into or out of its own memory, a page cache, a socket, a bounce
+    /// buffer): 0 when a device moves the data itself.
+    fn copied_bytes(&self) -> u64 {
+        0
+    }
     /// The id requests for `who` carry ([`IoRequest::owner`]): the same
     /// for the same owner for the backend's lifetime. Backends that do not
     /// tell owners apart say 0.

@@ -22,14 +22,16 @@ use std::time::{Duration, Instant};
 use leapio_backend::dma::{DmaRegistry, Iommu};
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
-    vfio_iommu_type1_info, vfio_region_info, VFIO_API_VERSION, VFIO_BASE,
+    vfio_iommu_type1_info, vfio_region_info, VFIO_TYPE1v2_IOMMU, VFIO_API_VERSION, VFIO_BASE,
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_DMA_MAP_FLAG_READ,
     VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE, VFIO_IOMMU_INFO_CAPS,
-    VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_PCI_BAR0_REGION_INDEX,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE, VFIO_TYPE1v2_IOMMU,
+    VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE,
 };
-use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val};
-use vmm_sys_util::{ioctl_io_nr, ioctl_ioc_nr};
+use vmm_sys_util::ioctl::{
+    ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val,
+};
+use vmm_sys_util::ioctl_io_nr;
 
 ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO_TYPE as u32, VFIO_BASE);
 ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO_TYPE as u32, VFIO_BASE + 1);
@@ -209,7 +211,9 @@ pub struct Container {
 
 impl std::fmt::Debug for Container {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Container").field("fd", &self.fd.as_raw_fd()).finish()
+        f.debug_struct("Container")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
     }
 }
 
@@ -289,7 +293,11 @@ impl Container {
                         });
                     }
                     if !said {
-                        tracing::info!(bdf, group = number, "VFIO group in use by another process: waiting for it to let go");
+                        tracing::info!(
+                            bdf,
+                            group = number,
+                            "VFIO group in use by another process: waiting for it to let go"
+                        );
                         said = true;
                     }
                     std::thread::sleep(Duration::from_millis(10));
@@ -300,7 +308,7 @@ impl Container {
             }
         };
         let mut status = vfio_group_status {
-            argsz: size_of::<vfio_group_status>() as u32,
+            argsz: argsz::<vfio_group_status>(),
             flags: 0,
         };
         // SAFETY: the kernel fills a vfio_group_status we own.
@@ -318,7 +326,9 @@ impl Container {
         // SAFETY: the kernel reads the container descriptor we pass.
         let r = unsafe { ioctl_with_ref(&fd, VFIO_GROUP_SET_CONTAINER(), &cfd) };
         if r < 0 {
-            return Err(sys(bdf, "VFIO_GROUP_SET_CONTAINER")(io::Error::last_os_error()));
+            return Err(sys(bdf, "VFIO_GROUP_SET_CONTAINER")(
+                io::Error::last_os_error(),
+            ));
         }
         self.set_iommu(bdf)?;
         let g = Arc::new(Group {
@@ -370,7 +380,7 @@ impl Container {
     /// capability; all of a 48-bit space when the kernel reports none).
     fn iova_ranges(&self, bdf: &str) -> Result<Vec<RangeInclusive<u64>>, VfioError> {
         let mut info = vfio_iommu_type1_info {
-            argsz: size_of::<vfio_iommu_type1_info>() as u32,
+            argsz: argsz::<vfio_iommu_type1_info>(),
             ..Default::default()
         };
         // SAFETY: the kernel fills the structure we own (argsz says its size).
@@ -379,14 +389,16 @@ impl Container {
             return Err(sys(bdf, "VFIO_IOMMU_GET_INFO")(io::Error::last_os_error()));
         }
         let whole = vec![0..=(1u64 << 48) - 1];
-        if info.flags & VFIO_IOMMU_INFO_CAPS == 0 || info.argsz as usize <= size_of::<vfio_iommu_type1_info>() {
+        if info.flags & VFIO_IOMMU_INFO_CAPS == 0
+            || info.argsz as usize <= size_of::<vfio_iommu_type1_info>()
+        {
             return Ok(whole);
         }
         // Again with room for the capabilities (u64 words: aligned).
         let words = (info.argsz as usize).div_ceil(8);
         let mut buf = vec![0u64; words];
         let head = vfio_iommu_type1_info {
-            argsz: (words * 8) as u32,
+            argsz: u32::try_from(words * 8).unwrap_or(u32::MAX),
             ..Default::default()
         };
         // SAFETY: `buf` is at least as large and as aligned as the header.
@@ -399,6 +411,11 @@ impl Container {
         let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
         Ok(parse_iova_ranges(&bytes).unwrap_or(whole))
     }
+}
+
+/// The size of a VFIO argument structure, for its `argsz`.
+fn argsz<T>() -> u32 {
+    u32::try_from(size_of::<T>()).unwrap_or(u32::MAX)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -435,7 +452,7 @@ fn parse_iova_ranges(b: &[u8]) -> Option<Vec<RangeInclusive<u64>>> {
 impl Iommu for Container {
     fn map(&self, iova: u64, va: usize, len: usize, writable: bool) -> io::Result<()> {
         let m = vfio_iommu_type1_dma_map {
-            argsz: size_of::<vfio_iommu_type1_dma_map>() as u32,
+            argsz: argsz::<vfio_iommu_type1_dma_map>(),
             flags: VFIO_DMA_MAP_FLAG_READ | if writable { VFIO_DMA_MAP_FLAG_WRITE } else { 0 },
             vaddr: va as u64,
             iova,
@@ -452,7 +469,7 @@ impl Iommu for Container {
 
     fn unmap(&self, iova: u64, len: usize) -> io::Result<()> {
         let mut u = vfio_iommu_type1_dma_unmap {
-            argsz: size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+            argsz: argsz::<vfio_iommu_type1_dma_unmap>(),
             flags: 0,
             iova,
             size: len as u64,
@@ -467,7 +484,10 @@ impl Iommu for Container {
     }
 
     fn accepts(&self) -> Vec<RangeInclusive<u64>> {
-        self.accepts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.accepts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn name(&self) -> String {
@@ -520,7 +540,7 @@ impl PciDevice {
         // SAFETY: a descriptor the kernel just gave us, owned from here on.
         let fd = unsafe { File::from_raw_fd(r) };
         let mut info = vfio_device_info {
-            argsz: size_of::<vfio_device_info>() as u32,
+            argsz: argsz::<vfio_device_info>(),
             ..Default::default()
         };
         // SAFETY: the kernel fills the structure we own.
@@ -528,7 +548,9 @@ impl PciDevice {
         if r < 0 {
             return Err(sys(bdf, "VFIO_DEVICE_GET_INFO")(io::Error::last_os_error()));
         }
-        if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 || info.num_regions <= VFIO_PCI_CONFIG_REGION_INDEX {
+        if info.flags & VFIO_DEVICE_FLAGS_PCI == 0
+            || info.num_regions <= VFIO_PCI_CONFIG_REGION_INDEX
+        {
             return Err(VfioError::Unusable {
                 bdf: bdf.to_owned(),
                 what: "VFIO does not present it as a PCI device".into(),
@@ -536,7 +558,7 @@ impl PciDevice {
         }
         let region = |index: u32| -> Result<vfio_region_info, VfioError> {
             let mut ri = vfio_region_info {
-                argsz: size_of::<vfio_region_info>() as u32,
+                argsz: argsz::<vfio_region_info>(),
                 index,
                 ..Default::default()
             };
@@ -626,7 +648,9 @@ impl PciDevice {
             // SAFETY: an ioctl without arguments on our own descriptor.
             let r = unsafe { ioctl(&self.fd, VFIO_DEVICE_RESET()) };
             if r < 0 {
-                return Err(sys(&self.bdf, "VFIO_DEVICE_RESET")(io::Error::last_os_error()));
+                return Err(sys(&self.bdf, "VFIO_DEVICE_RESET")(
+                    io::Error::last_os_error(),
+                ));
             }
         }
         let cmd = self.config_read16(PCI_COMMAND)?;
@@ -643,7 +667,14 @@ mod tests {
         assert_eq!(parse_bdf("0000:00:03.0").unwrap(), "0000:00:03.0");
         assert_eq!(parse_bdf("01:00.1").unwrap(), "0000:01:00.1");
         assert_eq!(parse_bdf("0000:0A:1f.7").unwrap(), "0000:0a:1f.7");
-        for bad in ["", "0000:00:03", "00:03.8", "0000:00:03.0x", "zz:00.0", "/dev/nvme0"] {
+        for bad in [
+            "",
+            "0000:00:03",
+            "00:03.8",
+            "0000:00:03.0x",
+            "zz:00.0",
+            "/dev/nvme0",
+        ] {
             assert!(parse_bdf(bad).is_err(), "{bad}");
         }
     }
