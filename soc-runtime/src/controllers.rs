@@ -180,8 +180,13 @@ impl Controllers {
                     .namespaces
                     .iter()
                     .map(|(n, b)| {
-                        let state = states.iter().find(|(id, _)| id == n).map(|(_, d)| d);
-                        json!({"nsid": n, "backend": b.to_string(), "state": state})
+                        let st = states.iter().find(|st| st.nsid == *n);
+                        json!({
+                            "nsid": n,
+                            "backend": b.to_string(),
+                            "state": st.map(|st| &st.describe),
+                            "copied_bytes": st.map(|st| st.copied_bytes),
+                        })
                     })
                     .collect();
                 json!({

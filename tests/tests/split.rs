@@ -378,6 +378,10 @@ fn controllers_and_namespaces_come_and_go() {
     // Each namespace's backend as it is now (a flash one's FTL figures).
     let state = st["controllers"][0]["namespaces"][0]["state"].as_str();
     assert!(state.is_some_and(|s| s.contains("B blocks")), "{st}");
+    assert!(
+        st["controllers"][0]["namespaces"][0]["copied_bytes"].is_u64(),
+        "{st}"
+    );
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Release);
     let w = g.join().expect("guest");

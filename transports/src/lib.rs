@@ -32,6 +32,7 @@
 mod config;
 mod file;
 pub mod flash;
+mod iov;
 mod nvme_host;
 pub mod nvme_pci;
 pub mod nvme_tcp;

@@ -2,6 +2,7 @@
 //! host allows them) shared by all queues of this process.
 //! Requests are carried out at submit time and reported by the next poll.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ const MAX_RAM_DEPTH: u32 = 1 << 20;
 pub struct RamBackend {
     mem: Arc<Mapping>,
     geometry: Geometry,
+    copied: Arc<AtomicU64>,
 }
 
 impl RamBackend {
@@ -48,6 +50,7 @@ impl RamBackend {
                 block_size,
                 num_blocks: size / bs,
             },
+            copied: Arc::new(AtomicU64::new(0)),
         })
     }
 }
@@ -76,6 +79,7 @@ impl Backend for RamBackend {
             geometry: self.geometry,
             depth: depth as usize,
             done: Vec::with_capacity(depth as usize),
+            copied: Arc::clone(&self.copied),
         }))
     }
 
@@ -94,6 +98,10 @@ impl Backend for RamBackend {
     fn persistent(&self) -> bool {
         false
     }
+
+    fn copied_bytes(&self) -> u64 {
+        self.copied.load(Ordering::Relaxed)
+    }
 }
 
 struct RamQueue {
@@ -102,6 +110,7 @@ struct RamQueue {
     depth: usize,
     /// Finished requests not yet returned by poll.
     done: Vec<Completion>,
+    copied: Arc<AtomicU64>,
 }
 
 impl RamQueue {
@@ -163,6 +172,7 @@ impl BackendQueue for RamQueue {
                     }
                     pos += v.iov_len;
                 }
+                self.copied.fetch_add(req.len, Ordering::Relaxed);
             }
             // `validate` refuses zone kinds.
             IoKind::Flush | IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => {}

@@ -180,6 +180,9 @@ fn ram_round_trip_scattered() {
     assert_eq!(backend.describe(), "ram (1 MiB, 512 B blocks, volatile)");
     let mut q = backend.open_queue(8).unwrap();
     scattered_round_trip(q.as_mut(), 1);
+    // Every byte of every transfer went through the CPU: 8 KiB written,
+    // 8 KiB read back, two 4 KiB checks around it.
+    assert_eq!(backend.copied_bytes(), 8192 + 8192 + 2 * 4096);
 }
 
 #[test]
@@ -233,6 +236,14 @@ fn file_round_trip_unaligned_buffers_go_buffered() {
         "misaligned buffers must not use O_DIRECT"
     );
     assert_eq!(q.stats.direct, if backend.direct_io() { 2 } else { 0 });
+    // Buffered transfers are copies (through the page cache); direct ones,
+    // on a file not in memory, are the device's.
+    let copied = backend.copied_bytes();
+    if backend.direct_io() && !backend.describe().contains("memory filesystem") {
+        assert_eq!(copied, 2 * 8192, "{}", backend.describe());
+    } else {
+        assert_eq!(copied, 2 * 8192 + 2 * 4096, "{}", backend.describe());
+    }
     // What the queue wrote is in the file.
     let on_disk = std::fs::read(f.path()).unwrap();
     assert_eq!(&on_disk[4096..4096 + 8192], &pattern(8192, 3)[..]);

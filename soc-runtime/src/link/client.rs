@@ -303,8 +303,12 @@ impl LinkClient {
     /// What each namespace served for `ctrl` is, now: its backend's own
     /// description (a flash namespace's includes the FTL's write
     /// amplification, GC victims and erase counts).
-    pub fn ns_states(&self, ctrl: &str) -> Vec<(u32, String)> {
-        self.each_ns(ctrl, |n| (n.info.nsid, n.backend.describe()))
+    pub fn ns_states(&self, ctrl: &str) -> Vec<NsState> {
+        self.each_ns(ctrl, |n| NsState {
+            nsid: n.info.nsid,
+            describe: n.backend.describe(),
+            copied_bytes: n.backend.copied_bytes(),
+        })
     }
 
     /// The NSIDs served for `ctrl`.
@@ -528,6 +532,16 @@ fn write_loop(carrier: Carrier, rx: Receiver<ToHost>) {
         }
         carrier.beat();
     }
+}
+
+/// A served namespace as it is now.
+pub struct NsState {
+    /// Its NSID.
+    pub nsid: u32,
+    /// Its backend's description.
+    pub describe: String,
+    /// Bytes of I/O data the runtime's CPU copied for it.
+    pub copied_bytes: u64,
 }
 
 /// How the host-driver's shared memory reaches this runtime.

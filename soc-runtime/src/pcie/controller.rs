@@ -8,7 +8,8 @@
 //! blocks them.
 
 use arc_swap::ArcSwap;
-use leapio_ats::Domain;
+use leapio_ats::{DeviceAccess, Domain};
+use leapio_backends::dma::DmaRegistry;
 use leapio_backends::Backend;
 use leapio_controller::NamespaceInfo;
 use leapio_link::doorbells::Doorbells;
@@ -99,6 +100,30 @@ pub struct CtrlCtx {
     dropped_reports: AtomicU64,
 }
 
+/// The process's IOMMU domain (`leapio_backend::dma`): every guest region
+/// a controller maps is registered in it, so a device this runtime drives
+/// from user space (an NVMe SSD through VFIO) reads and writes the guest's
+/// memory itself.
+#[derive(Debug)]
+struct IommuDomain;
+
+impl DeviceAccess for IommuDomain {
+    unsafe fn grant(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        writable: bool,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, String> {
+        // SAFETY: the caller keeps the memory mapped until the guard drops
+        // (the `grant` contract is `register`'s).
+        let region = unsafe { DmaRegistry::global().register(addr, len, writable) };
+        match region {
+            Ok(r) => Ok(Box::new(r)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 impl CtrlCtx {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -115,7 +140,7 @@ impl CtrlCtx {
         CtrlCtx {
             id,
             name,
-            domain: Domain::new(),
+            domain: Domain::with_device(Arc::new(IommuDomain)),
             doorbells,
             irqs: match irq_sink {
                 Some(sink) => Interrupts::remote(vectors, qstate.clone(), sink),

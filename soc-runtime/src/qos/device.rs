@@ -121,6 +121,9 @@ impl Backend for QosBackend {
     fn persistent(&self) -> bool {
         self.inner.persistent()
     }
+    fn copied_bytes(&self) -> u64 {
+        self.inner.copied_bytes()
+    }
     fn claim(&self) -> Result<(), BackendError> {
         self.inner.claim()
     }

@@ -137,6 +137,7 @@ impl FileBackend {
                 zero_range_unsupported: AtomicBool::new(false),
                 direct_refused: AtomicBool::new(false),
                 inline,
+                copied: std::sync::atomic::AtomicU64::new(0),
                 claim: std::sync::Mutex::new(None),
             }),
         };
@@ -339,6 +340,10 @@ impl Backend for FileBackend {
 
     fn claim(&self) -> Result<(), BackendError> {
         FileBackend::claim(self)
+    }
+
+    fn copied_bytes(&self) -> u64 {
+        self.inner.copied.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn describe(&self) -> String {

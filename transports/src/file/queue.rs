@@ -509,6 +509,10 @@ impl FileQueue {
                     self.complete(idx, Err(IoError::from_errno(libc::EIO)), out);
                     return;
                 }
+                if !slot.direct || self.backend.inline {
+                    self.backend.copied.fetch_add(done, Ordering::Relaxed);
+                }
+                let slot = &mut self.slots[idx as usize];
                 Self::advance(slot, done);
                 if slot.remaining == 0 {
                     self.complete(idx, Ok(()), out);

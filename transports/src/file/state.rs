@@ -7,7 +7,7 @@ use crate::{human_size, Geometry};
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Size of the shared read-only zero buffer used to emulate WriteZeroes.
 pub(crate) const ZERO_BUF_LEN: usize = 64 * 1024;
@@ -38,6 +38,9 @@ pub(crate) struct FileInner {
     /// worker thread (a thread switch per request, on the poller's CPU) only
     /// to do the same memory copy.
     pub(crate) inline: bool,
+    /// Bytes the CPU copied: buffered transfers (through the page cache)
+    /// and transfers of a file in memory.
+    pub(crate) copied: AtomicU64,
     /// Held once the file is claimed (see [`claim`]): for a block device,
     /// its exclusive (O_EXCL) descriptor.
     pub(super) claim: std::sync::Mutex<Option<Option<File>>>,

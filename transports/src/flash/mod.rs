@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) ftl: Mutex<Ftl>,
     pub(crate) flusher: Flusher,
     epoch: Instant,
+    /// Bytes of data copied between requests and the media.
+    pub(crate) copied: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -188,6 +190,7 @@ impl FlashBackend {
                 ftl: Mutex::new(ftl),
                 flusher,
                 epoch: Instant::now(),
+                copied: std::sync::atomic::AtomicU64::new(0),
             }),
             lock,
         })
@@ -293,6 +296,16 @@ impl Backend for FlashBackend {
             })?;
         }
         Ok(())
+    }
+
+    fn copied_bytes(&self) -> u64 {
+        self.claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |c| {
+                c.shared.copied.load(std::sync::atomic::Ordering::Relaxed)
+            })
     }
 
     fn describe(&self) -> String {

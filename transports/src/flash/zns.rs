@@ -31,10 +31,11 @@ use std::time::{Duration, Instant};
 
 use super::config::FlashSpec;
 use super::nand::{Media, MediaError, NandGeometry, NandMedia, PageKind, PageMeta, Timing};
-use super::queue::{drain_timed, gather, scatter, Timed};
+use super::queue::{drain_timed, Timed};
 use super::sync::Flusher;
 use super::zones::{Effect, Zones};
 use super::{lock_media, MAX_FLASH_DEPTH};
+use crate::iov::{gather, scatter};
 use crate::{
     human_size, validate, Backend, BackendError, BackendQueue, Completion, Features, Geometry,
     IoError, IoKind, IoRequest, SubmitError, ZoneAction, ZoneDesc, ZoneError, ZoneGeometry,
@@ -261,6 +262,8 @@ struct Shared {
     state: Mutex<State>,
     flusher: Flusher,
     epoch: Instant,
+    /// Bytes of data copied between requests and the media.
+    pub(crate) copied: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -380,6 +383,7 @@ impl ZnsBackend {
                 }),
                 flusher,
                 epoch: Instant::now(),
+                copied: std::sync::atomic::AtomicU64::new(0),
             }),
             _lock: lock,
         })
@@ -445,6 +449,16 @@ impl Backend for ZnsBackend {
             })?;
         }
         Ok(())
+    }
+
+    fn copied_bytes(&self) -> u64 {
+        self.claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |c| {
+                c.shared.copied.load(std::sync::atomic::Ordering::Relaxed)
+            })
     }
 
     fn describe(&self) -> String {
@@ -547,6 +561,9 @@ impl ZnsQueue {
             }
             // SAFETY: the caller's contract; `i * bs + bs <= req.len`.
             unsafe { scatter(req.iov, i * bs, &self.page) };
+            self.shared
+                .copied
+                .fetch_add(bs, std::sync::atomic::Ordering::Relaxed);
         }
         (due, Ok(0))
     }
@@ -580,6 +597,9 @@ impl ZnsQueue {
         for i in 0..n {
             // SAFETY: the caller's contract; `i * bs + bs <= req.len`.
             unsafe { gather(req.iov, i * bs, &mut self.page) };
+            self.shared
+                .copied
+                .fetch_add(bs, std::sync::atomic::Ordering::Relaxed);
             match st.program(z, start + i, &self.page, now) {
                 Ok(t) => due = due.max(t),
                 Err(e) => return (due, Err(IoError::from_errno(e.errno()))),

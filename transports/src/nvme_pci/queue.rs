@@ -22,6 +22,7 @@ use leapio_nvme::{Cqe, Sqe};
 use zerocopy::IntoBytes;
 
 use super::device::{DeviceError, NvmeDevice, QueuePair};
+use crate::iov::{gather, scatter};
 use crate::nvme_host::{self, MAX_NLB};
 use crate::{
     validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
@@ -136,33 +137,6 @@ pub(crate) fn prp_entries(
         }
     }
     (len == 0 && !out.is_empty()).then_some(())
-}
-
-/// Copy between the iovecs (from byte `off`) and `buf`.
-fn copy_iov(iov: &[libc::iovec], mut off: usize, buf: *mut u8, len: usize, to_buf: bool) {
-    let mut done = 0;
-    for v in iov {
-        if done == len {
-            return;
-        }
-        if off >= v.iov_len {
-            off -= v.iov_len;
-            continue;
-        }
-        let n = (v.iov_len - off).min(len - done);
-        let p = v.iov_base.cast::<u8>().wrapping_add(off);
-        // SAFETY: `p..p+n` lies in a valid iovec (the submit contract) and
-        // `buf + done .. + n` in a bounce buffer of at least `len` bytes.
-        unsafe {
-            if to_buf {
-                std::ptr::copy_nonoverlapping(p, buf.add(done), n);
-            } else {
-                std::ptr::copy_nonoverlapping(buf.add(done), p, n);
-            }
-        }
-        done += n;
-        off = 0;
-    }
 }
 
 impl IoQueue {
@@ -333,7 +307,15 @@ impl IoQueue {
                     self.bounce[slot].as_ref(),
                     self.reqs.get(c.req).and_then(Option::as_ref),
                 ) {
-                    copy_iov(&r.iov, off, b.as_ptr(), len, false);
+                    // SAFETY: the bounce buffer holds `len` bytes the device
+                    // read; the iovecs cover the part (the submit contract).
+                    unsafe {
+                        scatter(
+                            &r.iov,
+                            off as u64,
+                            std::slice::from_raw_parts(b.as_ptr(), len),
+                        )
+                    };
                     self.copied.fetch_add(len as u64, Ordering::Relaxed);
                 }
             }
@@ -559,7 +541,11 @@ impl BackendQueue for IoQueue {
                             None => continue,
                         };
                         if !read {
-                            copy_iov(req.iov, off, p, len, true);
+                            // SAFETY: the bounce buffer has room for the part
+                            // (the largest command); the iovecs cover it.
+                            unsafe {
+                                gather(req.iov, off as u64, std::slice::from_raw_parts_mut(p, len))
+                            };
                             self.copied.fetch_add(len as u64, Ordering::Relaxed);
                         }
                         let pages: Vec<u64> = (0..len.div_ceil(PAGE_SIZE))

@@ -161,6 +161,12 @@ impl Backend for NvmeTcpBackend {
             })
     }
 
+    fn copied_bytes(&self) -> u64 {
+        self.session
+            .copied
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn describe(&self) -> String {
         let i = self.session.info();
         let s = self.session.spec();

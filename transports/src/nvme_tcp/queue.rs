@@ -49,49 +49,16 @@ unsafe impl Send for Iovs {}
 
 impl Iovs {
     /// Copy `src` into the iovecs starting at byte `off`.
-    fn scatter(&self, mut off: usize, mut src: &[u8]) {
-        for v in &self.0 {
-            if src.is_empty() {
-                return;
-            }
-            if off >= v.iov_len {
-                off -= v.iov_len;
-                continue;
-            }
-            let n = (v.iov_len - off).min(src.len());
-            // SAFETY: `off + n <= iov_len` and the caller keeps the iovec
-            // valid and writable until completion (submit contract).
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), v.iov_base.cast::<u8>().add(off), n);
-            }
-            src = &src[n..];
-            off = 0;
-        }
+    fn scatter(&self, off: usize, src: &[u8]) {
+        // SAFETY: the caller keeps the iovecs valid and writable until
+        // completion (the submit contract); copies stop at their end.
+        unsafe { crate::iov::scatter(&self.0, off as u64, src) }
     }
 
     /// Copy bytes from the iovecs starting at `off` into `dst`.
-    fn gather(&self, mut off: usize, mut dst: &mut [u8]) {
-        for v in &self.0 {
-            if dst.is_empty() {
-                return;
-            }
-            if off >= v.iov_len {
-                off -= v.iov_len;
-                continue;
-            }
-            let n = (v.iov_len - off).min(dst.len());
-            // SAFETY: `off + n <= iov_len`; the iovec is valid for reads
-            // until completion (submit contract).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    v.iov_base.cast::<u8>().add(off),
-                    dst.as_mut_ptr(),
-                    n,
-                );
-            }
-            dst = &mut dst[n..];
-            off = 0;
-        }
+    fn gather(&self, off: usize, dst: &mut [u8]) {
+        // SAFETY: as above, for reads.
+        unsafe { crate::iov::gather(&self.0, off as u64, dst) }
     }
 
     /// Visit `[off, off + len)` of the iovecs as raw pieces.
@@ -253,6 +220,11 @@ impl NvmeTcpQueue {
 
     fn complete(&mut self, cid: u16, result: Result<(), IoError>) {
         if let Some(c) = self.cmds.get_mut(usize::from(cid)).and_then(Option::take) {
+            if result.is_ok() && c.kind.has_data() {
+                self.session
+                    .copied
+                    .fetch_add(u64::from(c.len), std::sync::atomic::Ordering::Relaxed);
+            }
             self.done.push(Completion {
                 tag: c.tag,
                 result,

@@ -59,6 +59,8 @@ pub(super) struct Session {
     wake: Condvar,
     wake_lock: Mutex<()>,
     timer: Mutex<Option<JoinHandle<()>>>,
+    /// Bytes of data copied to and from the sockets.
+    pub(super) copied: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -79,6 +81,7 @@ impl Session {
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             timer: Mutex::new(None),
+            copied: std::sync::atomic::AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&s);
         let period = if spec.kato.is_zero() {
@@ -118,6 +121,7 @@ impl Session {
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             timer: Mutex::new(None),
+            copied: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
