@@ -4,7 +4,7 @@
 #
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
-#          soc_vm soc_stress ftl_fio_verify ftl_restart
+#          soc_vm soc_vm_vfio soc_stress ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
 #          zns_tcp zns_split ftl_zoned_device ftl_qemu_zns
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
@@ -41,7 +41,7 @@ done
 [[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
-    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_stress ftl_fio_verify ftl_restart
+    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_vm_vfio soc_stress ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
         zns_split ftl_zoned_device ftl_qemu_zns)
 fi
@@ -537,6 +537,54 @@ test_soc_vm() {
     expect '((alive))' "the SoC VM died" || ok=1
     expect '((stopped == 0))' "socp in the SoC, the SoC VM or leapio-hostd did not stop cleanly" || ok=1
     ((ok == 0)) && DETAIL="socp on $arch: identify, verified fio with kill -9 + restart (attached after $(paste -sd, "$SPLIT_DIR/restart-times") s), reset"
+    return $ok
+}
+
+# The SSD moves the guest's data itself: socp in the SoC VM (with an SMMUv3
+# and a GICv3) drives the SoC's SSD from user space through VFIO, the
+# guest's memory (the link function's RAM BAR) mapped into the SSD's IOMMU
+# domain. The guest runs verified fio while socp is killed -9 and
+# restarted (its successor resets the SSD and takes it over); socp's CPU
+# copies no byte of it.
+test_soc_vm_vfio() {
+    soc_image || return 1
+    local dir=$logs/soc_vm_vfio.d grc=0 ssd=$LEAPIO_DATA/e2e-soc-ssd.img
+    GLOG=$logs/soc_vm_vfio.guest.log
+    rm -rf "$dir" "$GLOG"
+    rm -f "$ssd"
+    truncate -s 256M "$ssd"
+    start_hostd_soc "$dir" || return 1
+    bash scripts/run-guest.sh --quiet --job info,fio --disk "vfio-user:$LEAPIO_RUN/e2e.sock" \
+        --log "$GLOG" --timeout "$boot_timeout" \
+        --append "leapio.runtime=3 leapio.size=32 leapio.wait=120" &
+    GUEST_PID=$!
+    SOC_IOMMU=1 SOC_APPEND="leapio.vfio=1" start_soc_after "$dir" "$GUEST_PID" 'nvme-pci:@SSD@' "$ssd" || return 1
+    socp_restarter "$GLOG" "$boot_timeout" "FIO-START fio write 2" &
+    RESTARTER=$!
+    wait "$GUEST_PID" || grc=$?
+    GUEST_PID=''
+    wait "$RESTARTER" || true
+    RESTARTER=''
+    local restarts alive=1 stopped=0 ok=0 errs ioerr resets size st copied bound
+    restarts=$(split_restarts)
+    kill -0 "$SOC_PID" 2>/dev/null || alive=0
+    st=$(soc_status | head -1)
+    copied=$("$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["controllers"][0]["namespaces"][0]["copied_bytes"])' "$st" 2>/dev/null) || copied='?'
+    bound=$(sed -n 's/.*@@SOC VFIO \([^ ]*\) \([^ ]*\).*/\1 \2/p' "$dir/soc.log" | tr -d '\r' | head -1)
+    stop_soc 2>>"$GLOG.harness" || stopped=1
+    stop_split 2>>"$GLOG.harness" || stopped=1
+    size=$(info_field 'd["namespaces"][0]["size_bytes"] if d["namespaces"] else 0')
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect '[[ $bound == *" vfio-pci" ]]' "the SoC's SSD was not bound to vfio-pci ('$bound')" || ok=1
+    expect "grep -aq 'taken over through VFIO' '$dir/soc.log'" "socp did not drive the SSD through VFIO (see $dir/soc.log)" || ok=1
+    expect '[[ $size == $((256 << 20)) ]]' "guest sees a namespace of $size bytes, expected the SoC SSD's 256 MiB" || ok=1
+    expect '[[ $restarts == 1 ]]' "socp in the SoC was restarted $restarts times, expected 1" || ok=1
+    expect '[[ $errs == 0 && $ioerr == 0 && $resets == 0 ]]' "fio errors $errs, guest I/O errors $ioerr, nvme resets/timeouts $resets" || ok=1
+    expect '[[ $copied == 0 ]]' "socp copied $copied bytes of the guest's data (expected 0: the SSD moves it)" || ok=1
+    expect '((alive))' "the SoC VM died" || ok=1
+    expect '((stopped == 0))' "socp in the SoC, the SoC VM or leapio-hostd did not stop cleanly" || ok=1
+    ((ok == 0)) && DETAIL="SSD ${bound%% *} on vfio-pci in the SoC: verified fio with kill -9 + restart (attached after $(paste -sd, "$SPLIT_DIR/restart-times") s), 0 bytes copied by socp"
     return $ok
 }
 

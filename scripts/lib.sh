@@ -252,17 +252,21 @@ socp_restarter() {
 # ---- the SoC VM: an emulated ARM machine running socp ----
 SOC_PID='' SOC_FD='' SOC_LOG=''
 
-# start_soc LOG TIMEOUT CTRL FUNCTION-SOCK [DISK]: boot the SoC VM (aarch64,
+# start_soc LOG TIMEOUT CTRL FUNCTION-SOCK [DISK...]: boot the SoC VM (aarch64,
 # TCG) in the background with the link function at FUNCTION-SOCK, running
-# socp --link pci --ctrl CTRL; DISK (a file under the root) becomes its NVMe
-# SSD (/dev/nvme0n1 in the SoC); SOC_APPEND adds to its kernel command line
+# socp --link pci --ctrl CTRL; each DISK (a file under the root) becomes an
+# NVMe SSD of the SoC (/dev/nvme0n1, ...); SOC_IOMMU=1 gives the SoC an
+# SMMUv3 and a GICv3 (what VFIO needs to drive an SSD from user space:
+# with leapio.vfio=1 in SOC_APPEND, its init binds the first SSD to
+# vfio-pci, see vm-images/soc-init); SOC_APPEND adds to its kernel command line
 # (see vm-images/soc-init); SOC_NET=1 gives it a NIC on QEMU user networking
 # (with leapio.net=1 in SOC_APPEND: the host's loopback is 10.0.2.2 there). Its console is LOG; commands go in through
 # a FIFO (soc_cmd). Waits until socp has started in it. leapio-hostd answers
 # the SoC's hypervisor once the VM's memory is mapped (it is the function's
 # window): the SoC VM may boot up to 2 minutes before the VM (x-msg-timeout).
 start_soc() {
-    local log=$1 timeout=$2 ctrl=$3 fsock=$4 disk=${5:-} fifo KERNEL INITRD
+    local log=$1 timeout=$2 ctrl=$3 fsock=$4 fifo KERNEL INITRD machine=virt,memory-backend=socmem disk n=0
+    shift 4
     # shellcheck disable=SC1091 # written by vm-images/build-soc.sh
     . "$LEAPIO_DATA/images/soc.env"
     SOC_LOG=$log
@@ -271,7 +275,8 @@ start_soc() {
     mkfifo "$fifo"
     # held open both ways: QEMU never sees the end of its console input
     exec {SOC_FD}<> "$fifo"
-    local args=(qemu-system-aarch64 -M virt,memory-backend=socmem -cpu max -smp 1 -m 1G
+    [[ -n ${SOC_IOMMU:-} ]] && machine+=,iommu=smmuv3,gic-version=3
+    local args=(qemu-system-aarch64 -M "$machine" -cpu max -smp 1 -m 1G
         -object memory-backend-memfd,id=socmem,size=1G,share=on -accel tcg
         -display none -monitor none -serial stdio -no-reboot
         -kernel "$KERNEL" -initrd "$INITRD"
@@ -280,10 +285,12 @@ start_soc() {
     if [[ -n ${SOC_NET:-} ]]; then
         args+=(-nic "user,model=virtio-net-pci")
     fi
-    if [[ -n $disk ]]; then
-        args+=(-drive "file=${disk#"$LEAPIO_ROOT"},if=none,id=ssd,format=raw,cache=none,aio=io_uring"
-            -device "nvme,drive=ssd,serial=soc-ssd")
-    fi
+    for disk in "$@"; do
+        [[ -n $disk ]] || continue
+        args+=(-drive "file=${disk#"$LEAPIO_ROOT"},if=none,id=ssd$n,format=raw,cache=none,aio=io_uring"
+            -device "nvme,drive=ssd$n,serial=soc-ssd$n")
+        n=$((n + 1))
+    done
     timeout -k 5 "$timeout" chroot "$LEAPIO_ROOT" "${args[@]}" < "$fifo" > "$log" 2> "$log.stderr" &
     SOC_PID=$!
     if ! wait_log "$log" '@@SOC SOCP-STARTED' 120 "$SOC_PID"; then
@@ -293,8 +300,24 @@ start_soc() {
     fi
 }
 
-# soc_cmd CMD: a command to the SoC VM's init (restart, stop, arch)
+# soc_cmd CMD: a command to the SoC VM's init (restart, stop, arch, status)
 soc_cmd() { echo "$1" >&"$SOC_FD"; }
+
+# soc_status: socp's status in the SoC VM (JSON, as leapioctl status prints
+# it) and its CPU time in clock ticks, on two lines; empty when it did not
+# answer within 20 s
+soc_status() {
+    local before
+    before=$(grep -ac '@@SOC STATUS ' "$SOC_LOG")
+    soc_cmd status
+    local i=0
+    while (($(grep -ac '@@SOC STATUS ' "$SOC_LOG") <= before)) && ((i < 200)); do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    grep -a '@@SOC STATUS ' "$SOC_LOG" | tail -1 | sed 's/.*@@SOC STATUS //' | tr -d '\r'
+    grep -a '@@SOC CPU ' "$SOC_LOG" | tail -1 | sed 's/.*@@SOC CPU //' | tr -d '\r'
+}
 
 # soc_arch: the SoC VM's machine, as it said at boot
 soc_arch() { sed -n 's/.*@@SOC BOOT .*arch=\([^ ]*\).*/\1/p' "$SOC_LOG" | tr -d '\r' | head -1; }

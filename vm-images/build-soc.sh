@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the SoC VM's initramfs: busybox-static:arm64 (+ applet symlinks),
-# the aarch64 socp (scripts/build-soc.sh) with the shared objects it loads
-# (from the root's aarch64 cross libc), the virtio-net modules, and
+# the aarch64 socp and leapioctl (scripts/build-soc.sh) with the shared
+# objects they load (from the root's aarch64 cross libc), the virtio-net
+# and VFIO modules, and
 # vm-images/soc-init as /init. The
 # kernel is Debian's arm64 cloud kernel (PCI host generic, PL011 console,
 # NVMe built in), unpacked by setup-host.sh.
@@ -37,9 +38,10 @@ cp "$pkgs/usr/bin/busybox" "$st/usr/bin/busybox"
 for a in $(chroot "$LEAPIO_ROOT" /usr/bin/busybox --list); do
     [[ -e $st/usr/bin/$a ]] || ln -s busybox "$st/usr/bin/$a"
 done
-cp "$socp" "$st/usr/bin/socp"
-"$LEAPIO_ROOT/usr/bin/aarch64-linux-gnu-strip" "$st/usr/bin/socp" 2>/dev/null \
-    || chroot "$LEAPIO_ROOT" aarch64-linux-gnu-strip "${LEAPIO_GUEST_DIR}/images/${work##*/}/root/usr/bin/socp" 2>/dev/null || true
+for b in socp leapioctl; do
+    cp "${socp%/*}/$b" "$st/usr/bin/$b"
+    chroot "$LEAPIO_ROOT" aarch64-linux-gnu-strip "${LEAPIO_GUEST_DIR}/images/${work##*/}/root/usr/bin/$b" 2>/dev/null || true
+done
 for l in ld-linux-aarch64.so.1 libc.so.6 libgcc_s.so.1; do
     cp -L "$cross/$l" "$st/usr/lib/$l"
 done
@@ -47,13 +49,15 @@ done
 # the cloud kernel, in load order
 kmods=("$pkgs"/usr/lib/modules/*)
 mkdir -p "$st/usr/lib/modules"
-for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
+# and VFIO, to drive the SoC's SSD from user space (leapio.vfio=1)
+for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net \
+    drivers/vfio/vfio drivers/vfio/vfio_iommu_type1 drivers/vfio/pci/vfio-pci-core drivers/vfio/pci/vfio-pci; do
     xz -dc "${kmods[-1]}/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
 done
 install -m 0755 "$here/soc-init" "$st/init"
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$st/etc/passwd"
 
-hash=$( { sha256sum "$st/usr/bin/socp" "$here/soc-init" "$here/build-soc.sh"; echo "${kernels[-1]}"; } | sha256sum | cut -c1-16)
+hash=$( { sha256sum "$st/usr/bin/socp" "$st/usr/bin/leapioctl" "$here/soc-init" "$here/build-soc.sh"; echo "${kernels[-1]}"; } | sha256sum | cut -c1-16)
 initrd=$LEAPIO_GUEST_DIR/images/soc-$hash.cpio.zst
 out=$LEAPIO_ROOT$initrd
 if [[ ! -f $out ]]; then
