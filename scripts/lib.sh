@@ -256,7 +256,7 @@ SOC_PID='' SOC_FD='' SOC_LOG=''
 # TCG) in the background with the link function at FUNCTION-SOCK, running
 # socp --link pci --ctrl CTRL; each DISK (a file under the root) becomes an
 # NVMe SSD of the SoC (/dev/nvme0n1, ...); SOC_IOMMU=1 gives the SoC an
-# SMMUv3 and a GICv3 (what VFIO needs to drive an SSD from user space:
+# IOMMU (virtio-iommu) and a GICv3 (what VFIO needs to drive an SSD from user space:
 # with leapio.vfio=1 in SOC_APPEND, its init binds the first SSD to
 # vfio-pci, see vm-images/soc-init); SOC_APPEND adds to its kernel command line
 # (see vm-images/soc-init); SOC_NET=1 gives it a NIC on QEMU user networking
@@ -275,8 +275,11 @@ start_soc() {
     mkfifo "$fifo"
     # held open both ways: QEMU never sees the end of its console input
     exec {SOC_FD}<> "$fifo"
-    [[ -n ${SOC_IOMMU:-} ]] && machine+=,iommu=smmuv3,gic-version=3
-    local args=(qemu-system-aarch64 -M "$machine" -cpu max -smp 1 -m 1G
+    local iommu=()
+    # virtio-iommu rather than the SMMUv3: QEMU cannot put the link function
+    # (a vfio-user device) behind its SMMUv3 (no MAP notifier there)
+    [[ -n ${SOC_IOMMU:-} ]] && machine+=,gic-version=3 iommu=(-device virtio-iommu-pci)
+    local args=(qemu-system-aarch64 -M "$machine" -cpu max -smp 1 -m 1G "${iommu[@]}"
         -object memory-backend-memfd,id=socmem,size=1G,share=on -accel tcg
         -display none -monitor none -serial stdio -no-reboot
         -kernel "$KERNEL" -initrd "$INITRD"

@@ -51,7 +51,7 @@ kmods=("$pkgs"/usr/lib/modules/*)
 mkdir -p "$st/usr/lib/modules"
 # and VFIO, to drive the SoC's SSD from user space (leapio.vfio=1)
 for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net \
-    drivers/vfio/vfio drivers/vfio/vfio_iommu_type1 drivers/vfio/pci/vfio-pci-core drivers/vfio/pci/vfio-pci; do
+    drivers/iommu/virtio-iommu drivers/vfio/vfio drivers/vfio/vfio_iommu_type1 drivers/vfio/pci/vfio-pci-core drivers/vfio/pci/vfio-pci; do
     xz -dc "${kmods[-1]}/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
 done
 install -m 0755 "$here/soc-init" "$st/init"

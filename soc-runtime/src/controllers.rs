@@ -57,6 +57,11 @@ impl Controllers {
         })
     }
 
+    /// Serve `c` too (before the link is connected).
+    pub fn serve(&self, c: Served) {
+        lock(&self.served).push(c);
+    }
+
     /// The link in use (after a reconnection, the new one).
     pub fn set_client(&self, c: Option<Arc<LinkClient>>) {
         *lock(&self.client) = c;
@@ -204,6 +209,36 @@ impl Controllers {
     }
 
     /// The control socket's methods.
+    /// One control socket for several sets (the link functions of an SoC,
+    /// each with its controller): `status` lists every set's controllers;
+    /// other methods go to each set in turn until one takes them.
+    pub fn handler_of_all(sets: Vec<Arc<Controllers>>) -> Handler {
+        let handlers: Vec<Handler> = sets.iter().map(Controllers::handler).collect();
+        Arc::new(move |method, params| {
+            if method == "status" {
+                let all: Vec<Value> = sets.iter().map(|c| c.status()).collect();
+                let controllers: Vec<Value> = all
+                    .iter()
+                    .filter_map(|s| s["controllers"].as_array())
+                    .flatten()
+                    .cloned()
+                    .collect();
+                let host = all
+                    .iter()
+                    .find_map(|s| s["host_driver"].as_str().map(str::to_owned));
+                return Ok(json!({ "host_driver": host, "controllers": controllers }));
+            }
+            let mut last = Err(format!("unknown method {method}"));
+            for h in &handlers {
+                last = h(method, params);
+                if last.is_ok() {
+                    break;
+                }
+            }
+            last
+        })
+    }
+
     pub fn handler(self: &Arc<Self>) -> Handler {
         let me = self.clone();
         Arc::new(move |method, params| match method {

@@ -175,10 +175,18 @@ fn serve_pci(args: &Args, bdf: Option<&str>, d: &Daemon) -> Result<(), String> {
     if bdfs.is_empty() {
         return Err("no LeapIO link function on the PCI bus (/sys/bus/pci/devices)".into());
     }
+    let functions: Vec<(String, Arc<Controllers>)> = bdfs
+        .iter()
+        .map(|b| (b.clone(), Controllers::new(Vec::new())))
+        .collect();
+    d.serve_control(
+        &args.opts,
+        Controllers::handler_of_all(functions.iter().map(|(_, c)| c.clone()).collect()),
+    )?;
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = bdfs
+        let handles: Vec<_> = functions
             .iter()
-            .map(|b| s.spawn(move || serve_function(args, b, d)))
+            .map(|(b, c)| s.spawn(move || serve_function(args, b, c, d)))
             .collect();
         handles
             .into_iter()
@@ -191,14 +199,19 @@ fn serve_pci(args: &Args, bdf: Option<&str>, d: &Daemon) -> Result<(), String> {
     results.into_iter().collect()
 }
 
-fn serve_function(args: &Args, bdf: &str, d: &Daemon) -> Result<(), String> {
+fn serve_function(
+    args: &Args,
+    bdf: &str,
+    ctrls: &Arc<Controllers>,
+    d: &Daemon,
+) -> Result<(), String> {
     let f = Arc::new(PciFunction::open(bdf).map_err(|e| format!("link function {bdf}: {e}"))?);
     let name = f.name().to_string();
     let spec = args.ctrls.iter().find(|c| c.name == name).ok_or_else(|| {
         format!("link function {bdf} belongs to controller {name}: give --ctrl name={name},ns=...")
     })?;
     tracing::info!(bdf, ctrl = %name, "link function opened");
-    let ctrls = Controllers::new(vec![Served::of(spec)]);
+    ctrls.serve(Served::of(spec));
     let windows: Arc<dyn Windows> = f.clone();
     serve_link(
         args,
@@ -209,7 +222,7 @@ fn serve_function(args: &Args, bdf: &str, d: &Daemon) -> Result<(), String> {
                 .map_err(|e| format!("link function {bdf}: {e}"))?;
             Ok(Carrier::rings(rings, windows.clone()))
         },
-        &ctrls,
+        ctrls,
         d,
     )
 }

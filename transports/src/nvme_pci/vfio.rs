@@ -204,8 +204,10 @@ pub struct Container {
     fd: File,
     /// The groups in it, by number (a group can be opened only once).
     groups: Mutex<HashMap<u32, Weak<Group>>>,
-    /// Whether the IOMMU type is set (it needs a group first).
-    ready: Mutex<bool>,
+    /// Set with the IOMMU type (which needs a group first): the id of the
+    /// container in the DMA registry. The container loses its IOMMU when
+    /// its last group leaves.
+    ready: Mutex<Option<u64>>,
     accepts: Mutex<Vec<RangeInclusive<u64>>>,
 }
 
@@ -223,6 +225,21 @@ pub struct Group {
     fd: File,
     number: u32,
     _container: Arc<Container>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let c = &self._container;
+        let mut groups = c.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.remove(&self.number);
+        if groups.values().all(|g| g.strong_count() == 0) {
+            // The last group leaves when its descriptor closes, after this:
+            // the IOMMU goes with it, so the registry's mappings go first.
+            if let Some(id) = c.ready.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                DmaRegistry::global().detach(id);
+            }
+        }
+    }
 }
 
 static CONTAINER: Mutex<Option<Arc<Container>>> = Mutex::new(None);
@@ -264,7 +281,7 @@ impl Container {
         let new = Arc::new(Container {
             fd,
             groups: Mutex::new(HashMap::new()),
-            ready: Mutex::new(false),
+            ready: Mutex::new(None),
             accepts: Mutex::new(Vec::new()),
         });
         *c = Some(Arc::clone(&new));
@@ -344,7 +361,7 @@ impl Container {
     /// ranges and attach the container to the process's DMA registry.
     fn set_iommu(self: &Arc<Container>, bdf: &str) -> Result<(), VfioError> {
         let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        if *ready {
+        if ready.is_some() {
             return Ok(());
         }
         // SAFETY: an integer argument on our own descriptor.
@@ -366,13 +383,13 @@ impl Container {
         }
         *self.accepts.lock().unwrap_or_else(|e| e.into_inner()) = self.iova_ranges(bdf)?;
         let me: Arc<dyn Iommu> = Arc::clone(self) as Arc<dyn Iommu>;
-        DmaRegistry::global()
+        let id = DmaRegistry::global()
             .attach(me)
             .map_err(|e| VfioError::Unusable {
                 bdf: bdf.to_owned(),
                 what: e.to_string(),
             })?;
-        *ready = true;
+        *ready = Some(id);
         Ok(())
     }
 
