@@ -4,7 +4,7 @@
 # socp from a 1 GiB file on the host.
 #
 # usage: bash scripts/demo.sh [--soc in-process|process|vm] [--restart-socp]
-#                             [--storage file|ssd|ram|tcp] [--json]
+#                             [--storage file|ssd|ssd-kernel|ram|tcp] [--json]
 #                             [--runtime SEC] [--timeout SEC]
 #   --soc in-process  (default) one socp process: host-driver and runtime
 #                  linked inside it
@@ -18,7 +18,12 @@
 #   --storage      where the runtime keeps the guest's disk:
 #                  file  (default on the host) a 1 GiB file on the host
 #                  ssd   (default, and only, with vm) the SoC's own NVMe SSD
-#                        (QEMU's emulated NVMe in the SoC VM, on a 1 GiB file)
+#                        (QEMU's emulated NVMe in the SoC VM, on a 1 GiB file),
+#                        driven by socp from user space through VFIO: the SSD
+#                        moves the guest's data itself (the SoC VM gets an
+#                        IOMMU and a GICv3)
+#                  ssd-kernel  the same SSD through the SoC's kernel driver
+#                        (/dev/nvme0n1): the SoC's CPU copies the data
 #                  ram   a RAM namespace of 512 MiB in the runtime (cannot be
 #                        taken over by a restarted socp: not with
 #                        --restart-socp)
@@ -37,12 +42,14 @@
 #                   "storage", "soc_arch" (with vm: uname -m in the SoC),
 #                   "boot_to_fio_s" (from starting the runtime(s) to the
 #                   guest's first fio phase),
-#                   "socp_restarts","guest_io_errors","guest_nvme_resets", ...}
+#                   "socp_restarts","guest_io_errors","guest_nvme_resets",
+#                   "copied_bytes" (bytes of I/O data the serving runtime's
+#                   CPU copied since it started), ...}
 #   --runtime SEC  length of the timed 4k randread phase (default 5)
 #   --timeout SEC  hard limit for the guest run (default 420)
 #   LEAPIO_ACCEL=auto|kvm|tcg chooses the accelerator (default auto).
 #
-# Steps: setup-host.sh, cargo build --release -p socp -p leapio -p leapio-host-driver,
+# Steps: setup-host.sh, cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service,
 # vm-images/build.sh, backing file, socp (and leapio-hostd) in the
 # background, one guest boot running the `info` and `fio` jobs, summary;
 # everything is stopped on exit.
@@ -72,9 +79,9 @@ if [[ -z $storage ]]; then
 fi
 case $storage in
 file) [[ $soc != vm ]] || die "demo.sh: --storage file is a file on the host: the SoC cannot see it (ssd, ram or tcp)" ;;
-ssd) [[ $soc == vm ]] || die "demo.sh: --storage ssd is the SoC's SSD: it needs --soc vm" ;;
+ssd | ssd-kernel) [[ $soc == vm ]] || die "demo.sh: --storage $storage is the SoC's SSD: it needs --soc vm" ;;
 ram | tcp) ;;
-*) die "demo.sh: --storage must be file, ssd, ram or tcp" ;;
+*) die "demo.sh: --storage must be file, ssd, ssd-kernel, ram or tcp" ;;
 esac
 ((restart == 0)) || [[ $storage != ram ]] || die "demo.sh: --restart-socp cannot go with --storage ram (a RAM namespace dies with socp: its successor is refused)"
 need_root
@@ -105,9 +112,9 @@ trap 'exit 130' INT TERM
 log "[1/5] host set-up (setup-host.sh)"
 bash scripts/setup-host.sh >&2 || fail setup-host "scripts/setup-host.sh failed"
 
-log "[2/5] building socp, leapio and leapio-hostd (cargo build --release -p socp -p leapio -p leapio-host-driver)"
+log "[2/5] building socp, leapio, leapio-hostd and leapioctl (cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service)"
 command -v cargo >/dev/null 2>&1 || fail build "cargo not found: install Rust (https://rustup.rs) and put cargo in PATH"
-cargo build --release -p socp -p leapio -p leapio-host-driver >&2 || fail build "cargo build --release failed"
+cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service >&2 || fail build "cargo build --release failed"
 
 log "[3/5] guest image (vm-images/build.sh)"
 bash vm-images/build.sh >/dev/null || fail image "vm-images/build.sh failed"
@@ -126,10 +133,14 @@ glog=$logs/guest.log
 fsock=$LEAPIO_RUN/demo0-soc.sock
 ssd=$LEAPIO_DATA/demo-soc-ssd.img
 # the namespace the runtime serves (ns=...), and what the SoC VM needs for it
-soc_disk='' soc_net=''
+soc_disk='' soc_net='' soc_iommu='' soc_append=''
 case $storage in
 file) ns=file:$disk ;;
 ssd)
+    [[ -f $ssd ]] || truncate -s 1G "$ssd"
+    soc_disk=$ssd ns='nvme-pci:@SSD@' soc_iommu=1 soc_append=leapio.vfio=1
+    ;;
+ssd-kernel)
     [[ -f $ssd ]] || truncate -s 1G "$ssd"
     soc_disk=$ssd ns=file:/dev/nvme0n1
     ;;
@@ -173,7 +184,7 @@ elif [[ $soc == process ]]; then
     fi
 else
     log "[4/5] starting socp serving $ns"
-    start_leapio "$logs/socp.log" --ctrl "sock=$sock,ns=$ns" \
+    start_leapio "$logs/socp.log" --ctrl "sock=$sock,ns=$ns" --control "$LEAPIO_RUN/demo-ctl.sock" \
         || fail socp "socp did not start (see $logs/socp.log)"
     log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
 fi
@@ -190,7 +201,7 @@ if [[ $soc == vm ]]; then
     wait_log "$logs/hostd.log" 'vfio-user client connected' 60 "$GUEST_PID" \
         || fail guest "the guest's QEMU never connected (see $glog.stderr)"
     log "booting the SoC VM (qemu-system-aarch64, TCG): socp --link pci --ctrl name=demo0,ns=$ns"
-    SOC_NET=$soc_net SOC_APPEND="leapio.net=${soc_net:-0}" \
+    SOC_NET=$soc_net SOC_IOMMU=$soc_iommu SOC_APPEND="leapio.net=${soc_net:-0} $soc_append" \
         start_soc "$logs/soc.log" "$timeout" "name=demo0,ns=$ns" "$fsock" "$soc_disk" \
         || fail soc "the SoC VM did not start socp (see $logs/soc.log)"
     log "SoC VM up ($(soc_arch)); its console: $logs/soc.log"
@@ -204,7 +215,17 @@ else
     run_guest --job info,fio --disk "vfio-user:$sock" --log "$glog" \
         --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
 fi
-socp_alive=1 stop_rc=0 restarts=0
+socp_alive=1 stop_rc=0 restarts=0 status=''
+# the serving runtime's status (its namespaces' copied bytes) before it stops
+case $soc in
+vm)
+    status=$(soc_status)
+    status=${status%%$'\n'*}
+    ;;
+process) status=$("$LEAPIOCTL_BIN" -s "$LEAPIO_RUN/socp-ctl.sock" status 2>/dev/null) || status='' ;;
+*) status=$("$LEAPIOCTL_BIN" -s "$LEAPIO_RUN/demo-ctl.sock" status 2>/dev/null) || status='' ;;
+esac
+copied=$("$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); print(sum(n["copied_bytes"] or 0 for c in d["controllers"] for n in c["namespaces"]))' "$status" 2>/dev/null) || copied=''
 if [[ $soc == vm ]]; then
     if [[ -n $RESTARTER ]]; then
         wait "$RESTARTER" || log "the restarter did not do all its restarts"
@@ -236,6 +257,7 @@ if [[ -n $TARGET_PID ]]; then
 fi
 accel=$(sed -n 's/^accel=//p' "$glog.meta")
 sets=(--set "soc=$soc" --set "storage=$storage" --set "socp_restarts=$restarts")
+[[ -n $copied ]] && sets+=(--set "copied_bytes=$copied")
 [[ $soc == vm ]] && sets+=(--set "soc_arch=${soc_arch_v:-unknown}")
 if [[ -s $logs/boot-to-fio ]]; then
     sets+=(--set "boot_to_fio_s=$(cat "$logs/boot-to-fio")")

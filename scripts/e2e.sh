@@ -568,7 +568,8 @@ test_soc_vm_vfio() {
     local restarts alive=1 stopped=0 ok=0 errs ioerr resets size st copied bound
     restarts=$(split_restarts)
     kill -0 "$SOC_PID" 2>/dev/null || alive=0
-    st=$(soc_status | head -1)
+    st=$(soc_status)
+    st=${st%%$'\n'*}
     copied=$("$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["controllers"][0]["namespaces"][0]["copied_bytes"])' "$st" 2>/dev/null) || copied='?'
     bound=$(sed -n 's/.*@@SOC VFIO \([^ ]*\) \([^ ]*\).*/\1 \2/p' "$dir/soc.log" | tr -d '\r' | head -1)
     stop_soc 2>>"$GLOG.harness" || stopped=1

@@ -46,6 +46,7 @@ wait_for_socket() { wait_until "$2" "${3:-}" test -S "$1"; }
 # all-in-one: the host-driver and the runtime in one process) ----
 SOCP_BIN=${SOCP_BIN:-$LEAPIO_REPO/target/release/socp}
 LEAPIO_BIN=${LEAPIO_BIN:-$LEAPIO_REPO/target/release/leapio}
+LEAPIOCTL_BIN=${LEAPIOCTL_BIN:-$LEAPIO_REPO/target/release/leapioctl}
 SOCP_PID=''
 SOCP_LOG=''
 
@@ -165,7 +166,7 @@ start_split() {
     local link=$LEAPIO_RUN/hostd.sock
     spec="name=$name"
     for ns in "$@"; do spec+=",ns=$ns"; done
-    SPLIT_SOCP_ARGS=(--link "unix:$link" --ctrl "$spec")
+    SPLIT_SOCP_ARGS=(--link "unix:$link" --ctrl "$spec" --control "$LEAPIO_RUN/socp-ctl.sock")
     spawn_split_socp "$dir/socp.log"
     SOCP_LOG=$dir/socp.log
     if ! wait_log "$dir/hostd.log" 'runtime attached' 30 "$(cat "$dir/socp.pid")"; then

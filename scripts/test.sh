@@ -43,7 +43,7 @@ else
     stage test cargo test --workspace
 fi
 stage fuzz bash scripts/fuzz.sh --dev --seconds 12
-stage build-release cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-tests --bins
+stage build-release cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service -p leapio-tests --bins
 stage build-soc bash scripts/build-soc.sh --tests
 stage e2e bash scripts/e2e.sh
 stage e2e-tcp bash scripts/e2e-tcp.sh
