@@ -48,6 +48,11 @@ pub struct RuntimeOpts {
     #[arg(long, default_value_t = 0, value_name = "US")]
     pub io_wait_us: u64,
 
+    /// Count each poller's busy time (loops that did work; two clock reads
+    /// per loop), shown by the control socket's status as pollers_busy_ns.
+    #[arg(long)]
+    pub poller_stats: bool,
+
     /// Pin poller i to the i-th CPU of this list (e.g. 2,3), cycling.
     #[arg(long, value_delimiter = ',', value_name = "CPUS")]
     pub poller_cpus: Vec<usize>,
@@ -140,6 +145,9 @@ impl Daemon {
         let io_wait = (opts.io_wait_us > 0).then(|| Duration::from_micros(opts.io_wait_us));
         let rt = Runtime::start_with(opts.pollers, &opts.poller_cpus, io_wait)
             .map_err(|e| format!("starting pollers: {e}"))?;
+        rt.stats()
+            .enabled
+            .store(opts.poller_stats, Ordering::Relaxed);
         let mut d = Daemon {
             rt,
             stop,

@@ -202,9 +202,15 @@ impl Controllers {
                 })
             })
             .collect();
+        let busy = client
+            .as_ref()
+            .map(|c| c.runtime().stats().clone())
+            .filter(|s| s.enabled.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|s| s.busy_ns());
         json!({
             "host_driver": client.as_ref().map(|c| c.host().to_string()),
             "controllers": served,
+            "pollers_busy_ns": busy,
         })
     }
 

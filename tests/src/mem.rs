@@ -38,6 +38,17 @@ impl GuestMem {
         self.size
     }
 
+    /// Where the next allocation starts: give [`release_to`](Self::release_to)
+    /// to free everything allocated since.
+    pub fn mark(&self) -> u64 {
+        self.next
+    }
+
+    /// Free everything allocated since `mark`.
+    pub fn release_to(&mut self, mark: u64) {
+        self.next = mark.clamp(self.base, self.next);
+    }
+
     /// Allocate `len` bytes aligned to `align` (a power of two); zeroed.
     pub fn alloc(&mut self, len: u64, align: u64) -> u64 {
         let gpa = (self.next + align - 1) & !(align - 1);

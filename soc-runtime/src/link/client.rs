@@ -303,6 +303,11 @@ impl LinkClient {
     /// What each namespace served for `ctrl` is, now: its backend's own
     /// description (a flash namespace's includes the FTL's write
     /// amplification, GC victims and erase counts).
+    /// The pollers this client's controllers run on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
     pub fn ns_states(&self, ctrl: &str) -> Vec<NsState> {
         self.each_ns(ctrl, |n| NsState {
             nsid: n.info.nsid,

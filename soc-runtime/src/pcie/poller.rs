@@ -24,7 +24,7 @@ use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
 use leapio_link::{CqSetup, Shadow, SqSetup};
 use leapio_nvme::cmd::AsyncEvent;
 use leapio_nvme::{IoOpcode, Sqe, Status};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,6 +184,37 @@ pub struct QueuePoller {
     /// Block in the backend (up to this long) while only backend I/O is
     /// pending, instead of spinning.
     io_wait: Option<Duration>,
+    /// Where the time of loops that did work is counted, when asked for.
+    stats: Option<Arc<PollerStats>>,
+}
+
+/// How busy the pollers are: the time each spent in loops that did some
+/// work (fetched or posted a command, moved a request), as SPDK counts a
+/// poller's busy time; spinning and sleeping are left out. Counting costs
+/// two clock reads per loop, so it is on only when asked for.
+#[derive(Debug)]
+pub struct PollerStats {
+    /// Whether the pollers count.
+    pub enabled: AtomicBool,
+    busy_ns: Vec<AtomicU64>,
+}
+
+impl PollerStats {
+    /// Counters for `n` pollers.
+    pub fn new(n: usize, enabled: bool) -> PollerStats {
+        PollerStats {
+            enabled: AtomicBool::new(enabled),
+            busy_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Each poller's busy time so far, in nanoseconds.
+    pub fn busy_ns(&self) -> Vec<u64> {
+        self.busy_ns
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
 }
 
 impl QueuePoller {
@@ -201,7 +232,14 @@ impl QueuePoller {
             gc_pending: false,
             deletes_pending: 0,
             io_wait: None,
+            stats: None,
         }
+    }
+
+    /// Count busy time in `stats` (when it is enabled).
+    pub fn with_stats(mut self, stats: Arc<PollerStats>) -> QueuePoller {
+        self.stats = Some(stats);
+        self
     }
 
     /// Run until `stop` is set, then finish what is in flight.
@@ -212,6 +250,11 @@ impl QueuePoller {
         let mut idle_since: Option<Instant> = None;
         let mut waiting_loops: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
+            let t0 = self
+                .stats
+                .as_ref()
+                .filter(|s| s.enabled.load(Ordering::Relaxed))
+                .map(|_| Instant::now());
             loops = loops.wrapping_add(1);
             // The mailbox (queue creation/deletion) is checked every few
             // loops while busy, every loop when idle.
@@ -236,6 +279,12 @@ impl QueuePoller {
             // them, except (with `io_wait`) in the kernel until the backend
             // completes something, once the guest has gone quiet.
             let in_flight = self.slots.len() != self.free.len();
+            if let (true, Some(t0), Some(st)) = (work, t0, self.stats.as_ref()) {
+                if let Some(b) = st.busy_ns.get(self.index) {
+                    let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    b.fetch_add(ns, Ordering::Relaxed);
+                }
+            }
             if work || in_flight {
                 idle_loops = 0;
                 idle_since = None;

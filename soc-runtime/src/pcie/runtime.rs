@@ -2,7 +2,7 @@
 //! queues (as the host-driver creates and deletes them) to a poller.
 
 use crate::pcie::controller::CtrlCtx;
-use crate::pcie::poller::{PollerMsg, QueuePoller};
+use crate::pcie::poller::{PollerMsg, PollerStats, QueuePoller};
 use leapio_link::{CqSetup, SqSetup};
 use leapio_nvme::Status;
 use std::collections::BTreeMap;
@@ -24,6 +24,7 @@ pub struct Runtime {
     stop: Arc<AtomicBool>,
     next_poller: AtomicUsize,
     next_ctrl: AtomicU64,
+    stats: Arc<PollerStats>,
 }
 
 /// A controller id unique in this process.
@@ -47,6 +48,7 @@ impl Runtime {
         io_wait: Option<Duration>,
     ) -> io::Result<Arc<Runtime>> {
         let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(PollerStats::new(n.max(1), false));
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         // The kernel's io_uring workers must not queue behind a spinning
@@ -55,6 +57,7 @@ impl Runtime {
         for i in 0..n.max(1) {
             let (tx, rx) = channel();
             let st = stop.clone();
+            let stats = stats.clone();
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             let t = std::thread::Builder::new()
                 .name(format!("socp-poller-{i}"))
@@ -65,7 +68,10 @@ impl Runtime {
                             Err(e) => tracing::warn!(poller = i, cpu, "cannot pin poller: {e}"),
                         }
                     }
-                    QueuePoller::new(i, rx, st).with_io_wait(io_wait).run()
+                    QueuePoller::new(i, rx, st)
+                        .with_io_wait(io_wait)
+                        .with_stats(stats)
+                        .run()
                 })?;
             senders.push(Mutex::new(tx));
             threads.push(t);
@@ -76,7 +82,13 @@ impl Runtime {
             stop,
             next_poller: AtomicUsize::new(0),
             next_ctrl: AtomicU64::new(1),
+            stats,
         }))
+    }
+
+    /// The pollers' busy time (see [`PollerStats`]).
+    pub fn stats(&self) -> &Arc<PollerStats> {
+        &self.stats
     }
 
     pub fn pollers(&self) -> usize {

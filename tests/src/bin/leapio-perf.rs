@@ -59,16 +59,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cfg.more {
+        return match run_more(cfg) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("leapio-perf: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&cfg) {
         Ok(r) => {
-            if cfg.json {
-                match serde_json::to_string_pretty(&r) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => eprintln!("leapio-perf: {e}"),
-                }
-            } else {
-                print_text(&r);
-            }
+            print_report(&r, cfg.json, false);
             if r.failed() {
                 ExitCode::FAILURE
             } else {
@@ -79,6 +82,67 @@ fn main() -> ExitCode {
             eprintln!("leapio-perf: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn print_report(r: &Report, json: bool, one_line: bool) {
+    if json {
+        let s = if one_line {
+            serde_json::to_string(r)
+        } else {
+            serde_json::to_string_pretty(r)
+        };
+        match s {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("leapio-perf: {e}"),
+        }
+    } else {
+        print_text(r);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Guest memory of a connection that serves several runs.
+const MORE_GUEST_MEM: u64 = 256 << 20;
+
+/// `--more`: the first run, then one per line of standard input, on one
+/// connection. Whether every run passed.
+fn run_more(first: Config) -> Result<bool, PerfError> {
+    let Target::Sock { path, pid } = first.target.clone() else {
+        return Err(PerfError::Setup("--more needs --sock".into()));
+    };
+    let mem = guest_mem_size(&first).max(MORE_GUEST_MEM);
+    let mut d = Driver::connect(&path, mem)?;
+    let mark = d.mem.mark();
+    let mut cfg = first;
+    let mut ok = true;
+    let mut lines = std::io::stdin().lines();
+    loop {
+        if guest_mem_size(&cfg) > mem {
+            return Err(PerfError::Setup(format!(
+                "this run needs {} bytes of guest memory; the connection has {mem}",
+                guest_mem_size(&cfg)
+            )));
+        }
+        let cpu = pid.map(CpuSource::Pid).unwrap_or(CpuSource::None);
+        let r = run_on(&mut d, &cfg, cpu, "socp", path.display().to_string())?;
+        d.mem.release_to(mark);
+        print_report(&r, cfg.json, true);
+        ok &= !r.failed();
+        let Some(line) = lines.next() else {
+            return Ok(ok);
+        };
+        let line = line.map_err(|e| PerfError::Setup(format!("standard input: {e}")))?;
+        let mut argv = vec![
+            "leapio-perf".to_owned(),
+            "--sock".to_owned(),
+            path.display().to_string(),
+        ];
+        argv.extend(line.split_whitespace().map(str::to_owned));
+        let a =
+            Args::try_parse_from(&argv).map_err(|e| PerfError::Setup(format!("'{line}': {e}")))?;
+        cfg = Config::from_args(&a).map_err(|e| PerfError::Setup(format!("'{line}': {e}")))?;
     }
 }
 
@@ -330,8 +394,20 @@ fn run_ctrl(
     target: &str,
     detail: String,
 ) -> Result<Report, PerfError> {
-    let entries = queue_entries(cfg.qd);
     let mut d = Driver::connect(path, guest_mem_size(cfg))?;
+    run_on(&mut d, cfg, cpu, target, detail)
+}
+
+/// One run on a connected controller, which is left disabled (as a guest
+/// shutting down would) when the run lost nothing.
+fn run_on(
+    d: &mut Driver,
+    cfg: &Config,
+    cpu: CpuSource,
+    target: &str,
+    detail: String,
+) -> Result<Report, PerfError> {
+    let entries = queue_entries(cfg.qd);
     let mqes = (d.reg64(offset::CAP)? & 0xffff) + 1;
     if u64::from(entries) > mqes {
         return Err(PerfError::Setup(format!(
@@ -348,7 +424,7 @@ fn run_ctrl(
             PAGE << id.mdts
         )));
     }
-    let ns = wait_namespace(&mut d, cfg)?;
+    let ns = wait_namespace(d, cfg)?;
     let nsze = ns.nsze.get();
     let lbads = ns.lbaf[usize::from(ns.flbas & 0xf)].lbads;
     if !(9..=16).contains(&lbads) {

@@ -188,6 +188,14 @@ pub struct Args {
     /// One JSON object on stdout instead of the text report.
     #[arg(long)]
     pub json: bool,
+
+    /// After this run, take more from standard input, one per line (the
+    /// options of this command line but the target), against the same
+    /// controller over the same connection: the guest's memory stays the
+    /// same (a controller served from an SoC keeps its memory window). A
+    /// report (one line of JSON with --json) each. Needs --sock.
+    #[arg(long, requires = "sock")]
+    pub more: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -273,6 +281,7 @@ pub struct Config {
     pub io_wait_us: u64,
     pub seed: u64,
     pub json: bool,
+    pub more: bool,
 }
 
 /// Most entries an I/O queue can have (CAP.MQES is 16 bits, 0's based).
@@ -389,6 +398,7 @@ impl Config {
             io_wait_us: a.io_wait_us,
             seed: a.seed,
             json: a.json,
+            more: a.more,
         })
     }
 }
