@@ -232,7 +232,16 @@ impl Controllers {
                 let host = all
                     .iter()
                     .find_map(|s| s["host_driver"].as_str().map(str::to_owned));
-                return Ok(json!({ "host_driver": host, "controllers": controllers }));
+                // The pollers are the process's: any set says the same.
+                let busy = all
+                    .iter()
+                    .map(|s| s["pollers_busy_ns"].clone())
+                    .find(|b| !b.is_null());
+                return Ok(json!({
+                    "host_driver": host,
+                    "controllers": controllers,
+                    "pollers_busy_ns": busy,
+                }));
             }
             let mut last = Err(format!("unknown method {method}"));
             for h in &handlers {
