@@ -27,6 +27,10 @@
 #                        guest is 10.0.2.15; the `nvmet` job)
 #   --accel MODE         auto|kvm|tcg (default $LEAPIO_ACCEL or auto)
 #   --smp N              vCPUs (default 2)
+#   --iommu              an emulated Intel IOMMU with interrupt remapping
+#                        (intel_iommu=on): devices can be driven through VFIO
+#   --extra-initrd FILE  a cpio archive appended to the guest's initramfs
+#                        (more programs for a job; FILE under $LEAPIO_ROOT)
 #   --quiet              no progress messages
 #
 # Results: the serial log, QEMU's stderr in LOG.stderr, and LOG.meta with
@@ -42,7 +46,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0 fwd='' smp=2
+jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0 fwd='' smp=2 iommu=0 extra=''
 accel=${LEAPIO_ACCEL:-auto}
 while (($#)); do
     case $1 in
@@ -56,6 +60,8 @@ while (($#)); do
     --hostfwd) nic=1 fwd+=",hostfwd=$2"; shift ;;
     --accel) accel=$2; shift ;;
     --smp) smp=$2; shift ;;
+    --iommu) iommu=1 ;;
+    --extra-initrd) extra=$2; shift ;;
     --quiet) quiet=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "run-guest.sh: unknown option $1 (see --help)" ;;
@@ -127,13 +133,27 @@ tcg) ;;
 esac
 
 # ---- QEMU command line ----
+machine=q35,memory-backend=mem
+initrd=$INITRD combined=''
+if [[ -n $extra ]]; then
+    # the image and the extra archive, one after the other (the kernel
+    # unpacks every archive of its initramfs)
+    combined=$LEAPIO_DATA/images/initrd-extra-$$.cpio
+    cat "$LEAPIO_ROOT$INITRD" "$LEAPIO_ROOT$(in_root "$extra")" > "$combined"
+    initrd=$(in_root "$combined")
+fi
 # shellcheck disable=SC2054 # commas belong to QEMU options
 args=(qemu-system-x86_64 -nodefaults -no-user-config -name leapio-guest
-    -object memory-backend-memfd,id=mem,size=1G,share=on
-    -machine q35,memory-backend=mem -m 1G -smp "$smp"
+    -object memory-backend-memfd,id=mem,size=1G,share=on)
+if ((iommu)); then
+    machine+=,kernel-irqchip=split
+    args+=(-device intel-iommu,intremap=on)
+    append+=" intel_iommu=on"
+fi
+args+=(-machine "$machine" -m 1G -smp "$smp"
     -display none -monitor none
     -chardev stdio,id=con,signal=off -serial chardev:con
-    -kernel "$KERNEL" -initrd "$INITRD")
+    -kernel "$KERNEL" -initrd "$initrd")
 if [[ $accel == kvm ]]; then
     args+=(-accel kvm -cpu host)
 else
@@ -191,6 +211,7 @@ cleanup() {
     if [[ -n $qemu_pid ]]; then kill -TERM "$qemu_pid" 2>/dev/null || true; fi
     if [[ -n $watch_pid ]]; then kill "$watch_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
+    if [[ -n $combined ]]; then rm -f "$combined"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

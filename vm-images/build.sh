@@ -3,7 +3,8 @@
 # scripts/setup-host.sh: busybox-static (+ applet symlinks), fio, nvme-cli and
 # blkzone with the shared libraries they load (resolved with ldd inside the root, plus
 # ld.so), virtio_blk.ko (for the virtio-blk baseline), the NVMe/TCP host and
-# target modules (jobs `tcp`, `nvmet`) and vm-images/init.
+# target modules (jobs `tcp`, `nvmet`), the VFIO modules (job `vfio`) and
+# vm-images/init.
 #
 # Reproducible: sorted file list, mtimes fixed to 0, owner 0:0, `cpio
 # --reproducible`, deterministic zstd. Cached: the output name carries a hash
@@ -104,6 +105,13 @@ done
 # and brd for its RAM namespace (all modules in the cloud kernel)
 for m in fs/configfs/configfs drivers/nvme/target/nvmet drivers/nvme/target/nvmet-tcp \
     drivers/block/brd; do
+    xz -dc "$LEAPIO_ROOT/lib/modules/$kver/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
+done
+
+# VFIO (job `vfio`: socp in the guest drives an emulated NVMe SSD from user
+# space behind the guest's IOMMU), in load order
+for m in virt/lib/irqbypass drivers/vfio/vfio drivers/vfio/vfio_iommu_type1 \
+    drivers/vfio/pci/vfio-pci-core drivers/vfio/pci/vfio-pci; do
     xz -dc "$LEAPIO_ROOT/lib/modules/$kver/kernel/$m.ko.xz" > "$st/usr/lib/modules/${m##*/}.ko"
 done
 
