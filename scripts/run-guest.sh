@@ -139,7 +139,12 @@ if [[ -n $extra ]]; then
     # the image and the extra archive, one after the other (the kernel
     # unpacks every archive of its initramfs)
     combined=$LEAPIO_DATA/images/initrd-extra-$$.cpio
-    cat "$LEAPIO_ROOT$INITRD" "$LEAPIO_ROOT$(in_root "$extra")" > "$combined"
+    # (an archive starts on a 4-byte boundary; zeroes between are skipped)
+    {
+        cat "$LEAPIO_ROOT$INITRD"
+        head -c $(((4 - $(stat -c %s "$LEAPIO_ROOT$INITRD") % 4) % 4)) /dev/zero
+        cat "$LEAPIO_ROOT$(in_root "$extra")"
+    } > "$combined"
     initrd=$(in_root "$combined")
 fi
 # shellcheck disable=SC2054 # commas belong to QEMU options
