@@ -518,9 +518,14 @@ test_soc_vm() {
     GUEST_PID=''
     wait "$RESTARTER" || true
     RESTARTER=''
-    local restarts arch alive=1 stopped=0 ok=0 errs ioerr resets model nns size
+    local restarts arch alive=1 stopped=0 ok=0 errs ioerr resets model nns size st copied
     restarts=$(split_restarts) arch=$(soc_arch)
     kill -0 "$SOC_PID" 2>/dev/null || alive=0
+    # through the SoC's kernel, the SoC's CPU copies (the page cache is the
+    # bounce buffer): the contrast to soc_vm_vfio
+    st=$(soc_status)
+    st=${st%%$'\n'*}
+    copied=$("$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["controllers"][0]["namespaces"][0]["copied_bytes"])' "$st" 2>/dev/null) || copied=0
     stop_soc 2>>"$GLOG.harness" || stopped=1
     stop_split 2>>"$GLOG.harness" || stopped=1
     model=$(info_field 'd["model"]') nns=$(info_field 'len(d["namespaces"])')
@@ -534,9 +539,10 @@ test_soc_vm() {
     expect "grep -aq '@@LEAPIO RESET-DONE state=live' '$GLOG'" "no RESET-DONE marker: the controller reset did not complete" || ok=1
     # the reset job's nvme reset is itself one reset line: only errors count
     expect '[[ $ioerr == 0 ]]' "the guest kernel logged $ioerr I/O errors ($resets nvme reset/timeout lines)" || ok=1
+    expect '((copied > 0))' "socp reports no bytes copied through the SoC's kernel ($copied)" || ok=1
     expect '((alive))' "the SoC VM died" || ok=1
     expect '((stopped == 0))' "socp in the SoC, the SoC VM or leapio-hostd did not stop cleanly" || ok=1
-    ((ok == 0)) && DETAIL="socp on $arch: identify, verified fio with kill -9 + restart (attached after $(paste -sd, "$SPLIT_DIR/restart-times") s), reset"
+    ((ok == 0)) && DETAIL="socp on $arch: identify, verified fio with kill -9 + restart (attached after $(paste -sd, "$SPLIT_DIR/restart-times") s), reset; $((copied >> 20)) MiB copied by socp's CPU"
     return $ok
 }
 
