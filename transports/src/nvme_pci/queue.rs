@@ -95,48 +95,35 @@ unsafe impl Send for IoQueue {}
 /// on one; the first starts on a dword).
 pub(crate) fn prp_entries(
     iov: &[libc::iovec],
-    mut off: usize,
-    mut len: usize,
+    off: usize,
+    len: usize,
     iova: impl Fn(*const u8, usize) -> Option<u64>,
     out: &mut Vec<u64>,
 ) -> Option<()> {
     out.clear();
     let page = PAGE_SIZE as u64;
-    for v in iov {
-        if len == 0 {
-            break;
+    let mut left = len;
+    for (p, n) in crate::iov::pieces(iov, off, len) {
+        let a = iova(p.cast_const(), n)?;
+        // The first piece starts on a dword, every other on a page; every
+        // piece but the last ends on a page.
+        let align = if out.is_empty() { 4 } else { page };
+        if a % align != 0 {
+            return None;
         }
-        if off >= v.iov_len {
-            off -= v.iov_len;
-            continue;
-        }
-        let n = (v.iov_len - off).min(len);
-        let p = v.iov_base.cast::<u8>().cast_const().wrapping_add(off);
-        let a = iova(p, n)?;
-        if out.is_empty() {
-            if a % 4 != 0 {
-                return None;
-            }
-            out.push(a);
-        } else {
-            if a % page != 0 {
-                return None;
-            }
-            out.push(a);
-        }
+        out.push(a);
         let end = a + n as u64;
         let mut next = (a / page + 1) * page;
         while next < end {
             out.push(next);
             next += page;
         }
-        len -= n;
-        off = 0;
-        if len > 0 && end % page != 0 {
+        left -= n;
+        if left > 0 && end % page != 0 {
             return None;
         }
     }
-    (len == 0 && !out.is_empty()).then_some(())
+    (left == 0 && !out.is_empty()).then_some(())
 }
 
 impl IoQueue {

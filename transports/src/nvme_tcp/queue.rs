@@ -61,31 +61,14 @@ impl Iovs {
         unsafe { crate::iov::gather(&self.0, off as u64, dst) }
     }
 
-    /// Visit `[off, off + len)` of the iovecs as raw pieces.
-    fn pieces(&self, mut off: usize, mut len: usize, mut f: impl FnMut(*mut u8, usize)) {
-        for v in &self.0 {
-            if len == 0 {
-                return;
-            }
-            if off >= v.iov_len {
-                off -= v.iov_len;
-                continue;
-            }
-            let n = (v.iov_len - off).min(len);
-            f(v.iov_base.cast::<u8>().wrapping_add(off), n);
-            len -= n;
-            off = 0;
-        }
-    }
-
     /// CRC32C of `[off, off + len)`, continuing `crc`.
     fn crc(&self, off: usize, len: usize, mut crc: u32) -> u32 {
-        self.pieces(off, len, |p, n| {
+        for (p, n) in crate::iov::pieces(&self.0, off, len) {
             // SAFETY: the piece lies inside a valid iovec (see `pieces`),
             // which stays valid until completion; we only read it.
             let s = unsafe { std::slice::from_raw_parts(p, n) };
             crc = crc32c::crc32c_append(crc, s);
-        });
+        }
         crc
     }
 }
@@ -662,13 +645,12 @@ impl NvmeTcpQueue {
             return Err(NvmeTcpError::Protocol("data for a vanished command".into()));
         };
         self.scratch.clear();
-        let scratch = &mut self.scratch;
-        c.iov.pieces(at, left, |p, n| {
-            scratch.push(libc::iovec {
+        self.scratch.extend(
+            crate::iov::pieces(&c.iov.0, at, left).map(|(p, n)| libc::iovec {
                 iov_base: p.cast(),
                 iov_len: n,
-            });
-        });
+            }),
+        );
         let cnt = i32::try_from(self.scratch.len().min(crate::UIO_MAXIOV)).unwrap_or(1024);
         // SAFETY: the iovecs are pieces of the request's buffers, valid and
         // writable until its completion (submit contract), and the count
