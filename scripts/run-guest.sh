@@ -27,6 +27,8 @@
 #                        guest is 10.0.2.15; the `nvmet` job)
 #   --accel MODE         auto|kvm|tcg (default $LEAPIO_ACCEL or auto)
 #   --smp N              vCPUs (default 2)
+#   --image NAME         guest (default) or rdma (vm-images/build-rdma.sh:
+#                        the generic kernel, soft-RoCE and the RDMA tools)
 #   --iommu              an emulated Intel IOMMU with interrupt remapping
 #                        (intel_iommu=on): devices can be driven through VFIO
 #   --extra-initrd FILE  a cpio archive appended to the guest's initramfs
@@ -46,7 +48,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0 fwd='' smp=2 iommu=0 extra=''
+jobs=probe disks=() append='' log='' timeout=300 allow_reboot=0 quiet=0 nic=0 fwd='' smp=2 iommu=0 extra='' image=guest
 accel=${LEAPIO_ACCEL:-auto}
 while (($#)); do
     case $1 in
@@ -61,6 +63,7 @@ while (($#)); do
     --accel) accel=$2; shift ;;
     --smp) smp=$2; shift ;;
     --iommu) iommu=1 ;;
+    --image) image=$2; shift ;;
     --extra-initrd) extra=$2; shift ;;
     --quiet) quiet=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -72,8 +75,8 @@ done
 need_root
 say() { ((quiet)) || log "$@"; }
 
-env_file=$LEAPIO_DATA/images/guest.env
-[[ -f $env_file ]] || die "no guest image: run vm-images/build.sh first"
+env_file=$LEAPIO_DATA/images/$image.env
+[[ -f $env_file ]] || die "no $image image: run vm-images/build.sh (or build-$image.sh) first"
 KERNEL='' INITRD=''
 # shellcheck disable=SC1090
 . "$env_file"

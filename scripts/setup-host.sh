@@ -21,7 +21,9 @@ set -euo pipefail
 
 need_root
 
-host_pkgs=(mmdebstrap cpio fio xz-utils zstd python3)
+# (libibverbs-dev, librdmacm-dev, libclang-dev, pkg-config: the RDMA
+# backends build on rdma-sys, whose build runs bindgen)
+host_pkgs=(mmdebstrap cpio fio xz-utils zstd python3 libibverbs-dev librdmacm-dev libclang-dev pkg-config)
 missing=()
 for p in "${host_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -81,3 +83,17 @@ if [[ ! -f $soc_stamp ]]; then
 fi
 chroot "$root" qemu-system-aarch64 -device help 2>/dev/null | grep -q vfio-user-pci \
     || die "qemu-system-aarch64 in $root has no vfio-user-pci device"
+
+# NVMe over RDMA runs in a guest with Debian's generic kernel, which has
+# soft-RoCE (rdma_rxe) beside nvme-rdma and nvmet-rdma (the cloud kernel
+# has no software RDMA device), with the verbs libraries and the rxe
+# provider, iproute2 (rdma link add) and kmod (the kernel loads crc32 for
+# rxe through /sbin/modprobe).
+rdma_stamp="$root/.leapio-rdma-ready-v1"
+if [[ ! -f $rdma_stamp ]]; then
+    log "adding the RDMA guest's kernel and tools to $root (linux-image-amd64, rdma-core, iproute2, kmod)"
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        linux-image-amd64 ibverbs-providers libibverbs1 librdmacm1 ibverbs-utils iproute2 kmod >/dev/null \
+        || die "installing the RDMA guest's packages failed"
+    touch "$rdma_stamp"
+fi

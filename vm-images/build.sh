@@ -29,7 +29,7 @@ images=$LEAPIO_DATA/images
 mkdir -p "$images"
 env_file=$images/guest.env
 
-kernels=("$LEAPIO_ROOT"/boot/vmlinuz-*)
+kernels=("$LEAPIO_ROOT"/boot/vmlinuz-*-cloud-amd64)
 [[ -f ${kernels[0]} ]] || die "no kernel in $LEAPIO_ROOT/boot"
 kernel=/boot/${kernels[-1]##*/}
 kver=${kernel#/boot/vmlinuz-}
