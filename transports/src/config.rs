@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use crate::flash::{FlashSpec, ZnsSpec};
 use crate::nvme_pci::NvmePciSpec;
-use crate::nvme_tcp::NvmeTcpSpec;
+use crate::nvmf::{NvmfSpec, Transport};
 use crate::{BackendError, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
 /// Block size of RAM backends and regular files when the spec names none.
@@ -26,7 +26,7 @@ pub const AUTO_BLOCK_SIZE: u32 = 0;
 ///   block size is the device's logical block size (512 for files).
 ///
 /// - `nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&hdgst=1&ddgst=1...]`:
-///   a namespace of a remote NVMe/TCP subsystem (see [`NvmeTcpSpec`]); its
+///   a namespace of a remote NVMe/TCP subsystem (see [`NvmfSpec`]); its
 ///   block size is the remote namespace's.
 ///
 /// - `nvme-pci:BDF[?nsid=N&timeout=MS]`: a namespace of an NVMe SSD bound
@@ -57,7 +57,7 @@ pub enum BackendSpec {
         block_size: u32,
     },
     /// A namespace of a remote NVMe/TCP subsystem.
-    NvmeTcp(NvmeTcpSpec),
+    NvmeTcp(NvmfSpec),
     /// A namespace of an NVMe SSD driven through VFIO.
     NvmePci(NvmePciSpec),
     /// An FTL on emulated NAND in a file.
@@ -174,7 +174,7 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
                 block_size: bs.unwrap_or(AUTO_BLOCK_SIZE),
             })
         }
-        "nvme-tcp" => crate::nvme_tcp::parse_spec(body).map(BackendSpec::NvmeTcp),
+        "nvme-tcp" => crate::nvmf::parse_spec(Transport::Tcp, body).map(BackendSpec::NvmeTcp),
         "nvme-pci" => crate::nvme_pci::parse_spec(body).map(BackendSpec::NvmePci),
         "flash" => crate::flash::parse_spec(body).map(BackendSpec::Flash),
         "zns" => crate::flash::zns::parse_spec(body).map(BackendSpec::Zns),

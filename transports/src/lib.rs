@@ -36,6 +36,7 @@ mod iov;
 mod nvme_host;
 pub mod nvme_pci;
 pub mod nvme_tcp;
+pub mod nvmf;
 mod ram;
 mod sys;
 mod uring;
@@ -47,7 +48,8 @@ pub use file::{FileBackend, MAX_QUEUE_DEPTH};
 pub use flash::{FlashBackend, FlashSpec, FlashStats, ZnsBackend, ZnsSpec};
 pub use leapio_backend::*;
 pub use nvme_pci::{NvmePciBackend, NvmePciSpec};
-pub use nvme_tcp::{NvmeTcpBackend, NvmeTcpSpec};
+pub use nvme_tcp::NvmeTcpBackend;
+pub use nvmf::{NvmfSpec, Transport};
 pub use ram::RamBackend;
 pub use uring::keep_workers_off;
 

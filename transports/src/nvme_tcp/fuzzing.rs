@@ -9,8 +9,7 @@
 //! is started.
 
 use super::queue::NvmeTcpQueue;
-use super::session::{Info, Session};
-use super::NvmeTcpError;
+use crate::nvmf::{Info, NvmfError, Session, Transport};
 use crate::{BackendQueue, Completion, Features, Geometry, IoKind, IoRequest, SubmitError};
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -34,9 +33,10 @@ impl HostQueue {
         data_digest: bool,
         depth: u32,
         in_capsule: u32,
-    ) -> Result<HostQueue, NvmeTcpError> {
-        let spec = super::parse_spec("127.0.0.1:4420/nqn.2026-11.io.leapio:fuzz")
-            .map_err(NvmeTcpError::Protocol)?;
+    ) -> Result<HostQueue, NvmfError> {
+        let spec =
+            crate::nvmf::parse_spec(Transport::Tcp, "127.0.0.1:4420/nqn.2026-11.io.leapio:fuzz")
+                .map_err(NvmfError::Protocol)?;
         let info = Info {
             geometry: Geometry {
                 block_size: BLOCK_SIZE,
@@ -52,12 +52,12 @@ impl HostQueue {
             io_queues: 1,
             max_entries: 1024,
         };
-        let session = Session::for_fuzzing(&spec, info);
+        let session = Session::for_fuzzing(&spec, info, super::open_conn);
         let digests = leapio_nvme::tcp::Digests {
             header: header_digest,
             data: data_digest,
         };
-        let sock = unconnected_socket().map_err(|source| NvmeTcpError::Io { source })?;
+        let sock = unconnected_socket().map_err(|source| NvmfError::Io { source })?;
         Ok(HostQueue {
             queue: NvmeTcpQueue::for_fuzzing(&session, sock, digests, depth.saturating_add(1)),
             buf: vec![0; BUFFER],
@@ -115,7 +115,7 @@ impl HostQueue {
     }
 
     /// Bytes from the target; an error is what ends the connection.
-    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), NvmeTcpError> {
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), NvmfError> {
         self.queue.fuzz_receive(bytes)
     }
 

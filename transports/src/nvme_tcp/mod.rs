@@ -1,11 +1,10 @@
 //! The NVMe/TCP host backend: a namespace of a remote NVMe/TCP subsystem
 //! (NVMe over Fabrics 1.1, NVMe/TCP transport 1.0).
 //!
-//! - [`spec`](NvmeTcpSpec): `nvme-tcp:HOST:PORT/SUBNQN[?options]`.
-//! - `sync_conn`: a blocking connection for the control path (handshakes,
-//!   properties, Identify, keep-alive).
-//! - `session`: the admin queue (controller enable, geometry, features), its
-//!   keep-alive timer thread, and the (re)connection of I/O queues.
+//! - the spec (`nvme-tcp:HOST:PORT/SUBNQN[?options]`), the admin session
+//!   and what every fabric's host does on a queue: [`crate::nvmf`].
+//! - `sync_conn`: a blocking connection for the control path (ICReq/ICResp,
+//!   then the commands of [`crate::nvmf::Channel`]).
 //! - `queue`: one [`BackendQueue`](crate::BackendQueue) = one I/O queue = one
 //!   non-blocking TCP connection, driven from `submit`/`kick`/`poll` only.
 //!
@@ -23,106 +22,38 @@
 //! the controller must prove its own secret. A refusal is an error of that
 //! connection attempt (no retry is different from a lost connection's).
 
-mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod queue;
-mod session;
 mod sync_conn;
 
 use std::sync::Arc;
 
-use leapio_nvme::Status;
-
-pub use config::{NvmeTcpSpec, DEFAULT_HOSTNQN};
-
-pub(crate) use config::parse as parse_spec;
-
+use crate::nvmf::{NvmfError, NvmfSpec, Session};
 use crate::{Backend, BackendError, BackendQueue, Features, Geometry};
-use session::Session;
+use sync_conn::SyncConn;
 
-/// What went wrong talking to an NVMe/TCP target.
-#[derive(Debug, thiserror::Error)]
-pub enum NvmeTcpError {
-    /// The target's address could not be resolved.
-    #[error("cannot resolve {addr}")]
-    Resolve {
-        /// HOST:PORT.
-        addr: String,
-        /// The resolver's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// TCP connect failed.
-    #[error("cannot connect to {addr}")]
-    Connect {
-        /// HOST:PORT.
-        addr: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A socket operation failed.
-    #[error("socket error")]
-    Io {
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The target closed the connection.
-    #[error("connection closed by the target")]
-    Closed,
-    /// Nothing arrived in time.
-    #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
-    /// The target broke the protocol.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// The target ended the connection with a C2HTermReq.
-    #[error("target terminated the connection (FES {fes:#x})")]
-    Terminated {
-        /// Fatal error status.
-        fes: u16,
-    },
-    /// A control command failed.
-    #[error("{what} failed with status {status}")]
-    Status {
-        /// Which command.
-        what: &'static str,
-        /// Its status.
-        status: Status,
-    },
-    /// The target or namespace cannot be used.
-    #[error("{0}")]
-    Unusable(String),
-    /// The controller asks for authentication and we have no secret.
-    #[error("the target requires DH-HMAC-CHAP authentication of host {hostnqn}: give dhchap=DHHC-1:..: in the nvme-tcp spec")]
-    AuthRequired {
-        /// Our host NQN.
-        hostnqn: String,
-    },
-    /// DH-HMAC-CHAP failed on a queue.
-    #[error("DH-HMAC-CHAP authentication of queue {qid} failed")]
-    Auth {
-        /// The queue.
-        qid: u16,
-        /// What went wrong.
-        #[source]
-        source: leapio_nvme_auth::AuthError,
-    },
+/// Open a control connection (TCP connect, ICReq/ICResp) for the session.
+fn open_conn(
+    spec: &NvmfSpec,
+    timeout: std::time::Duration,
+    _qid: u16,
+    _entries: u32,
+) -> Result<SyncConn, NvmfError> {
+    SyncConn::open(spec, timeout)
 }
 
 /// A namespace of a remote NVMe/TCP subsystem.
 pub struct NvmeTcpBackend {
-    session: Arc<Session>,
+    session: Arc<Session<SyncConn>>,
 }
 
 impl NvmeTcpBackend {
     /// Connect the admin queue, enable the controller, read the namespace's
     /// geometry and start the keep-alive timer.
-    pub fn open(spec: &NvmeTcpSpec) -> Result<NvmeTcpBackend, BackendError> {
-        let session = Session::open(spec).map_err(|source| BackendError::Remote {
+    pub fn open(spec: &NvmfSpec) -> Result<NvmeTcpBackend, BackendError> {
+        let session = Session::open(spec, open_conn).map_err(|source| BackendError::Remote {
             target: spec.to_string(),
             source: Box::new(source),
         })?;

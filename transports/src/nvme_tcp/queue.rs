@@ -21,10 +21,9 @@ use leapio_nvme::tcp::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::session::{Info, Session};
-use super::sync_conn::Negotiated;
-use super::NvmeTcpError;
+use super::sync_conn::{Negotiated, SyncConn};
 use crate::nvme_host::{dsm_range, io_command, status_error};
+use crate::nvmf::{Info, NvmfError, Session};
 use crate::{
     validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
 };
@@ -136,7 +135,7 @@ enum Link {
 
 /// See the module documentation.
 pub(super) struct NvmeTcpQueue {
-    session: Arc<Session>,
+    session: Arc<Session<SyncConn>>,
     info: Info,
     qid: u16,
     nsid: u32,
@@ -154,11 +153,11 @@ pub(super) struct NvmeTcpQueue {
 unsafe impl Send for NvmeTcpQueue {}
 
 impl NvmeTcpQueue {
-    pub fn open(session: &Arc<Session>, depth: u32) -> Result<NvmeTcpQueue, NvmeTcpError> {
+    pub fn open(session: &Arc<Session<SyncConn>>, depth: u32) -> Result<NvmeTcpQueue, NvmfError> {
         let info = session.info();
         let spec = session.spec();
         let qid = session.alloc_qid().ok_or_else(|| {
-            NvmeTcpError::Unusable(format!(
+            NvmfError::Unusable(format!(
                 "all {} I/O queues of the controller are in use",
                 info.io_queues
             ))
@@ -168,7 +167,10 @@ impl NvmeTcpQueue {
             .min(spec.queue_depth.saturating_add(1))
             .min(info.max_entries)
             .max(2);
-        let (sock, neg) = match session.connect_io(qid, entries) {
+        let (sock, neg) = match session
+            .connect_io(qid, entries)
+            .and_then(SyncConn::into_stream)
+        {
             Ok(x) => x,
             Err(e) => {
                 session.free_qid(qid);
@@ -272,7 +274,7 @@ impl NvmeTcpQueue {
     }
 
     /// Answer an R2T with H2CData PDUs.
-    fn answer_r2t(&mut self, r: &R2t) -> Result<(), NvmeTcpError> {
+    fn answer_r2t(&mut self, r: &R2t) -> Result<(), NvmfError> {
         let cid = r.cccid.get();
         let Link::Up(conn) = &mut self.link else {
             return Ok(());
@@ -283,14 +285,14 @@ impl NvmeTcpQueue {
             .and_then(Option::as_ref)
             .filter(|c| c.sent && matches!(c.kind, IoKind::Write | IoKind::WriteFua))
         else {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "R2T for command {cid} that is not a write in flight"
             )));
         };
         let off = r.r2to.get();
         let len = r.r2tl.get();
         if len == 0 || off.checked_add(len).is_none_or(|end| end > c.len) {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "R2T offset {off} length {len} outside the {}-byte write",
                 c.len
             )));
@@ -298,7 +300,7 @@ impl NvmeTcpQueue {
         // R2Ts solicit a write's data in increasing order, each byte once
         // (as Linux's host checks too).
         if off < c.solicited {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "R2T for command {cid} at offset {off}, below the {} bytes already solicited (a repeated R2T)",
                 c.solicited
             )));
@@ -335,7 +337,7 @@ impl NvmeTcpQueue {
         Ok(())
     }
 
-    fn on_response(&mut self, resp: &CapsuleResp) -> Result<(), NvmeTcpError> {
+    fn on_response(&mut self, resp: &CapsuleResp) -> Result<(), NvmfError> {
         let cid = resp.cqe.cid.get();
         let Some(c) = self
             .cmds
@@ -343,7 +345,7 @@ impl NvmeTcpQueue {
             .and_then(Option::as_mut)
             .filter(|c| c.sent)
         else {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "response for command {cid} that is not in flight"
             )));
         };
@@ -374,7 +376,7 @@ impl NvmeTcpQueue {
 
     /// Parse what is in the receive buffer. Returns false when more bytes are
     /// needed.
-    fn process(&mut self) -> Result<(), NvmeTcpError> {
+    fn process(&mut self) -> Result<(), NvmfError> {
         loop {
             let Link::Up(conn) = &mut self.link else {
                 return Ok(());
@@ -388,7 +390,7 @@ impl NvmeTcpQueue {
                     }
                     let ch = CommonHeader::read_from_bytes(&buf[..8]).unwrap_or_default();
                     let t = ch.pdu_type;
-                    let proto = |m: String| Err(NvmeTcpError::Protocol(m));
+                    let proto = |m: String| Err(NvmfError::Protocol(m));
                     let Some(hlen) = header_len(t) else {
                         return proto(format!("unknown PDU type {t:#04x}"));
                     };
@@ -407,7 +409,7 @@ impl NvmeTcpQueue {
                             return Ok(());
                         }
                         let fes = u16::from_le_bytes([buf[8], buf[9]]);
-                        return Err(NvmeTcpError::Terminated { fes });
+                        return Err(NvmfError::Terminated { fes });
                     }
                     if !matches!(t, PduType::CAPSULE_RESP | PduType::R2T | PduType::C2H_DATA) {
                         return proto(format!("unexpected PDU type {t:#04x}"));
@@ -595,7 +597,7 @@ impl NvmeTcpQueue {
     }
 
     /// Read from the socket and parse; false when the connection failed.
-    fn receive(&mut self) -> Result<(), NvmeTcpError> {
+    fn receive(&mut self) -> Result<(), NvmfError> {
         for i in 0..READS_PER_POLL {
             self.process()?;
             let idle = self.outstanding() == 0;
@@ -626,7 +628,7 @@ impl NvmeTcpQueue {
 
     /// Read a large payload straight into its command's buffers (nothing
     /// is buffered ahead of it).
-    fn read_in_place(&mut self) -> Result<ReadStep, NvmeTcpError> {
+    fn read_in_place(&mut self) -> Result<ReadStep, NvmfError> {
         let Link::Up(conn) = &mut self.link else {
             return Ok(ReadStep::Drained);
         };
@@ -642,7 +644,7 @@ impl NvmeTcpQueue {
             return Ok(ReadStep::Again);
         };
         let Some(c) = self.cmds.get(usize::from(cid)).and_then(Option::as_ref) else {
-            return Err(NvmeTcpError::Protocol("data for a vanished command".into()));
+            return Err(NvmfError::Protocol("data for a vanished command".into()));
         };
         self.scratch.clear();
         self.scratch.extend(
@@ -657,7 +659,7 @@ impl NvmeTcpQueue {
         // matches the array.
         let r = unsafe { libc::readv(conn.sock.as_raw_fd(), self.scratch.as_ptr(), cnt) };
         let n = match usize::try_from(r) {
-            Ok(0) => return Err(NvmeTcpError::Closed),
+            Ok(0) => return Err(NvmfError::Closed),
             Ok(n) => n,
             Err(_) => return read_error(std::io::Error::last_os_error()),
         };
@@ -672,13 +674,13 @@ impl NvmeTcpQueue {
     }
 
     /// Read into the receive buffer, for the parser.
-    fn read_buffered(&mut self) -> Result<ReadStep, NvmeTcpError> {
+    fn read_buffered(&mut self) -> Result<ReadStep, NvmfError> {
         let Link::Up(conn) = &mut self.link else {
             return Ok(ReadStep::Drained);
         };
         let end = conn.make_room();
         let n = match conn.sock.read(&mut conn.rx[end..]) {
-            Ok(0) => return Err(NvmeTcpError::Closed),
+            Ok(0) => return Err(NvmfError::Closed),
             Ok(n) => n,
             Err(e) => return read_error(e),
         };
@@ -692,20 +694,20 @@ impl NvmeTcpQueue {
         })
     }
 
-    fn flush_tx(&mut self) -> Result<(), NvmeTcpError> {
+    fn flush_tx(&mut self) -> Result<(), NvmfError> {
         let Link::Up(conn) = &mut self.link else {
             return Ok(());
         };
         while conn.tx_pos < conn.tx.len() {
             match conn.sock.write(&conn.tx[conn.tx_pos..]) {
-                Ok(0) => return Err(NvmeTcpError::Closed),
+                Ok(0) => return Err(NvmfError::Closed),
                 Ok(n) => {
                     conn.tx_pos += n;
                     conn.last_io = Instant::now();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(NvmeTcpError::Io { source }),
+                Err(source) => return Err(NvmfError::Io { source }),
             }
         }
         conn.tx.clear();
@@ -715,7 +717,7 @@ impl NvmeTcpQueue {
 
     /// The connection failed: every command not completed waits for the
     /// next one; a helper thread reconnects.
-    fn lost(&mut self, why: &NvmeTcpError) {
+    fn lost(&mut self, why: &NvmfError) {
         if let Link::Up(conn) = &self.link {
             let _ = conn.sock.shutdown(std::net::Shutdown::Both);
         }
@@ -827,7 +829,7 @@ impl NvmeTcpQueue {
             let r = self.receive().and_then(|()| self.flush_tx());
             let r = r.and_then(|()| match &self.link {
                 Link::Up(c) if self.outstanding() > 0 && c.last_io.elapsed() > self.stall => {
-                    Err(NvmeTcpError::Timeout("the target (connection stalled)"))
+                    Err(NvmfError::Timeout("the target (connection stalled)"))
                 }
                 _ => Ok(()),
             });
@@ -853,11 +855,11 @@ enum ReadStep {
 }
 
 /// A failed read, as a step (would block: drained; interrupted: again).
-fn read_error(e: std::io::Error) -> Result<ReadStep, NvmeTcpError> {
+fn read_error(e: std::io::Error) -> Result<ReadStep, NvmfError> {
     match e.kind() {
         std::io::ErrorKind::WouldBlock => Ok(ReadStep::Drained),
         std::io::ErrorKind::Interrupted => Ok(ReadStep::Again),
-        _ => Err(NvmeTcpError::Io { source: e }),
+        _ => Err(NvmfError::Io { source: e }),
     }
 }
 
@@ -913,7 +915,7 @@ impl Conn {
 }
 
 fn reconnect_loop(
-    session: &Session,
+    session: &Session<SyncConn>,
     qid: u16,
     entries: u32,
     cancel: &AtomicBool,
@@ -925,7 +927,10 @@ fn reconnect_loop(
         if cancel.load(Ordering::Acquire) || session.stopping() {
             return;
         }
-        match session.connect_io(qid, entries) {
+        match session
+            .connect_io(qid, entries)
+            .and_then(SyncConn::into_stream)
+        {
             Ok(x) => {
                 let _ = tx.send(x);
                 return;
@@ -948,14 +953,14 @@ fn reconnect_loop(
     }
 }
 
-fn check_hdgst(pdu: &[u8], hlen: usize, hd: usize) -> Result<(), NvmeTcpError> {
+fn check_hdgst(pdu: &[u8], hlen: usize, hd: usize) -> Result<(), NvmfError> {
     if hd == 0 {
         return Ok(());
     }
     let want = leapio_nvme::tcp::crc32c(&pdu[..hlen]);
     let got = u32::from_le_bytes([pdu[hlen], pdu[hlen + 1], pdu[hlen + 2], pdu[hlen + 3]]);
     if want != got {
-        return Err(NvmeTcpError::Protocol(format!(
+        return Err(NvmfError::Protocol(format!(
             "header digest {got:#010x}, expected {want:#010x}"
         )));
     }
@@ -1087,7 +1092,7 @@ impl NvmeTcpQueue {
     /// A queue on an established connection of `session` whose bytes the
     /// caller provides (`sock` is never read or written).
     pub(super) fn for_fuzzing(
-        session: &Arc<Session>,
+        session: &Arc<Session<SyncConn>>,
         sock: TcpStream,
         digests: leapio_nvme::tcp::Digests,
         entries: u32,
@@ -1119,15 +1124,15 @@ impl NvmeTcpQueue {
 
     /// Bytes from the target, parsed as `poll` parses what it reads. An
     /// error is what would make the queue drop the connection.
-    pub(super) fn fuzz_receive(&mut self, mut bytes: &[u8]) -> Result<(), NvmeTcpError> {
+    pub(super) fn fuzz_receive(&mut self, mut bytes: &[u8]) -> Result<(), NvmfError> {
         while !bytes.is_empty() {
             let Link::Up(conn) = &mut self.link else {
-                return Err(NvmeTcpError::Closed);
+                return Err(NvmfError::Closed);
             };
             let end = conn.make_room();
             let n = bytes.len().min(conn.rx.len() - end);
             if n == 0 {
-                return Err(NvmeTcpError::Protocol("receive buffer full".into()));
+                return Err(NvmfError::Protocol("receive buffer full".into()));
             }
             conn.rx[end..end + n].copy_from_slice(&bytes[..n]);
             conn.rx_end += n;

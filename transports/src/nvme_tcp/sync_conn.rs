@@ -4,23 +4,16 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use leapio_nvme::fabrics::{
-    put_nqn, AuthCmd, ConnectCmd, ConnectData, FcType, PropertyCmd, SglDescriptor,
-    CATTR_DISABLE_SQFLOW, CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, FABRICS_OPCODE,
-};
+use leapio_nvme::fabrics::SglDescriptor;
 use leapio_nvme::tcp::{
     write_pdu, CapsuleCmd, Digests, IcReq, ParserConfig, PduHeader, PduParser, Role, MIN_MAXH2CDATA,
 };
 use leapio_nvme::{Cqe, Sqe};
-use leapio_nvme_auth::msg::{MAX_MESSAGE, SECP_DHCHAP, SPSP_DHCHAP};
-use leapio_nvme_auth::{AuthError, HostTransaction, Secrets};
-use std::sync::atomic::{AtomicU16, Ordering};
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::IntoBytes;
 
-use super::config::NvmeTcpSpec;
-use super::NvmeTcpError;
+use crate::nvmf::{Channel, NvmfError, NvmfSpec};
 
 /// What ICReq/ICResp settled on a connection.
 #[derive(Clone, Copy, Debug)]
@@ -48,14 +41,12 @@ pub(super) struct SyncConn {
 
 impl SyncConn {
     /// TCP connect and ICReq/ICResp within `timeout`.
-    pub fn open(spec: &NvmeTcpSpec, timeout: Duration) -> Result<SyncConn, NvmeTcpError> {
+    pub fn open(spec: &NvmfSpec, timeout: Duration) -> Result<SyncConn, NvmfError> {
         let hp = spec.host_port();
-        let addrs = hp
-            .to_socket_addrs()
-            .map_err(|source| NvmeTcpError::Resolve {
-                addr: hp.clone(),
-                source,
-            })?;
+        let addrs = hp.to_socket_addrs().map_err(|source| NvmfError::Resolve {
+            addr: hp.clone(),
+            source,
+        })?;
         let mut last = None;
         let mut sock = None;
         for a in addrs {
@@ -68,12 +59,12 @@ impl SyncConn {
             }
         }
         let Some(sock) = sock else {
-            return Err(NvmeTcpError::Connect {
+            return Err(NvmfError::Connect {
                 addr: hp,
                 source: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
             });
         };
-        let io = |source| NvmeTcpError::Io { source };
+        let io = |source| NvmfError::Io { source };
         sock.set_nodelay(true).map_err(io)?;
         sock.set_read_timeout(Some(timeout)).map_err(io)?;
         sock.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -106,13 +97,13 @@ impl SyncConn {
         c.send(&out)?;
         let pdu = c.recv()?;
         let PduHeader::IcResp(r) = pdu.header else {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "expected ICResp, got PDU type {:#04x}",
                 pdu.header.common().pdu_type
             )));
         };
         if r.pfv.get() != 0 {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "target speaks PDU format version {}",
                 r.pfv.get()
             )));
@@ -120,16 +111,16 @@ impl SyncConn {
         let got = Digests::from_dgst(r.dgst);
         // The controller may only turn off what we asked for.
         if (got.header && !want.header) || (got.data && !want.data) {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "ICResp enables digests we did not ask for ({got:?})"
             )));
         }
         if r.cpda > 31 {
-            return Err(NvmeTcpError::Protocol(format!("ICResp CPDA {}", r.cpda)));
+            return Err(NvmfError::Protocol(format!("ICResp CPDA {}", r.cpda)));
         }
         let maxh2cdata = r.maxh2cdata.get();
         if maxh2cdata < MIN_MAXH2CDATA || maxh2cdata % 4 != 0 {
-            return Err(NvmeTcpError::Protocol(format!(
+            return Err(NvmfError::Protocol(format!(
                 "ICResp MAXH2CDATA {maxh2cdata} is below 4096 or not a multiple of 4"
             )));
         }
@@ -145,14 +136,14 @@ impl SyncConn {
         Ok(c)
     }
 
-    fn send(&mut self, b: &[u8]) -> Result<(), NvmeTcpError> {
+    fn send(&mut self, b: &[u8]) -> Result<(), NvmfError> {
         self.sock
             .write_all(b)
-            .map_err(|source| NvmeTcpError::Io { source })
+            .map_err(|source| NvmfError::Io { source })
     }
 
     /// Next PDU (bytes read past it stay in `rx`).
-    fn recv(&mut self) -> Result<leapio_nvme::tcp::Pdu, NvmeTcpError> {
+    fn recv(&mut self) -> Result<leapio_nvme::tcp::Pdu, NvmfError> {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             let (used, r) = self.parser.feed(&self.rx);
@@ -160,10 +151,10 @@ impl SyncConn {
             match r {
                 Ok(Some(p)) => return Ok(p),
                 Ok(None) => {}
-                Err(e) => return Err(NvmeTcpError::Protocol(e.to_string())),
+                Err(e) => return Err(NvmfError::Protocol(e.to_string())),
             }
             let n = match self.sock.read(&mut chunk) {
-                Ok(0) => return Err(NvmeTcpError::Closed),
+                Ok(0) => return Err(NvmfError::Closed),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e)
@@ -172,22 +163,38 @@ impl SyncConn {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(NvmeTcpError::Timeout("a response"))
+                    return Err(NvmfError::Timeout("a response"))
                 }
-                Err(source) => return Err(NvmeTcpError::Io { source }),
+                Err(source) => return Err(NvmfError::Io { source }),
             };
             self.rx.extend_from_slice(&chunk[..n]);
         }
     }
 
+    /// Give the socket to a non-blocking I/O queue.
+    pub fn into_stream(self) -> Result<(TcpStream, Negotiated), NvmfError> {
+        if self.parser.partial() || !self.rx.is_empty() {
+            return Err(NvmfError::Protocol(
+                "unexpected bytes after the handshake".into(),
+            ));
+        }
+        let io = |source| NvmfError::Io { source };
+        self.sock.set_read_timeout(None).map_err(io)?;
+        self.sock.set_write_timeout(None).map_err(io)?;
+        self.sock.set_nonblocking(true).map_err(io)?;
+        Ok((self.sock, self.neg))
+    }
+}
+
+impl Channel for SyncConn {
     /// Run one command: `data` goes in-capsule, `read_len` bytes of C2H data
     /// are collected. Returns the completion (any status) and the data.
-    pub fn command(
+    fn command(
         &mut self,
         mut sqe: Sqe,
         data: &[u8],
         read_len: usize,
-    ) -> Result<(Cqe, Vec<u8>), NvmeTcpError> {
+    ) -> Result<(Cqe, Vec<u8>), NvmfError> {
         self.cid = self.cid.wrapping_add(1);
         sqe.cid = self.cid.into();
         let len = if data.is_empty() {
@@ -195,8 +202,8 @@ impl SyncConn {
         } else {
             data.len()
         };
-        let len32 = u32::try_from(len)
-            .map_err(|_| NvmeTcpError::Protocol("command data too long".into()))?;
+        let len32 =
+            u32::try_from(len).map_err(|_| NvmfError::Protocol("command data too long".into()))?;
         let sgl = if data.is_empty() {
             SglDescriptor::transport(len32)
         } else {
@@ -226,7 +233,7 @@ impl SyncConn {
                     let src = pdu.data();
                     let Some(dst) = o.checked_add(src.len()).and_then(|end| buf.get_mut(o..end))
                     else {
-                        return Err(NvmeTcpError::Protocol("C2HData out of range".into()));
+                        return Err(NvmfError::Protocol("C2HData out of range".into()));
                     };
                     dst.copy_from_slice(src);
                     if d.ch
@@ -236,11 +243,9 @@ impl SyncConn {
                         return Ok((Cqe::default(), buf));
                     }
                 }
-                PduHeader::C2hTermReq(t) => {
-                    return Err(NvmeTcpError::Terminated { fes: t.fes.get() })
-                }
+                PduHeader::C2hTermReq(t) => return Err(NvmfError::Terminated { fes: t.fes.get() }),
                 _ => {
-                    return Err(NvmeTcpError::Protocol(format!(
+                    return Err(NvmfError::Protocol(format!(
                         "unexpected PDU type {:#04x}",
                         pdu.header.common().pdu_type
                     )))
@@ -249,198 +254,8 @@ impl SyncConn {
         }
     }
 
-    /// A command that must succeed.
-    pub fn command_ok(
-        &mut self,
-        what: &'static str,
-        sqe: Sqe,
-        data: &[u8],
-        read_len: usize,
-    ) -> Result<(Cqe, Vec<u8>), NvmeTcpError> {
-        let (cqe, d) = self.command(sqe, data, read_len)?;
-        let st = cqe.status_field();
-        if !st.is_success() {
-            return Err(NvmeTcpError::Status { what, status: st });
-        }
-        Ok((cqe, d))
-    }
-
-    /// Fabrics Connect for queue `qid`; returns the CNTLID.
-    pub fn connect(
-        &mut self,
-        spec: &NvmeTcpSpec,
-        hostid: [u8; 16],
-        qid: u16,
-        cntlid: u16,
-        sqsize: u16,
-    ) -> Result<u16, NvmeTcpError> {
-        let mut c = ConnectCmd::new_zeroed();
-        c.opcode = FABRICS_OPCODE;
-        c.fctype = FcType::CONNECT;
-        c.qid = qid.into();
-        c.sqsize = sqsize.into();
-        if qid == 0 {
-            c.kato = u32::try_from(spec.kato.as_millis())
-                .unwrap_or(u32::MAX)
-                .into();
-        } else {
-            // Never more commands in flight than the queue holds, so SQ
-            // head reports are not needed; without them the target may end
-            // a read with its last C2HData PDU (SUCCESS) and no response.
-            c.cattr = CATTR_DISABLE_SQFLOW;
-        }
-        let mut d = ConnectData::zeroed();
-        d.hostid = hostid;
-        d.cntlid = cntlid.into();
-        put_nqn(&mut d.subnqn, &spec.subnqn);
-        put_nqn(&mut d.hostnqn, &spec.hostnqn);
-        let sqe = Sqe::read_from_bytes(c.as_bytes()).unwrap_or_default();
-        let (cqe, _) = self.command_ok("Connect", sqe, d.as_bytes(), 0)?;
-        // DW0 bits 15:0: the controller ID (admin queue); AUTHREQ above.
-        let dw0 = cqe.dw0.get();
-        if dw0 & CONNECT_AUTHREQ_ASCR != 0 {
-            return Err(NvmeTcpError::Unusable(
-                "the target requires secure channel concatenation (TLS after authentication), which is not supported".into(),
-            ));
-        }
-        let asked = dw0 & CONNECT_AUTHREQ_ATR != 0;
-        match &spec.dhchap {
-            None if asked => {
-                return Err(NvmeTcpError::AuthRequired {
-                    hostnqn: spec.hostnqn.clone(),
-                })
-            }
-            // To trust the controller it must authenticate, asked or not.
-            Some(s) if asked || s.ctrl.is_some() => self.authenticate(spec, s, qid)?,
-            _ => {}
-        }
-        Ok(u16::try_from(dw0 & 0xffff).unwrap_or(0))
-    }
-
-    /// One DH-HMAC-CHAP transaction on this queue.
-    fn authenticate(
-        &mut self,
-        spec: &NvmeTcpSpec,
-        secrets: &Secrets,
-        qid: u16,
-    ) -> Result<(), NvmeTcpError> {
-        let mut t = HostTransaction::new(secrets, &spec.hostnqn, &spec.subnqn, next_tid());
-        self.auth_send(&t.negotiate())?;
-        let challenge = self.auth_recv()?;
-        let reply = match t.reply(&challenge) {
-            Ok(r) => r,
-            Err(e) => return Err(self.auth_failed(&t, qid, e)),
-        };
-        self.auth_send(&reply)?;
-        let success1 = self.auth_recv()?;
-        match t.finish(&success1) {
-            Ok(Some(success2)) => self.auth_send(&success2)?,
-            Ok(None) => {}
-            Err(e) => return Err(self.auth_failed(&t, qid, e)),
-        }
-        if let Some((hash, group)) = t.negotiated() {
-            tracing::debug!(
-                qid, %hash, %group, bidirectional = secrets.ctrl.is_some(),
-                "NVMe/TCP queue authenticated (DH-HMAC-CHAP)"
-            );
-        }
-        Ok(())
-    }
-
-    /// Tell the controller why we give up (unless it refused us), and say
-    /// what failed.
-    fn auth_failed(&mut self, t: &HostTransaction<'_>, qid: u16, e: AuthError) -> NvmeTcpError {
-        if !matches!(e, AuthError::Refused(_)) {
-            let _ = self.auth_send(&t.failure2(e.failure_code()));
-        }
-        NvmeTcpError::Auth { qid, source: e }
-    }
-
-    fn auth_cmd(fctype: u8, len: usize) -> Sqe {
-        let mut a = AuthCmd::new_zeroed();
-        a.opcode = FABRICS_OPCODE;
-        a.fctype = fctype;
-        a.secp = SECP_DHCHAP;
-        a.spsp0 = SPSP_DHCHAP;
-        a.spsp1 = SPSP_DHCHAP;
-        a.len = u32::try_from(len).unwrap_or(u32::MAX).into();
-        Sqe::read_from_bytes(a.as_bytes()).unwrap_or_default()
-    }
-
-    fn auth_send(&mut self, m: &[u8]) -> Result<(), NvmeTcpError> {
-        let sqe = SyncConn::auth_cmd(FcType::AUTH_SEND, m.len());
-        self.command_ok("Authentication Send", sqe, m, 0)
-            .map(|_| ())
-    }
-
-    fn auth_recv(&mut self) -> Result<Vec<u8>, NvmeTcpError> {
-        let sqe = SyncConn::auth_cmd(FcType::AUTH_RECV, MAX_MESSAGE);
-        let (_, d) = self.command_ok("Authentication Receive", sqe, &[], MAX_MESSAGE)?;
-        Ok(d)
-    }
-
-    /// Property Get (8-byte properties when `wide`).
-    pub fn prop_get(&mut self, offset: u32, wide: bool) -> Result<u64, NvmeTcpError> {
-        let mut p = PropertyCmd::new_zeroed();
-        p.opcode = FABRICS_OPCODE;
-        p.fctype = FcType::PROPERTY_GET;
-        p.attrib = u8::from(wide);
-        p.offset = offset.into();
-        let sqe = Sqe::read_from_bytes(p.as_bytes()).unwrap_or_default();
-        let (cqe, _) = self.command_ok("Property Get", sqe, &[], 0)?;
-        Ok(u64::from(cqe.dw0.get()) | (u64::from(cqe.dw1.get()) << 32))
-    }
-
-    /// Property Set of a 4-byte property.
-    pub fn prop_set(&mut self, offset: u32, value: u32) -> Result<(), NvmeTcpError> {
-        let mut p = PropertyCmd::new_zeroed();
-        p.opcode = FABRICS_OPCODE;
-        p.fctype = FcType::PROPERTY_SET;
-        p.offset = offset.into();
-        p.value = u64::from(value).into();
-        let sqe = Sqe::read_from_bytes(p.as_bytes()).unwrap_or_default();
-        self.command_ok("Property Set", sqe, &[], 0).map(|_| ())
-    }
-
     /// Close the socket now (wakes nothing; the peer sees EOF).
-    pub fn shutdown(&self) {
+    fn shutdown(&self) {
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-    }
-
-    /// Give the socket to a non-blocking I/O queue.
-    pub fn into_stream(self) -> Result<(TcpStream, Negotiated), NvmeTcpError> {
-        if self.parser.partial() || !self.rx.is_empty() {
-            return Err(NvmeTcpError::Protocol(
-                "unexpected bytes after the handshake".into(),
-            ));
-        }
-        let io = |source| NvmeTcpError::Io { source };
-        self.sock.set_read_timeout(None).map_err(io)?;
-        self.sock.set_write_timeout(None).map_err(io)?;
-        self.sock.set_nonblocking(true).map_err(io)?;
-        Ok((self.sock, self.neg))
-    }
-}
-
-/// A fresh transaction identifier (the controller refuses one that repeats
-/// the previous transaction of a queue).
-fn next_tid() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Wait until `f` returns true, polling every 10 ms, up to `deadline`.
-pub(super) fn wait_until(
-    deadline: Instant,
-    mut f: impl FnMut() -> Result<bool, NvmeTcpError>,
-) -> Result<bool, NvmeTcpError> {
-    loop {
-        if f()? {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }

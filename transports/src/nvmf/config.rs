@@ -1,12 +1,14 @@
-//! `nvme-tcp:HOST:PORT/SUBNQN[?key=value&key=value...]`: a namespace of a
-//! remote NVMe/TCP subsystem.
+//! `nvme-tcp:HOST:PORT/SUBNQN[?key=value&key=value...]` and
+//! `nvme-rdma:HOST:PORT/SUBNQN[?...]`: a namespace of a remote NVMe over
+//! Fabrics subsystem, over TCP or RDMA (RDMA CM addresses).
 //!
 //! Keys (all optional):
 //! - `nsid=N` namespace to use (default 1);
 //! - `hostnqn=NQN` our host NQN (default [`DEFAULT_HOSTNQN`]);
-//! - `queues=N` most I/O queues (= TCP connections) to open (default 8);
+//! - `queues=N` most I/O queues (= connections) to open (default 8);
 //! - `qd=N` most commands in flight per I/O queue (default 128);
-//! - `hdgst=0|1`, `ddgst=0|1` request header / data digests (default 0);
+//! - `hdgst=0|1`, `ddgst=0|1` request header / data digests (default 0;
+//!   NVMe/TCP only);
 //! - `kato=MS` keep-alive timeout announced to the target (default 10000);
 //! - `retry=MS` how long a command waits for a lost connection to come back
 //!   before it fails with ETIMEDOUT (default 30000);
@@ -32,9 +34,30 @@ use std::time::Duration;
 /// Host NQN used when the spec names none.
 pub const DEFAULT_HOSTNQN: &str = "nqn.2026-11.io.leapio:host";
 
+/// What carries the capsules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// NVMe/TCP.
+    Tcp,
+    /// NVMe/RDMA (RoCE, iWARP, InfiniBand through RDMA CM).
+    Rdma,
+}
+
+impl Transport {
+    /// The spec's prefix: `nvme-tcp`, `nvme-rdma`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Transport::Tcp => "nvme-tcp",
+            Transport::Rdma => "nvme-rdma",
+        }
+    }
+}
+
 /// Where the remote namespace is and how to talk to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NvmeTcpSpec {
+pub struct NvmfSpec {
+    /// The transport.
+    pub transport: Transport,
     /// Host name or IP address (IPv6 without brackets).
     pub addr: String,
     /// TCP port.
@@ -45,7 +68,7 @@ pub struct NvmeTcpSpec {
     pub hostnqn: String,
     /// Namespace ID.
     pub nsid: u32,
-    /// Most I/O queues (TCP connections) opened.
+    /// Most I/O queues (connections) opened.
     pub queues: u16,
     /// Most commands in flight per I/O queue.
     pub queue_depth: u32,
@@ -57,13 +80,13 @@ pub struct NvmeTcpSpec {
     pub kato: Duration,
     /// How long a command waits for a lost connection to be re-established.
     pub retry: Duration,
-    /// Time limit of one connection attempt (TCP connect + handshake).
+    /// Time limit of one connection attempt (connect + handshake).
     pub connect_timeout: Duration,
     /// DH-HMAC-CHAP secrets (`dhchap=`, `dhchap-ctrl=`).
     pub dhchap: Option<Arc<Secrets>>,
 }
 
-impl NvmeTcpSpec {
+impl NvmfSpec {
     /// `HOST:PORT` as `ToSocketAddrs` wants it.
     pub fn host_port(&self) -> String {
         if self.addr.contains(':') {
@@ -74,9 +97,15 @@ impl NvmeTcpSpec {
     }
 }
 
-impl fmt::Display for NvmeTcpSpec {
+impl fmt::Display for NvmfSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "nvme-tcp:{}/{}", self.host_port(), self.subnqn)?;
+        write!(
+            f,
+            "{}:{}/{}",
+            self.transport.prefix(),
+            self.host_port(),
+            self.subnqn
+        )?;
         let mut sep = '?';
         let mut opt = |f: &mut fmt::Formatter<'_>, k: &str, v: String| {
             let r = write!(f, "{sep}{k}={v}");
@@ -121,8 +150,9 @@ impl fmt::Display for NvmeTcpSpec {
     }
 }
 
-fn defaults() -> NvmeTcpSpec {
-    NvmeTcpSpec {
+fn defaults() -> NvmfSpec {
+    NvmfSpec {
+        transport: Transport::Tcp,
         addr: String::new(),
         port: 4420,
         subnqn: String::new(),
@@ -155,21 +185,30 @@ fn check_nqn(what: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse what follows `nvme-tcp:`.
-pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
-    const SHAPE: &str = "expected 'nvme-tcp:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&queues=N&hdgst=1&ddgst=1&kato=MS&retry=MS&timeout=MS&dhchap=DHHC-1:..:&dhchap-ctrl=DHHC-1:..:]'";
+/// Parse what follows `nvme-tcp:` or `nvme-rdma:`.
+pub(crate) fn parse(transport: Transport, body: &str) -> Result<NvmfSpec, String> {
+    let digests = if transport == Transport::Tcp {
+        "&hdgst=1&ddgst=1"
+    } else {
+        ""
+    };
+    let shape = format!(
+        "expected '{}:HOST:PORT/SUBNQN[?nsid=N&hostnqn=NQN&qd=N&queues=N{digests}&kato=MS&retry=MS&timeout=MS&dhchap=DHHC-1:..:&dhchap-ctrl=DHHC-1:..:]'",
+        transport.prefix()
+    );
+    let shape = shape.as_str();
     if let Some((_, opt)) = body.split_once(',') {
         if opt.starts_with("bs=") {
             return Err("bs= cannot be set: the block size comes from the remote namespace".into());
         }
-        return Err(format!("unexpected ',{opt}' ({SHAPE})"));
+        return Err(format!("unexpected ',{opt}' ({shape})"));
     }
     let (target, query) = match body.split_once('?') {
         Some((t, q)) => (t, Some(q)),
         None => (body, None),
     };
     let Some((hostport, subnqn)) = target.split_once('/') else {
-        return Err(format!("no '/SUBNQN' after the address ({SHAPE})"));
+        return Err(format!("no '/SUBNQN' after the address ({shape})"));
     };
     let (addr, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let Some((a, p)) = rest.split_once("]:") else {
@@ -178,7 +217,7 @@ pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
         (a, p)
     } else {
         let Some((a, p)) = hostport.rsplit_once(':') else {
-            return Err(format!("address '{hostport}' has no :PORT ({SHAPE})"));
+            return Err(format!("address '{hostport}' has no :PORT ({shape})"));
         };
         if a.contains(':') {
             return Err(format!(
@@ -198,7 +237,8 @@ pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
     if subnqn == "nqn.2014-08.org.nvmexpress.discovery" {
         return Err("the discovery subsystem has no namespaces: name an NVM subsystem".into());
     }
-    let mut s = NvmeTcpSpec {
+    let mut s = NvmfSpec {
+        transport,
         addr: addr.to_owned(),
         port,
         subnqn: subnqn.to_owned(),
@@ -207,6 +247,13 @@ pub(crate) fn parse(body: &str) -> Result<NvmeTcpSpec, String> {
     let opts = Options::parse(query.unwrap_or(""), '&').map_err(|e| e.to_string())?;
     if opts.has("bs") {
         return Err("bs cannot be set: the block size comes from the remote namespace".into());
+    }
+    if transport != Transport::Tcp {
+        for k in ["hdgst", "ddgst"] {
+            if opts.has(k) {
+                return Err(format!("{k} is NVMe/TCP's (RDMA has no digests)"));
+            }
+        }
     }
     opts.check_once(&[
         "nsid",
@@ -274,6 +321,10 @@ fn p_port(p: &str) -> Option<u16> {
 mod tests {
     use super::*;
 
+    fn parse(body: &str) -> Result<NvmfSpec, String> {
+        super::parse(Transport::Tcp, body)
+    }
+
     #[test]
     fn parses_and_round_trips() {
         let s = parse("127.0.0.1:4420/nqn.2026-11.io.leapio:tgt0").unwrap();
@@ -298,6 +349,11 @@ mod tests {
         let s = parse("[::1]:4420/nqn.a:b").unwrap();
         assert_eq!(s.addr, "::1");
         assert_eq!(s.host_port(), "[::1]:4420");
+        // Over RDMA: the same grammar, no digests.
+        let s = super::parse(Transport::Rdma, "10.9.0.1:4420/nqn.a:b?qd=32").unwrap();
+        assert_eq!(s.to_string(), "nvme-rdma:10.9.0.1:4420/nqn.a:b?qd=32");
+        let e = super::parse(Transport::Rdma, "10.9.0.1:4420/nqn.a:b?hdgst=1").unwrap_err();
+        assert!(e.contains("NVMe/TCP's"), "{e}");
     }
 
     const K0: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";

@@ -3,7 +3,6 @@
 //! the connection of I/O queues (re-creating the controller when the target
 //! lost it).
 
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -17,18 +16,20 @@ use leapio_nvme::regs::{csts, offset};
 use leapio_nvme::{AdminOpcode, IoOpcode, Sqe};
 use zerocopy::FromBytes;
 
-use super::config::NvmeTcpSpec;
-use super::sync_conn::{wait_until, Negotiated, SyncConn};
-use super::NvmeTcpError;
+use super::{wait_until, Channel, NvmfError, NvmfSpec};
 use crate::nvme_host;
 use crate::{Features, Geometry};
 
 /// Admin queue entries we ask for.
 const ADMIN_SQSIZE: u16 = 31;
 
+/// Opens one connection to the target, ready for Connect (a transport's
+/// handshake done): `open(spec, timeout, qid, entries)`.
+pub(crate) type Opener<C> = fn(&NvmfSpec, Duration, u16, u32) -> Result<C, NvmfError>;
+
 /// What bring-up learnt about the controller and namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Info {
+pub(crate) struct Info {
     pub geometry: Geometry,
     pub features: Features,
     /// Most write data sent in-capsule (0: none).
@@ -41,17 +42,19 @@ pub(super) struct Info {
     pub max_entries: u32,
 }
 
-struct Admin {
-    conn: Option<SyncConn>,
+struct Admin<C> {
+    conn: Option<C>,
     cntlid: u16,
 }
 
-/// One remote controller as seen by this backend.
-pub(super) struct Session {
-    spec: NvmeTcpSpec,
+/// One remote controller as seen by this backend, over connections of
+/// type `C`.
+pub(crate) struct Session<C: Channel> {
+    open: Opener<C>,
+    spec: NvmfSpec,
     hostid: [u8; 16],
     info: Info,
-    admin: Mutex<Admin>,
+    admin: Mutex<Admin<C>>,
     cntlid: AtomicU16,
     /// I/O queue IDs in use (index qid - 1).
     qids: Mutex<Vec<bool>>,
@@ -59,15 +62,16 @@ pub(super) struct Session {
     wake: Condvar,
     wake_lock: Mutex<()>,
     timer: Mutex<Option<JoinHandle<()>>>,
-    /// Bytes of data copied to and from the sockets.
-    pub(super) copied: std::sync::atomic::AtomicU64,
+    /// Bytes of data copied to and from the connections.
+    pub(crate) copied: std::sync::atomic::AtomicU64,
 }
 
-impl Session {
-    pub fn open(spec: &NvmeTcpSpec) -> Result<Arc<Session>, NvmeTcpError> {
+impl<C: Channel + 'static> Session<C> {
+    pub fn open(spec: &NvmfSpec, open: Opener<C>) -> Result<Arc<Session<C>>, NvmfError> {
         let hostid = host_id(&spec.hostnqn);
-        let (conn, cntlid, info) = bring_up(spec, hostid)?;
+        let (conn, cntlid, info) = bring_up(spec, hostid, open)?;
         let s = Arc::new(Session {
+            open,
             spec: spec.clone(),
             hostid,
             info,
@@ -90,15 +94,16 @@ impl Session {
             (spec.kato / 2).max(Duration::from_millis(50))
         };
         let t = std::thread::Builder::new()
-            .name("nvme-tcp-ka".into())
+            .name(format!("{}-ka", spec.transport.prefix()))
             .spawn(move || keep_alive_loop(&weak, period))
-            .map_err(|source| NvmeTcpError::Io { source })?;
+            .map_err(|source| NvmfError::Io { source })?;
         *lock(&s.timer) = Some(t);
         tracing::info!(
             target_addr = %spec.host_port(), subnqn = %spec.subnqn, cntlid,
             block_size = info.geometry.block_size, blocks = info.geometry.num_blocks,
             io_queues = info.io_queues, in_capsule = info.in_capsule,
-            "NVMe/TCP controller connected"
+            transport = spec.transport.prefix(),
+            "NVMe over Fabrics controller connected"
         );
         Ok(s)
     }
@@ -106,8 +111,9 @@ impl Session {
     /// A session with no admin queue and no keep-alive thread, already
     /// stopping (so nothing reconnects), for the `fuzzing` harness.
     #[cfg(feature = "fuzzing")]
-    pub(super) fn for_fuzzing(spec: &NvmeTcpSpec, info: Info) -> Arc<Session> {
+    pub(crate) fn for_fuzzing(spec: &NvmfSpec, info: Info, open: Opener<C>) -> Arc<Session<C>> {
         Arc::new(Session {
+            open,
             spec: spec.clone(),
             hostid: [0; 16],
             info,
@@ -125,7 +131,7 @@ impl Session {
         })
     }
 
-    pub fn spec(&self) -> &NvmeTcpSpec {
+    pub fn spec(&self) -> &NvmfSpec {
         &self.spec
     }
 
@@ -171,9 +177,9 @@ impl Session {
 
     /// The admin queue, re-created (new controller) when it is gone or does
     /// not answer a Keep Alive.
-    fn live_admin(&self) -> Result<MutexGuard<'_, Admin>, NvmeTcpError> {
+    fn live_admin(&self) -> Result<MutexGuard<'_, Admin<C>>, NvmfError> {
         if self.stopping() {
-            return Err(NvmeTcpError::Unusable("backend closed".into()));
+            return Err(NvmfError::Unusable("backend closed".into()));
         }
         let mut a = lock(&self.admin);
         if let Some(c) = a.conn.as_mut() {
@@ -187,11 +193,11 @@ impl Session {
         Ok(a)
     }
 
-    fn reconnect_admin(&self, a: &mut Admin) -> Result<(), NvmeTcpError> {
-        let (conn, cntlid, info) = bring_up(&self.spec, self.hostid)?;
+    fn reconnect_admin(&self, a: &mut Admin<C>) -> Result<(), NvmfError> {
+        let (conn, cntlid, info) = bring_up(&self.spec, self.hostid, self.open)?;
         if info.geometry != self.info.geometry {
             conn.shutdown();
-            return Err(NvmeTcpError::Unusable(format!(
+            return Err(NvmfError::Unusable(format!(
                 "namespace changed on reconnect: {:?} -> {:?}",
                 self.info.geometry, info.geometry
             )));
@@ -203,18 +209,14 @@ impl Session {
         Ok(())
     }
 
-    /// Connect I/O queue `qid` with `entries` entries; the stream is
-    /// non-blocking.
-    pub fn connect_io(
-        &self,
-        qid: u16,
-        entries: u32,
-    ) -> Result<(TcpStream, Negotiated), NvmeTcpError> {
+    /// Connect I/O queue `qid` with `entries` entries: the connection,
+    /// Connected (and authenticated), for the transport's I/O queue.
+    pub fn connect_io(&self, qid: u16, entries: u32) -> Result<C, NvmfError> {
         let mut a = self.live_admin()?;
-        let mut c = SyncConn::open(&self.spec, self.spec.connect_timeout)?;
+        let mut c = (self.open)(&self.spec, self.spec.connect_timeout, qid, entries)?;
         let sqsize = u16::try_from(entries.saturating_sub(1)).unwrap_or(u16::MAX);
         match c.connect(&self.spec, self.hostid, qid, a.cntlid, sqsize) {
-            Ok(_) => c.into_stream(),
+            Ok(_) => Ok(c),
             Err(e) => {
                 // Most likely the controller is gone: re-create it next time.
                 if let Some(old) = a.conn.take() {
@@ -226,13 +228,13 @@ impl Session {
     }
 
     /// Flush through the admin path: a short-lived I/O queue.
-    pub fn flush_sync(&self) -> Result<(), NvmeTcpError> {
+    pub fn flush_sync(&self) -> Result<(), NvmfError> {
         let qid = self
             .alloc_qid()
-            .ok_or_else(|| NvmeTcpError::Unusable("no I/O queue free for a flush".into()))?;
+            .ok_or_else(|| NvmfError::Unusable("no I/O queue free for a flush".into()))?;
         let r = (|| {
             let a = self.live_admin()?;
-            let mut c = SyncConn::open(&self.spec, self.spec.connect_timeout)?;
+            let mut c = (self.open)(&self.spec, self.spec.connect_timeout, qid, 2)?;
             c.connect(&self.spec, self.hostid, qid, a.cntlid, 1)?;
             drop(a);
             let sqe = Sqe {
@@ -256,7 +258,7 @@ impl Session {
     }
 }
 
-fn keep_alive_loop(weak: &std::sync::Weak<Session>, period: Duration) {
+fn keep_alive_loop<C: Channel + 'static>(weak: &std::sync::Weak<Session<C>>, period: Duration) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(s) = weak.upgrade() else { return };
@@ -289,7 +291,7 @@ fn keep_alive_loop(weak: &std::sync::Weak<Session>, period: Duration) {
     }
 }
 
-fn keep_alive(c: &mut SyncConn) -> Result<(), NvmeTcpError> {
+fn keep_alive(c: &mut impl Channel) -> Result<(), NvmfError> {
     let sqe = Sqe {
         opcode: AdminOpcode::KEEP_ALIVE,
         ..Default::default()
@@ -297,14 +299,18 @@ fn keep_alive(c: &mut SyncConn) -> Result<(), NvmeTcpError> {
     c.command_ok("Keep Alive", sqe, &[], 0).map(|_| ())
 }
 
-fn identify(c: &mut SyncConn, cns: u8, nsid: u32) -> Result<Vec<u8>, NvmeTcpError> {
+fn identify(c: &mut impl Channel, cns: u8, nsid: u32) -> Result<Vec<u8>, NvmfError> {
     let (_, d) = c.command_ok("Identify", nvme_host::identify(cns, nsid), &[], 4096)?;
     Ok(d)
 }
 
 /// Admin Connect, enable, Identify; returns the connection, CNTLID and info.
-fn bring_up(spec: &NvmeTcpSpec, hostid: [u8; 16]) -> Result<(SyncConn, u16, Info), NvmeTcpError> {
-    let mut c = SyncConn::open(spec, spec.connect_timeout)?;
+fn bring_up<C: Channel>(
+    spec: &NvmfSpec,
+    hostid: [u8; 16],
+    open: Opener<C>,
+) -> Result<(C, u16, Info), NvmfError> {
+    let mut c = open(spec, spec.connect_timeout, 0, u32::from(ADMIN_SQSIZE) + 1)?;
     let cntlid = c.connect(
         spec,
         hostid,
@@ -321,32 +327,32 @@ fn bring_up(spec: &NvmeTcpSpec, hostid: [u8; 16]) -> Result<(SyncConn, u16, Info
     let ready = wait_until(deadline, || {
         let st = c.prop_get(prop(offset::CSTS), false)?;
         if st & u64::from(csts::CFS) != 0 {
-            return Err(NvmeTcpError::Unusable("controller fatal status".into()));
+            return Err(NvmfError::Unusable("controller fatal status".into()));
         }
         Ok(st & u64::from(csts::RDY) != 0)
     })?;
     if !ready {
-        return Err(NvmeTcpError::Timeout("CSTS.RDY"));
+        return Err(NvmfError::Timeout("CSTS.RDY"));
     }
     let idc = identify(&mut c, Cns::CONTROLLER, 0)?;
     let idc = IdentifyController::read_from_bytes(&idc[..])
-        .map_err(|_| NvmeTcpError::Protocol("short Identify Controller".into()))?;
+        .map_err(|_| NvmfError::Protocol("short Identify Controller".into()))?;
     let nn = idc.nn.get();
     if spec.nsid > nn {
-        return Err(NvmeTcpError::Unusable(format!(
+        return Err(NvmfError::Unusable(format!(
             "namespace {} does not exist (the subsystem has {nn})",
             spec.nsid
         )));
     }
     let idn = identify(&mut c, Cns::NAMESPACE, spec.nsid)?;
     let idn = IdentifyNamespace::read_from_bytes(&idn[..])
-        .map_err(|_| NvmeTcpError::Protocol("short Identify Namespace".into()))?;
+        .map_err(|_| NvmfError::Protocol("short Identify Namespace".into()))?;
     let Geometry {
         block_size,
         num_blocks: nsze,
-    } = nvme_host::namespace_geometry(&idn, spec.nsid).map_err(NvmeTcpError::Unusable)?;
+    } = nvme_host::namespace_geometry(&idn, spec.nsid).map_err(NvmfError::Unusable)?;
     let fab = IdentifyFabrics::read_from_bytes(&idc.fabrics[..])
-        .map_err(|_| NvmeTcpError::Protocol("Identify fabrics area".into()))?;
+        .map_err(|_| NvmfError::Protocol("Identify fabrics area".into()))?;
     let in_capsule = if fab.icdoff.get() == 0 {
         (fab.ioccsz.get().saturating_mul(16)).saturating_sub(64)
     } else {
@@ -404,6 +410,6 @@ fn host_id(hostnqn: &str) -> [u8; 16] {
     out
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
