@@ -62,14 +62,14 @@ CFG
 
 log "building socp for aarch64 (cargo in $LEAPIO_ROOT)"
 t0=$(now)
-chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo build --offline --release --quiet --target aarch64-unknown-linux-gnu -p socp -p leapio-service --bin socp --bin leapioctl" >&2 \
+chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo build --offline --release --quiet --target aarch64-unknown-linux-gnu -p socp --no-default-features -p leapio-service --bin socp --bin leapioctl" >&2 \
     || die "the aarch64 build of socp failed"
 bin=$src/target/aarch64-unknown-linux-gnu/release/socp
 [[ -x $bin ]] || die "no $bin after the build"
 log "aarch64 socp built in $(elapsed "$t0") s"
 if ((tests)); then
     t0=$(now)
-    chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo test --offline --release --quiet --no-run --target aarch64-unknown-linux-gnu -p socp -p leapio-link" >&2 \
+    chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo test --offline --release --quiet --no-run --target aarch64-unknown-linux-gnu -p socp --no-default-features -p leapio-link" >&2 \
         || die "the aarch64 build of the tests of socp and leapio-link failed"
     log "aarch64 tests of socp and leapio-link built in $(elapsed "$t0") s"
 fi

@@ -1,7 +1,7 @@
 //! NVMe wire types: the structures of the NVMe Base, NVM and Zoned
 //! Namespace Command Set specifications, NVMe over Fabrics and the NVMe/TCP
 //! transport ([`cmd`], [`regs`], [`identify`], [`log`], [`status`],
-//! [`fabrics`], [`tcp`], [`zns`]), used by host and target sides alike. It
+//! [`fabrics`], [`tcp`], [`rdma`], [`zns`]), used by host and target sides alike. It
 //! depends on nothing else of the project.
 //!
 //! Everything here is a `#[repr(C)]` zerocopy type with explicit little-endian
@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod fabrics;
 pub mod identify;
 pub mod log;
+pub mod rdma;
 pub mod regs;
 pub mod status;
 pub mod tcp;

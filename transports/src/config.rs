@@ -29,6 +29,9 @@ pub const AUTO_BLOCK_SIZE: u32 = 0;
 ///   a namespace of a remote NVMe/TCP subsystem (see [`NvmfSpec`]); its
 ///   block size is the remote namespace's.
 ///
+/// - `nvme-rdma:HOST:PORT/SUBNQN[?...]`: a namespace of a remote NVMe/RDMA
+///   subsystem (the options of `nvme-tcp:` but the digests).
+///
 /// - `nvme-pci:BDF[?nsid=N&timeout=MS]`: a namespace of an NVMe SSD bound
 ///   to vfio-pci, driven from user space (see [`NvmePciSpec`]).
 ///
@@ -60,6 +63,8 @@ pub enum BackendSpec {
     NvmeTcp(NvmfSpec),
     /// A namespace of an NVMe SSD driven through VFIO.
     NvmePci(NvmePciSpec),
+    /// A namespace of a remote NVMe/RDMA subsystem.
+    NvmeRdma(NvmfSpec),
     /// An FTL on emulated NAND in a file.
     Flash(FlashSpec),
     /// A zoned namespace on emulated NAND in a file.
@@ -85,6 +90,7 @@ impl fmt::Display for BackendSpec {
             }
             BackendSpec::NvmeTcp(spec) => write!(f, "{spec}"),
             BackendSpec::NvmePci(spec) => write!(f, "{spec}"),
+            BackendSpec::NvmeRdma(spec) => write!(f, "{spec}"),
             BackendSpec::Flash(spec) => write!(f, "{spec}"),
             BackendSpec::Zns(spec) => write!(f, "{spec}"),
         }
@@ -176,10 +182,11 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
         }
         "nvme-tcp" => crate::nvmf::parse_spec(Transport::Tcp, body).map(BackendSpec::NvmeTcp),
         "nvme-pci" => crate::nvme_pci::parse_spec(body).map(BackendSpec::NvmePci),
+        "nvme-rdma" => crate::nvmf::parse_spec(Transport::Rdma, body).map(BackendSpec::NvmeRdma),
         "flash" => crate::flash::parse_spec(body).map(BackendSpec::Flash),
         "zns" => crate::flash::zns::parse_spec(body).map(BackendSpec::Zns),
         other => Err(format!(
-            "unknown backend type '{other}' (known: ram, file, nvme-tcp, nvme-pci, flash, zns)"
+            "unknown backend type '{other}' (known: ram, file, nvme-tcp, nvme-rdma, nvme-pci, flash, zns)"
         )),
     }
 }

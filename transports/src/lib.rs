@@ -35,9 +35,13 @@ pub mod flash;
 mod iov;
 mod nvme_host;
 pub mod nvme_pci;
+#[cfg(feature = "rdma")]
+pub mod nvme_rdma;
 pub mod nvme_tcp;
 pub mod nvmf;
 mod ram;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 mod sys;
 mod uring;
 
@@ -69,6 +73,14 @@ pub fn open_backend_unclaimed(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Ba
         BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),
         BackendSpec::NvmeTcp(spec) => Arc::new(NvmeTcpBackend::open(spec)?),
         BackendSpec::NvmePci(spec) => Arc::new(NvmePciBackend::open(spec)?),
+        #[cfg(feature = "rdma")]
+        BackendSpec::NvmeRdma(spec) => Arc::new(nvme_rdma::NvmeRdmaBackend::open(spec)?),
+        #[cfg(not(feature = "rdma"))]
+        BackendSpec::NvmeRdma(spec) => {
+            return Err(BackendError::Config(format!(
+                "{spec}: this build has no RDMA (build with the rdma feature)"
+            )))
+        }
         BackendSpec::Flash(spec) => Arc::new(FlashBackend::open(spec)?),
         BackendSpec::Zns(spec) => Arc::new(ZnsBackend::open(spec)?),
     })

@@ -23,16 +23,13 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::sync_conn::{Negotiated, SyncConn};
 use crate::nvme_host::{dsm_range, io_command, status_error};
-use crate::nvmf::{Info, NvmfError, Session};
+use crate::nvmf::{reconnect_loop, Info, NvmfError, Session};
 use crate::{
     validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
 };
 
 /// Receive buffer size.
 const RX_BUF: usize = 64 * 1024;
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Times a command is re-sent after a data digest error or a retryable status.
 const MAX_RETRIES: u8 = 3;
 /// Most socket reads per `poll`.
@@ -753,7 +750,9 @@ impl NvmeTcpQueue {
         let (qid, entries) = (self.qid, self.entries);
         let spawned = std::thread::Builder::new()
             .name(format!("nvme-tcp-rc{qid}"))
-            .spawn(move || reconnect_loop(&session, qid, entries, &cancel2, &tx));
+            .spawn(move || {
+                reconnect_loop(&session, qid, entries, &cancel2, &tx, SyncConn::into_stream)
+            });
         if spawned.is_ok() {
             *rx = Some(r);
         }
@@ -911,45 +910,6 @@ impl Conn {
             state: Rx::Header,
             last_io: Instant::now(),
         }
-    }
-}
-
-fn reconnect_loop(
-    session: &Session<SyncConn>,
-    qid: u16,
-    entries: u32,
-    cancel: &AtomicBool,
-    tx: &mpsc::Sender<(TcpStream, Negotiated)>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    let mut attempt = 0u32;
-    loop {
-        if cancel.load(Ordering::Acquire) || session.stopping() {
-            return;
-        }
-        match session
-            .connect_io(qid, entries)
-            .and_then(SyncConn::into_stream)
-        {
-            Ok(x) => {
-                let _ = tx.send(x);
-                return;
-            }
-            Err(e) => {
-                attempt += 1;
-                if attempt == 1 || attempt % 10 == 0 {
-                    tracing::warn!(qid, attempt, "NVMe/TCP reconnect failed: {e}");
-                }
-            }
-        }
-        let until = Instant::now() + backoff;
-        while Instant::now() < until {
-            if cancel.load(Ordering::Acquire) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 pub(crate) use config::parse as parse_spec;
 pub use config::{NvmfSpec, Transport, DEFAULT_HOSTNQN};
-pub(crate) use session::{Info, Session};
+pub(crate) use session::{reconnect_loop, Info, Session};
 
 /// What went wrong talking to a remote NVMe over Fabrics controller.
 #[derive(Debug, thiserror::Error)]

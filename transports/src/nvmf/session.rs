@@ -4,6 +4,7 @@
 //! lost it).
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -412,4 +413,50 @@ fn host_id(hostnqn: &str) -> [u8; 16] {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Connect I/O queue `qid` again (re-creating the controller if it is
+/// gone), with exponential backoff from 100 ms to 5 s, until it works,
+/// `cancel` is set or the session stops; then send the connection (as
+/// `convert` makes it) on `tx`. Run on a helper thread of the queue.
+pub(crate) fn reconnect_loop<C: Channel + 'static, T>(
+    session: &Session<C>,
+    qid: u16,
+    entries: u32,
+    cancel: &AtomicBool,
+    tx: &mpsc::Sender<T>,
+    convert: fn(C) -> Result<T, NvmfError>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        if cancel.load(Ordering::Acquire) || session.stopping() {
+            return;
+        }
+        match session.connect_io(qid, entries).and_then(convert) {
+            Ok(x) => {
+                let _ = tx.send(x);
+                return;
+            }
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(
+                        qid,
+                        attempt,
+                        transport = session.spec().transport.prefix(),
+                        "reconnect failed: {e}"
+                    );
+                }
+            }
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if cancel.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }

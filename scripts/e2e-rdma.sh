@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# End-to-end tests of NVMe over RDMA, in one guest with Debian's generic
+# kernel (soft-RoCE over a veth pair; vm-images/build-rdma.sh): socp's host
+# backend and Linux's target, both ways (see the `rdma` job in
+# vm-images/init). One boot for every test.
+#
+# usage: bash scripts/e2e-rdma.sh
+#   LEAPIO_E2E_TIMEOUT per boot (default 600 s)
+# Prints one line per test, then exactly "N passed, M failed"; exits
+# non-zero if any failed. Logs: $LEAPIO_CACHE/logs/e2e-rdma/.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+need_root
+cd "$LEAPIO_REPO"
+timeout=${LEAPIO_E2E_TIMEOUT:-600}
+logs=$LEAPIO_CACHE/logs/e2e-rdma
+rm -rf "$logs"
+mkdir -p "$logs"
+t0=$(now)
+bash vm-images/build-rdma.sh > /dev/null
+bins=(socp leapio-perf leapioctl)
+for b in "${bins[@]}"; do
+    [[ -x target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio-tests -p leapio-service)"
+done
+# the programs, for the guest: an archive appended to its initramfs
+st=$logs/root
+mkdir -p "$st/usr/bin" "$st/usr/lib/x86_64-linux-gnu"
+for b in "${bins[@]}"; do
+    strip -o "$st/usr/bin/$b" "target/release/$b"
+done
+cp -L "$LEAPIO_ROOT/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$st/usr/lib/x86_64-linux-gnu/"
+extra=$LEAPIO_DATA/images/e2e-rdma.cpio
+(cd "$st" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0) > "$extra"
+glog=$logs/guest.log
+grc=0
+bash scripts/run-guest.sh --quiet --image rdma --job rdma --extra-initrd "$extra" \
+    --log "$glog" --timeout "$timeout" || grc=$?
+rm -f "$extra"
+passed=0 failed=0
+while read -r name r detail; do
+    if [[ $r == ok ]]; then
+        printf 'PASS %-20s %s\n' "$name" "$detail"
+        passed=$((passed + 1))
+    else
+        printf 'FAIL %-20s %s\n' "$name" "$detail"
+        failed=$((failed + 1))
+    fi
+done < <(grep -a '^@@LEAPIO RDMA-TEST ' "$glog" | sed 's/^@@LEAPIO RDMA-TEST //' | tr -d '\r')
+if ((passed + failed == 0)); then
+    printf 'FAIL %-20s %s\n' rdma "the guest ran no RDMA test (status $grc; see $glog)"
+    failed=1
+    guest_tail "$glog" 20
+elif ((grc != 0 && failed == 0)); then
+    printf 'FAIL %-20s %s\n' rdma "the guest run failed (status $grc; see $glog)"
+    failed=$((failed + 1))
+fi
+log "e2e-rdma took $(elapsed "$t0") s"
+echo "$passed passed, $failed failed"
+((failed == 0))
