@@ -329,10 +329,8 @@ impl CmId {
         check(r, "rdma_resolve_addr")?;
         channel.expect(self.id, event::ADDR_RESOLVED, timeout, "address resolution")?;
         // SAFETY: the identifier is valid.
-        check(
-            unsafe { sys::rdma_resolve_route(self.id, ms) },
-            "rdma_resolve_route",
-        )?;
+        let r = unsafe { sys::rdma_resolve_route(self.id, ms) };
+        check(r, "rdma_resolve_route")?;
         channel.expect(self.id, event::ROUTE_RESOLVED, timeout, "route resolution")?;
         Ok(())
     }
@@ -346,7 +344,8 @@ impl CmId {
         };
         check(r, "rdma_bind_addr")?;
         // SAFETY: the identifier is bound.
-        check(unsafe { sys::rdma_listen(self.id, backlog) }, "rdma_listen")
+        let r = unsafe { sys::rdma_listen(self.id, backlog) };
+        check(r, "rdma_listen")
     }
 
     /// A reliable-connection queue pair on `pd`, both queues completing on
@@ -387,10 +386,8 @@ impl CmId {
         let mut p = conn_param(private);
         // SAFETY: the identifier is valid; the parameters and the private
         // data live through the call (the library copies them).
-        check(
-            unsafe { sys::rdma_connect(self.id, &mut p) },
-            "rdma_connect",
-        )?;
+        let r = unsafe { sys::rdma_connect(self.id, &mut p) };
+        check(r, "rdma_connect")?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -425,7 +422,8 @@ impl CmId {
     pub fn accept(&self, private: &[u8]) -> io::Result<()> {
         let mut p = conn_param(private);
         // SAFETY: as for connect.
-        check(unsafe { sys::rdma_accept(self.id, &mut p) }, "rdma_accept")
+        let r = unsafe { sys::rdma_accept(self.id, &mut p) };
+        check(r, "rdma_accept")
     }
 
     /// Reject a connect request with `private` data.
