@@ -19,9 +19,9 @@ rm -rf "$logs"
 mkdir -p "$logs"
 t0=$(now)
 bash vm-images/build-rdma.sh > /dev/null
-bins=(socp leapio-perf leapioctl)
+bins=(socp leapio leapio-perf leapioctl)
 for b in "${bins[@]}"; do
-    [[ -x target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio-tests -p leapio-service)"
+    [[ -x target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio -p leapio-tests -p leapio-service)"
 done
 # the programs, for the guest: an archive appended to its initramfs
 st=$logs/root

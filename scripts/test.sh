@@ -8,7 +8,7 @@
 #   leapio -p leapio-host-driver -p leapio-tests (leapio-perf), scripts/build-soc.sh
 #   --tests (socp for aarch64, and the aarch64 build of the tests of socp
 #   and the link), scripts/e2e.sh (with the SoC VM tests),
-#   scripts/e2e-tcp.sh, scripts/e2e-tcp-host.sh.
+#   scripts/e2e-tcp.sh, scripts/e2e-tcp-host.sh, scripts/e2e-rdma.sh.
 # Stops at the first failing stage and names it.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -48,4 +48,5 @@ stage build-soc bash scripts/build-soc.sh --tests
 stage e2e bash scripts/e2e.sh
 stage e2e-tcp bash scripts/e2e-tcp.sh
 stage e2e-tcp-host bash scripts/e2e-tcp-host.sh
+stage e2e-rdma bash scripts/e2e-rdma.sh
 log "all stages passed in $(elapsed "$t0") s"
