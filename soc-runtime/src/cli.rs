@@ -8,7 +8,7 @@ use crate::crash::{self, CrashAt};
 use crate::error_chain;
 use crate::pcie::runtime::Runtime;
 use crate::qos::config::{QosSpec, TenantSpec};
-use crate::tcp_target::{TcpTarget, TcpTargetSpec};
+use crate::tcp_target::{TargetSpec, TcpTarget};
 use leapio_service::control::{self, Handler};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ pub struct RuntimeOpts {
     /// sha512; DH groups: ffdhe2048 ffdhe3072 ffdhe4096 null (the default
     /// order).
     #[arg(long = "tcp-target", value_name = "SPEC", verbatim_doc_comment)]
-    pub tcp_targets: Vec<TcpTargetSpec>,
+    pub tcp_targets: Vec<TargetSpec>,
 
     /// Poller threads per NVMe/TCP target.
     #[arg(long, default_value_t = 1)]

@@ -24,6 +24,7 @@ pub mod config;
 pub mod controllers;
 pub mod crash;
 pub mod engine;
+pub mod fabrics;
 pub mod link;
 pub mod namespaces;
 pub mod pcie;

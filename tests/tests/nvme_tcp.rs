@@ -12,7 +12,7 @@ use leapio_backends::{
 };
 use leapio_tests::server::TestServer;
 use leapio_tests::Driver;
-use socp::tcp_target::{TcpTarget, TcpTargetSpec};
+use socp::tcp_target::{TargetSpec, TcpTarget};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ impl Target {
     }
 
     fn start_with(port: u16, ns: &str, extra: &str) -> Target {
-        let spec: TcpTargetSpec = format!("listen=127.0.0.1:{port},nqn={NQN},ns={ns}{extra}")
+        let spec: TargetSpec = format!("listen=127.0.0.1:{port},nqn={NQN},ns={ns}{extra}")
             .parse()
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));

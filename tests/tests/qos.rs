@@ -12,7 +12,7 @@ use leapio_tests::proc_stat::thread_cpu;
 use leapio_tests::server::TestServer;
 use leapio_tests::Driver;
 use serde_json::json;
-use socp::tcp_target::{TcpTarget, TcpTargetSpec};
+use socp::tcp_target::{TargetSpec, TcpTarget};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -320,7 +320,7 @@ fn nvme_tcp_hosts_are_tenants_too() {
         json!({"spec": format!("name=be,hostnqn={HOST},class=be")}),
     )
     .unwrap();
-    let spec: TcpTargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns={ns}")
+    let spec: TargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns={ns}")
         .parse()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -7,9 +7,9 @@
 //! TermReqs), command planning and a RAM backend all run as in a real
 //! poller, on one thread, with no I/O and no timers.
 
-use super::config::TcpTargetSpec;
 use super::poller::{TargetPoller, BACKEND_DEPTH};
-use super::subsystem::Subsystem;
+use crate::fabrics::config::TargetSpec;
+use crate::fabrics::subsystem::Subsystem;
 use leapio_backends::Backend;
 use leapio_controller::NamespaceInfo;
 use std::net::{TcpListener, TcpStream};
@@ -40,7 +40,7 @@ pub struct Leftovers {
 /// A poller, its RAM namespaces and its backend queues, reused across runs.
 pub struct Harness {
     poller: TargetPoller,
-    spec: TcpTargetSpec,
+    spec: TargetSpec,
     namespaces: Vec<NamespaceInfo>,
     backends: Vec<Arc<dyn Backend>>,
     listener: Arc<TcpListener>,
@@ -49,7 +49,7 @@ pub struct Harness {
 impl Harness {
     /// Open the namespaces of [`SPEC`] and a poller for them.
     pub fn new() -> std::io::Result<Harness> {
-        let spec: TcpTargetSpec = SPEC.parse().map_err(std::io::Error::other)?;
+        let spec: TargetSpec = SPEC.parse().map_err(std::io::Error::other)?;
         let (backends, namespaces) =
             crate::namespaces::open_namespaces(&spec.namespaces, "FUZZ", &spec.nqn)
                 .map_err(|(_, e)| std::io::Error::other(e))?;
@@ -75,7 +75,7 @@ impl Harness {
     }
 
     fn subsystem(
-        spec: &TcpTargetSpec,
+        spec: &TargetSpec,
         namespaces: &[NamespaceInfo],
         backends: &[Arc<dyn Backend>],
         listener: &TcpListener,

@@ -2,15 +2,12 @@
 //! Fabrics 1.1, NVMe/TCP Transport 1.0) so that Linux's `nvme connect -t
 //! tcp` (or any NVMe/TCP host) can use them.
 //!
-//! - [`config`]: the `--tcp-target` specification.
-//! - `subsystem`: the subsystem and its dynamic controllers (shared by
-//!   pollers).
+//! - the spec (`--tcp-target`), the subsystem, admin commands and one
+//!   queue's state machine: [`crate::fabrics`], shared with NVMe/RDMA.
 //! - `poller`: poller threads, each an epoll loop over non-blocking sockets
 //!   with its own backend queues (no thread per connection).
-//! - `conn`: one connection = one NVMe queue: ICReq/ICResp, capsules,
-//!   R2T/H2CData, C2HData, TermReqs.
-//! - `admin`: admin commands, properties and the discovery log page.
-//! - `io_cmd`: SGL decoding and NVM command planning.
+//! - `conn`: one connection = one NVMe queue's wire: ICReq/ICResp, capsule
+//!   PDUs, R2T/H2CData, C2HData, TermReqs.
 //! - `bufs`: recycled buffers for the data reads send.
 //!
 //! A discovery controller (`nqn.2014-08.org.nvmexpress.discovery`) answers
@@ -18,21 +15,17 @@
 //! the allow list). Peer mistakes end that connection with a C2HTermReq;
 //! nothing else is disturbed.
 
-mod admin;
 mod bufs;
-pub mod config;
 mod conn;
 mod epoll;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod io_cmd;
 mod poller;
-mod subsystem;
 #[cfg(test)]
 mod tests;
 
-pub use config::TcpTargetSpec;
+pub use crate::fabrics::config::TargetSpec;
 
 use leapio_backends::{Backend, BackendError};
 use std::net::{SocketAddr, TcpListener};
@@ -70,14 +63,14 @@ pub struct TcpTarget {
     pub nqn: String,
     pub backends: Vec<Arc<dyn Backend>>,
     threads: Vec<JoinHandle<()>>,
-    sub: Arc<subsystem::Subsystem>,
+    sub: Arc<crate::fabrics::subsystem::Subsystem>,
 }
 
 impl TcpTarget {
     /// Open the namespaces, bind the listener and start `pollers` threads.
     pub fn start(
         index: usize,
-        spec: &TcpTargetSpec,
+        spec: &TargetSpec,
         pollers: usize,
         stop: Arc<AtomicBool>,
     ) -> Result<TcpTarget, TcpTargetError> {
@@ -101,7 +94,7 @@ impl TcpTarget {
         listener.set_nonblocking(true).map_err(listen_err)?;
         let local_addr = listener.local_addr().map_err(listen_err)?;
         let listener = Arc::new(listener);
-        let sub = Arc::new(subsystem::Subsystem::new(
+        let sub = Arc::new(crate::fabrics::subsystem::Subsystem::new(
             spec,
             serial,
             local_addr,

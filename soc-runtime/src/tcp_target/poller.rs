@@ -6,10 +6,11 @@
 //! timeout, keep-alive timeout, controllers torn down elsewhere).
 
 use super::bufs::BufPool;
-use super::conn::{Conn, Ctx, OpOutcome, Phase};
+use super::conn::{Conn, Phase, TcpCtx};
 use super::epoll::Epoll;
-use super::subsystem::Subsystem;
 use crate::engine::{Engine, QueueId};
+use crate::fabrics::queue::{Ctx, OpOutcome};
+use crate::fabrics::subsystem::Subsystem;
 use leapio_backends::Completion;
 use std::collections::HashMap;
 use std::io::{ErrorKind, IoSlice, Read, Write};
@@ -67,7 +68,7 @@ impl Client {
 /// until their completions arrive so the backend never writes freed memory.
 struct Orphan {
     remaining: u32,
-    _buf: Vec<u8>,
+    _buf: Option<Vec<u8>>,
 }
 
 pub(super) struct TargetPoller {
@@ -148,15 +149,17 @@ impl TargetPoller {
     }
 
     /// The connection in `slot` and the context its protocol works with.
-    fn split(&mut self, slot: usize) -> Option<(&mut Conn, Ctx<'_>)> {
+    fn split(&mut self, slot: usize) -> Option<(&mut Conn, TcpCtx<'_>)> {
         let tag_base = self.tag(slot, 0);
         let client = self.conns.get_mut(slot)?.as_mut()?;
-        let cx = Ctx {
-            sub: &self.sub,
-            engine: &mut self.engine,
-            queues: &self.queues,
+        let cx = TcpCtx {
+            fab: Ctx {
+                sub: &self.sub,
+                engine: &mut self.engine,
+                queues: &self.queues,
+                tag_base,
+            },
             bufs: &mut self.bufs,
-            tag_base,
         };
         Some((&mut client.conn, cx))
     }
@@ -329,7 +332,7 @@ impl TargetPoller {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::debug!(peer = %c.conn.peer, "read: {e}");
+                    tracing::debug!(peer = %c.conn.peer(), "read: {e}");
                     closed = true;
                     break;
                 }
@@ -353,7 +356,7 @@ impl TargetPoller {
         if closed {
             // Still answer what can be answered? The peer is gone: no.
             if let Some(c) = self.conns.get(slot).and_then(Option::as_ref) {
-                tracing::debug!(peer = %c.conn.peer, "peer closed the connection");
+                tracing::debug!(peer = %c.conn.peer(), "peer closed the connection");
             }
             self.close(slot);
         }
@@ -392,11 +395,11 @@ impl TargetPoller {
             let Some(c) = self.conns[slot].as_mut() else {
                 continue;
             };
-            if c.conn.tx_bytes > self.tx_peak {
-                self.tx_peak = c.conn.tx_bytes;
+            if c.conn.wire.tx_bytes > self.tx_peak {
+                self.tx_peak = c.conn.wire.tx_bytes;
                 self.sub
                     .tx_peak
-                    .fetch_max(c.conn.tx_bytes, Ordering::Relaxed);
+                    .fetch_max(c.conn.wire.tx_bytes, Ordering::Relaxed);
             }
             if !c.conn.tx_pending() {
                 if c.conn.closing() {
@@ -424,12 +427,12 @@ impl TargetPoller {
                     }
                     if !c.conn.tx_pending() && c.conn.closing() {
                         self.close(slot);
-                    } else if !c.conn.deferred.is_empty() && !c.conn.over_limit() {
+                    } else if !c.conn.q.deferred.is_empty() && !c.conn.over_limit() {
                         self.resume(slot);
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %c.conn.peer, "write: {e}");
+                    tracing::debug!(peer = %c.conn.peer(), "write: {e}");
                     self.close(slot);
                 }
             }
@@ -456,11 +459,12 @@ impl TargetPoller {
             let Some(Client { conn, .. }) = self.conns[slot].as_mut() else {
                 continue;
             };
-            match conn.phase {
+            match conn.wire.phase {
                 Phase::AwaitIcReq { deadline } if now >= deadline => {
-                    tracing::warn!(peer = %conn.peer, "no ICReq in time");
-                    let hdr = conn.parser.partial_header().to_vec();
-                    conn.terminate(leapio_nvme::tcp::Fes::PDU_SEQUENCE_ERROR, 0, &hdr);
+                    tracing::warn!(peer = %conn.peer(), "no ICReq in time");
+                    let hdr = conn.wire.parser.partial_header().to_vec();
+                    conn.wire
+                        .terminate(leapio_nvme::tcp::Fes::PDU_SEQUENCE_ERROR, 0, &hdr);
                     continue;
                 }
                 Phase::Closing { deadline } if now >= deadline => {
@@ -469,32 +473,32 @@ impl TargetPoller {
                 }
                 _ => {}
             }
-            if conn.bind.is_none() && now >= conn.connect_deadline {
-                tracing::warn!(peer = %conn.peer, "no Connect in time: closing the connection");
+            if conn.q.bind.is_none() && now >= conn.q.connect_deadline {
+                tracing::warn!(peer = %conn.peer(), "no Connect in time: closing the connection");
                 self.close(slot);
                 continue;
             }
-            if !conn.authenticated() && now >= conn.auth_deadline {
-                tracing::warn!(peer = %conn.peer, "queue not authenticated in time: closing it");
+            if !conn.q.authenticated() && now >= conn.q.auth_deadline {
+                tracing::warn!(peer = %conn.peer(), "queue not authenticated in time: closing it");
                 self.close(slot);
                 continue;
             }
-            let Some(b) = conn.bind.as_ref() else {
+            let Some(b) = conn.q.bind.as_ref() else {
                 continue;
             };
             if b.ctrl.is_dead() || b.epoch != b.ctrl.epoch.load(Ordering::Acquire) && b.qid != 0 {
-                tracing::debug!(peer = %conn.peer, qid = b.qid, "controller gone, closing queue");
+                tracing::debug!(peer = %conn.peer(), qid = b.qid, "controller gone, closing queue");
                 self.close(slot);
                 continue;
             }
             if b.qid == 0 {
                 let kato = b.ctrl.kato_ms.load(Ordering::Acquire);
                 if kato > 0
-                    && now.duration_since(conn.last_keep_alive)
+                    && now.duration_since(conn.q.last_keep_alive)
                         > Duration::from_millis(u64::from(kato))
                 {
                     tracing::warn!(
-                        peer = %conn.peer, cntlid = b.ctrl.cntlid, kato_ms = kato,
+                        peer = %conn.peer(), cntlid = b.ctrl.cntlid, kato_ms = kato,
                         "keep-alive timeout: tearing the controller down"
                     );
                     self.sub.remove_controller(&b.ctrl);
@@ -519,7 +523,7 @@ impl TargetPoller {
         for tag in self.engine.forget(|t| t & !0xffff == base) {
             *unsent.entry(tag).or_default() += 1;
         }
-        for (idx, cmd) in conn.cmds.drain(..).enumerate() {
+        for (idx, cmd) in conn.q.cmds.drain(..).enumerate() {
             let Some(cmd) = cmd else {
                 continue;
             };
@@ -538,9 +542,9 @@ impl TargetPoller {
                 );
             }
         }
-        if let Some(b) = conn.bind.take() {
+        if let Some(b) = conn.q.bind.take() {
             if b.qid == 0 {
-                tracing::info!(peer = %conn.peer, cntlid = b.ctrl.cntlid, "admin queue closed, controller removed");
+                tracing::info!(peer = %conn.peer(), cntlid = b.ctrl.cntlid, "admin queue closed, controller removed");
                 self.sub.remove_controller(&b.ctrl);
             } else if b.epoch == b.ctrl.epoch.load(Ordering::Acquire) {
                 b.ctrl.release_qid(b.qid);
@@ -551,7 +555,7 @@ impl TargetPoller {
         }
         self.free.push(slot);
         self.sub.connections.fetch_sub(1, Ordering::AcqRel);
-        tracing::debug!(poller = self.index, peer = %conn.peer, "connection closed");
+        tracing::debug!(poller = self.index, peer = %conn.peer(), "connection closed");
     }
 
     fn shutdown(&mut self) {
@@ -570,28 +574,32 @@ impl TargetPoller {
 /// socket would block with data left.
 fn flush(c: &mut Client, bufs: &mut BufPool) -> std::io::Result<bool> {
     let Client { sock, conn, .. } = c;
-    while !conn.tx.is_empty() {
+    while !conn.wire.tx.is_empty() {
         let mut slices = Vec::with_capacity(16);
-        for (i, b) in conn.tx.iter().take(16).enumerate() {
-            slices.push(IoSlice::new(if i == 0 { &b[conn.tx_off..] } else { b }));
+        for (i, b) in conn.wire.tx.iter().take(16).enumerate() {
+            slices.push(IoSlice::new(if i == 0 {
+                &b[conn.wire.tx_off..]
+            } else {
+                b
+            }));
         }
         match sock.write_vectored(&slices) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(mut n) => {
                 while n > 0 {
-                    let Some(front) = conn.tx.front() else {
+                    let Some(front) = conn.wire.tx.front() else {
                         break;
                     };
-                    let left = front.len() - conn.tx_off;
+                    let left = front.len() - conn.wire.tx_off;
                     if n >= left {
                         n -= left;
-                        if let Some(done) = conn.tx.pop_front() {
-                            conn.tx_bytes -= done.len();
+                        if let Some(done) = conn.wire.tx.pop_front() {
+                            conn.wire.tx_bytes -= done.len();
                             bufs.give(done);
                         }
-                        conn.tx_off = 0;
+                        conn.wire.tx_off = 0;
                     } else {
-                        conn.tx_off += n;
+                        conn.wire.tx_off += n;
                         n = 0;
                     }
                 }
@@ -655,14 +663,14 @@ impl TargetPoller {
                 let Some(Client { conn, .. }) = self.conns[slot].as_mut() else {
                     continue;
                 };
-                for pdu in conn.tx.drain(..) {
+                for pdu in conn.wire.tx.drain(..) {
                     sent(slot, &pdu);
                 }
-                conn.tx_off = 0;
-                conn.tx_bytes = 0;
+                conn.wire.tx_off = 0;
+                conn.wire.tx_bytes = 0;
                 if conn.closing() {
                     self.close(slot);
-                } else if !conn.deferred.is_empty() {
+                } else if !conn.q.deferred.is_empty() {
                     deferred = true;
                     self.resume(slot);
                 }

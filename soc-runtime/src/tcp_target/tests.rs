@@ -1,7 +1,7 @@
 //! The target over real TCP connections on 127.0.0.1, driven by a small
 //! NVMe/TCP host written with the `leapio_nvme::tcp` codec.
 
-use super::{TcpTarget, TcpTargetSpec};
+use super::{TargetSpec, TcpTarget};
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::fabrics::{
     put_nqn, ConnectCmd, ConnectData, DiscoveryLogEntry, DiscoveryLogHeader, FabricsStatus, FcType,
@@ -39,7 +39,7 @@ impl Target {
         Target::with_pollers(ns, extra, 2)
     }
     fn with_pollers(ns: &str, extra: &str, pollers: usize) -> Target {
-        let spec: TcpTargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns={ns}{extra}")
+        let spec: TargetSpec = format!("listen=127.0.0.1:0,nqn={NQN},ns={ns}{extra}")
             .parse()
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));

@@ -1,12 +1,14 @@
-//! Where a command's data travels over NVMe/TCP (its SGL descriptor), and
-//! the command's data as the NVM planner of the controller core sees it
-//! ([`CapsuleData`]): a buffer filled from the network instead of guest
-//! PRPs.
+//! Where a command's data travels over a fabric (its SGL descriptor: in
+//! the capsule, or moved by the transport: NVMe/TCP's transport data
+//! blocks, NVMe/RDMA's keyed data blocks), and the command's data as the
+//! NVM planner of the controller core sees it ([`CapsuleData`]): a buffer
+//! filled from the network instead of guest PRPs.
 
 use leapio_controller::nvm::DataSource;
 use leapio_nvme::fabrics::{
     FabricsStatus, SglDescriptor, FABRICS_OPCODE, SGL_IN_CAPSULE, SGL_TRANSPORT_DATA_BLOCK,
 };
+use leapio_nvme::rdma::{KeyedSgl, SGL_KEYED, SGL_KEYED_INVALIDATE};
 use leapio_nvme::{Sqe, Status};
 use zerocopy::IntoBytes;
 
@@ -19,27 +21,29 @@ pub enum Xfer {
         offset: usize,
         len: usize,
     },
-    /// Host to controller, with R2T/H2CData.
-    H2c {
+    /// Host to controller, moved by the transport (NVMe/TCP R2T and
+    /// H2CData, an RDMA READ).
+    ToController {
         len: usize,
     },
-    /// Controller to host, with C2HData.
-    C2h {
+    /// Controller to host, moved by the transport (C2HData, an RDMA WRITE).
+    ToHost {
         len: usize,
     },
 }
 
 impl Xfer {
     /// Length of the host's buffer for controller-to-host data.
-    pub fn c2h_len(&self) -> u32 {
+    pub fn to_host_len(&self) -> u32 {
         match self {
-            Xfer::C2h { len } => u32::try_from(*len).unwrap_or(u32::MAX),
+            Xfer::ToHost { len } => u32::try_from(*len).unwrap_or(u32::MAX),
             _ => 0,
         }
     }
-    fn h2c_len(&self) -> Option<usize> {
+    /// Length of the host's data for the controller.
+    pub fn to_controller_len(&self) -> Option<usize> {
         match self {
-            Xfer::InCapsule { len, .. } | Xfer::H2c { len } => Some(*len),
+            Xfer::InCapsule { len, .. } | Xfer::ToController { len } => Some(*len),
             _ => None,
         }
     }
@@ -54,8 +58,10 @@ fn direction(sqe: &Sqe) -> u8 {
     }
 }
 
-/// Decode SGL1 of a command whose capsule carried `in_capsule` bytes.
-pub fn parse_xfer(sqe: &Sqe, in_capsule: usize, max_len: u32) -> Result<Xfer, Status> {
+/// Decode SGL1 of a command whose capsule carried `in_capsule` bytes;
+/// `keyed`: data outside the capsule is named by a keyed descriptor
+/// (RDMA), else by a transport data block (TCP).
+pub fn parse_xfer(sqe: &Sqe, in_capsule: usize, max_len: u32, keyed: bool) -> Result<Xfer, Status> {
     let dir = direction(sqe);
     if in_capsule > 0 && dir != 1 {
         return Err(Status::INVALID_FIELD);
@@ -71,7 +77,11 @@ pub fn parse_xfer(sqe: &Sqe, in_capsule: usize, max_len: u32) -> Result<Xfer, St
         return Err(Status::INVALID_FIELD);
     }
     let sgl = SglDescriptor::of(sqe);
-    let len = sgl.length.get();
+    let len = if keyed && matches!(sgl.sgl_type, SGL_KEYED | SGL_KEYED_INVALIDATE) {
+        KeyedSgl::of(sqe).len()
+    } else {
+        sgl.length.get()
+    };
     if len == 0 {
         return Ok(Xfer::None);
     }
@@ -93,23 +103,26 @@ pub fn parse_xfer(sqe: &Sqe, in_capsule: usize, max_len: u32) -> Result<Xfer, St
             }
             Ok(Xfer::InCapsule { offset, len })
         }
-        SGL_TRANSPORT_DATA_BLOCK => {
-            if in_capsule > 0 {
-                return Err(Status::INVALID_FIELD);
-            }
-            Ok(if dir == 1 {
-                Xfer::H2c { len }
-            } else {
-                Xfer::C2h { len }
-            })
-        }
+        SGL_TRANSPORT_DATA_BLOCK if !keyed => moved(dir, in_capsule, len),
+        SGL_KEYED | SGL_KEYED_INVALIDATE if keyed => moved(dir, in_capsule, len),
         _ => Err(FabricsStatus::SGL_DESCRIPTOR_TYPE_INVALID),
     }
 }
 
-/// A command's data over NVMe/TCP: the host's buffer as its SGL describes
+fn moved(dir: u8, in_capsule: usize, len: usize) -> Result<Xfer, Status> {
+    if in_capsule > 0 {
+        return Err(Status::INVALID_FIELD);
+    }
+    Ok(if dir == 1 {
+        Xfer::ToController { len }
+    } else {
+        Xfer::ToHost { len }
+    })
+}
+
+/// A command's data over a fabric: the host's buffer as its SGL describes
 /// it, and (host to controller) the bytes that arrived in the capsule or
-/// with H2CData.
+/// were fetched.
 pub struct CapsuleData<'a> {
     pub xfer: Xfer,
     pub buf: &'a [u8],
@@ -123,9 +136,9 @@ impl DataSource for CapsuleData<'_> {
 
     fn map(&mut self, _sqe: &Sqe, len: u64, to_host: bool) -> Result<(), Status> {
         let have = if to_host {
-            usize::try_from(self.xfer.c2h_len()).ok()
+            usize::try_from(self.xfer.to_host_len()).ok()
         } else {
-            self.xfer.h2c_len()
+            self.xfer.to_controller_len()
         };
         if have.and_then(|h| u64::try_from(h).ok()) != Some(len) {
             return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
@@ -135,7 +148,7 @@ impl DataSource for CapsuleData<'_> {
 
     fn read(&mut self, _sqe: &Sqe, out: &mut [u8]) -> Result<(), Status> {
         let n = out.len();
-        if self.xfer.h2c_len().unwrap_or(0) < n || self.buf.len() < n {
+        if self.xfer.to_controller_len().unwrap_or(0) < n || self.buf.len() < n {
             return Err(FabricsStatus::DATA_SGL_LENGTH_INVALID);
         }
         out.copy_from_slice(&self.buf[..n]);

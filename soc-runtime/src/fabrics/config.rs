@@ -78,7 +78,7 @@ fn names<T>(o: &Opt<'_>, parse: impl Fn(&str) -> Option<T>, all: &str) -> Result
 
 /// One `--tcp-target` argument: a listener and the subsystem it exports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TcpTargetSpec {
+pub struct TargetSpec {
     pub listen: SocketAddr,
     pub nqn: String,
     pub namespaces: Vec<BackendSpec>,
@@ -120,7 +120,7 @@ pub fn valid_nqn(s: &str) -> bool {
     s.starts_with("nqn.") && s.len() <= 223 && s.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
-impl TcpTargetSpec {
+impl TargetSpec {
     /// The keys of `--tcp-target`.
     pub const KEYS: [&'static str; 14] = [
         "listen",
@@ -140,7 +140,7 @@ impl TcpTargetSpec {
     ];
 }
 
-impl FromStr for TcpTargetSpec {
+impl FromStr for TargetSpec {
     type Err = TcpConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -149,13 +149,13 @@ impl FromStr for TcpTargetSpec {
             why,
         };
         let opts = Options::parse(s, ',').map_err(|e| bad(e.to_string()))?;
-        let once: Vec<&str> = TcpTargetSpec::KEYS
+        let once: Vec<&str> = TargetSpec::KEYS
             .into_iter()
             .filter(|k| !matches!(*k, "ns" | "bs" | "allow"))
             .collect();
-        opts.check(&TcpTargetSpec::KEYS, &once)
+        opts.check(&TargetSpec::KEYS, &once)
             .map_err(|e| bad(e.to_string()))?;
-        let mut t = TcpTargetSpec {
+        let mut t = TargetSpec {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             nqn: String::new(),
             namespaces: Vec::new(),
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn parses_a_spec() {
-        let t: TcpTargetSpec = "listen=127.0.0.1:4420,nqn=nqn.2026-11.io.leapio:tgt0,ns=ram:256M,ns=ram:1M,bs=4096,allow=nqn.2014-08.org.nvmexpress:uuid:1,allow=nqn.x:h2"
+        let t: TargetSpec = "listen=127.0.0.1:4420,nqn=nqn.2026-11.io.leapio:tgt0,ns=ram:256M,ns=ram:1M,bs=4096,allow=nqn.2014-08.org.nvmexpress:uuid:1,allow=nqn.x:h2"
             .parse()
             .unwrap();
         assert_eq!(t.listen.port(), 4420);
@@ -244,16 +244,16 @@ mod tests {
         assert_eq!(t.allow.len(), 2);
         assert_eq!(t.allow[1].nqn, "nqn.x:h2");
         assert!(t.allow[1].secrets.is_none());
-        let t: TcpTargetSpec = "listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M".parse().unwrap();
+        let t: TargetSpec = "listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M".parse().unwrap();
         assert!(t.allow.is_empty());
         assert_eq!(t.busy_poll, DEFAULT_BUSY_POLL);
-        let t: TcpTargetSpec = "listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M,busy-poll-us=0"
+        let t: TargetSpec = "listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M,busy-poll-us=0"
             .parse()
             .unwrap();
         assert_eq!(t.busy_poll, Duration::ZERO);
         for bad in ["busy-poll-us=-1", "busy-poll-us=1000001", "busy-poll-us=x"] {
             let e = format!("listen=[::1]:4420,nqn=nqn.a:b,ns=ram:1M,{bad}")
-                .parse::<TcpTargetSpec>()
+                .parse::<TargetSpec>()
                 .unwrap_err();
             assert!(e.to_string().contains("busy-poll-us must be"), "{e}");
         }
@@ -278,7 +278,7 @@ mod tests {
                 true,
             ),
         ] {
-            let t: TcpTargetSpec =
+            let t: TargetSpec =
                 format!("listen=127.0.0.1:1,nqn=nqn.a:b,ns=ram:1M,allow={allow},allow=nqn.x:plain,dhchap-hashes=sha384:sha256,dhchap-dhgroups=null")
                     .parse()
                     .unwrap();
@@ -336,7 +336,7 @@ mod tests {
                 "dhchap-dhgroups: unknown 'modp'",
             ),
         ] {
-            let e = s.parse::<TcpTargetSpec>().unwrap_err().to_string();
+            let e = s.parse::<TargetSpec>().unwrap_err().to_string();
             assert!(e.contains(want), "{s}: {e}");
         }
     }

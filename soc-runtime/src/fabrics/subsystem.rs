@@ -1,6 +1,6 @@
 //! The exported subsystem and its controllers (shared by all pollers).
 
-use super::config::{AllowedHost, TcpTargetSpec};
+use super::config::{AllowedHost, TargetSpec};
 use leapio_backends::Backend;
 use leapio_controller::regs::Registers;
 use leapio_controller::NamespaceInfo;
@@ -67,7 +67,7 @@ struct Ctrls {
 
 impl Subsystem {
     pub fn new(
-        spec: &TcpTargetSpec,
+        spec: &TargetSpec,
         serial: String,
         listen: SocketAddr,
         namespaces: Vec<NamespaceInfo>,
