@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end tests of NVMe over RDMA, in one guest with Debian's generic
 # kernel (soft-RoCE over a veth pair; vm-images/build-rdma.sh): socp's host
-# backend and Linux's target, both ways (see the `rdma` job in
-# vm-images/init). One boot for every test.
+# backend and socp's target, against Linux's and each other: Linux's host
+# on socp's target (discover, connect, fio verify), DH-HMAC-CHAP, socp's
+# target killed and restarted under a verifying host (see the `rdma` job
+# in vm-images/init). One boot for every test.
 #
 # usage: bash scripts/e2e-rdma.sh
 #   LEAPIO_E2E_TIMEOUT per boot (default 600 s)
@@ -34,8 +36,10 @@ extra=$LEAPIO_DATA/images/e2e-rdma.cpio
 (cd "$st" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0) > "$extra"
 glog=$logs/guest.log
 grc=0
+# DH-HMAC-CHAP secrets for rdma_auth: the host's, the controller's, a wrong one
+keys="leapio.rdma_key=$(dhchap_key 48 02) leapio.rdma_ctrl_key=$(dhchap_key 32 00) leapio.rdma_wrong=$(dhchap_key 48 02)"
 bash scripts/run-guest.sh --quiet --image rdma --job rdma --extra-initrd "$extra" \
-    --log "$glog" --timeout "$timeout" || grc=$?
+    --append "$keys" --log "$glog" --timeout "$timeout" || grc=$?
 rm -f "$extra"
 passed=0 failed=0
 while read -r name r detail; do

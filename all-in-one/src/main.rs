@@ -56,8 +56,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.ctrls.is_empty() && args.opts.tcp_targets.is_empty() && args.opts.control.is_none() {
-        return Err("nothing to serve: give --ctrl, --tcp-target or --control (see --help)".into());
+    if args.ctrls.is_empty() && args.opts.targets() == 0 && args.opts.control.is_none() {
+        return Err(
+            "nothing to serve: give --ctrl, --tcp-target, --rdma-target or --control (see --help)"
+                .into(),
+        );
     }
     let d = Daemon::start(&args.opts)?;
     let served = serve(args, &d);

@@ -291,7 +291,7 @@ const _: () = assert!(core::mem::size_of::<DiscoveryLogHeader>() == 1024);
 #[repr(C)]
 #[derive(Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct DiscoveryLogEntry {
-    /// Transport type: 3 = TCP.
+    /// Transport type: 1 = RDMA, 3 = TCP.
     pub trtype: u8,
     /// Address family: 1 = IPv4, 2 = IPv6.
     pub adrfam: u8,
@@ -317,7 +317,13 @@ const _: () = assert!(core::mem::size_of::<DiscoveryLogEntry>() == 1024);
 /// Discovery log entry values.
 pub struct Disc;
 impl Disc {
+    pub const TRTYPE_RDMA: u8 = 1;
     pub const TRTYPE_TCP: u8 = 3;
+    /// RDMA TSAS: a reliable connected queue pair, no particular RDMA
+    /// provider, connections through the RDMA CM.
+    pub const RDMA_QPTYPE_CONNECTED: u8 = 1;
+    pub const RDMA_PRTYPE_NOT_SPECIFIED: u8 = 1;
+    pub const RDMA_CMS_RDMA_CM: u8 = 1;
     pub const ADRFAM_IPV4: u8 = 1;
     pub const ADRFAM_IPV6: u8 = 2;
     pub const SUBTYPE_REFERRAL: u8 = 1;
@@ -363,6 +369,8 @@ pub struct Sgls;
 impl Sgls {
     /// SGLs supported, no alignment requirement.
     pub const SUPPORTED: u32 = 1 << 0;
+    /// Keyed SGL Data Block descriptor supported (RDMA).
+    pub const KEYED_DATA_BLOCK: u32 = 1 << 2;
     /// Address field of an SGL Data Block may be an offset (in-capsule data).
     pub const OFFSET: u32 = 1 << 20;
     /// Transport SGL Data Block descriptor supported.

@@ -8,6 +8,8 @@ use crate::crash::{self, CrashAt};
 use crate::error_chain;
 use crate::pcie::runtime::Runtime;
 use crate::qos::config::{QosSpec, TenantSpec};
+#[cfg(feature = "rdma")]
+use crate::rdma_target::RdmaTarget;
 use crate::tcp_target::{TargetSpec, TcpTarget};
 use leapio_service::control::{self, Handler};
 use std::path::PathBuf;
@@ -30,6 +32,16 @@ pub struct RuntimeOpts {
     /// order).
     #[arg(long = "tcp-target", value_name = "SPEC", verbatim_doc_comment)]
     pub tcp_targets: Vec<TargetSpec>,
+
+    /// Export namespaces over NVMe/RDMA (RoCE, iWARP, InfiniBand): the
+    /// --tcp-target SPEC, listen= an address of an RDMA device.
+    ///
+    /// Linux hosts attach with `nvme connect -t rdma -a IP -s PORT -n NQN`.
+    /// Write data is fetched with RDMA READs and read data sent with RDMA
+    /// WRITEs, from and into buffers registered with the device.
+    #[cfg(feature = "rdma")]
+    #[arg(long = "rdma-target", value_name = "SPEC", verbatim_doc_comment)]
+    pub rdma_targets: Vec<TargetSpec>,
 
     /// Poller threads per NVMe/TCP target.
     #[arg(long, default_value_t = 1)]
@@ -107,12 +119,25 @@ pub struct RuntimeOpts {
     pub test_hang_deletes: bool,
 }
 
-/// A running data plane: pollers, NVMe/TCP targets, QoS.
+impl RuntimeOpts {
+    /// How many NVMe over Fabrics targets the options start.
+    pub fn targets(&self) -> usize {
+        #[cfg(feature = "rdma")]
+        let rdma = self.rdma_targets.len();
+        #[cfg(not(feature = "rdma"))]
+        let rdma = 0;
+        self.tcp_targets.len() + rdma
+    }
+}
+
+/// A running data plane: pollers, NVMe over Fabrics targets, QoS.
 pub struct Daemon {
     pub rt: Arc<Runtime>,
     /// Set by SIGTERM or SIGINT (and by [`Daemon::finish`]).
     pub stop: Arc<AtomicBool>,
     targets: Vec<TcpTarget>,
+    #[cfg(feature = "rdma")]
+    rdma_targets: Vec<RdmaTarget>,
 }
 
 impl Daemon {
@@ -152,10 +177,23 @@ impl Daemon {
             rt,
             stop,
             targets: Vec::new(),
+            #[cfg(feature = "rdma")]
+            rdma_targets: Vec::new(),
         };
         for (i, spec) in opts.tcp_targets.iter().enumerate() {
             match TcpTarget::start(i, spec, opts.tcp_pollers, d.stop.clone()) {
                 Ok(t) => d.targets.push(t),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    let _ = d.finish(Ok(()));
+                    return Err(why);
+                }
+            }
+        }
+        #[cfg(feature = "rdma")]
+        for (i, spec) in opts.rdma_targets.iter().enumerate() {
+            match RdmaTarget::start(i, spec, d.stop.clone()) {
+                Ok(t) => d.rdma_targets.push(t),
                 Err(e) => {
                     let why = error_chain(&e);
                     let _ = d.finish(Ok(()));
@@ -194,12 +232,13 @@ impl Daemon {
     pub fn finish(self, served: Result<(), String>) -> Result<(), String> {
         self.stop.store(true, Ordering::Release);
         let mut flush_failed = false;
-        for t in self.targets {
-            for b in t.join() {
-                if let Err(e) = b.flush() {
-                    tracing::error!("flushing {}: {e}", b.describe());
-                    flush_failed = true;
-                }
+        let backends = self.targets.into_iter().flat_map(TcpTarget::join);
+        #[cfg(feature = "rdma")]
+        let backends = backends.chain(self.rdma_targets.into_iter().flat_map(RdmaTarget::join));
+        for b in backends {
+            if let Err(e) = b.flush() {
+                tracing::error!("flushing {}: {e}", b.describe());
+                flush_failed = true;
             }
         }
         self.rt.shutdown();

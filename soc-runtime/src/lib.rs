@@ -29,6 +29,8 @@ pub mod link;
 pub mod namespaces;
 pub mod pcie;
 pub mod qos;
+#[cfg(feature = "rdma")]
+pub mod rdma_target;
 pub mod tcp_target;
 
 pub use leapio_service::error_chain;

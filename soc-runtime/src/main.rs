@@ -116,9 +116,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if args.ctrls.is_empty() && args.opts.tcp_targets.is_empty() && args.opts.control.is_none() {
+    if args.ctrls.is_empty() && args.opts.targets() == 0 && args.opts.control.is_none() {
         return Err(
-            "nothing to serve: give --link and --ctrl, --tcp-target or --control (see --help)"
+            "nothing to serve: give --link and --ctrl, --tcp-target, --rdma-target or --control (see --help)"
                 .into(),
         );
     }
@@ -143,7 +143,7 @@ fn serve_targets(args: &Args, d: &Daemon) -> Result<(), String> {
         ))
     });
     d.serve_control(&args.opts, none)?;
-    tracing::info!(targets = args.opts.tcp_targets.len(), "socp running");
+    tracing::info!(targets = args.opts.targets(), "socp running");
     while !d.stopping() {
         std::thread::sleep(Duration::from_millis(50));
     }

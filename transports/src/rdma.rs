@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -177,6 +177,28 @@ impl EventChannel {
                 event_name(ev.kind),
                 ev.status
             )));
+        }
+    }
+}
+
+impl EventChannel {
+    /// For the channel of one connected identifier: read its pending
+    /// events (without waiting) and say whether one means the connection is
+    /// gone (a disconnect, the device removed), and which.
+    pub fn connection_gone(&self) -> Option<String> {
+        loop {
+            match self.get(Duration::ZERO) {
+                Ok(None) => return None,
+                Ok(Some(ev)) => {
+                    if matches!(
+                        ev.kind,
+                        event::DISCONNECTED | event::DEVICE_REMOVAL | event::TIMEWAIT_EXIT
+                    ) {
+                        return Some(format!("RDMA CM: {}", event_name(ev.kind)));
+                    }
+                }
+                Err(e) => return Some(format!("RDMA CM event channel: {e}")),
+            }
         }
     }
 }
@@ -697,6 +719,33 @@ impl Iommu for Registrations {
     }
 }
 
+/// An RDMA device as this process uses it: one protection domain, every
+/// DMA region of the process registered in it.
+pub struct Device {
+    pub regs: Arc<Registrations>,
+}
+
+/// The devices in use, by device context.
+type Devices = Mutex<Vec<(usize, Arc<Device>)>>;
+
+/// The device `id` is bound to (set up on first use, kept for the process).
+pub fn device(id: &CmId) -> io::Result<Arc<Device>> {
+    static DEVICES: OnceLock<Devices> = OnceLock::new();
+    let mut d = DEVICES
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let ctx = id.verbs() as usize;
+    if let Some((_, dev)) = d.iter().find(|(c, _)| *c == ctx) {
+        return Ok(Arc::clone(dev));
+    }
+    let pd = Arc::new(Pd::new(id)?);
+    let regs = Registrations::attach(&pd)?;
+    let dev = Arc::new(Device { regs });
+    d.push((ctx, Arc::clone(&dev)));
+    Ok(dev)
+}
+
 /// Post a send work request chain.
 ///
 /// # Safety
@@ -744,6 +793,74 @@ pub unsafe fn post_recv(
         return Err(io::Error::from_raw_os_error(r));
     }
     Ok(())
+}
+
+/// Post an RDMA READ (`read`) or WRITE of `len` bytes between the local
+/// buffer at `buf` (key `lkey`) and the peer's memory at `raddr` (key
+/// `rkey`), signaled with `wr_id`.
+///
+/// # Safety
+///
+/// The local buffer is registered and stays valid until the completion.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn post_rdma(
+    qp: *mut sys::ibv_qp,
+    wr_id: u64,
+    read: bool,
+    buf: *mut u8,
+    len: u32,
+    lkey: u32,
+    raddr: u64,
+    rkey: u32,
+) -> io::Result<()> {
+    let mut sge = sys::ibv_sge {
+        addr: buf as u64,
+        length: len,
+        lkey,
+    };
+    let mut wr = send_wr();
+    wr.wr_id = wr_id;
+    wr.sg_list = &mut sge;
+    wr.num_sge = 1;
+    wr.opcode = if read {
+        sys::ibv_wr_opcode::IBV_WR_RDMA_READ
+    } else {
+        sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE
+    };
+    wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+    wr.wr.rdma = sys::rdma_t {
+        remote_addr: raddr,
+        rkey,
+    };
+    // SAFETY: the caller's contract; `wr` and `sge` live through the call.
+    unsafe { post_send(qp, &mut wr) }
+}
+
+/// Post a SEND of `len` bytes at `buf` (key `lkey`), signaled with `wr_id`.
+///
+/// # Safety
+///
+/// The buffer is registered and stays valid until the completion.
+pub unsafe fn post_send_buf(
+    qp: *mut sys::ibv_qp,
+    wr_id: u64,
+    buf: *mut u8,
+    len: u32,
+    lkey: u32,
+) -> io::Result<()> {
+    let mut sge = sys::ibv_sge {
+        addr: buf as u64,
+        length: len,
+        lkey,
+    };
+    let mut wr = send_wr();
+    wr.wr_id = wr_id;
+    wr.sg_list = &mut sge;
+    wr.num_sge = 1;
+    wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND;
+    wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+    // SAFETY: the caller's contract; `wr` and `sge` live through the call.
+    unsafe { post_send(qp, &mut wr) }
 }
 
 /// A zeroed send work request to fill in.

@@ -6,6 +6,7 @@
 //! Property Get/Set that stand in for the PCI register file.
 
 use super::subsystem::{Controller, Subsystem};
+use leapio_backends::Transport;
 use leapio_controller::admin::{AdminCore, FrontEnd, Reply, ACL, AERL};
 use leapio_controller::features;
 use leapio_controller::identify::ControllerIdentity;
@@ -171,7 +172,13 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
     id.lpa = LPA_CMD_EFFECTS | (1 << 2);
     id.kas = KAS.into();
     id.maxcmd = u16::try_from(l.queue_entries).unwrap_or(u16::MAX).into();
-    id.sgls = (Sgls::SUPPORTED | Sgls::OFFSET | Sgls::TRANSPORT_DATA_BLOCK).into();
+    // Host data is described by the transport's descriptor: TCP's data
+    // block, RDMA's keyed one; both carry in-capsule data at an offset.
+    let data_block = match sub.transport {
+        Transport::Tcp => Sgls::TRANSPORT_DATA_BLOCK,
+        Transport::Rdma => Sgls::KEYED_DATA_BLOCK,
+    };
+    id.sgls = (Sgls::SUPPORTED | Sgls::OFFSET | data_block).into();
     let nqn = if ctrl.discovery {
         DISCOVERY_NQN
     } else {
@@ -194,7 +201,15 @@ pub fn discovery_log(sub: &Subsystem, ctrl: &Controller) -> Vec<u8> {
     let mut entries = Vec::new();
     if sub.host_allowed(&ctrl.hostnqn) {
         let mut e = DiscoveryLogEntry::zeroed();
-        e.trtype = Disc::TRTYPE_TCP;
+        e.trtype = match sub.transport {
+            leapio_backends::Transport::Tcp => Disc::TRTYPE_TCP,
+            leapio_backends::Transport::Rdma => {
+                e.tsas[0] = Disc::RDMA_QPTYPE_CONNECTED;
+                e.tsas[1] = Disc::RDMA_PRTYPE_NOT_SPECIFIED;
+                e.tsas[2] = Disc::RDMA_CMS_RDMA_CM;
+                Disc::TRTYPE_RDMA
+            }
+        };
         e.adrfam = if sub.listen.is_ipv4() {
             Disc::ADRFAM_IPV4
         } else {

@@ -1,4 +1,5 @@
-//! `--tcp-target listen=ADDR,nqn=NQN,ns=BACKEND[,bs=N]...[,allow=HOSTNQN[:SECRET[:CTRLSECRET]]...]`.
+//! `--tcp-target` and `--rdma-target`:
+//! `listen=ADDR,nqn=NQN,ns=BACKEND[,bs=N]...[,allow=HOSTNQN[:SECRET[:CTRLSECRET]]...]`.
 //!
 //! SECRET and CTRLSECRET are DH-HMAC-CHAP secrets (`DHHC-1:XX:BASE64:`):
 //! a host with a secret must authenticate every queue before it may use
@@ -76,7 +77,8 @@ fn names<T>(o: &Opt<'_>, parse: impl Fn(&str) -> Option<T>, all: &str) -> Result
         .collect()
 }
 
-/// One `--tcp-target` argument: a listener and the subsystem it exports.
+/// One `--tcp-target` or `--rdma-target` argument: a listener and the
+/// subsystem it exports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetSpec {
     pub listen: SocketAddr,
@@ -109,7 +111,7 @@ pub struct TargetSpec {
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TcpConfigError {
+pub enum TargetConfigError {
     #[error("tcp target spec '{spec}': {why}")]
     Invalid { spec: String, why: String },
 }
@@ -141,10 +143,10 @@ impl TargetSpec {
 }
 
 impl FromStr for TargetSpec {
-    type Err = TcpConfigError;
+    type Err = TargetConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: String| TcpConfigError::Invalid {
+        let bad = |why: String| TargetConfigError::Invalid {
             spec: leapio_nvme_auth::redact(s),
             why,
         };

@@ -35,11 +35,12 @@ pub type OpOutcome = Result<u64, IoError>;
 pub trait Wire {
     /// A command's data buffer (host data of a write, or a read's data).
     type Buf: AsRef<[u8]> + AsMut<[u8]>;
-    /// A buffer for `len` bytes of host data.
-    fn data_buffer(&mut self, len: usize) -> Self::Buf;
+    /// A buffer for `len` bytes of host data; `None` when there is no
+    /// memory for one (the command fails with a status the host retries).
+    fn data_buffer(&mut self, len: usize) -> Option<Self::Buf>;
     /// A buffer for `len` bytes of read data, which go at the returned
-    /// offset (room for a transport's header in front).
-    fn read_buffer(&mut self, len: usize) -> (Self::Buf, usize);
+    /// offset (room for a transport's header in front); `None` as above.
+    fn read_buffer(&mut self, len: usize) -> Option<(Self::Buf, usize)>;
     /// Fetch the host data of command `idx` (`sqe`) into `buf`, all of it;
     /// the queue is told with [`FabricQueue::data_in`] or
     /// [`FabricQueue::data_fetched`].
@@ -251,6 +252,49 @@ impl<B> FabricQueue<B> {
         w.respond(&cqe);
     }
 
+    /// Why the queue must close now, if it must: no Connect in time, not
+    /// authenticated in time, its controller gone, or the keep-alive
+    /// timeout of its admin queue (the controller is then removed).
+    pub fn expired(&self, sub: &Subsystem, now: Instant) -> Option<&'static str> {
+        let Some(b) = self.bind.as_ref() else {
+            return (now >= self.connect_deadline).then_some("no Connect in time");
+        };
+        if !self.authenticated() && now >= self.auth_deadline {
+            return Some("not authenticated in time");
+        }
+        if b.ctrl.is_dead() || b.epoch != b.ctrl.epoch.load(Ordering::Acquire) && b.qid != 0 {
+            return Some("its controller is gone");
+        }
+        if b.qid == 0 {
+            let kato = b.ctrl.kato_ms.load(Ordering::Acquire);
+            if kato > 0
+                && now.duration_since(self.last_keep_alive)
+                    > std::time::Duration::from_millis(u64::from(kato))
+            {
+                tracing::warn!(
+                    peer = %self.peer, cntlid = b.ctrl.cntlid, kato_ms = kato,
+                    "keep-alive timeout: tearing the controller down"
+                );
+                sub.remove_controller(&b.ctrl);
+                return Some("keep-alive timeout");
+            }
+        }
+        None
+    }
+
+    /// The queue closes: its controller (an admin queue's) is removed, or
+    /// its queue ID (an I/O queue's) given back.
+    pub fn release(&mut self, sub: &Subsystem) {
+        if let Some(b) = self.bind.take() {
+            if b.qid == 0 {
+                tracing::info!(peer = %self.peer, cntlid = b.ctrl.cntlid, "admin queue closed, controller removed");
+                sub.remove_controller(&b.ctrl);
+            } else if b.epoch == b.ctrl.epoch.load(Ordering::Acquire) {
+                b.ctrl.release_qid(b.qid);
+            }
+        }
+    }
+
     /// Answer a command that failed before it was set up (a transport
     /// error: a bad data digest, say).
     pub fn refuse<W: Wire<Buf = B>>(&mut self, w: &mut W, cid: u16, status: Status) {
@@ -316,12 +360,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
         };
         match xfer {
             Xfer::InCapsule { offset, len } => {
-                let mut b = w.data_buffer(len);
+                let Some(mut b) = w.data_buffer(len) else {
+                    self.respond(w, cid, Status::INTERNAL_ERROR, 0);
+                    return;
+                };
                 b.as_mut()[..len].copy_from_slice(&in_capsule[offset..offset + len]);
                 cmd.buf = Some(b);
             }
             Xfer::ToController { len } => {
-                cmd.buf = Some(w.data_buffer(len));
+                let Some(b) = w.data_buffer(len) else {
+                    self.respond(w, cid, Status::INTERNAL_ERROR, 0);
+                    return;
+                };
+                cmd.buf = Some(b);
                 cmd.stage = Stage::AwaitData { received: 0 };
                 self.cmds[idx] = Some(cmd);
                 if let Some(Some(c)) = self.cmds.get_mut(idx) {
@@ -537,7 +588,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
         let mut iov = None;
         if first.kind == IoKind::Read {
             let len = usize::try_from(first.len).unwrap_or(0);
-            let (mut b, at) = w.read_buffer(len);
+            let Some((mut b, at)) = w.read_buffer(len) else {
+                self.cmds[idx] = None;
+                self.respond(w, cid, Status::INTERNAL_ERROR, 0);
+                return;
+            };
             iov = Some(libc::iovec {
                 iov_base: b.as_mut()[at..].as_mut_ptr().cast(),
                 iov_len: len,

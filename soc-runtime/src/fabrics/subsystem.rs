@@ -1,7 +1,7 @@
 //! The exported subsystem and its controllers (shared by all pollers).
 
 use super::config::{AllowedHost, TargetSpec};
-use leapio_backends::Backend;
+use leapio_backends::{Backend, Transport};
 use leapio_controller::regs::Registers;
 use leapio_controller::NamespaceInfo;
 use leapio_nvme::regs::Cap;
@@ -41,6 +41,8 @@ pub struct Subsystem {
     pub nqn: String,
     pub serial: String,
     pub listen: SocketAddr,
+    /// What carries the capsules (the discovery log says so).
+    pub transport: Transport,
     pub namespaces: Arc<Vec<NamespaceInfo>>,
     pub backends: Vec<Arc<dyn Backend>>,
     pub allow: Vec<AllowedHost>,
@@ -70,6 +72,7 @@ impl Subsystem {
         spec: &TargetSpec,
         serial: String,
         listen: SocketAddr,
+        transport: Transport,
         namespaces: Vec<NamespaceInfo>,
         backends: Vec<Arc<dyn Backend>>,
     ) -> Subsystem {
@@ -77,6 +80,7 @@ impl Subsystem {
             nqn: spec.nqn.clone(),
             serial,
             listen,
+            transport,
             namespaces: Arc::new(namespaces),
             backends,
             allow: spec.allow.clone(),
@@ -122,7 +126,7 @@ impl Subsystem {
         drop(q);
         let me = self.clone();
         let spawned = std::thread::Builder::new()
-            .name("tcp-target-flush".into())
+            .name("target-flush".into())
             .spawn(move || me.flush_for_shutdowns());
         if spawned.is_err() {
             // No thread: flush here, once.

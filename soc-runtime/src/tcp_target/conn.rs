@@ -81,15 +81,15 @@ struct Out<'a> {
 impl Wire for Out<'_> {
     type Buf = Vec<u8>;
 
-    fn data_buffer(&mut self, len: usize) -> Vec<u8> {
-        vec![0u8; len]
+    fn data_buffer(&mut self, len: usize) -> Option<Vec<u8>> {
+        Some(vec![0u8; len])
     }
 
-    fn read_buffer(&mut self, len: usize) -> (Vec<u8>, usize) {
+    fn read_buffer(&mut self, len: usize) -> Option<(Vec<u8>, usize)> {
         let l = layout(PduType::C2H_DATA, len, self.w.dg, self.w.host_align);
         // The header room is cleared; data and digest are written before
         // the buffer is sent (see `bufs`).
-        (self.bufs.take(l.plen, l.pdo), l.pdo)
+        Some((self.bufs.take(l.plen, l.pdo), l.pdo))
     }
 
     fn fetch(&mut self, idx: usize, sqe: &Sqe, buf: &mut [u8]) {
@@ -482,6 +482,7 @@ mod tests {
                 &spec,
                 "CONN".into(),
                 addr,
+                leapio_backends::Transport::Tcp,
                 namespaces,
                 backends,
             ));

@@ -84,6 +84,7 @@ impl Harness {
             spec,
             "FUZZ".into(),
             listener.local_addr()?,
+            leapio_backends::Transport::Tcp,
             namespaces.to_vec(),
             backends.to_vec(),
         )))

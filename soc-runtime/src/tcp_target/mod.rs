@@ -98,6 +98,7 @@ impl TcpTarget {
             spec,
             serial,
             local_addr,
+            leapio_backends::Transport::Tcp,
             namespaces,
             backends.clone(),
         ));

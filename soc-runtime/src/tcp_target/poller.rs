@@ -473,37 +473,9 @@ impl TargetPoller {
                 }
                 _ => {}
             }
-            if conn.q.bind.is_none() && now >= conn.q.connect_deadline {
-                tracing::warn!(peer = %conn.peer(), "no Connect in time: closing the connection");
+            if let Some(why) = conn.q.expired(&self.sub, now) {
+                tracing::warn!(peer = %conn.peer(), "closing the connection: {why}");
                 self.close(slot);
-                continue;
-            }
-            if !conn.q.authenticated() && now >= conn.q.auth_deadline {
-                tracing::warn!(peer = %conn.peer(), "queue not authenticated in time: closing it");
-                self.close(slot);
-                continue;
-            }
-            let Some(b) = conn.q.bind.as_ref() else {
-                continue;
-            };
-            if b.ctrl.is_dead() || b.epoch != b.ctrl.epoch.load(Ordering::Acquire) && b.qid != 0 {
-                tracing::debug!(peer = %conn.peer(), qid = b.qid, "controller gone, closing queue");
-                self.close(slot);
-                continue;
-            }
-            if b.qid == 0 {
-                let kato = b.ctrl.kato_ms.load(Ordering::Acquire);
-                if kato > 0
-                    && now.duration_since(conn.q.last_keep_alive)
-                        > Duration::from_millis(u64::from(kato))
-                {
-                    tracing::warn!(
-                        peer = %conn.peer(), cntlid = b.ctrl.cntlid, kato_ms = kato,
-                        "keep-alive timeout: tearing the controller down"
-                    );
-                    self.sub.remove_controller(&b.ctrl);
-                    self.close(slot);
-                }
             }
         }
     }
@@ -542,14 +514,7 @@ impl TargetPoller {
                 );
             }
         }
-        if let Some(b) = conn.q.bind.take() {
-            if b.qid == 0 {
-                tracing::info!(peer = %conn.peer(), cntlid = b.ctrl.cntlid, "admin queue closed, controller removed");
-                self.sub.remove_controller(&b.ctrl);
-            } else if b.epoch == b.ctrl.epoch.load(Ordering::Acquire) {
-                b.ctrl.release_qid(b.qid);
-            }
-        }
+        conn.q.release(&self.sub);
         if let Some(g) = self.gens.get_mut(slot) {
             *g = g.wrapping_add(1);
         }

@@ -9,7 +9,7 @@
 //! their keys come from the device's [`Registrations`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leapio_backend::dma::{DmaBuffer, DmaRegistry};
@@ -18,7 +18,7 @@ use leapio_nvme::{Cqe, Sqe};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::nvmf::{Channel, NvmfError, NvmfSpec};
-use crate::rdma::{self, CmId, Cq, EventChannel, Pd, Registrations};
+use crate::rdma::{self, device, CmId, Cq, Device, EventChannel};
 
 /// Bytes of the control path's data buffer (Connect data, Identify,
 /// DH-HMAC-CHAP messages).
@@ -29,34 +29,6 @@ pub(super) const RESP: usize = 16;
 pub(super) const RECV_BIT: u64 = 1 << 63;
 /// How long a control command may take.
 const CMD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// An RDMA device as this process uses it: one protection domain, every
-/// DMA region registered in it.
-pub(crate) struct Device {
-    pub(crate) regs: Arc<Registrations>,
-}
-
-/// The devices in use, by device context.
-type Devices = Mutex<Vec<(usize, Arc<Device>)>>;
-
-/// The device `id` resolved to (opened on first use, kept for the process).
-pub(crate) fn device(id: &CmId) -> Result<Arc<Device>, NvmfError> {
-    static DEVICES: OnceLock<Devices> = OnceLock::new();
-    let mut d = DEVICES
-        .get_or_init(|| Mutex::new(Vec::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let ctx = id.verbs() as usize;
-    if let Some((_, dev)) = d.iter().find(|(c, _)| *c == ctx) {
-        return Ok(Arc::clone(dev));
-    }
-    let io = |source| NvmfError::Io { source };
-    let pd = Arc::new(Pd::new(id).map_err(io)?);
-    let regs = Registrations::attach(&pd).map_err(io)?;
-    let dev = Arc::new(Device { regs });
-    d.push((ctx, Arc::clone(&dev)));
-    Ok(dev)
-}
 
 /// The address of the spec's target.
 fn target_addr(spec: &NvmfSpec) -> Result<SocketAddr, NvmfError> {
@@ -78,7 +50,8 @@ pub(super) struct Parts {
     // Drop order: the identifier (and its QP) before the CQ.
     pub(super) id: CmId,
     pub(super) cq: Cq,
-    pub(super) _channel: Arc<EventChannel>,
+    /// The connection's own CM events (a disconnect) arrive here.
+    pub(super) channel: Arc<EventChannel>,
     pub(super) dev: Arc<Device>,
     /// One response capsule per receive.
     pub(super) recv: DmaBuffer,
@@ -120,7 +93,7 @@ impl RdmaConn {
         let channel = Arc::new(EventChannel::new().map_err(connect_err)?);
         let mut id = CmId::new(&channel).map_err(connect_err)?;
         id.resolve(&channel, &addr, timeout).map_err(connect_err)?;
-        let dev = device(&id)?;
+        let dev = device(&id).map_err(|source| NvmfError::Io { source })?;
         let io = |source| NvmfError::Io { source };
         let entries = entries.max(2);
         let cq = Cq::new(dev.regs.pd(), entries * 3 + 8).map_err(io)?;
@@ -240,6 +213,9 @@ impl RdmaConn {
                 return Err(NvmfError::Timeout("a response"));
             }
             if n == 0 {
+                if let Some(why) = self.channel.connection_gone() {
+                    return Err(NvmfError::Protocol(why));
+                }
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
@@ -255,7 +231,7 @@ impl RdmaConn {
         Ok(Parts {
             id: self.id,
             cq: self.cq,
-            _channel: self.channel,
+            channel: self.channel,
             dev: self.dev,
             recv: self.recv,
             recvs: self.recvs,

@@ -40,6 +40,10 @@ const SLOT: usize = 128;
 const MAX_RETRIES: u8 = 3;
 /// Most completions polled at once.
 const POLL_BATCH: usize = 32;
+/// How often the connection's CM events are looked at: a peer that goes
+/// away while no work is posted (a target process killed with commands in
+/// flight) shows only there, as a disconnect.
+const CM_CHECK: Duration = Duration::from_millis(1);
 
 /// A request's iovecs, kept with its command.
 struct Iovs(Vec<libc::iovec>);
@@ -90,6 +94,7 @@ pub(super) struct NvmeRdmaQueue {
     capsules: DmaBuffer,
     bounce: Vec<Option<DmaBuffer>>,
     retry: Duration,
+    cm_checked: Instant,
 }
 
 // SAFETY: see `Iovs`; the verbs objects are used by one thread at a time.
@@ -144,6 +149,7 @@ impl NvmeRdmaQueue {
             capsules,
             bounce: (0..slots).map(|_| None).collect(),
             retry: spec.retry,
+            cm_checked: Instant::now(),
         })
     }
 
@@ -344,6 +350,20 @@ impl NvmeRdmaQueue {
         }
     }
 
+    /// Whether the connection's CM said it is gone (looked at every
+    /// [`CM_CHECK`]).
+    fn cm_check(&mut self) -> Option<String> {
+        let Link::Up(l) = &self.link else {
+            return None;
+        };
+        let now = Instant::now();
+        if now.duration_since(self.cm_checked) < CM_CHECK {
+            return None;
+        }
+        self.cm_checked = now;
+        l.channel.connection_gone()
+    }
+
     fn on_response(&mut self, cqe: Cqe) {
         let cid = cqe.cid.get();
         let Some(c) = self.cmds.get_mut(usize::from(cid)).and_then(Option::as_mut) else {
@@ -517,6 +537,9 @@ impl BackendQueue for NvmeRdmaQueue {
                 }
             }
             self.on_response(cqe);
+        }
+        if lost.is_none() {
+            lost = self.cm_check();
         }
         if let Some(why) = lost {
             self.link_lost(&why);
