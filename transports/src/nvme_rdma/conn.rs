@@ -74,6 +74,8 @@ pub(crate) struct RdmaConn {
     cid: u16,
     /// Completions polled but not yet consumed by the control path.
     pending: Vec<rdma::WorkDone>,
+    /// The RDMA CM said the connection is gone (and why).
+    gone: Option<String>,
 }
 
 impl RdmaConn {
@@ -119,6 +121,7 @@ impl RdmaConn {
             data: dma(CTRL_DATA)?,
             cid: 0,
             pending: Vec::new(),
+            gone: None,
         };
         for i in 0..entries {
             c.post_recv(i)?;
@@ -213,8 +216,15 @@ impl RdmaConn {
                 return Err(NvmfError::Timeout("a response"));
             }
             if n == 0 {
-                if let Some(why) = self.channel.connection_gone() {
-                    return Err(NvmfError::Protocol(why));
+                if let Some(why) = &self.gone {
+                    tracing::debug!("NVMe/RDMA connection closed: {why}");
+                    return Err(NvmfError::Closed);
+                }
+                // Disconnected: what the peer sent before (a response
+                // saying why) is still read, with one more poll.
+                self.gone = self.channel.connection_gone();
+                if self.gone.is_some() {
+                    continue;
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }

@@ -57,6 +57,14 @@ pub enum NvmfError {
     /// The target closed the connection.
     #[error("connection closed by the target")]
     Closed,
+    /// The controller closed the connection after the host's DH-HMAC-CHAP
+    /// reply: a refusal that did not say so (Linux's target over RDMA
+    /// disconnects before its failure message goes out).
+    #[error("DH-HMAC-CHAP on queue {qid}: the controller closed the connection after the host's reply (it refused authentication)")]
+    AuthClosed {
+        /// The queue.
+        qid: u16,
+    },
     /// Nothing arrived in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
@@ -198,7 +206,11 @@ pub(crate) trait Channel: Send {
             Err(e) => return Err(self.auth_failed(&t, qid, e)),
         };
         self.auth_send(&reply)?;
-        let success1 = self.auth_recv()?;
+        let success1 = match self.auth_recv() {
+            Ok(m) => m,
+            Err(NvmfError::Closed) => return Err(NvmfError::AuthClosed { qid }),
+            Err(e) => return Err(e),
+        };
         match t.finish(&success1) {
             Ok(Some(success2)) => self.auth_send(&success2)?,
             Ok(None) => {}
@@ -207,7 +219,7 @@ pub(crate) trait Channel: Send {
         if let Some((hash, group)) = t.negotiated() {
             tracing::debug!(
                 qid, %hash, %group, bidirectional = secrets.ctrl.is_some(),
-                "NVMe/TCP queue authenticated (DH-HMAC-CHAP)"
+                "queue authenticated (DH-HMAC-CHAP)"
             );
         }
         Ok(())
