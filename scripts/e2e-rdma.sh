@@ -21,19 +21,9 @@ rm -rf "$logs"
 mkdir -p "$logs"
 t0=$(now)
 bash vm-images/build-rdma.sh > /dev/null
-bins=(socp leapio leapio-perf leapioctl)
-for b in "${bins[@]}"; do
-    [[ -x target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio -p leapio-tests -p leapio-service)"
-done
 # the programs, for the guest: an archive appended to its initramfs
-st=$logs/root
-mkdir -p "$st/usr/bin" "$st/usr/lib/x86_64-linux-gnu"
-for b in "${bins[@]}"; do
-    strip -o "$st/usr/bin/$b" "target/release/$b"
-done
-cp -L "$LEAPIO_ROOT/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$st/usr/lib/x86_64-linux-gnu/"
 extra=$LEAPIO_DATA/images/e2e-rdma.cpio
-(cd "$st" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0) > "$extra"
+rdma_programs_cpio "$logs/root" "$extra"
 glog=$logs/guest.log
 grc=0
 # DH-HMAC-CHAP secrets for rdma_auth: the host's, the controller's, a wrong one

@@ -15,6 +15,7 @@ usage: guestlog.py COMMAND LOG [args]
                               one JSON object on the last line (--set adds
                               fields; VALUE is JSON or a string)
   kernel LOG                  {"guest_io_errors":N,"guest_nvme_resets":M}
+  rdma-table LOG              the figures of the rdmabench job, markdown
 Only the Python standard library is used.
 """
 import json
@@ -261,6 +262,61 @@ def bench_table(accel, runtime, as_json):
     return 0
 
 
+def find_key(d, key):
+    """The first value of `key` anywhere in nested dicts and lists."""
+    if isinstance(d, dict):
+        if key in d:
+            return d[key]
+        d = list(d.values())
+    if isinstance(d, list):
+        for v in d:
+            r = find_key(v, key)
+            if r is not None:
+                return r
+    return None
+
+
+def rdma_table(blocks):
+    """Rows (host, target, qd, iops, p50 us, p99 us) of the rdmabench job,
+    then the ratios and the bytes copied per I/O."""
+    rows, figs = [], {}
+    hosts = {"linux": "Linux nvme-rdma (fio, libaio)",
+             "socp": "socp nvme-rdma: backend (leapio-perf --backend)"}
+    targets = {"nvmet": "Linux nvmet-rdma", "socp": "socp --rdma-target"}
+    for host in ("linux", "socp"):
+        for tgt in ("nvmet", "socp"):
+            for qd in (1, 32):
+                kind = "fio" if host == "linux" else "perf"
+                d = load_json(blocks.get(("rdmabench", f"{kind}-{host}-{tgt}-qd{qd}")))
+                if d is None:
+                    continue
+                if kind == "fio":
+                    r = d["jobs"][0]["read"]
+                    pct = r["lat_ns"].get("percentile", {})
+                    fig = (r["iops"], pct.get("50.000000", 0) / 1e3, pct.get("99.000000", 0) / 1e3)
+                else:
+                    fig = (d["iops"], d["latency"]["p50_us"], d["latency"]["p99_us"])
+                figs[(host, tgt, qd)] = fig
+                rows.append(f"| {hosts[host]} | {targets[tgt]} | {qd} | {fig[0]:.0f} | {fig[1]:.0f} | {fig[2]:.0f} |")
+    out = ["| host | target | QD | IOPS | p50 us | p99 us |", "|---|---|---|---|---|---|"] + rows
+    out.append("")
+    for qd in (1, 32):
+        a, b = figs.get(("socp", "nvmet", qd)), figs.get(("linux", "nvmet", qd))
+        if a and b and b[0] and b[1]:
+            out.append(f"- hosts on nvmet-rdma, QD{qd}: socp / Linux IOPS {a[0] / b[0]:.2f}x, p50 {a[1] / b[1]:.2f}x")
+        a, b = figs.get(("linux", "socp", qd)), figs.get(("linux", "nvmet", qd))
+        if a and b and b[0] and b[1]:
+            out.append(f"- targets under Linux's host, QD{qd}: socp / nvmet-rdma IOPS {a[0] / b[0]:.2f}x, p50 {a[1] / b[1]:.2f}x")
+    perf = load_json(blocks.get(("rdmabench", "perf-guest-nvmet-qd32")))
+    st = load_json(blocks.get(("rdmabench", "status-guest")))
+    copied = find_key(st, "copied_bytes") if st else None
+    if perf and copied is not None and perf.get("ios"):
+        out.append(f"- bytes socp copied per I/O (leapio serving nvme-rdma: to a guest, QD32 4 KiB randrw, "
+                   f"{perf['ios']} I/Os): {copied / perf['ios']:.1f} ({copied} in all)")
+    print("\n".join(out))
+    return 0 if rows else 1
+
+
 def main(argv):
     if len(argv) < 3 or argv[1] in ("-h", "--help"):
         print(__doc__)
@@ -292,6 +348,8 @@ def main(argv):
     if cmd == "kernel":
         print(json.dumps(kernel(events)))
         return 0
+    if cmd == "rdma-table":
+        return rdma_table(blocks)
     if cmd == "summary":
         rest = argv[3:]
         as_json = "--json" in rest

@@ -401,3 +401,21 @@ k = os.urandom(int(sys.argv[1]))
 print("DHHC-1:%s:%s:" % (sys.argv[2], base64.b64encode(k + zlib.crc32(k).to_bytes(4, "little")).decode()))
 ' "$1" "$2"
 }
+
+# rdma_programs_cpio DIR OUT: socp, leapio, leapio-perf and leapioctl
+# (release, stripped) and the C runtime's libgcc_s, staged in DIR, as a cpio
+# archive OUT to append to the RDMA guest's initramfs (run-guest.sh
+# --extra-initrd)
+rdma_programs_cpio() {
+    local st=$1 out=$2 b bins=(socp leapio leapio-perf leapioctl)
+    for b in "${bins[@]}"; do
+        [[ -x $LEAPIO_REPO/target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio -p leapio-tests -p leapio-service)"
+    done
+    rm -rf "$st"
+    mkdir -p "$st/usr/bin" "$st/usr/lib/x86_64-linux-gnu"
+    for b in "${bins[@]}"; do
+        strip -o "$st/usr/bin/$b" "$LEAPIO_REPO/target/release/$b"
+    done
+    cp -L "$LEAPIO_ROOT/usr/lib/x86_64-linux-gnu/libgcc_s.so.1" "$st/usr/lib/x86_64-linux-gnu/"
+    (cd "$st" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0) > "$out"
+}

@@ -272,4 +272,5 @@ fn main() {
     leapio_fuzz::seeds::nvme(&|t, s| w.put(t, s));
     leapio_fuzz::seeds::vfio(&|t, s| w.put(t, s));
     leapio_fuzz::seeds::tcp(&|t, s| w.put(t, s));
+    leapio_fuzz::seeds::rdma(&|t, s| w.put(t, s));
 }

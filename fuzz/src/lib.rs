@@ -5,6 +5,8 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+pub mod fabrics;
+pub mod rdma;
 pub mod seeds;
 pub mod tcp;
 pub mod vfio;

@@ -174,3 +174,36 @@ pub fn tcp(sink: &Sink<'_>) {
     digests[0] = 3;
     sink("tcp_host", &[h, digests]);
 }
+
+pub fn rdma(sink: &Sink<'_>) {
+    // rdma_target: queues, then [kind][queue][capsule choices...].
+    let mut t = vec![1u8]; // two queues
+    let keyed = |t: &mut Vec<u8>, addr: u64| {
+        t.push(0); // a keyed descriptor
+        t.extend(addr.to_le_bytes());
+        t.extend(0x1234u32.to_le_bytes());
+    };
+    t.extend([0, 0, 0, 0, 0, 31, 0x10, 0x27, 0]); // admin Connect, KATO 10 s
+    t.extend([0, 0, 1, 0, 0, 0]); // CC.EN = 1
+    t.extend([0, 0, 2, 0x1c, 0]); // CSTS
+    t.extend([0, 0, 6, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x10]); // Identify Controller
+    keyed(&mut t, 0x10_0000);
+    t.extend([12, 0]); // the backends complete
+    t.extend([0, 1, 0, 1, 200, 0, 31, 0, 0, 0]); // I/O Connect, cntlid 1
+                                                 // Write a block by RDMA READ, the READ completes, read it back by
+                                                 // RDMA WRITE.
+    t.extend([0, 1, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    keyed(&mut t, 0x20_0000);
+    t.extend([10, 1, 12, 0]);
+    t.extend([0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    keyed(&mut t, 0x30_0000);
+    // Write a block in the capsule.
+    t.extend([0, 1, 3, 1, 0, 0, 0, 0, 0, 0, 1]);
+    t.extend([0xa5; 512]);
+    t.extend([0, 0]);
+    // A write whose READ never completes: the host goes away.
+    t.extend([0, 1, 3, 1, 0, 0, 0, 1, 0, 0, 0, 0]);
+    keyed(&mut t, 0x40_0000);
+    t.extend([12, 0, 15, 1]);
+    sink("rdma_target", &[t]);
+}

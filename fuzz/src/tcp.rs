@@ -1,19 +1,16 @@
 //! NVMe/TCP PDUs as a host (to the target) and as a target (to the host),
 //! for the fuzz targets and their seeds.
 
+use crate::fabrics::{self, Data};
 use crate::Input;
-use leapio_nvme::fabrics::{
-    ConnectCmd, ConnectData, FcType, PropertyCmd, SglDescriptor, FABRICS_OPCODE,
-};
+use leapio_nvme::fabrics::SglDescriptor;
 use leapio_nvme::tcp::{
     write_pdu, CapsuleCmd, CapsuleResp, DataHdr, Digests, IcReq, PduFlags, PduType, R2t, TermReq,
 };
-use leapio_nvme::{AdminOpcode, IoOpcode, Sqe};
-use zerocopy::{FromBytes, IntoBytes};
+use leapio_nvme::Sqe;
+use zerocopy::IntoBytes;
 
-/// The subsystem the target harness serves, and a host NQN.
-pub const SUBNQN: &str = "nqn.2026-11.io.leapio:fuzz";
-pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:fuzz";
+pub use crate::fabrics::{HOSTNQN, SUBNQN};
 
 pub fn icreq(hpda: u8, dgst: u8) -> Vec<u8> {
     let mut req = IcReq::new();
@@ -32,27 +29,10 @@ pub fn capsule(sqe: &Sqe, data: &[u8], dg: Digests) -> Vec<u8> {
     out
 }
 
-fn put_nqn(field: &mut [u8], nqn: &str) {
-    field[..nqn.len()].copy_from_slice(nqn.as_bytes());
-}
-
 /// A Connect capsule with its data in the capsule.
 pub fn connect(cid: u16, qid: u16, sqsize: u16, cntlid: u16, kato: u32, dg: Digests) -> Vec<u8> {
-    let mut c = ConnectCmd::read_from_bytes(&[0u8; 64][..]).expect("64 bytes");
-    c.opcode = FABRICS_OPCODE;
-    c.fctype = FcType::CONNECT;
-    c.cid = cid.into();
-    c.qid = qid.into();
-    c.sqsize = sqsize.into();
-    c.kato = kato.into();
-    let mut d = ConnectData::zeroed();
-    d.hostid = [7; 16];
-    d.cntlid = cntlid.into();
-    put_nqn(&mut d.subnqn, SUBNQN);
-    put_nqn(&mut d.hostnqn, HOSTNQN);
-    let mut sqe = Sqe::read_from_bytes(c.as_bytes()).expect("64 bytes");
-    SglDescriptor::in_capsule(0, 1024).store(&mut sqe);
-    capsule(&sqe, d.as_bytes(), dg)
+    let (sqe, data) = fabrics::connect(cid, qid, sqsize, cntlid, kato);
+    capsule(&sqe, &data, dg)
 }
 
 /// Property Set (`fctype` PROPERTY_SET) or Get.
@@ -64,15 +44,11 @@ pub fn property(
     value: u64,
     dg: Digests,
 ) -> Vec<u8> {
-    let mut p = PropertyCmd::read_from_bytes(&[0u8; 64][..]).expect("64 bytes");
-    p.opcode = FABRICS_OPCODE;
-    p.fctype = fctype;
-    p.cid = cid.into();
-    p.attrib = u8::from(size8);
-    p.offset = offset.into();
-    p.value = value.into();
-    let sqe = Sqe::read_from_bytes(p.as_bytes()).expect("64 bytes");
-    capsule(&sqe, &[], dg)
+    capsule(
+        &fabrics::property(cid, fctype, offset, size8, value),
+        &[],
+        dg,
+    )
 }
 
 pub fn h2c_data(cid: u16, ttag: u16, datao: u32, data: &[u8], last: bool, dg: Digests) -> Vec<u8> {
@@ -119,95 +95,6 @@ pub fn host_pdu(input: &mut Input<'_>, dg: &mut Digests, cid: &mut u16) -> Vec<u
             *dg = Digests::from_dgst(dgst);
             icreq(if input.u8() < 240 { 0 } else { input.u8() }, dgst)
         }
-        1 => {
-            let qid = u16::from(input.u8() % 6);
-            let cntlid = if input.u8() < 200 {
-                0xffff
-            } else {
-                1 + u16::from(input.u8() % 4)
-            };
-            connect(
-                c,
-                qid,
-                1 + u16::from(input.u8() % 40),
-                cntlid,
-                u32::from(input.u16()),
-                *dg,
-            )
-        }
-        2 => {
-            // CC.EN (and sometimes shutdown), or anything.
-            let (off, v) = if input.u8() < 200 {
-                (0x14, 0x0046_0001 | (u64::from(input.u8() & 3) << 14))
-            } else {
-                (u32::from(input.u8()), input.u64())
-            };
-            property(c, FcType::PROPERTY_SET, off, input.bool(), v, *dg)
-        }
-        3 => {
-            let off = u32::from(input.u8() % 0x40) & !3;
-            property(c, FcType::PROPERTY_GET, off, input.bool(), 0, *dg)
-        }
-        4 | 5 => {
-            // I/O: read, write (in capsule or by R2T), flush, write zeroes, DSM.
-            let op = [
-                IoOpcode::READ,
-                IoOpcode::WRITE,
-                IoOpcode::WRITE,
-                IoOpcode::FLUSH,
-                IoOpcode::WRITE_ZEROES,
-                IoOpcode::DATASET_MANAGEMENT,
-                IoOpcode::READ,
-                input.u8(),
-            ][usize::from(input.u8() % 8)];
-            let nsid = [1, 1, 2, 0, 3, u32::MAX, 1, 2][usize::from(input.u8() % 8)];
-            let slba = u64::from(input.u16() % 2048);
-            let nlb = u32::from(input.u8() % 16);
-            let bs = if nsid == 2 { 4096 } else { 512 };
-            let len = (nlb + 1) * bs;
-            let sqe = Sqe {
-                opcode: op,
-                cid: c.into(),
-                nsid: nsid.into(),
-                cdw10: (slba as u32).into(),
-                cdw11: u32::from(input.u8() & 4).into(),
-                cdw12: (nlb | (u32::from(input.u8() & 0xc0) << 24)).into(),
-                ..Default::default()
-            };
-            let inline_len = if op == IoOpcode::WRITE && input.bool() {
-                usize::try_from(len.min(8192)).unwrap_or(0)
-            } else if op == IoOpcode::DATASET_MANAGEMENT {
-                16
-            } else {
-                0
-            };
-            let inline = input.bytes(inline_len).to_vec();
-            let transfer = if input.u8() < 230 { len } else { input.u32() };
-            command(sqe, &inline, transfer, *dg)
-        }
-        6 => {
-            // Admin: Identify, logs, features, keep alive, AER, anything.
-            let op = [
-                AdminOpcode::IDENTIFY,
-                AdminOpcode::GET_LOG_PAGE,
-                AdminOpcode::GET_FEATURES,
-                AdminOpcode::SET_FEATURES,
-                AdminOpcode::KEEP_ALIVE,
-                AdminOpcode::ASYNC_EVENT_REQUEST,
-                AdminOpcode::IDENTIFY,
-                input.u8(),
-            ][usize::from(input.u8() % 8)];
-            let sqe = Sqe {
-                opcode: op,
-                cid: c.into(),
-                nsid: u32::from(input.u8() % 4).into(),
-                cdw10: (u32::from(input.u8()) | (u32::from(input.u16() % 0x400) << 16)).into(),
-                cdw11: u32::from(input.u16()).into(),
-                cdw12: u32::from(input.u16()).into(),
-                ..Default::default()
-            };
-            command(sqe, &[], u32::from(input.u16()), *dg)
-        }
         7 => {
             let len = input.below(4097);
             let data = input.bytes(len).to_vec();
@@ -223,12 +110,19 @@ pub fn host_pdu(input: &mut Input<'_>, dg: &mut Digests, cid: &mut u16) -> Vec<u
                 *dg,
             )
         }
-        8 => {
-            let fc =
-                [FcType::DISCONNECT, FcType::AUTH_SEND, input.u8()][usize::from(input.u8() % 3)];
-            property(c, fc, 0, false, 0, *dg)
-        }
         9 => term_req(PduType::H2C_TERM_REQ, input.u16()),
+        k @ 1..=8 => {
+            // 1..=6 and 8: Connect, properties, I/O (twice as often), admin,
+            // other Fabrics commands.
+            let choice = [0, 0, 1, 2, 3, 3, 4, 0, 5][usize::from(k)];
+            match fabrics::command(input, choice, c) {
+                (sqe, Data::Capsule(d)) => capsule(&sqe, &d, *dg),
+                (mut sqe, Data::Transfer(n)) => {
+                    SglDescriptor::transport(n).store(&mut sqe);
+                    capsule(&sqe, &[], *dg)
+                }
+            }
+        }
         _ => {
             let len = input.below(200);
             input.bytes(len).to_vec()

@@ -8,5 +8,8 @@
 pub mod admin;
 pub mod config;
 pub mod data;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod queue;
 pub mod subsystem;

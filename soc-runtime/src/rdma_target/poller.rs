@@ -393,29 +393,14 @@ impl RdmaPoller {
             };
             let _ = id.reject(r.as_bytes());
         };
-        let Ok((req, _)) = CmRequest::read_from_prefix(&ev.private) else {
-            reject(&id, REJECT_INVALID_RECFMT, "no NVMe/RDMA private data");
-            return;
+        let live = self.conns.iter().flatten().count();
+        let hrqsize = match check_request(&ev.private, self.sub.limits.queue_entries, live) {
+            Ok(n) => n,
+            Err((sts, why)) => {
+                reject(&id, sts, why);
+                return;
+            }
         };
-        if req.recfmt.get() != RECFMT {
-            reject(&id, REJECT_INVALID_RECFMT, "unknown record format");
-            return;
-        }
-        let entries = self.sub.limits.queue_entries;
-        let hrqsize = u32::from(req.hrqsize.get());
-        let hsqsize = u32::from(req.hsqsize.get());
-        if hsqsize + 1 > entries || hsqsize == 0 {
-            reject(&id, REJECT_INVALID_HSQSIZE, "HSQSIZE out of range");
-            return;
-        }
-        if hrqsize < hsqsize + 1 || hrqsize > entries + 1 {
-            reject(&id, REJECT_INVALID_HRQSIZE, "HRQSIZE out of range");
-            return;
-        }
-        if self.conns.iter().flatten().count() >= MAX_CONNS {
-            reject(&id, REJECT_NO_RESOURCES, "too many connections");
-            return;
-        }
         match self.accept(id, hrqsize) {
             Ok(()) => {}
             Err((id, e)) => reject(&id, REJECT_NO_RESOURCES, &e.to_string()),
@@ -676,6 +661,30 @@ impl RdmaPoller {
     }
 }
 
+/// Check a connection request's private data (NVMe/RDMA's record) against
+/// the target's queue entries and its live connections: the number of
+/// receives to post (HRQSIZE), or the reject status and why.
+fn check_request(private: &[u8], entries: u32, live: usize) -> Result<u32, (u16, &'static str)> {
+    let Ok((req, _)) = CmRequest::read_from_prefix(private) else {
+        return Err((REJECT_INVALID_RECFMT, "no NVMe/RDMA private data"));
+    };
+    if req.recfmt.get() != RECFMT {
+        return Err((REJECT_INVALID_RECFMT, "unknown record format"));
+    }
+    let hrqsize = u32::from(req.hrqsize.get());
+    let hsqsize = u32::from(req.hsqsize.get());
+    if hsqsize == 0 || hsqsize + 1 > entries {
+        return Err((REJECT_INVALID_HSQSIZE, "HSQSIZE out of range"));
+    }
+    if hrqsize < hsqsize + 1 || hrqsize > entries + 1 {
+        return Err((REJECT_INVALID_HRQSIZE, "HRQSIZE out of range"));
+    }
+    if live >= MAX_CONNS {
+        return Err((REJECT_NO_RESOURCES, "too many connections"));
+    }
+    Ok(hrqsize)
+}
+
 impl Link {
     /// The identifier, taken out to reject with (the rest is dropped).
     fn id_take(self) -> CmId {
@@ -695,4 +704,80 @@ fn post_recv(l: &Link, i: u32) -> std::io::Result<()> {
     let len = u32::try_from(l.capsule).unwrap_or(0);
     // SAFETY: the receive buffer is registered and lives as long as the QP.
     unsafe { rdma::post_recv(l.id.qp(), RECV | u64::from(i), p, len, lkey) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(recfmt: u16, hrqsize: u16, hsqsize: u16) -> Vec<u8> {
+        CmRequest {
+            recfmt: recfmt.into(),
+            hrqsize: hrqsize.into(),
+            hsqsize: hsqsize.into(),
+            cntlid: 0xffff.into(),
+            ..Default::default()
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    #[test]
+    fn a_linux_style_request_is_accepted() {
+        // Linux's host: HRQSIZE = queue size, HSQSIZE = queue size - 1.
+        assert_eq!(check_request(&request(0, 128, 127), 128, 0), Ok(128));
+        assert_eq!(check_request(&request(0, 32, 31), 128, 5), Ok(32));
+    }
+
+    #[test]
+    fn bad_records_are_refused_with_their_status() {
+        let short = &request(0, 32, 31)[..6];
+        assert_eq!(
+            check_request(short, 128, 0).unwrap_err().0,
+            REJECT_INVALID_RECFMT
+        );
+        assert_eq!(
+            check_request(&[], 128, 0).unwrap_err().0,
+            REJECT_INVALID_RECFMT
+        );
+        assert_eq!(
+            check_request(&request(1, 32, 31), 128, 0).unwrap_err().0,
+            REJECT_INVALID_RECFMT
+        );
+        // HSQSIZE of 0, or beyond the target's queue entries.
+        assert_eq!(
+            check_request(&request(0, 1, 0), 128, 0).unwrap_err().0,
+            REJECT_INVALID_HSQSIZE
+        );
+        assert_eq!(
+            check_request(&request(0, 200, 199), 128, 0).unwrap_err().0,
+            REJECT_INVALID_HSQSIZE
+        );
+        assert_eq!(
+            check_request(&request(0, u16::MAX, u16::MAX), 128, 0)
+                .unwrap_err()
+                .0,
+            REJECT_INVALID_HSQSIZE
+        );
+        // HRQSIZE below the commands the host may send, or above the queue.
+        assert_eq!(
+            check_request(&request(0, 31, 31), 128, 0).unwrap_err().0,
+            REJECT_INVALID_HRQSIZE
+        );
+        assert_eq!(
+            check_request(&request(0, 130, 31), 128, 0).unwrap_err().0,
+            REJECT_INVALID_HRQSIZE
+        );
+    }
+
+    #[test]
+    fn connections_are_bounded() {
+        assert!(check_request(&request(0, 32, 31), 128, MAX_CONNS - 1).is_ok());
+        assert_eq!(
+            check_request(&request(0, 32, 31), 128, MAX_CONNS)
+                .unwrap_err()
+                .0,
+            REJECT_NO_RESOURCES
+        );
+    }
 }
