@@ -3,7 +3,8 @@
 # kernel (soft-RoCE over a veth pair; vm-images/build-rdma.sh): socp's host
 # backend and socp's target, against Linux's and each other: Linux's host
 # on socp's target (discover, connect, fio verify), DH-HMAC-CHAP, socp's
-# target killed and restarted under a verifying host (see the `rdma` job
+# target killed and restarted under a verifying host, hostile hosts beside
+# a well-behaved one (see the `rdma` job
 # in vm-images/init). One boot for every test.
 #
 # usage: bash scripts/e2e-rdma.sh

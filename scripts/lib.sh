@@ -402,12 +402,12 @@ print("DHHC-1:%s:%s:" % (sys.argv[2], base64.b64encode(k + zlib.crc32(k).to_byte
 ' "$1" "$2"
 }
 
-# rdma_programs_cpio DIR OUT: socp, leapio, leapio-perf and leapioctl
-# (release, stripped) and the C runtime's libgcc_s, staged in DIR, as a cpio
+# rdma_programs_cpio DIR OUT: socp, leapio, leapio-perf, leapioctl and
+# leapio-hostile (release, stripped) and the C runtime's libgcc_s, staged in DIR, as a cpio
 # archive OUT to append to the RDMA guest's initramfs (run-guest.sh
 # --extra-initrd)
 rdma_programs_cpio() {
-    local st=$1 out=$2 b bins=(socp leapio leapio-perf leapioctl)
+    local st=$1 out=$2 b bins=(socp leapio leapio-perf leapioctl leapio-hostile)
     for b in "${bins[@]}"; do
         [[ -x $LEAPIO_REPO/target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio -p leapio-tests -p leapio-service)"
     done

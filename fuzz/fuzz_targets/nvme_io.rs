@@ -13,13 +13,13 @@
 
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::Access;
+use leapio_backends::IoKind;
+use leapio_controller::nvm::{plan, Op, Plan, PrpData, Settings};
+use leapio_controller::NamespaceInfo;
 use leapio_fuzz::guest::{self, Memory};
 use leapio_fuzz::Input;
-use leapio_controller::NamespaceInfo;
 use leapio_nvme::{IoOpcode, Sqe};
-use leapio_backends::IoKind;
 use libfuzzer_sys::fuzz_target;
-use leapio_controller::nvm::{plan, Op, Plan, PrpData, Settings};
 use std::cell::RefCell;
 
 thread_local! {

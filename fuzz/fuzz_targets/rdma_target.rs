@@ -117,7 +117,11 @@ fuzz_target!(|data: &[u8]| {
     for s in &steps {
         if let Step::Capsule { conn, bytes } = s {
             if let Ok((sqe, _)) = Sqe::read_from_prefix(bytes) {
-                hosts[*conn].outstanding.entry(sqe.cid.get()).or_insert((sqe, 0)).1 += 1;
+                hosts[*conn]
+                    .outstanding
+                    .entry(sqe.cid.get())
+                    .or_insert((sqe, 0))
+                    .1 += 1;
             }
         }
     }

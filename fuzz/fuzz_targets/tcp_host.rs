@@ -13,11 +13,11 @@
 //! bytes from the target.
 #![no_main]
 
+use leapio_backends::nvme_tcp::fuzzing::{HostQueue, BLOCK_SIZE, BUFFER};
+use leapio_backends::IoKind;
 use leapio_fuzz::tcp::target_pdu;
 use leapio_fuzz::Input;
 use leapio_nvme::tcp::Digests;
-use leapio_backends::nvme_tcp::fuzzing::{HostQueue, BLOCK_SIZE, BUFFER};
-use leapio_backends::IoKind;
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
 

@@ -5,9 +5,7 @@
 //! blocks, NVMe/RDMA keyed descriptors).
 
 use crate::Input;
-use leapio_nvme::fabrics::{
-    ConnectCmd, ConnectData, FcType, PropertyCmd, SglDescriptor, FABRICS_OPCODE,
-};
+use leapio_nvme::fabrics::{self, FcType, PropertyCmd, SglDescriptor, FABRICS_OPCODE};
 use leapio_nvme::{AdminOpcode, IoOpcode, Sqe};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -23,24 +21,10 @@ pub enum Data {
     Transfer(u32),
 }
 
-fn put_nqn(field: &mut [u8], nqn: &str) {
-    field[..nqn.len()].copy_from_slice(nqn.as_bytes());
-}
-
 /// A Connect command with its data in the capsule.
 pub fn connect(cid: u16, qid: u16, sqsize: u16, cntlid: u16, kato: u32) -> (Sqe, Vec<u8>) {
-    let mut c = ConnectCmd::new_zeroed();
-    c.opcode = FABRICS_OPCODE;
-    c.fctype = FcType::CONNECT;
+    let (mut c, d) = fabrics::connect(qid, sqsize, kato, [7; 16], cntlid, HOSTNQN, SUBNQN);
     c.cid = cid.into();
-    c.qid = qid.into();
-    c.sqsize = sqsize.into();
-    c.kato = kato.into();
-    let mut d = ConnectData::new_zeroed();
-    d.hostid = [7; 16];
-    d.cntlid = cntlid.into();
-    put_nqn(&mut d.subnqn, SUBNQN);
-    put_nqn(&mut d.hostnqn, HOSTNQN);
     let mut sqe = Sqe::read_from_bytes(c.as_bytes()).expect("64 bytes");
     SglDescriptor::in_capsule(0, 1024).store(&mut sqe);
     (sqe, d.as_bytes().to_vec())

@@ -183,6 +183,32 @@ pub fn put_nqn(field: &mut [u8], s: &str) {
     field[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
+/// A Connect command for queue `qid` (SQSIZE `sqsize`, 0's based; KATO
+/// `kato` ms) and its data: host `hostid` (`hostnqn`) asks for controller
+/// `cntlid` of `subnqn`. CID and SGL1 are the transport's to set.
+pub fn connect(
+    qid: u16,
+    sqsize: u16,
+    kato: u32,
+    hostid: [u8; 16],
+    cntlid: u16,
+    hostnqn: &str,
+    subnqn: &str,
+) -> (ConnectCmd, ConnectData) {
+    let mut c = ConnectCmd::new_zeroed();
+    c.opcode = FABRICS_OPCODE;
+    c.fctype = FcType::CONNECT;
+    c.qid = qid.into();
+    c.sqsize = sqsize.into();
+    c.kato = kato.into();
+    let mut d = ConnectData::new_zeroed();
+    d.hostid = hostid;
+    d.cntlid = cntlid.into();
+    put_nqn(&mut d.subnqn, subnqn);
+    put_nqn(&mut d.hostnqn, hostnqn);
+    (c, d)
+}
+
 /// Property Get (FCTYPE 04h) and Property Set (FCTYPE 00h).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -405,6 +405,27 @@ impl CmId {
         private: &[u8],
         timeout: Duration,
     ) -> io::Result<Vec<u8>> {
+        let ev = self.request(channel, private, timeout)?;
+        match ev.kind {
+            event::ESTABLISHED => Ok(ev.private),
+            _ => Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "connection rejected (status {}, private data {:02x?})",
+                    ev.status, ev.private
+                ),
+            )),
+        }
+    }
+
+    /// Send a connection request with `private` data and wait for its
+    /// answer: the ESTABLISHED or REJECTED event (any other is an error).
+    pub fn request(
+        &self,
+        channel: &EventChannel,
+        private: &[u8],
+        timeout: Duration,
+    ) -> io::Result<CmEvent> {
         let mut p = conn_param(private);
         // SAFETY: the identifier is valid; the parameters and the private
         // data live through the call (the library copies them).
@@ -423,14 +444,7 @@ impl CmId {
                 continue;
             }
             return match ev.kind {
-                event::ESTABLISHED => Ok(ev.private),
-                event::REJECTED => Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "connection rejected (status {}, private data {:02x?})",
-                        ev.status, ev.private
-                    ),
-                )),
+                event::ESTABLISHED | event::REJECTED => Ok(ev),
                 k => Err(io::Error::other(format!(
                     "connecting: {} (status {})",
                     event_name(k),

@@ -4,9 +4,8 @@
 use super::{TargetSpec, TcpTarget};
 use leapio_nvme::cmd::FeatureId;
 use leapio_nvme::fabrics::{
-    put_nqn, ConnectCmd, ConnectData, DiscoveryLogEntry, DiscoveryLogHeader, FabricsStatus, FcType,
-    IdentifyFabrics, PropertyCmd, SglDescriptor, CNTLID_DYNAMIC, DISCOVERY_NQN, FABRICS_OPCODE,
-    LID_DISCOVERY,
+    DiscoveryLogEntry, DiscoveryLogHeader, FabricsStatus, FcType, IdentifyFabrics, PropertyCmd,
+    SglDescriptor, CNTLID_DYNAMIC, DISCOVERY_NQN, FABRICS_OPCODE, LID_DISCOVERY,
 };
 use leapio_nvme::identify::{IdentifyController, IdentifyNamespace};
 use leapio_nvme::regs::{csts, offset};
@@ -251,20 +250,11 @@ impl Host {
     }
 
     fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str, hostnqn: &str, kato: u32) -> Cqe {
-        let mut c = ConnectCmd::read_from_bytes(&[0u8; 64][..]).unwrap();
-        c.opcode = FABRICS_OPCODE;
-        c.fctype = FcType::CONNECT;
-        c.qid = qid.into();
-        c.sqsize = 31.into();
-        c.kato = kato.into();
+        let (mut c, d) =
+            leapio_nvme::fabrics::connect(qid, 31, kato, [7; 16], cntlid, hostnqn, subnqn);
         if qid != 0 && self.sqflow_disabled {
             c.cattr = leapio_nvme::fabrics::CATTR_DISABLE_SQFLOW;
         }
-        let mut d = ConnectData::zeroed();
-        d.hostid = [7; 16];
-        d.cntlid = cntlid.into();
-        put_nqn(&mut d.subnqn, subnqn);
-        put_nqn(&mut d.hostnqn, hostnqn);
         let sqe = Sqe::read_from_bytes(c.as_bytes()).unwrap();
         let data = d.as_bytes().to_vec();
         self.cmd(sqe, Out::InCapsule(&data), 0).0

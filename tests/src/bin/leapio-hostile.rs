@@ -14,10 +14,12 @@
 //!   leapio-hostile slow-reader ADDR NQN
 //!                                    an NVMe/TCP host that sends 128 KiB reads, beyond
 //!                                    its queue size, and never reads its socket
+//!   leapio-hostile rdma ADDR NQN     NVMe/RDMA hosts that break the protocol, one after
+//!                                    another (hostile/rdma.rs); the last, which posts
+//!                                    no receives, holds its connection `--seconds`
 
 use leapio_nvme::fabrics::{
-    put_nqn, ConnectCmd, ConnectData, FcType, PropertyCmd, SglDescriptor, CNTLID_DYNAMIC,
-    FABRICS_OPCODE,
+    self as fabrics, FcType, PropertyCmd, SglDescriptor, CNTLID_DYNAMIC, FABRICS_OPCODE,
 };
 use leapio_nvme::regs::offset;
 use leapio_nvme::tcp::{write_pdu, CapsuleCmd, Digests};
@@ -30,6 +32,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+#[path = "hostile/rdma.rs"]
+mod rdma;
 
 const HOSTNQN: &str = "nqn.2026-11.io.leapio:hostile";
 const IRQ_MSIX: u32 = 2;
@@ -53,7 +58,8 @@ fn main() -> ExitCode {
         ["dma-flood", sock] => dma_flood(Path::new(sock), until),
         ["half-open", addr] => half_open(addr, until),
         ["slow-reader", addr, nqn] => slow_reader(addr, nqn, until),
-        _ => Err("usage: leapio-hostile busy SOCK | irq SOCK | dma-flood SOCK | half-open ADDR | slow-reader ADDR NQN [--seconds S]".into()),
+        ["rdma", addr, nqn] => rdma::run(addr, nqn, Duration::from_secs_f64(secs)),
+        _ => Err("usage: leapio-hostile busy SOCK | irq SOCK | dma-flood SOCK | half-open ADDR | slow-reader ADDR NQN | rdma ADDR NQN [--seconds S]".into()),
     };
     match r {
         Ok(what) => {
@@ -189,16 +195,7 @@ fn tcp_connect(s: &mut TcpStream, nqn: &str, qid: u16, cntlid: u16) -> Result<u1
     let mut resp = [0u8; 128];
     s.read_exact(&mut resp)
         .map_err(|e| format!("ICResp: {e}"))?;
-    let mut c = ConnectCmd::new_zeroed();
-    c.opcode = FABRICS_OPCODE;
-    c.fctype = FcType::CONNECT;
-    c.qid = qid.into();
-    c.sqsize = 31.into();
-    let mut d = ConnectData::new_zeroed();
-    d.hostid = [9; 16];
-    d.cntlid = cntlid.into();
-    put_nqn(&mut d.subnqn, nqn);
-    put_nqn(&mut d.hostnqn, HOSTNQN);
+    let (c, d) = fabrics::connect(qid, 31, 0, [9; 16], cntlid, HOSTNQN, nqn);
     let mut sqe = Sqe::read_from_bytes(c.as_bytes()).map_err(|_| "sqe")?;
     SglDescriptor::in_capsule(0, 1024).store(&mut sqe);
     s.write_all(&capsule(&sqe, d.as_bytes()))

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use leapio_nvme::fabrics::{
-    put_nqn, AuthCmd, ConnectCmd, ConnectData, FcType, PropertyCmd, CATTR_DISABLE_SQFLOW,
-    CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, FABRICS_OPCODE,
+    self, AuthCmd, FcType, PropertyCmd, CATTR_DISABLE_SQFLOW, CONNECT_AUTHREQ_ASCR,
+    CONNECT_AUTHREQ_ATR, FABRICS_OPCODE,
 };
 use leapio_nvme::{Cqe, Sqe, Status};
 use leapio_nvme_auth::msg::{MAX_MESSAGE, SECP_DHCHAP, SPSP_DHCHAP};
@@ -148,26 +148,26 @@ pub(crate) trait Channel: Send {
         cntlid: u16,
         sqsize: u16,
     ) -> Result<u16, NvmfError> {
-        let mut c = ConnectCmd::new_zeroed();
-        c.opcode = FABRICS_OPCODE;
-        c.fctype = FcType::CONNECT;
-        c.qid = qid.into();
-        c.sqsize = sqsize.into();
-        if qid == 0 {
-            c.kato = u32::try_from(spec.kato.as_millis())
-                .unwrap_or(u32::MAX)
-                .into();
+        let kato = if qid == 0 {
+            u32::try_from(spec.kato.as_millis()).unwrap_or(u32::MAX)
         } else {
+            0
+        };
+        let (mut c, d) = fabrics::connect(
+            qid,
+            sqsize,
+            kato,
+            hostid,
+            cntlid,
+            &spec.hostnqn,
+            &spec.subnqn,
+        );
+        if qid != 0 {
             // Never more commands in flight than the queue holds, so SQ
             // head reports are not needed; without them the target may end
             // a read with its last C2HData PDU (SUCCESS) and no response.
             c.cattr = CATTR_DISABLE_SQFLOW;
         }
-        let mut d = ConnectData::zeroed();
-        d.hostid = hostid;
-        d.cntlid = cntlid.into();
-        put_nqn(&mut d.subnqn, &spec.subnqn);
-        put_nqn(&mut d.hostnqn, &spec.hostnqn);
         let sqe = Sqe::read_from_bytes(c.as_bytes()).unwrap_or_default();
         let (cqe, _) = self.command_ok("Connect", sqe, d.as_bytes(), 0)?;
         // DW0 bits 15:0: the controller ID (admin queue); AUTHREQ above.
