@@ -52,7 +52,6 @@ pub use file::{FileBackend, MAX_QUEUE_DEPTH};
 pub use flash::{FlashBackend, FlashSpec, FlashStats, ZnsBackend, ZnsSpec};
 pub use leapio_backend::*;
 pub use nvme_pci::{NvmePciBackend, NvmePciSpec};
-pub use nvme_tcp::NvmeTcpBackend;
 pub use nvmf::{NvmfSpec, Transport};
 pub use ram::RamBackend;
 pub use uring::keep_workers_off;
@@ -71,7 +70,7 @@ pub fn open_backend_unclaimed(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Ba
     Ok(match spec {
         BackendSpec::Ram { size, block_size } => Arc::new(RamBackend::new(*size, *block_size)?),
         BackendSpec::File { path, block_size } => Arc::new(FileBackend::open(path, *block_size)?),
-        BackendSpec::NvmeTcp(spec) => Arc::new(NvmeTcpBackend::open(spec)?),
+        BackendSpec::NvmeTcp(spec) => Arc::new(nvme_tcp::NvmeTcpBackend::open(spec)?),
         BackendSpec::NvmePci(spec) => Arc::new(NvmePciBackend::open(spec)?),
         #[cfg(feature = "rdma")]
         BackendSpec::NvmeRdma(spec) => Arc::new(nvme_rdma::NvmeRdmaBackend::open(spec)?),

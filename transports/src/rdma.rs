@@ -601,11 +601,33 @@ fn wc_zeroed() -> sys::ibv_wc {
     unsafe { std::mem::zeroed() }
 }
 
-/// Access flags of every registration: the local device writes, the
-/// remote peer reads and writes.
-const ACCESS: u32 = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0
-    | sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ.0
-    | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0;
+/// What the registrations of a protection domain let the peers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A host's: the target reads and writes the registered memory (where
+    /// a command's keyed descriptor names it).
+    Host,
+    /// A target's: only the local device reads and writes its memory; no
+    /// peer reaches it, whatever key it tries.
+    Target,
+}
+
+impl Role {
+    /// Access flags of a registration, `writable` by the device or not.
+    fn access(self, writable: bool) -> u32 {
+        use sys::ibv_access_flags as f;
+        match (self, writable) {
+            (Role::Host, true) => {
+                f::IBV_ACCESS_LOCAL_WRITE.0
+                    | f::IBV_ACCESS_REMOTE_READ.0
+                    | f::IBV_ACCESS_REMOTE_WRITE.0
+            }
+            (Role::Host, false) => f::IBV_ACCESS_REMOTE_READ.0,
+            (Role::Target, true) => f::IBV_ACCESS_LOCAL_WRITE.0,
+            (Role::Target, false) => 0,
+        }
+    }
+}
 
 /// One registration.
 struct Mr(*mut sys::ibv_mr);
@@ -636,16 +658,18 @@ struct Keyed {
 /// ignored, RDMA names memory by address and key.
 pub struct Registrations {
     pd: Arc<Pd>,
+    role: Role,
     mrs: Mutex<BTreeMap<u64, (usize, Mr)>>,
     table: ArcSwap<Vec<Keyed>>,
 }
 
 impl Registrations {
     /// Register everything of the process's DMA registry in `pd`, and
-    /// every later region.
-    pub fn attach(pd: &Arc<Pd>) -> io::Result<Arc<Registrations>> {
+    /// every later region, with the access `role` gives peers.
+    pub fn attach(pd: &Arc<Pd>, role: Role) -> io::Result<Arc<Registrations>> {
         let r = Arc::new(Registrations {
             pd: Arc::clone(pd),
+            role,
             mrs: Mutex::new(BTreeMap::new()),
             table: ArcSwap::from_pointee(Vec::new()),
         });
@@ -692,11 +716,7 @@ impl Registrations {
 
 impl Iommu for Registrations {
     fn map(&self, iova: u64, va: usize, len: usize, writable: bool) -> io::Result<()> {
-        let access = if writable {
-            ACCESS
-        } else {
-            sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ.0
-        };
+        let access = self.role.access(writable);
         // SAFETY: the registry's caller keeps the memory mapped until it is
         // unmapped from us (`unmap`), which deregisters it.
         let mr = unsafe {
@@ -733,30 +753,33 @@ impl Iommu for Registrations {
     }
 }
 
-/// An RDMA device as this process uses it: one protection domain, every
-/// DMA region of the process registered in it.
+/// An RDMA device as this process uses it in one role: one protection
+/// domain, every DMA region of the process registered in it. A process
+/// that is host and target has two on one device: a target's queue pairs
+/// never reach memory registered for a host's.
 pub struct Device {
     pub regs: Arc<Registrations>,
 }
 
-/// The devices in use, by device context.
-type Devices = Mutex<Vec<(usize, Arc<Device>)>>;
+/// The devices in use, by device context and role.
+type Devices = Mutex<Vec<((usize, Role), Arc<Device>)>>;
 
-/// The device `id` is bound to (set up on first use, kept for the process).
-pub fn device(id: &CmId) -> io::Result<Arc<Device>> {
+/// The device `id` is bound to, in `role` (set up on first use, kept for
+/// the process).
+pub fn device(id: &CmId, role: Role) -> io::Result<Arc<Device>> {
     static DEVICES: OnceLock<Devices> = OnceLock::new();
     let mut d = DEVICES
         .get_or_init(|| Mutex::new(Vec::new()))
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let ctx = id.verbs() as usize;
-    if let Some((_, dev)) = d.iter().find(|(c, _)| *c == ctx) {
+    let key = (id.verbs() as usize, role);
+    if let Some((_, dev)) = d.iter().find(|(k, _)| *k == key) {
         return Ok(Arc::clone(dev));
     }
     let pd = Arc::new(Pd::new(id)?);
-    let regs = Registrations::attach(&pd)?;
+    let regs = Registrations::attach(&pd, role)?;
     let dev = Arc::new(Device { regs });
-    d.push((ctx, Arc::clone(&dev)));
+    d.push((key, Arc::clone(&dev)));
     Ok(dev)
 }
 
@@ -827,27 +850,13 @@ pub unsafe fn post_rdma(
     raddr: u64,
     rkey: u32,
 ) -> io::Result<()> {
-    let mut sge = sys::ibv_sge {
-        addr: buf as u64,
-        length: len,
-        lkey,
-    };
-    let mut wr = send_wr();
-    wr.wr_id = wr_id;
-    wr.sg_list = &mut sge;
-    wr.num_sge = 1;
-    wr.opcode = if read {
+    let op = if read {
         sys::ibv_wr_opcode::IBV_WR_RDMA_READ
     } else {
         sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE
     };
-    wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
-    wr.wr.rdma = sys::rdma_t {
-        remote_addr: raddr,
-        rkey,
-    };
-    // SAFETY: the caller's contract; `wr` and `sge` live through the call.
-    unsafe { post_send(qp, &mut wr) }
+    // SAFETY: the caller's contract.
+    unsafe { post_one(qp, wr_id, op, buf, len, lkey, Some((raddr, rkey))) }
 }
 
 /// Post a SEND of `len` bytes at `buf` (key `lkey`), signaled with `wr_id`.
@@ -862,6 +871,26 @@ pub unsafe fn post_send_buf(
     len: u32,
     lkey: u32,
 ) -> io::Result<()> {
+    let op = sys::ibv_wr_opcode::IBV_WR_SEND;
+    // SAFETY: the caller's contract.
+    unsafe { post_one(qp, wr_id, op, buf, len, lkey, None) }
+}
+
+/// Post one signaled work request `op` on one local buffer, with the
+/// peer's address and key for RDMA READ and WRITE.
+///
+/// # Safety
+///
+/// As [`post_rdma`].
+unsafe fn post_one(
+    qp: *mut sys::ibv_qp,
+    wr_id: u64,
+    op: sys::ibv_wr_opcode::Type,
+    buf: *mut u8,
+    len: u32,
+    lkey: u32,
+    remote: Option<(u64, u32)>,
+) -> io::Result<()> {
     let mut sge = sys::ibv_sge {
         addr: buf as u64,
         length: len,
@@ -871,8 +900,11 @@ pub unsafe fn post_send_buf(
     wr.wr_id = wr_id;
     wr.sg_list = &mut sge;
     wr.num_sge = 1;
-    wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND;
+    wr.opcode = op;
     wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
+    if let Some((remote_addr, rkey)) = remote {
+        wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
+    }
     // SAFETY: the caller's contract; `wr` and `sge` live through the call.
     unsafe { post_send(qp, &mut wr) }
 }

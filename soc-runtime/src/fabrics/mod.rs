@@ -11,5 +11,6 @@ pub mod data;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod orphans;
 pub mod queue;
 pub mod subsystem;

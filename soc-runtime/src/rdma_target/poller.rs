@@ -2,6 +2,7 @@
 //! queue, the backends, and the timed checks, in one thread.
 
 use crate::engine::{Engine, QueueId};
+use crate::fabrics::orphans::Orphans;
 use crate::fabrics::queue::{Ctx, FabricQueue, OpOutcome, Wire};
 use crate::fabrics::subsystem::Subsystem;
 use leapio_backend::dma::{DmaBuffer, DmaRegistry};
@@ -261,12 +262,6 @@ impl Wire for Out<'_> {
     }
 }
 
-/// Buffers of a closed connection's commands still in the backend.
-struct Orphan {
-    remaining: u32,
-    _buf: Option<RegBuf>,
-}
-
 pub(super) struct RdmaPoller {
     sub: Arc<Subsystem>,
     channel: Arc<EventChannel>,
@@ -279,7 +274,7 @@ pub(super) struct RdmaPoller {
     gens: Vec<u16>,
     by_id: HashMap<usize, usize>,
     pool: Pool,
-    orphans: HashMap<u64, Orphan>,
+    orphans: Orphans<RegBuf>,
 }
 
 // SAFETY: the poller is moved into its thread once and used there only.
@@ -305,7 +300,7 @@ impl RdmaPoller {
             gens: Vec::new(),
             by_id: HashMap::new(),
             pool: Pool::default(),
-            orphans: HashMap::new(),
+            orphans: Orphans::default(),
         }
     }
 
@@ -408,7 +403,7 @@ impl RdmaPoller {
     }
 
     fn accept(&mut self, mut id: CmId, hrqsize: u32) -> Result<(), (CmId, std::io::Error)> {
-        let dev = match device(&id) {
+        let dev = match device(&id, rdma::Role::Target) {
             Ok(d) => d,
             Err(e) => return Err((id, e)),
         };
@@ -596,13 +591,7 @@ impl RdmaPoller {
             }
             return;
         }
-        if let Some(o) = self.orphans.get_mut(&tag) {
-            o.remaining = o.remaining.saturating_sub(1);
-            if o.remaining == 0 {
-                self.orphans.remove(&tag);
-                self.sub.orphans.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
+        self.orphans.completed(&self.sub, tag);
     }
 
     fn tick(&mut self, now: Instant) {
@@ -629,29 +618,8 @@ impl RdmaPoller {
         // below, no WRITE reads one.
         drop(link);
         let base = self.tag(slot, 0) & !0xffff;
-        let mut unsent: HashMap<u64, u32> = HashMap::new();
-        for tag in self.engine.forget(|t| t & !0xffff == base) {
-            *unsent.entry(tag).or_default() += 1;
-        }
-        for (idx, cmd) in q.cmds.drain(..).enumerate() {
-            let Some(cmd) = cmd else {
-                continue;
-            };
-            let tag = base | u64::try_from(idx).unwrap_or(0);
-            let remaining = cmd
-                .in_backend()
-                .saturating_sub(unsent.get(&tag).copied().unwrap_or(0));
-            if remaining > 0 {
-                self.sub.orphans.fetch_add(1, Ordering::AcqRel);
-                self.orphans.insert(
-                    tag,
-                    Orphan {
-                        remaining,
-                        _buf: cmd.into_buffer(),
-                    },
-                );
-            }
-        }
+        self.orphans
+            .adopt(&self.sub, &mut self.engine, base, &mut q);
         q.release(&self.sub);
         if let Some(g) = self.gens.get_mut(slot) {
             *g = g.wrapping_add(1);

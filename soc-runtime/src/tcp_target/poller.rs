@@ -9,10 +9,10 @@ use super::bufs::BufPool;
 use super::conn::{Conn, Phase, TcpCtx};
 use super::epoll::Epoll;
 use crate::engine::{Engine, QueueId};
+use crate::fabrics::orphans::Orphans;
 use crate::fabrics::queue::{Ctx, OpOutcome};
 use crate::fabrics::subsystem::Subsystem;
 use leapio_backends::Completion;
-use std::collections::HashMap;
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -64,13 +64,6 @@ impl Client {
     }
 }
 
-/// Buffers of a closed connection's commands still in the backend: kept
-/// until their completions arrive so the backend never writes freed memory.
-struct Orphan {
-    remaining: u32,
-    _buf: Option<Vec<u8>>,
-}
-
 pub(super) struct TargetPoller {
     pub index: usize,
     pub sub: Arc<Subsystem>,
@@ -82,7 +75,7 @@ pub(super) struct TargetPoller {
     /// The backend queues, and which is each namespace's (by index).
     pub(super) engine: Engine,
     pub(super) queues: Vec<QueueId>,
-    orphans: HashMap<u64, Orphan>,
+    orphans: Orphans<Vec<u8>>,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
     /// Sent C2HData buffers, for the next reads.
@@ -126,7 +119,7 @@ impl TargetPoller {
             free: Vec::new(),
             engine,
             queues,
-            orphans: HashMap::new(),
+            orphans: Orphans::default(),
             completions: Vec::new(),
             scratch: vec![0u8; 128 * 1024],
             bufs: BufPool::default(),
@@ -381,13 +374,7 @@ impl TargetPoller {
             }
             return;
         }
-        if let Some(o) = self.orphans.get_mut(&tag) {
-            o.remaining = o.remaining.saturating_sub(1);
-            if o.remaining == 0 {
-                self.orphans.remove(&tag);
-                self.sub.orphans.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
+        self.orphans.completed(&self.sub, tag);
     }
 
     fn flush_all(&mut self) {
@@ -491,29 +478,8 @@ impl TargetPoller {
         let _ = sock.shutdown(std::net::Shutdown::Both);
         // Operations a full backend queue never took: forget them.
         let base = self.tag(slot, 0) & !0xffff;
-        let mut unsent: HashMap<u64, u32> = HashMap::new();
-        for tag in self.engine.forget(|t| t & !0xffff == base) {
-            *unsent.entry(tag).or_default() += 1;
-        }
-        for (idx, cmd) in conn.q.cmds.drain(..).enumerate() {
-            let Some(cmd) = cmd else {
-                continue;
-            };
-            let tag = base | u64::try_from(idx).unwrap_or(0);
-            let remaining = cmd
-                .in_backend()
-                .saturating_sub(unsent.get(&tag).copied().unwrap_or(0));
-            if remaining > 0 {
-                self.sub.orphans.fetch_add(1, Ordering::AcqRel);
-                self.orphans.insert(
-                    tag,
-                    Orphan {
-                        remaining,
-                        _buf: cmd.into_buffer(),
-                    },
-                );
-            }
-        }
+        self.orphans
+            .adopt(&self.sub, &mut self.engine, base, &mut conn.q);
         conn.q.release(&self.sub);
         if let Some(g) = self.gens.get_mut(slot) {
             *g = g.wrapping_add(1);
@@ -529,9 +495,7 @@ impl TargetPoller {
         }
         let mut out = Vec::new();
         self.engine.drain(&mut out, Duration::from_secs(10));
-        let n = self.orphans.len();
-        self.orphans.clear();
-        self.sub.orphans.fetch_sub(n, Ordering::AcqRel);
+        self.orphans.clear(&self.sub);
     }
 }
 

@@ -95,7 +95,7 @@ impl RdmaConn {
         let channel = Arc::new(EventChannel::new().map_err(connect_err)?);
         let mut id = CmId::new(&channel).map_err(connect_err)?;
         id.resolve(&channel, &addr, timeout).map_err(connect_err)?;
-        let dev = device(&id).map_err(|source| NvmfError::Io { source })?;
+        let dev = device(&id, rdma::Role::Host).map_err(|source| NvmfError::Io { source })?;
         let io = |source| NvmfError::Io { source };
         let entries = entries.max(2);
         let cq = Cq::new(dev.regs.pd(), entries * 3 + 8).map_err(io)?;

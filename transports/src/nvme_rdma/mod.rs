@@ -20,91 +20,37 @@ mod queue;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::nvmf::{NvmfError, NvmfSpec, Session};
-use crate::{Backend, BackendError, BackendQueue, Features, Geometry};
+use crate::nvmf::{Fabric, FabricBackend, Info, NvmfError, NvmfSpec, Session};
+use crate::BackendQueue;
 use conn::RdmaConn;
 
-fn open_conn(
-    spec: &NvmfSpec,
-    timeout: Duration,
-    qid: u16,
-    entries: u32,
-) -> Result<RdmaConn, NvmfError> {
-    RdmaConn::open(spec, timeout, qid, entries)
-}
+/// NVMe/RDMA as a host backend's fabric.
+pub(crate) struct Rdma;
 
 /// A namespace of a remote NVMe/RDMA subsystem.
-pub struct NvmeRdmaBackend {
-    session: Arc<Session<RdmaConn>>,
-}
+pub(crate) type NvmeRdmaBackend = FabricBackend<Rdma>;
 
-impl NvmeRdmaBackend {
-    /// Connect the admin queue, enable the controller, read the namespace's
-    /// geometry and start the keep-alive timer.
-    pub fn open(spec: &NvmfSpec) -> Result<NvmeRdmaBackend, BackendError> {
-        let session = Session::open(spec, open_conn).map_err(|source| BackendError::Remote {
-            target: spec.to_string(),
-            source: Box::new(source),
-        })?;
-        Ok(NvmeRdmaBackend { session })
-    }
-}
+impl Fabric for Rdma {
+    type Conn = RdmaConn;
+    const SCHEME: &'static str = "nvme-rdma";
 
-impl Backend for NvmeRdmaBackend {
-    fn geometry(&self) -> Geometry {
-        self.session.info().geometry
+    fn open_conn(
+        spec: &NvmfSpec,
+        timeout: Duration,
+        qid: u16,
+        entries: u32,
+    ) -> Result<RdmaConn, NvmfError> {
+        RdmaConn::open(spec, timeout, qid, entries)
     }
 
-    fn features(&self) -> Features {
-        self.session.info().features
+    fn open_queue(
+        session: &Arc<Session<RdmaConn>>,
+        depth: u32,
+    ) -> Result<Box<dyn BackendQueue>, NvmfError> {
+        Ok(Box::new(queue::NvmeRdmaQueue::open(session, depth)?))
     }
 
-    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
-        let q = queue::NvmeRdmaQueue::open(&self.session, depth).map_err(|source| {
-            BackendError::Remote {
-                target: self.session.spec().to_string(),
-                source: Box::new(source),
-            }
-        })?;
-        Ok(Box::new(q))
-    }
-
-    fn flush(&self) -> Result<(), BackendError> {
-        if !self.session.info().features.volatile_write_cache {
-            return Ok(());
-        }
-        self.session
-            .flush_sync()
-            .map_err(|source| BackendError::Flush {
-                target: self.describe(),
-                source: std::io::Error::other(source),
-            })
-    }
-
-    fn copied_bytes(&self) -> u64 {
-        self.session
-            .copied
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn describe(&self) -> String {
-        let i = self.session.info();
-        let s = self.session.spec();
-        format!(
-            "nvme-rdma {}/{} nsid {} ({}, {} B blocks, cntlid {}, in-capsule {} B)",
-            s.host_port(),
-            s.subnqn,
-            s.nsid,
-            crate::human_size(i.geometry.size_bytes()),
-            i.geometry.block_size,
-            self.session.cntlid(),
-            i.in_capsule,
-        )
-    }
-}
-
-impl Drop for NvmeRdmaBackend {
-    fn drop(&mut self) {
-        self.session.stop();
+    fn describe(_spec: &NvmfSpec, info: &Info) -> String {
+        format!(", in-capsule {} B", info.in_capsule)
     }
 }

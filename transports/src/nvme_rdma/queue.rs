@@ -100,32 +100,11 @@ pub(super) struct NvmeRdmaQueue {
 // SAFETY: see `Iovs`; the verbs objects are used by one thread at a time.
 unsafe impl Send for NvmeRdmaQueue {}
 
-fn into_parts(c: RdmaConn) -> Result<Parts, NvmfError> {
-    c.into_parts()
-}
-
 impl NvmeRdmaQueue {
     pub fn open(session: &Arc<Session<RdmaConn>>, depth: u32) -> Result<NvmeRdmaQueue, NvmfError> {
         let info = session.info();
         let spec = session.spec();
-        let qid = session.alloc_qid().ok_or_else(|| {
-            NvmfError::Unusable(format!(
-                "all {} I/O queues of the controller are in use",
-                info.io_queues
-            ))
-        })?;
-        let entries = depth
-            .saturating_add(1)
-            .min(spec.queue_depth.saturating_add(1))
-            .min(info.max_entries)
-            .max(2);
-        let parts = match session.connect_io(qid, entries).and_then(into_parts) {
-            Ok(p) => p,
-            Err(e) => {
-                session.free_qid(qid);
-                return Err(e);
-            }
-        };
+        let (qid, entries, parts) = session.open_io(depth, RdmaConn::into_parts)?;
         let slots = usize::try_from(entries - 1).unwrap_or(1);
         let capsules =
             DmaBuffer::new(DmaRegistry::global(), slots * SLOT).map_err(|e| NvmfError::Io {
@@ -314,7 +293,9 @@ impl NvmeRdmaQueue {
         );
         let _ = std::thread::Builder::new()
             .name(format!("nvme-rdma-rc{qid}"))
-            .spawn(move || reconnect_loop(&session, qid, entries, &cancel2, &tx, into_parts));
+            .spawn(move || {
+                reconnect_loop(&session, qid, entries, &cancel2, &tx, RdmaConn::into_parts)
+            });
         self.link = Link::Down { rx, cancel };
     }
 

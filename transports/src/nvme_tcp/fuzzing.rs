@@ -52,7 +52,8 @@ impl HostQueue {
             io_queues: 1,
             max_entries: 1024,
         };
-        let session = Session::for_fuzzing(&spec, info, super::open_conn);
+        let session =
+            Session::for_fuzzing(&spec, info, <super::Tcp as crate::nvmf::Fabric>::open_conn);
         let digests = leapio_nvme::tcp::Digests {
             header: header_digest,
             data: data_digest,

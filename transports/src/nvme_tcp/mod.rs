@@ -29,94 +29,44 @@ mod queue;
 mod sync_conn;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::nvmf::{NvmfError, NvmfSpec, Session};
-use crate::{Backend, BackendError, BackendQueue, Features, Geometry};
+use crate::nvmf::{Fabric, FabricBackend, Info, NvmfError, NvmfSpec, Session};
+use crate::BackendQueue;
 use sync_conn::SyncConn;
 
-/// Open a control connection (TCP connect, ICReq/ICResp) for the session.
-fn open_conn(
-    spec: &NvmfSpec,
-    timeout: std::time::Duration,
-    _qid: u16,
-    _entries: u32,
-) -> Result<SyncConn, NvmfError> {
-    SyncConn::open(spec, timeout)
-}
+/// NVMe/TCP as a host backend's fabric.
+pub(crate) struct Tcp;
 
 /// A namespace of a remote NVMe/TCP subsystem.
-pub struct NvmeTcpBackend {
-    session: Arc<Session<SyncConn>>,
-}
+pub(crate) type NvmeTcpBackend = FabricBackend<Tcp>;
 
-impl NvmeTcpBackend {
-    /// Connect the admin queue, enable the controller, read the namespace's
-    /// geometry and start the keep-alive timer.
-    pub fn open(spec: &NvmfSpec) -> Result<NvmeTcpBackend, BackendError> {
-        let session = Session::open(spec, open_conn).map_err(|source| BackendError::Remote {
-            target: spec.to_string(),
-            source: Box::new(source),
-        })?;
-        Ok(NvmeTcpBackend { session })
-    }
-}
+impl Fabric for Tcp {
+    type Conn = SyncConn;
+    const SCHEME: &'static str = "nvme-tcp";
 
-impl Backend for NvmeTcpBackend {
-    fn geometry(&self) -> Geometry {
-        self.session.info().geometry
+    /// A control connection (TCP connect, ICReq/ICResp).
+    fn open_conn(
+        spec: &NvmfSpec,
+        timeout: Duration,
+        _qid: u16,
+        _entries: u32,
+    ) -> Result<SyncConn, NvmfError> {
+        SyncConn::open(spec, timeout)
     }
 
-    fn features(&self) -> Features {
-        self.session.info().features
+    fn open_queue(
+        session: &Arc<Session<SyncConn>>,
+        depth: u32,
+    ) -> Result<Box<dyn BackendQueue>, NvmfError> {
+        Ok(Box::new(queue::NvmeTcpQueue::open(session, depth)?))
     }
 
-    fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
-        let q = queue::NvmeTcpQueue::open(&self.session, depth).map_err(|source| {
-            BackendError::Remote {
-                target: self.session.spec().to_string(),
-                source: Box::new(source),
-            }
-        })?;
-        Ok(Box::new(q))
-    }
-
-    fn flush(&self) -> Result<(), BackendError> {
-        if !self.session.info().features.volatile_write_cache {
-            return Ok(());
-        }
-        self.session
-            .flush_sync()
-            .map_err(|source| BackendError::Flush {
-                target: self.describe(),
-                source: std::io::Error::other(source),
-            })
-    }
-
-    fn copied_bytes(&self) -> u64 {
-        self.session
-            .copied
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn describe(&self) -> String {
-        let i = self.session.info();
-        let s = self.session.spec();
+    fn describe(spec: &NvmfSpec, _info: &Info) -> String {
         format!(
-            "nvme-tcp {}/{} nsid {} ({}, {} B blocks, cntlid {}{}{})",
-            s.host_port(),
-            s.subnqn,
-            s.nsid,
-            crate::human_size(i.geometry.size_bytes()),
-            i.geometry.block_size,
-            self.session.cntlid(),
-            if s.hdgst { ", hdgst" } else { "" },
-            if s.ddgst { ", ddgst" } else { "" },
+            "{}{}",
+            if spec.hdgst { ", hdgst" } else { "" },
+            if spec.ddgst { ", ddgst" } else { "" },
         )
-    }
-}
-
-impl Drop for NvmeTcpBackend {
-    fn drop(&mut self) {
-        self.session.stop();
     }
 }

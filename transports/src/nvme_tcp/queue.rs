@@ -153,27 +153,7 @@ impl NvmeTcpQueue {
     pub fn open(session: &Arc<Session<SyncConn>>, depth: u32) -> Result<NvmeTcpQueue, NvmfError> {
         let info = session.info();
         let spec = session.spec();
-        let qid = session.alloc_qid().ok_or_else(|| {
-            NvmfError::Unusable(format!(
-                "all {} I/O queues of the controller are in use",
-                info.io_queues
-            ))
-        })?;
-        let entries = depth
-            .saturating_add(1)
-            .min(spec.queue_depth.saturating_add(1))
-            .min(info.max_entries)
-            .max(2);
-        let (sock, neg) = match session
-            .connect_io(qid, entries)
-            .and_then(SyncConn::into_stream)
-        {
-            Ok(x) => x,
-            Err(e) => {
-                session.free_qid(qid);
-                return Err(e);
-            }
-        };
+        let (qid, entries, (sock, neg)) = session.open_io(depth, SyncConn::into_stream)?;
         let slots = usize::try_from(entries - 1).unwrap_or(1);
         let stall = if spec.kato.is_zero() {
             Duration::from_secs(10)

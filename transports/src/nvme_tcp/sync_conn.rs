@@ -30,7 +30,7 @@ pub(super) struct Negotiated {
 pub(super) const MAX_C2H_DATA: u32 = 16 << 20;
 
 /// A blocking connection (read/write timeouts set).
-pub(super) struct SyncConn {
+pub(crate) struct SyncConn {
     sock: TcpStream,
     parser: PduParser,
     neg: Negotiated,
@@ -172,7 +172,7 @@ impl SyncConn {
     }
 
     /// Give the socket to a non-blocking I/O queue.
-    pub fn into_stream(self) -> Result<(TcpStream, Negotiated), NvmfError> {
+    pub(super) fn into_stream(self) -> Result<(TcpStream, Negotiated), NvmfError> {
         if self.parser.partial() || !self.rx.is_empty() {
             return Err(NvmfError::Protocol(
                 "unexpected bytes after the handshake".into(),

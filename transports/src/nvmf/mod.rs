@@ -6,6 +6,7 @@
 //! queues) built on it. NVMe/TCP (`nvme_tcp`) and NVMe/RDMA (`nvme_rdma`)
 //! are the transports.
 
+mod backend;
 mod config;
 mod session;
 
@@ -21,6 +22,7 @@ use leapio_nvme_auth::msg::{MAX_MESSAGE, SECP_DHCHAP, SPSP_DHCHAP};
 use leapio_nvme_auth::{AuthError, HostTransaction, Secrets};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
+pub(crate) use backend::{Fabric, FabricBackend};
 pub(crate) use config::parse as parse_spec;
 pub use config::{NvmfSpec, Transport, DEFAULT_HOSTNQN};
 pub(crate) use session::{reconnect_loop, Info, Session};

@@ -210,6 +210,36 @@ impl<C: Channel + 'static> Session<C> {
         Ok(())
     }
 
+    /// A new I/O queue for a poller asking for `depth` commands: a queue ID,
+    /// its entries (within the spec's and the controller's), and its
+    /// connection, made into what the queue drives by `into`; the queue ID
+    /// is given back when that fails.
+    pub fn open_io<T>(
+        &self,
+        depth: u32,
+        into: impl FnOnce(C) -> Result<T, NvmfError>,
+    ) -> Result<(u16, u32, T), NvmfError> {
+        let info = self.info();
+        let qid = self.alloc_qid().ok_or_else(|| {
+            NvmfError::Unusable(format!(
+                "all {} I/O queues of the controller are in use",
+                info.io_queues
+            ))
+        })?;
+        let entries = depth
+            .saturating_add(1)
+            .min(self.spec.queue_depth.saturating_add(1))
+            .min(info.max_entries)
+            .max(2);
+        match self.connect_io(qid, entries).and_then(into) {
+            Ok(t) => Ok((qid, entries, t)),
+            Err(e) => {
+                self.free_qid(qid);
+                Err(e)
+            }
+        }
+    }
+
     /// Connect I/O queue `qid` with `entries` entries: the connection,
     /// Connected (and authenticated), for the transport's I/O queue.
     pub fn connect_io(&self, qid: u16, entries: u32) -> Result<C, NvmfError> {

@@ -47,7 +47,7 @@ impl Peer {
         let channel = Arc::new(EventChannel::new().map_err(e("event channel"))?);
         let mut id = CmId::new(&channel).map_err(e("CM identifier"))?;
         id.resolve(&channel, addr, BOUND).map_err(e("resolve"))?;
-        let dev = device(&id).map_err(e("device"))?;
+        let dev = device(&id, rdma::Role::Host).map_err(e("device"))?;
         let cq = Cq::new(dev.regs.pd(), 256).map_err(e("CQ"))?;
         id.create_qp(dev.regs.pd(), &cq, 64, 64, 1)
             .map_err(e("QP"))?;
