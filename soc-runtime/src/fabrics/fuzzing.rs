@@ -132,6 +132,40 @@ struct Queue {
     open: bool,
 }
 
+/// What a fuzzing harness serves: a target's spec, its namespaces, and an
+/// engine with a queue of `depth` on each.
+pub(crate) struct Served {
+    pub spec: TargetSpec,
+    pub backends: Vec<Arc<dyn Backend>>,
+    pub namespaces: Vec<NamespaceInfo>,
+    pub engine: Engine,
+    pub queues: Vec<QueueId>,
+}
+
+/// Open the namespaces of the target `spec` names, and their queues.
+pub(crate) fn serve(spec: &str, depth: u32) -> std::io::Result<Served> {
+    let spec: TargetSpec = spec.parse().map_err(std::io::Error::other)?;
+    let (backends, namespaces) =
+        crate::namespaces::open_namespaces(&spec.namespaces, "FUZZ", &spec.nqn)
+            .map_err(|(_, e)| std::io::Error::other(e))?;
+    let mut engine = Engine::default();
+    let mut queues = Vec::new();
+    for b in &backends {
+        queues.push(
+            engine
+                .open(b.as_ref(), depth)
+                .map_err(std::io::Error::other)?,
+        );
+    }
+    Ok(Served {
+        spec,
+        backends,
+        namespaces,
+        engine,
+        queues,
+    })
+}
+
 /// RAM namespaces and their backend queues, reused across runs.
 pub struct Harness {
     spec: TargetSpec,
@@ -144,19 +178,13 @@ pub struct Harness {
 impl Harness {
     /// Open the namespaces of [`SPEC`] and their backend queues.
     pub fn new() -> std::io::Result<Harness> {
-        let spec: TargetSpec = SPEC.parse().map_err(std::io::Error::other)?;
-        let (backends, namespaces) =
-            crate::namespaces::open_namespaces(&spec.namespaces, "FUZZ", &spec.nqn)
-                .map_err(|(_, e)| std::io::Error::other(e))?;
-        let mut engine = Engine::default();
-        let mut queues = Vec::new();
-        for b in &backends {
-            queues.push(
-                engine
-                    .open(b.as_ref(), DEPTH)
-                    .map_err(std::io::Error::other)?,
-            );
-        }
+        let Served {
+            spec,
+            backends,
+            namespaces,
+            engine,
+            queues,
+        } = serve(SPEC, DEPTH)?;
         Ok(Harness {
             spec,
             namespaces,

@@ -9,6 +9,7 @@
 
 use super::poller::{TargetPoller, BACKEND_DEPTH};
 use crate::fabrics::config::TargetSpec;
+use crate::fabrics::fuzzing::{serve, Served};
 use crate::fabrics::subsystem::Subsystem;
 use leapio_backends::Backend;
 use leapio_controller::NamespaceInfo;
@@ -17,10 +18,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// The subsystem every run serves: NQN, and two RAM namespaces with
-/// 512-byte and 4096-byte blocks.
-pub const SPEC: &str = "listen=127.0.0.1:0,nqn=nqn.2026-11.io.leapio:fuzz,\
-ns=ram:1M,ns=ram:1M,bs=4096,io-queues=4,queue-entries=32,mdts=2";
+pub use crate::fabrics::fuzzing::SPEC;
 
 /// What one run left behind after every connection closed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,20 +47,15 @@ pub struct Harness {
 impl Harness {
     /// Open the namespaces of [`SPEC`] and a poller for them.
     pub fn new() -> std::io::Result<Harness> {
-        let spec: TargetSpec = SPEC.parse().map_err(std::io::Error::other)?;
-        let (backends, namespaces) =
-            crate::namespaces::open_namespaces(&spec.namespaces, "FUZZ", &spec.nqn)
-                .map_err(|(_, e)| std::io::Error::other(e))?;
+        let Served {
+            spec,
+            backends,
+            namespaces,
+            engine,
+            queues,
+        } = serve(SPEC, BACKEND_DEPTH)?;
         let listener = Arc::new(TcpListener::bind("127.0.0.1:0")?);
         let sub = Self::subsystem(&spec, &namespaces, &backends, &listener)?;
-        let mut engine = crate::engine::Engine::default();
-        let mut queues = Vec::new();
-        for b in &backends {
-            let q = engine
-                .open(b.as_ref(), BACKEND_DEPTH)
-                .map_err(std::io::Error::other)?;
-            queues.push(q);
-        }
         let stop = Arc::new(AtomicBool::new(false));
         let poller = TargetPoller::new(0, sub, listener.clone(), engine, queues, stop)?;
         Ok(Harness {

@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::conn::{Parts, RdmaConn, RECV_BIT, RESP};
 use crate::iov::{gather, pieces, scatter};
 use crate::nvme_host::{dsm_range, io_command, status_error};
-use crate::nvmf::{reconnect_loop, Info, NvmfError, Session};
+use crate::nvmf::{overdue, reconnect_loop, Info, NvmfError, Session};
 use crate::rdma;
 use crate::{
     validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
@@ -313,18 +313,7 @@ impl NvmeRdmaQueue {
             return;
         }
         // Commands that waited too long fail.
-        let now = Instant::now();
-        let late: Vec<u16> = self
-            .cmds
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| {
-                c.as_ref()
-                    .and_then(|c| c.waiting_since)
-                    .is_some_and(|t| now.duration_since(t) >= self.retry)
-            })
-            .filter_map(|(i, _)| u16::try_from(i).ok())
-            .collect();
+        let late = overdue(&self.cmds, |c| c.waiting_since, self.retry);
         for cid in late {
             self.unsent.retain(|&u| u != cid);
             self.complete(cid, Err(IoError::from_errno(libc::ETIMEDOUT)));

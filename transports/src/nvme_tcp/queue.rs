@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::sync_conn::{Negotiated, SyncConn};
 use crate::nvme_host::{dsm_range, io_command, status_error};
-use crate::nvmf::{reconnect_loop, Info, NvmfError, Session};
+use crate::nvmf::{overdue, reconnect_loop, Info, NvmfError, Session};
 use crate::{
     validate, BackendError, BackendQueue, Completion, IoError, IoKind, IoRequest, SubmitError,
 };
@@ -772,18 +772,7 @@ impl NvmeTcpQueue {
 
     /// Fail commands that waited for a connection longer than `retry`.
     fn expire(&mut self) {
-        let now = Instant::now();
-        let late: Vec<u16> = self
-            .cmds
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| {
-                c.as_ref()
-                    .and_then(|c| c.waiting_since)
-                    .is_some_and(|t| now.duration_since(t) >= self.retry)
-            })
-            .filter_map(|(i, _)| u16::try_from(i).ok())
-            .collect();
+        let late = overdue(&self.cmds, |c| c.waiting_since, self.retry);
         if !late.is_empty() {
             tracing::warn!(
                 qid = self.qid,

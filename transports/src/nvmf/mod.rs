@@ -305,3 +305,22 @@ pub(crate) fn wait_until(
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The CIDs (indexes) of the commands in `cmds` that have waited for a
+/// connection (since `waiting`) for `retry` or longer.
+pub(crate) fn overdue<T>(
+    cmds: &[Option<T>],
+    waiting: impl Fn(&T) -> Option<Instant>,
+    retry: Duration,
+) -> Vec<u16> {
+    let now = Instant::now();
+    cmds.iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            c.as_ref()
+                .and_then(&waiting)
+                .is_some_and(|t| now.duration_since(t) >= retry)
+        })
+        .filter_map(|(i, _)| u16::try_from(i).ok())
+        .collect()
+}
