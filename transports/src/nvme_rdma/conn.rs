@@ -296,10 +296,16 @@ impl Channel for RdmaConn {
         let mut resp = None;
         let mut sent = false;
         let mut recvs = Vec::new();
+        let mut short = None;
         {
             let recv = self.recv.as_ptr();
             self.poll_until(until, |pending| {
                 for w in pending {
+                    if w.wr_id & RECV_BIT != 0 && w.byte_len as usize != RESP {
+                        // Stale bytes of an earlier response would be read.
+                        short = Some(w.byte_len);
+                        return true;
+                    }
                     if w.wr_id & RECV_BIT != 0 {
                         let i = u32::try_from(w.wr_id & !RECV_BIT).unwrap_or(0);
                         let at = usize::try_from(i).unwrap_or(0) * RESP;
@@ -316,6 +322,11 @@ impl Channel for RdmaConn {
                 }
                 sent && resp.is_some()
             })?;
+        }
+        if let Some(n) = short {
+            return Err(NvmfError::Protocol(format!(
+                "a response capsule of {n} bytes (not {RESP})"
+            )));
         }
         self.pending.clear();
         for i in recvs {

@@ -463,6 +463,15 @@ impl BackendQueue for NvmeRdmaQueue {
                             lost = Some(format!("work completion status {}", w.status));
                             break;
                         }
+                        if w.wr_id & RECV_BIT != 0 && w.byte_len as usize != RESP {
+                            // Stale bytes of an earlier response would be
+                            // read as this one.
+                            lost = Some(format!(
+                                "a response capsule of {} bytes (not {RESP})",
+                                w.byte_len
+                            ));
+                            break;
+                        }
                         if w.wr_id & RECV_BIT != 0 {
                             let i = u32::try_from(w.wr_id & !RECV_BIT).unwrap_or(u32::MAX);
                             if i >= l.recvs {
