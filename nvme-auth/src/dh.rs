@@ -140,20 +140,24 @@ fn pow_mod<const L: usize>(
         }
     };
     let params = DynResidueParams::new(&p);
-    let x = U512::from_be_slice(exp);
-    let r = DynResidue::new(&b, params)
-        .pow_bounded_exp(&x, 512)
-        .retrieve();
+    // The private exponent and the shared value are wiped when dropped.
+    let x = Zeroizing::new(U512::from_be_slice(exp));
+    let r = Zeroizing::new(
+        DynResidue::new(&b, params)
+            .pow_bounded_exp(&x, 512)
+            .retrieve(),
+    );
     Ok(Zeroizing::new(be_bytes(&r)))
 }
 
-/// Big-endian bytes of `v`, as wide as the type.
+/// Big-endian bytes of `v`, as wide as the type (allocated once: a
+/// growing vector would leave copies of a secret behind).
 fn be_bytes<const L: usize>(v: &Uint<L>) -> Vec<u8> {
-    v.as_words()
-        .iter()
-        .rev()
-        .flat_map(|w| w.to_be_bytes())
-        .collect()
+    let mut out = Vec::with_capacity(Uint::<L>::BYTES);
+    for w in v.as_words().iter().rev() {
+        out.extend_from_slice(&w.to_be_bytes());
+    }
+    out
 }
 
 /// One side's ephemeral key pair.

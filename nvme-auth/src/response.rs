@@ -14,17 +14,26 @@
 use crate::hash::HashId;
 use zeroize::Zeroizing;
 
-/// Ca = HMAC(H(session key), C).
-pub fn augmented_challenge(hash: HashId, session_key: &[u8], challenge: &[u8]) -> Vec<u8> {
+/// Ca = HMAC(H(session key), C), wiped when dropped (it is derived from
+/// the session key).
+pub fn augmented_challenge(
+    hash: HashId,
+    session_key: &[u8],
+    challenge: &[u8],
+) -> Zeroizing<Vec<u8>> {
     let k = Zeroizing::new(hash.digest(session_key));
-    hash.hmac(&k, &[challenge])
+    Zeroizing::new(hash.hmac(&k, &[challenge]))
 }
 
 /// The challenge to answer: augmented when there is a session key.
-pub fn effective_challenge(hash: HashId, session_key: Option<&[u8]>, challenge: &[u8]) -> Vec<u8> {
+pub fn effective_challenge(
+    hash: HashId,
+    session_key: Option<&[u8]>,
+    challenge: &[u8],
+) -> Zeroizing<Vec<u8>> {
     match session_key {
         Some(k) => augmented_challenge(hash, k, challenge),
-        None => challenge.to_vec(),
+        None => Zeroizing::new(challenge.to_vec()),
     }
 }
 

@@ -117,7 +117,9 @@ impl fmt::Debug for Secret {
 /// for logs).
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = Zeroizing::new(self.key.to_vec());
+        // Sized once: growing it would leave an unwiped copy behind.
+        let mut buf = Zeroizing::new(Vec::with_capacity(self.key.len() + 4));
+        buf.extend_from_slice(&self.key);
         buf.extend_from_slice(&crc32fast::hash(&self.key).to_le_bytes());
         let b64 = Zeroizing::new(STANDARD.encode(&*buf));
         write!(

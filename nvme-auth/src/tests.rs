@@ -55,7 +55,7 @@ fn response_vectors() {
         unhex("340cb9ac35959604bb3bff79a95460e7fcad4d467fbea538d46504f50dfa7496")
     );
     assert_eq!(
-        augmented_challenge(HashId::Sha384, &[0x5a; 256], &[0x22; 48]),
+        *augmented_challenge(HashId::Sha384, &[0x5a; 256], &[0x22; 48]),
         unhex("adcab64cfb10087e6841864c2c5ccd775f6c84e6ab88d9c6a9d4dd1a67753edb7d5650d339250ff6e6884fb31b5c1acf")
     );
 }
