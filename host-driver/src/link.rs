@@ -238,7 +238,7 @@ impl RuntimeLink {
     }
 
     pub fn set_software(&self, s: &str) {
-        *lock(&self.software) = s.chars().take(128).collect();
+        *lock(&self.software) = leapio_link::proto::software_shown(s);
     }
 
     /// "socp 0.1.0, runtime pid 1234".

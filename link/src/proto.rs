@@ -326,10 +326,29 @@ pub fn check_ctrl_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most characters of a peer's `software` string that logs and messages
+/// carry (a Hello may hold up to a frame's size).
+pub const SOFTWARE_SHOWN: usize = 128;
+
+/// A peer's `software` string as logs and messages show it: at most
+/// [`SOFTWARE_SHOWN`] characters, control characters replaced.
+pub fn software_shown(software: &str) -> String {
+    let mut s: String = software
+        .chars()
+        .take(SOFTWARE_SHOWN)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if software.chars().nth(SOFTWARE_SHOWN).is_some() {
+        s.push_str("...");
+    }
+    s
+}
+
 /// Whether a peer speaking `major.minor` (as `software`) can talk to us
 /// (`ours`, e.g. "leapio-hostd 0.1.0"); the error says why not.
 pub fn check_version(major: u16, minor: u16, software: &str, ours: &str) -> Result<(), String> {
     if major != PROTOCOL_MAJOR {
+        let software = software_shown(software);
         return Err(format!(
             "{software} speaks link protocol {major}.{minor}, {ours} speaks {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}: upgrade one of them"
         ));
@@ -341,4 +360,20 @@ pub fn check_version(major: u16, minor: u16, software: &str, ours: &str) -> Resu
 /// an earlier minor version does not send it).
 fn enabled() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_software_string_is_cut_in_refusals() {
+        let huge = "x".repeat(1 << 20);
+        let e = check_version(PROTOCOL_MAJOR + 1, 0, &huge, "leapio-hostd").unwrap_err();
+        assert!(e.len() < 400, "refusal of {} bytes", e.len());
+        assert!(e.contains("xxx..."), "{e}");
+        let bell = software_shown("socp\u{7}\n0.1");
+        assert_eq!(bell, "socp??0.1");
+        assert!(check_version(PROTOCOL_MAJOR, 99, &huge, "leapio-hostd").is_ok());
+    }
 }
