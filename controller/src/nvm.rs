@@ -106,7 +106,7 @@ const MAX_DSM_RANGES: usize = 256;
 /// Validate `sqe` for namespace `ns` and plan its backend work; the
 /// command's data is `data`'s.
 pub fn plan(sqe: &Sqe, ns: &NamespaceInfo, settings: Settings, data: &mut dyn DataSource) -> Plan {
-    match plan_inner(sqe, ns, settings.max_transfer, data) {
+    match plan_inner(sqe, ns, settings, data) {
         Ok(p) if settings.write_cache => p,
         Ok(p) => write_through(p),
         Err(s) => Plan::Complete(s),
@@ -129,9 +129,10 @@ pub fn lba_range(sqe: &Sqe, ns: &NamespaceInfo) -> Result<(u64, u64), Status> {
 fn plan_inner(
     sqe: &Sqe,
     ns: &NamespaceInfo,
-    max_transfer: u64,
+    settings: Settings,
     data: &mut dyn DataSource,
 ) -> Result<Plan, Status> {
+    let max_transfer = settings.max_transfer;
     // No fused operations.
     if sqe.fuse() != 0 {
         return Err(Status::INVALID_FIELD);
@@ -154,7 +155,8 @@ fn plan_inner(
             Ok(Plan::Single(Op { kind, offset, len }))
         }
         IoOpcode::FLUSH => Ok(flush_plan(ns)),
-        IoOpcode::WRITE_ZEROES => write_zeroes_plan(sqe, ns),
+        // Durable zeroes when asked (FUA) or when there is no write cache.
+        IoOpcode::WRITE_ZEROES => write_zeroes_plan(sqe, ns, !settings.write_cache),
         IoOpcode::DATASET_MANAGEMENT => {
             if !ns.deallocate {
                 return Err(Status::INVALID_OPCODE);
@@ -384,13 +386,22 @@ pub fn flush_plan(ns: &NamespaceInfo) -> Plan {
     }
 }
 
-/// Write Zeroes (a deallocate when DEAC is set and the namespace can).
-pub fn write_zeroes_plan(sqe: &Sqe, ns: &NamespaceInfo) -> Result<Plan, Status> {
+/// Write Zeroes (a deallocate when DEAC is set and the namespace can);
+/// with FUA, or `write_through` (no volatile write cache), the zeroes are
+/// durable before it completes (and DEAC is not taken: a deallocation has
+/// no durable form here).
+pub fn write_zeroes_plan(
+    sqe: &Sqe,
+    ns: &NamespaceInfo,
+    write_through: bool,
+) -> Result<Plan, Status> {
     if !ns.write_zeroes {
         return Err(Status::INVALID_OPCODE);
     }
     let (offset, len) = lba_range(sqe, ns)?;
-    let kind = if sqe.cdw12.get() & WRITE_ZEROES_DEAC != 0 && ns.deallocate {
+    let kind = if sqe.fua() || write_through {
+        IoKind::WriteZeroesFua
+    } else if sqe.cdw12.get() & WRITE_ZEROES_DEAC != 0 && ns.deallocate {
         IoKind::Deallocate
     } else {
         IoKind::WriteZeroes
@@ -511,6 +522,48 @@ mod tests {
         max_transfer: 1 << 20,
         write_cache: true,
     };
+
+    #[test]
+    fn write_zeroes_are_durable_with_fua_or_without_a_write_cache() {
+        let ns = conventional_ns();
+        let mut d = Recorder::default();
+        let kind = |p: Plan| match p {
+            Plan::Single(o) => o.kind,
+            p => panic!("{p:?}"),
+        };
+        let fua = 1 << 30;
+        let deac = WRITE_ZEROES_DEAC;
+        let zeroes = |cdw12| sqe(IoOpcode::WRITE_ZEROES, 0, cdw12, 0);
+        let off = Settings {
+            write_cache: false,
+            ..SETTINGS
+        };
+        assert_eq!(
+            kind(plan(&zeroes(0), &ns, SETTINGS, &mut d)),
+            IoKind::WriteZeroes
+        );
+        assert_eq!(
+            kind(plan(&zeroes(deac), &ns, SETTINGS, &mut d)),
+            IoKind::Deallocate
+        );
+        assert_eq!(
+            kind(plan(&zeroes(fua), &ns, SETTINGS, &mut d)),
+            IoKind::WriteZeroesFua
+        );
+        assert_eq!(
+            kind(plan(&zeroes(fua | deac), &ns, SETTINGS, &mut d)),
+            IoKind::WriteZeroesFua
+        );
+        assert_eq!(
+            kind(plan(&zeroes(0), &ns, off, &mut d)),
+            IoKind::WriteZeroesFua
+        );
+        assert_eq!(
+            kind(plan(&zeroes(deac), &ns, off, &mut d)),
+            IoKind::WriteZeroesFua
+        );
+        assert!(d.maps.is_empty(), "Write Zeroes moves no data");
+    }
 
     #[test]
     fn the_planner_asks_the_data_source_for_what_moves() {

@@ -43,9 +43,12 @@ pub(crate) fn io_command(kind: IoKind, nsid: u32, slba: u64, nlb: u32) -> Sqe {
                 sqe.cdw12 = (sqe.cdw12.get() | 1 << 30).into();
             }
         }
-        IoKind::WriteZeroes => {
+        IoKind::WriteZeroes | IoKind::WriteZeroesFua => {
             sqe.opcode = IoOpcode::WRITE_ZEROES;
             lba(&mut sqe);
+            if kind == IoKind::WriteZeroesFua {
+                sqe.cdw12 = (sqe.cdw12.get() | 1 << 30).into();
+            }
         }
         IoKind::Deallocate => {
             sqe.opcode = IoOpcode::DATASET_MANAGEMENT;
@@ -178,6 +181,13 @@ mod tests {
         assert_eq!(r.opcode, IoOpcode::WRITE);
         assert_eq!((r.nsid.get(), r.cdw10.get(), r.cdw11.get()), (5, 2, 1));
         assert_eq!(r.cdw12.get(), 7 | 1 << 30);
+        let z = io_command(IoKind::WriteZeroes, 5, 4, 8);
+        assert_eq!((z.opcode, z.cdw12.get()), (IoOpcode::WRITE_ZEROES, 7));
+        let z = io_command(IoKind::WriteZeroesFua, 5, 4, 8);
+        assert_eq!(
+            (z.opcode, z.cdw12.get()),
+            (IoOpcode::WRITE_ZEROES, 7 | 1 << 30)
+        );
         let d = io_command(IoKind::Deallocate, 1, 9, 3);
         assert_eq!(
             (d.opcode, d.cdw10.get(), d.cdw11.get()),

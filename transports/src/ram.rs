@@ -176,7 +176,7 @@ impl BackendQueue for RamQueue {
             }
             // `validate` refuses zone kinds.
             IoKind::Flush | IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => {}
-            IoKind::WriteZeroes => self.zero(offset, len, false),
+            IoKind::WriteZeroes | IoKind::WriteZeroesFua => self.zero(offset, len, false),
             IoKind::Deallocate => self.zero(offset, len, true),
         }
         self.done.push(Completion {

@@ -338,6 +338,27 @@ fn fua_write_is_visible_through_another_fd() {
 }
 
 #[test]
+fn durable_write_zeroes_are_synced_and_read_back_as_zeroes() {
+    let f = temp_file(1 << 20);
+    let backend = FileBackend::open(f.path(), 512).unwrap();
+    let mut q = file_queue(&backend, 4);
+    let mut src = Buf::new(8192, 4096);
+    src.bytes_mut().fill(0xa5);
+    let iov = src.iovs(&[(0, 8192)]);
+    rw(&mut q, IoKind::Write, 4096, &iov).unwrap();
+    op(&mut q, IoKind::WriteZeroes, 4096, 4096).unwrap();
+    assert_eq!(q.stats.fua, 0, "plain Write Zeroes needs no sync");
+    op(&mut q, IoKind::WriteZeroesFua, 8192, 4096).unwrap();
+    assert_eq!(
+        q.stats.fua, 1,
+        "Write Zeroes with FUA is followed by an fdatasync"
+    );
+    assert_eq!(read_back(&mut q, 4096, 8192), vec![0; 8192]);
+    let other = std::fs::read(f.path()).unwrap();
+    assert!(other[4096..12288].iter().all(|&b| b == 0));
+}
+
+#[test]
 fn flush_completes_on_every_backend() {
     let f = temp_file(1 << 20);
     let file = FileBackend::open(f.path(), 512).unwrap();

@@ -69,7 +69,7 @@ pub struct Features {
     /// Completed writes may sit in a volatile cache until a `Flush`
     /// (the guest should send flushes).
     pub volatile_write_cache: bool,
-    /// `IoKind::WriteZeroes` is supported.
+    /// `IoKind::WriteZeroes` (and `WriteZeroesFua`) is supported.
     pub write_zeroes: bool,
     /// `IoKind::Deallocate` is supported (and later reads return zeroes).
     pub deallocate: bool,
@@ -88,6 +88,10 @@ pub enum IoKind {
     Flush,
     /// The range reads back as zeroes.
     WriteZeroes,
+    /// The range reads back as zeroes, and that is on stable storage
+    /// before completion (Write Zeroes with FUA, or with the volatile write
+    /// cache disabled).
+    WriteZeroesFua,
     /// The range may be released; later reads return zeroes.
     Deallocate,
     /// Zoned backends only: iovecs -> storage at the write pointer of the

@@ -148,6 +148,8 @@ struct Slot {
     first: usize,
     /// Use the O_DIRECT fd for the next submission.
     direct: bool,
+    /// An fdatasync follows the operation (durable zeroes).
+    sync: bool,
 }
 
 /// Counters for tests and diagnostics.
@@ -157,7 +159,7 @@ pub(crate) struct QueueStats {
     pub(crate) direct: u64,
     /// Read/write submissions through the buffered fd.
     pub(crate) buffered: u64,
-    /// Submissions with RWF_DSYNC.
+    /// Submissions with RWF_DSYNC, and fdatasyncs after durable zeroes.
     pub(crate) fua: u64,
     /// Submissions continuing a short transfer or retrying after a fallback.
     pub(crate) resubmits: u64,
@@ -199,6 +201,7 @@ impl FileQueue {
                 iovs: Vec::with_capacity(SLOT_IOVECS),
                 first: 0,
                 direct: false,
+                sync: false,
             })
             .collect();
         // Pop order: slot 0 first.
@@ -233,10 +236,10 @@ impl FileQueue {
             IoKind::Read => Op::Read,
             IoKind::Write => Op::Write { fua: false },
             IoKind::WriteFua => Op::Write { fua: true },
-            IoKind::WriteZeroes if zero_range_ok => Op::ZeroRange,
+            IoKind::WriteZeroes | IoKind::WriteZeroesFua if zero_range_ok => Op::ZeroRange,
             IoKind::Deallocate if punch_ok => Op::PunchHole,
             IoKind::Deallocate if zero_range_ok => Op::ZeroRange,
-            IoKind::WriteZeroes | IoKind::Deallocate => Op::WriteZeroBuf,
+            IoKind::WriteZeroes | IoKind::WriteZeroesFua | IoKind::Deallocate => Op::WriteZeroBuf,
         };
         let slot = &mut self.slots[idx as usize];
         slot.tag = req.tag;
@@ -244,6 +247,8 @@ impl FileQueue {
         slot.offset = req.offset;
         slot.remaining = req.len;
         slot.first = 0;
+        // Zeroes that must be durable: an fdatasync follows them.
+        slot.sync = req.kind == IoKind::WriteZeroesFua;
         slot.iovs.clear();
         if matches!(op, Op::Read | Op::Write { .. }) {
             slot.iovs.extend_from_slice(req.iov);
@@ -257,6 +262,22 @@ impl FileQueue {
     fn release(&mut self, idx: u32) {
         self.slots[idx as usize].op = Op::Idle;
         self.free.push(idx);
+    }
+
+    /// The slot's operation succeeded: it completes, or (zeroes that must be
+    /// durable) its fdatasync goes next.
+    fn done_ok(&mut self, idx: u32, out: &mut Vec<Completion>) {
+        let slot = &mut self.slots[idx as usize];
+        if std::mem::take(&mut slot.sync) {
+            slot.op = Op::Flush;
+            self.stats.fua += 1;
+            if self.issue(idx).is_err() {
+                tracing::error!("io_uring submission queue unexpectedly full; failing request");
+                self.complete(idx, Err(IoError::from_errno(libc::EAGAIN)), out);
+            }
+        } else {
+            self.complete(idx, Ok(()), out);
+        }
     }
 
     fn complete(&mut self, idx: u32, result: Result<(), IoError>, out: &mut Vec<Completion>) {
@@ -457,7 +478,7 @@ impl FileQueue {
                 };
                 self.complete(idx, result, out);
             }
-            Op::ZeroRange | Op::PunchHole if res >= 0 => self.complete(idx, Ok(()), out),
+            Op::ZeroRange | Op::PunchHole if res >= 0 => self.done_ok(idx, out),
             Op::ZeroRange | Op::PunchHole if errno == libc::EOPNOTSUPP || errno == libc::ENOSYS => {
                 let be = &self.backend;
                 let next = if op == Op::PunchHole {
@@ -515,7 +536,7 @@ impl FileQueue {
                 let slot = &mut self.slots[idx as usize];
                 Self::advance(slot, done);
                 if slot.remaining == 0 {
-                    self.complete(idx, Ok(()), out);
+                    self.done_ok(idx, out);
                     return;
                 }
                 if slot.direct {

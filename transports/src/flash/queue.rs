@@ -174,8 +174,8 @@ impl FlashQueue {
             Err(e) => Err(IoError::from_errno(e.errno())),
             Ok(()) => Ok(()),
         };
-        let ticket = (w.kind == IoKind::WriteFua && result.is_ok())
-            .then(|| shared.flusher.syncer().request());
+        let durable = matches!(w.kind, IoKind::WriteFua | IoKind::WriteZeroesFua);
+        let ticket = (durable && result.is_ok()).then(|| shared.flusher.syncer().request());
         self.nr += 1;
         Progress::Finished(Timed {
             due: w.due,
@@ -250,7 +250,11 @@ impl BackendQueue for FlashQueue {
                 let ticket = self.shared.flusher.syncer().request();
                 self.syncing.push((ticket, req.tag));
             }
-            IoKind::Write | IoKind::WriteFua | IoKind::WriteZeroes | IoKind::Deallocate => {
+            IoKind::Write
+            | IoKind::WriteFua
+            | IoKind::WriteZeroes
+            | IoKind::WriteZeroesFua
+            | IoKind::Deallocate => {
                 let w = Waiting {
                     tag: req.tag,
                     kind: req.kind,

@@ -638,9 +638,11 @@ fn validate_zoned(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), SubmitE
             }
             Ok(())
         }
-        IoKind::WriteZeroes | IoKind::Deallocate => Err(SubmitError::Invalid(
-            "Write Zeroes and Deallocate are not supported on a zoned namespace",
-        )),
+        IoKind::WriteZeroes | IoKind::WriteZeroesFua | IoKind::Deallocate => {
+            Err(SubmitError::Invalid(
+                "Write Zeroes and Deallocate are not supported on a zoned namespace",
+            ))
+        }
         _ => validate(&plain, geometry),
     }
 }
@@ -690,7 +692,7 @@ impl BackendQueue for ZnsQueue {
                 // durable when the command completes, like a FUA write.
                 self.file(req.tag, due, r.map(|_| 0), true);
             }
-            IoKind::WriteZeroes | IoKind::Deallocate => {
+            IoKind::WriteZeroes | IoKind::WriteZeroesFua | IoKind::Deallocate => {
                 return Err(SubmitError::Invalid("not supported on a zoned namespace"))
             }
         }

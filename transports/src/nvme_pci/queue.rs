@@ -192,7 +192,7 @@ impl IoQueue {
     fn parts(&self, req: &IoRequest<'_>) -> Vec<(u64, u64)> {
         let limit = match req.kind {
             IoKind::Read | IoKind::Write | IoKind::WriteFua => u64::from(self.dev.info.max_command),
-            IoKind::WriteZeroes => MAX_NLB * self.bs(),
+            IoKind::WriteZeroes | IoKind::WriteZeroesFua => MAX_NLB * self.bs(),
             IoKind::Deallocate => u64::from(u32::MAX) * self.bs(),
             _ => return vec![(0, 0)],
         };

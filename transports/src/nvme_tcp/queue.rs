@@ -57,7 +57,6 @@ impl Iovs {
         // SAFETY: as above, for reads.
         unsafe { crate::iov::gather(&self.0, off as u64, dst) }
     }
-
 }
 
 struct Cmd {
@@ -583,8 +582,8 @@ impl NvmeTcpQueue {
             // the digest must cover what arrived, and guest memory (which
             // the guest may change at any time) is only ever copied into,
             // never read back as a slice.
-            let in_place = matches!(conn.state, Rx::Data { ddgst: false, .. })
-                && conn.rx_start == conn.rx_end;
+            let in_place =
+                matches!(conn.state, Rx::Data { ddgst: false, .. }) && conn.rx_start == conn.rx_end;
             let step = if in_place {
                 self.read_in_place()?
             } else {
@@ -897,7 +896,7 @@ impl BackendQueue for NvmeTcpQueue {
         let bs = u64::from(self.info.geometry.block_size);
         let f = self.info.features;
         match req.kind {
-            IoKind::WriteZeroes if !f.write_zeroes => {
+            IoKind::WriteZeroes | IoKind::WriteZeroesFua if !f.write_zeroes => {
                 return Err(SubmitError::Invalid(
                     "the target does not support Write Zeroes",
                 ))
