@@ -14,6 +14,7 @@ use crate::port::PortEvent;
 use leapio_controller::{namespace_ids, NamespaceInfo, ZonedInfo};
 use leapio_link::{NsDecl, ToRuntime};
 use leapio_nvme::cmd::AsyncEvent;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Most namespaces per controller.
@@ -112,13 +113,16 @@ impl NvmeController {
     /// Take what the link readers reported; admit a runtime that waited
     /// for its predecessor to be fenced.
     pub(crate) fn port_events(&mut self) {
-        while let Ok(ev) = self.port.events.try_recv() {
+        while let Some(ev) = self.port.next_event() {
             match ev {
                 PortEvent::Attach {
                     link,
                     namespaces,
                     handover,
-                } => self.attach_request(link, namespaces, handover),
+                } => {
+                    self.shared.attach_queued.fetch_sub(1, Ordering::AcqRel);
+                    self.attach_request(link, namespaces, handover);
+                }
                 PortEvent::Detached { link } => self.port.runtime_gone(link, true),
                 PortEvent::Lost { link } => {
                     if self
@@ -146,15 +150,15 @@ impl NvmeController {
         }
     }
 
+    /// Refuse a runtime's attach. Any runtime can ask, so the answer must
+    /// not hold this thread (which serves the guest's admin queue) for a
+    /// runtime that does not read: it is sent briefly or not at all.
     fn refuse(&self, link: &RuntimeLink, reason: String) {
         tracing::warn!(ctrl = %self.shared.name, runtime = %link.describe(), "attach refused: {reason}");
-        let _ = link.send(
-            &ToRuntime::AttachRefused {
-                ctrl: self.shared.name.clone(),
-                reason,
-            },
-            &[],
-        );
+        let _ = link.send_brief(&ToRuntime::AttachRefused {
+            ctrl: self.shared.name.clone(),
+            reason,
+        });
     }
 
     fn attach_request(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>, handover: bool) {
@@ -193,13 +197,10 @@ impl NvmeController {
                 .unwrap_or_default();
             let reason = format!("waiting for the previous runtime, {prev}, to exit");
             tracing::info!(ctrl = %self.shared.name, runtime = %link.describe(), "{reason}");
-            let _ = link.send(
-                &ToRuntime::AttachWaiting {
-                    ctrl: self.shared.name.clone(),
-                    reason,
-                },
-                &[],
-            );
+            let _ = link.send_brief(&ToRuntime::AttachWaiting {
+                ctrl: self.shared.name.clone(),
+                reason,
+            });
             if let Some((older, _)) = self.waiting_attach.replace((link, namespaces)) {
                 self.refuse(&older, "a newer runtime asked to attach".into());
             }

@@ -158,6 +158,9 @@ pub struct CtrlStatus {
     pub runtime_desc: Option<String>,
 }
 
+/// Attach requests that may wait for one controller's thread.
+const MAX_QUEUED_ATTACH: usize = 4;
+
 /// The host-driver.
 pub struct HostDriver {
     software: String,
@@ -463,40 +466,74 @@ impl HostDriver {
                 .filter(|e| e.shared.runtime.load(Ordering::Acquire) == id)
                 .map(|e| &e.shared)
         };
+        // Only the runtime serving a controller changes it (the others'
+        // messages about it are dropped here, before they cost its thread).
         let forward = |ctrl: &str, ev: PortEvent| {
             if let Some(e) = ctrls.get(ctrl) {
-                let _ = e.events.send(ev);
+                if e.shared.runtime.load(Ordering::Acquire) == id {
+                    let _ = e.events.send(ev);
+                } else {
+                    tracing::debug!(
+                        ctrl,
+                        link = id,
+                        "a report from a runtime that does not serve it: dropped"
+                    );
+                }
             }
         };
+        // A link function belongs to one controller: its runtime names no
+        // other.
+        if let (Peer::Soc { function }, Some(ctrl)) = (&link.peer, msg.ctrl()) {
+            if ctrl != function {
+                return Err(LinkError::Protocol(format!(
+                    "the link function of {function} names controller {}",
+                    leapio_link::proto::software_shown(ctrl)
+                )));
+            }
+        }
         match msg {
             ToHost::Hello { .. } => return Err(LinkError::Protocol("a second Hello".into())),
             ToHost::Attach {
                 ctrl,
                 namespaces,
                 handover,
-            } => match ctrls.get(&ctrl) {
-                Some(e) => {
-                    let _ = e.events.send(PortEvent::Attach {
-                        link: link.clone(),
-                        namespaces,
-                        handover,
-                    });
-                }
-                None => {
-                    let known: Vec<&str> = ctrls.keys().map(String::as_str).collect();
-                    let reason = format!(
-                        "no controller named {ctrl} on this host-driver (it has: {})",
-                        if known.is_empty() {
-                            "none".to_string()
+            } => {
+                let refused = match ctrls.get(&ctrl) {
+                    // Any runtime may ask: what waits for the controller's
+                    // thread is bounded.
+                    Some(e)
+                        if e.shared.attach_queued.fetch_add(1, Ordering::AcqRel)
+                            >= MAX_QUEUED_ATTACH =>
+                    {
+                        e.shared.attach_queued.fetch_sub(1, Ordering::AcqRel);
+                        Some(format!(
+                            "{MAX_QUEUED_ATTACH} attach requests already wait for controller {ctrl}"
+                        ))
+                    }
+                    Some(e) => {
+                        let sent = e.events.send(PortEvent::Attach {
+                            link: link.clone(),
+                            namespaces,
+                            handover,
+                        });
+                        if sent.is_err() {
+                            e.shared.attach_queued.fetch_sub(1, Ordering::AcqRel);
+                            Some(format!("controller {ctrl} is being removed"))
                         } else {
-                            known.join(", ")
+                            None
                         }
-                    );
+                    }
+                    None => Some(format!(
+                        "no controller named {} on this host-driver",
+                        leapio_link::proto::software_shown(&ctrl)
+                    )),
+                };
+                if let Some(reason) = refused {
                     drop(ctrls);
                     tracing::warn!(runtime = %link.describe(), "attach refused: {reason}");
                     link.send(&ToRuntime::AttachRefused { ctrl, reason }, &[])?;
                 }
-            },
+            }
             ToHost::Detach { ctrl } => forward(&ctrl, PortEvent::Detached { link: id }),
             ToHost::NsAdd { ctrl, ns } => forward(&ctrl, PortEvent::NsAdd { link: id, ns }),
             ToHost::NsRemove { ctrl, nsid } => {
@@ -647,6 +684,144 @@ impl std::str::FromStr for HostCtrlSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leapio_link::frame;
+
+    /// A host-driver serving controllers `names` (sockets in a fresh
+    /// directory, removed by the caller).
+    fn driver(names: &[&str]) -> (Arc<HostDriver>, PathBuf) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "leapio-hostd-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let h = HostDriver::new("leapio-hostd test");
+        for n in names {
+            h.add_controller(&HostCtrlSpec::new(n, &dir.join(format!("{n}.sock"))))
+                .unwrap();
+        }
+        (h, dir)
+    }
+
+    /// A runtime's end of a link of `peer`, welcomed.
+    fn runtime(h: &Arc<HostDriver>, peer: Peer) -> UnixStream {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(HELLO_TIMEOUT)).unwrap();
+        h.start_carrier(Carrier::Socket(ours), peer).unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let hello = ToHost::Hello {
+            major: PROTOCOL_MAJOR,
+            minor: PROTOCOL_MINOR,
+            software: "test runtime".into(),
+        };
+        frame::send(&theirs, &hello, &[]).unwrap();
+        assert!(matches!(
+            frame::recv::<ToRuntime>(&theirs).unwrap().0,
+            ToRuntime::Welcome { .. }
+        ));
+        theirs
+    }
+
+    fn attach(ctrl: &str) -> ToHost {
+        ToHost::Attach {
+            ctrl: ctrl.into(),
+            namespaces: Vec::new(),
+            handover: true,
+        }
+    }
+
+    #[test]
+    fn a_link_function_speaks_for_its_controller_only() {
+        let (h, dir) = driver(&["vm0", "vm1"]);
+        let soc = runtime(
+            &h,
+            Peer::Soc {
+                function: "vm0".into(),
+            },
+        );
+        frame::send(&soc, &attach("vm1"), &[]).unwrap();
+        // The link is cut; vm1 never heard of it.
+        assert!(matches!(
+            frame::recv::<ToRuntime>(&soc),
+            Err(LinkError::Closed | LinkError::Io(_))
+        ));
+        let vm1 = lock(&h.ctrls)["vm1"].shared.clone();
+        assert_eq!(vm1.attach_queued.load(Ordering::Acquire), 0);
+        assert_eq!(vm1.runtime.load(Ordering::Acquire), 0);
+        // A runtime of this host asking for a controller that does not
+        // exist learns nothing of the others.
+        let local = runtime(&h, Peer::InProcess);
+        frame::send(&local, &attach("vm9"), &[]).unwrap();
+        match frame::recv::<ToRuntime>(&local).unwrap().0 {
+            ToRuntime::AttachRefused { reason, .. } => {
+                assert!(
+                    !reason.contains("vm0") && !reason.contains("vm1"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        h.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn attach_requests_waiting_for_a_controller_are_bounded() {
+        let (h, dir) = driver(&["vm0"]);
+        // The controller's thread takes no more requests: they go to a
+        // channel nobody reads.
+        let (tx, _untaken) = channel();
+        lock(&h.ctrls).get_mut("vm0").unwrap().events = tx;
+        let local = runtime(&h, Peer::InProcess);
+        for _ in 0..10 {
+            frame::send(&local, &attach("vm0"), &[]).unwrap();
+        }
+        for _ in 0..6 {
+            match frame::recv::<ToRuntime>(&local).unwrap().0 {
+                ToRuntime::AttachRefused { reason, .. } => {
+                    assert!(reason.contains("already wait"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let vm0 = lock(&h.ctrls)["vm0"].shared.clone();
+        assert_eq!(vm0.attach_queued.load(Ordering::Acquire), MAX_QUEUED_ATTACH);
+        h.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_answer_to_a_runtime_that_does_not_read_is_brief() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let link = RuntimeLink::new(1, Peer::InProcess, Carrier::Socket(ours)).unwrap();
+        let refusal = ToRuntime::AttachRefused {
+            ctrl: "vm0".into(),
+            reason: "x".repeat(4000),
+        };
+        // The runtime never reads: its socket fills, then one answer times
+        // out in a moment (not the link's 5 s) and the link is closed.
+        let mut slowest = Duration::ZERO;
+        let mut sent = 0;
+        loop {
+            let t = std::time::Instant::now();
+            let r = link.send_brief(&refusal);
+            slowest = slowest.max(t.elapsed());
+            if r.is_err() {
+                break;
+            }
+            sent += 1;
+            assert!(sent < 100_000, "the socket never filled");
+        }
+        assert!(
+            slowest < Duration::from_secs(1),
+            "an answer took {slowest:?}"
+        );
+        assert!(link.is_closed());
+        drop(theirs);
+    }
 
     #[test]
     fn controller_specs() {

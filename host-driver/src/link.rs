@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 /// How long a send may block on a runtime that does not read its socket.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a controller's thread waits to answer a runtime that may not be
+/// its own ([`RuntimeLink::send_brief`]).
+pub const BRIEF_SEND: Duration = Duration::from_millis(50);
 
 /// Who is at the other end.
 #[derive(Debug)]
@@ -269,6 +272,47 @@ impl RuntimeLink {
         r
     }
 
+    /// Send a message no thread may wait long for (an answer to a request
+    /// any runtime can make): a runtime that does not take it within
+    /// [`BRIEF_SEND`] does not read its link, which is closed.
+    pub fn send_brief(&self, msg: &ToRuntime) -> Result<(), LinkError> {
+        let deadline = Instant::now() + BRIEF_SEND;
+        let _w = loop {
+            if self.is_closed() {
+                return Err(LinkError::Closed);
+            }
+            match self.write.try_lock() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    self.close("another send to it is stuck");
+                    return Err(LinkError::Timeout("the link to take a message".into()));
+                }
+            }
+        };
+        let r = match &self.carrier {
+            Carrier::Socket(sock) => {
+                // Sends hold the write lock: the timeout is this send's.
+                let r = sock
+                    .set_write_timeout(Some(BRIEF_SEND))
+                    .map_err(LinkError::Io)
+                    .and_then(|()| frame::send(sock, msg, &[]));
+                let _ = sock.set_write_timeout(Some(SEND_TIMEOUT));
+                r
+            }
+            Carrier::Rings(end) => send_ring_within(end, msg, &[], BRIEF_SEND),
+        };
+        if let Err(e) = &r {
+            if !matches!(e, LinkError::Protocol(_)) {
+                self.close(&format!("sending failed: {e}"));
+            }
+        }
+        r
+    }
+
     /// Send a request built around a fresh request number and wait up to
     /// `timeout` for its acknowledgement (an NVMe status field, 0 = done).
     pub fn request(
@@ -447,12 +491,22 @@ impl Drop for RuntimeLink {
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn send_ring(end: &RingEnd, msg: &ToRuntime, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {
+    send_ring_within(end, msg, fds, SEND_TIMEOUT)
+}
+
+/// Send on the rings, waiting at most `wait` for room.
+fn send_ring_within(
+    end: &RingEnd,
+    msg: &ToRuntime,
+    fds: &[BorrowedFd<'_>],
+    wait: Duration,
+) -> Result<(), LinkError> {
     if !fds.is_empty() {
         return Err(LinkError::Protocol(
             "descriptors cannot reach a runtime on an SoC".into(),
         ));
     }
-    let deadline = Instant::now() + SEND_TIMEOUT;
+    let deadline = Instant::now() + wait;
     loop {
         match end.rings.send(msg) {
             Err(LinkError::Timeout(_)) if Instant::now() < deadline => {

@@ -88,7 +88,10 @@ pub struct RuntimePort {
     shared: Arc<CtrlShared>,
     state: Attachment,
     timeouts: Timeouts,
-    pub(crate) events: Receiver<PortEvent>,
+    events: Receiver<PortEvent>,
+    /// Events that arrived while the thread waited for one in particular
+    /// (a detach): taken before the channel's.
+    stash: std::collections::VecDeque<PortEvent>,
 }
 
 impl RuntimePort {
@@ -102,7 +105,15 @@ impl RuntimePort {
             state: Attachment::None,
             timeouts,
             events,
+            stash: std::collections::VecDeque::new(),
         }
+    }
+
+    /// The next event for the controller's thread, without waiting.
+    pub(crate) fn next_event(&mut self) -> Option<PortEvent> {
+        self.stash
+            .pop_front()
+            .or_else(|| self.events.try_recv().ok())
     }
 
     /// The runtime serving the controller, if one is attached.
@@ -484,7 +495,9 @@ impl RuntimePort {
                     self.runtime_gone(link, false);
                     return;
                 }
-                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // Other runtimes' requests wait for the thread's next round.
+                Ok(other) => self.stash.push_back(other),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }

@@ -37,6 +37,9 @@ pub struct CtrlShared {
     /// The link id of the runtime serving the controller (0: none). Link
     /// readers only take reports from that runtime.
     pub runtime: AtomicU64,
+    /// Attach requests given to the controller's thread and not yet taken
+    /// (bounded: any link may ask).
+    pub attach_queued: std::sync::atomic::AtomicUsize,
     /// I/O counts of completion queues that were deleted.
     retired: Mutex<IoCounts>,
     events: Mutex<VecDeque<u32>>,
@@ -73,6 +76,7 @@ impl CtrlShared {
             mdts_bytes,
             fatal: AtomicBool::new(false),
             runtime: AtomicU64::new(0),
+            attach_queued: std::sync::atomic::AtomicUsize::new(0),
             retired: Mutex::new(IoCounts::default()),
             events: Mutex::new(VecDeque::new()),
             errors: Mutex::new(ErrorLog::default()),

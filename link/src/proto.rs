@@ -308,6 +308,20 @@ impl ToHost {
     pub fn fd_count(&self) -> usize {
         0
     }
+
+    /// The controller the message is about, if it is about one.
+    pub fn ctrl(&self) -> Option<&str> {
+        match self {
+            ToHost::Hello { .. } | ToHost::Ack { .. } => None,
+            ToHost::Attach { ctrl, .. }
+            | ToHost::Detach { ctrl }
+            | ToHost::NsAdd { ctrl, .. }
+            | ToHost::NsRemove { ctrl, .. }
+            | ToHost::Event { ctrl, .. }
+            | ToHost::Error { ctrl, .. }
+            | ToHost::Fatal { ctrl, .. } => Some(ctrl),
+        }
+    }
 }
 
 /// A controller's name, as both sides of the link know it: 1-64 letters,

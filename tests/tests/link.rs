@@ -227,3 +227,39 @@ fn a_runtime_vanishing_mid_attach_or_never_answering_leaves_no_damage() {
     w.d.identify_controller().expect("admin queue answers");
     good_runtime_serves(&h, &ns, Some(w));
 }
+
+#[test]
+fn a_runtime_asking_while_another_is_asked_to_let_go_is_answered() {
+    let (h, ns) = host();
+    let mut socp = h.spawn_socp(&ns, &[]);
+    assert!(
+        h.wait_attached(Duration::from_secs(20)),
+        "{}",
+        h.socp_logs()
+    );
+    // The serving runtime stops answering; a successor asks for a
+    // handover, so the controller waits for the first to let go...
+    let pid = i32::try_from(socp.id()).unwrap();
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let a = fake(&h);
+    let m = ToHost::Attach {
+        ctrl: "vm0".into(),
+        namespaces: vec![decl(CHUNKS * 8)],
+        handover: true,
+    };
+    frame::send(&a, &m, &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // ... while a third asks too: it gets an answer once the wait is over
+    // (its request is not lost in the meantime).
+    let b = fake(&h);
+    attach(&b, vec![decl(CHUNKS * 8)]);
+    let answer = frame::recv::<ToRuntime>(&b);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    kill9(&mut socp);
+    match answer {
+        Ok((ToRuntime::AttachRefused { .. } | ToRuntime::AttachWaiting { .. }, _)) => {}
+        other => panic!("the third runtime got {other:?}"),
+    }
+}
