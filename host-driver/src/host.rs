@@ -395,7 +395,13 @@ impl HostDriver {
             .name(format!("hostd-link-{id}"))
             .spawn(move || me.serve_link(link));
         match t {
-            Ok(t) => lock(&self.threads).push(t),
+            Ok(t) => {
+                let mut threads = lock(&self.threads);
+                // Links that ended (superseded sessions, closed runtimes)
+                // leave nothing behind.
+                threads.retain(|t| !t.is_finished());
+                threads.push(t);
+            }
             Err(e) => tracing::error!("runtime link: starting its thread: {e}"),
         }
         Some(id)
@@ -789,6 +795,31 @@ mod tests {
         }
         let vm0 = lock(&h.ctrls)["vm0"].shared.clone();
         assert_eq!(vm0.attach_queued.load(Ordering::Acquire), MAX_QUEUED_ATTACH);
+        h.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn links_that_ended_leave_no_thread_behind() {
+        let (h, dir) = driver(&[]);
+        for _ in 0..50 {
+            drop(runtime(&h, Peer::InProcess));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock(&h.links).len() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(runtime(&h, Peer::InProcess));
+        assert!(
+            lock(&h.threads).len() < 10,
+            "{} threads kept",
+            lock(&h.threads).len()
+        );
+        assert!(
+            lock(&h.links).len() <= 2,
+            "{} links kept",
+            lock(&h.links).len()
+        );
         h.shutdown();
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -43,7 +43,16 @@ pub struct LinkFunction {
     guest_mem_len: u64,
     pci: ConfigSpace,
     session: Option<(u32, Arc<RingEnd>)>,
+    /// When sessions were last opened (a budget: see [`OPEN_BUDGET`]).
+    opens: std::collections::VecDeque<std::time::Instant>,
 }
+
+/// Sessions a link function opens per [`OPEN_WINDOW`]; more OPENs are
+/// ignored (a runtime restarting in a loop must not grow the host-driver
+/// or keep its threads busy).
+pub const OPEN_BUDGET: usize = 8;
+/// See [`OPEN_BUDGET`].
+pub const OPEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LinkFunction {
     /// The function for controller `shared`, with the guest's RAM (the
@@ -103,6 +112,7 @@ impl LinkFunction {
             guest_mem_len,
             pci,
             session: None,
+            opens: std::collections::VecDeque::new(),
         }))
     }
 
@@ -116,6 +126,19 @@ impl LinkFunction {
 
     /// A runtime opened the function with session number `id`.
     fn open_session(&mut self, id: u32) {
+        let now = std::time::Instant::now();
+        while self
+            .opens
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > OPEN_WINDOW)
+        {
+            self.opens.pop_front();
+        }
+        if self.opens.len() >= OPEN_BUDGET {
+            tracing::warn!(ctrl = %self.name, session = id, "link function: OPEN ignored ({OPEN_BUDGET} sessions in {OPEN_WINDOW:?} already)");
+            return;
+        }
+        self.opens.push_back(now);
         self.end_session("a new runtime opened the function");
         let rings = Rings::attach(self.rings_mem.clone(), leapio_link::ring::End::Host);
         rings.reset();
