@@ -27,7 +27,7 @@ declare -A allowed=(
     [leapio-link]="leapio-nvme"
     [leapio-backends]="leapio-nvme leapio-nvme-auth leapio-backend leapio-options"
     # the host side
-    [leapio-vmm-shim]="leapio-nvme"
+    [leapio-vmm-shim]="leapio-nvme leapio-service"
     [leapio-host-driver]="leapio-nvme leapio-ats leapio-backend leapio-controller leapio-link leapio-vmm-shim leapio-service leapio-options"
     # the runtime: nothing of the host side
     [socp]="leapio-nvme leapio-nvme-auth leapio-ats leapio-controller leapio-link leapio-backend leapio-backends leapio-service leapio-options"

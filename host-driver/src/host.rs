@@ -336,7 +336,6 @@ impl HostDriver {
             path: path.display().to_string(),
             source,
         })?;
-        leapio_service::restrict_socket(path);
         let me = self.clone();
         let t = std::thread::Builder::new()
             .name("hostd-link".into())

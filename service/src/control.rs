@@ -4,9 +4,10 @@
 //! `leapioctl` is the client. A malformed request gets a JSON-RPC error and
 //! the connection goes on; a line over [`MAX_LINE`] closes it.
 
+use crate::socket::{OwnedSocket, SocketAccess};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,44 +22,63 @@ const MAX_CLIENTS: usize = 16;
 /// Runs one method: `(method, params) -> result or message`.
 pub type Handler = Arc<dyn Fn(&str, &Value) -> Result<Value, String> + Send + Sync>;
 
-/// Serve `handler` on `path` until `stop`.
+/// How long a client may stay silent (or leave a response unread) before
+/// its connection is closed: idle clients must not hold the slots.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
+
+/// Serve `handler` on `path` until `stop`. The socket appears with mode
+/// 0600 (see [`crate::socket`]); a client of another user than ours (or
+/// root) is refused; at most [`MAX_CLIENTS`] are served at once, each
+/// closed after [`CLIENT_IDLE`] of silence.
 pub fn serve(
     path: &Path,
     handler: Handler,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) if UnixStream::connect(path).is_ok() => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("{} is in use by another process", path.display()),
-            ))
-        }
-        Ok(_) => std::fs::remove_file(path)?,
-        Err(_) => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    crate::restrict_socket(path);
-    listener.set_nonblocking(true)?;
-    let path = path.to_path_buf();
+    let sock = OwnedSocket::bind(path, &SocketAccess::default())?;
+    sock.listener().set_nonblocking(true)?;
     let clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                match listener.accept() {
+                match sock.listener().accept() {
                     Ok((s, _)) => {
+                        match crate::socket::peer_cred(&s) {
+                            Ok(c) if c.uid == me || c.uid == 0 => {}
+                            Ok(c) => {
+                                tracing::warn!(
+                                    uid = c.uid,
+                                    pid = c.pid,
+                                    "control socket: a client of another user refused"
+                                );
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!("control socket: a client without credentials: {e}");
+                                continue;
+                            }
+                        }
                         if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+                            let _ = s.set_nonblocking(true);
+                            let mut s = s;
+                            let _ =
+                                writeln!(s, "{}", error(Value::Null, -32000, "too many clients"));
                             continue;
                         }
                         clients.fetch_add(1, Ordering::AcqRel);
                         let (h, c) = (handler.clone(), clients.clone());
-                        let _ = std::thread::Builder::new()
+                        let spawned = std::thread::Builder::new()
                             .name("control-client".into())
                             .spawn(move || {
                                 client(s, &h);
                                 c.fetch_sub(1, Ordering::AcqRel);
                             });
+                        if spawned.is_err() {
+                            clients.fetch_sub(1, Ordering::AcqRel);
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(50));
@@ -69,12 +89,14 @@ pub fn serve(
                     }
                 }
             }
-            let _ = std::fs::remove_file(&path);
+            // `sock` goes: its path is removed if it still names it.
         })
 }
 
 fn client(s: UnixStream, handler: &Handler) {
     let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(CLIENT_IDLE));
+    let _ = s.set_write_timeout(Some(CLIENT_IDLE));
     let Ok(mut out) = s.try_clone() else { return };
     let mut r = BufReader::new(s);
     let mut line = Vec::new();

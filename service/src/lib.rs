@@ -4,11 +4,11 @@
 //! - [`control`]: the JSON-RPC control socket and its client (`leapioctl`);
 //! - [`init_logging`], [`error_chain`]: how the daemons log and report
 //!   errors;
-//! - [`restrict_socket`]: sockets a daemon creates are its owner's.
+//! - [`socket`]: listening sockets that appear with their final mode and
+//!   owner and are removed only by their owner; the peer's credentials.
 
 pub mod control;
-
-use std::path::Path;
+pub mod socket;
 
 /// An error and its sources, joined with ": " (our error types do not
 /// repeat their source in their own message).
@@ -34,12 +34,4 @@ pub fn init_logging(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// Sockets a daemon creates are for root (or the owner) only.
-pub fn restrict_socket(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), "cannot restrict socket permissions: {e}");
-    }
 }

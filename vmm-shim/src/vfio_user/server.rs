@@ -3,12 +3,13 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use leapio_service::socket::SocketAccess;
+use leapio_service::socket::{BindError, OwnedSocket};
 use libc::{E2BIG, EINVAL, ENOSYS, ENOTSUP, ENOTTY, EPERM};
 use vfio_bindings::bindings::vfio::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
@@ -34,10 +35,7 @@ const MAX_SPARSE_AREAS: usize = 64;
 /// still ours).
 #[derive(Debug)]
 pub struct Listener {
-    listener: UnixListener,
-    path: PathBuf,
-    /// (st_dev, st_ino) of the socket file we created.
-    identity: Option<(u64, u64)>,
+    sock: OwnedSocket,
 }
 
 impl Listener {
@@ -49,60 +47,26 @@ impl Listener {
     }
 
     /// [`Listener::bind`], with the socket's mode and owner set before it
-    /// appears at `path`: it is bound in a private directory next to
-    /// `path`, given `access`, and renamed into place, so no client ever
-    /// sees it with the permissions of the process's umask.
+    /// appears at `path` ([`OwnedSocket`]), so no client ever sees it with
+    /// the permissions of the process's umask.
     pub fn bind_with(path: &Path, access: &SocketAccess) -> Result<Listener, ServerError> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(ServerError::NotASocket {
-                    path: path.to_owned(),
-                });
-            }
-            match UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(ServerError::InUse {
-                        path: path.to_owned(),
-                    })
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "removing stale vfio-user socket");
-                    if let Err(source) = std::fs::remove_file(path) {
-                        if source.kind() != io::ErrorKind::NotFound {
-                            return Err(ServerError::Bind {
-                                path: path.to_owned(),
-                                source,
-                            });
-                        }
-                    }
-                }
-                // Anything else (permissions...): let bind() report it.
-                Err(_) => {}
-            }
-        }
-        let listener = bind_private(path, access).map_err(|source| ServerError::Bind {
-            path: path.to_owned(),
-            source,
+        let sock = OwnedSocket::bind(path, access).map_err(|e| match e {
+            BindError::InUse(path) => ServerError::InUse { path },
+            BindError::NotASocket(path) => ServerError::NotASocket { path },
+            BindError::Io(path, source) => ServerError::Bind { path, source },
         })?;
-        listener
+        sock.listener()
             .set_nonblocking(true)
             .map_err(|source| ServerError::Bind {
                 path: path.to_owned(),
                 source,
             })?;
-        let identity = std::fs::symlink_metadata(path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        Ok(Listener {
-            listener,
-            path: path.to_owned(),
-            identity,
-        })
+        Ok(Listener { sock })
     }
 
     /// The socket path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.sock.path()
     }
 
     /// Wait for a client. Returns `None` once `stop` is set (checked every
@@ -123,7 +87,7 @@ impl Listener {
     pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<UnixStream>, ServerError> {
         let mut waited = false;
         loop {
-            match self.listener.accept() {
+            match self.sock.listener().accept() {
                 Ok((stream, _)) => {
                     stream.set_nonblocking(false).map_err(ServerError::Accept)?;
                     return Ok(Some(stream));
@@ -133,7 +97,8 @@ impl Listener {
                         return Ok(None);
                     }
                     waited = true;
-                    poll_fd(self.listener.as_fd(), false, timeout).map_err(ServerError::Accept)?;
+                    poll_fd(self.sock.listener().as_fd(), false, timeout)
+                        .map_err(ServerError::Accept)?;
                 }
                 Err(e)
                     if matches!(
@@ -144,20 +109,6 @@ impl Listener {
                     continue
                 }
                 Err(e) => return Err(ServerError::Accept(e)),
-            }
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let ours = match std::fs::symlink_metadata(&self.path) {
-            Ok(m) => self.identity == Some((m.dev(), m.ino())),
-            Err(_) => false,
-        };
-        if ours {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove vfio-user socket");
             }
         }
     }
@@ -330,81 +281,6 @@ impl Reader {
             self.body = Some((hdr, vec![0; body_len], 0));
         }
     }
-}
-
-/// Who may connect to a vfio-user socket: its mode (default 0600, only the
-/// server's user) and, optionally, its owner (a hypervisor running as
-/// another user: `mode 0660` and its group, or its user).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SocketAccess {
-    pub mode: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
-
-impl Default for SocketAccess {
-    fn default() -> Self {
-        SocketAccess {
-            mode: 0o600,
-            uid: None,
-            gid: None,
-        }
-    }
-}
-
-impl SocketAccess {
-    /// `sock-mode=OCTAL` (at most 0777).
-    pub fn set_mode(&mut self, value: &str) -> Result<(), String> {
-        self.mode = u32::from_str_radix(value.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| format!("sock-mode must be an octal mode up to 0777, got '{value}'"))?;
-        Ok(())
-    }
-
-    /// `sock-owner=UID[:GID]` (numeric ids).
-    pub fn set_owner(&mut self, value: &str) -> Result<(), String> {
-        let bad = || format!("sock-owner must be UID or UID:GID (numbers), got '{value}'");
-        let (u, g) = match value.split_once(':') {
-            Some((u, g)) => (u, Some(g)),
-            None => (value, None),
-        };
-        self.uid = Some(u.parse().map_err(|_| bad())?);
-        self.gid = g.map(|g| g.parse().map_err(|_| bad())).transpose()?;
-        Ok(())
-    }
-}
-
-/// Bind `path` with `access`: in a fresh directory next to it (mode 0700),
-/// chmod and chown there, then rename into place.
-fn bind_private(path: &Path, access: &SocketAccess) -> io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
-    let staged = tmp.join("s");
-    let result = (|| {
-        let listener = UnixListener::bind(&staged)?;
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(access.mode))?;
-        if access.uid.is_some() || access.gid.is_some() {
-            std::os::unix::fs::chown(&staged, access.uid, access.gid)?;
-        }
-        std::fs::rename(&staged, path)?;
-        Ok(listener)
-    })();
-    let _ = std::fs::remove_file(&staged);
-    let _ = std::fs::remove_dir(&tmp);
-    result
 }
 
 /// At most [`LogLimiter::BURST`] warnings a second per connection: a peer
