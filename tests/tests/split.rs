@@ -513,3 +513,82 @@ fn the_guest_turning_the_write_cache_off_reaches_the_runtime() {
     }
     term(&mut socp, Duration::from_secs(15));
 }
+
+/// A runtime serving a namespace that lives on a remote NVMe/TCP target
+/// dies with writes in flight: the successor runs them again only once
+/// the target can no longer execute the dead runtime's copies (its
+/// keep-alive timeout and a second), so an old copy never lands over a
+/// newer write; the guest's verified I/O loses nothing.
+#[test]
+fn a_dead_runtimes_remote_writes_run_again_only_once_they_cannot_land() {
+    const NQN: &str = "nqn.2026-12.io.leapio:split-remote";
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let path = host.dir.join("remote.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(CHUNKS * CHUNK)
+        .unwrap();
+    // The target, on a port it picks (read back from its log).
+    let log = host.dir.join("target.out");
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            kill9(&mut self.0);
+        }
+    }
+    let _target = Reap(
+        std::process::Command::new(leapio_tests::split::bin("socp"))
+            .args([
+                "--tcp-target",
+                &format!("listen=127.0.0.1:0,nqn={NQN},ns=file:{}", path.display()),
+            ])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("target"),
+    );
+    let t0 = Instant::now();
+    let port = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(p) = text
+            .lines()
+            .find(|l| l.contains("NVMe/TCP target listening"))
+            .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "target: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ns = format!("ns=nvme-tcp:127.0.0.1:{port}/{NQN}?kato=2000");
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)), "{}", host.socp_logs());
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = guest(&host, 0x5eed_0007, stop.clone());
+    // Killed under load until a death leaves writes in flight.
+    let mut held = false;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300));
+        kill9(&mut socp);
+        let t = Instant::now();
+        socp = host.spawn_socp(&ns, &[]);
+        assert!(host.wait_attached(Duration::from_secs(20)), "{}", host.socp_logs());
+        std::thread::sleep(Duration::from_millis(500));
+        let logs = host.socp_logs();
+        if logs.contains("can no longer land") {
+            assert!(logs.contains("wait_ms=3000"), "{logs}");
+            // The held writes ran and the guest goes on.
+            std::thread::sleep(Duration::from_secs(3).saturating_sub(t.elapsed()));
+            held = true;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    let w = g.join().expect("guest");
+    report(&host, &w, "remote namespace, runtime killed");
+    assert!(held, "no death left a write in flight:\n{}", host.socp_logs());
+    kill9(&mut socp);
+}

@@ -186,6 +186,19 @@ pub struct QueuePoller {
     io_wait: Option<Duration>,
     /// Where the time of loops that did work is counted, when asked for.
     stats: Option<Arc<PollerStats>>,
+    /// A previous runtime's writes to run again once its copies can no
+    /// longer land (`Backend::stale_writes_for`).
+    held: Vec<Held>,
+}
+
+/// A command of a previous runtime waiting to run again.
+struct Held {
+    due: Instant,
+    /// The controller's `CtrlCtx::id` (indexes shift as controllers go).
+    ctrl: u64,
+    sqid: u16,
+    cqid: u16,
+    rerun: Rerun,
 }
 
 /// How busy the pollers are: the time each spent in loops that did some
@@ -233,6 +246,7 @@ impl QueuePoller {
             deletes_pending: 0,
             io_wait: None,
             stats: None,
+            held: Vec::new(),
         }
     }
 
@@ -267,6 +281,7 @@ impl QueuePoller {
                 self.refresh_snapshot(c);
             }
             work |= self.reap();
+            work |= self.run_held();
             work |= self.engine.retry();
             for c in 0..self.ctrls.len() {
                 work |= self.poll_ctrl(c);
@@ -542,13 +557,67 @@ impl QueuePoller {
         }
         tracing::info!(ctrl = %self.ctrls[c].ctx.name, sqid, commands = mine.len(), "running again the commands the previous runtime had in flight");
         let limits = self.limits(c);
+        let now = Instant::now();
+        let mut longest = Duration::ZERO;
+        let mut held = 0;
         for r in mine {
             if let Some(sq) = sq_mut(&mut self.ctrls[c], sqid) {
                 sq.in_flight += 1;
                 sq.commands += 1;
             }
-            self.start(c, sqid, cqid, r.slot, &r.sqe, &limits);
+            let wait = self.stale_for(c, &r.sqe);
+            if wait.is_zero() {
+                self.start(c, sqid, cqid, r.slot, &r.sqe, &limits);
+            } else {
+                longest = longest.max(wait);
+                held += 1;
+                self.held.push(Held {
+                    due: now + wait,
+                    ctrl: self.ctrls[c].ctx.id,
+                    sqid,
+                    cqid,
+                    rerun: r,
+                });
+            }
         }
+        if held > 0 {
+            tracing::warn!(ctrl = %self.ctrls[c].ctx.name, sqid, commands = held, wait_ms = longest.as_millis(), "writes the previous runtime sent to a remote target run again once its copies can no longer land there");
+        }
+    }
+
+    /// How long a previous runtime's command must wait before it runs
+    /// again: a write to a namespace whose old copies may still land.
+    fn stale_for(&self, c: usize, sqe: &Sqe) -> Duration {
+        if matches!(sqe.opcode, IoOpcode::READ | IoOpcode::ZONE_MGMT_RECV) {
+            return Duration::ZERO;
+        }
+        let table = self.ctrls[c].ctx.namespaces.load();
+        table
+            .get(sqe.nsid.get())
+            .map_or(Duration::ZERO, |n| n.backend.stale_writes_for())
+    }
+
+    /// Run the held commands whose wait is over.
+    fn run_held(&mut self) -> bool {
+        if self.held.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.due <= now);
+        self.held = later;
+        let any = !due.is_empty();
+        for h in due {
+            let Some(c) = self.ctrls.iter().position(|s| s.ctx.id == h.ctrl) else {
+                // The controller left this poller: its queue-state slots
+                // stay in flight for whoever serves it next.
+                continue;
+            };
+            let limits = self.limits(c);
+            self.start(c, h.sqid, h.cqid, h.rerun.slot, &h.rerun.sqe, &limits);
+        }
+        any
     }
 
     fn limits(&self, c: usize) -> PrpLimits {

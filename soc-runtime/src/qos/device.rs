@@ -124,6 +124,9 @@ impl Backend for QosBackend {
     fn copied_bytes(&self) -> u64 {
         self.inner.copied_bytes()
     }
+    fn stale_writes_for(&self) -> std::time::Duration {
+        self.inner.stale_writes_for()
+    }
     fn claim(&self) -> Result<(), BackendError> {
         self.inner.claim()
     }

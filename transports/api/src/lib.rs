@@ -510,6 +510,16 @@ pub trait Backend: Send + Sync {
         let _ = who;
         0
     }
+    /// How long after a runtime died the writes it had sent through its
+    /// own connection may still land: a successor runs that runtime's
+    /// writes again only once this has passed, so that an old copy never
+    /// lands over a newer write. Zero where the runtime's death ends its
+    /// I/O (local files and devices: the runtime is fenced first); a remote
+    /// target drops a dead host's association within its keep-alive
+    /// timeout.
+    fn stale_writes_for(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// A per-poller queue of requests. Not shared between threads (but may move

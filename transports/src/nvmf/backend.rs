@@ -82,6 +82,19 @@ impl<F: Fabric> Backend for FabricBackend<F> {
         self.session.copied.load(Ordering::Relaxed)
     }
 
+    /// The target tears the dead runtime's controller down (finishing its
+    /// commands) at most its keep-alive timeout after its last command;
+    /// a second more for the teardown. Without a keep-alive timeout, the
+    /// connection's end is all the target learns: the retry deadline then.
+    fn stale_writes_for(&self) -> Duration {
+        let s = self.session.spec();
+        if s.kato.is_zero() {
+            s.retry
+        } else {
+            s.kato + Duration::from_secs(1)
+        }
+    }
+
     fn describe(&self) -> String {
         let i = self.session.info();
         let s = self.session.spec();
