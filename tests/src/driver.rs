@@ -50,6 +50,9 @@ pub struct QueuePair {
     pub phase: bool,
     pub vector: u16,
     next_cid: u16,
+    /// Command ids submitted and not completed: a new command never
+    /// takes one (a command may stay in flight while 65536 others pass).
+    outstanding: std::collections::HashSet<u16>,
 }
 
 impl QueuePair {
@@ -64,6 +67,7 @@ impl QueuePair {
             phase: true,
             vector,
             next_cid: 0,
+            outstanding: std::collections::HashSet::new(),
         }
     }
 }
@@ -237,8 +241,12 @@ impl Driver {
     /// Write a command at the SQ tail (assigning a CID) without ringing.
     pub fn push(&mut self, qid: u16, mut sqe: Sqe) -> u16 {
         let q = self.queues.get_mut(&qid).expect("no such queue");
-        let cid = q.next_cid;
-        q.next_cid = q.next_cid.wrapping_add(1);
+        let mut cid = q.next_cid;
+        while q.outstanding.contains(&cid) {
+            cid = cid.wrapping_add(1);
+        }
+        q.next_cid = cid.wrapping_add(1);
+        q.outstanding.insert(cid);
         sqe.cid = cid.into();
         let gpa = q.sq_gpa + u64::from(q.sq_tail) * 64;
         q.sq_tail = (q.sq_tail + 1) % q.entries;
@@ -264,6 +272,7 @@ impl Driver {
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         let bytes = self.mem.read_vec(gpa, 16);
         let cqe = Cqe::read_from_bytes(&bytes).ok()?;
+        q.outstanding.remove(&cqe.cid.get());
         q.cq_head += 1;
         if q.cq_head == q.entries {
             q.cq_head = 0;

@@ -14,14 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A binary of this workspace, built next to the test executables
-/// (`cargo build --workspace --bins`; the test command does that first).
+/// (`cargo build --workspace --bins`; the test command does that first),
+/// or next to the program asking (a binary of `leapio-tests` itself).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in target/<profile>/deps");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>, or
+    // target/<profile>/<program> -> target/<profile>/<name>.
+    let here = exe.parent().expect("the executable's directory");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target/<profile>")
+    } else {
+        here
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -196,6 +200,9 @@ pub struct Workload {
     /// Problems seen: I/O errors, wrong data, unknown or duplicate
     /// completions.
     pub errors: Vec<String>,
+    /// The longest time commands were in flight with none completing.
+    pub longest_pause: Duration,
+    last_progress: Option<Instant>,
 }
 
 fn pattern(tag: u64) -> Vec<u8> {
@@ -246,6 +253,8 @@ impl Workload {
             writes: 0,
             reads: 0,
             errors: Vec::new(),
+            longest_pause: Duration::ZERO,
+            last_progress: None,
         })
     }
 
@@ -306,7 +315,7 @@ impl Workload {
     /// Top the queue up to `qd` commands (random reads and writes) and ring.
     pub fn fill(&mut self) {
         let mut pushed = false;
-        while self.inflight.len() < self.qd {
+        while self.inflight.len() < self.qd && !self.free_slots.is_empty() {
             let chunk = self.rand() % self.chunks;
             if self.busy[ix(chunk)] {
                 continue;
@@ -323,7 +332,16 @@ impl Workload {
     /// Take every completion posted so far; returns how many.
     pub fn reap(&mut self) -> usize {
         let mut n = 0;
+        let now = Instant::now();
+        if self.inflight.is_empty() {
+            self.last_progress = None;
+        } else if let Some(t) = self.last_progress {
+            self.longest_pause = self.longest_pause.max(now.duration_since(t));
+        } else {
+            self.last_progress = Some(now);
+        }
         while let Some(c) = self.d.poll(self.qid) {
+            self.last_progress = Some(now);
             n += 1;
             self.completed += 1;
             let cid = c.cid.get();

@@ -565,7 +565,11 @@ fn a_dead_runtimes_remote_writes_run_again_only_once_they_cannot_land() {
     };
     let ns = format!("ns=nvme-tcp:127.0.0.1:{port}/{NQN}?kato=2000");
     let mut socp = host.spawn_socp(&ns, &[]);
-    assert!(host.wait_attached(Duration::from_secs(20)), "{}", host.socp_logs());
+    assert!(
+        host.wait_attached(Duration::from_secs(20)),
+        "{}",
+        host.socp_logs()
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let g = guest(&host, 0x5eed_0007, stop.clone());
     // Killed under load until a death leaves writes in flight.
@@ -575,7 +579,11 @@ fn a_dead_runtimes_remote_writes_run_again_only_once_they_cannot_land() {
         kill9(&mut socp);
         let t = Instant::now();
         socp = host.spawn_socp(&ns, &[]);
-        assert!(host.wait_attached(Duration::from_secs(20)), "{}", host.socp_logs());
+        assert!(
+            host.wait_attached(Duration::from_secs(20)),
+            "{}",
+            host.socp_logs()
+        );
         std::thread::sleep(Duration::from_millis(500));
         let logs = host.socp_logs();
         if logs.contains("can no longer land") {
@@ -589,6 +597,10 @@ fn a_dead_runtimes_remote_writes_run_again_only_once_they_cannot_land() {
     stop.store(true, Ordering::Release);
     let w = g.join().expect("guest");
     report(&host, &w, "remote namespace, runtime killed");
-    assert!(held, "no death left a write in flight:\n{}", host.socp_logs());
+    assert!(
+        held,
+        "no death left a write in flight:\n{}",
+        host.socp_logs()
+    );
     kill9(&mut socp);
 }

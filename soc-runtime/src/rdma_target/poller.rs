@@ -481,6 +481,12 @@ impl RdmaPoller {
         let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
+        if !c.link.established {
+            // Until the CM says ESTABLISHED the connection cannot be ended
+            // cleanly (a disconnect before it is refused, and the host would
+            // never hear of it): what arrived waits in the CQ.
+            return false;
+        }
         let mut done: Vec<WorkDone> = Vec::new();
         if c.link.cq.poll(&mut done).is_err() {
             c.link.broken = true;
