@@ -35,6 +35,26 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// xorshift64*: reproducible pseudo-random numbers for workloads and
+/// campaigns.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
 /// A host-driver serving one controller, in this process.
 pub struct SplitHost {
     pub dir: PathBuf,
@@ -192,7 +212,7 @@ pub struct Workload {
     busy: Vec<bool>,
     free_slots: Vec<usize>,
     inflight: HashMap<u16, Io>,
-    rng: u64,
+    rng: Rng,
     version: u64,
     pub completed: u64,
     pub writes: u64,
@@ -247,7 +267,7 @@ impl Workload {
             busy: vec![false; ix(chunks)],
             free_slots: (0..qd).collect(),
             inflight: HashMap::new(),
-            rng: seed | 1,
+            rng: Rng::new(seed),
             version: 1,
             completed: 0,
             writes: 0,
@@ -259,11 +279,7 @@ impl Workload {
     }
 
     fn rand(&mut self) -> u64 {
-        // xorshift64*
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.rng.next_u64()
     }
 
     pub fn in_flight(&self) -> usize {

@@ -18,7 +18,7 @@
 use leapio_host_driver::port::Timeouts;
 use leapio_link::proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::{frame, ToHost, ToRuntime};
-use leapio_tests::split::{bin, kill9, SplitHost, Workload, CHUNK};
+use leapio_tests::split::{bin, kill9, Rng, SplitHost, Workload, CHUNK};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, ExitCode};
@@ -30,20 +30,6 @@ use std::time::{Duration, Instant};
 const CHUNKS: u64 = 4096;
 const QD: usize = 16;
 const NQN: &str = "nqn.2026-12.io.leapio:faults";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// The namespace's NVMe/TCP target (`--remote`), on a fixed port so that
 /// a restarted one is found where the old one was.
@@ -161,7 +147,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let host = SplitHost::start(
         "vm0",
         4,
