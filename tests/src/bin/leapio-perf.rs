@@ -51,6 +51,10 @@ enum PerfError {
 }
 
 fn main() -> ExitCode {
+    // The spawned socp's log, when asked for (stderr).
+    if std::env::var_os("RUST_LOG").is_some() {
+        leapio_service::init_logging("warn");
+    }
     let args = Args::parse();
     let cfg = match Config::from_args(&args) {
         Ok(c) => c,

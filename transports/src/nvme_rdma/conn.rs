@@ -188,7 +188,8 @@ impl RdmaConn {
         unsafe { rdma::post_send(self.id.qp(), &mut wr) }.map_err(|source| NvmfError::Io { source })
     }
 
-    /// Poll completions into `pending`, waiting up to `until`.
+    /// Poll completions into `pending`, waiting up to `until`, until
+    /// `done` (given each new batch of completions) says it is enough.
     fn poll_until(
         &mut self,
         until: Instant,
@@ -209,7 +210,10 @@ impl RdmaConn {
                     w.status
                 )));
             }
-            if done(&self.pending) {
+            // Each completion is shown once: a receive seen twice would be
+            // posted twice on one buffer, and a later response would then
+            // overwrite an earlier one before it is read.
+            if done(&self.pending[before..]) {
                 return Ok(());
             }
             if Instant::now() >= until {
