@@ -238,9 +238,29 @@ impl RuntimeLink {
             return Err(LinkError::Closed);
         }
         let _w = lock(&self.write);
+        self.send_locked(msg, fds, SEND_TIMEOUT)
+    }
+
+    /// Send with the write lock held, waiting at most `wait` for the
+    /// runtime to take the message; a failed send closes the link.
+    fn send_locked(
+        &self,
+        msg: &ToRuntime,
+        fds: &[BorrowedFd<'_>],
+        wait: Duration,
+    ) -> Result<(), LinkError> {
         let r = match &self.carrier {
-            Carrier::Socket(sock) => frame::send(sock, msg, fds),
-            Carrier::Rings(end) => send_ring(end, msg, fds),
+            Carrier::Socket(sock) if wait == SEND_TIMEOUT => frame::send(sock, msg, fds),
+            Carrier::Socket(sock) => {
+                // The lock is held: the timeout is this send's alone.
+                let r = sock
+                    .set_write_timeout(Some(wait))
+                    .map_err(LinkError::Io)
+                    .and_then(|()| frame::send(sock, msg, fds));
+                let _ = sock.set_write_timeout(Some(SEND_TIMEOUT));
+                r
+            }
+            Carrier::Rings(end) => send_ring(end, msg, fds, wait),
         };
         if let Err(e) = &r {
             if !matches!(e, LinkError::Protocol(_)) {
@@ -271,24 +291,7 @@ impl RuntimeLink {
                 }
             }
         };
-        let r = match &self.carrier {
-            Carrier::Socket(sock) => {
-                // Sends hold the write lock: the timeout is this send's.
-                let r = sock
-                    .set_write_timeout(Some(BRIEF_SEND))
-                    .map_err(LinkError::Io)
-                    .and_then(|()| frame::send(sock, msg, &[]));
-                let _ = sock.set_write_timeout(Some(SEND_TIMEOUT));
-                r
-            }
-            Carrier::Rings(end) => send_ring_within(end, msg, &[], BRIEF_SEND),
-        };
-        if let Err(e) = &r {
-            if !matches!(e, LinkError::Protocol(_)) {
-                self.close(&format!("sending failed: {e}"));
-            }
-        }
-        r
+        self.send_locked(msg, &[], BRIEF_SEND)
     }
 
     /// Send a request built around a fresh request number and wait up to
@@ -468,12 +471,8 @@ impl Drop for RuntimeLink {
 /// link counts as lost.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn send_ring(end: &RingEnd, msg: &ToRuntime, fds: &[BorrowedFd<'_>]) -> Result<(), LinkError> {
-    send_ring_within(end, msg, fds, SEND_TIMEOUT)
-}
-
 /// Send on the rings, waiting at most `wait` for room.
-fn send_ring_within(
+fn send_ring(
     end: &RingEnd,
     msg: &ToRuntime,
     fds: &[BorrowedFd<'_>],

@@ -55,6 +55,16 @@ impl Rng {
     }
 }
 
+/// The loopback port a `socp --tcp-target listen=127.0.0.1:0,...` says in
+/// its log `text` that it listens on, once it has said so.
+pub fn tcp_target_port(text: &str) -> Option<u16> {
+    text.lines()
+        .find(|l| l.contains("NVMe/TCP target listening"))
+        .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse::<u16>().ok())
+}
+
 /// A host-driver serving one controller, in this process.
 pub struct SplitHost {
     pub dir: PathBuf,

@@ -670,13 +670,7 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning() {
     let t0 = Instant::now();
     let port = loop {
         let text = std::fs::read_to_string(log.path()).unwrap();
-        let addr = text
-            .lines()
-            .find(|l| l.contains("NVMe/TCP target listening"))
-            .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse::<u16>().ok());
-        if let Some(port) = addr {
+        if let Some(port) = leapio_tests::split::tcp_target_port(&text) {
             break port;
         }
         assert!(child.0.try_wait().unwrap().is_none(), "socp exited: {text}");

@@ -551,13 +551,7 @@ fn a_dead_runtimes_remote_writes_run_again_only_once_they_cannot_land() {
     let t0 = Instant::now();
     let port = loop {
         let text = std::fs::read_to_string(&log).unwrap();
-        if let Some(p) = text
-            .lines()
-            .find(|l| l.contains("NVMe/TCP target listening"))
-            .and_then(|l| l.split("addr=127.0.0.1:").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse::<u16>().ok())
-        {
+        if let Some(p) = leapio_tests::split::tcp_target_port(&text) {
             break p;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "target: {text}");

@@ -271,10 +271,7 @@ impl FileQueue {
         if std::mem::take(&mut slot.sync) {
             slot.op = Op::Flush;
             self.stats.fua += 1;
-            if self.issue(idx).is_err() {
-                tracing::error!("io_uring submission queue unexpectedly full; failing request");
-                self.complete(idx, Err(IoError::from_errno(libc::EAGAIN)), out);
-            }
+            self.issue_or_fail(idx, out);
         } else {
             self.complete(idx, Ok(()), out);
         }
@@ -423,6 +420,11 @@ impl FileQueue {
     /// room for every slot) fails the request rather than losing it.
     fn reissue(&mut self, idx: u32, out: &mut Vec<Completion>) {
         self.stats.resubmits += 1;
+        self.issue_or_fail(idx, out);
+    }
+
+    /// Issue the slot's next step, or fail the request if the SQ refuses it.
+    fn issue_or_fail(&mut self, idx: u32, out: &mut Vec<Completion>) {
         if self.issue(idx).is_err() {
             tracing::error!("io_uring submission queue unexpectedly full; failing request");
             self.complete(idx, Err(IoError::from_errno(libc::EAGAIN)), out);

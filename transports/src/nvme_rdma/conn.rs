@@ -45,6 +45,13 @@ fn target_addr(spec: &NvmfSpec) -> Result<SocketAddr, NvmfError> {
         })
 }
 
+/// A registered buffer of `len` bytes from the process's DMA registry.
+pub(super) fn dma_buffer(len: usize) -> Result<DmaBuffer, NvmfError> {
+    DmaBuffer::new(DmaRegistry::global(), len).map_err(|e| NvmfError::Io {
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
 /// A connection as an I/O queue drives it.
 pub(super) struct Parts {
     // Drop order: the identifier (and its QP) before the CQ.
@@ -103,13 +110,7 @@ impl RdmaConn {
         // memory possibly more).
         id.create_qp(dev.regs.pd(), &cq, entries + 4, entries + 4, 8)
             .map_err(io)?;
-        let reg = DmaRegistry::global();
-        let dma = |len| {
-            DmaBuffer::new(reg, len).map_err(|e| NvmfError::Io {
-                source: std::io::Error::other(e.to_string()),
-            })
-        };
-        let recv = dma(usize::try_from(entries).unwrap_or(2) * RESP)?;
+        let recv = dma_buffer(usize::try_from(entries).unwrap_or(2) * RESP)?;
         let c = RdmaConn {
             id,
             cq,
@@ -117,8 +118,8 @@ impl RdmaConn {
             dev,
             recv,
             recvs: entries,
-            capsule: dma(64)?,
-            data: dma(CTRL_DATA)?,
+            capsule: dma_buffer(64)?,
+            data: dma_buffer(CTRL_DATA)?,
             cid: 0,
             pending: Vec::new(),
             gone: None,

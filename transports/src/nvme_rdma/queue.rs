@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use leapio_backend::dma::{DmaBuffer, DmaRegistry};
+use leapio_backend::dma::DmaBuffer;
 use leapio_nvme::fabrics::SglDescriptor;
 use leapio_nvme::rdma::KeyedSgl;
 use leapio_nvme::{Cqe, Sqe};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::conn::{Parts, RdmaConn, RECV_BIT, RESP};
+use super::conn::{dma_buffer, Parts, RdmaConn, RECV_BIT, RESP};
 use crate::iov::{gather, pieces, scatter};
 use crate::nvme_host::{dsm_range, io_command, status_error};
 use crate::nvmf::{overdue, reconnect_loop, Info, NvmfError, Session};
@@ -106,10 +106,7 @@ impl NvmeRdmaQueue {
         let spec = session.spec();
         let (qid, entries, parts) = session.open_io(depth, RdmaConn::into_parts)?;
         let slots = usize::try_from(entries - 1).unwrap_or(1);
-        let capsules =
-            DmaBuffer::new(DmaRegistry::global(), slots * SLOT).map_err(|e| NvmfError::Io {
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let capsules = dma_buffer(slots * SLOT)?;
         tracing::debug!(qid, entries, "NVMe/RDMA I/O queue connected");
         Ok(NvmeRdmaQueue {
             session: Arc::clone(session),
@@ -168,9 +165,7 @@ impl NvmeRdmaQueue {
     fn bounce_for(&mut self, cid: u16, len: usize) -> Result<(*mut u8, u32, u32), NvmfError> {
         let i = usize::from(cid);
         if self.bounce[i].as_ref().is_none_or(|b| b.len() < len) {
-            let b = DmaBuffer::new(DmaRegistry::global(), len).map_err(|e| NvmfError::Io {
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            let b = dma_buffer(len)?;
             self.bounce[i] = Some(b);
         }
         let p = self.bounce[i]
