@@ -26,7 +26,9 @@
 //! 2. [`CqJournal::begin`]: slot <- SQE, its position in the SQ's stream,
 //!    state IN_FLIGHT (release);
 //! 3. [`SqJournal::consumed`]: the SQ's consumed count (release);
-//! 4. run it; [`CqJournal::complete`]: status, CQ position, state COMPLETED
+//! 4. run it (a backend that decides something before it acts, as a Zone
+//!    Append's LBA, records that in the slot first: [`CqJournal::placed`]);
+//!    [`CqJournal::complete`]: status, CQ position, state COMPLETED
 //!    (release);
 //! 5. write the CQE into the guest's completion queue (phase tag last);
 //! 6. [`CqJournal::posted`]: the CQ's posted count (release);
@@ -37,7 +39,9 @@
 //! COMPLETED at or above `posted` is posted again at its own position with
 //! the same contents (idempotent: the guest either has not seen it, or sees
 //! the same entry); IN_FLIGHT whose SQ position is below the SQ's consumed
-//! count never completed visibly and runs again from its copied SQE;
+//! count never completed visibly and runs again from its copied SQE, marked
+//! as a rerun (it may have run in whole or in part: a zoned write finds its
+//! blocks below the write pointer, an append where it was placed);
 //! IN_FLIGHT at or above it is dropped, because the SQE is still in the
 //! guest's submission queue (no completion ever reported that slot as
 //! consumed) and will be fetched again.
@@ -144,7 +148,10 @@ pub struct SlotRecord {
     cq_seq: AtomicU64,
     /// dw0 (bits 0-31), status field (32-47), SQ head reported (48-63).
     result: AtomicU64,
-    _pad: [AtomicU64; 3],
+    /// What a backend decided for the command before acting on it: 0, or
+    /// 1 + the LBA a Zone Append was given (`leapio_backend::Journal`).
+    placed: AtomicU64,
+    _pad: [AtomicU64; 2],
 }
 const _: () = assert!(std::mem::size_of::<SlotRecord>() == 128);
 const _: () =
@@ -643,7 +650,15 @@ impl CqJournal {
         }
         s.sqid.store(u32::from(sqid), Ordering::Relaxed);
         s.fetch_seq.store(fetch_seq, Ordering::Relaxed);
+        s.placed.store(0, Ordering::Relaxed);
         s.state.store(IN_FLIGHT, Ordering::Release);
+    }
+
+    /// Step 4, for a backend that decides something before it acts (a Zone
+    /// Append's LBA): the word of slot `i` it records that in, so that a
+    /// successor that runs the command again finds it.
+    pub fn placed(&self, i: u32) -> Option<&AtomicU64> {
+        self.slot(i).map(|s| &s.placed)
     }
 
     /// Step 4: the command in slot `i` completed with `status_field` (the

@@ -109,7 +109,7 @@ pub struct RuntimeOpts {
     pub log_level: String,
 
     /// Test hook: kill this process (SIGKILL) the N-th time the queue
-    /// protocol reaches POINT (sqe-fetched, inflight-recorded,
+    /// protocol reaches POINT (sqe-fetched, inflight-recorded, executed,
     /// completion-recorded, cqe-written, cqe-posted).
     #[arg(long, value_name = "POINT:N", hide = true)]
     pub crash_at: Option<CrashAt>,

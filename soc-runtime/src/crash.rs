@@ -15,6 +15,9 @@ pub enum Point {
     SqeFetched = 1,
     /// The command is recorded in flight; the SQ's consumed count is not.
     InflightRecorded = 2,
+    /// The backend ran the command; its completion is not recorded (a
+    /// successor runs it again: zoned commands must tell).
+    Executed = 6,
     /// The completion is recorded; the CQE is not written.
     CompletionRecorded = 3,
     /// The CQE is written; the CQ's posted count is not advanced.
@@ -24,9 +27,10 @@ pub enum Point {
 }
 
 impl Point {
-    const ALL: [(&'static str, Point); 5] = [
+    const ALL: [(&'static str, Point); 6] = [
         ("sqe-fetched", Point::SqeFetched),
         ("inflight-recorded", Point::InflightRecorded),
+        ("executed", Point::Executed),
         ("completion-recorded", Point::CompletionRecorded),
         ("cqe-written", Point::CqeWritten),
         ("cqe-posted", Point::CqePosted),

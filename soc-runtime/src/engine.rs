@@ -212,6 +212,7 @@ mod tests {
             len: 512,
             iov: std::slice::from_ref(iov),
             owner: 0,
+            journal: None,
         }
     }
 

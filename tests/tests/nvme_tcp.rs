@@ -128,6 +128,7 @@ impl Host {
             },
             iov: if data { &iov } else { &[] },
             owner: 0,
+            journal: None,
         };
         let t0 = Instant::now();
         loop {
@@ -276,6 +277,7 @@ fn geometry_and_data(opts: &str) {
             iov_len: big.len(),
         }],
         owner: 0,
+        journal: None,
     };
     // SAFETY: refused at submit, nothing is queued.
     let e = unsafe { h.q.submit(&req) }.unwrap_err().to_string();
@@ -309,6 +311,7 @@ fn geometry_and_data(opts: &str) {
             iov_len: 4096,
         }],
         owner: 0,
+        journal: None,
     };
     // SAFETY: refused at submit, nothing is queued.
     assert!(unsafe { h.q.submit(&req) }.is_err());

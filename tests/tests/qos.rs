@@ -353,6 +353,7 @@ fn nvme_tcp_hosts_are_tenants_too() {
                 len: 4096,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             };
             // SAFETY: the buffers outlive their requests (all are waited for).
             match unsafe { q.submit(&req) } {

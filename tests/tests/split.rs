@@ -189,6 +189,7 @@ fn crash_at_every_step_of_the_queue_protocol() {
     for point in [
         "sqe-fetched",
         "inflight-recorded",
+        "executed",
         "completion-recorded",
         "cqe-written",
         "cqe-posted",
@@ -595,6 +596,130 @@ fn a_dead_runtimes_remote_writes_run_again_only_once_they_cannot_land() {
         held,
         "no death left a write in flight:\n{}",
         host.socp_logs()
+    );
+    kill9(&mut socp);
+}
+
+/// Zoned commands are not idempotent: a runtime killed after its backend
+/// ran one and before its completion was recorded leaves it to its
+/// successor, which must complete it once. A Write (its blocks are below
+/// the write pointer), an Append (at the LBA it was given, appended once),
+/// a Close of a zone the first run already emptied; an explicit Open holds
+/// across runtimes.
+#[test]
+fn zoned_commands_run_again_after_a_crash_complete_once() {
+    use leapio_nvme::zns::Zsa;
+    use leapio_nvme::{Cqe, IoOpcode, Sqe};
+    use leapio_tests::driver::Driver;
+    use std::process::Child;
+
+    const BS: u32 = 4096;
+    let host = SplitHost::start("vm0", 1, timeouts());
+    // 2 x 2 dies x 8 blocks x 4 pages of 4 KiB: 8 zones of 16 blocks.
+    let ns = format!(
+        "ns=zns:{}?channels=2&dies=2&blocks=8&pages=4&timing=0&max_open=4&max_active=6",
+        host.dir.join("z.nand").display()
+    );
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(host.wait_attached(Duration::from_secs(20)));
+    let mut d = Driver::bring_up(&host.vfio, 16 << 20, 1, 32).expect("bring-up");
+    d.timeout = Duration::from_secs(30);
+
+    let replace = |socp: &mut Child, extra: &[&str]| {
+        kill9(socp);
+        assert!(host.wait_detached(Duration::from_secs(20)));
+        *socp = host.spawn_socp(&ns, extra);
+        assert!(
+            host.wait_attached(Duration::from_secs(20)),
+            "{}",
+            host.socp_logs()
+        );
+    };
+    // The command reaches a runtime that dies once its backend ran it; the
+    // successor runs it again.
+    let crash_on = |d: &mut Driver, socp: &mut Child, sqe: Sqe| -> Cqe {
+        replace(socp, &["--crash-at", "executed:1"]);
+        let cid = d.push(1, sqe);
+        d.ring(1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while socp.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "socp never ran the command:\n{}",
+                host.socp_logs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(host.wait_detached(Duration::from_secs(20)));
+        *socp = host.spawn_socp(&ns, &[]);
+        let c = d.wait(1).expect("the command completes");
+        assert_eq!(c.cid.get(), cid);
+        c
+    };
+    let zone_send = |zslba: u64, zsa: u8| Sqe {
+        opcode: IoOpcode::ZONE_MGMT_SEND,
+        nsid: 1.into(),
+        cdw10: u32::try_from(zslba).unwrap().into(),
+        cdw13: u32::from(zsa).into(),
+        ..Default::default()
+    };
+    let pattern = |seed: u8, blocks: usize| -> Vec<u8> {
+        (0..blocks * BS as usize)
+            .map(|i| {
+                seed.wrapping_mul(31)
+                    .wrapping_add(u8::try_from(i % 251).unwrap_or(0))
+            })
+            .collect()
+    };
+
+    // A Write at zone 1's write pointer.
+    let w = pattern(1, 4);
+    let buf = d.mem.alloc(w.len() as u64, 4096);
+    d.mem.write(buf, &w);
+    let sqe = d.rw_sqe(IoOpcode::WRITE, 1, 16, 4, buf, w.len() as u64, 0);
+    let c = crash_on(&mut d, &mut socp, sqe);
+    assert_eq!(c.status_field(), Status::SUCCESS, "{}", host.socp_logs());
+    let c = d.write_blocks(1, 1, 20, BS, &pattern(2, 1)).unwrap();
+    assert_eq!(
+        c.status_field(),
+        Status::SUCCESS,
+        "the write pointer moved once"
+    );
+
+    // An Append to zone 2.
+    let a = pattern(3, 3);
+    let buf = d.mem.alloc(a.len() as u64, 4096);
+    d.mem.write(buf, &a);
+    let sqe = d.rw_sqe(IoOpcode::ZONE_APPEND, 1, 32, 3, buf, a.len() as u64, 0);
+    let c = crash_on(&mut d, &mut socp, sqe);
+    assert_eq!(c.status_field(), Status::SUCCESS, "{}", host.socp_logs());
+    assert_eq!(c.dw0.get(), 32, "the LBA it was given");
+    let c = d.write_blocks(1, 1, 35, BS, &pattern(4, 1)).unwrap();
+    assert_eq!(c.status_field(), Status::SUCCESS, "appended once");
+
+    // An explicit Open outlives its runtime; a Close run twice succeeds.
+    let c = d.command(1, zone_send(48, Zsa::OPEN)).unwrap();
+    assert_eq!(c.status_field(), Status::SUCCESS);
+    let c = d.command(1, zone_send(64, Zsa::OPEN)).unwrap();
+    assert_eq!(c.status_field(), Status::SUCCESS);
+    replace(&mut socp, &[]);
+    let c = d.command(1, zone_send(64, Zsa::CLOSE)).unwrap();
+    assert_eq!(c.status_field(), Status::SUCCESS, "zone 4 was still open");
+    let c = crash_on(&mut d, &mut socp, zone_send(48, Zsa::CLOSE));
+    assert_eq!(c.status_field(), Status::SUCCESS, "{}", host.socp_logs());
+
+    // The data, once each.
+    let (c, back) = d.read_blocks(1, 1, 16, BS, 4 * u64::from(BS)).unwrap();
+    assert_eq!(c.status_field(), Status::SUCCESS);
+    assert!(back == w, "zone 1's data");
+    let (_, back) = d.read_blocks(1, 1, 32, BS, 3 * u64::from(BS)).unwrap();
+    assert!(back == a, "zone 2's data");
+    let logs = host.socp_logs();
+    assert_eq!(
+        logs.matches("running again the commands the previous runtime had in flight")
+            .count(),
+        3,
+        "{logs}"
     );
     kill9(&mut socp);
 }

@@ -79,6 +79,7 @@ fn pump(
                 len: pages * PAGE as u64,
                 iov: &v,
                 owner: 0,
+                journal: None,
             };
             // SAFETY: `bufs` outlives every request (drained below).
             unsafe { q.submit(&req) }.expect("submit");

@@ -42,6 +42,7 @@ fn io(b: &Arc<dyn Backend>, kind: IoKind, lba: u64, buf: &mut [u8]) -> Result<()
         len: buf.len() as u64,
         iov: &v,
         owner: 0,
+        journal: None,
     };
     // SAFETY: `buf` outlives the request: drained below before returning.
     unsafe { q.submit(&req) }.map_err(|e| e.to_string())?;

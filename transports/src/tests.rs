@@ -91,6 +91,7 @@ fn rw(
             len,
             iov,
             owner: 0,
+            journal: None,
         },
     )
 }
@@ -105,6 +106,7 @@ fn op(q: &mut dyn BackendQueue, kind: IoKind, offset: u64, len: u64) -> Result<(
             len,
             iov: &[],
             owner: 0,
+            journal: None,
         },
     )
 }
@@ -519,6 +521,7 @@ fn tmpfs_file_runs_inline_exactly_when_io_uring_would_punt() {
             len: 4096,
             iov: &iov,
             owner: 0,
+            journal: None,
         };
         // SAFETY: the buffers outlive the drain below.
         unsafe { q.submit(&req) }.unwrap();
@@ -570,6 +573,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 4096,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             },
             "past the end",
         ),
@@ -581,6 +585,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 4096,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             },
             "past the end",
         ),
@@ -592,6 +597,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 128 * 1024,
                 iov: &[],
                 owner: 0,
+                journal: None,
             },
             "past the end",
         ),
@@ -603,6 +609,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 1024,
                 iov: &[],
                 owner: 0,
+                journal: None,
             },
             "overflows",
         ),
@@ -614,6 +621,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 8192,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             },
             "do not add up",
         ),
@@ -625,6 +633,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 4096,
                 iov: &iov2,
                 owner: 0,
+                journal: None,
             },
             "do not add up",
         ),
@@ -636,6 +645,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 4096,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             },
             "multiple of the block size",
         ),
@@ -647,6 +657,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 512,
                 iov: &[],
                 owner: 0,
+                journal: None,
             },
             "flush",
         ),
@@ -658,6 +669,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 0,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             },
             "flush",
         ),
@@ -669,6 +681,7 @@ fn invalid_requests_are_refused_and_queue_nothing() {
                 len: 4096,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             },
             "carries no data",
         ),
@@ -699,6 +712,7 @@ fn full_then_ok(q: &mut dyn BackendQueue) {
         len: 4096,
         iov: &iovs[i],
         owner: 0,
+        journal: None,
     };
     // SAFETY: `buf` outlives every completion (drained below).
     unsafe {
@@ -752,6 +766,7 @@ fn drain_kicks_and_collects_everything() {
             len: 4096,
             iov,
             owner: 0,
+            journal: None,
         };
         // SAFETY: `buf` outlives the drain below.
         unsafe { q.submit(&req) }.unwrap();
@@ -830,6 +845,7 @@ fn file_geometry_and_open_errors() {
                 len: 4096,
                 iov: &[],
                 owner: 0,
+                journal: None,
             })
         },
         Err(SubmitError::Invalid(_))

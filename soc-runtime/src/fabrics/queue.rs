@@ -640,6 +640,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
                 len: op.len,
                 iov: data,
                 owner,
+                journal: None,
             };
             // SAFETY: the iovec points into the command's buffer, which the
             // command owns until its last completion is reaped; if the

@@ -722,8 +722,11 @@ fn handle(
         ToRuntime::Reset { .. } => {
             ctx.fatal.store(false, std::sync::atomic::Ordering::Release);
             ctx.shadow.set(None);
+            if let Err(e) = q.close_open_zones() {
+                tracing::error!(ctrl = %ctx.name, "closing the open zones at a reset: {e}");
+            }
         }
-        ToRuntime::Flush { req, .. } => match q.flush() {
+        ToRuntime::Flush { req, .. } => match q.close_open_zones().and_then(|()| q.flush()) {
             Ok(()) => ack(req, 0),
             Err(e) => {
                 tracing::error!(ctrl = %ctx.name, "flush failed: {e}");

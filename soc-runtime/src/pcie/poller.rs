@@ -18,7 +18,7 @@ use leapio_ats::prp::PrpLimits;
 use leapio_ats::ring::{CqRing, SqRing};
 use leapio_ats::transfer::copy_to_prps;
 use leapio_ats::Snapshot;
-use leapio_backends::{Completion, IoKind, IoRequest, Owner};
+use leapio_backends::{Completion, IoKind, IoRequest, Journal, Owner};
 use leapio_controller::nvm::{self, Op, Plan, PrpData, Settings};
 use leapio_link::qstate::{CqJournal, Rerun, SqJournal};
 use leapio_link::{CqSetup, Shadow, SqSetup};
@@ -164,6 +164,19 @@ struct Slot {
     /// Generation of the snapshot whose memory the request points into
     /// (kept mapped by its controller's `snap_users` / `retired` count).
     snap_gen: u64,
+    /// A previous runtime took it and died before recording its completion.
+    rerun: bool,
+}
+
+/// Where a command was taken from and is journalled.
+#[derive(Clone, Copy)]
+struct Taken {
+    sqid: u16,
+    cqid: u16,
+    /// Its record in the completion queue's queue-state slots.
+    jslot: u32,
+    /// A previous runtime took it and died before recording its completion.
+    rerun: bool,
 }
 
 pub struct QueuePoller {
@@ -567,7 +580,13 @@ impl QueuePoller {
             }
             let wait = self.stale_for(c, &r.sqe);
             if wait.is_zero() {
-                self.start(c, sqid, cqid, r.slot, &r.sqe, &limits);
+                let taken = Taken {
+                    sqid,
+                    cqid,
+                    jslot: r.slot,
+                    rerun: true,
+                };
+                self.start(c, taken, &r.sqe, &limits);
             } else {
                 longest = longest.max(wait);
                 held += 1;
@@ -615,7 +634,13 @@ impl QueuePoller {
                 continue;
             };
             let limits = self.limits(c);
-            self.start(c, h.sqid, h.cqid, h.rerun.slot, &h.rerun.sqe, &limits);
+            let taken = Taken {
+                sqid: h.sqid,
+                cqid: h.cqid,
+                jslot: h.rerun.slot,
+                rerun: true,
+            };
+            self.start(c, taken, &h.rerun.sqe, &limits);
         }
         any
     }
@@ -818,14 +843,27 @@ impl QueuePoller {
             sq.commands += 1;
             cq.reserved += 1;
             work = true;
-            self.start(c, sqid, cqid, jslot, &sqe, &limits);
+            let taken = Taken {
+                sqid,
+                cqid,
+                jslot,
+                rerun: false,
+            };
+            self.start(c, taken, &sqe, &limits);
         }
         work
     }
 
-    /// Start one command taken from SQ `sqid` (recorded in queue-state slot
-    /// `jslot` of CQ `cqid`): validate it, translate its PRPs, submit it.
-    fn start(&mut self, c: usize, sqid: u16, cqid: u16, jslot: u32, sqe: &Sqe, limits: &PrpLimits) {
+    /// Start one command taken from a submission queue (recorded in a
+    /// queue-state slot of its completion queue): validate it, translate its
+    /// PRPs, submit it.
+    fn start(&mut self, c: usize, taken: Taken, sqe: &Sqe, limits: &PrpLimits) {
+        let Taken {
+            sqid,
+            cqid,
+            jslot,
+            rerun,
+        } = taken;
         let ctrl = &mut self.ctrls[c];
         ctrl.snap_users += 1;
         let snap_gen = ctrl.snap.generation();
@@ -844,6 +882,7 @@ impl QueuePoller {
             dw0: 0,
             block_size: 512,
             snap_gen,
+            rerun,
         });
         let table = self.ctrls[c].ctx.namespaces.load();
         let Some(ns) = table.get(nsid) else {
@@ -957,10 +996,19 @@ impl QueuePoller {
     }
 
     fn submit(&mut self, slot: usize, ns: usize, op: Op, iov: &[libc::iovec]) {
-        let Some(c) = self.slots[slot].as_ref().map(|s| s.ctrl) else {
+        let Some((c, cqid, jslot, rerun)) = self.slots[slot]
+            .as_ref()
+            .map(|s| (s.ctrl, s.cqid, s.jslot, s.rerun))
+        else {
             return;
         };
         let ctrl = &self.ctrls[c];
+        let journal = ctrl
+            .cqs
+            .get(usize::from(cqid))
+            .and_then(Option::as_ref)
+            .and_then(|cq| cq.journal.placed(jslot))
+            .map(|placed| Journal { rerun, placed });
         let owner = ctrl.owners.get(ns).copied().unwrap_or(0);
         let Some(Some(q)) = ctrl.nsq.get(ns).copied() else {
             self.op_done(slot, Err(Status::INTERNAL_ERROR));
@@ -973,10 +1021,12 @@ impl QueuePoller {
             len: op.len,
             iov,
             owner,
+            journal,
         };
         // SAFETY: the iovecs point into guest memory of the snapshot the slot
         // holds until this tag completes, and came from the ats translation of
-        // the guest's own regions.
+        // the guest's own regions; the journal word is in the queue-state
+        // area, which stays mapped while the command is in flight.
         unsafe { self.engine.submit(q, &req) };
     }
 
@@ -1085,6 +1135,7 @@ impl QueuePoller {
         }
         cq.reserved = cq.reserved.saturating_sub(1);
         let head = u16::try_from(sq_head).unwrap_or(0);
+        crash::at(Point::Executed);
         cq.journal
             .complete(s.jslot, cq.posted, status.field(), s.dw0, head);
         crash::at(Point::CompletionRecorded);

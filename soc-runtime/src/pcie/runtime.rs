@@ -265,6 +265,18 @@ impl CtrlQueues {
         ok
     }
 
+    /// The controller was reset or shut down: zoned namespaces close their
+    /// open zones.
+    pub fn close_open_zones(&self) -> io::Result<()> {
+        let table = self.ctx.namespaces.load();
+        for n in table.entries.iter().flatten() {
+            n.backend
+                .close_open_zones()
+                .map_err(|e| io::Error::other(format!("{}: {e}", n.backend.describe())))?;
+        }
+        Ok(())
+    }
+
     /// Make every completed write durable.
     pub fn flush(&self) -> io::Result<()> {
         let table = self.ctx.namespaces.load();

@@ -152,6 +152,7 @@ impl Driver {
             len: TOKEN_BYTES,
             iov: &iov,
             owner: 0,
+            journal: None,
         };
         // SAFETY: the iovec points into `bufs`, owned by this driver and
         // not touched until the tag completes (the slot is not free until

@@ -696,6 +696,7 @@ mod tests {
                 len: 4096,
                 iov: &iov,
                 owner,
+                journal: None,
             };
             // SAFETY: `buf` outlives the queue's requests (drained below).
             unsafe { q.submit(&req) }.unwrap();

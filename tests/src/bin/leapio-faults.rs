@@ -233,10 +233,11 @@ fn main() -> ExitCode {
                 let point = [
                     "sqe-fetched",
                     "inflight-recorded",
+                    "executed",
                     "completion-recorded",
                     "cqe-written",
                     "cqe-posted",
-                ][usize::try_from(rng.below(5)).unwrap_or(0)];
+                ][usize::try_from(rng.below(6)).unwrap_or(0)];
                 kill9(&mut socp);
                 let n = 1 + rng.below(300);
                 let mut crashing = host.spawn_socp(&ns, &["--crash-at", &format!("{point}:{n}")]);

@@ -32,6 +32,7 @@ pub mod dma;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Most iovecs one request may carry: the largest transfer (4 KiB << MDTS
@@ -224,6 +225,41 @@ pub struct IoRequest<'a> {
     /// nobody in particular. A backend shared by several owners may
     /// schedule between them (QoS); others ignore it.
     pub owner: u32,
+    /// What the front end journals of the command (see [`Journal`]);
+    /// `None` for a front end that keeps no journal.
+    pub journal: Option<Journal<'a>>,
+}
+
+/// What a front end that journals its commands (the queue-state area of
+/// `leapio_link::qstate`, so that a runtime that dies can be replaced)
+/// tells a backend whose commands change its state at submission, so that
+/// running a command a second time does what running it once did. Zoned
+/// backends use it; others ignore it.
+#[derive(Clone, Copy, Debug)]
+pub struct Journal<'a> {
+    /// The command was given to a runtime that died before its completion
+    /// was recorded: it may have run, in whole or in part. A write whose
+    /// blocks are already below its zone's write pointer completes without
+    /// writing them again; a Close of a zone that is already empty
+    /// succeeds.
+    pub rerun: bool,
+    /// The command's word in the journal, durable the moment it is stored:
+    /// 0, or 1 + the LBA a Zone Append was given, stored before its data is
+    /// written. A rerun Append whose word is set goes where it went the
+    /// first time.
+    pub placed: &'a AtomicU64,
+}
+
+impl Journal<'_> {
+    /// The LBA a Zone Append was given, if it was recorded.
+    pub fn placed_lba(&self) -> Option<u64> {
+        self.placed.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Record the LBA a Zone Append is given, before its data is written.
+    pub fn place(&self, lba: u64) {
+        self.placed.store(lba.saturating_add(1), Ordering::Release);
+    }
 }
 
 /// A request kept by whoever holds it until its queue takes it (a
@@ -240,6 +276,8 @@ pub struct KeptRequest {
     /// [`IoRequest::len`].
     pub len: u64,
     iov: Vec<libc::iovec>,
+    /// [`IoRequest::journal`]: the rerun flag and where the word is.
+    journal: Option<(bool, *const AtomicU64)>,
     /// [`IoRequest::owner`].
     pub owner: u32,
 }
@@ -259,6 +297,7 @@ impl KeptRequest {
             len: req.len,
             iov: req.iov.to_vec(),
             owner: req.owner,
+            journal: req.journal.map(|j| (j.rerun, std::ptr::from_ref(j.placed))),
         }
     }
 
@@ -271,6 +310,13 @@ impl KeptRequest {
             len: self.len,
             iov: &self.iov,
             owner: self.owner,
+            journal: self.journal.map(|(rerun, placed)| Journal {
+                rerun,
+                // SAFETY: the journal word, like the memory the iovecs point
+                // to, stays valid until the request completes (the contract
+                // of `BackendQueue::submit`, which gave the request).
+                placed: unsafe { &*placed },
+            }),
         }
     }
 }
@@ -471,6 +517,13 @@ pub trait Backend: Send + Sync {
     /// Synchronous flush of everything written so far (shutdown, controller
     /// shutdown notification).
     fn flush(&self) -> Result<(), BackendError>;
+    /// The controller was reset or shut down: a zoned backend closes the
+    /// zones that are open (one with nothing written becomes empty), as
+    /// the NVMe Zoned Namespace Command Set has a Controller Level Reset
+    /// do, and makes that durable. Others have nothing to do.
+    fn close_open_zones(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Human-readable description, e.g.
     /// `file:/var/lib/x.img (1 GiB, 512 B blocks, O_DIRECT)`.
     fn describe(&self) -> String;

@@ -699,6 +699,7 @@ pub(crate) mod tests {
                 len: 4096,
                 iov: &iov,
                 owner: 0,
+                journal: None,
             };
             // SAFETY: `buf` outlives the drain below.
             unsafe { q.submit(&req) }.unwrap();
@@ -743,6 +744,7 @@ pub(crate) mod tests {
             len: 4096,
             iov: &iov,
             owner: 0,
+            journal: None,
         };
         let idx = q.claim(&req).unwrap();
         // Pretend the kernel transferred 1536 bytes (ending inside iovec 1)
@@ -776,6 +778,7 @@ pub(crate) mod tests {
             len: 1024,
             iov: &iov,
             owner: 0,
+            journal: None,
         };
         let idx = q.claim(&req).unwrap();
         let mut out = Vec::new();

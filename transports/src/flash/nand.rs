@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! 0          header, 4 KiB: magic "LEAPNAND", version, geometry, the FTL's
-//!            logical page count, crc32c of the header
+//!            logical page count, crc32c of the header; from 1 KiB, bytes
+//!            the media leaves to its user (a zoned namespace's open zones)
 //! 4 KiB      block table: 16 bytes per erase block (erase count, crc32c),
 //!            padded to 4 KiB
 //! then       one slot per erase block, in order (die-major):
@@ -721,7 +722,7 @@ impl Media for NandMedia {
 
     fn set_logical_pages(&mut self, pages: u64) -> Result<(), MediaError> {
         self.file
-            .write_all_at(&encode_header(&self.geo, pages), 0)
+            .write_all_at(&encode_header(&self.geo, pages)[..HEADER_BODY + 4], 0)
             .map_err(self.io_err("cannot write the header of"))?;
         self.file.sync_data().map_err(self.io_err("cannot sync"))?;
         self.logical_pages = pages;
@@ -758,6 +759,10 @@ fn table_entry(block: u32, erase_count: u32) -> [u8; 16] {
 
 /// Bytes of the header that are covered by its checksum.
 const HEADER_BODY: usize = 48;
+
+/// Header bytes the media never writes once the file exists: its user's
+/// (a zoned namespace keeps a bit per explicitly opened zone there).
+pub(crate) const HEADER_SPARE: std::ops::Range<u64> = 1024..HEADER_LEN;
 
 pub(crate) fn encode_header(geo: &NandGeometry, logical_pages: u64) -> Vec<u8> {
     let mut h = vec![0u8; HEADER_BYTES];

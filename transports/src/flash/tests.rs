@@ -90,6 +90,7 @@ fn write(q: &mut dyn BackendQueue, lba: u64, data: &mut [u8], kind: IoKind) {
             len: data.len() as u64,
             iov: &v,
             owner: 0,
+            journal: None,
         }],
     );
     r[0].unwrap();
@@ -105,6 +106,7 @@ fn op(q: &mut dyn BackendQueue, kind: IoKind, lba: u64, pages: u64) -> Result<()
             len: pages * PAGE as u64,
             iov: &[],
             owner: 0,
+            journal: None,
         }],
     )[0]
 }
@@ -123,6 +125,7 @@ fn read(q: &mut dyn BackendQueue, lba: u64, pages: usize) -> Vec<u8> {
             len: (pages * PAGE) as u64,
             iov: &v,
             owner: 0,
+            journal: None,
         }],
     );
     r[0].unwrap();
@@ -188,6 +191,7 @@ fn random_overwrites(b: &FlashBackend, versions: &mut [u64], seed: u64) {
                 len: n * PAGE as u64,
                 iov: v,
                 owner: 0,
+                journal: None,
             })
             .collect();
         for (j, &(lba, n)) in trims.iter().enumerate() {
@@ -202,6 +206,7 @@ fn random_overwrites(b: &FlashBackend, versions: &mut [u64], seed: u64) {
                 len: n * PAGE as u64,
                 iov: &[],
                 owner: 0,
+                journal: None,
             });
         }
         for r in run_all(&mut *q, &reqs) {
@@ -473,6 +478,7 @@ fn completions_wait_for_their_modelled_time() {
         len: PAGE as u64,
         iov: &v,
         owner: 0,
+        journal: None,
     };
     // SAFETY: `buf` outlives the drain below.
     unsafe { q.submit(&req) }.unwrap();

@@ -18,6 +18,17 @@
 //! write in order, and comes back full, marked finished by the backend.
 //! Partly written zones come back closed.
 //!
+//! Explicitly opened zones are kept in the media file's header (a bit per
+//! zone, written before the Open completes) and come back explicitly open.
+//!
+//! **Commands run twice.** A runtime that died may have run a command whose
+//! completion it never recorded; its successor runs it again, marked as a
+//! rerun ([`crate::Journal`]). A rerun Write whose blocks are below the write
+//! pointer completes without writing them (one that landed in part writes
+//! the rest); an Append records its LBA in the journal before its data is
+//! programmed, and a rerun Append goes where it went the first time; a
+//! rerun Close of an empty zone succeeds.
+//!
 //! Reads may cross zones; blocks at or past a zone's write pointer read as
 //! zeroes. Timing, durability (the flusher thread, a volatile write cache)
 //! and the media file are the flash backend's.
@@ -26,11 +37,15 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::config::FlashSpec;
-use super::nand::{Media, MediaError, NandGeometry, NandMedia, PageKind, PageMeta, Timing};
+use super::nand::{
+    Media, MediaError, NandGeometry, NandMedia, PageKind, PageMeta, Timing, HEADER_SPARE,
+};
 use super::queue::{drain_timed, Timed};
 use super::sync::Flusher;
 use super::zones::{Effect, Zones};
@@ -39,6 +54,7 @@ use crate::iov::{gather, scatter};
 use crate::{
     human_size, validate, Backend, BackendError, BackendQueue, Completion, Features, Geometry,
     IoError, IoKind, IoRequest, SubmitError, ZoneAction, ZoneDesc, ZoneError, ZoneGeometry,
+    ZoneState,
 };
 
 /// The logical page count a zoned media file records in its header: the
@@ -129,10 +145,54 @@ fn zone_shape(nand: &NandGeometry) -> (u64, u64) {
     (cap.next_power_of_two(), cap)
 }
 
+/// Most zones a media file can keep the open state of.
+const MAX_ZONES: u64 = (HEADER_SPARE.end - HEADER_SPARE.start) * 8;
+
+/// The zones an Open made explicitly open, a bit per zone in the media
+/// file's header ([`HEADER_SPARE`]): written before the command completes
+/// (a single byte, so a crash leaves the old bit or the new one), durable
+/// with the sync that completes it.
+struct OpenBits {
+    file: File,
+    bits: Vec<u8>,
+}
+
+impl OpenBits {
+    fn load(file: File, zones: u64) -> io::Result<OpenBits> {
+        let mut bits = vec![0; usize::try_from(zones.div_ceil(8)).unwrap_or(0)];
+        file.read_exact_at(&mut bits, HEADER_SPARE.start)?;
+        Ok(OpenBits { file, bits })
+    }
+
+    fn get(&self, z: u64) -> bool {
+        let (i, bit) = (usize::try_from(z / 8).unwrap_or(usize::MAX), z % 8);
+        self.bits.get(i).is_some_and(|b| b & (1 << bit) != 0)
+    }
+
+    fn set(&mut self, z: u64, on: bool) -> io::Result<()> {
+        let (i, bit) = (usize::try_from(z / 8).unwrap_or(usize::MAX), z % 8);
+        let Some(b) = self.bits.get_mut(i) else {
+            return Ok(());
+        };
+        let new = if on {
+            *b | (1 << bit)
+        } else {
+            *b & !(1 << bit)
+        };
+        if new != *b {
+            self.file
+                .write_all_at(&[new], HEADER_SPARE.start + i as u64)?;
+            *b = new;
+        }
+        Ok(())
+    }
+}
+
 /// The media and the zones, under one lock.
 struct State {
     media: Box<dyn Media>,
     zones: Zones,
+    open_bits: OpenBits,
     nand: NandGeometry,
     zone_blocks: u64,
     seq: u64,
@@ -208,17 +268,21 @@ impl State {
         Ok(due)
     }
 
-    /// A zone action (one zone, or Select All).
+    /// A zone action (one zone, or Select All); `rerun`: see [`crate::Journal`].
     fn action(
         &mut self,
         zone: u64,
         action: ZoneAction,
         all: bool,
+        rerun: bool,
         now: u64,
     ) -> Result<u64, IoError> {
         let targets = if all {
             if action == ZoneAction::Open {
                 self.zones.open_all().map_err(IoError::zone)?;
+                for z in 0..self.zones.count() {
+                    self.keep_open_state(z)?;
+                }
                 return Ok(now);
             }
             self.zones.select_all(action)
@@ -227,13 +291,42 @@ impl State {
         };
         let mut due = now;
         for z in targets {
+            let empty = self
+                .zones
+                .get(z)
+                .is_some_and(|z| z.state == ZoneState::Empty);
+            if rerun && action == ZoneAction::Close && empty {
+                // Closed the first time (an open zone with nothing written
+                // becomes empty).
+                continue;
+            }
             let effect = self.zones.action(z, action).map_err(IoError::zone)?;
+            self.keep_open_state(z)?;
             due = due.max(
                 self.apply(effect, now)
                     .map_err(|e| IoError::from_errno(e.errno()))?,
             );
         }
         Ok(due)
+    }
+
+    /// Record whether zone `z` is explicitly open in the media's header.
+    fn keep_open_state(&mut self, z: u64) -> Result<(), IoError> {
+        let open = self
+            .zones
+            .get(z)
+            .is_some_and(|z| z.state == ZoneState::ExplicitlyOpen);
+        self.open_bits
+            .set(z, open)
+            .map_err(|e| IoError::from_errno(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
+
+    /// How many of the `n` blocks a command writes from zone-relative block
+    /// `at` of zone `z` are already on the media (`None`: none, or the zone
+    /// was made full by recovery and says nothing).
+    fn landed(&self, z: u64, at: u64, n: u64) -> Option<u64> {
+        let zone = self.zones.get(z)?;
+        (!zone.finished_by_backend && at < zone.wp).then(|| (zone.wp - at).min(n))
     }
 }
 
@@ -321,6 +414,11 @@ impl ZnsBackend {
         }
         let (zone_blocks, capacity) = zone_shape(&nand);
         let zones = u64::from(nand.blocks_per_die);
+        if zones > MAX_ZONES {
+            return Err(cfg(format!(
+                "{zones} zones (blocks=): at most {MAX_ZONES}, as the media's header keeps which are open"
+            )));
+        }
         let num_blocks = zone_blocks
             .checked_mul(zones)
             .filter(|n| u32::try_from(*n).is_ok())
@@ -364,18 +462,38 @@ impl ZnsBackend {
         })?;
         let z = self.zoned;
         let wps = recover_write_pointers(&media, z.zones);
-        let zones = Zones::recovered(&wps, z.capacity, z.max_open, z.max_active);
+        let mut zones = Zones::recovered(&wps, z.capacity, z.max_open, z.max_active);
         let gaps = wps.iter().filter(|w| w.is_none()).count();
         if gaps > 0 {
             tracing::warn!(path = %path.display(), zones = gaps, "zones with a gap in their data (a crash with writes in flight): made full");
         }
-        let (_, active) = zones.in_use();
-        tracing::info!(path = %path.display(), zones = z.zones, active, "zoned media mounted");
+        let bits_file = media.sync_handle().map_err(media_err)?;
+        let mut open_bits =
+            OpenBits::load(bits_file, z.zones).map_err(|source| BackendError::Io {
+                what: "cannot read the open zones of",
+                path: path.clone(),
+                source,
+            })?;
+        let opened: Vec<u64> = (0..z.zones).filter(|&i| open_bits.get(i)).collect();
+        for i in opened {
+            let full = zones.get(i).is_none_or(|z| z.state == ZoneState::Full);
+            if full || zones.action(i, ZoneAction::Open).is_err() {
+                tracing::warn!(path = %path.display(), zone = i, "an explicitly opened zone cannot be open again: it stays as the media has it");
+                open_bits.set(i, false).map_err(|source| BackendError::Io {
+                    what: "cannot write the open zones of",
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        let (open, active) = zones.in_use();
+        tracing::info!(path = %path.display(), zones = z.zones, active, open, "zoned media mounted");
         Ok(Claim {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     media: Box::new(media),
                     zones,
+                    open_bits,
                     nand: self.nand,
                     zone_blocks: z.zone_blocks,
                     seq: 0,
@@ -447,6 +565,44 @@ impl Backend for ZnsBackend {
                 target: self.spec.to_string(),
                 source: std::io::Error::other(e.to_string()),
             })?;
+        }
+        Ok(())
+    }
+
+    fn close_open_zones(&self) -> Result<(), BackendError> {
+        let Some(s) = self.shared() else {
+            return Ok(());
+        };
+        let mut st = s.lock();
+        let mut closed = 0;
+        for z in 0..st.zones.count() {
+            let open = st.zones.get(z).is_some_and(|z| {
+                matches!(
+                    z.state,
+                    ZoneState::ImplicitlyOpen | ZoneState::ExplicitlyOpen
+                )
+            });
+            if open {
+                // Close is valid from both open states.
+                let _ = st.zones.action(z, ZoneAction::Close);
+                closed += 1;
+            }
+        }
+        let io = |source: io::Error| BackendError::Io {
+            what: "cannot record the closed zones in",
+            path: self.spec.flash.path.clone(),
+            source,
+        };
+        for z in 0..st.zones.count() {
+            let open = st
+                .zones
+                .get(z)
+                .is_some_and(|z| z.state == ZoneState::ExplicitlyOpen);
+            st.open_bits.set(z, open).map_err(io)?;
+        }
+        st.open_bits.file.sync_data().map_err(io)?;
+        if closed > 0 {
+            tracing::info!(path = %self.spec.flash.path.display(), zones = closed, "controller reset or shut down: open zones closed");
         }
         Ok(())
     }
@@ -589,12 +745,41 @@ impl ZnsQueue {
         }
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();
-        let start = match st.zones.write(z, (!append).then_some(at), n) {
-            Ok(s) => s,
+        // A rerun: where its data went the first time, and how much of it
+        // is on the media.
+        let journal = req.journal.filter(|j| j.rerun);
+        let first_place = if append {
+            journal
+                .and_then(|j| j.placed_lba())
+                .filter(|p| p / zb == z)
+                .map(|p| p % zb)
+        } else {
+            Some(at)
+        };
+        let landed = journal
+            .and(first_place)
+            .and_then(|t| Some((t, st.landed(z, t, n)?)));
+        let placed = match landed {
+            Some((t, k)) if k == n => return (now, Ok((z * zb + t) * bs)),
+            Some((t, k)) => st.zones.write(z, Some(t + k), n - k).map(|_| (t, k)),
+            None => st.zones.write(z, (!append).then_some(at), n).map(|s| {
+                if append {
+                    if let Some(j) = req.journal {
+                        j.place(z * zb + s);
+                    }
+                }
+                (s, 0)
+            }),
+        };
+        let (start, done) = match placed {
+            Ok(p) => p,
             Err(e) => return (now, Err(IoError::zone(e))),
         };
+        if let Err(e) = st.keep_open_state(z) {
+            return (now, Err(e));
+        }
         let mut due = now;
-        for i in 0..n {
+        for i in done..n {
             // SAFETY: the caller's contract; `i * bs + bs <= req.len`.
             unsafe { gather(req.iov, i * bs, &mut self.page) };
             self.shared
@@ -626,6 +811,7 @@ fn validate_zoned(req: &IoRequest<'_>, geometry: Geometry) -> Result<(), SubmitE
         len: req.len,
         iov: req.iov,
         owner: 0,
+        journal: None,
     };
     match req.kind {
         IoKind::Zone { all, .. } => {
@@ -685,7 +871,8 @@ impl BackendQueue for ZnsQueue {
                 let r = if !all && start != req.offset {
                     Err(IoError::zone(ZoneError::NotZoneStart))
                 } else {
-                    self.shared.lock().action(zone, action, all, now)
+                    let rerun = req.journal.is_some_and(|j| j.rerun);
+                    self.shared.lock().action(zone, action, all, rerun, now)
                 };
                 let due = *r.as_ref().unwrap_or(&now);
                 // A zone's new state (Reset's erases, Finish's padding) is

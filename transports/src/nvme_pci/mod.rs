@@ -178,6 +178,7 @@ impl Backend for NvmePciBackend {
             len: 0,
             iov: &[],
             owner: 0,
+            journal: None,
         };
         let fail = |what: String| BackendError::Flush {
             target: self.spec.to_string(),

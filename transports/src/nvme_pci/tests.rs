@@ -70,6 +70,7 @@ fn run(
         len,
         iov,
         owner: 0,
+        journal: None,
     };
     // SAFETY: the iovecs point into buffers the test keeps alive.
     unsafe { q.submit(&req) }.expect("submitted");
@@ -179,6 +180,7 @@ fn device_errors_reach_the_request_as_they_are() {
         len: 512,
         iov: &[iov(buf.as_ptr(), 512)],
         owner: 0,
+        journal: None,
     };
     // SAFETY: refused without touching the buffer.
     assert!(unsafe { q.submit(&req) }.is_err());

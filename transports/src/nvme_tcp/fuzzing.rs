@@ -109,6 +109,7 @@ impl HostQueue {
             len,
             iov: &iov,
             owner: 0,
+            journal: None,
         };
         // SAFETY: the iovecs point into `self.buf`, which lives as long as
         // the queue (it is dropped after it) and is never reallocated.

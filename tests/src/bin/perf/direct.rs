@@ -187,6 +187,7 @@ fn issue(
         len: p.io_size,
         iov: &iov,
         owner: 0,
+        journal: None,
     };
     // SAFETY: the buffer belongs to the slot, which is neither reused nor
     // dropped before this tag's completion is polled (or the queue drained).

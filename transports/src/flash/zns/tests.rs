@@ -6,6 +6,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::*;
@@ -41,6 +42,17 @@ fn run(
     lba: u64,
     buf: &mut [u8],
 ) -> (Result<(), IoError>, u64) {
+    run_journal(q, kind, lba, buf, None)
+}
+
+/// [`run`] with what a journalling front end passes.
+fn run_journal(
+    q: &mut dyn BackendQueue,
+    kind: IoKind,
+    lba: u64,
+    buf: &mut [u8],
+    journal: Option<crate::Journal<'_>>,
+) -> (Result<(), IoError>, u64) {
     let v = [libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -52,6 +64,7 @@ fn run(
         len: if kind.has_data() { buf.len() as u64 } else { 0 },
         iov: if kind.has_data() { &v } else { &[] },
         owner: 0,
+        journal,
     };
     // SAFETY: `buf` outlives the request (drained below).
     unsafe { q.submit(&req) }.unwrap();
@@ -59,6 +72,11 @@ fn run(
     q.drain(&mut out, Duration::from_secs(10));
     assert_eq!(out.len(), 1);
     (out[0].result, out[0].value)
+}
+
+/// A journal entry: first run or rerun, with the command's word.
+fn journal(rerun: bool, placed: &AtomicU64) -> Option<crate::Journal<'_>> {
+    Some(crate::Journal { rerun, placed })
 }
 
 fn zerr(r: (Result<(), IoError>, u64)) -> Option<ZoneError> {
@@ -252,6 +270,7 @@ fn writes_appends_reads_and_statuses() {
         len: PAGE as u64,
         iov: &[],
         owner: 0,
+        journal: None,
     };
     // SAFETY: no iovecs.
     assert!(unsafe { q.submit(&req) }.is_err());
@@ -277,8 +296,8 @@ fn write_pointers_survive_reopen() {
     assert_eq!(s[1], (ZoneState::Full, 16));
     assert_eq!(
         s[2],
-        (ZoneState::Empty, 0),
-        "an open zone with no data comes back empty"
+        (ZoneState::ExplicitlyOpen, 0),
+        "an explicitly opened zone with no data comes back open"
     );
     assert_eq!(s[3], (ZoneState::Full, 16), "finished stays full");
     let q = &mut *b.open_queue(16).unwrap();
@@ -319,4 +338,155 @@ fn write_pointers_survive_reopen() {
         (z.state, z.finished_by_backend, z.write_pointer),
         (ZoneState::Full, true, 96)
     );
+}
+
+/// A runtime that died after the backend ran a command runs it again from
+/// its journal entry: a write whose blocks landed completes without
+/// writing them twice, one that landed in part writes the rest.
+#[test]
+fn a_write_run_again_completes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.nand");
+    let (mut d1, mut d2) = (data(16, 4), data(32, 4));
+    {
+        let b = open(&p);
+        let q = &mut *b.open_queue(16).unwrap();
+        run(q, IoKind::Write, 16, &mut d1).0.unwrap();
+        // Half of the next command's data reached the media.
+        run(q, IoKind::Write, 32, &mut d2[..2 * PAGE]).0.unwrap();
+    }
+    let b = open(&p);
+    let q = &mut *b.open_queue(16).unwrap();
+    let word = AtomicU64::new(0);
+    // Without the rerun mark the write is off the pointer, as before.
+    assert_eq!(
+        zerr(run_journal(
+            q,
+            IoKind::Write,
+            16,
+            &mut d1,
+            journal(false, &word)
+        )),
+        Some(ZoneError::InvalidWrite)
+    );
+    let r = run_journal(q, IoKind::WriteFua, 16, &mut d1, journal(true, &word));
+    assert_eq!(r, (Ok(()), 16 * PAGE as u64));
+    let r = run_journal(q, IoKind::Write, 32, &mut d2, journal(true, &word));
+    assert_eq!(r, (Ok(()), 32 * PAGE as u64));
+    let s = states(&b);
+    assert_eq!((s[1].1, s[2].1), (4, 4), "nothing written twice");
+    let mut back = vec![0u8; 4 * PAGE];
+    run(q, IoKind::Read, 32, &mut back).0.unwrap();
+    assert_eq!(back, d2);
+    // A rerun write past the pointer (nothing landed, a gap before it) is
+    // still refused.
+    assert_eq!(
+        zerr(run_journal(
+            q,
+            IoKind::Write,
+            50,
+            &mut data(50, 1),
+            journal(true, &word)
+        )),
+        Some(ZoneError::InvalidWrite)
+    );
+}
+
+/// A Zone Append records its LBA in the journal word before its data is
+/// programmed; run again it goes where it went, not to the end once more.
+#[test]
+fn an_append_run_again_goes_where_it_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.nand");
+    let word = AtomicU64::new(0);
+    let mut a = data(32, 3);
+    let append = IoKind::ZoneAppend { fua: false };
+    {
+        let b = open(&p);
+        let q = &mut *b.open_queue(16).unwrap();
+        let r = run_journal(q, append, 32, &mut a, journal(false, &word));
+        assert_eq!(r, (Ok(()), 32 * PAGE as u64));
+        assert_eq!(word.load(Ordering::Relaxed), 33, "1 + the LBA, recorded");
+    }
+    let b = open(&p);
+    let q = &mut *b.open_queue(16).unwrap();
+    let r = run_journal(q, append, 32, &mut a, journal(true, &word));
+    assert_eq!(r, (Ok(()), 32 * PAGE as u64), "the same LBA");
+    assert_eq!(states(&b)[2].1, 3, "appended once");
+    // Placed at 35 but nothing programmed (the runtime died in between):
+    // appended afresh, at the write pointer, which is 35 again.
+    word.store(36, Ordering::Relaxed);
+    let mut c = data(35, 2);
+    let r = run_journal(q, append, 32, &mut c, journal(true, &word));
+    assert_eq!(r, (Ok(()), 35 * PAGE as u64));
+    assert_eq!(states(&b)[2].1, 5);
+    // Placed at 37 with its first block programmed: the rest follows.
+    let mut e = data(37, 2);
+    run(q, IoKind::Write, 37, &mut e[..PAGE]).0.unwrap();
+    word.store(38, Ordering::Relaxed);
+    let r = run_journal(q, append, 32, &mut e, journal(true, &word));
+    assert_eq!(r, (Ok(()), 37 * PAGE as u64));
+    assert_eq!(states(&b)[2].1, 7);
+    let mut back = vec![0u8; 7 * PAGE];
+    run(q, IoKind::Read, 32, &mut back).0.unwrap();
+    assert_eq!(&back[..3 * PAGE], &a[..]);
+    assert_eq!(&back[3 * PAGE..5 * PAGE], &c[..]);
+    assert_eq!(&back[5 * PAGE..], &e[..]);
+    // A word that names another zone is not this append's: a fresh one.
+    word.store(1, Ordering::Relaxed);
+    let r = run_journal(q, append, 48, &mut data(48, 1), journal(true, &word));
+    assert_eq!(r, (Ok(()), 48 * PAGE as u64));
+    assert_eq!(word.load(Ordering::Relaxed), 49);
+}
+
+/// Explicitly opened zones stay open across a new mount (a runtime that
+/// died) until the controller is reset or shut down; a Close run again
+/// finds the zone already empty and succeeds.
+#[test]
+fn explicit_opens_survive_the_runtime_and_close_runs_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.nand");
+    {
+        let b = open(&p);
+        let q = &mut *b.open_queue(16).unwrap();
+        assert_eq!(action(q, ZoneAction::Open, 3, false), None);
+        assert_eq!(action(q, ZoneAction::Open, 4, false), None);
+        run(q, IoKind::Write, 64, &mut data(64, 2)).0.unwrap();
+    }
+    let b = open(&p);
+    let s = states(&b);
+    assert_eq!(s[3], (ZoneState::ExplicitlyOpen, 0));
+    assert_eq!(s[4], (ZoneState::ExplicitlyOpen, 2));
+    let q = &mut *b.open_queue(16).unwrap();
+    let word = AtomicU64::new(0);
+    let close = IoKind::Zone {
+        action: ZoneAction::Close,
+        all: false,
+    };
+    assert_eq!(action(q, ZoneAction::Close, 3, false), None);
+    assert_eq!(states(&b)[3], (ZoneState::Empty, 0));
+    // The same Close again: refused as a new command, done as a rerun.
+    assert_eq!(
+        action(q, ZoneAction::Close, 3, false),
+        Some(ZoneError::InvalidTransition)
+    );
+    let r = run_journal(q, close, 48, &mut [], journal(true, &word));
+    assert_eq!(r.0, Ok(()));
+    drop(b);
+    let b = open(&p);
+    let s = states(&b);
+    assert_eq!(s[3], (ZoneState::Empty, 0), "a closed zone stays closed");
+    assert_eq!(s[4], (ZoneState::ExplicitlyOpen, 2));
+    // A controller reset closes what is open, for good.
+    b.close_open_zones().unwrap();
+    assert_eq!(states(&b)[4], (ZoneState::Closed, 2));
+    drop(b);
+    let b = open(&p);
+    assert_eq!(states(&b)[4], (ZoneState::Closed, 2));
+    // Filling an explicitly opened zone makes it full, and not open again.
+    let q = &mut *b.open_queue(16).unwrap();
+    assert_eq!(action(q, ZoneAction::Open, 5, false), None);
+    run(q, IoKind::Write, 80, &mut data(80, 16)).0.unwrap();
+    drop(b);
+    assert_eq!(states(&open(&p))[5], (ZoneState::Full, 16));
 }
