@@ -6,7 +6,7 @@
 #   tests: identify fio_verify reset reboot two_namespaces split_restart
 #          soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
-#          zns_tcp zns_split ftl_zoned_device ftl_qemu_zns
+#          zns_tcp zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -43,7 +43,7 @@ if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
-        zns_split ftl_zoned_device ftl_qemu_zns)
+        zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -409,6 +409,81 @@ test_zns_split() {
     expect '[[ $grc == 0 && -z $r ]]' "guest (status $grc): ${r:-no result}" || return 1
     expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || return 1
     DETAIL="leapio-hostd + socp --link: $(guestlog results "$GLOG" | sed -n 's/^znsreport ok \(zones=[0-9]*\).*/\1/p'), appends and limits as all-in-one"
+}
+
+# socp_crasher GLOG TIMEOUT PATTERN ROUNDS POINT: once the guest console
+# GLOG shows PATTERN, ROUNDS times: kill -9 the split's socp, start one that
+# kills itself the N-th time it reaches POINT of the queue protocol (N
+# random), wait until it has, start a normal one and wait until it serves.
+# Run in the background; counts the runtimes that died at POINT in
+# $SPLIT_DIR/crashes.
+socp_crasher() {
+    local glog=$1 timeout=$2 pat=$3 rounds=$4 point=$5 r n i pid attached crashed=0
+    local plain=("${SPLIT_SOCP_ARGS[@]}")
+    gone() { [[ ! -e /proc/$1 ]] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+    wait_log "$glog" "$pat" "$timeout" || { log "crasher: '$pat' never appeared"; return 1; }
+    for ((r = 1; r <= rounds; r++)); do
+        attached=$(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log")
+        kill -KILL "$(cat "$SPLIT_DIR/socp.pid")" 2>/dev/null || true
+        n=$((20 + RANDOM % 100))
+        SPLIT_SOCP_ARGS=("${plain[@]}" --crash-at "$point:$n")
+        spawn_split_socp "$SPLIT_DIR/socp-c$r.log"
+        SPLIT_SOCP_ARGS=("${plain[@]}")
+        pid=$(cat "$SPLIT_DIR/socp.pid")
+        i=0
+        while ! gone "$pid" && ((i < 1500)); do
+            sleep 0.02
+            i=$((i + 1))
+        done
+        if gone "$pid"; then
+            crashed=$((crashed + 1))
+            log "crasher: runtime $r killed itself at $point:$n"
+        else
+            log "crasher: runtime $r did not reach $point:$n in 30 s"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        echo "$crashed" > "$SPLIT_DIR/crashes"
+        spawn_split_socp "$SPLIT_DIR/socp-r$r.log"
+        i=0
+        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached + 1 && i < 1500)); do
+            sleep 0.02
+            i=$((i + 1))
+        done
+        sleep 0.5
+    done
+}
+
+# zoned writes that a runtime ran but never recorded the completion of run
+# again in its successor and complete once (a second run of a zoned write
+# would fail with Zone Invalid Write): fio --zonemode=zbd with verify on
+# the split while socp kills itself 3 times right after its backend ran a
+# command
+test_zns_crash_rerun() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local dir=$logs/zns_crash_rerun.d grc=0 crashes reruns stopped=0 ok=0 errs ioerr resets
+    GLOG=$logs/zns_crash_rerun.guest.log
+    rm -rf "$dir" "$zns_media"
+    start_split "$dir" e2e "$LEAPIO_RUN/e2e.sock" "$zns_ns" \
+        || { REASON="leapio-hostd + socp did not start (see $dir)"; return 1; }
+    rm -f "$GLOG"
+    socp_crasher "$GLOG" "$boot_timeout" "FIO-START znsfio" 3 executed &
+    RESTARTER=$!
+    run_guest --quiet --job znsfio --disk "vfio-user:$LEAPIO_RUN/e2e.sock" --log "$GLOG" \
+        --timeout "$boot_timeout" --append "leapio.size=32 leapio.zns_open=4" || grc=$?
+    wait "$RESTARTER" || true
+    RESTARTER=''
+    crashes=$(cat "$dir/crashes" 2>/dev/null || echo 0)
+    reruns=$(cat "$dir"/socp-r*.log 2>/dev/null | grep -ac 'running again the commands the previous runtime had in flight' || true)
+    stop_split 2>>"$GLOG.harness" || stopped=1
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect '[[ $crashes == 3 ]]' "$crashes of 3 runtimes reached the crash point" || ok=1
+    expect '((reruns >= 3))' "the successors ran $reruns queues' commands again, expected one at least per crash" || ok=1
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
+    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || ok=1
+    ((ok == 0)) && DETAIL="3 runtimes killed after their backend ran a command, its completion unrecorded; the successors ran again $reruns queues' commands; fio zbd verify clean, guest kernel quiet"
+    return $ok
 }
 
 # the flash FTL on a zoned block device (media=zoned, the zoned-block

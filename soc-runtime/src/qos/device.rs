@@ -115,6 +115,9 @@ impl Backend for QosBackend {
     fn flush(&self) -> Result<(), BackendError> {
         self.inner.flush()
     }
+    fn close_open_zones(&self) -> Result<(), BackendError> {
+        self.inner.close_open_zones()
+    }
     fn describe(&self) -> String {
         self.inner.describe()
     }
