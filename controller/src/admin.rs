@@ -110,7 +110,8 @@ pub trait FrontEnd {
 
 /// One controller's admin state kept the same way by every front end: the
 /// common feature values and the outstanding Asynchronous Event Requests.
-#[derive(Clone, Debug, Default)]
+/// It serializes, so that a host-driver that is replaced keeps it.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct AdminCore {
     features: CommonFeatures,
     aers: VecDeque<u16>,

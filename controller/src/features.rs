@@ -50,7 +50,7 @@ pub fn queue_counts_requested(cdw11: u32) -> Result<(u32, u32), Status> {
 }
 
 /// The feature values kept the same way by every controller.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CommonFeatures {
     arbitration: u32,
     power_state: u32,

@@ -38,6 +38,16 @@ pub enum Change {
     Shutdown,
 }
 
+/// The register values [`Registers::saved`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRegisters {
+    pub cc: u32,
+    pub csts: u32,
+    pub aqa: u32,
+    pub asq: u64,
+    pub acq: u64,
+}
+
 /// The register file of one controller.
 #[derive(Clone, Debug)]
 pub struct Registers {
@@ -77,6 +87,28 @@ impl Registers {
 
     pub fn cap(&self) -> Cap {
         self.cap
+    }
+
+    /// What the host wrote and the controller's status, to be given to
+    /// [`Registers::restore`] of a controller with the same capabilities
+    /// (a host-driver that is replaced keeps them).
+    pub fn saved(&self) -> SavedRegisters {
+        SavedRegisters {
+            cc: self.cc,
+            csts: self.csts,
+            aqa: self.aqa,
+            asq: self.asq,
+            acq: self.acq,
+        }
+    }
+
+    /// Take the values [`Registers::saved`] gave.
+    pub fn restore(&mut self, s: &SavedRegisters) {
+        self.cc = s.cc;
+        self.csts = s.csts;
+        self.aqa = s.aqa;
+        self.asq = s.asq;
+        self.acq = s.acq;
     }
 
     pub fn cc(&self) -> Cc {

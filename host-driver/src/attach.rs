@@ -56,6 +56,16 @@ fn check_decl(d: &NsDecl) -> Result<(), String> {
 /// The NSIDs that change if a controller with namespaces `old` (None: it
 /// never had a runtime) takes `new`, or why it must not.
 pub fn namespace_changes(old: Option<&[NsDecl]>, new: &[NsDecl]) -> Result<Vec<u32>, String> {
+    namespace_changes_by(old, new, false)
+}
+
+/// [`namespace_changes`]; `same_process`: the runtime that declared `old`
+/// declares `new` (it reconnected), so volatile namespaces kept their data.
+fn namespace_changes_by(
+    old: Option<&[NsDecl]>,
+    new: &[NsDecl],
+    same_process: bool,
+) -> Result<Vec<u32>, String> {
     for d in new {
         check_decl(d)?;
     }
@@ -73,7 +83,7 @@ pub fn namespace_changes(old: Option<&[NsDecl]>, new: &[NsDecl]) -> Result<Vec<u
                 o.nsid, o.describe
             ));
         };
-        if !o.persistent {
+        if !o.persistent && !same_process {
             return Err(format!(
                 "namespace {} ({}) is volatile: its data did not survive the previous runtime",
                 o.nsid, o.describe
@@ -114,6 +124,7 @@ impl NvmeController {
     /// for its predecessor to be fenced.
     pub(crate) fn port_events(&mut self) {
         while let Some(ev) = self.port.next_event() {
+            self.changed();
             match ev {
                 PortEvent::Attach {
                     link,
@@ -143,7 +154,7 @@ impl NvmeController {
                 return;
             }
             if self.port.try_fence() {
-                self.admit(link, ns);
+                self.admit(link, ns, false);
             } else {
                 self.waiting_attach = Some((link, ns));
             }
@@ -185,9 +196,13 @@ impl NvmeController {
             self.port
                 .detach(&format!("handover to {}", link.describe()));
         }
-        if let Err(why) = namespace_changes(self.ns_decls.as_deref(), &namespaces) {
+        let back = self.port.came_back(&link);
+        if let Err(why) = namespace_changes_by(self.ns_decls.as_deref(), &namespaces, back) {
             self.refuse(&link, why);
             return;
+        }
+        if back {
+            return self.admit(link, namespaces, true);
         }
         if !self.port.try_fence() {
             let prev = self
@@ -206,16 +221,18 @@ impl NvmeController {
             }
             return;
         }
-        self.admit(link, namespaces);
+        self.admit(link, namespaces, false);
     }
 
     /// Hand the controller to `link`: its memory, interrupts, state and
     /// queues (resumed from the queue-state area).
-    fn admit(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>) {
-        let changed = match namespace_changes(self.ns_decls.as_deref(), &namespaces) {
-            Ok(c) => c,
-            Err(why) => return self.refuse(&link, why),
-        };
+    /// `same_process`: the runtime reconnected (see [`crate::port::RuntimePort::came_back`]).
+    fn admit(&mut self, link: Arc<RuntimeLink>, namespaces: Vec<NsDecl>, same_process: bool) {
+        let changed =
+            match namespace_changes_by(self.ns_decls.as_deref(), &namespaces, same_process) {
+                Ok(c) => c,
+                Err(why) => return self.refuse(&link, why),
+            };
         let epoch = self.shared.qstate.next_epoch();
         let windows = link.windows();
         let attached = ToRuntime::Attached {
@@ -284,6 +301,28 @@ impl NvmeController {
     /// Present `decls` to the guest; tell it (Namespace Attribute Changed)
     /// about the NSIDs in `changed` if it is running and asked to know.
     fn adopt_namespaces(&mut self, decls: Vec<NsDecl>, changed: &[u32]) {
+        for d in &decls {
+            if changed.contains(&d.nsid) {
+                tracing::info!(ctrl = %self.shared.name, nsid = d.nsid, blocks = d.num_blocks, block_size = d.block_size, "namespace {}: {}", d.nsid, d.describe);
+            }
+        }
+        self.present_namespaces_changed(decls, changed);
+        if changed.is_empty() || self.admin.is_none() {
+            return;
+        }
+        if self.admin_core.features().async_event_config() & AEC_NS_ATTR != 0 {
+            self.shared
+                .post_event(AsyncEvent::dw0(AsyncEvent::TYPE_NOTICE, 0, LOG_CHANGED_NS));
+        }
+    }
+
+    /// Present `decls` as the namespaces the guest had (a host-driver that
+    /// took over from another).
+    pub(crate) fn present_namespaces(&mut self, decls: Vec<NsDecl>) {
+        self.present_namespaces_changed(decls, &[]);
+    }
+
+    fn present_namespaces_changed(&mut self, decls: Vec<NsDecl>, changed: &[u32]) {
         let infos = decls
             .iter()
             .map(|d| {
@@ -307,20 +346,8 @@ impl NvmeController {
                 }
             })
             .collect();
-        for d in &decls {
-            if changed.contains(&d.nsid) {
-                tracing::info!(ctrl = %self.shared.name, nsid = d.nsid, blocks = d.num_blocks, block_size = d.block_size, "namespace {}: {}", d.nsid, d.describe);
-            }
-        }
         self.ns_decls = Some(decls);
         self.shared.set_namespaces(infos, changed);
-        if changed.is_empty() || self.admin.is_none() {
-            return;
-        }
-        if self.admin_core.features().async_event_config() & AEC_NS_ATTR != 0 {
-            self.shared
-                .post_event(AsyncEvent::dw0(AsyncEvent::TYPE_NOTICE, 0, LOG_CHANGED_NS));
-        }
     }
 
     /// The serving runtime added (`add`) or removed (`remove`) a namespace.

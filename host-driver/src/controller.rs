@@ -38,7 +38,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 /// Static identity and limits of a controller.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ControllerConfig {
     pub serial: String,
     pub model: String,
@@ -70,7 +70,7 @@ impl Default for ControllerConfig {
 
 /// The feature values of the PCIe front end (the others are the admin
 /// core's).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Features {
     /// Granted (submission, completion) I/O queue counts, once set.
     pub queues_granted: Option<(u16, u16)>,
@@ -98,8 +98,8 @@ pub struct NvmeController {
     /// A runtime waiting to be admitted (the previous one is not fenced).
     pub(crate) waiting_attach: Option<(Arc<crate::link::RuntimeLink>, Vec<NsDecl>)>,
     pub(crate) shadow: Option<Shadow>,
-    pci: ConfigSpace,
-    msix_table: Vec<u8>,
+    pub(crate) pci: ConfigSpace,
+    pub(crate) msix_table: Vec<u8>,
     /// CAP, CC, CSTS, AQA, ASQ, ACQ and what writing CC does.
     pub(crate) regs: Registers,
     pub(crate) admin: Option<AdminQueue>,
@@ -108,6 +108,12 @@ pub struct NvmeController {
     pub(crate) features: Features,
     /// Identify, logs, common features, outstanding AERs.
     pub(crate) admin_core: AdminCore,
+    /// Where the state and descriptors are kept for a host-driver that
+    /// replaces this one (`leapio-hostd --keep`).
+    pub(crate) kept: Option<crate::kept::Kept>,
+    /// A vfio-user client is connected; it negotiated the version.
+    pub(crate) connected: bool,
+    pub(crate) negotiated: bool,
 }
 
 impl NvmeController {
@@ -119,35 +125,40 @@ impl NvmeController {
         events: Receiver<PortEvent>,
         timeouts: crate::port::Timeouts,
     ) -> io::Result<NvmeController> {
-        if cfg.max_io_queues == 0 || cfg.max_io_queues >= MAX_QUEUE_PAIRS {
-            return Err(io::Error::other(format!(
-                "io queues must be between 1 and {}, got {}",
-                MAX_QUEUE_PAIRS - 1,
-                cfg.max_io_queues
-            )));
-        }
-        if !(2..=65536).contains(&cfg.max_queue_entries) {
-            return Err(io::Error::other(format!(
-                "queue entries must be 2..=65536, got {}",
-                cfg.max_queue_entries
-            )));
-        }
-        let vectors = cfg.max_io_queues + 1;
-        let mdts_bytes = 4096u64 << cfg.mdts;
-        let qstate = Arc::new(QueueState::create(
-            cfg.max_io_queues,
-            cfg.max_queue_entries,
-        )?);
-        let shared = Arc::new(CtrlShared::new(
-            name.to_string(),
+        check_config(&cfg)?;
+        let qstate = QueueState::create(cfg.max_io_queues, cfg.max_queue_entries)?;
+        Ok(NvmeController::build(
+            name,
+            cfg,
             Doorbells::new()?,
             qstate,
+            events,
+            timeouts,
+        ))
+    }
+
+    /// A controller on this doorbell page and queue-state area, in its
+    /// power-on state.
+    pub(crate) fn build(
+        name: &str,
+        cfg: ControllerConfig,
+        doorbells: Doorbells,
+        qstate: QueueState,
+        events: Receiver<PortEvent>,
+        timeouts: crate::port::Timeouts,
+    ) -> NvmeController {
+        let vectors = cfg.max_io_queues + 1;
+        let mdts_bytes = 4096u64 << cfg.mdts;
+        let shared = Arc::new(CtrlShared::new(
+            name.to_string(),
+            doorbells,
+            Arc::new(qstate),
             vectors,
             mdts_bytes,
         ));
         let port = RuntimePort::new(shared.clone(), events, timeouts);
         let max_queue_entries = cfg.max_queue_entries;
-        Ok(NvmeController {
+        NvmeController {
             cfg,
             shared,
             port,
@@ -169,7 +180,10 @@ impl NvmeController {
             sqs: BTreeMap::new(),
             features: Features::default(),
             admin_core: AdminCore::default(),
-        })
+            kept: None,
+            connected: false,
+            negotiated: false,
+        }
     }
 
     /// Present these namespaces as if a runtime had declared them, with no
@@ -394,6 +408,7 @@ impl NvmeController {
                         .log_error(0, sqe.cid.get(), status, sqe.nsid.get(), 0);
                     tracing::debug!(ctrl = %self.shared.name, opcode = sqe.opcode, %status, "admin command failed");
                 }
+                self.record_completion(&adm, sqe.cid.get(), status, dw0);
                 if adm
                     .cq
                     .post(&snap, 0, adm.sq.head, sqe.cid.get(), status, dw0)
@@ -413,6 +428,7 @@ impl NvmeController {
             let Some(cid) = self.admin_core.take_aer() else {
                 break;
             };
+            self.record_completion(&adm, cid, Status::SUCCESS, ev);
             if adm
                 .cq
                 .post(&snap, 0, adm.sq.head, cid, Status::SUCCESS, ev)
@@ -426,10 +442,29 @@ impl NvmeController {
         drop(snap);
         if posted {
             self.shared.irqs.trigger(0);
+            self.changed();
         }
         if self.admin.is_none() && self.regs.cc().en() && self.regs.ready() {
             self.admin = Some(adm);
         }
+    }
+
+    /// Before an admin completion is posted: the state it leads to, with
+    /// the completion, is written (a successor posts it again).
+    fn record_completion(&mut self, adm: &AdminQueue, cid: u16, status: Status, dw0: u32) {
+        if self.kept.is_none() {
+            return;
+        }
+        let pending = crate::image::PendingCompletion {
+            cq_tail: adm.cq.tail,
+            cq_phase: adm.cq.phase,
+            sq_head: adm.sq.head,
+            cid,
+            status: status.field(),
+            dw0,
+        };
+        self.write_image(Some(adm.image()), Some(pending));
+        self.changed();
     }
 
     fn admin_doorbell_error(&self, reported: &mut bool, err: Option<InvalidDoorbell>) {
@@ -573,6 +608,91 @@ impl Device for NvmeController {
     }
 
     fn region_write(&mut self, index: u32, off: u64, data: &[u8]) -> Result<(), Errno> {
+        // A trapped doorbell write changes nothing the image holds.
+        if !(index == REGION_BAR0 && off >= offset::DOORBELLS) {
+            self.changed();
+        }
+        let r = self.region_write_inner(index, off, data);
+        self.persist();
+        r
+    }
+
+    fn dma_map(&mut self, map: DmaMap) -> Result<(), Errno> {
+        let r = self.dma_map_inner(map);
+        self.persist();
+        r
+    }
+
+    fn dma_unmap(&mut self, unmap: DmaUnmap) -> Result<(), Errno> {
+        let r = self.dma_unmap_inner(unmap);
+        self.kept_regions_gone();
+        self.persist();
+        r
+    }
+
+    fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
+        let r = self.set_irqs_inner(req);
+        self.changed();
+        self.persist();
+        r
+    }
+
+    fn reset(&mut self) -> Result<(), Errno> {
+        tracing::info!(ctrl = %self.shared.name, "device reset");
+        self.reset_all();
+        self.changed();
+        self.persist();
+        Ok(())
+    }
+
+    fn tick(&mut self) {
+        self.port_events();
+        self.poll_admin();
+        self.persist();
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(if self.admin.is_some() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(50)
+        })
+    }
+
+    fn negotiated(&mut self) {
+        self.negotiated = true;
+        self.changed();
+        self.persist();
+    }
+
+    fn disconnected(&mut self) {
+        if self.shared.releasing.load(Ordering::Acquire) {
+            // Handed to another host-driver: the client stays connected.
+            return;
+        }
+        tracing::info!(ctrl = %self.shared.name, "client disconnected: resetting the controller and dropping guest memory");
+        self.reset_all();
+        self.shared.irqs.clear();
+        let n = self.shared.irqs.count();
+        self.port.irqs(0, n);
+        for v in 0..n {
+            self.kept_irq(v, None);
+        }
+        self.pci.reset();
+        if !self.port.unmap(0, u64::MAX, true) {
+            tracing::error!(ctrl = %self.shared.name, "dropping guest memory: the runtime still uses it");
+        }
+        if let Err(e) = self.shared.domain.unmap_all(UNMAP_DRAIN_TIMEOUT) {
+            tracing::error!(ctrl = %self.shared.name, "dropping guest memory: {e}");
+        }
+        self.kept_regions_gone();
+        self.kept_client_gone();
+        self.persist();
+    }
+}
+
+impl NvmeController {
+    fn region_write_inner(&mut self, index: u32, off: u64, data: &[u8]) -> Result<(), Errno> {
         match index {
             REGION_CONFIG => self.pci.write(off, data),
             REGION_BAR0 => self.bar0_write(off, data),
@@ -593,7 +713,7 @@ impl Device for NvmeController {
         }
     }
 
-    fn dma_map(&mut self, map: DmaMap) -> Result<(), Errno> {
+    fn dma_map_inner(&mut self, map: DmaMap) -> Result<(), Errno> {
         let prot = Prot {
             read: map.read,
             write: map.write,
@@ -612,11 +732,12 @@ impl Device for NvmeController {
         let snap = self.shared.domain.snapshot();
         if let Some((info, fd)) = snap.region_files().find(|(r, _)| r.gpa == map.iova) {
             self.port.map(&info, fd);
+            self.kept_region(info.gpa, fd);
         }
         Ok(())
     }
 
-    fn dma_unmap(&mut self, unmap: DmaUnmap) -> Result<(), Errno> {
+    fn dma_unmap_inner(&mut self, unmap: DmaUnmap) -> Result<(), Errno> {
         // The runtime first: once it answers, nothing in flight points
         // into the memory.
         if !self.port.unmap(unmap.iova, unmap.size, unmap.all) {
@@ -639,7 +760,7 @@ impl Device for NvmeController {
         })
     }
 
-    fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
+    fn set_irqs_inner(&mut self, req: SetIrqs) -> Result<(), Errno> {
         match req.index {
             IRQ_MSIX => {}
             IRQ_ERR | IRQ_REQ | IRQ_INTX => return Ok(()),
@@ -658,6 +779,9 @@ impl Device for NvmeController {
                 }
                 let n = irqs.count();
                 self.port.irqs(0, n);
+                for v in 0..n {
+                    self.kept_irq(v, None);
+                }
                 return Ok(());
             }
             (IrqAction::Trigger, IrqData::None) => vecs.for_each(|v| irqs.trigger(v)),
@@ -667,12 +791,17 @@ impl Device for NvmeController {
                     .for_each(|(v, _)| irqs.trigger(v));
             }
             (IrqAction::Trigger, IrqData::Eventfd(fds)) => {
-                for (v, fd) in vecs.zip(fds) {
-                    irqs.set_eventfd(v, fd.map(std::fs::File::from));
+                let set: Vec<u16> = vecs.collect();
+                for (v, fd) in set.iter().zip(fds) {
+                    irqs.set_eventfd(*v, fd.map(std::fs::File::from));
                 }
                 let first = u16::try_from(req.start).unwrap_or(0);
                 let count = u16::try_from(req.count).unwrap_or(0);
                 self.port.irqs(first, count);
+                for v in set {
+                    let fd = self.shared.irqs.eventfd(v);
+                    self.kept_irq(v, fd.as_deref().map(std::os::fd::AsFd::as_fd));
+                }
                 return Ok(());
             }
             (IrqAction::Mask, IrqData::None) => vecs.for_each(|v| irqs.set_masked(v, true)),
@@ -691,40 +820,30 @@ impl Device for NvmeController {
         }
         Ok(())
     }
+}
 
-    fn reset(&mut self) -> Result<(), Errno> {
-        tracing::info!(ctrl = %self.shared.name, "device reset");
-        self.reset_all();
-        Ok(())
+/// Whether a controller can be built with `cfg`.
+pub(crate) fn check_config(cfg: &ControllerConfig) -> io::Result<()> {
+    if cfg.max_io_queues == 0 || cfg.max_io_queues >= MAX_QUEUE_PAIRS {
+        return Err(io::Error::other(format!(
+            "io queues must be between 1 and {}, got {}",
+            MAX_QUEUE_PAIRS - 1,
+            cfg.max_io_queues
+        )));
     }
-
-    fn tick(&mut self) {
-        self.port_events();
-        self.poll_admin();
+    if !(2..=65536).contains(&cfg.max_queue_entries) {
+        return Err(io::Error::other(format!(
+            "queue entries must be 2..=65536, got {}",
+            cfg.max_queue_entries
+        )));
     }
-
-    fn tick_interval(&self) -> Option<Duration> {
-        Some(if self.admin.is_some() {
-            Duration::from_millis(1)
-        } else {
-            Duration::from_millis(50)
-        })
+    if cfg.mdts > 10 {
+        return Err(io::Error::other(format!(
+            "mdts must be 1..=10, got {}",
+            cfg.mdts
+        )));
     }
-
-    fn disconnected(&mut self) {
-        tracing::info!(ctrl = %self.shared.name, "client disconnected: resetting the controller and dropping guest memory");
-        self.reset_all();
-        self.shared.irqs.clear();
-        let n = self.shared.irqs.count();
-        self.port.irqs(0, n);
-        self.pci.reset();
-        if !self.port.unmap(0, u64::MAX, true) {
-            tracing::error!(ctrl = %self.shared.name, "dropping guest memory: the runtime still uses it");
-        }
-        if let Err(e) = self.shared.domain.unmap_all(UNMAP_DRAIN_TIMEOUT) {
-            tracing::error!(ctrl = %self.shared.name, "dropping guest memory: {e}");
-        }
-    }
+    Ok(())
 }
 
 /// Whether guest memory for a ring is usable.

@@ -3,6 +3,7 @@
 //! Controllers are added and removed while it runs.
 
 use crate::controller::{ControllerConfig, NvmeController};
+use crate::keep::{Held, Keeper};
 use crate::link::{Carrier, Links, Peer, RuntimeLink};
 use crate::port::{PortEvent, Timeouts};
 use crate::shared::CtrlShared;
@@ -10,7 +11,7 @@ use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::{LinkError, ToHost, ToRuntime};
 use leapio_nvme::Status;
 use leapio_options::{Opt, OptionError, Options};
-use leapio_vmm_shim::vfio_user::{serve, Listener, SocketAccess};
+use leapio_vmm_shim::vfio_user::{serve_from, Listener, SocketAccess};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -171,6 +172,10 @@ pub struct HostDriver {
     next_index: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     timeouts: Mutex<Timeouts>,
+    /// Where descriptors and state are kept for a successor.
+    keeper: Mutex<Option<Arc<Keeper>>>,
+    /// The link listener a keeper gave back.
+    held_link: Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,7 +195,63 @@ impl HostDriver {
             next_index: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
             timeouts: Mutex::new(Timeouts::default()),
+            keeper: Mutex::new(None),
+            held_link: Mutex::new(None),
         })
+    }
+
+    /// Keep descriptors and device state in `keeper` from now on (a
+    /// host-driver that replaces this one, after an upgrade or a crash,
+    /// takes them back), and rebuild what it `held`: controllers, with
+    /// their clients still connected, and the link listener. Returns the
+    /// names of the controllers rebuilt.
+    pub fn keep_in(
+        self: &Arc<Self>,
+        keeper: Arc<Keeper>,
+        mut held: Held,
+    ) -> Result<Vec<String>, HostError> {
+        *lock(&self.keeper) = Some(keeper.clone());
+        *lock(&self.held_link) = held.take_one("link");
+        let names: Vec<String> = held
+            .names("ctrl/")
+            .iter()
+            .filter_map(|n| n.strip_prefix("ctrl/")?.strip_suffix("/state"))
+            .map(str::to_string)
+            .collect();
+        let mut restored = Vec::new();
+        for name in names {
+            match self.restore_controller(&keeper, &name, &mut held) {
+                Ok(()) => restored.push(name),
+                Err(why) => {
+                    // What cannot be rebuilt is let go (its guest loses the
+                    // device, as with a host-driver that was not kept).
+                    tracing::error!(ctrl = %name, "cannot take the controller back: {why}");
+                    let _ = keeper.remove(&crate::kept::prefix(&name));
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    fn restore_controller(
+        self: &Arc<Self>,
+        keeper: &Arc<Keeper>,
+        name: &str,
+        held: &mut Held,
+    ) -> Result<(), String> {
+        if lock(&self.ctrls).contains_key(name) {
+            return Err("a controller of that name exists already".into());
+        }
+        let (tx, rx) = channel();
+        let (ctrl, conn, sock) =
+            NvmeController::restore(name, keeper.clone(), held, rx, *lock(&self.timeouts))?;
+        let lfd = held
+            .take_one(&format!("{}listener", crate::kept::prefix(name)))
+            .ok_or("the keeper has no listener")?;
+        let listener = Listener::adopt(lfd, &sock).map_err(|e| e.to_string())?;
+        tracing::info!(ctrl = %name, sock = %sock.display(), client = conn.is_some(), "controller taken over from the previous host-driver");
+        self.start_controller(name, &sock, ctrl, tx, listener, None, conn)
+            .map_err(|e| e.to_string())
     }
 
     /// How long controllers added from now on wait for their runtime.
@@ -240,8 +301,6 @@ impl HostDriver {
                 source,
             }
         })?;
-        let shared = ctrl.shared().clone();
-        let serial = ctrl.serial().to_string();
         let soc_listener = match &spec.soc {
             Some(path) => Some(Listener::bind_with(path, &spec.limits.access).map_err(
                 |source| HostError::Listen {
@@ -252,11 +311,48 @@ impl HostDriver {
             )?),
             None => None,
         };
+        if let Some(keeper) = lock(&self.keeper).clone() {
+            let kept = if spec.soc.is_some() {
+                Err(std::io::Error::other(
+                    "a controller with an SoC link function cannot be kept for a successor yet",
+                ))
+            } else {
+                keeper
+                    .put(
+                        &format!("{}listener", crate::kept::prefix(&name)),
+                        &[listener.fd()],
+                    )
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| ctrl.keep(keeper.clone(), &spec.sock))
+            };
+            if let Err(source) = kept {
+                let _ = keeper.remove(&crate::kept::prefix(&name));
+                return Err(HostError::Controller { name, source });
+            }
+        }
+        tracing::info!(ctrl = %spec.name, sock = %spec.sock.display(), serial = ctrl.serial(), "controller added: waiting for a runtime and a vfio-user client");
+        self.start_controller(&name, &spec.sock, ctrl, tx, listener, soc_listener, None)
+    }
+
+    /// Start a controller's control thread (and its link function's) and
+    /// list it.
+    #[allow(clippy::too_many_arguments)]
+    fn start_controller(
+        self: &Arc<Self>,
+        name: &str,
+        sock: &Path,
+        mut ctrl: NvmeController,
+        events: Sender<PortEvent>,
+        listener: Listener,
+        soc_listener: Option<Listener>,
+        conn: Option<UnixStream>,
+    ) -> Result<(), HostError> {
+        let shared = ctrl.shared().clone();
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("hostd-{name}"))
-            .spawn(move || control_thread(listener, &mut ctrl, &st))
+            .spawn(move || control_thread(listener, &mut ctrl, &st, conn))
             .map_err(HostError::Thread)?;
         let soc_thread = match soc_listener {
             Some(l) => {
@@ -271,13 +367,12 @@ impl HostDriver {
             }
             None => None,
         };
-        tracing::info!(ctrl = %spec.name, sock = %spec.sock.display(), serial, "controller added: waiting for a runtime and a vfio-user client");
         lock(&self.ctrls).insert(
-            spec.name.clone(),
+            name.to_string(),
             CtrlEntry {
-                sock: spec.sock.clone(),
+                sock: sock.to_path_buf(),
                 shared,
-                events: tx,
+                events,
                 stop,
                 thread: Some(thread),
                 soc_thread,
@@ -332,10 +427,22 @@ impl HostDriver {
 
     /// Accept runtimes on the Unix socket `path` (mode 0600).
     pub fn listen(self: &Arc<Self>, path: &Path) -> Result<(), HostError> {
-        let listener = Listener::bind(path).map_err(|source| HostError::LinkListen {
+        let link_err = |source| HostError::LinkListen {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let listener = match lock(&self.held_link).take() {
+            Some(fd) => Listener::adopt(fd, path).map_err(link_err)?,
+            None => {
+                let l = Listener::bind(path).map_err(link_err)?;
+                if let Some(k) = lock(&self.keeper).as_ref() {
+                    if let Err(e) = k.put("link", &[l.fd()]) {
+                        tracing::error!("keeping the link socket: {e}");
+                    }
+                }
+                l
+            }
+        };
         let me = self.clone();
         let t = std::thread::Builder::new()
             .name("hostd-link".into())
@@ -591,6 +698,32 @@ impl HostDriver {
         for t in threads {
             let _ = t.join();
         }
+        if let Some(k) = lock(&self.keeper).take() {
+            k.quit();
+        }
+    }
+
+    /// Hand everything to the host-driver that replaces this one: each
+    /// controller stops between two messages of its client and writes its
+    /// last state; nothing is reset and no runtime is asked to let go
+    /// (their links end with this process, and they come back to the
+    /// successor). The caller exits without tearing anything down.
+    pub fn release(&self) {
+        self.stop.store(true, Ordering::Release);
+        let threads: Vec<(String, JoinHandle<()>)> = lock(&self.ctrls)
+            .iter_mut()
+            .filter_map(|(name, e)| {
+                e.shared.releasing.store(true, Ordering::Release);
+                e.stop.store(true, Ordering::Release);
+                Some((name.clone(), e.thread.take()?))
+            })
+            .collect();
+        for (name, t) in threads {
+            if t.join().is_err() {
+                tracing::error!(ctrl = %name, "control thread panicked while handing over");
+            }
+        }
+        tracing::info!("every controller handed over");
     }
 }
 
@@ -600,35 +733,59 @@ impl Links for HostDriver {
     }
 }
 
-/// One controller's thread: wait for the hypervisor, serve it, repeat;
-/// meanwhile take the runtime's messages. On stop, let the runtime go.
-fn control_thread(listener: Listener, ctrl: &mut NvmeController, stop: &AtomicBool) {
+/// One controller's thread: serve the hypervisor's connection (one taken
+/// over from a previous host-driver first), wait for the next, repeat;
+/// meanwhile take the runtime's messages. On stop, let the runtime go, or
+/// when handing over, only write the last state.
+fn control_thread(
+    listener: Listener,
+    ctrl: &mut NvmeController,
+    stop: &AtomicBool,
+    mut conn: Option<UnixStream>,
+) {
     use leapio_vmm_shim::vfio_user::Device;
     let name = ctrl.shared().name.clone();
     while !stop.load(Ordering::Acquire) {
-        match listener.accept_timeout(IDLE_TICK) {
-            Ok(Some(stream)) => {
-                match crate::link::peer_cred(&stream) {
-                    Ok(c) => {
-                        tracing::info!(ctrl = %name, pid = c.pid, uid = c.uid, gid = c.gid, "vfio-user client connected")
+        let (stream, negotiated) = match conn.take() {
+            Some(s) => (s, ctrl.negotiated),
+            None => match listener.accept_timeout(IDLE_TICK) {
+                Ok(Some(stream)) => {
+                    match crate::link::peer_cred(&stream) {
+                        Ok(c) => {
+                            tracing::info!(ctrl = %name, pid = c.pid, uid = c.uid, gid = c.gid, "vfio-user client connected")
+                        }
+                        Err(e) => {
+                            tracing::info!(ctrl = %name, "vfio-user client connected (peer unknown: {e})")
+                        }
                     }
-                    Err(e) => {
-                        tracing::info!(ctrl = %name, "vfio-user client connected (peer unknown: {e})")
-                    }
+                    ctrl.client_connected(&stream);
+                    (stream, false)
                 }
-                match serve(stream, ctrl, stop) {
-                    Ok(()) => tracing::info!(ctrl = %name, "vfio-user client disconnected"),
-                    Err(e) => tracing::warn!(ctrl = %name, "vfio-user connection ended: {e}"),
+                Ok(None) => {
+                    ctrl.tick();
+                    continue;
                 }
-            }
-            Ok(None) => ctrl.tick(),
-            Err(e) => {
-                tracing::error!(ctrl = %name, "accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+                Err(e) => {
+                    tracing::error!(ctrl = %name, "accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            },
+        };
+        match serve_from(stream, ctrl, stop, negotiated) {
+            Ok(()) if ctrl.shared().releasing.load(Ordering::Acquire) => {}
+            Ok(()) => tracing::info!(ctrl = %name, "vfio-user client disconnected"),
+            Err(e) => tracing::warn!(ctrl = %name, "vfio-user connection ended: {e}"),
         }
     }
+    if ctrl.shared().releasing.load(Ordering::Acquire) {
+        ctrl.changed();
+        ctrl.persist();
+        tracing::info!(ctrl = %name, "handed over");
+        return;
+    }
     ctrl.release("controller removed");
+    ctrl.forget_kept();
 }
 
 impl HostCtrlSpec {

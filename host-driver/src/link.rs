@@ -201,6 +201,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl RuntimeLink {
     /// Wrap the write side of a connection (the reader runs elsewhere on a
     /// clone of the socket, or on the same rings).
+    /// The link a previous host-driver had with runtime process `pid` (it
+    /// ended with that host-driver): closed, kept to fence the process.
+    pub fn ended(pid: i32) -> io::Result<RuntimeLink> {
+        let (ours, _theirs) = UnixStream::pair()?;
+        let peer = Peer::Process {
+            pid,
+            pidfd: pidfd_open(pid),
+        };
+        let l = RuntimeLink::new(0, peer, Carrier::Socket(ours))?;
+        l.closed.store(true, Ordering::Release);
+        l.shutdown_carrier();
+        Ok(l)
+    }
+
     pub fn new(id: u64, peer: Peer, carrier: Carrier) -> io::Result<RuntimeLink> {
         if let Carrier::Socket(sock) = &carrier {
             sock.set_write_timeout(Some(SEND_TIMEOUT))?;

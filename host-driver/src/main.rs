@@ -1,7 +1,7 @@
 //! `leapio-hostd`: the LeapIO host-driver.
 
 use clap::Parser;
-use leapio_host_driver::{HostCtrlSpec, HostDriver};
+use leapio_host_driver::{keep, HostCtrlSpec, HostDriver};
 use leapio_service::control::{self, param_str, Handler};
 use leapio_service::error_chain as chain;
 use serde_json::json;
@@ -28,8 +28,26 @@ use std::time::Duration;
 #[command(name = "leapio-hostd", version, verbatim_doc_comment)]
 struct Args {
     /// Where runtimes connect: unix:PATH (created with mode 0600).
-    #[arg(long, value_name = "unix:PATH")]
-    link: String,
+    #[arg(long, value_name = "unix:PATH", required_unless_present = "fd_keeper")]
+    link: Option<String>,
+
+    /// Keep the guests' connections, memory, interrupts and device state
+    /// in an fd keeper at PATH (started if none runs), so that a
+    /// host-driver started again after this one dies (or with --handover,
+    /// while it runs) takes every controller over without the guests
+    /// noticing. Controllers the keeper holds come back with their
+    /// clients; --ctrl adds the others.
+    #[arg(long, value_name = "PATH")]
+    keep: Option<PathBuf>,
+
+    /// With --keep: replace the running host-driver (an upgrade): it
+    /// stops between two messages, hands everything over and exits.
+    #[arg(long, requires = "keep")]
+    handover: bool,
+
+    /// Run as the fd keeper at PATH (started by --keep).
+    #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["link", "keep"])]
+    fd_keeper: Option<PathBuf>,
 
     /// A controller: name=NAME,sock=PATH[,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
     ///
@@ -63,20 +81,41 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let link = args
-        .link
+    if let Some(path) = &args.fd_keeper {
+        return keep::run_keeper(path);
+    }
+    let link = args.link.as_deref().unwrap_or_default();
+    let link = link
         .strip_prefix("unix:")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .ok_or_else(|| format!("--link: expected unix:PATH, got '{}'", args.link))?;
+        .ok_or_else(|| format!("--link: expected unix:PATH, got '{link}'"))?;
     let stop = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
     let host = HostDriver::new(&format!("leapio-hostd {}", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &args.keep {
+        // The keeper asks this process to let go with SIGUSR2.
+        signal_hook::flag::register(signal_hook::consts::SIGUSR2, release.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+        let t = std::time::Instant::now();
+        let (keeper, held) = keep::Keeper::open(path, args.handover).map_err(|e| chain(&e))?;
+        let restored = host
+            .keep_in(Arc::new(keeper), held)
+            .map_err(|e| chain(&e))?;
+        if !restored.is_empty() || args.handover {
+            tracing::info!(controllers = ?restored, took = ?t.elapsed(), "took over from the previous host-driver");
+        }
+    }
     let started = (|| {
+        let have: Vec<String> = host.status().into_iter().map(|c| c.name).collect();
         for c in &args.ctrls {
+            if have.contains(&c.name) {
+                continue;
+            }
             host.add_controller(c).map_err(|e| chain(&e))?;
         }
         host.listen(&link).map_err(|e| chain(&e))?;
@@ -92,7 +131,14 @@ fn run(args: &Args) -> Result<(), String> {
     }
     tracing::info!(controllers = args.ctrls.len(), link = %link.display(), "leapio-hostd running");
     while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(50));
+        if release.load(Ordering::Acquire) {
+            tracing::info!("handing over to a new host-driver");
+            host.release();
+            // Nothing is torn down: sockets, connections and memory stay
+            // with the keeper and the successor.
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     tracing::info!("stopping");
     host.shutdown();

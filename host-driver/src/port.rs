@@ -207,6 +207,46 @@ impl RuntimePort {
         true
     }
 
+    /// The runtime a previous host-driver had: fenced unless its process
+    /// still runs (it may come back, or must exit before another is let in).
+    pub(crate) fn restored_runtime(&mut self, rt: crate::image::RuntimeImage) {
+        if crate::image::start_time(rt.pid) != Some(rt.start_time) {
+            tracing::info!(ctrl = %self.shared.name, pid = rt.pid, "the previous host-driver's runtime has exited");
+            return;
+        }
+        match RuntimeLink::ended(rt.pid) {
+            Ok(l) => {
+                tracing::info!(ctrl = %self.shared.name, pid = rt.pid, "the previous host-driver's runtime still runs: waiting for it to come back or exit");
+                self.state = Attachment::Fencing(Arc::new(l));
+            }
+            Err(e) => {
+                // Without the fence, keep everything it may touch.
+                tracing::error!(ctrl = %self.shared.name, pid = rt.pid, "cannot watch the previous runtime ({e}): the controller stays fatal");
+                self.shared
+                    .fatal
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+
+    /// A runtime process whose link closed connects again: a runtime
+    /// reconnects only once it has let go of everything it served over
+    /// the link that closed (its queues drained, nothing in flight), so it
+    /// is fenced. True if `link` is that process.
+    pub(crate) fn came_back(&mut self, link: &RuntimeLink) -> bool {
+        let Attachment::Fencing(old) = &self.state else {
+            return false;
+        };
+        match (old.peer.pid(), link.peer.pid()) {
+            (Some(a), Some(b)) if a == b && old.is_closed() => {
+                tracing::info!(ctrl = %self.shared.name, pid = a, "the runtime came back after its link closed");
+                self.state = Attachment::None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Fenced already? (Non-blocking; used to admit a new runtime.)
     pub fn try_fence(&mut self) -> bool {
         match &self.state {

@@ -37,6 +37,9 @@ pub struct CtrlShared {
     /// The link id of the runtime serving the controller (0: none). Link
     /// readers only take reports from that runtime.
     pub runtime: AtomicU64,
+    /// The controller is being handed to another host-driver: when its
+    /// client connection stops being served here, nothing is reset.
+    pub releasing: AtomicBool,
     /// Attach requests given to the controller's thread and not yet taken
     /// (bounded: any link may ask).
     pub attach_queued: std::sync::atomic::AtomicUsize,
@@ -76,6 +79,7 @@ impl CtrlShared {
             mdts_bytes,
             fatal: AtomicBool::new(false),
             runtime: AtomicU64::new(0),
+            releasing: AtomicBool::new(false),
             attach_queued: std::sync::atomic::AtomicUsize::new(0),
             retired: Mutex::new(IoCounts::default()),
             events: Mutex::new(VecDeque::new()),
@@ -154,6 +158,38 @@ impl CtrlShared {
     pub fn error_log(&self) -> (u64, Vec<ErrorLogEntry>) {
         let log = lock(&self.errors);
         (log.count, log.entries.iter().copied().collect())
+    }
+
+    /// The asynchronous events queued (for the controller's image).
+    pub fn events(&self) -> Vec<u32> {
+        lock(&self.events).iter().copied().collect()
+    }
+
+    /// The Changed Namespace List, not cleared.
+    pub fn changed_namespaces(&self) -> Vec<u32> {
+        lock(&self.changed_ns).clone()
+    }
+
+    /// What deleted completion queues counted.
+    pub fn retired(&self) -> IoCounts {
+        *lock(&self.retired)
+    }
+
+    /// Take back what a previous host-driver had queued and logged.
+    pub fn restore_reports(
+        &self,
+        events: &[u32],
+        changed_ns: &[u32],
+        error_count: u64,
+        errors: Vec<ErrorLogEntry>,
+        retired: IoCounts,
+    ) {
+        *lock(&self.events) = events.iter().copied().take(MAX_EVENTS).collect();
+        *lock(&self.changed_ns) = changed_ns.to_vec();
+        let mut log = lock(&self.errors);
+        log.count = error_count;
+        log.entries = errors.into_iter().take(ERROR_LOG_ENTRIES).collect();
+        *lock(&self.retired) = retired;
     }
 
     /// A completion queue was deleted: keep what it counted.

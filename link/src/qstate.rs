@@ -158,7 +158,7 @@ const _: () =
     assert!(3 * 64 <= SECTION_HEAD && SECTION_HEAD % std::mem::align_of::<SlotRecord>() == 0);
 
 /// Totals of [`CqCounters`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IoCounts {
     pub read_commands: u64,
     pub write_commands: u64,
@@ -321,6 +321,11 @@ impl QueueState {
     /// Slots per completion queue.
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// Queue ids the area has room for (`1..=queues`).
+    pub fn queues(&self) -> u32 {
+        self.queues
     }
 
     fn header(&self) -> &Header {

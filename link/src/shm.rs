@@ -37,27 +37,33 @@ pub struct SharedMem {
     offset: u64,
 }
 
+/// A new memfd of `file_len` bytes (zeros), sealed against shrinking,
+/// growing and further seals: whoever it is passed to can rely on its size.
+pub fn sealed_memfd(name: &CStr, file_len: u64) -> io::Result<File> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the
+    // call; memfd_create does not keep the pointer.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(file_len)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 impl SharedMem {
     /// A new memfd of `file_len` bytes (zero-filled), sealed against
     /// shrinking, growing and further sealing, with `[offset, offset+len)`
     /// mapped.
     pub fn create(name: &CStr, file_len: u64, offset: u64, len: usize) -> io::Result<SharedMem> {
-        // SAFETY: `name` is a valid NUL-terminated string that outlives the
-        // call; memfd_create does not keep the pointer.
-        let fd = unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: memfd_create returned a new descriptor nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(file_len)?;
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: fcntl on a descriptor we own, with an integer argument.
-        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let file = sealed_memfd(name, file_len)?;
         SharedMem::map(file, offset, len)
     }
 

@@ -134,6 +134,19 @@ impl OwnedSocket {
         })
     }
 
+    /// A socket another process bound at `path` and passed on: removed
+    /// on drop if the path still names it, as one bound here.
+    pub fn adopt(listener: UnixListener, path: &Path) -> OwnedSocket {
+        let identity = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        OwnedSocket {
+            listener,
+            path: path.to_owned(),
+            identity,
+        }
+    }
+
     pub fn listener(&self) -> &UnixListener {
         &self.listener
     }

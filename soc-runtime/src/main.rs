@@ -240,10 +240,23 @@ fn serve_link(
     let (rt, stop) = (&d.rt, &d.stop);
     let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
     let mut first = true;
+    // After a link was lost: until when a host-driver that does not
+    // answer yet (one being restarted) is waited for.
+    let mut lost_at: Option<Instant> = None;
     while !stop.load(Ordering::Acquire) {
         let transport = connect()?;
-        let (client, reader) = LinkClient::connect(transport, rt.clone(), &software)
-            .map_err(|e| format!("{what}: {}", error_chain(&e)))?;
+        let (client, reader) = match LinkClient::connect(transport, rt.clone(), &software) {
+            Ok(c) => c,
+            Err(e)
+                if lost_at
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(args.link_timeout)) =>
+            {
+                tracing::warn!("{what}: {}: trying again", error_chain(&e));
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => return Err(format!("{what}: {}", error_chain(&e))),
+        };
         ctrls.set_client(Some(client.clone()));
         match ctrls.attach_all(args.handover && first, stop) {
             Ok(()) => {}
@@ -257,8 +270,12 @@ fn serve_link(
         first = false;
         tracing::info!(host = %client.host(), controllers = client.served().len(), pollers = rt.pollers(), "socp running ({what})");
         while !stop.load(Ordering::Acquire) && !reader.is_finished() {
-            std::thread::sleep(Duration::from_millis(50));
-            if had_controllers && args.opts.control.is_none() && client.served().is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+            if had_controllers
+                && args.opts.control.is_none()
+                && client.served().is_empty()
+                && client.link_up()
+            {
                 tracing::info!("every controller was handed over or removed: exiting");
                 return Ok(());
             }
@@ -271,6 +288,7 @@ fn serve_link(
         }
         let _ = reader.join();
         ctrls.set_client(None);
+        lost_at = Some(Instant::now());
         tracing::warn!("{what} lost: reconnecting");
     }
     Ok(())

@@ -215,6 +215,26 @@ impl ConfigSpace {
         self.data.copy_from_slice(&self.pristine[..]);
     }
 
+    /// The current contents (what the function's state is made of: BARs,
+    /// command, capability controls), for [`ConfigSpace::restore`].
+    pub fn contents(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Take back [`ConfigSpace::contents`] of a function built the same
+    /// way. Read-only fields stay as this one has them (only bits the
+    /// host can write are taken); false if `data` is not a whole space.
+    pub fn restore(&mut self, data: &[u8]) -> bool {
+        if data.len() != CONFIG_SIZE {
+            return false;
+        }
+        for (i, b) in data.iter().enumerate() {
+            let m = self.wmask[i];
+            self.data[i] = (self.pristine[i] & !m) | (b & m);
+        }
+        true
+    }
+
     pub fn msix_vectors(&self) -> u16 {
         (u16::from_le_bytes([self.data[CAP_MSIX + 2], self.data[CAP_MSIX + 3]]) & 0x7ff) + 1
     }

@@ -66,6 +66,8 @@ pub struct LinkClient {
     pending: Mutex<HashMap<String, Pending>>,
     workers: Mutex<HashMap<String, Worker>>,
     host: String,
+    /// The link went down (its controllers are let go of by the reader).
+    down: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -143,6 +145,7 @@ impl LinkClient {
             pending: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
             host,
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         let me = client.clone();
         let reader = std::thread::Builder::new()
@@ -221,6 +224,12 @@ impl LinkClient {
     /// area for its successor, as if it had died).
     pub fn close(&self) {
         self.carrier.shutdown();
+    }
+
+    /// Whether the link is still up (a link that went down lets go of its
+    /// controllers on its own).
+    pub fn link_up(&self) -> bool {
+        !self.down.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The controllers being served.
@@ -353,6 +362,7 @@ impl LinkClient {
             LinkError::Closed => tracing::warn!("link closed by the host-driver"),
             e => tracing::error!("link failed: {e}"),
         }
+        self.down.store(true, std::sync::atomic::Ordering::Release);
         carrier.shutdown();
         // Nothing more will come: stop serving (the host-driver has gone,
         // and with it the guests' devices).
@@ -586,6 +596,14 @@ fn worker(
                 // pollers let go of the queues; the queue-state area then
                 // says so for whoever comes next.
                 let drained = q.delete_all();
+                if !drained && !tell_host {
+                    // The link is gone and this runtime would connect again
+                    // as one that let go of everything: it must not, while
+                    // a backend may still write the guest's memory. Dying
+                    // fences it (the host-driver waits for its exit).
+                    tracing::error!(ctrl = %name, "commands still running on a backend after the link was lost: exiting so that the host-driver can fence this runtime");
+                    std::process::abort();
+                }
                 if !drained {
                     tracing::error!(ctrl = %name, "commands still running on a backend while letting go");
                 }

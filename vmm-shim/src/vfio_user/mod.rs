@@ -44,7 +44,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use server::{serve, Listener, SocketAccess};
+pub use server::{serve, serve_from, Listener, SocketAccess};
 
 /// A positive `libc` errno value, as sent in error replies.
 pub type Errno = i32;
@@ -225,6 +225,9 @@ pub trait Device {
     /// The client went away (EOF, error, or framing violation): drop all
     /// client state (DMA maps, irq fds). Called exactly once per `serve`.
     fn disconnected(&mut self) {}
+    /// The client negotiated the protocol version (a connection handed to
+    /// another server is served from there with [`serve_from`]).
+    fn negotiated(&mut self) {}
 }
 
 /// Errors of [`Listener`] and [`serve`].

@@ -28,6 +28,9 @@ use super::{
     MAX_MSG_FDS, MAX_MSG_SIZE, STOP_POLL_INTERVAL, VERSION_MAJOR, VERSION_MINOR,
 };
 
+/// How long a stopped server waits for the rest of a message.
+const PARTIAL_MESSAGE_WAIT: Duration = Duration::from_secs(1);
+
 /// Most sparse-mmap areas we describe in one region info reply.
 const MAX_SPARSE_AREAS: usize = 64;
 
@@ -67,6 +70,24 @@ impl Listener {
     /// The socket path.
     pub fn path(&self) -> &Path {
         self.sock.path()
+    }
+
+    /// A listener that was bound at `path` by another process (a host-driver
+    /// taking over from the one before it): it is served as one of ours.
+    pub fn adopt(fd: OwnedFd, path: &Path) -> Result<Listener, ServerError> {
+        let sock = OwnedSocket::adopt(std::os::unix::net::UnixListener::from(fd), path);
+        sock.listener()
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Bind {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Listener { sock })
+    }
+
+    /// The listening socket (to keep it alive outside this process).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.listener().as_fd()
     }
 
     /// Wait for a client. Returns `None` once `stop` is set (checked every
@@ -125,11 +146,23 @@ pub fn serve(
     dev: &mut dyn Device,
     stop: &AtomicBool,
 ) -> Result<(), ServerError> {
+    serve_from(stream, dev, stop, false)
+}
+
+/// [`serve`] a connection that may have been served before, by a process
+/// that handed it over: `negotiated` says whether the client already
+/// negotiated the version (a connection is handed over between messages).
+pub fn serve_from(
+    stream: UnixStream,
+    dev: &mut dyn Device,
+    stop: &AtomicBool,
+    negotiated: bool,
+) -> Result<(), ServerError> {
     stream.set_nonblocking(true).map_err(ServerError::Io)?;
     let mut conn = Conn {
         dev,
         stream,
-        negotiated: false,
+        negotiated,
         limiter: LogLimiter::default(),
     };
     conn.run(stop)
@@ -189,6 +222,11 @@ impl Reader {
             fds: Vec::new(),
             bad_fds: false,
         }
+    }
+
+    /// No message is partly read.
+    fn is_idle(&self) -> bool {
+        self.hdr_got == 0 && self.body.is_none()
     }
 
     fn take_fds(&mut self, fds: Vec<OwnedFd>, in_header: bool) {
@@ -337,9 +375,16 @@ impl Conn<'_> {
     fn run(&mut self, stop: &AtomicBool) -> Result<(), ServerError> {
         let mut reader = Reader::new();
         let mut next_tick: Option<Instant> = None;
+        // Stopped with a message partly read: its rest is waited for a
+        // moment, so that the connection is left between two messages
+        // (another server may go on with it).
+        let mut stopped_at: Option<Instant> = None;
         loop {
             if stop.load(Ordering::Relaxed) {
-                return Ok(());
+                let since = *stopped_at.get_or_insert_with(Instant::now);
+                if reader.is_idle() || since.elapsed() > PARTIAL_MESSAGE_WAIT {
+                    return Ok(());
+                }
             }
             self.maybe_tick(&mut next_tick);
             let timeout = match next_tick {
@@ -359,7 +404,7 @@ impl Conn<'_> {
                     ReadEvent::Eof => return Ok(()),
                 }
                 self.maybe_tick(&mut next_tick);
-                if stop.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) && reader.is_idle() {
                     return Ok(());
                 }
             }
@@ -552,6 +597,7 @@ impl Conn<'_> {
             payload.push(0);
         }
         self.negotiated = true;
+        self.dev.negotiated();
         reply(payload)
     }
 
