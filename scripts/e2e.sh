@@ -7,6 +7,7 @@
 #          soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
 #          zns_tcp zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns
+#          hostd_upgrade hostd_crash
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -43,7 +44,7 @@ if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
-        zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns)
+        zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns hostd_upgrade hostd_crash)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -256,6 +257,57 @@ test_split_restart() {
     expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || ok=1
     ((ok == 0)) && DETAIL="2 x kill -9 of socp during verified fio, new runtime attached after ${times} s; fio clean, guest kernel quiet"
     return $ok
+}
+
+# hostd_replaced MODE: verified fio on the split while leapio-hostd (with
+# an fd keeper) is replaced 5 times: MODE upgrade (a new one with
+# --handover takes over from the running one) or crash (kill -9, then a
+# new one). QEMU's vfio-user connection must never close: the guest sees
+# no error, no nvme timeout or reset.
+hostd_replaced() {
+    local mode=$1 dir=$logs/hostd_$1.d grc=0 n times clients ok=0 errs ioerr resets stopped=0 maxlat
+    fresh_disk
+    GLOG=$logs/hostd_$mode.guest.log
+    rm -rf "$dir"
+    HOSTD_KEEP=$LEAPIO_RUN/hostd-keeper.sock
+    if ! start_split "$dir" e2e "$LEAPIO_RUN/e2e.sock" "file:$disk"; then
+        HOSTD_KEEP=''
+        REASON="leapio-hostd --keep + socp did not start (see $dir)"
+        return 1
+    fi
+    rm -f "$GLOG"
+    hostd_restarter "$mode" "$GLOG" "$boot_timeout" "FIO-START fio write 0.3" "FIO-START fio write 0.4" \
+        "FIO-START fio randread 0.5" "FIO-START fio randread 1" "FIO-START fio randread 1" &
+    RESTARTER=$!
+    run_guest --quiet --job fio --disk "vfio-user:$LEAPIO_RUN/e2e.sock" --log "$GLOG" \
+        --timeout "$boot_timeout" --append "leapio.runtime=6 leapio.size=32" || grc=$?
+    wait "$RESTARTER" || true
+    RESTARTER=''
+    n=$(cat "$dir/hostd-restarts" 2>/dev/null || echo 0)
+    times=$(paste -sd, "$dir/hostd-restart-times" 2>/dev/null)
+    clients=$(grep -ac 'vfio-user client connected' "$dir/hostd.log" || true)
+    stop_split 2>>"$GLOG.harness" || stopped=1
+    HOSTD_KEEP=''
+    read -r errs ioerr resets <<< "$(guest_health)"
+    maxlat=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(round(max(json.loads(l).get("clat_max_us") or 0 for l in sys.stdin)/1000))' 2>/dev/null || echo '?')
+    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect '[[ $n == 5 ]]' "leapio-hostd was replaced $n times, expected 5" || ok=1
+    expect '[[ $clients == 1 ]]' "QEMU connected $clients times: its connection did not survive" || ok=1
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
+    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly (or the fd keeper lingered)" || ok=1
+    ((ok == 0)) && DETAIL="5 x $mode of leapio-hostd during verified fio, the runtime attached again after ${times} s, QEMU's connection kept; fio clean (slowest I/O ${maxlat} ms), guest kernel quiet"
+    return $ok
+}
+
+test_hostd_upgrade() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    hostd_replaced upgrade
+}
+
+test_hostd_crash() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    hostd_replaced crash
 }
 
 # A flash namespace: 80 MiB of emulated NAND (2 channels x 2 dies x 80

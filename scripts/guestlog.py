@@ -136,6 +136,7 @@ def fio_phases(blocks, job=None):
         d = wr if writes and wr.get("io_bytes", 0) else rd
         pct = (d.get("clat_ns") or {}).get("percentile") or {}
         p99 = pct.get("99.000000")
+        cmax = (d.get("clat_ns") or {}).get("max")
         out.append({
             "job": j,
             "name": phase,
@@ -143,6 +144,7 @@ def fio_phases(blocks, job=None):
             "iops": round(float(d.get("iops", 0)), 1),
             "bw_kib_s": int(d.get("bw", 0)),
             "clat_p99_us": round(p99 / 1000.0, 1) if p99 is not None else None,
+            "clat_max_us": round(cmax / 1000.0, 1) if cmax is not None else None,
             "io_mib": round(d.get("io_bytes", 0) / 1048576.0, 1),
             "errors": int(fj.get("error", 0)) + int(fj.get("total_err", 0) or 0),
         })

@@ -193,9 +193,10 @@ start_hostd() {
     done
     local link=$LEAPIO_RUN/hostd.sock s
     for s in "${socks[@]}"; do rm -f "$s"; done
-    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$HOSTD_BIN" --link "unix:$link" \
-        --ctrl "$spec" 2> "$dir/hostd.log" &
-    HOSTD_PID=$!
+    HOSTD_SPEC=$spec
+    rm -f "$dir/hostd.log" "$dir/hostd.pid" "$dir/hostd-restarts" "$dir/hostd-restart-times"
+    spawn_hostd
+    HOSTD_PID=$(cat "$dir/hostd.pid")
     for s in "${socks[@]}" "$link"; do
         if ! wait_for_socket "$s" 30 "$HOSTD_PID"; then
             log "leapio-hostd did not start; its stderr ($dir/hostd.log):"
@@ -203,6 +204,59 @@ start_hostd() {
             stop_split >/dev/null 2>&1 || true
             return 1
         fi
+    done
+}
+
+# spawn_hostd [ARG...]: one more leapio-hostd serving $HOSTD_SPEC (with
+# --keep $HOSTD_KEEP when that is set: its descriptors and device state in
+# an fd keeper, so that another can take over); its log appended to
+# $SPLIT_DIR/hostd.log, its pid in $SPLIT_DIR/hostd.pid.
+HOSTD_KEEP=${HOSTD_KEEP:-}
+spawn_hostd() {
+    local keep=()
+    [[ -z $HOSTD_KEEP ]] || keep=(--keep "$HOSTD_KEEP")
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$HOSTD_BIN" --link "unix:$LEAPIO_RUN/hostd.sock" \
+        "${keep[@]}" --ctrl "$HOSTD_SPEC" "$@" 2>> "$SPLIT_DIR/hostd.log" &
+    echo $! > "$SPLIT_DIR/hostd.pid"
+}
+
+# hostd_restarter MODE GLOG TIMEOUT "PATTERN DELAY"...: for each pair, once
+# the guest console GLOG shows PATTERN, wait DELAY seconds and replace
+# leapio-hostd (started with HOSTD_KEEP set): MODE upgrade starts a new one
+# with --handover (the running one hands everything over and exits), MODE
+# crash kills it with SIGKILL and starts a new one. Run in the background;
+# counts in $SPLIT_DIR/hostd-restarts, the time from the replacement's
+# start to the runtime's attach in $SPLIT_DIR/hostd-restart-times.
+hostd_restarter() {
+    local mode=$1 glog=$2 timeout=$3 n=0 pat delay old t0 i attached
+    shift 3
+    for spec in "$@"; do
+        pat=${spec% *} delay=${spec##* }
+        wait_log "$glog" "$pat" "$timeout" || { log "hostd restarter: '$pat' never appeared"; return 1; }
+        sleep "$delay"
+        attached=$(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log")
+        old=$(cat "$SPLIT_DIR/hostd.pid")
+        n=$((n + 1))
+        t0=$(now)
+        if [[ $mode == crash ]]; then
+            kill -KILL "$old" 2>/dev/null || true
+            spawn_hostd
+        else
+            spawn_hostd --handover
+        fi
+        disown "$(cat "$SPLIT_DIR/hostd.pid")"
+        i=0
+        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached && i < 1500)); do
+            sleep 0.01
+            i=$((i + 1))
+        done
+        echo "$n" > "$SPLIT_DIR/hostd-restarts"
+        echo "$(elapsed "$t0")" >> "$SPLIT_DIR/hostd-restart-times"
+        if kill -0 "$old" 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$old/stat" 2>/dev/null; then
+            log "hostd restarter: the replaced leapio-hostd (pid $old) still runs"
+            return 1
+        fi
+        log "leapio-hostd $mode $n: pid $old replaced by $(cat "$SPLIT_DIR/hostd.pid"), the runtime attached again after $(elapsed "$t0") s"
     done
 }
 
@@ -355,8 +409,16 @@ stop_split() {
     local rc=0 pid
     pid=$(cat "$SPLIT_DIR/socp.pid" 2>/dev/null || true)
     stop_pid socp "$pid" || rc=1
+    # (a host-driver that replaced the first one is named in hostd.pid)
+    [[ -s $SPLIT_DIR/hostd.pid ]] && HOSTD_PID=$(cat "$SPLIT_DIR/hostd.pid")
     stop_pid leapio-hostd "$HOSTD_PID" || rc=1
     HOSTD_PID=''
+    rm -f "$SPLIT_DIR/hostd.pid"
+    # a host-driver that stops lets its fd keeper go
+    if [[ -n $HOSTD_KEEP ]] && pkill -f -- "--fd-keeper $HOSTD_KEEP" 2>/dev/null; then
+        log "the fd keeper at $HOSTD_KEEP outlived its host-driver's stop"
+        rc=1
+    fi
     rm -f "$SPLIT_DIR/socp.pid"
     return $rc
 }
