@@ -4,6 +4,7 @@
 # socp from a 1 GiB file on the host.
 #
 # usage: bash scripts/demo.sh [--soc in-process|process|vm] [--restart-socp]
+#                             [--restart-hostd]
 #                             [--storage file|ssd|ssd-kernel|ram|tcp] [--json]
 #                             [--runtime SEC] [--timeout SEC]
 #   --soc in-process  (default) one socp process: host-driver and runtime
@@ -36,13 +37,19 @@
 #                  randread phase) and start a new one each time; the guest
 #                  must not notice (no I/O error, no nvme timeout or reset,
 #                  fio's verify clean)
+#   --restart-hostd with --soc process: leapio-hostd keeps its descriptors
+#                  and device state in an fd keeper (--keep); while fio runs
+#                  it is upgraded in place once (a new one with --handover)
+#                  and killed with SIGKILL and started again once; the guest
+#                  must not notice
 #   --json         the last line of stdout is one JSON object:
 #                  {"accel","model","namespaces","fio":[{name,iops,bw_kib_s,
 #                   clat_p99_us,errors}],"verify":"ok"|"<reason>","soc",
 #                   "storage", "soc_arch" (with vm: uname -m in the SoC),
 #                   "boot_to_fio_s" (from starting the runtime(s) to the
 #                   guest's first fio phase),
-#                   "socp_restarts","guest_io_errors","guest_nvme_resets",
+#                   "socp_restarts","hostd_restarts","guest_io_errors",
+#                   "guest_nvme_resets",
 #                   "copied_bytes" (bytes of I/O data the serving runtime's
 #                   CPU copied since it started), ...}
 #   --runtime SEC  length of the timed 4k randread phase (default 5)
@@ -57,12 +64,13 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-json=0 runtime=5 timeout=420 soc=in-process restart=0 storage=
+json=0 runtime=5 timeout=420 soc=in-process restart=0 restart_hostd=0 storage=
 while (($#)); do
     case $1 in
     --json) json=1 ;;
     --soc) soc=${2:-}; shift ;;
     --restart-socp) restart=1 ;;
+    --restart-hostd) restart_hostd=1 ;;
     --storage) storage=${2:-}; shift ;;
     --runtime) runtime=$2; shift ;;
     --timeout) timeout=$2; shift ;;
@@ -72,6 +80,8 @@ while (($#)); do
     shift
 done
 [[ $soc == in-process || $soc == process || $soc == vm ]] || die "demo.sh: --soc must be in-process, process or vm"
+((restart_hostd == 0)) || [[ $soc == process ]] || die "demo.sh: --restart-hostd needs --soc process"
+((restart_hostd == 0)) || ((restart == 0)) || die "demo.sh: --restart-hostd and --restart-socp one at a time"
 ((restart == 0)) || [[ $soc != in-process ]] || die "demo.sh: --restart-socp needs --soc process or vm (the in-process runtime cannot restart without the VM's device)"
 if [[ -z $storage ]]; then
     storage=file
@@ -174,12 +184,21 @@ if [[ $soc == vm ]]; then
     log "leapio-hostd (pid $HOSTD_PID): the VM's device at $sock, its link function for the SoC at $fsock"
 elif [[ $soc == process ]]; then
     log "[4/5] starting leapio-hostd and socp (split, separate processes) serving $ns"
+    ((restart_hostd == 0)) || HOSTD_KEEP=$LEAPIO_RUN/demo-keeper.sock
     start_split "$logs" demo0 "$sock" "$ns" \
         || fail socp "leapio-hostd + socp did not start (see $logs/hostd.log, $logs/socp.log)"
     log "leapio-hostd (pid $HOSTD_PID) owns vfio-user socket $sock; socp (pid $(cat "$logs/socp.pid")) serves it over the link; logs in $logs"
     if ((restart)); then
         rm -f "$glog"
         socp_restarter "$glog" "$timeout" "FIO-START fio write 1.5" "FIO-START fio randread 2" &
+        RESTARTER=$!
+    fi
+    if ((restart_hostd)); then
+        rm -f "$glog"
+        {
+            hostd_restarter upgrade "$glog" "$timeout" "FIO-START fio write 1" &&
+                hostd_restarter crash "$glog" "$timeout" "FIO-START fio randread 2"
+        } &
         RESTARTER=$!
     fi
 else
@@ -215,7 +234,7 @@ else
     run_guest --job info,fio --disk "vfio-user:$sock" --log "$glog" \
         --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
 fi
-socp_alive=1 stop_rc=0 restarts=0 status=''
+socp_alive=1 stop_rc=0 restarts=0 hrestarts=0 status=''
 # the serving runtime's status (its namespaces' copied bytes) before it stops
 case $soc in
 vm)
@@ -242,8 +261,9 @@ elif [[ $soc == process ]]; then
         RESTARTER=''
     fi
     restarts=$(split_restarts)
+    hrestarts=$(cat "$logs/hostd-restarts" 2>/dev/null || echo 0)
     kill -0 "$(cat "$logs/socp.pid")" 2>/dev/null || socp_alive=0
-    kill -0 "$HOSTD_PID" 2>/dev/null || socp_alive=0
+    kill -0 "$(cat "$logs/hostd.pid")" 2>/dev/null || socp_alive=0
     stop_split || stop_rc=1
 else
     kill -0 "$SOCP_PID" 2>/dev/null || socp_alive=0
@@ -256,7 +276,7 @@ if [[ -n $TARGET_PID ]]; then
     TARGET_PID=''
 fi
 accel=$(sed -n 's/^accel=//p' "$glog.meta")
-sets=(--set "soc=$soc" --set "storage=$storage" --set "socp_restarts=$restarts")
+sets=(--set "soc=$soc" --set "storage=$storage" --set "socp_restarts=$restarts" --set "hostd_restarts=$hrestarts")
 [[ -n $copied ]] && sets+=(--set "copied_bytes=$copied")
 [[ $soc == vm ]] && sets+=(--set "soc_arch=${soc_arch_v:-unknown}")
 if [[ -s $logs/boot-to-fio ]]; then
@@ -264,6 +284,9 @@ if [[ -s $logs/boot-to-fio ]]; then
 fi
 if [[ -s $logs/restart-times ]]; then
     sets+=(--set "restart_to_attach_s=[$(paste -sd, "$logs/restart-times")]")
+fi
+if [[ -s $logs/hostd-restart-times ]]; then
+    sets+=(--set "hostd_restart_to_attach_s=[$(paste -sd, "$logs/hostd-restart-times")]")
 fi
 
 # the virtual controller, as the guest's nvme-cli saw it
@@ -290,6 +313,9 @@ esac
 ((socp_alive)) || why="${why:+$why; }socp died during the run"
 if ((restart)) && [[ $restarts != 2 ]]; then
     why="${why:+$why; }socp was restarted $restarts times instead of 2"
+fi
+if ((restart_hostd)) && [[ $hrestarts != 2 ]]; then
+    why="${why:+$why; }leapio-hostd was replaced $hrestarts times instead of 2 (an upgrade and a crash)"
 fi
 if [[ -n $why ]]; then
     guest_tail "$glog" 25

@@ -225,11 +225,12 @@ spawn_hostd() {
 # leapio-hostd (started with HOSTD_KEEP set): MODE upgrade starts a new one
 # with --handover (the running one hands everything over and exits), MODE
 # crash kills it with SIGKILL and starts a new one. Run in the background;
-# counts in $SPLIT_DIR/hostd-restarts, the time from the replacement's
+# counts (across calls) in $SPLIT_DIR/hostd-restarts, the time from the replacement's
 # start to the runtime's attach in $SPLIT_DIR/hostd-restart-times.
 hostd_restarter() {
-    local mode=$1 glog=$2 timeout=$3 n=0 pat delay old t0 i attached
+    local mode=$1 glog=$2 timeout=$3 n pat delay old t0 i attached
     shift 3
+    n=$(cat "$SPLIT_DIR/hostd-restarts" 2>/dev/null || echo 0)
     for spec in "$@"; do
         pat=${spec% *} delay=${spec##* }
         wait_log "$glog" "$pat" "$timeout" || { log "hostd restarter: '$pat' never appeared"; return 1; }
