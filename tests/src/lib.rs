@@ -8,6 +8,7 @@
 //! drives controllers with it too.
 
 pub mod driver;
+pub mod kept;
 pub mod mem;
 pub mod proc_stat;
 pub mod server;
