@@ -245,6 +245,7 @@ impl HostDriver {
         let (tx, rx) = channel();
         let (ctrl, conn, sock) =
             NvmeController::restore(name, keeper.clone(), held, rx, *lock(&self.timeouts))?;
+        ctrl.shared().trust(keeper.pid());
         let lfd = held
             .take_one(&format!("{}listener", crate::kept::prefix(name)))
             .ok_or("the keeper has no listener")?;
@@ -312,6 +313,7 @@ impl HostDriver {
             None => None,
         };
         if let Some(keeper) = lock(&self.keeper).clone() {
+            ctrl.shared().trust(keeper.pid());
             let kept = if spec.soc.is_some() {
                 Err(std::io::Error::other(
                     "a controller with an SoC link function cannot be kept for a successor yet",
@@ -772,7 +774,16 @@ fn control_thread(
                 }
             },
         };
-        match serve_from(stream, ctrl, stop, negotiated) {
+        // The hypervisor maps the doorbell page: not a runtime's helper.
+        let client = crate::link::peer_cred(&stream).ok().map(|c| {
+            ctrl.shared().trust(c.pid);
+            c.pid
+        });
+        let served = serve_from(stream, ctrl, stop, negotiated);
+        if let Some(pid) = client {
+            ctrl.shared().untrust(pid);
+        }
+        match served {
             Ok(()) if ctrl.shared().releasing.load(Ordering::Acquire) => {}
             Ok(()) => tracing::info!(ctrl = %name, "vfio-user client disconnected"),
             Err(e) => tracing::warn!(ctrl = %name, "vfio-user connection ended: {e}"),

@@ -133,6 +133,8 @@ impl Held {
 pub struct Keeper {
     sock: Mutex<UnixStream>,
     path: PathBuf,
+    /// The keeper's process.
+    pid: i32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,12 +181,21 @@ impl Keeper {
             }
             Err(e) => return Err(io_err("connecting", e)),
         };
+        let pid = leapio_service::socket::peer_cred(&sock)
+            .map_err(|e| io_err("asking who it is", e))?
+            .pid;
         let k = Keeper {
             sock: Mutex::new(sock),
             path: path.to_owned(),
+            pid,
         };
         let held = k.take(handover)?;
         Ok((k, held))
+    }
+
+    /// The keeper's process (it holds the controllers' shared memory).
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     fn link_err(&self, source: LinkError) -> KeepError {

@@ -19,6 +19,7 @@
 mod admin;
 mod attach;
 pub mod controller;
+mod holders;
 pub mod host;
 mod image;
 pub mod keep;

@@ -92,7 +92,13 @@ pub struct RuntimePort {
     /// Events that arrived while the thread waited for one in particular
     /// (a detach): taken before the channel's.
     stash: std::collections::VecDeque<PortEvent>,
+    /// The last look for processes holding the shared memory of a runtime
+    /// that exited, and who (looked for at most every [`HOLDER_SCAN`]).
+    holder_scan: Option<(std::time::Instant, Vec<i32>)>,
 }
+
+/// How often a runtime being fenced is checked for helpers.
+const HOLDER_SCAN: Duration = Duration::from_millis(250);
 
 impl RuntimePort {
     pub fn new(
@@ -106,6 +112,7 @@ impl RuntimePort {
             timeouts,
             events,
             stash: std::collections::VecDeque::new(),
+            holder_scan: None,
         }
     }
 
@@ -202,9 +209,42 @@ impl RuntimePort {
                 return false;
             }
         }
+        let deadline = std::time::Instant::now() + self.timeouts.fence;
+        while !self.no_helpers(&l, true) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(HOLDER_SCAN);
+        }
         tracing::info!(ctrl = %self.shared.name, runtime = %l.describe(), "previous runtime fenced (exited)");
         self.state = Attachment::None;
         true
+    }
+
+    /// Whether no process the runtime `l` (a process that exited) may have
+    /// left its descriptors to still holds the controller's shared memory
+    /// (see `crate::holders`). `now`: look again even if it was looked at
+    /// a moment ago.
+    fn no_helpers(&mut self, l: &RuntimeLink, now: bool) -> bool {
+        if !matches!(l.peer, crate::link::Peer::Process { .. }) {
+            return true;
+        }
+        if let Some((at, found)) = &self.holder_scan {
+            if !now && at.elapsed() < HOLDER_SCAN {
+                return found.is_empty();
+            }
+        }
+        let files: Vec<(u64, u64)> = [self.shared.doorbells.fd(), self.shared.qstate.fd()]
+            .into_iter()
+            .filter_map(crate::holders::identity)
+            .collect();
+        let found = crate::holders::holders(&files, &self.shared.trusted());
+        let new = self.holder_scan.as_ref().is_none_or(|(_, f)| *f != found);
+        if new && !found.is_empty() {
+            tracing::error!(ctrl = %self.shared.name, runtime = %l.describe(), holders = ?found, "the previous runtime exited but other processes hold the controller's doorbell page or queue-state area (its helpers?): not fenced while they do");
+        }
+        self.holder_scan = Some((std::time::Instant::now(), found));
+        self.holder_scan.as_ref().is_some_and(|(_, f)| f.is_empty())
     }
 
     /// The runtime a previous host-driver had: fenced unless its process
@@ -251,8 +291,13 @@ impl RuntimePort {
     pub fn try_fence(&mut self) -> bool {
         match &self.state {
             Attachment::Fencing(l) if l.fenced(Duration::ZERO) => {
+                let l = l.clone();
+                if !self.no_helpers(&l, false) {
+                    return false;
+                }
                 tracing::info!(ctrl = %self.shared.name, runtime = %l.describe(), "previous runtime fenced (exited)");
                 self.state = Attachment::None;
+                self.holder_scan = None;
                 true
             }
             Attachment::Fencing(_) => false,
@@ -395,10 +440,14 @@ impl RuntimePort {
         // A runtime on an SoC reaches guest memory through the link
         // function's window, not a descriptor.
         let (fds, window): (Vec<BorrowedFd<'_>>, Option<u64>) = match l.rings() {
-            Some(end) => (
-                Vec::new(),
-                fd.and_then(|f| end.window_offset(f, r.file_offset)),
-            ),
+            Some(end) => {
+                let window = fd.and_then(|f| end.window_offset(f, r.file_offset));
+                if window.is_none() && r.translatable {
+                    // Its commands fail with a data transfer error.
+                    tracing::warn!(ctrl = %self.shared.name, gpa = format_args!("{:#x}", r.gpa), size = r.size, "guest memory outside the link function's window: the SoC cannot reach it");
+                }
+                (Vec::new(), window)
+            }
             None => (fd.into_iter().collect(), None),
         };
         let has_fd = !fds.is_empty();

@@ -43,6 +43,10 @@ pub struct CtrlShared {
     /// Attach requests given to the controller's thread and not yet taken
     /// (bounded: any link may ask).
     pub attach_queued: std::sync::atomic::AtomicUsize,
+    /// Processes that may hold the doorbell page and queue-state area
+    /// besides this one and runtimes: the hypervisors served (their pids,
+    /// once per connection), the fd keeper.
+    trusted: Mutex<Vec<i32>>,
     /// I/O counts of completion queues that were deleted.
     retired: Mutex<IoCounts>,
     events: Mutex<VecDeque<u32>>,
@@ -81,6 +85,7 @@ impl CtrlShared {
             runtime: AtomicU64::new(0),
             releasing: AtomicBool::new(false),
             attach_queued: std::sync::atomic::AtomicUsize::new(0),
+            trusted: Mutex::new(Vec::new()),
             retired: Mutex::new(IoCounts::default()),
             events: Mutex::new(VecDeque::new()),
             errors: Mutex::new(ErrorLog::default()),
@@ -158,6 +163,26 @@ impl CtrlShared {
     pub fn error_log(&self) -> (u64, Vec<ErrorLogEntry>) {
         let log = lock(&self.errors);
         (log.count, log.entries.iter().copied().collect())
+    }
+
+    /// Process `pid` may hold the shared memory (see `trusted`).
+    pub fn trust(&self, pid: i32) {
+        lock(&self.trusted).push(pid);
+    }
+
+    /// One of `pid`'s connections ended.
+    pub fn untrust(&self, pid: i32) {
+        let mut t = lock(&self.trusted);
+        if let Some(i) = t.iter().position(|p| *p == pid) {
+            t.swap_remove(i);
+        }
+    }
+
+    /// This process and those [`CtrlShared::trust`] was told of.
+    pub fn trusted(&self) -> Vec<i32> {
+        let mut t = lock(&self.trusted).clone();
+        t.push(i32::try_from(std::process::id()).unwrap_or(0));
+        t
     }
 
     /// The asynchronous events queued (for the controller's image).

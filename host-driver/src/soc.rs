@@ -12,7 +12,10 @@
 //! superseded. If the SoC's hypervisor disconnects, the SoC is gone too. A
 //! runtime that stays alive but silent cannot be killed from here; the
 //! host-driver waits for it to be replaced (a real DPU would reset the
-//! function or turn its bus mastering off).
+//! function or turn its bus mastering off). The window onto the guest's
+//! memory (BAR4) lets the SoC's hypervisor map only the ranges the VM's
+//! hypervisor mapped for DMA; the rest of the memory file traps and is
+//! refused.
 
 use crate::link::{Carrier, Links, Peer, RingEnd};
 use crate::shared::CtrlShared;
@@ -41,6 +44,10 @@ pub struct LinkFunction {
     rings_mem: Arc<SharedMem>,
     guest_mem: File,
     guest_mem_len: u64,
+    /// The parts of `guest_mem` the VM's hypervisor mapped for DMA (file
+    /// offset, length; sorted, merged): the only parts the SoC's
+    /// hypervisor may map. The rest of the BAR traps, and is refused.
+    window_areas: Vec<(u64, u64)>,
     pci: ConfigSpace,
     session: Option<(u32, Arc<RingEnd>)>,
     /// When sessions were last opened (a budget: see [`OPEN_BUDGET`]).
@@ -71,8 +78,10 @@ impl LinkFunction {
             return Ok(None);
         };
         let guest_mem = File::from(fd.try_clone_to_owned()?);
+        let meta = guest_mem.metadata()?;
+        let guest_mem_len = meta.len();
+        let window_areas = dma_ranges(&snap, (meta.dev(), meta.ino()), guest_mem_len);
         drop(snap);
-        let guest_mem_len = guest_mem.metadata()?.len();
         let rings_mem = Arc::new(SharedMem::create(
             c"leapio-link-rings",
             RING_AREA as u64,
@@ -110,6 +119,7 @@ impl LinkFunction {
             rings_mem,
             guest_mem,
             guest_mem_len,
+            window_areas,
             pci,
             session: None,
             opens: std::collections::VecDeque::new(),
@@ -192,6 +202,15 @@ impl LinkFunction {
     }
 
     fn mmap_region(&self, size: u64, fd: std::os::fd::BorrowedFd<'_>) -> RegionInfo {
+        self.mmap_areas(size, fd, vec![(0, file_len(fd).min(size))])
+    }
+
+    fn mmap_areas(
+        &self,
+        size: u64,
+        fd: std::os::fd::BorrowedFd<'_>,
+        areas: Vec<(u64, u64)>,
+    ) -> RegionInfo {
         RegionInfo {
             size,
             read: true,
@@ -199,10 +218,35 @@ impl LinkFunction {
             mmap: Some(RegionMmap {
                 fd: fd.as_raw_fd(),
                 file_offset: 0,
-                areas: vec![(0, file_len(fd).min(size))],
+                areas,
             }),
         }
     }
+}
+
+/// The ranges of the file `file` (device, inode) of `len` bytes that
+/// regions of `snap` map, sorted and merged, page aligned (a region's
+/// bounds are, as DMA_MAP requires).
+fn dma_ranges(snap: &leapio_ats::Snapshot, file: (u64, u64), len: u64) -> Vec<(u64, u64)> {
+    let mut r: Vec<(u64, u64)> = snap
+        .region_files()
+        .filter(|(info, _)| info.translatable)
+        .filter_map(|(info, fd)| {
+            let m = File::from(fd?.try_clone_to_owned().ok()?).metadata().ok()?;
+            let end = info.file_offset.checked_add(info.size)?.min(len);
+            ((m.dev(), m.ino()) == file && end > info.file_offset)
+                .then_some((info.file_offset, end))
+        })
+        .collect();
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in r {
+        match out.last_mut() {
+            Some((_, e)) if start <= *e => *e = (*e).max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out.into_iter().map(|(s, e)| (s, e - s)).collect()
 }
 
 fn file_len(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
@@ -235,7 +279,9 @@ impl Device for LinkFunction {
             function::BAR_RINGS => self.mmap_region(size, self.rings_mem.fd()),
             function::BAR_DOORBELLS => self.mmap_region(size, self.shared.doorbells.fd()),
             function::BAR_QSTATE => self.mmap_region(size, self.shared.qstate.fd()),
-            function::BAR_GUEST_MEM => self.mmap_region(size, self.guest_mem.as_fd()),
+            function::BAR_GUEST_MEM => {
+                self.mmap_areas(size, self.guest_mem.as_fd(), self.window_areas.clone())
+            }
             _ if index == REGION_CONFIG => RegionInfo {
                 size: leapio_vmm_shim::pci::CONFIG_SIZE as u64,
                 read: true,
@@ -355,9 +401,72 @@ pub fn serve_function(
             }
         };
         let Some(mut func) = func else { continue };
-        tracing::info!(ctrl = %name, guest_mem = func.guest_mem_len, "link function: the SoC's hypervisor is connected");
+        // The SoC's hypervisor maps the doorbell page and the queue-state
+        // area (BARs): not a runtime's helper.
+        let client = crate::link::peer_cred(&stream).ok().map(|c| c.pid);
+        if let Some(pid) = client {
+            shared.trust(pid);
+        }
+        tracing::info!(ctrl = %name, guest_mem = func.guest_mem_len, window = ?func.window_areas, "link function: the SoC's hypervisor is connected");
         if let Err(e) = leapio_vmm_shim::vfio_user::serve(stream, &mut func, stop) {
             tracing::warn!(ctrl = %name, "link function: connection ended: {e}");
         }
+        if let Some(pid) = client {
+            shared.untrust(pid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leapio_ats::{Domain, Prot};
+    use std::os::fd::OwnedFd;
+
+    #[test]
+    fn the_window_is_what_the_guest_mapped_for_dma() {
+        const M: u64 = 1 << 20;
+        let mem = leapio_link::shm::sealed_memfd(c"guest", 4 * M).unwrap();
+        let other = leapio_link::shm::sealed_memfd(c"other", M).unwrap();
+        let d = Domain::new();
+        let rw = Prot {
+            read: true,
+            write: true,
+        };
+        let fd = |f: &File| Some(OwnedFd::from(f.try_clone().unwrap()));
+        // Two regions side by side in the file, one further on, one in
+        // another file.
+        d.map(0, M, fd(&mem), 0, rw).unwrap();
+        d.map(M, M / 2, fd(&mem), M, rw).unwrap();
+        d.map(1 << 32, M, fd(&mem), 3 * M, rw).unwrap();
+        d.map(1 << 33, M, fd(&other), 0, rw).unwrap();
+        let meta = mem.metadata().unwrap();
+        let areas = dma_ranges(&d.snapshot(), (meta.dev(), meta.ino()), 4 * M);
+        // [1.5 MiB, 3 MiB) was never mapped for DMA: not in the window.
+        assert_eq!(areas, vec![(0, M + M / 2), (3 * M, M)]);
+
+        // What the SoC's hypervisor is told it may map of the BAR.
+        struct NoHost;
+        impl Links for NoHost {
+            fn admit(self: Arc<Self>, _: Carrier, _: Peer) -> Option<u64> {
+                None
+            }
+        }
+        let qstate = Arc::new(leapio_link::qstate::QueueState::create(2, 64).unwrap());
+        let shared = Arc::new(CtrlShared::new(
+            "vm0".into(),
+            leapio_link::doorbells::Doorbells::new().unwrap(),
+            qstate,
+            3,
+            4096 << 5,
+        ));
+        shared.domain.map(0, M, fd(&mem), 0, rw).unwrap();
+        shared.domain.map(1 << 32, M, fd(&mem), 3 * M, rw).unwrap();
+        let host: Arc<dyn Links> = Arc::new(NoHost);
+        let f = LinkFunction::new(&host, shared).unwrap().unwrap();
+        let info = f
+            .region_info(u32::try_from(function::BAR_GUEST_MEM).unwrap())
+            .unwrap();
+        assert_eq!(info.mmap.unwrap().areas, vec![(0, M), (3 * M, M)]);
     }
 }

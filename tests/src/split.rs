@@ -461,3 +461,45 @@ impl Workload {
         }
     }
 }
+
+/// Start `sleep 600` holding `f` as its descriptor 3: a process a runtime
+/// passed a descriptor to.
+pub fn spawn_holding(f: &std::fs::File) -> Child {
+    use std::os::unix::process::CommandExt;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(f);
+    let mut cmd = Command::new("sleep");
+    cmd.arg("600");
+    // SAFETY: dup2 and fcntl are async-signal-safe; they only touch
+    // descriptors.
+    unsafe {
+        cmd.pre_exec(move || {
+            // (dup2 onto itself would leave close-on-exec set)
+            let r = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn sleep")
+}
+
+/// Open again the descriptor of process `pid` whose target's name
+/// contains `name` (a memfd: "/memfd:NAME (deleted)").
+pub fn reopen_fd_of(pid: u32, name: &str) -> Option<std::fs::File> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains(name)))
+        .and_then(|e| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(e.path())
+                .ok()
+        })
+}

@@ -228,6 +228,37 @@ fn crash_at_every_step_of_the_queue_protocol() {
 /// A runtime that does not answer a queue deletion is killed (it may
 /// still write into the queue), and the guest's command completes.
 #[test]
+fn a_runtime_that_left_its_descriptors_to_a_helper_is_not_fenced() {
+    let host = SplitHost::start("vm0", 4, timeouts());
+    let ns = disk(&host);
+    let mut socp = host.spawn_socp(&ns, &[]);
+    assert!(
+        host.wait_attached(Duration::from_secs(20)),
+        "{}",
+        host.socp_logs()
+    );
+    // The runtime passes its queue-state area on to a helper, then dies.
+    let qs = leapio_tests::split::reopen_fd_of(socp.id(), "leapio-queue-state")
+        .expect("socp holds the queue-state area");
+    let mut helper = leapio_tests::split::spawn_holding(&qs);
+    drop(qs);
+    kill9(&mut socp);
+    assert!(host.wait_detached(Duration::from_secs(10)));
+    let mut next = host.spawn_socp(&ns, &[]);
+    assert!(
+        !host.wait_attached(Duration::from_secs(2)),
+        "a successor was admitted while the dead runtime's helper holds its shared memory"
+    );
+    kill9(&mut helper);
+    assert!(
+        host.wait_attached(Duration::from_secs(20)),
+        "{}",
+        host.socp_logs()
+    );
+    kill9(&mut next);
+}
+
+#[test]
 fn a_runtime_that_never_acknowledges_a_deletion_is_fenced() {
     let t = Timeouts {
         ack: Duration::from_secs(2),
