@@ -1,9 +1,9 @@
 //! The split deployment with `leapio-hostd` in a process of its own that
 //! keeps its descriptors and device state in an fd keeper (`--keep`), so
 //! that it can be upgraded in place (`--handover`) or killed and started
-//! again; `socp` serves the controller over the link; a guest (the test
-//! driver, a vfio-user client that never reconnects) keeps verified I/O in
-//! flight on its own thread.
+//! again; `socp` processes serve the controller over the link; a guest
+//! (the test driver, a vfio-user client that never reconnects) keeps
+//! verified I/O in flight on its own thread.
 
 use crate::split::{bin, kill9, Workload, CHUNK};
 use std::path::PathBuf;
@@ -17,13 +17,21 @@ use std::time::{Duration, Instant};
 pub const CHUNKS: u64 = 1024;
 const QD: usize = 16;
 
-/// `leapio-hostd --keep` and `socp` serving controller vm0 from a file.
+/// `leapio-hostd --keep` serving controller vm0 (4 I/O queue pairs), its
+/// control socket, and a file for a namespace.
 pub struct KeptSplit {
     pub dir: PathBuf,
+    /// The controller's name.
+    pub name: String,
+    /// Where runtimes connect.
+    pub link: PathBuf,
+    /// A file for the namespace (`ns=file:...`; 4 MiB unless
+    /// [`KeptSplit::start_sized`]).
+    pub disk: PathBuf,
     /// Host-drivers started so far (their logs are hostd-N.log).
     pub started: usize,
     pub hostd: Option<Child>,
-    pub socp: Option<Child>,
+    socps: std::sync::atomic::AtomicUsize,
 }
 
 /// Wait until `f` holds (or `timeout`).
@@ -39,43 +47,66 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 impl KeptSplit {
-    /// Start both, wait until the runtime is attached.
+    /// Start the host-driver; wait until it serves its control socket.
     pub fn start() -> Result<KeptSplit, String> {
+        KeptSplit::start_sized(CHUNKS * CHUNK)
+    }
+
+    /// [`KeptSplit::start`] with a file of `bytes`.
+    pub fn start_sized(bytes: u64) -> Result<KeptSplit, String> {
         let dir = crate::server::test_dir();
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let img = dir.join("disk.img");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(CHUNKS * CHUNK))
+        let disk = dir.join("disk.img");
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(bytes))
             .map_err(|e| e.to_string())?;
         let mut k = KeptSplit {
+            link: dir.join("link.sock"),
             dir,
+            name: "vm0".into(),
+            disk,
             started: 0,
             hostd: None,
-            socp: None,
+            socps: std::sync::atomic::AtomicUsize::new(0),
         };
         k.hostd = Some(k.spawn_hostd(false)?);
-        if !wait_for(Duration::from_secs(10), || {
-            k.hostd_log(1).contains("accepting runtimes")
-        }) {
+        if !wait_for(Duration::from_secs(10), || k.status().is_some()) {
             return Err(format!("leapio-hostd did not start\n{}", k.logs()));
         }
-        let log = std::fs::File::create(k.dir.join("socp.log")).map_err(|e| e.to_string())?;
-        k.socp = Some(
-            Command::new(bin("socp"))
-                .arg("--link")
-                .arg(format!("unix:{}", k.dir.join("link.sock").display()))
-                .arg("--ctrl")
-                .arg(format!("name=vm0,ns=file:{}", img.display()))
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| format!("socp: {e}"))?,
-        );
-        if !k.wait_attached(Duration::from_secs(20)) {
-            return Err(format!("socp did not attach\n{}", k.logs()));
-        }
         Ok(k)
+    }
+
+    /// `ns=file:` of the file.
+    pub fn file_ns(&self) -> String {
+        format!("ns=file:{}", self.disk.display())
+    }
+
+    /// Start `socp --link` serving the controller with namespace `ns` (and
+    /// extra arguments); its log goes to `DIR/socp-N.log`.
+    pub fn spawn_socp(&self, ns: &str, extra: &[&str]) -> Child {
+        let n = self.socps.fetch_add(1, Ordering::Relaxed);
+        let log = std::fs::File::create(self.dir.join(format!("socp-{n}.log"))).expect("log");
+        Command::new(bin("socp"))
+            .arg("--link")
+            .arg(format!("unix:{}", self.link.display()))
+            .arg("--ctrl")
+            .arg(format!("name={},{ns}", self.name))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn socp")
+    }
+
+    /// The host-driver's status (None while none answers).
+    fn status(&self) -> Option<serde_json::Value> {
+        leapio_service::control::call(
+            &self.dir.join("hostd-ctl.sock"),
+            "status",
+            serde_json::json!({}),
+        )
+        .ok()
     }
 
     /// The controller's vfio-user socket.
@@ -89,12 +120,15 @@ impl KeptSplit {
             .map_err(|e| e.to_string())?;
         let mut c = Command::new(bin("leapio-hostd"));
         c.arg("--link")
-            .arg(format!("unix:{}", self.dir.join("link.sock").display()))
+            .arg(format!("unix:{}", self.link.display()))
             .arg("--keep")
             .arg(self.dir.join("keeper.sock"))
+            .arg("--control")
+            .arg(self.dir.join("hostd-ctl.sock"))
             .arg("--ctrl")
             .arg(format!(
-                "name=vm0,sock={},io-queues=4",
+                "name={},sock={},io-queues=4",
+                self.name,
                 self.vfio().display()
             ))
             .env("RUST_LOG", "info")
@@ -106,24 +140,31 @@ impl KeptSplit {
         c.spawn().map_err(|e| format!("leapio-hostd: {e}"))
     }
 
-    fn hostd_log(&self, n: usize) -> String {
-        std::fs::read_to_string(self.dir.join(format!("hostd-{n}.log"))).unwrap_or_default()
-    }
-
     /// Every log so far.
     pub fn logs(&self) -> String {
+        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.sort();
         let mut out = String::new();
-        for n in 1..=self.started {
-            out += &format!("---- hostd-{n}.log\n{}", self.hostd_log(n));
+        for p in names {
+            if p.extension().is_some_and(|e| e == "log") {
+                out += &format!("---- {}\n", p.display());
+                out += &std::fs::read_to_string(&p).unwrap_or_default();
+            }
         }
-        out + "---- socp.log\n"
-            + &std::fs::read_to_string(self.dir.join("socp.log")).unwrap_or_default()
+        out
     }
 
-    /// Wait until the current host-driver has a runtime attached.
+    /// Wait until the running host-driver has a runtime attached.
     pub fn wait_attached(&self, timeout: Duration) -> bool {
         wait_for(timeout, || {
-            self.hostd_log(self.started).contains("runtime attached")
+            self.status().is_some_and(|s| {
+                s["controllers"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["runtime"].as_u64().is_some_and(|r| r != 0))
+                })
+            })
         })
     }
 
@@ -172,9 +213,6 @@ impl KeptSplit {
 
 impl Drop for KeptSplit {
     fn drop(&mut self) {
-        if let Some(mut c) = self.socp.take() {
-            kill9(&mut c);
-        }
         if let Some(mut c) = self.hostd.take() {
             // A clean stop lets the keeper go too.
             let _ = crate::split::term(&mut c, Duration::from_secs(20));

@@ -11,6 +11,8 @@ use std::time::Duration;
 #[test]
 fn the_host_driver_is_upgraded_and_killed_under_io() {
     let mut k = KeptSplit::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut socp = k.spawn_socp(&k.file_ns(), &[]);
+    assert!(k.wait_attached(Duration::from_secs(20)), "{}", k.logs());
     let g = Guest::start(&k, 0x5eed_4057);
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..5 {
@@ -59,11 +61,14 @@ fn the_host_driver_is_upgraded_and_killed_under_io() {
         }),
         "the keeper outlived a clean stop"
     );
+    leapio_tests::split::kill9(&mut socp);
 }
 
 #[test]
 fn a_second_host_driver_without_handover_is_refused() {
     let k = KeptSplit::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut socp = k.spawn_socp(&k.file_ns(), &[]);
+    assert!(k.wait_attached(Duration::from_secs(20)), "{}", k.logs());
     let out = std::process::Command::new(leapio_tests::split::bin("leapio-hostd"))
         .arg("--link")
         .arg(format!("unix:{}", k.dir.join("link2.sock").display()))
@@ -79,4 +84,5 @@ fn a_second_host_driver_without_handover_is_refused() {
     );
     // The running one still serves.
     assert!(k.wait_attached(Duration::from_secs(1)), "{}", k.logs());
+    leapio_tests::split::kill9(&mut socp);
 }

@@ -1,24 +1,24 @@
-//! `leapio-faults`: a fault campaign against the split deployment. A
-//! host-driver (in this process) serves one controller; `socp` processes
-//! serve it over the link; a guest (the test driver) keeps verified 4 KiB
-//! reads and writes in flight the whole time while faults are injected at
-//! random: `socp` killed (SIGKILL), stopped and continued (SIGSTOP), killed
-//! at a random step of the queue protocol (`--crash-at`), replaced by an
-//! upgrade in place (`--handover`), a hostile second runtime on the link,
-//! and with `--remote` the namespace's NVMe/TCP target killed and
-//! restarted. At the end every chunk is read back.
+//! `leapio-faults`: a fault campaign against the split deployment.
+//! `leapio-hostd --keep` serves one controller; `socp` processes serve it
+//! over the link; a guest (the test driver) keeps verified 4 KiB reads and
+//! writes in flight the whole time while faults are injected at random:
+//! `socp` killed (SIGKILL), stopped and continued (SIGSTOP), killed at a
+//! random step of the queue protocol (`--crash-at`), replaced by an upgrade
+//! in place (`--handover`), a hostile second runtime on the link,
+//! `leapio-hostd` upgraded in place or killed and started again, and with
+//! `--remote` the namespace's NVMe/TCP target killed and restarted. At the
+//! end every chunk is read back.
 //!
 //!   leapio-faults [--seconds S] [--seed N] [--remote] [--json]
 //!
 //! Prints the faults injected per kind, I/Os completed and verified,
 //! errors and mismatches (the goal: 0 and 0) and the longest pause of the
-//! guest's I/O; exits non-zero if anything was lost or wrong. Not injected:
-//! host-driver restarts (the host-driver cannot be replaced yet).
+//! guest's I/O; exits non-zero if anything was lost or wrong.
 
-use leapio_host_driver::port::Timeouts;
 use leapio_link::proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::{frame, ToHost, ToRuntime};
-use leapio_tests::split::{bin, kill9, Rng, SplitHost, Workload, CHUNK};
+use leapio_tests::kept::KeptSplit;
+use leapio_tests::split::{bin, kill9, Rng, Workload, CHUNK};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, ExitCode};
@@ -91,8 +91,8 @@ impl Drop for Target {
 /// A runtime that connects, says hello and asks for the controller with
 /// namespaces the guest does not have, or sends garbage: it must be
 /// refused or cut off, and change nothing.
-fn hostile_runtime(host: &SplitHost, rng: &mut Rng) -> &'static str {
-    let Ok(s) = UnixStream::connect(&host.link) else {
+fn hostile_runtime(link: &std::path::Path, ctrl: &str, rng: &mut Rng) -> &'static str {
+    let Ok(s) = UnixStream::connect(link) else {
         return "hostile runtime (could not connect)";
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -110,7 +110,7 @@ fn hostile_runtime(host: &SplitHost, rng: &mut Rng) -> &'static str {
     }
     let _ = frame::recv::<ToRuntime>(&s);
     let attach = ToHost::Attach {
-        ctrl: host.name.clone(),
+        ctrl: ctrl.to_string(),
         namespaces: vec![leapio_link::NsDecl {
             nsid: 1,
             block_size: 512,
@@ -129,7 +129,55 @@ fn hostile_runtime(host: &SplitHost, rng: &mut Rng) -> &'static str {
     "hostile runtime: a lying attach"
 }
 
+/// Run [`hostile_runtime`] in a process of its own (the host-driver kills
+/// a runtime that breaks the protocol: not this one), up to 20 s.
+fn hostile_process(host: &KeptSplit, rng: &mut Rng) -> &'static str {
+    let seed = rng.next_u64().to_string();
+    let child = std::env::current_exe().and_then(|exe| {
+        Command::new(exe)
+            .arg("--hostile-runtime")
+            .arg(&host.link)
+            .arg(&host.name)
+            .arg(&seed)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+    });
+    let Ok(mut child) = child else {
+        return "hostile runtime (could not start)";
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill9(&mut child);
+    let mut said = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut said);
+    }
+    match said.trim() {
+        "garbage" => "hostile runtime: garbage",
+        "lie" => "hostile runtime: a lying attach",
+        _ => "hostile runtime (refused, or killed by the host-driver)",
+    }
+}
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, link, ctrl, seed] = argv.as_slice() {
+        if flag == "--hostile-runtime" {
+            let mut rng = Rng::new(seed.parse().unwrap_or(1));
+            let what = hostile_runtime(std::path::Path::new(link), ctrl, &mut rng);
+            println!(
+                "{}",
+                match what {
+                    "hostile runtime: garbage" => "garbage",
+                    "hostile runtime: a lying attach" => "lie",
+                    _ => "other",
+                }
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
     let mut secs = 60u64;
     let mut seed = 0x5eed_fa17_u64;
     let mut remote = false;
@@ -148,21 +196,15 @@ fn main() -> ExitCode {
         }
     }
     let mut rng = Rng::new(seed);
-    let host = SplitHost::start(
-        "vm0",
-        4,
-        Timeouts {
-            ack: Duration::from_secs(5),
-            drain: Duration::from_secs(5),
-            fence: Duration::from_secs(10),
-        },
-    );
+    let mut host = match KeptSplit::start_sized(CHUNKS * CHUNK) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("leapio-faults: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     eprintln!("leapio-faults: logs in {}", host.dir.display());
-    let disk = host.dir.join("disk.img");
-    if let Err(e) = std::fs::File::create(&disk).and_then(|f| f.set_len(CHUNKS * CHUNK)) {
-        eprintln!("leapio-faults: {}: {e}", disk.display());
-        return ExitCode::FAILURE;
-    }
+    let disk = host.disk.clone();
     let mut target = None;
     let ns = if remote {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -186,13 +228,13 @@ fn main() -> ExitCode {
     };
     let mut socp = host.spawn_socp(&ns, &[]);
     if !host.wait_attached(Duration::from_secs(20)) {
-        eprintln!("leapio-faults: socp did not attach:\n{}", host.socp_logs());
+        eprintln!("leapio-faults: socp did not attach:\n{}", host.logs());
         kill9(&mut socp);
         return ExitCode::FAILURE;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
-    let sock = host.vfio.clone();
+    let sock = host.vfio();
     let guest = std::thread::spawn(move || {
         let mut w = Workload::new(&sock, CHUNKS, QD, seed).expect("guest bring-up");
         while !st.load(Ordering::Acquire) {
@@ -213,7 +255,7 @@ fn main() -> ExitCode {
     let end = t0 + Duration::from_secs(secs);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
-        let kinds = if remote { 6 } else { 5 };
+        let kinds = if remote { 8 } else { 7 };
         let what = match rng.below(kinds) {
             0 => {
                 kill9(&mut socp);
@@ -260,7 +302,21 @@ fn main() -> ExitCode {
                 socp = new;
                 "socp upgraded in place (--handover)"
             }
-            4 => hostile_runtime(&host, &mut rng),
+            4 => hostile_process(&host, &mut rng),
+            5 => {
+                if let Err(e) = host.upgrade() {
+                    eprintln!("leapio-faults: {e}");
+                    break;
+                }
+                "leapio-hostd upgraded in place (--handover)"
+            }
+            6 => {
+                if let Err(e) = host.crash() {
+                    eprintln!("leapio-faults: {e}");
+                    break;
+                }
+                "leapio-hostd SIGKILL, then a new one"
+            }
             _ => {
                 if let Some(t) = target.as_mut() {
                     t.kill();
@@ -316,7 +372,7 @@ fn main() -> ExitCode {
         for (k, n) in &faults {
             println!("  {n:5}  {k}");
         }
-        println!("  {injected:5}  faults in all (not injected: host-driver restarts)");
+        println!("  {injected:5}  faults in all");
         println!(
             "I/Os: {} completed ({} writes, {} reads checked), {CHUNKS} chunks read back at the end",
             w.completed, w.writes, w.reads

@@ -56,6 +56,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut socp = k.spawn_socp(&k.file_ns(), &[]);
+    if !k.wait_attached(Duration::from_secs(20)) {
+        eprintln!("socp did not attach\n{}", k.logs());
+        leapio_tests::split::kill9(&mut socp);
+        return ExitCode::FAILURE;
+    }
     let g = Guest::start(&k, 0x5eed_9a05);
     std::thread::sleep(Duration::from_millis(500));
     let (mut base, mut upgrades, mut crashes) = (Vec::new(), Vec::new(), Vec::new());
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         crashes.push(g.pause_since_reset());
     }
     let w = g.finish();
+    leapio_tests::split::kill9(&mut socp);
     let (b50, bmax) = summary(&base);
     let (u50, umax) = summary(&upgrades);
     let (c50, cmax) = summary(&crashes);
