@@ -66,30 +66,33 @@ fn main() -> ExitCode {
     std::thread::sleep(Duration::from_millis(500));
     let (mut base, mut upgrades, mut crashes) = (Vec::new(), Vec::new(), Vec::new());
     let (mut up_attach, mut crash_attach) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        g.reset_pause();
-        std::thread::sleep(Duration::from_millis(400));
-        base.push(g.pause_since_reset());
+    let mut run = || -> Result<(), String> {
+        for _ in 0..rounds {
+            g.reset_pause();
+            std::thread::sleep(Duration::from_millis(400));
+            base.push(g.pause_since_reset());
 
-        g.reset_pause();
-        let t = Instant::now();
-        if let Err(e) = k.upgrade() {
-            eprintln!("upgrade: {e}");
-            return ExitCode::FAILURE;
-        }
-        up_attach.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(300));
-        upgrades.push(g.pause_since_reset());
+            g.reset_pause();
+            let t = Instant::now();
+            k.upgrade().map_err(|e| format!("upgrade: {e}"))?;
+            up_attach.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(300));
+            upgrades.push(g.pause_since_reset());
 
-        g.reset_pause();
-        let t = Instant::now();
-        if let Err(e) = k.crash() {
-            eprintln!("restart after SIGKILL: {e}");
-            return ExitCode::FAILURE;
+            g.reset_pause();
+            let t = Instant::now();
+            k.crash()
+                .map_err(|e| format!("restart after SIGKILL: {e}"))?;
+            crash_attach.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(300));
+            crashes.push(g.pause_since_reset());
         }
-        crash_attach.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(300));
-        crashes.push(g.pause_since_reset());
+        Ok(())
+    };
+    if let Err(e) = run() {
+        leapio_tests::split::kill9(&mut socp);
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
     }
     let w = g.finish();
     leapio_tests::split::kill9(&mut socp);
