@@ -238,6 +238,7 @@ fn serve_link(
     d: &Daemon,
 ) -> Result<(), String> {
     let (rt, stop) = (&d.rt, &d.stop);
+    socp::link::client::set_exit_if_undrained(true);
     let software = format!("socp {}", env!("CARGO_PKG_VERSION"));
     let mut first = true;
     // After a link was lost: until when a host-driver that does not

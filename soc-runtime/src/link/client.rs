@@ -26,6 +26,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// Whether this process is a runtime of its own (`socp`), which aborts when
+/// a link is lost while a backend still holds commands of its queues: it
+/// would otherwise connect again as a runtime that let go of everything
+/// (see [`set_exit_if_undrained`]).
+static EXIT_IF_UNDRAINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that this process is a runtime of its own: a link lost while a
+/// backend still holds commands ends the process (its exit is what fences
+/// it). An embedded runtime (the all-in-one `leapio`, tests) only logs it.
+pub fn set_exit_if_undrained(on: bool) {
+    EXIT_IF_UNDRAINED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Reports queued for the host-driver before new ones are dropped.
 const OUTBOX: usize = 4096;
 /// How long the host-driver has to answer Hello.
@@ -596,7 +609,10 @@ fn worker(
                 // pollers let go of the queues; the queue-state area then
                 // says so for whoever comes next.
                 let drained = q.delete_all();
-                if !drained && !tell_host {
+                if !drained
+                    && !tell_host
+                    && EXIT_IF_UNDRAINED.load(std::sync::atomic::Ordering::Relaxed)
+                {
                     // The link is gone and this runtime would connect again
                     // as one that let go of everything: it must not, while
                     // a backend may still write the guest's memory. Dying
