@@ -152,6 +152,20 @@ guest_health() {
     guestlog kernel "$GLOG" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(sys.argv[1], d["guest_io_errors"], d["guest_nvme_resets"])' "$errs"
 }
 
+# expect_clean_split GRC STOPPED: what every split test under faults
+# checks at its end: the guest run (status GRC) succeeded, fio saw no error,
+# the guest kernel logged no I/O error and no nvme timeout or reset, socp
+# and leapio-hostd stopped cleanly (STOPPED 0). Non-zero if one failed.
+expect_clean_split() {
+    local grc=$1 stopped=$2 ok=0 errs ioerr resets
+    read -r errs ioerr resets <<< "$(guest_health)"
+    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
+    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly (or an fd keeper lingered)" || ok=1
+    return $ok
+}
+
 # ---- the tests ----
 test_identify() {
     fresh_disk
@@ -246,15 +260,11 @@ test_split_restart() {
     restarts=$(split_restarts)
     kill -0 "$(cat "$dir/socp.pid")" 2>/dev/null || alive=0
     stop_split 2>>"$GLOG.harness" || stopped=1
-    local ok=0 errs ioerr resets times
-    read -r errs ioerr resets <<< "$(guest_health)"
+    local ok=0 times
     times=$(paste -sd, "$dir/restart-times" 2>/dev/null)
-    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect_clean_split "$grc" "$stopped" || ok=1
     expect '[[ $restarts == 2 ]]' "socp was restarted $restarts times, expected 2" || ok=1
-    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
-    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
     expect '((alive))' "the last socp died" || ok=1
-    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || ok=1
     ((ok == 0)) && DETAIL="2 x kill -9 of socp during verified fio, new runtime attached after ${times} s; fio clean, guest kernel quiet"
     return $ok
 }
@@ -265,7 +275,7 @@ test_split_restart() {
 # new one). QEMU's vfio-user connection must never close: the guest sees
 # no error, no nvme timeout or reset.
 hostd_replaced() {
-    local mode=$1 dir=$logs/hostd_$1.d grc=0 n times clients ok=0 errs ioerr resets stopped=0 maxlat
+    local mode=$1 dir=$logs/hostd_$1.d grc=0 n times clients ok=0 stopped=0 maxlat
     fresh_disk
     GLOG=$logs/hostd_$mode.guest.log
     rm -rf "$dir"
@@ -288,14 +298,10 @@ hostd_replaced() {
     clients=$(grep -ac 'vfio-user client connected' "$dir/hostd.log" || true)
     stop_split 2>>"$GLOG.harness" || stopped=1
     HOSTD_KEEP=''
-    read -r errs ioerr resets <<< "$(guest_health)"
     maxlat=$(guestlog fio "$GLOG" | "$PY" -c 'import json,sys; print(round(max(json.loads(l).get("clat_max_us") or 0 for l in sys.stdin)/1000))' 2>/dev/null || echo '?')
-    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect_clean_split "$grc" "$stopped" || ok=1
     expect '[[ $n == 5 ]]' "leapio-hostd was replaced $n times, expected 5" || ok=1
     expect '[[ $clients == 1 ]]' "QEMU connected $clients times: its connection did not survive" || ok=1
-    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
-    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
-    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly (or the fd keeper lingered)" || ok=1
     ((ok == 0)) && DETAIL="5 x $mode of leapio-hostd during verified fio, the runtime attached again after ${times} s, QEMU's connection kept; fio clean (slowest I/O ${maxlat} ms), guest kernel quiet"
     return $ok
 }
@@ -496,11 +502,7 @@ socp_crasher() {
         fi
         echo "$crashed" > "$SPLIT_DIR/crashes"
         spawn_split_socp "$SPLIT_DIR/socp-r$r.log"
-        i=0
-        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached + 1 && i < 1500)); do
-            sleep 0.02
-            i=$((i + 1))
-        done
+        attached_since $((attached + 1))
         sleep 0.5
     done
 }
@@ -512,7 +514,7 @@ socp_crasher() {
 # command
 test_zns_crash_rerun() {
     [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
-    local dir=$logs/zns_crash_rerun.d grc=0 crashes reruns stopped=0 ok=0 errs ioerr resets
+    local dir=$logs/zns_crash_rerun.d grc=0 crashes reruns stopped=0 ok=0
     GLOG=$logs/zns_crash_rerun.guest.log
     rm -rf "$dir" "$zns_media"
     start_split "$dir" e2e "$LEAPIO_RUN/e2e.sock" "$zns_ns" \
@@ -527,13 +529,9 @@ test_zns_crash_rerun() {
     crashes=$(cat "$dir/crashes" 2>/dev/null || echo 0)
     reruns=$(cat "$dir"/socp-r*.log 2>/dev/null | grep -ac 'running again the commands the previous runtime had in flight' || true)
     stop_split 2>>"$GLOG.harness" || stopped=1
-    read -r errs ioerr resets <<< "$(guest_health)"
-    expect '[[ $grc == 0 ]]' "guest run failed (status $grc): $(guestlog results "$GLOG" | grep -v ' ok' | head -2 | tr '\n' ';')" || ok=1
+    expect_clean_split "$grc" "$stopped" || ok=1
     expect '[[ $crashes == 3 ]]' "$crashes of 3 runtimes reached the crash point" || ok=1
     expect '((reruns >= 3))' "the successors ran $reruns queues' commands again, expected one at least per crash" || ok=1
-    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
-    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
-    expect '((stopped == 0))' "socp or leapio-hostd did not stop cleanly" || ok=1
     ((ok == 0)) && DETAIL="3 runtimes killed after their backend ran a command, its completion unrecorded; the successors ran again $reruns queues' commands; fio zbd verify clean, guest kernel quiet"
     return $ok
 }

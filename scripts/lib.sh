@@ -228,7 +228,7 @@ spawn_hostd() {
 # counts (across calls) in $SPLIT_DIR/hostd-restarts, the time from the replacement's
 # start to the runtime's attach in $SPLIT_DIR/hostd-restart-times.
 hostd_restarter() {
-    local mode=$1 glog=$2 timeout=$3 n pat delay old t0 i attached
+    local mode=$1 glog=$2 timeout=$3 n pat delay old t0 attached
     shift 3
     n=$(cat "$SPLIT_DIR/hostd-restarts" 2>/dev/null || echo 0)
     for spec in "$@"; do
@@ -246,11 +246,7 @@ hostd_restarter() {
             spawn_hostd --handover
         fi
         disown "$(cat "$SPLIT_DIR/hostd.pid")"
-        i=0
-        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached && i < 1500)); do
-            sleep 0.01
-            i=$((i + 1))
-        done
+        attached_since "$attached"
         echo "$n" > "$SPLIT_DIR/hostd-restarts"
         echo "$(elapsed "$t0")" >> "$SPLIT_DIR/hostd-restart-times"
         if kill -0 "$old" 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$old/stat" 2>/dev/null; then
@@ -258,6 +254,16 @@ hostd_restarter() {
             return 1
         fi
         log "leapio-hostd $mode $n: pid $old replaced by $(cat "$SPLIT_DIR/hostd.pid"), the runtime attached again after $(elapsed "$t0") s"
+    done
+}
+
+# attached_since N: wait (up to 30 s) until the split's host-driver log
+# shows more than N runtime attachments.
+attached_since() {
+    local i=0
+    while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= $1 && i < 1500)); do
+        sleep 0.02
+        i=$((i + 1))
     done
 }
 
@@ -277,7 +283,7 @@ spawn_split_socp() {
 # Run in the background; counts restarts in $SPLIT_DIR/restarts and logs the
 # time from the kill to the new runtime's attach in $SPLIT_DIR/restart-times.
 socp_restarter() {
-    local glog=$1 timeout=$2 n=0 pat delay pid t0 i attached
+    local glog=$1 timeout=$2 n=0 pat delay pid t0 attached
     shift 2
     for spec in "$@"; do
         pat=${spec% *} delay=${spec##* }
@@ -294,11 +300,7 @@ socp_restarter() {
             kill -KILL "$pid" 2>/dev/null || true
             spawn_split_socp "$SPLIT_DIR/socp-r$n.log"
         fi
-        i=0
-        while (($(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log") <= attached && i < 1500)); do
-            sleep 0.02
-            i=$((i + 1))
-        done
+        attached_since "$attached"
         echo "$n" > "$SPLIT_DIR/restarts"
         echo "$(elapsed "$t0")" >> "$SPLIT_DIR/restart-times"
         log "socp restart $n: killed socp ($pid) with SIGKILL, the new runtime attached after $(elapsed "$t0") s"

@@ -58,6 +58,24 @@ impl Kept {
         }
     }
 
+    /// The entry of `key` in the table `table` picks: the old one let go
+    /// of, `fd` (if any) kept under a new name `what.N`.
+    fn replace<K: Ord + Copy>(
+        &mut self,
+        table: fn(&mut Kept) -> &mut BTreeMap<K, String>,
+        key: K,
+        what: &str,
+        fd: Option<BorrowedFd<'_>>,
+    ) {
+        if let Some(old) = table(self).remove(&key) {
+            self.remove(&old);
+        }
+        if let Some(name) = fd.and_then(|fd| self.put(what, fd)) {
+            table(self).insert(key, name);
+        }
+        self.dirty = true;
+    }
+
     fn remove(&self, name: &str) {
         if let Err(e) = self.keeper.remove(name) {
             tracing::error!("letting go of {name}: {e}");
@@ -216,18 +234,9 @@ impl NvmeController {
 
     /// A guest-memory region was mapped: keep its file.
     pub(crate) fn kept_region(&mut self, gpa: u64, fd: Option<BorrowedFd<'_>>) {
-        let Some(k) = &mut self.kept else {
-            return;
-        };
-        if let Some(old) = k.regions.remove(&gpa) {
-            k.remove(&old);
+        if let Some(k) = &mut self.kept {
+            k.replace(|k| &mut k.regions, gpa, &format!("mem/{gpa:x}"), fd);
         }
-        if let Some(fd) = fd {
-            if let Some(name) = k.put(&format!("mem/{gpa:x}"), fd) {
-                k.regions.insert(gpa, name);
-            }
-        }
-        k.dirty = true;
     }
 
     /// Regions were unmapped: let go of the files of those that are gone.
@@ -253,18 +262,9 @@ impl NvmeController {
 
     /// Vector `v` has this eventfd now (or none).
     pub(crate) fn kept_irq(&mut self, v: u16, fd: Option<BorrowedFd<'_>>) {
-        let Some(k) = &mut self.kept else {
-            return;
-        };
-        if let Some(old) = k.irqs.remove(&v) {
-            k.remove(&old);
+        if let Some(k) = &mut self.kept {
+            k.replace(|k| &mut k.irqs, v, &format!("irq/{v}"), fd);
         }
-        if let Some(fd) = fd {
-            if let Some(name) = k.put(&format!("irq/{v}"), fd) {
-                k.irqs.insert(v, name);
-            }
-        }
-        k.dirty = true;
     }
 
     /// A vfio-user client connected on `stream`.

@@ -31,7 +31,6 @@ pub struct KeptSplit {
     /// Host-drivers started so far (their logs are hostd-N.log).
     pub started: usize,
     pub hostd: Option<Child>,
-    socps: std::sync::atomic::AtomicUsize,
 }
 
 /// Wait until `f` holds (or `timeout`).
@@ -67,7 +66,6 @@ impl KeptSplit {
             disk,
             started: 0,
             hostd: None,
-            socps: std::sync::atomic::AtomicUsize::new(0),
         };
         k.hostd = Some(k.spawn_hostd(false)?);
         if !wait_for(Duration::from_secs(10), || k.status().is_some()) {
@@ -84,19 +82,7 @@ impl KeptSplit {
     /// Start `socp --link` serving the controller with namespace `ns` (and
     /// extra arguments); its log goes to `DIR/socp-N.log`.
     pub fn spawn_socp(&self, ns: &str, extra: &[&str]) -> Child {
-        let n = self.socps.fetch_add(1, Ordering::Relaxed);
-        let log = std::fs::File::create(self.dir.join(format!("socp-{n}.log"))).expect("log");
-        Command::new(bin("socp"))
-            .arg("--link")
-            .arg(format!("unix:{}", self.link.display()))
-            .arg("--ctrl")
-            .arg(format!("name={},{ns}", self.name))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn socp")
+        crate::split::spawn_runtime(&self.dir, &self.link, &self.name, ns, extra)
     }
 
     /// The host-driver's status (None while none answers).

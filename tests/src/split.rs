@@ -102,21 +102,7 @@ impl SplitHost {
     /// Start `socp --link` serving this controller with namespace `ns`
     /// (and extra arguments); its log goes to `DIR/socp-N.log`.
     pub fn spawn_socp(&self, ns: &str, extra: &[&str]) -> Child {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let log = std::fs::File::create(self.dir.join(format!("socp-{n}.log"))).expect("log");
-        Command::new(bin("socp"))
-            .arg("--link")
-            .arg(format!("unix:{}", self.link.display()))
-            .arg("--ctrl")
-            .arg(format!("name={},{ns}", self.name))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn socp")
+        spawn_runtime(&self.dir, &self.link, &self.name, ns, extra)
     }
 
     /// The logs of every socp started so far, concatenated.
@@ -170,6 +156,27 @@ impl Drop for SplitHost {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Start `socp --link LINK` serving controller `ctrl` with namespace `ns`
+/// (and extra arguments); its log goes to `DIR/socp-N.log` (N counts the
+/// runtimes this process started).
+pub fn spawn_runtime(dir: &Path, link: &Path, ctrl: &str, ns: &str, extra: &[&str]) -> Child {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let log = std::fs::File::create(dir.join(format!("socp-{n}.log"))).expect("log");
+    Command::new(bin("socp"))
+        .arg("--link")
+        .arg(format!("unix:{}", link.display()))
+        .arg("--ctrl")
+        .arg(format!("name={ctrl},{ns}"))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn socp")
 }
 
 /// Kill a child with SIGKILL and reap it.

@@ -58,10 +58,15 @@ impl Listener {
             BindError::NotASocket(path) => ServerError::NotASocket { path },
             BindError::Io(path, source) => ServerError::Bind { path, source },
         })?;
+        Listener::serving(sock)
+    }
+
+    /// Accept on `sock` without blocking (accepts wait in poll).
+    fn serving(sock: OwnedSocket) -> Result<Listener, ServerError> {
         sock.listener()
             .set_nonblocking(true)
             .map_err(|source| ServerError::Bind {
-                path: path.to_owned(),
+                path: sock.path().to_owned(),
                 source,
             })?;
         Ok(Listener { sock })
@@ -75,14 +80,10 @@ impl Listener {
     /// A listener that was bound at `path` by another process (a host-driver
     /// taking over from the one before it): it is served as one of ours.
     pub fn adopt(fd: OwnedFd, path: &Path) -> Result<Listener, ServerError> {
-        let sock = OwnedSocket::adopt(std::os::unix::net::UnixListener::from(fd), path);
-        sock.listener()
-            .set_nonblocking(true)
-            .map_err(|source| ServerError::Bind {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Listener { sock })
+        Listener::serving(OwnedSocket::adopt(
+            std::os::unix::net::UnixListener::from(fd),
+            path,
+        ))
     }
 
     /// The listening socket (to keep it alive outside this process).
