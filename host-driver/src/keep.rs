@@ -36,6 +36,9 @@ use std::time::{Duration, Instant};
 const MAX_ENTRY_FDS: usize = 4;
 /// Most entries a keeper holds.
 const MAX_ENTRIES: usize = 65536;
+/// Connections a keeper serves at once (its owner, a successor, a few
+/// more); more are closed at once.
+const MAX_CONNECTIONS: usize = 16;
 /// How long a live owner has to let go when a new host-driver takes over.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -338,6 +341,7 @@ pub fn run_keeper(path: &Path) -> Result<(), String> {
     tracing::info!(path = %path.display(), "fd keeper running");
     let listener: &UnixListener = sock.listener();
     let mut conn_no = 0u64;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
         if lock(&store.0).quit {
@@ -345,19 +349,32 @@ pub fn run_keeper(path: &Path) -> Result<(), String> {
             return Ok(());
         }
         match accepted {
+            Ok(_) if open.load(std::sync::atomic::Ordering::Acquire) >= MAX_CONNECTIONS => {
+                tracing::warn!(
+                    "keeper: {MAX_CONNECTIONS} connections open already: one more closed"
+                );
+            }
             Ok((s, _)) => {
                 conn_no += 1;
                 let st = store.clone();
                 let n = conn_no;
                 let wake = path.to_owned();
-                let _ = std::thread::Builder::new()
+                let counter = open.clone();
+                open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let spawned = std::thread::Builder::new()
                     .name(format!("keeper-{n}"))
                     .spawn(move || {
-                        if serve_conn(&st, s, n) {
-                            // Quit: wake the accepting thread.
+                        let quit = serve_conn(&st, s, n);
+                        counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        if quit {
+                            // Wake the accepting thread.
                             let _ = UnixStream::connect(&wake);
                         }
                     });
+                if let Err(e) = spawned {
+                    open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    tracing::warn!("keeper: cannot serve a connection: {e}");
+                }
             }
             Err(e) => {
                 tracing::warn!("keeper: accept: {e}");
@@ -534,4 +551,69 @@ fn take_over(
         out.push((name.clone(), copies.map_err(|e| format!("{name}: {e}"))?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn memfd() -> std::fs::File {
+        leapio_link::shm::sealed_memfd(c"kept", 4096).unwrap()
+    }
+
+    #[test]
+    fn a_keeper_holds_for_its_owner_and_gives_back_to_the_next() {
+        let dir = std::env::temp_dir().join(format!("leapio-keeper-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keeper.sock");
+        let p = path.clone();
+        let keeper = std::thread::spawn(move || run_keeper(&p));
+        assert!((0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            UnixStream::connect(&path).is_ok()
+        }));
+        let (a, b) = (memfd(), memfd());
+        let id = |f: &std::fs::File| crate::holders::identity(f.as_fd()).unwrap();
+        let (k1, held) = Keeper::open(&path, false).unwrap();
+        assert!(held.is_empty());
+        k1.put("ctrl/vm0/a", &[a.as_fd()]).unwrap();
+        k1.put("ctrl/vm0/b", &[b.as_fd()]).unwrap();
+        // Names and counts are checked.
+        assert!(k1.put("bad:name", &[a.as_fd()]).is_err());
+        assert!(k1.put("none", &[]).is_err());
+        // A second host-driver, not a handover: refused while k1 owns it.
+        let e = Keeper::open(&path, false).err().unwrap().to_string();
+        assert!(e.contains("owns this keeper"), "{e}");
+        // The owner goes away (as a crash would): the next takes it all.
+        drop(k1);
+        let mut next = None;
+        for _ in 0..200 {
+            if let Ok(k) = Keeper::open(&path, false) {
+                next = Some(k);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (k2, mut held) = next.expect("the keeper takes a new owner");
+        assert_eq!(held.names("ctrl/"), vec!["ctrl/vm0/a", "ctrl/vm0/b"]);
+        let got = std::fs::File::from(held.take_one("ctrl/vm0/a").unwrap());
+        assert_eq!(id(&got), id(&a));
+        k2.remove("ctrl/vm0/a").unwrap();
+        drop(k2);
+        let mut last = None;
+        for _ in 0..200 {
+            if let Ok(k) = Keeper::open(&path, false) {
+                last = Some(k);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (k3, held) = last.expect("the keeper takes a new owner");
+        assert_eq!(held.names(""), vec!["ctrl/vm0/b"]);
+        // A clean stop ends the keeper.
+        k3.quit();
+        assert_eq!(keeper.join().unwrap(), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

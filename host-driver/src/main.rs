@@ -36,7 +36,8 @@ struct Args {
     /// host-driver started again after this one dies (or with --handover,
     /// while it runs) takes every controller over without the guests
     /// noticing. Controllers the keeper holds come back with their
-    /// clients; --ctrl adds the others.
+    /// clients (a --ctrl naming one of them is ignored: the guest keeps
+    /// the device it had); --ctrl adds the others.
     #[arg(long, value_name = "PATH")]
     keep: Option<PathBuf>,
 
@@ -111,9 +112,14 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let started = (|| {
-        let have: Vec<String> = host.status().into_iter().map(|c| c.name).collect();
+        let have = host.status();
         for c in &args.ctrls {
-            if have.contains(&c.name) {
+            if let Some(kept) = have.iter().find(|k| k.name == c.name) {
+                // The guest has the device as it was: its limits cannot
+                // change under it.
+                if kept.sock != c.sock.display().to_string() {
+                    tracing::warn!(ctrl = %c.name, kept = %kept.sock, given = %c.sock.display(), "the controller was taken over with its socket: --ctrl for it is ignored");
+                }
                 continue;
             }
             host.add_controller(c).map_err(|e| chain(&e))?;
