@@ -478,11 +478,10 @@ test_zns_split() {
 socp_crasher() {
     local glog=$1 timeout=$2 pat=$3 rounds=$4 point=$5 r n i pid attached crashed=0
     local plain=("${SPLIT_SOCP_ARGS[@]}")
-    gone() { [[ ! -e /proc/$1 ]] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
     wait_log "$glog" "$pat" "$timeout" || { log "crasher: '$pat' never appeared"; return 1; }
     for ((r = 1; r <= rounds; r++)); do
         attached=$(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log")
-        kill -KILL "$(cat "$SPLIT_DIR/socp.pid")" 2>/dev/null || true
+        kill_gone "$(cat "$SPLIT_DIR/socp.pid")"
         n=$((20 + RANDOM % 100))
         SPLIT_SOCP_ARGS=("${plain[@]}" --crash-at "$point:$n")
         spawn_split_socp "$SPLIT_DIR/socp-c$r.log"
@@ -498,7 +497,7 @@ socp_crasher() {
             log "crasher: runtime $r killed itself at $point:$n"
         else
             log "crasher: runtime $r did not reach $point:$n in 30 s"
-            kill -KILL "$pid" 2>/dev/null || true
+            kill_gone "$pid"
         fi
         echo "$crashed" > "$SPLIT_DIR/crashes"
         spawn_split_socp "$SPLIT_DIR/socp-r$r.log"

@@ -240,7 +240,7 @@ hostd_restarter() {
         n=$((n + 1))
         t0=$(now)
         if [[ $mode == crash ]]; then
-            kill -KILL "$old" 2>/dev/null || true
+            kill_gone "$old"
             spawn_hostd
         else
             spawn_hostd --handover
@@ -249,11 +249,26 @@ hostd_restarter() {
         attached_since "$attached"
         echo "$n" > "$SPLIT_DIR/hostd-restarts"
         echo "$(elapsed "$t0")" >> "$SPLIT_DIR/hostd-restart-times"
-        if kill -0 "$old" 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$old/stat" 2>/dev/null; then
+        if ! gone "$old"; then
             log "hostd restarter: the replaced leapio-hostd (pid $old) still runs"
             return 1
         fi
         log "leapio-hostd $mode $n: pid $old replaced by $(cat "$SPLIT_DIR/hostd.pid"), the runtime attached again after $(elapsed "$t0") s"
+    done
+}
+
+# gone PID: the process has exited (a zombie counts).
+gone() { [[ ! -e /proc/$1 ]] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+
+# kill_gone PID: SIGKILL, then wait (up to 10 s) until it has exited, as a
+# supervisor does before starting the next (its sockets are still open
+# while it dies).
+kill_gone() {
+    local i=0
+    kill -KILL "$1" 2>/dev/null || true
+    while ! gone "$1" && ((i < 500)); do
+        sleep 0.02
+        i=$((i + 1))
     done
 }
 
@@ -297,7 +312,7 @@ socp_restarter() {
             soc_cmd restart
         else
             pid=$(cat "$SPLIT_DIR/socp.pid")
-            kill -KILL "$pid" 2>/dev/null || true
+            kill_gone "$pid"
             spawn_split_socp "$SPLIT_DIR/socp-r$n.log"
         fi
         attached_since "$attached"

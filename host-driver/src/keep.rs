@@ -585,31 +585,27 @@ mod tests {
         // A second host-driver, not a handover: refused while k1 owns it.
         let e = Keeper::open(&path, false).err().unwrap().to_string();
         assert!(e.contains("owns this keeper"), "{e}");
-        // The owner goes away (as a crash would): the next takes it all.
+        // The owner goes away (as a crash would): the next takes it all
+        // (once the keeper has seen the connection end).
+        let next_owner = || {
+            (0..200)
+                .find_map(|_| {
+                    let k = Keeper::open(&path, false).ok();
+                    if k.is_none() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    k
+                })
+                .expect("the keeper takes a new owner")
+        };
         drop(k1);
-        let mut next = None;
-        for _ in 0..200 {
-            if let Ok(k) = Keeper::open(&path, false) {
-                next = Some(k);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let (k2, mut held) = next.expect("the keeper takes a new owner");
+        let (k2, mut held) = next_owner();
         assert_eq!(held.names("ctrl/"), vec!["ctrl/vm0/a", "ctrl/vm0/b"]);
         let got = std::fs::File::from(held.take_one("ctrl/vm0/a").unwrap());
         assert_eq!(id(&got), id(&a));
         k2.remove("ctrl/vm0/a").unwrap();
         drop(k2);
-        let mut last = None;
-        for _ in 0..200 {
-            if let Ok(k) = Keeper::open(&path, false) {
-                last = Some(k);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let (k3, held) = last.expect("the keeper takes a new owner");
+        let (k3, held) = next_owner();
         assert_eq!(held.names(""), vec!["ctrl/vm0/b"]);
         // A clean stop ends the keeper.
         k3.quit();
