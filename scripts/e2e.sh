@@ -482,7 +482,7 @@ socp_crasher() {
     for ((r = 1; r <= rounds; r++)); do
         attached=$(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log")
         kill_gone "$(cat "$SPLIT_DIR/socp.pid")"
-        n=$((20 + RANDOM % 100))
+        n=$((3 + RANDOM % 15))
         SPLIT_SOCP_ARGS=("${plain[@]}" --crash-at "$point:$n")
         spawn_split_socp "$SPLIT_DIR/socp-c$r.log"
         SPLIT_SOCP_ARGS=("${plain[@]}")
@@ -502,7 +502,7 @@ socp_crasher() {
         echo "$crashed" > "$SPLIT_DIR/crashes"
         spawn_split_socp "$SPLIT_DIR/socp-r$r.log"
         attached_since $((attached + 1))
-        sleep 0.5
+        sleep 0.1
     done
 }
 
