@@ -1,30 +1,30 @@
 //! The host-driver: its controllers (one per VM, each with its vfio-user
-//! socket and control thread) and the runtimes connected to it over links.
-//! Controllers are added and removed while it runs.
+//! socket, served by a fixed set of threads: [`crate::serving`]) and the
+//! runtimes connected to it over links. Controllers are added and removed
+//! while it runs.
 
 use crate::controller::{ControllerConfig, NvmeController};
 use crate::keep::{Held, Keeper};
 use crate::link::{Carrier, Links, Peer, RuntimeLink};
 use crate::port::{PortEvent, Timeouts};
+use crate::serving::{Serving, Slot};
 use crate::shared::CtrlShared;
 use leapio_link::proto::{check_version, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::{LinkError, ToHost, ToRuntime};
 use leapio_nvme::Status;
 use leapio_options::{Opt, OptionError, Options};
-use leapio_vmm_shim::vfio_user::{serve_from, Listener, SocketAccess};
+use leapio_vmm_shim::vfio_user::{Listener, SocketAccess};
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long a runtime has to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often an idle control thread looks at its runtime's messages.
-const IDLE_TICK: Duration = Duration::from_millis(20);
 
 /// A controller to serve: `name` is what runtimes attach to, `sock` where
 /// the hypervisor connects.
@@ -140,9 +140,11 @@ pub enum HostError {
 struct CtrlEntry {
     sock: PathBuf,
     shared: Arc<CtrlShared>,
+    /// The runtime's reports for it; each send wakes `slot`.
     events: Sender<PortEvent>,
+    slot: Arc<Slot>,
+    /// Stops the link function's thread.
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
     /// The link function's thread, if an SoC serves the controller.
     soc_thread: Option<JoinHandle<()>>,
 }
@@ -159,7 +161,7 @@ pub struct CtrlStatus {
     pub runtime_desc: Option<String>,
 }
 
-/// Attach requests that may wait for one controller's thread.
+/// Attach requests that may wait for one controller.
 const MAX_QUEUED_ATTACH: usize = 4;
 
 /// The host-driver.
@@ -176,6 +178,17 @@ pub struct HostDriver {
     keeper: Mutex<Option<Arc<Keeper>>>,
     /// The link listener a keeper gave back.
     held_link: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// The threads serving the controllers (started with the first).
+    serving: OnceLock<Arc<Serving>>,
+}
+
+impl CtrlEntry {
+    /// Give the controller a report from its runtime.
+    fn send(&self, ev: PortEvent) -> bool {
+        let sent = self.events.send(ev).is_ok();
+        self.slot.wake();
+        sent
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,7 +210,23 @@ impl HostDriver {
             timeouts: Mutex::new(Timeouts::default()),
             keeper: Mutex::new(None),
             held_link: Mutex::new(None),
+            serving: OnceLock::new(),
         })
+    }
+
+    fn serving(&self) -> Result<Arc<Serving>, HostError> {
+        if let Some(s) = self.serving.get() {
+            return Ok(s.clone());
+        }
+        let s = Serving::start().map_err(HostError::Thread)?;
+        match self.serving.set(s.clone()) {
+            Ok(()) => Ok(s),
+            Err(_) => {
+                // Another caller started one first: this one stops.
+                s.shutdown();
+                Ok(self.serving.get().cloned().unwrap_or(s))
+            }
+        }
     }
 
     /// Keep descriptors and device state in `keeper` from now on (a
@@ -336,14 +365,14 @@ impl HostDriver {
         self.start_controller(&name, &spec.sock, ctrl, tx, listener, soc_listener, None)
     }
 
-    /// Start a controller's control thread (and its link function's) and
-    /// list it.
+    /// Serve a controller (and start its link function's thread) and list
+    /// it.
     #[allow(clippy::too_many_arguments)]
     fn start_controller(
         self: &Arc<Self>,
         name: &str,
         sock: &Path,
-        mut ctrl: NvmeController,
+        ctrl: NvmeController,
         events: Sender<PortEvent>,
         listener: Listener,
         soc_listener: Option<Listener>,
@@ -351,11 +380,7 @@ impl HostDriver {
     ) -> Result<(), HostError> {
         let shared = ctrl.shared().clone();
         let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("hostd-{name}"))
-            .spawn(move || control_thread(listener, &mut ctrl, &st, conn))
-            .map_err(HostError::Thread)?;
+        let serving = self.serving()?;
         let soc_thread = match soc_listener {
             Some(l) => {
                 let me: Arc<dyn Links> = self.clone();
@@ -369,14 +394,24 @@ impl HostDriver {
             }
             None => None,
         };
+        let slot = match serving.add(ctrl, listener, conn) {
+            Ok(s) => s,
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                if let Some(t) = soc_thread {
+                    let _ = t.join();
+                }
+                return Err(HostError::Thread(e));
+            }
+        };
         lock(&self.ctrls).insert(
             name.to_string(),
             CtrlEntry {
                 sock: sock.to_path_buf(),
                 shared,
                 events,
+                slot,
                 stop,
-                thread: Some(thread),
                 soc_thread,
             },
         );
@@ -386,24 +421,20 @@ impl HostDriver {
     /// Stop serving a controller: its client is disconnected (the guest
     /// loses the device), its runtime is asked to let go.
     pub fn remove_controller(&self, name: &str) -> Result<(), HostError> {
-        // The entry stays in the table while its thread stops: the runtime's
+        // The entry stays in the table while it stops: the runtime's
         // answer to "let go" comes through it.
-        let (thread, soc_thread) = {
+        let (slot, soc_thread) = {
             let mut ctrls = lock(&self.ctrls);
             let e = ctrls
                 .get_mut(name)
                 .ok_or_else(|| HostError::NoSuchController(name.to_string()))?;
             e.stop.store(true, Ordering::Release);
-            (e.thread.take(), e.soc_thread.take())
+            (e.slot.clone(), e.soc_thread.take())
         };
         if let Some(t) = soc_thread {
             let _ = t.join();
         }
-        if let Some(t) = thread {
-            if t.join().is_err() {
-                tracing::error!(ctrl = name, "control thread panicked");
-            }
-        }
+        slot.stop_and_wait();
         lock(&self.ctrls).remove(name);
         tracing::info!(ctrl = name, "controller removed");
         Ok(())
@@ -525,7 +556,7 @@ impl HostDriver {
             Ok(()) => link.close("host-driver stopping"),
         }
         for e in lock(&self.ctrls).values() {
-            let _ = e.events.send(PortEvent::Lost { link: link.id });
+            e.send(PortEvent::Lost { link: link.id });
         }
         lock(&self.links).retain(|l| l.id != link.id);
     }
@@ -585,7 +616,7 @@ impl HostDriver {
         let forward = |ctrl: &str, ev: PortEvent| {
             if let Some(e) = ctrls.get(ctrl) {
                 if e.shared.runtime.load(Ordering::Acquire) == id {
-                    let _ = e.events.send(ev);
+                    e.send(ev);
                 } else {
                     tracing::debug!(
                         ctrl,
@@ -625,12 +656,12 @@ impl HostDriver {
                         ))
                     }
                     Some(e) => {
-                        let sent = e.events.send(PortEvent::Attach {
+                        let sent = e.send(PortEvent::Attach {
                             link: link.clone(),
                             namespaces,
                             handover,
                         });
-                        if sent.is_err() {
+                        if !sent {
                             e.shared.attach_queued.fetch_sub(1, Ordering::AcqRel);
                             Some(format!("controller {ctrl} is being removed"))
                         } else {
@@ -662,6 +693,9 @@ impl HostDriver {
                 if let Some(s) = serving(&ctrl) {
                     s.post_event(dw0);
                 }
+                if let Some(e) = ctrls.get(&ctrl) {
+                    e.slot.wake();
+                }
             }
             ToHost::Error {
                 ctrl,
@@ -679,6 +713,9 @@ impl HostDriver {
                 if let Some(s) = serving(&ctrl) {
                     tracing::error!(ctrl, runtime = %link.describe(), "controller fatal status: {reason}");
                     s.fatal.store(true, Ordering::Release);
+                }
+                if let Some(e) = ctrls.get(&ctrl) {
+                    e.slot.wake();
                 }
             }
         }
@@ -703,6 +740,9 @@ impl HostDriver {
         if let Some(k) = lock(&self.keeper).take() {
             k.quit();
         }
+        if let Some(s) = self.serving.get() {
+            s.shutdown();
+        }
     }
 
     /// Hand everything to the host-driver that replaces this one: each
@@ -712,18 +752,21 @@ impl HostDriver {
     /// successor). The caller exits without tearing anything down.
     pub fn release(&self) {
         self.stop.store(true, Ordering::Release);
-        let threads: Vec<(String, JoinHandle<()>)> = lock(&self.ctrls)
-            .iter_mut()
-            .filter_map(|(name, e)| {
+        let slots: Vec<Arc<Slot>> = lock(&self.ctrls)
+            .values()
+            .map(|e| {
                 e.shared.releasing.store(true, Ordering::Release);
                 e.stop.store(true, Ordering::Release);
-                Some((name.clone(), e.thread.take()?))
+                e.slot.clone()
             })
             .collect();
-        for (name, t) in threads {
-            if t.join().is_err() {
-                tracing::error!(ctrl = %name, "control thread panicked while handing over");
-            }
+        // All at once: each waits at most for its client's message in
+        // progress.
+        for s in &slots {
+            s.request_stop();
+        }
+        for s in slots {
+            s.stop_and_wait();
         }
         tracing::info!("every controller handed over");
     }
@@ -733,70 +776,6 @@ impl Links for HostDriver {
     fn admit(self: Arc<Self>, carrier: Carrier, peer: Peer) -> Option<u64> {
         HostDriver::start_carrier(&self, carrier, peer)
     }
-}
-
-/// One controller's thread: serve the hypervisor's connection (one taken
-/// over from a previous host-driver first), wait for the next, repeat;
-/// meanwhile take the runtime's messages. On stop, let the runtime go, or
-/// when handing over, only write the last state.
-fn control_thread(
-    listener: Listener,
-    ctrl: &mut NvmeController,
-    stop: &AtomicBool,
-    mut conn: Option<UnixStream>,
-) {
-    use leapio_vmm_shim::vfio_user::Device;
-    let name = ctrl.shared().name.clone();
-    while !stop.load(Ordering::Acquire) {
-        let (stream, negotiated) = match conn.take() {
-            Some(s) => (s, ctrl.negotiated),
-            None => match listener.accept_timeout(IDLE_TICK) {
-                Ok(Some(stream)) => {
-                    match crate::link::peer_cred(&stream) {
-                        Ok(c) => {
-                            tracing::info!(ctrl = %name, pid = c.pid, uid = c.uid, gid = c.gid, "vfio-user client connected")
-                        }
-                        Err(e) => {
-                            tracing::info!(ctrl = %name, "vfio-user client connected (peer unknown: {e})")
-                        }
-                    }
-                    ctrl.client_connected(&stream);
-                    (stream, false)
-                }
-                Ok(None) => {
-                    ctrl.tick();
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(ctrl = %name, "accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            },
-        };
-        // The hypervisor maps the doorbell page: not a runtime's helper.
-        let client = crate::link::peer_cred(&stream).ok().map(|c| {
-            ctrl.shared().trust(c.pid);
-            c.pid
-        });
-        let served = serve_from(stream, ctrl, stop, negotiated);
-        if let Some(pid) = client {
-            ctrl.shared().untrust(pid);
-        }
-        match served {
-            Ok(()) if ctrl.shared().releasing.load(Ordering::Acquire) => {}
-            Ok(()) => tracing::info!(ctrl = %name, "vfio-user client disconnected"),
-            Err(e) => tracing::warn!(ctrl = %name, "vfio-user connection ended: {e}"),
-        }
-    }
-    if ctrl.shared().releasing.load(Ordering::Acquire) {
-        ctrl.changed();
-        ctrl.persist();
-        tracing::info!(ctrl = %name, "handed over");
-        return;
-    }
-    ctrl.release("controller removed");
-    ctrl.forget_kept();
 }
 
 impl HostCtrlSpec {

@@ -9,6 +9,8 @@
 //! die and be replaced while the guest keeps its disk.
 //!
 //! - [`host`]: the controllers and the runtimes' links.
+//! - `serving`: the fixed threads that serve every controller (sockets,
+//!   timers, admin doorbells; a pool running one controller at a time).
 //! - [`controller`], `admin`: the NVMe controller and its admin commands.
 //! - [`port`]: a controller's requests to its runtime.
 //! - `attach`: admitting a runtime, namespaces it declares.
@@ -26,6 +28,7 @@ pub mod keep;
 mod kept;
 pub mod link;
 pub mod port;
+mod serving;
 pub mod shared;
 pub mod soc;
 

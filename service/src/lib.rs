@@ -4,10 +4,13 @@
 //! - [`control`]: the JSON-RPC control socket and its client (`leapioctl`);
 //! - [`init_logging`], [`error_chain`]: how the daemons log and report
 //!   errors;
+//! - [`pool`]: a fixed pool of threads serving any number of strands (one
+//!   tenant's serial work each), so threads do not grow with tenants;
 //! - [`socket`]: listening sockets that appear with their final mode and
 //!   owner and are removed only by their owner; the peer's credentials.
 
 pub mod control;
+pub mod pool;
 pub mod socket;
 
 /// An error and its sources, joined with ": " (our error types do not

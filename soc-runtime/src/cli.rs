@@ -60,6 +60,14 @@ pub struct RuntimeOpts {
     #[arg(long, default_value_t = 0, value_name = "US")]
     pub io_wait_us: u64,
 
+    /// What a poller with nothing to do does: busy (spin: the lowest
+    /// latency, a core per poller), adaptive (spin 200 us after the last
+    /// work, then sleep up to 1 ms), sleep (sleep at once, 50 us growing to
+    /// 1 ms). Queues idle for a second are looked at once per millisecond
+    /// whatever the policy, so that idle VMs do not slow busy ones.
+    #[arg(long, default_value = "adaptive", value_name = "POLICY")]
+    pub poll: crate::pcie::poller::PollPolicy,
+
     /// Count each poller's busy time (loops that did work; two clock reads
     /// per loop), shown by the control socket's status as pollers_busy_ns.
     #[arg(long)]
@@ -168,7 +176,11 @@ impl Daemon {
                 .map_err(|e| format!("cannot install signal handler: {e}"))?;
         }
         let io_wait = (opts.io_wait_us > 0).then(|| Duration::from_micros(opts.io_wait_us));
-        let rt = Runtime::start_with(opts.pollers, &opts.poller_cpus, io_wait)
+        let poll = crate::pcie::runtime::PollerOptions {
+            io_wait,
+            policy: opts.poll,
+        };
+        let rt = Runtime::start_with(opts.pollers, &opts.poller_cpus, poll)
             .map_err(|e| format!("starting pollers: {e}"))?;
         rt.stats()
             .enabled

@@ -45,7 +45,11 @@ impl TestServer {
     ) -> Result<TestServer, String> {
         let dir = test_dir();
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let rt = Runtime::start_with(pollers, &[], io_wait)
+        let opts = socp::pcie::runtime::PollerOptions {
+            io_wait,
+            ..Default::default()
+        };
+        let rt = Runtime::start_with(pollers, &[], opts)
             .map_err(|e| format!("starting pollers: {e}"))?;
         let mut parsed = Vec::new();
         let mut sockets = Vec::new();

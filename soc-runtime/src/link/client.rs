@@ -6,9 +6,9 @@
 //!
 //! Threads: one reader (this link's messages, routed by controller), one
 //! writer (everything the runtime sends, from a bounded outbox, so that no
-//! poller ever blocks on the socket), and one worker per controller, which
-//! runs that controller's requests in order (a slow queue deletion on one
-//! VM does not hold up another's).
+//! poller ever blocks on the socket). Each controller's requests run in
+//! order on a strand of the runtime's control pool (a slow queue deletion
+//! on one VM holds up that VM only, and threads do not grow with VMs).
 
 use crate::link::carrier::{Carrier, Windows};
 use crate::pcie::controller::{CtrlCtx, Namespace, NsTable};
@@ -19,10 +19,11 @@ use leapio_link::proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::qstate::QueueState;
 use leapio_link::{LinkError, NsDecl, ToHost, ToRuntime};
 use leapio_nvme::Status;
-use std::collections::HashMap;
+use leapio_service::pool::Strand;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -58,12 +59,52 @@ enum Work {
     },
 }
 
-/// A controller being served: its worker thread, the worker's mailbox,
-/// and what the pollers see of it.
+/// A controller being served: its strand on the control pool, the
+/// strand's mailbox, and what the pollers see of it.
 struct Worker {
-    tx: Sender<Work>,
-    thread: JoinHandle<()>,
+    mailbox: Arc<Mailbox>,
+    strand: Arc<Strand>,
     ctx: Arc<CtrlCtx>,
+}
+
+/// A controller's requests, and whether it has let go.
+#[derive(Default)]
+struct Mailbox {
+    queue: Mutex<VecDeque<Work>>,
+    done: Mutex<bool>,
+    done_cv: Condvar,
+}
+
+impl Worker {
+    fn send(&self, w: Work) {
+        lock(&self.mailbox.queue).push_back(w);
+        self.strand.wake();
+    }
+
+    /// Let go of the controller (see [`Work::Stop`]); the returned mailbox
+    /// says when it is done.
+    fn stop(self, tell_host: bool) -> Arc<Mailbox> {
+        self.send(Work::Stop { tell_host });
+        self.mailbox
+    }
+}
+
+impl Mailbox {
+    /// Wait until the controller has let go.
+    fn wait_done(&self) {
+        let mut d = lock(&self.done);
+        while !*d {
+            d = self
+                .done_cv
+                .wait(d)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn set_done(&self) {
+        *lock(&self.done) = true;
+        self.done_cv.notify_all();
+    }
 }
 
 struct Pending {
@@ -216,8 +257,7 @@ impl LinkClient {
         let w = lock(&self.workers).remove(ctrl);
         match w {
             Some(w) => {
-                let _ = w.tx.send(Work::Stop { tell_host: true });
-                let _ = w.thread.join();
+                w.stop(true).wait_done();
                 true
             }
             None => false,
@@ -226,9 +266,11 @@ impl LinkClient {
 
     /// Let go of every controller (graceful stop or handover).
     pub fn detach_all(&self) {
-        let names: Vec<String> = lock(&self.workers).keys().cloned().collect();
-        for n in names {
-            self.detach(&n);
+        // All at once: they drain on the pool in parallel.
+        let workers: Vec<_> = lock(&self.workers).drain().collect();
+        let stopping: Vec<_> = workers.into_iter().map(|(_, w)| w.stop(true)).collect();
+        for m in stopping {
+            m.wait_done();
         }
     }
 
@@ -380,9 +422,9 @@ impl LinkClient {
         // Nothing more will come: stop serving (the host-driver has gone,
         // and with it the guests' devices).
         let workers: Vec<_> = lock(&self.workers).drain().collect();
-        for (_, w) in workers {
-            let _ = w.tx.send(Work::Stop { tell_host: false });
-            let _ = w.thread.join();
+        let stopping: Vec<_> = workers.into_iter().map(|(_, w)| w.stop(false)).collect();
+        for m in stopping {
+            m.wait_done();
         }
         for (ctrl, p) in lock(&self.pending).drain() {
             if let Some(r) = p.reply {
@@ -448,22 +490,15 @@ impl LinkClient {
             ToRuntime::Detach { ctrl, reason } => {
                 tracing::info!(ctrl, "the host-driver asks to let go: {reason}");
                 if let Some(w) = lock(&self.workers).remove(&ctrl) {
-                    let _ = w.tx.send(Work::Stop { tell_host: true });
-                    // Draining may take a while: not on the reader.
-                    let _ = std::thread::Builder::new()
-                        .name("socp-detach".into())
-                        .spawn(move || {
-                            let _ = w.thread.join();
-                        });
+                    // Draining may take a while: on the pool, not here.
+                    drop(w.stop(true));
                 }
                 Ok(())
             }
             other => {
                 let ctrl = other.ctrl().unwrap_or_default().to_string();
                 match lock(&self.workers).get(&ctrl) {
-                    Some(w) => {
-                        let _ = w.tx.send(Work::Msg(other, fds));
-                    }
+                    Some(w) => w.send(Work::Msg(other, fds)),
                     None => {
                         tracing::warn!(ctrl, "message for a controller this runtime does not serve")
                     }
@@ -525,16 +560,27 @@ impl LinkClient {
             self.outbox.clone(),
         ));
         let queues = self.rt.queues_for(ctx.clone());
-        let (tx, rx) = channel();
+        let mailbox = Arc::new(Mailbox::default());
         let outbox = self.outbox.clone();
         let name = ctrl.to_string();
         let windows = self.carrier.windows().cloned();
-        let thread = std::thread::Builder::new()
-            .name(format!("socp-{ctrl}"))
-            .spawn(move || worker(queues, rx, outbox, windows))
-            .map_err(|e| e.to_string())?;
+        let state = Mutex::new(WorkerState {
+            queues: Some(queues),
+            claimed: false,
+        });
+        let mb = mailbox.clone();
+        let strand = self.rt.control().strand(ctrl, move || {
+            work(&state, &mb, &outbox, windows.as_ref());
+        });
         tracing::info!(ctrl = %name, epoch, host = %self.host, "attached: serving its I/O queues");
-        lock(&self.workers).insert(name, Worker { tx, thread, ctx });
+        let w = Worker {
+            mailbox,
+            strand,
+            ctx,
+        };
+        // Claiming the backends is the strand's first work.
+        w.strand.wake();
+        lock(&self.workers).insert(name, w);
         Ok(())
     }
 }
@@ -578,30 +624,49 @@ enum Shared {
     Windows(Arc<dyn Windows>),
 }
 
-/// One controller's requests, in order.
-fn worker(
-    mut q: CtrlQueues,
-    rx: Receiver<Work>,
-    outbox: SyncSender<ToHost>,
-    windows: Option<Arc<dyn Windows>>,
+/// What a controller's strand keeps between runs.
+struct WorkerState {
+    /// None once it has let go.
+    queues: Option<CtrlQueues>,
+    /// Its backends were claimed.
+    claimed: bool,
+}
+
+/// One run of a controller's strand: its requests, in order.
+fn work(
+    state: &Mutex<WorkerState>,
+    mailbox: &Mailbox,
+    outbox: &SyncSender<ToHost>,
+    windows: Option<&Arc<dyn Windows>>,
 ) {
+    let mut st = lock(state);
+    let WorkerState { queues, claimed } = &mut *st;
+    let Some(q) = queues.as_mut() else {
+        return;
+    };
     let name = q.ctx().name.clone();
-    // Backends opened for a handover are claimed now that the previous
-    // runtime let go (it may take a moment to close them).
-    let table = q.ctx().namespaces.load_full();
-    for n in table.entries.iter().flatten() {
-        if let Err(e) = n.backend.claim() {
-            q.ctx().set_fatal(format!(
-                "namespace {}: {}",
-                n.info.nsid,
-                crate::error_chain(&e)
-            ));
+    if !*claimed {
+        *claimed = true;
+        // Backends opened for a handover are claimed now that the previous
+        // runtime let go (it may take a moment to close them).
+        let table = q.ctx().namespaces.load_full();
+        for n in table.entries.iter().flatten() {
+            if let Err(e) = n.backend.claim() {
+                q.ctx().set_fatal(format!(
+                    "namespace {}: {}",
+                    n.info.nsid,
+                    crate::error_chain(&e)
+                ));
+            }
         }
     }
     let ack = |req: u64, status: u16| {
         let _ = outbox.send(ToHost::Ack { req, status });
     };
-    while let Ok(w) = rx.recv() {
+    loop {
+        let Some(w) = lock(&mailbox.queue).pop_front() else {
+            return;
+        };
         let (msg, fds) = match w {
             Work::Msg(m, f) => (m, f),
             Work::Stop { tell_host } => {
@@ -630,10 +695,13 @@ fn worker(
                     let _ = outbox.send(ToHost::Detach { ctrl: name.clone() });
                 }
                 tracing::info!(ctrl = %name, "detached");
+                *queues = None;
+                lock(&mailbox.queue).clear();
+                mailbox.set_done();
                 return;
             }
         };
-        handle(&mut q, msg, fds, windows.as_ref(), &ack);
+        handle(q, msg, fds, windows, &ack);
     }
 }
 

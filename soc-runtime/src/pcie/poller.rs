@@ -64,6 +64,42 @@ const BACKEND_DEPTH: u32 = 1024;
 const SPIN: Duration = Duration::from_micros(200);
 /// Longest idle sleep.
 const MAX_SLEEP: Duration = Duration::from_millis(1);
+/// A controller whose queues had no command and no completion for this
+/// long is cold: its doorbells are read by the sweep below instead of every
+/// loop, so that a thousand idle VMs do not slow the busy ones.
+const HOT_FOR: Duration = Duration::from_secs(1);
+/// Every cold controller is looked at once in this period, spread over the
+/// loops (and all of them after every sleep): the bound on the extra
+/// latency of the first command after idleness.
+pub const COLD_SWEEP: Duration = Duration::from_millis(1);
+
+/// What a poller does when it finds nothing to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PollPolicy {
+    /// Spin: the lowest latency, a core per poller always.
+    Busy,
+    /// Spin a moment after the last work, then sleep, longer and longer
+    /// (up to 1 ms).
+    #[default]
+    Adaptive,
+    /// Sleep at once (from 50 us, up to 1 ms): the least CPU for workloads
+    /// with gaps, at some latency after each gap.
+    Sleep,
+}
+
+impl std::str::FromStr for PollPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "busy" => Ok(PollPolicy::Busy),
+            "adaptive" => Ok(PollPolicy::Adaptive),
+            "sleep" => Ok(PollPolicy::Sleep),
+            other => Err(format!(
+                "poll policy {other:?}: expected busy, adaptive or sleep"
+            )),
+        }
+    }
+}
 /// Loops with only backend I/O pending before an `io_wait` poller blocks.
 const WAIT_AFTER_LOOPS: u32 = 32;
 /// Busy loops between mailbox checks.
@@ -124,6 +160,8 @@ struct CtrlState {
     /// The owner id of this controller's I/O on each backend (by
     /// namespace index), with the backend queue.
     owners: Vec<u32>,
+    /// Until when it counts as busy (see [`HOT_FOR`]).
+    hot_until: Instant,
 }
 
 impl CtrlState {
@@ -202,6 +240,12 @@ pub struct QueuePoller {
     /// A previous runtime's writes to run again once its copies can no
     /// longer land (`Backend::stale_writes_for`).
     held: Vec<Held>,
+    policy: PollPolicy,
+    /// The time at the start of this loop.
+    now: Instant,
+    /// The next cold controller to look at, and when.
+    cold_cursor: usize,
+    next_cold: Instant,
 }
 
 /// A command of a previous runtime waiting to run again.
@@ -260,7 +304,17 @@ impl QueuePoller {
             io_wait: None,
             stats: None,
             held: Vec::new(),
+            policy: PollPolicy::default(),
+            now: Instant::now(),
+            cold_cursor: 0,
+            next_cold: Instant::now(),
         }
+    }
+
+    /// What to do when there is nothing to do.
+    pub fn with_policy(mut self, policy: PollPolicy) -> QueuePoller {
+        self.policy = policy;
+        self
     }
 
     /// Count busy time in `stats` (when it is enabled).
@@ -276,7 +330,10 @@ impl QueuePoller {
         let mut idle_loops: u32 = 0;
         let mut idle_since: Option<Instant> = None;
         let mut waiting_loops: u32 = 0;
+        // Just woke from a sleep: every controller is looked at.
+        let mut woke = true;
         while !self.stop.load(Ordering::Relaxed) {
+            self.now = Instant::now();
             let t0 = self
                 .stats
                 .as_ref()
@@ -291,14 +348,22 @@ impl QueuePoller {
                 false
             };
             for c in 0..self.ctrls.len() {
-                self.refresh_snapshot(c);
+                if woke || self.ctrls[c].hot_until > self.now {
+                    self.refresh_snapshot(c);
+                }
             }
             work |= self.reap();
             work |= self.run_held();
             work |= self.engine.retry();
             for c in 0..self.ctrls.len() {
-                work |= self.poll_ctrl(c);
+                if woke || self.ctrls[c].hot_until > self.now {
+                    work |= self.poll_hot(c);
+                }
             }
+            if !woke {
+                work |= self.sweep_cold();
+            }
+            woke = false;
             self.engine.kick();
             if self.gc_pending {
                 self.gc_ctrls();
@@ -330,17 +395,25 @@ impl QueuePoller {
                 continue;
             }
             idle_loops = idle_loops.saturating_add(1);
-            // Reading the clock costs as much as a loop: look at it only
-            // now and then while spinning.
-            if idle_loops % CLOCK_EVERY != 0 {
+            let spin = match self.policy {
+                PollPolicy::Busy => true,
+                PollPolicy::Sleep => false,
+                // Look at the clock only now and then while spinning.
+                PollPolicy::Adaptive => {
+                    idle_loops % CLOCK_EVERY != 0
+                        || idle_since.get_or_insert(self.now).elapsed() <= SPIN
+                }
+            };
+            if spin {
                 std::hint::spin_loop();
                 continue;
             }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > SPIN {
-                std::thread::sleep(sleep);
-                sleep = (sleep * 2).min(MAX_SLEEP);
+            if self.policy == PollPolicy::Sleep && idle_loops == 1 {
+                sleep = Duration::from_micros(50);
             }
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(MAX_SLEEP);
+            woke = true;
         }
         self.shutdown();
     }
@@ -421,6 +494,7 @@ impl QueuePoller {
             nsq: Vec::new(),
             ns_gen: u64::MAX,
             owners: Vec::new(),
+            hot_until: self.now + HOT_FOR,
         });
         self.ctrls.len() - 1
     }
@@ -430,6 +504,7 @@ impl QueuePoller {
             return Err(Status::INVALID_QUEUE_IDENTIFIER);
         };
         let c = self.ctrl_for(ctx);
+        self.ctrls[c].hot_until = self.now + HOT_FOR;
         let ctrl = &mut self.ctrls[c];
         let mut ring = CqRing::new(s.qid, s.gpa, s.entries, s.vector, s.ien);
         let mut cq = CqState {
@@ -512,6 +587,7 @@ impl QueuePoller {
             return Err(Status::INVALID_QUEUE_IDENTIFIER);
         };
         let c = self.ctrl_for(ctx);
+        self.ctrls[c].hot_until = self.now + HOT_FOR;
         let ctrl = &mut self.ctrls[c];
         if ctrl
             .cqs
@@ -697,6 +773,43 @@ impl QueuePoller {
             }
             ctrl.snap_users = 0;
         }
+    }
+
+    /// [`Self::poll_ctrl`], keeping the controller hot if it had work.
+    fn poll_hot(&mut self, c: usize) -> bool {
+        let work = self.poll_ctrl(c);
+        if work {
+            self.ctrls[c].hot_until = self.now + HOT_FOR;
+        }
+        work
+    }
+
+    /// Look at the cold controllers due by now: all of them once per
+    /// [`COLD_SWEEP`], spread over the loops.
+    fn sweep_cold(&mut self) -> bool {
+        let n = self.ctrls.len();
+        if n == 0 || self.now < self.next_cold {
+            return false;
+        }
+        let every = COLD_SWEEP / u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        if self.now > self.next_cold + COLD_SWEEP {
+            // Behind (a long loop): start again from now.
+            self.next_cold = self.now;
+        }
+        let mut work = false;
+        let mut looked = 0;
+        while self.now >= self.next_cold && looked < n {
+            let c = self.cold_cursor % n;
+            self.cold_cursor = self.cold_cursor.wrapping_add(1);
+            self.next_cold += every;
+            looked += 1;
+            if self.ctrls[c].hot_until > self.now {
+                continue;
+            }
+            self.refresh_snapshot(c);
+            work |= self.poll_hot(c);
+        }
+        work
     }
 
     /// One pass over a controller's queues: completion heads, then new
@@ -1100,7 +1213,10 @@ impl QueuePoller {
             return;
         };
         self.free.push(slot);
+        let now = self.now;
         let ctrl = &mut self.ctrls[s.ctrl];
+        // Its interrupt is raised by the next pass over it.
+        ctrl.hot_until = now + HOT_FOR;
         ctrl.release_snapshot(s.snap_gen);
         let ctx = &ctrl.ctx;
         let sq_head = match ctrl

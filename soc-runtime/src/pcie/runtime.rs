@@ -2,7 +2,7 @@
 //! queues (as the host-driver creates and deletes them) to a poller.
 
 use crate::pcie::controller::CtrlCtx;
-use crate::pcie::poller::{PollerMsg, PollerStats, QueuePoller};
+use crate::pcie::poller::{PollPolicy, PollerMsg, PollerStats, QueuePoller};
 use leapio_link::{CqSetup, SqSetup};
 use leapio_nvme::Status;
 use std::collections::BTreeMap;
@@ -17,7 +17,23 @@ use std::time::Duration;
 /// waits for the queue's commands to complete).
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The poller threads.
+/// Threads that run the controllers' control work (the link's requests:
+/// mapping, queue creation and deletion, draining), whatever the number of
+/// controllers.
+pub const CONTROL_THREADS: usize = 4;
+
+/// How pollers wait.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PollerOptions {
+    /// A poller that only waits on backend I/O sleeps in the kernel (up to
+    /// that long) instead of spinning.
+    pub io_wait: Option<Duration>,
+    /// What a poller with nothing to do does.
+    pub policy: PollPolicy,
+}
+
+/// The poller threads, and the pool that runs the controllers' control
+/// work.
 pub struct Runtime {
     senders: Vec<Mutex<Sender<PollerMsg>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -25,6 +41,7 @@ pub struct Runtime {
     next_poller: AtomicUsize,
     next_ctrl: AtomicU64,
     stats: Arc<PollerStats>,
+    control: leapio_service::pool::Pool,
 }
 
 /// A controller id unique in this process.
@@ -35,18 +52,13 @@ pub fn next_ctrl_id(rt: &Runtime) -> u64 {
 impl Runtime {
     /// Start `n` pollers (at least one).
     pub fn start(n: usize) -> io::Result<Arc<Runtime>> {
-        Runtime::start_with(n, &[], None)
+        Runtime::start_with(n, &[], PollerOptions::default())
     }
 
     /// Start `n` pollers, poller i pinned to `cpus[i % cpus.len()]` (no
-    /// pinning when `cpus` is empty); with `io_wait`, a poller that only
-    /// waits on backend I/O sleeps in the kernel (up to that long) instead
-    /// of spinning.
-    pub fn start_with(
-        n: usize,
-        cpus: &[usize],
-        io_wait: Option<Duration>,
-    ) -> io::Result<Arc<Runtime>> {
+    /// pinning when `cpus` is empty).
+    pub fn start_with(n: usize, cpus: &[usize], opts: PollerOptions) -> io::Result<Arc<Runtime>> {
+        let control = leapio_service::pool::Pool::start("socp-ctl", CONTROL_THREADS)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(PollerStats::new(n.max(1), false));
         let mut senders = Vec::new();
@@ -69,7 +81,8 @@ impl Runtime {
                         }
                     }
                     QueuePoller::new(i, rx, st)
-                        .with_io_wait(io_wait)
+                        .with_io_wait(opts.io_wait)
+                        .with_policy(opts.policy)
                         .with_stats(stats)
                         .run()
                 })?;
@@ -77,6 +90,7 @@ impl Runtime {
             threads.push(t);
         }
         Ok(Arc::new(Runtime {
+            control,
             senders,
             threads: Mutex::new(threads),
             stop,
@@ -89,6 +103,11 @@ impl Runtime {
     /// The pollers' busy time (see [`PollerStats`]).
     pub fn stats(&self) -> &Arc<PollerStats> {
         &self.stats
+    }
+
+    /// The pool running the controllers' control work.
+    pub fn control(&self) -> &leapio_service::pool::Pool {
+        &self.control
     }
 
     pub fn pollers(&self) -> usize {

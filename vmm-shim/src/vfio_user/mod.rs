@@ -44,7 +44,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use server::{serve, serve_from, Listener, SocketAccess};
+pub use server::{serve, serve_from, Connection, Listener, SocketAccess};
 
 /// A positive `libc` errno value, as sent in error replies.
 pub type Errno = i32;

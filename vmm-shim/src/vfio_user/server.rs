@@ -159,28 +159,150 @@ pub fn serve_from(
     stop: &AtomicBool,
     negotiated: bool,
 ) -> Result<(), ServerError> {
-    stream.set_nonblocking(true).map_err(ServerError::Io)?;
-    let mut conn = Conn {
-        dev,
-        stream,
-        negotiated,
-        limiter: LogLimiter::default(),
-    };
-    conn.run(stop)
+    let guard = Disconnect(dev);
+    let dev = &mut *guard.0;
+    let mut conn = Connection::new(stream, negotiated).map_err(ServerError::Io)?;
+    let mut next_tick: Option<Instant> = None;
+    // Stopped with a message partly read (or a reply partly sent): the rest
+    // is waited for a moment, so that the connection is left between two
+    // messages (another server may go on with it).
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let since = *stopped_at.get_or_insert_with(Instant::now);
+            if conn.between_messages() || since.elapsed() > PARTIAL_MESSAGE_WAIT {
+                return Ok(());
+            }
+        }
+        maybe_tick(dev, &mut next_tick);
+        let timeout = match next_tick {
+            Some(t) => t
+                .saturating_duration_since(Instant::now())
+                .min(STOP_POLL_INTERVAL),
+            None => STOP_POLL_INTERVAL,
+        };
+        if !poll_fd(conn.fd(), conn.wants_write(), timeout).map_err(ServerError::Io)? {
+            continue;
+        }
+        if !conn.service(dev, usize::MAX)? {
+            return Ok(());
+        }
+    }
 }
 
-/// One connection. Dropping it tells the device the client is gone.
-struct Conn<'a> {
-    dev: &'a mut dyn Device,
+/// Tells the device its client is gone, however serving ends.
+struct Disconnect<'a>(&'a mut dyn Device);
+
+impl Drop for Disconnect<'_> {
+    fn drop(&mut self) {
+        self.0.disconnected();
+    }
+}
+
+/// Tick the device if due (see [`Device::tick`]).
+fn maybe_tick(dev: &mut dyn Device, next_tick: &mut Option<Instant>) {
+    let Some(interval) = dev.tick_interval() else {
+        *next_tick = None;
+        return;
+    };
+    let now = Instant::now();
+    match *next_tick {
+        Some(t) if now < t => {
+            // The interval may have shrunk since the deadline was set.
+            if t > now + interval {
+                *next_tick = Some(now + interval);
+            }
+        }
+        _ => {
+            dev.tick();
+            *next_tick = Some(Instant::now() + interval);
+        }
+    }
+}
+
+/// One client's connection, served without blocking: an event loop calls
+/// [`Connection::service`] when its socket is readable (or writable, while
+/// [`Connection::wants_write`]). It never waits for a client: a message is
+/// reassembled as it arrives, and a reply the client does not take is kept
+/// and sent when it can be (no further message is read meanwhile). The
+/// owner calls `Device::disconnected` when it ends.
+pub struct Connection {
     stream: UnixStream,
+    reader: Reader,
     negotiated: bool,
     limiter: LogLimiter,
+    /// A reply not sent in full: bytes, how many went, its descriptors
+    /// (they go with the first byte).
+    out: Option<(Vec<u8>, usize, Vec<OwnedFd>)>,
 }
 
-impl Drop for Conn<'_> {
-    fn drop(&mut self) {
-        self.dev.disconnected();
+impl Connection {
+    /// Serve `stream`; `negotiated` as in [`serve_from`]. The stream is
+    /// made non-blocking.
+    pub fn new(stream: UnixStream, negotiated: bool) -> io::Result<Connection> {
+        stream.set_nonblocking(true)?;
+        Ok(Connection {
+            stream,
+            reader: Reader::new(),
+            negotiated,
+            limiter: LogLimiter::default(),
+            out: None,
+        })
     }
+
+    /// The socket, to wait on.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// The socket.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Whether the client negotiated the version.
+    pub fn negotiated(&self) -> bool {
+        self.negotiated
+    }
+
+    /// A reply waits for the socket to be writable.
+    pub fn wants_write(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// No message is partly read and no reply partly sent: the connection
+    /// can be handed to another server.
+    pub fn between_messages(&self) -> bool {
+        self.reader.is_idle() && self.out.is_none()
+    }
+
+    /// Send what is pending, then read and handle the messages that are
+    /// there, at most `budget` of them. Ok(false) at the client's end of
+    /// stream; an error when the connection failed or the client broke
+    /// framing.
+    pub fn service(&mut self, dev: &mut dyn Device, budget: usize) -> Result<bool, ServerError> {
+        let mut conn = Conn { dev, c: self };
+        if !conn.flush()? {
+            return Ok(true);
+        }
+        for _ in 0..budget {
+            match conn.c.reader.next(&conn.c.stream)? {
+                ReadEvent::Message(msg) => conn.handle(msg)?,
+                ReadEvent::WouldBlock => break,
+                ReadEvent::Eof => return Ok(false),
+            }
+            if conn.c.out.is_some() {
+                break;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A connection and its device, while a message is handled.
+struct Conn<'a> {
+    dev: &'a mut dyn Device,
+    c: &'a mut Connection,
 }
 
 /// A complete message as received.
@@ -373,70 +495,11 @@ fn parse<T: FromBytes>(body: &[u8]) -> Result<(T, &[u8]), Errno> {
 }
 
 impl Conn<'_> {
-    fn run(&mut self, stop: &AtomicBool) -> Result<(), ServerError> {
-        let mut reader = Reader::new();
-        let mut next_tick: Option<Instant> = None;
-        // Stopped with a message partly read: its rest is waited for a
-        // moment, so that the connection is left between two messages
-        // (another server may go on with it).
-        let mut stopped_at: Option<Instant> = None;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                let since = *stopped_at.get_or_insert_with(Instant::now);
-                if reader.is_idle() || since.elapsed() > PARTIAL_MESSAGE_WAIT {
-                    return Ok(());
-                }
-            }
-            self.maybe_tick(&mut next_tick);
-            let timeout = match next_tick {
-                Some(t) => t
-                    .saturating_duration_since(Instant::now())
-                    .min(STOP_POLL_INTERVAL),
-                None => STOP_POLL_INTERVAL,
-            };
-            if !poll_fd(self.stream.as_fd(), false, timeout).map_err(ServerError::Io)? {
-                continue;
-            }
-            // Drain what is there, in order, ticking in between if due.
-            loop {
-                match reader.next(&self.stream)? {
-                    ReadEvent::Message(msg) => self.handle(msg, stop)?,
-                    ReadEvent::WouldBlock => break,
-                    ReadEvent::Eof => return Ok(()),
-                }
-                self.maybe_tick(&mut next_tick);
-                if stop.load(Ordering::Relaxed) && reader.is_idle() {
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    fn maybe_tick(&mut self, next_tick: &mut Option<Instant>) {
-        let Some(interval) = self.dev.tick_interval() else {
-            *next_tick = None;
-            return;
-        };
-        let now = Instant::now();
-        match *next_tick {
-            Some(t) if now < t => {
-                // The interval may have shrunk since the deadline was set.
-                if t > now + interval {
-                    *next_tick = Some(now + interval);
-                }
-            }
-            _ => {
-                self.dev.tick();
-                *next_tick = Some(Instant::now() + interval);
-            }
-        }
-    }
-
     /// Log a peer-triggered event, rate-limited. Failed commands are normal
     /// (QEMU probes the ERR irq index, for one) and go to debug; protocol
     /// oddities to warn.
     fn log(&mut self, msg: &Msg, what: &str, errno: Errno, warn: bool) {
-        if !self.limiter.allow() {
+        if !self.c.limiter.allow() {
             return;
         }
         let (command, msg_id) = (msg.command(), msg.hdr.msg_id.get());
@@ -448,7 +511,7 @@ impl Conn<'_> {
     }
 
     /// Handle one message and send its reply (unless NO_REPLY).
-    fn handle(&mut self, mut msg: Msg, stop: &AtomicBool) -> Result<(), ServerError> {
+    fn handle(&mut self, mut msg: Msg) -> Result<(), ServerError> {
         let flags = msg.hdr.flags.get();
         let no_reply = flags & wire::FLAG_NO_REPLY != 0;
         let result = match flags & wire::FLAG_TYPE_MASK {
@@ -485,37 +548,32 @@ impl Conn<'_> {
             u32::try_from(errno).unwrap_or(libc::EINVAL.unsigned_abs()),
             &[&payload],
         );
-        self.send(&out, &fds, stop)
+        self.c.out = Some((out, 0, fds));
+        self.flush().map(|_| ())
     }
 
-    /// Send a whole message; the fds go with the first byte.
-    fn send(
-        &mut self,
-        mut buf: &[u8],
-        fds: &[OwnedFd],
-        stop: &AtomicBool,
-    ) -> Result<(), ServerError> {
-        let mut fds: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        let mut next_tick = None;
-        while !buf.is_empty() {
-            match send_with_fds(&self.stream, buf, &fds) {
-                Ok(n) => {
-                    buf = &buf[n..];
-                    fds.clear();
-                }
+    /// Send what is left of the pending reply; Ok(true) once all went.
+    fn flush(&mut self) -> Result<bool, ServerError> {
+        let Some((buf, mut sent, fds)) = self.c.out.take() else {
+            return Ok(true);
+        };
+        while sent < buf.len() {
+            let borrowed: Vec<_> = if sent == 0 {
+                fds.iter().map(|f| f.as_fd()).collect()
+            } else {
+                Vec::new()
+            };
+            match send_with_fds(&self.c.stream, &buf[sent..], &borrowed) {
+                Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The client is not reading; keep the device alive meanwhile.
-                    if stop.load(Ordering::Relaxed) {
-                        return Ok(());
-                    }
-                    self.maybe_tick(&mut next_tick);
-                    poll_fd(self.stream.as_fd(), true, STOP_POLL_INTERVAL)
-                        .map_err(ServerError::Io)?;
+                    // The client is not reading: sent when it is.
+                    self.c.out = Some((buf, sent, fds));
+                    return Ok(false);
                 }
                 Err(e) => return Err(ServerError::Io(e)),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn dispatch(&mut self, msg: &mut Msg) -> Result<ReplyOk, Errno> {
@@ -526,7 +584,7 @@ impl Conn<'_> {
         if command == cmd::VERSION {
             return self.version(msg);
         }
-        if !self.negotiated {
+        if !self.c.negotiated {
             return Err(EINVAL);
         }
         // Only these commands carry descriptors.
@@ -597,7 +655,7 @@ impl Conn<'_> {
             payload.extend_from_slice(serde_json::Value::Object(top).to_string().as_bytes());
             payload.push(0);
         }
-        self.negotiated = true;
+        self.c.negotiated = true;
         self.dev.negotiated();
         reply(payload)
     }
@@ -832,7 +890,7 @@ impl Conn<'_> {
                 } else if msg.fds.len() == count as usize {
                     for fd in &msg.fds {
                         if let Err(e) = require_eventfd(fd.as_fd()) {
-                            if self.limiter.allow() {
+                            if self.c.limiter.allow() {
                                 tracing::warn!("vfio-user: SET_IRQS refused: {e}");
                             }
                             return Err(EINVAL);
