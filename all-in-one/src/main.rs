@@ -25,7 +25,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "leapio", version, verbatim_doc_comment)]
 struct Args {
-    /// A controller: sock=PATH[,name=NAME],ns=BACKEND[,bs=N][,ns=BACKEND[,bs=N]...][,io-queues=N][,queue-entries=N][,mdts=N][,serial=S][,sock-mode=MODE][,sock-owner=UID:GID]
+    /// A controller: sock=PATH[,name=NAME],ns=BACKEND[,bs=N][,ns=BACKEND[,bs=N]...][,io-queues=N][,queue-entries=N][,mdts=N][,vectors=N][,serial=S][,sock-mode=MODE][,sock-owner=UID:GID]
     ///
     /// sock is the vfio-user socket the hypervisor connects to; the name
     /// defaults to its file's stem. BACKEND is ram:SIZE (e.g. ram:256M),

@@ -51,6 +51,22 @@ pub struct ControllerConfig {
     pub max_queue_entries: u32,
     /// MDTS as a power of two of the minimum page size (4 KiB).
     pub mdts: u8,
+    /// MSI-X vectors (each one an eventfd from the hypervisor, held by
+    /// both processes); 0: one per queue (I/O queues + 1). Fewer make the
+    /// guest share vectors between queues.
+    #[serde(default)]
+    pub msix_vectors: u16,
+}
+
+impl ControllerConfig {
+    /// The MSI-X vectors the function has.
+    pub fn vectors(&self) -> u16 {
+        if self.msix_vectors == 0 {
+            self.max_io_queues + 1
+        } else {
+            self.msix_vectors
+        }
+    }
 }
 
 impl Default for ControllerConfig {
@@ -64,6 +80,7 @@ impl Default for ControllerConfig {
             max_io_queues: 32,
             max_queue_entries: 1024,
             mdts: 5,
+            msix_vectors: 0,
         }
     }
 }
@@ -147,7 +164,7 @@ impl NvmeController {
         events: Receiver<PortEvent>,
         timeouts: crate::port::Timeouts,
     ) -> NvmeController {
-        let vectors = cfg.max_io_queues + 1;
+        let vectors = cfg.vectors();
         let mdts_bytes = 4096u64 << cfg.mdts;
         let shared = Arc::new(CtrlShared::new(
             name.to_string(),
@@ -835,6 +852,13 @@ pub(crate) fn check_config(cfg: &ControllerConfig) -> io::Result<()> {
         return Err(io::Error::other(format!(
             "queue entries must be 2..=65536, got {}",
             cfg.max_queue_entries
+        )));
+    }
+    if cfg.msix_vectors > cfg.max_io_queues + 1 {
+        return Err(io::Error::other(format!(
+            "msix vectors must be 1..={} (io queues + 1), got {}",
+            cfg.max_io_queues + 1,
+            cfg.msix_vectors
         )));
     }
     if cfg.mdts > 10 {

@@ -60,6 +60,8 @@ pub struct CtrlLimits {
     pub io_queues: u16,
     pub queue_entries: u32,
     pub mdts: u8,
+    /// MSI-X vectors; 0: one per queue.
+    pub vectors: u16,
     /// Mode and owner of the vfio-user socket(s).
     pub access: SocketAccess,
 }
@@ -72,6 +74,7 @@ impl Default for CtrlLimits {
             io_queues: d.max_io_queues,
             queue_entries: d.max_queue_entries,
             mdts: d.mdts,
+            vectors: 0,
             access: SocketAccess::default(),
         }
     }
@@ -79,10 +82,11 @@ impl Default for CtrlLimits {
 
 impl CtrlLimits {
     /// The keys [`CtrlLimits::set`] takes.
-    pub const KEYS: [&'static str; 6] = [
+    pub const KEYS: [&'static str; 7] = [
         "io-queues",
         "queue-entries",
         "mdts",
+        "vectors",
         "serial",
         "sock-mode",
         "sock-owner",
@@ -94,6 +98,7 @@ impl CtrlLimits {
             "io-queues" => self.io_queues = o.number(1..=511)?,
             "queue-entries" => self.queue_entries = o.number(2..=4096)?,
             "mdts" => self.mdts = o.number(1..=10)?,
+            "vectors" => self.vectors = o.number(1..=512)?,
             "serial" => {
                 leapio_controller::check_serial(o.value).map_err(OptionError::Other)?;
                 self.serial = Some(o.value.to_string());
@@ -313,6 +318,7 @@ impl HostDriver {
             max_io_queues: spec.limits.io_queues,
             max_queue_entries: spec.limits.queue_entries,
             mdts: spec.limits.mdts,
+            msix_vectors: spec.limits.vectors,
             ..ControllerConfig::default()
         };
         let (tx, rx) = channel();
@@ -1043,5 +1049,29 @@ mod tests {
             let e = bad.parse::<HostCtrlSpec>().unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn fewer_vectors_than_queues_are_offered_and_more_are_refused() {
+        let (h, dir) = driver(&[]);
+        let spec: HostCtrlSpec =
+            format!("name=a,sock={}/a.sock,io-queues=4,vectors=2", dir.display())
+                .parse()
+                .unwrap();
+        assert_eq!(spec.limits.vectors, 2);
+        h.add_controller(&spec).unwrap();
+        assert_eq!(lock(&h.ctrls)["a"].shared.irqs.count(), 2);
+        let spec: HostCtrlSpec =
+            format!("name=b,sock={}/b.sock,io-queues=4,vectors=6", dir.display())
+                .parse()
+                .unwrap();
+        let e = h.add_controller(&spec).unwrap_err();
+        assert!(
+            leapio_service::error_chain(&e).contains("msix vectors must be 1..=5"),
+            "{}",
+            leapio_service::error_chain(&e)
+        );
+        h.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -50,12 +50,14 @@ struct Args {
     #[arg(long, value_name = "PATH", hide = true, conflicts_with_all = ["link", "keep"])]
     fd_keeper: Option<PathBuf>,
 
-    /// A controller: name=NAME,sock=PATH[,io-queues=N][,queue-entries=N][,mdts=N][,serial=S]
+    /// A controller: name=NAME,sock=PATH[,io-queues=N][,queue-entries=N][,mdts=N][,vectors=N][,serial=S]
     ///
     /// sock is the vfio-user socket the hypervisor connects to; a runtime
     /// attaches to NAME and declares the namespaces. io-queues: I/O queue
     /// pairs offered (default 32); queue-entries: max entries per queue
-    /// (default 1024); mdts: max transfer 4 KiB << N (default 5).
+    /// (default 1024); mdts: max transfer 4 KiB << N (default 5); vectors:
+    /// MSI-X vectors, each an eventfd held for the VM (default io-queues + 1;
+    /// with fewer, queues share them).
     #[arg(long = "ctrl", value_name = "SPEC", verbatim_doc_comment)]
     ctrls: Vec<HostCtrlSpec>,
 

@@ -162,6 +162,8 @@ struct CtrlState {
     owners: Vec<u32>,
     /// Until when it counts as busy (see [`HOT_FOR`]).
     hot_until: Instant,
+    /// It is in the poller's hot list.
+    in_hot: bool,
 }
 
 impl CtrlState {
@@ -243,6 +245,8 @@ pub struct QueuePoller {
     policy: PollPolicy,
     /// The time at the start of this loop.
     now: Instant,
+    /// The controllers looked at every loop (indexes into `ctrls`).
+    hot: Vec<usize>,
     /// The next cold controller to look at, and when.
     cold_cursor: usize,
     next_cold: Instant,
@@ -306,6 +310,7 @@ impl QueuePoller {
             held: Vec::new(),
             policy: PollPolicy::default(),
             now: Instant::now(),
+            hot: Vec::new(),
             cold_cursor: 0,
             next_cold: Instant::now(),
         }
@@ -330,8 +335,6 @@ impl QueuePoller {
         let mut idle_loops: u32 = 0;
         let mut idle_since: Option<Instant> = None;
         let mut waiting_loops: u32 = 0;
-        // Just woke from a sleep: every controller is looked at.
-        let mut woke = true;
         while !self.stop.load(Ordering::Relaxed) {
             self.now = Instant::now();
             let t0 = self
@@ -347,23 +350,14 @@ impl QueuePoller {
             } else {
                 false
             };
-            for c in 0..self.ctrls.len() {
-                if woke || self.ctrls[c].hot_until > self.now {
-                    self.refresh_snapshot(c);
-                }
+            for i in 0..self.hot.len() {
+                self.refresh_snapshot(self.hot[i]);
             }
             work |= self.reap();
             work |= self.run_held();
             work |= self.engine.retry();
-            for c in 0..self.ctrls.len() {
-                if woke || self.ctrls[c].hot_until > self.now {
-                    work |= self.poll_hot(c);
-                }
-            }
-            if !woke {
-                work |= self.sweep_cold();
-            }
-            woke = false;
+            work |= self.poll_hot_list();
+            work |= self.sweep_cold();
             self.engine.kick();
             if self.gc_pending {
                 self.gc_ctrls();
@@ -413,7 +407,6 @@ impl QueuePoller {
             }
             std::thread::sleep(sleep);
             sleep = (sleep * 2).min(MAX_SLEEP);
-            woke = true;
         }
         self.shutdown();
     }
@@ -448,9 +441,11 @@ impl QueuePoller {
                     let _ = ack.send(r);
                 }
                 PollerMsg::DelSq { ctrl, qid, ack } => {
-                    let found = self
-                        .ctrl_index(ctrl)
-                        .and_then(|c| sq_mut(&mut self.ctrls[c], qid));
+                    let c = self.ctrl_index(ctrl);
+                    if let Some(c) = c {
+                        self.mark_hot(c);
+                    }
+                    let found = c.and_then(|c| sq_mut(&mut self.ctrls[c], qid));
                     match found {
                         Some(sq) => {
                             sq.deleting = Some(ack);
@@ -494,7 +489,8 @@ impl QueuePoller {
             nsq: Vec::new(),
             ns_gen: u64::MAX,
             owners: Vec::new(),
-            hot_until: self.now + HOT_FOR,
+            hot_until: self.now,
+            in_hot: false,
         });
         self.ctrls.len() - 1
     }
@@ -504,7 +500,7 @@ impl QueuePoller {
             return Err(Status::INVALID_QUEUE_IDENTIFIER);
         };
         let c = self.ctrl_for(ctx);
-        self.ctrls[c].hot_until = self.now + HOT_FOR;
+        self.mark_hot(c);
         let ctrl = &mut self.ctrls[c];
         let mut ring = CqRing::new(s.qid, s.gpa, s.entries, s.vector, s.ien);
         let mut cq = CqState {
@@ -587,7 +583,7 @@ impl QueuePoller {
             return Err(Status::INVALID_QUEUE_IDENTIFIER);
         };
         let c = self.ctrl_for(ctx);
-        self.ctrls[c].hot_until = self.now + HOT_FOR;
+        self.mark_hot(c);
         let ctrl = &mut self.ctrls[c];
         if ctrl
             .cqs
@@ -759,6 +755,12 @@ impl QueuePoller {
                 c += 1;
             }
         }
+        if removed {
+            // So do the hot list's.
+            self.hot = (0..self.ctrls.len())
+                .filter(|&c| self.ctrls[c].in_hot)
+                .collect();
+        }
     }
 
     /// Follow the controller's guest memory: a new snapshot when the domain
@@ -775,17 +777,40 @@ impl QueuePoller {
         }
     }
 
-    /// [`Self::poll_ctrl`], keeping the controller hot if it had work.
-    fn poll_hot(&mut self, c: usize) -> bool {
-        let work = self.poll_ctrl(c);
-        if work {
-            self.ctrls[c].hot_until = self.now + HOT_FOR;
+    /// Look at controller `c` every loop for the next [`HOT_FOR`].
+    fn mark_hot(&mut self, c: usize) {
+        let ctrl = &mut self.ctrls[c];
+        ctrl.hot_until = self.now + HOT_FOR;
+        if !ctrl.in_hot {
+            ctrl.in_hot = true;
+            self.hot.push(c);
+        }
+    }
+
+    /// Pass over the hot controllers; those idle for [`HOT_FOR`] leave the
+    /// list (the cold sweep looks at them from then on).
+    fn poll_hot_list(&mut self) -> bool {
+        let mut work = false;
+        let mut i = 0;
+        while i < self.hot.len() {
+            let c = self.hot[i];
+            if self.ctrls[c].hot_until <= self.now {
+                self.ctrls[c].in_hot = false;
+                self.hot.swap_remove(i);
+                continue;
+            }
+            if self.poll_ctrl(c) {
+                work = true;
+                self.ctrls[c].hot_until = self.now + HOT_FOR;
+            }
+            i += 1;
         }
         work
     }
 
-    /// Look at the cold controllers due by now: all of them once per
-    /// [`COLD_SWEEP`], spread over the loops.
+    /// Look at the cold controllers due by now: each once per
+    /// [`COLD_SWEEP`], spread over the loops; one whose submission queues
+    /// have new commands becomes hot and is served at once.
     fn sweep_cold(&mut self) -> bool {
         let n = self.ctrls.len();
         if n == 0 || self.now < self.next_cold {
@@ -793,7 +818,7 @@ impl QueuePoller {
         }
         let every = COLD_SWEEP / u32::try_from(n).unwrap_or(u32::MAX).max(1);
         if self.now > self.next_cold + COLD_SWEEP {
-            // Behind (a long loop): start again from now.
+            // Behind (a sleep, a long loop): start again from now.
             self.next_cold = self.now;
         }
         let mut work = false;
@@ -803,13 +828,45 @@ impl QueuePoller {
             self.cold_cursor = self.cold_cursor.wrapping_add(1);
             self.next_cold += every;
             looked += 1;
-            if self.ctrls[c].hot_until > self.now {
+            if self.ctrls[c].in_hot || !self.cold_has_work(c) {
                 continue;
             }
+            self.mark_hot(c);
             self.refresh_snapshot(c);
-            work |= self.poll_hot(c);
+            work |= self.poll_ctrl(c);
         }
         work
+    }
+
+    /// Whether a cold controller needs a full pass: a submission queue with
+    /// new commands (or a bad doorbell value), a queue being deleted, a
+    /// fatal status. Cheap: a doorbell read per submission queue.
+    fn cold_has_work(&mut self, c: usize) -> bool {
+        let ctrl = &self.ctrls[c];
+        if ctrl.ctx.fatal.load(Ordering::Acquire) {
+            return self.deletes_pending > 0;
+        }
+        let shadow = ctrl.ctx.shadow.get();
+        for qid in 1..ctrl.sqs.len() {
+            let Some(sq) = ctrl.sqs[qid].as_ref() else {
+                continue;
+            };
+            if sq.deleting.is_some() {
+                return true;
+            }
+            let sqid = sq.ring.qid;
+            let tail = match &shadow {
+                Some(sh) => ctrl
+                    .snap
+                    .load_u32_acquire(sh.sq_tail(sqid))
+                    .unwrap_or_else(|_| ctrl.ctx.doorbells.sq_tail(sqid)),
+                None => ctrl.ctx.doorbells.sq_tail(sqid),
+            };
+            if tail != sq.ring.head {
+                return true;
+            }
+        }
+        false
     }
 
     /// One pass over a controller's queues: completion heads, then new
@@ -1213,10 +1270,9 @@ impl QueuePoller {
             return;
         };
         self.free.push(slot);
-        let now = self.now;
-        let ctrl = &mut self.ctrls[s.ctrl];
         // Its interrupt is raised by the next pass over it.
-        ctrl.hot_until = now + HOT_FOR;
+        self.mark_hot(s.ctrl);
+        let ctrl = &mut self.ctrls[s.ctrl];
         ctrl.release_snapshot(s.snap_gen);
         let ctx = &ctrl.ctx;
         let sq_head = match ctrl
