@@ -93,7 +93,8 @@ fn a_hundred_vms_take_no_more_threads_than_one_and_each_guest_is_served() {
     let connected = threads_of(me);
     for round in 0..3u8 {
         for (i, d) in guests.iter_mut() {
-            let block: Vec<u8> = (0..512).map(|b| (b as u8) ^ (*i as u8) ^ round).collect();
+            let salt = u8::try_from(*i % 256).unwrap() ^ round;
+            let block: Vec<u8> = (0..=255u8).chain(0..=255u8).map(|b| b ^ salt).collect();
             let qid = 1 + u16::from(round % 2);
             let c = d
                 .write_blocks(qid, 1, u64::from(round), 512, &block)
