@@ -20,6 +20,8 @@
 #   BENCH_SCALE_NS=ram:64M               each controller's namespace
 #   BENCH_SCALE_SECONDS=3                each busy measurement
 #   BENCH_SCALE_IDLE=5                   the idle window
+#   BENCH_SCALE_ATTACH_BUDGET=240        leapio-scale stops attaching guests
+#                                        after that long and measures the rest
 #   BENCH_SCALE_TIMEOUT=600              one leapio-scale run, seconds
 #   BENCH_SCALE_RESULTS=FILE             also append every record there
 set -euo pipefail
@@ -37,6 +39,7 @@ NS=${BENCH_SCALE_NS:-ram:64M}
 SECS=${BENCH_SCALE_SECONDS:-3}
 IDLE=${BENCH_SCALE_IDLE:-5}
 RUN_TIMEOUT=${BENCH_SCALE_TIMEOUT:-600}
+BUDGET=${BENCH_SCALE_ATTACH_BUDGET:-240}
 case $ADD in leapioctl | rpc | start) ;; *) die "BENCH_SCALE_ADD: leapioctl, rpc or start" ;; esac
 for n in "${counts[@]}" "${busy_counts[@]}"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "not a count: $n"
@@ -197,7 +200,7 @@ one() {
         log "$n controllers added and served in $ATTACH_S s; leapio-scale"
         out=$dir/scale.out
         timeout -k 10 "$RUN_TIMEOUT" "$SCALE" --sock-dir "$dir" --vms "$n" --hostd-pid "$HPID" \
-            --socp-pid "$SPID" --seconds "$SECS" --idle-seconds "$IDLE" "$@" > "$out" 2> "$dir/scale.err" || rc=$?
+            --socp-pid "$SPID" --seconds "$SECS" --idle-seconds "$IDLE" --attach-budget "$BUDGET" "$@" > "$out" 2> "$dir/scale.err" || rc=$?
         sed 's/^/    /' "$out" | grep -v '^    {' >&2 || true
         grep -v 'RLIMIT_NOFILE' "$dir/scale.err" | sed 's/^/    /' >&2 || true
         line=$(grep '^{' "$out" | tail -n 1 || true)

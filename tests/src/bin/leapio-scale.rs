@@ -76,6 +76,10 @@ struct Args {
     /// as a small Linux guest enables them).
     #[arg(long, default_value_t = 3)]
     vectors: u32,
+    /// Stop attaching after this long and measure with the guests
+    /// attached so far (reported as the limit that was hit).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    attach_budget: f64,
     /// How long to wait for a guest's namespace to be served.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     ns_wait: f64,
@@ -583,7 +587,25 @@ fn run(args: &Args) -> Result<Value, String> {
     let t0 = Instant::now();
     let mut guests: Vec<Guest> = Vec::with_capacity(n);
     let mut limit: Option<String> = None;
+    // When the 100th guest before the current one was attached.
+    let mut last100 = Duration::ZERO;
+    let budget = Duration::from_secs_f64(args.attach_budget);
     for i in 0..n {
+        if t0.elapsed() > budget {
+            let mut why = format!(
+                "attaching stopped at guest {i}: the attach budget of {:.0} s ran out ({:.1} s since guest {})",
+                budget.as_secs_f64(),
+                t0.elapsed().as_secs_f64() - last100.as_secs_f64(),
+                i / 100 * 100
+            );
+            for p in &procs {
+                why.push_str("\n  ");
+                why.push_str(&p.describe(p.snap()));
+            }
+            eprintln!("leapio-scale: {why}");
+            limit = Some(why);
+            break;
+        }
         // Only the guests that do I/O need buffers.
         let s = if args.all_busy || i == 0 { slots } else { 0 };
         match attach(args, i, s) {
@@ -594,6 +616,9 @@ fn run(args: &Args) -> Result<Value, String> {
                 limit = Some(why);
                 break;
             }
+        }
+        if (i + 1) % 100 == 0 {
+            last100 = t0.elapsed();
         }
         if (i + 1) % 100 == 0 && i + 1 < n {
             eprintln!(
