@@ -103,6 +103,19 @@ impl Driver {
     /// Connect, map `mem_size` bytes of guest RAM, map the doorbell page,
     /// turn on memory decoding and bus mastering, and wire every MSI-X vector.
     pub fn connect(path: &Path, mem_size: u64) -> Result<Driver, DriverError> {
+        Driver::connect_vectors(path, mem_size, u32::MAX)
+    }
+
+    /// [`Driver::connect`], wiring only the first `max_vectors` MSI-X
+    /// vectors to eventfds (as QEMU does for the vectors a guest enables:
+    /// a small guest uses a few of the 33 a controller offers). Harnesses
+    /// that attach many controllers from one process keep their
+    /// descriptors, and the host-driver's, in proportion.
+    pub fn connect_vectors(
+        path: &Path,
+        mem_size: u64,
+        max_vectors: u32,
+    ) -> Result<Driver, DriverError> {
         let mut client = Client::connect(path)?;
         client.set_timeout(Some(Duration::from_secs(60)))?;
         let mem = GuestMem::new(0, mem_size)?;
@@ -133,7 +146,7 @@ impl Driver {
             .ok_or_else(|| DriverError::Setup("mmap returned null".into()))?;
         // Memory space + bus master.
         client.region_write(REGION_CONFIG, 4, &0x0006u16.to_le_bytes())?;
-        let n = client.irq_info(IRQ_MSIX)?.count;
+        let n = client.irq_info(IRQ_MSIX)?.count.min(max_vectors);
         let irqs = (0..n).map(|_| eventfd()).collect::<io::Result<Vec<_>>>()?;
         let fds: Vec<_> = irqs.iter().map(|f| f.as_fd()).collect();
         client.set_irq_eventfds(IRQ_MSIX, 0, &fds)?;
