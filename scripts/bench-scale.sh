@@ -13,10 +13,10 @@
 # usage: bash scripts/bench-scale.sh [COUNT...]      (default 1 10 100 1000)
 #   BENCH_SCALE_COUNTS="1 10 100 1000"   the counts (when none are given)
 #   BENCH_SCALE_ALL_BUSY="1 10 100"      the all-busy counts ("" for none)
-#   BENCH_SCALE_ADD=leapioctl            how controllers are added:
+#   BENCH_SCALE_ADD=start                how controllers are added:
+#       start      --ctrl options when both processes start
 #       leapioctl  one leapioctl ctrl-add per controller and side
 #       rpc        every ctrl-add on one control connection per side
-#       start      --ctrl options when both processes start
 #   BENCH_SCALE_NS=ram:64M               each controller's namespace
 #   BENCH_SCALE_SECONDS=3                each busy measurement
 #   BENCH_SCALE_IDLE=5                   the idle window
@@ -34,7 +34,7 @@ esac
 counts=("$@")
 ((${#counts[@]})) || read -ra counts <<< "${BENCH_SCALE_COUNTS:-1 10 100 1000}"
 read -ra busy_counts <<< "${BENCH_SCALE_ALL_BUSY-1 10 100}"
-ADD=${BENCH_SCALE_ADD:-leapioctl}
+ADD=${BENCH_SCALE_ADD:-start}
 NS=${BENCH_SCALE_NS:-ram:64M}
 SECS=${BENCH_SCALE_SECONDS:-3}
 IDLE=${BENCH_SCALE_IDLE:-5}
@@ -131,7 +131,7 @@ deploy() {
     local dir=$1 n=$2 i hspecs=() sspecs=() hargs=() sargs=() t0 deadline
     mkdir -p "$dir"
     for ((i = 0; i < n; i++)); do
-        hspecs+=("name=vm$i,sock=$dir/vm$i.sock")
+        hspecs+=("name=vm$i,sock=$dir/vm$i.sock,io-queues=2")
         sspecs+=("name=vm$i,ns=$NS")
     done
     if [[ $ADD == start ]]; then

@@ -35,12 +35,13 @@ pub const CONTROL_THREADS: usize = 4;
 /// How often busy admin queues' doorbells are looked at.
 pub const SWEEP_HOT: Duration = Duration::from_millis(1);
 /// How often idle admin queues' doorbells are looked at.
-pub const SWEEP_COLD: Duration = Duration::from_millis(10);
+pub const SWEEP_COLD: Duration = Duration::from_millis(20);
 /// How long an admin queue counts as busy after its doorbell moved.
 pub const HOT_FOR: Duration = Duration::from_secs(1);
-/// A controller's periodic run (state for a successor, timeouts of the
-/// link), and while a runtime waits for the previous one to be fenced.
-const PERIODIC: Duration = Duration::from_secs(1);
+/// A controller with nothing happening runs this often anyway (everything
+/// it does is woken by an event: this is a safety net), and every
+/// [`WAITING`] while a runtime waits for the previous one to be fenced.
+const PERIODIC: Duration = Duration::from_secs(10);
 const WAITING: Duration = Duration::from_millis(20);
 /// Messages of one client handled per run (the others' turn comes).
 const BUDGET: usize = 64;
@@ -253,9 +254,9 @@ impl Serving {
             // Admin doorbells.
             if now >= next_sweep {
                 let now_ms = ms(now);
-                let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
                 let mut hot = false;
-                for s in slots {
+                // Waking only queues a strand: done under the lock.
+                for s in lock(&self.slots).values() {
                     if !s.watch.load(Ordering::Acquire) {
                         continue;
                     }

@@ -109,8 +109,13 @@ impl Drop for Pool {
         // Taking the lock orders the flag before any thread's next wait.
         drop(lock(&self.inner.queue));
         self.inner.ready.notify_all();
+        let me = std::thread::current().id();
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // Dropped from its own work (the last owner let go there): that
+            // thread ends when the work returns.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
     }
 }
