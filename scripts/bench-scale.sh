@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One runtime, many VMs (issue 22): per count N, a fresh split deployment
+# One runtime, many VMs: per count N, a fresh split deployment
 # (one leapio-hostd with a control and a link socket, one socp --link with
 # a control socket), N controllers added on both sides (hostd:
 # name=vmI,sock=DIR/vmI.sock; socp: name=vmI,ns=ram:SIZE), then
@@ -8,7 +8,7 @@
 # gets (QD1 latency, QD32 IOPS, first read after quiet). Then, per
 # all-busy count, every controller driven at QD8 (aggregate IOPS,
 # fairness). A table, then as the last line one JSON object
-# {"runs":[...],"all_busy":[...]}.
+# {"runs":[...],"all_busy":[...],"policies":[...]}.
 #
 # usage: bash scripts/bench-scale.sh [COUNT...]      (default 1 10 100 1000)
 #   BENCH_SCALE_COUNTS="1 10 100 1000"   the counts (when none are given)
@@ -17,6 +17,10 @@
 #       start      --ctrl options when both processes start
 #       leapioctl  one leapioctl ctrl-add per controller and side
 #       rpc        every ctrl-add on one control connection per side
+#   BENCH_SCALE_POLICIES="busy adaptive sleep"   socp --poll policies run
+#                                        at BENCH_SCALE_POLICY_VMS (1000)
+#                                        for the idle cost and the first
+#                                        command after idleness ("" for none)
 #   BENCH_SCALE_NS=ram:64M               each controller's namespace
 #   BENCH_SCALE_SECONDS=3                each busy measurement
 #   BENCH_SCALE_IDLE=5                   the idle window
@@ -34,6 +38,9 @@ esac
 counts=("$@")
 ((${#counts[@]})) || read -ra counts <<< "${BENCH_SCALE_COUNTS:-1 10 100 1000}"
 read -ra busy_counts <<< "${BENCH_SCALE_ALL_BUSY-1 10 100}"
+read -ra policies <<< "${BENCH_SCALE_POLICIES-busy adaptive sleep}"
+POLICY_VMS=${BENCH_SCALE_POLICY_VMS:-1000}
+POLL=adaptive
 ADD=${BENCH_SCALE_ADD:-start}
 NS=${BENCH_SCALE_NS:-ram:64M}
 SECS=${BENCH_SCALE_SECONDS:-3}
@@ -147,7 +154,7 @@ deploy() {
         return 1
     fi
     NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$SOCP_BIN" --link "unix:$dir/link.sock" \
-        --control "$dir/socp-ctl.sock" "${sargs[@]}" 2> "$dir/socp.log" &
+        --control "$dir/socp-ctl.sock" --poll "$POLL" "${sargs[@]}" 2> "$dir/socp.log" &
     SPID=$!
     if ! wait_for_socket "$dir/socp-ctl.sock" 30 "$SPID"; then
         WHY="socp did not start: $(tail -n 3 "$dir/socp.log" | tr '\n' ' ')"
@@ -181,11 +188,11 @@ deploy() {
 record() {
     "$PY" -c '
 import json, sys
-n, kind, attach, add, load, why, line = sys.argv[1:8]
+n, kind, attach, add, load, why, line, poll = sys.argv[1:9]
 d = json.loads(line) if line else {"vms": int(n), "failed": why}
 d.update(kind=kind, deploy_attach_s=float(attach) if attach else None, add=add,
-         loadavg_1m=float(load))
-print(json.dumps(d))' "$@" >> "$results"
+         loadavg_1m=float(load), poll=poll)
+print(json.dumps(d))' "$@" "$POLL" >> "$results"
 }
 
 # one N KIND ARGS...: deploy N controllers, run leapio-scale, tear down
@@ -222,6 +229,8 @@ one() {
 
 for n in "${counts[@]}"; do one "$n" idle; done
 for n in "${busy_counts[@]}"; do one "$n" all-busy --all-busy; done
+for POLL in "${policies[@]}"; do one "$POLICY_VMS" policy; done
+POLL=adaptive
 [[ -z ${BENCH_SCALE_RESULTS:-} ]] || cat "$results" >> "$BENCH_SCALE_RESULTS"
 
 "$PY" - "$results" <<'EOF'
@@ -229,6 +238,7 @@ import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 runs = [r for r in recs if r["kind"] == "idle"]
 busy = [r for r in recs if r["kind"] == "all-busy"]
+pol = [r for r in recs if r["kind"] == "policy"]
 def f(v, fmt="%.1f"):
     return "-" if v is None else (fmt % v if isinstance(v, float) else str(v))
 print("idle guests, one busy (4 KiB randread, RAM namespaces)")
@@ -259,5 +269,16 @@ if busy:
         print("%6d %12s %12s %12s %9s %9s %9s" % (r["vms"], f(r.get("iops"), "%.0f"), f(r.get("min_ctrl_iops"), "%.0f"),
               f(r.get("max_ctrl_iops"), "%.0f"), f(r.get("max_min_ratio"), "%.2f"), f(r.get("socp_busy_cpu_pct")),
               f(r.get("loadavg_1m"), "%.2f")))
-print(json.dumps({"runs": runs, "all_busy": busy}))
+if pol:
+    print("socp --poll policies: idle guests, one busy")
+    print("%10s %6s %10s %10s %12s %10s" % ("policy", "VMs", "idle CPU%", "QD1 p50", "first cmd", "QD32"))
+    print("%10s %6s %10s %10s %12s %10s" % ("", "", "both", "us", "after 1 s us", "IOPS"))
+    for r in pol:
+        if "failed" in r:
+            print("%10s %6d  failed: %s" % (r["poll"], r["vms"], r["failed"]))
+            continue
+        print("%10s %6d %10s %10s %12s %10s" % (r["poll"], r["vms"], f(r.get("idle_cpu_pct"), "%.2f"),
+              f(r.get("busy_qd1_p50_us"), "%.2f"), f(r.get("first_cmd_after_idle_us"), "%.0f"),
+              f(r.get("busy_qd32_iops"), "%.0f")))
+print(json.dumps({"runs": runs, "all_busy": busy, "policies": pol}))
 EOF

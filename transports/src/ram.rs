@@ -19,7 +19,10 @@ const MAX_RAM_DEPTH: u32 = 1 << 20;
 pub struct RamBackend {
     mem: Arc<Mapping>,
     geometry: Geometry,
-    copied: Arc<AtomicU64>,
+    /// Bytes copied, one counter per queue opened (each has one writer: a
+    /// shared counter would cost a locked instruction per request, which
+    /// waits for the copy's stores to drain).
+    copied: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl RamBackend {
@@ -50,7 +53,7 @@ impl RamBackend {
                 block_size,
                 num_blocks: size / bs,
             },
-            copied: Arc::new(AtomicU64::new(0)),
+            copied: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -74,12 +77,17 @@ impl Backend for RamBackend {
                 "ram: queue depth {depth} is not between 1 and {MAX_RAM_DEPTH}"
             )));
         }
+        let copied = Arc::new(AtomicU64::new(0));
+        self.copied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::clone(&copied));
         Ok(Box::new(RamQueue {
             mem: Arc::clone(&self.mem),
             geometry: self.geometry,
             depth: depth as usize,
             done: Vec::with_capacity(depth as usize),
-            copied: Arc::clone(&self.copied),
+            copied,
         }))
     }
 
@@ -100,7 +108,12 @@ impl Backend for RamBackend {
     }
 
     fn copied_bytes(&self) -> u64 {
-        self.copied.load(Ordering::Relaxed)
+        self.copied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -110,6 +123,7 @@ struct RamQueue {
     depth: usize,
     /// Finished requests not yet returned by poll.
     done: Vec<Completion>,
+    /// This queue's bytes copied; it is the only writer.
     copied: Arc<AtomicU64>,
 }
 
@@ -172,7 +186,8 @@ impl BackendQueue for RamQueue {
                     }
                     pos += v.iov_len;
                 }
-                self.copied.fetch_add(req.len, Ordering::Relaxed);
+                let n = self.copied.load(Ordering::Relaxed);
+                self.copied.store(n + req.len, Ordering::Relaxed);
             }
             // `validate` refuses zone kinds.
             IoKind::Flush | IoKind::ZoneAppend { .. } | IoKind::Zone { .. } => {}

@@ -674,7 +674,7 @@ impl QueuePoller {
                     jslot: r.slot,
                     rerun: true,
                 };
-                self.start(c, taken, &r.sqe, &limits);
+                self.start(c, taken, &r.sqe, &limits, None);
             } else {
                 longest = longest.max(wait);
                 held += 1;
@@ -728,7 +728,7 @@ impl QueuePoller {
                 jslot: h.rerun.slot,
                 rerun: true,
             };
-            self.start(c, taken, &h.rerun.sqe, &limits);
+            self.start(c, taken, &h.rerun.sqe, &limits, None);
         }
         any
     }
@@ -995,6 +995,9 @@ impl QueuePoller {
             return false;
         };
         let limits = self.limits(c);
+        // The namespace table, loaded once for the batch.
+        let ctx = self.ctrls[c].ctx.clone();
+        let table = ctx.namespaces.load_full();
         let mut work = false;
         loop {
             let ctrl = &mut self.ctrls[c];
@@ -1038,7 +1041,7 @@ impl QueuePoller {
                 jslot,
                 rerun: false,
             };
-            self.start(c, taken, &sqe, &limits);
+            self.start(c, taken, &sqe, &limits, Some(&table));
         }
         work
     }
@@ -1046,7 +1049,14 @@ impl QueuePoller {
     /// Start one command taken from a submission queue (recorded in a
     /// queue-state slot of its completion queue): validate it, translate its
     /// PRPs, submit it.
-    fn start(&mut self, c: usize, taken: Taken, sqe: &Sqe, limits: &PrpLimits) {
+    fn start(
+        &mut self,
+        c: usize,
+        taken: Taken,
+        sqe: &Sqe,
+        limits: &PrpLimits,
+        table: Option<&Arc<crate::pcie::controller::NsTable>>,
+    ) {
         let Taken {
             sqid,
             cqid,
@@ -1073,13 +1083,20 @@ impl QueuePoller {
             snap_gen,
             rerun,
         });
-        let table = self.ctrls[c].ctx.namespaces.load();
+        let owned;
+        let table: &crate::pcie::controller::NsTable = match table {
+            Some(t) => t,
+            None => {
+                owned = self.ctrls[c].ctx.namespaces.load_full();
+                &owned
+            }
+        };
         let Some(ns) = table.get(nsid) else {
             self.complete_slot(slot, Status::INVALID_NAMESPACE);
             return;
         };
         let ns_index = usize::try_from(nsid - 1).unwrap_or(0);
-        if !self.backend_queue(c, ns_index, &table) {
+        if !self.backend_queue(c, ns_index, table) {
             self.complete_slot(slot, Status::INTERNAL_ERROR);
             return;
         }
