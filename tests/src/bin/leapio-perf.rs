@@ -24,6 +24,7 @@ use engine::{Outcome, Params, Queue, Slot};
 use leapio_nvme::identify::IdentifyNamespace;
 use leapio_nvme::regs::offset;
 use leapio_nvme::Status;
+use leapio_service::error_chain;
 use leapio_tests::driver::{write_prps, FastQueue, QueueCursor, PAGE};
 use leapio_tests::server::TestServer;
 use leapio_tests::{Driver, DriverError, GuestMem};
@@ -536,18 +537,6 @@ fn run_direct(cfg: &Config, spec: &str) -> Result<Report, PerfError> {
     };
     let out = direct::run(q.as_mut(), &dp, &mut gen, cpus).map_err(PerfError::Setup)?;
     Ok(Report::new(cfg, &setup, &out, false))
-}
-
-/// An error and its sources, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn run_null(cfg: &Config, copy: bool) -> Result<Report, PerfError> {

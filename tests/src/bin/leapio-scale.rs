@@ -15,6 +15,7 @@
 use clap::Parser;
 use leapio_nvme::regs::offset;
 use leapio_nvme::{Cqe, IoOpcode, Sqe, Status};
+use leapio_service::error_chain;
 use leapio_tests::driver::{FastQueue, PAGE};
 use leapio_tests::proc_stat;
 use leapio_tests::{Driver, DriverError};
@@ -256,17 +257,6 @@ fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
         cur = c.source();
     }
     None
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Identify Namespace 1 until the runtime serves it.
