@@ -5,7 +5,11 @@
 use leapio_host_driver::port::Timeouts;
 use leapio_host_driver::HostCtrlSpec;
 use leapio_tests::split::{bin, kill9, SplitHost};
+use leapio_tests::vfio_user_client::Client;
 use leapio_tests::Driver;
+use leapio_vmm_shim::vfio_user::wire;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -118,4 +122,80 @@ fn a_hundred_vms_take_no_more_threads_than_one_and_each_guest_is_served() {
     );
     drop(guests);
     kill9(&mut socp);
+}
+
+/// Clients that send requests and never read the replies (more of them
+/// than the host-driver has pool threads) hold up no other VM: their
+/// replies wait in their connections, not in a thread.
+#[test]
+fn clients_that_do_not_read_their_replies_hold_up_no_other_vm() {
+    let host = SplitHost::start(
+        "vm0",
+        2,
+        Timeouts {
+            ack: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
+            fence: Duration::from_secs(5),
+        },
+    );
+    let mut stalled = Vec::new();
+    for i in 1..=6 {
+        let sock = host.dir.join(format!("vm{i}.sock"));
+        host.host
+            .add_controller(&HostCtrlSpec::new(&format!("vm{i}"), &sock))
+            .expect("controller");
+        let stream = UnixStream::connect(&sock).expect("connect");
+        let client = Client::from_stream(stream.try_clone().unwrap()).expect("negotiate");
+        // 4 KiB config-space reads, sent until the socket takes no more:
+        // the server stops reading once a reply finds the client's buffer
+        // full.
+        let req = wire::RegionAccess {
+            offset: 0u64.into(),
+            region: vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX.into(),
+            count: 4096u32.into(),
+        };
+        let msg = wire::message(
+            1,
+            wire::cmd::REGION_READ,
+            0,
+            0,
+            &[zerocopy::IntoBytes::as_bytes(&req)],
+        );
+        stream.set_nonblocking(true).unwrap();
+        let mut sent = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut w = &stream;
+        while Instant::now() < deadline {
+            match w.write(&msg) {
+                Ok(n) if n == msg.len() => sent += 1,
+                // A partial message: the rest is never sent (the server
+                // waits for it, as for any slow client).
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if sent > 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("vm{i}: {e}"),
+            }
+        }
+        assert!(sent > 10, "vm{i}: only {sent} requests went out");
+        stalled.push((client, stream));
+    }
+    // Let the host-driver fill their sockets with replies.
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let mut d = Driver::connect(&host.vfio, 1 << 20).expect("vm0 connects");
+    d.enable(32).expect("vm0's controller is enabled");
+    let id = d
+        .identify_controller()
+        .expect("vm0's admin queue is served");
+    assert!(id.sn.iter().any(|&b| b != b' '), "a serial number");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "vm0 took {:?} to come up beside 6 stalled clients",
+        t0.elapsed()
+    );
+    drop(stalled);
 }
