@@ -241,8 +241,10 @@ impl RuntimeLink {
         format!("{} ({})", lock(&self.software), self.peer.describe())
     }
 
+    /// The link has ended, or (on a link function) a new session replaced
+    /// it: its reader may not have noticed yet, but no runtime is on it.
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::Acquire) || self.rings().is_some_and(|e| e.superseded())
     }
 
     /// Send one message. A runtime that does not take it within
