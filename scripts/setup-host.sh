@@ -34,23 +34,52 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The Debian mirror (and HTTP proxy) of this machine's own apt: the first
+# URI of a Debian source that is not the security archive, from deb822
+# .sources files, then one-line .list ones. LEAPIO_DEBIAN_MIRROR and
+# LEAPIO_APT_PROXY override them. APT_ETC is where apt's configuration is.
+host_debian_mirror() {
+    local etc=${APT_ETC:-/etc/apt} f
+    for f in "$etc"/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        awk 'BEGIN { RS = "" }
+            /(^|\n)Types:[^\n]*deb([ \t]|\n|$)/ && !/(^|\n)Suites:[^\n]*-security/ {
+                if (match($0, /(^|\n)URIs:[ \t]*[^ \t\n]+/)) {
+                    u = substr($0, RSTART, RLENGTH); sub(/^\n?URIs:[ \t]*/, "", u); print u; exit
+                }
+            }' "$f"
+    done | head -n 1 | grep . && return 0
+    cat "$etc/sources.list" "$etc"/sources.list.d/*.list 2>/dev/null \
+        | grep -E '^[[:space:]]*deb[[:space:]]' | grep -v -- '-security' \
+        | awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { print $i; exit } }' \
+        | head -n 1 | grep .
+}
+mirror=${LEAPIO_DEBIAN_MIRROR:-$(host_debian_mirror || echo http://deb.debian.org/debian)}
+mirror=${mirror%/}
+proxy=${LEAPIO_APT_PROXY:-}
+if [[ -z $proxy ]]; then
+    eval "$(apt-config shell proxy Acquire::http::Proxy 2>/dev/null)" || true
+fi
+aptopts=()
+[[ -z $proxy ]] || aptopts=(--aptopt="Acquire::http::Proxy \"$proxy\"")
+
 root="$LEAPIO_CACHE/trixie"
 stamp="$root/.leapio-ready-v1"
 if [[ ! -f $stamp ]]; then
-    log "building the Debian trixie root in $root (QEMU from trixie-backports, guest kernel and tools)"
+    log "building the Debian trixie root in $root from $mirror${proxy:+ through $proxy} (QEMU from trixie-backports, guest kernel and tools)"
     rm -rf "$root" "$root.tmp"
     mkdir -p "$LEAPIO_CACHE"
     # the hooks are run by mmdebstrap, which sets $1
     # shellcheck disable=SC2016
-    mmdebstrap --variant=apt --quiet \
+    mmdebstrap --variant=apt --quiet "${aptopts[@]}" \
         --components=main \
         --include=ca-certificates \
         --setup-hook='mkdir -p "$1/etc/apt/sources.list.d"' \
-        --customize-hook='echo "deb http://deb.debian.org/debian trixie-backports main" > "$1/etc/apt/sources.list.d/backports.list"' \
+        --customize-hook="echo 'deb $mirror trixie-backports main' > \"\$1/etc/apt/sources.list.d/backports.list\"" \
         --customize-hook='chroot "$1" apt-get update -qq' \
         --customize-hook='chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t trixie-backports qemu-system-x86 qemu-utils' \
         --customize-hook='chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-image-cloud-amd64 busybox-static fio nvme-cli' \
-        trixie "$root.tmp" http://deb.debian.org/debian
+        trixie "$root.tmp" "$mirror"
     mv "$root.tmp" "$root"
     touch "$stamp"
 fi
