@@ -39,20 +39,25 @@ fi
 # .sources files, then one-line .list ones. LEAPIO_DEBIAN_MIRROR and
 # LEAPIO_APT_PROXY override them. APT_ETC is where apt's configuration is.
 host_debian_mirror() {
-    local etc=${APT_ETC:-/etc/apt} f
+    local etc=${APT_ETC:-/etc/apt} f u
     for f in "$etc"/sources.list.d/*.sources; do
         [[ -r $f ]] || continue
-        awk 'BEGIN { RS = "" }
+        u=$(awk 'BEGIN { RS = "" }
             /(^|\n)Types:[^\n]*deb([ \t]|\n|$)/ && !/(^|\n)Suites:[^\n]*-security/ {
                 if (match($0, /(^|\n)URIs:[ \t]*[^ \t\n]+/)) {
                     u = substr($0, RSTART, RLENGTH); sub(/^\n?URIs:[ \t]*/, "", u); print u; exit
                 }
-            }' "$f"
-    done | head -n 1 | grep . && return 0
-    cat "$etc/sources.list" "$etc"/sources.list.d/*.list 2>/dev/null \
-        | grep -E '^[[:space:]]*deb[[:space:]]' | grep -v -- '-security' \
-        | awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { print $i; exit } }' \
-        | head -n 1 | grep .
+            }' "$f")
+        [[ -z $u ]] || { echo "$u"; return 0; }
+    done
+    for f in "$etc/sources.list" "$etc"/sources.list.d/*.list; do
+        [[ -r $f ]] || continue
+        u=$(awk '$1 == "deb" && !/-security/ {
+                for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { print $i; exit }
+            }' "$f")
+        [[ -z $u ]] || { echo "$u"; return 0; }
+    done
+    return 1
 }
 mirror=${LEAPIO_DEBIAN_MIRROR:-$(host_debian_mirror || echo http://deb.debian.org/debian)}
 mirror=${mirror%/}
