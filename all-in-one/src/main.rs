@@ -45,7 +45,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    leapio_service::init_logging(&args.opts.log_level);
+    leapio_service::logging::init(&args.opts.log_level, args.opts.log_format);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

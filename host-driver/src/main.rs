@@ -69,11 +69,16 @@ struct Args {
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
+
+    /// Log lines as text, or as JSON objects (one per line, the fields as
+    /// keys) for a log collector.
+    #[arg(long, default_value = "text", value_name = "text|json")]
+    log_format: leapio_service::logging::LogFormat,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    leapio_service::init_logging(&args.log_level);
+    leapio_service::logging::init(&args.log_level, args.log_format);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,14 +2,15 @@
 //! `leapio`) shares, and nothing of the host side or the runtime:
 //!
 //! - [`control`]: the JSON-RPC control socket and its client (`leapioctl`);
-//! - [`init_logging`], [`error_chain`]: how the daemons log and report
-//!   errors;
+//! - [`logging`], [`error_chain`]: how the daemons log (text or JSON
+//!   lines, repeats of a warning rate-limited) and report errors;
 //! - [`pool`]: a fixed pool of threads serving any number of strands (one
 //!   tenant's serial work each), so threads do not grow with tenants;
 //! - [`socket`]: listening sockets that appear with their final mode and
 //!   owner and are removed only by their owner; the peer's credentials.
 
 pub mod control;
+pub mod logging;
 pub mod pool;
 pub mod socket;
 
@@ -26,15 +27,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Log to stderr with `level` as the filter (tracing env-filter syntax;
-/// RUST_LOG wins), colours only on a terminal. For the binaries.
+/// Log to stderr as text with `level` as the filter (see [`logging`]).
 pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(level, logging::LogFormat::Text);
 }

@@ -119,6 +119,11 @@ pub struct RuntimeOpts {
     #[arg(long, default_value = "info")]
     pub log_level: String,
 
+    /// Log lines as text, or as JSON objects (one per line, the fields as
+    /// keys) for a log collector.
+    #[arg(long, default_value = "text", value_name = "text|json")]
+    pub log_format: leapio_service::logging::LogFormat,
+
     /// Test hook: kill this process (SIGKILL) the N-th time the queue
     /// protocol reaches POINT (sqe-fetched, inflight-recorded, executed,
     /// completion-recorded, cqe-written, cqe-posted).

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
         return code;
     }
     let args = Args::parse();
-    leapio_service::init_logging(&args.opts.log_level);
+    leapio_service::logging::init(&args.opts.log_level, args.opts.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
