@@ -1,6 +1,6 @@
 //! The NVMe controller as a vfio-user device: PCI config space, the BAR0
 //! register file (CAP/VS/CC/CSTS/AQA/ASQ/ACQ), enable/disable/reset/shutdown,
-//! the admin queue (polled from the control thread), and the hand-off of I/O
+//! the admin queue (run when its doorbells move: `serving`), and the hand-off of I/O
 //! queues, memory and interrupts to the runtime through its [`RuntimePort`].
 
 use crate::port::{CqSetup, PortEvent, RuntimePort, SqSetup, UNMAP_DRAIN_TIMEOUT};

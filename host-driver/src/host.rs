@@ -294,8 +294,8 @@ impl HostDriver {
         *lock(&self.timeouts) = t;
     }
 
-    /// Serve a new controller: bind its vfio-user socket and start its
-    /// control thread. It has no namespaces until a runtime attaches.
+    /// Serve a new controller: bind its vfio-user socket and hand it to the
+    /// serving threads. It has no namespaces until a runtime attaches.
     pub fn add_controller(self: &Arc<Self>, spec: &HostCtrlSpec) -> Result<(), HostError> {
         if leapio_link::proto::check_ctrl_name(&spec.name).is_err() {
             return Err(HostError::BadName {
