@@ -1,4 +1,4 @@
-//! `leapio-scale`: one runtime, many VMs (issue 22). Plays N guests from
+//! `leapio-scale`: one runtime, many VMs. Plays N guests from
 //! this one process, all from the main thread, against a running split
 //! deployment (`leapio-hostd` + `socp --link`): each guest connects to its
 //! controller's vfio-user socket with a small guest memory of its own,
