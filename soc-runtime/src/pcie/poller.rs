@@ -860,7 +860,7 @@ impl QueuePoller {
     /// Whether a cold controller needs a full pass: a submission queue with
     /// new commands (or a bad doorbell value), a queue being deleted, a
     /// fatal status. Cheap: a doorbell read per submission queue.
-    fn cold_has_work(&mut self, c: usize) -> bool {
+    fn cold_has_work(&self, c: usize) -> bool {
         let ctrl = &self.ctrls[c];
         if ctrl.ctx.fatal.load(Ordering::Acquire) {
             return self.deletes_pending > 0;
@@ -873,15 +873,7 @@ impl QueuePoller {
             if sq.deleting.is_some() {
                 return true;
             }
-            let sqid = sq.ring.qid;
-            let tail = match &shadow {
-                Some(sh) => ctrl
-                    .snap
-                    .load_u32_acquire(sh.sq_tail(sqid))
-                    .unwrap_or_else(|_| ctrl.ctx.doorbells.sq_tail(sqid)),
-                None => ctrl.ctx.doorbells.sq_tail(sqid),
-            };
-            if tail != sq.ring.head {
+            if guest_sq_tail(&ctrl.snap, &ctrl.ctx, sq.ring.qid, shadow) != sq.ring.head {
                 return true;
             }
         }
@@ -958,13 +950,7 @@ impl QueuePoller {
         }
         let ctx = &ctrl.ctx;
         let sqid = sq.ring.qid;
-        let tail = match shadow {
-            Some(sh) => ctrl
-                .snap
-                .load_u32_acquire(sh.sq_tail(sqid))
-                .unwrap_or_else(|_| ctx.doorbells.sq_tail(sqid)),
-            None => ctx.doorbells.sq_tail(sqid),
-        };
+        let tail = guest_sq_tail(&ctrl.snap, ctx, sqid, shadow);
         if let Err(e) = sq.ring.check_tail(tail) {
             if !sq.bad_doorbell {
                 sq.bad_doorbell = true;
@@ -996,8 +982,7 @@ impl QueuePoller {
         };
         let limits = self.limits(c);
         // The namespace table, loaded once for the batch.
-        let ctx = self.ctrls[c].ctx.clone();
-        let table = ctx.namespaces.load_full();
+        let table = self.ctrls[c].ctx.namespaces.load_full();
         let mut work = false;
         loop {
             let ctrl = &mut self.ctrls[c];
@@ -1443,6 +1428,18 @@ impl QueuePoller {
                 }
             }
         }
+    }
+}
+
+/// A submission queue's tail as the guest last wrote it: the shadow
+/// doorbell in guest memory after Doorbell Buffer Config (the doorbell page
+/// if that cannot be read), else the doorbell page.
+fn guest_sq_tail(snap: &Snapshot, ctx: &CtrlCtx, sqid: u16, shadow: Option<Shadow>) -> u32 {
+    match shadow {
+        Some(sh) => snap
+            .load_u32_acquire(sh.sq_tail(sqid))
+            .unwrap_or_else(|_| ctx.doorbells.sq_tail(sqid)),
+        None => ctx.doorbells.sq_tail(sqid),
     }
 }
 
