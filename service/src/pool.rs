@@ -184,11 +184,6 @@ impl Strand {
         self.state.load(Ordering::Acquire) == CLOSED
     }
 
-    /// Its name (for logs).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     fn run_once(self: Arc<Self>) {
         if self
             .state

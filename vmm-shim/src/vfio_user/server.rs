@@ -28,6 +28,9 @@ use super::{
     MAX_MSG_FDS, MAX_MSG_SIZE, STOP_POLL_INTERVAL, VERSION_MAJOR, VERSION_MINOR,
 };
 
+/// Messages handled between two looks at the device's ticks in [`serve`].
+const SERVE_BATCH: usize = 16;
+
 /// How long a stopped server waits for the rest of a message.
 const PARTIAL_MESSAGE_WAIT: Duration = Duration::from_secs(1);
 
@@ -184,7 +187,9 @@ pub fn serve_from(
         if !poll_fd(conn.fd(), conn.wants_write(), timeout).map_err(ServerError::Io)? {
             continue;
         }
-        if !conn.service(dev, usize::MAX)? {
+        // In batches, so that a client sending without pause does not hold
+        // off the device's ticks.
+        if !conn.service(dev, SERVE_BATCH)? {
             return Ok(());
         }
     }
@@ -253,16 +258,6 @@ impl Connection {
     /// The socket, to wait on.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.stream.as_fd()
-    }
-
-    /// The socket.
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-
-    /// Whether the client negotiated the version.
-    pub fn negotiated(&self) -> bool {
-        self.negotiated
     }
 
     /// A reply waits for the socket to be writable.
