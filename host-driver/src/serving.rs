@@ -18,13 +18,13 @@
 
 use crate::controller::NvmeController;
 use crate::shared::CtrlShared;
-use leapio_service::pool::{Pool, Strand};
+use leapio_service::pool::{Finished, Pool, Strand};
 use leapio_vmm_shim::vfio_user::{Connection, Device as _, Listener};
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -70,14 +70,12 @@ pub(crate) struct Serving {
 /// One controller as served.
 pub(crate) struct Slot {
     id: u64,
-    name: String,
     shared: Arc<CtrlShared>,
     strand: OnceLock<Arc<Strand>>,
     run: Mutex<Run>,
     /// Asked to stop (removed, or handed to a successor).
     stop: AtomicBool,
-    done: Mutex<bool>,
-    done_cv: Condvar,
+    finished: Finished,
     /// Its admin queue is enabled: the events thread watches its doorbells.
     watch: AtomicBool,
     /// The admin doorbells (SQ tail, CQ head) as the controller last saw
@@ -145,7 +143,6 @@ impl Serving {
         let shared = ctrl.shared().clone();
         let slot = Arc::new(Slot {
             id,
-            name: shared.name.clone(),
             seen: AtomicU64::new(doorbells(&shared)),
             shared,
             strand: OnceLock::new(),
@@ -158,8 +155,7 @@ impl Serving {
                 finished: false,
             }),
             stop: AtomicBool::new(false),
-            done: Mutex::new(false),
-            done_cv: Condvar::new(),
+            finished: Finished::default(),
             watch: AtomicBool::new(false),
             hot_until: AtomicU64::new(0),
             timer: Mutex::new(None),
@@ -173,7 +169,7 @@ impl Serving {
             )?;
         }
         let (me, s) = (Arc::downgrade(self), Arc::downgrade(&slot));
-        let strand = self.pool.strand(&slot.name, move || {
+        let strand = self.pool.strand(&slot.shared.name, move || {
             if let (Some(me), Some(s)) = (me.upgrade(), s.upgrade()) {
                 s.step(&me);
             }
@@ -233,7 +229,7 @@ impl Serving {
             }
             let now = Instant::now();
             // Timers due.
-            let due: Vec<u64> = {
+            let due: Vec<(Instant, u64)> = {
                 let mut timers = lock(&self.timers);
                 let mut due = Vec::new();
                 while let Some(&(t, id)) = timers.first() {
@@ -241,13 +237,18 @@ impl Serving {
                         break;
                     }
                     timers.pop_first();
-                    due.push(id);
+                    due.push((t, id));
                 }
                 due
             };
-            for id in due {
+            for (t, id) in due {
                 if let Some(s) = self.slot(id) {
-                    *lock(&s.timer) = None;
+                    // Unless a run set a new one meanwhile.
+                    let mut timer = lock(&s.timer);
+                    if *timer == Some(t) {
+                        *timer = None;
+                    }
+                    drop(timer);
                     s.wake();
                 }
             }
@@ -274,8 +275,8 @@ impl Serving {
         }
     }
 
-    /// Stop the events thread and the pool (the controllers were removed
-    /// or handed over before).
+    /// Stop the events thread (the controllers were removed or handed over
+    /// before); the pool's threads end when the last owner lets go.
     pub(crate) fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.waker.write(1);
@@ -319,17 +320,10 @@ impl Slot {
     /// state before) a handover. Returns once it stopped.
     pub(crate) fn stop_and_wait(&self) {
         self.request_stop();
-        let mut d = lock(&self.done);
-        while !*d {
-            if self.strand.get().is_some_and(|s| s.is_closed()) {
-                tracing::error!(ctrl = %self.name, "the controller's work failed: it is dropped");
-                return;
+        if let Some(s) = self.strand.get() {
+            if !self.finished.wait(s) {
+                tracing::error!(ctrl = %self.shared.name, "the controller's work failed: it is dropped");
             }
-            d = self
-                .done_cv
-                .wait_timeout(d, Duration::from_millis(100))
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
         }
     }
 
@@ -358,17 +352,17 @@ impl Slot {
                 Ok(Some(stream)) => {
                     match crate::link::peer_cred(&stream) {
                         Ok(c) => {
-                            tracing::info!(ctrl = %self.name, pid = c.pid, uid = c.uid, gid = c.gid, "vfio-user client connected")
+                            tracing::info!(ctrl = %self.shared.name, pid = c.pid, uid = c.uid, gid = c.gid, "vfio-user client connected")
                         }
                         Err(e) => {
-                            tracing::info!(ctrl = %self.name, "vfio-user client connected (peer unknown: {e})")
+                            tracing::info!(ctrl = %self.shared.name, "vfio-user client connected (peer unknown: {e})")
                         }
                     }
                     run.ctrl.client_connected(&stream);
                     self.connect(serving, run, stream, false);
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(ctrl = %self.name, "accept failed: {e}"),
+                Err(e) => tracing::error!(ctrl = %self.shared.name, "accept failed: {e}"),
             }
         }
         // What the doorbells say is seen before the admin queue is polled:
@@ -431,7 +425,7 @@ impl Slot {
                 run.conn = Some((conn, client));
             }
             Err(e) => {
-                tracing::warn!(ctrl = %self.name, "vfio-user connection: {e}");
+                tracing::warn!(ctrl = %self.shared.name, "vfio-user connection: {e}");
                 if let Some(pid) = client {
                     self.shared.untrust(pid);
                 }
@@ -452,8 +446,8 @@ impl Slot {
         run.ctrl.disconnected();
         match error {
             _ if self.shared.releasing.load(Ordering::Acquire) => {}
-            None => tracing::info!(ctrl = %self.name, "vfio-user client disconnected"),
-            Some(e) => tracing::warn!(ctrl = %self.name, "vfio-user connection ended: {e}"),
+            None => tracing::info!(ctrl = %self.shared.name, "vfio-user client disconnected"),
+            Some(e) => tracing::warn!(ctrl = %self.shared.name, "vfio-user connection ended: {e}"),
         }
     }
 
@@ -470,15 +464,14 @@ impl Slot {
         if self.shared.releasing.load(Ordering::Acquire) {
             run.ctrl.changed();
             run.ctrl.persist();
-            tracing::info!(ctrl = %self.name, "handed over");
+            tracing::info!(ctrl = %self.shared.name, "handed over");
         } else {
             run.ctrl.release("controller removed");
             run.ctrl.forget_kept();
         }
+        self.finished.set();
         if let Some(s) = self.strand.get() {
             s.close();
         }
-        *lock(&self.done) = true;
-        self.done_cv.notify_all();
     }
 }

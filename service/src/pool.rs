@@ -215,6 +215,42 @@ impl Strand {
     }
 }
 
+/// That a strand's work has finished for good, for whoever waits for it
+/// (a controller removed, a runtime letting go).
+#[derive(Default)]
+pub struct Finished {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Finished {
+    /// Say it: the work has finished (before closing its strand, if it
+    /// does).
+    pub fn set(&self) {
+        *lock(&self.done) = true;
+        self.cv.notify_all();
+    }
+
+    /// Wait until it is said; false if `strand` was closed without it (its
+    /// work panicked: it never will be).
+    pub fn wait(&self, strand: &Strand) -> bool {
+        let mut d = lock(&self.done);
+        while !*d {
+            if strand.is_closed() {
+                return false;
+            }
+            // A panic closes the strand without a word: look again now and
+            // then.
+            d = self
+                .cv
+                .wait_timeout(d, std::time::Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +350,10 @@ mod tests {
         });
         bad.wake();
         wait_for("the panic", || ran.load(Ordering::SeqCst) == 1);
+        assert!(
+            !Finished::default().wait(&bad),
+            "a wait for a panicked strand ends"
+        );
         bad.wake();
         let good_ran = Arc::new(AtomicUsize::new(0));
         let g = good_ran.clone();

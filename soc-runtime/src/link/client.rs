@@ -19,11 +19,11 @@ use leapio_link::proto::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use leapio_link::qstate::QueueState;
 use leapio_link::{LinkError, NsDecl, ToHost, ToRuntime};
 use leapio_nvme::Status;
-use leapio_service::pool::Strand;
+use leapio_service::pool::{Finished, Strand};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -71,8 +71,7 @@ struct Worker {
 #[derive(Default)]
 struct Mailbox {
     queue: Mutex<VecDeque<Work>>,
-    done: Mutex<bool>,
-    done_cv: Condvar,
+    let_go: Finished,
 }
 
 impl Worker {
@@ -81,29 +80,18 @@ impl Worker {
         self.strand.wake();
     }
 
-    /// Let go of the controller (see [`Work::Stop`]); the returned mailbox
+    /// Let go of the controller (see [`Work::Stop`]); the returned worker
     /// says when it is done.
-    fn stop(self, tell_host: bool) -> Arc<Mailbox> {
+    fn stop(self, tell_host: bool) -> Worker {
         self.send(Work::Stop { tell_host });
-        self.mailbox
+        self
     }
-}
 
-impl Mailbox {
-    /// Wait until the controller has let go.
+    /// Wait until the controller has let go (or its work failed).
     fn wait_done(&self) {
-        let mut d = lock(&self.done);
-        while !*d {
-            d = self
-                .done_cv
-                .wait(d)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.mailbox.let_go.wait(&self.strand) {
+            tracing::error!(ctrl = %self.ctx.name, "the controller's work failed while letting go");
         }
-    }
-
-    fn set_done(&self) {
-        *lock(&self.done) = true;
-        self.done_cv.notify_all();
     }
 }
 
@@ -697,7 +685,7 @@ fn work(
                 tracing::info!(ctrl = %name, "detached");
                 *queues = None;
                 lock(&mailbox.queue).clear();
-                mailbox.set_done();
+                mailbox.let_go.set();
                 return;
             }
         };
