@@ -19,6 +19,22 @@ pub fn parse_stat(s: &str) -> Option<(&str, u64, u64)> {
     Some((comm, utime, stime))
 }
 
+/// A number field of /proc/PID/status (`Threads`, `VmRSS` in KiB, ...);
+/// `pid` may be "self".
+pub fn status_field(pid: &str, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid).join("status")).ok()?;
+    status_value(&status, name)
+}
+
+/// The number after `name:` in the contents of a /proc status file.
+pub fn status_value(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.split_ascii_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// On-CPU nanoseconds: the first field of /proc/.../schedstat.
 pub fn parse_schedstat(s: &str) -> Option<u64> {
     s.split_ascii_whitespace().next()?.parse().ok()
@@ -65,6 +81,10 @@ mod tests {
         assert_eq!(parse_stat(line), Some(("a) b (c", 11, 12)));
         assert_eq!(parse_stat("7 (x) S 1 2"), None);
         assert_eq!(parse_stat(""), None);
+        let status = "Name:\tsocp\nThreadsX:\t1\nThreads:\t9\nVmRSS:\t   20276 kB\n";
+        assert_eq!(status_value(status, "Threads"), Some(9));
+        assert_eq!(status_value(status, "VmRSS"), Some(20276));
+        assert_eq!(status_value(status, "VmHWM"), None);
         assert_eq!(parse_schedstat("123456789 1000 42\n"), Some(123_456_789));
         assert_eq!(parse_schedstat(""), None);
     }

@@ -17,15 +17,8 @@ const VMS: usize = 100;
 /// Guests that connect and do I/O (the others only have a controller).
 const GUESTS: usize = 24;
 
-fn threads_of(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+fn threads_of(pid: u32) -> u64 {
+    leapio_tests::proc_stat::status_field(&pid.to_string(), "Threads").unwrap_or(0)
 }
 
 #[test]

@@ -131,13 +131,7 @@ impl Snapshot {
     fn take(pid: &str) -> Option<Snapshot> {
         let dir = Path::new("/proc").join(pid);
         let status = std::fs::read_to_string(dir.join("status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_ascii_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
+        let field = |name: &str| proc_stat::status_value(&status, name);
         let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
         let (_, u, s) = proc_stat::parse_stat(&stat)?;
         let fds = std::fs::read_dir(dir.join("fd")).ok()?.count() as u64;
@@ -145,8 +139,8 @@ impl Snapshot {
             .map(|m| m.lines().count() as u64)
             .unwrap_or(0);
         Some(Snapshot {
-            threads: field("Threads:")?,
-            rss_kib: field("VmRSS:").unwrap_or(0),
+            threads: field("Threads")?,
+            rss_kib: field("VmRSS").unwrap_or(0),
             fds,
             maps,
             cpu_ns: (u + s) * proc_stat::tick_ns(),
