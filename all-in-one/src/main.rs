@@ -69,7 +69,14 @@ fn run(args: &Args) -> Result<(), String> {
 
 fn serve(args: &Args, d: &Daemon) -> Result<(), String> {
     let e = Arc::new(Embedded::start(&args.ctrls, &d.rt)?);
-    if let Err(why) = d.serve_control(&args.opts, e.handler()) {
+    let mut sources = d.sources(vec![e.ctrls.clone()]);
+    let host = e.host.clone();
+    sources.host = Some(Arc::new(
+        move |x: &mut leapio_service::metrics::Exposition| {
+            host.expose(x);
+        },
+    ));
+    if let Err(why) = d.serve_control(&args.opts, e.handler(), sources) {
         e.shutdown();
         return Err(why);
     }

@@ -447,6 +447,77 @@ impl HostDriver {
     }
 
     /// The controllers, by name.
+    /// The metrics of every controller (label `ctrl`) and of the links.
+    pub fn expose(&self, e: &mut leapio_service::metrics::Exposition) {
+        let links = lock(&self.links).len();
+        let ctrls: Vec<(String, Arc<CtrlShared>)> = lock(&self.ctrls)
+            .iter()
+            .map(|(n, c)| (n.clone(), c.shared.clone()))
+            .collect();
+        e.gauge(
+            "leapio_host_runtimes_connected",
+            "Runtimes connected to the host-driver's link socket.",
+            &[],
+            links as f64,
+        );
+        for (name, s) in &ctrls {
+            let l = [("ctrl", name.as_str())];
+            let flag = |b: bool| f64::from(u8::from(b));
+            e.gauge(
+                "leapio_host_client_connected",
+                "Whether the hypervisor's vfio-user client is connected (1) or not (0).",
+                &l,
+                flag(s.client.load(Ordering::Relaxed)),
+            );
+            e.gauge("leapio_host_runtime_attached", "Whether a runtime serves the controller's I/O queues (1) or the guest's I/O waits for one (0).", &l, flag(s.runtime.load(Ordering::Acquire) != 0));
+            e.counter(
+                "leapio_host_runtime_attaches_total",
+                "Runtimes that attached to the controller (a restart or a handover adds one).",
+                &l,
+                s.attaches.load(Ordering::Relaxed) as f64,
+            );
+            e.counter(
+                "leapio_host_runtime_losses_total",
+                "Runtimes lost while attached (died, or their link dropped).",
+                &l,
+                s.runtime_losses.load(Ordering::Relaxed) as f64,
+            );
+            e.gauge(
+                "leapio_host_namespaces",
+                "Namespaces the controller shows the guest.",
+                &l,
+                s.namespaces().len() as f64,
+            );
+            let queues = u16::try_from(s.qstate.queues()).unwrap_or(u16::MAX);
+            let io = s.io_counts(1..=queues);
+            e.counter("leapio_host_read_commands_total", "Reads completed to the guest (from the queue-state area: kept across runtime restarts).", &l, io.read_commands as f64);
+            e.counter(
+                "leapio_host_write_commands_total",
+                "Writes completed to the guest.",
+                &l,
+                io.write_commands as f64,
+            );
+            e.counter(
+                "leapio_host_read_bytes_total",
+                "Bytes the guest read.",
+                &l,
+                io.read_sectors.saturating_mul(512) as f64,
+            );
+            e.counter(
+                "leapio_host_written_bytes_total",
+                "Bytes the guest wrote.",
+                &l,
+                io.write_sectors.saturating_mul(512) as f64,
+            );
+            e.counter(
+                "leapio_host_media_errors_total",
+                "Commands completed with a media error.",
+                &l,
+                io.media_errors as f64,
+            );
+        }
+    }
+
     pub fn status(&self) -> Vec<CtrlStatus> {
         let links = lock(&self.links).clone();
         lock(&self.ctrls)

@@ -270,6 +270,7 @@ impl NvmeController {
     /// A vfio-user client connected on `stream`.
     pub fn client_connected(&mut self, stream: &UnixStream) {
         self.connected = true;
+        self.shared.client.store(true, Ordering::Relaxed);
         self.negotiated = false;
         if let Some(k) = &mut self.kept {
             let name = format!("{}conn", k.prefix);
@@ -284,6 +285,7 @@ impl NvmeController {
     /// The client is gone: its connection is not kept any more.
     pub(crate) fn kept_client_gone(&mut self) {
         self.connected = false;
+        self.shared.client.store(false, Ordering::Relaxed);
         self.negotiated = false;
         if let Some(k) = &mut self.kept {
             k.remove(&format!("{}conn", k.prefix));
@@ -434,6 +436,7 @@ impl NvmeController {
             c.port.restored_runtime(rt);
         }
         c.connected = conn.is_some();
+        c.shared.client.store(c.connected, Ordering::Relaxed);
         c.negotiated = image.negotiated && conn.is_some();
         c.kept = Some(Kept {
             keeper,

@@ -66,6 +66,12 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 
+    /// Serve metrics (Prometheus text format, GET /metrics) here:
+    /// IP:PORT or unix:PATH. Per controller: the hypervisor's connection,
+    /// the runtime attached, runtimes attached and lost, I/O completed.
+    #[arg(long, value_name = "IP:PORT|unix:PATH")]
+    metrics: Option<leapio_service::metrics::MetricsAddr>,
+
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -135,6 +141,16 @@ fn run(args: &Args) -> Result<(), String> {
         if let Some(path) = &args.control {
             control::serve(path, handler(host.clone()), stop.clone())
                 .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+        }
+        if let Some(addr) = &args.metrics {
+            let h = host.clone();
+            let render: leapio_service::metrics::Render = Arc::new(move || {
+                let mut e = leapio_service::metrics::Exposition::default();
+                h.expose(&mut e);
+                e.render()
+            });
+            leapio_service::metrics::serve(addr, render, stop.clone())
+                .map_err(|e| format!("metrics {addr}: {e}"))?;
         }
         Ok::<(), String>(())
     })();

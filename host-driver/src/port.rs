@@ -156,6 +156,9 @@ impl RuntimePort {
         self.shared
             .runtime
             .store(link.id, std::sync::atomic::Ordering::Release);
+        self.shared
+            .attaches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.state = Attachment::Attached(link);
     }
 
@@ -175,6 +178,9 @@ impl RuntimePort {
             tracing::info!(ctrl = %self.shared.name, runtime = %l.describe(), "runtime detached");
             self.state = Attachment::None;
         } else {
+            self.shared
+                .runtime_losses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(ctrl = %self.shared.name, runtime = %l.describe(), "runtime lost: the guest's I/O waits for a new one");
             self.state = Attachment::Fencing(l);
         }

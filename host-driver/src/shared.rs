@@ -37,6 +37,12 @@ pub struct CtrlShared {
     /// The link id of the runtime serving the controller (0: none). Link
     /// readers only take reports from that runtime.
     pub runtime: AtomicU64,
+    /// Runtimes attached so far, and lost (died or their link dropped)
+    /// while attached; and whether a vfio-user client is connected. For
+    /// the metrics.
+    pub attaches: AtomicU64,
+    pub runtime_losses: AtomicU64,
+    pub client: AtomicBool,
     /// The controller is being handed to another host-driver: when its
     /// client connection stops being served here, nothing is reset.
     pub releasing: AtomicBool,
@@ -83,6 +89,9 @@ impl CtrlShared {
             mdts_bytes,
             fatal: AtomicBool::new(false),
             runtime: AtomicU64::new(0),
+            attaches: AtomicU64::new(0),
+            runtime_losses: AtomicU64::new(0),
+            client: AtomicBool::new(false),
             releasing: AtomicBool::new(false),
             attach_queued: std::sync::atomic::AtomicUsize::new(0),
             trusted: Mutex::new(Vec::new()),

@@ -4,6 +4,8 @@
 //! - [`control`]: the JSON-RPC control socket and its client (`leapioctl`);
 //! - [`logging`], [`error_chain`]: how the daemons log (text or JSON
 //!   lines, repeats of a warning rate-limited) and report errors;
+//! - [`metrics`]: latency histograms, the Prometheus text format and the
+//!   endpoint that serves it;
 //! - [`pool`]: a fixed pool of threads serving any number of strands (one
 //!   tenant's serial work each), so threads do not grow with tenants;
 //! - [`socket`]: listening sockets that appear with their final mode and
@@ -11,6 +13,7 @@
 
 pub mod control;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod socket;
 

@@ -4,8 +4,10 @@
 //! starting the pollers, NVMe/TCP targets and QoS, the control socket, and
 //! stopping it all.
 
+use crate::controllers::Controllers;
 use crate::crash::{self, CrashAt};
 use crate::error_chain;
+use crate::metrics::Sources;
 use crate::pcie::runtime::Runtime;
 use crate::qos::config::{QosSpec, TenantSpec};
 #[cfg(feature = "rdma")]
@@ -114,6 +116,13 @@ pub struct RuntimeOpts {
     /// qos-remove.
     #[arg(long = "tenant", value_name = "SPEC", verbatim_doc_comment)]
     pub tenants: Vec<TenantSpec>,
+
+    /// Serve metrics (Prometheus text format, GET /metrics) here:
+    /// IP:PORT or unix:PATH. Per namespace: commands, bytes, errors,
+    /// latency histograms, queue depth, the backend's own figures; per
+    /// tenant: tokens and time throttled; per poller: busy time.
+    #[arg(long, value_name = "IP:PORT|unix:PATH")]
+    pub metrics: Option<leapio_service::metrics::MetricsAddr>,
 
     /// Log filter (tracing env-filter syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
@@ -224,13 +233,47 @@ impl Daemon {
         Ok(d)
     }
 
+    /// What the metrics and `io_stats` report: the pollers, the targets,
+    /// and the host-driver controllers of `ctrls`.
+    pub fn sources(&self, ctrls: Vec<Arc<Controllers>>) -> Sources {
+        let targets = self.targets.iter().map(|t| t.sub.clone());
+        #[cfg(feature = "rdma")]
+        let targets = targets.chain(self.rdma_targets.iter().map(|t| t.sub.clone()));
+        Sources {
+            rt: self.rt.clone(),
+            ctrls,
+            targets: targets.collect(),
+            host: None,
+        }
+    }
+
     /// Serve the control socket of `opts` (if any) with `handler`, the QoS
-    /// methods answered first.
-    pub fn serve_control(&self, opts: &RuntimeOpts, handler: Handler) -> Result<(), String> {
+    /// methods and `io_stats` (the figures of `sources`) answered first;
+    /// and the metrics endpoint (if any).
+    pub fn serve_control(
+        &self,
+        opts: &RuntimeOpts,
+        handler: Handler,
+        sources: Sources,
+    ) -> Result<(), String> {
+        if let Some(addr) = &opts.metrics {
+            let s = sources.clone();
+            let render: leapio_service::metrics::Render = Arc::new(move || {
+                let mut e = leapio_service::metrics::Exposition::default();
+                s.expose(&mut e);
+                e.render()
+            });
+            leapio_service::metrics::serve(addr, render, self.stop.clone())
+                .map_err(|e| format!("metrics {addr}: {e}"))?;
+            tracing::info!(%addr, "metrics");
+        }
         let Some(path) = &opts.control else {
             return Ok(());
         };
         let h: Handler = Arc::new(move |method, params| {
+            if method == "io_stats" {
+                return serde_json::to_value(sources.report()).map_err(|e| e.to_string());
+            }
             crate::qos::registry()
                 .handle(method, params)
                 .unwrap_or_else(|| handler(method, params))

@@ -7,6 +7,7 @@ use crate::config::CtrlSpec;
 use crate::error_chain;
 use crate::link::client::LinkClient;
 use crate::namespaces::open_served;
+use crate::pcie::controller::Namespace;
 use leapio_backends::BackendSpec;
 use leapio_service::control::{param_str, Handler};
 use serde_json::{json, Value};
@@ -170,6 +171,22 @@ impl Controllers {
             s.namespaces.retain(|(n, _)| *n != nsid);
         }
         Ok(json!(true))
+    }
+
+    /// Each controller served: its name, whether it is attached, and the
+    /// namespaces the runtime serves for it now.
+    pub fn namespaces(&self) -> Vec<(String, bool, Vec<Arc<Namespace>>)> {
+        let client = lock(&self.client).clone();
+        let served = client.as_ref().map(|c| c.served()).unwrap_or_default();
+        lock(&self.served)
+            .iter()
+            .map(|s| {
+                let ns = client
+                    .as_ref()
+                    .map_or_else(Vec::new, |c| c.namespaces(&s.name));
+                (s.name.clone(), served.contains(&s.name), ns)
+            })
+            .collect()
     }
 
     /// What is served.

@@ -142,7 +142,7 @@ fn serve_targets(args: &Args, d: &Daemon) -> Result<(), String> {
             "unknown method {method} (no host-driver: qos methods only)"
         ))
     });
-    d.serve_control(&args.opts, none)?;
+    d.serve_control(&args.opts, none, d.sources(Vec::new()))?;
     tracing::info!(targets = args.opts.targets(), "socp running");
     while !d.stopping() {
         std::thread::sleep(Duration::from_millis(50));
@@ -154,7 +154,7 @@ fn serve_targets(args: &Args, d: &Daemon) -> Result<(), String> {
 /// link drops; on SIGTERM let go of everything cleanly (handover).
 fn serve_split(args: &Args, path: &std::path::Path, d: &Daemon) -> Result<(), String> {
     let ctrls = Controllers::new(args.ctrls.iter().map(Served::of).collect());
-    d.serve_control(&args.opts, ctrls.handler())?;
+    d.serve_control(&args.opts, ctrls.handler(), d.sources(vec![ctrls.clone()]))?;
     let link_timeout = Duration::from_secs(args.link_timeout);
     serve_link(
         args,
@@ -179,9 +179,11 @@ fn serve_pci(args: &Args, bdf: Option<&str>, d: &Daemon) -> Result<(), String> {
         .iter()
         .map(|b| (b.clone(), Controllers::new(Vec::new())))
         .collect();
+    let sets: Vec<Arc<Controllers>> = functions.iter().map(|(_, c)| c.clone()).collect();
     d.serve_control(
         &args.opts,
-        Controllers::handler_of_all(functions.iter().map(|(_, c)| c.clone()).collect()),
+        Controllers::handler_of_all(sets.clone()),
+        d.sources(sets),
     )?;
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = functions

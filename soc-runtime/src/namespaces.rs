@@ -108,7 +108,11 @@ pub fn open_served(
         let backend = open_shared(spec, open).map_err(|e| (nsid, e))?;
         tracing::info!(ctrl, nsid, "namespace {nsid}: {}", backend.describe());
         let info = info(nsid, backend.as_ref(), ctrl);
-        out.push(Arc::new(Namespace { info, backend }));
+        out.push(Arc::new(Namespace {
+            info,
+            backend,
+            io: Default::default(),
+        }));
     }
     Ok(out)
 }

@@ -303,6 +303,7 @@ impl Harness {
             sub,
             engine: &mut self.engine,
             queues: &self.queues,
+            io: &[],
             tag_base: u64::try_from(conn).unwrap_or(0) << 32,
         }
     }

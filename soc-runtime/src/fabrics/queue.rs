@@ -10,6 +10,7 @@ use super::admin::{self, PropertyEffect};
 use super::data::{self, CapsuleData, Xfer};
 use super::subsystem::{Controller, Limits, Subsystem};
 use crate::engine::{Engine, QueueId};
+use crate::io_stats::{IoShard, OpClass};
 use leapio_backends::{IoError, IoKind, IoRequest, Owner};
 use leapio_controller::admin::{AdminCore, Reply};
 use leapio_controller::nvm::{self, Plan, Settings};
@@ -70,6 +71,8 @@ pub struct Ctx<'a> {
     /// The poller's backend queues, and each namespace's (by index).
     pub engine: &'a mut Engine,
     pub queues: &'a [QueueId],
+    /// The poller's counters of each namespace (by index).
+    pub io: &'a [Arc<IoShard>],
     /// The backend tag of the queue's command `idx` is `tag_base | idx`.
     pub tag_base: u64,
 }
@@ -117,6 +120,12 @@ pub struct Cmd<B> {
     status: Status,
     /// Completion dwords 0-1 (Zone Append: the LBA written).
     value: u64,
+    /// When it arrived.
+    arrived: Instant,
+    /// The namespace (index) whose counters count it, once started there;
+    /// and the bytes it moves.
+    counted: Option<usize>,
+    bytes: u64,
 }
 
 impl<B> Cmd<B> {
@@ -357,6 +366,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
             kind: IoKind::Flush,
             status: Status::SUCCESS,
             value: 0,
+            arrived: Instant::now(),
+            counted: None,
+            bytes: 0,
         };
         match xfer {
             Xfer::InCapsule { offset, len } => {
@@ -620,6 +632,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
         }
         let n = u32::try_from(rest.len() + 1).unwrap_or(u32::MAX);
         cmd.stage = Stage::Backend { remaining: n };
+        if let Some(io) = cx.io.get(ns) {
+            io.started();
+            cmd.counted = Some(ns);
+            cmd.bytes = if rest.is_empty() { first.len } else { 0 };
+        }
         let tag = cx.tag(idx);
         let owner = self
             .bind
@@ -696,6 +713,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
         let Some(cmd) = self.cmds[idx].take() else {
             return;
         };
+        if let Some(io) = cmd.counted.and_then(|ns| cx.io.get(ns)) {
+            let took = u64::try_from(cmd.arrived.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let class = OpClass::of(cmd.sqe.opcode);
+            io.finished(class, cmd.bytes, cmd.status.is_success(), took);
+        }
         let cid = cmd.sqe.cid.get();
         if let Some((_, len)) = cmd.read_at {
             self.owed = self.owed.saturating_sub(len);

@@ -1,6 +1,7 @@
 //! The exported subsystem and its controllers (shared by all pollers).
 
 use super::config::{AllowedHost, TargetSpec};
+use crate::io_stats::IoStats;
 use leapio_backends::{Backend, Transport};
 use leapio_controller::regs::Registers;
 use leapio_controller::NamespaceInfo;
@@ -45,6 +46,8 @@ pub struct Subsystem {
     pub transport: Transport,
     pub namespaces: Arc<Vec<NamespaceInfo>>,
     pub backends: Vec<Arc<dyn Backend>>,
+    /// What each namespace served (by index), over all pollers.
+    pub io: Vec<IoStats>,
     pub allow: Vec<AllowedHost>,
     /// What DH-HMAC-CHAP accepts.
     pub dhchap: Arc<Policy>,
@@ -81,6 +84,7 @@ impl Subsystem {
             serial,
             listen,
             transport,
+            io: namespaces.iter().map(|_| IoStats::default()).collect(),
             namespaces: Arc::new(namespaces),
             backends,
             allow: spec.allow.clone(),

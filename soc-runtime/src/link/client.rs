@@ -368,6 +368,20 @@ impl LinkClient {
         })
     }
 
+    /// The namespaces served for `ctrl`.
+    pub fn namespaces(&self, ctrl: &str) -> Vec<Arc<crate::pcie::controller::Namespace>> {
+        lock(&self.workers).get(ctrl).map_or_else(Vec::new, |w| {
+            w.ctx
+                .namespaces
+                .load()
+                .entries
+                .iter()
+                .flatten()
+                .cloned()
+                .collect()
+        })
+    }
+
     /// The NSIDs served for `ctrl`.
     pub fn nsids(&self, ctrl: &str) -> Vec<u32> {
         self.each_ns(ctrl, |n| n.info.nsid)

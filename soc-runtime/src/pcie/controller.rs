@@ -25,6 +25,8 @@ use std::sync::Arc;
 pub struct Namespace {
     pub info: NamespaceInfo,
     pub backend: Arc<dyn Backend>,
+    /// What the pollers served of it.
+    pub io: crate::io_stats::IoStats,
 }
 
 /// The namespaces by NSID (index NSID - 1; None for a hole), with a

@@ -13,7 +13,8 @@
 
 use crate::crash::{self, Point};
 use crate::engine::{Engine, QueueId};
-use crate::pcie::controller::CtrlCtx;
+use crate::io_stats::{IoShard, OpClass};
+use crate::pcie::controller::{CtrlCtx, Namespace};
 use leapio_ats::prp::PrpLimits;
 use leapio_ats::ring::{CqRing, SqRing};
 use leapio_ats::transfer::copy_to_prps;
@@ -26,7 +27,7 @@ use leapio_nvme::cmd::AsyncEvent;
 use leapio_nvme::{IoOpcode, Sqe, Status};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// Requests from the control path.
@@ -176,6 +177,12 @@ struct CtrlState {
     /// The owner id of this controller's I/O on each backend (by
     /// namespace index), with the backend queue.
     owners: Vec<u32>,
+    /// This poller's counters of each namespace (by namespace index), and
+    /// the namespace each backend queue was opened for (a namespace
+    /// removed and another added under its NSID gets a queue of its own).
+    io: Vec<Option<(Arc<IoShard>, Weak<Namespace>)>>,
+    /// Queues of namespaces that were replaced.
+    old_nsq: Vec<QueueId>,
     /// Until when it counts as busy (see [`HOT_FOR`]).
     hot_until: Instant,
     /// It is in the poller's hot list.
@@ -222,6 +229,10 @@ struct Slot {
     snap_gen: u64,
     /// A previous runtime took it and died before recording its completion.
     rerun: bool,
+    /// When it was taken (the poller's clock for that loop).
+    start: Instant,
+    /// It was counted as started by its namespace's [`IoShard`].
+    counted: bool,
 }
 
 /// Where a command was taken from and is journalled.
@@ -505,6 +516,8 @@ impl QueuePoller {
             nsq: Vec::new(),
             ns_gen: u64::MAX,
             owners: Vec::new(),
+            io: Vec::new(),
+            old_nsq: Vec::new(),
             hot_until: self.now,
             in_hot: false,
         });
@@ -757,7 +770,7 @@ impl QueuePoller {
             }
             if empty && !busy[c] && !removed {
                 let gone = self.ctrls.remove(c);
-                for id in gone.nsq.into_iter().flatten() {
+                for id in gone.nsq.into_iter().flatten().chain(gone.old_nsq) {
                     self.engine.close(id);
                 }
                 // Slot indexes of later controllers shift: fix them up.
@@ -1067,6 +1080,8 @@ impl QueuePoller {
             block_size: 512,
             snap_gen,
             rerun,
+            start: self.now,
+            counted: false,
         });
         let owned;
         let table: &crate::pcie::controller::NsTable = match table {
@@ -1087,6 +1102,10 @@ impl QueuePoller {
         }
         if let Some(s) = self.slots[slot].as_mut() {
             s.block_size = ns.info.block_size;
+            if let Some(Some((io, _))) = self.ctrls[c].io.get(ns_index) {
+                io.started();
+                s.counted = true;
+            }
         }
         self.iov.clear();
         let ctrl = &self.ctrls[c];
@@ -1147,19 +1166,27 @@ impl QueuePoller {
         ctrl.ns_gen = table.generation;
         if ctrl.nsq.len() < table.entries.len() {
             ctrl.nsq.resize_with(table.entries.len(), || None);
-        }
-        if ctrl.nsq[ns].is_some() {
-            return true;
+            ctrl.io.resize_with(table.entries.len(), || None);
+            ctrl.owners.resize(table.entries.len(), 0);
         }
         let Some(Some(n)) = table.entries.get(ns) else {
             return false;
         };
+        if ctrl.nsq[ns].is_some() {
+            let same = ctrl.io[ns]
+                .as_ref()
+                .is_some_and(|(_, w)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(n)));
+            if same {
+                return true;
+            }
+            // Another namespace under this NSID: the old one's queue is
+            // closed with the controller (what it still runs completes).
+            ctrl.old_nsq.extend(ctrl.nsq[ns].take());
+        }
         match self.engine.open(n.backend.as_ref(), BACKEND_DEPTH) {
             Ok(q) => {
                 ctrl.nsq[ns] = Some(q);
-                if ctrl.owners.len() < ctrl.nsq.len() {
-                    ctrl.owners.resize(ctrl.nsq.len(), 0);
-                }
+                ctrl.io[ns] = Some((n.io.shard(), Arc::downgrade(n)));
                 ctrl.owners[ns] = n.backend.owner(&Owner::Controller {
                     name: &ctrl.ctx.name,
                     nsid: n.info.nsid,
@@ -1295,6 +1322,14 @@ impl QueuePoller {
         self.mark_hot(s.ctrl);
         let ctrl = &mut self.ctrls[s.ctrl];
         ctrl.release_snapshot(s.snap_gen);
+        if s.counted {
+            let ns = usize::try_from(s.nsid.wrapping_sub(1)).unwrap_or(usize::MAX);
+            if let Some(Some((io, _))) = ctrl.io.get(ns) {
+                let took = self.now.saturating_duration_since(s.start);
+                let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+                io.finished(OpClass::of(s.opcode), s.bytes, status.is_success(), took);
+            }
+        }
         let ctx = &ctrl.ctx;
         let sq_head = match ctrl
             .sqs

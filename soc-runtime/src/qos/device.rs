@@ -516,6 +516,14 @@ impl Registry {
     }
 
     /// The control socket's QoS methods; None for other methods.
+    /// Every scheduler's tenants as metrics.
+    pub fn expose(&self, e: &mut leapio_service::metrics::Exposition) {
+        let devices: Vec<Arc<Qos>> = lock(&self.devices).iter().map(|d| d.qos.clone()).collect();
+        for q in devices {
+            q.expose(e);
+        }
+    }
+
     pub fn handle(&self, method: &str, params: &Value) -> Option<Result<Value, String>> {
         let name = params.get("qos").and_then(Value::as_str);
         let r = match method {

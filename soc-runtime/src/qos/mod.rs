@@ -280,6 +280,56 @@ impl Qos {
         Ok(Qos::with(name, backend, s))
     }
     /// Per-tenant statistics (JSON), IOPS since the previous read.
+    /// Each tenant's counters as metrics (labels `qos` and `tenant`).
+    pub fn expose(&self, e: &mut leapio_service::metrics::Exposition) {
+        let s = self.lock();
+        for t in &s.tenants {
+            let st = &t.stats;
+            let l = [
+                ("qos", self.name.as_str()),
+                ("tenant", t.spec.name.as_str()),
+            ];
+            let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+            e.counter(
+                "leapio_qos_commands_total",
+                "Commands of the tenant the scheduler passed.",
+                &l,
+                get(&st.ios),
+            );
+            e.counter(
+                "leapio_qos_bytes_total",
+                "Bytes of the tenant's commands.",
+                &l,
+                get(&st.bytes),
+            );
+            e.counter(
+                "leapio_qos_tokens_total",
+                "Tokens the tenant's commands cost (a 4 KiB read costs 1).",
+                &l,
+                get(&st.milli_tokens) / 1000.0,
+            );
+            e.gauge("leapio_qos_reserved_tokens_per_second", "Tokens per second reserved for the tenant (latency-critical) or its share now (best effort).", &l, t.rate);
+            e.counter(
+                "leapio_qos_throttled_total",
+                "Commands of the tenant that waited for tokens.",
+                &l,
+                get(&st.throttled),
+            );
+            e.counter(
+                "leapio_qos_throttled_seconds_total",
+                "Time the tenant's commands waited for tokens.",
+                &l,
+                get(&st.throttled_ns) / 1e9,
+            );
+            e.gauge(
+                "leapio_qos_held",
+                "Commands of the tenant waiting for tokens now.",
+                &l,
+                get(&st.held),
+            );
+        }
+    }
+
     pub fn stats(&self, reset: bool) -> Value {
         let s = self.lock();
         let now = now_ns();

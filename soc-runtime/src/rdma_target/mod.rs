@@ -53,8 +53,9 @@ pub struct RdmaTarget {
     pub local_addr: SocketAddr,
     pub nqn: String,
     pub backends: Vec<Arc<dyn Backend>>,
+    /// What it serves (its namespaces' figures).
+    pub sub: Arc<Subsystem>,
     thread: Option<JoinHandle<()>>,
-    sub: Arc<Subsystem>,
 }
 
 impl RdmaTarget {

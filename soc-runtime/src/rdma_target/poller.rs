@@ -269,6 +269,8 @@ pub(super) struct RdmaPoller {
     _listener: CmId,
     engine: Engine,
     queues: Vec<QueueId>,
+    /// This poller's counters of each namespace (by index).
+    io: Vec<Arc<crate::io_stats::IoShard>>,
     stop: Arc<AtomicBool>,
     conns: Vec<Option<Conn>>,
     gens: Vec<u16>,
@@ -290,6 +292,7 @@ impl RdmaPoller {
         stop: Arc<AtomicBool>,
     ) -> RdmaPoller {
         RdmaPoller {
+            io: sub.io.iter().map(crate::io_stats::IoStats::shard).collect(),
             sub,
             channel,
             _listener: listener,
@@ -501,6 +504,7 @@ impl RdmaPoller {
                 sub: &self.sub,
                 engine: &mut self.engine,
                 queues: &self.queues,
+                io: &self.io,
                 tag_base,
             };
             match w.wr_id & KIND {
@@ -587,6 +591,7 @@ impl RdmaPoller {
                     sub: &self.sub,
                     engine: &mut self.engine,
                     queues: &self.queues,
+                    io: &self.io,
                     tag_base,
                 };
                 let mut out = Out {

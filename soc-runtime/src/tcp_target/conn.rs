@@ -500,6 +500,7 @@ mod tests {
                     sub: &self.sub,
                     engine: &mut self.engine,
                     queues: &self.queues,
+                    io: &[],
                     tag_base: 0,
                 },
                 bufs: &mut self.bufs,

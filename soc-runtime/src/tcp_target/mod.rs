@@ -62,8 +62,9 @@ pub struct TcpTarget {
     pub local_addr: SocketAddr,
     pub nqn: String,
     pub backends: Vec<Arc<dyn Backend>>,
+    /// What it serves (its namespaces' figures).
+    pub sub: Arc<crate::fabrics::subsystem::Subsystem>,
     threads: Vec<JoinHandle<()>>,
-    sub: Arc<crate::fabrics::subsystem::Subsystem>,
 }
 
 impl TcpTarget {

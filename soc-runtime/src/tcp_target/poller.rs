@@ -75,6 +75,8 @@ pub(super) struct TargetPoller {
     /// The backend queues, and which is each namespace's (by index).
     pub(super) engine: Engine,
     pub(super) queues: Vec<QueueId>,
+    /// This poller's counters of each namespace (by index).
+    io: Vec<Arc<crate::io_stats::IoShard>>,
     orphans: Orphans<Vec<u8>>,
     completions: Vec<Completion>,
     scratch: Vec<u8>,
@@ -111,6 +113,7 @@ impl TargetPoller {
         epoll.add(nap.as_raw_fd(), NAP, false)?;
         Ok(TargetPoller {
             index,
+            io: sub.io.iter().map(crate::io_stats::IoStats::shard).collect(),
             sub,
             listener,
             epoll,
@@ -150,6 +153,7 @@ impl TargetPoller {
                 sub: &self.sub,
                 engine: &mut self.engine,
                 queues: &self.queues,
+                io: &self.io,
                 tag_base,
             },
             bufs: &mut self.bufs,

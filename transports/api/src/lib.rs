@@ -505,6 +505,18 @@ pub enum BackendError {
     },
 }
 
+/// One figure a backend reports of itself: shown by the metrics endpoint
+/// as `leapio_backend_<name>` with its namespace's labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    /// Lower case with underscores; a counter's ends in `_total`.
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A count that only grows (else a value that goes up and down).
+    pub counter: bool,
+    pub value: f64,
+}
+
 /// One storage object. Shared by all pollers (`Arc<dyn Backend>`).
 pub trait Backend: Send + Sync {
     /// Size as the guest should see it.
@@ -555,6 +567,12 @@ pub trait Backend: Send + Sync {
     /// buffer): 0 when a device moves the data itself.
     fn copied_bytes(&self) -> u64 {
         0
+    }
+    /// Figures of this kind of backend for the metrics endpoint (an FTL's
+    /// write amplification and garbage collection, a remote target's
+    /// reconnections); none by default.
+    fn figures(&self) -> Vec<Figure> {
+        Vec::new()
     }
     /// The id requests for `who` carry ([`IoRequest::owner`]): the same
     /// for the same owner for the backend's lifetime. Backends that do not

@@ -298,6 +298,80 @@ impl Backend for FlashBackend {
         Ok(())
     }
 
+    fn figures(&self) -> Vec<leapio_backend::Figure> {
+        let Some(s) = self.stats() else {
+            return Vec::new();
+        };
+        let f = |name, help, counter, value: u64| leapio_backend::Figure {
+            name,
+            help,
+            counter,
+            value: value as f64,
+        };
+        let wa = if s.host_pages_written == 0 {
+            0.0
+        } else {
+            s.media_pages_programmed as f64 / s.host_pages_written as f64
+        };
+        vec![
+            f(
+                "ftl_host_pages_written_total",
+                "Pages the host wrote.",
+                true,
+                s.host_pages_written,
+            ),
+            f(
+                "ftl_media_pages_programmed_total",
+                "Pages programmed on the media: host writes, GC copies, trim records.",
+                true,
+                s.media_pages_programmed,
+            ),
+            leapio_backend::Figure {
+                name: "ftl_write_amplification",
+                help: "Media pages programmed per page the host wrote, since the backend opened.",
+                counter: false,
+                value: wa,
+            },
+            f(
+                "ftl_gc_pages_moved_total",
+                "Pages garbage collection moved.",
+                true,
+                s.gc_pages_moved,
+            ),
+            f(
+                "ftl_gc_blocks_cleaned_total",
+                "Blocks garbage collection cleaned.",
+                true,
+                s.gc_victims,
+            ),
+            f("ftl_erases_total", "Blocks erased.", true, s.erases),
+            f(
+                "ftl_free_blocks",
+                "Erased blocks ready to program.",
+                false,
+                s.free_blocks,
+            ),
+            f(
+                "ftl_valid_pages",
+                "Pages holding live data or trim records.",
+                false,
+                s.valid_pages,
+            ),
+            f(
+                "ftl_erase_count_max",
+                "Most erases of one block over the media's life.",
+                false,
+                u64::from(s.erase_count_max),
+            ),
+            f(
+                "ftl_write_waits_total",
+                "Writes that waited for the flusher to free space.",
+                true,
+                s.write_waits,
+            ),
+        ]
+    }
+
     fn copied_bytes(&self) -> u64 {
         self.claim
             .lock()

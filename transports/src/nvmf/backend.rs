@@ -82,6 +82,15 @@ impl<F: Fabric> Backend for FabricBackend<F> {
         self.session.copied.load(Ordering::Relaxed)
     }
 
+    fn figures(&self) -> Vec<leapio_backend::Figure> {
+        vec![leapio_backend::Figure {
+            name: "nvmf_reconnects_total",
+            help: "I/O queues connected again to the target after their connection was lost.",
+            counter: true,
+            value: self.session.reconnects.load(Ordering::Relaxed) as f64,
+        }]
+    }
+
     /// The target tears the dead runtime's controller down (finishing its
     /// commands) at most its keep-alive timeout after its last command;
     /// a second more for the teardown. Without a keep-alive timeout, the

@@ -65,6 +65,8 @@ pub(crate) struct Session<C: Channel> {
     timer: Mutex<Option<JoinHandle<()>>>,
     /// Bytes of data copied to and from the connections.
     pub(crate) copied: std::sync::atomic::AtomicU64,
+    /// I/O queues connected again after their connection was lost.
+    pub(crate) reconnects: std::sync::atomic::AtomicU64,
 }
 
 impl<C: Channel + 'static> Session<C> {
@@ -87,6 +89,7 @@ impl<C: Channel + 'static> Session<C> {
             wake_lock: Mutex::new(()),
             timer: Mutex::new(None),
             copied: std::sync::atomic::AtomicU64::new(0),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&s);
         let period = if spec.kato.is_zero() {
@@ -129,6 +132,7 @@ impl<C: Channel + 'static> Session<C> {
             wake_lock: Mutex::new(()),
             timer: Mutex::new(None),
             copied: std::sync::atomic::AtomicU64::new(0),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -465,6 +469,7 @@ pub(crate) fn reconnect_loop<C: Channel + 'static, T>(
         }
         match session.connect_io(qid, entries).and_then(convert) {
             Ok(x) => {
+                session.reconnects.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(x);
                 return;
             }
