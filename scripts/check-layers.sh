@@ -19,6 +19,8 @@ declare -A allowed=(
     [leapio-nvme-auth]=""
     [leapio-service]=""
     [leapio-options]=""
+    # the operator's client: the control protocol only
+    [leapioctl]="leapio-service"
     [leapio-backend]=""
     # guest memory, the controller core, the link (the host-runtime
     # contract), the backends

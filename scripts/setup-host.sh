@@ -22,8 +22,9 @@ set -euo pipefail
 need_root
 
 # (libibverbs-dev, librdmacm-dev, libclang-dev, pkg-config: the RDMA
-# backends build on rdma-sys, whose build runs bindgen)
-host_pkgs=(mmdebstrap cpio fio xz-utils zstd python3 libibverbs-dev librdmacm-dev libclang-dev pkg-config)
+# backends build on rdma-sys, whose build runs bindgen; tmux: the test of
+# leapioctl top reads its screen)
+host_pkgs=(mmdebstrap cpio fio xz-utils zstd python3 libibverbs-dev librdmacm-dev libclang-dev pkg-config tmux)
 missing=()
 for p in "${host_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

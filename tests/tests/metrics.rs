@@ -205,3 +205,151 @@ fn both_daemons_serve_metrics_that_match_what_the_guest_did() {
     let _ = term(&mut hostd, Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The live view, read off a terminal: `leapioctl top` under tmux shows the
+/// busy namespace with its rates, sorts by another key when asked, and
+/// quits on q.
+#[test]
+fn top_shows_the_busy_namespace_and_sorts_and_quits_on_keys() {
+    let dir = leapio_tests::server::test_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("link.sock");
+    let control = dir.join("socp-ctl.sock");
+    let mut hostd = Command::new(bin("leapio-hostd"))
+        .arg("--link")
+        .arg(format!("unix:{}", link.display()))
+        .arg("--ctrl")
+        .arg(format!("name=vm0,sock={}", dir.join("vm0.sock").display()))
+        .arg("--ctrl")
+        .arg(format!("name=vm1,sock={}", dir.join("vm1.sock").display()))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("hostd.log")).unwrap())
+        .spawn()
+        .expect("spawn leapio-hostd");
+    let mut socp = Command::new(bin("socp"))
+        .arg("--link")
+        .arg(format!("unix:{}", link.display()))
+        .arg("--ctrl")
+        .arg("name=vm0,ns=ram:4M")
+        .arg("--ctrl")
+        .arg("name=vm1,ns=ram:4M")
+        .arg("--control")
+        .arg(&control)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("socp.log")).unwrap())
+        .spawn()
+        .expect("spawn socp");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut guest = loop {
+        match leapio_tests::split::Workload::new(&dir.join("vm1.sock"), 64, 8, 1) {
+            Ok(w) => break w,
+            Err(e) => assert!(Instant::now() < deadline, "vm1 never came up: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // vm1 busy (verified reads and writes at QD 8), vm0 idle, while top
+    // runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                guest.run_for(Duration::from_millis(100));
+            }
+            guest.drain(Duration::from_secs(10));
+            assert!(guest.errors.is_empty(), "{:?}", guest.errors);
+            guest.completed
+        })
+    };
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(format!("leapio-top-{}", std::process::id()))
+            .args(args)
+            .output()
+            .expect("tmux (scripts/setup-host.sh installs it)")
+    };
+    let cmd = format!(
+        "{} -s {} top --interval 0.5",
+        bin("leapioctl").display(),
+        control.display()
+    );
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    assert!(started.status.success(), "tmux: {started:?}");
+    let screen = |what: &str, ready: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = tmux(&["capture-pane", "-p", "-t", "top"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not on the screen:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The rows: vm1's first (sorted by IOPS), with read and write IOPS
+    // above 0.
+    let row_iops = |text: &str, name: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(2)
+            .map(|v| v.parse().unwrap_or(-1.0))
+            .collect();
+        Some(f.iter().sum())
+    };
+    let first = screen("vm1 writing", &|t| {
+        row_iops(t, "vm1/1").is_some_and(|w| w > 0.0)
+    });
+    let order: Vec<&str> = first
+        .lines()
+        .filter(|l| l.starts_with("vm"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(order, ["vm1/1", "vm0/1"], "sorted by IOPS:\n{first}");
+    assert!(first.contains("controllers: 2 (2 attached)"), "{first}");
+    assert_eq!(
+        row_iops(&first, "vm0/1"),
+        Some(0.0),
+        "vm0 is idle:\n{first}"
+    );
+    // n: by name.
+    tmux(&["send-keys", "-t", "top", "n"]);
+    let by_name = screen("sorted by name", &|t| t.contains("sorted by name"));
+    let order: Vec<&str> = by_name
+        .lines()
+        .filter(|l| l.starts_with("vm"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(order, ["vm0/1", "vm1/1"], "sorted by name:\n{by_name}");
+    // q: it quits and gives the terminal back.
+    tmux(&["send-keys", "-t", "top", "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux(&["has-session", "-t", "top"]).status.success() {
+        assert!(Instant::now() < deadline, "top did not quit on q");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(io.join().unwrap() > 0);
+    let _ = tmux(&["kill-server"]);
+    let _ = term(&mut socp, Duration::from_secs(10));
+    let _ = term(&mut hostd, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,4 +1,7 @@
-//! `leapioctl`: talk to the control socket of `leapio-hostd` or `socp`.
+//! `leapioctl`: talk to the control socket of `leapio-hostd` or `socp`,
+//! and watch a runtime live (`leapioctl top`).
+
+mod top;
 
 use clap::Parser;
 use leapio_service::control::call;
@@ -19,6 +22,7 @@ use std::process::ExitCode;
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-add name=db,ctrl=vm1,class=lc,slo=p95:500us,iops=20000,rw=90:10
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-remove db
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-device /etc/leapio/flash0.json   (or off)
+///   leapioctl -s /run/leapio/socp-ctl.sock top [--interval SECS] [--sort iops|mbps|p99|depth|name] [--count N]
 ///   leapioctl -s PATH call METHOD '{"json":"params"}'
 #[derive(Parser, Debug)]
 #[command(name = "leapioctl", version, verbatim_doc_comment)]
@@ -28,8 +32,9 @@ struct Args {
     sock: PathBuf,
     /// ctrl-add SPEC | ctrl-remove NAME | ns-add CTRL BACKEND | ns-remove
     /// CTRL NSID | status | qos-stats | qos-add TENANT | qos-remove NAME |
-    /// qos-device FILE|off | call METHOD [JSON]
-    #[arg(required = true, num_args = 1..)]
+    /// qos-device FILE|off | top [--interval SECS] [--sort KEY] [--count N] |
+    /// call METHOD [JSON]
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
 
@@ -72,14 +77,68 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
         }
         other => {
             return Err(format!(
-                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, qos-stats, qos-add, qos-remove, qos-device, call)"
+                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, qos-stats, qos-add, qos-remove, qos-device, top, call)"
             ))
         }
     })
 }
 
+/// `top [--interval SECS] [--sort KEY] [--count N]`.
+fn top_options(sock: &std::path::Path, cmd: &[String]) -> Result<top::Options, String> {
+    let mut o = top::Options {
+        sock: sock.to_path_buf(),
+        interval: std::time::Duration::from_secs(1),
+        sort: top::Sort::Iops,
+        count: None,
+    };
+    let mut it = cmd.iter().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("top: {flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--interval" => {
+                let v = value()?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.1 && *s <= 3600.0)
+                    .ok_or_else(|| format!("top: --interval {v}: seconds from 0.1 to 3600"))?;
+                o.interval = std::time::Duration::from_secs_f64(secs);
+            }
+            "--sort" => o.sort = value()?.parse()?,
+            "--count" => {
+                let v = value()?;
+                o.count = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("top: --count {v}: a number above 0"))?,
+                );
+            }
+            other => {
+                return Err(format!(
+                    "top: unknown option {other} (--interval SECS, --sort KEY, --count N)"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.command[0] == "top" {
+        return match top_options(&args.sock, &args.command).and_then(|o| top::run(&o)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("leapioctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = request(&args.command).and_then(|(m, p)| call(&args.sock, &m, p));
     match result {
         Ok(v) => {
