@@ -52,6 +52,9 @@ pub struct Effective {
 pub enum Error {
     /// The command line (or `--help`, `--version`): clap's own report.
     Clap(clap::Error),
+    /// Clap's report on the command line and a file's options together,
+    /// about no one key of the file (a missing option, say).
+    Merged(clap::Error, PathBuf),
     /// The file: one line per problem, each `FILE[:LINE][: key "K"]: ...`.
     File(Vec<String>),
 }
@@ -60,6 +63,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Clap(e) => write!(f, "{}", e.render()),
+            Error::Merged(e, file) => write!(f, "{}{}", e.render(), note(file)),
             Error::File(lines) => write!(f, "{}", lines.join("\n")),
         }
     }
@@ -72,6 +76,11 @@ impl Error {
     pub fn exit(&self, prog: &str) -> ! {
         match self {
             Error::Clap(e) => e.exit(),
+            Error::Merged(e, file) => {
+                let _ = e.print();
+                eprintln!("{prog}: {}", note(file));
+                std::process::exit(e.exit_code())
+            }
             Error::File(lines) => {
                 for l in lines {
                     eprintln!("{prog}: {l}");
@@ -80,6 +89,10 @@ impl Error {
             }
         }
     }
+}
+
+fn note(file: &Path) -> String {
+    format!("(the options included those of {})", file.display())
 }
 
 /// [`parse`], or report and exit (see [`Error::exit`]).
@@ -323,9 +336,11 @@ fn key_on_line(text: &str, offset: usize) -> Option<&str> {
 /// otherwise clap's own.
 fn blame(e: clap::Error, file: Option<&Path>, text: &str, from_file: &[FileKey]) -> Error {
     use clap::error::{ContextKind, ContextValue};
-    let (Some(path), Some(ContextValue::String(arg))) = (file, e.get(ContextKind::InvalidArg))
-    else {
+    let Some(path) = file else {
         return Error::Clap(e);
+    };
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return Error::Merged(e, path.to_path_buf());
     };
     let long: String = arg
         .trim_start_matches('-')
@@ -333,7 +348,7 @@ fn blame(e: clap::Error, file: Option<&Path>, text: &str, from_file: &[FileKey])
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect();
     let Some(k) = from_file.iter().find(|k| k.key == long) else {
-        return Error::Clap(e);
+        return Error::Merged(e, path.to_path_buf());
     };
     // The line of the offending element of a list written over several.
     let mut line = k.line;
@@ -660,6 +675,20 @@ mod tests {
         // Overridden by the command line: the file's value is not read.
         let f = file("link = \"x\"\npollers = \"x\"\n");
         assert_eq!(f.parse(&["--pollers", "2"]).unwrap().0.pollers, 2);
+    }
+
+    #[test]
+    fn other_errors_say_a_file_was_read() {
+        // Missing in both: clap's report, and that the file was read.
+        let f = file("pollers = 2\n");
+        let e = f.parse(&[]).unwrap_err();
+        assert!(matches!(e, Error::Merged(..)), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("--link"), "{e}");
+        assert!(
+            e.ends_with(&format!("(the options included those of {})", f.path())),
+            "{e}"
+        );
     }
 
     #[test]
