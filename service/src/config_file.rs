@@ -196,17 +196,13 @@ fn file_args(
             });
             continue;
         };
-        let id = arg.get_id().as_str();
-        if matches!(
-            given.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
-            continue;
-        }
+        // The key's arguments (its type checked even when the command
+        // line overrides it).
         let flag = format!("--{key}");
+        let mut these: Vec<OsString> = Vec::new();
         match arg.get_action() {
             a if !a.takes_values() => match raw {
-                Value::Boolean(true) => args.push(flag.into()),
+                Value::Boolean(true) => these.push(flag.into()),
                 Value::Boolean(false) => {}
                 other => problem(format!(
                     "expected a boolean (true or false), got {}",
@@ -217,7 +213,7 @@ fn file_args(
                 Value::Array(items) => {
                     for (i, item) in items.iter().enumerate() {
                         match scalar(item) {
-                            Some(s) => args.push(format!("{flag}={s}").into()),
+                            Some(s) => these.push(format!("{flag}={s}").into()),
                             None => problem(format!(
                                 "element {}: expected a string or a number, got {}",
                                 i + 1,
@@ -232,10 +228,17 @@ fn file_args(
                 )),
             },
             _ => match scalar(raw) {
-                Some(s) => args.push(format!("{flag}={s}").into()),
+                Some(s) => these.push(format!("{flag}={s}").into()),
                 None => problem(format!("expected a string or a number, got {}", kind(raw))),
             },
         }
+        if matches!(
+            given.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        args.extend(these);
         keys.push(FileKey {
             key: key.clone(),
             line,
@@ -672,9 +675,13 @@ mod tests {
             e.starts_with(&format!("{}:4: key \"cpus\": invalid value 'z'", f.path())),
             "{e}"
         );
-        // Overridden by the command line: the file's value is not read.
+        // Overridden by the command line: the file's value is not parsed
+        // (its type is checked all the same).
         let f = file("link = \"x\"\npollers = \"x\"\n");
         assert_eq!(f.parse(&["--pollers", "2"]).unwrap().0.pollers, 2);
+        let f = file("link = \"x\"\npollers = [1]\n");
+        let e = f.error(&["--pollers", "2"]);
+        assert!(e.contains(":2: key \"pollers\": expected a string"), "{e}");
     }
 
     #[test]

@@ -313,3 +313,57 @@ fn hostd_runs_from_a_file_with_the_command_line_over_it_and_refuses_a_broken_one
     );
     assert!(stderr.starts_with(&want), "want {want}, got:\n{stderr}");
 }
+
+/// docs/examples/NAME.
+fn sample(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_sample_files_start_a_host_driver_and_a_runtime() {
+    let dir = Dir::new();
+    let (hostd_ctl, socp_ctl) = (dir.join("hostd-ctl.sock"), dir.join("socp-ctl.sock"));
+    let link = format!("unix:{}", dir.join("hostd.sock").display());
+    let vm0 = format!("name=vm0,sock={}", dir.join("vm0.sock").display());
+    // The samples' paths are the machine's (/run/leapio, /srv): the
+    // command line puts them here; the rest is the samples'.
+    let hostd = Daemon::start(
+        "leapio-hostd",
+        &[
+            "--config",
+            &sample("hostd.toml"),
+            "--link",
+            &link,
+            "--control",
+            hostd_ctl.to_str().unwrap(),
+            "--ctrl",
+            &vm0,
+        ],
+        &hostd_ctl,
+    );
+    let socp = Daemon::start(
+        "socp",
+        &[
+            "--config",
+            &sample("socp.toml"),
+            "--link",
+            &link,
+            "--control",
+            socp_ctl.to_str().unwrap(),
+            "--ctrl",
+            "name=vm0,ns=ram:16M",
+        ],
+        &socp_ctl,
+    );
+    let (h, s) = (table(&hostd.config()), table(&socp.config()));
+    assert_eq!(h["log-format"].as_str(), Some("text"), "{h}");
+    assert_eq!(s["pollers"].as_integer(), Some(2), "{s}");
+    assert_eq!(s["poll"].as_str(), Some("adaptive"), "{s}");
+    assert_eq!(s["link"].as_str(), Some(link.as_str()), "{s}");
+    socp.stop();
+    hostd.stop();
+}
