@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use leapio::{CtrlSpec, Embedded};
+use leapio_service::config_file;
 use socp::cli::{Daemon, RuntimeOpts};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,7 +45,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let (mut args, config) = config_file::parse_or_exit::<Args>(std::env::args_os());
+    args.opts.running_config = config.toml;
     leapio_service::logging::init(&args.opts.log_level, args.opts.log_format);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 ///   leapioctl -s /run/leapio/socp-ctl.sock ns-remove vm1 2
 ///   leapioctl -s /run/leapio/hostd-ctl.sock ctrl-remove vm1
 ///   leapioctl -s /run/leapio/hostd-ctl.sock status
+///   leapioctl -s /run/leapio/socp-ctl.sock config > socp.toml   (the running configuration: socp --config socp.toml)
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-stats
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-add name=db,ctrl=vm1,class=lc,slo=p95:500us,iops=20000,rw=90:10
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-remove db
@@ -31,9 +32,9 @@ struct Args {
     #[arg(short, long, value_name = "PATH")]
     sock: PathBuf,
     /// ctrl-add SPEC | ctrl-remove NAME | ns-add CTRL BACKEND | ns-remove
-    /// CTRL NSID | status | qos-stats | qos-add TENANT | qos-remove NAME |
-    /// qos-device FILE|off | top [--interval SECS] [--sort KEY] [--count N] |
-    /// call METHOD [JSON]
+    /// CTRL NSID | status | config | qos-stats | qos-add TENANT | qos-remove
+    /// NAME | qos-device FILE|off | top [--interval SECS] [--sort KEY]
+    /// [--count N] | call METHOD [JSON]
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
@@ -61,6 +62,7 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
             )
         }
         "status" => ("status".into(), json!({})),
+        "config" => ("config".into(), json!({})),
         "qos-stats" => ("qos_stats".into(), json!({})),
         "qos-add" => ("qos_tenant_add".into(), json!({ "spec": arg(1, "SPEC")? })),
         "qos-remove" => ("qos_tenant_remove".into(), json!({ "name": arg(1, "NAME")? })),
@@ -77,7 +79,7 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
         }
         other => {
             return Err(format!(
-                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, qos-stats, qos-add, qos-remove, qos-device, top, call)"
+                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, config, qos-stats, qos-add, qos-remove, qos-device, top, call)"
             ))
         }
     })
@@ -141,6 +143,17 @@ fn main() -> ExitCode {
     }
     let result = request(&args.command).and_then(|(m, p)| call(&args.sock, &m, p));
     match result {
+        // The configuration as the file it is, not as JSON.
+        Ok(v) if args.command[0] == "config" => match v.get("toml").and_then(Value::as_str) {
+            Some(toml) => {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("leapioctl: config: no \"toml\" in the answer: {v}");
+                ExitCode::FAILURE
+            }
+        },
         Ok(v) => {
             println!(
                 "{}",

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use leapio_host_driver::{keep, HostCtrlSpec, HostDriver};
+use leapio_service::config_file;
 use leapio_service::control::{self, param_str, Handler};
 use leapio_service::error_chain as chain;
 use serde_json::json;
@@ -80,10 +81,16 @@ struct Args {
     /// keys) for a log collector.
     #[arg(long, default_value = "text", value_name = "text|json")]
     log_format: leapio_service::logging::LogFormat,
+
+    /// The running configuration (--config and the command line), which
+    /// the control socket answers as `config`.
+    #[arg(skip)]
+    running_config: String,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let (mut args, config) = config_file::parse_or_exit::<Args>(std::env::args_os());
+    args.running_config = config.toml;
     leapio_service::logging::init(&args.log_level, args.log_format);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,7 +146,8 @@ fn run(args: &Args) -> Result<(), String> {
         }
         host.listen(&link).map_err(|e| chain(&e))?;
         if let Some(path) = &args.control {
-            control::serve(path, handler(host.clone()), stop.clone())
+            let h = control::with_config(handler(host.clone()), args.running_config.clone());
+            control::serve(path, h, stop.clone())
                 .map_err(|e| format!("control socket {}: {e}", path.display()))?;
         }
         if let Some(addr) = &args.metrics {

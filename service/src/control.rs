@@ -169,6 +169,16 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, String> {
     Ok(v.get("result").cloned().unwrap_or(Value::Null))
 }
 
+/// `handler` answering one more method, `config`: `{"toml": toml}`, the
+/// configuration the process runs with as a config file (see
+/// [`crate::config_file::Effective`]; `leapioctl config` prints it).
+pub fn with_config(handler: Handler, toml: String) -> Handler {
+    Arc::new(move |method, params| match method {
+        "config" => Ok(json!({ "toml": toml })),
+        _ => handler(method, params),
+    })
+}
+
 /// A string parameter.
 pub fn param_str<'a>(params: &'a Value, key: &str) -> Result<&'a str, String> {
     params
@@ -203,6 +213,25 @@ mod tests {
         assert_eq!(
             respond(br#"{"id":1,"method":"fail"}"#, &h)["error"]["message"],
             "it failed"
+        );
+    }
+
+    #[test]
+    fn with_config_answers_config_and_forwards_the_rest() {
+        let h: Handler = Arc::new(|m, _| match m {
+            "status" => Ok(json!("up")),
+            _ => Err(format!("unknown method {m}")),
+        });
+        let h = with_config(h, "pollers = 2\n".into());
+        let r = respond(br#"{"id":1,"method":"config"}"#, &h);
+        assert_eq!(r["result"]["toml"], "pollers = 2\n");
+        assert_eq!(
+            respond(br#"{"id":1,"method":"status"}"#, &h)["result"],
+            "up"
+        );
+        assert_eq!(
+            respond(br#"{"id":1,"method":"x"}"#, &h)["error"]["code"],
+            -32601
         );
     }
 

@@ -1,6 +1,8 @@
 //! What every LeapIO daemon (`leapio-hostd`, `socp`, the all-in-one
 //! `leapio`) shares, and nothing of the host side or the runtime:
 //!
+//! - [`config_file`]: `--config FILE`, one TOML file per process, the
+//!   command line over it, and the running configuration rendered back;
 //! - [`control`]: the JSON-RPC control socket and its client (`leapioctl`);
 //! - [`logging`], [`error_chain`]: how the daemons log (text or JSON
 //!   lines, repeats of a warning rate-limited) and report errors;
@@ -11,6 +13,7 @@
 //! - [`socket`]: listening sockets that appear with their final mode and
 //!   owner and are removed only by their owner; the peer's credentials.
 
+pub mod config_file;
 pub mod control;
 pub mod logging;
 pub mod metrics;

@@ -142,6 +142,11 @@ pub struct RuntimeOpts {
     /// Test hook: never answer the host-driver's queue deletions.
     #[arg(long, hide = true)]
     pub test_hang_deletes: bool,
+
+    /// The running configuration (--config and the command line), which
+    /// the control socket answers as `config`; set by main after parsing.
+    #[arg(skip)]
+    pub running_config: String,
 }
 
 impl RuntimeOpts {
@@ -278,6 +283,7 @@ impl Daemon {
                 .handle(method, params)
                 .unwrap_or_else(|| handler(method, params))
         });
+        let h = control::with_config(h, opts.running_config.clone());
         control::serve(path, h, self.stop.clone())
             .map_err(|e| format!("control socket {}: {e}", path.display()))?;
         tracing::info!(path = %path.display(), "control socket");

@@ -1,6 +1,7 @@
 //! `socp`: the LeapIO runtime.
 
 use clap::Parser;
+use leapio_service::config_file;
 use socp::cli::{Daemon, RuntimeOpts};
 use socp::config::CtrlSpec;
 use socp::controllers::{Controllers, Served};
@@ -104,7 +105,8 @@ fn main() -> ExitCode {
     if let Some(code) = socp::cli::subcommand(&argv) {
         return code;
     }
-    let args = Args::parse();
+    let (mut args, config) = config_file::parse_or_exit::<Args>(argv);
+    args.opts.running_config = config.toml;
     leapio_service::logging::init(&args.opts.log_level, args.opts.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
