@@ -57,8 +57,9 @@ fn spawn_socp(dir: &Path, link: &Path, metrics: &MetricsAddr, log: &str) -> Chil
         .arg(format!("unix:{}", link.display()))
         .arg("--ctrl")
         .arg(format!(
-            "name=vm0,ns=file:{}",
-            dir.join("vm0.img").display()
+            "name=vm0,ns=file:{},ns=flash:{}?channels=1&dies=2&blocks=32&pages=16&read=0&prog=0&erase=0",
+            dir.join("vm0.img").display(),
+            dir.join("vm0.flash").display()
         ))
         .arg("--metrics")
         .arg(metrics.to_string())
@@ -132,6 +133,15 @@ fn both_daemons_serve_metrics_that_match_what_the_guest_did() {
         Driver::check("read", &c).unwrap();
         assert_eq!(back, block);
     }
+    // The flash namespace: its FTL's figures.
+    let page = d.identify_namespace(2).expect("namespace 2");
+    let fbs = 1u32 << page.lbaf[usize::from(page.flbas & 0xf)].lbads;
+    for i in 0..4u64 {
+        let c = d
+            .write_blocks(1, 2, i, fbs, &vec![9u8; fbs as usize])
+            .unwrap();
+        Driver::check("flash write", &c).unwrap();
+    }
     let blocks = (4u64 << 20) / u64::from(BS);
     let (c, _) = d.read_blocks(2, 1, blocks, BS, u64::from(BS)).unwrap();
     assert!(Driver::check("read past the end", &c).is_err());
@@ -173,6 +183,13 @@ fn both_daemons_serve_metrics_that_match_what_the_guest_did() {
         rt.docs.contains_key("leapio_ns_read_commands_total"),
         "families have their HELP"
     );
+    let flash = [("ctrl", "vm0"), ("nsid", "2")];
+    assert_eq!(
+        value(&rt, "leapio_backend_ftl_host_pages_written_total", &flash),
+        Some(4.0)
+    );
+    let wa = value(&rt, "leapio_backend_ftl_write_amplification", &flash).unwrap();
+    assert!(wa >= 1.0, "write amplification {wa}");
 
     // The host-driver: the guest's view, from the queue-state area.
     let c = [("ctrl", "vm0")];
@@ -180,7 +197,8 @@ fn both_daemons_serve_metrics_that_match_what_the_guest_did() {
         value(s, "leapio_host_read_commands_total", &c) == Some(READS as f64)
     });
     let h = |m: &str| value(&host, m, &c).unwrap_or_else(|| panic!("no {m} for vm0"));
-    assert_eq!(h("leapio_host_write_commands_total"), WRITES as f64);
+    // Both namespaces: the file's and the 4 flash pages.
+    assert_eq!(h("leapio_host_write_commands_total"), (WRITES + 4) as f64);
     assert_eq!(h("leapio_host_client_connected"), 1.0);
     assert_eq!(h("leapio_host_runtime_attaches_total"), 1.0);
     assert_eq!(h("leapio_host_runtime_losses_total"), 0.0);

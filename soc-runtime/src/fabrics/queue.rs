@@ -566,6 +566,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
         // One operation (the common case) allocates nothing.
         let (first, rest) = match nvm::plan(&sqe, info, settings, &mut data) {
             Plan::Complete(s) => {
+                // Refused or answered at once: counted all the same.
+                if let Some(io) = cx.io.get(ns) {
+                    io.started();
+                    let took = u64::try_from(cmd.arrived.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    io.finished(OpClass::of(sqe.opcode), 0, s.is_success(), took);
+                }
                 self.cmds[idx] = None;
                 self.respond(w, cid, s, 0);
                 return;

@@ -127,6 +127,9 @@ impl Backend for QosBackend {
     fn copied_bytes(&self) -> u64 {
         self.inner.copied_bytes()
     }
+    fn figures(&self) -> Vec<leapio_backend::Figure> {
+        self.inner.figures()
+    }
     fn stale_writes_for(&self) -> std::time::Duration {
         self.inner.stale_writes_for()
     }

@@ -444,6 +444,13 @@ fn io_session(dg: Digests) {
         .0
         .same_code(FabricsStatus::DATA_SGL_LENGTH_INVALID));
     assert_eq!(q.rw(0x7e, 0, 1, Out::None, 0).0, Status::INVALID_OPCODE);
+    // What the metrics show: every command that reached the namespace.
+    let io = tgt.t.as_ref().unwrap().sub.io[0].totals();
+    assert_eq!((io.reads, io.writes, io.others, io.errors), (6, 2, 4, 3));
+    assert_eq!(io.read_bytes, 2 * (4096 + 65536));
+    assert_eq!(io.written_bytes, 4096 + 65536);
+    assert_eq!(io.in_flight, 0);
+    assert_eq!(io.read_latency.count(), 6);
     // Keep alive on the admin queue.
     let sqe = Sqe {
         opcode: AdminOpcode::KEEP_ALIVE,
