@@ -4,6 +4,9 @@
 //! - [`control`]: the JSON-RPC control socket and its client (`leapioctl`);
 //! - [`logging`], [`error_chain`]: how the daemons log (text or JSON
 //!   lines, repeats of a warning rate-limited) and report errors;
+//! - [`notify`]: telling a service manager (systemd's `Type=notify`) that
+//!   the process serves, that it stops, and that it makes progress (the
+//!   watchdog);
 //! - [`pool`]: a fixed pool of threads serving any number of strands (one
 //!   tenant's serial work each), so threads do not grow with tenants;
 //! - [`socket`]: listening sockets that appear with their final mode and
@@ -11,6 +14,7 @@
 
 pub mod control;
 pub mod logging;
+pub mod notify;
 pub mod pool;
 pub mod socket;
 
