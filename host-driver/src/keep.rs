@@ -18,6 +18,9 @@
 //! `LISTEN_FDNAMES`) does for a service; the keeper gives the same to a
 //! host-driver run without a service manager, and the names follow the
 //! same rules (at most 255 characters, no ':' or control characters).
+//! LeapIO does not use that store: under systemd the keeper is a service of
+//! its own, started through a socket unit that passes it its listening
+//! socket ([`run_keeper`]).
 //!
 //! Only processes of the keeper's own user may talk to it (SO_PEERCRED).
 

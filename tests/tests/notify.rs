@@ -231,3 +231,166 @@ fn leapio_says_ready_pets_the_watchdog_and_says_stopping() {
     notified("leapio", &dir, cmd, &control);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A child process killed (if still running) and reaped when the test
+/// ends, passed or not.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `log` has a line with all of `words`.
+fn logged(log: &Path, words: &[&str]) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| words.iter().all(|w| l.contains(w)))
+}
+
+/// The processes whose command line has `arg`.
+fn processes_with(arg: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        .count()
+}
+
+/// The keeper as `leapio-fd-keeper.socket` and its service run it: the
+/// service manager listens and passes the socket (LISTEN_FDS, LISTEN_PID);
+/// a host-driver with --keep at that path uses that keeper and starts none
+/// of its own, takes its controllers back from it after a crash, and a
+/// clean stop ends it.
+#[test]
+fn the_keeper_serves_the_socket_its_service_manager_passes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = fresh_dir("keeper");
+    let keep = dir.join("keep.sock");
+    // The service manager's socket: held here for the whole test, as
+    // systemd holds it.
+    let listener = std::os::unix::net::UnixListener::bind(&keep).unwrap();
+    let fd = listener.as_raw_fd();
+    let keeper_log = dir.join("keeper.log");
+    let mut cmd = Command::new("/bin/sh");
+    // LISTEN_PID is the keeper's own pid: the shell's, which it execs.
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(bin("leapio-hostd"))
+        .arg("--fd-keeper")
+        .arg(&keep)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&keeper_log).unwrap());
+    // SAFETY: only dup2 and fcntl (async-signal-safe) between fork and
+    // exec, on a descriptor this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut keeper = Reap(cmd.spawn().expect("spawn the keeper"));
+
+    let hostd_log = dir.join("hostd.log");
+    let link = dir.join("link.sock");
+    let hostd = |log: &Path| {
+        Command::new(bin("leapio-hostd"))
+            .arg("--keep")
+            .arg(&keep)
+            .arg("--link")
+            .arg(format!("unix:{}", link.display()))
+            .arg("--ctrl")
+            .arg(format!("name=vm0,sock={}", dir.join("vm0.sock").display()))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .map(Reap)
+            .expect("spawn leapio-hostd")
+    };
+    let wait = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        what()
+    };
+    let logs = || {
+        format!(
+            "keeper:\n{}\nhost-driver:\n{}",
+            std::fs::read_to_string(&keeper_log).unwrap_or_default(),
+            std::fs::read_to_string(&hostd_log).unwrap_or_default()
+        )
+    };
+
+    let mut first = hostd(&hostd_log);
+    assert!(
+        wait(&|| logged(&hostd_log, &["leapio-hostd running"])),
+        "{}",
+        logs()
+    );
+    assert!(
+        logged(&keeper_log, &["fd keeper running", "passed=true"]),
+        "the keeper did not serve the passed socket:\n{}",
+        logs()
+    );
+    let keep_arg = keep.display().to_string();
+    assert_eq!(
+        processes_with(&keep_arg),
+        2,
+        "one keeper (the passed socket's) and one host-driver:\n{}",
+        logs()
+    );
+
+    // A crash: the next host-driver takes the controller back.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let second_log = dir.join("hostd2.log");
+    let mut second = hostd(&second_log);
+    assert!(
+        wait(&|| logged(
+            &second_log,
+            &["took over from the previous host-driver", "vm0"]
+        )),
+        "{}\nsecond host-driver:\n{}",
+        logs(),
+        std::fs::read_to_string(&second_log).unwrap_or_default()
+    );
+    assert_eq!(processes_with(&keep_arg), 2, "{}", logs());
+
+    // A clean stop ends the keeper too.
+    let stopped = term(&mut second.0, Duration::from_secs(20));
+    assert!(stopped.is_some_and(|s| s.success()), "{}", logs());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ended = None;
+    while ended.is_none() && Instant::now() < deadline {
+        ended = keeper.0.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        ended.is_some_and(|s| s.success()),
+        "the keeper did not stop with its host-driver ({ended:?}):\n{}",
+        logs()
+    );
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+}
