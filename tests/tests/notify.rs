@@ -394,3 +394,69 @@ fn the_keeper_serves_the_socket_its_service_manager_passes() {
     drop(listener);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// socp in the split: READY=1 only once the host-driver's controller is
+/// attached (its namespaces declared), so that a unit ordered after the
+/// runtime finds the guest's disk served.
+#[test]
+fn socp_with_a_link_is_ready_once_its_controllers_are_attached() {
+    let dir = fresh_dir("split");
+    let link = dir.join("link.sock");
+    let hostd_ctl = dir.join("hostd-ctl.sock");
+    let hostd_log = dir.join("hostd.log");
+    let _hostd = Reap(
+        Command::new(bin("leapio-hostd"))
+            .arg("--link")
+            .arg(format!("unix:{}", link.display()))
+            .arg("--control")
+            .arg(&hostd_ctl)
+            .arg("--ctrl")
+            .arg(format!("name=vm0,sock={}", dir.join("vm0.sock").display()))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&hostd_log).unwrap())
+            .spawn()
+            .expect("spawn leapio-hostd"),
+    );
+    let mut m = Manager::bind(dir.join("notify.sock"));
+    let mut cmd = Command::new(bin("socp"));
+    cmd.arg("--link")
+        .arg(format!("unix:{}", link.display()))
+        .arg("--control")
+        .arg(dir.join("socp-ctl.sock"))
+        .args(["--ctrl", "name=vm0,ns=ram:16M,ns=ram:16M"]);
+    let mut socp = Daemon::start(cmd, &m, dir.join("socp.log"));
+    assert!(
+        m.wait_for("READY=1", Duration::from_secs(30)),
+        "no READY=1 (got {:?}):\n{}",
+        m.lines,
+        socp.logs()
+    );
+    let status =
+        leapio_service::control::call(&hostd_ctl, "status", serde_json::json!({})).unwrap();
+    let vm0 = &status["controllers"][0];
+    assert!(
+        vm0["runtime"].as_u64().is_some_and(|r| r != 0) && vm0["namespaces"] == 2,
+        "READY=1 before the controller was attached: {status}\n{}",
+        socp.logs()
+    );
+    assert!(
+        m.lines
+            .iter()
+            .any(|l| l.starts_with("STATUS=serving 1 controllers")),
+        "{:?}",
+        m.lines
+    );
+    let stopped = term(&mut socp.child, Duration::from_secs(30));
+    assert!(
+        m.wait_for("STOPPING=1", Duration::from_secs(5)),
+        "no STOPPING=1 on SIGTERM:\n{}",
+        socp.logs()
+    );
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "{stopped:?}\n{}",
+        socp.logs()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
