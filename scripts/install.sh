@@ -7,6 +7,10 @@
 # then `systemctl daemon-reload` when systemd runs this machine (PID 1), and
 # says what it did. Running it again changes only what differs.
 #
+# The units and sample configurations live in scripts/systemd/, beside the
+# scripts that install and check them (install.sh, check-systemd.sh): the
+# project has no packaging tree for them to stand apart in.
+#
 # A script rather than a .deb: LeapIO builds from source on the operator's
 # machine (for its CPU, with its Rust toolchain); `cargo deb` would need a
 # packaging toolchain and a build per architecture, and a package would
