@@ -29,7 +29,7 @@ while (($#)); do
 done
 cd "$LEAPIO_REPO"
 log "building socp, leapio, leapio-perf, leapioctl (release)"
-cargo build --release --quiet -p socp -p leapio -p leapio-tests -p leapio-service || die "cargo build failed"
+cargo build --release --quiet -p socp -p leapio -p leapio-tests -p leapioctl || die "cargo build failed"
 bash vm-images/build-rdma.sh > /dev/null
 logs=$LEAPIO_CACHE/logs/bench-rdma
 rm -rf "$logs"

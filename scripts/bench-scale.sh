@@ -57,7 +57,7 @@ SCALE=$LEAPIO_REPO/target/release/leapio-scale
 if [[ ! -x $SCALE || ! -x $HOSTD_BIN || ! -x $SOCP_BIN || ! -x $LEAPIOCTL_BIN ]]; then
     log "building leapio-hostd, socp, leapioctl and leapio-scale (release)"
     cargo build --release --quiet -p leapio-host-driver --bin leapio-hostd -p socp --bin socp \
-        -p leapio-service --bin leapioctl -p leapio-tests --bin leapio-scale
+        -p leapioctl --bin leapioctl -p leapio-tests --bin leapio-scale
 fi
 
 # Descriptors: each controller holds about 10 in leapio-hostd (vfio-user

@@ -62,7 +62,7 @@ CFG
 
 log "building socp for aarch64 (cargo in $LEAPIO_ROOT)"
 t0=$(now)
-chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo build --offline --release --quiet --target aarch64-unknown-linux-gnu -p socp --no-default-features -p leapio-service --bin socp --bin leapioctl" >&2 \
+chroot "$LEAPIO_ROOT" sh -c "cd $LEAPIO_GUEST_DIR/soc/src && cargo build --offline --release --quiet --target aarch64-unknown-linux-gnu -p socp --no-default-features -p leapioctl --bin socp --bin leapioctl" >&2 \
     || die "the aarch64 build of socp failed"
 bin=$src/target/aarch64-unknown-linux-gnu/release/socp
 [[ -x $bin ]] || die "no $bin after the build"

@@ -56,7 +56,7 @@
 #   --timeout SEC  hard limit for the guest run (default 420)
 #   LEAPIO_ACCEL=auto|kvm|tcg chooses the accelerator (default auto).
 #
-# Steps: setup-host.sh, cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service,
+# Steps: setup-host.sh, cargo build --release -p socp -p leapio -p leapio-host-driver -p leapioctl,
 # vm-images/build.sh, backing file, socp (and leapio-hostd) in the
 # background, one guest boot running the `info` and `fio` jobs, summary;
 # everything is stopped on exit.
@@ -122,9 +122,9 @@ trap 'exit 130' INT TERM
 log "[1/5] host set-up (setup-host.sh)"
 bash scripts/setup-host.sh >&2 || fail setup-host "scripts/setup-host.sh failed"
 
-log "[2/5] building socp, leapio, leapio-hostd and leapioctl (cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service)"
+log "[2/5] building socp, leapio, leapio-hostd and leapioctl (cargo build --release -p socp -p leapio -p leapio-host-driver -p leapioctl)"
 command -v cargo >/dev/null 2>&1 || fail build "cargo not found: install Rust (https://rustup.rs) and put cargo in PATH"
-cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service >&2 || fail build "cargo build --release failed"
+cargo build --release -p socp -p leapio -p leapio-host-driver -p leapioctl >&2 || fail build "cargo build --release failed"
 
 log "[3/5] guest image (vm-images/build.sh)"
 bash vm-images/build.sh >/dev/null || fail image "vm-images/build.sh failed"

@@ -489,7 +489,7 @@ print("DHHC-1:%s:%s:" % (sys.argv[2], base64.b64encode(k + zlib.crc32(k).to_byte
 rdma_programs_cpio() {
     local st=$1 out=$2 b bins=(socp leapio leapio-perf leapioctl leapio-hostile)
     for b in "${bins[@]}"; do
-        [[ -x $LEAPIO_REPO/target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio -p leapio-tests -p leapio-service)"
+        [[ -x $LEAPIO_REPO/target/release/$b ]] || die "no target/release/$b (cargo build --release -p socp -p leapio -p leapio-tests -p leapioctl)"
     done
     rm -rf "$st"
     mkdir -p "$st/usr/bin" "$st/usr/lib/x86_64-linux-gnu"

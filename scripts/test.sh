@@ -5,7 +5,10 @@
 #   of every binary (the split tests start socp processes), cargo test
 #   (nextest if installed), the fuzz targets (scripts/fuzz.sh --dev
 #   --seconds 12: each built and run briefly), cargo build --release -p socp -p
-#   leapio -p leapio-host-driver -p leapio-tests (leapio-perf), scripts/build-soc.sh
+#   leapio -p leapio-host-driver -p leapio-tests (leapio-perf),
+#   scripts/check-systemd.sh (the units installed in a temporary root,
+#   systemd-analyze verify, systemd-run where systemd runs the machine),
+#   scripts/build-soc.sh
 #   --tests (socp for aarch64, and the aarch64 build of the tests of socp
 #   and the link), scripts/e2e.sh (with the SoC VM tests),
 #   scripts/e2e-tcp.sh, scripts/e2e-tcp-host.sh, scripts/e2e-rdma.sh.
@@ -43,7 +46,8 @@ else
     stage test cargo test --workspace
 fi
 stage fuzz bash scripts/fuzz.sh --dev --seconds 12
-stage build-release cargo build --release -p socp -p leapio -p leapio-host-driver -p leapio-service -p leapio-tests --bins
+stage build-release cargo build --release -p socp -p leapio -p leapio-host-driver -p leapioctl -p leapio-tests --bins
+stage systemd bash scripts/check-systemd.sh
 stage build-soc bash scripts/build-soc.sh --tests
 stage e2e bash scripts/e2e.sh
 stage e2e-tcp bash scripts/e2e-tcp.sh

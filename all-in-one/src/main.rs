@@ -87,10 +87,25 @@ fn serve(args: &Args, d: &Daemon) -> Result<(), String> {
         pollers = d.rt.pollers(),
         "leapio running"
     );
+    // Serving: the controllers' sockets are up and attached to the
+    // pollers, the control socket and the targets listen. The watchdog
+    // watches the embedded host-driver's events thread with the pollers.
+    let host = e.host.clone();
+    d.ready(
+        &format!(
+            "serving {} controllers, {} pollers",
+            args.ctrls.len(),
+            d.rt.pollers()
+        ),
+        leapio_service::notify::counters_moved("the host-driver's events thread", move || {
+            host.heartbeat().into_iter().collect()
+        }),
+    );
     while !d.stopping() {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("stopping");
+    d.notify_stopping();
     e.shutdown();
     Ok(())
 }

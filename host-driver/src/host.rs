@@ -799,6 +799,14 @@ impl HostDriver {
         Ok(())
     }
 
+    /// The loops of the thread that watches every controller's sockets,
+    /// timers and admin doorbells (it goes round at least every 20 ms); None
+    /// before the first controller started it. For a watchdog: a count
+    /// that does not move means the host-driver is stuck.
+    pub fn heartbeat(&self) -> Option<u64> {
+        self.serving.get().map(|s| s.heartbeat())
+    }
+
     /// Stop: remove every controller (runtimes are asked to let go), close
     /// the links.
     pub fn shutdown(&self) {

@@ -18,6 +18,9 @@
 //! `LISTEN_FDNAMES`) does for a service; the keeper gives the same to a
 //! host-driver run without a service manager, and the names follow the
 //! same rules (at most 255 characters, no ':' or control characters).
+//! LeapIO does not use that store: under systemd the keeper is a service of
+//! its own, started through a socket unit that passes it its listening
+//! socket ([`run_keeper`]).
 //!
 //! Only processes of the keeper's own user may talk to it (SO_PEERCRED).
 
@@ -286,6 +289,18 @@ fn spawn_keeper(path: &Path) -> io::Result<UnixStream> {
         .arg(path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    // The service manager's notifications, watchdog and sockets are this
+    // process's, not the keeper's.
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+    ] {
+        cmd.env_remove(var);
+    }
     // SAFETY: setsid is async-signal-safe and touches no memory.
     unsafe {
         cmd.pre_exec(|| {
@@ -331,15 +346,41 @@ struct Store {
 }
 
 /// Run a keeper on `path` until its owner says Quit. Returns why it ended.
+///
+/// Under a service manager that passed the socket (socket activation, the
+/// `leapio-fd-keeper.socket` unit) the keeper serves that one, which must
+/// be at `path`: the manager holds it, so a host-driver that connects
+/// while no keeper runs (before the first, or after one quit) reaches the
+/// next keeper and never starts one of its own.
 pub fn run_keeper(path: &Path) -> Result<(), String> {
-    let sock = leapio_service::socket::OwnedSocket::bind(
-        path,
-        &leapio_service::socket::SocketAccess::default(),
-    )
-    .map_err(|e| format!("keeper socket {}: {e}", path.display()))?;
+    let passed = leapio_service::notify::listen_socket();
+    let bound;
+    let listener: &UnixListener = match &passed {
+        Some(l) => {
+            let at = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+            if at.as_deref() != Some(path) {
+                return Err(format!(
+                    "the service manager passed the socket {}, not {}",
+                    at.as_deref().unwrap_or(Path::new("(unnamed)")).display(),
+                    path.display()
+                ));
+            }
+            l
+        }
+        None => {
+            bound = leapio_service::socket::OwnedSocket::bind(
+                path,
+                &leapio_service::socket::SocketAccess::default(),
+            )
+            .map_err(|e| format!("keeper socket {}: {e}", path.display()))?;
+            bound.listener()
+        }
+    };
     let store = Arc::new((Mutex::new(Store::default()), Condvar::new()));
-    tracing::info!(path = %path.display(), "fd keeper running");
-    let listener: &UnixListener = sock.listener();
+    tracing::info!(path = %path.display(), passed = passed.is_some(), "fd keeper running");
     let mut conn_no = 0u64;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {

@@ -5,6 +5,7 @@ use leapio_host_driver::{keep, HostCtrlSpec, HostDriver};
 use leapio_service::config_file;
 use leapio_service::control::{self, param_str, Handler};
 use leapio_service::error_chain as chain;
+use leapio_service::notify;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -167,9 +168,24 @@ fn run(args: &Args) -> Result<(), String> {
         return Err(e);
     }
     tracing::info!(controllers = args.ctrls.len(), link = %link.display(), "leapio-hostd running");
+    // Serving: the controllers' sockets, the link listener and the control
+    // socket are up.
+    notify::ready(&format!(
+        "serving {} controllers, link {}",
+        host.status().len(),
+        link.display()
+    ));
+    let h = host.clone();
+    let watchdog = notify::Watchdog::start(notify::counters_moved(
+        "the host-driver's events thread",
+        move || h.heartbeat().into_iter().collect(),
+    ));
     while !stop.load(Ordering::Acquire) {
         if release.load(Ordering::Acquire) {
             tracing::info!("handing over to a new host-driver");
+            // Not STOPPING=1: a successor takes the service over.
+            notify::status("handing over to a new host-driver");
+            drop(watchdog);
             host.release();
             // Nothing is torn down: sockets, connections and memory stay
             // with the keeper and the successor.
@@ -178,6 +194,9 @@ fn run(args: &Args) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     tracing::info!("stopping");
+    notify::stopping();
+    // Before the events thread stops: that is no hang.
+    drop(watchdog);
     host.shutdown();
     tracing::info!("stopped");
     Ok(())

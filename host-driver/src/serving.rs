@@ -65,6 +65,10 @@ pub(crate) struct Serving {
     next_id: AtomicU64,
     stop: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The events thread's loops so far: it goes round at least every
+    /// [`SWEEP_COLD`] (its epoll wait ends by the next sweep), so a count
+    /// that does not move means it is stuck.
+    beats: AtomicU64,
 }
 
 /// One controller as served.
@@ -122,6 +126,7 @@ impl Serving {
             next_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
+            beats: AtomicU64::new(0),
         });
         let m = me.clone();
         let t = std::thread::Builder::new()
@@ -202,6 +207,11 @@ impl Serving {
         let mut events = vec![EpollEvent::default(); 256];
         let mut next_sweep = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
+            // Only this thread writes it.
+            self.beats.store(
+                self.beats.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
             let now = Instant::now();
             let next_timer = lock(&self.timers).first().map(|(t, _)| *t);
             let until = next_timer.map_or(next_sweep, |t| t.min(next_sweep));
@@ -273,6 +283,11 @@ impl Serving {
                 next_sweep = now + if hot { SWEEP_HOT } else { SWEEP_COLD };
             }
         }
+    }
+
+    /// The events thread's loops so far (see [`Serving::beats`]).
+    pub(crate) fn heartbeat(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed)
     }
 
     /// Stop the events thread (the controllers were removed or handed over

@@ -8,6 +8,9 @@
 //!   lines, repeats of a warning rate-limited) and report errors;
 //! - [`metrics`]: latency histograms, the Prometheus text format and the
 //!   endpoint that serves it;
+//! - [`notify`]: telling a service manager (systemd's `Type=notify`) that
+//!   the process serves, that it stops, and that it makes progress (the
+//!   watchdog);
 //! - [`pool`]: a fixed pool of threads serving any number of strands (one
 //!   tenant's serial work each), so threads do not grow with tenants;
 //! - [`socket`]: listening sockets that appear with their final mode and
@@ -17,6 +20,7 @@ pub mod config_file;
 pub mod control;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod socket;
 

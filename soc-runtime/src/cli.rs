@@ -14,9 +14,10 @@ use crate::qos::config::{QosSpec, TenantSpec};
 use crate::rdma_target::RdmaTarget;
 use crate::tcp_target::{TargetSpec, TcpTarget};
 use leapio_service::control::{self, Handler};
+use leapio_service::notify::{self, Watchdog};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The data plane's options.
@@ -168,6 +169,8 @@ pub struct Daemon {
     targets: Vec<TcpTarget>,
     #[cfg(feature = "rdma")]
     rdma_targets: Vec<RdmaTarget>,
+    /// Petting the service manager's watchdog, once serving.
+    watchdog: Mutex<Option<Watchdog>>,
 }
 
 impl Daemon {
@@ -213,6 +216,7 @@ impl Daemon {
             targets: Vec::new(),
             #[cfg(feature = "rdma")]
             rdma_targets: Vec::new(),
+            watchdog: Mutex::new(None),
         };
         for (i, spec) in opts.tcp_targets.iter().enumerate() {
             match TcpTarget::start(i, spec, opts.tcp_pollers, d.stop.clone()) {
@@ -295,10 +299,40 @@ impl Daemon {
         self.stop.load(Ordering::Acquire)
     }
 
+    /// The process serves (its control socket is up, its controllers are
+    /// attached, its targets listen): tell the service manager (`READY=1`
+    /// with `status`), and pet its watchdog, if it asked for one, while
+    /// every poller goes round between two checks and `also` passes (the
+    /// all-in-one's host-driver). Once; later calls do nothing.
+    pub fn ready(&self, status: &str, also: impl Fn() -> bool + Send + 'static) {
+        let mut w = self.watchdog.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_some() || self.stopping() {
+            return;
+        }
+        notify::ready(status);
+        let rt = self.rt.clone();
+        let pollers =
+            notify::counters_moved("the runtime's pollers", move || rt.stats().heartbeats());
+        *w = Watchdog::start(move || pollers() && also());
+    }
+
+    /// Tell the service manager the process stops (`STOPPING=1`, once), and
+    /// stop petting its watchdog: the threads it watches are about to end.
+    pub fn notify_stopping(&self) {
+        notify::stopping();
+        let w = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(w);
+    }
+
     /// Stop: the targets (their backends flushed), then the pollers, after
     /// they finish what is in flight. `served` is how serving the
     /// controllers ended.
     pub fn finish(self, served: Result<(), String>) -> Result<(), String> {
+        self.notify_stopping();
         self.stop.store(true, Ordering::Release);
         let mut flush_failed = false;
         let backends = self.targets.into_iter().flat_map(TcpTarget::join);

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,6 +146,10 @@ fn serve_targets(args: &Args, d: &Daemon) -> Result<(), String> {
     });
     d.serve_control(&args.opts, none, d.sources(Vec::new()))?;
     tracing::info!(targets = args.opts.targets(), "socp running");
+    d.ready(
+        &format!("serving {} NVMe-oF targets", args.opts.targets()),
+        || true,
+    );
     while !d.stopping() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -164,6 +168,7 @@ fn serve_split(args: &Args, path: &std::path::Path, d: &Daemon) -> Result<(), St
         || connect(path, link_timeout, &d.stop).map(Carrier::socket),
         &ctrls,
         d,
+        &|status: &str| d.ready(status, || true),
     )
 }
 
@@ -187,10 +192,18 @@ fn serve_pci(args: &Args, bdf: Option<&str>, d: &Daemon) -> Result<(), String> {
         Controllers::handler_of_all(sets.clone()),
         d.sources(sets),
     )?;
+    // Ready once every link function served its controller.
+    let left = AtomicUsize::new(functions.len());
+    let serving = |status: &str| {
+        if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            d.ready(status, || true);
+        }
+    };
+    let serving = &serving;
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = functions
             .iter()
-            .map(|(b, c)| s.spawn(move || serve_function(args, b, c, d)))
+            .map(|(b, c)| s.spawn(move || serve_function(args, b, c, d, serving)))
             .collect();
         handles
             .into_iter()
@@ -208,6 +221,7 @@ fn serve_function(
     bdf: &str,
     ctrls: &Arc<Controllers>,
     d: &Daemon,
+    serving: &(dyn Fn(&str) + Sync),
 ) -> Result<(), String> {
     let f = Arc::new(PciFunction::open(bdf).map_err(|e| format!("link function {bdf}: {e}"))?);
     let name = f.name().to_string();
@@ -228,18 +242,21 @@ fn serve_function(
         },
         ctrls,
         d,
+        serving,
     )
 }
 
 /// Run one link: connect, attach the controllers, serve until the link
 /// drops (then connect again) or SIGTERM (then let go of everything: a
-/// handover).
+/// handover). `serving` is called once, when the controllers were first
+/// attached, with a status line.
 fn serve_link(
     args: &Args,
     what: &str,
     mut connect: impl FnMut() -> Result<Carrier, String>,
     ctrls: &Arc<Controllers>,
     d: &Daemon,
+    serving: &(dyn Fn(&str) + Sync),
 ) -> Result<(), String> {
     let (rt, stop) = (&d.rt, &d.stop);
     socp::link::client::set_exit_if_undrained(true);
@@ -272,8 +289,15 @@ fn serve_link(
             Err(e) => tracing::error!("{e}"),
         }
         let had_controllers = !ctrls.is_empty();
-        first = false;
         tracing::info!(host = %client.host(), controllers = client.served().len(), pollers = rt.pollers(), "socp running ({what})");
+        if first {
+            serving(&format!(
+                "serving {} controllers over {what}, {} pollers",
+                client.served().len(),
+                rt.pollers()
+            ));
+        }
+        first = false;
         while !stop.load(Ordering::Acquire) && !reader.is_finished() {
             std::thread::sleep(Duration::from_millis(5));
             if had_controllers
@@ -287,6 +311,7 @@ fn serve_link(
         }
         if stop.load(Ordering::Acquire) {
             tracing::info!("stopping: letting go of every controller");
+            d.notify_stopping();
             client.detach_all();
             ctrls.set_client(None);
             return Ok(());

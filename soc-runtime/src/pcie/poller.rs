@@ -292,20 +292,51 @@ struct Held {
 /// How busy the pollers are: the time each spent in loops that did some
 /// work (fetched or posted a command, moved a request), as SPDK counts a
 /// poller's busy time; spinning and sleeping are left out. Counting costs
-/// two clock reads per loop, so it is on only when asked for.
+/// two clock reads per loop, so it is on only when asked for. And whether
+/// they go round at all: each poller's loops (always counted, a load and a
+/// store of a counter only it writes), which the service manager's
+/// watchdog checks.
 #[derive(Debug)]
 pub struct PollerStats {
     /// Whether the pollers count.
     pub enabled: AtomicBool,
     busy_ns: Vec<AtomicU64>,
+    /// Poller i's loops at `i * BEAT_STRIDE`: each on a cache line of its
+    /// own (and not the next one's, which prefetchers pair), as every loop
+    /// writes it.
+    beats: Vec<AtomicU64>,
 }
 
 impl PollerStats {
+    const BEAT_STRIDE: usize = 16;
+
     /// Counters for `n` pollers.
     pub fn new(n: usize, enabled: bool) -> PollerStats {
         PollerStats {
             enabled: AtomicBool::new(enabled),
             busy_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            beats: (0..n * Self::BEAT_STRIDE)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Each poller's loops so far (wrapping): a poller whose count does
+    /// not move is stuck.
+    pub fn heartbeats(&self) -> Vec<u64> {
+        self.beats
+            .iter()
+            .step_by(Self::BEAT_STRIDE)
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Poller `i` goes round once more. Only that poller writes its
+    /// counter: a plain load and store, no locked instruction.
+    #[inline]
+    fn beat(&self, i: usize) {
+        if let Some(b) = self.beats.get(i * Self::BEAT_STRIDE) {
+            b.store(b.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
         }
     }
 
@@ -363,6 +394,9 @@ impl QueuePoller {
         let mut idle_since: Option<Instant> = None;
         let mut waiting_loops: u32 = 0;
         while !self.stop.load(Ordering::Relaxed) {
+            if let Some(st) = &self.stats {
+                st.beat(self.index);
+            }
             self.now = Instant::now();
             let t0 = self
                 .stats

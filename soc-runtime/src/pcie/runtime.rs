@@ -100,7 +100,7 @@ impl Runtime {
         }))
     }
 
-    /// The pollers' busy time (see [`PollerStats`]).
+    /// The pollers' busy time and heartbeats (see [`PollerStats`]).
     pub fn stats(&self) -> &Arc<PollerStats> {
         &self.stats
     }
