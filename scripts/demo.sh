@@ -105,10 +105,11 @@ fail() { # stage message
     fi
     exit 1
 }
-RESTARTER='' TARGET_PID='' BOOTW=''
+RESTARTER='' TARGET_PID='' BOOTW='' OBSERVER=''
 cleanup() {
     # (each step may fail: set -e must not cut the cleanup short)
     if [[ -n $RESTARTER ]]; then kill "$RESTARTER" 2>/dev/null || true; fi
+    if [[ -n $OBSERVER ]]; then kill "$OBSERVER" 2>/dev/null || true; fi
     if [[ -n $BOOTW ]]; then kill "$BOOTW" 2>/dev/null || true; fi
     stop_guest
     if [[ -n $SOC_PID ]]; then stop_soc >/dev/null 2>&1 || true; fi
@@ -204,12 +205,25 @@ elif [[ $soc == process ]]; then
 else
     log "[4/5] starting socp serving $ns"
     start_leapio "$logs/socp.log" --ctrl "sock=$sock,ns=$ns" --control "$LEAPIO_RUN/demo-ctl.sock" \
+        --metrics "unix:$LEAPIO_RUN/demo-metrics.sock" \
         || fail socp "socp did not start (see $logs/socp.log)"
     log "socp running (pid $SOCP_PID), vfio-user socket $sock, log $logs/socp.log"
 fi
 
 log "[5/5] booting the guest: info + fio jobs (LEAPIO_ACCEL=${LEAPIO_ACCEL:-auto})"
 grc=0
+# What an operator sees while fio runs: leapioctl top and the metrics.
+rm -f "$logs/top.txt" "$logs"/metrics-*.txt
+if [[ $soc == process ]]; then
+    [[ -n $RESTARTER ]] || rm -f "$glog"
+    observe "$glog" "$timeout" "$LEAPIO_RUN/socp-ctl.sock" "$logs" \
+        "$LEAPIO_RUN/socp-metrics.sock" "$LEAPIO_RUN/hostd-metrics.sock" &
+    OBSERVER=$!
+elif [[ $soc == in-process ]]; then
+    rm -f "$glog"
+    observe "$glog" "$timeout" "$LEAPIO_RUN/demo-ctl.sock" "$logs" "$LEAPIO_RUN/demo-metrics.sock" &
+    OBSERVER=$!
+fi
 if [[ $soc == vm ]]; then
     # The SoC VM starts once the guest's hypervisor has mapped the guest's
     # memory: it is the link function's window.
@@ -233,6 +247,13 @@ if [[ $soc == vm ]]; then
 else
     run_guest --job info,fio --disk "vfio-user:$sock" --log "$glog" \
         --timeout "$timeout" --append "leapio.runtime=$runtime" || grc=$?
+fi
+if [[ -n $OBSERVER ]]; then
+    # done a few seconds into the randread job, or never (no such job ran)
+    for _ in $(seq 50); do kill -0 "$OBSERVER" 2>/dev/null || break; sleep 0.1; done
+    kill "$OBSERVER" 2>/dev/null || true
+    wait "$OBSERVER" 2>/dev/null || true
+    OBSERVER=''
 fi
 socp_alive=1 stop_rc=0 restarts=0 hrestarts=0 status=''
 # the serving runtime's status (its namespaces' copied bytes) before it stops
@@ -298,6 +319,15 @@ for b in nvme-list id-ctrl id-ns-1; do
         *) echo "$text" | head -n 16 ;;
         esac
     fi
+done
+if [[ -s $logs/top.txt ]]; then
+    echo "---- leapioctl top during fio randread ----"
+    cat "$logs/top.txt"
+fi
+for f in "$logs"/metrics-*.txt; do
+    [[ -s $f ]] || continue
+    echo "---- $(basename "$f" .txt) during fio randread (histogram buckets left out; the page: $f) ----"
+    grep -v -e '^#' -e '_bucket{' "$f" || true
 done
 echo "---- summary ----"
 guestlog summary "$glog" --accel "$accel" "${sets[@]}" || true

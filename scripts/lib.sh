@@ -166,7 +166,8 @@ start_split() {
     local link=$LEAPIO_RUN/hostd.sock
     spec="name=$name"
     for ns in "$@"; do spec+=",ns=$ns"; done
-    SPLIT_SOCP_ARGS=(--link "unix:$link" --ctrl "$spec" --control "$LEAPIO_RUN/socp-ctl.sock")
+    SPLIT_SOCP_ARGS=(--link "unix:$link" --ctrl "$spec" --control "$LEAPIO_RUN/socp-ctl.sock"
+        --metrics "unix:$LEAPIO_RUN/socp-metrics.sock")
     spawn_split_socp "$dir/socp.log"
     SOCP_LOG=$dir/socp.log
     if ! wait_log "$dir/hostd.log" 'runtime attached' 30 "$(cat "$dir/socp.pid")"; then
@@ -216,6 +217,7 @@ spawn_hostd() {
     local keep=()
     [[ -z $HOSTD_KEEP ]] || keep=(--keep "$HOSTD_KEEP")
     NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$HOSTD_BIN" --link "unix:$LEAPIO_RUN/hostd.sock" \
+        --metrics "unix:$LEAPIO_RUN/hostd-metrics.sock" \
         "${keep[@]}" --ctrl "$HOSTD_SPEC" "$@" 2>> "$SPLIT_DIR/hostd.log" &
     echo $! > "$SPLIT_DIR/hostd.pid"
 }
@@ -289,6 +291,44 @@ spawn_split_socp() {
     echo $! > "$SPLIT_DIR/socp.pid"
     # not reported by the shell when the restarter kills it
     disown $!
+}
+
+# scrape_metrics SOCK: the metrics page a daemon serves on the Unix socket
+# SOCK (its --metrics unix:SOCK).
+scrape_metrics() {
+    "$PY" - "$1" << 'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(b"GET /metrics HTTP/1.1\r\nHost: leapio\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    data += b
+head, _, body = data.partition(b"\r\n\r\n")
+if not head.startswith(b"HTTP/1.1 200"):
+    sys.exit("metrics: " + head.split(b"\r\n")[0].decode())
+sys.stdout.write(body.decode())
+PY
+}
+
+# observe GLOG TIMEOUT CTL DIR SOCK...: once the guest console GLOG shows
+# fio's randread job running, what an operator would see: one table of
+# `leapioctl top` over 2 s from the control socket CTL (DIR/top.txt), then
+# a scrape of each metrics socket SOCK (DIR/metrics-NAME.txt). Run in the
+# background.
+observe() {
+    local glog=$1 timeout=$2 ctl=$3 dir=$4 m
+    shift 4
+    wait_log "$glog" "FIO-START fio randread" "$timeout" || return 0
+    sleep 1
+    "$LEAPIOCTL_BIN" -s "$ctl" top --interval 2 --count 1 > "$dir/top.txt" 2>&1 || true
+    for m in "$@"; do
+        scrape_metrics "$m" > "$dir/metrics-$(basename "$m" .sock).txt" 2>&1 || true
+    done
 }
 
 # socp_restarter GLOG TIMEOUT "PATTERN DELAY"...: for each pair, once the

@@ -331,16 +331,8 @@ enum Listener {
     Unix(OwnedSocket),
 }
 
-/// Serve `render`'s page at `GET /metrics` (and `/`) on `addr` until
-/// `stop`: HTTP/1.1, one request per connection, one scrape at a time
-/// (a scraper that stalls is cut off after 5 s). A Unix socket appears
-/// with mode 0600 (see [`crate::socket`]).
-pub fn serve(
-    addr: &MetricsAddr,
-    render: Render,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    let listener = match addr {
+fn listen(addr: &MetricsAddr) -> std::io::Result<Listener> {
+    Ok(match addr {
         MetricsAddr::Tcp(a) => {
             let l = TcpListener::bind(a)?;
             l.set_nonblocking(true)?;
@@ -351,10 +343,45 @@ pub fn serve(
             s.listener().set_nonblocking(true)?;
             Listener::Unix(s)
         }
+    })
+}
+
+/// Serve `render`'s page at `GET /metrics` (and `/`) on `addr` until
+/// `stop`: HTTP/1.1, one request per connection, one scrape at a time
+/// (a scraper that stalls is cut off after 5 s). A Unix socket appears
+/// with mode 0600 (see [`crate::socket`]). An address in use (the process
+/// this one takes over from, in an upgrade) is taken once it is free;
+/// any other error is returned.
+pub fn serve(
+    addr: &MetricsAddr,
+    render: Render,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let first = match listen(addr) {
+        Ok(l) => Some(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "metrics: the address is in use; served once it is free");
+            None
+        }
+        Err(e) => return Err(e),
     };
+    let addr = addr.clone();
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
+            let mut listener = first;
+            while listener.is_none() && !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(100));
+                match listen(&addr) {
+                    Ok(l) => listener = Some(l),
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+                    Err(e) => {
+                        tracing::error!(%addr, "metrics: {e}");
+                        return;
+                    }
+                }
+            }
+            let Some(listener) = listener else { return };
             while !stop.load(Ordering::Acquire) {
                 let served = match &listener {
                     Listener::Tcp(l) => l.accept().map(|(s, _)| {
@@ -548,6 +575,28 @@ mod tests {
         stop.store(true, Ordering::Release);
         t.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_address_in_use_is_taken_once_it_is_free() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = MetricsAddr::Tcp(held.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = serve(&addr, Arc::new(|| "y 2\n".to_string()), stop.clone()).unwrap();
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match scrape(&addr) {
+                Ok(page) => {
+                    assert_eq!(page, "y 2\n");
+                    break;
+                }
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Release);
+        t.join().unwrap();
     }
 
     #[test]
