@@ -370,16 +370,7 @@ impl LinkClient {
 
     /// The namespaces served for `ctrl`.
     pub fn namespaces(&self, ctrl: &str) -> Vec<Arc<crate::pcie::controller::Namespace>> {
-        lock(&self.workers).get(ctrl).map_or_else(Vec::new, |w| {
-            w.ctx
-                .namespaces
-                .load()
-                .entries
-                .iter()
-                .flatten()
-                .cloned()
-                .collect()
-        })
+        self.each_ns(ctrl, Arc::clone)
     }
 
     /// The NSIDs served for `ctrl`.
@@ -391,7 +382,7 @@ impl LinkClient {
     fn each_ns<T>(
         &self,
         ctrl: &str,
-        f: impl Fn(&crate::pcie::controller::Namespace) -> T,
+        f: impl Fn(&Arc<crate::pcie::controller::Namespace>) -> T,
     ) -> Vec<T> {
         lock(&self.workers).get(ctrl).map_or_else(Vec::new, |w| {
             w.ctx

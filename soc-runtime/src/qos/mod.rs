@@ -290,37 +290,37 @@ impl Qos {
                 ("tenant", t.spec.name.as_str()),
             ];
             let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
-            e.counter(
-                "leapio_qos_commands_total",
-                "Commands of the tenant the scheduler passed.",
-                &l,
-                get(&st.ios),
-            );
-            e.counter(
-                "leapio_qos_bytes_total",
-                "Bytes of the tenant's commands.",
-                &l,
-                get(&st.bytes),
-            );
-            e.counter(
-                "leapio_qos_tokens_total",
-                "Tokens the tenant's commands cost (a 4 KiB read costs 1).",
-                &l,
-                get(&st.milli_tokens) / 1000.0,
-            );
+            let counters = [
+                (
+                    "leapio_qos_commands_total",
+                    "Commands of the tenant the scheduler passed.",
+                    get(&st.ios),
+                ),
+                (
+                    "leapio_qos_bytes_total",
+                    "Bytes of the tenant's commands.",
+                    get(&st.bytes),
+                ),
+                (
+                    "leapio_qos_tokens_total",
+                    "Tokens the tenant's commands cost (a 4 KiB read costs 1).",
+                    get(&st.milli_tokens) / 1000.0,
+                ),
+                (
+                    "leapio_qos_throttled_total",
+                    "Commands of the tenant that waited for tokens.",
+                    get(&st.throttled),
+                ),
+                (
+                    "leapio_qos_throttled_seconds_total",
+                    "Time the tenant's commands waited for tokens.",
+                    get(&st.throttled_ns) / 1e9,
+                ),
+            ];
+            for (name, help, v) in counters {
+                e.counter(name, help, &l, v);
+            }
             e.gauge("leapio_qos_reserved_tokens_per_second", "Tokens per second reserved for the tenant (latency-critical) or its share now (best effort).", &l, t.rate);
-            e.counter(
-                "leapio_qos_throttled_total",
-                "Commands of the tenant that waited for tokens.",
-                &l,
-                get(&st.throttled),
-            );
-            e.counter(
-                "leapio_qos_throttled_seconds_total",
-                "Time the tenant's commands waited for tokens.",
-                &l,
-                get(&st.throttled_ns) / 1e9,
-            );
             e.gauge(
                 "leapio_qos_held",
                 "Commands of the tenant waiting for tokens now.",
@@ -622,6 +622,22 @@ mod tests {
         assert_eq!(slow.stats.held.load(Ordering::Relaxed), 0);
         let st = q.stats(false);
         assert_eq!(st["tenants"].as_array().unwrap().len(), 3);
+        // The metrics say so: the slow tenant's commands waited for tokens.
+        let mut e = leapio_service::metrics::Exposition::default();
+        q.expose(&mut e);
+        let page = e.render();
+        let waited = |tenant: &str| -> f64 {
+            let l = page
+                .lines()
+                .find(|l| {
+                    l.starts_with("leapio_qos_throttled_total{")
+                        && l.contains(&format!("tenant=\"{tenant}\""))
+                })
+                .unwrap_or_else(|| panic!("no {tenant}:\n{page}"));
+            l.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(waited("slow") >= 4.0, "{page}");
+        assert_eq!(waited("fast"), 0.0, "{page}");
     }
 
     #[test]
