@@ -391,7 +391,7 @@ impl LinkClient {
                 .entries
                 .iter()
                 .flatten()
-                .map(|n| f(n))
+                .map(&f)
                 .collect()
         })
     }
