@@ -29,20 +29,51 @@ pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// Serve `handler` on `path` until `stop`. The socket appears with mode
 /// 0600 (see [`crate::socket`]); a client of another user than ours (or
 /// root) is refused; at most [`MAX_CLIENTS`] are served at once, each
-/// closed after [`CLIENT_IDLE`] of silence.
+/// closed after [`CLIENT_IDLE`] of silence. A socket another process
+/// still serves (the one this process takes over from, in an upgrade) is
+/// taken once it lets go; any other problem is returned.
 pub fn serve(
     path: &Path,
     handler: Handler,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let sock = OwnedSocket::bind(path, &SocketAccess::default())?;
-    sock.listener().set_nonblocking(true)?;
+    let first = match OwnedSocket::bind(path, &SocketAccess::default()) {
+        Ok(s) => {
+            s.listener().set_nonblocking(true)?;
+            Some(s)
+        }
+        Err(crate::socket::BindError::InUse(_)) => {
+            tracing::warn!(path = %path.display(), "control socket in use: served once it is free");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let path = path.to_path_buf();
     let clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let mut sock = first;
+            while sock.is_none() && !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(100));
+                match OwnedSocket::bind(&path, &SocketAccess::default()) {
+                    Ok(s) => match s.listener().set_nonblocking(true) {
+                        Ok(()) => sock = Some(s),
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), "control socket: {e}");
+                            return;
+                        }
+                    },
+                    Err(crate::socket::BindError::InUse(_)) => {}
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), "control socket: {e}");
+                        return;
+                    }
+                }
+            }
+            let Some(sock) = sock else { return };
             while !stop.load(Ordering::Acquire) {
                 match sock.listener().accept() {
                     Ok((s, _)) => {
@@ -257,6 +288,35 @@ mod tests {
         assert!(resp.contains("request too long"), "{resp}");
         stop.store(true, Ordering::Release);
         t.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An upgrade: the successor starts while its predecessor still serves
+    /// the socket, and serves it once the predecessor lets go.
+    #[test]
+    fn a_socket_in_use_is_taken_once_its_server_lets_go() {
+        let dir = std::env::temp_dir().join(format!("leapio-ctl-up-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let (old_stop, new_stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let old = serve(&path, Arc::new(|_, _| Ok(json!("old"))), old_stop.clone()).unwrap();
+        let new = serve(&path, Arc::new(|_, _| Ok(json!("new"))), new_stop.clone()).unwrap();
+        assert_eq!(call(&path, "who", json!({})).unwrap(), "old");
+        old_stop.store(true, Ordering::Release);
+        old.join().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while call(&path, "who", json!({})).ok() != Some(json!("new")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the successor never served"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        new_stop.store(true, Ordering::Release);
+        new.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
