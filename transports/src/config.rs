@@ -69,6 +69,8 @@ pub enum BackendSpec {
     Flash(FlashSpec),
     /// A zoned namespace on emulated NAND in a file.
     Zns(ZnsSpec),
+    /// A storage service over other backends (`raid0:(...)`, `concat:(...)`).
+    Service(Box<crate::services::ServiceSpec>),
 }
 
 impl fmt::Display for BackendSpec {
@@ -93,11 +95,12 @@ impl fmt::Display for BackendSpec {
             BackendSpec::NvmeRdma(spec) => write!(f, "{spec}"),
             BackendSpec::Flash(spec) => write!(f, "{spec}"),
             BackendSpec::Zns(spec) => write!(f, "{spec}"),
+            BackendSpec::Service(spec) => write!(f, "{spec}"),
         }
     }
 }
 
-fn format_size(size: u64) -> String {
+pub(crate) fn format_size(size: u64) -> String {
     for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
         let unit = 1u64 << shift;
         if size >= unit && size % unit == 0 {
@@ -144,6 +147,15 @@ fn split_options(body: &str) -> Result<(&str, Option<u32>), String> {
     Ok((rest, block_size))
 }
 
+/// Why a spec was refused, without the spec itself (a service names its
+/// child).
+pub(crate) fn spec_reason(e: &BackendError) -> String {
+    match e {
+        BackendError::Spec { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn parse_spec(s: &str) -> Result<BackendSpec, String> {
     let Some((kind, body)) = s.split_once(':') else {
         return Err(
@@ -151,6 +163,9 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
                 .to_owned(),
         );
     };
+    if let Some(service) = crate::services::parse(kind.trim(), body) {
+        return service.map(|s| BackendSpec::Service(Box::new(s)));
+    }
     match kind.trim() {
         "ram" => {
             let (size_text, bs) = split_options(body)?;
@@ -186,7 +201,7 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
         "flash" => crate::flash::parse_spec(body).map(BackendSpec::Flash),
         "zns" => crate::flash::zns::parse_spec(body).map(BackendSpec::Zns),
         other => Err(format!(
-            "unknown backend type '{other}' (known: ram, file, nvme-tcp, nvme-rdma, nvme-pci, flash, zns)"
+            "unknown backend type '{other}' (known: ram, file, nvme-tcp, nvme-rdma, nvme-pci, flash, zns; services: raid0, concat)"
         )),
     }
 }

@@ -42,6 +42,7 @@ pub mod nvmf;
 mod ram;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+pub mod services;
 mod sys;
 mod uring;
 
@@ -82,6 +83,7 @@ pub fn open_backend_unclaimed(spec: &BackendSpec) -> Result<Arc<dyn Backend>, Ba
         }
         BackendSpec::Flash(spec) => Arc::new(FlashBackend::open(spec)?),
         BackendSpec::Zns(spec) => Arc::new(ZnsBackend::open(spec)?),
+        BackendSpec::Service(spec) => services::open(spec)?,
     })
 }
 

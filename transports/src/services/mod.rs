@@ -1,0 +1,240 @@
+//! Storage services: backends made of other backends, so that a namespace
+//! is a tree (as SPDK stacks its bdevs). A service's spec names its
+//! children in parentheses, separated by `|`, and its own options after a
+//! `?`, joined by `&`:
+//!
+//! ```text
+//! raid0:(file:/srv/a.img|file:/srv/b.img)?strip=64K
+//! concat:(ram:1G|nvme-tcp:10.0.0.2:4420/nqn.2026-01.io.example:disk)
+//! ```
+//!
+//! A child is any backend spec, a service included
+//! (`raid0:(concat:(ram:1G|ram:1G)|ram:2G)`). A child's spec must not hold
+//! a `,` (the option strings it sits in are split at commas): a child
+//! takes the block size of what it is (a file's is the device's; RAM's is
+//! 512 bytes), and every child of a service must have the same.
+
+pub mod stripe;
+
+use crate::config::BackendSpec;
+use leapio_options::Options;
+use std::fmt;
+
+/// A service and its children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceSpec {
+    /// RAID-0: `strip` bytes on each child in turn.
+    Stripe {
+        children: Vec<BackendSpec>,
+        strip: u64,
+    },
+    /// The children one after the other.
+    Concat { children: Vec<BackendSpec> },
+}
+
+/// Default strip size of `raid0`.
+pub const DEFAULT_STRIP: u64 = 64 << 10;
+/// Most children of one service.
+pub const MAX_CHILDREN: usize = 32;
+
+impl ServiceSpec {
+    pub fn children(&self) -> &[BackendSpec] {
+        match self {
+            ServiceSpec::Stripe { children, .. } | ServiceSpec::Concat { children } => children,
+        }
+    }
+}
+
+fn join(children: &[BackendSpec]) -> String {
+    children
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+impl fmt::Display for ServiceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceSpec::Stripe { children, strip } => {
+                write!(f, "raid0:({})", join(children))?;
+                if *strip != DEFAULT_STRIP {
+                    write!(f, "?strip={}", crate::config::format_size(*strip))?;
+                }
+                Ok(())
+            }
+            ServiceSpec::Concat { children } => write!(f, "concat:({})", join(children)),
+        }
+    }
+}
+
+/// Open a service and its children (unclaimed, as
+/// [`crate::open_backend_unclaimed`]: claiming the service claims them).
+pub fn open(
+    spec: &ServiceSpec,
+) -> Result<std::sync::Arc<dyn leapio_backend::Backend>, leapio_backend::BackendError> {
+    let children = spec
+        .children()
+        .iter()
+        .map(crate::open_backend_unclaimed)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(match spec {
+        ServiceSpec::Stripe { strip, .. } => {
+            std::sync::Arc::new(stripe::Striped::stripe(children, *strip)?)
+        }
+        ServiceSpec::Concat { .. } => std::sync::Arc::new(stripe::Striped::concat(children)?),
+    })
+}
+
+/// Split `(A|B|...)?OPTIONS` into the children's specs and the options
+/// (the text after `?`, empty if none). Parentheses nest: a child may be a
+/// service itself.
+pub(crate) fn split_children(body: &str) -> Result<(Vec<&str>, &str), String> {
+    let Some(inner) = body.strip_prefix('(') else {
+        return Err("expected '(' and the children, e.g. raid0:(file:/a|file:/b)".into());
+    };
+    let mut depth = 1usize;
+    let mut start = 0usize;
+    let mut children = Vec::new();
+    let mut end = None;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    children.push(&inner[start..i]);
+                    end = Some(i);
+                    break;
+                }
+            }
+            '|' if depth == 1 => {
+                children.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let Some(end) = end else {
+        return Err("no ')' closes the children".into());
+    };
+    let rest = &inner[end + 1..];
+    let opts = match rest.strip_prefix('?') {
+        Some(o) => o,
+        None if rest.is_empty() => "",
+        None => {
+            return Err(format!(
+                "'{rest}' after the children (options follow a '?')"
+            ))
+        }
+    };
+    if let Some(i) = children.iter().position(|c| c.trim().is_empty()) {
+        return Err(format!("child {} is empty", i + 1));
+    }
+    if children.len() > MAX_CHILDREN {
+        return Err(format!(
+            "{} children (at most {MAX_CHILDREN})",
+            children.len()
+        ));
+    }
+    Ok((children, opts))
+}
+
+/// Parse each child; an error names the child by its place and spec.
+fn parse_children(children: &[&str]) -> Result<Vec<BackendSpec>, String> {
+    children
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse::<BackendSpec>()
+                .map_err(|e| format!("child {} ({c}): {}", i + 1, crate::config::spec_reason(&e)))
+        })
+        .collect()
+}
+
+/// Parse the spec of service `kind` (`raid0`, `concat`) from what follows
+/// its `kind:`; None if `kind` is no service.
+pub(crate) fn parse(kind: &str, body: &str) -> Option<Result<ServiceSpec, String>> {
+    let parse = || -> Result<ServiceSpec, String> {
+        if body.contains(",bs=") {
+            return Err("bs= does not apply to a service: its block size is its children's".into());
+        }
+        let (children, opts) = split_children(body)?;
+        let children = parse_children(&children)?;
+        let opts = Options::parse(opts, '&').map_err(|e| e.to_string())?;
+        match kind {
+            "raid0" => {
+                opts.check_once(&["strip"]).map_err(|e| e.to_string())?;
+                let strip = match opts.get("strip") {
+                    Some(o) => o.size().map_err(|e| e.to_string())?,
+                    None => DEFAULT_STRIP,
+                };
+                if !strip.is_power_of_two() || !(4096..=(16 << 20)).contains(&strip) {
+                    return Err(format!(
+                        "strip {strip} is not a power of two from 4 KiB to 16 MiB"
+                    ));
+                }
+                if children.len() < 2 {
+                    return Err("raid0 needs at least 2 children".into());
+                }
+                Ok(ServiceSpec::Stripe { children, strip })
+            }
+            _ => {
+                opts.check_once(&[]).map_err(|e| e.to_string())?;
+                if children.len() < 2 {
+                    return Err("concat needs at least 2 children".into());
+                }
+                Ok(ServiceSpec::Concat { children })
+            }
+        }
+    };
+    matches!(kind, "raid0" | "concat").then(parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_split_at_the_top_level_only() {
+        let (c, o) = split_children("(a|b:(c|d)|e)?strip=4K").unwrap();
+        assert_eq!(c, ["a", "b:(c|d)", "e"]);
+        assert_eq!(o, "strip=4K");
+        let (c, o) = split_children("(a|b)").unwrap();
+        assert_eq!((c.len(), o), (2, ""));
+        assert!(split_children("a|b").unwrap_err().contains("expected '('"));
+        assert!(split_children("(a|b").unwrap_err().contains("no ')'"));
+        assert!(split_children("(a||b)")
+            .unwrap_err()
+            .contains("child 2 is empty"));
+        assert!(split_children("(a|b)x")
+            .unwrap_err()
+            .contains("after the children"));
+    }
+
+    #[test]
+    fn specs_parse_print_and_name_the_bad_part() {
+        for s in [
+            "raid0:(ram:1M|ram:1M)",
+            "raid0:(ram:1M|file:/srv/b.img)?strip=4K",
+            "concat:(ram:1M|raid0:(ram:1M|ram:1M))",
+        ] {
+            let spec: BackendSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
+        let err = |s: &str| s.parse::<BackendSpec>().unwrap_err().to_string();
+        assert!(err("raid0:(ram:1M)").contains("at least 2 children"));
+        assert!(err("raid0:(ram:1M|ram:1M)?strip=3K").contains("power of two"));
+        assert!(err("raid0:(ram:1M|ram:1M)?stripe=4K").contains("unknown key 'stripe'"));
+        let e = err("concat:(ram:1M|bogus:1)");
+        assert!(
+            e.contains("child 2 (bogus:1)") && e.contains("unknown backend type"),
+            "{e}"
+        );
+        let e = err("concat:(ram:1M|raid0:(ram:1M|ram:0))");
+        assert!(
+            e.contains("child 2") && e.contains("must not be zero"),
+            "{e}"
+        );
+    }
+}
