@@ -6,6 +6,7 @@
 //! ```text
 //! raid0:(file:/srv/a.img|file:/srv/b.img)?strip=64K
 //! concat:(ram:1G|nvme-tcp:10.0.0.2:4420/nqn.2026-01.io.example:disk)
+//! crypt:(file:/srv/a.img)?key=/etc/leapio/vm0.key
 //! ```
 //!
 //! A child is any backend spec, a service included
@@ -14,6 +15,7 @@
 //! takes the block size of what it is (a file's is the device's; RAM's is
 //! 512 bytes), and every child of a service must have the same.
 
+pub mod crypt;
 pub mod stripe;
 
 use crate::config::BackendSpec;
@@ -30,6 +32,11 @@ pub enum ServiceSpec {
     },
     /// The children one after the other.
     Concat { children: Vec<BackendSpec> },
+    /// AES-XTS over one child, the key in a file.
+    Crypt {
+        children: Vec<BackendSpec>,
+        key: std::path::PathBuf,
+    },
 }
 
 /// Default strip size of `raid0`.
@@ -40,7 +47,9 @@ pub const MAX_CHILDREN: usize = 32;
 impl ServiceSpec {
     pub fn children(&self) -> &[BackendSpec] {
         match self {
-            ServiceSpec::Stripe { children, .. } | ServiceSpec::Concat { children } => children,
+            ServiceSpec::Stripe { children, .. }
+            | ServiceSpec::Concat { children }
+            | ServiceSpec::Crypt { children, .. } => children,
         }
     }
 }
@@ -64,6 +73,9 @@ impl fmt::Display for ServiceSpec {
                 Ok(())
             }
             ServiceSpec::Concat { children } => write!(f, "concat:({})", join(children)),
+            ServiceSpec::Crypt { children, key } => {
+                write!(f, "crypt:({})?key={}", join(children), key.display())
+            }
         }
     }
 }
@@ -83,6 +95,12 @@ pub fn open(
             std::sync::Arc::new(stripe::Striped::stripe(children, *strip)?)
         }
         ServiceSpec::Concat { .. } => std::sync::Arc::new(stripe::Striped::concat(children)?),
+        ServiceSpec::Crypt { key, .. } => {
+            let child = children.into_iter().next().ok_or_else(|| {
+                leapio_backend::BackendError::Config("crypt needs its child".into())
+            })?;
+            std::sync::Arc::new(crypt::Crypt::new(child, key)?)
+        }
     })
 }
 
@@ -179,6 +197,19 @@ pub(crate) fn parse(kind: &str, body: &str) -> Option<Result<ServiceSpec, String
                 }
                 Ok(ServiceSpec::Stripe { children, strip })
             }
+            "crypt" => {
+                opts.check_once(&["key"]).map_err(|e| e.to_string())?;
+                let key = opts
+                    .require("key", "key=PATH (the key file)")
+                    .map_err(|e| e.to_string())?;
+                if children.len() != 1 {
+                    return Err("crypt takes one child".into());
+                }
+                Ok(ServiceSpec::Crypt {
+                    children,
+                    key: std::path::PathBuf::from(key.value),
+                })
+            }
             _ => {
                 opts.check_once(&[]).map_err(|e| e.to_string())?;
                 if children.len() < 2 {
@@ -188,7 +219,7 @@ pub(crate) fn parse(kind: &str, body: &str) -> Option<Result<ServiceSpec, String
             }
         }
     };
-    matches!(kind, "raid0" | "concat").then(parse)
+    matches!(kind, "raid0" | "concat" | "crypt").then(parse)
 }
 
 #[cfg(test)]
