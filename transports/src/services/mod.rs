@@ -7,6 +7,7 @@
 //! raid0:(file:/srv/a.img|file:/srv/b.img)?strip=64K
 //! concat:(ram:1G|nvme-tcp:10.0.0.2:4420/nqn.2026-01.io.example:disk)
 //! crypt:(file:/srv/a.img)?key=/etc/leapio/vm0.key
+//! multipath:(nvme-tcp:10.0.0.2:4420/nqn.x:d?retry=500|nvme-tcp:10.0.1.2:4420/nqn.x:d?retry=500)
 //! ```
 //!
 //! A child is any backend spec, a service included
@@ -16,6 +17,7 @@
 //! 512 bytes), and every child of a service must have the same.
 
 pub mod crypt;
+pub mod multipath;
 pub mod stripe;
 
 use crate::config::BackendSpec;
@@ -32,6 +34,11 @@ pub enum ServiceSpec {
     },
     /// The children one after the other.
     Concat { children: Vec<BackendSpec> },
+    /// Several paths to one namespace.
+    Multipath {
+        children: Vec<BackendSpec>,
+        policy: multipath::Policy,
+    },
     /// AES-XTS over one child, the key in a file.
     Crypt {
         children: Vec<BackendSpec>,
@@ -49,7 +56,8 @@ impl ServiceSpec {
         match self {
             ServiceSpec::Stripe { children, .. }
             | ServiceSpec::Concat { children }
-            | ServiceSpec::Crypt { children, .. } => children,
+            | ServiceSpec::Crypt { children, .. }
+            | ServiceSpec::Multipath { children, .. } => children,
         }
     }
 }
@@ -73,6 +81,13 @@ impl fmt::Display for ServiceSpec {
                 Ok(())
             }
             ServiceSpec::Concat { children } => write!(f, "concat:({})", join(children)),
+            ServiceSpec::Multipath { children, policy } => {
+                write!(f, "multipath:({})", join(children))?;
+                if *policy != multipath::Policy::RoundRobin {
+                    write!(f, "?policy={}", policy.name())?;
+                }
+                Ok(())
+            }
             ServiceSpec::Crypt { children, key } => {
                 write!(f, "crypt:({})?key={}", join(children), key.display())
             }
@@ -95,6 +110,9 @@ pub fn open(
             std::sync::Arc::new(stripe::Striped::stripe(children, *strip)?)
         }
         ServiceSpec::Concat { .. } => std::sync::Arc::new(stripe::Striped::concat(children)?),
+        ServiceSpec::Multipath { policy, .. } => {
+            std::sync::Arc::new(multipath::Multipath::new(children, *policy)?)
+        }
         ServiceSpec::Crypt { key, .. } => {
             let child = children.into_iter().next().ok_or_else(|| {
                 leapio_backend::BackendError::Config("crypt needs its child".into())
@@ -197,6 +215,22 @@ pub(crate) fn parse(kind: &str, body: &str) -> Option<Result<ServiceSpec, String
                 }
                 Ok(ServiceSpec::Stripe { children, strip })
             }
+            "multipath" => {
+                opts.check_once(&["policy"]).map_err(|e| e.to_string())?;
+                let policy = match opts.get("policy").map(|o| o.value) {
+                    None | Some("rr") => multipath::Policy::RoundRobin,
+                    Some("qd") => multipath::Policy::QueueDepth,
+                    Some(other) => {
+                        return Err(format!(
+                            "policy '{other}': expected rr (round-robin) or qd (queue depth)"
+                        ))
+                    }
+                };
+                if children.len() < 2 {
+                    return Err("multipath needs at least 2 paths".into());
+                }
+                Ok(ServiceSpec::Multipath { children, policy })
+            }
             "crypt" => {
                 opts.check_once(&["key"]).map_err(|e| e.to_string())?;
                 let key = opts
@@ -219,7 +253,7 @@ pub(crate) fn parse(kind: &str, body: &str) -> Option<Result<ServiceSpec, String
             }
         }
     };
-    matches!(kind, "raid0" | "concat" | "crypt").then(parse)
+    matches!(kind, "raid0" | "concat" | "crypt" | "multipath").then(parse)
 }
 
 #[cfg(test)]
