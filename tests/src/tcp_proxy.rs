@@ -21,6 +21,9 @@ pub enum Misbehave {
     /// Drop the host's command capsules after the Connect: the target never
     /// sees them, the host never gets an answer.
     Swallow = 2,
+    /// The path is cut: connections close at their next PDU, new ones are
+    /// closed at once.
+    Cut = 3,
 }
 
 /// R2Ts sent again per R2T with [`Misbehave::RepeatR2t`].
@@ -48,6 +51,9 @@ impl TcpProxy {
         std::thread::spawn(move || {
             while !s.load(Ordering::Acquire) {
                 match l.accept() {
+                    Ok((host, _)) if m.load(Ordering::Acquire) == Misbehave::Cut as u8 => {
+                        drop(host);
+                    }
                     Ok((host, _)) => {
                         let _ = host.set_nonblocking(false);
                         if let Ok(tgt) = TcpStream::connect(("127.0.0.1", target)) {
@@ -107,6 +113,9 @@ fn relay(mut host: TcpStream, mut tgt: TcpStream, mode: Arc<AtomicU8>) {
     std::thread::spawn(move || {
         let mut connected = false;
         while let Some(pdu) = read_pdu(&mut host2) {
+            if mode2.load(Ordering::Acquire) == Misbehave::Cut as u8 {
+                break;
+            }
             if pdu[0] == CAPSULE_CMD && connects_io_queue(&pdu) {
                 io2.store(true, Ordering::Release);
                 connected = true;
@@ -126,6 +135,9 @@ fn relay(mut host: TcpStream, mut tgt: TcpStream, mode: Arc<AtomicU8>) {
     // Target to host.
     std::thread::spawn(move || {
         while let Some(pdu) = read_pdu(&mut tgt) {
+            if mode.load(Ordering::Acquire) == Misbehave::Cut as u8 {
+                break;
+            }
             let repeats = if pdu[0] == R2T
                 && io_queue.load(Ordering::Acquire)
                 && mode.load(Ordering::Acquire) == Misbehave::RepeatR2t as u8

@@ -528,6 +528,42 @@ fn a_target_that_accepts_commands_and_never_answers_fails_them_in_time() {
     );
 }
 
+/// Two paths to one subsystem through two proxies (two listeners): a
+/// multipath namespace keeps serving, with the data intact, when one path
+/// is cut mid-I/O, and counts the failures.
+#[test]
+fn multipath_moves_io_to_the_surviving_path() {
+    use leapio_tests::tcp_proxy::{Misbehave, TcpProxy};
+    let tgt = Target::start(0, "ram:8M");
+    let (p1, p2) = (TcpProxy::start(tgt.port), TcpProxy::start(tgt.port));
+    let spec: BackendSpec = format!(
+        "multipath:(nvme-tcp:127.0.0.1:{}/{NQN}?retry=300&queues=1|nvme-tcp:127.0.0.1:{}/{NQN}?retry=300&queues=1)",
+        p1.port, p2.port
+    )
+    .parse()
+    .unwrap();
+    let b = open_backend(&spec).unwrap();
+    let mut h = Host::new(&b, 8);
+    let mut rng = Rng(7);
+    let mut shadow = vec![0u8; 8 << 20];
+    write_read_verify(&mut h, &mut shadow, &mut rng, 3);
+    p1.misbehave(Misbehave::Cut);
+    let t0 = Instant::now();
+    write_read_verify(&mut h, &mut shadow, &mut rng, 6);
+    let failures = b
+        .figures()
+        .iter()
+        .find(|f| f.name == "multipath_path_failures_total")
+        .map_or(0.0, |f| f.value);
+    assert!(failures > 0.0, "no request moved: {}", b.describe());
+    assert!(b.describe().contains("(failed)"), "{}", b.describe());
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
 // ---- DH-HMAC-CHAP between the host backend and the target ----
 
 const AUTH_HOST: &str = "nqn.2026-11.io.leapio:auth-host";

@@ -24,7 +24,7 @@ fn file(host: &SplitHost, name: &str, size: u64) -> String {
 fn a_striped_namespace_serves_verified_io_and_spreads_it_over_its_children() {
     let host = SplitHost::start("vm0", 1, timeouts());
     let (a, b) = (file(&host, "a.img", 4 << 20), file(&host, "b.img", 4 << 20));
-    let mut socp = host.spawn_socp(&format!("raid0:(file:{a}|file:{b})?strip=4K"), &[]);
+    let mut socp = host.spawn_socp(&format!("ns=raid0:(file:{a}|file:{b})?strip=4K"), &[]);
     assert!(
         host.wait_attached(Duration::from_secs(30)),
         "{}",
@@ -56,7 +56,7 @@ fn an_encrypted_namespace_serves_verified_io_and_its_child_holds_no_plaintext() 
     let img = file(&host, "c.img", 4 << 20);
     let key = host.dir.join("vm0.key");
     std::fs::write(&key, (0..64u8).collect::<Vec<u8>>()).unwrap();
-    let spec = format!("crypt:(file:{img})?key={}", key.display());
+    let spec = format!("ns=crypt:(file:{img})?key={}", key.display());
     let mut socp = host.spawn_socp(&spec, &[]);
     assert!(
         host.wait_attached(Duration::from_secs(30)),

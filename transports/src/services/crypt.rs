@@ -5,6 +5,13 @@
 //! into a buffer of the queue's own, reads decrypted in the reader's
 //! buffers once the child has filled them (before the completion).
 //!
+//! A block the child holds as zeroes reads as zeroes (it was never
+//! written, or written with Write Zeroes or deallocated, which go to the
+//! child as they are): a fresh volume reads as zeroes as a fresh disk does.
+//! A block of ciphertext that happens to be all zeroes has a chance of
+//! 2^-4096; what it gives away is which blocks hold nothing, as a sparse
+//! child file does anyway.
+//!
 //! The child's first 4 KiB (or one block, if larger) hold a header: a
 //! magic, the key size, the block size and a key check value (the
 //! encryption of zeroes under a tweak no block uses). An empty child (all
@@ -229,13 +236,8 @@ impl Backend for Crypt {
     }
 
     fn features(&self) -> Features {
-        // Zeroes the child writes would decrypt to noise: Write Zeroes and
-        // Deallocate are not offered.
-        Features {
-            volatile_write_cache: self.child.features().volatile_write_cache,
-            write_zeroes: false,
-            deallocate: false,
-        }
+        // Zeroes in the child read as zeroes: the child's own.
+        self.child.features()
     }
 
     fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
@@ -340,6 +342,10 @@ impl CryptQueue {
                 // SAFETY: the reader's iovecs are valid until this
                 // completion is handed back, and cover `total` bytes.
                 unsafe { crate::iov::gather(iov, at as u64, &mut self.block) };
+                if self.block.iter().all(|b| *b == 0) {
+                    // Nothing written there: zeroes, already in place.
+                    continue;
+                }
                 self.cipher
                     .decrypt(&mut self.block, u128::from(first + n as u64));
                 // SAFETY: as above; they are writable (a read's).
@@ -399,10 +405,12 @@ impl BackendQueue for CryptQueue {
                 p.buf = Some(b);
                 &wiov
             }
+            // Zeroes and deallocation reach the child as they are.
+            IoKind::WriteZeroes | IoKind::WriteZeroesFua | IoKind::Deallocate => &[],
             _ => {
                 self.free.push(slot);
                 return Err(SubmitError::Invalid(
-                    "an encrypted namespace takes reads, writes and flushes",
+                    "an encrypted namespace takes no zone commands",
                 ));
             }
         };
@@ -597,6 +605,16 @@ mod tests {
         let mut r = vec![0u8; 8192];
         io(q.as_mut(), IoKind::Read, 4096, &mut r);
         assert_eq!(r, plain);
+        // Never written: zeroes, as on a fresh disk; a written block of
+        // zeroes is no zero ciphertext.
+        let mut z = vec![0xffu8; 4096];
+        io(q.as_mut(), IoKind::Read, 65536, &mut z);
+        assert!(z.iter().all(|b| *b == 0));
+        let mut zw = vec![0u8; 4096];
+        io(q.as_mut(), IoKind::Write, 131072, &mut zw);
+        let mut zr = vec![0xffu8; 4096];
+        io(q.as_mut(), IoKind::Read, 131072, &mut zr);
+        assert!(zr.iter().all(|b| *b == 0));
         drop(q);
         drop(b);
         let on_disk = std::fs::read(&img).unwrap();
@@ -605,6 +623,11 @@ mod tests {
             "plaintext in the child"
         );
         assert_eq!(&on_disk[..12], MAGIC);
+        let zero_block = &on_disk[4096 + 131072..4096 + 131072 + 4096];
+        assert!(
+            zero_block.iter().any(|b| *b != 0),
+            "zeroes written in the clear"
+        );
         // Opened again with its key: the data; with another: refused.
         let b = crate::open_backend(&spec(&key)).unwrap();
         let mut q = b.open_queue(1).unwrap();
