@@ -11,6 +11,8 @@ pub struct LogRequest {
     pub lid: u8,
     /// Command Set Identifier (CDW14 bits 31:24).
     pub csi: u8,
+    /// Log Specific Parameter (CDW10 bits 11:8).
+    pub lsp: u8,
     pub offset: u64,
     pub len: u64,
 }
@@ -29,6 +31,7 @@ impl LogRequest {
         Ok(LogRequest {
             lid: (cdw10 & 0xff) as u8,
             csi: (sqe.cdw14.get() >> 24) as u8,
+            lsp: ((cdw10 >> 8) & 0xf) as u8,
             offset,
             len,
         })

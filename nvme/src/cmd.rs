@@ -164,6 +164,8 @@ impl AsyncEvent {
     pub const INFO_INVALID_DOORBELL_REGISTER: u8 = 0x00;
     /// Error status: invalid doorbell write value.
     pub const INFO_INVALID_DOORBELL_VALUE: u8 = 0x01;
+    /// Notice: Asymmetric Namespace Access change (log page 0Ch).
+    pub const INFO_ANA_CHANGE: u8 = 0x03;
     /// Completion dword 0 of an AER: type, info, log page.
     pub fn dw0(kind: u8, info: u8, log_page: u8) -> u32 {
         u32::from(kind & 0x7) | (u32::from(info) << 8) | (u32::from(log_page) << 16)

@@ -11,6 +11,19 @@ impl LogId {
     pub const FW_SLOT: u8 = 0x03;
     pub const CHANGED_NS_LIST: u8 = 0x04;
     pub const CMD_EFFECTS: u8 = 0x05;
+    /// Asymmetric Namespace Access.
+    pub const ANA: u8 = 0x0c;
+}
+
+/// Asymmetric Namespace Access states (the ANA log's descriptor state and
+/// what a path is to a namespace).
+pub struct AnaState;
+impl AnaState {
+    pub const OPTIMIZED: u8 = 0x01;
+    pub const NON_OPTIMIZED: u8 = 0x02;
+    pub const INACCESSIBLE: u8 = 0x03;
+    pub const PERSISTENT_LOSS: u8 = 0x04;
+    pub const CHANGE: u8 = 0x0f;
 }
 
 /// Error information log entry (64 bytes).

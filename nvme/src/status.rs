@@ -50,6 +50,10 @@ impl Status {
     // Media and data integrity errors (SCT 2).
     pub const WRITE_FAULT: Status = Status::media(0x80);
     pub const UNRECOVERED_READ_ERROR: Status = Status::media(0x81);
+    // Path related (SCT 3): the command may succeed down another path.
+    pub const ANA_PERSISTENT_LOSS: Status = Status::path(0x01);
+    pub const ANA_INACCESSIBLE: Status = Status::path(0x02);
+    pub const ANA_TRANSITION: Status = Status::path(0x03);
 
     const fn new(sct: u16, sc: u16) -> Status {
         Status(((sct & 0x7) << 8) | (sc & 0xff))
@@ -62,6 +66,10 @@ impl Status {
     }
     pub const fn media(sc: u8) -> Status {
         Status::new(2, sc as u16)
+    }
+    /// Path related status (SCT 3).
+    pub const fn path(sc: u8) -> Status {
+        Status::new(3, sc as u16)
     }
     /// The same status with Do Not Retry set.
     pub const fn dnr(self) -> Status {

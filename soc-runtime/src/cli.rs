@@ -283,6 +283,9 @@ impl Daemon {
             if method == "io_stats" {
                 return serde_json::to_value(sources.report()).map_err(|e| e.to_string());
             }
+            if method == "target_ana" {
+                return sources.set_ana(params);
+            }
             crate::qos::registry()
                 .handle(method, params)
                 .unwrap_or_else(|| handler(method, params))

@@ -67,7 +67,10 @@ pub struct CtrlReport {
 #[derive(Serialize)]
 pub struct TargetReport {
     pub subsystem: String,
+    pub listen: String,
     pub connections: u64,
+    /// The ANA state reported, if the target reports one.
+    pub ana: Option<&'static str>,
 }
 
 fn ns_report(
@@ -89,6 +92,36 @@ fn ns_report(
 }
 
 impl Sources {
+    /// `target_ana {"nqn": NQN, ["listen": "IP:PORT",] "state":
+    /// "optimized"|"non-optimized"|"inaccessible"}`: the ANA state an NVMe
+    /// over Fabrics target (one listener: one path) reports; hosts are
+    /// told.
+    pub fn set_ana(&self, params: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let nqn = leapio_service::control::param_str(params, "nqn")?;
+        let state =
+            crate::fabrics::ana::parse_state(leapio_service::control::param_str(params, "state")?)?;
+        let listen = params.get("listen").and_then(serde_json::Value::as_str);
+        let sub = self
+            .targets
+            .iter()
+            .find(|s| s.nqn == nqn && listen.is_none_or(|l| s.listen.to_string() == l))
+            .ok_or_else(|| {
+                format!(
+                    "no target serves {nqn}{}",
+                    listen.map_or(String::new(), |l| format!(" on {l}"))
+                )
+            })?;
+        sub.ana.set(state)?;
+        tracing::info!(
+            nqn,
+            state = crate::fabrics::ana::state_name(state),
+            "ANA state changed"
+        );
+        Ok(
+            serde_json::json!({"nqn": nqn, "state": crate::fabrics::ana::state_name(state), "change": sub.ana.change_count()}),
+        )
+    }
+
     /// Collect the figures. The pollers count their busy time from the
     /// first collection on (it costs two clock reads per busy loop).
     pub fn report(&self) -> Report {
@@ -124,7 +157,12 @@ impl Sources {
             }
             targets.push(TargetReport {
                 subsystem: sub.nqn.clone(),
+                listen: sub.listen.to_string(),
                 connections: sub.connections.load(Ordering::Relaxed) as u64,
+                ana: sub
+                    .ana
+                    .enabled()
+                    .then(|| crate::fabrics::ana::state_name(sub.ana.state())),
             });
         }
         Report {
@@ -150,7 +188,7 @@ impl Sources {
             e.gauge(
                 "leapio_target_connections",
                 "Connections open to the NVMe over Fabrics subsystem.",
-                &[("subsystem", &t.subsystem)],
+                &[("subsystem", &t.subsystem), ("listen", &t.listen)],
                 t.connections as f64,
             );
         }

@@ -564,6 +564,98 @@ fn multipath_moves_io_to_the_surviving_path() {
     );
 }
 
+/// Two listeners of one subsystem (two paths) reporting ANA states: the
+/// multipath namespace sends its I/O down the optimized path, moves to the
+/// other when the first becomes inaccessible (no error), and comes back
+/// when the states swap.
+#[test]
+fn multipath_follows_the_targets_ana_states() {
+    use leapio_nvme::log::AnaState;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("shared.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let ns = format!("file:{}", img.display());
+    let a = Target::start_with(0, &ns, ",ana=optimized");
+    let b = Target::start_with(0, &ns, ",ana=non-optimized");
+    let spec: BackendSpec = format!(
+        "multipath:(nvme-tcp:127.0.0.1:{}/{NQN}?retry=300&queues=1&kato=1000|nvme-tcp:127.0.0.1:{}/{NQN}?retry=300&queues=1&kato=1000)?policy=qd",
+        a.port, b.port
+    )
+    .parse()
+    .unwrap();
+    let backend = open_backend(&spec).unwrap();
+    let reads = |t: &Target| t.t.as_ref().unwrap().sub.io[0].totals().reads;
+    let mut h = Host::new(&backend, 8);
+    let mut buf = pattern(1, 4096);
+    assert_eq!(h.io(IoKind::Write, 0, &mut buf), Ok(()));
+    // Both states read (the keep-alive period is 0.5 s).
+    let wait_desc = |what: &str| {
+        let t0 = Instant::now();
+        while !backend.describe().contains(what) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{what}: {}",
+                backend.describe()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_desc("ANA non-optimized");
+    wait_desc("ANA optimized");
+    let (a0, b0) = (reads(&a), reads(&b));
+    for _ in 0..20 {
+        assert_eq!(h.io(IoKind::Read, 0, &mut buf), Ok(()));
+    }
+    assert_eq!(reads(&a) - a0, 20, "reads go down the optimized path");
+    assert_eq!(reads(&b), b0);
+    // The optimized path becomes inaccessible: no error, the other serves.
+    a.t.as_ref()
+        .unwrap()
+        .sub
+        .ana
+        .set(AnaState::INACCESSIBLE)
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(h.io(IoKind::Read, 0, &mut buf), Ok(()));
+    }
+    assert!(reads(&b) >= b0 + 19, "the non-optimized path took over");
+    // The states swap: the I/O follows the optimized one.
+    b.t.as_ref()
+        .unwrap()
+        .sub
+        .ana
+        .set(AnaState::OPTIMIZED)
+        .unwrap();
+    a.t.as_ref()
+        .unwrap()
+        .sub
+        .ana
+        .set(AnaState::NON_OPTIMIZED)
+        .unwrap();
+    wait_desc("ANA optimized)");
+    let t0 = Instant::now();
+    while backend.describe().matches("ANA optimized").count() != 1
+        || !backend.describe().contains("ANA non-optimized")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{}",
+            backend.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let (a1, b1) = (reads(&a), reads(&b));
+    for _ in 0..20 {
+        assert_eq!(h.io(IoKind::Read, 0, &mut buf), Ok(()));
+    }
+    assert_eq!(reads(&b) - b1, 20, "{}", backend.describe());
+    assert_eq!(reads(&a), a1);
+}
+
 // ---- DH-HMAC-CHAP between the host backend and the target ----
 
 const AUTH_HOST: &str = "nqn.2026-11.io.leapio:auth-host";

@@ -48,7 +48,15 @@ pub fn execute(
     if ctrl.discovery && sqe.opcode == AdminOpcode::IDENTIFY && cns != Cns::CONTROLLER {
         return Reply::status(Status::INVALID_FIELD);
     }
-    let reply = core.execute(&mut Fabrics { sub, ctrl }, sqe);
+    let mut reply = core.execute(&mut Fabrics { sub, ctrl }, sqe);
+    // Every namespace is in the one ANA group.
+    if let Reply::Done { ref mut data, .. } = reply {
+        if sub.ana.enabled() && sqe.opcode == AdminOpcode::IDENTIFY && cns == Cns::NAMESPACE {
+            if let Some(g) = data.get_mut(92..96) {
+                g.copy_from_slice(&super::ana::GROUP.to_le_bytes());
+            }
+        }
+    }
     match reply {
         // The host's buffer must hold the whole log it asked for.
         Reply::Done { ref data, .. }
@@ -99,6 +107,10 @@ impl FrontEnd for Fabrics<'_> {
             });
         }
         match req.lid {
+            LogId::ANA if self.sub.ana.enabled() => {
+                let nsids: Vec<u32> = self.sub.namespaces.iter().map(|n| n.nsid).collect();
+                Some(Ok(self.sub.ana.log_page(&nsids, req.lsp & 1 != 0)))
+            }
             LogId::ERROR => Some(Ok(vec![0u8; 64])),
             LogId::CHANGED_NS_LIST => Some(Ok(vec![0u8; 4096])),
             _ => None,
@@ -171,6 +183,15 @@ pub fn identify_controller(sub: &Subsystem, ctrl: &Controller) -> IdentifyContro
     // Commands Supported and Effects; extended data for Get Log Page.
     id.lpa = LPA_CMD_EFFECTS | (1 << 2);
     id.kas = KAS.into();
+    if sub.ana.enabled() && !ctrl.discovery {
+        // ANA reporting (CMIC bit 3); optimized, non-optimized and
+        // inaccessible reported, group ids fixed while attached; one group.
+        id.cmic |= 1 << 3;
+        id.anatt = super::ana::ANATT;
+        id.anacap = 0x07 | (1 << 6);
+        id.anagrpmax = super::ana::GROUP.into();
+        id.nanagrpid = super::ana::GROUP.into();
+    }
     id.maxcmd = u16::try_from(l.queue_entries).unwrap_or(u16::MAX).into();
     // Host data is described by the transport's descriptor: TCP's data
     // block, RDMA's keyed one; both carry in-capsule data at an offset.

@@ -102,6 +102,8 @@ pub struct TargetSpec {
     /// How long a poller keeps polling its sockets after its last work
     /// before it sleeps in epoll_wait (0: sleep at once).
     pub busy_poll: Duration,
+    /// The ANA state reported to hosts (`ana=`); None: no ANA reporting.
+    pub ana: Option<u8>,
 }
 
 /// Default `busy-poll-us`: long enough to span a host's turnaround between
@@ -124,7 +126,7 @@ pub fn valid_nqn(s: &str) -> bool {
 
 impl TargetSpec {
     /// The keys of `--tcp-target`.
-    pub const KEYS: [&'static str; 14] = [
+    pub const KEYS: [&'static str; 15] = [
         "listen",
         "nqn",
         "ns",
@@ -139,6 +141,7 @@ impl TargetSpec {
         "icreq-timeout-ms",
         "auth-timeout-ms",
         "busy-poll-us",
+        "ana",
     ];
 }
 
@@ -170,6 +173,7 @@ impl FromStr for TargetSpec {
             icreq_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(30),
             busy_poll: DEFAULT_BUSY_POLL,
+            ana: None,
         };
         let e = |e: OptionError| bad(e.to_string());
         for o in opts.iter() {
@@ -209,6 +213,7 @@ impl FromStr for TargetSpec {
                 "icreq-timeout-ms" => t.icreq_timeout = o.millis(1..=600_000).map_err(e)?,
                 "auth-timeout-ms" => t.auth_timeout = o.millis(1..=600_000).map_err(e)?,
                 "busy-poll-us" => t.busy_poll = o.micros(0..=1_000_000).map_err(e)?,
+                "ana" => t.ana = Some(super::ana::parse_state(o.value).map_err(bad)?),
                 // ns and bs: below.
                 _ => {}
             }

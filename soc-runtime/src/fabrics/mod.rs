@@ -6,6 +6,7 @@
 //! (`rdma_target`) carry it.
 
 pub mod admin;
+pub mod ana;
 pub mod config;
 pub mod data;
 #[cfg(feature = "fuzzing")]

@@ -178,6 +178,8 @@ pub struct FabricQueue<B> {
     /// Read data the backend is producing (it is owed to the host once the
     /// read completes).
     pub owed: usize,
+    /// The subsystem's ANA change count this admin queue's host was told of.
+    pub ana_seen: u64,
 }
 
 impl<B> FabricQueue<B> {
@@ -195,6 +197,7 @@ impl<B> FabricQueue<B> {
             connect_deadline: Instant::now() + l.icreq_timeout * 2,
             deferred: VecDeque::new(),
             owed: 0,
+            ana_seen: 0,
         }
     }
 
@@ -306,6 +309,27 @@ impl<B> FabricQueue<B> {
 
     /// Answer a command that failed before it was set up (a transport
     /// error: a bad data digest, say).
+    /// An admin queue whose host has not been told of the subsystem's last
+    /// ANA change: complete one of its Asynchronous Event Requests with an
+    /// ANA change notice (the host then reads the ANA log), if one is
+    /// outstanding.
+    pub fn notify_ana<W: Wire<Buf = B>>(&mut self, sub: &Subsystem, w: &mut W) {
+        let now = sub.ana.change_count();
+        if now == self.ana_seen || !sub.ana.enabled() {
+            return;
+        }
+        let Some(cid) = self.admin.as_mut().and_then(AdminCore::take_aer) else {
+            return;
+        };
+        self.ana_seen = now;
+        let dw0 = leapio_nvme::cmd::AsyncEvent::dw0(
+            leapio_nvme::cmd::AsyncEvent::TYPE_NOTICE,
+            leapio_nvme::cmd::AsyncEvent::INFO_ANA_CHANGE,
+            leapio_nvme::log::LogId::ANA,
+        );
+        self.respond(w, cid, Status::SUCCESS, dw0);
+    }
+
     pub fn refuse<W: Wire<Buf = B>>(&mut self, w: &mut W, cid: u16, status: Status) {
         self.advance_sqhd();
         self.respond(w, cid, status, 0);
@@ -552,6 +576,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
             self.respond(w, cid, Status::INVALID_NAMESPACE, 0);
             return;
         };
+        if let Some(st) = cx.sub.ana.refuses_io() {
+            // This path does not serve the namespace now: the host sends
+            // the command down another.
+            self.cmds[idx] = None;
+            self.respond(w, cid, st, 0);
+            return;
+        }
         let settings = Settings {
             max_transfer: u64::from(cx.sub.limits.mdts_bytes()),
             write_cache: self
@@ -850,6 +881,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FabricQueue<B> {
                 return (FabricsStatus::CONNECT_CONTROLLER_BUSY, 0);
             };
             self.admin = Some(AdminCore::default());
+            self.ana_seen = cx.sub.ana.change_count();
             self.last_keep_alive = Instant::now();
             tracing::info!(
                 peer = %self.peer, cntlid = ctrl.cntlid, hostnqn, subnqn,

@@ -48,6 +48,8 @@ pub struct Subsystem {
     pub backends: Vec<Arc<dyn Backend>>,
     /// What each namespace served (by index), over all pollers.
     pub io: Vec<IoStats>,
+    /// Asymmetric Namespace Access: the state hosts see.
+    pub ana: super::ana::Ana,
     pub allow: Vec<AllowedHost>,
     /// What DH-HMAC-CHAP accepts.
     pub dhchap: Arc<Policy>,
@@ -85,6 +87,7 @@ impl Subsystem {
             listen,
             transport,
             io: namespaces.iter().map(|_| IoStats::default()).collect(),
+            ana: super::ana::Ana::new(spec.ana),
             namespaces: Arc::new(namespaces),
             backends,
             allow: spec.allow.clone(),

@@ -130,6 +130,9 @@ impl Backend for QosBackend {
     fn figures(&self) -> Vec<leapio_backend::Figure> {
         self.inner.figures()
     }
+    fn ana_state(&self) -> Option<u8> {
+        self.inner.ana_state()
+    }
     fn stale_writes_for(&self) -> std::time::Duration {
         self.inner.stale_writes_for()
     }

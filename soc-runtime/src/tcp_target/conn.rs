@@ -9,7 +9,7 @@
 
 use super::bufs::BufPool;
 use crate::fabrics::queue::{Ctx, DataError, FabricQueue, OpOutcome, Wire};
-use crate::fabrics::subsystem::Limits;
+use crate::fabrics::subsystem::{Limits, Subsystem};
 use leapio_nvme::fabrics::FabricsStatus;
 use leapio_nvme::tcp::{
     data_off, icreq_off, layout, seal, write_pdu, DataHdr, Digests, Fes, IcReq, IcResp,
@@ -409,6 +409,19 @@ impl Conn {
         }
     }
 
+    /// Tell the host of an ANA change (an admin queue with an
+    /// Asynchronous Event Request outstanding).
+    pub(super) fn notify_ana(&mut self, sub: &Subsystem, bufs: &mut BufPool) {
+        if self.closing() {
+            return;
+        }
+        let mut out = Out {
+            w: &mut self.wire,
+            bufs,
+        };
+        self.q.notify_ana(sub, &mut out);
+    }
+
     /// Start deferred reads while the host is owed less than the limit.
     pub(super) fn resume_deferred(&mut self, cx: &mut TcpCtx<'_>) {
         if self.closing() {
@@ -453,7 +466,6 @@ fn header_bytes(h: &PduHeader) -> &[u8] {
 mod tests {
     use super::*;
     use crate::engine::{Engine, QueueId};
-    use crate::fabrics::subsystem::Subsystem;
     use crate::tcp_target::TargetSpec;
     use leapio_nvme::tcp::{CapsuleCmd, CapsuleResp};
     use leapio_nvme::Status;

@@ -467,8 +467,12 @@ impl TargetPoller {
             if let Some(why) = conn.q.expired(&self.sub, now) {
                 tracing::warn!(peer = %conn.peer(), "closing the connection: {why}");
                 self.close(slot);
+                continue;
             }
+            conn.notify_ana(&self.sub, &mut self.bufs);
         }
+        // Notices just queued go out now.
+        self.flush_all();
     }
 
     /// Drop a connection: its queue and (admin queue) its controller go

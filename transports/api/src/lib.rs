@@ -568,6 +568,13 @@ pub trait Backend: Send + Sync {
     fn copied_bytes(&self) -> u64 {
         0
     }
+    /// The Asymmetric Namespace Access state through this backend (an NVMe
+    /// over Fabrics path whose controller reports one: 1 optimized, 2
+    /// non-optimized, 3 inaccessible, 4 persistent loss, 15 change); None
+    /// when not reported. A multipath namespace prefers optimized paths.
+    fn ana_state(&self) -> Option<u8> {
+        None
+    }
     /// Figures of this kind of backend for the metrics endpoint (an FTL's
     /// write amplification and garbage collection, a remote target's
     /// reconnections); none by default.

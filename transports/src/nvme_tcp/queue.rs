@@ -329,8 +329,15 @@ impl NvmeTcpQueue {
         } else {
             Err(status_error(st.field()))
         };
-        let retryable =
-            (c.bad_digest || (!st.is_success() && !st.is_dnr())) && c.retries < MAX_RETRIES;
+        // A path error (SCT 3, ANA) is not retried down this path: it fails
+        // at once (a multipath namespace sends it down another) and the
+        // session reads the ANA state again.
+        let path_error = st.sct() == 3;
+        if path_error {
+            self.session.ana_changed();
+        }
+        let retryable = (c.bad_digest || (!st.is_success() && !st.is_dnr() && !path_error))
+            && c.retries < MAX_RETRIES;
         if result.is_err() && retryable {
             c.retries += 1;
             tracing::debug!(cid, status = %st, bad_digest = c.bad_digest, "re-sending command");

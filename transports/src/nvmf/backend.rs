@@ -82,6 +82,10 @@ impl<F: Fabric> Backend for FabricBackend<F> {
         self.session.copied.load(Ordering::Relaxed)
     }
 
+    fn ana_state(&self) -> Option<u8> {
+        self.session.ana_state()
+    }
+
     fn figures(&self) -> Vec<leapio_backend::Figure> {
         vec![leapio_backend::Figure {
             name: "nvmf_reconnects_total",

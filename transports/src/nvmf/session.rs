@@ -41,6 +41,9 @@ pub(crate) struct Info {
     pub io_queues: u16,
     /// Most entries in an I/O queue (CAP.MQES + 1).
     pub max_entries: u32,
+    /// The controller reports Asymmetric Namespace Access (CMIC bit 3),
+    /// and the ANA group of the namespace.
+    pub ana_group: Option<u32>,
 }
 
 struct Admin<C> {
@@ -67,6 +70,8 @@ pub(crate) struct Session<C: Channel> {
     pub(crate) copied: std::sync::atomic::AtomicU64,
     /// I/O queues connected again after their connection was lost.
     pub(crate) reconnects: std::sync::atomic::AtomicU64,
+    /// The namespace's ANA state as last read (0: not reported).
+    ana_state: std::sync::atomic::AtomicU8,
 }
 
 impl<C: Channel + 'static> Session<C> {
@@ -90,6 +95,7 @@ impl<C: Channel + 'static> Session<C> {
             timer: Mutex::new(None),
             copied: std::sync::atomic::AtomicU64::new(0),
             reconnects: std::sync::atomic::AtomicU64::new(0),
+            ana_state: std::sync::atomic::AtomicU8::new(0),
         });
         let weak = Arc::downgrade(&s);
         let period = if spec.kato.is_zero() {
@@ -133,6 +139,7 @@ impl<C: Channel + 'static> Session<C> {
             timer: Mutex::new(None),
             copied: std::sync::atomic::AtomicU64::new(0),
             reconnects: std::sync::atomic::AtomicU64::new(0),
+            ana_state: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -285,6 +292,40 @@ impl<C: Channel + 'static> Session<C> {
         r
     }
 
+    /// The namespace's ANA state through this controller (an
+    /// `leapio_nvme::log::AnaState`), if it reports one.
+    pub fn ana_state(&self) -> Option<u8> {
+        let s = self.ana_state.load(Ordering::Acquire);
+        (self.info.ana_group.is_some() && s != 0).then_some(s)
+    }
+
+    /// A path error was seen: read the ANA state again now.
+    pub fn ana_changed(&self) {
+        if self.info.ana_group.is_some() {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Read the ANA log (under the admin lock) and keep the namespace's
+    /// group's state.
+    fn refresh_ana(&self, c: &mut C) {
+        let Some(group) = self.info.ana_group else {
+            return;
+        };
+        match read_ana(c, group) {
+            Ok(state) => {
+                let was = self.ana_state.swap(state, Ordering::AcqRel);
+                if was != state {
+                    tracing::info!(
+                        target_addr = %self.spec.host_port(), subnqn = %self.spec.subnqn,
+                        state, "ANA state of the namespace"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(subnqn = %self.spec.subnqn, "reading the ANA log: {e}"),
+        }
+    }
+
     fn sleep(&self, d: Duration) {
         let g = lock(&self.wake_lock);
         if !self.stopping() {
@@ -303,7 +344,12 @@ fn keep_alive_loop<C: Channel + 'static>(weak: &std::sync::Weak<Session<C>>, per
         let ok = {
             let mut a = lock(&s.admin);
             match a.conn.as_mut().map(keep_alive) {
-                Some(Ok(())) => true,
+                Some(Ok(())) => {
+                    if let Some(c) = a.conn.as_mut() {
+                        s.refresh_ana(c);
+                    }
+                    true
+                }
                 Some(Err(e)) => {
                     tracing::warn!(subnqn = %s.spec.subnqn, "keep alive failed: {e}");
                     if let Some(c) = a.conn.take() {
@@ -332,6 +378,35 @@ fn keep_alive(c: &mut impl Channel) -> Result<(), NvmfError> {
         ..Default::default()
     };
     c.command_ok("Keep Alive", sqe, &[], 0).map(|_| ())
+}
+
+/// The state of ANA group `group` in the controller's ANA log (read with
+/// groups only).
+fn read_ana(c: &mut impl Channel, group: u32) -> Result<u8, NvmfError> {
+    const LEN: u32 = 4096;
+    let sqe = Sqe {
+        opcode: AdminOpcode::GET_LOG_PAGE,
+        nsid: u32::MAX.into(),
+        // LID 0Ch, LSP bit 0 (RGO), NUMDL.
+        cdw10: (u32::from(leapio_nvme::log::LogId::ANA) | (1 << 8) | ((LEN / 4 - 1) << 16)).into(),
+        ..Default::default()
+    };
+    let (_, d) = c.command_ok("Get Log Page (ANA)", sqe, &[], LEN as usize)?;
+    let short = || NvmfError::Protocol("short ANA log".into());
+    let groups = u16::from_le_bytes([*d.get(8).ok_or_else(short)?, *d.get(9).ok_or_else(short)?]);
+    let mut at = 16usize;
+    for _ in 0..groups {
+        let desc = d.get(at..at + 32).ok_or_else(short)?;
+        let id = u32::from_le_bytes([desc[0], desc[1], desc[2], desc[3]]);
+        let nsids = u32::from_le_bytes([desc[4], desc[5], desc[6], desc[7]]);
+        if id == group {
+            return Ok(desc[16] & 0x0f);
+        }
+        at += 32 + 4 * usize::try_from(nsids).map_err(|_| short())?;
+    }
+    Err(NvmfError::Protocol(format!(
+        "ANA group {group} not in the ANA log"
+    )))
 }
 
 fn identify(c: &mut impl Channel, cns: u8, nsid: u32) -> Result<Vec<u8>, NvmfError> {
@@ -416,6 +491,8 @@ fn bring_up<C: Channel>(
         max_transfer,
         io_queues,
         max_entries: mqes,
+        ana_group: (idc.cmic & (1 << 3) != 0 && idn.anagrpid.get() != 0)
+            .then(|| idn.anagrpid.get()),
     };
     tracing::debug!(
         cntlid,

@@ -36,6 +36,18 @@ impl Policy {
     }
 }
 
+/// The order of preference of an ANA state: optimized first, then
+/// non-optimized or not reported, then in transition, then inaccessible.
+fn ana_rank(state: Option<u8>) -> u8 {
+    use leapio_nvme::log::AnaState;
+    match state {
+        Some(AnaState::OPTIMIZED) => 0,
+        None | Some(AnaState::NON_OPTIMIZED) => 1,
+        Some(AnaState::CHANGE) => 2,
+        Some(_) => 3,
+    }
+}
+
 /// How long a failed path is left out before it is tried again.
 const PATH_HOLD: Duration = Duration::from_secs(1);
 
@@ -158,6 +170,7 @@ impl Backend for Multipath {
             .map(|p| p.open_queue(depth))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Box::new(MultipathQueue {
+            paths: self.paths.clone(),
             queues,
             shared: self.shared.clone(),
             policy: self.policy,
@@ -196,7 +209,14 @@ impl Backend for Multipath {
                 } else {
                     "up"
                 };
-                format!("{} ({state})", p.describe())
+                let ana = match p.ana_state() {
+                    Some(leapio_nvme::log::AnaState::OPTIMIZED) => ", ANA optimized",
+                    Some(leapio_nvme::log::AnaState::NON_OPTIMIZED) => ", ANA non-optimized",
+                    Some(leapio_nvme::log::AnaState::INACCESSIBLE) => ", ANA inaccessible",
+                    Some(_) => ", ANA other",
+                    None => "",
+                };
+                format!("{} ({state}{ana})", p.describe())
             })
             .collect();
         format!(
@@ -296,6 +316,7 @@ struct Pending {
 unsafe impl Send for Pending {}
 
 struct MultipathQueue {
+    paths: Vec<Arc<dyn Backend>>,
     queues: Vec<Box<dyn BackendQueue>>,
     shared: Arc<Shared>,
     policy: Policy,
@@ -313,13 +334,18 @@ struct MultipathQueue {
 
 impl MultipathQueue {
     /// A path for a request that has tried `tried`: an up one by the
-    /// policy; else the untried one whose hold ends first (a probe).
+    /// policy, among those of the best ANA state there is (optimized; then
+    /// non-optimized or not reported; inaccessible last); else the untried
+    /// one whose hold ends first (a probe).
     fn pick(&mut self, tried: u64) -> Option<usize> {
         let n = self.queues.len();
         let untried = |i: usize| tried & (1 << i) == 0;
         let up: Vec<usize> = (0..n)
             .filter(|&i| untried(i) && self.shared.up(i))
             .collect();
+        let rank = |i: usize| ana_rank(self.paths[i].ana_state());
+        let best = up.iter().map(|&i| rank(i)).min();
+        let up: Vec<usize> = up.into_iter().filter(|&i| Some(rank(i)) == best).collect();
         if !up.is_empty() {
             return Some(match self.policy {
                 Policy::RoundRobin => {
