@@ -23,6 +23,7 @@ use std::process::ExitCode;
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-add name=db,ctrl=vm1,class=lc,slo=p95:500us,iops=20000,rw=90:10
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-remove db
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-device /etc/leapio/flash0.json   (or off)
+///   leapioctl -s /run/leapio/socp-ctl.sock ana NQN STATE [IP:PORT]   (optimized, non-optimized, inaccessible)
 ///   leapioctl -s /run/leapio/socp-ctl.sock top [--interval SECS] [--sort iops|mbps|p99|depth|name] [--count N]
 ///   leapioctl -s PATH call METHOD '{"json":"params"}'
 #[derive(Parser, Debug)]
@@ -33,8 +34,8 @@ struct Args {
     sock: PathBuf,
     /// ctrl-add SPEC | ctrl-remove NAME | ns-add CTRL BACKEND | ns-remove
     /// CTRL NSID | status | config | qos-stats | qos-add TENANT | qos-remove
-    /// NAME | qos-device FILE|off | top [--interval SECS] [--sort KEY]
-    /// [--count N] | call METHOD [JSON]
+    /// NAME | qos-device FILE|off | ana NQN STATE [IP:PORT] | top [--interval
+    /// SECS] [--sort KEY] [--count N] | call METHOD [JSON]
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
@@ -70,6 +71,13 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
             "off" => ("qos_device".into(), json!({ "off": true })),
             f => ("qos_device".into(), json!({ "path": f })),
         },
+        "ana" => {
+            let mut p = json!({ "nqn": arg(1, "NQN")?, "state": arg(2, "STATE")? });
+            if let Some(l) = cmd.get(3) {
+                p["listen"] = json!(l);
+            }
+            ("target_ana".into(), p)
+        }
         "call" => {
             let params = match cmd.get(2) {
                 Some(p) => serde_json::from_str(p).map_err(|e| format!("call: params: {e}"))?,
@@ -79,7 +87,7 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
         }
         other => {
             return Err(format!(
-                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, config, qos-stats, qos-add, qos-remove, qos-device, top, call)"
+                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, config, qos-stats, qos-add, qos-remove, qos-device, ana, top, call)"
             ))
         }
     })
