@@ -7,7 +7,7 @@
 #          soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
 #          zns_tcp zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns
-#          hostd_upgrade hostd_crash
+#          hostd_upgrade hostd_crash multipath_failover
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
@@ -44,7 +44,8 @@ if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
     [[ $target == socp ]] && tests+=(split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
-        zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns hostd_upgrade hostd_crash)
+        zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns hostd_upgrade hostd_crash
+        multipath_failover)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -61,6 +62,7 @@ e2e_cleanup() {
     # (each step may fail: set -e must not cut the cleanup short)
     if [[ -n $RESTARTER ]]; then kill "$RESTARTER" 2>/dev/null || true; fi
     if [[ -n $PERF_PID ]]; then kill "$PERF_PID" 2>/dev/null || true; fi
+    mp_stop >/dev/null 2>&1 || true
     stop_guest
     stop_socp >/dev/null 2>&1 || true
     if [[ -n $SOC_PID ]]; then stop_soc >/dev/null 2>&1 || true; fi
@@ -266,6 +268,74 @@ test_split_restart() {
     expect '[[ $restarts == 2 ]]' "socp was restarted $restarts times, expected 2" || ok=1
     expect '((alive))' "the last socp died" || ok=1
     ((ok == 0)) && DETAIL="2 x kill -9 of socp during verified fio, new runtime attached after ${times} s; fio clean, guest kernel quiet"
+    return $ok
+}
+
+# Two paths to one subsystem, as a multipath host sees them: socp A serves
+# the disk on port PA; socp B serves A's namespace again on port PB through
+# its own NVMe/TCP host (a second listener, both reporting ANA). The guest's
+# namespace is multipath over both. During fio's verified write, B's listener
+# turns inaccessible (an ANA change: the I/O moves to A) and back; during
+# the randread, B is killed. The guest sees no error.
+MP_A='' MP_B=''
+mp_stop() {
+    [[ -z $MP_B ]] || { kill -9 "$MP_B" 2>/dev/null || true; wait "$MP_B" 2>/dev/null || true; }
+    local rc=0
+    [[ -z $MP_A ]] || stop_pid "NVMe/TCP target A" "$MP_A" || rc=1
+    MP_A='' MP_B=''
+    return $rc
+}
+mp_listening() { # LOG PID
+    local i=0
+    until grep -q 'NVMe/TCP target listening' "$1"; do
+        ((i < 300)) && kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+test_multipath_failover() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    local pa=${LEAPIO_MP_PORT_A:-4441} pb=${LEAPIO_MP_PORT_B:-4442}
+    local nqn=nqn.2026-12.io.leapio:mp0 ctlb=$LEAPIO_RUN/e2e-mp-b.sock
+    local acts=$logs/multipath_failover.actions.log ok=0
+    fresh_disk
+    rm -f "$acts" "$logs/multipath_failover.guest.log"
+    NO_COLOR=1 RUST_LOG=info "$SOCP_BIN" \
+        --tcp-target "listen=127.0.0.1:$pa,nqn=$nqn,ns=file:$disk,ana=optimized" \
+        2> "$logs/multipath_failover.a.log" &
+    MP_A=$!
+    mp_listening "$logs/multipath_failover.a.log" "$MP_A" || { REASON="target A did not listen"; mp_stop; return 1; }
+    NO_COLOR=1 RUST_LOG=info "$SOCP_BIN" --control "$ctlb" \
+        --tcp-target "listen=127.0.0.1:$pb,nqn=$nqn,ns=nvme-tcp:127.0.0.1:$pa/$nqn?retry=500,ana=optimized" \
+        2> "$logs/multipath_failover.b.log" &
+    MP_B=$!
+    mp_listening "$logs/multipath_failover.b.log" "$MP_B" || { REASON="target B did not listen"; mp_stop; return 1; }
+    {
+        wait_log "$logs/multipath_failover.guest.log" "FIO-START fio write" "$boot_timeout" || exit 0
+        sleep 1
+        "$LEAPIOCTL_BIN" -s "$ctlb" ana "$nqn" inaccessible >> "$acts" 2>&1 && echo "B inaccessible" >> "$acts"
+        sleep 2
+        "$LEAPIOCTL_BIN" -s "$ctlb" ana "$nqn" optimized >> "$acts" 2>&1 && echo "B optimized" >> "$acts"
+        wait_log "$logs/multipath_failover.guest.log" "FIO-START fio randread" "$boot_timeout" || exit 0
+        sleep 1
+        kill -9 "$MP_B" && echo "B killed" >> "$acts"
+    } &
+    RESTARTER=$!
+    local paths="nvme-tcp:127.0.0.1:$pa/$nqn?retry=500&kato=2000|nvme-tcp:127.0.0.1:$pb/$nqn?retry=500&kato=2000"
+    boot multipath_failover fio "multipath:($paths)?policy=qd" -- --append "leapio.runtime=4 leapio.size=32" || ok=1
+    wait "$RESTARTER" || true
+    RESTARTER=''
+    local errs ioerr resets moved
+    read -r errs ioerr resets <<< "$(guest_health)"
+    mp_stop || { REASON="${REASON:+$REASON; }target A did not stop cleanly"; ok=1; }
+    moved=$(grep -c 'multipath: path' "$logs/multipath_failover.socp.log" || true)
+    expect '[[ $errs == 0 ]]' "fio reported $errs errors" || ok=1
+    expect '[[ $ioerr == 0 && $resets == 0 ]]' "the guest kernel logged $ioerr I/O errors and $resets nvme timeouts/resets" || ok=1
+    expect 'grep -q "B inaccessible" "$acts" && grep -q "B optimized" "$acts" && grep -q "B killed" "$acts"' \
+        "not every path event happened: $(tr '\n' ';' < "$acts" 2>/dev/null)" || ok=1
+    expect 'grep -q "ANA state of the namespace" "$logs/multipath_failover.socp.log"' "the runtime never read an ANA state" || ok=1
+    expect '((moved > 0))' "no request moved to another path" || ok=1
+    ((ok == 0)) && DETAIL="ANA change then kill -9 of one of two listeners during verified fio; fio clean, guest kernel quiet; $moved path failovers logged"
     return $ok
 }
 
