@@ -551,28 +551,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn io(q: &mut dyn BackendQueue, kind: IoKind, offset: u64, buf: &mut [u8]) {
-        let iov = [libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }];
-        let req = IoRequest {
-            tag: 9,
-            kind,
-            offset,
-            len: buf.len() as u64,
-            iov: &iov,
-            owner: 0,
-            journal: None,
-        };
-        // SAFETY: buf outlives the request (drained below).
-        unsafe { q.submit(&req) }.unwrap();
-        let mut out = Vec::new();
-        q.drain(&mut out, Duration::from_secs(5));
-        assert_eq!(out.len(), 1);
-        assert!(out[0].result.is_ok() && out[0].tag == 9);
-    }
-
     #[test]
     fn the_child_holds_no_plaintext_and_a_wrong_key_or_a_foreign_child_is_refused() {
         let dir = std::env::temp_dir().join(format!("leapio-crypt-{}", std::process::id()));
@@ -600,20 +578,20 @@ mod tests {
             .take(8192)
             .collect();
         let mut w = plain.clone();
-        io(q.as_mut(), IoKind::Write, 4096, &mut w);
+        crate::services::run_io(q.as_mut(), IoKind::Write, 4096, &mut w).unwrap();
         assert_eq!(w, plain, "the writer's buffer is left as it was");
         let mut r = vec![0u8; 8192];
-        io(q.as_mut(), IoKind::Read, 4096, &mut r);
+        crate::services::run_io(q.as_mut(), IoKind::Read, 4096, &mut r).unwrap();
         assert_eq!(r, plain);
         // Never written: zeroes, as on a fresh disk; a written block of
         // zeroes is no zero ciphertext.
         let mut z = vec![0xffu8; 4096];
-        io(q.as_mut(), IoKind::Read, 65536, &mut z);
+        crate::services::run_io(q.as_mut(), IoKind::Read, 65536, &mut z).unwrap();
         assert!(z.iter().all(|b| *b == 0));
         let mut zw = vec![0u8; 4096];
-        io(q.as_mut(), IoKind::Write, 131072, &mut zw);
+        crate::services::run_io(q.as_mut(), IoKind::Write, 131072, &mut zw).unwrap();
         let mut zr = vec![0xffu8; 4096];
-        io(q.as_mut(), IoKind::Read, 131072, &mut zr);
+        crate::services::run_io(q.as_mut(), IoKind::Read, 131072, &mut zr).unwrap();
         assert!(zr.iter().all(|b| *b == 0));
         drop(q);
         drop(b);
@@ -632,7 +610,7 @@ mod tests {
         let b = crate::open_backend(&spec(&key)).unwrap();
         let mut q = b.open_queue(1).unwrap();
         let mut r = vec![0u8; 8192];
-        io(q.as_mut(), IoKind::Read, 4096, &mut r);
+        crate::services::run_io(q.as_mut(), IoKind::Read, 4096, &mut r).unwrap();
         assert_eq!(r, plain);
         drop(q);
         drop(b);

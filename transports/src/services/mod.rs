@@ -95,6 +95,63 @@ impl fmt::Display for ServiceSpec {
     }
 }
 
+/// What a service's children say together.
+pub(crate) mod children {
+    use leapio_backend::{Backend, Owner};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Bytes every child's CPU copied.
+    pub fn copied_bytes(c: &[Arc<dyn Backend>]) -> u64 {
+        c.iter().map(|c| c.copied_bytes()).sum()
+    }
+
+    /// The first child's id for `who`: the children tell owners apart
+    /// their own way, and a QoS scheduler sits above a service.
+    pub fn owner(c: &[Arc<dyn Backend>], who: &Owner<'_>) -> u32 {
+        c.first().map_or(0, |c| c.owner(who))
+    }
+
+    /// The longest any child's writes may still land after a runtime died.
+    pub fn stale_writes_for(c: &[Arc<dyn Backend>]) -> Duration {
+        c.iter()
+            .map(|c| c.stale_writes_for())
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// One request of the whole of `buf` at `offset` (none for a flush), run
+/// to its completion: the tests' way of driving a queue.
+#[cfg(test)]
+pub(crate) fn run_io(
+    q: &mut dyn leapio_backend::BackendQueue,
+    kind: leapio_backend::IoKind,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), leapio_backend::IoError> {
+    let iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    let req = leapio_backend::IoRequest {
+        tag: 7,
+        kind,
+        offset,
+        len: buf.len() as u64,
+        iov: if buf.is_empty() { &[] } else { &iov },
+        owner: 0,
+        journal: None,
+    };
+    // SAFETY: buf outlives the request: it is drained below.
+    unsafe { q.submit(&req) }.expect("submitted");
+    let mut out = Vec::new();
+    q.drain(&mut out, std::time::Duration::from_secs(5));
+    assert_eq!(out.len(), 1, "one completion");
+    assert_eq!(out[0].tag, 7);
+    out[0].result
+}
+
 /// Open a service and its children (unclaimed, as
 /// [`crate::open_backend_unclaimed`]: claiming the service claims them).
 pub fn open(

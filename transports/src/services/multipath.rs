@@ -250,7 +250,7 @@ impl Backend for Multipath {
     }
 
     fn copied_bytes(&self) -> u64 {
-        self.paths.iter().map(|p| p.copied_bytes()).sum()
+        super::children::copied_bytes(&self.paths)
     }
 
     fn figures(&self) -> Vec<leapio_backend::Figure> {
@@ -285,15 +285,11 @@ impl Backend for Multipath {
     }
 
     fn owner(&self, who: &Owner<'_>) -> u32 {
-        self.paths.first().map_or(0, |p| p.owner(who))
+        super::children::owner(&self.paths, who)
     }
 
     fn stale_writes_for(&self) -> Duration {
-        self.paths
-            .iter()
-            .map(|p| p.stale_writes_for())
-            .max()
-            .unwrap_or(Duration::ZERO)
+        super::children::stale_writes_for(&self.paths)
     }
 }
 
@@ -611,34 +607,6 @@ mod tests {
         }
     }
 
-    fn io(
-        q: &mut dyn BackendQueue,
-        kind: IoKind,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), IoError> {
-        let iov = [libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }];
-        let req = IoRequest {
-            tag: 5,
-            kind,
-            offset,
-            len: buf.len() as u64,
-            iov: &iov,
-            owner: 0,
-            journal: None,
-        };
-        // SAFETY: buf outlives the request (drained below).
-        unsafe { q.submit(&req) }.unwrap();
-        let mut out = Vec::new();
-        q.drain(&mut out, Duration::from_secs(5));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].tag, 5);
-        out[0].result
-    }
-
     #[test]
     fn requests_move_to_a_surviving_path_and_a_returning_path_serves_again() {
         // Two paths to one namespace: one RAM disk behind both.
@@ -661,26 +629,26 @@ mod tests {
         let mut q = m.open_queue(8).unwrap();
         let mut data = vec![0x5au8; 4096];
         for i in 0..8u64 {
-            io(q.as_mut(), IoKind::Write, i * 4096, &mut data).unwrap();
+            crate::services::run_io(q.as_mut(), IoKind::Write, i * 4096, &mut data).unwrap();
         }
         assert_eq!(m.shared.paths[0].served.load(Ordering::Relaxed), 4);
         // Path 1 breaks: nothing fails, everything goes down path 2.
         b1.store(true, Ordering::Relaxed);
         for i in 0..8u64 {
             let mut back = vec![0u8; 4096];
-            io(q.as_mut(), IoKind::Read, i * 4096, &mut back).unwrap();
+            crate::services::run_io(q.as_mut(), IoKind::Read, i * 4096, &mut back).unwrap();
             assert_eq!(back, data);
         }
         assert!(m.describe().contains("flaky (failed)"), "{}", m.describe());
         assert_eq!(m.figures()[0].value, 1.0);
         // Both broken: the request fails.
         b2.store(true, Ordering::Relaxed);
-        assert!(io(q.as_mut(), IoKind::Read, 0, &mut data).is_err());
+        assert!(crate::services::run_io(q.as_mut(), IoKind::Read, 0, &mut data).is_err());
         // Path 1 comes back: once its hold ends it serves again.
         b1.store(false, Ordering::Relaxed);
         std::thread::sleep(PATH_HOLD + Duration::from_millis(50));
         let before = m.shared.paths[0].served.load(Ordering::Relaxed);
-        io(q.as_mut(), IoKind::Read, 0, &mut data).unwrap();
+        crate::services::run_io(q.as_mut(), IoKind::Read, 0, &mut data).unwrap();
         assert!(m.shared.paths[0].served.load(Ordering::Relaxed) > before);
     }
 

@@ -231,21 +231,15 @@ impl Backend for Striped {
     }
 
     fn copied_bytes(&self) -> u64 {
-        self.children.iter().map(|c| c.copied_bytes()).sum()
+        super::children::copied_bytes(&self.children)
     }
 
     fn owner(&self, who: &Owner<'_>) -> u32 {
-        // The children tell owners apart their own way; the first child's
-        // id stands for all (a QoS scheduler sits above a service).
-        self.children.first().map_or(0, |c| c.owner(who))
+        super::children::owner(&self.children, who)
     }
 
     fn stale_writes_for(&self) -> Duration {
-        self.children
-            .iter()
-            .map(|c| c.stale_writes_for())
-            .max()
-            .unwrap_or(Duration::ZERO)
+        super::children::stale_writes_for(&self.children)
     }
 }
 
@@ -572,29 +566,6 @@ mod tests {
         Arc::new(RamBackend::new(size, 512).unwrap())
     }
 
-    fn run(q: &mut dyn BackendQueue, kind: IoKind, offset: u64, buf: &mut [u8]) {
-        let iov = [libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }];
-        let req = IoRequest {
-            tag: 7,
-            kind,
-            offset,
-            len: buf.len() as u64,
-            iov: if buf.is_empty() { &[] } else { &iov },
-            owner: 0,
-            journal: None,
-        };
-        // SAFETY: buf outlives the request (drained below).
-        unsafe { q.submit(&req) }.unwrap();
-        let mut out = Vec::new();
-        q.drain(&mut out, Duration::from_secs(5));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].tag, 7);
-        assert!(out[0].result.is_ok());
-    }
-
     #[test]
     fn data_written_across_strips_reads_back_and_lands_on_the_children() {
         let children = vec![ram(64 << 10), ram(64 << 10)];
@@ -602,17 +573,17 @@ mod tests {
         assert_eq!(s.geometry().size_bytes(), 128 << 10);
         let mut q = s.open_queue(8).unwrap();
         let mut data: Vec<u8> = (0..12288u32).map(|i| (i % 251) as u8).collect();
-        run(q.as_mut(), IoKind::Write, 2048, &mut data);
+        crate::services::run_io(q.as_mut(), IoKind::Write, 2048, &mut data).unwrap();
         let mut back = vec![0u8; 12288];
-        run(q.as_mut(), IoKind::Read, 2048, &mut back);
+        crate::services::run_io(q.as_mut(), IoKind::Read, 2048, &mut back).unwrap();
         assert_eq!(back, data);
         // Bytes 2048..4096 on child 0 at 2048; 4096..8192 on child 1 at 0.
         let mut c1 = children[1].open_queue(1).unwrap();
         let mut got = vec![0u8; 4096];
-        run(c1.as_mut(), IoKind::Read, 0, &mut got);
+        crate::services::run_io(c1.as_mut(), IoKind::Read, 0, &mut got).unwrap();
         assert_eq!(got, data[2048..6144]);
         let mut fl = Vec::new();
-        run(q.as_mut(), IoKind::Flush, 0, &mut fl);
+        crate::services::run_io(q.as_mut(), IoKind::Flush, 0, &mut fl).unwrap();
     }
 
     #[test]
