@@ -130,6 +130,9 @@ impl Backend for QosBackend {
     fn figures(&self) -> Vec<leapio_backend::Figure> {
         self.inner.figures()
     }
+    fn service(&self) -> Option<&dyn leapio_backend::ServiceControl> {
+        self.inner.service()
+    }
     fn stale_writes_for(&self) -> std::time::Duration {
         self.inner.stale_writes_for()
     }
