@@ -201,7 +201,7 @@ fn parse_spec(s: &str) -> Result<BackendSpec, String> {
         "flash" => crate::flash::parse_spec(body).map(BackendSpec::Flash),
         "zns" => crate::flash::zns::parse_spec(body).map(BackendSpec::Zns),
         other => Err(format!(
-            "unknown backend type '{other}' (known: ram, file, nvme-tcp, nvme-rdma, nvme-pci, flash, zns; services: raid0, concat, crypt, multipath)"
+            "unknown backend type '{other}' (known: ram, file, nvme-tcp, nvme-rdma, nvme-pci, flash, zns; services: raid0, concat, crypt, multipath, raid1)"
         )),
     }
 }

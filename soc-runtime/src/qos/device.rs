@@ -133,6 +133,9 @@ impl Backend for QosBackend {
     fn ana_state(&self) -> Option<u8> {
         self.inner.ana_state()
     }
+    fn service(&self) -> Option<&dyn leapio_backend::ServiceControl> {
+        self.inner.service()
+    }
     fn stale_writes_for(&self) -> std::time::Duration {
         self.inner.stale_writes_for()
     }

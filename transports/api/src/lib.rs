@@ -517,6 +517,16 @@ pub struct Figure {
     pub value: f64,
 }
 
+/// What an operator can see and do to a storage service (a mirror's
+/// children, their states and resync): the control socket's view of it.
+pub trait ServiceControl: Send + Sync {
+    /// The service's state as a JSON object (children, their states,
+    /// progress of background work).
+    fn state(&self) -> String;
+    /// Run `action` on child `child` (0-based): what was done, or why not.
+    fn control(&self, action: &str, child: usize) -> Result<String, String>;
+}
+
 /// One storage object. Shared by all pollers (`Arc<dyn Backend>`).
 pub trait Backend: Send + Sync {
     /// Size as the guest should see it.
@@ -597,6 +607,11 @@ pub trait Backend: Send + Sync {
     /// timeout.
     fn stale_writes_for(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+    /// The operator's handle on a storage service (a mirror); `None` for
+    /// plain backends.
+    fn service(&self) -> Option<&dyn ServiceControl> {
+        None
     }
 }
 

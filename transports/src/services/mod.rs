@@ -8,6 +8,8 @@
 //! concat:(ram:1G|nvme-tcp:10.0.0.2:4420/nqn.2026-01.io.example:disk)
 //! crypt:(file:/srv/a.img)?key=/etc/leapio/vm0.key
 //! multipath:(nvme-tcp:10.0.0.2:4420/nqn.x:d?retry=500|nvme-tcp:10.0.1.2:4420/nqn.x:d?retry=500)
+//! multipath:(nvme-tcp:10.0.0.2:4420/nqn.x:d?retry=500|nvme-tcp:10.0.1.2:4420/nqn.x:d?retry=500)
+//! raid1:(file:/srv/a.img|nvme-tcp:10.0.0.2:4420/nqn.2026-01.io.example:disk)?bitmap=/var/lib/leapio/vm0.bitmap
 //! ```
 //!
 //! A child is any backend spec, a service included
@@ -17,6 +19,7 @@
 //! 512 bytes), and every child of a service must have the same.
 
 pub mod crypt;
+pub mod mirror;
 pub mod multipath;
 pub mod stripe;
 
@@ -44,6 +47,15 @@ pub enum ServiceSpec {
         children: Vec<BackendSpec>,
         key: std::path::PathBuf,
     },
+    /// RAID-1 over 2..N children, with a write-intent bitmap in a file.
+    Mirror {
+        children: Vec<BackendSpec>,
+        bitmap: std::path::PathBuf,
+        /// Bytes per bitmap bit (a power of two, at least 64 KiB).
+        region: u64,
+        /// Background resync rate limit, MB/s.
+        resync_mbps: u64,
+    },
 }
 
 /// Default strip size of `raid0`.
@@ -57,7 +69,8 @@ impl ServiceSpec {
             ServiceSpec::Stripe { children, .. }
             | ServiceSpec::Concat { children }
             | ServiceSpec::Crypt { children, .. }
-            | ServiceSpec::Multipath { children, .. } => children,
+            | ServiceSpec::Multipath { children, .. }
+            | ServiceSpec::Mirror { children, .. } => children,
         }
     }
 }
@@ -90,6 +103,21 @@ impl fmt::Display for ServiceSpec {
             }
             ServiceSpec::Crypt { children, key } => {
                 write!(f, "crypt:({})?key={}", join(children), key.display())
+            }
+            ServiceSpec::Mirror {
+                children,
+                bitmap,
+                region,
+                resync_mbps,
+            } => {
+                write!(f, "raid1:({})?bitmap={}", join(children), bitmap.display())?;
+                if *region != mirror::DEFAULT_REGION {
+                    write!(f, "&region={}", crate::config::format_size(*region))?;
+                }
+                if *resync_mbps != mirror::DEFAULT_RESYNC_MBPS {
+                    write!(f, "&resync-mbps={resync_mbps}")?;
+                }
+                Ok(())
             }
         }
     }
@@ -176,6 +204,17 @@ pub fn open(
             })?;
             std::sync::Arc::new(crypt::Crypt::new(child, key)?)
         }
+        ServiceSpec::Mirror {
+            bitmap,
+            region,
+            resync_mbps,
+            ..
+        } => std::sync::Arc::new(mirror::Mirror::new(
+            children,
+            bitmap,
+            *region,
+            *resync_mbps,
+        )?),
     })
 }
 
@@ -301,6 +340,40 @@ pub(crate) fn parse(kind: &str, body: &str) -> Option<Result<ServiceSpec, String
                     key: std::path::PathBuf::from(key.value),
                 })
             }
+            "raid1" => {
+                opts.check_once(&["bitmap", "region", "resync-mbps"])
+                    .map_err(|e| e.to_string())?;
+                let bitmap = opts
+                    .require("bitmap", "bitmap=PATH (the write-intent bitmap file)")
+                    .map_err(|e| e.to_string())?;
+                if bitmap.value.is_empty() {
+                    return Err("bitmap= names no file".into());
+                }
+                let region = match opts.get("region") {
+                    Some(o) => o.size().map_err(|e| e.to_string())?,
+                    None => mirror::DEFAULT_REGION,
+                };
+                if !region.is_power_of_two()
+                    || !(mirror::MIN_REGION..=mirror::MAX_REGION).contains(&region)
+                {
+                    return Err(format!(
+                        "region {region} is not a power of two from 64 KiB to 1 GiB"
+                    ));
+                }
+                let resync_mbps = match opts.get("resync-mbps") {
+                    Some(o) => o.number(1..=1_000_000u64).map_err(|e| e.to_string())?,
+                    None => mirror::DEFAULT_RESYNC_MBPS,
+                };
+                if children.len() < 2 {
+                    return Err("raid1 needs at least 2 children".into());
+                }
+                Ok(ServiceSpec::Mirror {
+                    children,
+                    bitmap: std::path::PathBuf::from(bitmap.value),
+                    region,
+                    resync_mbps,
+                })
+            }
             _ => {
                 opts.check_once(&[]).map_err(|e| e.to_string())?;
                 if children.len() < 2 {
@@ -310,7 +383,7 @@ pub(crate) fn parse(kind: &str, body: &str) -> Option<Result<ServiceSpec, String
             }
         }
     };
-    matches!(kind, "raid0" | "concat" | "crypt" | "multipath").then(parse)
+    matches!(kind, "raid0" | "concat" | "crypt" | "multipath" | "raid1").then(parse)
 }
 
 #[cfg(test)]
@@ -340,6 +413,8 @@ mod tests {
             "raid0:(ram:1M|ram:1M)",
             "raid0:(ram:1M|file:/srv/b.img)?strip=4K",
             "concat:(ram:1M|raid0:(ram:1M|ram:1M))",
+            "raid1:(ram:1M|file:/srv/b.img)?bitmap=/var/lib/m.bitmap",
+            "raid1:(ram:1M|ram:1M|raid0:(ram:1M|ram:1M))?bitmap=/b&region=64K&resync-mbps=20",
         ] {
             let spec: BackendSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -353,6 +428,15 @@ mod tests {
             e.contains("child 2 (bogus:1)") && e.contains("unknown backend type"),
             "{e}"
         );
+        assert!(err("raid1:(ram:1M)?bitmap=/b").contains("at least 2 children"));
+        assert!(err("raid1:(ram:1M|ram:1M)").contains("bitmap"));
+        assert!(err("raid1:(ram:1M|ram:1M)?bitmap=/b&region=32K").contains("region 32768"));
+        assert!(err("raid1:(ram:1M|ram:1M)?bitmap=/b&region=96K").contains("power of two"));
+        let e = err("raid1:(ram:1M|ram:1M)?bitmap=/b&resync-mbps=0");
+        assert!(e.contains("resync-mbps"), "{e}");
+        assert!(err("raid1:(ram:1M|ram:1M)?bitmap=/b&speed=1").contains("unknown key 'speed'"));
+        let e = err("raid1:(ram:1M|nope:1)?bitmap=/b");
+        assert!(e.contains("child 2 (nope:1)"), "{e}");
         let e = err("concat:(ram:1M|raid0:(ram:1M|ram:0))");
         assert!(
             e.contains("child 2") && e.contains("must not be zero"),

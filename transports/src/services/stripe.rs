@@ -133,7 +133,7 @@ impl Striped {
     }
 }
 
-fn same_block_size(children: &[Arc<dyn Backend>]) -> Result<u32, BackendError> {
+pub(crate) fn same_block_size(children: &[Arc<dyn Backend>]) -> Result<u32, BackendError> {
     let first = children
         .first()
         .map(|c| c.geometry().block_size)
