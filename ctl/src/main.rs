@@ -23,6 +23,8 @@ use std::process::ExitCode;
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-add name=db,ctrl=vm1,class=lc,slo=p95:500us,iops=20000,rw=90:10
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-remove db
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-device /etc/leapio/flash0.json   (or off)
+///   leapioctl -s /run/leapio/socp-ctl.sock service vm1 1   (a mirror's children, resync progress)
+///   leapioctl -s /run/leapio/socp-ctl.sock service vm1 1 fail|readd|rebuild CHILD   (children from 0)
 ///   leapioctl -s /run/leapio/socp-ctl.sock ana NQN STATE [IP:PORT]   (optimized, non-optimized, inaccessible)
 ///   leapioctl -s /run/leapio/socp-ctl.sock top [--interval SECS] [--sort iops|mbps|p99|depth|name] [--count N]
 ///   leapioctl -s PATH call METHOD '{"json":"params"}'
@@ -34,7 +36,8 @@ struct Args {
     sock: PathBuf,
     /// ctrl-add SPEC | ctrl-remove NAME | ns-add CTRL BACKEND | ns-remove
     /// CTRL NSID | status | config | qos-stats | qos-add TENANT | qos-remove
-    /// NAME | qos-device FILE|off | ana NQN STATE [IP:PORT] | top [--interval
+    /// NAME | qos-device FILE|off | service CTRL NSID [ACTION CHILD] | ana
+    /// NQN STATE [IP:PORT] | top [--interval
     /// SECS] [--sort KEY] [--count N] | call METHOD [JSON]
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -71,6 +74,19 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
             "off" => ("qos_device".into(), json!({ "off": true })),
             f => ("qos_device".into(), json!({ "path": f })),
         },
+        "service" => {
+            let num = |i: usize, what: &str| -> Result<u64, String> {
+                arg(i, what)?
+                    .parse()
+                    .map_err(|_| format!("service: {what} must be a number"))
+            };
+            let mut p = json!({ "ctrl": arg(1, "CTRL")?, "nsid": num(2, "NSID")? });
+            if let Some(action) = cmd.get(3) {
+                p["action"] = json!(action);
+                p["child"] = json!(num(4, "CHILD")?);
+            }
+            ("service".into(), p)
+        }
         "ana" => {
             let mut p = json!({ "nqn": arg(1, "NQN")?, "state": arg(2, "STATE")? });
             if let Some(l) = cmd.get(3) {
@@ -87,7 +103,7 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
         }
         other => {
             return Err(format!(
-                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, config, qos-stats, qos-add, qos-remove, qos-device, ana, top, call)"
+                "unknown command {other} (ctrl-add, ctrl-remove, ns-add, ns-remove, status, config, qos-stats, qos-add, qos-remove, qos-device, service, ana, top, call)"
             ))
         }
     })

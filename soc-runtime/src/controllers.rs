@@ -189,6 +189,43 @@ impl Controllers {
             .collect()
     }
 
+    /// `service {ctrl, nsid[, action, child]}`: the state of the storage
+    /// service a namespace is (a mirror's children and resync), or an
+    /// action on one of its children (fail, readd, rebuild).
+    pub fn service(&self, params: &Value) -> Result<Value, String> {
+        let ctrl = param_str(params, "ctrl")?;
+        let nsid = params
+            .get("nsid")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or("missing number parameter \"nsid\"")?;
+        let ns = self
+            .namespaces()
+            .into_iter()
+            .find(|(name, _, _)| name == ctrl)
+            .and_then(|(_, _, nss)| nss.into_iter().find(|n| n.info.nsid == nsid))
+            .ok_or_else(|| format!("controller {ctrl} serves no namespace {nsid} here"))?;
+        let svc = ns.backend.service().ok_or_else(|| {
+            format!(
+                "namespace {nsid} of {ctrl} is no service with children to operate ({})",
+                ns.backend.describe()
+            )
+        })?;
+        match params.get("action").and_then(Value::as_str) {
+            None => serde_json::from_str(&svc.state()).map_err(|e| e.to_string()),
+            Some(action) => {
+                let child = params
+                    .get("child")
+                    .and_then(Value::as_u64)
+                    .and_then(|c| usize::try_from(c).ok())
+                    .ok_or("missing number parameter \"child\"")?;
+                let done = svc.control(action, child)?;
+                tracing::info!(ctrl, nsid, action, child, "{done}");
+                Ok(json!({ "done": done }))
+            }
+        }
+    }
+
     /// What is served.
     pub fn status(&self) -> Value {
         let client = lock(&self.client).clone();
@@ -273,7 +310,8 @@ impl Controllers {
 
     pub fn handler(self: &Arc<Self>) -> Handler {
         let me = self.clone();
-        Arc::new(move |method, params| match method {
+        Arc::new(move |method, params| {
+            match method {
             "ctrl_add" => {
                 let spec: CtrlSpec = param_str(params, "spec")?
                     .parse()
@@ -291,9 +329,11 @@ impl Controllers {
                 me.ns_remove(param_str(params, "ctrl")?, nsid)
             }
             "status" => Ok(me.status()),
+            "service" => me.service(params),
             _ => Err(format!(
-                "unknown method {method} (ctrl_add, ctrl_remove, ns_add, ns_remove, status)"
+                "unknown method {method} (ctrl_add, ctrl_remove, ns_add, ns_remove, status, service)"
             )),
+        }
         })
     }
 }

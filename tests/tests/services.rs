@@ -86,3 +86,89 @@ fn an_encrypted_namespace_serves_verified_io_and_its_child_holds_no_plaintext() 
     let logs = host.socp_logs();
     assert!(logs.contains("key check value"), "{logs}");
 }
+
+/// A mirror operated through the runtime's control socket while a guest
+/// writes: a child failed by the operator costs the guest nothing, the
+/// returning child is resynchronised from the regions written meanwhile
+/// only, and the two children end identical.
+#[test]
+fn a_mirror_is_operated_from_the_control_socket_while_the_guest_writes() {
+    use leapio_service::control::call;
+    use serde_json::{json, Value};
+    let host = SplitHost::start("vm0", 1, timeouts());
+    let (a, b) = (
+        file(&host, "m0.img", 8 << 20),
+        file(&host, "m1.img", 8 << 20),
+    );
+    let bitmap = host.dir.join("vm0.bitmap");
+    let control = host.dir.join("socp-ctl.sock");
+    let spec = format!(
+        "ns=raid1:(file:{a}|file:{b})?bitmap={}&region=64K",
+        bitmap.display()
+    );
+    let mut socp = host.spawn_socp(&spec, &["--control", control.to_str().unwrap()]);
+    assert!(
+        host.wait_attached(Duration::from_secs(30)),
+        "{}",
+        host.socp_logs()
+    );
+    let state = || -> Value {
+        call(&control, "service", json!({"ctrl": "vm0", "nsid": 1})).expect("service state")
+    };
+    let settled = |what: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = state();
+            let ok = s["children"]
+                .as_array()
+                .is_some_and(|c| c.iter().all(|c| c["state"] == "in-sync"))
+                && s["dirty_regions"] == 0;
+            if ok {
+                return s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{what}: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // A new mirror rebuilds its second child in full first.
+    settled("the first rebuild");
+    let mut w = Workload::new(&host.vfio, 512, 8, 11).expect("guest");
+    w.run_for(Duration::from_millis(500));
+    let r = call(
+        &control,
+        "service",
+        json!({"ctrl": "vm0", "nsid": 1, "action": "fail", "child": 1}),
+    )
+    .expect("fail child 1");
+    assert!(r["done"].is_string(), "{r}");
+    assert_eq!(state()["children"][1]["state"], "failed");
+    w.run_for(Duration::from_millis(800));
+    let dirty = state()["dirty_regions"].as_u64().unwrap();
+    assert!(dirty > 0 && dirty < 128, "{dirty} of 128 regions marked");
+    let before = state()["resync"]["bytes"].as_u64().unwrap();
+    call(
+        &control,
+        "service",
+        json!({"ctrl": "vm0", "nsid": 1, "action": "readd", "child": 1}),
+    )
+    .expect("readd child 1");
+    w.run_for(Duration::from_millis(300));
+    let s = settled("the resync");
+    let copied = s["resync"]["bytes"].as_u64().unwrap() - before;
+    assert!(
+        copied <= (dirty + 8) * (64 << 10),
+        "copied {copied} bytes for {dirty} marked regions"
+    );
+    w.drain(Duration::from_secs(10));
+    w.verify_all();
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    drop(w);
+    // A namespace that is no service says so.
+    let e = call(&control, "service", json!({"ctrl": "vm0", "nsid": 2})).unwrap_err();
+    assert!(e.contains("no namespace 2"), "{e}");
+    kill9(&mut socp);
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "the children differ"
+    );
+}
