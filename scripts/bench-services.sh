@@ -110,7 +110,7 @@ cpu = lambda r: r.get("target_cpu_us_per_io") or 0
 print("4 KiB, RAM children (%s in all), one poller each; medians of %d rounds"
       % (sys.argv[2], max([r["round"] for r in runs] or [0])))
 print()
-print("| namespace | workload | IOPS | vs ram: | p50 us | p99 us | poller CPU us/IO | vs ram: |")
+print("| namespace | workload | IOPS | IOPS vs ram | p50 us | p99 us | poller CPU us/IO | CPU vs ram, us/IO |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
 specs = {r["service"]: r["ns"] for r in runs}
 for rw in ("randread", "randwrite"):
@@ -125,7 +125,7 @@ for rw in ("randread", "randwrite"):
             rel = "" if svc == "ram" else "%.1f%%" % (100 * iops / base_iops)
             dc = "" if svc == "ram" else "%+.3f" % (c - base_cpu)
             print("| `%s` | %s QD%d | %s | %s | %.2f | %.2f | %.3f | %s |" % (
-                specs[svc], rw, qd, format(round(iops), ","), rel,
+                specs[svc].replace("|", "\\|"), rw, qd, format(round(iops), ","), rel,
                 med(svc, rw, qd, lambda r: r["latency"]["p50_us"]),
                 med(svc, rw, qd, lambda r: r["latency"]["p99_us"]), c, dc))
 EOF
