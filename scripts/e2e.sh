@@ -3,13 +3,14 @@
 # it over vfio-user and asserts on what the guest printed.
 #
 # usage: bash scripts/e2e.sh [--target socp|qemu] [TEST...]
-#   tests: identify fio_verify reset reboot two_namespaces split_restart
-#          soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
+#   tests: identify fio_verify reset reboot two_namespaces crypt_at_rest
+#          raid0 split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
 #          zns_tcp zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns
 #          hostd_upgrade hostd_crash multipath_failover
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
-#   namespace on emulated NAND; socp only)
+#   namespace on emulated NAND; crypt_at_rest and raid0: storage services,
+#   one guest boot for both; socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
 #   the SoC tests need the SoC tools of setup-host.sh and build the aarch64
 #   socp and the SoC image, quick when cached)
@@ -42,7 +43,7 @@ done
 [[ $target == socp || $target == qemu ]] || die "--target must be socp or qemu"
 if ((${#tests[@]} == 0)); then
     tests=(identify fio_verify reset reboot two_namespaces)
-    [[ $target == socp ]] && tests+=(split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
+    [[ $target == socp ]] && tests+=(crypt_at_rest raid0 split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
         zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns hostd_upgrade hostd_crash
         multipath_failover)
@@ -235,6 +236,120 @@ test_two_namespaces() {
     expect '[[ $s1 == $((256 << 20)) ]]' "namespace 1 (ram:256M) is $s1 bytes" || ok=1
     expect '[[ $s2 == $((disk_mib << 20)) ]]' "namespace 2 (file) is $s2 bytes" || ok=1
     ((ok == 0)) && DETAIL="nsid 1 ram 256 MiB, nsid 2 file $disk_mib MiB, both visible in nvme list"
+    return $ok
+}
+
+# ---- storage services: one guest boot serves the two tests below ----
+# nsid 1 is crypt:(file:...)?key=... over a fresh sparse file with a fresh
+# 64-byte random key (XTS-AES-256), nsid 2 raid0 over two fresh files with
+# 64 KiB strips. The guest writes a known plaintext (the `mark` job) into
+# nsid 1, runs verified fio on each namespace, then finds its plaintext
+# again through nsid 1; the runtime is stopped after it.
+svc_crypt=$LEAPIO_DATA/e2e-crypt.img
+svc_key=$LEAPIO_DATA/e2e-crypt.key
+svc_a=$LEAPIO_DATA/e2e-raid0-a.img
+svc_b=$LEAPIO_DATA/e2e-raid0-b.img
+SVC_STATE='' SVC_MARK=''
+services_boot() {
+    case $SVC_STATE in
+    ok) GLOG=$logs/services.guest.log; return 0 ;;
+    ?*) REASON=$SVC_STATE; return 1 ;;
+    esac
+    rm -f "$svc_crypt" "$svc_key" "$svc_a" "$svc_b" "$logs"/services.*
+    truncate -s 256M "$svc_crypt"
+    truncate -s 128M "$svc_a" "$svc_b"
+    head -c 64 /dev/urandom > "$svc_key"
+    SVC_MARK=LEAPIO-PLAINTEXT-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+    if boot services mark@1,fio@1,fio@2,mark@1 "crypt:(file:$svc_crypt)?key=$svc_key" \
+        "raid0:(file:$svc_a|file:$svc_b)?strip=64K" \
+        -- --append "leapio.nscount=2 leapio.runtime=1 leapio.size=16 leapio.mark=$SVC_MARK"; then
+        SVC_STATE=ok
+        return 0
+    fi
+    SVC_STATE="the services guest run failed: $REASON"
+    REASON=$SVC_STATE
+    return 1
+}
+
+# plain_scan FILE...: one line per file, "NONZERO-BYTES FIO-HEADERS": how
+# many of its bytes are not zero, and how many of its 4 KiB blocks begin as
+# the header of fio's verify blocks does (magic 0xacca, a length of 512 B to
+# 1 MiB): the data fio wrote, in plaintext.
+plain_scan() {
+    "$PY" - "$@" << 'PY'
+import struct, sys
+for path in sys.argv[1:]:
+    nz = hdr = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            nz += len(b) - b.count(0)
+            for i in range(0, len(b) - 8, 4096):
+                if b[i] == 0xCA and b[i + 1] == 0xAC:
+                    n = struct.unpack_from("<I", b, i + 4)[0]
+                    hdr += 512 <= n <= 1 << 20 and n % 512 == 0
+    print(nz, hdr)
+PY
+}
+
+# Encryption at rest: verified fio through the encrypted namespace; the
+# child file holds neither the guest's marker nor a block that begins as
+# fio's verify header does, though the guest read its marker back after
+# fio; a start with a wrong key fails, naming the key check value, and
+# leaves the child alone; the right key still opens it.
+test_crypt_at_rest() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    services_boot || return 1
+    local ok=0 errs ioerr resets nz hdr marks wrc=0 h0 h1 iops
+    local wrong=$logs/crypt_at_rest.wrong.key wlog=$logs/crypt_at_rest.wrong-key.log
+    read -r errs ioerr resets <<< "$(guest_health)"
+    read -r nz hdr <<< "$(plain_scan "$svc_crypt")"
+    marks=$(grep -acF "$SVC_MARK" "$svc_crypt" || true)
+    iops=$(guestlog fio "$GLOG" fio@1 | "$PY" -c 'import json,sys; print(" ".join("%s %.0f" % (d["name"], d["iops"]) for d in map(json.loads, sys.stdin)))')
+    expect '[[ $errs == 0 && $ioerr == 0 && $resets == 0 ]]' "fio errors $errs, guest I/O errors $ioerr, nvme resets/timeouts $resets" || ok=1
+    expect "grep -aq '@@LEAPIO MARK-WRITTEN $SVC_MARK' '$GLOG' && grep -aq '@@LEAPIO MARK-FOUND $SVC_MARK' '$GLOG'" \
+        "the guest did not write its marker and read it back after fio" || ok=1
+    expect '[[ $marks == 0 ]]' "the child file holds the guest's plaintext marker ($marks lines)" || ok=1
+    expect '[[ $hdr == 0 ]]' "$hdr blocks of the child file begin as fio's verify header does: plaintext" || ok=1
+    expect '((nz > 24 << 20))' "the child file holds only $nz non-zero bytes: fio's 32 MiB did not reach it" || ok=1
+    # a wrong key: refused at start, the child untouched
+    head -c 64 /dev/urandom > "$wrong"
+    h0=$(head -c 4096 "$svc_crypt" | sha256sum)
+    NO_COLOR=1 timeout 60 "$LEAPIO_BIN" --ctrl "sock=$LEAPIO_RUN/e2e.sock,ns=crypt:(file:$svc_crypt)?key=$wrong" \
+        > /dev/null 2> "$wlog" || wrc=$?
+    h1=$(head -c 4096 "$svc_crypt" | sha256sum)
+    [[ $h0 == "$h1" ]] || h1=changed
+    expect '((wrc != 0 && wrc != 124))' "leapio started with a wrong key (exit status $wrc)" || ok=1
+    expect "grep -q 'does not open' '$wlog' && grep -q 'key check value' '$wlog'" \
+        "leapio's refusal does not name the key check value: $(tail -2 "$wlog" | tr '\n' ' ')" || ok=1
+    expect '[[ $h1 != changed ]]' "the start with a wrong key changed the child's header" || ok=1
+    expect "! grep -qiF '$(od -An -tx1 "$wrong" | tr -d ' \n')' '$wlog'" "leapio printed the key" || ok=1
+    if start_leapio "$logs/crypt_at_rest.reopen.log" --ctrl "sock=$LEAPIO_RUN/e2e.sock,ns=crypt:(file:$svc_crypt)?key=$svc_key"; then
+        stop_socp >/dev/null 2>&1 || true
+    else
+        expect false "the right key no longer opens the child (see $logs/crypt_at_rest.reopen.log)" || ok=1
+    fi
+    rm -f "$wrong"
+    ((ok == 0)) && DETAIL="XTS-AES-256 over a file: marker written and read back, fio verified ($iops IOPS); child: $((nz >> 20)) MiB of ciphertext, marker 0 times, fio headers 0; wrong key refused at start (exit $wrc: $(grep -o 'does not open.*' "$wlog" | head -1 | sed 's/.*(\(.*\))/\1/'))"
+    return $ok
+}
+
+# RAID-0 over two files (64 KiB strips): verified fio through it in the
+# same guest as crypt_at_rest; both children then hold plaintext fio data.
+test_raid0() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    services_boot || return 1
+    local ok=0 errs ioerr resets nza ha nzb hb iops
+    read -r errs ioerr resets <<< "$(guest_health)"
+    { read -r nza ha; read -r nzb hb; } <<< "$(plain_scan "$svc_a" "$svc_b")"
+    iops=$(guestlog fio "$GLOG" fio@2 | "$PY" -c 'import json,sys; print(" ".join("%s %.0f" % (d["name"], d["iops"]) for d in map(json.loads, sys.stdin)))')
+    expect '[[ $errs == 0 && $ioerr == 0 && $resets == 0 ]]' "fio errors $errs, guest I/O errors $ioerr, nvme resets/timeouts $resets" || ok=1
+    expect "grep -aq '@@LEAPIO RESULT fio@2 ok' '$GLOG'" "fio on the raid0 namespace did not pass" || ok=1
+    expect '((nza > 8 << 20 && nzb > 8 << 20))' "the children hold $nza and $nzb non-zero bytes: fio's 32 MiB did not reach both" || ok=1
+    expect '((ha > 0 && hb > 0))' "fio's verify headers on the children: $ha and $hb (expected some on each)" || ok=1
+    ((ok == 0)) && DETAIL="2 files, 64 KiB strips: fio verified ($iops IOPS); child A $((nza >> 20)) MiB written ($ha fio blocks), child B $((nzb >> 20)) MiB ($hb)"
     return $ok
 }
 
