@@ -51,6 +51,7 @@ impl HostQueue {
             max_transfer: u32::try_from(BUFFER).unwrap_or(u32::MAX),
             io_queues: 1,
             max_entries: 1024,
+            ana_group: None,
         };
         let session =
             Session::for_fuzzing(&spec, info, <super::Tcp as crate::nvmf::Fabric>::open_conn);
