@@ -675,11 +675,15 @@ socp_crasher() {
         SPLIT_SOCP_ARGS=("${plain[@]}")
         pid=$(cat "$SPLIT_DIR/socp.pid")
         i=0
-        while ! gone "$pid" && ((i < 1500)); do
+        # Killed itself: gone, or its log says so while the kernel still
+        # tears it down.
+        while ! gone "$pid" && ! grep -aq 'test hook: killing myself' "$SPLIT_DIR/socp-c$r.log" \
+            && ((i < 1500)); do
             sleep 0.02
             i=$((i + 1))
         done
-        if gone "$pid"; then
+        if gone "$pid" || grep -aq 'test hook: killing myself' "$SPLIT_DIR/socp-c$r.log"; then
+            kill_gone "$pid"
             crashed=$((crashed + 1))
             log "crasher: runtime $r killed itself at $point:$n"
         else
