@@ -1707,71 +1707,6 @@ mod tests {
     use super::*;
     use crate::RamBackend;
 
-    /// A RAM backend whose requests all fail once `broken` is set.
-    struct Flaky {
-        inner: RamBackend,
-        broken: Arc<AtomicBool>,
-    }
-
-    struct FlakyQueue {
-        inner: Box<dyn BackendQueue>,
-        broken: Arc<AtomicBool>,
-        failed: Vec<Completion>,
-    }
-
-    impl Backend for Flaky {
-        fn geometry(&self) -> Geometry {
-            self.inner.geometry()
-        }
-        fn features(&self) -> Features {
-            self.inner.features()
-        }
-        fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
-            Ok(Box::new(FlakyQueue {
-                inner: self.inner.open_queue(depth)?,
-                broken: Arc::clone(&self.broken),
-                failed: Vec::new(),
-            }))
-        }
-        fn flush(&self) -> Result<(), BackendError> {
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "flaky ram".into()
-        }
-    }
-
-    impl BackendQueue for FlakyQueue {
-        unsafe fn submit(&mut self, req: &IoRequest<'_>) -> Result<(), SubmitError> {
-            if self.broken.load(Ordering::Relaxed) {
-                self.failed.push(Completion {
-                    tag: req.tag,
-                    result: Err(IoError::from_errno(libc::EIO)),
-                    value: 0,
-                });
-                return Ok(());
-            }
-            // SAFETY: the caller's contract, passed on.
-            unsafe { self.inner.submit(req) }
-        }
-        fn kick(&mut self) -> Result<(), BackendError> {
-            self.inner.kick()
-        }
-        fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-            let n = self.failed.len();
-            out.append(&mut self.failed);
-            n + self.inner.poll(out)
-        }
-        fn in_flight(&self) -> usize {
-            self.inner.in_flight() + self.failed.len()
-        }
-        fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize {
-            let n = self.failed.len();
-            out.append(&mut self.failed);
-            n + self.inner.drain(out, timeout)
-        }
-    }
-
     const SIZE: u64 = 4 << 20;
     const REGION: u64 = 64 << 10;
 
@@ -1787,9 +1722,10 @@ mod tests {
             let mut switches = Vec::new();
             for _ in 0..n {
                 let broken = Arc::new(AtomicBool::new(false));
-                children.push(Arc::new(Flaky {
-                    inner: RamBackend::new(SIZE, 512).unwrap(),
+                children.push(Arc::new(crate::services::Flaky {
+                    inner: Arc::new(RamBackend::new(SIZE, 512).unwrap()),
                     broken: Arc::clone(&broken),
+                    errno: libc::EIO,
                 }));
                 switches.push(broken);
             }

@@ -149,6 +149,89 @@ pub(crate) mod children {
     }
 }
 
+/// A test backend over another whose requests all fail with `errno` while
+/// `broken` is set: a child or path that dies and comes back.
+#[cfg(test)]
+pub(crate) struct Flaky {
+    pub inner: std::sync::Arc<dyn leapio_backend::Backend>,
+    pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub errno: i32,
+}
+
+#[cfg(test)]
+struct FlakyQueue {
+    inner: Box<dyn leapio_backend::BackendQueue>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    errno: i32,
+    failed: Vec<leapio_backend::Completion>,
+}
+
+#[cfg(test)]
+impl leapio_backend::Backend for Flaky {
+    fn geometry(&self) -> leapio_backend::Geometry {
+        self.inner.geometry()
+    }
+    fn features(&self) -> leapio_backend::Features {
+        self.inner.features()
+    }
+    fn open_queue(
+        &self,
+        depth: u32,
+    ) -> Result<Box<dyn leapio_backend::BackendQueue>, leapio_backend::BackendError> {
+        Ok(Box::new(FlakyQueue {
+            inner: self.inner.open_queue(depth)?,
+            broken: std::sync::Arc::clone(&self.broken),
+            errno: self.errno,
+            failed: Vec::new(),
+        }))
+    }
+    fn flush(&self) -> Result<(), leapio_backend::BackendError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+}
+
+#[cfg(test)]
+impl leapio_backend::BackendQueue for FlakyQueue {
+    unsafe fn submit(
+        &mut self,
+        req: &leapio_backend::IoRequest<'_>,
+    ) -> Result<(), leapio_backend::SubmitError> {
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            self.failed.push(leapio_backend::Completion {
+                tag: req.tag,
+                result: Err(leapio_backend::IoError::from_errno(self.errno)),
+                value: 0,
+            });
+            return Ok(());
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.submit(req) }
+    }
+    fn kick(&mut self) -> Result<(), leapio_backend::BackendError> {
+        self.inner.kick()
+    }
+    fn poll(&mut self, out: &mut Vec<leapio_backend::Completion>) -> usize {
+        let n = self.failed.len();
+        out.append(&mut self.failed);
+        n + self.inner.poll(out)
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight() + self.failed.len()
+    }
+    fn drain(
+        &mut self,
+        out: &mut Vec<leapio_backend::Completion>,
+        timeout: std::time::Duration,
+    ) -> usize {
+        let n = self.failed.len();
+        out.append(&mut self.failed);
+        n + self.inner.drain(out, timeout)
+    }
+}
+
 /// One request of the whole of `buf` at `offset` (none for a flush), run
 /// to its completion: the tests' way of driving a queue.
 #[cfg(test)]

@@ -542,71 +542,6 @@ mod tests {
     use leapio_backend::IoKind;
     use std::sync::atomic::AtomicBool;
 
-    /// A path that fails every request while `broken` is set.
-    struct Flaky {
-        inner: Arc<dyn Backend>,
-        broken: Arc<AtomicBool>,
-    }
-
-    struct FlakyQueue {
-        inner: Box<dyn BackendQueue>,
-        broken: Arc<AtomicBool>,
-        failed: Vec<Completion>,
-    }
-
-    impl Backend for Flaky {
-        fn geometry(&self) -> Geometry {
-            self.inner.geometry()
-        }
-        fn features(&self) -> Features {
-            self.inner.features()
-        }
-        fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
-            Ok(Box::new(FlakyQueue {
-                inner: self.inner.open_queue(depth)?,
-                broken: self.broken.clone(),
-                failed: Vec::new(),
-            }))
-        }
-        fn flush(&self) -> Result<(), BackendError> {
-            Ok(())
-        }
-        fn describe(&self) -> String {
-            "flaky".into()
-        }
-    }
-
-    impl BackendQueue for FlakyQueue {
-        unsafe fn submit(&mut self, req: &IoRequest<'_>) -> Result<(), SubmitError> {
-            if self.broken.load(Ordering::Relaxed) {
-                self.failed.push(Completion {
-                    tag: req.tag,
-                    result: Err(IoError::from_errno(libc::ETIMEDOUT)),
-                    value: 0,
-                });
-                return Ok(());
-            }
-            // SAFETY: the caller's contract, passed on.
-            unsafe { self.inner.submit(req) }
-        }
-        fn kick(&mut self) -> Result<(), BackendError> {
-            self.inner.kick()
-        }
-        fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-            let n = self.failed.len();
-            out.append(&mut self.failed);
-            n + self.inner.poll(out)
-        }
-        fn in_flight(&self) -> usize {
-            self.inner.in_flight() + self.failed.len()
-        }
-        fn drain(&mut self, out: &mut Vec<Completion>, t: Duration) -> usize {
-            let n = self.failed.len();
-            out.append(&mut self.failed);
-            n + self.inner.drain(out, t)
-        }
-    }
-
     #[test]
     fn requests_move_to_a_surviving_path_and_a_returning_path_serves_again() {
         // Two paths to one namespace: one RAM disk behind both.
@@ -616,13 +551,15 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
         );
         let paths: Vec<Arc<dyn Backend>> = vec![
-            Arc::new(Flaky {
+            Arc::new(crate::services::Flaky {
                 inner: disk.clone(),
                 broken: b1.clone(),
+                errno: libc::ETIMEDOUT,
             }),
-            Arc::new(Flaky {
+            Arc::new(crate::services::Flaky {
                 inner: disk.clone(),
                 broken: b2.clone(),
+                errno: libc::ETIMEDOUT,
             }),
         ];
         let m = Multipath::new(paths, Policy::RoundRobin).unwrap();
