@@ -700,7 +700,8 @@ socp_crasher() {
 # zoned writes that a runtime ran but never recorded the completion of run
 # again in its successor and complete once (a second run of a zoned write
 # would fail with Zone Invalid Write): fio --zonemode=zbd with verify on
-# the split while socp kills itself 3 times right after its backend ran a
+# the split (throttled to 75 IOPS, so it outlasts the three rounds) while
+# socp kills itself 3 times right after its backend ran a
 # command
 test_zns_crash_rerun() {
     [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
@@ -713,7 +714,7 @@ test_zns_crash_rerun() {
     socp_crasher "$GLOG" "$boot_timeout" "FIO-START znsfio" 3 executed &
     RESTARTER=$!
     run_guest --quiet --job znsfio --disk "vfio-user:$LEAPIO_RUN/e2e.sock" --log "$GLOG" \
-        --timeout "$boot_timeout" --append "leapio.size=32 leapio.zns_open=4" || grc=$?
+        --timeout "$boot_timeout" --append "leapio.size=32 leapio.zns_open=4 leapio.zns_rate=75" || grc=$?
     wait "$RESTARTER" || true
     RESTARTER=''
     crashes=$(cat "$dir/crashes" 2>/dev/null || echo 0)

@@ -304,6 +304,10 @@ struct Shared {
     /// rebuilding children (their regions marked): a resync pass that saw
     /// one start does not end in sync.
     diverged: AtomicU64,
+    /// Per child: the times it became rebuilding (under the bitmap lock).
+    /// A resync pass copies only for the rebuilds it started with: a child
+    /// failed and re-added behind it missed writes its list does not hold.
+    rebuilds: Box<[AtomicU64]>,
 }
 
 const STARTED: u64 = 1 << 32;
@@ -604,6 +608,7 @@ impl Mirror {
             })?
         ];
         let writes = (0..regions).map(|_| AtomicU64::new(0)).collect();
+        let n = children.len();
         Ok(Mirror {
             shared: Arc::new(Shared {
                 children,
@@ -630,6 +635,7 @@ impl Mirror {
                 stop: AtomicBool::new(false),
                 crash_after: AtomicU64::new(u64::MAX),
                 diverged: AtomicU64::new(0),
+                rebuilds: (0..n).map(|_| AtomicU64::new(0)).collect(),
             }),
             claimed: Mutex::new(false),
             thread: Mutex::new(None),
@@ -743,6 +749,7 @@ impl Mirror {
         let sh = &self.shared;
         let mut bm = lock(&sh.bitmap);
         sh.set_state(child, ChildState::Rebuilding);
+        sh.rebuilds[child].fetch_add(1, Ordering::AcqRel);
         let r = sh
             .mark(&mut bm, if full { Mark::All } else { Mark::None })
             .and_then(|()| sh.persist_header(&mut bm))
@@ -1011,9 +1018,21 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
             }
         }
     }
-    let (mut list, diverged): (VecDeque<u64>, u64) = {
+    let (mut list, diverged, rebuilds): (VecDeque<u64>, u64, Vec<u64>) = {
         let bm = lock(&sh.bitmap);
-        (bm.set_bits().into(), sh.diverged.load(Ordering::Acquire))
+        (
+            bm.set_bits().into(),
+            sh.diverged.load(Ordering::Acquire),
+            sh.rebuilds
+                .iter()
+                .map(|r| r.load(Ordering::Acquire))
+                .collect(),
+        )
+    };
+    // Target `t` is still rebuilding from the state this pass started with.
+    let ours = |t: usize| {
+        sh.state(t) == ChildState::Rebuilding
+            && sh.rebuilds[t].load(Ordering::Acquire) == rebuilds[t]
     };
     let size = sh.geometry.size_bytes();
     let limit = sh.resync_mbps.saturating_mul(1_000_000).max(1);
@@ -1032,7 +1051,7 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
         if sh.state(source) != ChildState::InSync {
             return Err(format!("source child {source} is out"));
         }
-        tq.retain(|(t, _)| sh.state(*t) == ChildState::Rebuilding);
+        tq.retain(|(t, _)| ours(*t));
         if tq.is_empty() {
             return Ok(());
         }
@@ -1062,7 +1081,7 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
                 return Err(format!("read of child {source}: {e}"));
             }
             for (t, q) in &mut tq {
-                if sh.state(*t) != ChildState::Rebuilding {
+                if !ours(*t) {
                     continue;
                 }
                 if let Err(e) = sync_io(q.as_mut(), IoKind::WriteFua, at, b) {
@@ -1087,7 +1106,7 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
             let mut bm = lock(&sh.bitmap);
             let live = tq
                 .iter()
-                .filter(|(t, _)| sh.state(*t) == ChildState::Rebuilding)
+                .filter(|(t, _)| ours(*t))
                 .fold(0u64, |m, (t, _)| m | (1 << t));
             // Only when no other child needs the mark, and no guest write
             // started since the copy checked.
@@ -1130,7 +1149,7 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
     }
     let mut changed = false;
     for (t, _) in &tq {
-        if sh.state(*t) == ChildState::Rebuilding {
+        if ours(*t) {
             sh.set_state(*t, ChildState::InSync);
             changed = true;
             tracing::info!(child = *t, backend = %sh.children[*t].describe(), "raid1: child in sync");
@@ -1938,6 +1957,31 @@ mod tests {
         assert!(m.wait_resync(Duration::from_secs(5)));
         assert_eq!(m.states(), [ChildState::InSync; 2]);
         assert!(m.copied_regions() - before >= SIZE / REGION);
+        assert_identical(&rig, &expect);
+    }
+
+    #[test]
+    fn a_child_failed_and_re_added_behind_a_pass_gets_what_it_missed() {
+        let rig = Rig::new(2);
+        // 64 regions at 4 MB/s: about a second for the pass.
+        let m = Mirror::new(rig.children.clone(), &rig.bitmap(), REGION, 4).unwrap();
+        m.claim().unwrap();
+        let mut q = m.open_queue(8).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.copied_regions() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(m.states()[1], ChildState::Rebuilding);
+        // Behind the pass: region 0 copied already, child 1 out while the
+        // guest writes there, then back.
+        m.fail(1).unwrap();
+        let mut expect = vec![0u8; ix(SIZE)];
+        let mut d = fill(77, 4096);
+        io(q.as_mut(), IoKind::Write, 0, &mut d).unwrap();
+        expect[..4096].copy_from_slice(&d);
+        m.readd(1).unwrap();
+        assert!(m.wait_resync(Duration::from_secs(10)));
+        assert_eq!(m.states(), [ChildState::InSync; 2]);
         assert_identical(&rig, &expect);
     }
 
