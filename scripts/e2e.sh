@@ -7,10 +7,12 @@
 #          raid0 split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
 #          zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart
 #          zns_tcp zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns
-#          hostd_upgrade hostd_crash multipath_failover
+#          hostd_upgrade hostd_crash multipath_failover raid1_leg_loss
+#          raid1_restart
 #   (ftl_*: a flash namespace, FTL on emulated NAND; zns_*: a zoned
 #   namespace on emulated NAND; crypt_at_rest and raid0: storage services,
-#   one guest boot for both; socp only)
+#   one guest boot for both; raid1_*: mirrors, one split boot for both;
+#   socp only)
 #   (default: all; split_restart and the SoC tests only with --target socp;
 #   the SoC tests need the SoC tools of setup-host.sh and build the aarch64
 #   socp and the SoC image, quick when cached)
@@ -46,7 +48,7 @@ if ((${#tests[@]} == 0)); then
     [[ $target == socp ]] && tests+=(crypt_at_rest raid0 split_restart soc_vm soc_vm_vfio soc_stress host_vfio ftl_fio_verify ftl_restart
         zns_report zns_fio_zbd_verify zns_append zns_limits zns_restart zns_tcp
         zns_split zns_crash_rerun ftl_zoned_device ftl_qemu_zns hostd_upgrade hostd_crash
-        multipath_failover)
+        multipath_failover raid1_leg_loss raid1_restart)
 fi
 need_root
 cd "$LEAPIO_REPO"
@@ -64,6 +66,7 @@ e2e_cleanup() {
     if [[ -n $RESTARTER ]]; then kill "$RESTARTER" 2>/dev/null || true; fi
     if [[ -n $PERF_PID ]]; then kill "$PERF_PID" 2>/dev/null || true; fi
     mp_stop >/dev/null 2>&1 || true
+    [[ ! -s $R1_DIR/target.pid ]] || kill -9 "$(cat "$R1_DIR/target.pid")" 2>/dev/null || true
     stop_guest
     stop_socp >/dev/null 2>&1 || true
     if [[ -n $SOC_PID ]]; then stop_soc >/dev/null 2>&1 || true; fi
@@ -350,6 +353,181 @@ test_raid0() {
     expect '((nza > 8 << 20 && nzb > 8 << 20))' "the children hold $nza and $nzb non-zero bytes: fio's 32 MiB did not reach both" || ok=1
     expect '((ha > 0 && hb > 0))' "fio's verify headers on the children: $ha and $hb (expected some on each)" || ok=1
     ((ok == 0)) && DETAIL="2 files, 64 KiB strips: fio verified ($iops IOPS); child A $((nza >> 20)) MiB written ($ha fio blocks), child B $((nzb >> 20)) MiB ($hb)"
+    return $ok
+}
+
+# ---- RAID-1: one split boot serves raid1_leg_loss and raid1_restart ----
+# leapio-hostd + socp serve two mirrors (256 KiB regions): nsid 1 mirrors a
+# local file and the namespace of another socp, an NVMe/TCP target on
+# loopback with a file of its own; nsid 2 mirrors two local files. The
+# guest runs verified fio on nsid 1, then on nsid 2, its writes throttled
+# (leapio.wrate) so that r1_actor acts during them: on nsid 1 it kills the
+# target (SIGKILL), starts it again and re-adds the leg; on nsid 2 it fails
+# child 1, re-adds it with the resync slowed to 1 MB/s, and kills socp
+# (SIGKILL) midway through the resync, then starts another. Its record of
+# what it did and saw: $R1_DIR/actions.
+r1_local=$LEAPIO_DATA/e2e-r1-local.img
+r1_remote=$LEAPIO_DATA/e2e-r1-remote.img
+r1_c=$LEAPIO_DATA/e2e-r1-c.img
+r1_d=$LEAPIO_DATA/e2e-r1-d.img
+R1_DIR=$logs/raid1.d
+R1_STATE='' R1_GRC=0 R1_STOPPED=0
+r1_port=${LEAPIO_R1_PORT:-4443}
+r1_nqn=nqn.2026-12.io.leapio:r1leg
+# r1_target LOG: the remote leg's NVMe/TCP target, listening; its pid in
+# $R1_DIR/target.pid (the actor, a subshell, starts the second one)
+r1_target() {
+    local pid
+    NO_COLOR=1 RUST_LOG=info "$SOCP_BIN" \
+        --tcp-target "listen=127.0.0.1:$r1_port,nqn=$r1_nqn,ns=file:$r1_remote" 2> "$1" &
+    pid=$!
+    # killed on purpose: no job report for it
+    disown "$pid"
+    echo "$pid" > "$R1_DIR/target.pid"
+    mp_listening "$1" "$pid"
+}
+r1_target_pid() { cat "$R1_DIR/target.pid" 2>/dev/null; }
+# r1_svc NSID [ACTION ARG...]: leapioctl service on the split's socp
+r1_svc() { "$LEAPIOCTL_BIN" -s "$LEAPIO_RUN/socp-ctl.sock" service e2e "$@"; }
+# r1_field NSID EXPR: EXPR over d, the state of mirror NSID
+r1_field() {
+    r1_svc "$1" 2>/dev/null | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$2"
+}
+# r1_in_sync NSID [SECONDS]: wait (default 60 s) until every child of the
+# mirror is in sync
+r1_in_sync() {
+    local i=0
+    until [[ $(r1_field "$1" 'all(c["state"] == "in-sync" for c in d["children"])') == True ]]; do
+        ((i < ${2:-60} * 10)) || return 1
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+r1_actor() {
+    local glog=$1 a=$R1_DIR/actions i b0 b1 left attached t0
+    # nsid 1: the remote leg dies during the write phase and comes back
+    wait_log "$glog" "FIO-START fio@1 write" "$boot_timeout" || { echo "fio@1 never started" >> "$a"; return 1; }
+    sleep 1.5
+    kill_gone "$(r1_target_pid)"
+    echo "target killed" >> "$a"
+    sleep 2.5
+    echo "leg state while the target was down: $(r1_field 1 'd["children"][1]["state"]')" >> "$a"
+    r1_target "$R1_DIR/target2.log" || { echo "the target did not listen again" >> "$a"; return 1; }
+    b0=$(r1_field 1 'd["resync"]["bytes"]')
+    # the leg's claim fails until it has connected again
+    i=0
+    until r1_svc 1 readd 1 > "$R1_DIR/readd1" 2>&1; do
+        ((i < 150)) || { echo "readd refused: $(cat "$R1_DIR/readd1")" >> "$a"; return 1; }
+        sleep 0.2
+        i=$((i + 1))
+    done
+    echo "leg re-added: $(tr -d '\n' < "$R1_DIR/readd1")" >> "$a"
+    r1_in_sync 1 || { echo "the leg never came back in sync" >> "$a"; return 1; }
+    b1=$(r1_field 1 'd["resync"]["bytes"]')
+    echo "leg in sync copied=$((b1 - b0))" >> "$a"
+    # nsid 2: socp dies during a resync
+    wait_log "$glog" "FIO-START fio@2 write" "$boot_timeout" || { echo "fio@2 never started" >> "$a"; return 1; }
+    sleep 1
+    r1_svc 2 fail 1 >> "$a" 2>&1 || return 1
+    sleep 3
+    r1_svc 2 rate 1 >> "$a" 2>&1 || return 1
+    r1_svc 2 readd 1 >> "$a" 2>&1 || return 1
+    sleep 1
+    left=$(r1_field 2 'd["resync"]["remaining_bytes"] if d["children"][1]["state"] == "rebuilding" else 0')
+    attached=$(grep -ac 'runtime attached' "$SPLIT_DIR/hostd.log")
+    kill_gone "$(cat "$SPLIT_DIR/socp.pid")"
+    echo "socp killed mid-resync left=$left" >> "$a"
+    t0=$(now)
+    spawn_split_socp "$SPLIT_DIR/socp-r1.log"
+    attached_since "$attached"
+    r1_in_sync 2 || { echo "nsid 2 never came back in sync" >> "$a"; return 1; }
+    echo "resync done after the restart secs=$(elapsed "$t0")" >> "$a"
+}
+raid1_boot() {
+    case $R1_STATE in
+    ok) GLOG=$logs/raid1.guest.log; return 0 ;;
+    ?*) REASON=$R1_STATE; return 1 ;;
+    esac
+    GLOG=$logs/raid1.guest.log
+    rm -rf "$R1_DIR" "$GLOG" "$r1_local" "$r1_remote" "$r1_c" "$r1_d"
+    mkdir -p "$R1_DIR"
+    truncate -s 64M "$r1_local" "$r1_remote" "$r1_c" "$r1_d"
+    if ! r1_target "$R1_DIR/target1.log"; then
+        R1_STATE="the NVMe/TCP target of the remote leg did not listen (see $R1_DIR/target1.log)"
+        REASON=$R1_STATE
+        return 1
+    fi
+    local leg="nvme-tcp:127.0.0.1:$r1_port/$r1_nqn?retry=500&kato=2000"
+    if ! start_split "$R1_DIR" e2e "$LEAPIO_RUN/e2e.sock" \
+        "raid1:(file:$r1_local|$leg)?bitmap=$R1_DIR/ns1.bitmap&region=256K" \
+        "raid1:(file:$r1_c|file:$r1_d)?bitmap=$R1_DIR/ns2.bitmap&region=256K"; then
+        kill_gone "$(r1_target_pid)"
+        R1_STATE="leapio-hostd + socp did not start (see $R1_DIR)"
+        REASON=$R1_STATE
+        return 1
+    fi
+    # the new mirrors' first copy, before the guest writes
+    if ! { r1_in_sync 1 && r1_in_sync 2; }; then
+        R1_STATE="the new mirrors did not get in sync (see $R1_DIR)"
+        REASON=$R1_STATE
+        stop_split >/dev/null 2>&1 || true
+        kill_gone "$(r1_target_pid)"
+        return 1
+    fi
+    r1_actor "$GLOG" &
+    RESTARTER=$!
+    run_guest --quiet --job fio@1,fio@2 --disk "vfio-user:$LEAPIO_RUN/e2e.sock" --log "$GLOG" \
+        --timeout "$boot_timeout" --append "leapio.nscount=2 leapio.runtime=1 leapio.size=24 leapio.wrate=2048" || R1_GRC=$?
+    wait "$RESTARTER" || echo "actor failed" >> "$R1_DIR/actions"
+    RESTARTER=''
+    r1_in_sync 1 10 && r1_in_sync 2 10 || echo "not in sync at the end" >> "$R1_DIR/actions"
+    stop_split 2>>"$GLOG.harness" || R1_STOPPED=1
+    stop_pid "NVMe/TCP target" "$(r1_target_pid)" 2>>"$GLOG.harness" || R1_STOPPED=1
+    rm -f "$R1_DIR/target.pid"
+    R1_STATE=ok
+}
+
+# A mirror of a local file and a remote NVMe/TCP namespace: the remote
+# target killed during the guest's verified writes and started again, the
+# leg re-added: no guest error, only the regions written meanwhile copied,
+# and at the end the two children are byte for byte the same.
+test_raid1_leg_loss() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    raid1_boot || return 1
+    local a=$R1_DIR/actions ok=0 errs ioerr resets copied marked same=no
+    read -r errs ioerr resets <<< "$(guest_health)"
+    copied=$(sed -n 's/^leg in sync copied=//p' "$a")
+    marked=$(sed -n 's/.*rebuilding from \([0-9]*\) marked regions.*/\1/p' "$a" | head -1)
+    cmp -s "$r1_local" "$r1_remote" && same=yes
+    expect "grep -aq '@@LEAPIO RESULT fio@1 ok' '$GLOG'" "fio on the mirror with the remote leg did not pass" || ok=1
+    expect '[[ $errs == 0 && $ioerr == 0 && $resets == 0 ]]' "fio errors $errs, guest I/O errors $ioerr, nvme resets/timeouts $resets" || ok=1
+    expect "grep -q 'target killed' '$a' && grep -q 'leg state while the target was down: failed' '$a'" \
+        "the leg was not seen failed after the target's death: $(tr '\n' ';' < "$a")" || ok=1
+    expect '[[ -n $copied ]]' "the leg never came back in sync: $(tr '\n' ';' < "$a")" || ok=1
+    expect '((${copied:-0} > 0 && ${copied:-0} < 64 << 20))' "the returning leg got ${copied:-?} bytes: expected the written regions only (0 < copied < 64 MiB)" || ok=1
+    expect '[[ $same == yes ]]' "the two children differ after the resync" || ok=1
+    expect '((R1_STOPPED == 0))' "socp, leapio-hostd or the target did not stop cleanly" || ok=1
+    ((ok == 0)) && DETAIL="remote leg's target killed during verified fio, restarted, leg re-added: ${marked:-?} regions of 256 KiB marked, $((copied >> 10)) KiB copied of 64 MiB; children identical, fio clean, guest kernel quiet"
+    return $ok
+}
+
+# The same boot's second mirror (split deployment): socp killed with SIGKILL
+# while it resyncs a child; the next socp resumes the resync from the
+# bitmap, the children end identical, fio verifies, the guest sees nothing.
+test_raid1_restart() {
+    [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
+    raid1_boot || return 1
+    local a=$R1_DIR/actions ok=0 left secs same=no
+    left=$(sed -n 's/^socp killed mid-resync left=//p' "$a")
+    secs=$(sed -n 's/^resync done after the restart secs=//p' "$a")
+    cmp -s "$r1_c" "$r1_d" && same=yes
+    expect_clean_split "$R1_GRC" "$R1_STOPPED" || ok=1
+    expect "grep -aq '@@LEAPIO RESULT fio@2 ok' '$GLOG'" "fio on the mirror of two files did not pass" || ok=1
+    expect '((${left:-0} > 0))' "socp was not killed during a resync (bytes left: ${left:-none}): $(tr '\n' ';' < "$a")" || ok=1
+    expect '[[ -n $secs ]]' "the resync did not complete after the restart: $(tr '\n' ';' < "$a")" || ok=1
+    expect "grep -q 'raid1: child in sync' '$R1_DIR/socp-r1.log'" "the restarted socp never logged the child in sync" || ok=1
+    expect '[[ $same == yes ]]' "the two children differ after the resync" || ok=1
+    ((ok == 0)) && DETAIL="socp killed (SIGKILL) with $((left >> 10)) KiB of the resync left; the next one resumed it from the bitmap, in sync ${secs}s after its start; children identical, fio clean, guest kernel quiet"
     return $ok
 }
 

@@ -25,6 +25,7 @@ use std::process::ExitCode;
 ///   leapioctl -s /run/leapio/socp-ctl.sock qos-device /etc/leapio/flash0.json   (or off)
 ///   leapioctl -s /run/leapio/socp-ctl.sock service vm1 1   (a mirror's children, resync progress)
 ///   leapioctl -s /run/leapio/socp-ctl.sock service vm1 1 fail|readd|rebuild CHILD   (children from 0)
+///   leapioctl -s /run/leapio/socp-ctl.sock service vm1 1 rate MBPS   (the resync's limit, until a restart)
 ///   leapioctl -s /run/leapio/socp-ctl.sock ana NQN STATE [IP:PORT]   (optimized, non-optimized, inaccessible)
 ///   leapioctl -s /run/leapio/socp-ctl.sock top [--interval SECS] [--sort iops|mbps|p99|depth|name] [--count N]
 ///   leapioctl -s PATH call METHOD '{"json":"params"}'
@@ -36,7 +37,7 @@ struct Args {
     sock: PathBuf,
     /// ctrl-add SPEC | ctrl-remove NAME | ns-add CTRL BACKEND | ns-remove
     /// CTRL NSID | status | config | qos-stats | qos-add TENANT | qos-remove
-    /// NAME | qos-device FILE|off | service CTRL NSID [ACTION CHILD] | ana
+    /// NAME | qos-device FILE|off | service CTRL NSID [ACTION ARG...] | ana
     /// NQN STATE [IP:PORT] | top [--interval
     /// SECS] [--sort KEY] [--count N] | call METHOD [JSON]
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
@@ -83,7 +84,7 @@ fn request(cmd: &[String]) -> Result<(String, Value), String> {
             let mut p = json!({ "ctrl": arg(1, "CTRL")?, "nsid": num(2, "NSID")? });
             if let Some(action) = cmd.get(3) {
                 p["action"] = json!(action);
-                p["child"] = json!(num(4, "CHILD")?);
+                p["args"] = json!(cmd[4..]);
             }
             ("service".into(), p)
         }

@@ -214,13 +214,23 @@ impl Controllers {
         match params.get("action").and_then(Value::as_str) {
             None => serde_json::from_str(&svc.state()).map_err(|e| e.to_string()),
             Some(action) => {
-                let child = params
-                    .get("child")
-                    .and_then(Value::as_u64)
-                    .and_then(|c| usize::try_from(c).ok())
-                    .ok_or("missing number parameter \"child\"")?;
-                let done = svc.control(action, child)?;
-                tracing::info!(ctrl, nsid, action, child, "{done}");
+                // "args": strings; "child": a number (the older form).
+                let args: Vec<String> = match (params.get("args"), params.get("child")) {
+                    (Some(Value::Array(a)), _) => a
+                        .iter()
+                        .map(|v| match v {
+                            Value::String(s) => Ok(s.clone()),
+                            Value::Number(n) => Ok(n.to_string()),
+                            _ => Err("parameter \"args\": strings or numbers only"),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    (None, Some(Value::Number(n))) => vec![n.to_string()],
+                    (None, None) => Vec::new(),
+                    _ => return Err("parameter \"args\" must be an array".into()),
+                };
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let done = svc.control(action, &args)?;
+                tracing::info!(ctrl, nsid, action, args = ?args, "{done}");
                 Ok(json!({ "done": done }))
             }
         }

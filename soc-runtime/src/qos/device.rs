@@ -124,6 +124,9 @@ impl Backend for QosBackend {
     fn persistent(&self) -> bool {
         self.inner.persistent()
     }
+    fn max_io_bytes(&self) -> u64 {
+        self.inner.max_io_bytes()
+    }
     fn copied_bytes(&self) -> u64 {
         self.inner.copied_bytes()
     }

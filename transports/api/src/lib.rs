@@ -523,8 +523,9 @@ pub trait ServiceControl: Send + Sync {
     /// The service's state as a JSON object (children, their states,
     /// progress of background work).
     fn state(&self) -> String;
-    /// Run `action` on child `child` (0-based): what was done, or why not.
-    fn control(&self, action: &str, child: usize) -> Result<String, String>;
+    /// Run `action` with its arguments (a child is named by its index
+    /// from 0): what was done, or why not.
+    fn control(&self, action: &str, args: &[&str]) -> Result<String, String>;
 }
 
 /// One storage object. Shared by all pollers (`Arc<dyn Backend>`).
@@ -607,6 +608,12 @@ pub trait Backend: Send + Sync {
     /// timeout.
     fn stale_writes_for(&self) -> std::time::Duration {
         std::time::Duration::ZERO
+    }
+    /// The largest request with data it takes (a remote target's MDTS);
+    /// larger ones are refused. Those who make requests of their own (a
+    /// mirror's resync) cut them to this.
+    fn max_io_bytes(&self) -> u64 {
+        u64::MAX
     }
     /// The operator's handle on a storage service (a mirror); `None` for
     /// plain backends.

@@ -86,6 +86,10 @@ impl<F: Fabric> Backend for FabricBackend<F> {
         self.session.ana_state()
     }
 
+    fn max_io_bytes(&self) -> u64 {
+        u64::from(self.session.info().max_transfer)
+    }
+
     fn figures(&self) -> Vec<leapio_backend::Figure> {
         vec![leapio_backend::Figure {
             name: "nvmf_reconnects_total",

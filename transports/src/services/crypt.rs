@@ -287,6 +287,10 @@ impl Backend for Crypt {
     fn stale_writes_for(&self) -> Duration {
         self.child.stale_writes_for()
     }
+
+    fn max_io_bytes(&self) -> u64 {
+        self.child.max_io_bytes()
+    }
 }
 
 /// A request in flight: a read's iovecs (decrypted into at completion),

@@ -290,7 +290,8 @@ struct Shared {
     /// Per region: writes started (high 32 bits) and in flight (low 32).
     writes: Box<[AtomicU64]>,
     bitmap: Mutex<Bitmap>,
-    resync_mbps: u64,
+    /// The resync's limit, MB/s (the spec's; the operator may change it).
+    resync_mbps: AtomicU64,
     resync_bytes: AtomicU64,
     resync_rate: AtomicU64,
     /// Regions the resync copied since the mirror was opened.
@@ -627,7 +628,7 @@ impl Mirror {
                     dirty: 0,
                     generation: 0,
                 }),
-                resync_mbps,
+                resync_mbps: AtomicU64::new(resync_mbps),
                 resync_bytes: AtomicU64::new(0),
                 resync_rate: AtomicU64::new(0),
                 copied_regions: AtomicU64::new(0),
@@ -685,7 +686,7 @@ impl Mirror {
                 0
             },
             resync_rate: sh.resync_rate.load(Ordering::Relaxed),
-            resync_limit_mbps: sh.resync_mbps,
+            resync_limit_mbps: sh.resync_mbps.load(Ordering::Relaxed),
         }
     }
 
@@ -707,6 +708,16 @@ impl Mirror {
                 "child {child} is the last one in sync (or the bitmap cannot be written)"
             ))
         }
+    }
+
+    /// Limit the resync to `mbps` MB/s from now on (a pass running takes
+    /// it at its next region).
+    pub fn set_resync_mbps(&self, mbps: u64) -> Result<(), String> {
+        if mbps == 0 {
+            return Err("a resync limit of 0 MB/s would never end; fail the child instead".into());
+        }
+        self.shared.resync_mbps.store(mbps, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Bring failed child `child` back: it is claimed again, then rebuilt
@@ -1005,7 +1016,11 @@ fn resync(sh: &Arc<Shared>) {
 fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
     // Declared before the queues: dropped after them (a queue's drop
     // waits for what it still has in flight into the buffer).
-    let chunk = sh.region.min(COPY_CHUNK);
+    // No larger than the source or a target takes (a remote's MDTS), in
+    // whole blocks.
+    let bs = u64::from(sh.geometry.block_size);
+    let most = super::children::max_io_bytes(&sh.children);
+    let chunk = sh.region.min(COPY_CHUNK).min(most / bs * bs).max(bs);
     let mut buf = MmapMut::map_anon(ix(chunk)).map_err(|e| e.to_string())?;
     let open = |c: usize| sh.children[c].open_queue(2);
     let mut src = open(source).map_err(|e| format!("child {source}: {e}"))?;
@@ -1035,8 +1050,8 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
             && sh.rebuilds[t].load(Ordering::Acquire) == rebuilds[t]
     };
     let size = sh.geometry.size_bytes();
-    let limit = sh.resync_mbps.saturating_mul(1_000_000).max(1);
-    let started = Instant::now();
+    let mut mbps = sh.resync_mbps.load(Ordering::Relaxed);
+    let mut started = Instant::now();
     let mut moved = 0u64;
     let mut busy = 0usize;
     while let Some(r) = list.pop_front() {
@@ -1124,7 +1139,15 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
                 }
             }
         }
-        // Rate limit: `moved` bytes are due at `moved / limit` seconds.
+        // Rate limit: `moved` bytes are due at `moved / limit` seconds,
+        // counted afresh when the operator changes the limit.
+        let now_mbps = sh.resync_mbps.load(Ordering::Relaxed);
+        if now_mbps != mbps {
+            mbps = now_mbps;
+            started = Instant::now();
+            moved = end - start;
+        }
+        let limit = mbps.saturating_mul(1_000_000).max(1);
         let us = u64::try_from(started.elapsed().as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -1340,16 +1363,15 @@ impl Backend for Mirror {
     }
 
     fn owner(&self, who: &Owner<'_>) -> u32 {
-        self.shared.children.first().map_or(0, |c| c.owner(who))
+        super::children::owner(&self.shared.children, who)
     }
 
     fn stale_writes_for(&self) -> Duration {
-        self.shared
-            .children
-            .iter()
-            .map(|c| c.stale_writes_for())
-            .max()
-            .unwrap_or(Duration::ZERO)
+        super::children::stale_writes_for(&self.shared.children)
+    }
+
+    fn max_io_bytes(&self) -> u64 {
+        super::children::max_io_bytes(&self.shared.children)
     }
 
     fn service(&self) -> Option<&dyn ServiceControl> {
@@ -1362,20 +1384,44 @@ impl ServiceControl for Mirror {
         self.status().to_json()
     }
 
-    fn control(&self, action: &str, child: usize) -> Result<String, String> {
+    fn control(&self, action: &str, args: &[&str]) -> Result<String, String> {
+        let number = |what: &str| -> Result<u64, String> {
+            match args {
+                [n] => n
+                    .parse()
+                    .map_err(|_| format!("{action}: {what} must be a number, not '{n}'")),
+                _ => Err(format!("{action} takes one argument: {what}")),
+            }
+        };
+        let child = || number("CHILD").and_then(|c| usize::try_from(c).map_err(|e| e.to_string()));
         match action {
-            "fail" => self.fail(child).map(|()| format!("child {child} failed")),
-            "readd" => self.readd(child).map(|()| {
-                format!(
-                    "child {child} rebuilding from {} marked regions",
-                    self.dirty_regions()
-                )
-            }),
-            "rebuild" => self
-                .rebuild(child)
-                .map(|()| format!("child {child} rebuilding in full")),
+            "fail" => {
+                let child = child()?;
+                self.fail(child).map(|()| format!("child {child} failed"))
+            }
+            "readd" => {
+                let child = child()?;
+                self.readd(child).map(|()| {
+                    format!(
+                        "child {child} rebuilding from {} marked regions",
+                        self.dirty_regions()
+                    )
+                })
+            }
+            "rebuild" => {
+                let child = child()?;
+                self.rebuild(child)
+                    .map(|()| format!("child {child} rebuilding in full"))
+            }
+            "rate" => {
+                let mbps = number("MBPS")?;
+                self.set_resync_mbps(mbps)?;
+                Ok(format!(
+                    "resync limited to {mbps} MB/s (until a restart: the spec's resync-mbps then)"
+                ))
+            }
             other => Err(format!(
-                "unknown action '{other}' (raid1 takes fail, readd, rebuild)"
+                "unknown action '{other}' (raid1 takes fail CHILD, readd CHILD, rebuild CHILD, rate MBPS)"
             )),
         }
     }
@@ -1737,6 +1783,11 @@ mod tests {
 
     impl Rig {
         fn new(n: usize) -> Rig {
+            Rig::with_max_io(n, u64::MAX)
+        }
+
+        /// Children that refuse requests larger than `max_io` bytes.
+        fn with_max_io(n: usize, max_io: u64) -> Rig {
             let mut children: Vec<Arc<dyn Backend>> = Vec::new();
             let mut switches = Vec::new();
             for _ in 0..n {
@@ -1745,6 +1796,7 @@ mod tests {
                     inner: Arc::new(RamBackend::new(SIZE, 512).unwrap()),
                     broken: Arc::clone(&broken),
                     errno: libc::EIO,
+                    max_io,
                 }));
                 switches.push(broken);
             }
@@ -1811,7 +1863,9 @@ mod tests {
     fn contents(b: &Arc<dyn Backend>) -> Vec<u8> {
         let mut q = b.open_queue(1).unwrap();
         let mut v = vec![0u8; ix(SIZE)];
-        io(q.as_mut(), IoKind::Read, 0, &mut v).unwrap();
+        for (k, piece) in v.chunks_mut(16 << 10).enumerate() {
+            io(q.as_mut(), IoKind::Read, k as u64 * (16 << 10), piece).unwrap();
+        }
         v
     }
 
@@ -1889,7 +1943,7 @@ mod tests {
         assert_eq!(figures[2].value, 4.0);
         rig.switches[1].store(false, Ordering::Relaxed);
         let before = m.copied_regions();
-        m.control("readd", 1).unwrap();
+        m.control("readd", &["1"]).unwrap();
         assert!(m.wait_resync(Duration::from_secs(5)));
         assert_eq!(
             m.copied_regions() - before,
@@ -1904,12 +1958,65 @@ mod tests {
             s.contains("\"state\":\"in-sync\"") && s.contains("\"dirty_regions\":0"),
             "{s}"
         );
-        assert!(m.control("readd", 1).is_err());
+        assert!(m.control("readd", &["1"]).is_err());
         assert!(m
-            .control("explode", 1)
+            .control("explode", &["1"])
             .unwrap_err()
             .contains("unknown action"));
-        assert!(m.control("fail", 7).unwrap_err().contains("no child 7"));
+        assert!(m
+            .control("fail", &["7"])
+            .unwrap_err()
+            .contains("no child 7"));
+    }
+
+    #[test]
+    fn the_resync_cuts_its_copies_to_what_the_children_take() {
+        // Children that take 16 KiB at most, as a target with a small MDTS:
+        // the first full copy and a re-add both go through.
+        let rig = Rig::with_max_io(2, 16 << 10);
+        let m = rig.open();
+        assert_eq!(m.states(), [ChildState::InSync; 2]);
+        assert_eq!(m.max_io_bytes(), 16 << 10);
+        let mut q = m.open_queue(4).unwrap();
+        m.fail(1).unwrap();
+        let mut expect = vec![0u8; ix(SIZE)];
+        for k in 0..16u64 {
+            let off = k * 200 * 1024;
+            let mut d = fill(k, 16 << 10);
+            io(q.as_mut(), IoKind::Write, off, &mut d).unwrap();
+            expect[ix(off)..ix(off) + d.len()].copy_from_slice(&d);
+        }
+        m.readd(1).unwrap();
+        assert!(m.wait_resync(Duration::from_secs(5)));
+        assert_eq!(m.states(), [ChildState::InSync; 2]);
+        assert_identical(&rig, &expect);
+    }
+
+    #[test]
+    fn the_operator_changes_the_resync_rate_of_a_running_pass() {
+        let rig = Rig::new(2);
+        let m = rig.open();
+        let mut q = m.open_queue(4).unwrap();
+        m.fail(1).unwrap();
+        let mut d = fill(9, ix(SIZE));
+        io(q.as_mut(), IoKind::Write, 0, &mut d).unwrap();
+        assert!(m.control("rate", &["0"]).unwrap_err().contains("never end"));
+        assert!(m.control("rate", &["fast"]).unwrap_err().contains("number"));
+        assert!(m.control("rate", &[]).unwrap_err().contains("one argument"));
+        m.control("rate", &["2"]).unwrap();
+        assert!(m.state().contains("\"limit_mbps\":2"), "{}", m.state());
+        let before = m.copied_regions();
+        m.readd(1).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // 2 MB/s: about 10 of the 64 regions by now, far from all.
+        let copied = m.copied_regions() - before;
+        assert!(
+            copied < SIZE / REGION / 2,
+            "{copied} regions copied at 2 MB/s"
+        );
+        m.control("rate", &["100000"]).unwrap();
+        assert!(m.wait_resync(Duration::from_secs(5)));
+        assert_identical(&rig, &d);
     }
 
     #[test]

@@ -147,15 +147,22 @@ pub(crate) mod children {
             .max()
             .unwrap_or(Duration::ZERO)
     }
+
+    /// The largest request every child takes.
+    pub fn max_io_bytes(c: &[Arc<dyn Backend>]) -> u64 {
+        c.iter().map(|c| c.max_io_bytes()).min().unwrap_or(u64::MAX)
+    }
 }
 
 /// A test backend over another whose requests all fail with `errno` while
-/// `broken` is set: a child or path that dies and comes back.
+/// `broken` is set: a child or path that dies and comes back. It refuses
+/// requests larger than `max_io` bytes, as a remote target does.
 #[cfg(test)]
 pub(crate) struct Flaky {
     pub inner: std::sync::Arc<dyn leapio_backend::Backend>,
     pub broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub errno: i32,
+    pub max_io: u64,
 }
 
 #[cfg(test)]
@@ -163,6 +170,7 @@ struct FlakyQueue {
     inner: Box<dyn leapio_backend::BackendQueue>,
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
     errno: i32,
+    max_io: u64,
     failed: Vec<leapio_backend::Completion>,
 }
 
@@ -182,8 +190,12 @@ impl leapio_backend::Backend for Flaky {
             inner: self.inner.open_queue(depth)?,
             broken: std::sync::Arc::clone(&self.broken),
             errno: self.errno,
+            max_io: self.max_io,
             failed: Vec::new(),
         }))
+    }
+    fn max_io_bytes(&self) -> u64 {
+        self.max_io
     }
     fn flush(&self) -> Result<(), leapio_backend::BackendError> {
         Ok(())
@@ -199,6 +211,11 @@ impl leapio_backend::BackendQueue for FlakyQueue {
         &mut self,
         req: &leapio_backend::IoRequest<'_>,
     ) -> Result<(), leapio_backend::SubmitError> {
+        if req.len > self.max_io {
+            return Err(leapio_backend::SubmitError::Invalid(
+                "request larger than the target's MDTS",
+            ));
+        }
         if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
             self.failed.push(leapio_backend::Completion {
                 tag: req.tag,

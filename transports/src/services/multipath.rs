@@ -291,6 +291,10 @@ impl Backend for Multipath {
     fn stale_writes_for(&self) -> Duration {
         super::children::stale_writes_for(&self.paths)
     }
+
+    fn max_io_bytes(&self) -> u64 {
+        super::children::max_io_bytes(&self.paths)
+    }
 }
 
 /// A request in flight: what is needed to send it again down another path.
@@ -552,11 +556,13 @@ mod tests {
         );
         let paths: Vec<Arc<dyn Backend>> = vec![
             Arc::new(crate::services::Flaky {
+                max_io: u64::MAX,
                 inner: disk.clone(),
                 broken: b1.clone(),
                 errno: libc::ETIMEDOUT,
             }),
             Arc::new(crate::services::Flaky {
+                max_io: u64::MAX,
                 inner: disk.clone(),
                 broken: b2.clone(),
                 errno: libc::ETIMEDOUT,

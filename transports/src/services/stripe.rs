@@ -241,6 +241,10 @@ impl Backend for Striped {
     fn stale_writes_for(&self) -> Duration {
         super::children::stale_writes_for(&self.children)
     }
+
+    fn max_io_bytes(&self) -> u64 {
+        super::children::max_io_bytes(&self.children)
+    }
 }
 
 /// A request being served: its tag, the pieces still out, the first error.
