@@ -159,6 +159,30 @@ fn a_mirror_is_operated_from_the_control_socket_while_the_guest_writes() {
         copied <= (dirty + 8) * (64 << 10),
         "copied {copied} bytes for {dirty} marked regions"
     );
+    // Child 0 replaced by a new file while the guest writes (the children
+    // left in sync: child 1): rebuilt in full, and the old file gets
+    // nothing more.
+    let c = file(&host, "m2.img", 8 << 20);
+    let r = call(
+        &control,
+        "service",
+        json!({"ctrl": "vm0", "nsid": 1, "action": "replace", "args": ["0", format!("file:{c}")]}),
+    )
+    .expect("replace child 0");
+    assert!(
+        r["done"]
+            .as_str()
+            .is_some_and(|d| d.contains("rebuilding in full")),
+        "{r}"
+    );
+    w.run_for(Duration::from_millis(500));
+    let s = settled("the replacement's rebuild");
+    assert!(
+        s["children"][0]["backend"]
+            .as_str()
+            .is_some_and(|b| b.contains("m2.img")),
+        "{s}"
+    );
     w.drain(Duration::from_secs(10));
     w.verify_all();
     assert!(w.errors.is_empty(), "{:?}", w.errors);
@@ -168,7 +192,11 @@ fn a_mirror_is_operated_from_the_control_socket_while_the_guest_writes() {
     assert!(e.contains("no namespace 2"), "{e}");
     kill9(&mut socp);
     assert!(
-        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        std::fs::read(&c).unwrap() == std::fs::read(&b).unwrap(),
         "the children differ"
+    );
+    assert!(
+        std::fs::read(&a).unwrap() != std::fs::read(&b).unwrap(),
+        "the replaced child got the writes made after its replacement"
     );
 }

@@ -30,6 +30,7 @@
 //! ([`Mirror::rebuild`], a child added to the spec, every child but the
 //! first of a new mirror) is rebuilt in full.
 
+use arc_swap::ArcSwap;
 use leapio_backend::{
     validate, Backend, BackendError, BackendQueue, Completion, Features, Figure, Geometry, IoError,
     IoKind, IoRequest, Owner, ServiceControl, SubmitError,
@@ -281,7 +282,15 @@ fn parse_header(h: &[u8]) -> Option<Header> {
 
 /// What the mirror's queues and its resync thread share.
 struct Shared {
-    children: Vec<Arc<dyn Backend>>,
+    /// The children, replaced whole when the operator replaces one.
+    children: ArcSwap<Vec<Arc<dyn Backend>>>,
+    /// How many (fixed).
+    n: usize,
+    /// Per child: the times it was replaced; a queue that saw fewer opens
+    /// one on the new child before it sends to it.
+    swaps: Box<[AtomicU64]>,
+    /// Replacements of any child (one load tells a queue nothing changed).
+    swap_epoch: AtomicU64,
     geometry: Geometry,
     region: u64,
     regions: u64,
@@ -314,13 +323,17 @@ struct Shared {
 const STARTED: u64 = 1 << 32;
 
 impl Shared {
+    fn children(&self) -> Arc<Vec<Arc<dyn Backend>>> {
+        self.children.load_full()
+    }
+
     fn state(&self, c: usize) -> ChildState {
         state_in(self.states.load(Ordering::Acquire), c)
     }
 
     fn states(&self) -> Vec<ChildState> {
         let w = self.states.load(Ordering::Acquire);
-        (0..self.children.len()).map(|c| state_in(w, c)).collect()
+        (0..self.n).map(|c| state_in(w, c)).collect()
     }
 
     /// Under the bitmap lock.
@@ -363,7 +376,7 @@ impl Shared {
         let w = self.states.load(Ordering::Acquire);
         let mut mask = 0u64;
         let mut failed = false;
-        for c in 0..self.children.len() {
+        for c in 0..self.n {
             match state_in(w, c) {
                 ChildState::Failed => failed = true,
                 _ => mask |= 1 << c,
@@ -457,7 +470,7 @@ impl Shared {
         if was != ChildState::Failed {
             tracing::warn!(
                 child = c,
-                backend = %self.children[c].describe(),
+                backend = %self.children()[c].describe(),
                 why,
                 "raid1: child failed, going on degraded"
             );
@@ -468,7 +481,7 @@ impl Shared {
     /// The next child in sync for a read, from `rr` on, not in `tried`.
     fn pick_read(&self, rr: &mut usize, tried: u64) -> Option<usize> {
         let w = self.states.load(Ordering::Acquire);
-        let n = self.children.len();
+        let n = self.n;
         for k in 0..n {
             let c = (*rr + k) % n;
             if tried & (1 << c) == 0 && state_in(w, c) == ChildState::InSync {
@@ -481,7 +494,7 @@ impl Shared {
 
     fn in_state(&self, s: ChildState) -> u64 {
         let w = self.states.load(Ordering::Acquire);
-        (0..self.children.len())
+        (0..self.n)
             .filter(|c| state_in(w, *c) == s)
             .fold(0, |m, c| m | (1 << c))
     }
@@ -612,7 +625,10 @@ impl Mirror {
         let n = children.len();
         Ok(Mirror {
             shared: Arc::new(Shared {
-                children,
+                children: ArcSwap::from_pointee(children),
+                n,
+                swaps: (0..n).map(|_| AtomicU64::new(0)).collect(),
+                swap_epoch: AtomicU64::new(0),
                 geometry: Geometry {
                     block_size,
                     num_blocks,
@@ -674,7 +690,7 @@ impl Mirror {
                 .map(|(index, state)| ChildStatus {
                     index,
                     state: *state,
-                    backend: sh.children[index].describe(),
+                    backend: sh.children()[index].describe(),
                 })
                 .collect(),
             dirty_regions: bm.dirty,
@@ -731,7 +747,7 @@ impl Mirror {
                 self.shared.state(child).name()
             ));
         }
-        self.shared.children[child]
+        self.shared.children()[child]
             .claim()
             .map_err(|e| format!("child {child}: {e}"))?;
         self.set_rebuilding(child, false)?;
@@ -748,9 +764,70 @@ impl Mirror {
         {
             return Err(format!("child {child} is the last one in sync"));
         }
-        sh.children[child]
+        sh.children()[child]
             .claim()
             .map_err(|e| format!("child {child}: {e}"))?;
+        self.set_rebuilding(child, true)?;
+        self.start_resync();
+        Ok(())
+    }
+
+    /// Put `new` in the place of child `child` (a new disk for a dead one)
+    /// and rebuild it in full. The old child gets no more requests; those
+    /// it has in flight complete. The namespace's spec still names the old
+    /// child: a restart with it rebuilds that one in full again, so the
+    /// operator puts the new one in the spec.
+    pub fn replace(&self, child: usize, new: Arc<dyn Backend>) -> Result<(), String> {
+        self.check_child(child)?;
+        self.check_claimed()?;
+        let sh = &self.shared;
+        if sh.state(child) == ChildState::InSync && sh.in_state(ChildState::InSync).count_ones() < 2
+        {
+            return Err(format!("child {child} is the last one in sync"));
+        }
+        let g = new.geometry();
+        if g.block_size != sh.geometry.block_size {
+            return Err(format!(
+                "{} has {} B blocks, the mirror {} B",
+                new.describe(),
+                g.block_size,
+                sh.geometry.block_size
+            ));
+        }
+        if g.size_bytes() < sh.geometry.size_bytes() {
+            return Err(format!(
+                "{} holds {}, the mirror needs {}",
+                new.describe(),
+                crate::human_size(g.size_bytes()),
+                crate::human_size(sh.geometry.size_bytes())
+            ));
+        }
+        if new.zoned().is_some() {
+            return Err(format!(
+                "{} is zoned: a mirror's children are not",
+                new.describe()
+            ));
+        }
+        new.claim()
+            .map_err(|e| format!("{}: {e}", new.describe()))?;
+        let old = {
+            let bm = lock(&sh.bitmap);
+            // Out first: nothing new goes to the old child.
+            sh.set_state(child, ChildState::Failed);
+            let mut children = Vec::clone(&sh.children());
+            let old = std::mem::replace(&mut children[child], new);
+            sh.children.store(Arc::new(children));
+            sh.swaps[child].fetch_add(1, Ordering::AcqRel);
+            sh.swap_epoch.fetch_add(1, Ordering::AcqRel);
+            drop(bm);
+            old
+        };
+        tracing::warn!(
+            child,
+            old = %old.describe(),
+            new = %sh.children()[child].describe(),
+            "raid1: child replaced"
+        );
         self.set_rebuilding(child, true)?;
         self.start_resync();
         Ok(())
@@ -771,7 +848,7 @@ impl Mirror {
         }
         tracing::info!(
             child,
-            backend = %sh.children[child].describe(),
+            backend = %sh.children()[child].describe(),
             dirty = bm.dirty,
             "raid1: child rebuilding"
         );
@@ -779,10 +856,10 @@ impl Mirror {
     }
 
     fn check_child(&self, child: usize) -> Result<(), String> {
-        if child >= self.shared.children.len() {
+        if child >= self.shared.n {
             return Err(format!(
                 "no child {child} (children are 0 to {})",
-                self.shared.children.len() - 1
+                self.shared.n - 1
             ));
         }
         Ok(())
@@ -855,7 +932,7 @@ impl Mirror {
             .metadata()
             .map_err(|e| io("cannot stat the raid1 bitmap", e))?
             .len();
-        let n = sh.children.len();
+        let n = sh.n;
         let size = sh.geometry.size_bytes();
         let bad =
             |why: String| BackendError::Config(format!("raid1 bitmap {}: {why}", path.display()));
@@ -997,7 +1074,7 @@ fn resync(sh: &Arc<Shared>) {
             return;
         }
         let targets = sh.in_state(ChildState::Rebuilding);
-        let source = (0..sh.children.len()).find(|c| sh.state(*c) == ChildState::InSync);
+        let source = (0..sh.n).find(|c| sh.state(*c) == ChildState::InSync);
         let (true, Some(source)) = (targets != 0, source) else {
             let mut running = lock(&sh.running);
             if sh.in_state(ChildState::Rebuilding) == 0 || source.is_none() {
@@ -1019,13 +1096,13 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
     // No larger than the source or a target takes (a remote's MDTS), in
     // whole blocks.
     let bs = u64::from(sh.geometry.block_size);
-    let most = super::children::max_io_bytes(&sh.children);
+    let most = super::children::max_io_bytes(&sh.children());
     let chunk = sh.region.min(COPY_CHUNK).min(most / bs * bs).max(bs);
     let mut buf = MmapMut::map_anon(ix(chunk)).map_err(|e| e.to_string())?;
-    let open = |c: usize| sh.children[c].open_queue(2);
+    let open = |c: usize| sh.children()[c].open_queue(2);
     let mut src = open(source).map_err(|e| format!("child {source}: {e}"))?;
     let mut tq: Vec<(usize, Box<dyn BackendQueue>)> = Vec::new();
-    for t in (0..sh.children.len()).filter(|t| targets & (1 << t) != 0) {
+    for t in (0..sh.n).filter(|t| targets & (1 << t) != 0) {
         match open(t) {
             Ok(q) => tq.push((t, q)),
             Err(e) => {
@@ -1175,7 +1252,7 @@ fn resync_pass(sh: &Shared, source: usize, targets: u64) -> Result<(), String> {
         if ours(*t) {
             sh.set_state(*t, ChildState::InSync);
             changed = true;
-            tracing::info!(child = *t, backend = %sh.children[*t].describe(), "raid1: child in sync");
+            tracing::info!(child = *t, backend = %sh.children()[*t].describe(), "raid1: child in sync");
         }
     }
     if changed {
@@ -1192,7 +1269,7 @@ impl Backend for Mirror {
     }
 
     fn features(&self) -> Features {
-        let ch = &self.shared.children;
+        let ch = self.shared.children();
         Features {
             volatile_write_cache: ch.iter().any(|c| c.features().volatile_write_cache),
             write_zeroes: ch.iter().all(|c| c.features().write_zeroes),
@@ -1201,15 +1278,27 @@ impl Backend for Mirror {
     }
 
     fn open_queue(&self, depth: u32) -> Result<Box<dyn BackendQueue>, BackendError> {
+        // What was replaced before the children are read: a replacement in
+        // between makes the queue open one more on the new child, no worse.
+        let epoch = self.shared.swap_epoch.load(Ordering::Acquire);
+        let seen = self
+            .shared
+            .swaps
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .collect();
         let queues = self
             .shared
-            .children
+            .children()
             .iter()
             .map(|c| c.open_queue(depth))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Box::new(MirrorQueue {
             shared: Arc::clone(&self.shared),
             queues,
+            seen,
+            epoch,
+            retired: Vec::new(),
             depth: depth as usize,
             reqs: Vec::new(),
             free: Vec::new(),
@@ -1224,7 +1313,7 @@ impl Backend for Mirror {
 
     fn flush(&self) -> Result<(), BackendError> {
         let mut first = None;
-        for (c, b) in self.shared.children.iter().enumerate() {
+        for (c, b) in self.shared.children().iter().enumerate() {
             if self.shared.state(c) == ChildState::Failed {
                 continue;
             }
@@ -1241,7 +1330,7 @@ impl Backend for Mirror {
         let sh = &self.shared;
         let states = sh.states();
         let children: Vec<String> = sh
-            .children
+            .children()
             .iter()
             .zip(&states)
             .map(|(c, s)| format!("{} ({})", c.describe(), s.name()))
@@ -1256,7 +1345,7 @@ impl Backend for Mirror {
     }
 
     fn persistent(&self) -> bool {
-        self.shared.children.iter().all(|c| c.persistent())
+        self.shared.children().iter().all(|c| c.persistent())
     }
 
     fn claim(&self) -> Result<(), BackendError> {
@@ -1266,7 +1355,7 @@ impl Backend for Mirror {
         }
         let sh = &self.shared;
         let results: Vec<Result<(), BackendError>> =
-            sh.children.iter().map(|c| c.claim()).collect();
+            sh.children().iter().map(|c| c.claim()).collect();
         let mut states = self.load_bitmap()?;
         let mut changed = false;
         for (c, r) in results.iter().enumerate() {
@@ -1281,13 +1370,13 @@ impl Backend for Mirror {
                         .any(|(i, s)| i != c && *s == ChildState::InSync && results[i].is_ok())
                         || states[c] != ChildState::InSync
                     {
-                        tracing::warn!(child = c, backend = %sh.children[c].describe(), error = %e, "raid1: child cannot be claimed, going on degraded");
+                        tracing::warn!(child = c, backend = %sh.children()[c].describe(), error = %e, "raid1: child cannot be claimed, going on degraded");
                         states[c] = ChildState::Failed;
                         changed = true;
                     } else {
                         return Err(BackendError::Config(format!(
                             "raid1: child {c} ({}) is the only one in sync and cannot be claimed: {e}",
-                            sh.children[c].describe()
+                            sh.children()[c].describe()
                         )));
                     }
                 }
@@ -1324,7 +1413,11 @@ impl Backend for Mirror {
     }
 
     fn copied_bytes(&self) -> u64 {
-        self.shared.children.iter().map(|c| c.copied_bytes()).sum()
+        self.shared
+            .children()
+            .iter()
+            .map(|c| c.copied_bytes())
+            .sum()
     }
 
     fn figures(&self) -> Vec<Figure> {
@@ -1363,15 +1456,15 @@ impl Backend for Mirror {
     }
 
     fn owner(&self, who: &Owner<'_>) -> u32 {
-        super::children::owner(&self.shared.children, who)
+        super::children::owner(&self.shared.children(), who)
     }
 
     fn stale_writes_for(&self) -> Duration {
-        super::children::stale_writes_for(&self.shared.children)
+        super::children::stale_writes_for(&self.shared.children())
     }
 
     fn max_io_bytes(&self) -> u64 {
-        super::children::max_io_bytes(&self.shared.children)
+        super::children::max_io_bytes(&self.shared.children())
     }
 
     fn service(&self) -> Option<&dyn ServiceControl> {
@@ -1413,6 +1506,20 @@ impl ServiceControl for Mirror {
                 self.rebuild(child)
                     .map(|()| format!("child {child} rebuilding in full"))
             }
+            "replace" => {
+                let [c, spec] = args else {
+                    return Err("replace takes two arguments: CHILD SPEC".into());
+                };
+                let child: usize = c
+                    .parse()
+                    .map_err(|_| format!("replace: CHILD must be a number, not '{c}'"))?;
+                let spec: crate::BackendSpec = spec.parse().map_err(|e| format!("replace: {e}"))?;
+                let new = crate::open_backend_unclaimed(&spec).map_err(|e| format!("replace: {e}"))?;
+                self.replace(child, new)?;
+                Ok(format!(
+                    "child {child} is now {spec}, rebuilding in full; name it in the namespace's spec, or a restart rebuilds the old one"
+                ))
+            }
             "rate" => {
                 let mbps = number("MBPS")?;
                 self.set_resync_mbps(mbps)?;
@@ -1421,7 +1528,7 @@ impl ServiceControl for Mirror {
                 ))
             }
             other => Err(format!(
-                "unknown action '{other}' (raid1 takes fail CHILD, readd CHILD, rebuild CHILD, rate MBPS)"
+                "unknown action '{other}' (raid1 takes fail CHILD, readd CHILD, rebuild CHILD, replace CHILD SPEC, rate MBPS)"
             )),
         }
     }
@@ -1462,6 +1569,12 @@ unsafe impl Send for Req {}
 struct MirrorQueue {
     shared: Arc<Shared>,
     queues: Vec<Box<dyn BackendQueue>>,
+    /// `Shared::swaps` as of each of `queues`, and `swap_epoch`.
+    seen: Vec<u64>,
+    epoch: u64,
+    /// Queues on replaced children, until what they have in flight
+    /// completes: (child, queue).
+    retired: Vec<(usize, Box<dyn BackendQueue>)>,
     depth: usize,
     /// Requests by slot; a child request's tag is its slot.
     reqs: Vec<Option<Req>>,
@@ -1484,9 +1597,50 @@ struct Spare(Vec<Vec<libc::iovec>>);
 unsafe impl Send for Spare {}
 
 impl MirrorQueue {
+    /// Open a queue on each child replaced since this queue last looked;
+    /// the old queue stays (retired) until its requests complete. A child
+    /// whose new queue cannot be opened keeps the old one and is tried
+    /// again at the next look.
+    fn refresh(&mut self) {
+        let epoch = self.shared.swap_epoch.load(Ordering::Acquire);
+        if epoch == self.epoch {
+            return;
+        }
+        let mut all = true;
+        for c in 0..self.queues.len() {
+            let swaps = self.shared.swaps[c].load(Ordering::Acquire);
+            if swaps == self.seen[c] {
+                continue;
+            }
+            let depth = u32::try_from(self.depth).unwrap_or(u32::MAX);
+            match self.shared.children()[c].open_queue(depth) {
+                Ok(q) => {
+                    let old = std::mem::replace(&mut self.queues[c], q);
+                    self.seen[c] = swaps;
+                    if old.in_flight() > 0 {
+                        self.retired.push((c, old));
+                    }
+                }
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(child = c, error = %e, "raid1: no queue on the new child yet");
+                }
+            }
+        }
+        if all {
+            self.epoch = epoch;
+        }
+    }
+
     /// Send slot `slot` to child `c`; false if the child refused it (not
     /// for a full queue: that is tried again later).
     fn send(&mut self, c: usize, slot: usize) -> bool {
+        self.refresh();
+        if self.seen[c] != self.shared.swaps[c].load(Ordering::Acquire) {
+            // Replaced, and no queue on the new child: it is rebuilt in
+            // full, a refusal fails it again.
+            return false;
+        }
         let Some(Some(r)) = self.reqs.get(slot) else {
             return true;
         };
@@ -1622,6 +1776,19 @@ impl MirrorQueue {
                 self.child_done(c, ix(done.tag), done.result, out);
             }
         }
+        if !self.retired.is_empty() {
+            let mut retired = std::mem::take(&mut self.retired);
+            for (c, q) in &mut retired {
+                got.clear();
+                q.poll(&mut got);
+                for done in got.drain(..) {
+                    self.child_done(*c, ix(done.tag), done.result, out);
+                }
+            }
+            retired.retain(|(_, q)| q.in_flight() > 0);
+            retired.append(&mut self.retired);
+            self.retired = retired;
+        }
         self.got = got;
     }
 }
@@ -1670,12 +1837,12 @@ impl BackendQueue for MirrorQueue {
                 let w = sh.states.load(Ordering::Acquire);
                 if w == 0 {
                     // Every child in sync: the fast path.
-                    Ok((1u64 << sh.children.len()) - 1)
+                    Ok((1u64 << sh.n) - 1)
                 } else {
                     sh.route_write(req.offset, req.len)
                 }
             } else {
-                Ok(!sh.in_state(ChildState::Failed) & ((1u64 << sh.children.len()) - 1))
+                Ok(!sh.in_state(ChildState::Failed) & ((1u64 << sh.n) - 1))
             };
             match mask {
                 Err(e) => {
@@ -1723,6 +1890,7 @@ impl BackendQueue for MirrorQueue {
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         let before = out.len();
+        self.refresh();
         out.append(&mut self.ready);
         self.retry_deferred(out);
         self.collect(out);
@@ -1734,7 +1902,8 @@ impl BackendQueue for MirrorQueue {
     }
 
     fn held(&self) -> usize {
-        self.queues.iter().map(|q| q.held()).sum()
+        self.queues.iter().map(|q| q.held()).sum::<usize>()
+            + self.retired.iter().map(|(_, q)| q.held()).sum::<usize>()
     }
 
     fn drain(&mut self, out: &mut Vec<Completion>, timeout: Duration) -> usize {
@@ -1754,6 +1923,17 @@ impl BackendQueue for MirrorQueue {
                     }
                 }
             }
+            let mut retired = std::mem::take(&mut self.retired);
+            for (c, q) in &mut retired {
+                got.clear();
+                q.drain(&mut got, left.min(Duration::from_millis(10)));
+                for done in got.drain(..) {
+                    self.child_done(*c, ix(done.tag), done.result, out);
+                }
+            }
+            retired.retain(|(_, q)| q.in_flight() > 0);
+            retired.append(&mut self.retired);
+            self.retired = retired;
             let _ = self.kick();
             self.poll(out);
         }
@@ -1761,7 +1941,12 @@ impl BackendQueue for MirrorQueue {
     }
 
     fn wait_completion(&mut self, timeout: Duration) {
-        if let Some(q) = self.queues.iter_mut().find(|q| q.in_flight() > 0) {
+        if let Some(q) = self
+            .queues
+            .iter_mut()
+            .chain(self.retired.iter_mut().map(|(_, q)| q))
+            .find(|q| q.in_flight() > 0)
+        {
             q.wait_completion(timeout);
         }
     }
@@ -1990,6 +2175,66 @@ mod tests {
         assert!(m.wait_resync(Duration::from_secs(5)));
         assert_eq!(m.states(), [ChildState::InSync; 2]);
         assert_identical(&rig, &expect);
+    }
+
+    #[test]
+    fn a_replaced_child_is_rebuilt_in_full_and_queues_move_to_it() {
+        let rig = Rig::new(2);
+        let m = rig.open();
+        // A queue opened before the replacement, as a poller's is.
+        let mut q = m.open_queue(4).unwrap();
+        let mut expect = fill(21, ix(SIZE));
+        io(q.as_mut(), IoKind::Write, 0, &mut expect).unwrap();
+        let new: Arc<dyn Backend> = Arc::new(RamBackend::new(SIZE, 512).unwrap());
+        m.replace(1, Arc::clone(&new)).unwrap();
+        assert!(m.state().contains("ram"), "{}", m.state());
+        assert!(m.wait_resync(Duration::from_secs(5)));
+        assert_eq!(m.states(), [ChildState::InSync; 2]);
+        assert!(
+            contents(&new) == expect,
+            "the new child holds the mirror's data"
+        );
+        // Writes now reach the new child, not the old one.
+        let mut d = fill(22, 4096);
+        io(q.as_mut(), IoKind::Write, 8192, &mut d).unwrap();
+        expect[8192..8192 + 4096].copy_from_slice(&d);
+        assert!(contents(&new) == expect);
+        assert!(
+            contents(&rig.children[1]) != expect,
+            "the old child got a write"
+        );
+        // Reads from the new child alone.
+        m.fail(0).unwrap();
+        let mut back = vec![0u8; ix(SIZE)];
+        for (k, piece) in back.chunks_mut(64 << 10).enumerate() {
+            io(q.as_mut(), IoKind::Read, k as u64 * (64 << 10), piece).unwrap();
+        }
+        assert!(back == expect);
+    }
+
+    #[test]
+    fn a_replacement_that_does_not_fit_is_refused() {
+        let rig = Rig::new(2);
+        let m = rig.open();
+        let small: Arc<dyn Backend> = Arc::new(RamBackend::new(SIZE / 2, 512).unwrap());
+        assert!(m.replace(1, small).unwrap_err().contains("needs"));
+        let big_blocks: Arc<dyn Backend> = Arc::new(RamBackend::new(SIZE, 4096).unwrap());
+        assert!(m
+            .replace(1, big_blocks)
+            .unwrap_err()
+            .contains("4096 B blocks"));
+        m.fail(1).unwrap();
+        let fits: Arc<dyn Backend> = Arc::new(RamBackend::new(SIZE, 512).unwrap());
+        assert!(m.replace(0, fits).unwrap_err().contains("last one in sync"));
+        let e = m.control("replace", &["1", "floppy:/dev/fd0"]).unwrap_err();
+        assert!(e.starts_with("replace: "), "{e}");
+        assert!(m
+            .control("replace", &["1"])
+            .unwrap_err()
+            .contains("two arguments"));
+        m.control("replace", &["1", "ram:4M"]).unwrap();
+        assert!(m.wait_resync(Duration::from_secs(5)));
+        assert_eq!(m.states(), [ChildState::InSync; 2]);
     }
 
     #[test]
