@@ -1770,6 +1770,9 @@ impl MirrorQueue {
     fn collect(&mut self, out: &mut Vec<Completion>) {
         let mut got = std::mem::take(&mut self.got);
         for c in 0..self.queues.len() {
+            if self.queues[c].in_flight() == 0 {
+                continue;
+            }
             got.clear();
             self.queues[c].poll(&mut got);
             for done in got.drain(..) {
@@ -1882,10 +1885,7 @@ impl BackendQueue for MirrorQueue {
         let mut ready = std::mem::take(&mut self.ready);
         self.retry_deferred(&mut ready);
         self.ready = ready;
-        for q in &mut self.queues {
-            q.kick()?;
-        }
-        Ok(())
+        super::children::kick_busy(&mut self.queues)
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
@@ -1898,7 +1898,8 @@ impl BackendQueue for MirrorQueue {
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        // (those finished during a submit too, until polled)
+        self.in_flight + self.ready.len()
     }
 
     fn held(&self) -> usize {

@@ -125,7 +125,7 @@ impl fmt::Display for ServiceSpec {
 
 /// What a service's children say together.
 pub(crate) mod children {
-    use leapio_backend::{Backend, Owner};
+    use leapio_backend::{Backend, BackendError, BackendQueue, Completion, Owner};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -146,6 +146,29 @@ pub(crate) mod children {
             .map(|c| c.stale_writes_for())
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// Poll the child queues that have requests out, their completions
+    /// into `got`. An idle queue is not asked: for a remote child that is
+    /// a receive call saved per poll.
+    pub fn poll_busy(queues: &mut [Box<dyn BackendQueue>], got: &mut Vec<Completion>) {
+        for q in queues.iter_mut().filter(|q| q.in_flight() > 0) {
+            q.poll(got);
+        }
+    }
+
+    /// Kick the child queues that have requests out (every one, even
+    /// after an error); the first error.
+    pub fn kick_busy(queues: &mut [Box<dyn BackendQueue>]) -> Result<(), BackendError> {
+        let mut first = Ok(());
+        for q in queues.iter_mut().filter(|q| q.in_flight() > 0) {
+            if let Err(e) = q.kick() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
     }
 
     /// The largest request every child takes.

@@ -340,23 +340,30 @@ impl MultipathQueue {
     fn pick(&mut self, tried: u64) -> Option<usize> {
         let n = self.queues.len();
         let untried = |i: usize| tried & (1 << i) == 0;
-        let up: Vec<usize> = (0..n)
-            .filter(|&i| untried(i) && self.shared.up(i))
-            .collect();
-        let rank = |i: usize| ana_rank(self.paths[i].ana_state());
-        let best = up.iter().map(|&i| rank(i)).min();
-        let up: Vec<usize> = up.into_iter().filter(|&i| Some(rank(i)) == best).collect();
-        if !up.is_empty() {
-            return Some(match self.policy {
+        // The untried paths that are up and of the best ANA rank among
+        // them, as a mask (no allocation per request).
+        let mut best = u8::MAX;
+        let mut up = 0u64;
+        for i in (0..n).filter(|&i| untried(i) && self.shared.up(i)) {
+            let rank = ana_rank(self.paths[i].ana_state());
+            if rank < best {
+                best = rank;
+                up = 0;
+            }
+            if rank == best {
+                up |= 1 << i;
+            }
+        }
+        let candidates = (0..n).filter(|&i| up & (1 << i) != 0);
+        if up != 0 {
+            return match self.policy {
                 Policy::RoundRobin => {
                     self.next = self.next.wrapping_add(1);
-                    up[self.next % up.len()]
+                    let k = self.next % up.count_ones() as usize;
+                    candidates.clone().nth(k)
                 }
-                Policy::QueueDepth => *up
-                    .iter()
-                    .min_by_key(|&&i| self.queues[i].in_flight())
-                    .unwrap_or(&up[0]),
-            });
+                Policy::QueueDepth => candidates.min_by_key(|&i| self.queues[i].in_flight()),
+            };
         }
         (0..n)
             .filter(|&i| untried(i))
@@ -482,13 +489,7 @@ impl BackendQueue for MultipathQueue {
     }
 
     fn kick(&mut self) -> Result<(), BackendError> {
-        let mut r = Ok(());
-        for q in &mut self.queues {
-            if let Err(e) = q.kick() {
-                r = Err(e);
-            }
-        }
-        r
+        super::children::kick_busy(&mut self.queues)
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
@@ -496,9 +497,7 @@ impl BackendQueue for MultipathQueue {
         out.append(&mut self.ready);
         let mut got = std::mem::take(&mut self.got);
         got.clear();
-        for q in &mut self.queues {
-            q.poll(&mut got);
-        }
+        super::children::poll_busy(&mut self.queues, &mut got);
         for c in got.drain(..) {
             self.done(c, out);
         }
@@ -507,7 +506,8 @@ impl BackendQueue for MultipathQueue {
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        // (those finished during a submit too, until polled)
+        self.in_flight + self.ready.len()
     }
 
     fn held(&self) -> usize {

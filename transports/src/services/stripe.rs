@@ -299,9 +299,7 @@ impl StripedQueue {
         let before = out.len();
         let mut got = std::mem::take(&mut self.scratch);
         got.clear();
-        for q in &mut self.queues {
-            q.poll(&mut got);
-        }
+        super::children::poll_busy(&mut self.queues, &mut got);
         for c in got.drain(..) {
             self.piece_done(c.tag, c.result, out);
         }
@@ -417,10 +415,7 @@ impl BackendQueue for StripedQueue {
     }
 
     fn kick(&mut self) -> Result<(), BackendError> {
-        for q in &mut self.queues {
-            q.kick()?;
-        }
-        Ok(())
+        super::children::kick_busy(&mut self.queues)
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
@@ -432,7 +427,8 @@ impl BackendQueue for StripedQueue {
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        // (those finished during a submit too, until polled)
+        self.in_flight + self.ready.len()
     }
 
     fn held(&self) -> usize {
