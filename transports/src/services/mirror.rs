@@ -1667,12 +1667,11 @@ impl MirrorQueue {
 
     /// Send a read to the next child in sync it was not tried on.
     fn send_read(&mut self, slot: usize) -> bool {
-        let sh = Arc::clone(&self.shared);
         loop {
             let Some(Some(r)) = self.reqs.get(slot) else {
                 return false;
             };
-            let Some(c) = sh.pick_read(&mut self.rr, r.tried) else {
+            let Some(c) = self.shared.pick_read(&mut self.rr, r.tried) else {
                 return false;
             };
             if let Some(Some(r)) = self.reqs.get_mut(slot) {
@@ -1685,7 +1684,7 @@ impl MirrorQueue {
             if let Some(Some(r)) = self.reqs.get_mut(slot) {
                 r.left -= 1;
             }
-            sh.fail(c, Mark::None, "read refused");
+            self.shared.fail(c, Mark::None, "read refused");
         }
     }
 
@@ -1697,12 +1696,12 @@ impl MirrorQueue {
         result: Result<(), IoError>,
         out: &mut Vec<Completion>,
     ) {
-        let sh = Arc::clone(&self.shared);
         let Some(Some(r)) = self.reqs.get_mut(slot) else {
             return;
         };
         r.left = r.left.saturating_sub(1);
         if let Err(e) = result {
+            let sh = Arc::clone(&self.shared);
             let why = e.to_string();
             match r.kind {
                 IoKind::Read => {
@@ -1824,7 +1823,6 @@ impl BackendQueue for MirrorQueue {
         });
         self.in_flight += 1;
         let mut ready = std::mem::take(&mut self.ready);
-        let sh = Arc::clone(&self.shared);
         if req.len == 0 && req.kind != IoKind::Flush {
             self.finish(slot, &mut ready);
         } else if req.kind == IoKind::Read {
@@ -1835,6 +1833,7 @@ impl BackendQueue for MirrorQueue {
                 self.finish(slot, &mut ready);
             }
         } else {
+            let sh = Arc::clone(&self.shared);
             let mask = if is_write(req.kind) {
                 sh.start_write(req.offset, req.len);
                 let w = sh.states.load(Ordering::Acquire);
