@@ -25,6 +25,7 @@ declare -A allowed=(
     # guest memory, the controller core, the link (the host-runtime
     # contract), the backends
     [leapio-ats]="leapio-nvme"
+    [leapio-virtio]="leapio-nvme leapio-ats"
     [leapio-controller]="leapio-nvme leapio-ats leapio-backend"
     [leapio-link]="leapio-nvme"
     [leapio-backends]="leapio-nvme leapio-nvme-auth leapio-backend leapio-options"

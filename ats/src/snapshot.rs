@@ -286,6 +286,28 @@ impl Snapshot {
             .store(val, 0, Ordering::Release)
             .map_err(AtsError::Volatile)
     }
+
+    fn aligned_u16(&self, gpa: u64, access: Access) -> Result<VolatileSlice<'_>, AtsError> {
+        if gpa % 2 != 0 {
+            return Err(AtsError::Misaligned { gpa, align: 2 });
+        }
+        self.slice(gpa, 2, access)
+    }
+
+    /// Atomic 16-bit load with acquire ordering (a virtqueue's indexes and
+    /// event fields). `gpa` must be 2-byte aligned.
+    pub fn load_u16_acquire(&self, gpa: u64) -> Result<u16, AtsError> {
+        self.aligned_u16(gpa, Access::Read)?
+            .load::<u16>(0, Ordering::Acquire)
+            .map_err(AtsError::Volatile)
+    }
+
+    /// Atomic 16-bit store with release ordering. `gpa` must be 2-byte aligned.
+    pub fn store_u16_release(&self, gpa: u64, val: u16) -> Result<(), AtsError> {
+        self.aligned_u16(gpa, Access::Write)?
+            .store(val, 0, Ordering::Release)
+            .map_err(AtsError::Volatile)
+    }
 }
 
 #[cfg(test)]
@@ -482,5 +504,35 @@ mod tests {
             Err(AtsError::OutOfRange { .. })
         ));
         assert_eq!(host(&s, MB + 0x40) % 4, 0);
+    }
+
+    #[test]
+    fn atomics_of_16_bits() {
+        let d = Domain::new();
+        map_ram(&d, MB, 0x1000, Prot::READ_WRITE);
+        map_ram(&d, 2 * MB, 0x1000, Prot::READ);
+        let s = d.snapshot();
+        s.store_u16_release(MB + 0x42, 0xbeef).unwrap();
+        assert_eq!(s.load_u16_acquire(MB + 0x42).unwrap(), 0xbeef);
+        assert_eq!(s.read_obj::<u32>(MB + 0x40).unwrap(), 0xbeef_0000);
+        for gpa in [MB + 1, MB + 0x43] {
+            assert!(matches!(
+                s.load_u16_acquire(gpa),
+                Err(AtsError::Misaligned { align: 2, .. })
+            ));
+            assert!(s.store_u16_release(gpa, 0).is_err());
+        }
+        assert!(matches!(
+            s.store_u16_release(2 * MB, 1),
+            Err(AtsError::Permission { .. })
+        ));
+        assert!(matches!(
+            s.load_u16_acquire(MB + 0xfff),
+            Err(AtsError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            s.load_u16_acquire(MB + 0x1000),
+            Err(AtsError::OutOfRange { .. })
+        ));
     }
 }

@@ -263,12 +263,47 @@ fn link_seeds(w: &Writer<'_>) {
     w.put("link_qstate", &[journal, corrupted]);
 }
 
+/// virtqueue: a queue of 8 with event indexes; a chain of a readable
+/// buffer and an indirect table of a readable and a writable one is
+/// published, taken and given back; then a looping chain.
+fn virtqueue_seeds(w: &Writer<'_>) {
+    const RAM: u64 = 0x1_0000;
+    let desc = |addr: u64, len: u32, flags: u16, next: u16| -> Vec<u8> {
+        let mut d = addr.to_le_bytes().to_vec();
+        d.extend(len.to_le_bytes());
+        d.extend(flags.to_le_bytes());
+        d.extend(next.to_le_bytes());
+        d
+    };
+    // op 0: write BYTES at OFFSET of RAM
+    let write = |s: &mut Vec<u8>, offset: u16, bytes: &[u8]| {
+        s.push(0);
+        s.extend(offset.to_le_bytes());
+        s.push(u8::try_from(bytes.len()).unwrap_or(0));
+        s.extend_from_slice(bytes);
+    };
+    let mut good = vec![0x83u8];
+    write(&mut good, 0, &desc(RAM + 0x8000, 64, 1, 1));
+    write(&mut good, 16, &desc(RAM + 0x6000, 32, 4, 0));
+    write(&mut good, 0x6000, &desc(RAM + 0x9000, 16, 1, 1));
+    write(&mut good, 0x6010, &desc(RAM + 0xa000, 512, 2, 0));
+    write(&mut good, 0x1004, &0u16.to_le_bytes());
+    good.extend([1, 1, 2, 1, 3, 0, 0]);
+    let mut looping = vec![0x03u8];
+    write(&mut looping, 0, &desc(RAM + 0x8000, 64, 1, 1));
+    write(&mut looping, 16, &desc(RAM + 0x8000, 64, 1, 0));
+    write(&mut looping, 0x1004, &0u16.to_le_bytes());
+    looping.extend([1, 1, 2, 0]);
+    w.put("virtqueue", &[good, looping]);
+}
+
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     let w = Writer {
         dir: Path::new(&dir),
     };
     link_seeds(&w);
+    virtqueue_seeds(&w);
     leapio_fuzz::seeds::nvme(&|t, s| w.put(t, s));
     leapio_fuzz::seeds::vfio(&|t, s| w.put(t, s));
     leapio_fuzz::seeds::tcp(&|t, s| w.put(t, s));
