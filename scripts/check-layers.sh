@@ -17,6 +17,7 @@ declare -A allowed=(
     # wire types and protocols: nothing of the project
     [leapio-nvme]=""
     [leapio-nvme-auth]=""
+    [leapio-fuse]=""
     [leapio-service]=""
     [leapio-options]=""
     # the operator's client: the control protocol only

@@ -297,6 +297,36 @@ fn virtqueue_seeds(w: &Writer<'_>) {
     w.put("virtqueue", &[good, looping]);
 }
 
+/// fuse_request: a LOOKUP, a WRITE, an INIT, a SETXATTR (extended
+/// argument), a BATCH_FORGET and a RENAME2.
+fn fuse_seeds(w: &Writer<'_>) {
+    let req = |first: u8, opcode: u32, nodeid: u64, args: &[&[u8]]| -> Vec<u8> {
+        let body: usize = args.iter().map(|a| a.len()).sum();
+        let mut v = vec![first];
+        v.extend(u32::try_from(40 + body).unwrap_or(0).to_le_bytes());
+        v.extend(opcode.to_le_bytes());
+        v.extend(42u64.to_le_bytes());
+        v.extend(nodeid.to_le_bytes());
+        v.extend([0u8; 16]);
+        for a in args {
+            v.extend_from_slice(a);
+        }
+        v
+    };
+    let le32 = |xs: &[u32]| -> Vec<u8> { xs.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let le64 = |xs: &[u64]| -> Vec<u8> { xs.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let write_in = [le64(&[3, 0]), le32(&[5, 0]), le64(&[0]), le32(&[0, 0])].concat();
+    let seeds = vec![
+        req(0, 1, 1, &[b"hello\0"]),
+        req(0, 16, 2, &[&write_in, b"12345"]),
+        req(0, 26, 0, &[&le32(&[7, 38, 1 << 20, 0xffff])]),
+        req(1, 21, 2, &[&le32(&[3, 0, 0, 0]), b"user.a\0xyz"]),
+        req(0, 42, 0, &[&le32(&[1, 0]), &le64(&[5, 1])]),
+        req(0, 45, 1, &[&le64(&[9]), &le32(&[1, 0]), b"a\0b\0"]),
+    ];
+    w.put("fuse_request", &seeds);
+}
+
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     let w = Writer {
@@ -304,6 +334,7 @@ fn main() {
     };
     link_seeds(&w);
     virtqueue_seeds(&w);
+    fuse_seeds(&w);
     leapio_fuzz::seeds::nvme(&|t, s| w.put(t, s));
     leapio_fuzz::seeds::vfio(&|t, s| w.put(t, s));
     leapio_fuzz::seeds::tcp(&|t, s| w.put(t, s));
