@@ -29,6 +29,7 @@ declare -A allowed=(
     [leapio-virtio]="leapio-nvme leapio-ats"
     [leapio-controller]="leapio-nvme leapio-ats leapio-backend"
     [leapio-link]="leapio-nvme"
+    [leapio-fs]="leapio-fuse"
     [leapio-backends]="leapio-nvme leapio-nvme-auth leapio-backend leapio-options"
     # the host side
     [leapio-vmm-shim]="leapio-nvme leapio-service"

@@ -105,15 +105,30 @@ impl Dirents {
         self.add(Some(entry), entry.attr.ino, off, typ, name)
     }
 
+    fn size(plus: bool, namelen: usize) -> usize {
+        let head = if plus {
+            std::mem::size_of::<EntryOut>()
+        } else {
+            0
+        };
+        (head + std::mem::size_of::<Dirent>() + namelen).next_multiple_of(8)
+    }
+
+    /// Whether an entry with a name of `namelen` bytes (with its lookup:
+    /// `plus`) still fits: asked before a lookup that would have to be
+    /// undone.
+    pub fn fits(&self, plus: bool, namelen: usize) -> bool {
+        self.buf.len() + Dirents::size(plus, namelen) <= self.max
+    }
+
     fn add(&mut self, entry: Option<&EntryOut>, ino: u64, off: u64, typ: u32, name: &[u8]) -> bool {
         let Ok(namelen) = u32::try_from(name.len()) else {
             return false;
         };
-        let head = entry.map_or(0, |_| std::mem::size_of::<EntryOut>());
-        let size = (head + std::mem::size_of::<Dirent>() + name.len()).next_multiple_of(8);
-        if self.buf.len() + size > self.max {
+        if !self.fits(entry.is_some(), name.len()) {
             return false;
         }
+        let size = Dirents::size(entry.is_some(), name.len());
         let start = self.buf.len();
         if let Some(e) = entry {
             self.buf.extend_from_slice(e.as_bytes());
