@@ -741,6 +741,48 @@ impl PassthroughFs {
         Ok(out.bytes().to_vec())
     }
 
+    /// Whether the runtime may reach `node` as `mask` asks (R_OK, W_OK,
+    /// X_OK; 0: it exists).
+    pub fn access(&self, node: u64, mask: u32) -> Result<()> {
+        let n = self.node(node)?;
+        if self.cfg.read_only && mask & 2 != 0 {
+            return Err(e::EROFS);
+        }
+        if n.kind == FileType::Symlink {
+            return Ok(());
+        }
+        let access = rustix::fs::Access::from_bits(mask).ok_or(e::EINVAL)?;
+        rustix::fs::accessat(
+            CWD,
+            proc_path(n.fd.as_fd()).as_str(),
+            access,
+            AtFlags::empty(),
+        )
+        .map_err(errno)
+    }
+
+    /// Allocate (or, by `mode`, punch or zero) a range of open file `fh`.
+    pub fn fallocate(&self, fh: u64, mode: u32, offset: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        let h = self.handle(fh)?;
+        let mode = rustix::fs::FallocateFlags::from_bits(mode).ok_or(e::EINVAL)?;
+        rustix::fs::fallocate(&h.fd, mode, offset, len).map_err(errno)
+    }
+
+    /// Where the next data (`whence` 3) or hole (4), or a plain position,
+    /// is in open file `fh`.
+    pub fn lseek(&self, fh: u64, offset: u64, whence: u32) -> Result<u64> {
+        use rustix::fs::SeekFrom;
+        let h = self.handle(fh)?;
+        let pos = match whence {
+            0 => SeekFrom::Start(offset),
+            3 => SeekFrom::Data(offset),
+            4 => SeekFrom::Hole(offset),
+            _ => return Err(e::EINVAL),
+        };
+        rustix::fs::seek(&h.fd, pos).map_err(errno)
+    }
+
     /// The file system's figures.
     pub fn statfs(&self, node: u64) -> Result<StatfsOut> {
         let n = self.node(node)?;
@@ -758,6 +800,10 @@ impl PassthroughFs {
         })
     }
 }
+
+mod server;
+
+pub use server::Server;
 
 #[cfg(test)]
 mod tests;
