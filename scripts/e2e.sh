@@ -403,9 +403,9 @@ r1_in_sync() {
         i=$((i + 1))
     done
 }
-r1_actor() {
-    local glog=$1 a=$R1_DIR/actions i b0 b1 left attached t0
-    # nsid 1: the remote leg dies during the write phase and comes back
+# nsid 1: the remote leg dies during the write phase and comes back
+r1_leg_actor() {
+    local glog=$1 a=$R1_DIR/actions i b0 b1
     wait_log "$glog" "FIO-START fio@1 write" "$boot_timeout" || { echo "fio@1 never started" >> "$a"; return 1; }
     sleep 1.5
     kill_gone "$(r1_target_pid)"
@@ -414,18 +414,21 @@ r1_actor() {
     echo "leg state while the target was down: $(r1_field 1 'd["children"][1]["state"]')" >> "$a"
     r1_target "$R1_DIR/target2.log" || { echo "the target did not listen again" >> "$a"; return 1; }
     b0=$(r1_field 1 'd["resync"]["bytes"]')
-    # the leg's claim fails until it has connected again
+    # refused (the leg's claim fails) until the leg reaches its target again
     i=0
     until r1_svc 1 readd 1 > "$R1_DIR/readd1" 2>&1; do
         ((i < 150)) || { echo "readd refused: $(cat "$R1_DIR/readd1")" >> "$a"; return 1; }
         sleep 0.2
         i=$((i + 1))
     done
-    echo "leg re-added: $(tr -d '\n' < "$R1_DIR/readd1")" >> "$a"
+    echo "leg re-added after $i refusals: $(tr -d '\n' < "$R1_DIR/readd1")" >> "$a"
     r1_in_sync 1 || { echo "the leg never came back in sync" >> "$a"; return 1; }
     b1=$(r1_field 1 'd["resync"]["bytes"]')
     echo "leg in sync copied=$((b1 - b0))" >> "$a"
-    # nsid 2: socp dies during a resync
+}
+# nsid 2: socp dies during a resync
+r1_restart_actor() {
+    local glog=$1 a=$R1_DIR/actions left attached t0
     wait_log "$glog" "FIO-START fio@2 write" "$boot_timeout" || { echo "fio@2 never started" >> "$a"; return 1; }
     sleep 1
     r1_svc 2 fail 1 >> "$a" 2>&1 || return 1
@@ -442,6 +445,13 @@ r1_actor() {
     attached_since "$attached"
     r1_in_sync 2 || { echo "nsid 2 never came back in sync" >> "$a"; return 1; }
     echo "resync done after the restart secs=$(elapsed "$t0")" >> "$a"
+}
+# both, each whatever the other did
+r1_actor() {
+    local rc=0
+    r1_leg_actor "$1" || rc=1
+    r1_restart_actor "$1" || rc=1
+    return $rc
 }
 raid1_boot() {
     case $R1_STATE in
@@ -494,10 +504,11 @@ raid1_boot() {
 test_raid1_leg_loss() {
     [[ $target == socp ]] || { DETAIL="skipped (socp only)"; return 0; }
     raid1_boot || return 1
-    local a=$R1_DIR/actions ok=0 errs ioerr resets copied marked same=no
+    local a=$R1_DIR/actions ok=0 errs ioerr resets copied marked refused same=no
     read -r errs ioerr resets <<< "$(guest_health)"
     copied=$(sed -n 's/^leg in sync copied=//p' "$a")
     marked=$(sed -n 's/.*rebuilding from \([0-9]*\) marked regions.*/\1/p' "$a" | head -1)
+    refused=$(sed -n 's/^leg re-added after \([0-9]*\) refusals.*/\1/p' "$a")
     cmp -s "$r1_local" "$r1_remote" && same=yes
     expect "grep -aq '@@LEAPIO RESULT fio@1 ok' '$GLOG'" "fio on the mirror with the remote leg did not pass" || ok=1
     expect '[[ $errs == 0 && $ioerr == 0 && $resets == 0 ]]' "fio errors $errs, guest I/O errors $ioerr, nvme resets/timeouts $resets" || ok=1
@@ -507,7 +518,7 @@ test_raid1_leg_loss() {
     expect '((${copied:-0} > 0 && ${copied:-0} < 64 << 20))' "the returning leg got ${copied:-?} bytes: expected the written regions only (0 < copied < 64 MiB)" || ok=1
     expect '[[ $same == yes ]]' "the two children differ after the resync" || ok=1
     expect '((R1_STOPPED == 0))' "socp, leapio-hostd or the target did not stop cleanly" || ok=1
-    ((ok == 0)) && DETAIL="remote leg's target killed during verified fio, restarted, leg re-added: ${marked:-?} regions of 256 KiB marked, $((copied >> 10)) KiB copied of 64 MiB; children identical, fio clean, guest kernel quiet"
+    ((ok == 0)) && DETAIL="remote leg's target killed during verified fio, restarted, leg re-added (refused ${refused:-?} times until it reached the target again): ${marked:-?} regions of 256 KiB marked, $((copied >> 10)) KiB copied of 64 MiB; children identical, fio clean, guest kernel quiet"
     return $ok
 }
 

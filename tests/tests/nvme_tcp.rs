@@ -407,6 +407,44 @@ fn target_restart_mid_io_loses_no_acknowledged_write() {
     drop(tgt2);
 }
 
+/// What a mirror re-adding a remote child relies on: the child's claim
+/// says whether its target answers now.
+#[test]
+fn a_remote_namespace_is_claimable_only_while_its_target_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ns.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let ns = format!("file:{}", img.display());
+    let mut tgt = Target::start(0, &ns);
+    let port = tgt.port;
+    let b = open_backend(&host_spec(port, "?kato=1000&retry=300")).unwrap();
+    b.claim().expect("claimable while the target runs");
+    tgt.shutdown();
+    let e = b.claim().expect_err("claimable with the target gone");
+    assert!(
+        chain(&e).contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        chain(&e)
+    );
+    let _tgt2 = Target::start(port, &ns);
+    let t0 = Instant::now();
+    while let Err(e) = b.claim() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not claimable after the target came back: {}",
+            chain(&e)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // and its I/O goes through again
+    let mut h = Host::new(&b, 4);
+    let mut d = pattern(3, 4096);
+    assert_eq!(h.io(IoKind::Write, 0, &mut d), Ok(()));
+}
+
 #[test]
 fn target_that_never_returns_fails_io_within_the_deadline() {
     let mut tgt = Target::start(0, "ram:4M");

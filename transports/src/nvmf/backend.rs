@@ -66,6 +66,18 @@ impl<F: Fabric> Backend for FabricBackend<F> {
         })
     }
 
+    /// The target answers now (a Keep Alive on the admin queue, or the
+    /// admin queue connected again): a mirror re-adding this child while
+    /// its target is still away is told so, rather than failing it again.
+    fn claim(&self) -> Result<(), BackendError> {
+        self.session
+            .check_live()
+            .map_err(|source| BackendError::Remote {
+                target: self.session.spec().to_string(),
+                source: Box::new(source),
+            })
+    }
+
     fn flush(&self) -> Result<(), BackendError> {
         if !self.session.info().features.volatile_write_cache {
             return Ok(());

@@ -251,6 +251,12 @@ impl<C: Channel + 'static> Session<C> {
         }
     }
 
+    /// Whether the controller answers now: a Keep Alive, or the admin
+    /// queue connected again (a new controller) when it was lost.
+    pub fn check_live(&self) -> Result<(), NvmfError> {
+        self.live_admin().map(drop)
+    }
+
     /// Connect I/O queue `qid` with `entries` entries: the connection,
     /// Connected (and authenticated), for the transport's I/O queue.
     pub fn connect_io(&self, qid: u16, entries: u32) -> Result<C, NvmfError> {
