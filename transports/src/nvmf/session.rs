@@ -70,6 +70,9 @@ pub(crate) struct Session<C: Channel> {
     pub(crate) copied: std::sync::atomic::AtomicU64,
     /// I/O queues connected again after their connection was lost.
     pub(crate) reconnects: std::sync::atomic::AtomicU64,
+    /// Times the admin queue was connected again: an I/O queue waiting out
+    /// its backoff tries again at once (the target is back).
+    admin_epoch: std::sync::atomic::AtomicU64,
     /// The namespace's ANA state as last read (0: not reported).
     ana_state: std::sync::atomic::AtomicU8,
 }
@@ -95,6 +98,7 @@ impl<C: Channel + 'static> Session<C> {
             timer: Mutex::new(None),
             copied: std::sync::atomic::AtomicU64::new(0),
             reconnects: std::sync::atomic::AtomicU64::new(0),
+            admin_epoch: std::sync::atomic::AtomicU64::new(0),
             ana_state: std::sync::atomic::AtomicU8::new(0),
         });
         let weak = Arc::downgrade(&s);
@@ -139,6 +143,7 @@ impl<C: Channel + 'static> Session<C> {
             timer: Mutex::new(None),
             copied: std::sync::atomic::AtomicU64::new(0),
             reconnects: std::sync::atomic::AtomicU64::new(0),
+            admin_epoch: std::sync::atomic::AtomicU64::new(0),
             ana_state: std::sync::atomic::AtomicU8::new(0),
         })
     }
@@ -218,6 +223,7 @@ impl<C: Channel + 'static> Session<C> {
         a.conn = Some(conn);
         a.cntlid = cntlid;
         self.cntlid.store(cntlid, Ordering::Relaxed);
+        self.admin_epoch.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -568,10 +574,17 @@ pub(crate) fn reconnect_loop<C: Channel + 'static, T>(
                 }
             }
         }
+        // The backoff, cut short when the admin queue comes back (someone
+        // saw the target answer: a Keep Alive, a claim).
+        let epoch = session.admin_epoch.load(Ordering::Acquire);
         let until = Instant::now() + backoff;
         while Instant::now() < until {
             if cancel.load(Ordering::Acquire) {
                 return;
+            }
+            if session.admin_epoch.load(Ordering::Acquire) != epoch {
+                backoff = Duration::from_millis(50);
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
