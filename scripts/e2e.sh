@@ -487,7 +487,7 @@ raid1_boot() {
     r1_actor "$GLOG" &
     RESTARTER=$!
     run_guest --quiet --job fio@1,fio@2 --disk "vfio-user:$LEAPIO_RUN/e2e.sock" --log "$GLOG" \
-        --timeout "$boot_timeout" --append "leapio.nscount=2 leapio.runtime=1 leapio.size=24 leapio.wrate=2048" || R1_GRC=$?
+        --timeout "$boot_timeout" --append "leapio.nscount=2 leapio.runtime=1 leapio.size=16 leapio.wrate=2048" || R1_GRC=$?
     wait "$RESTARTER" || echo "actor failed" >> "$R1_DIR/actions"
     RESTARTER=''
     r1_in_sync 1 10 && r1_in_sync 2 10 || echo "not in sync at the end" >> "$R1_DIR/actions"

@@ -4,7 +4,7 @@
 #   crates' dependency rules (scripts/check-layers.sh), cargo build
 #   of every binary (the split tests start socp processes), cargo test
 #   (nextest if installed), the fuzz targets (scripts/fuzz.sh --dev
-#   --seconds 12: each built and run briefly), cargo build --release -p socp -p
+#   --seconds 8: each built and run briefly), cargo build --release -p socp -p
 #   leapio -p leapio-host-driver -p leapio-tests (leapio-perf),
 #   scripts/check-systemd.sh (the units installed in a temporary root,
 #   systemd-analyze verify, systemd-run where systemd runs the machine),
@@ -45,7 +45,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     stage test cargo test --workspace
 fi
-stage fuzz bash scripts/fuzz.sh --dev --seconds 12
+stage fuzz bash scripts/fuzz.sh --dev --seconds 8
 stage build-release cargo build --release -p socp -p leapio -p leapio-host-driver -p leapioctl -p leapio-tests --bins
 stage systemd bash scripts/check-systemd.sh
 stage build-soc bash scripts/build-soc.sh --tests
