@@ -1413,11 +1413,7 @@ impl Backend for Mirror {
     }
 
     fn copied_bytes(&self) -> u64 {
-        self.shared
-            .children()
-            .iter()
-            .map(|c| c.copied_bytes())
-            .sum()
+        super::children::copied_bytes(&self.shared.children())
     }
 
     fn figures(&self) -> Vec<Figure> {
@@ -1766,14 +1762,23 @@ impl MirrorQueue {
         }
     }
 
-    fn collect(&mut self, out: &mut Vec<Completion>) {
+    /// The completions of the children's queues (and of retired ones,
+    /// dropped once empty) to `child_done`: polled, or with `wait`, each
+    /// busy queue drained for up to that long.
+    fn gather(&mut self, out: &mut Vec<Completion>, wait: Option<Duration>) {
         let mut got = std::mem::take(&mut self.got);
+        let take = |q: &mut Box<dyn BackendQueue>, got: &mut Vec<Completion>| {
+            got.clear();
+            match wait {
+                None => q.poll(got),
+                Some(t) => q.drain(got, t),
+            };
+        };
         for c in 0..self.queues.len() {
             if self.queues[c].in_flight() == 0 {
                 continue;
             }
-            got.clear();
-            self.queues[c].poll(&mut got);
+            take(&mut self.queues[c], &mut got);
             for done in got.drain(..) {
                 self.child_done(c, ix(done.tag), done.result, out);
             }
@@ -1781,8 +1786,7 @@ impl MirrorQueue {
         if !self.retired.is_empty() {
             let mut retired = std::mem::take(&mut self.retired);
             for (c, q) in &mut retired {
-                got.clear();
-                q.poll(&mut got);
+                take(q, &mut got);
                 for done in got.drain(..) {
                     self.child_done(*c, ix(done.tag), done.result, out);
                 }
@@ -1892,7 +1896,7 @@ impl BackendQueue for MirrorQueue {
         self.refresh();
         out.append(&mut self.ready);
         self.retry_deferred(out);
-        self.collect(out);
+        self.gather(out, None);
         out.len() - before
     }
 
@@ -1913,27 +1917,7 @@ impl BackendQueue for MirrorQueue {
         self.poll(out);
         while self.in_flight > 0 && Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut got = Vec::new();
-            for c in 0..self.queues.len() {
-                if self.queues[c].in_flight() > 0 {
-                    got.clear();
-                    self.queues[c].drain(&mut got, left.min(Duration::from_millis(10)));
-                    for done in got.drain(..) {
-                        self.child_done(c, ix(done.tag), done.result, out);
-                    }
-                }
-            }
-            let mut retired = std::mem::take(&mut self.retired);
-            for (c, q) in &mut retired {
-                got.clear();
-                q.drain(&mut got, left.min(Duration::from_millis(10)));
-                for done in got.drain(..) {
-                    self.child_done(*c, ix(done.tag), done.result, out);
-                }
-            }
-            retired.retain(|(_, q)| q.in_flight() > 0);
-            retired.append(&mut self.retired);
-            self.retired = retired;
+            self.gather(out, Some(left.min(Duration::from_millis(10))));
             let _ = self.kick();
             self.poll(out);
         }
