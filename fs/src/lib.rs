@@ -37,18 +37,14 @@ use std::time::Duration;
 
 pub use leapio_fuse::abi::ROOT_ID;
 
-/// errno values (Linux's numbers).
-mod e {
-    pub const ENOENT: i32 = 2;
-    pub const EBADF: i32 = 9;
-    pub const ENOTDIR: i32 = 20;
-    pub const EPERM: i32 = 1;
-    pub const EROFS: i32 = 30;
-    pub const EMFILE: i32 = 24;
-    pub const ELOOP: i32 = 40;
-    pub const EINVAL: i32 = 22;
-    pub const EIO: i32 = 5;
-}
+// The errno values replies carry (Linux's numbers: the guest reads them).
+use leapio_fuse::errno as e;
+
+/// How every name is resolved from its parent: beneath it, through no
+/// magic link, on no other mount.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
 
 /// How a share is served.
 #[derive(Clone, Debug)]
@@ -255,7 +251,7 @@ impl PassthroughFs {
             name,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+            BENEATH,
         )
         .map_err(errno)?;
         let st = stat(fd.as_fd())?;
@@ -621,7 +617,7 @@ impl PassthroughFs {
             os,
             f,
             Mode::from_raw_mode(mode & !umask & 0o7777),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+            BENEATH,
         )
         .map_err(errno)?;
         let entry = self.created(parent, name, caller)?;

@@ -3,7 +3,7 @@ use leapio_fuse::abi::Dirent;
 use listing::entries;
 
 const ME: Caller = Caller { uid: 0, gid: 0 };
-const ENOTDIR: i32 = 20;
+
 const EEXIST: i32 = 17;
 
 /// Directory listings parsed back (what the guest's kernel reads).
@@ -93,8 +93,8 @@ fn symlinks_are_nodes_never_followed_out_of_the_share() {
     assert_eq!(out.attr.mode & 0o170000, 0o120000, "the link itself");
     assert_eq!(fs.readlink(out.nodeid).unwrap(), b"/etc");
     // Looking up a name "inside" the link does not reach /etc.
-    assert_eq!(fs.lookup(out.nodeid, b"passwd").unwrap_err(), ENOTDIR);
-    assert_eq!(fs.opendir(out.nodeid).unwrap_err(), ENOTDIR);
+    assert_eq!(fs.lookup(out.nodeid, b"passwd").unwrap_err(), e::ENOTDIR);
+    assert_eq!(fs.opendir(out.nodeid).unwrap_err(), e::ENOTDIR);
     let f = fs.lookup(ROOT_ID, b"file-out").unwrap();
     assert_eq!(fs.open(f.nodeid, 0).unwrap_err(), e::ELOOP);
     // A symlink the guest makes is text, whatever it says.

@@ -8,11 +8,17 @@ use zerocopy::FromBytes;
 /// guest's kernel reads them).
 pub mod errno {
     #![allow(missing_docs)]
+    pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
+    pub const ENOTDIR: i32 = 20;
     pub const EINVAL: i32 = 22;
+    pub const EMFILE: i32 = 24;
+    pub const EROFS: i32 = 30;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOSYS: i32 = 38;
+    pub const ELOOP: i32 = 40;
     pub const EPROTO: i32 = 71;
 }
 
