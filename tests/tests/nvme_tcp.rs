@@ -70,6 +70,13 @@ impl Drop for Target {
     }
 }
 
+/// A sparse file of `bytes` in `dir` as a target's namespace spec.
+fn file_ns(dir: &std::path::Path, bytes: u64) -> String {
+    let img = dir.join("ns.img");
+    std::fs::File::create(&img).unwrap().set_len(bytes).unwrap();
+    format!("file:{}", img.display())
+}
+
 fn host_spec(port: u16, opts: &str) -> BackendSpec {
     format!("nvme-tcp:127.0.0.1:{port}/{NQN}{opts}")
         .parse()
@@ -351,12 +358,7 @@ fn several_queues_share_one_controller() {
 #[test]
 fn target_restart_mid_io_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("ns.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let ns = format!("file:{}", img.display());
+    let ns = file_ns(dir.path(), 16 << 20);
     let mut tgt = Target::start(0, &ns);
     let port = tgt.port;
     let b = open_backend(&host_spec(port, "?kato=2000&retry=20000")).unwrap();
@@ -413,12 +415,7 @@ fn target_restart_mid_io_loses_no_acknowledged_write() {
 #[test]
 fn a_remote_namespace_is_claimable_only_while_its_target_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("ns.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
-    let ns = format!("file:{}", img.display());
+    let ns = file_ns(dir.path(), 4 << 20);
     let mut tgt = Target::start(0, &ns);
     let port = tgt.port;
     let b = open_backend(&host_spec(port, "?kato=1000&retry=300")).unwrap();
@@ -616,12 +613,7 @@ fn multipath_moves_io_to_the_surviving_path() {
 fn multipath_follows_the_targets_ana_states() {
     use leapio_nvme::log::AnaState;
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("shared.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
-    let ns = format!("file:{}", img.display());
+    let ns = file_ns(dir.path(), 8 << 20);
     let a = Target::start_with(0, &ns, ",ana=optimized");
     let b = Target::start_with(0, &ns, ",ana=non-optimized");
     let spec: BackendSpec = format!(
