@@ -2,10 +2,10 @@
 //! out, whatever carries them (a virtqueue, or `/dev/fuse` in tests).
 
 use crate::{Caller, PassthroughFs};
-use leapio_fuse::abi::{init, LseekOut, WriteOut};
+use leapio_fuse::abi::{init, InHeader, LseekOut, WriteOut};
 use leapio_fuse::{errno, reply, Op, ParseError, Proto, Request};
 use std::sync::{Mutex, PoisonError};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// The largest WRITE (and READ) this server takes.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -49,10 +49,9 @@ impl Server {
             Ok(r) => r,
             Err(ParseError::ShortHeader(_)) => return None,
             Err(_) => {
-                let unique = buf
-                    .get(8..16)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes)?;
+                // (a request past its header: the header is there)
+                let (h, _) = InHeader::read_from_prefix(buf).ok()?;
+                let unique = h.unique;
                 return Some(reply::error(unique, errno::EINVAL).to_vec());
             }
         };
