@@ -95,14 +95,8 @@ for a in sys.argv[1:]:
 print(json.dumps(d))' "$@" >> "$results"
 }
 # in_sync NAME: wait (60 s) until every child of mirror NAME is in sync
-in_sync() {
-    local i=0
-    until mirror "$1" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if all(c["state"] == "in-sync" for c in d["children"]) else 1)'; do
-        ((i < 600)) || die "mirror $1 did not get in sync"
-        sleep 0.1
-        i=$((i + 1))
-    done
-}
+synced() { mirror "$1" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if all(c["state"] == "in-sync" for c in d["children"]) else 1)'; }
+in_sync() { wait_until 60 '' synced "$1" || die "mirror $1 did not get in sync"; }
 names=(ram raid0 concat raid1 crypt)
 serve ram "ram:$SIZE"
 serve raid0 "raid0:(ram:$HALF|ram:$HALF)"

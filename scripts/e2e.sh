@@ -395,14 +395,8 @@ r1_field() {
 }
 # r1_in_sync NSID [SECONDS]: wait (default 60 s) until every child of the
 # mirror is in sync
-r1_in_sync() {
-    local i=0
-    until [[ $(r1_field "$1" 'all(c["state"] == "in-sync" for c in d["children"])') == True ]]; do
-        ((i < ${2:-60} * 10)) || return 1
-        sleep 0.1
-        i=$((i + 1))
-    done
-}
+r1_synced() { [[ $(r1_field "$1" 'all(c["state"] == "in-sync" for c in d["children"])') == True ]]; }
+r1_in_sync() { wait_until "${2:-60}" '' r1_synced "$1"; }
 # nsid 1: the remote leg dies during the write phase and comes back
 r1_leg_actor() {
     local glog=$1 a=$R1_DIR/actions i b0 b1
