@@ -29,6 +29,7 @@ use leapio_backend::{
 };
 use memmap2::MmapMut;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,6 +260,9 @@ pub fn read_key(path: &Path) -> Result<Vec<u8>, String> {
 pub struct Crypt {
     child: Arc<dyn Backend>,
     cipher: Arc<Cipher>,
+    /// Bytes of I/O data its queues copied through their buffers (a
+    /// write's ciphertext, a read's deciphering).
+    copied: Arc<AtomicU64>,
     key_path: PathBuf,
     header: u64,
     geometry: Geometry,
@@ -295,6 +299,7 @@ impl Crypt {
         Ok(Crypt {
             child,
             cipher: Arc::new(cipher),
+            copied: Arc::new(AtomicU64::new(0)),
             key_path: key_path.to_path_buf(),
             header,
             geometry: Geometry {
@@ -393,6 +398,7 @@ impl Backend for Crypt {
         Ok(Box::new(CryptQueue {
             child: self.child.open_queue(depth)?,
             cipher: self.cipher.clone(),
+            copied: Arc::clone(&self.copied),
             header: self.header,
             geometry: self.geometry,
             pending: Vec::new(),
@@ -426,7 +432,7 @@ impl Backend for Crypt {
     }
 
     fn copied_bytes(&self) -> u64 {
-        self.child.copied_bytes()
+        self.copied.load(Ordering::Relaxed) + self.child.copied_bytes()
     }
 
     fn owner(&self, who: &Owner<'_>) -> u32 {
@@ -458,6 +464,7 @@ unsafe impl Send for Pending {}
 struct CryptQueue {
     child: Box<dyn BackendQueue>,
     cipher: Arc<Cipher>,
+    copied: Arc<AtomicU64>,
     header: u64,
     geometry: Geometry,
     pending: Vec<Option<Pending>>,
@@ -522,6 +529,7 @@ impl CryptQueue {
             // SAFETY: the reader's iovecs are valid until this
             // completion is handed back, and cover `total` bytes.
             unsafe { crate::iov::gather(iov, at as u64, span) };
+            self.copied.fetch_add(len as u64, Ordering::Relaxed);
             let span_first = first + (at / bs) as u64;
             let count = len / bs;
             let zero = |b: &[u8]| b.iter().all(|x| *x == 0);
@@ -581,6 +589,7 @@ impl BackendQueue for CryptQueue {
                 };
                 // SAFETY: the request's iovecs cover `len` readable bytes.
                 unsafe { crate::iov::gather(req.iov, 0, &mut b[..len]) };
+                self.copied.fetch_add(req.len, Ordering::Relaxed);
                 let first = req.offset / bs as u64;
                 if self
                     .cipher
@@ -1013,12 +1022,19 @@ mod tests {
             .cycle()
             .take(8192)
             .collect();
+        let copied = b.copied_bytes();
         let mut w = plain.clone();
         crate::services::run_io(q.as_mut(), IoKind::Write, 4096, &mut w).unwrap();
         assert_eq!(w, plain, "the writer's buffer is left as it was");
         let mut r = vec![0u8; 8192];
         crate::services::run_io(q.as_mut(), IoKind::Read, 4096, &mut r).unwrap();
         assert_eq!(r, plain);
+        // Both went through the queue's buffers: counted as copied.
+        assert!(
+            b.copied_bytes() - copied >= 2 * 8192,
+            "{}",
+            b.copied_bytes()
+        );
         // Never written: zeroes, as on a fresh disk; a written block of
         // zeroes is no zero ciphertext.
         let mut z = vec![0xffu8; 4096];
